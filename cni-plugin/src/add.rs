@@ -1,0 +1,374 @@
+//! CNI ADD: IPAM, then the pod's TAP in its netns, then the hand-off to netstackd. Every step
+//! that succeeded is undone when a later one fails, so a failed ADD leaves nothing behind.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use netstackd::control::{Attachment, AttachmentKey, Client, ClientError, Reply, Request};
+use netstackd::netlink::Netlink;
+use netstackd::netns::{run_in_netns, NetnsError};
+use netstackd::sys::tap::{open_queues, TunKind};
+use netstackd::wire::MacAddr;
+
+use crate::config::NetConf;
+use crate::result::{AddResult, Interface, IpamResult, ResultIp, Route};
+use crate::skel::CniEnv;
+use crate::{ipam, CniError};
+
+/// How long one call to netstackd may take (well inside the runtime's CNI deadline).
+pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Opens a control connection; an absent daemon is "try again later" (code 11).
+pub fn connect(socket: &Path) -> Result<Client, CniError> {
+    Client::connect(socket, CONTROL_TIMEOUT).map_err(control_error)
+}
+
+/// Maps a control-client failure to its CNI error.
+pub fn control_error(e: ClientError) -> CniError {
+    match e {
+        ClientError::Unreachable { .. } | ClientError::Transport { .. } => {
+            CniError::TryAgainLater(e.to_string())
+        }
+        ClientError::Decode(_) => CniError::Setup(e.to_string()),
+    }
+}
+
+/// Maps a netns failure to its CNI error.
+pub fn netns_error(e: NetnsError) -> CniError {
+    match e {
+        NetnsError::NotFound { .. } => CniError::ContainerUnknown(e.to_string()),
+        NetnsError::NotANetns { .. } => CniError::InvalidEnv {
+            var: "CNI_NETNS",
+            reason: e.to_string(),
+        },
+        other => CniError::Setup(other.to_string()),
+    }
+}
+
+/// The MAC for a pod: the runtime's choice (`mac` capability) or, like Kubernetes' kubenet,
+/// `0a:58` followed by the pod's first IPv4 address, unique on the node and stable.
+fn pod_mac(conf: &NetConf, ipam: &IpamResult) -> Result<MacAddr, CniError> {
+    if let Some(mac) = conf.runtime_config.as_ref().and_then(|r| r.mac.as_deref()) {
+        let parsed: MacAddr = mac.parse().map_err(|_| {
+            CniError::InvalidConfig(format!("runtimeConfig.mac {mac:?} is not a MAC"))
+        })?;
+        if !parsed.is_unicast() || parsed.is_zero() {
+            return Err(CniError::InvalidConfig(format!(
+                "runtimeConfig.mac {mac} is not unicast"
+            )));
+        }
+        return Ok(parsed);
+    }
+    let v4 = ipam.ips.iter().find_map(|ip| match ip.address.addr() {
+        IpAddr::V4(a) => Some(a.octets()),
+        IpAddr::V6(_) => None,
+    });
+    let o = v4.unwrap_or([0x0a, 0x58, 0x00, 0x01]);
+    Ok(MacAddr([0x0a, 0x58, o[0], o[1], o[2], o[3]]))
+}
+
+/// The routes to install: IPAM's, each via its subnet's gateway when it names none, and a
+/// default route via the gateway when IPAM gave none.
+fn routes_to_install(ipam: &IpamResult) -> Vec<Route> {
+    let gw_for = |dst: &IpNet| {
+        ipam.ips.iter().find_map(|ip| match (ip.address, dst) {
+            (IpNet::V4(_), IpNet::V4(_)) | (IpNet::V6(_), IpNet::V6(_)) => ip.gateway,
+            _ => None,
+        })
+    };
+    let mut routes: Vec<Route> = ipam
+        .routes
+        .iter()
+        .map(|r| Route {
+            dst: r.dst,
+            gw: r.gw.or_else(|| gw_for(&r.dst)),
+        })
+        .collect();
+    let default_v4: IpNet = "0.0.0.0/0".parse().expect("literal");
+    if !routes.iter().any(|r| r.dst == default_v4) {
+        if let Some(gw) = gw_for(&default_v4) {
+            routes.push(Route {
+                dst: default_v4,
+                gw: Some(gw),
+            });
+        }
+    }
+    routes
+}
+
+/// What the netns part of ADD produced.
+struct PodLink {
+    queues: Vec<OwnedFd>,
+}
+
+/// Creates the multi-queue TAP in the pod netns and configures it. On error the link is
+/// deleted before returning.
+fn create_pod_link(
+    netns: &Path,
+    ifname: &str,
+    queues: usize,
+    mac: MacAddr,
+    mtu: u32,
+    addrs: &[IpNet],
+    routes: &[Route],
+) -> Result<PodLink, CniError> {
+    let ifname = ifname.to_owned();
+    let addrs = addrs.to_vec();
+    let routes = routes.to_vec();
+    run_in_netns(netns, move || -> Result<PodLink, CniError> {
+        let nl = Netlink::new()
+            .map_err(|e| CniError::Setup(format!("rtnetlink in the pod netns: {e}")))?;
+        let exists = nl
+            .link_index(&ifname)
+            .map_err(|e| CniError::Setup(e.to_string()))?;
+        if exists.is_some() {
+            return Err(CniError::Setup(format!(
+                "interface {ifname} already exists in the container"
+            )));
+        }
+        let tap = open_queues(&ifname, TunKind::Tap, queues, true)
+            .map_err(|e| CniError::Setup(format!("creating TAP {ifname}: {e}")))?;
+        let configured = (|| -> Result<(), String> {
+            nl.set_link(&ifname, Some(mac.0), Some(mtu), true)
+                .map_err(|e| e.to_string())?;
+            let index = nl
+                .link_index(&ifname)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("{ifname} vanished"))?;
+            for addr in &addrs {
+                nl.add_address(index, *addr).map_err(|e| e.to_string())?;
+            }
+            for r in &routes {
+                nl.add_route(r.dst, r.gw, Some(index))
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = configured {
+            drop(tap);
+            let _ = nl.del_link(&ifname);
+            return Err(CniError::Setup(format!("configuring {ifname}: {e}")));
+        }
+        Ok(PodLink { queues: tap.fds })
+    })
+    .map_err(netns_error)?
+}
+
+/// Deletes the pod's TAP if it is there (and is a TUN/TAP device). Quiet when it is not.
+pub fn delete_pod_link(netns: &Path, ifname: &str) -> Result<(), CniError> {
+    let name = ifname.to_owned();
+    match run_in_netns(netns, move || -> Result<(), String> {
+        let nl = Netlink::new().map_err(|e| e.to_string())?;
+        match nl.link_info(&name).map_err(|e| e.to_string())? {
+            Some(info) if info.kind.as_deref() == Some("tun") => {
+                nl.del_link(&name).map(drop).map_err(|e| e.to_string())
+            }
+            Some(_) => Err(format!(
+                "{name} exists but is not a netstack TAP; left alone"
+            )),
+            None => Ok(()),
+        }
+    }) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(CniError::Setup(format!("deleting {ifname}: {e}"))),
+        Err(NetnsError::NotFound { .. }) => Ok(()),
+        Err(e) => Err(netns_error(e)),
+    }
+}
+
+/// Pod metadata from CNI_ARGS kept with the attachment.
+fn labels(env: &CniEnv) -> BTreeMap<String, String> {
+    env.args
+        .iter()
+        .filter(|(k, _)| k.starts_with("K8S_POD_"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// ADD.
+pub fn cmd_add(env: &CniEnv, conf: &NetConf, stdin: &[u8]) -> Result<serde_json::Value, CniError> {
+    let netns = env.netns.as_deref().ok_or(CniError::InvalidEnv {
+        var: "CNI_NETNS",
+        reason: "not set".into(),
+    })?;
+    match std::fs::metadata(netns) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(CniError::ContainerUnknown(format!(
+                "netns {} does not exist",
+                netns.display()
+            )))
+        }
+        Err(e) => {
+            return Err(CniError::InvalidEnv {
+                var: "CNI_NETNS",
+                reason: format!("{}: {e}", netns.display()),
+            })
+        }
+    }
+    let ipam_type = conf
+        .ipam
+        .as_ref()
+        .map(|i| i.plugin_type.clone())
+        .ok_or_else(|| CniError::InvalidConfig("an ipam section is required".into()))?;
+    ipam::find_plugin(env, &ipam_type)?;
+
+    // Ask the daemon first: if it is down, nothing has been done yet.
+    let mut client = connect(&conf.socket())?;
+    let workers = match client.call(&Request::Status, &[]).map_err(control_error)? {
+        Reply::Status(s) => s.workers,
+        other => {
+            return Err(CniError::Setup(format!(
+                "unexpected status reply {other:?}"
+            )))
+        }
+    };
+
+    let allocated = ipam::add(env, &ipam_type, stdin)?;
+    let outcome = attach_allocated(env, conf, netns, &mut client, workers, &allocated);
+    match outcome {
+        Ok(value) => Ok(value),
+        Err(e) => {
+            if let Err(undo) = ipam::del(env, &ipam_type, stdin) {
+                eprintln!("netstack: releasing the IPAM allocation after a failed ADD: {undo}");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// The part of ADD after IPAM: create, configure, attach. Undoes its own steps on error.
+fn attach_allocated(
+    env: &CniEnv,
+    conf: &NetConf,
+    netns: &Path,
+    client: &mut Client,
+    workers: usize,
+    allocated: &IpamResult,
+) -> Result<serde_json::Value, CniError> {
+    let mac = pod_mac(conf, allocated)?;
+    let mtu = conf.mtu();
+    let addrs: Vec<IpNet> = allocated.ips.iter().map(|ip| ip.address).collect();
+    let routes = routes_to_install(allocated);
+    let link = create_pod_link(netns, &env.ifname, workers, mac, mtu, &addrs, &routes)?;
+
+    let attachment = Attachment {
+        key: AttachmentKey {
+            container_id: env.container_id.clone(),
+            ifname: env.ifname.clone(),
+        },
+        netns: netns.to_owned(),
+        mac,
+        ips: addrs.clone(),
+        gateways: allocated.ips.iter().filter_map(|ip| ip.gateway).collect(),
+        mtu,
+        queues: link.queues.len(),
+        labels: labels(env),
+    };
+    let fds: Vec<_> = link.queues.iter().map(|fd| fd.as_fd()).collect();
+    let reply = client.call(&Request::Attach(attachment.clone()), &fds);
+    drop(fds);
+    drop(link);
+    let failure = match reply {
+        Ok(Reply::Done) => None,
+        Ok(Reply::Error { message }) => Some(CniError::Setup(format!(
+            "netstackd refused the attachment: {message}"
+        ))),
+        Ok(other) => Some(CniError::Setup(format!(
+            "unexpected attach reply {other:?}"
+        ))),
+        Err(e) => {
+            // The daemon may have taken it before the connection broke: detach to be sure.
+            if let Ok(mut c) = connect(&conf.socket()) {
+                let _ = c.call(&Request::Detach(attachment.key.clone()), &[]);
+            }
+            Some(control_error(e))
+        }
+    };
+    if let Some(e) = failure {
+        if let Err(undo) = delete_pod_link(netns, &env.ifname) {
+            eprintln!(
+                "netstack: removing {} after a failed ADD: {undo}",
+                env.ifname
+            );
+        }
+        return Err(e);
+    }
+
+    let v040 = conf.cni_version == "0.4.0";
+    let result = AddResult {
+        cni_version: conf.cni_version.clone(),
+        interfaces: vec![Interface {
+            name: env.ifname.clone(),
+            mac: mac.to_string(),
+            sandbox: netns.display().to_string(),
+        }],
+        ips: allocated
+            .ips
+            .iter()
+            .map(|ip| ResultIp {
+                version: v040.then_some(if ip.address.addr().is_ipv4() {
+                    "4"
+                } else {
+                    "6"
+                }),
+                address: ip.address,
+                gateway: ip.gateway,
+                interface: 0,
+            })
+            .collect(),
+        routes,
+        dns: allocated.dns.clone(),
+    };
+    serde_json::to_value(result).map_err(|e| CniError::Setup(format!("encoding the result: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ipam(json: &str) -> IpamResult {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn default_route_goes_via_the_gateway() {
+        let r = routes_to_install(&ipam(
+            r#"{"ips":[{"address":"10.244.1.5/24","gateway":"10.244.1.1"}],"routes":[{"dst":"0.0.0.0/0"}]}"#,
+        ));
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].gw.unwrap().to_string(), "10.244.1.1");
+    }
+
+    #[test]
+    fn a_default_route_is_added_when_ipam_gives_none() {
+        let r = routes_to_install(&ipam(
+            r#"{"ips":[{"address":"10.244.1.5/24","gateway":"10.244.1.1"}],"routes":[{"dst":"10.96.0.0/12","gw":"10.244.1.254"}]}"#,
+        ));
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0].gw.unwrap().to_string(), "10.244.1.254");
+        assert_eq!(r[1].dst.to_string(), "0.0.0.0/0");
+    }
+
+    #[test]
+    fn mac_is_derived_from_the_first_ipv4() {
+        let conf =
+            NetConf::parse(br#"{"cniVersion":"1.0.0","name":"n","type":"netstack"}"#).unwrap();
+        let mac = pod_mac(&conf, &ipam(r#"{"ips":[{"address":"10.244.1.5/24"}]}"#)).unwrap();
+        assert_eq!(mac.to_string(), "0a:58:0a:f4:01:05");
+    }
+
+    #[test]
+    fn runtime_mac_must_be_unicast() {
+        let conf = NetConf::parse(
+            br#"{"cniVersion":"1.0.0","name":"n","type":"netstack","runtimeConfig":{"mac":"01:00:5e:00:00:01"}}"#,
+        )
+        .unwrap();
+        let e = pod_mac(&conf, &ipam(r#"{"ips":[{"address":"10.244.1.5/24"}]}"#)).unwrap_err();
+        assert_eq!(e.code(), 7);
+    }
+}

@@ -1,0 +1,53 @@
+//! CNI DEL: best effort, idempotent. Detach from netstackd, delete the TAP if the netns is
+//! still there, release the IPAM allocation — every step runs even when an earlier one
+//! failed, and anything already gone counts as done.
+
+use netstackd::control::{AttachmentKey, Reply, Request};
+
+use crate::add::{connect, control_error, delete_pod_link};
+use crate::config::NetConf;
+use crate::skel::CniEnv;
+use crate::{ipam, CniError};
+
+/// DEL.
+pub fn cmd_del(env: &CniEnv, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
+    let mut errors: Vec<CniError> = Vec::new();
+
+    let key = AttachmentKey {
+        container_id: env.container_id.clone(),
+        ifname: env.ifname.clone(),
+    };
+    match connect(&conf.socket()).and_then(|mut c| {
+        c.call(&Request::Detach(key.clone()), &[])
+            .map_err(control_error)
+    }) {
+        Ok(Reply::Done) => {}
+        Ok(Reply::Error { message }) => errors.push(CniError::Setup(format!(
+            "netstackd detach {key}: {message}"
+        ))),
+        Ok(other) => errors.push(CniError::Setup(format!(
+            "unexpected detach reply {other:?}"
+        ))),
+        Err(e) => errors.push(e),
+    }
+
+    if let Some(netns) = env.netns.as_deref() {
+        if let Err(e) = delete_pod_link(netns, &env.ifname) {
+            errors.push(e);
+        }
+    }
+
+    if let Some(ipam_conf) = &conf.ipam {
+        if let Err(e) = ipam::del(env, &ipam_conf.plugin_type, stdin) {
+            errors.push(e);
+        }
+    }
+
+    for e in &errors[1.min(errors.len())..] {
+        eprintln!("netstack: DEL {key}: also: {e}");
+    }
+    match errors.into_iter().next() {
+        None => Ok(()),
+        Some(e) => Err(e),
+    }
+}

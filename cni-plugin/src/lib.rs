@@ -1,0 +1,20 @@
+//! The netstack CNI plugin (`type: "netstack"`).
+//!
+//! `skel` is the CNI execution protocol (environment, stdin, one JSON object on stdout, the
+//! error object and its codes); `config` the network configuration; `ipam` the delegation to
+//! the IPAM plugin; `result` the result types; `add` and `del` the two operations that change
+//! things. Netns, netlink and TAP work go through the `netstackd` library, shared with the
+//! daemon and the hook.
+
+pub mod add;
+pub mod config;
+pub mod del;
+pub mod error;
+pub mod ipam;
+pub mod result;
+pub mod skel;
+
+pub use error::CniError;
+
+/// The CNI versions this plugin implements, exactly as VERSION reports them.
+pub const SUPPORTED_VERSIONS: &[&str] = &["0.4.0", "1.0.0"];

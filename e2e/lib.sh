@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# Shared pieces of the demo and the e2e tests: a netstackd of our own, pod namespaces, and
+# the CNI call path (the plugin run with CNI_* variables and the plugin object of a conflist,
+# with cniVersion and name inserted as libcni does). Everything lives under $WORK and is
+# removed by e2e_cleanup, which the scripts run on exit.
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BIN=${NETSTACK_BIN:-$ROOT/target/release}
+REF_CNI=/usr/lib/cni
+RUN_ID=${RUN_ID:-$$}
+WORK=${WORK:-/tmp/netstack-e2e.$RUN_ID}
+POD_CIDR=${POD_CIDR:-10.244.$((RUN_ID % 200 + 20)).0/24}
+GATEWAY=${POD_CIDR%.0/24}.1
+UPLINK=${UPLINK:-nse$((RUN_ID % 100000))}
+SOCK=$WORK/netstackd.sock
+STATE=$WORK/state
+IPAM_DIR=$WORK/ipam
+CONFLIST=$WORK/netstack.conflist
+NETWORK=netstack-e2e
+NETSTACKD_PID=
+PODS=()
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+
+# write_conflist [subnet]: the conflist the runtime would read from /etc/cni/net.d.
+write_conflist() {
+  local subnet=${1:-$POD_CIDR}
+  mkdir -p "$WORK" "$IPAM_DIR"
+  cat >"$CONFLIST" <<JSON
+{
+  "cniVersion": "1.0.0",
+  "name": "$NETWORK",
+  "plugins": [
+    {
+      "type": "netstack",
+      "socket": "$SOCK",
+      "mtu": 1500,
+      "ipam": {
+        "type": "host-local",
+        "ranges": [[{ "subnet": "$subnet" }]],
+        "routes": [{ "dst": "0.0.0.0/0" }],
+        "dataDir": "$IPAM_DIR"
+      }
+    }
+  ]
+}
+JSON
+}
+
+start_netstackd() {
+  mkdir -p "$WORK" "$STATE"
+  rm -f "$SOCK"
+  "$BIN/netstackd" --socket "$SOCK" --state-dir "$STATE" --pod-cidr "$POD_CIDR" \
+    --uplink "$UPLINK" "$@" >>"$WORK/netstackd.log" 2>&1 &
+  NETSTACKD_PID=$!
+  local i
+  for i in $(seq 1 100); do
+    [ -S "$SOCK" ] && return 0
+    kill -0 "$NETSTACKD_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  echo "netstackd did not start; its log:" >&2
+  cat "$WORK/netstackd.log" >&2
+  return 1
+}
+
+stop_netstackd() {
+  if [ -n "$NETSTACKD_PID" ] && kill -0 "$NETSTACKD_PID" 2>/dev/null; then
+    kill -TERM "$NETSTACKD_PID"
+    wait "$NETSTACKD_PID" 2>/dev/null || true
+  fi
+  NETSTACKD_PID=
+}
+
+ctl() { "$BIN/netstackd" ctl --socket "$SOCK" "$@"; }
+
+# pod_counter POD_CONTAINER_ID JQ_PATH: one counter of one pod, e.g. '.rx_packets'.
+pod_counter() {
+  ctl stats | jq -r --arg id "$1" ".pods[] | select(.container_id == \$id) | .counters$2"
+}
+
+# cni CMD CONTAINER_ID NETNS_PATH [IFNAME] [CNI_ARGS]: one plugin call, as a runtime makes it.
+cni() {
+  local conf
+  conf=$(jq -c '.plugins[0] + {cniVersion: .cniVersion, name: .name}' "$CONFLIST")
+  printf '%s' "$conf" | env CNI_COMMAND="$1" CNI_CONTAINERID="$2" CNI_NETNS="$3" \
+    CNI_IFNAME="${4:-eth0}" CNI_PATH="$BIN:$REF_CNI" \
+    CNI_ARGS="${5:-IgnoreUnknown=1;K8S_POD_NAMESPACE=e2e;K8S_POD_NAME=$2}" "$BIN/netstack"
+}
+
+# add_pod NAME: a pod netns plus CNI ADD; prints the pod's IPv4 address.
+add_pod() {
+  local name=$1 result
+  ip netns add "$name"
+  ip -n "$name" link set lo up
+  PODS+=("$name")
+  result=$(cni ADD "$name" "/run/netns/$name") || { echo "ADD $name failed: $result" >&2; return 1; }
+  printf '%s' "$result" >"$WORK/$name.result.json"
+  jq -r '.ips[0].address' <<<"$result" | cut -d/ -f1
+}
+
+del_pod() {
+  local name=$1
+  cni DEL "$name" "/run/netns/$name" >/dev/null || true
+  ip netns del "$name" 2>/dev/null || true
+}
+
+in_pod() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
+
+e2e_cleanup() {
+  local p
+  for p in "${PODS[@]}"; do
+    [ -e "/run/netns/$p" ] && del_pod "$p"
+  done
+  PODS=()
+  stop_netstackd
+  pkill -f "iperf3 .*--bind $GATEWAY" 2>/dev/null || true
+  ip link del "$UPLINK" 2>/dev/null || true
+  rm -rf "$WORK"
+}
+
+build_release() {
+  (cd "$ROOT" && cargo build --release --quiet --bins)
+}

@@ -1,0 +1,78 @@
+//! The client side of the control protocol, used by the CNI plugin and tools.
+
+use std::os::fd::BorrowedFd;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::{recv_message, send_message, FramingError, Reply, Request};
+
+/// Why a control call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// netstackd is not listening (not started, restarting, or the path is wrong).
+    #[error("netstackd is not reachable at {path}: {source}")]
+    Unreachable {
+        /// The socket path tried.
+        path: PathBuf,
+        /// Why the connect failed.
+        source: std::io::Error,
+    },
+    /// The exchange broke off (timeout, daemon died mid-request).
+    #[error("talking to netstackd at {path}: {source}")]
+    Transport {
+        /// The socket path.
+        path: PathBuf,
+        /// What failed.
+        source: FramingError,
+    },
+    /// The daemon's reply was not valid protocol JSON.
+    #[error("undecodable reply from netstackd: {0}")]
+    Decode(#[from] serde_json::Error),
+}
+
+/// A connection to netstackd.
+pub struct Client {
+    stream: UnixStream,
+    path: PathBuf,
+}
+
+impl Client {
+    /// Connects to the socket at `path`; every later call times out after `timeout`.
+    pub fn connect(path: &Path, timeout: Duration) -> Result<Self, ClientError> {
+        let stream = UnixStream::connect(path).map_err(|source| ClientError::Unreachable {
+            path: path.to_owned(),
+            source,
+        })?;
+        let unreachable = |source| ClientError::Unreachable {
+            path: path.to_owned(),
+            source,
+        };
+        stream
+            .set_read_timeout(Some(timeout))
+            .map_err(unreachable)?;
+        stream
+            .set_write_timeout(Some(timeout))
+            .map_err(unreachable)?;
+        Ok(Client {
+            stream,
+            path: path.to_owned(),
+        })
+    }
+
+    /// Sends `request` with `fds` attached and waits for the reply.
+    pub fn call(
+        &mut self,
+        request: &Request,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<Reply, ClientError> {
+        let body = serde_json::to_vec(request)?;
+        let transport = |source| ClientError::Transport {
+            path: self.path.clone(),
+            source,
+        };
+        send_message(&self.stream, &body, fds).map_err(transport)?;
+        let (reply, _fds) = recv_message(&self.stream).map_err(transport)?;
+        Ok(serde_json::from_slice(&reply)?)
+    }
+}

@@ -1,0 +1,187 @@
+//! The control protocol between netstackd and its clients (the CNI plugin, the hook, tools).
+//!
+//! A message is a 4-byte big-endian length followed by that many bytes of JSON. File
+//! descriptors (the TAP queues of an `attach`) travel as SCM_RIGHTS on the first bytes of the
+//! request. Every request gets exactly one reply; a malformed request gets `Reply::Error`.
+
+mod client;
+mod framing;
+
+pub use client::{Client, ClientError};
+pub use framing::{recv_message, send_message, FramingError};
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::wire::MacAddr;
+
+/// Where netstackd listens unless told otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/netstack/netstackd.sock";
+
+/// Largest request or reply body accepted, in bytes.
+pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
+
+/// Most file descriptors one request may carry (one per TAP queue).
+pub const MAX_FDS: usize = 64;
+
+/// Identifies one attachment: the CNI (container id, interface name) pair.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct AttachmentKey {
+    /// `CNI_CONTAINERID`.
+    pub container_id: String,
+    /// `CNI_IFNAME`: the interface name inside the pod.
+    pub ifname: String,
+}
+
+impl std::fmt::Display for AttachmentKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.container_id, self.ifname)
+    }
+}
+
+/// Everything netstackd needs to serve one pod interface; the queue fds travel beside it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    /// Which pod interface this is.
+    #[serde(flatten)]
+    pub key: AttachmentKey,
+    /// The pod's network namespace path (`CNI_NETNS`).
+    pub netns: PathBuf,
+    /// The pod interface's MAC: the only source MAC the pod may send from.
+    pub mac: MacAddr,
+    /// The pod's addresses with prefix length: the only source IPs it may send from.
+    pub ips: Vec<IpNet>,
+    /// The gateways the pod routes through (netstackd answers for them).
+    #[serde(default)]
+    pub gateways: Vec<IpAddr>,
+    /// The pod interface MTU in bytes.
+    pub mtu: u32,
+    /// How many TAP queue fds accompany the request.
+    pub queues: usize,
+    /// Orchestrator metadata (K8S_POD_NAMESPACE, K8S_POD_NAME, K8S_POD_UID, ...).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A request on the control socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Is the daemon ready, and how is it set up.
+    Status,
+    /// Take over a pod interface; the request carries its TAP queue fds.
+    Attach(Attachment),
+    /// Release a pod interface. Succeeds when it is not attached.
+    Detach(AttachmentKey),
+    /// Per-pod counters.
+    Stats,
+}
+
+/// The daemon's answer to `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    /// netstackd's version.
+    pub version: String,
+    /// Dataplane workers; the plugin creates one TAP queue per worker.
+    pub workers: usize,
+    /// The uplink device in the host netns.
+    pub uplink: String,
+    /// The node's pod CIDR.
+    pub pod_cidr: IpNet,
+    /// The pods' gateway address (held by the uplink).
+    pub gateway: IpAddr,
+    /// Attachments currently served.
+    pub attachments: usize,
+}
+
+/// Counters of one pod interface (or of the uplink), summed over workers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Frames received from the pod.
+    pub rx_packets: u64,
+    /// Bytes received from the pod (Ethernet frames, without the virtio-net header).
+    pub rx_bytes: u64,
+    /// Frames delivered to the pod.
+    pub tx_packets: u64,
+    /// Bytes delivered to the pod.
+    pub tx_bytes: u64,
+    /// Frames dropped, by reason.
+    pub drops: BTreeMap<String, u64>,
+}
+
+/// One pod's entry in the `stats` reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodStats {
+    /// The attachment.
+    #[serde(flatten)]
+    pub key: AttachmentKey,
+    /// Its netns path.
+    pub netns: PathBuf,
+    /// Its MAC.
+    pub mac: MacAddr,
+    /// Its addresses.
+    pub ips: Vec<IpNet>,
+    /// Its counters.
+    pub counters: Counters,
+}
+
+/// A reply on the control socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum Reply {
+    /// The request was carried out.
+    Done,
+    /// The answer to `status`.
+    Status(DaemonStatus),
+    /// The answer to `stats`.
+    Stats {
+        /// Every attached pod interface.
+        pods: Vec<PodStats>,
+        /// The uplink's counters (rx = from the node, tx = to the node).
+        uplink: Counters,
+    },
+    /// The request failed; nothing was changed.
+    Error {
+        /// What went wrong, naming the object.
+        message: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attach_request_json_is_stable() {
+        let req = Request::Attach(Attachment {
+            key: AttachmentKey {
+                container_id: "c1".into(),
+                ifname: "eth0".into(),
+            },
+            netns: "/run/netns/p1".into(),
+            mac: "0a:58:0a:f4:01:05".parse().unwrap(),
+            ips: vec!["10.244.1.5/24".parse().unwrap()],
+            gateways: vec!["10.244.1.1".parse().unwrap()],
+            mtu: 1500,
+            queues: 2,
+            labels: BTreeMap::new(),
+        });
+        let json = serde_json::to_string(&req).unwrap();
+        assert_eq!(
+            json,
+            r#"{"op":"attach","container_id":"c1","ifname":"eth0","netns":"/run/netns/p1","mac":"0a:58:0a:f4:01:05","ips":["10.244.1.5/24"],"gateways":["10.244.1.1"],"mtu":1500,"queues":2,"labels":{}}"#
+        );
+        let back: Request = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, req);
+    }
+
+    #[test]
+    fn unknown_op_is_rejected() {
+        assert!(serde_json::from_str::<Request>(r#"{"op":"reboot"}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"op":"detach"}"#).is_err());
+    }
+}

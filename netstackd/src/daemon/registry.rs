@@ -1,0 +1,284 @@
+//! The attachments netstackd serves: validation of `attach`, the state files, and the
+//! hand-off to the dataplane.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::control::{Attachment, AttachmentKey, DaemonStatus, PodStats, Reply, Request};
+use crate::dataplane::{Dataplane, PodSpec};
+use crate::stack::LinkCounters;
+use crate::sys::tap::{queue_info, set_nonblocking};
+
+/// The TUNSETIFF flags a pod queue must carry.
+const POD_QUEUE_FLAGS: i16 =
+    (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR | libc::IFF_MULTI_QUEUE) as i16;
+
+use super::DaemonConfig;
+
+struct Attached {
+    id: u64,
+    attachment: Attachment,
+    counters: Arc<LinkCounters>,
+}
+
+/// Every attachment, and the dataplane that serves them.
+pub struct Registry {
+    config: DaemonConfig,
+    gateway: Ipv4Addr,
+    dataplane: Dataplane,
+    attached: Mutex<BTreeMap<AttachmentKey, Attached>>,
+    next_id: AtomicU64,
+}
+
+/// Is `id` a container id the CNI spec allows (`^[a-zA-Z0-9][a-zA-Z0-9_.-]*$`)?
+pub fn valid_container_id(id: &str) -> bool {
+    let mut chars = id.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+/// Is `name` a valid Linux interface name (1–15 bytes, no '/', ':' or whitespace, not . or ..)?
+pub fn valid_ifname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 15
+        && name != "."
+        && name != ".."
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace())
+}
+
+impl Registry {
+    /// A registry with nothing attached.
+    pub fn new(config: DaemonConfig, gateway: Ipv4Addr, dataplane: Dataplane) -> Self {
+        Registry {
+            config,
+            gateway,
+            dataplane,
+            attached: Mutex::new(BTreeMap::new()),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// Carries out one request; `fds` are the descriptors that came with it.
+    pub fn handle(&self, request: Request, fds: Vec<OwnedFd>) -> Reply {
+        let result = match request {
+            Request::Status => Ok(Reply::Status(self.status())),
+            Request::Attach(a) => self.attach(a, fds).map(|()| Reply::Done),
+            Request::Detach(key) => self.detach(&key).map(|()| Reply::Done),
+            Request::Stats => Ok(self.stats()),
+        };
+        result.unwrap_or_else(|message| Reply::Error { message })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<AttachmentKey, Attached>> {
+        self.attached.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn status(&self) -> DaemonStatus {
+        DaemonStatus {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            workers: self.dataplane.workers(),
+            uplink: self.config.uplink.clone(),
+            pod_cidr: self.config.pod_cidr.into(),
+            gateway: IpAddr::V4(self.gateway),
+            attachments: self.lock().len(),
+        }
+    }
+
+    fn stats(&self) -> Reply {
+        let pods = self
+            .lock()
+            .values()
+            .map(|a| PodStats {
+                key: a.attachment.key.clone(),
+                netns: a.attachment.netns.clone(),
+                mac: a.attachment.mac,
+                ips: a.attachment.ips.clone(),
+                counters: a.counters.snapshot(),
+            })
+            .collect();
+        Reply::Stats {
+            pods,
+            uplink: self.dataplane.uplink_counters().snapshot(),
+        }
+    }
+
+    /// Checks an attach request before anything is changed.
+    fn validate(&self, a: &Attachment, fds: &[OwnedFd]) -> Result<Vec<Ipv4Addr>, String> {
+        let key = &a.key;
+        if !valid_container_id(&key.container_id) {
+            return Err(format!("invalid container id {:?}", key.container_id));
+        }
+        if !valid_ifname(&key.ifname) {
+            return Err(format!("{key}: invalid interface name {:?}", key.ifname));
+        }
+        if a.queues == 0 || a.queues != fds.len() {
+            return Err(format!(
+                "{key}: request announces {} TAP queues but carries {} fds",
+                a.queues,
+                fds.len()
+            ));
+        }
+        if !a.mac.is_unicast() || a.mac.is_zero() {
+            return Err(format!("{key}: MAC {} is not a unicast address", a.mac));
+        }
+        if !(68..=65535).contains(&a.mtu) {
+            return Err(format!("{key}: MTU {} out of range 68-65535", a.mtu));
+        }
+        let mut ipv4 = Vec::new();
+        for ip in &a.ips {
+            match ip {
+                ipnet::IpNet::V4(v4) => {
+                    let addr = v4.addr();
+                    if !self.config.pod_cidr.contains(&addr) || addr == self.gateway {
+                        return Err(format!(
+                            "{key}: address {addr} is not a pod address of this node's pod CIDR {}",
+                            self.config.pod_cidr
+                        ));
+                    }
+                    ipv4.push(addr);
+                }
+                ipnet::IpNet::V6(v6) => {
+                    return Err(format!("{key}: IPv6 address {v6} is not supported yet"));
+                }
+            }
+        }
+        if ipv4.is_empty() {
+            return Err(format!("{key}: no IPv4 address"));
+        }
+        for (i, fd) in fds.iter().enumerate() {
+            let (name, flags) = queue_info(fd.as_fd())
+                .map_err(|e| format!("{key}: fd {i} is not a TAP queue: {e}"))?;
+            let want = POD_QUEUE_FLAGS;
+            if flags & want != want {
+                return Err(format!(
+                    "{key}: fd {i} ({name}) lacks IFF_TAP|IFF_NO_PI|IFF_VNET_HDR|IFF_MULTI_QUEUE (flags {flags:#x})"
+                ));
+            }
+            if name != key.ifname {
+                return Err(format!(
+                    "{key}: fd {i} is a queue of {name}, not {}",
+                    key.ifname
+                ));
+            }
+            set_nonblocking(fd.as_fd()).map_err(|e| format!("{key}: fd {i}: {e}"))?;
+        }
+        Ok(ipv4)
+    }
+
+    fn attach(&self, a: Attachment, fds: Vec<OwnedFd>) -> Result<(), String> {
+        let ipv4 = self.validate(&a, &fds)?;
+        let key = a.key.clone();
+        let mut attached = self.lock();
+        if attached.contains_key(&key) {
+            return Err(format!("{key}: already attached"));
+        }
+        if let Some(other) = attached.values().find(|o| {
+            o.attachment
+                .ips
+                .iter()
+                .any(|ip| a.ips.iter().any(|n| n.addr() == ip.addr()))
+        }) {
+            return Err(format!(
+                "{key}: an address is already used by {}",
+                other.attachment.key
+            ));
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let counters = Arc::new(LinkCounters::new(self.dataplane.workers()));
+        self.write_state(&a)
+            .map_err(|e| format!("{key}: recording the attachment: {e}"))?;
+        let spec = PodSpec {
+            id,
+            mac: a.mac,
+            ipv4,
+            mtu: a.mtu,
+            counters: Arc::clone(&counters),
+        };
+        if let Err(e) = self.dataplane.attach(&spec, fds) {
+            let _ = std::fs::remove_file(self.state_path(&key));
+            return Err(format!("{key}: handing the queues to the dataplane: {e}"));
+        }
+        tracing::info!(
+            container_id = %key.container_id,
+            ifname = %key.ifname,
+            netns = %a.netns.display(),
+            mac = %a.mac,
+            ips = ?a.ips,
+            queues = a.queues,
+            "attached"
+        );
+        attached.insert(
+            key,
+            Attached {
+                id,
+                attachment: a,
+                counters,
+            },
+        );
+        Ok(())
+    }
+
+    fn detach(&self, key: &AttachmentKey) -> Result<(), String> {
+        if !valid_container_id(&key.container_id) || !valid_ifname(&key.ifname) {
+            return Err(format!("invalid attachment {key}"));
+        }
+        let mut attached = self.lock();
+        if let Some(a) = attached.remove(key) {
+            self.dataplane.detach(a.id);
+            tracing::info!(container_id = %key.container_id, ifname = %key.ifname, "detached");
+        }
+        match std::fs::remove_file(self.state_path(key)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(format!("{key}: removing its state file: {e}")),
+        }
+    }
+
+    fn state_path(&self, key: &AttachmentKey) -> PathBuf {
+        self.config
+            .state_dir
+            .join(format!("{}_{}.json", key.container_id, key.ifname))
+    }
+
+    /// Records an attachment: write a temporary file, fsync, rename over the final name.
+    fn write_state(&self, a: &Attachment) -> std::io::Result<()> {
+        let path = self.state_path(&a.key);
+        let tmp = path.with_extension("json.tmp");
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&serde_json::to_vec_pretty(a)?)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(&self.config.state_dir)?.sync_all()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn container_ids_follow_the_cni_pattern() {
+        for ok in ["a", "abc-123", "A.b_c-d", "0"] {
+            assert!(valid_container_id(ok), "{ok}");
+        }
+        for bad in ["", "-a", ".a", "a/b", "a b", "../x", "é"] {
+            assert!(!valid_container_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn interface_names_follow_linux_rules() {
+        assert!(valid_ifname("eth0"));
+        assert!(valid_ifname("abcdefghijklmno"));
+        for bad in ["", "abcdefghijklmnop", "a/b", "a:b", ".", "..", "a b"] {
+            assert!(!valid_ifname(bad), "{bad}");
+        }
+    }
+}

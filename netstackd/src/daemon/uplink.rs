@@ -1,0 +1,44 @@
+//! The uplink: a multi-queue TUN in the host netns holding the pods' gateway address. The
+//! host kernel routes the pod CIDR to it and takes everything the pods send off-node.
+
+use std::net::IpAddr;
+use std::os::fd::OwnedFd;
+
+use anyhow::Context;
+use ipnet::{IpNet, Ipv4Net};
+
+use crate::netlink::Netlink;
+use crate::sys::tap::{open_queues, TunKind};
+
+use super::DaemonConfig;
+
+/// Creates (or re-attaches to) the uplink TUN with one queue per worker, gives it the gateway
+/// address, sets its MTU and brings it up. Returns the queue fds.
+pub fn create(config: &DaemonConfig, gateway: std::net::Ipv4Addr) -> anyhow::Result<Vec<OwnedFd>> {
+    let tun = open_queues(&config.uplink, TunKind::Tun, config.workers, false)
+        .with_context(|| format!("creating TUN {}", config.uplink))?;
+    tracing::info!(uplink = %config.uplink, offloads = format!("{:#x}", tun.offloads), "uplink TUN open");
+    let nl = Netlink::new().context("opening rtnetlink in the host netns")?;
+    nl.set_link(&config.uplink, None, Some(config.uplink_mtu), true)
+        .with_context(|| format!("bringing {} up", config.uplink))?;
+    let index = nl
+        .link_index(&config.uplink)?
+        .with_context(|| format!("{} vanished after creation", config.uplink))?;
+    let addr = IpNet::V4(Ipv4Net::new(gateway, config.pod_cidr.prefix_len())?);
+    let present = nl.addresses(index)?;
+    if !present.contains(&addr) {
+        nl.add_address(index, addr)
+            .with_context(|| format!("adding {addr} to {}", config.uplink))?;
+    }
+    // The connected route of `addr` sends the whole pod CIDR to the uplink.
+    let routes = nl.routes_v4()?;
+    let cidr = IpNet::V4(config.pod_cidr);
+    if !routes
+        .iter()
+        .any(|(dst, _, oif)| *dst == cidr && *oif == Some(index))
+    {
+        nl.add_route(cidr, None::<IpAddr>, Some(index))
+            .with_context(|| format!("routing {cidr} to {}", config.uplink))?;
+    }
+    Ok(tun.fds)
+}

@@ -1,0 +1,180 @@
+//! The dataplane: N worker threads, each owning one queue of every pod's multi-queue TAP and
+//! one queue of the uplink TUN, so the hot path takes no lock. The daemon adds and removes
+//! pods by message; a call returns once every worker has applied it.
+
+mod worker;
+
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::OwnedFd;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use nix::sys::eventfd::{EfdFlags, EventFd};
+
+use crate::stack::LinkCounters;
+use crate::wire::MacAddr;
+
+use worker::{PodIo, Worker, WorkerCmd};
+
+/// How long a worker may take to apply an attach or detach.
+const APPLY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A pod interface as the dataplane needs it.
+#[derive(Clone)]
+pub struct PodSpec {
+    /// Attachment id, unique for the daemon's lifetime.
+    pub id: u64,
+    /// The pod's MAC.
+    pub mac: MacAddr,
+    /// The pod's IPv4 addresses.
+    pub ipv4: Vec<Ipv4Addr>,
+    /// The pod interface MTU.
+    pub mtu: u32,
+    /// Where its counters go.
+    pub counters: Arc<LinkCounters>,
+}
+
+struct WorkerHandle {
+    cmds: mpsc::Sender<WorkerCmd>,
+    wake: Arc<EventFd>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl WorkerHandle {
+    fn send(&self, cmd: WorkerCmd) -> io::Result<()> {
+        self.cmds
+            .send(cmd)
+            .map_err(|_| io::Error::other("dataplane worker has exited"))?;
+        self.wake.write(1)?;
+        Ok(())
+    }
+}
+
+/// The running workers.
+pub struct Dataplane {
+    workers: Vec<WorkerHandle>,
+    uplink_counters: Arc<LinkCounters>,
+}
+
+impl Dataplane {
+    /// Starts one worker per uplink queue fd. ICMP errors are sourced from `gateway`.
+    pub fn start(
+        uplink_queues: Vec<OwnedFd>,
+        gateway: Ipv4Addr,
+        uplink_mtu: u32,
+    ) -> io::Result<Self> {
+        let n = uplink_queues.len();
+        let uplink_counters = Arc::new(LinkCounters::new(n));
+        let mut workers = Vec::with_capacity(n);
+        for (index, uplink) in uplink_queues.into_iter().enumerate() {
+            crate::sys::tap::set_nonblocking(std::os::fd::AsFd::as_fd(&uplink))
+                .map_err(io::Error::other)?;
+            let (tx, rx) = mpsc::channel();
+            let wake = Arc::new(EventFd::from_flags(
+                EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK,
+            )?);
+            let worker = Worker::new(
+                index,
+                rx,
+                Arc::clone(&wake),
+                uplink,
+                Arc::clone(&uplink_counters),
+                gateway,
+                uplink_mtu,
+            )?;
+            let thread = std::thread::Builder::new()
+                .name(format!("dp-{index}"))
+                .spawn(move || worker.run())?;
+            workers.push(WorkerHandle {
+                cmds: tx,
+                wake,
+                thread: Some(thread),
+            });
+        }
+        Ok(Dataplane {
+            workers,
+            uplink_counters,
+        })
+    }
+
+    /// How many workers run.
+    pub fn workers(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// The uplink's counters.
+    pub fn uplink_counters(&self) -> &LinkCounters {
+        &self.uplink_counters
+    }
+
+    /// Hands a pod's TAP queues to the workers: queue q is read by worker q mod N; a worker
+    /// without a queue of its own writes to the pod through a duplicate of one.
+    pub fn attach(&self, spec: &PodSpec, queues: Vec<OwnedFd>) -> io::Result<()> {
+        if queues.is_empty() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "no TAP queues"));
+        }
+        let n = self.workers.len();
+        let mut per_worker: Vec<Vec<OwnedFd>> = (0..n).map(|_| Vec::new()).collect();
+        let q = queues.len();
+        let mut extra: Vec<Option<OwnedFd>> = Vec::with_capacity(n);
+        for w in 0..n {
+            extra.push(if w < q {
+                None
+            } else {
+                Some(queues[w % q].try_clone()?)
+            });
+        }
+        for (i, fd) in queues.into_iter().enumerate() {
+            per_worker[i % n].push(fd);
+        }
+        let (ack_tx, ack_rx) = mpsc::channel();
+        for ((handle, rx), tx_extra) in self.workers.iter().zip(per_worker).zip(extra) {
+            let io = PodIo { rx, tx_extra };
+            handle.send(WorkerCmd::Attach(spec.clone(), io, ack_tx.clone()))?;
+        }
+        let mut result = Ok(());
+        for _ in 0..n {
+            match ack_rx.recv_timeout(APPLY_TIMEOUT) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => result = Err(e),
+                Err(_) => result = Err(io::Error::other("dataplane worker did not answer")),
+            }
+        }
+        if result.is_err() {
+            self.detach(spec.id);
+        }
+        result
+    }
+
+    /// Takes a pod away from every worker and closes its queue fds. Idempotent.
+    pub fn detach(&self, id: u64) {
+        let (ack_tx, ack_rx) = mpsc::channel();
+        let mut sent = 0;
+        for handle in &self.workers {
+            if handle.send(WorkerCmd::Detach(id, ack_tx.clone())).is_ok() {
+                sent += 1;
+            }
+        }
+        for _ in 0..sent {
+            if ack_rx.recv_timeout(APPLY_TIMEOUT).is_err() {
+                tracing::warn!(id, "a dataplane worker did not confirm a detach");
+            }
+        }
+    }
+}
+
+impl Drop for Dataplane {
+    fn drop(&mut self) {
+        for handle in &self.workers {
+            let _ = handle.send(WorkerCmd::Shutdown);
+        }
+        for handle in &mut self.workers {
+            if let Some(t) = handle.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+}

@@ -1,0 +1,524 @@
+//! Links, addresses and routes over rtnetlink, behind a small synchronous type.
+//!
+//! [`Netlink`] owns an rtnetlink connection and a current-thread tokio runtime that drives
+//! it; each method is one `block_on`. The socket belongs to the network namespace of the
+//! thread that called [`Netlink::new`], so create it inside `crate::netns::run_in_netns` to
+//! work on a pod's namespace, then use it from any thread.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use futures::TryStreamExt;
+use ipnet::IpNet;
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::{self as nl_link, LinkAttribute, LinkFlags, LinkMessage};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteScope, RouteType, RouteVia,
+};
+use netlink_packet_route::AddressFamily;
+use nix::errno::Errno;
+use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+use tokio::runtime::Runtime;
+
+use crate::sys::ifname_problem;
+
+/// Errors of [`Netlink`]; each names the device, address or route concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    /// The rtnetlink socket or its runtime could not be set up.
+    #[error("opening rtnetlink: {0}")]
+    Connect(#[source] std::io::Error),
+    /// A request failed; `object` names what it was about (`link eth0`, `route 0.0.0.0/0`).
+    #[error("{op} {object}: {source}")]
+    Request {
+        /// The operation, e.g. `setting link`.
+        op: &'static str,
+        /// What it was about.
+        object: String,
+        /// The rtnetlink error (a kernel errno for refused requests, see [`Self::errno`]).
+        #[source]
+        source: rtnetlink::Error,
+    },
+    /// A device that must exist does not.
+    #[error("link {0} does not exist")]
+    NoSuchLink(String),
+    /// The device name is not one the kernel would accept.
+    #[error("invalid interface name {name:?}: {reason}")]
+    InvalidName {
+        /// The name as given.
+        name: String,
+        /// Why it is refused.
+        reason: &'static str,
+    },
+    /// The route cannot be expressed (e.g. an IPv6 destination via an IPv4 gateway).
+    #[error("invalid route {dst} via {gateway:?}: {reason}")]
+    InvalidRoute {
+        /// The destination.
+        dst: IpNet,
+        /// The gateway.
+        gateway: Option<IpAddr>,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl NetlinkError {
+    /// The kernel's errno when the kernel refused the request (`EEXIST` for an address or
+    /// route that is already there, `ENODEV`, ...), else `None`.
+    pub fn errno(&self) -> Option<Errno> {
+        match self {
+            NetlinkError::Request {
+                source: rtnetlink::Error::NetlinkError(msg),
+                ..
+            } => msg.code.map(|c| Errno::from_raw(-c.get())),
+            _ => None,
+        }
+    }
+}
+
+/// What [`Netlink::link_info`] reports about a device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkInfo {
+    /// The ifindex.
+    pub index: u32,
+    /// The hardware address, when it is a 6-byte (Ethernet) one.
+    pub mac: Option<[u8; 6]>,
+    /// The MTU in bytes.
+    pub mtu: u32,
+    /// Administratively up (`IFF_UP`).
+    pub up: bool,
+    /// The rtnetlink kind (`tun`, `veth`, `bridge`, ...); `None` for devices without one
+    /// (loopback, physical NICs).
+    pub kind: Option<String>,
+}
+
+/// One route as [`Netlink::routes_v4`] reports it: (destination, gateway, output ifindex).
+pub type RouteEntry = (IpNet, Option<IpAddr>, Option<u32>);
+
+/// A synchronous rtnetlink client bound to the network namespace it was created in.
+///
+/// Its methods block the calling thread; do not call them (or drop a `Netlink`) from inside
+/// an async runtime: use `spawn_blocking` or a plain thread.
+pub struct Netlink {
+    runtime: Runtime,
+    handle: Handle,
+}
+
+impl std::fmt::Debug for Netlink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Netlink").finish_non_exhaustive()
+    }
+}
+
+fn request_err(
+    op: &'static str,
+    object: impl Into<String>,
+) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
+    let object = object.into();
+    move |source| NetlinkError::Request { op, object, source }
+}
+
+fn errno_of(err: &rtnetlink::Error) -> Option<Errno> {
+    match err {
+        rtnetlink::Error::NetlinkError(msg) => msg.code.map(|c| Errno::from_raw(-c.get())),
+        _ => None,
+    }
+}
+
+fn check_name(name: &str) -> Result<(), NetlinkError> {
+    match ifname_problem(name) {
+        None => Ok(()),
+        Some(reason) => Err(NetlinkError::InvalidName {
+            name: name.to_owned(),
+            reason,
+        }),
+    }
+}
+
+impl Netlink {
+    /// Opens an rtnetlink socket in the calling thread's network namespace.
+    pub fn new() -> Result<Self, NetlinkError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(NetlinkError::Connect)?;
+        // The socket is registered with the runtime's reactor, so create it inside it.
+        let (connection, handle, _) = {
+            let _guard = runtime.enter();
+            rtnetlink::new_connection().map_err(NetlinkError::Connect)?
+        };
+        runtime.spawn(connection);
+        Ok(Netlink { runtime, handle })
+    }
+
+    /// Fetches the link message of `name`, or `None` when there is no such device.
+    fn get_link(&self, name: &str) -> Result<Option<LinkMessage>, NetlinkError> {
+        check_name(name)?;
+        let request = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_owned())
+            .execute();
+        let result = self.runtime.block_on(async {
+            futures::pin_mut!(request);
+            request.try_next().await
+        });
+        match result {
+            Ok(msg) => Ok(msg),
+            Err(e) if errno_of(&e) == Some(Errno::ENODEV) => Ok(None),
+            Err(e) => Err(request_err("looking up link", name)(e)),
+        }
+    }
+
+    /// The ifindex of `name`, or `None` when there is no such device.
+    pub fn link_index(&self, name: &str) -> Result<Option<u32>, NetlinkError> {
+        Ok(self.get_link(name)?.map(|msg| msg.header.index))
+    }
+
+    /// Index, MAC, MTU, state and kind of `name`, or `None` when there is no such device.
+    pub fn link_info(&self, name: &str) -> Result<Option<LinkInfo>, NetlinkError> {
+        let Some(msg) = self.get_link(name)? else {
+            return Ok(None);
+        };
+        let mut info = LinkInfo {
+            index: msg.header.index,
+            mac: None,
+            mtu: 0,
+            up: msg.header.flags.contains(LinkFlags::Up),
+            kind: None,
+        };
+        for attr in msg.attributes {
+            match attr {
+                LinkAttribute::Address(addr) => info.mac = <[u8; 6]>::try_from(addr).ok(),
+                LinkAttribute::Mtu(mtu) => info.mtu = mtu,
+                LinkAttribute::LinkInfo(infos) => {
+                    for i in infos {
+                        if let nl_link::LinkInfo::Kind(kind) = i {
+                            info.kind = Some(kind.to_string());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(Some(info))
+    }
+
+    /// Sets the MAC and MTU of `name` (each when given), then brings it up or down.
+    ///
+    /// When the MAC actually changes on a link that is up, the link is taken down first:
+    /// several drivers refuse a live MAC change. Otherwise the link is not bounced, because a
+    /// link going down loses its IPv4 routes and IPv6 addresses.
+    pub fn set_link(
+        &self,
+        name: &str,
+        mac: Option<[u8; 6]>,
+        mtu: Option<u32>,
+        up: bool,
+    ) -> Result<(), NetlinkError> {
+        let info = self
+            .link_info(name)?
+            .ok_or_else(|| NetlinkError::NoSuchLink(name.to_owned()))?;
+        let new_mac = mac.filter(|m| info.mac != Some(*m));
+        if new_mac.is_some() || mtu.is_some() {
+            let mut msg = LinkUnspec::new_with_index(info.index);
+            if let Some(mac) = new_mac {
+                msg = msg.address(mac.to_vec());
+                if info.up {
+                    msg = msg.down();
+                }
+            }
+            if let Some(mtu) = mtu {
+                msg = msg.mtu(mtu);
+            }
+            self.set(msg.build(), "setting MAC/MTU of link", name)?;
+        }
+        let msg = LinkUnspec::new_with_index(info.index);
+        let msg = if up { msg.up() } else { msg.down() };
+        self.set(
+            msg.build(),
+            if up {
+                "bringing up link"
+            } else {
+                "bringing down link"
+            },
+            name,
+        )
+    }
+
+    fn set(&self, msg: LinkMessage, op: &'static str, name: &str) -> Result<(), NetlinkError> {
+        self.runtime
+            .block_on(self.handle.link().set(msg).execute())
+            .map_err(request_err(op, name))
+    }
+
+    /// Adds `addr` (address and prefix length, e.g. `10.0.0.5/24`) to the link `index`.
+    /// An address that is already there is an error with errno `EEXIST`.
+    pub fn add_address(&self, index: u32, addr: IpNet) -> Result<(), NetlinkError> {
+        self.runtime
+            .block_on(
+                self.handle
+                    .address()
+                    .add(index, addr.addr(), addr.prefix_len())
+                    .execute(),
+            )
+            .map_err(request_err(
+                "adding address",
+                format!("{addr} to link #{index}"),
+            ))
+    }
+
+    /// The addresses on link `index`, with their prefix lengths (host bits kept).
+    pub fn addresses(&self, index: u32) -> Result<Vec<IpNet>, NetlinkError> {
+        let request = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
+        let messages: Vec<AddressMessage> =
+            self.runtime
+                .block_on(request.try_collect())
+                .map_err(request_err(
+                    "listing addresses of",
+                    format!("link #{index}"),
+                ))?;
+        Ok(messages.iter().filter_map(address_of).collect())
+    }
+
+    /// Adds a route to `dst` in the main table (protocol static), via `gateway` and/or out of
+    /// link `oif`. Host bits of `dst` are cleared. An IPv4 route without a gateway gets link
+    /// scope, as `ip route add ... dev X` does. An existing route is an error with `EEXIST`.
+    pub fn add_route(
+        &self,
+        dst: IpNet,
+        gateway: Option<IpAddr>,
+        oif: Option<u32>,
+    ) -> Result<(), NetlinkError> {
+        let dst = dst.trunc();
+        let invalid = |reason: String| NetlinkError::InvalidRoute {
+            dst,
+            gateway,
+            reason,
+        };
+        let mut builder = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(dst.addr(), dst.prefix_len())
+            .map_err(|e| invalid(e.to_string()))?;
+        match gateway {
+            Some(gw) => {
+                builder = builder.gateway(gw).map_err(|e| invalid(e.to_string()))?;
+            }
+            None if dst.addr().is_ipv4() => builder = builder.scope(RouteScope::Link),
+            None => {}
+        }
+        if let Some(oif) = oif {
+            builder = builder.output_interface(oif);
+        }
+        if gateway.is_none() && oif.is_none() {
+            return Err(invalid("neither a gateway nor an output link".to_owned()));
+        }
+        let object = match gateway {
+            Some(gw) => format!("{dst} via {gw}"),
+            None => format!("{dst} dev #{}", oif.unwrap_or(0)),
+        };
+        self.runtime
+            .block_on(self.handle.route().add(builder.build()).execute())
+            .map_err(request_err("adding route", object))
+    }
+
+    /// Deletes the link `name`; `Ok(false)` when it did not exist.
+    pub fn del_link(&self, name: &str) -> Result<bool, NetlinkError> {
+        let Some(index) = self.link_index(name)? else {
+            return Ok(false);
+        };
+        match self
+            .runtime
+            .block_on(self.handle.link().del(index).execute())
+        {
+            Ok(()) => Ok(true),
+            Err(e) if errno_of(&e) == Some(Errno::ENODEV) => Ok(false),
+            Err(e) => Err(request_err("deleting link", name)(e)),
+        }
+    }
+
+    /// The unicast IPv4 routes of the main table as (destination, gateway, output link).
+    pub fn routes_v4(&self) -> Result<Vec<RouteEntry>, NetlinkError> {
+        self.routes(RouteMessageBuilder::<Ipv4Addr>::new().build(), "IPv4")
+    }
+
+    /// The unicast IPv6 routes of the main table as (destination, gateway, output link).
+    pub fn routes_v6(&self) -> Result<Vec<RouteEntry>, NetlinkError> {
+        self.routes(RouteMessageBuilder::<Ipv6Addr>::new().build(), "IPv6")
+    }
+
+    fn routes(
+        &self,
+        filter: RouteMessage,
+        family: &'static str,
+    ) -> Result<Vec<RouteEntry>, NetlinkError> {
+        let request = self.handle.route().get(filter).execute();
+        let messages: Vec<RouteMessage> =
+            self.runtime
+                .block_on(request.try_collect())
+                .map_err(request_err(
+                    "listing routes",
+                    format!("({family}, main table)"),
+                ))?;
+        Ok(messages.iter().filter_map(route_of).collect())
+    }
+}
+
+/// The local address of an address message (`IFA_LOCAL`, else `IFA_ADDRESS`) with its prefix.
+fn address_of(msg: &AddressMessage) -> Option<IpNet> {
+    let mut address = None;
+    let mut local = None;
+    for attr in &msg.attributes {
+        match attr {
+            AddressAttribute::Local(ip) => local = Some(*ip),
+            AddressAttribute::Address(ip) => address = Some(*ip),
+            _ => {}
+        }
+    }
+    IpNet::new(local.or(address)?, msg.header.prefix_len).ok()
+}
+
+/// (destination, gateway, oif) of a unicast route in the main table; `None` for others.
+fn route_of(msg: &RouteMessage) -> Option<RouteEntry> {
+    let main = u32::from(RouteHeader::RT_TABLE_MAIN);
+    let mut table = u32::from(msg.header.table);
+    let mut dst = None;
+    let mut gateway = None;
+    let mut oif = None;
+    for attr in &msg.attributes {
+        match attr {
+            RouteAttribute::Table(t) => table = *t,
+            RouteAttribute::Destination(a) => dst = ip_of(a),
+            RouteAttribute::Gateway(a) => gateway = ip_of(a),
+            RouteAttribute::Via(RouteVia::Inet(v4)) => gateway = Some(IpAddr::V4(*v4)),
+            RouteAttribute::Via(RouteVia::Inet6(v6)) => gateway = Some(IpAddr::V6(*v6)),
+            RouteAttribute::Oif(i) => oif = Some(*i),
+            _ => {}
+        }
+    }
+    if table != main || msg.header.kind != RouteType::Unicast {
+        return None;
+    }
+    let dst = match (dst, msg.header.address_family) {
+        (Some(ip), _) => ip,
+        (None, AddressFamily::Inet) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        (None, AddressFamily::Inet6) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        (None, _) => return None,
+    };
+    let dst = IpNet::new(dst, msg.header.destination_prefix_length).ok()?;
+    Some((dst, gateway, oif))
+}
+
+fn ip_of(addr: &RouteAddress) -> Option<IpAddr> {
+    match addr {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netns::run_in_netns;
+    use crate::netns::testing::{is_root, NamedNetns};
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn links_addresses_and_routes_round_trip() {
+        if !is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let ns = NamedNetns::new();
+        // No dummy driver on every kernel we run on; a veth pair does as well.
+        ns.ip(&["link", "add", "d0", "type", "veth", "peer", "name", "d1"]);
+        let nl = run_in_netns(&ns.path, || Netlink::new().unwrap()).unwrap();
+
+        assert_eq!(nl.link_index("nst-missing").unwrap(), None);
+        assert_eq!(nl.link_info("nst-missing").unwrap(), None);
+        assert!(matches!(
+            nl.set_link("nst-missing", None, None, true),
+            Err(NetlinkError::NoSuchLink(_))
+        ));
+        assert!(matches!(
+            nl.link_index("0123456789abcdef"),
+            Err(NetlinkError::InvalidName { .. })
+        ));
+
+        let mac = [0x02, 0x4e, 0x53, 0x00, 0x00, 0x01];
+        nl.set_link("d1", None, None, true).unwrap();
+        nl.set_link("d0", Some(mac), Some(1400), true).unwrap();
+        let info = nl.link_info("d0").unwrap().unwrap();
+        assert_eq!(info.mac, Some(mac));
+        assert_eq!(info.mtu, 1400);
+        assert!(info.up);
+        assert_eq!(info.kind.as_deref(), Some("veth"));
+        assert_eq!(nl.link_index("d0").unwrap(), Some(info.index));
+
+        // A second MAC change on a link that is up goes through the down/up dance.
+        let mac2 = [0x02, 0x4e, 0x53, 0x00, 0x00, 0x02];
+        nl.set_link("d0", Some(mac2), None, true).unwrap();
+        let info = nl.link_info("d0").unwrap().unwrap();
+        assert_eq!((info.mac, info.mtu, info.up), (Some(mac2), 1400, true));
+
+        let v4 = net("10.1.0.2/24");
+        let v6 = net("fd00:1::2/64");
+        nl.add_address(info.index, v4).unwrap();
+        nl.add_address(info.index, v6).unwrap();
+        let err = nl.add_address(info.index, v4).unwrap_err();
+        assert_eq!(err.errno(), Some(Errno::EEXIST), "{err}");
+        assert!(err.to_string().contains("10.1.0.2/24"), "{err}");
+        let addrs = nl.addresses(info.index).unwrap();
+        assert!(addrs.contains(&v4), "{addrs:?}");
+        assert!(addrs.contains(&v6), "{addrs:?}");
+
+        let gw: IpAddr = "10.1.0.1".parse().unwrap();
+        nl.add_route(net("0.0.0.0/0"), Some(gw), None).unwrap();
+        nl.add_route(net("10.2.0.9/16"), None, Some(info.index))
+            .unwrap();
+        let routes = nl.routes_v4().unwrap();
+        assert!(
+            routes.contains(&(net("0.0.0.0/0"), Some(gw), Some(info.index))),
+            "{routes:?}"
+        );
+        assert!(
+            routes.contains(&(net("10.2.0.0/16"), None, Some(info.index))),
+            "{routes:?}"
+        );
+        // The connected route of the address.
+        assert!(
+            routes.contains(&(net("10.1.0.0/24"), None, Some(info.index))),
+            "{routes:?}"
+        );
+        let err = nl.add_route(net("0.0.0.0/0"), Some(gw), None).unwrap_err();
+        assert_eq!(err.errno(), Some(Errno::EEXIST), "{err}");
+
+        let gw6: IpAddr = "fd00:1::1".parse().unwrap();
+        nl.add_route(net("::/0"), Some(gw6), Some(info.index))
+            .unwrap();
+        let routes6 = nl.routes_v6().unwrap();
+        assert!(
+            routes6.contains(&(net("::/0"), Some(gw6), Some(info.index))),
+            "{routes6:?}"
+        );
+        assert!(matches!(
+            nl.add_route(net("fd00:2::/64"), Some(gw), None),
+            Err(NetlinkError::InvalidRoute { .. })
+        ));
+
+        nl.set_link("d0", None, None, false).unwrap();
+        assert!(!nl.link_info("d0").unwrap().unwrap().up);
+
+        assert!(nl.del_link("d0").unwrap());
+        assert!(!nl.del_link("d0").unwrap());
+        assert_eq!(nl.link_index("d1").unwrap(), None, "veth peer goes with it");
+    }
+}

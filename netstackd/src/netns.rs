@@ -1,0 +1,311 @@
+//! Running work inside another network namespace.
+//!
+//! `setns(2)` moves only the calling thread, and a thread from a pool (tokio's workers
+//! included) would go back to the pool in the wrong namespace. So [`run_in_netns`] runs the
+//! work on a fresh, dedicated OS thread that enters the namespace, runs it and exits; the
+//! caller's thread never changes namespace. Sockets opened there (an rtnetlink socket, a TAP
+//! queue) stay bound to that namespace and may be used from any thread afterwards.
+
+use std::any::Any;
+use std::fs::File;
+use std::io;
+use std::os::fd::AsFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use nix::sched::{setns, CloneFlags};
+
+use crate::sys::ns::ns_type;
+
+/// Errors of [`run_in_netns`]; each names the namespace path.
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    /// The namespace file does not exist (the sandbox is gone).
+    #[error("network namespace {} does not exist", path.display())]
+    NotFound {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// The path exists but is not a network namespace file.
+    #[error("{} is not a network namespace", path.display())]
+    NotANetns {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// Opening the namespace file failed for another reason (e.g. permissions).
+    #[error("opening network namespace {}: {source}", path.display())]
+    Open {
+        /// The path given.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// The thread for the work could not be started.
+    #[error("starting a thread for network namespace {}: {source}", path.display())]
+    Spawn {
+        /// The path given.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// `setns(CLONE_NEWNET)` failed.
+    #[error("entering network namespace {}: {source}", path.display())]
+    Setns {
+        /// The path given.
+        path: PathBuf,
+        /// The errno.
+        #[source]
+        source: nix::Error,
+    },
+    /// The work panicked; the panic was caught on its thread.
+    #[error("work in network namespace {} panicked: {message}", path.display())]
+    Panicked {
+        /// The path given.
+        path: PathBuf,
+        /// The panic message, when it was a string.
+        message: String,
+    },
+}
+
+/// Runs `f` on a dedicated thread (named `netns`) inside the network namespace at `netns`,
+/// waits for it and returns its result.
+///
+/// The namespace file is opened and checked (`NS_GET_NSTYPE`) before the thread starts: a
+/// missing file is [`NetnsError::NotFound`], any other file [`NetnsError::NotANetns`]. The
+/// thread exits after `f`, so no thread outlives its stay in the namespace; a panic in `f` is
+/// returned as [`NetnsError::Panicked`].
+///
+/// Inside `f`, read per-namespace proc files through `/proc/thread-self/net/...`:
+/// `/proc/self/net` follows the main thread's namespace, not the current thread's.
+pub fn run_in_netns<F, T>(netns: &Path, f: F) -> Result<T, NetnsError>
+where
+    F: FnOnce() -> T + Send,
+    T: Send,
+{
+    let path = || netns.to_path_buf();
+    let file = File::open(netns).map_err(|source| match source.kind() {
+        io::ErrorKind::NotFound => NetnsError::NotFound { path: path() },
+        _ => NetnsError::Open {
+            path: path(),
+            source,
+        },
+    })?;
+    match ns_type(file.as_fd()) {
+        Ok(kind) if kind == CloneFlags::CLONE_NEWNET => {}
+        _ => return Err(NetnsError::NotANetns { path: path() }),
+    }
+    std::thread::scope(|scope| {
+        let worker = std::thread::Builder::new()
+            .name("netns".into())
+            .spawn_scoped(scope, move || {
+                setns(file.as_fd(), CloneFlags::CLONE_NEWNET)?;
+                drop(file);
+                Ok(f())
+            })
+            .map_err(|source| NetnsError::Spawn {
+                path: path(),
+                source,
+            })?;
+        match worker.join() {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(source)) => Err(NetnsError::Setns {
+                path: path(),
+                source,
+            }),
+            Err(payload) => Err(NetnsError::Panicked {
+                path: path(),
+                message: panic_message(payload.as_ref()),
+            }),
+        }
+    })
+}
+
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}
+
+/// The namespace file of the calling thread's network namespace,
+/// `/proc/self/task/<tid>/ns/net` (valid while the thread lives).
+pub fn current_netns_path() -> PathBuf {
+    PathBuf::from(format!("/proc/self/task/{}/ns/net", nix::unistd::gettid()))
+}
+
+/// Whether two namespace files (or bind mounts of them) are the same namespace, comparing
+/// their (device, inode).
+pub fn same_netns(a: &Path, b: &Path) -> io::Result<bool> {
+    let (a, b) = (std::fs::metadata(a)?, std::fs::metadata(b)?);
+    Ok(a.dev() == b.dev() && a.ino() == b.ino())
+}
+
+/// Helpers for tests that need a namespace of their own.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::path::PathBuf;
+    use std::process::Command;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use nix::sched::{unshare, CloneFlags};
+
+    /// Whether the tests run as root (the namespace tests are skipped otherwise).
+    pub fn is_root() -> bool {
+        nix::unistd::geteuid().is_root()
+    }
+
+    /// Runs `f` on a thread moved into a new, anonymous network namespace, which disappears
+    /// with the thread and whatever `f` left open. Panics in `f` propagate.
+    pub fn in_fresh_netns<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+        std::thread::scope(|scope| {
+            let worker = scope.spawn(|| {
+                unshare(CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
+                f()
+            });
+            worker
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p))
+        })
+    }
+
+    /// A named namespace (`ip netns add`), deleted on drop.
+    pub struct NamedNetns {
+        /// Its name under /run/netns.
+        pub name: String,
+        /// `/run/netns/<name>`.
+        pub path: PathBuf,
+    }
+
+    impl NamedNetns {
+        /// Creates `nst-<pid>-<n>` so concurrent test runs do not collide.
+        pub fn new() -> Self {
+            static NEXT: AtomicUsize = AtomicUsize::new(0);
+            let name = format!(
+                "nst-{}-{}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            );
+            let status = Command::new("ip")
+                .args(["netns", "add", &name])
+                .status()
+                .expect("running ip netns add");
+            assert!(status.success(), "ip netns add {name} failed");
+            let path = PathBuf::from(format!("/run/netns/{name}"));
+            NamedNetns { name, path }
+        }
+
+        /// Runs `ip -n <name> ARGS...` and asserts it succeeded.
+        pub fn ip(&self, args: &[&str]) {
+            let status = Command::new("ip")
+                .args(["-n", &self.name])
+                .args(args)
+                .status()
+                .expect("running ip");
+            assert!(status.success(), "ip -n {} {args:?} failed", self.name);
+        }
+    }
+
+    impl Drop for NamedNetns {
+        fn drop(&mut self) {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.name])
+                .status();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    use super::testing::{is_root, NamedNetns};
+    use super::*;
+    use crate::netlink::Netlink;
+
+    #[test]
+    fn missing_path_is_not_found() {
+        let err = run_in_netns(Path::new("/run/netns/nst-does-not-exist"), || ()).unwrap_err();
+        assert!(matches!(err, NetnsError::NotFound { .. }), "{err}");
+        assert!(err.to_string().contains("/run/netns/nst-does-not-exist"));
+    }
+
+    #[test]
+    fn plain_file_is_not_a_netns() {
+        let err = run_in_netns(Path::new("/etc/hostname"), || ()).unwrap_err();
+        assert!(matches!(err, NetnsError::NotANetns { .. }), "{err}");
+        assert!(err.to_string().contains("/etc/hostname"));
+    }
+
+    #[test]
+    fn other_namespace_kind_is_not_a_netns() {
+        let err = run_in_netns(Path::new("/proc/self/ns/uts"), || ()).unwrap_err();
+        assert!(matches!(err, NetnsError::NotANetns { .. }), "{err}");
+    }
+
+    #[test]
+    fn current_netns_path_is_the_threads_namespace() {
+        let path = current_netns_path();
+        assert!(path.starts_with("/proc/self/task"));
+        assert!(same_netns(&path, Path::new("/proc/thread-self/ns/net")).unwrap());
+        assert!(same_netns(&path, Path::new("/proc/self/ns/net")).unwrap());
+    }
+
+    #[test]
+    fn work_runs_inside_the_namespace_and_not_in_the_host() {
+        if !is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let ns = NamedNetns::new();
+        let host = current_netns_path();
+        let (inside, thread_name, devices) = run_in_netns(&ns.path, || {
+            // A child process inherits this thread's namespace.
+            let status = Command::new("ip")
+                .args([
+                    "link", "add", "nst-v0", "type", "veth", "peer", "name", "nst-v1",
+                ])
+                .status()
+                .unwrap();
+            assert!(status.success());
+            let inside = same_netns(&current_netns_path(), &ns.path).unwrap();
+            let name = std::thread::current().name().map(str::to_owned);
+            let devices = std::fs::read_to_string("/proc/thread-self/net/dev").unwrap();
+            (inside, name, devices)
+        })
+        .unwrap();
+        assert!(inside);
+        assert_eq!(thread_name.as_deref(), Some("netns"));
+        assert!(devices.contains("nst-v0:"), "{devices}");
+        // The calling thread never moved.
+        assert!(same_netns(&current_netns_path(), &host).unwrap());
+        assert!(!same_netns(&host, &ns.path).unwrap());
+        let host_nl = Netlink::new().unwrap();
+        assert_eq!(host_nl.link_index("nst-v0").unwrap(), None);
+
+        // A netlink socket opened inside keeps working on that namespace from out here.
+        let ns_nl = run_in_netns(&ns.path, || Netlink::new().unwrap()).unwrap();
+        assert!(ns_nl.link_index("nst-v0").unwrap().is_some());
+    }
+
+    #[test]
+    fn panic_in_the_work_is_an_error() {
+        if !is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let ns = NamedNetns::new();
+        let err = run_in_netns::<_, u8>(&ns.path, || panic!("boom in netns")).unwrap_err();
+        match err {
+            NetnsError::Panicked { path, message } => {
+                assert_eq!(path, ns.path);
+                assert_eq!(message, "boom in netns");
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+}

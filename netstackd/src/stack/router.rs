@@ -1,0 +1,297 @@
+//! Forwarding decisions for frames from a pod and packets from the uplink.
+//!
+//! netstackd is the pods' router: it answers every ARP request a pod makes with one virtual
+//! gateway MAC (proxy ARP), validates IPv4 as Linux `ip_rcv` does, enforces that a pod only
+//! sends from its own MAC and IPs, decrements TTL (ICMP time exceeded at the end), and sends
+//! each packet either straight into the destination pod's TAP or to the node's uplink TUN.
+//! Frames are rewritten in place; the virtio-net header travels with them, so a 64 KB TSO
+//! frame is forwarded whole.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use crate::wire::{
+    arp, ethernet, icmpv4, ipv4, ArpPacket, EthernetFrame, Ipv4Packet, MacAddr, VnetHdr,
+};
+
+use super::counters::{DropReason, LinkCounters};
+
+/// The MAC netstackd answers with for every address a pod asks about (locally administered).
+pub const GATEWAY_MAC: MacAddr = MacAddr([0x02, 0x4e, 0x53, 0x00, 0x00, 0x01]);
+
+/// Largest ICMP error netstackd generates, as RFC 1812 and Linux do.
+const ICMP_ERROR_MAX: usize = 576;
+
+/// One pod interface as a worker sees it; `P` is the worker's handle to its TAP queue.
+pub struct PodPort<P> {
+    /// The attachment id, unique for the daemon's lifetime.
+    pub id: u64,
+    /// The pod's MAC.
+    pub mac: MacAddr,
+    /// The pod's IPv4 addresses.
+    pub ipv4: Vec<Ipv4Addr>,
+    /// The pod interface MTU.
+    pub mtu: u32,
+    /// The pod's counters.
+    pub counters: Arc<LinkCounters>,
+    /// The worker's I/O handle for this pod.
+    pub io: P,
+}
+
+/// What to do with a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Write the first `len` bytes of the buffer (an Ethernet frame) to pod `id`.
+    ToPod {
+        /// Destination attachment id.
+        id: u64,
+        /// Frame length.
+        len: usize,
+    },
+    /// Write the IPv4 packet at `buf[14..len]` to the uplink.
+    ToUplink {
+        /// Frame length including the 14-byte Ethernet header that is not sent.
+        len: usize,
+    },
+    /// The buffer now holds a reply of `len` bytes for the pod the frame came from.
+    Reply {
+        /// Reply length.
+        len: usize,
+        /// The original frame was dropped for this reason (the reply is an ICMP error).
+        dropped: Option<DropReason>,
+    },
+    /// Handled, nothing to send (a gratuitous ARP, say).
+    Consumed,
+    /// Dropped.
+    Drop(DropReason),
+}
+
+/// The forwarding table of one worker.
+pub struct Router<P> {
+    pods: HashMap<u64, PodPort<P>>,
+    by_ipv4: HashMap<Ipv4Addr, u64>,
+    gateway_v4: Ipv4Addr,
+    uplink_mtu: u32,
+}
+
+impl<P> Router<P> {
+    /// An empty table; ICMP errors come from `gateway_v4`.
+    pub fn new(gateway_v4: Ipv4Addr, uplink_mtu: u32) -> Self {
+        Router {
+            pods: HashMap::new(),
+            by_ipv4: HashMap::new(),
+            gateway_v4,
+            uplink_mtu,
+        }
+    }
+
+    /// Adds a pod. Its addresses must not belong to another pod (the daemon checks).
+    pub fn insert(&mut self, port: PodPort<P>) {
+        for ip in &port.ipv4 {
+            self.by_ipv4.insert(*ip, port.id);
+        }
+        self.pods.insert(port.id, port);
+    }
+
+    /// Removes a pod and returns it.
+    pub fn remove(&mut self, id: u64) -> Option<PodPort<P>> {
+        let port = self.pods.remove(&id)?;
+        self.by_ipv4.retain(|_, v| *v != id);
+        Some(port)
+    }
+
+    /// The pod with attachment `id`.
+    pub fn pod(&self, id: u64) -> Option<&PodPort<P>> {
+        self.pods.get(&id)
+    }
+
+    /// Every pod.
+    pub fn pods(&self) -> impl Iterator<Item = &PodPort<P>> {
+        self.pods.values()
+    }
+
+    /// Decides the fate of the `len`-byte Ethernet frame at the start of `buf`, received from
+    /// pod `src`. `buf` may be rewritten in place (and beyond `len`, for a reply).
+    pub fn from_pod(&self, src: u64, vnet: &mut VnetHdr, buf: &mut [u8], len: usize) -> Verdict {
+        let Some(pod) = self.pods.get(&src) else {
+            return Verdict::Drop(DropReason::NoRoute);
+        };
+        let Ok(eth) = EthernetFrame::new_checked(&buf[..len]) else {
+            return Verdict::Drop(DropReason::Malformed);
+        };
+        if eth.src() != pod.mac {
+            return Verdict::Drop(DropReason::Spoofed);
+        }
+        match eth.ethertype() {
+            ethernet::ETHERTYPE_ARP => self.arp_from_pod(pod, vnet, buf, len),
+            ethernet::ETHERTYPE_IPV4 => self.ipv4_from_pod(pod, vnet, buf, len),
+            _ => Verdict::Drop(DropReason::Unsupported),
+        }
+    }
+
+    fn arp_from_pod(
+        &self,
+        pod: &PodPort<P>,
+        vnet: &mut VnetHdr,
+        buf: &mut [u8],
+        len: usize,
+    ) -> Verdict {
+        let Ok(mut arp) = ArpPacket::new_checked(&mut buf[ethernet::HEADER_LEN..len]) else {
+            return Verdict::Drop(DropReason::Malformed);
+        };
+        let sender_ip = arp.sender_ip();
+        if arp.sender_mac() != pod.mac
+            || !(sender_ip.is_unspecified() || pod.ipv4.contains(&sender_ip))
+        {
+            return Verdict::Drop(DropReason::Spoofed);
+        }
+        let target = arp.target_ip();
+        // Replies, gratuitous announcements and duplicate-address probes need no answer: a
+        // pod asking about its own address must not be told that somebody else has it.
+        if arp.operation() != arp::OP_REQUEST
+            || target.is_unspecified()
+            || pod.ipv4.contains(&target)
+            || sender_ip.is_unspecified()
+        {
+            return Verdict::Consumed;
+        }
+        arp.make_reply_in_place(GATEWAY_MAC);
+        ethernet::write_header(buf, pod.mac, GATEWAY_MAC, ethernet::ETHERTYPE_ARP);
+        *vnet = VnetHdr::default();
+        Verdict::Reply {
+            len: ethernet::HEADER_LEN + arp::PACKET_LEN,
+            dropped: None,
+        }
+    }
+
+    fn ipv4_from_pod(
+        &self,
+        pod: &PodPort<P>,
+        vnet: &mut VnetHdr,
+        buf: &mut [u8],
+        len: usize,
+    ) -> Verdict {
+        let ip = match Ipv4Packet::new_checked(&buf[ethernet::HEADER_LEN..len]) {
+            Ok(ip) => ip,
+            Err(_) => return Verdict::Drop(DropReason::Malformed),
+        };
+        let (src, dst) = (ip.src_addr(), ip.dst_addr());
+        // Trim Ethernet padding: the frame ends where the IP packet does.
+        let len = ethernet::HEADER_LEN + ip.total_len() as usize;
+        if !pod.ipv4.contains(&src) {
+            return Verdict::Drop(DropReason::Spoofed);
+        }
+        if dst.is_broadcast() || dst.is_multicast() || dst.is_unspecified() {
+            return Verdict::Drop(DropReason::NoRoute);
+        }
+        if ip.ttl() <= 1 {
+            return self.icmp_error(
+                pod,
+                vnet,
+                buf,
+                len,
+                icmpv4::TYPE_TIME_EXCEEDED,
+                0,
+                0,
+                DropReason::TtlExceeded,
+            );
+        }
+        let dest = self.by_ipv4.get(&dst).and_then(|id| self.pods.get(id));
+        let egress_mtu = dest.map_or(self.uplink_mtu, |d| d.mtu);
+        let ip_len = len - ethernet::HEADER_LEN;
+        if !vnet.is_gso() && ip_len > egress_mtu as usize && ip.dont_frag() {
+            return self.icmp_error(
+                pod,
+                vnet,
+                buf,
+                len,
+                icmpv4::TYPE_DEST_UNREACHABLE,
+                4,
+                egress_mtu & 0xffff,
+                DropReason::FragNeeded,
+            );
+        }
+        Ipv4Packet::new_unchecked(&mut buf[ethernet::HEADER_LEN..len]).decrement_ttl();
+        match dest {
+            Some(d) if d.id != pod.id => {
+                ethernet::write_header(buf, d.mac, GATEWAY_MAC, ethernet::ETHERTYPE_IPV4);
+                Verdict::ToPod { id: d.id, len }
+            }
+            // A pod talking to its own address goes through its own loopback, never here.
+            Some(_) => Verdict::Drop(DropReason::NoRoute),
+            None => {
+                vnet.shift_csum_start(-(ethernet::HEADER_LEN as i16));
+                Verdict::ToUplink { len }
+            }
+        }
+    }
+
+    /// Replaces the frame in `buf` with an ICMP error about it, addressed back to `pod`.
+    #[allow(clippy::too_many_arguments)]
+    fn icmp_error(
+        &self,
+        pod: &PodPort<P>,
+        vnet: &mut VnetHdr,
+        buf: &mut [u8],
+        len: usize,
+        icmp_type: u8,
+        code: u8,
+        rest_of_header: u32,
+        reason: DropReason,
+    ) -> Verdict {
+        let ip = Ipv4Packet::new_unchecked(&buf[ethernet::HEADER_LEN..len]);
+        // Never an error about an error, a non-first fragment, or a non-unicast packet.
+        let is_icmp_error = ip.protocol() == ipv4::PROTO_ICMP
+            && ip.payload().first().is_some_and(|t| icmpv4::is_error(*t));
+        if is_icmp_error || ip.frag_offset() != 0 {
+            return Verdict::Drop(reason);
+        }
+        let dst = ip.src_addr();
+        let mut quote = [0u8; ICMP_ERROR_MAX];
+        let q = (len - ethernet::HEADER_LEN).min(ICMP_ERROR_MAX);
+        quote[..q].copy_from_slice(&buf[ethernet::HEADER_LEN..ethernet::HEADER_LEN + q]);
+        let n = icmpv4::emit_error(
+            &mut buf[ethernet::HEADER_LEN..],
+            self.gateway_v4,
+            dst,
+            icmp_type,
+            code,
+            rest_of_header,
+            &quote[..q],
+        );
+        ethernet::write_header(buf, pod.mac, GATEWAY_MAC, ethernet::ETHERTYPE_IPV4);
+        *vnet = VnetHdr::default();
+        Verdict::Reply {
+            len: ethernet::HEADER_LEN + n,
+            dropped: Some(reason),
+        }
+    }
+
+    /// Decides the fate of an IPv4 packet from the uplink, which the caller read into
+    /// `buf[14..14 + ip_len]` (the 14 bytes before it are room for the Ethernet header).
+    pub fn from_uplink(&self, vnet: &mut VnetHdr, buf: &mut [u8], ip_len: usize) -> Verdict {
+        let end = ethernet::HEADER_LEN + ip_len;
+        let ip = match Ipv4Packet::new_checked(&buf[ethernet::HEADER_LEN..end]) {
+            Ok(ip) => ip,
+            Err(crate::wire::WireError::BadVersion) => {
+                return Verdict::Drop(DropReason::Unsupported)
+            }
+            Err(_) => return Verdict::Drop(DropReason::Malformed),
+        };
+        let len = ethernet::HEADER_LEN + ip.total_len() as usize;
+        let Some(d) = self
+            .by_ipv4
+            .get(&ip.dst_addr())
+            .and_then(|id| self.pods.get(id))
+        else {
+            return Verdict::Drop(DropReason::NoRoute);
+        };
+        ethernet::write_header(buf, d.mac, GATEWAY_MAC, ethernet::ETHERTYPE_IPV4);
+        vnet.shift_csum_start(ethernet::HEADER_LEN as i16);
+        Verdict::ToPod { id: d.id, len }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs what netstack's demo and tests need on Debian 12 (as root). Idempotent and quick
+# when everything is already there. The Rust toolchain (cargo >= 1.85) must be present.
+set -euo pipefail
+
+PACKAGES=(containernetworking-plugins iperf3 iproute2 iputils-ping ethtool jq netcat-openbsd socat procps)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  for c in "$HOME/.cargo/bin/cargo" /usr/local/cargo/bin/cargo; do
+    [ -x "$c" ] && export PATH="$(dirname "$c"):$PATH" && break
+  done
+fi
+command -v cargo >/dev/null 2>&1 || { echo "deps: cargo not found: install a Rust toolchain (>= 1.85) first" >&2; exit 1; }
+[ -e /dev/net/tun ] || { echo "deps: /dev/net/tun is missing" >&2; exit 1; }

@@ -41,7 +41,7 @@ IP_B=$(add_pod "$B") && ok "ADD pod B ($IP_B)" || fail "ADD pod B"
 R=$(cat "$WORK/$A.result.json")
 check "result: cniVersion 1.0.0" test "$(jq -r .cniVersion <<<"$R")" = 1.0.0
 check "result: interface eth0 in the sandbox" test "$(jq -r '.interfaces[0].name + " " + .interfaces[0].sandbox' <<<"$R")" = "eth0 /run/netns/$A"
-check "result: ip points at interface 0 with the gateway" test "$(jq -r '.ips[0].interface|tostring + " " + .ips[0].gateway' <<<"$R")" = "0 $GATEWAY"
+check "result: ip points at interface 0 with the gateway" test "$(jq -r '(.ips[0].interface|tostring) + " " + .ips[0].gateway' <<<"$R")" = "0 $GATEWAY"
 check "result: default route via the gateway" test "$(jq -r '.routes[] | select(.dst=="0.0.0.0/0") | .gw' <<<"$R")" = "$GATEWAY"
 check "result MAC is the device's MAC" test "$(jq -r '.interfaces[0].mac' <<<"$R")" = "$(in_pod "$A" cat /sys/class/net/eth0/address)"
 check "pod eth0 is a multi-queue TAP with vnet header" sh -c "ip -n $A -d link show eth0 | grep -q 'tun type tap.*vnet_hdr.*multi_queue'"

@@ -158,7 +158,8 @@ fn create_pod_link(
     .map_err(netns_error)?
 }
 
-/// Deletes the pod's TAP if it is there (and is a TUN/TAP device). Quiet when it is not.
+/// Deletes the pod's TAP if it is there and is a TUN/TAP device; a missing netns or device, or
+/// a device of another kind (not ours), is left as it is.
 pub fn delete_pod_link(netns: &Path, ifname: &str) -> Result<(), CniError> {
     let name = ifname.to_owned();
     match run_in_netns(netns, move || -> Result<(), String> {
@@ -167,9 +168,14 @@ pub fn delete_pod_link(netns: &Path, ifname: &str) -> Result<(), CniError> {
             Some(info) if info.kind.as_deref() == Some("tun") => {
                 nl.del_link(&name).map(drop).map_err(|e| e.to_string())
             }
-            Some(_) => Err(format!(
-                "{name} exists but is not a netstack TAP; left alone"
-            )),
+            Some(info) => {
+                // Not ours (ADD refuses an existing name): DEL leaves it alone and succeeds.
+                eprintln!(
+                    "netstack: {name} is a {} device, not a netstack TAP: left alone",
+                    info.kind.as_deref().unwrap_or("non-tun")
+                );
+                Ok(())
+            }
             None => Ok(()),
         }
     }) {

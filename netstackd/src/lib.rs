@@ -11,5 +11,6 @@ pub mod dataplane;
 pub mod netlink;
 pub mod netns;
 pub mod stack;
+pub mod supervisor;
 pub mod sys;
 pub mod wire;

@@ -19,6 +19,21 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Remove everything netstack created on this node (pod TAPs, uplink, state): uninstall.
+    Cleanup {
+        /// Control socket path (cleanup refuses while netstackd answers there).
+        #[arg(long, default_value = netstackd::control::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// The state dir netstackd used.
+        #[arg(long, default_value = "/var/lib/netstack")]
+        state_dir: PathBuf,
+        /// The uplink netstackd created.
+        #[arg(long, default_value = "netstack0")]
+        uplink: String,
+    },
+    /// Internal: the dataplane child netstackd starts (socket on fd 3).
+    #[command(hide = true)]
+    Dataplane,
     /// Ask a running netstackd over its control socket; prints the JSON reply.
     Ctl {
         /// Control socket path.
@@ -79,24 +94,50 @@ fn ctl(socket: &std::path::Path, what: CtlRequest) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn init_logging(level: &str) {
+    let filter = std::env::var("NETSTACK_LOG").unwrap_or_else(|_| level.to_owned());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 fn main() {
     let cli = Cli::parse();
-    if let Some(Command::Ctl { socket, what }) = cli.command {
-        if let Err(e) = ctl(&socket, what) {
-            eprintln!("netstackd ctl: {e:#}");
-            std::process::exit(1);
+    match cli.command {
+        Some(Command::Ctl { socket, what }) => {
+            if let Err(e) = ctl(&socket, what) {
+                eprintln!("netstackd ctl: {e:#}");
+                std::process::exit(1);
+            }
+            return;
         }
-        return;
+        Some(Command::Cleanup {
+            socket,
+            state_dir,
+            uplink,
+        }) => {
+            if let Err(e) = daemon::cleanup(&socket, &state_dir, &uplink) {
+                eprintln!("netstackd cleanup: {e:#}");
+                std::process::exit(1);
+            }
+            return;
+        }
+        Some(Command::Dataplane) => {
+            init_logging("info");
+            if let Err(e) = netstackd::dataplane::child::run() {
+                tracing::error!("dataplane: {e:#}");
+                std::process::exit(1);
+            }
+            return;
+        }
+        None => {}
     }
     let Some(args) = cli.daemon else {
         eprintln!("netstackd: --pod-cidr is required (see --help)");
         std::process::exit(2);
     };
-    let filter = std::env::var("NETSTACK_LOG").unwrap_or_else(|_| args.log.clone());
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(&args.log);
     let workers = args.workers.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())

@@ -8,13 +8,14 @@ mod uplink;
 pub use registry::{valid_container_id, valid_ifname, Registry};
 
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use ipnet::Ipv4Net;
 
-use crate::dataplane::Dataplane;
+use crate::netlink::Netlink;
+use crate::supervisor::DataplaneProcess;
 
 /// How netstackd is set up (its command line).
 #[derive(Debug, Clone)]
@@ -47,7 +48,20 @@ impl DaemonConfig {
     }
 }
 
+/// The capabilities the supervisor keeps: netlink and TUNSETIFF (NET_ADMIN), setns into pod
+/// namespaces (SYS_ADMIN), packet sockets for veth mode (NET_RAW).
+pub const SUPERVISOR_CAPS: [caps::Capability; 3] = [
+    caps::Capability::CAP_NET_ADMIN,
+    caps::Capability::CAP_SYS_ADMIN,
+    caps::Capability::CAP_NET_RAW,
+];
+
 /// Runs netstackd until a termination signal arrives.
+///
+/// Start-up order: uplink (persistent, so a restart keeps the node's route to the pods),
+/// forwarding, the dataplane child, then the supervisor drops every capability it does not
+/// need, re-opens the attachments recorded in the state dir, and only then puts the control
+/// socket in place.
 pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
     let gateway = config.gateway()?;
     if config.workers == 0 || config.workers > crate::control::MAX_FDS {
@@ -63,22 +77,85 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
 
     let queues = uplink::create(&config, gateway).context("setting up the uplink")?;
     enable_ipv4_forwarding()?;
-    let dataplane = Dataplane::start(queues, gateway, config.uplink_mtu)
-        .context("starting the dataplane workers")?;
+    let dataplane = DataplaneProcess::start(queues, gateway, config.uplink_mtu)
+        .context("starting the dataplane")?;
+    crate::sys::process::restrict_capabilities(&SUPERVISOR_CAPS)
+        .context("dropping capabilities")?;
     tracing::info!(
         uplink = %config.uplink,
         pod_cidr = %config.pod_cidr,
         %gateway,
         workers = config.workers,
+        dataplane_pid = dataplane.child().0,
         "dataplane running"
     );
     let registry = Arc::new(Registry::new(config.clone(), gateway, dataplane));
+    let (restored, cleaned) = registry.restore();
+    if restored + cleaned > 0 {
+        tracing::info!(restored, cleaned, "state dir re-read");
+    }
     let listener = server::bind(&config.socket)?;
     tracing::info!(socket = %config.socket.display(), "ready");
     server::spawn_accept_loop(listener, Arc::clone(&registry))?;
     let sig = server::wait_for_termination(&signals);
-    tracing::info!("{sig}: shutting down");
+    tracing::info!("{sig}: shutting down; pod TAPs and the uplink stay for the next start");
     let _ = std::fs::remove_file(&config.socket);
+    registry.dataplane().shutdown();
+    Ok(())
+}
+
+/// `netstackd cleanup`: removes everything netstack created on this node (for uninstall):
+/// every recorded pod TAP (in its netns), the state files, the uplink and the socket. Refuses
+/// while a netstackd answers on the socket.
+pub fn cleanup(socket: &Path, state_dir: &Path, uplink: &str) -> anyhow::Result<()> {
+    if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+        bail!(
+            "netstackd is running on {}: stop it before cleaning up",
+            socket.display()
+        );
+    }
+    let mut removed = 0;
+    if let Ok(entries) = std::fs::read_dir(state_dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".json") {
+                if let Ok(a) = std::fs::read(&path)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|b| Ok(serde_json::from_slice::<crate::control::Attachment>(&b)?))
+                {
+                    let ifname = a.key.ifname.clone();
+                    let gone = crate::netns::run_in_netns(&a.netns, move || {
+                        let nl = crate::netlink::Netlink::new()?;
+                        match nl.link_info(&ifname)? {
+                            Some(i) if i.kind.as_deref() == Some("tun") => nl.del_link(&ifname),
+                            _ => Ok(false),
+                        }
+                    });
+                    if let Ok(Ok(true)) = gone {
+                        removed += 1;
+                    }
+                }
+            }
+            if name.ends_with(".json") || name.ends_with(".json.tmp") {
+                std::fs::remove_file(&path)
+                    .with_context(|| format!("removing {}", path.display()))?;
+            }
+        }
+    }
+    let nl = Netlink::new().context("opening rtnetlink")?;
+    let uplink_removed = nl
+        .del_link(uplink)
+        .with_context(|| format!("deleting {uplink}"))?;
+    let _ = std::fs::remove_file(socket);
+    println!(
+        "netstack cleanup: {removed} pod TAP(s) removed, uplink {uplink} {}",
+        if uplink_removed {
+            "removed"
+        } else {
+            "was absent"
+        }
+    );
     Ok(())
 }
 

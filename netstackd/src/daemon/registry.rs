@@ -7,11 +7,11 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use crate::control::{Attachment, AttachmentKey, DaemonStatus, PodStats, Reply, Request};
-use crate::dataplane::{Dataplane, PodSpec};
-use crate::stack::LinkCounters;
+use crate::dataplane::PodSpec;
+use crate::supervisor::DataplaneProcess;
 use crate::sys::tap::{queue_info, set_nonblocking};
 
 /// The TUNSETIFF flags a pod queue must carry.
@@ -23,14 +23,13 @@ use super::DaemonConfig;
 struct Attached {
     id: u64,
     attachment: Attachment,
-    counters: Arc<LinkCounters>,
 }
 
 /// Every attachment, and the dataplane that serves them.
 pub struct Registry {
     config: DaemonConfig,
     gateway: Ipv4Addr,
-    dataplane: Dataplane,
+    dataplane: DataplaneProcess,
     attached: Mutex<BTreeMap<AttachmentKey, Attached>>,
     next_id: AtomicU64,
 }
@@ -55,7 +54,7 @@ pub fn valid_ifname(name: &str) -> bool {
 
 impl Registry {
     /// A registry with nothing attached.
-    pub fn new(config: DaemonConfig, gateway: Ipv4Addr, dataplane: Dataplane) -> Self {
+    pub fn new(config: DaemonConfig, gateway: Ipv4Addr, dataplane: DataplaneProcess) -> Self {
         Registry {
             config,
             gateway,
@@ -92,6 +91,7 @@ impl Registry {
     }
 
     fn stats(&self) -> Reply {
+        let (mut counters, uplink) = self.dataplane.stats();
         let pods = self
             .lock()
             .values()
@@ -100,13 +100,15 @@ impl Registry {
                 netns: a.attachment.netns.clone(),
                 mac: a.attachment.mac,
                 ips: a.attachment.ips.clone(),
-                counters: a.counters.snapshot(),
+                counters: counters.remove(&a.id).unwrap_or_default(),
             })
             .collect();
-        Reply::Stats {
-            pods,
-            uplink: self.dataplane.uplink_counters().snapshot(),
-        }
+        Reply::Stats { pods, uplink }
+    }
+
+    /// The dataplane process, for shutdown and status.
+    pub fn dataplane(&self) -> &DataplaneProcess {
+        &self.dataplane
     }
 
     /// Checks an attach request before anything is changed.
@@ -173,6 +175,12 @@ impl Registry {
     }
 
     fn attach(&self, a: Attachment, fds: Vec<OwnedFd>) -> Result<(), String> {
+        self.admit(a, fds, true)
+    }
+
+    /// Validates an attachment and hands it to the dataplane; `record` writes its state file
+    /// first (false when it comes from the state dir on restart).
+    fn admit(&self, a: Attachment, fds: Vec<OwnedFd>, record: bool) -> Result<(), String> {
         let ipv4 = self.validate(&a, &fds)?;
         let key = a.key.clone();
         let mut attached = self.lock();
@@ -191,18 +199,20 @@ impl Registry {
             ));
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let counters = Arc::new(LinkCounters::new(self.dataplane.workers()));
-        self.write_state(&a)
-            .map_err(|e| format!("{key}: recording the attachment: {e}"))?;
+        if record {
+            self.write_state(&a)
+                .map_err(|e| format!("{key}: recording the attachment: {e}"))?;
+        }
         let spec = PodSpec {
             id,
             mac: a.mac,
             ipv4,
             mtu: a.mtu,
-            counters: Arc::clone(&counters),
         };
-        if let Err(e) = self.dataplane.attach(&spec, fds) {
-            let _ = std::fs::remove_file(self.state_path(&key));
+        if let Err(e) = self.dataplane.attach(spec, fds) {
+            if record {
+                let _ = std::fs::remove_file(self.state_path(&key));
+            }
             return Err(format!("{key}: handing the queues to the dataplane: {e}"));
         }
         tracing::info!(
@@ -212,17 +222,82 @@ impl Registry {
             mac = %a.mac,
             ips = ?a.ips,
             queues = a.queues,
+            restored = !record,
             "attached"
         );
-        attached.insert(
-            key,
-            Attached {
-                id,
-                attachment: a,
-                counters,
-            },
-        );
+        attached.insert(key, Attached { id, attachment: a });
         Ok(())
+    }
+
+    /// Re-reads the state dir after a restart: every recorded attachment whose netns and TAP
+    /// still exist is re-opened (the TAP is persistent) and served again; the others are
+    /// removed and logged. Returns (restored, cleaned up).
+    pub fn restore(&self) -> (usize, usize) {
+        let entries = match std::fs::read_dir(&self.config.state_dir) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(dir = %self.config.state_dir.display(), "reading the state dir: {e}");
+                return (0, 0);
+            }
+        };
+        let (mut restored, mut cleaned) = (0, 0);
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".json.tmp") {
+                // A write that never reached its rename: the attach was never acknowledged.
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
+            if !name.ends_with(".json") {
+                continue;
+            }
+            let attachment: Attachment = match std::fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+            {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::error!(file = %path.display(), "unreadable state file left in place: {e}");
+                    continue;
+                }
+            };
+            let key = attachment.key.clone();
+            match self.reopen(&attachment) {
+                Ok(fds) => match self.admit(attachment, fds, false) {
+                    Ok(()) => restored += 1,
+                    Err(e) => {
+                        tracing::warn!(container_id = %key.container_id, "cannot restore, cleaning up: {e}");
+                        let _ = std::fs::remove_file(&path);
+                        cleaned += 1;
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!(container_id = %key.container_id, ifname = %key.ifname, "pod is gone, cleaning up: {e}");
+                    let _ = std::fs::remove_file(&path);
+                    cleaned += 1;
+                }
+            }
+        }
+        (restored, cleaned)
+    }
+
+    /// Opens the queues of a recorded attachment's persistent TAP inside its netns.
+    fn reopen(&self, a: &Attachment) -> Result<Vec<OwnedFd>, String> {
+        let ifname = a.key.ifname.clone();
+        let queues = self.dataplane.workers();
+        crate::netns::run_in_netns(&a.netns, move || -> Result<Vec<OwnedFd>, String> {
+            let nl = crate::netlink::Netlink::new().map_err(|e| e.to_string())?;
+            match nl.link_info(&ifname).map_err(|e| e.to_string())? {
+                Some(info) if info.kind.as_deref() == Some("tun") => {}
+                Some(_) => return Err(format!("{ifname} is no longer a TAP")),
+                None => return Err(format!("{ifname} no longer exists")),
+            }
+            crate::sys::tap::open_queues(&ifname, crate::sys::tap::TunKind::Tap, queues, true)
+                .map(|q| q.fds)
+                .map_err(|e| e.to_string())
+        })
+        .map_err(|e| e.to_string())?
     }
 
     fn detach(&self, key: &AttachmentKey) -> Result<(), String> {

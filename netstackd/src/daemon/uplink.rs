@@ -12,10 +12,10 @@ use crate::sys::tap::{open_queues, TunKind};
 
 use super::DaemonConfig;
 
-/// Creates (or re-attaches to) the uplink TUN with one queue per worker, gives it the gateway
-/// address, sets its MTU and brings it up. Returns the queue fds.
+/// Creates (or, after a restart, re-attaches to) the persistent uplink TUN with one queue per
+/// worker, gives it the gateway address, sets its MTU and brings it up. Returns the queue fds.
 pub fn create(config: &DaemonConfig, gateway: std::net::Ipv4Addr) -> anyhow::Result<Vec<OwnedFd>> {
-    let tun = open_queues(&config.uplink, TunKind::Tun, config.workers, false)
+    let tun = open_queues(&config.uplink, TunKind::Tun, config.workers, true)
         .with_context(|| format!("creating TUN {}", config.uplink))?;
     tracing::info!(uplink = %config.uplink, offloads = format!("{:#x}", tun.offloads), "uplink TUN open");
     let nl = Netlink::new().context("opening rtnetlink in the host netns")?;

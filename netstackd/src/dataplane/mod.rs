@@ -1,8 +1,16 @@
 //! The dataplane: N worker threads, each owning one queue of every pod's multi-queue TAP and
-//! one queue of the uplink TUN, so the hot path takes no lock. The daemon adds and removes
-//! pods by message; a call returns once every worker has applied it.
+//! one queue of the uplink TUN, so the hot path takes no lock. Pods are added and removed by
+//! message; a call returns once every worker has applied it.
+//!
+//! In netstackd the dataplane runs in a child process with no capabilities under seccomp
+//! (`child`, `seccomp`); the supervisor talks to it with the messages of `ipc`.
 
+pub mod child;
+pub mod ipc;
+pub mod seccomp;
 mod worker;
+
+use std::collections::HashMap;
 
 use std::io;
 use std::net::Ipv4Addr;
@@ -14,6 +22,9 @@ use std::time::Duration;
 
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
+use serde::{Deserialize, Serialize};
+
+use crate::control::Counters;
 use crate::stack::LinkCounters;
 use crate::wire::MacAddr;
 
@@ -23,7 +34,7 @@ use worker::{PodIo, Worker, WorkerCmd};
 const APPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A pod interface as the dataplane needs it.
-#[derive(Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PodSpec {
     /// Attachment id, unique for the daemon's lifetime.
     pub id: u64,
@@ -33,8 +44,6 @@ pub struct PodSpec {
     pub ipv4: Vec<Ipv4Addr>,
     /// The pod interface MTU.
     pub mtu: u32,
-    /// Where its counters go.
-    pub counters: Arc<LinkCounters>,
 }
 
 struct WorkerHandle {
@@ -57,6 +66,7 @@ impl WorkerHandle {
 pub struct Dataplane {
     workers: Vec<WorkerHandle>,
     uplink_counters: Arc<LinkCounters>,
+    pod_counters: HashMap<u64, Arc<LinkCounters>>,
 }
 
 impl Dataplane {
@@ -97,6 +107,7 @@ impl Dataplane {
         Ok(Dataplane {
             workers,
             uplink_counters,
+            pod_counters: HashMap::new(),
         })
     }
 
@@ -105,14 +116,19 @@ impl Dataplane {
         self.workers.len()
     }
 
-    /// The uplink's counters.
-    pub fn uplink_counters(&self) -> &LinkCounters {
-        &self.uplink_counters
+    /// Counters of every pod (by attachment id) and of the uplink.
+    pub fn stats(&self) -> (Vec<(u64, Counters)>, Counters) {
+        let pods = self
+            .pod_counters
+            .iter()
+            .map(|(id, c)| (*id, c.snapshot()))
+            .collect();
+        (pods, self.uplink_counters.snapshot())
     }
 
     /// Hands a pod's TAP queues to the workers: queue q is read by worker q mod N; a worker
     /// without a queue of its own writes to the pod through a duplicate of one.
-    pub fn attach(&self, spec: &PodSpec, queues: Vec<OwnedFd>) -> io::Result<()> {
+    pub fn attach(&mut self, spec: &PodSpec, queues: Vec<OwnedFd>) -> io::Result<()> {
         if queues.is_empty() {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "no TAP queues"));
         }
@@ -131,9 +147,11 @@ impl Dataplane {
             per_worker[i % n].push(fd);
         }
         let (ack_tx, ack_rx) = mpsc::channel();
+        let counters = Arc::new(LinkCounters::new(n));
         for ((handle, rx), tx_extra) in self.workers.iter().zip(per_worker).zip(extra) {
             let io = PodIo { rx, tx_extra };
-            handle.send(WorkerCmd::Attach(spec.clone(), io, ack_tx.clone()))?;
+            let cmd = WorkerCmd::Attach(spec.clone(), Arc::clone(&counters), io, ack_tx.clone());
+            handle.send(cmd)?;
         }
         let mut result = Ok(());
         for _ in 0..n {
@@ -145,12 +163,15 @@ impl Dataplane {
         }
         if result.is_err() {
             self.detach(spec.id);
+        } else {
+            self.pod_counters.insert(spec.id, counters);
         }
         result
     }
 
     /// Takes a pod away from every worker and closes its queue fds. Idempotent.
-    pub fn detach(&self, id: u64) {
+    pub fn detach(&mut self, id: u64) {
+        self.pod_counters.remove(&id);
         let (ack_tx, ack_rx) = mpsc::channel();
         let mut sent = 0;
         for handle in &self.workers {

@@ -44,7 +44,12 @@ impl PodIo {
 
 /// Messages from the daemon to a worker.
 pub(super) enum WorkerCmd {
-    Attach(PodSpec, PodIo, mpsc::Sender<io::Result<()>>),
+    Attach(
+        PodSpec,
+        Arc<LinkCounters>,
+        PodIo,
+        mpsc::Sender<io::Result<()>>,
+    ),
     Detach(u64, mpsc::Sender<()>),
     Shutdown,
 }
@@ -127,8 +132,8 @@ impl Worker {
         let _ = self.wake.read();
         loop {
             match self.cmds.try_recv() {
-                Ok(WorkerCmd::Attach(spec, io, ack)) => {
-                    let _ = ack.send(self.attach(spec, io));
+                Ok(WorkerCmd::Attach(spec, counters, io, ack)) => {
+                    let _ = ack.send(self.attach(spec, counters, io));
                 }
                 Ok(WorkerCmd::Detach(id, ack)) => {
                     if let Some(port) = self.router.remove(id) {
@@ -144,7 +149,7 @@ impl Worker {
         }
     }
 
-    fn attach(&mut self, spec: PodSpec, io: PodIo) -> io::Result<()> {
+    fn attach(&mut self, spec: PodSpec, counters: Arc<LinkCounters>, io: PodIo) -> io::Result<()> {
         for (q, fd) in io.rx.iter().enumerate() {
             if let Err(e) = self.epoll.add(
                 fd.as_fd(),
@@ -161,7 +166,7 @@ impl Worker {
             mac: spec.mac,
             ipv4: spec.ipv4,
             mtu: spec.mtu,
-            counters: spec.counters,
+            counters,
             io,
         });
         Ok(())

@@ -6,6 +6,7 @@
 
 pub mod fdpass;
 pub mod ns;
+pub mod process;
 pub mod tap;
 
 pub use tap::{

@@ -1,7 +1,13 @@
-//! Packet formats, and nothing else: typed zero-copy views over byte buffers and the plain
-//! functions that write headers. Nothing here knows about devices or sockets.
+//! Packet formats: typed, zero-copy views over byte buffers, and the checksum they share.
 //!
-//! Untrusted bytes enter only through `new_checked`; once it has passed, no accessor panics.
+//! Every protocol is a view `XxxPacket<T: AsRef<[u8]>>` in the style of smoltcp's `wire`
+//! module. Untrusted bytes enter only through `new_checked`, which validates every length the
+//! accessors rely on; once it has returned `Ok`, no getter can panic. Setters live on
+//! `T: AsMut<[u8]>`. The `emit_*`/`write_*` helpers build headers into buffers the caller owns
+//! and document when they panic (a too-short buffer is a programming error there, not input).
+//!
+//! Nothing here knows about devices, sockets or forwarding policy; that lives in `link/` and
+//! `stack/`.
 
 #![forbid(unsafe_code)]
 
@@ -14,31 +20,32 @@ pub mod vnet;
 
 pub use arp::ArpPacket;
 pub use ethernet::{EthernetFrame, MacAddr};
+pub use icmpv4::Icmpv4Packet;
 pub use ipv4::Ipv4Packet;
 pub use vnet::VnetHdr;
 
-/// Why a buffer is not a valid packet of the expected kind.
+/// Why a buffer was rejected by a `new_checked` constructor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
-    /// Shorter than the header it must hold.
-    #[error("truncated packet")]
+    /// The buffer is shorter than the header (or the length a header field claims).
+    #[error("packet truncated")]
     Truncated,
-    /// IP version field is not the expected one.
-    #[error("wrong IP version")]
+    /// The IP version field is not the one this view parses.
+    #[error("bad IP version")]
     BadVersion,
-    /// IPv4 header length below 20 bytes.
-    #[error("bad IPv4 header length")]
+    /// The header length field is below the protocol minimum.
+    #[error("bad header length")]
     BadHeaderLen,
-    /// Header checksum does not verify.
-    #[error("bad header checksum")]
+    /// A header checksum does not verify.
+    #[error("bad checksum")]
     BadChecksum,
-    /// IPv4 total length beyond the buffer or below the header.
-    #[error("bad IPv4 total length")]
+    /// The total length field is larger than the buffer or smaller than the header.
+    #[error("bad total length")]
     BadTotalLen,
-    /// A well-formed packet of a kind not handled (e.g. ARP for another protocol).
-    #[error("unsupported packet")]
+    /// A well-formed packet of a kind this module does not handle (e.g. non-Ethernet ARP).
+    #[error("unsupported packet format")]
     Unsupported,
 }
 
-/// Result of parsing.
+/// Result of parsing untrusted bytes.
 pub type Result<T> = core::result::Result<T, WireError>;

@@ -79,7 +79,11 @@ impl VnetHdr {
     }
 
     /// Moves the header's offsets by `delta` bytes, for a frame moving between a TAP (offsets
-    /// count the 14-byte Ethernet header) and a TUN (they do not).
+    /// count the 14-byte Ethernet header) and a TUN (they do not): `csum_start` when
+    /// `NEEDS_CSUM` is set, and `hdr_len` when it is non-zero on a GSO frame.
+    ///
+    /// The arithmetic wraps: an offset that pointed inside the removed header becomes a huge
+    /// one that [`VnetHdr::csum_in_bounds`] (and the kernel) rejects, never a plausible one.
     pub fn shift_csum_start(&mut self, delta: i16) {
         if self.needs_csum() {
             self.csum_start = self.csum_start.wrapping_add_signed(delta);
@@ -87,6 +91,14 @@ impl VnetHdr {
         if self.is_gso() && self.hdr_len != 0 {
             self.hdr_len = self.hdr_len.wrapping_add_signed(delta);
         }
+    }
+
+    /// Does the partial checksum (`csum_start + csum_offset` and its 2 bytes) lie inside a
+    /// frame of `frame_len` bytes? Always true without `NEEDS_CSUM`. The same test the kernel
+    /// makes in `virtio_net_hdr_to_skb`; a header from a pod must pass it before use.
+    pub fn csum_in_bounds(&self, frame_len: usize) -> bool {
+        !self.needs_csum()
+            || usize::from(self.csum_start) + usize::from(self.csum_offset) + 2 <= frame_len
     }
 }
 
@@ -127,5 +139,70 @@ mod tests {
             ..Default::default()
         };
         assert!(!ecn_only.is_gso());
+    }
+
+    #[test]
+    fn shifting_follows_the_flags() {
+        // (header before, delta, (csum_start, hdr_len) after, what it covers)
+        let table = [
+            (
+                (FLAG_NEEDS_CSUM, GSO_TCPV4 | GSO_ECN, 66, 34),
+                -14,
+                (20, 52),
+                "TSO with ECN: both move",
+            ),
+            (
+                (FLAG_NEEDS_CSUM, GSO_NONE, 66, 34),
+                -14,
+                (20, 66),
+                "no GSO: hdr_len is only a hint, left alone",
+            ),
+            (
+                (FLAG_NEEDS_CSUM, GSO_UDP_L4, 0, 20),
+                14,
+                (34, 0),
+                "USO without hdr_len: TUN to TAP",
+            ),
+            (
+                (FLAG_DATA_VALID, GSO_NONE, 0, 34),
+                -14,
+                (34, 0),
+                "no NEEDS_CSUM: csum_start is meaningless, left alone",
+            ),
+            (
+                (FLAG_NEEDS_CSUM, GSO_NONE, 0, 6),
+                -14,
+                (65528, 0),
+                "offset inside the Ethernet header wraps out of range",
+            ),
+        ];
+        for ((flags, gso_type, hdr_len, csum_start), delta, want, what) in table {
+            let mut h = VnetHdr {
+                flags,
+                gso_type,
+                hdr_len,
+                csum_start,
+                csum_offset: 6,
+                ..Default::default()
+            };
+            h.shift_csum_start(delta);
+            assert_eq!((h.csum_start, h.hdr_len), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn partial_checksum_must_lie_inside_the_frame() {
+        let h = VnetHdr {
+            flags: FLAG_NEEDS_CSUM,
+            csum_start: 34,
+            csum_offset: 16,
+            ..Default::default()
+        };
+        assert!(h.csum_in_bounds(52));
+        assert!(!h.csum_in_bounds(51));
+        let mut wrapped = h;
+        wrapped.csum_start = 65528;
+        assert!(!wrapped.csum_in_bounds(65535));
+        assert!(VnetHdr::default().csum_in_bounds(0));
     }
 }

@@ -1,0 +1,90 @@
+//! The dataplane child process (`netstackd dataplane`, started by the supervisor): it gets its
+//! end of a socketpair on fd 3, drops every capability, locks itself under seccomp, then runs
+//! the workers and obeys the supervisor's messages. When the supervisor goes away, it exits.
+
+use std::net::Ipv4Addr;
+
+use anyhow::{bail, Context};
+
+use super::ipc::{self, DpReply, DpRequest, IpcError};
+use super::Dataplane;
+use crate::control::FramingError;
+use crate::sys::process::{adopt_inherited_fd, drop_all_capabilities};
+
+/// Test hook: `NETSTACK_DATAPLANE_SELFTEST=forbidden-syscall` makes the child make a system
+/// call outside its seccomp allow-list right after locking down, to prove the filter kills it.
+const SELFTEST_ENV: &str = "NETSTACK_DATAPLANE_SELFTEST";
+
+/// Runs the dataplane child until the supervisor hangs up or says shut down.
+pub fn run() -> anyhow::Result<()> {
+    let sock = adopt_inherited_fd(super::ipc::CHILD_FD).context("taking the supervisor socket")?;
+    let (init, uplink): (DpRequest, _) = ipc::recv(&sock).context("reading the init message")?;
+    let DpRequest::Init {
+        gateway,
+        uplink_mtu,
+    } = init
+    else {
+        bail!("first message from the supervisor is not init");
+    };
+    lock_down()?;
+    if std::env::var(SELFTEST_ENV).as_deref() == Ok("forbidden-syscall") {
+        tracing::warn!("selftest: making a forbidden system call");
+        crate::sys::process::forbidden_syscall();
+    }
+    let mut dataplane = start(uplink, gateway, uplink_mtu)?;
+    ipc::send(&sock, &DpReply::Done, &[])?;
+    tracing::info!(workers = dataplane.workers(), "dataplane child running");
+    loop {
+        let (request, fds): (DpRequest, _) = match ipc::recv(&sock) {
+            Ok(m) => m,
+            Err(IpcError::Framing(FramingError::Closed)) => {
+                tracing::info!("supervisor hung up: exiting");
+                return Ok(());
+            }
+            Err(e) => return Err(e).context("reading from the supervisor"),
+        };
+        let reply = match request {
+            DpRequest::Attach(spec) => match dataplane.attach(&spec, fds) {
+                Ok(()) => DpReply::Done,
+                Err(e) => DpReply::Error {
+                    message: format!("attachment {}: {e}", spec.id),
+                },
+            },
+            DpRequest::Detach { id } => {
+                dataplane.detach(id);
+                DpReply::Done
+            }
+            DpRequest::Stats => {
+                let (pods, uplink) = dataplane.stats();
+                DpReply::Stats { pods, uplink }
+            }
+            DpRequest::Shutdown => {
+                drop(dataplane);
+                let _ = ipc::send(&sock, &DpReply::Done, &[]);
+                return Ok(());
+            }
+            DpRequest::Init { .. } => DpReply::Error {
+                message: "already initialised".into(),
+            },
+        };
+        ipc::send(&sock, &reply, &[])?;
+    }
+}
+
+fn start(
+    uplink: Vec<std::os::fd::OwnedFd>,
+    gateway: Ipv4Addr,
+    uplink_mtu: u32,
+) -> anyhow::Result<Dataplane> {
+    if uplink.is_empty() {
+        bail!("no uplink queue fds in the init message");
+    }
+    Dataplane::start(uplink, gateway, uplink_mtu).context("starting the workers")
+}
+
+/// No capabilities in any set, no new privileges, and the seccomp allow-list.
+fn lock_down() -> anyhow::Result<()> {
+    drop_all_capabilities().context("dropping capabilities")?;
+    super::seccomp::install().context("installing the seccomp filter")?;
+    Ok(())
+}

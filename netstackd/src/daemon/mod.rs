@@ -58,10 +58,9 @@ pub const SUPERVISOR_CAPS: [caps::Capability; 3] = [
 
 /// Runs netstackd until a termination signal arrives.
 ///
-/// Start-up order: uplink (persistent, so a restart keeps the node's route to the pods),
-/// forwarding, the dataplane child, then the supervisor drops every capability it does not
-/// need, re-opens the attachments recorded in the state dir, and only then puts the control
-/// socket in place.
+/// Start-up order: drop every capability but [`SUPERVISOR_CAPS`]; the uplink (persistent, so
+/// a restart keeps the node's route to the pods); forwarding; the dataplane child; re-open the
+/// attachments recorded in the state dir; and only then put the control socket in place.
 pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
     let gateway = config.gateway()?;
     if config.workers == 0 || config.workers > crate::control::MAX_FDS {
@@ -71,6 +70,9 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
             config.workers
         );
     }
+    // Before anything else, so every dataplane child inherits the reduced bounding set too.
+    crate::sys::process::restrict_capabilities(&SUPERVISOR_CAPS)
+        .context("dropping capabilities")?;
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("creating state dir {}", config.state_dir.display()))?;
     let signals = server::block_termination_signals()?;
@@ -79,8 +81,6 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
     enable_ipv4_forwarding()?;
     let dataplane = DataplaneProcess::start(queues, gateway, config.uplink_mtu)
         .context("starting the dataplane")?;
-    crate::sys::process::restrict_capabilities(&SUPERVISOR_CAPS)
-        .context("dropping capabilities")?;
     tracing::info!(
         uplink = %config.uplink,
         pod_cidr = %config.pod_cidr,

@@ -18,6 +18,8 @@ pub enum DropReason {
     TtlExceeded,
     /// Larger than the egress MTU with DF set; an ICMP fragmentation-needed went back.
     FragNeeded,
+    /// Larger than the egress MTU without DF: Linux would fragment, netstackd does not.
+    TooBig,
     /// A protocol netstackd does not forward yet (IPv6, other ethertypes).
     Unsupported,
     /// The egress device refused the write.
@@ -26,12 +28,13 @@ pub enum DropReason {
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 8] = [
         DropReason::Malformed,
         DropReason::Spoofed,
         DropReason::NoRoute,
         DropReason::TtlExceeded,
         DropReason::FragNeeded,
+        DropReason::TooBig,
         DropReason::Unsupported,
         DropReason::TxError,
     ];
@@ -44,6 +47,7 @@ impl DropReason {
             DropReason::NoRoute => "no_route",
             DropReason::TtlExceeded => "ttl_exceeded",
             DropReason::FragNeeded => "frag_needed",
+            DropReason::TooBig => "too_big",
             DropReason::Unsupported => "unsupported",
             DropReason::TxError => "tx_error",
         }

@@ -182,6 +182,9 @@ impl<P> Router<P> {
         if !pod.ipv4.contains(&src) {
             return Verdict::Drop(DropReason::Spoofed);
         }
+        if !offload_fits(vnet, &ip, ethernet::HEADER_LEN, len) {
+            return Verdict::Drop(DropReason::Malformed);
+        }
         if dst.is_broadcast() || dst.is_multicast() || dst.is_unspecified() {
             return Verdict::Drop(DropReason::NoRoute);
         }
@@ -200,7 +203,11 @@ impl<P> Router<P> {
         let dest = self.by_ipv4.get(&dst).and_then(|id| self.pods.get(id));
         let egress_mtu = dest.map_or(self.uplink_mtu, |d| d.mtu);
         let ip_len = len - ethernet::HEADER_LEN;
-        if !vnet.is_gso() && ip_len > egress_mtu as usize && ip.dont_frag() {
+        if !vnet.is_gso() && ip_len > egress_mtu as usize && !ip.dont_frag() {
+            // Linux would fragment; netstackd does not (yet), so the packet is dropped, counted.
+            return Verdict::Drop(DropReason::TooBig);
+        }
+        if !vnet.is_gso() && ip_len > egress_mtu as usize {
             return self.icmp_error(
                 pod,
                 vnet,
@@ -279,6 +286,9 @@ impl<P> Router<P> {
             }
             Err(_) => return Verdict::Drop(DropReason::Malformed),
         };
+        if !offload_fits(vnet, &ip, 0, ip.total_len() as usize) {
+            return Verdict::Drop(DropReason::Malformed);
+        }
         let len = ethernet::HEADER_LEN + ip.total_len() as usize;
         let Some(d) = self
             .by_ipv4
@@ -291,6 +301,33 @@ impl<P> Router<P> {
         vnet.shift_csum_start(ethernet::HEADER_LEN as i16);
         Verdict::ToPod { id: d.id, len }
     }
+}
+
+/// Does the virtio-net header describe this IPv4 packet, as Linux `virtio_net_hdr_to_skb`
+/// requires? A checksum to complete must lie inside the L4 part of the packet, and a GSO type
+/// must match the transport protocol and carry a segment size. `l3` is where the IP header
+/// starts in the frame the offsets count from (14 on a TAP, 0 on a TUN); `len` ends the packet.
+fn offload_fits<T: AsRef<[u8]>>(vnet: &VnetHdr, ip: &Ipv4Packet<T>, l3: usize, len: usize) -> bool {
+    if vnet.needs_csum() {
+        let start = usize::from(vnet.csum_start);
+        let end = start + usize::from(vnet.csum_offset) + 2;
+        if start < l3 + ip.header_len() || end > len {
+            return false;
+        }
+    }
+    if vnet.is_gso() {
+        let proto_matches = match vnet.gso_type & !crate::wire::vnet::GSO_ECN {
+            crate::wire::vnet::GSO_TCPV4 => ip.protocol() == ipv4::PROTO_TCP,
+            crate::wire::vnet::GSO_UDP | crate::wire::vnet::GSO_UDP_L4 => {
+                ip.protocol() == ipv4::PROTO_UDP
+            }
+            _ => false,
+        };
+        if !proto_matches || vnet.gso_size == 0 {
+            return false;
+        }
+    }
+    true
 }
 
 #[cfg(test)]

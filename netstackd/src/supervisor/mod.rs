@@ -108,8 +108,10 @@ impl Inner {
         })();
         if let Err(e) = handshake {
             let _ = child.kill();
-            let _ = child.wait();
-            return Err(e.context("bringing the dataplane up"));
+            let status = child
+                .wait()
+                .map_or_else(|e| e.to_string(), |s| s.to_string());
+            return Err(e.context(format!("bringing the dataplane up (it exited: {status})")));
         }
         self.pid = Some(child.id());
         self.conn = Some(ours);
@@ -119,7 +121,7 @@ impl Inner {
 
 impl DataplaneProcess {
     /// Starts the dataplane child with one worker per uplink queue, and a thread that restarts
-    /// it whenever it dies.
+    /// it whenever it dies (or when it could not start).
     pub fn start(uplink: Vec<OwnedFd>, gateway: Ipv4Addr, uplink_mtu: u32) -> anyhow::Result<Self> {
         let workers = uplink.len();
         let inner = Arc::new(Mutex::new(Inner {
@@ -132,7 +134,15 @@ impl DataplaneProcess {
             restarts: 0,
             shutting_down: false,
         }));
-        let child = lock(&inner).spawn()?;
+        // A dataplane that fails to come up is retried by the monitor like one that crashed:
+        // the supervisor serves (and records attachments) meanwhile.
+        let child = match lock(&inner).spawn() {
+            Ok(child) => Some(child),
+            Err(e) => {
+                tracing::error!("starting the dataplane: {e:#}");
+                None
+            }
+        };
         let monitored = Arc::clone(&inner);
         std::thread::Builder::new()
             .name("dp-monitor".into())
@@ -196,11 +206,15 @@ impl DataplaneProcess {
 }
 
 /// Waits for the child to die and starts another, with backoff for crash loops.
-fn monitor(inner: Arc<Mutex<Inner>>, mut child: Child) {
+fn monitor(inner: Arc<Mutex<Inner>>, first: Option<Child>) {
     let mut delay = RESTART_DELAY;
+    let mut child = first;
     loop {
         let started = Instant::now();
-        let status = child.wait();
+        let status = match child.as_mut() {
+            Some(c) => c.wait(),
+            None => Err(std::io::Error::other("it did not start")),
+        };
         {
             let mut guard = lock(&inner);
             if guard.shutting_down {
@@ -212,11 +226,8 @@ fn monitor(inner: Arc<Mutex<Inner>>, mut child: Child) {
         if started.elapsed() > STABLE_AFTER {
             delay = RESTART_DELAY;
         }
-        tracing::warn!(
-            ?status,
-            restart_in_ms = delay.as_millis() as u64,
-            "dataplane exited; restarting it"
-        );
+        let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
+        tracing::warn!(%status, restart_in_ms = delay.as_millis() as u64, "dataplane exited; restarting it");
         loop {
             std::thread::sleep(delay);
             delay = (delay * 2).min(RESTART_DELAY_MAX);
@@ -228,7 +239,7 @@ fn monitor(inner: Arc<Mutex<Inner>>, mut child: Child) {
                 Ok(c) => {
                     guard.restarts += 1;
                     tracing::info!(pid = c.id(), pods = guard.pods.len(), "dataplane restarted");
-                    child = c;
+                    child = Some(c);
                     break;
                 }
                 Err(e) => tracing::error!("restarting the dataplane: {e:#}"),

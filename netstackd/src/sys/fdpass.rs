@@ -24,6 +24,9 @@ pub fn send_with_fds(sock: &UnixStream, data: &[u8], fds: &[BorrowedFd<'_>]) -> 
     }
 }
 
+/// The most descriptors Linux passes in one message.
+const SCM_MAX_FD: usize = 253;
+
 /// Takes ownership of a descriptor the kernel just installed in this process.
 fn adopt_received_fd(fd: RawFd) -> OwnedFd {
     // SAFETY: `fd` was installed in our fd table by this recvmsg's SCM_RIGHTS message; nothing
@@ -40,10 +43,10 @@ pub fn recv_with_fds(
     buf: &mut [u8],
     max_fds: usize,
 ) -> io::Result<(usize, Vec<OwnedFd>)> {
-    let mut space = nix::cmsg_space!([RawFd; 64]);
-    if max_fds > 64 {
-        space = vec![0u8; space.len() * max_fds.div_ceil(64)];
-    }
+    // Room for the kernel's per-message maximum (SCM_MAX_FD), not just `max_fds`: with less,
+    // the kernel truncates the control data and nix then refuses to parse it at all, so the
+    // descriptors that did arrive could not be found and closed.
+    let mut space = nix::cmsg_space!([RawFd; SCM_MAX_FD]);
     let mut iov = [IoSliceMut::new(buf)];
     let msg = loop {
         match recvmsg::<()>(
@@ -58,7 +61,13 @@ pub fn recv_with_fds(
         }
     };
     let mut fds = Vec::new();
-    for cmsg in msg.cmsgs()? {
+    let cmsgs = msg.cmsgs().map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("control data truncated: {e}"),
+        )
+    })?;
+    for cmsg in cmsgs {
         if let ControlMessageOwned::ScmRights(raw) = cmsg {
             fds.extend(raw.into_iter().map(adopt_received_fd));
         }

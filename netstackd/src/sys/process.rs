@@ -69,9 +69,12 @@ pub fn adopt_inherited_fd(fd: RawFd) -> io::Result<UnixStream> {
 pub fn restrict_capabilities(keep: &[Capability]) -> Result<(), caps::errors::CapsError> {
     let keep: CapsHashSet = keep.iter().copied().collect();
     // The bounding set can only shrink while CAP_SETPCAP is still effective: do it first.
-    for cap in caps::all() {
-        if !keep.contains(&cap) && caps::has_cap(None, CapSet::Bounding, cap)? {
-            caps::drop(None, CapSet::Bounding, cap)?;
+    // Without CAP_SETPCAP (an unprivileged container, say) the bounding set stays as it is.
+    if caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP)? {
+        for cap in caps::all() {
+            if !keep.contains(&cap) && caps::has_cap(None, CapSet::Bounding, cap)? {
+                caps::drop(None, CapSet::Bounding, cap)?;
+            }
         }
     }
     caps::clear(None, CapSet::Ambient)?;

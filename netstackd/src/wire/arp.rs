@@ -1,4 +1,5 @@
-//! ARP for IPv4 over Ethernet (RFC 826).
+//! ARP for IPv4 over Ethernet (RFC 826): the `ArpPacket` view (with the in-place proxy
+//! reply netstackd answers pods with) and `ArpRepr` for building packets.
 
 use std::net::Ipv4Addr;
 
@@ -66,6 +67,11 @@ impl<T: AsRef<[u8]>> ArpPacket<T> {
     pub fn target_ip(&self) -> Ipv4Addr {
         ip_at(self.buffer.as_ref(), 24)
     }
+
+    /// The wrapped buffer.
+    pub fn into_inner(self) -> T {
+        self.buffer
+    }
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> ArpPacket<T> {
@@ -94,7 +100,9 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> ArpPacket<T> {
         self.buffer.as_mut()[24..28].copy_from_slice(&ip.octets());
     }
 
-    /// Turns a request into its reply, answered by `responder_mac` for the asked address.
+    /// Turns a request into its reply: `responder_mac` answers for the asked address
+    /// (`target_ip`), sent back to the asker. The operation becomes `OP_REPLY`; the
+    /// htype/ptype/hlen/plen fields stay as `new_checked` found them.
     pub fn make_reply_in_place(&mut self, responder_mac: MacAddr) {
         let (asker_mac, asker_ip, asked_ip) =
             (self.sender_mac(), self.sender_ip(), self.target_ip());
@@ -106,62 +114,156 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> ArpPacket<T> {
     }
 }
 
+/// The fields of an Ethernet/IPv4 ARP packet, for building one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArpRepr {
+    /// `OP_REQUEST` or `OP_REPLY`.
+    pub operation: u16,
+    /// Sender hardware address.
+    pub sender_mac: MacAddr,
+    /// Sender protocol address.
+    pub sender_ip: Ipv4Addr,
+    /// Target hardware address (zero in a request).
+    pub target_mac: MacAddr,
+    /// Target protocol address.
+    pub target_ip: Ipv4Addr,
+}
+
+impl ArpRepr {
+    /// Reads the fields of a checked packet.
+    pub fn parse<T: AsRef<[u8]>>(packet: &ArpPacket<T>) -> Self {
+        ArpRepr {
+            operation: packet.operation(),
+            sender_mac: packet.sender_mac(),
+            sender_ip: packet.sender_ip(),
+            target_mac: packet.target_mac(),
+            target_ip: packet.target_ip(),
+        }
+    }
+
+    /// Writes the whole 28-byte packet (htype 1, ptype IPv4, lengths 6/4) at the start of
+    /// `buf`.
+    ///
+    /// # Panics
+    /// If `buf` is shorter than [`PACKET_LEN`]; callers pass their own frame buffers.
+    pub fn emit(&self, buf: &mut [u8]) {
+        let b = &mut buf[..PACKET_LEN];
+        b[0..2].copy_from_slice(&1u16.to_be_bytes());
+        b[2..4].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
+        b[4] = 6;
+        b[5] = 4;
+        let mut p = ArpPacket { buffer: b };
+        p.set_operation(self.operation);
+        p.set_sender_mac(self.sender_mac);
+        p.set_sender_ip(self.sender_ip);
+        p.set_target_mac(self.target_mac);
+        p.set_target_ip(self.target_ip);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// "Who has 10.244.1.1? Tell 10.244.1.5", as Linux sends it (captured with tcpdump -xx).
+    /// "Who has 10.77.0.2? Tell 10.77.0.1" from 02:00:0a:4d:00:01, as Linux sent it on a veth
+    /// (the ARP part of a frame captured with an AF_PACKET socket).
     static REQUEST: [u8; 28] = [
-        0x00, 0x01, 0x08, 0x00, 0x06, 0x04, 0x00, 0x01, 0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x05, 0x0a,
-        0xf4, 0x01, 0x05, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x0a, 0xf4, 0x01, 0x01,
+        0x00, 0x01, 0x08, 0x00, 0x06, 0x04, 0x00, 0x01, 0x02, 0x00, 0x0a, 0x4d, 0x00, 0x01, 0x0a,
+        0x4d, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x0a, 0x4d, 0x00, 0x02,
     ];
 
+    /// The reply the peer kernel (02:00:0a:4d:00:02, 10.77.0.2) sent to `REQUEST`.
+    static REPLY: [u8; 28] = [
+        0x00, 0x01, 0x08, 0x00, 0x06, 0x04, 0x00, 0x02, 0x02, 0x00, 0x0a, 0x4d, 0x00, 0x02, 0x0a,
+        0x4d, 0x00, 0x02, 0x02, 0x00, 0x0a, 0x4d, 0x00, 0x01, 0x0a, 0x4d, 0x00, 0x01,
+    ];
+
+    const ASKER_MAC: MacAddr = MacAddr([0x02, 0x00, 0x0a, 0x4d, 0x00, 0x01]);
+    const PEER_MAC: MacAddr = MacAddr([0x02, 0x00, 0x0a, 0x4d, 0x00, 0x02]);
+
     #[test]
-    fn request_parses() {
+    fn captured_request_parses() {
         let p = ArpPacket::new_checked(&REQUEST[..]).unwrap();
-        assert_eq!(p.operation(), OP_REQUEST);
-        assert_eq!(p.sender_mac().to_string(), "0a:58:0a:f4:01:05");
-        assert_eq!(p.sender_ip(), Ipv4Addr::new(10, 244, 1, 5));
-        assert!(p.target_mac().is_zero());
-        assert_eq!(p.target_ip(), Ipv4Addr::new(10, 244, 1, 1));
+        assert_eq!(
+            ArpRepr::parse(&p),
+            ArpRepr {
+                operation: OP_REQUEST,
+                sender_mac: ASKER_MAC,
+                sender_ip: Ipv4Addr::new(10, 77, 0, 1),
+                target_mac: MacAddr::default(),
+                target_ip: Ipv4Addr::new(10, 77, 0, 2),
+            }
+        );
     }
 
     #[test]
-    fn reply_in_place() {
+    fn reply_in_place_matches_the_kernels_reply() {
         let mut buf = REQUEST;
-        let gw = MacAddr([2, 0x4e, 0x53, 0, 0, 1]);
         ArpPacket::new_checked(&mut buf[..])
             .unwrap()
-            .make_reply_in_place(gw);
-        let r = ArpPacket::new_checked(&buf[..]).unwrap();
-        assert_eq!(r.operation(), OP_REPLY);
-        assert_eq!(
-            (r.sender_mac(), r.sender_ip()),
-            (gw, Ipv4Addr::new(10, 244, 1, 1))
-        );
-        assert_eq!(r.target_mac().to_string(), "0a:58:0a:f4:01:05");
-        assert_eq!(r.target_ip(), Ipv4Addr::new(10, 244, 1, 5));
+            .make_reply_in_place(PEER_MAC);
+        assert_eq!(buf, REPLY);
+    }
+
+    #[test]
+    fn repr_round_trips_into_a_dirty_buffer() {
+        for captured in [&REQUEST, &REPLY] {
+            let repr = ArpRepr::parse(&ArpPacket::new_checked(&captured[..]).unwrap());
+            let mut out = [0xa5u8; PACKET_LEN + 2];
+            repr.emit(&mut out);
+            assert_eq!(&out[..PACKET_LEN], &captured[..]);
+            assert_eq!(&out[PACKET_LEN..], &[0xa5, 0xa5]);
+        }
+    }
+
+    #[test]
+    fn setters_write_their_field() {
+        let mut buf = REQUEST;
+        let mut p = ArpPacket::new_checked(&mut buf[..]).unwrap();
+        p.set_operation(OP_REPLY);
+        p.set_sender_mac(PEER_MAC);
+        p.set_sender_ip(Ipv4Addr::new(10, 77, 0, 2));
+        p.set_target_mac(ASKER_MAC);
+        p.set_target_ip(Ipv4Addr::new(10, 77, 0, 1));
+        assert_eq!(buf, REPLY);
     }
 
     #[test]
     fn malformed_arp_is_rejected() {
-        // (mutation, expected error, what it covers)
-        type Case = (fn(&mut [u8; 28]), WireError, &'static str);
-        let table: [Case; 4] = [
-            (|b| b[1] = 6, WireError::Unsupported, "htype not Ethernet"),
-            (|b| b[2] = 0x86, WireError::Unsupported, "ptype not IPv4"),
-            (|b| b[4] = 8, WireError::Unsupported, "hlen not 6"),
-            (|b| b[5] = 16, WireError::Unsupported, "plen not 4"),
+        // (mutation of the captured request, expected outcome, what it covers)
+        type Case = (fn(&mut Vec<u8>), Result<()>, &'static str);
+        let table: [Case; 7] = [
+            (
+                |b| b.truncate(27),
+                Err(WireError::Truncated),
+                "one byte short",
+            ),
+            (|b| b.clear(), Err(WireError::Truncated), "empty"),
+            (|b| b[1] = 6, Err(WireError::Unsupported), "htype IEEE 802"),
+            (
+                |b| b[2] = 0x86,
+                Err(WireError::Unsupported),
+                "ptype not IPv4",
+            ),
+            (|b| b[4] = 8, Err(WireError::Unsupported), "hlen not 6"),
+            (|b| b[5] = 16, Err(WireError::Unsupported), "plen not 4"),
+            (
+                |b| b.extend_from_slice(&[0; 18]),
+                Ok(()),
+                "Ethernet padding to 60 bytes",
+            ),
         ];
-        for (mutate, err, what) in table {
-            let mut b = REQUEST;
+        for (mutate, want, what) in table {
+            let mut b = REQUEST.to_vec();
             mutate(&mut b);
-            assert_eq!(ArpPacket::new_checked(&b[..]).unwrap_err(), err, "{what}");
+            let got = ArpPacket::new_checked(&b[..]).map(|_| ());
+            assert_eq!(got, want, "{what}");
         }
         for len in 0..PACKET_LEN {
             assert_eq!(
                 ArpPacket::new_checked(&REQUEST[..len]).unwrap_err(),
-                WireError::Truncated
+                WireError::Truncated,
+                "len {len}"
             );
         }
     }

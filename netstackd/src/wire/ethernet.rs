@@ -1,4 +1,5 @@
-//! Ethernet II frames and MAC addresses.
+//! Ethernet II frames and MAC addresses: the `EthernetFrame` view, `MacAddr` (shown, parsed
+//! and serialized as `aa:bb:cc:dd:ee:ff`) and `write_header` for frames netstackd builds.
 
 use std::fmt;
 use std::str::FromStr;
@@ -76,7 +77,8 @@ impl FromStr for MacAddr {
         let mut parts = s.split(':');
         for b in out.iter_mut() {
             let p = parts.next().ok_or_else(err)?;
-            if p.len() != 2 {
+            // Check the digits first: from_str_radix alone would also take "+a".
+            if p.len() != 2 || !p.bytes().all(|c| c.is_ascii_hexdigit()) {
                 return Err(err());
             }
             *b = u8::from_str_radix(p, 16).map_err(|_| err())?;
@@ -96,8 +98,17 @@ impl Serialize for MacAddr {
 
 impl<'de> Deserialize<'de> for MacAddr {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
+        struct MacVisitor;
+        impl serde::de::Visitor<'_> for MacVisitor {
+            type Value = MacAddr;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a MAC address like \"0a:58:0a:f4:01:05\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<MacAddr, E> {
+                v.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_str(MacVisitor)
     }
 }
 
@@ -114,6 +125,12 @@ impl<T: AsRef<[u8]>> EthernetFrame<T> {
             return Err(WireError::Truncated);
         }
         Ok(EthernetFrame { buffer })
+    }
+
+    /// Wraps `buffer` without checks, for buffers this process built; accessors panic if it is
+    /// shorter than [`HEADER_LEN`].
+    pub fn new_unchecked(buffer: T) -> Self {
+        EthernetFrame { buffer }
     }
 
     /// Destination MAC.
@@ -181,65 +198,106 @@ pub fn write_header(buf: &mut [u8], dst: MacAddr, src: MacAddr, ethertype: u16) 
 mod tests {
     use super::*;
 
-    /// The Ethernet header of an ARP request (broadcast from 0a:58:0a:f4:01:05).
-    static ARP_HEADER: [u8; 14] = [
-        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x05, 0x08, 0x06,
+    /// A whole ARP request frame as Linux sent it on a veth (captured with an AF_PACKET
+    /// socket): broadcast from 02:00:0a:4d:00:01, "who has 10.77.0.2? tell 10.77.0.1".
+    static ARP_REQUEST_FRAME: [u8; 42] = [
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02, 0x00, 0x0a, 0x4d, 0x00, 0x01, 0x08, 0x06, 0x00,
+        0x01, 0x08, 0x00, 0x06, 0x04, 0x00, 0x01, 0x02, 0x00, 0x0a, 0x4d, 0x00, 0x01, 0x0a, 0x4d,
+        0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x0a, 0x4d, 0x00, 0x02,
     ];
 
     #[test]
-    fn parse_and_rewrite() {
-        let f = EthernetFrame::new_checked(&ARP_HEADER[..]).unwrap();
-        assert!(f.dst().is_broadcast());
-        assert_eq!(f.src().to_string(), "0a:58:0a:f4:01:05");
+    fn captured_frame_parses() {
+        let f = EthernetFrame::new_checked(&ARP_REQUEST_FRAME[..]).unwrap();
+        assert!(f.dst().is_broadcast() && f.dst().is_multicast());
+        assert_eq!(f.src(), MacAddr([0x02, 0x00, 0x0a, 0x4d, 0x00, 0x01]));
+        assert!(f.src().is_unicast());
         assert_eq!(f.ethertype(), ETHERTYPE_ARP);
-        assert!(f.payload().is_empty());
-        let mut out = [0xa5u8; 14];
+        assert_eq!(f.payload(), &ARP_REQUEST_FRAME[HEADER_LEN..]);
+        assert_eq!(f.into_inner().len(), 42);
+    }
+
+    #[test]
+    fn header_round_trips_through_write_header() {
+        let f = EthernetFrame::new_checked(&ARP_REQUEST_FRAME[..]).unwrap();
+        let mut out = [0xa5u8; 42];
         write_header(&mut out, f.dst(), f.src(), f.ethertype());
-        assert_eq!(out, ARP_HEADER);
+        out[HEADER_LEN..].copy_from_slice(f.payload());
+        assert_eq!(out, ARP_REQUEST_FRAME);
+    }
+
+    #[test]
+    fn setters_rewrite_only_their_field() {
+        let mut out = ARP_REQUEST_FRAME;
         let mut g = EthernetFrame::new_checked(&mut out[..]).unwrap();
-        g.set_ethertype(ETHERTYPE_IPV4);
-        g.set_src(MacAddr::BROADCAST);
-        g.set_dst(MacAddr([2, 0, 0, 0, 0, 1]));
+        g.set_dst(MacAddr([2, 0, 0, 0, 0, 9]));
+        g.set_src(MacAddr([2, 0, 0, 0, 0, 8]));
+        g.set_ethertype(ETHERTYPE_IPV6);
+        g.payload_mut()[0] = 0x77;
         assert_eq!(
-            &out[..],
-            &[2, 0, 0, 0, 0, 1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 8, 0]
+            &out[..15],
+            &[2, 0, 0, 0, 0, 9, 2, 0, 0, 0, 0, 8, 0x86, 0xdd, 0x77]
         );
+        assert_eq!(&out[15..], &ARP_REQUEST_FRAME[15..]);
     }
 
     #[test]
     fn truncated_frames_are_rejected() {
+        // Every length below a header is Truncated; exactly a header is a frame with no payload.
         for len in 0..HEADER_LEN {
             assert_eq!(
-                EthernetFrame::new_checked(&ARP_HEADER[..len]).unwrap_err(),
-                WireError::Truncated
+                EthernetFrame::new_checked(&ARP_REQUEST_FRAME[..len]).unwrap_err(),
+                WireError::Truncated,
+                "len {len}"
             );
         }
+        let bare = EthernetFrame::new_checked(&ARP_REQUEST_FRAME[..HEADER_LEN]).unwrap();
+        assert!(bare.payload().is_empty());
     }
 
     #[test]
-    fn mac_parsing() {
+    fn mac_text_form() {
         let m: MacAddr = "0A:58:0a:F4:01:05".parse().unwrap();
         assert_eq!(m.0, [0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x05]);
-        assert!(m.is_unicast() && !m.is_zero());
-        for bad in [
-            "",
-            "0a:58:0a:f4:01",
-            "0a:58:0a:f4:01:05:06",
-            "0a:58:0a:f4:01:5",
-            "zz:58:0a:f4:01:05",
-            "0a-58-0a-f4-01-05",
-        ] {
-            assert!(bad.parse::<MacAddr>().is_err(), "{bad}");
-        }
+        assert_eq!(m.to_string(), "0a:58:0a:f4:01:05");
+        assert_eq!(format!("{m:?}"), "0a:58:0a:f4:01:05");
+        assert!(m.is_unicast() && !m.is_zero() && !m.is_broadcast());
+        assert!(MacAddr::default().is_zero());
         assert!("01:00:5e:00:00:01"
             .parse::<MacAddr>()
             .unwrap()
             .is_multicast());
+        // (input, what it covers)
+        for (bad, what) in [
+            ("", "empty"),
+            ("0a:58:0a:f4:01", "five octets"),
+            ("0a:58:0a:f4:01:05:06", "seven octets"),
+            ("0a:58:0a:f4:01:05:", "trailing colon"),
+            ("0a:58:0a:f4:01:5", "one-digit octet"),
+            ("0a:58:0a:f4:01:005", "three-digit octet"),
+            ("zz:58:0a:f4:01:05", "not hex"),
+            ("+a:58:0a:f4:01:05", "sign that from_str_radix accepts"),
+            ("0a-58-0a-f4-01-05", "dashes"),
+            (" 0a:58:0a:f4:01:05", "leading space"),
+        ] {
+            let err = bad.parse::<MacAddr>().unwrap_err();
+            assert_eq!(err, MacParseError(bad.to_owned()), "{what}");
+        }
+        assert_eq!(
+            "nope".parse::<MacAddr>().unwrap_err().to_string(),
+            "invalid MAC address \"nope\": expected six colon-separated hex octets"
+        );
+    }
+
+    #[test]
+    fn mac_serde_is_the_text_form() {
+        let m = MacAddr([0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x05]);
         assert_eq!(serde_json::to_string(&m).unwrap(), "\"0a:58:0a:f4:01:05\"");
         assert_eq!(
-            serde_json::from_str::<MacAddr>("\"0a:58:0a:f4:01:05\"").unwrap(),
+            serde_json::from_str::<MacAddr>("\"0A:58:0A:F4:01:05\"").unwrap(),
             m
         );
         assert!(serde_json::from_str::<MacAddr>("\"nope\"").is_err());
+        assert!(serde_json::from_str::<MacAddr>("[10, 88, 10, 244, 1, 5]").is_err());
     }
 }

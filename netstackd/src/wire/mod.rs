@@ -10,6 +10,7 @@
 //! `stack/`.
 
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 pub mod arp;
 pub mod checksum;
@@ -18,7 +19,7 @@ pub mod icmpv4;
 pub mod ipv4;
 pub mod vnet;
 
-pub use arp::ArpPacket;
+pub use arp::{ArpPacket, ArpRepr};
 pub use ethernet::{EthernetFrame, MacAddr};
 pub use icmpv4::Icmpv4Packet;
 pub use ipv4::Ipv4Packet;

@@ -411,3 +411,81 @@ fn random_bytes_never_panic() {
         let _ = r.from_uplink(&mut VnetHdr::default(), &mut buf, len.min(1000));
     }
 }
+
+#[test]
+fn offload_headers_that_lie_are_malformed() {
+    let r = router();
+    // (vnet header for a 100-byte UDP pod A -> pod B frame, what it covers)
+    let table = [
+        (
+            VnetHdr {
+                flags: vnet::FLAG_NEEDS_CSUM,
+                csum_start: 20,
+                csum_offset: 6,
+                ..Default::default()
+            },
+            "checksum start inside the IP header",
+        ),
+        (
+            VnetHdr {
+                flags: vnet::FLAG_NEEDS_CSUM,
+                csum_start: 34,
+                csum_offset: 200,
+                ..Default::default()
+            },
+            "checksum field past the packet",
+        ),
+        (
+            VnetHdr {
+                gso_type: vnet::GSO_TCPV4,
+                gso_size: 1448,
+                ..Default::default()
+            },
+            "TCP segmentation of a UDP packet",
+        ),
+        (
+            VnetHdr {
+                gso_type: vnet::GSO_TCPV6,
+                gso_size: 1448,
+                ..Default::default()
+            },
+            "IPv6 segmentation of an IPv4 packet",
+        ),
+        (
+            VnetHdr {
+                gso_type: vnet::GSO_UDP_L4,
+                gso_size: 0,
+                ..Default::default()
+            },
+            "GSO with a zero segment size",
+        ),
+        (
+            VnetHdr {
+                gso_type: 9,
+                gso_size: 100,
+                ..Default::default()
+            },
+            "unknown GSO type",
+        ),
+    ];
+    for (mut v, what) in table {
+        let mut buf = buffer();
+        let len = udp_frame(&mut buf, MAC_A, IP_A, IP_B, 64, 100);
+        assert_eq!(
+            r.from_pod(1, &mut v, &mut buf, len),
+            Verdict::Drop(DropReason::Malformed),
+            "{what}"
+        );
+    }
+}
+
+#[test]
+fn oversized_packet_without_df_is_dropped_too_big() {
+    let r = router();
+    let mut buf = buffer();
+    let len = udp_frame(&mut buf, MAC_A, IP_A, IP_B, 64, 3000);
+    assert_eq!(
+        r.from_pod(1, &mut VnetHdr::default(), &mut buf, len),
+        Verdict::Drop(DropReason::TooBig)
+    );
+}

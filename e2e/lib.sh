@@ -51,7 +51,7 @@ start_netstackd() {
   mkdir -p "$WORK" "$STATE"
   rm -f "$SOCK"
   "$BIN/netstackd" --socket "$SOCK" --state-dir "$STATE" --pod-cidr "$POD_CIDR" \
-    --uplink "$UPLINK" "$@" >>"$WORK/netstackd.log" 2>&1 &
+    --uplink "$UPLINK" --metrics-addr 127.0.0.1:0 "$@" >>"$WORK/netstackd.log" 2>&1 &
   NETSTACKD_PID=$!
   local i
   for i in $(seq 1 100); do
@@ -72,7 +72,9 @@ stop_netstackd() {
   NETSTACKD_PID=
 }
 
-ctl() { "$BIN/netstackd" ctl --socket "$SOCK" "$@"; }
+ctl() { "$BIN/netstackd" ctl --socket "$SOCK" --json "$@"; }
+# ctlh: the same, as the human-readable tables an operator sees.
+ctlh() { "$BIN/netstackd" ctl --socket "$SOCK" "$@"; }
 
 # pod_counter POD_CONTAINER_ID JQ_PATH: one counter of one pod, e.g. '.rx_packets'.
 pod_counter() {

@@ -13,7 +13,7 @@ build_release
 
 log "starting netstackd (pod CIDR $POD_CIDR, uplink $UPLINK, gateway $GATEWAY)"
 start_netstackd
-ctl status
+ctlh status
 
 write_conflist
 log "CNI ADD for two pods (conflist $CONFLIST: netstack + host-local)"
@@ -40,8 +40,9 @@ iperf3 -s -1 -D --bind "$GATEWAY"
 sleep 0.5
 in_pod "$A" iperf3 -c "$GATEWAY" -t 5 -f g
 
-log "netstackd counters"
-ctl stats | jq -c '.pods[] | {container_id, rx_packets: .counters.rx_packets, rx_bytes: .counters.rx_bytes, tx_packets: .counters.tx_packets, tx_bytes: .counters.tx_bytes, drops: (.counters.drops | with_entries(select(.value > 0)))}'
+log "netstackd's view: pods and counters"
+ctlh list
+ctlh stats
 
 log "CNI DEL and teardown"
 cni DEL "$A" "/run/netns/$A"

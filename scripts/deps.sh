@@ -3,7 +3,7 @@
 # when everything is already there. The Rust toolchain (cargo >= 1.85) must be present.
 set -euo pipefail
 
-PACKAGES=(containernetworking-plugins iperf3 iproute2 iputils-ping ethtool jq netcat-openbsd socat procps)
+PACKAGES=(containernetworking-plugins iperf3 iproute2 iputils-ping ethtool jq netcat-openbsd socat procps runc podman busybox-static python3 tshark tcpdump python3-prometheus-client)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

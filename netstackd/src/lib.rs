@@ -6,6 +6,7 @@
 //! `control` (the socket protocol the plugin speaks) and `daemon` (putting it all together).
 
 pub mod control;
+pub mod ctl;
 pub mod daemon;
 pub mod dataplane;
 pub mod netlink;

@@ -39,18 +39,48 @@ enum Command {
         /// Control socket path.
         #[arg(long, default_value = netstackd::control::DEFAULT_SOCKET)]
         socket: PathBuf,
+        /// Print JSON (stable, documented) instead of tables.
+        #[arg(long)]
+        json: bool,
         /// What to ask.
-        #[arg(value_enum)]
+        #[command(subcommand)]
         what: CtlRequest,
     },
 }
 
-#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+#[derive(Subcommand, Debug)]
 enum CtlRequest {
     /// Daemon status.
     Status,
-    /// Per-pod counters.
-    Stats,
+    /// Attached pods: container id, netns, ifname, IPs, MAC, mode, state.
+    List,
+    /// Counters of every pod, or of POD (container id, unique prefix, or namespace/name).
+    Stats {
+        /// The pod.
+        pod: Option<String>,
+    },
+    /// Write a pcap of POD's frames, both directions (tcpdump -r / tshark -r read it).
+    Capture {
+        /// The pod (container id, unique prefix, or namespace/name).
+        pod: String,
+        /// The pod interface.
+        #[arg(long, default_value = "eth0")]
+        ifname: String,
+        /// Output file ("-": stdout).
+        #[arg(short = 'w', default_value = "-")]
+        write: String,
+        /// Stop after COUNT frames.
+        #[arg(short = 'c', default_value_t = 0)]
+        count: u64,
+        /// Stop after this many seconds.
+        #[arg(long, default_value_t = 0)]
+        duration: u64,
+        /// Bytes kept of each frame.
+        #[arg(long, default_value_t = netstackd::control::MAX_CAPTURE_SNAPLEN)]
+        snaplen: u32,
+    },
+    /// Prometheus metrics.
+    Metrics,
 }
 
 /// Daemon options.
@@ -74,24 +104,38 @@ struct Args {
     /// Uplink MTU in bytes.
     #[arg(long, default_value_t = 1500)]
     uplink_mtu: u32,
+    /// Prometheus metrics listener (loopback only; port 0 picks one, `off` disables it).
+    #[arg(long, default_value = "127.0.0.1:9473")]
+    metrics_addr: String,
     /// Log filter (tracing env-filter syntax); NETSTACK_LOG overrides it.
     #[arg(long, default_value = "info")]
     log: String,
 }
 
-fn ctl(socket: &std::path::Path, what: CtlRequest) -> anyhow::Result<()> {
-    use netstackd::control::{Client, Reply, Request};
-    let mut client = Client::connect(socket, std::time::Duration::from_secs(10))?;
-    let request = match what {
-        CtlRequest::Status => Request::Status,
-        CtlRequest::Stats => Request::Stats,
+fn ctl(socket: &std::path::Path, what: CtlRequest, json: bool) -> anyhow::Result<()> {
+    use netstackd::ctl::CtlCommand;
+    let command = match what {
+        CtlRequest::Status => CtlCommand::Status,
+        CtlRequest::List => CtlCommand::List,
+        CtlRequest::Stats { pod } => CtlCommand::Stats { pod },
+        CtlRequest::Metrics => CtlCommand::Metrics,
+        CtlRequest::Capture {
+            pod,
+            ifname,
+            write,
+            count,
+            duration,
+            snaplen,
+        } => CtlCommand::Capture {
+            pod,
+            ifname,
+            write,
+            count,
+            duration_s: duration,
+            snaplen,
+        },
     };
-    let reply = client.call(&request, &[])?;
-    println!("{}", serde_json::to_string_pretty(&reply)?);
-    if let Reply::Error { message } = reply {
-        anyhow::bail!("netstackd: {message}");
-    }
-    Ok(())
+    netstackd::ctl::run(socket, command, json)
 }
 
 fn init_logging(level: &str) {
@@ -99,14 +143,15 @@ fn init_logging(level: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
 fn main() {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Ctl { socket, what }) => {
-            if let Err(e) = ctl(&socket, what) {
+        Some(Command::Ctl { socket, json, what }) => {
+            if let Err(e) = ctl(&socket, what, json) {
                 eprintln!("netstackd ctl: {e:#}");
                 std::process::exit(1);
             }
@@ -150,6 +195,16 @@ fn main() {
         uplink: args.uplink,
         workers,
         uplink_mtu: args.uplink_mtu,
+        metrics_addr: match args.metrics_addr.as_str() {
+            "off" => None,
+            addr => match addr.parse() {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    eprintln!("netstackd: --metrics-addr {addr}: {e}");
+                    std::process::exit(2);
+                }
+            },
+        },
     };
     if let Err(e) = daemon::run(config) {
         tracing::error!("{e:#}");

@@ -66,13 +66,22 @@ impl Client {
         request: &Request,
         fds: &[BorrowedFd<'_>],
     ) -> Result<Reply, ClientError> {
+        self.call_with_fds(request, fds).map(|(reply, _)| reply)
+    }
+
+    /// Like [`Client::call`], and also returns the descriptors sent with the reply.
+    pub fn call_with_fds(
+        &mut self,
+        request: &Request,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<(Reply, Vec<std::os::fd::OwnedFd>), ClientError> {
         let body = serde_json::to_vec(request)?;
         let transport = |source| ClientError::Transport {
             path: self.path.clone(),
             source,
         };
         send_message(&self.stream, &body, fds).map_err(transport)?;
-        let (reply, _fds) = recv_message(&self.stream).map_err(transport)?;
-        Ok(serde_json::from_slice(&reply)?)
+        let (reply, fds) = recv_message(&self.stream).map_err(transport)?;
+        Ok((serde_json::from_slice(&reply)?, fds))
     }
 }

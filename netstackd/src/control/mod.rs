@@ -79,6 +79,61 @@ pub enum Request {
     Detach(AttachmentKey),
     /// Per-pod counters.
     Stats,
+    /// Every attachment, without counters.
+    List,
+    /// Prometheus text exposition of every metric.
+    Metrics,
+    /// Start a packet capture of one pod interface; the reply carries the read end of a pipe
+    /// that yields pcap records (no file header) of the pod's frames in both directions.
+    Capture(CaptureRequest),
+}
+
+/// What to capture, and when to stop on the daemon's side.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptureRequest {
+    /// The pod interface.
+    #[serde(flatten)]
+    pub key: AttachmentKey,
+    /// Bytes kept of each frame (at most [`MAX_CAPTURE_SNAPLEN`]).
+    #[serde(default = "default_snaplen")]
+    pub snaplen: u32,
+    /// Frames after which the daemon stops capturing (0: [`MAX_CAPTURE_PACKETS`]).
+    #[serde(default)]
+    pub max_packets: u64,
+    /// Seconds after which the daemon stops capturing (0: [`MAX_CAPTURE_SECONDS`]).
+    #[serde(default)]
+    pub max_seconds: u64,
+}
+
+/// Largest snapshot length: a record must fit one atomic pipe write (PIPE_BUF) with its header.
+pub const MAX_CAPTURE_SNAPLEN: u32 = 4096 - 16;
+/// Daemon-side cap on frames per capture.
+pub const MAX_CAPTURE_PACKETS: u64 = 1_000_000;
+/// Daemon-side cap on a capture's duration.
+pub const MAX_CAPTURE_SECONDS: u64 = 3600;
+
+fn default_snaplen() -> u32 {
+    MAX_CAPTURE_SNAPLEN
+}
+
+/// One attachment in the `list` reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodInfo {
+    /// The attachment.
+    #[serde(flatten)]
+    pub key: AttachmentKey,
+    /// Its netns path.
+    pub netns: PathBuf,
+    /// Its MAC.
+    pub mac: MacAddr,
+    /// Its addresses.
+    pub ips: Vec<IpNet>,
+    /// Link mode ("tap").
+    pub mode: String,
+    /// "attached" while the dataplane serves it, "pending" while the dataplane restarts.
+    pub state: String,
+    /// Orchestrator metadata (K8S_POD_NAMESPACE, K8S_POD_NAME, ...).
+    pub labels: BTreeMap<String, String>,
 }
 
 /// The daemon's answer to `status`.
@@ -96,6 +151,15 @@ pub struct DaemonStatus {
     pub gateway: IpAddr,
     /// Attachments currently served.
     pub attachments: usize,
+    /// Where Prometheus metrics are served, if anywhere.
+    #[serde(default)]
+    pub metrics: Option<String>,
+    /// The dataplane process (absent while it restarts).
+    #[serde(default)]
+    pub dataplane_pid: Option<u32>,
+    /// Times the dataplane was restarted.
+    #[serde(default)]
+    pub dataplane_restarts: u64,
 }
 
 /// Counters of one pod interface (or of the uplink), summed over workers.
@@ -111,6 +175,9 @@ pub struct Counters {
     pub tx_bytes: u64,
     /// Frames dropped, by reason.
     pub drops: BTreeMap<String, u64>,
+    /// GSO super-frames received and forwarded whole (a subset of rx_packets).
+    #[serde(default)]
+    pub rx_gso_packets: u64,
 }
 
 /// One pod's entry in the `stats` reply.
@@ -137,6 +204,18 @@ pub enum Reply {
     Done,
     /// The answer to `status`.
     Status(DaemonStatus),
+    /// The answer to `list`.
+    List {
+        /// Every attachment.
+        pods: Vec<PodInfo>,
+    },
+    /// The answer to `metrics`: Prometheus text format 0.0.4.
+    Metrics {
+        /// The exposition.
+        text: String,
+    },
+    /// A capture started; the reply carries the pipe's read end.
+    Capture,
     /// The answer to `stats`.
     Stats {
         /// Every attached pod interface.

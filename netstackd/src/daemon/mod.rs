@@ -1,6 +1,7 @@
 //! The daemon: sets up the uplink, starts the dataplane, keeps the attachments and serves the
 //! control socket.
 
+mod metrics;
 mod registry;
 mod server;
 mod uplink;
@@ -32,6 +33,8 @@ pub struct DaemonConfig {
     pub workers: usize,
     /// The uplink MTU in bytes.
     pub uplink_mtu: u32,
+    /// Where to serve Prometheus metrics (loopback only); `None` disables the listener.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl DaemonConfig {
@@ -63,6 +66,9 @@ pub const SUPERVISOR_CAPS: [caps::Capability; 3] = [
 /// attachments recorded in the state dir; and only then put the control socket in place.
 pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
     let gateway = config.gateway()?;
+    if let Some(addr) = config.metrics_addr.filter(|a| !a.ip().is_loopback()) {
+        bail!("the metrics listener must be on a loopback address, not {addr}");
+    }
     if config.workers == 0 || config.workers > crate::control::MAX_FDS {
         bail!(
             "--workers must be between 1 and {}, not {}",
@@ -96,6 +102,13 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
     }
     let listener = server::bind(&config.socket)?;
     tracing::info!(socket = %config.socket.display(), "ready");
+    if let Some(addr) = config.metrics_addr {
+        let metrics = metrics::bind(addr)?;
+        let bound = metrics.local_addr()?;
+        registry.set_metrics_addr(bound);
+        metrics::serve(metrics, Arc::clone(&registry))?;
+        tracing::info!(%bound, "metrics on http://{bound}/metrics");
+    }
     server::spawn_accept_loop(listener, Arc::clone(&registry))?;
     let sig = server::wait_for_termination(&signals);
     tracing::info!("{sig}: shutting down; pod TAPs and the uplink stay for the next start");

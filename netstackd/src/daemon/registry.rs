@@ -9,7 +9,10 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use crate::control::{Attachment, AttachmentKey, DaemonStatus, PodStats, Reply, Request};
+use crate::control::{
+    Attachment, AttachmentKey, CaptureRequest, DaemonStatus, PodInfo, PodStats, Reply, Request,
+    MAX_CAPTURE_PACKETS, MAX_CAPTURE_SECONDS, MAX_CAPTURE_SNAPLEN,
+};
 use crate::dataplane::PodSpec;
 use crate::supervisor::DataplaneProcess;
 use crate::sys::tap::{queue_info, set_nonblocking};
@@ -32,6 +35,8 @@ pub struct Registry {
     dataplane: DataplaneProcess,
     attached: Mutex<BTreeMap<AttachmentKey, Attached>>,
     next_id: AtomicU64,
+    control_metrics: super::metrics::ControlMetrics,
+    metrics_addr: Mutex<Option<std::net::SocketAddr>>,
 }
 
 /// Is `id` a container id the CNI spec allows (`^[a-zA-Z0-9][a-zA-Z0-9_.-]*$`)?
@@ -61,18 +66,107 @@ impl Registry {
             dataplane,
             attached: Mutex::new(BTreeMap::new()),
             next_id: AtomicU64::new(1),
+            control_metrics: Default::default(),
+            metrics_addr: Mutex::new(None),
         }
     }
 
-    /// Carries out one request; `fds` are the descriptors that came with it.
-    pub fn handle(&self, request: Request, fds: Vec<OwnedFd>) -> Reply {
+    /// Carries out one request; `fds` are the descriptors that came with it. Returns the
+    /// reply and the descriptors to send with it.
+    pub fn handle(&self, request: Request, fds: Vec<OwnedFd>) -> (Reply, Vec<OwnedFd>) {
         let result = match request {
             Request::Status => Ok(Reply::Status(self.status())),
-            Request::Attach(a) => self.attach(a, fds).map(|()| Reply::Done),
+            Request::Attach(a) => {
+                let started = std::time::Instant::now();
+                let result = self.attach(a, fds).map(|()| Reply::Done);
+                self.control_metrics
+                    .attached(result.is_ok(), started.elapsed());
+                result
+            }
             Request::Detach(key) => self.detach(&key).map(|()| Reply::Done),
             Request::Stats => Ok(self.stats()),
+            Request::List => Ok(Reply::List { pods: self.list() }),
+            Request::Metrics => Ok(Reply::Metrics {
+                text: self.metrics_text(),
+            }),
+            Request::Capture(c) => {
+                return match self.capture(&c) {
+                    Ok(pipe) => (Reply::Capture, vec![pipe]),
+                    Err(message) => (Reply::Error { message }, Vec::new()),
+                }
+            }
         };
-        result.unwrap_or_else(|message| Reply::Error { message })
+        (
+            result.unwrap_or_else(|message| Reply::Error { message }),
+            Vec::new(),
+        )
+    }
+
+    fn pod_info(&self, a: &Attached, serving: bool) -> PodInfo {
+        PodInfo {
+            key: a.attachment.key.clone(),
+            netns: a.attachment.netns.clone(),
+            mac: a.attachment.mac,
+            ips: a.attachment.ips.clone(),
+            mode: "tap".into(),
+            state: if serving { "attached" } else { "pending" }.into(),
+            labels: a.attachment.labels.clone(),
+        }
+    }
+
+    fn list(&self) -> Vec<PodInfo> {
+        let serving = self.dataplane.serving();
+        self.lock()
+            .values()
+            .map(|a| self.pod_info(a, serving))
+            .collect()
+    }
+
+    /// The Prometheus exposition of every metric.
+    pub fn metrics_text(&self) -> String {
+        let stats = self.dataplane.stats();
+        let serving = self.dataplane.serving();
+        let mut counters = stats.pods;
+        let pods = self
+            .lock()
+            .values()
+            .map(|a| {
+                (
+                    self.pod_info(a, serving),
+                    counters.remove(&a.id).unwrap_or_default(),
+                )
+            })
+            .collect();
+        super::metrics::render(&super::metrics::Snapshot {
+            pods,
+            uplink: stats.uplink,
+            wakeups: stats.wakeups,
+            control: &self.control_metrics,
+            dataplane_restarts: self.dataplane.child().1,
+        })
+    }
+
+    fn capture(&self, c: &CaptureRequest) -> Result<OwnedFd, String> {
+        let id = self
+            .lock()
+            .get(&c.key)
+            .map(|a| a.id)
+            .ok_or_else(|| format!("{}: not attached", c.key))?;
+        let snaplen = c.snaplen.clamp(64, MAX_CAPTURE_SNAPLEN);
+        let packets = match c.max_packets {
+            0 => MAX_CAPTURE_PACKETS,
+            n => n.min(MAX_CAPTURE_PACKETS),
+        };
+        let seconds = match c.max_seconds {
+            0 => MAX_CAPTURE_SECONDS,
+            n => n.min(MAX_CAPTURE_SECONDS),
+        };
+        let pipe = self
+            .dataplane
+            .capture(id, snaplen, packets, seconds)
+            .map_err(|e| format!("{}: {e}", c.key))?;
+        tracing::info!(container_id = %c.key.container_id, ifname = %c.key.ifname, snaplen, packets, seconds, "capture started");
+        Ok(pipe)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<AttachmentKey, Attached>> {
@@ -87,11 +181,24 @@ impl Registry {
             pod_cidr: self.config.pod_cidr.into(),
             gateway: IpAddr::V4(self.gateway),
             attachments: self.lock().len(),
+            metrics: self
+                .metrics_addr
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .map(|a| a.to_string()),
+            dataplane_pid: self.dataplane.child().0,
+            dataplane_restarts: self.dataplane.child().1,
         }
     }
 
+    /// Records where the metrics listener ended up (for `status`).
+    pub fn set_metrics_addr(&self, addr: std::net::SocketAddr) {
+        *self.metrics_addr.lock().unwrap_or_else(|p| p.into_inner()) = Some(addr);
+    }
+
     fn stats(&self) -> Reply {
-        let (mut counters, uplink) = self.dataplane.stats();
+        let stats = self.dataplane.stats();
+        let (mut counters, uplink) = (stats.pods, stats.uplink);
         let pods = self
             .lock()
             .values()
@@ -307,6 +414,7 @@ impl Registry {
         let mut attached = self.lock();
         if let Some(a) = attached.remove(key) {
             self.dataplane.detach(a.id);
+            self.control_metrics.detached();
             tracing::info!(container_id = %key.container_id, ifname = %key.ifname, "detached");
         }
         match std::fs::remove_file(self.state_path(key)) {

@@ -81,8 +81,14 @@ pub fn spawn_accept_loop(listener: UnixListener, registry: Arc<Registry>) -> any
 }
 
 fn reply(stream: &UnixStream, reply: &Reply) -> bool {
+    reply_with_fds(stream, reply, &[])
+}
+
+fn reply_with_fds(stream: &UnixStream, reply: &Reply, fds: &[std::os::fd::OwnedFd]) -> bool {
+    use std::os::fd::AsFd;
+    let fds: Vec<_> = fds.iter().map(|fd| fd.as_fd()).collect();
     match serde_json::to_vec(reply) {
-        Ok(body) => send_message(stream, &body, &[]).is_ok(),
+        Ok(body) => send_message(stream, &body, &fds).is_ok(),
         Err(_) => false,
     }
 }
@@ -103,6 +109,13 @@ fn serve_connection(stream: UnixStream, registry: &Registry) {
                 &Reply::Error {
                     message: format!("permission denied: uid {uid} is not root"),
                 },
+            );
+            // Let the peer read the refusal: stop writing, discard what it sent (bounded).
+            let _ = stream.shutdown(std::net::Shutdown::Write);
+            let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+            let _ = std::io::copy(
+                &mut std::io::Read::take(&stream, 1 << 16),
+                &mut std::io::sink(),
             );
             return;
         }
@@ -126,14 +139,17 @@ fn serve_connection(stream: UnixStream, registry: &Registry) {
                 return;
             }
         };
-        let answer = match serde_json::from_slice::<Request>(&body) {
+        let (answer, out_fds) = match serde_json::from_slice::<Request>(&body) {
             Ok(request) => registry.handle(request, fds),
             // The descriptors of a request we cannot read are closed here.
-            Err(e) => Reply::Error {
-                message: format!("malformed request: {e}"),
-            },
+            Err(e) => (
+                Reply::Error {
+                    message: format!("malformed request: {e}"),
+                },
+                Vec::new(),
+            ),
         };
-        if !reply(&stream, &answer) {
+        if !reply_with_fds(&stream, &answer, &out_fds) {
             return;
         }
     }

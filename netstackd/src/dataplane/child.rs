@@ -6,6 +6,7 @@ use std::net::Ipv4Addr;
 
 use anyhow::{bail, Context};
 
+use super::capture::CaptureSink;
 use super::ipc::{self, DpReply, DpRequest, IpcError};
 use super::Dataplane;
 use crate::control::FramingError;
@@ -56,8 +57,34 @@ pub fn run() -> anyhow::Result<()> {
             }
             DpRequest::Stats => {
                 let (pods, uplink) = dataplane.stats();
-                DpReply::Stats { pods, uplink }
+                DpReply::Stats {
+                    pods,
+                    uplink,
+                    wakeups: dataplane.wakeups(),
+                }
             }
+            DpRequest::Capture {
+                id,
+                snaplen,
+                max_packets,
+                max_seconds,
+            } => match fds.into_iter().next() {
+                Some(pipe) => {
+                    let sink = CaptureSink::new(pipe, snaplen, max_packets, max_seconds);
+                    match dataplane.capture(id, sink) {
+                        Ok(true) => DpReply::Done,
+                        Ok(false) => DpReply::Error {
+                            message: format!("no attachment {id}"),
+                        },
+                        Err(e) => DpReply::Error {
+                            message: e.to_string(),
+                        },
+                    }
+                }
+                None => DpReply::Error {
+                    message: "capture without a pipe".into(),
+                },
+            },
             DpRequest::Shutdown => {
                 drop(dataplane);
                 let _ = ipc::send(&sock, &DpReply::Done, &[]);

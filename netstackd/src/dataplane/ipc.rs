@@ -33,6 +33,17 @@ pub enum DpRequest {
     },
     /// Counters of every pod and the uplink.
     Stats,
+    /// Copy a pod's frames as pcap records into the attached pipe.
+    Capture {
+        /// Attachment id.
+        id: u64,
+        /// Bytes kept per frame.
+        snaplen: u32,
+        /// Stop after this many frames.
+        max_packets: u64,
+        /// Stop after this many seconds.
+        max_seconds: u64,
+    },
     /// Finish the current batches and exit.
     Shutdown,
 }
@@ -49,6 +60,9 @@ pub enum DpReply {
         pods: Vec<(u64, Counters)>,
         /// The uplink.
         uplink: Counters,
+        /// Epoll wakeups per worker.
+        #[serde(default)]
+        wakeups: Vec<u64>,
     },
     /// Failed.
     Error {

@@ -5,6 +5,7 @@
 //! In netstackd the dataplane runs in a child process with no capabilities under seccomp
 //! (`child`, `seccomp`); the supervisor talks to it with the messages of `ipc`.
 
+pub mod capture;
 pub mod child;
 pub mod ipc;
 pub mod seccomp;
@@ -49,6 +50,7 @@ pub struct PodSpec {
 struct WorkerHandle {
     cmds: mpsc::Sender<WorkerCmd>,
     wake: Arc<EventFd>,
+    wakeups: Arc<std::sync::atomic::AtomicU64>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -86,14 +88,15 @@ impl Dataplane {
             let wake = Arc::new(EventFd::from_flags(
                 EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK,
             )?);
+            let wakeups = Arc::new(std::sync::atomic::AtomicU64::new(0));
             let worker = Worker::new(
                 index,
                 rx,
                 Arc::clone(&wake),
                 uplink,
                 Arc::clone(&uplink_counters),
-                gateway,
-                uplink_mtu,
+                crate::stack::Router::new(gateway, uplink_mtu),
+                Arc::clone(&wakeups),
             )?;
             let thread = std::thread::Builder::new()
                 .name(format!("dp-{index}"))
@@ -101,6 +104,7 @@ impl Dataplane {
             workers.push(WorkerHandle {
                 cmds: tx,
                 wake,
+                wakeups,
                 thread: Some(thread),
             });
         }
@@ -126,6 +130,28 @@ impl Dataplane {
         (pods, self.uplink_counters.snapshot())
     }
 
+    /// How many times each worker woke up from epoll.
+    pub fn wakeups(&self) -> Vec<u64> {
+        self.workers
+            .iter()
+            .map(|w| w.wakeups.load(std::sync::atomic::Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Starts copying pod `id`'s frames into `sink` on every worker. False when no such pod.
+    pub fn capture(&self, id: u64, sink: capture::CaptureSink) -> io::Result<bool> {
+        let sink = Arc::new(sink);
+        let (ack_tx, ack_rx) = mpsc::channel();
+        for handle in &self.workers {
+            handle.send(WorkerCmd::Capture(id, Arc::clone(&sink), ack_tx.clone()))?;
+        }
+        let mut found = true;
+        for _ in 0..self.workers.len() {
+            found &= ack_rx.recv_timeout(APPLY_TIMEOUT).unwrap_or(false);
+        }
+        Ok(found)
+    }
+
     /// Hands a pod's TAP queues to the workers: queue q is read by worker q mod N; a worker
     /// without a queue of its own writes to the pod through a duplicate of one.
     pub fn attach(&mut self, spec: &PodSpec, queues: Vec<OwnedFd>) -> io::Result<()> {
@@ -149,7 +175,11 @@ impl Dataplane {
         let (ack_tx, ack_rx) = mpsc::channel();
         let counters = Arc::new(LinkCounters::new(n));
         for ((handle, rx), tx_extra) in self.workers.iter().zip(per_worker).zip(extra) {
-            let io = PodIo { rx, tx_extra };
+            let io = PodIo {
+                rx,
+                tx_extra,
+                capture: None,
+            };
             let cmd = WorkerCmd::Attach(spec.clone(), Arc::clone(&counters), io, ack_tx.clone());
             handle.send(cmd)?;
         }

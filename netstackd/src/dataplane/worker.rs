@@ -3,7 +3,6 @@
 //! per wakeup so one busy pod cannot starve the others.
 
 use std::io;
-use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -11,11 +10,14 @@ use std::sync::Arc;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::eventfd::EventFd;
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
 use crate::stack::{DropReason, LinkCounters, PodPort, Router, Verdict};
 use crate::sys::tap::{read_frame, write_frame};
 use crate::wire::vnet::VNET_HDR_LEN;
 use crate::wire::{ethernet, VnetHdr};
 
+use super::capture::CaptureSink;
 use super::PodSpec;
 
 /// Frames read from one fd per wakeup before moving on to the next.
@@ -31,6 +33,8 @@ pub(super) struct PodIo {
     pub rx: Vec<OwnedFd>,
     /// A queue to write to when this worker reads none of the pod's queues.
     pub tx_extra: Option<OwnedFd>,
+    /// Where this pod's frames are copied while a capture runs.
+    pub capture: Option<Arc<CaptureSink>>,
 }
 
 impl PodIo {
@@ -51,6 +55,7 @@ pub(super) enum WorkerCmd {
         mpsc::Sender<io::Result<()>>,
     ),
     Detach(u64, mpsc::Sender<()>),
+    Capture(u64, Arc<CaptureSink>, mpsc::Sender<bool>),
     Shutdown,
 }
 
@@ -62,6 +67,7 @@ pub(super) struct Worker {
     uplink: OwnedFd,
     uplink_counters: Arc<LinkCounters>,
     router: Router<PodIo>,
+    wakeups: Arc<AtomicU64>,
     vnet_raw: [u8; VNET_HDR_LEN],
     buf: Box<[u8]>,
 }
@@ -77,8 +83,8 @@ impl Worker {
         wake: Arc<EventFd>,
         uplink: OwnedFd,
         uplink_counters: Arc<LinkCounters>,
-        gateway: Ipv4Addr,
-        uplink_mtu: u32,
+        router: Router<PodIo>,
+        wakeups: Arc<AtomicU64>,
     ) -> io::Result<Self> {
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
         epoll.add(
@@ -96,7 +102,8 @@ impl Worker {
             epoll,
             uplink,
             uplink_counters,
-            router: Router::new(gateway, uplink_mtu),
+            router,
+            wakeups,
             vnet_raw: [0; VNET_HDR_LEN],
             buf: vec![0u8; FRAME_BUF_LEN].into_boxed_slice(),
         })
@@ -113,6 +120,9 @@ impl Worker {
                     return;
                 }
             };
+            // Only this worker writes its counter: a plain load and store.
+            self.wakeups
+                .store(self.wakeups.load(Relaxed).wrapping_add(1), Relaxed);
             for ev in &events[..n] {
                 match ev.data() {
                     TOKEN_WAKE => {
@@ -142,6 +152,16 @@ impl Worker {
                         }
                     }
                     let _ = ack.send(());
+                }
+                Ok(WorkerCmd::Capture(id, sink, ack)) => {
+                    let found = match self.router.pod_mut(id) {
+                        Some(pod) => {
+                            pod.io.capture = Some(sink);
+                            true
+                        }
+                        None => false,
+                    };
+                    let _ = ack.send(found);
                 }
                 Ok(WorkerCmd::Shutdown) | Err(mpsc::TryRecvError::Disconnected) => return false,
                 Err(mpsc::TryRecvError::Empty) => return true,
@@ -197,7 +217,13 @@ impl Worker {
                 }
             };
             src.counters.rx(w, n);
+            if let Some(sink) = &src.io.capture {
+                sink.record(&buf[..n]);
+            }
             let mut vnet = VnetHdr::parse(vnet_raw);
+            if vnet.is_gso() {
+                src.counters.rx_gso(w);
+            }
             match router.from_pod(id, &mut vnet, buf, n) {
                 Verdict::ToPod { id: dst, len } => {
                     vnet.emit(vnet_raw);
@@ -224,6 +250,16 @@ impl Worker {
                 Verdict::Drop(reason) => src.counters.dropped(w, reason),
             }
         }
+        self.end_finished_capture(id);
+    }
+
+    /// Forgets a pod's capture once it is over, so the hot path is back to one branch.
+    fn end_finished_capture(&mut self, id: u64) {
+        if let Some(pod) = self.router.pod_mut(id) {
+            if pod.io.capture.as_ref().is_some_and(|c| c.is_closed()) {
+                pod.io.capture = None;
+            }
+        }
     }
 
     fn drain_uplink(&mut self) {
@@ -248,6 +284,9 @@ impl Worker {
             };
             uplink_counters.rx(w, n);
             let mut vnet = VnetHdr::parse(vnet_raw);
+            if vnet.is_gso() {
+                uplink_counters.rx_gso(w);
+            }
             match router.from_uplink(&mut vnet, buf, n) {
                 Verdict::ToPod { id, len } => {
                     vnet.emit(vnet_raw);
@@ -264,6 +303,9 @@ impl Worker {
 
 /// Writes one frame into a pod's TAP and counts it.
 fn send_to_pod(w: usize, pod: &PodPort<PodIo>, vnet: &[u8; VNET_HDR_LEN], frame: &[u8]) {
+    if let Some(sink) = &pod.io.capture {
+        sink.record(frame);
+    }
     let ok = pod
         .io
         .tx()

@@ -61,6 +61,7 @@ struct Slot {
     rx_bytes: AtomicU64,
     tx_packets: AtomicU64,
     tx_bytes: AtomicU64,
+    rx_gso: AtomicU64,
     drops: [AtomicU64; DropReason::ALL.len()],
 }
 
@@ -89,6 +90,11 @@ impl LinkCounters {
         bump(&s.rx_bytes, bytes as u64);
     }
 
+    /// The frame just received was a GSO super-frame; called only by worker `worker`.
+    pub fn rx_gso(&self, worker: usize) {
+        bump(&self.slots[worker].rx_gso, 1);
+    }
+
     /// A frame of `bytes` went out to the link; called only by worker `worker`.
     pub fn tx(&self, worker: usize, bytes: usize) {
         let s = &self.slots[worker];
@@ -109,6 +115,7 @@ impl LinkCounters {
             c.rx_bytes += s.rx_bytes.load(Relaxed);
             c.tx_packets += s.tx_packets.load(Relaxed);
             c.tx_bytes += s.tx_bytes.load(Relaxed);
+            c.rx_gso_packets += s.rx_gso.load(Relaxed);
         }
         for reason in DropReason::ALL {
             let n: u64 = self

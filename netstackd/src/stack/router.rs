@@ -106,6 +106,11 @@ impl<P> Router<P> {
         self.pods.get(&id)
     }
 
+    /// The pod with attachment `id`, to change its I/O handle.
+    pub fn pod_mut(&mut self, id: u64) -> Option<&mut PodPort<P>> {
+        self.pods.get_mut(&id)
+    }
+
     /// Every pod.
     pub fn pods(&self) -> impl Iterator<Item = &PodPort<P>> {
         self.pods.values()

@@ -37,6 +37,18 @@ struct Inner {
     shutting_down: bool,
 }
 
+/// What the dataplane reports: counters per attachment id, the uplink's, and epoll wakeups
+/// per worker.
+#[derive(Debug, Default)]
+pub struct DataplaneStats {
+    /// Per attachment id.
+    pub pods: HashMap<u64, Counters>,
+    /// The uplink.
+    pub uplink: Counters,
+    /// Per worker.
+    pub wakeups: Vec<u64>,
+}
+
 /// The dataplane child and everything needed to start it again.
 pub struct DataplaneProcess {
     inner: Arc<Mutex<Inner>>,
@@ -187,12 +199,55 @@ impl DataplaneProcess {
         }
     }
 
-    /// Counters per attachment id and of the uplink (zero while the dataplane restarts).
-    pub fn stats(&self) -> (HashMap<u64, Counters>, Counters) {
+    /// Counters per attachment id, of the uplink, and worker wakeups (empty while the
+    /// dataplane restarts).
+    pub fn stats(&self) -> DataplaneStats {
         let mut inner = lock(&self.inner);
         match inner.call(&DpRequest::Stats, &[]) {
-            Some(DpReply::Stats { pods, uplink }) => (pods.into_iter().collect(), uplink),
-            _ => (HashMap::new(), Counters::default()),
+            Some(DpReply::Stats {
+                pods,
+                uplink,
+                wakeups,
+            }) => DataplaneStats {
+                pods: pods.into_iter().collect(),
+                uplink,
+                wakeups,
+            },
+            _ => DataplaneStats::default(),
+        }
+    }
+
+    /// Is pod `id` handed to a running dataplane?
+    pub fn serving(&self) -> bool {
+        lock(&self.inner).conn.is_some()
+    }
+
+    /// Starts a capture of pod `id`; returns the read end of the pipe the records go to.
+    pub fn capture(
+        &self,
+        id: u64,
+        snaplen: u32,
+        max_packets: u64,
+        max_seconds: u64,
+    ) -> Result<OwnedFd, String> {
+        use nix::fcntl::{fcntl, FcntlArg, OFlag};
+        let (read, write) =
+            nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+        fcntl(&write, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).map_err(|e| format!("pipe: {e}"))?;
+        // Room for bursts while the reader catches up; the default 64 KiB fills in microseconds.
+        let _ = fcntl(&write, FcntlArg::F_SETPIPE_SZ(1 << 20));
+        let mut inner = lock(&self.inner);
+        let req = DpRequest::Capture {
+            id,
+            snaplen,
+            max_packets,
+            max_seconds,
+        };
+        match inner.call(&req, &[write.as_fd()]) {
+            Some(DpReply::Done) => Ok(read),
+            Some(DpReply::Error { message }) => Err(message),
+            Some(other) => Err(format!("unexpected dataplane reply {other:?}")),
+            None => Err("the dataplane is restarting; try again".into()),
         }
     }
 

@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# e2e: seeing inside netstackd. Counters move exactly for a known exchange, a capture of a ping
+# and a TCP transfer reads back in tshark and tcpdump with the frames that were sent, the
+# Prometheus exposition parses, the CLI's JSON has its documented shape, capture is root-only,
+# and log lines about a pod carry its container id. Needs root.
+set -uo pipefail
+. "$(dirname "$0")/lib.sh"
+trap e2e_cleanup EXIT
+
+FAILS=0
+PASSES=0
+ok() { PASSES=$((PASSES + 1)); printf '  ok   %s\n' "$1"; }
+fail() { FAILS=$((FAILS + 1)); printf '  FAIL %s\n' "$1"; }
+check() { local what=$1; shift; if "$@" >/dev/null 2>&1; then ok "$what"; else fail "$what"; fi; }
+PY=/usr/bin/python3 # Debian's, with python3-prometheus-client
+
+# quiet_pod NAME: a pod netns with IPv6 off, so no router solicitation or MLD report lands in
+# the middle of an exact count; then CNI ADD. Prints the pod's IPv4 address.
+quiet_pod() {
+  ip netns add "$1"
+  PODS+=("$1")
+  ip netns exec "$1" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
+  ip -n "$1" link set lo up
+  cni ADD "$1" "/run/netns/$1" eth0 "IgnoreUnknown=1;K8S_POD_NAMESPACE=obs;K8S_POD_NAME=$1" | jq -r '.ips[0].address' | cut -d/ -f1
+}
+counter() { pod_counter "$1" "$2"; }
+
+write_conflist
+start_netstackd || exit 1
+A=obs-a-$RUN_ID
+B=obs-b-$RUN_ID
+IP_A=$(quiet_pod "$A")
+IP_B=$(quiet_pod "$B")
+in_pod "$A" ping -c 1 -W 2 "$IP_B" >/dev/null # ARP both ways, before counting
+sleep 0.2
+
+log "counters for a known exchange"
+a_rx=$(counter "$A" .rx_packets); a_tx=$(counter "$A" .tx_packets); a_rxb0=$(counter "$A" .rx_bytes)
+b_rx=$(counter "$B" .rx_packets); b_tx=$(counter "$B" .tx_packets)
+in_pod "$A" ping -c 7 -i 0.05 -W 2 -q "$IP_B" >/dev/null
+sleep 0.2
+check "7 echo requests counted from pod A (rx +$(( $(counter "$A" .rx_packets) - a_rx )))" test $(( $(counter "$A" .rx_packets) - a_rx )) = 7
+check "7 echo requests delivered to pod B (tx +$(( $(counter "$B" .tx_packets) - b_tx )))" test $(( $(counter "$B" .tx_packets) - b_tx )) = 7
+check "7 echo replies counted from pod B" test $(( $(counter "$B" .rx_packets) - b_rx )) = 7
+check "7 echo replies delivered to pod A" test $(( $(counter "$A" .tx_packets) - a_tx )) = 7
+a_rxb=$(counter "$A" .rx_bytes)
+check "98-byte frames: pod A rx_bytes grows by exactly 7 x 98 ($((a_rxb - a_rxb0)))" test $((a_rxb - a_rxb0)) = $((7 * 98))
+
+log "capture a ping and a TCP transfer"
+head -c 300000 /dev/urandom >"$WORK/blob"
+"$BIN/netstackd" ctl --socket "$SOCK" capture "$A" -w "$WORK/a.pcap" --duration 4 2>"$WORK/capture.err" &
+CAP=$!
+sleep 0.5
+in_pod "$A" ping -c 3 -i 0.1 -W 2 -q "$IP_B" >/dev/null
+in_pod "$B" timeout 20 nc -l -s "$IP_B" -p 7001 >"$WORK/got" &
+srv=$!
+sleep 0.3
+in_pod "$A" timeout 20 nc -N "$IP_B" 7001 <"$WORK/blob"
+wait "$srv"
+wait "$CAP"; rc=$?
+check "capture ends on its own after --duration" test "$rc" = 0
+check "capture reports what it wrote" grep -q 'frames captured' "$WORK/capture.err"
+check "tcpdump reads the file" tcpdump -nr "$WORK/a.pcap"
+check "tshark reads the file" tshark -r "$WORK/a.pcap"
+req=$(tshark -r "$WORK/a.pcap" -Y "icmp.type == 8 && ip.src == $IP_A && ip.dst == $IP_B" 2>/dev/null | wc -l)
+rep=$(tshark -r "$WORK/a.pcap" -Y "icmp.type == 0 && ip.src == $IP_B && ip.dst == $IP_A" 2>/dev/null | wc -l)
+check "the 3 echo requests pod A sent are in the capture ($req)" test "$req" = 3
+check "the 3 echo replies pod A received are in the capture ($rep)" test "$rep" = 3
+sent=$(tshark -r "$WORK/a.pcap" -Y "tcp.srcport != 7001 && tcp.dstport == 7001 && ip.src == $IP_A" -T fields -e tcp.len 2>/dev/null | awk '{s += $1} END {print s + 0}')
+check "the TCP payload pod A sent adds up to the 300000 bytes sent ($sent)" test "$sent" = 300000
+check "frames in both directions (pod B's ACKs too)" sh -c "tshark -r '$WORK/a.pcap' -Y 'tcp.srcport == 7001' 2>/dev/null | grep -q ."
+check "no frames of other pods in pod A's capture" sh -c "! tshark -r '$WORK/a.pcap' -Y 'eth.addr != $(in_pod "$A" cat /sys/class/net/eth0/address) && eth.addr != 02:4e:53:00:00:01' 2>/dev/null | grep -q ."
+"$BIN/netstackd" ctl --socket "$SOCK" capture "$A" -w "$WORK/c5.pcap" -c 5 2>/dev/null &
+CAP=$!
+sleep 0.3
+in_pod "$A" ping -c 10 -i 0.05 -W 2 -q "$IP_B" >/dev/null
+wait "$CAP"
+check "-c 5 stops after exactly 5 frames" test "$(tshark -r "$WORK/c5.pcap" 2>/dev/null | wc -l)" = 5
+check "capture of an unknown pod is an error" sh -c "! $BIN/netstackd ctl --socket $SOCK capture no-such-pod -w /dev/null -c 1"
+
+log "capture is root-only"
+chmod 666 "$SOCK"
+out=$(printf '\x00\x00\x00\x2f{"op":"capture","container_id":"x","ifname":"eth0"}' | setpriv --reuid 65534 --regid 65534 --clear-groups socat -t 2 - "UNIX-CONNECT:$SOCK" 2>&1 | tr -d '\0')
+chmod 600 "$SOCK"
+check "a non-root user cannot start a capture" grep -q 'permission denied' <<<"$out"
+
+log "Prometheus metrics"
+ADDR=$(ctl status | jq -r .metrics)
+check "status names the metrics listener on loopback ($ADDR)" grep -q '^127.0.0.1:' <<<"$ADDR"
+$PY - "$ADDR" "$A" "$(counter "$A" .rx_packets)" >"$WORK/prom.out" 2>&1 <<'PY'
+import sys, urllib.request
+from prometheus_client.parser import text_string_to_metric_families
+addr, pod, rx = sys.argv[1], sys.argv[2], int(sys.argv[3])
+text = urllib.request.urlopen(f"http://{addr}/metrics", timeout=5).read().decode()
+fams = {f.name: f for f in text_string_to_metric_families(text)}
+need = ["netstack_pod_rx_packets", "netstack_pod_tx_bytes", "netstack_pod_drops",
+        "netstack_pod_gso_frames", "netstack_gso_segmented_frames", "netstack_attach",
+        "netstack_detach", "netstack_attach_duration_seconds", "netstack_worker_wakeups",
+        "netstack_uplink_rx_packets", "netstack_attachments", "netstack_dataplane_restarts"]
+missing = [n for n in need if n not in fams]
+assert not missing, f"missing families {missing}"
+s = [x for x in fams["netstack_pod_rx_packets"].samples if x.labels["container_id"] == pod]
+assert len(s) == 1 and s[0].labels["namespace"] == "obs" and s[0].labels["pod"] == pod, s
+assert s[0].value == rx, (s[0].value, rx)
+assert fams["netstack_attach_duration_seconds"].type == "histogram"
+print("parsed", len(fams), "families")
+PY
+check "the exposition parses and pod A's rx_packets matches stats ($(tail -1 "$WORK/prom.out"))" grep -q '^parsed' "$WORK/prom.out"
+check "only GET /metrics is served" sh -c "$PY -c \"import urllib.request,sys; urllib.request.urlopen('http://$ADDR/other')\" 2>&1 | grep -q 404"
+check "ctl metrics gives the same families" sh -c "$BIN/netstackd ctl --socket $SOCK metrics | grep -q '^netstack_attach_total{result=\"ok\"} 2'"
+out=$("$BIN/netstackd" --pod-cidr 10.9.9.0/24 --socket "$WORK/x.sock" --state-dir "$WORK/x" --uplink "nsx$RUN_ID" --metrics-addr 0.0.0.0:0 2>&1); rc=$?
+check "a non-loopback metrics address is refused" test "$rc" != 0 -a -n "$(grep 'must be on a loopback' <<<"$out")"
+check "  ... before anything is created" sh -c "! ip link show nsx$RUN_ID"
+ip link del "nsx$RUN_ID" 2>/dev/null
+
+log "CLI"
+check "list --json has the documented fields" test "$(ctl list | jq -c '.[0] | keys')" = '["container_id","ifname","ips","labels","mac","mode","netns","state"]'
+check "list shows both pods attached, tap mode" test "$(ctl list | jq -r '[.[] | .mode + ":" + .state] | unique | join(",")')" = "tap:attached"
+check "stats POD by namespace/name selects one pod" test "$(ctl stats "obs/$A" | jq '.pods | length')" = 1
+check "stats POD by container id prefix" test "$(ctl stats "${A:0:8}" | jq -r '.pods[0].container_id')" = "$A"
+check "the table output has a header and one row per pod" test "$(ctlh list | wc -l)" = 3
+check "status table names the dataplane pid" sh -c "$BIN/netstackd ctl --socket $SOCK status | grep -q 'dataplane pid'"
+
+log "logs"
+check "attach lines carry the container id" grep -q "attached.*container_id=.*$A" "$WORK/netstackd.log"
+check "no per-packet lines at info" test "$(wc -l <"$WORK/netstackd.log")" -lt 40
+
+echo
+echo "test_observe: $PASSES passed, $FAILS failed"
+[ "$FAILS" -eq 0 ]

@@ -1,0 +1,326 @@
+//! Prometheus metrics: the text exposition (format 0.0.4) of the daemon's counters, served on a
+//! loopback-only HTTP listener (`GET /metrics`) and through the control socket.
+
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+
+use crate::control::{Counters, PodInfo};
+
+use super::Registry;
+
+/// Upper bounds (seconds) of the attach latency histogram buckets.
+const ATTACH_BUCKETS: [f64; 8] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0];
+
+/// Attach/detach tallies and the attach latency histogram.
+#[derive(Default)]
+pub struct ControlMetrics {
+    attach_ok: AtomicU64,
+    attach_failed: AtomicU64,
+    detach: AtomicU64,
+    buckets: [AtomicU64; ATTACH_BUCKETS.len()],
+    sum_micros: AtomicU64,
+}
+
+impl ControlMetrics {
+    /// Records one attach that took `elapsed`.
+    pub fn attached(&self, ok: bool, elapsed: Duration) {
+        if ok {
+            self.attach_ok.fetch_add(1, Relaxed);
+        } else {
+            self.attach_failed.fetch_add(1, Relaxed);
+        }
+        let secs = elapsed.as_secs_f64();
+        for (bound, bucket) in ATTACH_BUCKETS.iter().zip(&self.buckets) {
+            if secs <= *bound {
+                bucket.fetch_add(1, Relaxed);
+            }
+        }
+        self.sum_micros
+            .fetch_add(elapsed.as_micros() as u64, Relaxed);
+    }
+
+    /// Records one detach.
+    pub fn detached(&self) {
+        self.detach.fetch_add(1, Relaxed);
+    }
+}
+
+/// Escapes a label value as the text format requires.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn pod_labels(p: &PodInfo) -> String {
+    let get = |k: &str| p.labels.get(k).map(String::as_str).unwrap_or("");
+    format!(
+        "namespace=\"{}\",pod=\"{}\",container_id=\"{}\",ifname=\"{}\"",
+        label(get("K8S_POD_NAMESPACE")),
+        label(get("K8S_POD_NAME")),
+        label(&p.key.container_id),
+        label(&p.key.ifname)
+    )
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// Everything the exposition is made of.
+pub struct Snapshot<'a> {
+    /// Attached pods with their counters.
+    pub pods: Vec<(PodInfo, Counters)>,
+    /// The uplink's counters.
+    pub uplink: Counters,
+    /// Epoll wakeups per worker.
+    pub wakeups: Vec<u64>,
+    /// Control-plane tallies.
+    pub control: &'a ControlMetrics,
+    /// Dataplane restarts since start.
+    pub dataplane_restarts: u64,
+}
+
+/// Renders the text exposition.
+pub fn render(s: &Snapshot<'_>) -> String {
+    let mut out = String::new();
+    type Field = fn(&Counters) -> u64;
+    let per_pod: [(&str, &str, Field); 5] = [
+        (
+            "netstack_pod_rx_packets_total",
+            "Frames received from the pod.",
+            |c| c.rx_packets,
+        ),
+        (
+            "netstack_pod_rx_bytes_total",
+            "Bytes received from the pod.",
+            |c| c.rx_bytes,
+        ),
+        (
+            "netstack_pod_tx_packets_total",
+            "Frames delivered to the pod.",
+            |c| c.tx_packets,
+        ),
+        (
+            "netstack_pod_tx_bytes_total",
+            "Bytes delivered to the pod.",
+            |c| c.tx_bytes,
+        ),
+        (
+            "netstack_pod_gso_frames_total",
+            "GSO super-frames from the pod forwarded whole (no software segmentation).",
+            |c| c.rx_gso_packets,
+        ),
+    ];
+    for (name, help, field) in per_pod {
+        family(&mut out, name, "counter", help);
+        for (p, c) in &s.pods {
+            let _ = writeln!(out, "{name}{{{}}} {}", pod_labels(p), field(c));
+        }
+    }
+    family(
+        &mut out,
+        "netstack_pod_drops_total",
+        "counter",
+        "Frames from or to the pod dropped, by reason.",
+    );
+    for (p, c) in &s.pods {
+        for (reason, n) in &c.drops {
+            let _ = writeln!(
+                out,
+                "netstack_pod_drops_total{{{},reason=\"{reason}\"}} {n}",
+                pod_labels(p)
+            );
+        }
+    }
+    family(
+        &mut out,
+        "netstack_gso_segmented_frames_total",
+        "counter",
+        "GSO super-frames segmented in software (none: every egress accepts GSO today).",
+    );
+    let _ = writeln!(out, "netstack_gso_segmented_frames_total 0");
+    let uplink: [(&str, &str, u64); 5] = [
+        (
+            "netstack_uplink_rx_packets_total",
+            "Packets from the node to pods.",
+            s.uplink.rx_packets,
+        ),
+        (
+            "netstack_uplink_rx_bytes_total",
+            "Bytes from the node to pods.",
+            s.uplink.rx_bytes,
+        ),
+        (
+            "netstack_uplink_tx_packets_total",
+            "Packets from pods to the node.",
+            s.uplink.tx_packets,
+        ),
+        (
+            "netstack_uplink_tx_bytes_total",
+            "Bytes from pods to the node.",
+            s.uplink.tx_bytes,
+        ),
+        (
+            "netstack_uplink_gso_frames_total",
+            "GSO super-frames from the node.",
+            s.uplink.rx_gso_packets,
+        ),
+    ];
+    for (name, help, v) in uplink {
+        family(&mut out, name, "counter", help);
+        let _ = writeln!(out, "{name} {v}");
+    }
+    family(
+        &mut out,
+        "netstack_uplink_drops_total",
+        "counter",
+        "Packets from the node dropped, by reason.",
+    );
+    for (reason, n) in &s.uplink.drops {
+        let _ = writeln!(
+            out,
+            "netstack_uplink_drops_total{{reason=\"{reason}\"}} {n}"
+        );
+    }
+    family(
+        &mut out,
+        "netstack_worker_wakeups_total",
+        "counter",
+        "Times each dataplane worker woke up from epoll.",
+    );
+    for (w, n) in s.wakeups.iter().enumerate() {
+        let _ = writeln!(out, "netstack_worker_wakeups_total{{worker=\"{w}\"}} {n}");
+    }
+    family(
+        &mut out,
+        "netstack_attachments",
+        "gauge",
+        "Pod interfaces attached.",
+    );
+    let _ = writeln!(out, "netstack_attachments {}", s.pods.len());
+    family(
+        &mut out,
+        "netstack_attach_total",
+        "counter",
+        "Attach requests, by result.",
+    );
+    let _ = writeln!(
+        out,
+        "netstack_attach_total{{result=\"ok\"}} {}",
+        s.control.attach_ok.load(Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "netstack_attach_total{{result=\"error\"}} {}",
+        s.control.attach_failed.load(Relaxed)
+    );
+    family(
+        &mut out,
+        "netstack_detach_total",
+        "counter",
+        "Detach requests.",
+    );
+    let _ = writeln!(
+        out,
+        "netstack_detach_total {}",
+        s.control.detach.load(Relaxed)
+    );
+    family(
+        &mut out,
+        "netstack_attach_duration_seconds",
+        "histogram",
+        "Time to serve an attach request.",
+    );
+    let count = s.control.attach_ok.load(Relaxed) + s.control.attach_failed.load(Relaxed);
+    for (bound, bucket) in ATTACH_BUCKETS.iter().zip(&s.control.buckets) {
+        let _ = writeln!(
+            out,
+            "netstack_attach_duration_seconds_bucket{{le=\"{bound}\"}} {}",
+            bucket.load(Relaxed)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "netstack_attach_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+    );
+    let _ = writeln!(
+        out,
+        "netstack_attach_duration_seconds_sum {}",
+        s.control.sum_micros.load(Relaxed) as f64 / 1e6
+    );
+    let _ = writeln!(out, "netstack_attach_duration_seconds_count {count}");
+    family(
+        &mut out,
+        "netstack_dataplane_restarts_total",
+        "counter",
+        "Times the dataplane process was restarted.",
+    );
+    let _ = writeln!(
+        out,
+        "netstack_dataplane_restarts_total {}",
+        s.dataplane_restarts
+    );
+    out
+}
+
+/// Binds the metrics listener; only loopback addresses are allowed.
+pub fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    if !addr.ip().is_loopback() {
+        bail!("the metrics listener must be on a loopback address, not {addr}");
+    }
+    TcpListener::bind(addr).with_context(|| format!("binding the metrics listener on {addr}"))
+}
+
+/// Serves `GET /metrics` on `listener`, one connection at a time, on a background thread.
+pub fn serve(listener: TcpListener, registry: Arc<Registry>) -> anyhow::Result<()> {
+    std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            for conn in listener.incoming().flatten() {
+                if let Err(e) = answer(conn, &registry) {
+                    tracing::debug!("metrics request: {e}");
+                }
+            }
+        })
+        .context("starting the metrics thread")?;
+    Ok(())
+}
+
+fn answer(conn: TcpStream, registry: &Registry) -> std::io::Result<()> {
+    conn.set_read_timeout(Some(Duration::from_secs(2)))?;
+    conn.set_write_timeout(Some(Duration::from_secs(2)))?;
+    let mut reader = BufReader::new(&conn);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line)?;
+    // Drain the headers (bounded) so the client sees an orderly response.
+    let mut line = String::new();
+    for _ in 0..100 {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 || line == "\r\n" || line == "\n" {
+            break;
+        }
+    }
+    let mut w = &conn;
+    let mut parts = request_line.split_whitespace();
+    match (parts.next(), parts.next()) {
+        (Some("GET"), Some("/metrics")) => {
+            let body = registry.metrics_text();
+            write!(
+                w,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+        }
+        _ => {
+            w.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        }
+    }
+}

@@ -1,0 +1,322 @@
+#!/usr/bin/env bash
+# e2e: the OCI hook (netstack-hook) with the real runtimes. runc runs busybox containers from a
+# local rootfs with the shipped config.json snippet; podman (--network=none, private config,
+# storage and the shipped hooks.d file) runs them from an imported image. Each container gets
+# an address and reaches a CNI pod through netstackd; after runc delete / podman rm nothing
+# is left (no TAP, attachment or IPAM reservation). Then the hook's failure modes: bad input,
+# bad annotations, netstackd frozen (SIGSTOP, and e2e/hook/fake_netstackd.py freezing in the
+# middle of an attach, which the hook must roll back) or down. Needs root; run by scripts/test.sh.
+set -uo pipefail
+. "$(dirname "$0")/lib.sh"
+
+HOOK=$BIN/netstack-hook
+RUNC_ROOT=$WORK/runc
+BUNDLES=$WORK/bundles
+ROOTFS=$WORK/rootfs
+PM=$WORK/podman
+IMAGE=localhost/netstack-e2e-busybox:$RUN_ID
+HOOK_ENV=("NETSTACK_HOOK_CONFIG=$CONFLIST" "NETSTACK_CNI_PATH=$BIN:$REF_CNI" "NETSTACK_HOOK_TIMEOUT=10")
+SLEEPERS=()
+FAKE_PID=
+
+FAILS=0
+PASSES=0
+ok() { PASSES=$((PASSES + 1)); printf '  ok   %s\n' "$1"; }
+fail() { FAILS=$((FAILS + 1)); printf '  FAIL %s\n' "$1"; }
+check() { local what=$1; shift; if "$@" >/dev/null 2>&1; then ok "$what"; else fail "$what"; fi; }
+ipam_reservations() { find "$IPAM_DIR/$NETWORK" -maxdepth 1 -name '[0-9]*' 2>/dev/null | wc -l; }
+attachments() { ctl status | jq .attachments; }
+attached_ifname() { ctl stats | jq -r --arg id "$1" '.pods[] | select(.container_id == $id) | .ifname'; }
+# TAP/TUN queues netstackd holds open (the uplink's plus every pod's).
+tun_fds() { find "/proc/$NETSTACKD_PID/fd" -lname /dev/net/tun 2>/dev/null | wc -l; }
+netns_inode() { stat -L -c %i "/proc/$1/ns/net"; }
+# netns_gone INODE: no process has this network namespace any more (and so no TAP in it).
+netns_gone() { ! stat -L -c %i /proc/[0-9]*/ns/net 2>/dev/null | grep -qx "$1"; }
+# The hook as a runtime runs it: only the environment its config gives it.
+hook() { env -i "${HOOK_ENV[@]}" "$HOOK" "$@"; }
+container_ipv4() { awk '/inet /{print $2}' | cut -d/ -f1; }
+
+rc() { runc --root "$RUNC_ROOT" "$@"; }
+pm() {
+  CONTAINERS_CONF=$PM/containers.conf CONTAINERS_STORAGE_CONF=$PM/storage.conf \
+    podman --root "$PM/root" --runroot "$PM/run" --tmpdir "$PM/tmp" --storage-driver vfs \
+    --hooks-dir "$PM/hooks.d" --network-config-dir "$PM/net.d" --cgroup-manager cgroupfs \
+    --events-backend file "$@"
+}
+
+hook_cleanup() {
+  local c
+  [ -n "$NETSTACKD_PID" ] && kill -CONT "$NETSTACKD_PID" 2>/dev/null
+  for c in $(rc list -q 2>/dev/null); do rc delete -f "$c" >/dev/null 2>&1; done
+  if [ -f "$PM/containers.conf" ]; then
+    pm rm -a -f -t 0 >/dev/null 2>&1
+    pm rmi -a -f >/dev/null 2>&1
+  fi
+  for c in "${SLEEPERS[@]}" $FAKE_PID; do kill "$c" 2>/dev/null; done
+  for c in "${PODS[@]}"; do del_pod "$c" 2>/dev/null; done
+  PODS=()
+  e2e_cleanup
+}
+trap hook_cleanup EXIT
+
+# The busybox-static rootfs every container runs (read-only, shared).
+make_rootfs() {
+  mkdir -p "$ROOTFS"/{bin,proc,sys,dev,etc,tmp}
+  cp /bin/busybox "$ROOTFS/bin/busybox"
+  local a
+  for a in $(/bin/busybox --list); do
+    [ "$a" = busybox ] || ln -sf busybox "$ROOTFS/bin/$a"
+  done
+  printf 'root:x:0:0:root:/:/bin/sh\n' >"$ROOTFS/etc/passwd"
+}
+
+# runc_bundle ID [JQ_FILTER]: a bundle running `sleep 300` with CAP_NET_RAW and the shipped
+# hook snippet (hooks/runc/netstack-hooks.json) pointed at this run's binary and config; the
+# filter edits the result (annotations, namespaces).
+runc_bundle() {
+  local id=$1 filter=${2:-.} dir=$BUNDLES/$1 env
+  mkdir -p "$dir"
+  (cd "$dir" && runc spec)
+  env=$(printf '%s\n' "${HOOK_ENV[@]}" | jq -R . | jq -sc .)
+  jq --arg hook "$HOOK" --argjson env "$env" \
+    '.hooks |= with_entries(.value |= map(.path = $hook | .env = $env))' \
+    "$ROOT/hooks/runc/netstack-hooks.json" >"$dir/snippet.json"
+  jq -s --arg rootfs "$ROOTFS" '.[0] * .[1]
+      | .root = {path: $rootfs, readonly: true}
+      | .process.terminal = false | .process.args = ["sleep", "300"]
+      | .process.capabilities |= with_entries(.value += ["CAP_NET_RAW"])' \
+    "$dir/config.json" "$dir/snippet.json" | jq "$filter" >"$dir/config.new"
+  mv "$dir/config.new" "$dir/config.json"
+}
+
+# runc_create ID: `runc create` (which runs the createRuntime hook); runc's output in $WORK.
+runc_create() {
+  rc create --bundle "$BUNDLES/$1" "$1" </dev/null >"$WORK/$1.runc.log" 2>&1
+}
+
+# sleeper NAME: a process in a fresh netns NAME (for direct hook calls); sets SLEEPER_PID.
+sleeper() {
+  ip netns add "$1"
+  PODS+=("$1")
+  ip netns exec "$1" sleep 300 >/dev/null 2>&1 &
+  SLEEPER_PID=$!
+  SLEEPERS+=("$SLEEPER_PID")
+}
+
+# state ID PID STATUS ANNOTATIONS_JSON: an OCI state as runc writes it.
+state() {
+  jq -nc --arg id "$1" --argjson pid "$2" --arg status "$3" --argjson ann "$4" \
+    '{ociVersion: "1.0.2-dev", id: $id, status: $status, pid: $pid, bundle: "/nonexistent", annotations: $ann}'
+}
+
+# expect_failure WHAT ID STDERR_PATTERN RC STDERR: non-zero, one line, naming ID.
+expect_failure() {
+  local what=$1 id=$2 pattern=$3 status=$4 err=$5
+  if [ "$status" -ne 0 ] && [ "$(printf '%s\n' "$err" | wc -l)" -eq 1 ] &&
+    grep -qF "container $id:" <<<"$err" && grep -qE -- "$pattern" <<<"$err"; then
+    ok "$what"
+  else
+    fail "$what: exit $status, stderr: $err"
+  fi
+}
+
+log "netstackd, a CNI pod and a busybox rootfs"
+write_conflist
+start_netstackd || exit 1
+P=e2e-hp-$RUN_ID
+IP_P=$(add_pod "$P") && ok "CNI pod $P ($IP_P)" || fail "CNI pod $P"
+PODS+=("$P") # add_pod ran in a subshell
+TUN0=$(tun_fds)
+make_rootfs
+check "busybox is static (runs without a libc in the rootfs)" sh -c "! ldd /bin/busybox"
+reserved0=$(ipam_reservations)
+
+log "runc: the hook attaches a container (ifname, mtu and egress-rate annotations)"
+R1=hook-r1-$RUN_ID
+runc_bundle "$R1" '.annotations += {"netstack.io/ifname": "net0", "netstack.io/mtu": "1400", "netstack.io/egress-rate": "10M"}'
+if runc_create "$R1" && rc start "$R1"; then ok "runc create + start $R1"; else fail "runc create $R1: $(cat "$WORK/$R1.runc.log")"; fi
+R1_PID=$(rc state "$R1" | jq -r .pid)
+R1_NS=$(netns_inode "$R1_PID")
+check "netstackd has $R1/net0" test "$(attached_ifname "$R1")" = net0
+R1_IP=$(rc exec "$R1" ip -4 addr show dev net0 | container_ipv4)
+check "container has an address in the pod CIDR ($R1_IP)" test "${R1_IP%.*}.0/24" = "$POD_CIDR"
+check "container net0 has MTU 1400" test "$(rc exec "$R1" cat /sys/class/net/net0/mtu)" = 1400
+r1_default_route() { rc exec "$R1" ip route | grep -q "default via $GATEWAY dev net0"; }
+check "container default route via the gateway" r1_default_route
+check "one more host-local reservation" test "$(ipam_reservations)" = $((reserved0 + 1))
+check "runc container pings the CNI pod" rc exec "$R1" ping -c 3 -i 0.2 -W 2 "$IP_P"
+check "CNI pod pings the runc container" in_pod "$P" ping -c 3 -i 0.2 -W 2 "$R1_IP"
+check "node pings the runc container" ping -c 2 -i 0.2 -W 2 "$R1_IP"
+state "$R1" "$R1_PID" creating "$(jq -c .annotations "$BUNDLES/$R1/config.json")" >"$WORK/$R1.state"
+check "createRuntime again for an attached container succeeds" hook createRuntime <"$WORK/$R1.state"
+check "  ... and leaves it alone (one attachment, one reservation)" test "$(attachments)/$(ipam_reservations)" = "2/$((reserved0 + 1))"
+
+log "runc delete: poststop releases everything"
+check "runc delete -f $R1" rc delete -f "$R1"
+check "no attachment for $R1" test -z "$(attached_ifname "$R1")"
+check "no host-local reservation for $R1" test "$(ipam_reservations)" = "$reserved0"
+check "no netstackd state file for $R1" test ! -e "$STATE/${R1}_net0.json"
+check "netstackd closed the TAP queues ($TUN0 tun fds, as before)" test "$(tun_fds)" = "$TUN0"
+check "the container's netns and TAP are gone" netns_gone "$R1_NS"
+jq '.status = "stopped" | del(.pid)' "$WORK/$R1.state" >"$WORK/$R1.poststop"
+check "a second poststop succeeds" hook poststop <"$WORK/$R1.poststop"
+check "  ... and changes nothing" test "$(attachments)/$(ipam_reservations)" = "1/$reserved0"
+
+log "runc: a sandbox CNI already attached is left alone, and poststop releases it"
+S=hook-s-$RUN_ID
+ip netns add "$S"; ip -n "$S" link set lo up; PODS+=("$S")
+S_IP=$(cni ADD "$S" "/run/netns/$S" | jq -r '.ips[0].address' | cut -d/ -f1)
+check "CNI ADD of sandbox $S ($S_IP)" test -n "$S_IP"
+runc_bundle "$S" ".linux.namespaces |= map(if .type == \"network\" then .path = \"/run/netns/$S\" else . end)
+  | .annotations += {\"io.kubernetes.cri.container-type\": \"sandbox\", \"io.kubernetes.cri.sandbox-name\": \"web-0\"}"
+if runc_create "$S"; then ok "runc create of the sandbox"; else fail "runc create $S: $(cat "$WORK/$S.runc.log")"; fi
+check "still one attachment for the sandbox, with CNI's address" test "$(ctl stats | jq -r --arg id "$S" '[.pods[] | select(.container_id == $id) | .ips[0]] | join(",")')" = "$S_IP/24"
+check "no second interface in the sandbox" test "$(ip -n "$S" -o link show | wc -l)" = 2
+check "no second reservation" test "$(ipam_reservations)" = $((reserved0 + 1))
+R3=hook-r3-$RUN_ID
+runc_bundle "$R3" '.annotations += {"io.kubernetes.cri.container-type": "container"}'
+if runc_create "$R3"; then ok "runc create of a pod's application container"; else fail "runc create $R3: $(cat "$WORK/$R3.runc.log")"; fi
+check "  ... is not attached (its sandbox carries the network)" test -z "$(attached_ifname "$R3")"
+check "runc delete of the application container" rc delete -f "$R3"
+check "runc delete of the sandbox" rc delete -f "$S"
+check "poststop detached the CNI attachment" test -z "$(attached_ifname "$S")"
+check "  ... deleted the TAP in the pinned netns" sh -c "! ip -n $S link show eth0"
+check "  ... released the reservation" test "$(ipam_reservations)" = "$reserved0"
+
+log "runc: a bad annotation fails runc create and leaves nothing"
+R4=hook-r4-$RUN_ID
+runc_bundle "$R4" '.annotations += {"netstack.io/mtu": "abc"}'
+if runc_create "$R4"; then fail "runc create with netstack.io/mtu=abc succeeded"; else ok "runc create with netstack.io/mtu=abc fails"; fi
+check "  ... runc reports the hook's line naming $R4 and the annotation" grep -qF "createRuntime: container $R4: annotation netstack.io/mtu=" "$WORK/$R4.runc.log"
+check "  ... runc destroyed the container" sh -c "! runc --root $RUNC_ROOT state $R4"
+check "  ... nothing attached or reserved" test "$(attachments)/$(ipam_reservations)" = "1/$reserved0"
+
+log "runc: a leftover attachment of the same container id is replaced"
+R5=hook-r5-$RUN_ID
+ip netns add "$R5-old"
+cni ADD "$R5" "/run/netns/$R5-old" >/dev/null
+ip netns del "$R5-old" # its runtime died: no DEL, and the netns is gone
+check "netstackd still holds the leftover $R5/eth0" test "$(attached_ifname "$R5")" = eth0
+runc_bundle "$R5"
+if runc_create "$R5"; then ok "runc create $R5"; else fail "runc create $R5: $(cat "$WORK/$R5.runc.log")"; fi
+R5_PID=$(rc state "$R5" | jq -r .pid)
+check "  ... attached in its own netns now" test "$(ctl stats | jq -r --arg id "$R5" '.pods[] | select(.container_id == $id) | .netns')" = "/proc/$R5_PID/ns/net"
+check "  ... one attachment and one reservation for it" test "$(attachments)/$(ipam_reservations)" = "2/$((reserved0 + 1))"
+check "runc delete -f $R5" rc delete -f "$R5"
+check "  ... nothing left" test "$(attachments)/$(ipam_reservations)" = "1/$reserved0"
+
+log "podman --network=none with the shipped hooks.d file"
+mkdir -p "$PM"/{hooks.d,net.d,tmp}
+cat >"$PM/containers.conf" <<EOF
+[containers]
+default_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]
+default_sysctls = []
+[network]
+network_backend = "cni"
+cni_plugin_dirs = ["$REF_CNI"]
+network_config_dir = "$PM/net.d"
+[engine]
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+events_logfile_path = "$PM/events.log"
+hooks_dir = ["$PM/hooks.d"]
+static_dir = "$PM/root/libpod"
+tmp_dir = "$PM/tmp"
+volume_path = "$PM/root/volumes"
+runtime = "runc"
+EOF
+printf '[storage]\ndriver = "vfs"\ngraphroot = "%s"\nrunroot = "%s"\n' "$PM/root" "$PM/run" >"$PM/storage.conf"
+env=$(printf '%s\n' "${HOOK_ENV[@]}" | jq -R . | jq -sc .)
+jq --arg hook "$HOOK" --argjson env "$env" '.hook.path = $hook | .hook.env = $env' \
+  "$ROOT/hooks/hooks.d/netstack.json" >"$PM/hooks.d/50-netstack.json"
+if tar -C "$ROOTFS" -c . | pm import - "$IMAGE" >"$WORK/import.log" 2>&1; then ok "podman import of the rootfs"; else fail "podman import: $(cat "$WORK/import.log")"; fi
+Q1=hook-q1-$RUN_ID
+if pm run -d --name "$Q1" --network=none --annotation netstack.io/attach=true --cap-add NET_RAW "$IMAGE" sleep 300 >"$WORK/$Q1.log" 2>&1; then
+  ok "podman run --network=none --annotation netstack.io/attach=true"
+else
+  fail "podman run: $(cat "$WORK/$Q1.log")"
+fi
+Q1_ID=$(pm inspect --format '{{.Id}}' "$Q1")
+Q1_NS=$(netns_inode "$(pm inspect --format '{{.State.Pid}}' "$Q1")")
+check "netstackd has the podman container (its full id) on eth0" test "$(attached_ifname "$Q1_ID")" = eth0
+Q1_IP=$(pm exec "$Q1" ip -4 addr show dev eth0 | container_ipv4)
+check "podman container has an address in the pod CIDR ($Q1_IP)" test "${Q1_IP%.*}.0/24" = "$POD_CIDR"
+check "podman container pings the CNI pod" pm exec "$Q1" ping -c 3 -i 0.2 -W 2 "$IP_P"
+check "CNI pod pings the podman container" in_pod "$P" ping -c 3 -i 0.2 -W 2 "$Q1_IP"
+Q2=hook-q2-$RUN_ID
+pm run -d --name "$Q2" --network=none "$IMAGE" sleep 300 >/dev/null 2>&1
+check "a podman container without the annotation is not attached" test "$(attachments)" = 2
+check "podman rm -f $Q1" pm rm -f -t 0 "$Q1"
+check "no attachment for the podman container" test -z "$(attached_ifname "$Q1_ID")"
+check "no host-local reservation for it" test "$(ipam_reservations)" = "$reserved0"
+check "its netns and TAP are gone" netns_gone "$Q1_NS"
+check "netstackd closed its TAP queues" test "$(tun_fds)" = "$TUN0"
+check "podman rm -f $Q2" pm rm -f -t 0 "$Q2"
+check "only the CNI pod is left attached" test "$(attachments)" = 1
+
+log "bad input: non-zero, one line on stderr naming the container, nothing left"
+H=hook-h-$RUN_ID
+sleeper "$H"
+H_PID=$SLEEPER_PID
+ATTACH='{"netstack.io/attach":"true"}'
+err=$(hook createRuntime </dev/null 2>&1); expect_failure "no stdin" "(unknown)" "no OCI state on stdin" $? "$err"
+err=$(printf '{"id":"%s",' "$H" | hook createRuntime 2>&1); expect_failure "truncated JSON" "(unknown)" "malformed OCI state" $? "$err"
+err=$(printf '{"id":"%s","pid":"12"}' "$H" | hook createRuntime 2>&1); expect_failure "pid of the wrong type" "$H" "malformed OCI state" $? "$err"
+err=$(state "$H" "$H_PID" creating "$ATTACH" | hook poststart 2>&1); expect_failure "unknown stage" "$H" "unknown stage" $? "$err"
+err=$(state "$H" "$H_PID" creating "$ATTACH" | env -i "$HOOK" 2>&1); expect_failure "no stage" "$H" "no stage argument" $? "$err"
+for bad in 'netstack.io/attach=yes' 'netstack.io/ifname=this-is-too-long0' 'netstack.io/mtu=70000' 'netstack.io/egress-rate=fast'; do
+  ann=$(jq -nc --arg k "${bad%%=*}" --arg v "${bad#*=}" '{"netstack.io/attach":"true"} + {($k): $v}')
+  err=$(state "$H" "$H_PID" creating "$ann" | hook createRuntime 2>&1)
+  expect_failure "bad annotation $bad" "$H" "annotation ${bad%%=*}=" $? "$err"
+done
+check "  ... no interface added to the netns" test "$(ip -n "$H" -o link show | wc -l)" = 1
+check "  ... nothing attached or reserved" test "$(attachments)/$(ipam_reservations)" = "1/$reserved0"
+err=$(state "$H" "$H_PID" creating "$ATTACH" | env -i NETSTACK_HOOK_CONFIG="$WORK/missing.conflist" "$HOOK" createRuntime 2>&1)
+expect_failure "missing hook config" "$H" "missing.conflist" $? "$err"
+poststop_never_attached() { state "never-$RUN_ID" 0 stopped "$ATTACH" | hook poststop; }
+check "poststop of a container never attached succeeds" poststop_never_attached
+check "  ... and changes nothing" test "$(attachments)/$(ipam_reservations)" = "1/$reserved0"
+
+log "netstackd hangs: the hook keeps to its timeout"
+kill -STOP "$NETSTACKD_PID"
+t0=$(date +%s%N)
+err=$(state "$H" "$H_PID" creating "$ATTACH" | env -i "${HOOK_ENV[@]}" NETSTACK_HOOK_TIMEOUT=2 "$HOOK" createRuntime 2>&1); status=$?
+ms=$((($(date +%s%N) - t0) / 1000000))
+kill -CONT "$NETSTACKD_PID"
+expect_failure "createRuntime with netstackd stopped (SIGSTOP)" "$H" "within" $status "$err"
+echo "       ($err)"
+check "  ... returned in ${ms} ms (timeout 2000 ms)" test "$ms" -lt 3000
+check "  ... no TAP in the netns" test "$(ip -n "$H" -o link show | wc -l)" = 1
+check "  ... nothing attached or reserved" test "$(attachments)/$(ipam_reservations)" = "1/$reserved0"
+
+log "netstackd freezes in the middle of an attach: the hook rolls the ADD back in time"
+FAKE_SOCK=$WORK/fake.sock
+python3 "$ROOT/e2e/hook/fake_netstackd.py" "$FAKE_SOCK" "$POD_CIDR" 2>"$WORK/fake.log" &
+FAKE_PID=$!
+for _ in $(seq 50); do [ -S "$FAKE_SOCK" ] && break; sleep 0.1; done
+jq --arg s "$FAKE_SOCK" '.plugins[0].socket = $s' "$CONFLIST" >"$WORK/fake.conflist"
+F=hook-f-$RUN_ID
+sleeper "$F"
+t0=$(date +%s%N)
+err=$(state "$F" "$SLEEPER_PID" creating "$ATTACH" | env -i NETSTACK_HOOK_CONFIG="$WORK/fake.conflist" \
+  NETSTACK_CNI_PATH="$REF_CNI" NETSTACK_HOOK_TIMEOUT=3 "$HOOK" createRuntime 2>&1); status=$?
+ms=$((($(date +%s%N) - t0) / 1000000))
+expect_failure "createRuntime with netstackd frozen on attach" "$F" "within 3000 ms; the attach it had started was rolled back" $status "$err"
+echo "       ($err)"
+check "  ... returned in ${ms} ms (timeout 3000 ms)" test "$ms" -lt 3500
+check "  ... the TAP it had created is gone" test "$(ip -n "$F" -o link show | wc -l)" = 1
+check "  ... the address it had reserved is released" test "$(ipam_reservations)" = "$reserved0"
+kill "$FAKE_PID"; FAKE_PID=
+
+log "netstackd down"
+attach_h() { state "$H" "$H_PID" creating "$ATTACH" | hook createRuntime; }
+check "the hook attaches a plain netns process (direct call)" attach_h
+check "  ... with an address on eth0" sh -c "ip -n $H -4 addr show dev eth0 | grep -q 'inet ${POD_CIDR%.0/24}'"
+stop_netstackd
+err=$(state "$H-2" "$H_PID" creating "$ATTACH" | hook createRuntime 2>&1); expect_failure "createRuntime with netstackd down" "$H-2" "not reachable" $? "$err"
+err=$(state "$H" 0 stopped "$ATTACH" | hook poststop 2>&1); expect_failure "poststop with netstackd down" "$H" "not reachable" $? "$err"
+check "  ... released the IPAM reservation all the same" test "$(ipam_reservations)" = "$reserved0"
+
+echo
+echo "test_hook: $PASSES passed, $FAILS failed"
+[ "$FAILS" -eq 0 ]

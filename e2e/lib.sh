@@ -96,6 +96,8 @@ add_pod() {
   ip netns add "$name"
   ip -n "$name" link set lo up
   PODS+=("$name")
+  # Also on disk: add_pod usually runs in $(...), a subshell whose PODS the caller never sees.
+  echo "$name" >>"$WORK/pods"
   result=$(cni ADD "$name" "/run/netns/$name") || { echo "ADD $name failed: $result" >&2; return 1; }
   printf '%s' "$result" >"$WORK/$name.result.json"
   jq -r '.ips[0].address' <<<"$result" | cut -d/ -f1
@@ -111,6 +113,7 @@ in_pod() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
 
 e2e_cleanup() {
   local p
+  [ -f "$WORK/pods" ] && mapfile -t -O "${#PODS[@]}" PODS <"$WORK/pods"
   for p in "${PODS[@]}"; do
     [ -e "/run/netns/$p" ] && del_pod "$p"
   done

@@ -166,7 +166,7 @@ out=$(cni DEL "$C" "/run/netns/$C"); expect_code "DEL with netstackd stopped ask
 
 log "VERSION"
 out=$(printf '{"cniVersion":"1.0.0"}' | env CNI_COMMAND=VERSION CNI_IFNAME=dummy CNI_NETNS=dummy CNI_PATH=dummy "$BIN/netstack")
-check "VERSION lists 0.4.0 and 1.0.0 only" test "$(jq -c .supportedVersions <<<"$out")" = '["0.4.0","1.0.0"]'
+check "VERSION lists 0.4.0, 1.0.0 and 1.1.0" test "$(jq -c .supportedVersions <<<"$out")" = '["0.4.0","1.0.0","1.1.0"]'
 
 echo
 echo "test_slice: $PASSES passed, $FAILS failed"

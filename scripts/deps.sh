@@ -4,6 +4,7 @@
 set -euo pipefail
 
 PACKAGES=(containernetworking-plugins iperf3 iproute2 iputils-ping ethtool jq netcat-openbsd socat procps runc podman busybox-static python3 tshark tcpdump python3-prometheus-client)
+PACKAGES+=(containerd protobuf-compiler gcc libc6-dev iptables)  # CNI chaining (portmap) and the containerd e2e
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -15,7 +15,7 @@ use netstackd::sys::tap::{open_queues, TunKind};
 use netstackd::wire::MacAddr;
 
 use crate::config::NetConf;
-use crate::result::{AddResult, Interface, IpamResult, ResultIp, Route};
+use crate::result::{extend_prev_result, AddResult, Interface, IpamResult, ResultIp, Route};
 use crate::skel::CniEnv;
 use crate::{ipam, CniError};
 
@@ -50,7 +50,8 @@ pub fn netns_error(e: NetnsError) -> CniError {
 }
 
 /// The MAC for a pod: the runtime's choice (`mac` capability) or, like Kubernetes' kubenet,
-/// `0a:58` followed by the pod's first IPv4 address, unique on the node and stable.
+/// `0a:58` followed by the pod's first IPv4 address (the last four bytes of its first IPv6
+/// address for an IPv6-only pod), unique on the node and stable.
 fn pod_mac(conf: &NetConf, ipam: &IpamResult) -> Result<MacAddr, CniError> {
     if let Some(mac) = conf.runtime_config.as_ref().and_then(|r| r.mac.as_deref()) {
         let parsed: MacAddr = mac.parse().map_err(|_| {
@@ -67,12 +68,19 @@ fn pod_mac(conf: &NetConf, ipam: &IpamResult) -> Result<MacAddr, CniError> {
         IpAddr::V4(a) => Some(a.octets()),
         IpAddr::V6(_) => None,
     });
-    let o = v4.unwrap_or([0x0a, 0x58, 0x00, 0x01]);
+    let v6 = ipam.ips.iter().find_map(|ip| match ip.address.addr() {
+        IpAddr::V6(a) => {
+            let o = a.octets();
+            Some([o[12], o[13], o[14], o[15]])
+        }
+        IpAddr::V4(_) => None,
+    });
+    let o = v4.or(v6).unwrap_or([0x0a, 0x58, 0x00, 0x01]);
     Ok(MacAddr([0x0a, 0x58, o[0], o[1], o[2], o[3]]))
 }
 
 /// The routes to install: IPAM's, each via its subnet's gateway when it names none, and a
-/// default route via the gateway when IPAM gave none.
+/// default route (per address family) via the gateway when IPAM gave none.
 fn routes_to_install(ipam: &IpamResult) -> Vec<Route> {
     let gw_for = |dst: &IpNet| {
         ipam.ips.iter().find_map(|ip| match (ip.address, dst) {
@@ -88,13 +96,15 @@ fn routes_to_install(ipam: &IpamResult) -> Vec<Route> {
             gw: r.gw.or_else(|| gw_for(&r.dst)),
         })
         .collect();
-    let default_v4: IpNet = "0.0.0.0/0".parse().expect("literal");
-    if !routes.iter().any(|r| r.dst == default_v4) {
-        if let Some(gw) = gw_for(&default_v4) {
-            routes.push(Route {
-                dst: default_v4,
-                gw: Some(gw),
-            });
+    for default in ["0.0.0.0/0", "::/0"] {
+        let default: IpNet = default.parse().expect("literal");
+        if !routes.iter().any(|r| r.dst == default) {
+            if let Some(gw) = gw_for(&default) {
+                routes.push(Route {
+                    dst: default,
+                    gw: Some(gw),
+                });
+            }
         }
     }
     routes
@@ -133,6 +143,11 @@ fn create_pod_link(
         let tap = open_queues(&ifname, TunKind::Tap, queues, true)
             .map_err(|e| CniError::Setup(format!("creating TAP {ifname}: {e}")))?;
         let configured = (|| -> Result<(), String> {
+            if addrs.iter().any(|a| a.addr().is_ipv6()) {
+                // IPAM made the addresses unique: skip duplicate address detection so they
+                // are usable (not "tentative") when ADD returns, as ptp and bridge do.
+                disable_dad(&ifname)?;
+            }
             nl.set_link(&ifname, Some(mac.0), Some(mtu), true)
                 .map_err(|e| e.to_string())?;
             let index = nl
@@ -156,6 +171,13 @@ fn create_pod_link(
         Ok(PodLink { queues: tap.fds })
     })
     .map_err(netns_error)?
+}
+
+/// Turns off IPv6 duplicate address detection on `ifname` in the calling thread's netns (a
+/// thread's view of /proc/sys/net is its own netns).
+fn disable_dad(ifname: &str) -> Result<(), String> {
+    let path = format!("/proc/sys/net/ipv6/conf/{ifname}/accept_dad");
+    std::fs::write(&path, "0").map_err(|e| format!("writing {path}: {e}"))
 }
 
 /// Deletes the pod's TAP if it is there and is a TUN/TAP device; a missing netns or device, or
@@ -186,13 +208,20 @@ pub fn delete_pod_link(netns: &Path, ifname: &str) -> Result<(), CniError> {
     }
 }
 
-/// Pod metadata from CNI_ARGS kept with the attachment.
-fn labels(env: &CniEnv) -> BTreeMap<String, String> {
-    env.args
+/// The label that names the CNI network an attachment belongs to (GC releases only its own
+/// network's attachments).
+pub const NETWORK_LABEL: &str = "cni.network";
+
+/// Pod metadata from CNI_ARGS kept with the attachment, and the network's name.
+fn labels(env: &CniEnv, conf: &NetConf) -> BTreeMap<String, String> {
+    let mut labels: BTreeMap<String, String> = env
+        .args
         .iter()
         .filter(|(k, _)| k.starts_with("K8S_POD_"))
         .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
+        .collect();
+    labels.insert(NETWORK_LABEL.to_owned(), conf.name.clone());
+    labels
 }
 
 /// ADD.
@@ -273,7 +302,8 @@ fn attach_allocated(
         gateways: allocated.ips.iter().filter_map(|ip| ip.gateway).collect(),
         mtu,
         queues: link.queues.len(),
-        labels: labels(env),
+        labels: labels(env, conf),
+        bandwidth: conf.runtime_config.as_ref().and_then(|r| r.bandwidth),
     };
     let fds: Vec<_> = link.queues.iter().map(|fd| fd.as_fd()).collect();
     let reply = client.call(&Request::Attach(attachment.clone()), &fds);
@@ -311,6 +341,7 @@ fn attach_allocated(
         interfaces: vec![Interface {
             name: env.ifname.clone(),
             mac: mac.to_string(),
+            mtu: conf.version_at_least((1, 1, 0)).then_some(mtu),
             sandbox: netns.display().to_string(),
         }],
         ips: allocated
@@ -330,7 +361,12 @@ fn attach_allocated(
         routes,
         dns: allocated.dns.clone(),
     };
-    serde_json::to_value(result).map_err(|e| CniError::Setup(format!("encoding the result: {e}")))
+    let ours = serde_json::to_value(result)
+        .map_err(|e| CniError::Setup(format!("encoding the result: {e}")))?;
+    Ok(match &conf.prev_result {
+        Some(prev) => extend_prev_result(prev, ours, &conf.cni_version),
+        None => ours,
+    })
 }
 
 #[cfg(test)]

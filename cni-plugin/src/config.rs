@@ -1,8 +1,10 @@
 //! The network configuration the runtime passes on stdin (one plugin object of a conflist,
 //! with `cniVersion`, `name`, and `runtimeConfig`/`prevResult` inserted by the runtime).
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 
+use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::{CniError, SUPPORTED_VERSIONS};
@@ -10,7 +12,12 @@ use crate::{CniError, SUPPORTED_VERSIONS};
 /// The pod interface MTU when the config names none.
 pub const DEFAULT_MTU: u32 = 1500;
 
-/// The plugin's configuration. Unknown keys are accepted and ignored.
+/// How long STATUS waits for netstackd's socket by default: longer than a netstackd restart
+/// takes, so a restart never turns the node NotReady.
+pub const DEFAULT_STATUS_WAIT_MS: u64 = 10_000;
+
+/// The plugin's configuration. Unknown keys are accepted and ignored (and reach the IPAM
+/// plugin unchanged, since it gets the same stdin).
 #[derive(Debug, Clone, Deserialize)]
 pub struct NetConf {
     /// The CNI version of the request and of the result.
@@ -36,6 +43,30 @@ pub struct NetConf {
     /// Capabilities the runtime filled in.
     #[serde(default, rename = "runtimeConfig")]
     pub runtime_config: Option<RuntimeConfig>,
+    /// The previous plugin's result in a chain (ADD), or the cached result (DEL, CHECK): kept
+    /// as JSON so that fields this plugin does not know pass through unchanged.
+    #[serde(default, rename = "prevResult")]
+    pub prev_result: Option<serde_json::Value>,
+    /// STATUS: how long to wait for netstackd's socket before reporting it unavailable, in
+    /// milliseconds (0-60000).
+    #[serde(default, rename = "statusWaitMs")]
+    pub status_wait_ms: Option<u64>,
+    /// GC: the attachments that are still valid (spec 1.1.0 after the rename).
+    #[serde(default, rename = "cni.dev/valid-attachments")]
+    pub valid_attachments: Option<Vec<GcAttachment>>,
+    /// GC: the same list under the key the released 1.1.0 text used.
+    #[serde(default, rename = "cni.dev/attachments")]
+    pub attachments: Option<Vec<GcAttachment>>,
+}
+
+/// One entry of a GC request's list of valid attachments.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+pub struct GcAttachment {
+    /// The container id.
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    /// The interface name.
+    pub ifname: String,
 }
 
 /// The `ipam` section (the rest of it is for the IPAM plugin).
@@ -46,12 +77,21 @@ pub struct Ipam {
     pub plugin_type: String,
 }
 
-/// The `runtimeConfig` capabilities this plugin reads.
+/// The `runtimeConfig` capabilities this plugin reads. `portMappings` is left to a chained
+/// `portmap`; other capabilities are ignored.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct RuntimeConfig {
     /// `mac` capability: the MAC the runtime wants.
     #[serde(default)]
     pub mac: Option<String>,
+    /// `ips` capability: the addresses the runtime wants. The IPAM plugin reads them from the
+    /// same stdin (host-local and static honour it); this plugin only checks their syntax.
+    #[serde(default)]
+    pub ips: Option<Vec<String>>,
+    /// `bandwidth` capability: rates in bit/s, bursts in bits (CONVENTIONS.md); the same
+    /// JSON shape as netstackd's, which records it with the attachment.
+    #[serde(default)]
+    pub bandwidth: Option<netstackd::control::Bandwidth>,
 }
 
 impl NetConf {
@@ -98,7 +138,63 @@ impl NetConf {
                 )));
             }
         }
+        if conf.status_wait_ms.is_some_and(|ms| ms > 60_000) {
+            return Err(CniError::InvalidConfig(
+                "statusWaitMs must be at most 60000".into(),
+            ));
+        }
+        if let Some(rc) = &conf.runtime_config {
+            for ip in rc.ips.iter().flatten() {
+                if ip.parse::<IpNet>().is_err() && ip.parse::<IpAddr>().is_err() {
+                    return Err(CniError::InvalidConfig(format!(
+                        "runtimeConfig.ips: {ip:?} is not an IP address"
+                    )));
+                }
+            }
+            if let Some(bw) = rc.bandwidth {
+                for (dir, rate, burst) in [
+                    ("ingress", bw.ingress_rate, bw.ingress_burst),
+                    ("egress", bw.egress_rate, bw.egress_burst),
+                ] {
+                    if rate > 0 && burst == 0 {
+                        return Err(CniError::InvalidConfig(format!(
+                            "runtimeConfig.bandwidth: {dir}Rate {rate} needs a non-zero {dir}Burst"
+                        )));
+                    }
+                }
+            }
+        }
+        if conf.prev_result.as_ref().is_some_and(|p| !p.is_object()) {
+            return Err(CniError::Decode("prevResult is not a JSON object".into()));
+        }
         Ok(conf)
+    }
+
+    /// Is the config's version at least `major.minor.patch`?
+    pub fn version_at_least(&self, want: (u32, u32, u32)) -> bool {
+        parse_version(&self.cni_version).is_some_and(|v| v >= want)
+    }
+
+    /// How long STATUS waits for netstackd.
+    pub fn status_wait(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.status_wait_ms.unwrap_or(DEFAULT_STATUS_WAIT_MS))
+    }
+
+    /// GC's valid attachments: both keys, merged; `None` when the request has neither.
+    pub fn gc_valid_attachments(&self) -> Option<Vec<GcAttachment>> {
+        if self.valid_attachments.is_none() && self.attachments.is_none() {
+            return None;
+        }
+        let mut all: Vec<GcAttachment> = self
+            .valid_attachments
+            .iter()
+            .chain(self.attachments.iter())
+            .flatten()
+            .cloned()
+            .collect();
+        all.sort();
+        all.dedup();
+        Some(all)
     }
 
     /// The control socket to use.
@@ -112,6 +208,13 @@ impl NetConf {
     pub fn mtu(&self) -> u32 {
         self.mtu.unwrap_or(DEFAULT_MTU)
     }
+}
+
+/// `"1.0.0"` as (1, 0, 0); `None` for anything that is not three numbers.
+pub fn parse_version(v: &str) -> Option<(u32, u32, u32)> {
+    let mut parts = v.split('.').map(|p| p.parse::<u32>().ok());
+    let version = (parts.next()??, parts.next()??, parts.next()??);
+    parts.next().is_none().then_some(version)
 }
 
 #[cfg(test)]
@@ -142,9 +245,29 @@ mod tests {
                 "unsupported version",
             ),
             (
-                r#"{"cniVersion":"1.1.0","name":"n","type":"netstack"}"#,
+                r#"{"cniVersion":"0.3.1","name":"n","type":"netstack"}"#,
                 1,
-                "1.1.0 is not claimed yet",
+                "0.3.1 is not implemented",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","type":"netstack","runtimeConfig":{"ips":["not-an-ip"]}}"#,
+                7,
+                "ips capability with a bad address",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","type":"netstack","runtimeConfig":{"bandwidth":{"egressRate":1000}}}"#,
+                7,
+                "bandwidth rate without a burst",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","type":"netstack","prevResult":[1]}"#,
+                6,
+                "prevResult that is not an object",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","type":"netstack","statusWaitMs":600000}"#,
+                7,
+                "status wait over a minute",
             ),
             (
                 r#"{"cniVersion":"1.0.0","name":"n","type":"bridge"}"#,
@@ -175,5 +298,37 @@ mod tests {
         for (json, code, what) in table {
             assert_eq!(conf(json).unwrap_err().code(), code, "{what}");
         }
+    }
+
+    #[test]
+    fn capabilities_and_gc_keys_parse() {
+        let c = conf(
+            r#"{"cniVersion":"1.1.0","name":"n","type":"netstack",
+                "runtimeConfig":{"mac":"0a:58:00:00:00:09","ips":["10.244.1.9/24","fd00::9"],
+                  "bandwidth":{"ingressRate":1000000,"ingressBurst":4294967295,"egressRate":0},
+                  "portMappings":[{"hostPort":8080,"containerPort":80,"protocol":"tcp"}]},
+                "cni.dev/valid-attachments":[{"containerID":"a","ifname":"eth0"}],
+                "cni.dev/attachments":[{"containerID":"a","ifname":"eth0"},{"containerID":"b","ifname":"eth0"}]}"#,
+        )
+        .unwrap();
+        let rc = c.runtime_config.clone().unwrap();
+        assert_eq!(rc.ips.unwrap().len(), 2);
+        assert_eq!(rc.bandwidth.unwrap().ingress_rate, 1_000_000);
+        let valid = c.gc_valid_attachments().unwrap();
+        assert_eq!(valid.len(), 2, "both keys, merged and deduplicated");
+        assert!(c.version_at_least((1, 1, 0)));
+        assert!(
+            !conf(r#"{"cniVersion":"1.0.0","name":"n","type":"netstack"}"#)
+                .unwrap()
+                .version_at_least((1, 1, 0))
+        );
+    }
+
+    #[test]
+    fn versions_compare_numerically() {
+        assert_eq!(parse_version("1.10.0"), Some((1, 10, 0)));
+        assert!(parse_version("1.10.0") > parse_version("1.9.0"));
+        assert_eq!(parse_version("1.0"), None);
+        assert_eq!(parse_version("1.0.0.0"), None);
     }
 }

@@ -49,9 +49,20 @@ pub enum CniError {
         /// The delegate's details.
         details: String,
     },
+    /// Code 50 (STATUS): the plugin cannot serve ADD, but existing pods are not affected
+    /// (the IPAM plugin is not available).
+    #[error("plugin not available: {0}")]
+    NotAvailable(String),
+    /// Code 51 (STATUS): the plugin cannot serve ADD and existing pods may have limited
+    /// connectivity (netstackd, which forwards their traffic, does not answer).
+    #[error("plugin not available, existing pods may have limited connectivity: {0}")]
+    NotAvailableLimited(String),
     /// Code 100: setting up the pod's interface failed (netns, TAP, netlink, netstackd).
     #[error("{0}")]
     Setup(String),
+    /// Code 101 (CHECK): the attachment differs from `prevResult`; one entry per difference.
+    #[error("CHECK: {}", .0.join("; "))]
+    Mismatch(Vec<String>),
 }
 
 /// The error object printed on stdout.
@@ -81,6 +92,9 @@ impl CniError {
             CniError::Decode(_) => 6,
             CniError::InvalidConfig(_) => 7,
             CniError::TryAgainLater(_) => 11,
+            CniError::NotAvailable(_) => 50,
+            CniError::NotAvailableLimited(_) => 51,
+            CniError::Mismatch(_) => 101,
             CniError::Delegate { code, .. } => *code,
             CniError::Setup(_) => 100,
         }

@@ -2,19 +2,22 @@
 //!
 //! `skel` is the CNI execution protocol (environment, stdin, one JSON object on stdout, the
 //! error object and its codes); `config` the network configuration; `ipam` the delegation to
-//! the IPAM plugin; `result` the result types; `add` and `del` the two operations that change
-//! things. Netns, netlink and TAP work go through the `netstackd` library, shared with the
+//! the IPAM plugin; `result` the result types; one module per command: `add`, `del`,
+//! `check`, `status` and `gc`. Netns, netlink and TAP work go through the `netstackd` library, shared with the
 //! daemon and the hook.
 
 pub mod add;
+pub mod check;
 pub mod config;
 pub mod del;
 pub mod error;
+pub mod gc;
 pub mod ipam;
 pub mod result;
 pub mod skel;
+pub mod status;
 
 pub use error::CniError;
 
 /// The CNI versions this plugin implements, exactly as VERSION reports them.
-pub const SUPPORTED_VERSIONS: &[&str] = &["0.4.0", "1.0.0"];
+pub const SUPPORTED_VERSIONS: &[&str] = &["0.4.0", "1.0.0", "1.1.0"];

@@ -8,10 +8,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::config::NetConf;
-use crate::{add, del, CniError, SUPPORTED_VERSIONS};
+use crate::{add, check, del, gc, status, CniError, SUPPORTED_VERSIONS};
 
 /// The newest version we speak, used for errors when the request's version is unknown.
-const LATEST: &str = "1.0.0";
+const LATEST: &str = "1.1.0";
 
 /// The CNI commands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,8 +20,12 @@ pub enum Command {
     Add,
     /// Detach a container.
     Del,
-    /// Verify an attachment (not implemented in this version).
+    /// Verify an attachment against `prevResult`.
     Check,
+    /// Is the plugin ready to serve ADD (1.1.0)?
+    Status,
+    /// Release whatever is not in the valid attachments (1.1.0).
+    Gc,
     /// Report supported versions.
     Version,
 }
@@ -31,11 +35,11 @@ pub enum Command {
 pub struct CniEnv {
     /// `CNI_COMMAND`.
     pub command: Command,
-    /// `CNI_CONTAINERID`.
+    /// `CNI_CONTAINERID` (empty for STATUS and GC).
     pub container_id: String,
     /// `CNI_NETNS`; `None` when empty (allowed for DEL).
     pub netns: Option<PathBuf>,
-    /// `CNI_IFNAME`.
+    /// `CNI_IFNAME` (empty for STATUS and GC).
     pub ifname: String,
     /// `CNI_ARGS`, parsed.
     pub args: BTreeMap<String, String>,
@@ -94,6 +98,8 @@ impl CniEnv {
             "ADD" => Command::Add,
             "DEL" => Command::Del,
             "CHECK" => Command::Check,
+            "STATUS" => Command::Status,
+            "GC" => Command::Gc,
             "VERSION" => Command::Version,
             other => {
                 return Err(CniError::InvalidEnv {
@@ -111,6 +117,22 @@ impl CniEnv {
                 ifname: String::new(),
                 args: BTreeMap::new(),
                 path: Vec::new(),
+            });
+        }
+        let path: Vec<PathBuf> = required("CNI_PATH")?
+            .split(':')
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+            .collect();
+        if matches!(command, Command::Status | Command::Gc) {
+            // No attachment parameters: these concern the whole network (SPEC.md §2).
+            return Ok(CniEnv {
+                command,
+                container_id: String::new(),
+                netns: None,
+                ifname: String::new(),
+                args: BTreeMap::new(),
+                path,
             });
         }
         let container_id = required("CNI_CONTAINERID")?;
@@ -137,11 +159,6 @@ impl CniEnv {
             });
         }
         let args = parse_cni_args(&var("CNI_ARGS").unwrap_or_default())?;
-        let path: Vec<PathBuf> = required("CNI_PATH")?
-            .split(':')
-            .filter(|p| !p.is_empty())
-            .map(PathBuf::from)
-            .collect();
         Ok(CniEnv {
             command,
             container_id,
@@ -175,12 +192,19 @@ fn dispatch(stdin: &[u8]) -> Result<Option<serde_json::Value>, CniError> {
         return Ok(Some(version_reply(stdin)));
     }
     let conf = NetConf::parse(stdin)?;
+    if matches!(env.command, Command::Status | Command::Gc) && !conf.version_at_least((1, 1, 0)) {
+        // As the Go skel: these commands exist from 1.1.0 on.
+        return Err(CniError::IncompatibleVersion(format!(
+            "{}: {:?} needs a config of version 1.1.0 or later",
+            conf.cni_version, env.command
+        )));
+    }
     match env.command {
         Command::Add => add::cmd_add(&env, &conf, stdin).map(Some),
         Command::Del => del::cmd_del(&env, &conf, stdin).map(|()| None),
-        Command::Check => Err(CniError::Setup(
-            "CHECK is not implemented by this version of netstack".into(),
-        )),
+        Command::Check => check::cmd_check(&env, &conf, stdin).map(|()| None),
+        Command::Status => status::cmd_status(&env, &conf, stdin).map(|()| None),
+        Command::Gc => gc::cmd_gc(&env, &conf, stdin).map(|()| None),
         Command::Version => unreachable!("handled above"),
     }
 }
@@ -240,7 +264,7 @@ mod tests {
         assert_eq!(v["cniVersion"], "0.4.0");
         assert_eq!(
             v["supportedVersions"],
-            serde_json::json!(["0.4.0", "1.0.0"])
+            serde_json::json!(["0.4.0", "1.0.0", "1.1.0"])
         );
         assert_eq!(version_reply(b"")["cniVersion"], LATEST);
     }

@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod netlink;
 pub mod netns;
+pub mod node;
 pub mod stack;
 pub mod supervisor;
 pub mod sys;

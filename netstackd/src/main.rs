@@ -15,6 +15,10 @@ struct Cli {
     command: Option<Command>,
     #[command(flatten)]
     daemon: Option<Args>,
+    /// Node mode: routes to the other nodes' pods, egress masquerade. (Beside `Args`, not
+    /// inside it: clap does not detect an optional group through a nested flatten.)
+    #[command(flatten)]
+    node: netstackd::node::NodeArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -93,8 +97,13 @@ struct Args {
     #[arg(long, default_value = "/var/lib/netstack")]
     state_dir: PathBuf,
     /// This node's IPv4 pod CIDR; its first address becomes the pods' gateway on the uplink.
+    /// Required unless --kube reads it from the Node.
     #[arg(long)]
-    pod_cidr: Ipv4Net,
+    pod_cidr: Option<Ipv4Net>,
+    /// This node's IPv6 pod CIDR (dual-stack); its first address becomes the pods' IPv6
+    /// gateway on the uplink, and IPv6 forwarding is enabled.
+    #[arg(long)]
+    pod_cidr_v6: Option<ipnet::Ipv6Net>,
     /// Name of the uplink TUN created in the host netns.
     #[arg(long, default_value = "netstack0")]
     uplink: String,
@@ -179,10 +188,18 @@ fn main() {
         None => {}
     }
     let Some(args) = cli.daemon else {
-        eprintln!("netstackd: --pod-cidr is required (see --help)");
+        eprintln!("netstackd: --pod-cidr (or --kube) is required (see --help)");
         std::process::exit(2);
     };
     init_logging(&args.log);
+    let node = cli.node.config();
+    let pod_cidr = match netstackd::node::resolve_pod_cidr(&node, args.pod_cidr) {
+        Ok(cidr) => cidr,
+        Err(e) => {
+            eprintln!("netstackd: {e:#}");
+            std::process::exit(2);
+        }
+    };
     let workers = args.workers.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -191,7 +208,8 @@ fn main() {
     let config = DaemonConfig {
         socket: args.socket,
         state_dir: args.state_dir,
-        pod_cidr: args.pod_cidr.trunc(),
+        pod_cidr: pod_cidr.trunc(),
+        pod_cidr_v6: args.pod_cidr_v6.map(|c| c.trunc()),
         uplink: args.uplink,
         workers,
         uplink_mtu: args.uplink_mtu,
@@ -205,6 +223,7 @@ fn main() {
                 }
             },
         },
+        node,
     };
     if let Err(e) = daemon::run(config) {
         tracing::error!("{e:#}");

@@ -65,6 +65,9 @@ pub struct Attachment {
     /// Orchestrator metadata (K8S_POD_NAMESPACE, K8S_POD_NAME, K8S_POD_UID, ...).
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Shaping of the pod's traffic, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<Bandwidth>,
 }
 
 /// A request on the control socket.
@@ -178,6 +181,28 @@ pub struct Counters {
     /// GSO super-frames received and forwarded whole (a subset of rx_packets).
     #[serde(default)]
     pub rx_gso_packets: u64,
+    /// Frames waiting in the link's fifo queues right now.
+    #[serde(default)]
+    pub qdisc_depth: u64,
+}
+
+/// Per-pod rate limits, as the CNI `bandwidth` capability gives them: rates in bit/s, bursts
+/// in bits; 0 means unlimited. Ingress is traffic to the pod, egress traffic from it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Bandwidth {
+    /// Rate of traffic to the pod.
+    #[serde(default)]
+    pub ingress_rate: u64,
+    /// Burst of traffic to the pod.
+    #[serde(default)]
+    pub ingress_burst: u64,
+    /// Rate of traffic from the pod.
+    #[serde(default)]
+    pub egress_rate: u64,
+    /// Burst of traffic from the pod.
+    #[serde(default)]
+    pub egress_burst: u64,
 }
 
 /// One pod's entry in the `stats` reply.
@@ -248,6 +273,7 @@ mod tests {
             mtu: 1500,
             queues: 2,
             labels: BTreeMap::new(),
+            bandwidth: None,
         });
         let json = serde_json::to_string(&req).unwrap();
         assert_eq!(

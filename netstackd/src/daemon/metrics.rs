@@ -142,6 +142,34 @@ pub fn render(s: &Snapshot<'_>) -> String {
     }
     family(
         &mut out,
+        "netstack_pod_qdisc_depth",
+        "gauge",
+        "Frames waiting in the fifo qdisc queues towards the pod.",
+    );
+    for (p, c) in &s.pods {
+        let _ = writeln!(
+            out,
+            "netstack_pod_qdisc_depth{{{}}} {}",
+            pod_labels(p),
+            c.qdisc_depth
+        );
+    }
+    family(
+        &mut out,
+        "netstack_pod_qdisc_drops_total",
+        "counter",
+        "Frames towards the pod tail-dropped by a full fifo qdisc queue.",
+    );
+    for (p, c) in &s.pods {
+        let n = c.drops.get("qdisc_full").copied().unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "netstack_pod_qdisc_drops_total{{{}}} {n}",
+            pod_labels(p)
+        );
+    }
+    family(
+        &mut out,
         "netstack_gso_segmented_frames_total",
         "counter",
         "GSO super-frames segmented in software (none: every egress accepts GSO today).",

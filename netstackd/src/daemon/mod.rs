@@ -27,6 +27,9 @@ pub struct DaemonConfig {
     pub state_dir: PathBuf,
     /// This node's pod CIDR; its first address is the pods' gateway.
     pub pod_cidr: Ipv4Net,
+    /// This node's IPv6 pod CIDR, if the pods are dual-stack; its first address is the pods'
+    /// IPv6 gateway.
+    pub pod_cidr_v6: Option<ipnet::Ipv6Net>,
     /// The uplink TUN's name in the host netns.
     pub uplink: String,
     /// Dataplane workers (one queue of every TAP each).
@@ -35,6 +38,8 @@ pub struct DaemonConfig {
     pub uplink_mtu: u32,
     /// Where to serve Prometheus metrics (loopback only); `None` disables the listener.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Node mode: host-gw routes to the other nodes, egress masquerade.
+    pub node: crate::node::NodeConfig,
 }
 
 impl DaemonConfig {
@@ -48,6 +53,19 @@ impl DaemonConfig {
         }
         let net = u32::from(self.pod_cidr.network());
         Ok(Ipv4Addr::from(net + 1))
+    }
+
+    /// The pods' IPv6 gateway: the first address after the IPv6 pod CIDR's network address.
+    pub fn gateway_v6(&self) -> anyhow::Result<Option<std::net::Ipv6Addr>> {
+        let Some(cidr) = self.pod_cidr_v6 else {
+            return Ok(None);
+        };
+        if cidr.prefix_len() > 126 {
+            bail!("IPv6 pod CIDR {cidr} is too small: a gateway and at least one pod need a /126 or larger");
+        }
+        Ok(Some(std::net::Ipv6Addr::from(
+            u128::from(cidr.network()) + 1,
+        )))
     }
 }
 
@@ -85,6 +103,9 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
 
     let queues = uplink::create(&config, gateway).context("setting up the uplink")?;
     enable_ipv4_forwarding()?;
+    if config.pod_cidr_v6.is_some() {
+        enable_ipv6_forwarding()?;
+    }
     let dataplane = DataplaneProcess::start(queues, gateway, config.uplink_mtu)
         .context("starting the dataplane")?;
     tracing::info!(
@@ -110,6 +131,8 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
         tracing::info!(%bound, "metrics on http://{bound}/metrics");
     }
     server::spawn_accept_loop(listener, Arc::clone(&registry))?;
+    // Dropped on return: stops the node logic (the masquerade table goes with it).
+    let _node = crate::node::start(&config.node, config.pod_cidr)?;
     let sig = server::wait_for_termination(&signals);
     tracing::info!("{sig}: shutting down; pod TAPs and the uplink stay for the next start");
     let _ = std::fs::remove_file(&config.socket);
@@ -169,7 +192,16 @@ pub fn cleanup(socket: &Path, state_dir: &Path, uplink: &str) -> anyhow::Result<
             "was absent"
         }
     );
+    println!("netstack cleanup: {}", crate::node::cleanup()?);
     Ok(())
+}
+
+/// Routes IPv6 between the uplink and the node's other links. Note that with forwarding on,
+/// Linux ignores router advertisements on links whose `accept_ra` is 1 (set it to 2 where the
+/// node configures itself by SLAAC).
+fn enable_ipv6_forwarding() -> anyhow::Result<()> {
+    std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1")
+        .context("enabling net.ipv6.conf.all.forwarding")
 }
 
 fn enable_ipv4_forwarding() -> anyhow::Result<()> {

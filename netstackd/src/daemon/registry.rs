@@ -23,6 +23,13 @@ const POD_QUEUE_FLAGS: i16 =
 
 use super::DaemonConfig;
 
+/// The addresses of a validated attachment, as the dataplane needs them.
+struct PodAddrs {
+    ipv4: Vec<Ipv4Addr>,
+    ipv6: Vec<std::net::Ipv6Addr>,
+    gateway_v6: Option<std::net::Ipv6Addr>,
+}
+
 struct Attached {
     id: u64,
     attachment: Attachment,
@@ -219,7 +226,7 @@ impl Registry {
     }
 
     /// Checks an attach request before anything is changed.
-    fn validate(&self, a: &Attachment, fds: &[OwnedFd]) -> Result<Vec<Ipv4Addr>, String> {
+    fn validate(&self, a: &Attachment, fds: &[OwnedFd]) -> Result<PodAddrs, String> {
         let key = &a.key;
         if !valid_container_id(&key.container_id) {
             return Err(format!("invalid container id {:?}", key.container_id));
@@ -241,6 +248,7 @@ impl Registry {
             return Err(format!("{key}: MTU {} out of range 68-65535", a.mtu));
         }
         let mut ipv4 = Vec::new();
+        let mut ipv6 = Vec::new();
         for ip in &a.ips {
             match ip {
                 ipnet::IpNet::V4(v4) => {
@@ -254,12 +262,26 @@ impl Registry {
                     ipv4.push(addr);
                 }
                 ipnet::IpNet::V6(v6) => {
-                    return Err(format!("{key}: IPv6 address {v6} is not supported yet"));
+                    let addr = v6.addr();
+                    let gateway_v6 = self.config.gateway_v6().ok().flatten();
+                    match self.config.pod_cidr_v6 {
+                        None => {
+                            return Err(format!(
+                                "{key}: IPv6 address {addr} but netstackd has no --pod-cidr-v6"
+                            ))
+                        }
+                        Some(cidr) if !cidr.contains(&addr) || Some(addr) == gateway_v6 => {
+                            return Err(format!(
+                                "{key}: address {addr} is not a pod address of this node's IPv6 pod CIDR {cidr}"
+                            ))
+                        }
+                        Some(_) => ipv6.push(addr),
+                    }
                 }
             }
         }
-        if ipv4.is_empty() {
-            return Err(format!("{key}: no IPv4 address"));
+        if ipv4.is_empty() && ipv6.is_empty() {
+            return Err(format!("{key}: no IP address"));
         }
         for (i, fd) in fds.iter().enumerate() {
             let (name, flags) = queue_info(fd.as_fd())
@@ -278,7 +300,15 @@ impl Registry {
             }
             set_nonblocking(fd.as_fd()).map_err(|e| format!("{key}: fd {i}: {e}"))?;
         }
-        Ok(ipv4)
+        let gateway_v6 = a.gateways.iter().find_map(|g| match g {
+            IpAddr::V6(g) => Some(*g),
+            IpAddr::V4(_) => None,
+        });
+        Ok(PodAddrs {
+            ipv4,
+            ipv6,
+            gateway_v6,
+        })
     }
 
     fn attach(&self, a: Attachment, fds: Vec<OwnedFd>) -> Result<(), String> {
@@ -288,7 +318,7 @@ impl Registry {
     /// Validates an attachment and hands it to the dataplane; `record` writes its state file
     /// first (false when it comes from the state dir on restart).
     fn admit(&self, a: Attachment, fds: Vec<OwnedFd>, record: bool) -> Result<(), String> {
-        let ipv4 = self.validate(&a, &fds)?;
+        let addrs = self.validate(&a, &fds)?;
         let key = a.key.clone();
         let mut attached = self.lock();
         if attached.contains_key(&key) {
@@ -313,8 +343,11 @@ impl Registry {
         let spec = PodSpec {
             id,
             mac: a.mac,
-            ipv4,
+            ipv4: addrs.ipv4,
+            ipv6: addrs.ipv6,
+            gateway_v6: addrs.gateway_v6,
             mtu: a.mtu,
+            bandwidth: a.bandwidth,
         };
         if let Err(e) = self.dataplane.attach(spec, fds) {
             if record {

@@ -40,5 +40,22 @@ pub fn create(config: &DaemonConfig, gateway: std::net::Ipv4Addr) -> anyhow::Res
         nl.add_route(cidr, None::<IpAddr>, Some(index))
             .with_context(|| format!("routing {cidr} to {}", config.uplink))?;
     }
+    if let (Some(cidr_v6), Some(gateway_v6)) = (config.pod_cidr_v6, config.gateway_v6()?) {
+        // The IPv6 gateway's prefix route carries the IPv6 pod CIDR to the uplink too.
+        let addr = IpNet::V6(ipnet::Ipv6Net::new(gateway_v6, cidr_v6.prefix_len())?);
+        if !present.contains(&addr) {
+            nl.add_address(index, addr)
+                .with_context(|| format!("adding {addr} to {}", config.uplink))?;
+        }
+        let cidr = IpNet::V6(cidr_v6);
+        if !nl
+            .routes_v6()?
+            .iter()
+            .any(|(dst, _, oif)| *dst == cidr && *oif == Some(index))
+        {
+            nl.add_route(cidr, None::<IpAddr>, Some(index))
+                .with_context(|| format!("routing {cidr} to {}", config.uplink))?;
+        }
+    }
     Ok(tun.fds)
 }

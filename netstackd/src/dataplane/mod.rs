@@ -8,6 +8,7 @@
 pub mod capture;
 pub mod child;
 pub mod ipc;
+pub mod qdisc;
 pub mod seccomp;
 mod worker;
 
@@ -43,8 +44,17 @@ pub struct PodSpec {
     pub mac: MacAddr,
     /// The pod's IPv4 addresses.
     pub ipv4: Vec<Ipv4Addr>,
+    /// The pod's IPv6 addresses.
+    #[serde(default)]
+    pub ipv6: Vec<std::net::Ipv6Addr>,
+    /// The pod's IPv6 gateway (the source of ICMPv6 errors to it).
+    #[serde(default)]
+    pub gateway_v6: Option<std::net::Ipv6Addr>,
     /// The pod interface MTU.
     pub mtu: u32,
+    /// Shaping, if any.
+    #[serde(default)]
+    pub bandwidth: Option<crate::control::Bandwidth>,
 }
 
 struct WorkerHandle {
@@ -174,13 +184,19 @@ impl Dataplane {
         }
         let (ack_tx, ack_rx) = mpsc::channel();
         let counters = Arc::new(LinkCounters::new(n));
+        let bw = spec.bandwidth.unwrap_or_default();
+        let ingress = qdisc::TokenBucket::new(bw.ingress_rate, bw.ingress_burst).map(Arc::new);
+        let egress = qdisc::TokenBucket::new(bw.egress_rate, bw.egress_burst).map(Arc::new);
         for ((handle, rx), tx_extra) in self.workers.iter().zip(per_worker).zip(extra) {
-            let io = PodIo {
-                rx,
-                tx_extra,
-                capture: None,
-            };
-            let cmd = WorkerCmd::Attach(spec.clone(), Arc::clone(&counters), io, ack_tx.clone());
+            let mut io = PodIo::new(rx, tx_extra);
+            io.ingress = ingress.clone();
+            io.egress = egress.clone();
+            let cmd = WorkerCmd::Attach(
+                Box::new(spec.clone()),
+                Arc::clone(&counters),
+                io,
+                ack_tx.clone(),
+            );
             handle.send(cmd)?;
         }
         let mut result = Ok(());

@@ -1,31 +1,41 @@
-//! One dataplane worker: an epoll loop over its TAP queues, its uplink queue and a wakeup
-//! eventfd. Blocks in epoll when idle (no busy polling); drains at most `BATCH` frames per fd
-//! per wakeup so one busy pod cannot starve the others.
+//! One dataplane worker: an epoll loop over its TAP queues, its uplink queue, a wakeup eventfd
+//! and a timerfd for shaping. Blocks in epoll when idle (no busy polling); reads at most
+//! `BATCH` frames per fd per wakeup so one busy pod cannot starve the others, then drains the
+//! fifo queues those frames went to (see `qdisc`).
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::eventfd::EventFd;
-
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use nix::sys::time::TimeSpec;
+use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
 
 use crate::stack::{DropReason, LinkCounters, PodPort, Router, Verdict};
 use crate::sys::tap::{read_frame, write_frame};
-use crate::wire::vnet::VNET_HDR_LEN;
 use crate::wire::{ethernet, VnetHdr};
 
 use super::capture::CaptureSink;
+use super::qdisc::{FifoQueue, SlotPool, TokenBucket};
 use super::PodSpec;
 
 /// Frames read from one fd per wakeup before moving on to the next.
 const BATCH: usize = 64;
-/// Room for the largest GSO frame a TAP hands over, plus an Ethernet header.
-const FRAME_BUF_LEN: usize = 1 << 17;
+/// Frame buffers per worker.
+const POOL_SLOTS: usize = 256;
+/// Frames one egress queue holds before it tail-drops.
+const QUEUE_LIMIT: usize = 128;
 const TOKEN_WAKE: u64 = u64::MAX;
 const TOKEN_UPLINK: u64 = u64::MAX - 1;
+const TOKEN_TIMER: u64 = u64::MAX - 2;
+/// How long a worker with every buffer in a shaped queue leaves a readable fd alone.
+const POOL_WAIT: Duration = Duration::from_millis(1);
+/// The egress id of the uplink in the drain list (attachment ids start at 1).
+const UPLINK: u64 = 0;
 
 /// A worker's handles on one pod's TAP.
 pub(super) struct PodIo {
@@ -35,9 +45,27 @@ pub(super) struct PodIo {
     pub tx_extra: Option<OwnedFd>,
     /// Where this pod's frames are copied while a capture runs.
     pub capture: Option<Arc<CaptureSink>>,
+    /// Frames waiting to be written to the pod.
+    pub queue: FifoQueue,
+    /// Shapes traffic to the pod.
+    pub ingress: Option<Arc<TokenBucket>>,
+    /// Shapes traffic from the pod.
+    pub egress: Option<Arc<TokenBucket>>,
 }
 
 impl PodIo {
+    /// Handles with empty queues and no shaping.
+    pub fn new(rx: Vec<OwnedFd>, tx_extra: Option<OwnedFd>) -> Self {
+        PodIo {
+            rx,
+            tx_extra,
+            capture: None,
+            queue: FifoQueue::new(QUEUE_LIMIT),
+            ingress: None,
+            egress: None,
+        }
+    }
+
     fn tx(&self) -> Option<BorrowedFd<'_>> {
         self.rx
             .first()
@@ -49,7 +77,8 @@ impl PodIo {
 /// Messages from the daemon to a worker.
 pub(super) enum WorkerCmd {
     Attach(
-        PodSpec,
+        // Boxed: a pod's addresses make the spec the largest part of the message.
+        Box<PodSpec>,
         Arc<LinkCounters>,
         PodIo,
         mpsc::Sender<io::Result<()>>,
@@ -64,12 +93,18 @@ pub(super) struct Worker {
     cmds: mpsc::Receiver<WorkerCmd>,
     wake: Arc<EventFd>,
     epoll: Epoll,
+    timer: TimerFd,
+    timer_at: Option<Instant>,
     uplink: OwnedFd,
+    uplink_queue: FifoQueue,
     uplink_counters: Arc<LinkCounters>,
     router: Router<PodIo>,
     wakeups: Arc<AtomicU64>,
-    vnet_raw: [u8; VNET_HDR_LEN],
-    buf: Box<[u8]>,
+    pool: SlotPool,
+    /// Egress ids (pods, or `UPLINK`) with frames queued.
+    dirty: Vec<u64>,
+    /// Pod queues not read while their egress bucket is empty.
+    throttled: Vec<(u64, usize)>,
 }
 
 fn token(id: u64, queue: usize) -> u64 {
@@ -87,6 +122,10 @@ impl Worker {
         wakeups: Arc<AtomicU64>,
     ) -> io::Result<Self> {
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+        let timer = TimerFd::new(
+            ClockId::CLOCK_MONOTONIC,
+            TimerFlags::TFD_CLOEXEC | TimerFlags::TFD_NONBLOCK,
+        )?;
         epoll.add(
             wake.as_fd(),
             EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_WAKE),
@@ -95,17 +134,25 @@ impl Worker {
             uplink.as_fd(),
             EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_UPLINK),
         )?;
+        epoll.add(
+            timer.as_fd(),
+            EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_TIMER),
+        )?;
         Ok(Worker {
             index,
             cmds,
             wake,
             epoll,
+            timer,
+            timer_at: None,
             uplink,
+            uplink_queue: FifoQueue::new(QUEUE_LIMIT),
             uplink_counters,
             router,
             wakeups,
-            vnet_raw: [0; VNET_HDR_LEN],
-            buf: vec![0u8; FRAME_BUF_LEN].into_boxed_slice(),
+            pool: SlotPool::new(POOL_SLOTS),
+            dirty: Vec::new(),
+            throttled: Vec::new(),
         })
     }
 
@@ -127,12 +174,15 @@ impl Worker {
                 match ev.data() {
                     TOKEN_WAKE => {
                         if !self.apply_commands() {
+                            self.flush();
                             return;
                         }
                     }
+                    TOKEN_TIMER => self.on_timer(),
                     TOKEN_UPLINK => self.drain_uplink(),
                     t => self.drain_pod(t >> 8, (t & 0xff) as usize),
                 }
+                self.flush();
             }
         }
     }
@@ -143,13 +193,18 @@ impl Worker {
         loop {
             match self.cmds.try_recv() {
                 Ok(WorkerCmd::Attach(spec, counters, io, ack)) => {
-                    let _ = ack.send(self.attach(spec, counters, io));
+                    let _ = ack.send(self.attach(*spec, counters, io));
                 }
                 Ok(WorkerCmd::Detach(id, ack)) => {
-                    if let Some(port) = self.router.remove(id) {
+                    if let Some(mut port) = self.router.remove(id) {
                         for fd in &port.io.rx {
                             let _ = self.epoll.delete(fd.as_fd());
                         }
+                        while let Some(slot) = port.io.queue.pop() {
+                            self.pool.put(slot);
+                        }
+                        self.dirty.retain(|d| *d != id);
+                        self.throttled.retain(|(t, _)| *t != id);
                     }
                     let _ = ack.send(());
                 }
@@ -185,6 +240,8 @@ impl Worker {
             id: spec.id,
             mac: spec.mac,
             ipv4: spec.ipv4,
+            ipv6: spec.ipv6,
+            gateway_v6: spec.gateway_v6,
             mtu: spec.mtu,
             counters,
             io,
@@ -192,65 +249,248 @@ impl Worker {
         Ok(())
     }
 
-    fn drain_pod(&mut self, id: u64, queue: usize) {
+    /// Wakes the timer at `at` at the latest.
+    fn arm_timer(&mut self, at: Instant) {
+        if self.timer_at.is_some_and(|t| t <= at) {
+            return;
+        }
+        let wait = at
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_micros(50));
+        if self
+            .timer
+            .set(
+                Expiration::OneShot(TimeSpec::from_duration(wait)),
+                TimerSetTimeFlags::empty(),
+            )
+            .is_ok()
+        {
+            self.timer_at = Some(at);
+        }
+    }
+
+    /// Shaping time passed: read throttled pods again and retry waiting queues.
+    fn on_timer(&mut self) {
+        let _ = self.timer.wait();
+        self.timer_at = None;
+        for (id, q) in std::mem::take(&mut self.throttled) {
+            if let Some((fd, tok)) = self.rx_fd(id, q) {
+                let mut ev = EpollEvent::new(EpollFlags::EPOLLIN, tok);
+                let _ = self.epoll.modify(fd, &mut ev);
+            }
+        }
+    }
+
+    /// The fd of pod queue `q`, or of the uplink for `UPLINK`, with its epoll token.
+    fn rx_fd(&self, id: u64, q: usize) -> Option<(BorrowedFd<'_>, u64)> {
+        if id == UPLINK {
+            return Some((self.uplink.as_fd(), TOKEN_UPLINK));
+        }
+        let fd = self.router.pod(id).and_then(|p| p.io.rx.get(q))?;
+        Some((fd.as_fd(), token(id, q)))
+    }
+
+    /// Stops reading pod queue `q` (or the uplink) for `wait`: its egress bucket is empty, or
+    /// every buffer waits in a shaped queue. Epoll is level-triggered, so without this the
+    /// worker would spin on a readable fd it cannot serve.
+    fn throttle(&mut self, id: u64, q: usize, wait: Duration) {
+        if self.throttled.contains(&(id, q)) {
+            return;
+        }
+        if let Some((fd, tok)) = self.rx_fd(id, q) {
+            let mut ev = EpollEvent::new(EpollFlags::empty(), tok);
+            let _ = self.epoll.modify(fd, &mut ev);
+            self.throttled.push((id, q));
+            self.arm_timer(Instant::now() + wait);
+        }
+    }
+
+    /// Queues slot `slot` on egress `dst` (a pod id or `UPLINK`); tail-drops when full.
+    fn enqueue(&mut self, dst: u64, slot: u32) {
+        let w = self.index;
+        let (queue, counters) = if dst == UPLINK {
+            (&mut self.uplink_queue, &self.uplink_counters)
+        } else {
+            match self.router.pod_mut(dst) {
+                Some(p) => (&mut p.io.queue, &p.counters),
+                None => {
+                    self.pool.put(slot);
+                    return;
+                }
+            }
+        };
+        match queue.push(slot) {
+            Ok(()) => {
+                if !queue.dirty {
+                    queue.dirty = true;
+                    self.dirty.push(dst);
+                }
+            }
+            Err(slot) => {
+                counters.dropped(w, DropReason::QdiscFull);
+                self.pool.put(slot);
+            }
+        }
+    }
+
+    /// Writes out every queue with frames, as far as shaping allows.
+    fn flush(&mut self) {
+        let now = Instant::now();
+        let mut still = Vec::new();
+        let mut next_at: Option<Instant> = None;
+        for dst in std::mem::take(&mut self.dirty) {
+            match self.drain_queue(dst, now) {
+                None => {}
+                Some(wait) => {
+                    still.push(dst);
+                    let at = now + wait;
+                    next_at = Some(next_at.map_or(at, |n| n.min(at)));
+                }
+            }
+        }
+        self.dirty = still;
+        if let Some(at) = next_at {
+            self.arm_timer(at);
+        }
+    }
+
+    /// Writes queue `dst` out; `Some(wait)` when shaping stopped it with frames left.
+    fn drain_queue(&mut self, dst: u64, now: Instant) -> Option<Duration> {
         let w = self.index;
         let Worker {
             router,
-            vnet_raw,
-            buf,
+            pool,
             uplink,
+            uplink_queue,
             uplink_counters,
             ..
         } = self;
+        if dst == UPLINK {
+            while let Some(slot) = uplink_queue.pop() {
+                let s = pool.get(slot);
+                match write_frame(uplink.as_fd(), &s.vnet, &s.buf[s.start..s.end]) {
+                    Ok(()) => uplink_counters.tx(w, s.end - s.start),
+                    Err(_) => uplink_counters.dropped(w, DropReason::TxError),
+                }
+                pool.put(slot);
+            }
+            uplink_queue.dirty = false;
+            return None;
+        }
+        let pod = router.pod_mut(dst)?;
+        while let Some(slot) = pod.io.queue.front() {
+            if let Some(bucket) = &pod.io.ingress {
+                if let Err(wait) = bucket.ready(now) {
+                    pod.counters.set_queued(w, pod.io.queue.len());
+                    return Some(wait);
+                }
+                bucket.charge(pool.get(slot).end);
+            }
+            pod.io.queue.pop();
+            let s = pool.get(slot);
+            let frame = &s.buf[s.start..s.end];
+            if let Some(sink) = &pod.io.capture {
+                sink.record(frame);
+            }
+            let ok = pod
+                .io
+                .tx()
+                .is_some_and(|fd| write_frame(fd, &s.vnet, frame).is_ok());
+            if ok {
+                pod.counters.tx(w, frame.len());
+            } else {
+                pod.counters.dropped(w, DropReason::TxError);
+            }
+            pool.put(slot);
+        }
+        pod.io.queue.dirty = false;
+        pod.counters.set_queued(w, 0);
+        None
+    }
+
+    fn drain_pod(&mut self, id: u64, queue: usize) {
+        let w = self.index;
         for _ in 0..BATCH {
-            let Some(src) = router.pod(id) else { return };
-            let Some(fd) = src.io.rx.get(queue) else {
+            let Some(src) = self.router.pod(id) else {
                 return;
             };
-            let n = match read_frame(fd.as_fd(), vnet_raw, buf) {
+            if let Some(bucket) = &src.io.egress {
+                if let Err(wait) = bucket.ready(Instant::now()) {
+                    self.throttle(id, queue, wait);
+                    return;
+                }
+            }
+            let Some(slot) = self.take_slot() else {
+                self.throttle(id, queue, POOL_WAIT);
+                return;
+            };
+            let Some(src) = self.router.pod(id) else {
+                self.pool.put(slot);
+                return;
+            };
+            let Some(fd) = src.io.rx.get(queue) else {
+                self.pool.put(slot);
+                return;
+            };
+            let s = self.pool.get_mut(slot);
+            let n = match read_frame(fd.as_fd(), &mut s.vnet, &mut s.buf) {
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {
-                    tracing::debug!(worker = w, id, "TAP read failed: {e}");
-                    src.counters.dropped(w, DropReason::Malformed);
+                    if e.kind() != io::ErrorKind::WouldBlock {
+                        tracing::debug!(worker = w, id, "TAP read failed: {e}");
+                        src.counters.dropped(w, DropReason::Malformed);
+                    }
+                    self.pool.put(slot);
                     return;
                 }
             };
             src.counters.rx(w, n);
             if let Some(sink) = &src.io.capture {
-                sink.record(&buf[..n]);
+                sink.record(&s.buf[..n]);
             }
-            let mut vnet = VnetHdr::parse(vnet_raw);
+            if let Some(bucket) = &src.io.egress {
+                bucket.charge(n);
+            }
+            let mut vnet = VnetHdr::parse(&s.vnet);
             if vnet.is_gso() {
                 src.counters.rx_gso(w);
             }
-            match router.from_pod(id, &mut vnet, buf, n) {
+            let verdict = self.router.from_pod(id, &mut vnet, &mut s.buf, n);
+            vnet.emit(&mut s.vnet);
+            match verdict {
                 Verdict::ToPod { id: dst, len } => {
-                    vnet.emit(vnet_raw);
-                    if let Some(d) = router.pod(dst) {
-                        send_to_pod(w, d, vnet_raw, &buf[..len]);
-                    }
+                    (s.start, s.end) = (0, len);
+                    self.enqueue(dst, slot);
                 }
                 Verdict::ToUplink { len } => {
-                    vnet.emit(vnet_raw);
-                    let packet = &buf[ethernet::HEADER_LEN..len];
-                    match write_frame(uplink.as_fd(), vnet_raw, packet) {
-                        Ok(()) => uplink_counters.tx(w, packet.len()),
-                        Err(_) => uplink_counters.dropped(w, DropReason::TxError),
-                    }
+                    (s.start, s.end) = (ethernet::HEADER_LEN, len);
+                    self.enqueue(UPLINK, slot);
                 }
                 Verdict::Reply { len, dropped } => {
                     if let Some(reason) = dropped {
                         src.counters.dropped(w, reason);
                     }
-                    vnet.emit(vnet_raw);
-                    send_to_pod(w, src, vnet_raw, &buf[..len]);
+                    (s.start, s.end) = (0, len);
+                    self.enqueue(id, slot);
                 }
-                Verdict::Consumed => {}
-                Verdict::Drop(reason) => src.counters.dropped(w, reason),
+                Verdict::Consumed => self.pool.put(slot),
+                Verdict::Drop(reason) => {
+                    src.counters.dropped(w, reason);
+                    self.pool.put(slot);
+                }
             }
         }
         self.end_finished_capture(id);
+    }
+
+    /// A free slot; drains the queues first when none is free. `None` means every slot waits
+    /// in a shaped queue: the frame stays in the kernel's ring until the shaper lets go.
+    fn take_slot(&mut self) -> Option<u32> {
+        if let Some(s) = self.pool.take() {
+            return Some(s);
+        }
+        self.flush();
+        self.pool.take()
     }
 
     /// Forgets a pod's capture once it is over, so the hot path is back to one branch.
@@ -264,55 +504,48 @@ impl Worker {
 
     fn drain_uplink(&mut self) {
         let w = self.index;
-        let Worker {
-            router,
-            vnet_raw,
-            buf,
-            uplink,
-            uplink_counters,
-            ..
-        } = self;
         for _ in 0..BATCH {
-            let n = match read_frame(uplink.as_fd(), vnet_raw, &mut buf[ethernet::HEADER_LEN..]) {
+            let Some(slot) = self.take_slot() else {
+                self.throttle(UPLINK, 0, POOL_WAIT);
+                return;
+            };
+            let s = self.pool.get_mut(slot);
+            let n = match read_frame(
+                self.uplink.as_fd(),
+                &mut s.vnet,
+                &mut s.buf[ethernet::HEADER_LEN..],
+            ) {
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {
-                    tracing::debug!(worker = w, "uplink read failed: {e}");
-                    uplink_counters.dropped(w, DropReason::Malformed);
+                    if e.kind() != io::ErrorKind::WouldBlock {
+                        tracing::debug!(worker = w, "uplink read failed: {e}");
+                        self.uplink_counters.dropped(w, DropReason::Malformed);
+                    }
+                    self.pool.put(slot);
                     return;
                 }
             };
-            uplink_counters.rx(w, n);
-            let mut vnet = VnetHdr::parse(vnet_raw);
+            self.uplink_counters.rx(w, n);
+            let mut vnet = VnetHdr::parse(&s.vnet);
             if vnet.is_gso() {
-                uplink_counters.rx_gso(w);
+                self.uplink_counters.rx_gso(w);
             }
-            match router.from_uplink(&mut vnet, buf, n) {
+            let verdict = self.router.from_uplink(&mut vnet, &mut s.buf, n);
+            vnet.emit(&mut s.vnet);
+            match verdict {
                 Verdict::ToPod { id, len } => {
-                    vnet.emit(vnet_raw);
-                    if let Some(d) = router.pod(id) {
-                        send_to_pod(w, d, vnet_raw, &buf[..len]);
-                    }
+                    (s.start, s.end) = (0, len);
+                    self.enqueue(id, slot);
                 }
-                Verdict::Drop(reason) => uplink_counters.dropped(w, reason),
-                _ => uplink_counters.dropped(w, DropReason::NoRoute),
+                Verdict::Drop(reason) => {
+                    self.uplink_counters.dropped(w, reason);
+                    self.pool.put(slot);
+                }
+                _ => {
+                    self.uplink_counters.dropped(w, DropReason::NoRoute);
+                    self.pool.put(slot);
+                }
             }
         }
-    }
-}
-
-/// Writes one frame into a pod's TAP and counts it.
-fn send_to_pod(w: usize, pod: &PodPort<PodIo>, vnet: &[u8; VNET_HDR_LEN], frame: &[u8]) {
-    if let Some(sink) = &pod.io.capture {
-        sink.record(frame);
-    }
-    let ok = pod
-        .io
-        .tx()
-        .is_some_and(|fd| write_frame(fd, vnet, frame).is_ok());
-    if ok {
-        pod.counters.tx(w, frame.len());
-    } else {
-        pod.counters.dropped(w, DropReason::TxError);
     }
 }

@@ -24,11 +24,13 @@ pub enum DropReason {
     Unsupported,
     /// The egress device refused the write.
     TxError,
+    /// The egress link's fifo queue was full (tail drop).
+    QdiscFull,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 9] = [
         DropReason::Malformed,
         DropReason::Spoofed,
         DropReason::NoRoute,
@@ -37,6 +39,7 @@ impl DropReason {
         DropReason::TooBig,
         DropReason::Unsupported,
         DropReason::TxError,
+        DropReason::QdiscFull,
     ];
 
     /// The reason's name in stats and metrics.
@@ -50,6 +53,7 @@ impl DropReason {
             DropReason::TooBig => "too_big",
             DropReason::Unsupported => "unsupported",
             DropReason::TxError => "tx_error",
+            DropReason::QdiscFull => "qdisc_full",
         }
     }
 }
@@ -62,6 +66,7 @@ struct Slot {
     tx_packets: AtomicU64,
     tx_bytes: AtomicU64,
     rx_gso: AtomicU64,
+    queued: AtomicU64,
     drops: [AtomicU64; DropReason::ALL.len()],
 }
 
@@ -90,6 +95,11 @@ impl LinkCounters {
         bump(&s.rx_bytes, bytes as u64);
     }
 
+    /// Frames now waiting in worker `worker`'s queue for this link; called only by it.
+    pub fn set_queued(&self, worker: usize, frames: usize) {
+        self.slots[worker].queued.store(frames as u64, Relaxed);
+    }
+
     /// The frame just received was a GSO super-frame; called only by worker `worker`.
     pub fn rx_gso(&self, worker: usize) {
         bump(&self.slots[worker].rx_gso, 1);
@@ -116,6 +126,7 @@ impl LinkCounters {
             c.tx_packets += s.tx_packets.load(Relaxed);
             c.tx_bytes += s.tx_bytes.load(Relaxed);
             c.rx_gso_packets += s.rx_gso.load(Relaxed);
+            c.qdisc_depth += s.queued.load(Relaxed);
         }
         for reason in DropReason::ALL {
             let n: u64 = self

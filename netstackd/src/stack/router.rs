@@ -6,13 +6,22 @@
 //! each packet either straight into the destination pod's TAP or to the node's uplink TUN.
 //! Frames are rewritten in place; the virtio-net header travels with them, so a 64 KB TSO
 //! frame is forwarded whole.
+//!
+//! IPv6 follows the same rules: neighbor solicitations are answered with the gateway MAC for
+//! every target but the pod's own addresses (proxy NDP), the hop limit is decremented with
+//! ICMPv6 time exceeded at the end, packet too big replaces fragmentation needed, and a pod
+//! may only send from its own addresses — or, for neighbor discovery and MLD only, from a
+//! link-local or the unspecified address. Router solicitations, MLD reports and other
+//! link-local multicast are consumed: netstackd routes no multicast.
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
+use crate::wire::icmpv6::NeighborSolicit;
 use crate::wire::{
-    arp, ethernet, icmpv4, ipv4, ArpPacket, EthernetFrame, Ipv4Packet, MacAddr, VnetHdr,
+    arp, ethernet, icmpv4, icmpv6, ipv4, ipv6, ArpPacket, EthernetFrame, Ipv4Packet, Ipv6Packet,
+    MacAddr, VnetHdr,
 };
 
 use super::counters::{DropReason, LinkCounters};
@@ -23,6 +32,10 @@ pub const GATEWAY_MAC: MacAddr = MacAddr([0x02, 0x4e, 0x53, 0x00, 0x00, 0x01]);
 /// Largest ICMP error netstackd generates, as RFC 1812 and Linux do.
 const ICMP_ERROR_MAX: usize = 576;
 
+/// The gateway's link-local address: the modified EUI-64 of [`GATEWAY_MAC`]. ICMPv6 errors
+/// come from it when the pod has no IPv6 gateway address.
+pub const GATEWAY_LINK_LOCAL: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0x004e, 0x53ff, 0xfe00, 1);
+
 /// One pod interface as a worker sees it; `P` is the worker's handle to its TAP queue.
 pub struct PodPort<P> {
     /// The attachment id, unique for the daemon's lifetime.
@@ -31,6 +44,11 @@ pub struct PodPort<P> {
     pub mac: MacAddr,
     /// The pod's IPv4 addresses.
     pub ipv4: Vec<Ipv4Addr>,
+    /// The pod's IPv6 addresses (link-local ones are not listed: any fe80:: source from the
+    /// pod's MAC is its own).
+    pub ipv6: Vec<Ipv6Addr>,
+    /// The IPv6 gateway the pod routes through: the source of ICMPv6 errors sent to it.
+    pub gateway_v6: Option<Ipv6Addr>,
     /// The pod interface MTU.
     pub mtu: u32,
     /// The pod's counters.
@@ -49,7 +67,7 @@ pub enum Verdict {
         /// Frame length.
         len: usize,
     },
-    /// Write the IPv4 packet at `buf[14..len]` to the uplink.
+    /// Write the IP packet at `buf[14..len]` to the uplink.
     ToUplink {
         /// Frame length including the 14-byte Ethernet header that is not sent.
         len: usize,
@@ -71,6 +89,7 @@ pub enum Verdict {
 pub struct Router<P> {
     pods: HashMap<u64, PodPort<P>>,
     by_ipv4: HashMap<Ipv4Addr, u64>,
+    by_ipv6: HashMap<Ipv6Addr, u64>,
     gateway_v4: Ipv4Addr,
     uplink_mtu: u32,
 }
@@ -81,6 +100,7 @@ impl<P> Router<P> {
         Router {
             pods: HashMap::new(),
             by_ipv4: HashMap::new(),
+            by_ipv6: HashMap::new(),
             gateway_v4,
             uplink_mtu,
         }
@@ -91,6 +111,9 @@ impl<P> Router<P> {
         for ip in &port.ipv4 {
             self.by_ipv4.insert(*ip, port.id);
         }
+        for ip in &port.ipv6 {
+            self.by_ipv6.insert(*ip, port.id);
+        }
         self.pods.insert(port.id, port);
     }
 
@@ -98,6 +121,7 @@ impl<P> Router<P> {
     pub fn remove(&mut self, id: u64) -> Option<PodPort<P>> {
         let port = self.pods.remove(&id)?;
         self.by_ipv4.retain(|_, v| *v != id);
+        self.by_ipv6.retain(|_, v| *v != id);
         Some(port)
     }
 
@@ -131,6 +155,7 @@ impl<P> Router<P> {
         match eth.ethertype() {
             ethernet::ETHERTYPE_ARP => self.arp_from_pod(pod, vnet, buf, len),
             ethernet::ETHERTYPE_IPV4 => self.ipv4_from_pod(pod, vnet, buf, len),
+            ethernet::ETHERTYPE_IPV6 => self.ipv6_from_pod(pod, vnet, buf, len),
             _ => Verdict::Drop(DropReason::Unsupported),
         }
     }
@@ -190,6 +215,11 @@ impl<P> Router<P> {
         if !offload_fits(vnet, &ip, ethernet::HEADER_LEN, len) {
             return Verdict::Drop(DropReason::Malformed);
         }
+        // A fragment that ends past 65535 bytes can never be reassembled ("ping of death"):
+        // Linux drops it when it defragments (conntrack on every node); no pod gets it.
+        if ip.header_len() + usize::from(ip.frag_offset()) + ip.payload().len() > 65535 {
+            return Verdict::Drop(DropReason::Malformed);
+        }
         if dst.is_broadcast() || dst.is_multicast() || dst.is_unspecified() {
             return Verdict::Drop(DropReason::NoRoute);
         }
@@ -207,12 +237,13 @@ impl<P> Router<P> {
         }
         let dest = self.by_ipv4.get(&dst).and_then(|id| self.pods.get(id));
         let egress_mtu = dest.map_or(self.uplink_mtu, |d| d.mtu);
-        let ip_len = len - ethernet::HEADER_LEN;
-        if !vnet.is_gso() && ip_len > egress_mtu as usize && !ip.dont_frag() {
+        // What must fit the egress MTU: the packet, or each segment of a GSO frame.
+        let ip_len = ipv4_segment_len(vnet, &ip);
+        if ip_len > egress_mtu as usize && !ip.dont_frag() {
             // Linux would fragment; netstackd does not (yet), so the packet is dropped, counted.
             return Verdict::Drop(DropReason::TooBig);
         }
-        if !vnet.is_gso() && ip_len > egress_mtu as usize {
+        if ip_len > egress_mtu as usize {
             return self.icmp_error(
                 pod,
                 vnet,
@@ -284,6 +315,9 @@ impl<P> Router<P> {
     /// `buf[14..14 + ip_len]` (the 14 bytes before it are room for the Ethernet header).
     pub fn from_uplink(&self, vnet: &mut VnetHdr, buf: &mut [u8], ip_len: usize) -> Verdict {
         let end = ethernet::HEADER_LEN + ip_len;
+        if buf.get(ethernet::HEADER_LEN).is_some_and(|b| b >> 4 == 6) && end <= buf.len() {
+            return self.ipv6_from_uplink(vnet, buf, ip_len);
+        }
         let ip = match Ipv4Packet::new_checked(&buf[ethernet::HEADER_LEN..end]) {
             Ok(ip) => ip,
             Err(crate::wire::WireError::BadVersion) => {
@@ -306,6 +340,257 @@ impl<P> Router<P> {
         vnet.shift_csum_start(ethernet::HEADER_LEN as i16);
         Verdict::ToPod { id: d.id, len }
     }
+}
+
+/// The IPv6 paths, beside the IPv4 ones above and following the same rules.
+impl<P> Router<P> {
+    fn ipv6_from_pod(
+        &self,
+        pod: &PodPort<P>,
+        vnet: &mut VnetHdr,
+        buf: &mut [u8],
+        len: usize,
+    ) -> Verdict {
+        let ip = match Ipv6Packet::new_checked(&buf[ethernet::HEADER_LEN..len]) {
+            Ok(ip) => ip,
+            Err(_) => return Verdict::Drop(DropReason::Malformed),
+        };
+        let (src, dst) = (ip.src_addr(), ip.dst_addr());
+        // Trim Ethernet padding: the frame ends where the IPv6 packet does.
+        let len = ethernet::HEADER_LEN + ip.total_len();
+        let own = pod.ipv6.contains(&src);
+        let link_scope = ipv6::is_link_local(&src) || src.is_unspecified();
+        if !own && !link_scope {
+            return Verdict::Drop(DropReason::Spoofed);
+        }
+        if let Some(icmp_type) = ndp_or_mld_type(&ip) {
+            return self.ndp_from_pod(pod, buf, len, icmp_type);
+        }
+        if dst.is_multicast() {
+            // Link-local multicast (service discovery, ...) stays on the pod's link.
+            return Verdict::Consumed;
+        }
+        if !own {
+            // A link-local or unspecified source may not leave the link (RFC 4291 §2.5.6).
+            return Verdict::Drop(if link_scope && !src.is_unspecified() {
+                DropReason::NoRoute
+            } else {
+                DropReason::Spoofed
+            });
+        }
+        if !offload_fits_v6(vnet, &ip, ethernet::HEADER_LEN, len) {
+            return Verdict::Drop(DropReason::Malformed);
+        }
+        if dst.is_unspecified() || dst.is_loopback() || ipv6::is_link_local(&dst) {
+            return Verdict::Drop(DropReason::NoRoute);
+        }
+        if ip.hop_limit() <= 1 {
+            return self.icmpv6_error(
+                pod,
+                vnet,
+                buf,
+                len,
+                icmpv6::TYPE_TIME_EXCEEDED,
+                icmpv6::CODE_HOP_LIMIT_EXCEEDED,
+                0,
+                DropReason::TtlExceeded,
+            );
+        }
+        let dest = self.by_ipv6.get(&dst).and_then(|id| self.pods.get(id));
+        let egress_mtu = dest.map_or(self.uplink_mtu, |d| d.mtu);
+        if !vnet.is_gso() && len - ethernet::HEADER_LEN > egress_mtu as usize {
+            // IPv6 routers never fragment: packet too big, whatever the sender wanted.
+            return self.icmpv6_error(
+                pod,
+                vnet,
+                buf,
+                len,
+                icmpv6::TYPE_PACKET_TOO_BIG,
+                0,
+                egress_mtu,
+                DropReason::FragNeeded,
+            );
+        }
+        Ipv6Packet::new_unchecked(&mut buf[ethernet::HEADER_LEN..len]).decrement_hop_limit();
+        match dest {
+            Some(d) if d.id != pod.id => {
+                ethernet::write_header(buf, d.mac, GATEWAY_MAC, ethernet::ETHERTYPE_IPV6);
+                Verdict::ToPod { id: d.id, len }
+            }
+            Some(_) => Verdict::Drop(DropReason::NoRoute),
+            None => {
+                vnet.shift_csum_start(-(ethernet::HEADER_LEN as i16));
+                Verdict::ToUplink { len }
+            }
+        }
+    }
+
+    /// Neighbor discovery and MLD from a pod: a solicitation for any address but the pod's
+    /// own is answered with the gateway MAC; everything else (router solicitations, MLD
+    /// reports, unsolicited advertisements, duplicate address detection) is consumed.
+    fn ndp_from_pod(&self, pod: &PodPort<P>, buf: &mut [u8], len: usize, icmp_type: u8) -> Verdict {
+        if icmp_type != icmpv6::TYPE_NEIGHBOR_SOLICIT {
+            return Verdict::Consumed;
+        }
+        let ip = Ipv6Packet::new_unchecked(&buf[ethernet::HEADER_LEN..len]);
+        let (src, dst) = (ip.src_addr(), ip.dst_addr());
+        let ns = match NeighborSolicit::parse(src, dst, ip.hop_limit(), ip.payload()) {
+            Ok(ns) => ns,
+            Err(_) => return Verdict::Drop(DropReason::Malformed),
+        };
+        if ns.source_mac.is_some_and(|m| m != pod.mac) {
+            return Verdict::Drop(DropReason::Spoofed);
+        }
+        // Duplicate address detection (unspecified source) and questions about the pod's own
+        // addresses must not be told that somebody else has them.
+        if src.is_unspecified() || ns.target == src || pod.ipv6.contains(&ns.target) {
+            return Verdict::Consumed;
+        }
+        let flags = icmpv6::NA_FLAG_ROUTER | icmpv6::NA_FLAG_SOLICITED | icmpv6::NA_FLAG_OVERRIDE;
+        let n = icmpv6::emit_neighbor_advert(
+            &mut buf[ethernet::HEADER_LEN..],
+            ns.target,
+            src,
+            flags,
+            GATEWAY_MAC,
+        );
+        ethernet::write_header(buf, pod.mac, GATEWAY_MAC, ethernet::ETHERTYPE_IPV6);
+        Verdict::Reply {
+            len: ethernet::HEADER_LEN + n,
+            dropped: None,
+        }
+    }
+
+    /// Replaces the frame in `buf` with an ICMPv6 error about it, addressed back to `pod`
+    /// from its IPv6 gateway (or the gateway's link-local address).
+    #[allow(clippy::too_many_arguments)]
+    fn icmpv6_error(
+        &self,
+        pod: &PodPort<P>,
+        vnet: &mut VnetHdr,
+        buf: &mut [u8],
+        len: usize,
+        icmp_type: u8,
+        code: u8,
+        rest_of_header: u32,
+        reason: DropReason,
+    ) -> Verdict {
+        let ip = Ipv6Packet::new_unchecked(&buf[ethernet::HEADER_LEN..len]);
+        // Never an error about an error (RFC 4443 §2.4 (e)).
+        let is_icmp_error = ip.next_header() == ipv6::NEXT_ICMPV6
+            && ip.payload().first().is_some_and(|t| icmpv6::is_error(*t));
+        if is_icmp_error {
+            return Verdict::Drop(reason);
+        }
+        let dst = ip.src_addr();
+        let src = pod.gateway_v6.unwrap_or(GATEWAY_LINK_LOCAL);
+        let mut quote = [0u8; ipv6::MIN_MTU];
+        let q = (len - ethernet::HEADER_LEN).min(ipv6::MIN_MTU);
+        quote[..q].copy_from_slice(&buf[ethernet::HEADER_LEN..ethernet::HEADER_LEN + q]);
+        let n = icmpv6::emit_error(
+            &mut buf[ethernet::HEADER_LEN..],
+            src,
+            dst,
+            icmp_type,
+            code,
+            rest_of_header,
+            &quote[..q],
+        );
+        ethernet::write_header(buf, pod.mac, GATEWAY_MAC, ethernet::ETHERTYPE_IPV6);
+        *vnet = VnetHdr::default();
+        Verdict::Reply {
+            len: ethernet::HEADER_LEN + n,
+            dropped: Some(reason),
+        }
+    }
+
+    /// An IPv6 packet from the uplink at `buf[14..14 + ip_len]`: to the pod that owns its
+    /// destination, or dropped (the node's own multicast, MLD and router solicitations that
+    /// the kernel sends on the uplink end here as `no_route`).
+    fn ipv6_from_uplink(&self, vnet: &mut VnetHdr, buf: &mut [u8], ip_len: usize) -> Verdict {
+        let end = ethernet::HEADER_LEN + ip_len;
+        let ip = match Ipv6Packet::new_checked(&buf[ethernet::HEADER_LEN..end]) {
+            Ok(ip) => ip,
+            Err(_) => return Verdict::Drop(DropReason::Malformed),
+        };
+        if !offload_fits_v6(vnet, &ip, 0, ip.total_len()) {
+            return Verdict::Drop(DropReason::Malformed);
+        }
+        let len = ethernet::HEADER_LEN + ip.total_len();
+        let Some(d) = self
+            .by_ipv6
+            .get(&ip.dst_addr())
+            .and_then(|id| self.pods.get(id))
+        else {
+            return Verdict::Drop(DropReason::NoRoute);
+        };
+        ethernet::write_header(buf, d.mac, GATEWAY_MAC, ethernet::ETHERTYPE_IPV6);
+        vnet.shift_csum_start(ethernet::HEADER_LEN as i16);
+        Verdict::ToPod { id: d.id, len }
+    }
+}
+
+/// The ICMPv6 type of a neighbor discovery (133-137) or MLD (130-132, 143) message: directly
+/// after the IPv6 header, or after a hop-by-hop header (MLD carries a router alert).
+fn ndp_or_mld_type<T: AsRef<[u8]>>(ip: &Ipv6Packet<T>) -> Option<u8> {
+    let payload = ip.payload();
+    let icmp = match ip.next_header() {
+        ipv6::NEXT_ICMPV6 => payload,
+        ipv6::NEXT_HOP_BY_HOP if payload.len() >= 8 && payload[0] == ipv6::NEXT_ICMPV6 => {
+            payload.get((usize::from(payload[1]) + 1) * 8..)?
+        }
+        _ => return None,
+    };
+    let t = *icmp.first()?;
+    matches!(t, 130..=137 | icmpv6::TYPE_MLDV2_REPORT).then_some(t)
+}
+
+/// [`offload_fits`] for IPv6: the checksum to complete lies after the fixed header and inside
+/// the packet; a GSO type is TCPv6 over TCP or USO over UDP, with a segment size.
+fn offload_fits_v6<T: AsRef<[u8]>>(
+    vnet: &VnetHdr,
+    ip: &Ipv6Packet<T>,
+    l3: usize,
+    len: usize,
+) -> bool {
+    if vnet.needs_csum() {
+        let start = usize::from(vnet.csum_start);
+        let end = start + usize::from(vnet.csum_offset) + 2;
+        if start < l3 + ipv6::HEADER_LEN || end > len {
+            return false;
+        }
+    }
+    if vnet.is_gso() {
+        let proto_matches = match vnet.gso_type & !crate::wire::vnet::GSO_ECN {
+            crate::wire::vnet::GSO_TCPV6 => ip.next_header() == ipv6::NEXT_TCP,
+            crate::wire::vnet::GSO_UDP_L4 => ip.next_header() == ipv6::NEXT_UDP,
+            _ => false,
+        };
+        if !proto_matches || vnet.gso_size == 0 {
+            return false;
+        }
+    }
+    true
+}
+
+/// The IPv4 length that must fit the egress MTU: the packet's, or for a GSO frame that of each
+/// segment it stands for, as Linux `skb_gso_network_seglen` counts it (IP header, TCP or UDP
+/// header, `gso_size`; UFO's `gso_size` already counts the UDP header). A segment size larger
+/// than the payload means one segment: the packet. Call after `offload_fits`.
+fn ipv4_segment_len<T: AsRef<[u8]>>(vnet: &VnetHdr, ip: &Ipv4Packet<T>) -> usize {
+    let total = usize::from(ip.total_len());
+    if !vnet.is_gso() {
+        return total;
+    }
+    let transport = match vnet.gso_type & !crate::wire::vnet::GSO_ECN {
+        crate::wire::vnet::GSO_TCPV4 => ip
+            .payload()
+            .get(12)
+            .map_or(20, |off| usize::from(off >> 4).max(5) * 4),
+        crate::wire::vnet::GSO_UDP_L4 => 8,
+        _ => 0,
+    };
+    (ip.header_len() + transport + usize::from(vnet.gso_size)).min(total)
 }
 
 /// Does the virtio-net header describe this IPv4 packet, as Linux `virtio_net_hdr_to_skb`

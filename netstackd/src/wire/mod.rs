@@ -16,13 +16,16 @@ pub mod arp;
 pub mod checksum;
 pub mod ethernet;
 pub mod icmpv4;
+pub mod icmpv6;
 pub mod ipv4;
+pub mod ipv6;
 pub mod vnet;
 
 pub use arp::{ArpPacket, ArpRepr};
 pub use ethernet::{EthernetFrame, MacAddr};
 pub use icmpv4::Icmpv4Packet;
 pub use ipv4::Ipv4Packet;
+pub use ipv6::Ipv6Packet;
 pub use vnet::VnetHdr;
 
 /// Why a buffer was rejected by a `new_checked` constructor.

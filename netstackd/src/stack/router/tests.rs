@@ -2,7 +2,8 @@
 //! malformed cases.
 
 use super::*;
-use crate::wire::{checksum, vnet};
+use crate::wire::{checksum, icmpv6, ipv6, vnet, Ipv6Packet};
+use std::net::Ipv6Addr;
 
 const MAC_A: MacAddr = MacAddr([0x0a, 0x58, 10, 244, 1, 5]);
 const MAC_B: MacAddr = MacAddr([0x0a, 0x58, 10, 244, 1, 6]);
@@ -10,14 +11,22 @@ const IP_A: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 5);
 const IP_B: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 6);
 const GW: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 1);
 const OUTSIDE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 7);
+const IP6_A: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 1, 0, 0, 0, 5);
+const IP6_B: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 1, 0, 0, 0, 6);
+const GW6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 1, 0, 0, 0, 1);
+const OUTSIDE6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 7);
+/// Pod A's link-local address (EUI-64 of MAC_A).
+const LL_A: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0x0858, 0x0aff, 0xfef4, 0x0105);
 
 fn router() -> Router<()> {
     let mut r = Router::new(GW, 1500);
-    for (id, mac, ip) in [(1, MAC_A, IP_A), (2, MAC_B, IP_B)] {
+    for (id, mac, ip, ip6) in [(1, MAC_A, IP_A, IP6_A), (2, MAC_B, IP_B, IP6_B)] {
         r.insert(PodPort {
             id,
             mac,
             ipv4: vec![ip],
+            ipv6: vec![ip6],
+            gateway_v6: Some(GW6),
             mtu: 1500,
             counters: Arc::new(LinkCounters::new(1)),
             io: (),
@@ -379,10 +388,10 @@ fn malformed_frames_are_dropped_not_panicked_on() {
 }
 
 #[test]
-fn ipv6_is_counted_unsupported() {
+fn other_ethertypes_are_counted_unsupported() {
     let r = router();
     let mut buf = buffer();
-    ethernet::write_header(&mut buf, GATEWAY_MAC, MAC_A, ethernet::ETHERTYPE_IPV6);
+    ethernet::write_header(&mut buf, GATEWAY_MAC, MAC_A, 0x88cc); // LLDP
     assert_eq!(
         r.from_pod(1, &mut VnetHdr::default(), &mut buf, 80),
         Verdict::Drop(DropReason::Unsupported)
@@ -405,7 +414,12 @@ fn random_bytes_never_panic() {
         // Keep the source MAC right half the time so the parsers behind it are reached.
         if round % 2 == 0 {
             buf[6..12].copy_from_slice(&MAC_A.0);
-            buf[12..14].copy_from_slice(if round % 4 == 0 { &[8, 0] } else { &[8, 6] });
+            let ethertype: &[u8; 2] = match round % 6 {
+                0 => &[8, 0],
+                2 => &[0x86, 0xdd],
+                _ => &[8, 6],
+            };
+            buf[12..14].copy_from_slice(ethertype);
         }
         let _ = r.from_pod(1, &mut VnetHdr::default(), &mut buf, len);
         let _ = r.from_uplink(&mut VnetHdr::default(), &mut buf, len.min(1000));
@@ -487,5 +501,474 @@ fn oversized_packet_without_df_is_dropped_too_big() {
     assert_eq!(
         r.from_pod(1, &mut VnetHdr::default(), &mut buf, len),
         Verdict::Drop(DropReason::TooBig)
+    );
+}
+
+// ---- IPv6 ----
+
+/// Writes an Ethernet + IPv6 + UDP frame with `payload_len` bytes of payload; returns its length.
+fn udp6_frame(
+    buf: &mut [u8],
+    src_mac: MacAddr,
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    hops: u8,
+    payload_len: usize,
+) -> usize {
+    ethernet::write_header(buf, GATEWAY_MAC, src_mac, ethernet::ETHERTYPE_IPV6);
+    ipv6::emit_header(
+        &mut buf[14..],
+        src,
+        dst,
+        ipv6::NEXT_UDP,
+        hops,
+        8 + payload_len,
+    );
+    let udp = &mut buf[54..54 + 8 + payload_len];
+    udp[0..2].copy_from_slice(&4000u16.to_be_bytes());
+    udp[2..4].copy_from_slice(&5000u16.to_be_bytes());
+    udp[4..6].copy_from_slice(&((8 + payload_len) as u16).to_be_bytes());
+    udp[6..8].copy_from_slice(&[0, 0]);
+    for (i, b) in udp[8..].iter_mut().enumerate() {
+        *b = i as u8;
+    }
+    54 + 8 + payload_len
+}
+
+/// Writes a neighbor solicitation for `target` as Linux sends it: to the solicited-node
+/// multicast address (or to `target` itself for a reachability probe), hop limit 255, with a
+/// source link-layer option unless the source is unspecified.
+fn ns_frame(
+    buf: &mut [u8],
+    src_mac: MacAddr,
+    src: Ipv6Addr,
+    target: Ipv6Addr,
+    unicast: bool,
+) -> usize {
+    let dst = if unicast {
+        target
+    } else {
+        ipv6::solicited_node(&target)
+    };
+    let dst_mac = if unicast {
+        GATEWAY_MAC
+    } else {
+        let o = dst.octets();
+        MacAddr([0x33, 0x33, o[12], o[13], o[14], o[15]])
+    };
+    ethernet::write_header(buf, dst_mac, src_mac, ethernet::ETHERTYPE_IPV6);
+    let mut icmp = vec![icmpv6::TYPE_NEIGHBOR_SOLICIT, 0, 0, 0, 0, 0, 0, 0];
+    icmp.extend_from_slice(&target.octets());
+    if !src.is_unspecified() {
+        icmp.extend_from_slice(&[icmpv6::OPT_SOURCE_LL_ADDR, 1]);
+        icmp.extend_from_slice(&src_mac.0);
+    }
+    let c = icmpv6::checksum(src, dst, &icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    ipv6::emit_header(&mut buf[14..], src, dst, ipv6::NEXT_ICMPV6, 255, icmp.len());
+    buf[54..54 + icmp.len()].copy_from_slice(&icmp);
+    54 + icmp.len()
+}
+
+#[test]
+fn neighbor_solicitation_for_any_address_is_answered_with_the_gateway_mac() {
+    let r = router();
+    // (source, target, unicast probe, what it covers)
+    let table = [
+        (IP6_A, GW6, false, "the gateway, from the pod's address"),
+        (
+            LL_A,
+            GW6,
+            false,
+            "the gateway, from the pod's link-local address",
+        ),
+        (IP6_A, IP6_B, false, "another pod on the link"),
+        (IP6_A, OUTSIDE6, false, "an address off the node"),
+        (
+            LL_A,
+            GATEWAY_LINK_LOCAL,
+            false,
+            "the gateway's link-local address",
+        ),
+        (IP6_A, GW6, true, "a unicast reachability probe"),
+    ];
+    for (src, target, unicast, what) in table {
+        let mut buf = buffer();
+        let len = ns_frame(&mut buf, MAC_A, src, target, unicast);
+        let Verdict::Reply {
+            len: rlen,
+            dropped: None,
+        } = r.from_pod(1, &mut VnetHdr::default(), &mut buf, len)
+        else {
+            panic!("{what}: expected a neighbor advertisement");
+        };
+        assert_eq!(rlen, 14 + icmpv6::NEIGHBOR_ADVERT_LEN, "{what}");
+        let eth = EthernetFrame::new_checked(&buf[..rlen]).unwrap();
+        assert_eq!(
+            (eth.dst(), eth.src(), eth.ethertype()),
+            (MAC_A, GATEWAY_MAC, ethernet::ETHERTYPE_IPV6),
+            "{what}"
+        );
+        let ip = Ipv6Packet::new_checked(&buf[14..rlen]).unwrap();
+        assert_eq!(
+            (ip.src_addr(), ip.dst_addr(), ip.hop_limit()),
+            (target, src, 255),
+            "{what}"
+        );
+        let na = ip.payload();
+        assert_eq!(icmpv6::checksum(target, src, na), 0, "{what}: checksum");
+        assert_eq!(na[0], icmpv6::TYPE_NEIGHBOR_ADVERT, "{what}");
+        assert_eq!(na[4] & 0x60, 0x60, "{what}: solicited and override");
+        assert_eq!(&na[8..24], &target.octets(), "{what}");
+        assert_eq!(
+            &na[26..32],
+            &GATEWAY_MAC.0,
+            "{what}: target link-layer option"
+        );
+    }
+}
+
+#[test]
+fn duplicate_address_detection_and_own_addresses_are_not_answered() {
+    let r = router();
+    for (src, target) in [
+        (Ipv6Addr::UNSPECIFIED, IP6_A),
+        (Ipv6Addr::UNSPECIFIED, LL_A),
+        (IP6_A, IP6_A),
+        (LL_A, IP6_A),
+    ] {
+        let mut buf = buffer();
+        let len = ns_frame(&mut buf, MAC_A, src, target, false);
+        assert_eq!(
+            r.from_pod(1, &mut VnetHdr::default(), &mut buf, len),
+            Verdict::Consumed,
+            "{src} asking for {target}"
+        );
+    }
+}
+
+#[test]
+fn neighbor_solicitation_with_another_mac_is_spoofed() {
+    let r = router();
+    let mut buf = buffer();
+    let len = ns_frame(&mut buf, MAC_A, IP6_A, GW6, false);
+    // Rewrite the source link-layer option to pod B's MAC and fix the checksum.
+    let dst = ipv6::solicited_node(&GW6);
+    buf[54 + 26..54 + 32].copy_from_slice(&MAC_B.0);
+    buf[54 + 2..54 + 4].copy_from_slice(&[0, 0]);
+    let c = icmpv6::checksum(IP6_A, dst, &buf[54..len]);
+    buf[54 + 2..54 + 4].copy_from_slice(&c.to_be_bytes());
+    assert_eq!(
+        r.from_pod(1, &mut VnetHdr::default(), &mut buf, len),
+        Verdict::Drop(DropReason::Spoofed)
+    );
+    // And from another pod's IPv6 address.
+    let len = ns_frame(&mut buf, MAC_A, IP6_B, GW6, false);
+    assert_eq!(
+        r.from_pod(1, &mut VnetHdr::default(), &mut buf, len),
+        Verdict::Drop(DropReason::Spoofed)
+    );
+}
+
+#[test]
+fn router_solicitations_and_mld_reports_are_consumed() {
+    let r = router();
+    // A router solicitation from the link-local address to all-routers.
+    let mut buf = buffer();
+    ethernet::write_header(
+        &mut buf,
+        MacAddr([0x33, 0x33, 0, 0, 0, 2]),
+        MAC_A,
+        ethernet::ETHERTYPE_IPV6,
+    );
+    let all_routers = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 2);
+    ipv6::emit_header(&mut buf[14..], LL_A, all_routers, ipv6::NEXT_ICMPV6, 255, 8);
+    buf[54..62].copy_from_slice(&[icmpv6::TYPE_ROUTER_SOLICIT, 0, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(
+        r.from_pod(1, &mut VnetHdr::default(), &mut buf, 62),
+        Verdict::Consumed
+    );
+    // An MLDv2 report from the unspecified address, behind a hop-by-hop router alert.
+    let mldv2 = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0x16);
+    ipv6::emit_header(&mut buf[14..], Ipv6Addr::UNSPECIFIED, mldv2, 0, 1, 8 + 8);
+    buf[54..62].copy_from_slice(&[ipv6::NEXT_ICMPV6, 0, 5, 2, 0, 0, 1, 0]);
+    buf[62..70].copy_from_slice(&[icmpv6::TYPE_MLDV2_REPORT, 0, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(
+        r.from_pod(1, &mut VnetHdr::default(), &mut buf, 70),
+        Verdict::Consumed
+    );
+}
+
+#[test]
+fn ipv6_from_a_foreign_source_is_spoofed_and_link_local_stays_on_the_link() {
+    let r = router();
+    let mut buf = buffer();
+    let len = udp6_frame(&mut buf, MAC_A, IP6_B, OUTSIDE6, 64, 10);
+    assert_eq!(
+        r.from_pod(1, &mut VnetHdr::default(), &mut buf, len),
+        Verdict::Drop(DropReason::Spoofed)
+    );
+    let len = udp6_frame(&mut buf, MAC_B, IP6_A, OUTSIDE6, 64, 10);
+    assert_eq!(
+        r.from_pod(1, &mut VnetHdr::default(), &mut buf, len),
+        Verdict::Drop(DropReason::Spoofed),
+        "foreign MAC"
+    );
+    let len = udp6_frame(&mut buf, MAC_A, LL_A, IP6_B, 64, 10);
+    assert_eq!(
+        r.from_pod(1, &mut VnetHdr::default(), &mut buf, len),
+        Verdict::Drop(DropReason::NoRoute),
+        "a link-local source is never forwarded"
+    );
+    let len = udp6_frame(&mut buf, MAC_A, Ipv6Addr::UNSPECIFIED, IP6_B, 64, 10);
+    assert_eq!(
+        r.from_pod(1, &mut VnetHdr::default(), &mut buf, len),
+        Verdict::Drop(DropReason::Spoofed),
+        "the unspecified source is only for neighbor discovery"
+    );
+}
+
+#[test]
+fn ipv6_pod_to_pod_is_switched_with_hop_limit_decremented() {
+    let r = router();
+    let mut buf = buffer();
+    let len = udp6_frame(&mut buf, MAC_A, IP6_A, IP6_B, 64, 100);
+    let mut v = VnetHdr {
+        flags: vnet::FLAG_NEEDS_CSUM,
+        csum_start: 54,
+        csum_offset: 6,
+        ..VnetHdr::default()
+    };
+    assert_eq!(
+        r.from_pod(1, &mut v, &mut buf, len),
+        Verdict::ToPod { id: 2, len }
+    );
+    let eth = EthernetFrame::new_checked(&buf[..len]).unwrap();
+    assert_eq!(
+        (eth.dst(), eth.src(), eth.ethertype()),
+        (MAC_B, GATEWAY_MAC, ethernet::ETHERTYPE_IPV6)
+    );
+    assert_eq!(
+        Ipv6Packet::new_checked(&buf[14..len]).unwrap().hop_limit(),
+        63
+    );
+    assert_eq!(v.csum_start, 54);
+}
+
+#[test]
+fn ipv6_off_pod_traffic_goes_to_the_uplink_with_tun_offsets() {
+    let r = router();
+    let mut buf = buffer();
+    let len = udp6_frame(&mut buf, MAC_A, IP6_A, OUTSIDE6, 64, 100);
+    // Ethernet padding after the packet is trimmed too.
+    let mut v = VnetHdr {
+        flags: vnet::FLAG_NEEDS_CSUM,
+        csum_start: 54,
+        csum_offset: 6,
+        ..VnetHdr::default()
+    };
+    assert_eq!(
+        r.from_pod(1, &mut v, &mut buf, len + 6),
+        Verdict::ToUplink { len }
+    );
+    assert_eq!(v.csum_start, 40, "a TUN counts from the IP header");
+    assert_eq!(
+        Ipv6Packet::new_checked(&buf[14..len]).unwrap().hop_limit(),
+        63
+    );
+}
+
+#[test]
+fn hop_limit_one_gets_time_exceeded_from_the_ipv6_gateway() {
+    let r = router();
+    let mut buf = buffer();
+    let len = udp6_frame(&mut buf, MAC_A, IP6_A, IP6_B, 1, 100);
+    let original: Vec<u8> = buf[14..len].to_vec();
+    let mut v = VnetHdr::default();
+    let Verdict::Reply { len: rlen, dropped } = r.from_pod(1, &mut v, &mut buf, len) else {
+        panic!("expected an ICMPv6 reply");
+    };
+    assert_eq!(dropped, Some(DropReason::TtlExceeded));
+    let eth = EthernetFrame::new_checked(&buf[..rlen]).unwrap();
+    assert_eq!((eth.dst(), eth.src()), (MAC_A, GATEWAY_MAC));
+    let ip = Ipv6Packet::new_checked(&buf[14..rlen]).unwrap();
+    assert_eq!(
+        (ip.src_addr(), ip.dst_addr(), ip.next_header()),
+        (GW6, IP6_A, ipv6::NEXT_ICMPV6)
+    );
+    let icmp = ip.payload();
+    assert_eq!((icmp[0], icmp[1]), (icmpv6::TYPE_TIME_EXCEEDED, 0));
+    assert_eq!(icmpv6::checksum(GW6, IP6_A, icmp), 0, "checksum verifies");
+    assert_eq!(
+        &icmp[8..],
+        &original[..],
+        "the whole short original is quoted"
+    );
+}
+
+#[test]
+fn no_icmpv6_error_about_an_icmpv6_error() {
+    let r = router();
+    let mut buf = buffer();
+    let len = udp6_frame(&mut buf, MAC_A, IP6_A, IP6_B, 1, 20);
+    buf[14 + 6] = ipv6::NEXT_ICMPV6;
+    buf[54] = icmpv6::TYPE_TIME_EXCEEDED;
+    assert_eq!(
+        r.from_pod(1, &mut VnetHdr::default(), &mut buf, len),
+        Verdict::Drop(DropReason::TtlExceeded)
+    );
+}
+
+#[test]
+fn oversized_ipv6_gets_packet_too_big_but_gso_frames_pass() {
+    let r = router();
+    let mut buf = buffer();
+    let len = udp6_frame(&mut buf, MAC_A, IP6_A, IP6_B, 64, 3000);
+    let Verdict::Reply { len: rlen, dropped } =
+        r.from_pod(1, &mut VnetHdr::default(), &mut buf, len)
+    else {
+        panic!("expected packet too big");
+    };
+    assert_eq!(dropped, Some(DropReason::FragNeeded));
+    assert_eq!(rlen - 14, 1280, "an ICMPv6 error fills the minimum MTU");
+    let ip = Ipv6Packet::new_checked(&buf[14..rlen]).unwrap();
+    let icmp = ip.payload();
+    assert_eq!((icmp[0], icmp[1]), (icmpv6::TYPE_PACKET_TOO_BIG, 0));
+    assert_eq!(
+        u32::from_be_bytes([icmp[4], icmp[5], icmp[6], icmp[7]]),
+        1500
+    );
+    assert_eq!(icmpv6::checksum(GW6, IP6_A, icmp), 0);
+
+    let len = udp6_frame(&mut buf, MAC_A, IP6_A, IP6_B, 64, 60000);
+    let mut v = VnetHdr {
+        gso_type: vnet::GSO_UDP_L4,
+        gso_size: 1452,
+        ..VnetHdr::default()
+    };
+    assert_eq!(
+        r.from_pod(1, &mut v, &mut buf, len),
+        Verdict::ToPod { id: 2, len }
+    );
+}
+
+#[test]
+fn ipv6_offload_headers_that_lie_are_malformed() {
+    let r = router();
+    // (vnet header for a 100-byte UDP pod A -> pod B IPv6 frame, what it covers)
+    let table = [
+        (
+            VnetHdr {
+                flags: vnet::FLAG_NEEDS_CSUM,
+                csum_start: 40,
+                csum_offset: 6,
+                ..Default::default()
+            },
+            "checksum start inside the IPv6 header",
+        ),
+        (
+            VnetHdr {
+                gso_type: vnet::GSO_TCPV6,
+                gso_size: 1440,
+                ..Default::default()
+            },
+            "TCP segmentation of a UDP packet",
+        ),
+        (
+            VnetHdr {
+                gso_type: vnet::GSO_TCPV4,
+                gso_size: 1440,
+                ..Default::default()
+            },
+            "IPv4 segmentation of an IPv6 packet",
+        ),
+    ];
+    for (mut v, what) in table {
+        let mut buf = buffer();
+        let len = udp6_frame(&mut buf, MAC_A, IP6_A, IP6_B, 64, 100);
+        assert_eq!(
+            r.from_pod(1, &mut v, &mut buf, len),
+            Verdict::Drop(DropReason::Malformed),
+            "{what}"
+        );
+    }
+}
+
+#[test]
+fn malformed_ipv6_frames_are_dropped() {
+    let r = router();
+    type Mutation = fn(&mut [u8], &mut usize);
+    let table: [(Mutation, &str); 3] = [
+        (|_, len| *len = 14 + 39, "shorter than an IPv6 header"),
+        (|b, _| b[14] = 0x45, "IP version 4 in an IPv6 ethertype"),
+        (|_, len| *len -= 1, "payload length beyond the frame"),
+    ];
+    for (mutate, what) in table {
+        let mut buf = buffer();
+        let mut len = udp6_frame(&mut buf, MAC_A, IP6_A, IP6_B, 64, 10);
+        mutate(&mut buf, &mut len);
+        assert_eq!(
+            r.from_pod(1, &mut VnetHdr::default(), &mut buf, len),
+            Verdict::Drop(DropReason::Malformed),
+            "{what}"
+        );
+    }
+}
+
+#[test]
+fn uplink_ipv6_packet_for_a_pod_gets_its_ethernet_header() {
+    let r = router();
+    let mut buf = buffer();
+    let len = udp6_frame(&mut buf, GATEWAY_MAC, OUTSIDE6, IP6_B, 63, 100);
+    buf[..14].fill(0xa5);
+    let mut v = VnetHdr {
+        flags: vnet::FLAG_NEEDS_CSUM,
+        csum_start: 40,
+        csum_offset: 6,
+        ..VnetHdr::default()
+    };
+    assert_eq!(
+        r.from_uplink(&mut v, &mut buf, len - 14),
+        Verdict::ToPod { id: 2, len }
+    );
+    let eth = EthernetFrame::new_checked(&buf[..len]).unwrap();
+    assert_eq!(
+        (eth.dst(), eth.src(), eth.ethertype()),
+        (MAC_B, GATEWAY_MAC, ethernet::ETHERTYPE_IPV6)
+    );
+    assert_eq!(v.csum_start, 54);
+    assert_eq!(
+        Ipv6Packet::new_checked(&buf[14..len]).unwrap().hop_limit(),
+        63,
+        "the node already routed it"
+    );
+}
+
+#[test]
+fn uplink_ipv6_for_nobody_or_multicast_has_no_route() {
+    let r = router();
+    let mut buf = buffer();
+    let nobody = Ipv6Addr::new(0xfd00, 0x10, 0x244, 1, 0, 0, 0, 0x99);
+    let all_routers = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 2);
+    for dst in [nobody, all_routers] {
+        let len = udp6_frame(&mut buf, GATEWAY_MAC, GW6, dst, 255, 10);
+        assert_eq!(
+            r.from_uplink(&mut VnetHdr::default(), &mut buf, len - 14),
+            Verdict::Drop(DropReason::NoRoute),
+            "{dst}"
+        );
+    }
+}
+
+#[test]
+fn removed_pod_loses_its_ipv6_route() {
+    let mut r = router();
+    assert!(r.remove(2).is_some());
+    let mut buf = buffer();
+    let len = udp6_frame(&mut buf, MAC_A, IP6_A, IP6_B, 64, 10);
+    assert_eq!(
+        r.from_pod(1, &mut VnetHdr::default(), &mut buf, len),
+        Verdict::ToUplink { len },
+        "with pod B gone its address is somebody else's business: the node's"
     );
 }

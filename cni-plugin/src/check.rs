@@ -1,0 +1,284 @@
+//! CNI CHECK: is the attachment still what ADD made of it? Compares the device in the pod's
+//! netns (a netstack TAP, its MAC, addresses and routes) and netstackd's record of the
+//! attachment with `prevResult`, after asking the IPAM plugin to check its own allocation.
+//! Every difference is reported (code 101), each naming what differs; things added later by
+//! chained plugins (more addresses, more routes) are not differences.
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use ipnet::IpNet;
+use netstackd::control::{AttachmentKey, Reply, Request};
+use netstackd::netlink::Netlink;
+use netstackd::netns::run_in_netns;
+use netstackd::wire::MacAddr;
+
+use crate::add::{connect, control_error, netns_error};
+use crate::config::NetConf;
+use crate::result::{PrevResult, Route};
+use crate::skel::CniEnv;
+use crate::{ipam, CniError};
+
+/// What `prevResult` says about our interface.
+#[derive(Debug, Clone)]
+struct Expected {
+    mac: Option<MacAddr>,
+    addrs: Vec<IpNet>,
+    routes: Vec<Route>,
+}
+
+/// Picks our interface out of `prev`: the one named `CNI_IFNAME` in `netns`.
+fn expected(prev: &PrevResult, ifname: &str, netns: &Path) -> Result<Expected, CniError> {
+    let netns_str = netns.display().to_string();
+    let index = prev
+        .interfaces
+        .iter()
+        .position(|i| i.name == ifname && i.sandbox.as_deref() == Some(netns_str.as_str()))
+        .ok_or_else(|| {
+            CniError::Mismatch(vec![format!(
+                "prevResult has no interface {ifname} in sandbox {netns_str}"
+            )])
+        })?;
+    let mac = match prev.interfaces[index].mac.as_deref() {
+        Some(m) => Some(m.parse::<MacAddr>().map_err(|_| {
+            CniError::Decode(format!("prevResult: interface {ifname} has MAC {m:?}"))
+        })?),
+        None => None,
+    };
+    let addrs = prev
+        .ips
+        .iter()
+        .filter(|ip| ip.interface == Some(index))
+        .map(|ip| ip.address)
+        .collect();
+    Ok(Expected {
+        mac,
+        addrs,
+        routes: prev.routes.clone(),
+    })
+}
+
+/// What is really in the netns: (is a TUN/TAP, MAC, addresses, routes as (dst, gw)).
+type Observed = (
+    bool,
+    Option<[u8; 6]>,
+    Vec<IpNet>,
+    Vec<(IpNet, Option<IpAddr>)>,
+);
+
+fn observe(netns: &Path, ifname: &str) -> Result<Option<Observed>, CniError> {
+    let name = ifname.to_owned();
+    run_in_netns(netns, move || -> Result<Option<Observed>, String> {
+        let nl = Netlink::new().map_err(|e| e.to_string())?;
+        let Some(info) = nl.link_info(&name).map_err(|e| e.to_string())? else {
+            return Ok(None);
+        };
+        let addrs = nl.addresses(info.index).map_err(|e| e.to_string())?;
+        let mut routes: Vec<(IpNet, Option<IpAddr>)> = Vec::new();
+        for (dst, gw, _) in nl
+            .routes_v4()
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .chain(nl.routes_v6().map_err(|e| e.to_string())?)
+        {
+            routes.push((dst, gw));
+        }
+        Ok(Some((
+            info.kind.as_deref() == Some("tun"),
+            info.mac,
+            addrs,
+            routes,
+        )))
+    })
+    .map_err(netns_error)?
+    .map_err(|e| CniError::Setup(format!("reading {ifname} in {}: {e}", netns.display())))
+}
+
+/// The differences between what `prevResult` says and what the netns holds.
+fn compare_netns(want: &Expected, ifname: &str, seen: Option<Observed>) -> Vec<String> {
+    let Some((is_tap, mac, addrs, routes)) = seen else {
+        return vec![format!("interface {ifname} does not exist in the netns")];
+    };
+    let mut diffs = Vec::new();
+    if !is_tap {
+        diffs.push(format!("interface {ifname} is not a netstack TAP"));
+    }
+    if let Some(want_mac) = want.mac {
+        if mac != Some(want_mac.0) {
+            let got = mac.map_or("none".to_owned(), |m| MacAddr(m).to_string());
+            diffs.push(format!(
+                "interface {ifname} has MAC {got}, prevResult says {want_mac}"
+            ));
+        }
+    }
+    for a in &want.addrs {
+        if !addrs.contains(a) {
+            diffs.push(format!("address {a} is missing from {ifname}"));
+        }
+    }
+    for r in &want.routes {
+        let dst = r.dst.trunc();
+        let found = routes
+            .iter()
+            .any(|(d, gw)| *d == dst && (r.gw.is_none() || *gw == r.gw));
+        if !found {
+            let via = r.gw.map(|g| format!(" via {g}")).unwrap_or_default();
+            diffs.push(format!("route {dst}{via} is missing"));
+        }
+    }
+    diffs
+}
+
+/// The differences between `prevResult` and netstackd's record of the attachment.
+fn compare_daemon(
+    conf: &NetConf,
+    key: &AttachmentKey,
+    netns: &Path,
+    want: &Expected,
+) -> Result<Vec<String>, CniError> {
+    let mut client = connect(&conf.socket())?;
+    let pods = match client.call(&Request::List, &[]).map_err(control_error)? {
+        Reply::List { pods } => pods,
+        other => return Err(CniError::Setup(format!("unexpected list reply {other:?}"))),
+    };
+    let Some(pod) = pods.iter().find(|p| p.key == *key) else {
+        return Ok(vec![format!(
+            "netstackd does not hold the attachment {key}"
+        )]);
+    };
+    let mut diffs = Vec::new();
+    if pod.netns != netns {
+        diffs.push(format!(
+            "netstackd serves {key} in netns {}, not {}",
+            pod.netns.display(),
+            netns.display()
+        ));
+    }
+    if let Some(mac) = want.mac {
+        if pod.mac != mac {
+            diffs.push(format!(
+                "netstackd allows MAC {} for {key}, prevResult says {mac}",
+                pod.mac
+            ));
+        }
+    }
+    for a in &want.addrs {
+        if !pod.ips.iter().any(|p| p.addr() == a.addr()) {
+            diffs.push(format!("netstackd does not route {} to {key}", a.addr()));
+        }
+    }
+    Ok(diffs)
+}
+
+/// CHECK.
+pub fn cmd_check(env: &CniEnv, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
+    let netns = env.netns.as_deref().ok_or(CniError::InvalidEnv {
+        var: "CNI_NETNS",
+        reason: "not set".into(),
+    })?;
+    let prev_raw = conf
+        .prev_result
+        .as_ref()
+        .ok_or_else(|| CniError::InvalidConfig("CHECK needs prevResult".into()))?;
+    let prev: PrevResult = serde_json::from_value(prev_raw.clone())
+        .map_err(|e| CniError::Decode(format!("prevResult: {e}")))?;
+    let want = expected(&prev, &env.ifname, netns)?;
+    let ipam_conf = conf
+        .ipam
+        .as_ref()
+        .ok_or_else(|| CniError::InvalidConfig("an ipam section is required".into()))?;
+    // The IPAM plugin checks its own allocation first (SPEC.md: CHECK is delegated).
+    ipam::check(env, &ipam_conf.plugin_type, stdin)?;
+
+    if !netns.exists() {
+        return Err(CniError::ContainerUnknown(format!(
+            "netns {} does not exist",
+            netns.display()
+        )));
+    }
+    let mut diffs = compare_netns(&want, &env.ifname, observe(netns, &env.ifname)?);
+    let key = AttachmentKey {
+        container_id: env.container_id.clone(),
+        ifname: env.ifname.clone(),
+    };
+    diffs.extend(compare_daemon(conf, &key, netns, &want)?);
+    if diffs.is_empty() {
+        Ok(())
+    } else {
+        Err(CniError::Mismatch(diffs))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prev() -> PrevResult {
+        serde_json::from_str(
+            r#"{"cniVersion":"1.0.0",
+                "interfaces":[{"name":"eth0","mac":"0a:58:0a:f4:01:05","sandbox":"/run/netns/p"}],
+                "ips":[{"address":"10.244.1.5/24","gateway":"10.244.1.1","interface":0}],
+                "routes":[{"dst":"0.0.0.0/0","gw":"10.244.1.1"}]}"#,
+        )
+        .unwrap()
+    }
+
+    fn observed() -> Observed {
+        (
+            true,
+            Some([0x0a, 0x58, 10, 244, 1, 5]),
+            vec!["10.244.1.5/24".parse().unwrap()],
+            vec![
+                (
+                    "0.0.0.0/0".parse().unwrap(),
+                    Some("10.244.1.1".parse().unwrap()),
+                ),
+                ("10.244.1.0/24".parse().unwrap(), None),
+            ],
+        )
+    }
+
+    #[test]
+    fn a_matching_netns_has_no_differences() {
+        let want = expected(&prev(), "eth0", Path::new("/run/netns/p")).unwrap();
+        assert!(compare_netns(&want, "eth0", Some(observed())).is_empty());
+    }
+
+    #[test]
+    fn each_difference_is_named() {
+        let want = expected(&prev(), "eth0", Path::new("/run/netns/p")).unwrap();
+        // (change to the netns, text expected in the difference)
+        type Change = fn(&mut Observed);
+        let table: [(Change, &str); 4] = [
+            (|o| o.0 = false, "is not a netstack TAP"),
+            (
+                |o| o.1 = Some([2, 0, 0, 0, 0, 1]),
+                "has MAC 02:00:00:00:00:01",
+            ),
+            (|o| o.2.clear(), "address 10.244.1.5/24 is missing"),
+            (
+                |o| o.3.truncate(0),
+                "route 0.0.0.0/0 via 10.244.1.1 is missing",
+            ),
+        ];
+        for (change, text) in table {
+            let mut o = observed();
+            change(&mut o);
+            let diffs = compare_netns(&want, "eth0", Some(o));
+            assert_eq!(diffs.len(), 1, "{text}: {diffs:?}");
+            assert!(diffs[0].contains(text), "{text}: {diffs:?}");
+        }
+        assert_eq!(
+            compare_netns(&want, "eth0", None),
+            vec!["interface eth0 does not exist in the netns".to_owned()]
+        );
+    }
+
+    #[test]
+    fn prev_result_must_name_our_interface() {
+        let e = expected(&prev(), "eth1", Path::new("/run/netns/p")).unwrap_err();
+        assert_eq!(e.code(), 101);
+        let e = expected(&prev(), "eth0", Path::new("/run/netns/other")).unwrap_err();
+        assert!(e.to_string().contains("sandbox /run/netns/other"));
+    }
+}

@@ -1,0 +1,196 @@
+#!/usr/bin/env bash
+# The Kubernetes install, checked without a cluster: every manifest parses and validates
+# against the Kubernetes OpenAPI schemas (kubernetes-validate from PyPI, pinned, strict: no
+# unknown fields) for the oldest and newest API versions netstack supports; the pieces agree
+# with each other (ConfigMap keys, service account, RBAC, host paths, probes, the image's
+# entrypoint, netstackd's flags); the ConfigMap's conflist template is the one in
+# manifests/10-netstack.conflist (the one the multi-node e2e installs and uses) and renders
+# for a node; the kind e2e's config parses. Run by scripts/test.sh.
+#
+#   e2e/test_manifests.sh --sync   rewrites the ConfigMap's copy of the conflist template from
+#                                  manifests/10-netstack.conflist, then checks.
+set -uo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BIN=${NETSTACK_BIN:-$ROOT/target/release}
+M=$ROOT/manifests
+VALIDATOR_VERSION=1.37.0
+K8S_VERSIONS=(1.30.0 1.37.0)
+VENV=${NETSTACK_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/netstack}/kubernetes-validate-$VALIDATOR_VERSION
+WORK=$(mktemp -d /tmp/netstack-manifests.XXXXXX)
+trap 'rm -rf "$WORK"' EXIT
+
+FAILS=0
+PASSES=0
+log() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+ok() { PASSES=$((PASSES + 1)); printf '  ok   %s\n' "$1"; }
+fail() { FAILS=$((FAILS + 1)); printf '  FAIL %s\n' "$1"; }
+check() { local what=$1; shift; if "$@" >"$WORK/out" 2>&1; then ok "$what"; else fail "$what"; sed 's/^/       /' "$WORK/out"; fi; }
+
+PY=python3
+[ -x /usr/bin/python3 ] && PY=/usr/bin/python3
+
+if [ "${1:-}" = --sync ]; then
+  "$PY" - "$M" <<'EOF'
+import re, sys
+m = sys.argv[1]
+conf = open(f"{m}/10-netstack.conflist").read()
+path = f"{m}/02-config.yaml"
+text = open(path).read()
+head = text[: text.index("  10-netstack.conflist: |\n")]
+body = "".join("    " + l if l.strip() else l for l in conf.splitlines(True))
+open(path, "w").write(head + "  10-netstack.conflist: |\n" + body)
+print(f"rewrote the template in {path}")
+EOF
+fi
+
+log "kubernetes-validate $VALIDATOR_VERSION (PyPI) in $VENV"
+if [ ! -x "$VENV/bin/kubernetes-validate" ]; then
+  rm -rf "$VENV"
+  "$PY" -m venv "$VENV" && "$VENV/bin/pip" install -q --disable-pip-version-check \
+    "kubernetes-validate==$VALIDATOR_VERSION" >"$WORK/pip.log" 2>&1 \
+    || { cat "$WORK/pip.log" >&2; rm -rf "$VENV"; }
+fi
+check "kubernetes-validate $VALIDATOR_VERSION installed" test -x "$VENV/bin/kubernetes-validate"
+VPY=$VENV/bin/python
+
+log "schemas"
+for v in "${K8S_VERSIONS[@]}"; do
+  check "all manifests validate (strict) against Kubernetes $v" \
+    "$VENV/bin/kubernetes-validate" --strict --quiet -k "$v" "$M"/*.yaml
+done
+# The validator must be able to say no: a DaemonSet with a misspelt field.
+sed 's/imagePullPolicy:/imagePulPolicy:/' "$M/03-daemonset.yaml" >"$WORK/bad.yaml"
+if "$VENV/bin/kubernetes-validate" --strict --quiet -k "${K8S_VERSIONS[0]}" "$WORK/bad.yaml" >/dev/null 2>&1; then
+  fail "the validator rejects a misspelt field"
+else
+  ok "the validator rejects a misspelt field"
+fi
+
+log "the pieces agree"
+"$BIN/netstackd" --help >"$WORK/netstackd-help.txt" 2>&1 || true
+check "netstackd --help runs (release build present)" test -s "$WORK/netstackd-help.txt"
+check "manifests are consistent with each other, the image and netstackd" \
+  "$VPY" - "$M" "$ROOT/Containerfile" "$WORK/netstackd-help.txt" <<'EOF'
+import json, re, sys, yaml
+m, containerfile, helpfile = sys.argv[1:4]
+docs = []
+for name in ["00-namespace.yaml", "01-rbac.yaml", "02-config.yaml", "03-daemonset.yaml"]:
+    docs += [d for d in yaml.safe_load_all(open(f"{m}/{name}")) if d]
+by = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+errors = []
+def need(cond, msg):
+    if not cond:
+        errors.append(msg)
+
+ns = by[("Namespace", "netstack")]["metadata"]["name"]
+sa = by[("ServiceAccount", "netstack")]
+cm = by[("ConfigMap", "netstack-config")]
+ds = by[("DaemonSet", "netstack")]
+role = by[("ClusterRole", "netstack")]
+binding = by[("ClusterRoleBinding", "netstack")]
+for d in (sa, cm, ds):
+    need(d["metadata"].get("namespace") == ns, f"{d['kind']} is not in namespace {ns}")
+
+# RBAC: read Nodes, nothing else; bound to the DaemonSet's service account.
+need(role["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]}],
+     f"ClusterRole rules: {role['rules']}")
+need(binding["roleRef"]["name"] == role["metadata"]["name"], "binding names another role")
+need({"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": ns} in binding["subjects"],
+     "binding does not name the service account")
+
+pod = ds["spec"]["template"]["spec"]
+need(ds["spec"]["selector"]["matchLabels"].items() <= ds["spec"]["template"]["metadata"]["labels"].items(),
+     "selector does not match the pod labels")
+need(pod.get("serviceAccountName") == sa["metadata"]["name"], "DaemonSet runs as another service account")
+need(pod.get("hostNetwork") is True, "DaemonSet is not hostNetwork")
+need({"operator": "Exists"} in pod.get("tolerations", []), "DaemonSet does not tolerate every taint")
+[c] = [c for c in pod["containers"] if c["name"] == "netstackd"]
+
+# Host paths the issue and the install step need, each mounted.
+host = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
+mounts = {vm["name"]: vm for vm in c["volumeMounts"]}
+for path in ["/opt/cni/bin", "/etc/cni/net.d", "/run/netstack", "/var/lib/netstack", "/run/netns", "/var/run/netns"]:
+    names = [n for n, p in host.items() if p == path]
+    need(names and names[0] in mounts, f"host path {path} is not mounted")
+for path in ["/run/netns", "/var/run/netns"]:
+    [n] = [n for n, p in host.items() if p == path]
+    need(mounts[n].get("mountPropagation") == "HostToContainer", f"{path} does not propagate new netns mounts")
+env = {e["name"]: e for e in c["env"]}
+need(env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName", "NODE_NAME is not the node's name")
+need(mounts[[n for n, p in host.items() if p == "/opt/cni/bin"][0]]["mountPath"] == env["CNI_BIN_DIR"]["value"],
+     "CNI_BIN_DIR is not where /opt/cni/bin is mounted")
+need(mounts[[n for n, p in host.items() if p == "/etc/cni/net.d"][0]]["mountPath"] == env["CNI_CONF_DIR"]["value"],
+     "CNI_CONF_DIR is not where /etc/cni/net.d is mounted")
+cfg_mount = mounts[[v["name"] for v in pod["volumes"] if v.get("configMap", {}).get("name") == cm["metadata"]["name"]][0]]
+need(env["NETSTACK_TEMPLATE"]["value"] == cfg_mount["mountPath"] + "/10-netstack.conflist",
+     "NETSTACK_TEMPLATE is not the ConfigMap's template")
+for e in c["env"]:
+    ref = e.get("valueFrom", {}).get("configMapKeyRef")
+    if ref:
+        need(ref["name"] == cm["metadata"]["name"] and ref["key"] in cm["data"], f"env {e['name']}: no key {ref['key']}")
+# Every $(VAR) in args is an env var of the container.
+for a in c["args"]:
+    for var in re.findall(r"\$\((\w+)\)", a):
+        need(var in env, f"arg {a} uses undefined $({var})")
+
+# Probes ask netstackd over its control socket.
+for probe in ["startupProbe", "livenessProbe", "readinessProbe"]:
+    cmd = c.get(probe, {}).get("exec", {}).get("command", [])
+    need(cmd[:2] == ["netstackd", "ctl"] and "status" in cmd, f"{probe} does not ask netstackd ctl status: {cmd}")
+
+# The flags the DaemonSet passes are netstackd's.
+helptext = open(helpfile).read()
+for a in c["args"]:
+    flag = a.split("=")[0]
+    need(flag.startswith("--") and re.search(rf"(^|\s){re.escape(flag)}[\s,=<]", helptext), f"netstackd has no flag {flag}")
+
+# The image provides the command, the binaries the probes and the entrypoint use, the template.
+cf = open(containerfile).read()
+need(c["command"][0] == "netstack-install" and "/usr/local/bin/netstack-install" in cf,
+     "the image does not install the entrypoint")
+for b in ["netstackd", "netstack", "netstack-hook"]:
+    need(re.search(rf"target/release/{re.escape(b)}\b", cf), f"the image does not ship {b}")
+for pkg in ["nftables", "jq", "containernetworking-plugins"]:
+    need(pkg in cf, f"the image does not install {pkg}")
+
+# The ConfigMap's template is manifests/10-netstack.conflist, byte for byte.
+need(cm["data"]["10-netstack.conflist"] == open(f"{m}/10-netstack.conflist").read(),
+     "ConfigMap 10-netstack.conflist differs from manifests/10-netstack.conflist (run e2e/test_manifests.sh --sync)")
+need(cm["data"]["masquerade"] in ("true", "false"), "masquerade is not true/false")
+
+if errors:
+    print("\n".join(errors))
+    sys.exit(1)
+EOF
+# Every COPY source of the Containerfile exists in the build context.
+missing=$(awk '/^COPY/ && !/--from/ { for (i = 2; i < NF; i++) print $i }' "$ROOT/Containerfile" | while read -r src; do [ -e "$ROOT/$src" ] || echo "$src"; done)
+check "every COPY source of the Containerfile exists ${missing:+(missing: $missing)}" test -z "$missing"
+
+log "the conflist template"
+check "10-netstack.conflist is JSON with exactly one netstack plugin" \
+  jq -e '[.plugins[] | select(.type == "netstack")] | length == 1' "$M/10-netstack.conflist"
+NETSTACK_TEMPLATE=$M/10-netstack.conflist sh "$M/install-cni.sh" render 10.244.7.0/24 >"$WORK/v4.conflist" 2>"$WORK/render.err"
+check "renders for an IPv4 node: its range only" test "$(jq -c '.plugins[0].ipam.ranges' "$WORK/v4.conflist")" = '[[{"subnet":"10.244.7.0/24"}]]'
+check "  ... without IPv6 routes" test "$(jq -c '[.plugins[0].ipam.routes[].dst]' "$WORK/v4.conflist")" = '["0.0.0.0/0"]'
+check "  ... with the default socket" test "$(jq -r '.plugins[0].socket' "$WORK/v4.conflist")" = /run/netstack/netstackd.sock
+NETSTACK_TEMPLATE=$M/10-netstack.conflist sh "$M/install-cni.sh" render 10.244.7.0/24 fd00:10:244:7::/64 >"$WORK/v6.conflist" 2>>"$WORK/render.err"
+check "renders for a dual-stack node: both ranges" test "$(jq -c '.plugins[0].ipam.ranges' "$WORK/v6.conflist")" = '[[{"subnet":"10.244.7.0/24"}],[{"subnet":"fd00:10:244:7::/64"}]]'
+echo '{"cniVersion":"1.0.0","name":"x","plugins":[{"type":"bridge"}]}' >"$WORK/nonetstack.conflist"
+if NETSTACK_TEMPLATE=$WORK/nonetstack.conflist sh "$M/install-cni.sh" render 10.244.7.0/24 >/dev/null 2>&1; then
+  fail "a template without the netstack plugin is refused"
+else
+  ok "a template without the netstack plugin is refused"
+fi
+
+log "the kind e2e's config"
+check "e2e/kind/kind.yaml parses, disables the default CNI, has two nodes" "$VPY" -c '
+import sys, yaml
+c = yaml.safe_load(open(sys.argv[1]))
+assert c["kind"] == "Cluster" and c["networking"]["disableDefaultCNI"] is True, c
+assert [n["role"] for n in c["nodes"]] == ["control-plane", "worker"], c["nodes"]
+' "$ROOT/e2e/kind/kind.yaml"
+check "e2e/kind/run.sh is valid shell" bash -n "$ROOT/e2e/kind/run.sh"
+
+echo
+echo "test_manifests: $PASSES passed, $FAILS failed"
+[ "$FAILS" -eq 0 ]

@@ -1,0 +1,284 @@
+#!/usr/bin/env bash
+# e2e: two nodes on one link, as Kubernetes would run netstack, without Kubernetes.
+#
+#   netns lan: bridge br0 ── node A (netns, 192.168.201.1)  pods 10.201.1.0/24
+#                        ├── node B (netns, 192.168.201.2)  pods 10.201.2.0/24
+#                        └── ext    (netns, 192.168.201.100: "the outside world", no routes
+#                                    to any pod CIDR)
+#
+# Each node runs the DaemonSet's entrypoint (manifests/install-cni.sh run) inside its netns:
+# it installs the CNI binaries into the node's own bin dir, starts netstackd with the shared
+# static node list (--nodes-file) and writes the conflist from manifests/10-netstack.conflist
+# once netstackd is ready. Pods are created with that conflist and those binaries. Checks:
+# host-gw routes from the list, pod-to-pod across nodes without NAT (the receiver sees the
+# sender's pod IP), egress masquerade to ext (and none where it is off), route removal and
+# re-adding as the list changes, no route churn on resyncs, drift repair, cleanup.
+# Needs root; run by scripts/test.sh.
+set -uo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BIN=${NETSTACK_BIN:-$ROOT/target/release}
+REF_CNI=/usr/lib/cni
+ID=$$
+WORK=/tmp/netstack-mn.$ID
+LAN=mn-lan-$ID
+NODE_A=mn-a-$ID
+NODE_B=mn-b-$ID
+EXT=mn-ext-$ID
+IP_NODE_A=192.168.201.1
+IP_NODE_B=192.168.201.2
+IP_EXT=192.168.201.100
+CIDR_A=10.201.1.0/24
+CIDR_B=10.201.2.0/24
+SERVICE_CIDR=10.96.0.0/12
+NETNS=()
+PIDS=()
+declare -A NODE_PID
+PODS=()
+
+FAILS=0
+PASSES=0
+log() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+ok() { PASSES=$((PASSES + 1)); printf '  ok   %s\n' "$1"; }
+fail() { FAILS=$((FAILS + 1)); printf '  FAIL %s\n' "$1"; }
+check() { local what=$1; shift; if "$@" >/dev/null 2>&1; then ok "$what"; else fail "$what"; fi; }
+check_not() { local what=$1; shift; if "$@" >/dev/null 2>&1; then fail "$what"; else ok "$what"; fi; }
+# eventually SECONDS CMD...: CMD succeeds within SECONDS.
+eventually() {
+  local deadline=$((SECONDS + $1)); shift
+  until "$@" >/dev/null 2>&1; do
+    [ "$SECONDS" -ge "$deadline" ] && return 1
+    sleep 0.2
+  done
+}
+
+cleanup() {
+  local p n
+  for p in "${PODS[@]}"; do
+    ip netns del "$p" 2>/dev/null
+  done
+  for p in "${PIDS[@]}"; do
+    kill -TERM "$p" 2>/dev/null
+  done
+  for p in "${PIDS[@]}"; do
+    wait "$p" 2>/dev/null
+  done
+  for n in "${NETNS[@]}"; do
+    ip netns del "$n" 2>/dev/null
+  done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+netns() { ip netns add "$1" && NETNS+=("$1") && ip -n "$1" link set lo up; }
+# plug NETNS ADDR PORT: eth0 in NETNS, a veth whose peer PORT is a port of the LAN bridge.
+plug() {
+  ip link add eth0 netns "$1" type veth peer name "$3" netns "$LAN"
+  ip -n "$LAN" link set "$3" master br0 up
+  ip -n "$1" addr add "$2/24" dev eth0
+  ip -n "$1" link set eth0 up
+}
+
+# node_dir NODE: that node's root (its CNI bin and conf dirs, socket, state, IPAM).
+node_dir() { printf '%s/%s' "$WORK" "$1"; }
+
+# start_node NODE NETNS [NETSTACKD ARGS...]: the DaemonSet entrypoint inside the node's netns.
+start_node() {
+  local node=$1 ns=$2 dir
+  shift 2
+  dir=$(node_dir "$node")
+  mkdir -p "$dir"
+  ip netns exec "$ns" env \
+    CNI_BIN_DIR="$dir/opt/cni/bin" CNI_CONF_DIR="$dir/etc/cni/net.d" \
+    NETSTACK_TEMPLATE="$ROOT/manifests/10-netstack.conflist" \
+    NETSTACK_SOCKET="$dir/netstackd.sock" NETSTACK_IPAM_DATA_DIR="$dir/ipam" \
+    NETSTACKD="$BIN/netstackd" NETSTACK_PLUGIN="$BIN/netstack" REF_CNI_DIR="$REF_CNI" \
+    READY_TIMEOUT=20 NETSTACK_LOG=info \
+    sh "$ROOT/manifests/install-cni.sh" run \
+      --state-dir "$dir/state" --node-name "$node" --nodes-file "$WORK/nodes.json" \
+      --nodes-file-poll-ms 200 --resync-secs 1 --metrics-addr off --workers 2 "$@" \
+    >>"$dir/log" 2>&1 &
+  PIDS+=($!)
+  NODE_PID[$node]=$!
+}
+
+conflist_of() { printf '%s/etc/cni/net.d/10-netstack.conflist' "$(node_dir "$1")"; }
+
+# cni NODE NETNS CMD POD: one plugin call through the node's installed binaries and conflist.
+cni() {
+  local dir conf
+  dir=$(node_dir "$1")
+  conf=$(jq -c '.plugins[0] + {cniVersion: .cniVersion, name: .name}' "$(conflist_of "$1")")
+  printf '%s' "$conf" | ip netns exec "$2" env CNI_COMMAND="$3" CNI_CONTAINERID="$4" \
+    CNI_NETNS="/run/netns/$4" CNI_IFNAME=eth0 CNI_PATH="$dir/opt/cni/bin" \
+    CNI_ARGS="IgnoreUnknown=1;K8S_POD_NAMESPACE=e2e;K8S_POD_NAME=$4" "$dir/opt/cni/bin/netstack"
+}
+
+# add_pod NODE NETNS POD: prints the pod's IPv4 address. Runs in a subshell ($(...)): the
+# pod's netns must already exist (new_pod), so that cleanup knows it.
+new_pod() { ip netns add "$1" && PODS+=("$1") && ip -n "$1" link set lo up; }
+add_pod() {
+  local result
+  result=$(cni "$1" "$2" ADD "$3") || { echo "ADD $3 failed: $result" >&2; return 1; }
+  jq -r '.ips[] | select(.address | test("\\.")) | .address' <<<"$result" | cut -d/ -f1
+}
+
+# peer_of NETNS ADDR PORT: serve one TCP connection on ADDR:PORT in NETNS that answers with the
+# client's address as this side sees it (background).
+peer_of() {
+  ip netns exec "$1" timeout 20 socat -T 5 "TCP-LISTEN:$3,bind=$2,reuseaddr" \
+    SYSTEM:'echo $SOCAT_PEERADDR' &
+  PIDS+=($!)
+  sleep 0.3
+}
+# ask NETNS ADDR PORT: what the peer_of server at ADDR:PORT saw as our address.
+ask() { ip netns exec "$1" timeout 5 socat -T 3 - "TCP:$2:$3" </dev/null 2>/dev/null; }
+
+routes_of() { ip -n "$1" -4 route show proto 78; }
+has_route() { routes_of "$1" | grep -q "^$2 via $3 dev eth0 *$"; }
+no_route() { ! routes_of "$1" | grep -q "^$2 "; }
+
+write_nodes() {
+  # write_nodes NAME:CIDR:IP...: the static node list, replaced atomically.
+  local entries=() spec name cidr ip
+  for spec in "$@"; do
+    IFS=: read -r name cidr ip <<<"$spec"
+    entries+=("{\"name\":\"$name\",\"podCIDRs\":[\"$cidr\"],\"internalIPs\":[\"$ip\"]}")
+  done
+  local IFS=,
+  printf '{"nodes":[%s]}\n' "${entries[*]}" >"$WORK/nodes.json.tmp"
+  mv "$WORK/nodes.json.tmp" "$WORK/nodes.json"
+}
+
+for t in "$BIN/netstackd" "$BIN/netstack" "$REF_CNI/host-local" socat jq nft; do
+  command -v "$t" >/dev/null || { echo "test_multinode: $t is missing" >&2; exit 1; }
+done
+mkdir -p "$WORK"
+
+log "topology: lan bridge, nodes A and B, ext"
+netns "$LAN"
+ip -n "$LAN" link add br0 type bridge
+ip -n "$LAN" link set br0 up
+netns "$NODE_A"; plug "$NODE_A" "$IP_NODE_A" port-a
+netns "$NODE_B"; plug "$NODE_B" "$IP_NODE_B" port-b
+netns "$EXT"; plug "$EXT" "$IP_EXT" port-ext
+check "node A reaches node B on the link" ip netns exec "$NODE_A" ping -c 1 -W 2 "$IP_NODE_B"
+
+log "install step: a netstackd that cannot start never gets a conflist"
+start_node node-x "$NODE_A" --pod-cidr 10.201.9.0/31
+wait "${NODE_PID[node-x]}"; rc=$?
+check "the entrypoint exits non-zero ($rc)" test "$rc" -ne 0
+check "no conflist written for it" test ! -e "$(conflist_of node-x)"
+check "the CNI binaries were installed before netstackd started" test -x "$(node_dir node-x)/opt/cni/bin/netstack"
+check "netstackd's failure is in the log" grep -q "too small" "$(node_dir node-x)/log"
+
+log "nodes A and B through the DaemonSet entrypoint"
+write_nodes "node-a:$CIDR_A:$IP_NODE_A" "node-b:$CIDR_B:$IP_NODE_B"
+start_node node-a "$NODE_A" --pod-cidr "$CIDR_A" --service-cidr "$SERVICE_CIDR"
+start_node node-b "$NODE_B" --pod-cidr "$CIDR_B" --masquerade=false
+check "node A's conflist is written once netstackd is ready" eventually 20 test -s "$(conflist_of node-a)"
+check "node B's conflist is written once netstackd is ready" eventually 20 test -s "$(conflist_of node-b)"
+CONF_A=$(conflist_of node-a)
+check "conflist: netstack plugin uses node A's pod CIDR only" test "$(jq -c '[.plugins[] | select(.type=="netstack") | .ipam.ranges][0]' "$CONF_A")" = "[[{\"subnet\":\"$CIDR_A\"}]]"
+check "conflist: no IPv6 route without an IPv6 range" test "$(jq -c '[.plugins[] | select(.type=="netstack") | .ipam.routes][0]' "$CONF_A")" = '[{"dst":"0.0.0.0/0"}]'
+check "conflist: the socket netstackd serves" test "$(jq -r '.plugins[0].socket' "$CONF_A")" = "$(node_dir node-a)/netstackd.sock"
+check "conflist: everything else is the template's" test "$(jq -S 'del(.plugins[0].socket, .plugins[0].ipam)' "$CONF_A")" = "$(jq -S 'del(.plugins[0].socket, .plugins[0].ipam)' "$ROOT/manifests/10-netstack.conflist")"
+for p in netstack host-local portmap loopback; do
+  check "node A's bin dir has $p" test -x "$(node_dir node-a)/opt/cni/bin/$p"
+done
+check "netstack in the bin dir is the built plugin" cmp "$BIN/netstack" "$(node_dir node-a)/opt/cni/bin/netstack"
+check "no temporary file left in the conf dir" test "$(ls -A "$(dirname "$CONF_A")")" = 10-netstack.conflist
+
+log "host-gw routes from the node list"
+check "A routes $CIDR_B via B" eventually 5 has_route "$NODE_A" "$CIDR_B" "$IP_NODE_B"
+check "B routes $CIDR_A via A" eventually 5 has_route "$NODE_B" "$CIDR_A" "$IP_NODE_A"
+check "A has no route for its own CIDR from the list" test "$(routes_of "$NODE_A" | wc -l)" = 1
+check "A masquerades its pods' traffic (table ip netstack)" eventually 5 sh -c "ip netns exec $NODE_A nft list table ip netstack | grep -q 'ip saddr $CIDR_A ip daddr != @no_masquerade masquerade'"
+# exempt NETNS ADDR: ADDR is in the node's no-masquerade set.
+exempt() { ip netns exec "$1" nft get element ip netstack no_masquerade "{ $2 }"; }
+check "A's no-masquerade set holds A's pod CIDR" exempt "$NODE_A" 10.201.1.77
+check "  ... B's pod CIDR (from the node list)" exempt "$NODE_A" 10.201.2.77
+check "  ... the service CIDR (--service-cidr)" exempt "$NODE_A" 10.100.0.1
+check_not "  ... and not the outside world" exempt "$NODE_A" "$IP_EXT"
+check_not "B has no masquerade table (--masquerade=false)" ip netns exec "$NODE_B" nft list table ip netstack
+
+log "pods through the installed plugin and conflist"
+A1=mn-a1-$ID; A2=mn-a2-$ID; B1=mn-b1-$ID
+new_pod "$A1"; new_pod "$A2"; new_pod "$B1"
+IP_A1=$(add_pod node-a "$NODE_A" "$A1") && ok "ADD pod a1 on A ($IP_A1)" || fail "ADD pod a1 on A"
+IP_A2=$(add_pod node-a "$NODE_A" "$A2") && ok "ADD pod a2 on A ($IP_A2)" || fail "ADD pod a2 on A"
+IP_B1=$(add_pod node-b "$NODE_B" "$B1") && ok "ADD pod b1 on B ($IP_B1)" || fail "ADD pod b1 on B"
+check "a1's address is in A's pod CIDR" test "${IP_A1%.*}.0/24" = "$CIDR_A"
+check "b1's address is in B's pod CIDR" test "${IP_B1%.*}.0/24" = "$CIDR_B"
+
+log "pod to pod"
+check "ping a1 -> a2 (same node)" ip netns exec "$A1" ping -c 2 -i 0.2 -W 2 "$IP_A2"
+check "ping a1 -> b1 (across nodes)" ip netns exec "$A1" ping -c 3 -i 0.2 -W 2 "$IP_B1"
+check "ping b1 -> a1 (across nodes)" ip netns exec "$B1" ping -c 3 -i 0.2 -W 2 "$IP_A1"
+peer_of "$B1" "$IP_B1" 7001
+seen=$(ask "$A1" "$IP_B1" 7001)
+check "b1 sees a1's pod IP, not node A's ($seen)" test "$seen" = "$IP_A1"
+peer_of "$A1" "$IP_A1" 7002
+seen=$(ask "$B1" "$IP_A1" 7002)
+check "a1 sees b1's pod IP ($seen)" test "$seen" = "$IP_B1"
+check "node B reaches pod a1 by its pod IP" ip netns exec "$NODE_B" ping -c 1 -W 2 "$IP_A1"
+
+log "egress masquerade"
+peer_of "$EXT" "$IP_EXT" 7003
+seen=$(ask "$A1" "$IP_EXT" 7003)
+check "ext sees node A's address for a1's connection ($seen)" test "$seen" = "$IP_NODE_A"
+check "ping a1 -> ext (masqueraded)" ip netns exec "$A1" ping -c 2 -i 0.2 -W 2 "$IP_EXT"
+check_not "ping b1 -> ext fails where masquerade is off (ext has no route to pods)" ip netns exec "$B1" ping -c 2 -i 0.2 -W 1 "$IP_EXT"
+
+log "resyncs do not touch routes that are right"
+ip -n "$NODE_A" monitor route >"$WORK/monitor-a" 2>&1 &
+mon=$!
+PIDS+=("$mon")
+sleep 3.5 # three resyncs (--resync-secs 1) and ~17 reads of the unchanged list
+kill "$mon" 2>/dev/null; wait "$mon" 2>/dev/null
+check "no route event on A across three resyncs" test ! -s "$WORK/monitor-a"
+check "A's masquerade table was not rewritten" test "$(grep -c 'egress masquerade rules written' "$(node_dir node-a)/log")" = 2
+
+log "the node list changes"
+write_nodes "node-a:$CIDR_A:$IP_NODE_A"
+check "removing node B from the list removes A's route to $CIDR_B" eventually 5 no_route "$NODE_A" "$CIDR_B"
+check_not "a1 no longer reaches b1" ip netns exec "$A1" ping -c 1 -W 1 "$IP_B1"
+check "A's no-masquerade set dropped $CIDR_B" eventually 5 sh -c "! ip netns exec $NODE_A nft get element ip netstack no_masquerade '{ 10.201.2.77 }'"
+check "B keeps its route to A (A is still listed)" has_route "$NODE_B" "$CIDR_A" "$IP_NODE_A"
+echo '{"nodes": [' >"$WORK/nodes.json.tmp" && mv "$WORK/nodes.json.tmp" "$WORK/nodes.json"
+sleep 1
+check "an invalid list changes nothing (B's route to A stays)" has_route "$NODE_B" "$CIDR_A" "$IP_NODE_A"
+check "  ... and is reported" grep -q "keeping the last list" "$(node_dir node-b)/log"
+write_nodes "node-a:$CIDR_A:$IP_NODE_A" "node-b:$CIDR_B:$IP_NODE_B"
+check "node B back in the list: A's route returns" eventually 5 has_route "$NODE_A" "$CIDR_B" "$IP_NODE_B"
+check "ping a1 -> b1 again" ip netns exec "$A1" ping -c 2 -i 0.2 -W 2 "$IP_B1"
+write_nodes "node-a:$CIDR_A:$IP_NODE_A" "node-b:$CIDR_B:192.168.201.22"
+check "node B's address changes: A's route follows in place" eventually 5 has_route "$NODE_A" "$CIDR_B" 192.168.201.22
+write_nodes "node-a:$CIDR_A:$IP_NODE_A" "node-b:$CIDR_B:$IP_NODE_B"
+check "  ... and back" eventually 5 has_route "$NODE_A" "$CIDR_B" "$IP_NODE_B"
+ip -n "$NODE_A" route del "$CIDR_B"
+check "a route deleted behind netstack's back is restored at the next resync" eventually 5 has_route "$NODE_A" "$CIDR_B" "$IP_NODE_B"
+ip -n "$NODE_A" route add 10.201.77.0/24 via "$IP_NODE_B"
+write_nodes "node-a:$CIDR_A:$IP_NODE_A" "node-b:$CIDR_B:$IP_NODE_B" "node-c:10.201.77.0/24:192.168.201.3"
+sleep 1.5
+check "a foreign route to a listed CIDR is left alone" sh -c "ip -n $NODE_A route show 10.201.77.0/24 | grep -q 'via $IP_NODE_B' && ! ip -n $NODE_A route show 10.201.77.0/24 | grep -q 'proto 78'"
+
+log "pod deletion"
+check "DEL b1" cni node-b "$NODE_B" DEL "$B1"
+check "b1's TAP is gone" sh -c "! ip -n $B1 link show eth0"
+check "B has no attachment left" test "$("$BIN/netstackd" ctl --socket "$(node_dir node-b)/netstackd.sock" --json status | jq .attachments)" = 0
+
+log "shutdown and cleanup"
+kill -TERM "${NODE_PID[node-a]}"
+wait "${NODE_PID[node-a]}"; rc=$?
+check "node A's entrypoint passes SIGTERM on and exits 0 ($rc)" test "$rc" = 0
+check_not "netstackd on A removed its masquerade table on shutdown" ip netns exec "$NODE_A" nft list table ip netstack
+check "A's routes stay across a restart" has_route "$NODE_A" "$CIDR_B" "$IP_NODE_B"
+out=$(ip netns exec "$NODE_A" "$BIN/netstackd" cleanup --socket "$(node_dir node-a)/netstackd.sock" --state-dir "$(node_dir node-a)/state" 2>&1)
+check "netstackd cleanup on A succeeds" grep -q "1 host-gw route(s) removed" <<<"$out"
+check "no netstack route left on A" test -z "$(routes_of "$NODE_A")"
+check "the foreign route is still there" sh -c "ip -n $NODE_A route show 10.201.77.0/24 | grep -q via"
+check "no uplink left on A" sh -c "! ip -n $NODE_A link show netstack0"
+
+echo
+echo "test_multinode: $PASSES passed, $FAILS failed"
+[ "$FAILS" -eq 0 ]

@@ -1,0 +1,225 @@
+//! The fifo qdisc of every egress link, and the buffers frames live in.
+//!
+//! Each worker is a dispatcher: the kernel spreads a pod's flows over its TAP queues by flow
+//! hash and worker *w* reads queue *w*, so every packet of a flow is handled by one worker and
+//! leaves through that worker's queue for the egress link — a flow never reorders. Frames are
+//! read straight into pooled slots and queued by slot index (no copy); a worker drains its
+//! queues after each batch it reads. A full queue drops the newest frame (tail drop, counted).
+//! An optional token bucket per direction shapes a pod: frames to the pod wait in its queue
+//! until the bucket allows them; frames from the pod are left in the pod's own TAP ring (the
+//! worker stops reading it), which pushes back on the sender instead of dropping.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::wire::vnet::VNET_HDR_LEN;
+
+/// Room for the largest frame a TAP or TUN hands over (64 KiB IP packet + Ethernet header).
+pub const SLOT_LEN: usize = 14 + 65535 + 3;
+
+/// One frame buffer with its virtio-net header beside it.
+pub struct Slot {
+    /// The virtio-net header to send with the frame.
+    pub vnet: [u8; VNET_HDR_LEN],
+    /// The frame.
+    pub buf: Box<[u8]>,
+    /// Where the bytes to send start (14 for the uplink TUN: no Ethernet header).
+    pub start: usize,
+    /// Where they end.
+    pub end: usize,
+}
+
+/// A worker's frame buffers. Free slots are reused last-in first-out, so a light load keeps
+/// touching the same few buffers and the resident memory stays small.
+pub struct SlotPool {
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+}
+
+impl SlotPool {
+    /// `n` slots, allocated up front (pages are only touched as frames use them).
+    pub fn new(n: usize) -> Self {
+        SlotPool {
+            slots: (0..n)
+                .map(|_| Slot {
+                    vnet: [0; VNET_HDR_LEN],
+                    buf: vec![0u8; SLOT_LEN].into_boxed_slice(),
+                    start: 0,
+                    end: 0,
+                })
+                .collect(),
+            free: (0..n as u32).rev().collect(),
+        }
+    }
+
+    /// A free slot, if any.
+    pub fn take(&mut self) -> Option<u32> {
+        self.free.pop()
+    }
+
+    /// Returns a slot.
+    pub fn put(&mut self, i: u32) {
+        debug_assert!(!self.free.contains(&i));
+        self.free.push(i);
+    }
+
+    /// A slot by index.
+    pub fn get(&self, i: u32) -> &Slot {
+        &self.slots[i as usize]
+    }
+
+    /// A slot by index, to fill.
+    pub fn get_mut(&mut self, i: u32) -> &mut Slot {
+        &mut self.slots[i as usize]
+    }
+}
+
+/// A bounded first-in first-out queue of slots for one egress link.
+pub struct FifoQueue {
+    frames: VecDeque<u32>,
+    limit: usize,
+    /// Already on the worker's list of queues to drain.
+    pub dirty: bool,
+}
+
+impl FifoQueue {
+    /// An empty queue holding at most `limit` frames.
+    pub fn new(limit: usize) -> Self {
+        FifoQueue {
+            frames: VecDeque::with_capacity(limit),
+            limit,
+            dirty: false,
+        }
+    }
+
+    /// Appends a slot; a full queue hands it back (tail drop).
+    pub fn push(&mut self, slot: u32) -> Result<(), u32> {
+        if self.frames.len() >= self.limit {
+            return Err(slot);
+        }
+        self.frames.push_back(slot);
+        Ok(())
+    }
+
+    /// The oldest slot.
+    pub fn front(&self) -> Option<u32> {
+        self.frames.front().copied()
+    }
+
+    /// Removes the oldest slot.
+    pub fn pop(&mut self) -> Option<u32> {
+        self.frames.pop_front()
+    }
+
+    /// Frames waiting.
+    pub fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// Nothing waiting?
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+}
+
+struct BucketState {
+    tokens: f64,
+    last: Instant,
+}
+
+/// A token bucket in bytes, shared by the workers serving one pod direction. Tokens may go
+/// negative by one frame (a 64 KB GSO frame is never stuck behind a small burst); the next
+/// frame then waits until the debt is paid back.
+pub struct TokenBucket {
+    rate_bytes_per_s: f64,
+    burst_bytes: f64,
+    state: Mutex<BucketState>,
+}
+
+impl TokenBucket {
+    /// A bucket for `rate_bps` bits per second with `burst_bits` of burst (at least 64 KiB);
+    /// `None` when the rate is 0 (unlimited).
+    pub fn new(rate_bps: u64, burst_bits: u64) -> Option<Self> {
+        if rate_bps == 0 {
+            return None;
+        }
+        let burst = ((burst_bits / 8) as f64).max(65536.0);
+        Some(TokenBucket {
+            rate_bytes_per_s: rate_bps as f64 / 8.0,
+            burst_bytes: burst,
+            state: Mutex::new(BucketState {
+                tokens: burst,
+                last: Instant::now(),
+            }),
+        })
+    }
+
+    fn refill(&self, s: &mut BucketState, now: Instant) {
+        let elapsed = now.saturating_duration_since(s.last).as_secs_f64();
+        s.tokens = (s.tokens + elapsed * self.rate_bytes_per_s).min(self.burst_bytes);
+        s.last = now;
+    }
+
+    /// Can a frame go now? If not, how long until it can.
+    pub fn ready(&self, now: Instant) -> Result<(), Duration> {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        self.refill(&mut s, now);
+        if s.tokens >= 0.0 {
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64(-s.tokens / self.rate_bytes_per_s))
+        }
+    }
+
+    /// Charges a frame of `bytes` that went.
+    pub fn charge(&self, bytes: usize) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.tokens -= bytes as f64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fifo_keeps_order_and_tail_drops() {
+        let mut q = FifoQueue::new(2);
+        assert_eq!(q.push(7), Ok(()));
+        assert_eq!(q.push(8), Ok(()));
+        assert_eq!(q.push(9), Err(9), "the newest frame is the one dropped");
+        assert_eq!((q.pop(), q.pop(), q.pop()), (Some(7), Some(8), None));
+    }
+
+    #[test]
+    fn pool_reuses_the_last_freed_slot() {
+        let mut p = SlotPool::new(3);
+        let a = p.take().unwrap();
+        let b = p.take().unwrap();
+        p.put(a);
+        assert_eq!(p.take(), Some(a));
+        p.put(b);
+        p.put(a);
+        assert_eq!(p.take(), Some(a));
+        assert!(p.take().is_some());
+        assert!(p.take().is_some());
+        assert_eq!(p.take(), None);
+    }
+
+    #[test]
+    fn bucket_allows_the_burst_then_paces_at_the_rate() {
+        // 8 Mbit/s = 1 MB/s, burst 64 KiB.
+        let b = TokenBucket::new(8_000_000, 0).unwrap();
+        let t0 = Instant::now();
+        assert!(b.ready(t0).is_ok());
+        b.charge(65536 + 100_000);
+        let wait = b.ready(t0).unwrap_err();
+        assert!(
+            (wait.as_secs_f64() - 0.1).abs() < 0.01,
+            "{wait:?}: 100 kB at 1 MB/s"
+        );
+        assert!(b.ready(t0 + Duration::from_millis(101)).is_ok());
+        assert!(TokenBucket::new(0, 100).is_none(), "rate 0 is unlimited");
+    }
+}

@@ -1,0 +1,367 @@
+//! The reconciler: one thread that owns netstack's host routes and masquerade table and
+//! brings them in line with the latest node list, whenever a source sends one and every
+//! resync interval (to repair drift and retry what failed). Work is only done when something
+//! differs, so a resync of an unchanged cluster makes no change to the kernel.
+
+use std::collections::BTreeSet;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::Duration;
+
+use ipnet::{IpNet, Ipv4Net};
+
+use super::kernel::RouteTable;
+use super::masquerade;
+use super::routes::{desired_routes, plan, RouteMap};
+use super::NodeInfo;
+
+/// What the sources and the daemon tell the reconciler.
+#[derive(Debug)]
+pub enum Msg {
+    /// The whole current node list.
+    Nodes(Vec<NodeInfo>),
+    /// Shut down: remove the masquerade table and return.
+    Stop,
+}
+
+/// How the masquerade rules are written (the real `nft`, or a recorder in tests).
+pub trait MasqueradeRules {
+    /// Writes the rules for `pod_cidr` with this no-masquerade set.
+    fn apply(&mut self, pod_cidr: Ipv4Net, set: &[Ipv4Net]) -> Result<(), masquerade::NftError>;
+    /// Whether the rules are still there.
+    fn present(&mut self) -> Result<bool, masquerade::NftError>;
+    /// Removes them.
+    fn remove(&mut self) -> Result<bool, masquerade::NftError>;
+}
+
+/// The `nft` binary in the calling thread's namespace.
+#[derive(Debug, Default)]
+pub struct Nft;
+
+impl MasqueradeRules for Nft {
+    fn apply(&mut self, pod_cidr: Ipv4Net, set: &[Ipv4Net]) -> Result<(), masquerade::NftError> {
+        masquerade::apply(pod_cidr, set)
+    }
+    fn present(&mut self) -> Result<bool, masquerade::NftError> {
+        masquerade::present()
+    }
+    fn remove(&mut self) -> Result<bool, masquerade::NftError> {
+        masquerade::remove()
+    }
+}
+
+/// The reconciler's state.
+pub struct NodeState<T, M> {
+    node_name: String,
+    pod_cidr: Ipv4Net,
+    /// `None` without a node source: then netstack's routes are left as they are.
+    routes: Option<T>,
+    /// The masquerade backend and the fixed no-masquerade CIDRs; `None` when disabled.
+    masquerade: Option<(M, Vec<IpNet>)>,
+    nodes: Option<Vec<NodeInfo>>,
+    applied_routes: Option<RouteMap>,
+    applied_set: Option<Vec<Ipv4Net>>,
+    reported: BTreeSet<String>,
+}
+
+/// What one sync did (for logs and tests).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SyncReport {
+    /// Route changes made.
+    pub route_changes: usize,
+    /// Route changes that failed (retried on the next resync).
+    pub route_failures: usize,
+    /// Whether the masquerade table was (re)written.
+    pub masquerade_written: bool,
+}
+
+impl<T: RouteTable, M: MasqueradeRules> NodeState<T, M> {
+    /// A reconciler for node `node_name` with pod CIDR `pod_cidr`.
+    pub fn new(
+        node_name: String,
+        pod_cidr: Ipv4Net,
+        routes: Option<T>,
+        masquerade: Option<(M, Vec<IpNet>)>,
+    ) -> Self {
+        NodeState {
+            node_name,
+            pod_cidr,
+            routes,
+            masquerade,
+            nodes: None,
+            applied_routes: None,
+            applied_set: None,
+            reported: BTreeSet::new(),
+        }
+    }
+
+    /// A new node list arrived: act on what changed.
+    pub fn on_nodes(&mut self, nodes: Vec<NodeInfo>) -> SyncReport {
+        self.nodes = Some(nodes);
+        self.sync(false)
+    }
+
+    /// Brings routes and rules in line. With `check_kernel` the kernel's state is compared
+    /// even when the wanted state did not change (a resync); otherwise only a changed wanted
+    /// state is acted on.
+    pub fn sync(&mut self, check_kernel: bool) -> SyncReport {
+        let mut report = SyncReport::default();
+        if let (Some(table), Some(nodes)) = (self.routes.as_mut(), self.nodes.as_ref()) {
+            let own = [IpNet::V4(self.pod_cidr)];
+            let wanted = desired_routes(&self.node_name, &own, nodes);
+            let skipped: BTreeSet<String> = wanted.skipped.iter().cloned().collect();
+            for line in skipped.difference(&self.reported) {
+                tracing::warn!("no route: {line}");
+            }
+            self.reported = skipped;
+            if check_kernel || self.applied_routes.as_ref() != Some(&wanted.routes) {
+                match table.list() {
+                    Ok(current) => {
+                        for change in plan(&current, &wanted.routes) {
+                            match table.apply(change) {
+                                Ok(()) => {
+                                    report.route_changes += 1;
+                                    tracing::info!(?change, "host-gw route");
+                                }
+                                Err(e) => {
+                                    report.route_failures += 1;
+                                    tracing::warn!("{e} (retried at the next resync)");
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        report.route_failures += 1;
+                        tracing::warn!("{e}");
+                    }
+                }
+                self.applied_routes = (report.route_failures == 0).then_some(wanted.routes);
+            }
+        }
+        if let Some((rules, fixed)) = self.masquerade.as_mut() {
+            let node_cidrs = self
+                .nodes
+                .iter()
+                .flatten()
+                .flat_map(|n| n.pod_cidrs.iter().copied());
+            let set = masquerade::no_masquerade_set(self.pod_cidr, fixed, node_cidrs);
+            let stale = self.applied_set.as_ref() != Some(&set);
+            let gone = !stale && check_kernel && !rules.present().unwrap_or(false);
+            if stale || gone {
+                match rules.apply(self.pod_cidr, &set) {
+                    Ok(()) => {
+                        report.masquerade_written = true;
+                        tracing::info!(
+                            table = masquerade::TABLE,
+                            no_masquerade = ?set.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+                            "egress masquerade rules written"
+                        );
+                        self.applied_set = Some(set);
+                    }
+                    Err(e) => {
+                        tracing::error!("egress masquerade: {e} (retried at the next resync)");
+                        self.applied_set = None;
+                    }
+                }
+            }
+        }
+        report
+    }
+
+    /// Shutdown: the masquerade table goes (the dataplane stops with netstackd, so nothing
+    /// of the pods' traffic needs it until the next start writes it again); routes stay,
+    /// like the uplink, for the node's own traffic to other nodes' pods.
+    pub fn stop(&mut self) {
+        if let Some((rules, _)) = self.masquerade.as_mut() {
+            match rules.remove() {
+                Ok(_) => tracing::info!(table = masquerade::TABLE, "egress masquerade removed"),
+                Err(e) => tracing::warn!("removing the masquerade table: {e}"),
+            }
+        }
+    }
+}
+
+/// The reconciler thread's loop: sync now, then on every message and every `resync`.
+pub fn run<T: RouteTable, M: MasqueradeRules>(
+    mut state: NodeState<T, M>,
+    rx: Receiver<Msg>,
+    resync: Duration,
+) {
+    state.sync(true);
+    loop {
+        match rx.recv_timeout(resync) {
+            Ok(Msg::Nodes(nodes)) => {
+                state.on_nodes(nodes);
+            }
+            Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => {
+                state.stop();
+                return;
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                state.sync(true);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use super::*;
+    use crate::node::kernel::RouteError;
+    use crate::node::routes::RouteChange;
+
+    /// An in-memory route table that counts writes and can be told to fail.
+    #[derive(Default)]
+    struct FakeRoutes {
+        routes: Vec<(IpNet, IpAddr)>,
+        writes: usize,
+        fail_next: usize,
+    }
+
+    impl RouteTable for &mut FakeRoutes {
+        fn list(&mut self) -> Result<Vec<(IpNet, IpAddr)>, RouteError> {
+            Ok(self.routes.clone())
+        }
+        fn apply(&mut self, change: RouteChange) -> Result<(), RouteError> {
+            if self.fail_next > 0 {
+                self.fail_next -= 1;
+                return Err(RouteError::Connect(std::io::Error::other("injected")));
+            }
+            self.writes += 1;
+            match change {
+                RouteChange::Add { dst, via } => self.routes.push((dst, via)),
+                RouteChange::Replace { dst, via } => {
+                    self.routes.retain(|r| r.0 != dst);
+                    self.routes.push((dst, via));
+                }
+                RouteChange::Delete { dst, via } => self.routes.retain(|r| *r != (dst, via)),
+            }
+            Ok(())
+        }
+    }
+
+    /// Records masquerade writes.
+    #[derive(Default)]
+    struct FakeNft {
+        sets: Vec<Vec<Ipv4Net>>,
+        present: bool,
+        removed: bool,
+    }
+
+    impl MasqueradeRules for &mut FakeNft {
+        fn apply(&mut self, _: Ipv4Net, set: &[Ipv4Net]) -> Result<(), masquerade::NftError> {
+            self.sets.push(set.to_vec());
+            self.present = true;
+            Ok(())
+        }
+        fn present(&mut self) -> Result<bool, masquerade::NftError> {
+            Ok(self.present)
+        }
+        fn remove(&mut self) -> Result<bool, masquerade::NftError> {
+            self.removed = true;
+            Ok(std::mem::take(&mut self.present))
+        }
+    }
+
+    fn node(name: &str, cidr: &str, ip: &str) -> NodeInfo {
+        NodeInfo {
+            name: name.into(),
+            pod_cidrs: vec![cidr.parse().unwrap()],
+            internal_ips: vec![ip.parse().unwrap()],
+        }
+    }
+    fn v4(s: &str) -> Ipv4Net {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn routes_follow_the_list_and_resyncs_do_not_flap() {
+        let mut table = FakeRoutes::default();
+        let mut nft = FakeNft::default();
+        let cluster = vec!["10.96.0.0/12".parse().unwrap()];
+        let mut state = NodeState::new(
+            "a".into(),
+            v4("10.244.1.0/24"),
+            Some(&mut table),
+            Some((&mut nft, cluster)),
+        );
+        // Before any list: masquerade only, routes untouched.
+        let r = state.sync(true);
+        assert_eq!((r.route_changes, r.masquerade_written), (0, true));
+
+        let a = node("a", "10.244.1.0/24", "192.168.0.1");
+        let b = node("b", "10.244.2.0/24", "192.168.0.2");
+        let c = node("c", "10.244.3.0/24", "192.168.0.3");
+        let r = state.on_nodes(vec![a.clone(), b.clone(), c.clone()]);
+        assert_eq!((r.route_changes, r.masquerade_written), (2, true));
+        // The same list again, and resyncs: nothing written.
+        for _ in 0..3 {
+            assert_eq!(
+                state.on_nodes(vec![a.clone(), b.clone(), c.clone()]),
+                SyncReport::default()
+            );
+            assert_eq!(state.sync(true), SyncReport::default());
+        }
+        // c leaves.
+        let r = state.on_nodes(vec![a.clone(), b.clone()]);
+        assert_eq!((r.route_changes, r.route_failures), (1, 0));
+        // A failed write is retried at the next resync, and only then.
+        state.routes.as_mut().unwrap().fail_next = 1;
+        let r = state.on_nodes(vec![a.clone(), b.clone(), c.clone()]);
+        assert_eq!((r.route_changes, r.route_failures), (0, 1));
+        let r = state.sync(true);
+        assert_eq!((r.route_changes, r.route_failures), (1, 0));
+        // Someone deleted our route behind our back: the resync puts it back.
+        state
+            .routes
+            .as_mut()
+            .unwrap()
+            .routes
+            .retain(|r| r.0 != "10.244.2.0/24".parse::<IpNet>().unwrap());
+        assert_eq!(state.sync(true).route_changes, 1);
+        // ... and our table: rewritten too.
+        state.masquerade.as_mut().unwrap().0.present = false;
+        assert!(state.sync(true).masquerade_written);
+        state.stop();
+        drop(state);
+
+        let mut got = table.routes.clone();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "10.244.2.0/24".parse().unwrap(),
+                    "192.168.0.2".parse().unwrap()
+                ),
+                (
+                    "10.244.3.0/24".parse().unwrap(),
+                    "192.168.0.3".parse().unwrap()
+                ),
+            ]
+        );
+        // Writes: 2 adds, 1 delete, 1 add, 1 re-add.
+        assert_eq!(table.writes, 5);
+        assert!(nft.removed && !nft.present);
+        assert_eq!(nft.sets[0], vec![v4("10.96.0.0/12"), v4("10.244.1.0/24")]);
+        assert_eq!(
+            nft.sets[1],
+            vec![v4("10.96.0.0/12"), v4("10.244.1.0/24"), v4("10.244.2.0/23")],
+            "every node's pod CIDR is exempt, merged"
+        );
+    }
+
+    #[test]
+    fn without_a_node_source_routes_are_never_touched() {
+        let mut nft = FakeNft::default();
+        let mut state: NodeState<&mut FakeRoutes, _> = NodeState::new(
+            "a".into(),
+            v4("10.244.1.0/24"),
+            None,
+            Some((&mut nft, vec![])),
+        );
+        state.on_nodes(vec![node("b", "10.244.2.0/24", "192.168.0.2")]);
+        assert_eq!(state.sync(true).route_changes, 0);
+    }
+}

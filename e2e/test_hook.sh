@@ -141,6 +141,8 @@ check "netstackd has $R1/net0" test "$(attached_ifname "$R1")" = net0
 R1_IP=$(rc exec "$R1" ip -4 addr show dev net0 | container_ipv4)
 check "container has an address in the pod CIDR ($R1_IP)" test "${R1_IP%.*}.0/24" = "$POD_CIDR"
 check "container net0 has MTU 1400" test "$(rc exec "$R1" cat /sys/class/net/net0/mtu)" = 1400
+check "the egress-rate annotation is the attachment's shaping rate (10M)" \
+  jq -e '.bandwidth.egressRate == 10000000 and .bandwidth.egressBurst == 1000000' "$STATE/${R1}_net0.json"
 r1_default_route() { rc exec "$R1" ip route | grep -q "default via $GATEWAY dev net0"; }
 check "container default route via the gateway" r1_default_route
 check "one more host-local reservation" test "$(ipam_reservations)" = $((reserved0 + 1))

@@ -97,7 +97,13 @@ rm -f "$WORK/got-a" "$WORK/blob"
 log "iperf3 pod A -> pod B (2 s)"
 in_pod "$B" iperf3 -s -1 -D --bind "$IP_B"
 sleep 0.3
+rx_pkts0=$(pod_counter "$A" '.rx_packets'); rx_bytes0=$(pod_counter "$A" '.rx_bytes')
 check "iperf3 between pods completes" in_pod "$A" iperf3 -c "$IP_B" -t 2 -J
+rx_pkts=$(( $(pod_counter "$A" '.rx_packets') - rx_pkts0 )); rx_bytes=$(( $(pod_counter "$A" '.rx_bytes') - rx_bytes0 ))
+avg=$(( rx_bytes / (rx_pkts > 0 ? rx_pkts : 1) ))
+check "GSO is active under bulk TCP: avg frame from pod A $avg B >= 16384 B" test "$avg" -ge 16384
+seg=$("$BIN/netstackd" ctl --socket "$SOCK" metrics | awk '$1 == "netstack_gso_segmented_frames_total" {print $2}')
+check "and nothing was segmented in software (netstack_gso_segmented_frames_total ${seg:-missing})" test "${seg:-x}" = 0
 
 log "pods cannot spoof"
 spoof_ip=${POD_CIDR%.0/24}.250

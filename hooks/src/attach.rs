@@ -58,7 +58,7 @@ pub fn create_runtime(
     }
     let network = HookNetwork::load(&settings.config_path)?;
     let conf = network
-        .net_conf(request.mtu_bytes)
+        .net_conf(request.mtu_bytes, request.egress_rate_bps)
         .map_err(|e| HookError::Config(format!("{}: {e}", settings.config_path.display())))?;
     let netns = container_netns(state)?;
 
@@ -77,7 +77,7 @@ pub fn create_runtime(
     }
     // This container id attached in another netns is a leftover (a runtime that died before
     // poststop, a restarted container): release it, or netstackd would refuse the key.
-    let config = network.plugin_config(request.mtu_bytes);
+    let config = network.plugin_config(request.mtu_bytes, request.egress_rate_bps);
     for stale in pods.iter().filter(|p| p.key.container_id == state.id) {
         release_one(
             state,

@@ -99,7 +99,7 @@ impl HookNetwork {
             plugin.insert(key.to_owned(), value);
         }
         let network = HookNetwork { plugin };
-        let conf = network.net_conf(None).map_err(|e| e.to_string())?;
+        let conf = network.net_conf(None, None).map_err(|e| e.to_string())?;
         if conf.ipam.is_none() {
             return Err("the netstack plugin has no \"ipam\" section".into());
         }
@@ -107,18 +107,31 @@ impl HookNetwork {
     }
 
     /// The plugin's stdin for one container: the plugin object, with `mtu` replaced when the
-    /// container asks for its own.
-    pub fn plugin_config(&self, mtu_bytes: Option<u32>) -> Vec<u8> {
+    /// container asks for its own, and an egress rate as the runtime passes the CNI
+    /// `bandwidth` capability (`runtimeConfig.bandwidth`, which netstackd's qdisc enforces),
+    /// with a burst of 100 ms at that rate.
+    pub fn plugin_config(&self, mtu_bytes: Option<u32>, egress_rate_bps: Option<u64>) -> Vec<u8> {
         let mut plugin = self.plugin.clone();
         if let Some(mtu) = mtu_bytes {
             plugin.insert("mtu".into(), mtu.into());
+        }
+        if let Some(rate) = egress_rate_bps {
+            let burst = (rate / 10).max(1);
+            plugin.insert(
+                "runtimeConfig".into(),
+                serde_json::json!({ "bandwidth": { "egressRate": rate, "egressBurst": burst } }),
+            );
         }
         serde_json::to_vec(&plugin).expect("a JSON map always serializes")
     }
 
     /// The plugin config as the plugin parses it.
-    pub fn net_conf(&self, mtu_bytes: Option<u32>) -> Result<NetConf, netstack_cni::CniError> {
-        NetConf::parse(&self.plugin_config(mtu_bytes))
+    pub fn net_conf(
+        &self,
+        mtu_bytes: Option<u32>,
+        egress_rate_bps: Option<u64>,
+    ) -> Result<NetConf, netstack_cni::CniError> {
+        NetConf::parse(&self.plugin_config(mtu_bytes, egress_rate_bps))
     }
 }
 
@@ -180,22 +193,34 @@ mod tests {
     #[test]
     fn plugin_config_is_the_first_plugin_with_version_and_name() {
         let net = HookNetwork::parse(CONFLIST.as_bytes()).unwrap();
-        let conf: Value = serde_json::from_slice(&net.plugin_config(None)).unwrap();
+        let conf: Value = serde_json::from_slice(&net.plugin_config(None, None)).unwrap();
         assert_eq!(conf["cniVersion"], "1.0.0");
         assert_eq!(conf["name"], "netstack-hook");
         assert_eq!(conf["type"], "netstack");
         assert_eq!(conf["mtu"], 1500);
         assert_eq!(conf["ipam"]["type"], "host-local");
         assert!(conf.get("plugins").is_none());
-        let parsed = net.net_conf(None).unwrap();
+        let parsed = net.net_conf(None, None).unwrap();
         assert_eq!(parsed.socket(), PathBuf::from("/run/x.sock"));
+    }
+
+    #[test]
+    fn an_egress_rate_becomes_the_bandwidth_capability() {
+        let net = HookNetwork::parse(CONFLIST.as_bytes()).unwrap();
+        let conf: Value =
+            serde_json::from_slice(&net.plugin_config(None, Some(10_000_000))).unwrap();
+        assert_eq!(conf["runtimeConfig"]["bandwidth"]["egressRate"], 10_000_000);
+        assert_eq!(conf["runtimeConfig"]["bandwidth"]["egressBurst"], 1_000_000);
+        let bw = net.net_conf(None, Some(10_000_000)).unwrap();
+        let bw = bw.runtime_config.unwrap().bandwidth.unwrap();
+        assert_eq!((bw.egress_rate, bw.ingress_rate), (10_000_000, 0));
     }
 
     #[test]
     fn the_container_mtu_replaces_the_configured_one() {
         let net = HookNetwork::parse(CONFLIST.as_bytes()).unwrap();
-        assert_eq!(net.net_conf(Some(9000)).unwrap().mtu(), 9000);
-        assert_eq!(net.net_conf(None).unwrap().mtu(), 1500);
+        assert_eq!(net.net_conf(Some(9000), None).unwrap().mtu(), 9000);
+        assert_eq!(net.net_conf(None, None).unwrap().mtu(), 1500);
     }
 
     #[test]
@@ -204,7 +229,7 @@ mod tests {
             br#"{"cniVersion":"1.0.0","name":"n","type":"netstack","ipam":{"type":"host-local"}}"#,
         )
         .unwrap();
-        assert_eq!(net.net_conf(None).unwrap().name, "n");
+        assert_eq!(net.net_conf(None, None).unwrap().name, "n");
     }
 
     #[test]

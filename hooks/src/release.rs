@@ -69,9 +69,9 @@ pub fn poststop(
     }
     let network = HookNetwork::load(&settings.config_path)?;
     let conf = network
-        .net_conf(None)
+        .net_conf(None, None)
         .map_err(|e| HookError::Config(format!("{}: {e}", settings.config_path.display())))?;
-    let config = network.plugin_config(None);
+    let config = network.plugin_config(None, None);
 
     // ifname -> the netns to clean it from.
     let mut targets: BTreeMap<String, Option<PathBuf>> = BTreeMap::new();

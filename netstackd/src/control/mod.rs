@@ -181,6 +181,10 @@ pub struct Counters {
     /// GSO super-frames received and forwarded whole (a subset of rx_packets).
     #[serde(default)]
     pub rx_gso_packets: u64,
+    /// GSO super-frames for this link segmented in software because the link refused them
+    /// whole (0 while GSO passes through end to end).
+    #[serde(default)]
+    pub tx_gso_segmented: u64,
     /// Frames waiting in the link's fifo queues right now.
     #[serde(default)]
     pub qdisc_depth: u64,

@@ -172,9 +172,11 @@ pub fn render(s: &Snapshot<'_>) -> String {
         &mut out,
         "netstack_gso_segmented_frames_total",
         "counter",
-        "GSO super-frames segmented in software (none: every egress accepts GSO today).",
+        "GSO super-frames segmented in software because the egress refused them whole.",
     );
-    let _ = writeln!(out, "netstack_gso_segmented_frames_total 0");
+    let segmented: u64 = s.uplink.tx_gso_segmented
+        + s.pods.iter().map(|(_, c)| c.tx_gso_segmented).sum::<u64>();
+    let _ = writeln!(out, "netstack_gso_segmented_frames_total {segmented}");
     let uplink: [(&str, &str, u64); 5] = [
         (
             "netstack_uplink_rx_packets_total",

@@ -189,6 +189,10 @@ impl Dataplane {
         let egress = qdisc::TokenBucket::new(bw.egress_rate, bw.egress_burst).map(Arc::new);
         for ((handle, rx), tx_extra) in self.workers.iter().zip(per_worker).zip(extra) {
             let mut io = PodIo::new(rx, tx_extra);
+            if let Some(bucket) = &ingress {
+                // The shaped queue is bounded in time as well as in frames.
+                io.queue.set_byte_limit(bucket.queue_bytes());
+            }
             io.ingress = ingress.clone();
             io.egress = egress.clone();
             let cmd = WorkerCmd::Attach(

@@ -75,10 +75,13 @@ impl SlotPool {
     }
 }
 
-/// A bounded first-in first-out queue of slots for one egress link.
+/// A bounded first-in first-out queue of slots for one egress link: at most `limit` frames
+/// and, for a shaped link, at most `byte_limit` bytes (as tbf bounds its queue by latency).
 pub struct FifoQueue {
-    frames: VecDeque<u32>,
+    frames: VecDeque<(u32, u32)>,
+    bytes: usize,
     limit: usize,
+    byte_limit: usize,
     /// Already on the worker's list of queues to drain.
     pub dirty: bool,
 }
@@ -88,28 +91,39 @@ impl FifoQueue {
     pub fn new(limit: usize) -> Self {
         FifoQueue {
             frames: VecDeque::with_capacity(limit),
+            bytes: 0,
             limit,
+            byte_limit: usize::MAX,
             dirty: false,
         }
     }
 
-    /// Appends a slot; a full queue hands it back (tail drop).
-    pub fn push(&mut self, slot: u32) -> Result<(), u32> {
-        if self.frames.len() >= self.limit {
+    /// Also bounds the queue to `bytes` (a frame is always accepted into an empty queue).
+    pub fn set_byte_limit(&mut self, bytes: usize) {
+        self.byte_limit = bytes;
+    }
+
+    /// Appends a slot holding a frame of `len` bytes; a full queue hands it back (tail drop).
+    pub fn push(&mut self, slot: u32, len: usize) -> Result<(), u32> {
+        let over_bytes = !self.frames.is_empty() && self.bytes + len > self.byte_limit;
+        if self.frames.len() >= self.limit || over_bytes {
             return Err(slot);
         }
-        self.frames.push_back(slot);
+        self.frames.push_back((slot, len as u32));
+        self.bytes += len;
         Ok(())
     }
 
     /// The oldest slot.
     pub fn front(&self) -> Option<u32> {
-        self.frames.front().copied()
+        self.frames.front().map(|&(slot, _)| slot)
     }
 
     /// Removes the oldest slot.
     pub fn pop(&mut self) -> Option<u32> {
-        self.frames.pop_front()
+        let (slot, len) = self.frames.pop_front()?;
+        self.bytes -= len as usize;
+        Some(slot)
     }
 
     /// Frames waiting.
@@ -117,11 +131,19 @@ impl FifoQueue {
         self.frames.len()
     }
 
+    /// Bytes waiting.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     /// Nothing waiting?
     pub fn is_empty(&self) -> bool {
         self.frames.is_empty()
     }
 }
+
+/// The most a shaped queue delays a frame (the CNI bandwidth plugin gives tbf 25 ms too).
+pub const SHAPED_LATENCY: Duration = Duration::from_millis(25);
 
 struct BucketState {
     tokens: f64,
@@ -155,6 +177,13 @@ impl TokenBucket {
         })
     }
 
+    /// How many bytes a queue in front of this bucket may hold: the burst plus what the rate
+    /// drains in [`SHAPED_LATENCY`] — frames that would wait longer are dropped instead of
+    /// bloating the pod's round-trip time.
+    pub fn queue_bytes(&self) -> usize {
+        (self.burst_bytes + self.rate_bytes_per_s * SHAPED_LATENCY.as_secs_f64()) as usize
+    }
+
     fn refill(&self, s: &mut BucketState, now: Instant) {
         let elapsed = now.saturating_duration_since(s.last).as_secs_f64();
         s.tokens = (s.tokens + elapsed * self.rate_bytes_per_s).min(self.burst_bytes);
@@ -186,10 +215,25 @@ mod tests {
     #[test]
     fn fifo_keeps_order_and_tail_drops() {
         let mut q = FifoQueue::new(2);
-        assert_eq!(q.push(7), Ok(()));
-        assert_eq!(q.push(8), Ok(()));
-        assert_eq!(q.push(9), Err(9), "the newest frame is the one dropped");
+        assert_eq!(q.push(7, 100), Ok(()));
+        assert_eq!(q.push(8, 100), Ok(()));
+        assert_eq!(q.push(9, 100), Err(9), "the newest frame is the one dropped");
+        assert_eq!(q.bytes(), 200);
         assert_eq!((q.pop(), q.pop(), q.pop()), (Some(7), Some(8), None));
+        assert_eq!(q.bytes(), 0);
+    }
+
+    #[test]
+    fn fifo_byte_limit_drops_but_never_starves_a_big_frame() {
+        let mut q = FifoQueue::new(100);
+        q.set_byte_limit(1000);
+        assert_eq!(q.push(1, 65000), Ok(()), "an empty queue takes any frame");
+        assert_eq!(q.push(2, 10), Err(2));
+        q.pop();
+        assert_eq!(q.push(3, 600), Ok(()));
+        assert_eq!(q.push(4, 400), Ok(()));
+        assert_eq!(q.push(5, 1), Err(5));
+        assert_eq!(q.len(), 2);
     }
 
     #[test]
@@ -221,5 +265,7 @@ mod tests {
         );
         assert!(b.ready(t0 + Duration::from_millis(101)).is_ok());
         assert!(TokenBucket::new(0, 100).is_none(), "rate 0 is unlimited");
+        // 64 KiB burst + 25 ms at 1 MB/s.
+        assert_eq!(b.queue_bytes(), 65536 + 25_000);
     }
 }

@@ -319,7 +319,8 @@ impl Worker {
                 }
             }
         };
-        match queue.push(slot) {
+        let s = self.pool.get(slot);
+        match queue.push(slot, s.end - s.start) {
             Ok(()) => {
                 if !queue.dirty {
                     queue.dirty = true;

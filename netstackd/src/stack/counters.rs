@@ -66,6 +66,7 @@ struct Slot {
     tx_packets: AtomicU64,
     tx_bytes: AtomicU64,
     rx_gso: AtomicU64,
+    segmented: AtomicU64,
     queued: AtomicU64,
     drops: [AtomicU64; DropReason::ALL.len()],
 }
@@ -105,6 +106,12 @@ impl LinkCounters {
         bump(&self.slots[worker].rx_gso, 1);
     }
 
+    /// A GSO super-frame for this link was segmented in software (the link refused it
+    /// whole); called only by worker `worker`.
+    pub fn segmented(&self, worker: usize) {
+        bump(&self.slots[worker].segmented, 1);
+    }
+
     /// A frame of `bytes` went out to the link; called only by worker `worker`.
     pub fn tx(&self, worker: usize, bytes: usize) {
         let s = &self.slots[worker];
@@ -126,6 +133,7 @@ impl LinkCounters {
             c.tx_packets += s.tx_packets.load(Relaxed);
             c.tx_bytes += s.tx_bytes.load(Relaxed);
             c.rx_gso_packets += s.rx_gso.load(Relaxed);
+            c.tx_gso_segmented += s.segmented.load(Relaxed);
             c.qdisc_depth += s.queued.load(Relaxed);
         }
         for reason in DropReason::ALL {

@@ -174,8 +174,8 @@ pub fn render(s: &Snapshot<'_>) -> String {
         "counter",
         "GSO super-frames segmented in software because the egress refused them whole.",
     );
-    let segmented: u64 = s.uplink.tx_gso_segmented
-        + s.pods.iter().map(|(_, c)| c.tx_gso_segmented).sum::<u64>();
+    let segmented: u64 =
+        s.uplink.tx_gso_segmented + s.pods.iter().map(|(_, c)| c.tx_gso_segmented).sum::<u64>();
     let _ = writeln!(out, "netstack_gso_segmented_frames_total {segmented}");
     let uplink: [(&str, &str, u64); 5] = [
         (

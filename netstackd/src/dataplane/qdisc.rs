@@ -217,7 +217,11 @@ mod tests {
         let mut q = FifoQueue::new(2);
         assert_eq!(q.push(7, 100), Ok(()));
         assert_eq!(q.push(8, 100), Ok(()));
-        assert_eq!(q.push(9, 100), Err(9), "the newest frame is the one dropped");
+        assert_eq!(
+            q.push(9, 100),
+            Err(9),
+            "the newest frame is the one dropped"
+        );
         assert_eq!(q.bytes(), 200);
         assert_eq!((q.pop(), q.pop(), q.pop()), (Some(7), Some(8), None));
         assert_eq!(q.bytes(), 0);

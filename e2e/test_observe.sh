@@ -121,6 +121,22 @@ check "stats POD by container id prefix" test "$(ctl stats "${A:0:8}" | jq -r '.
 check "the table output has a header and one row per pod" test "$(ctlh list | wc -l)" = 3
 check "status table names the dataplane pid" sh -c "$BIN/netstackd ctl --socket $SOCK status | grep -q 'dataplane pid'"
 
+log "no busy polling at idle"
+wakeups() { "$BIN/netstackd" ctl --socket "$SOCK" metrics | awk '$1 ~ /^netstack_worker_wakeups_total/ {n += $2} END {print n + 0}'; }
+cpu_ticks() { # utime + stime of netstackd and its dataplane child
+  local p t=0
+  for p in "$NETSTACKD_PID" $(pgrep -P "$NETSTACKD_PID"); do
+    t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+  done
+  echo "$t"
+}
+sleep 0.5
+w0=$(wakeups); c0=$(cpu_ticks)
+sleep 3
+w1=$(wakeups); c1=$(cpu_ticks)
+check "two attached idle pods: no worker woke in 3 s ($w0 -> $w1)" test "$w1" = "$w0"
+check "  ... and netstackd used at most 2 clock ticks of CPU ($((c1 - c0)))" test $((c1 - c0)) -le 2
+
 log "logs"
 check "attach lines carry the container id" grep -q "attached.*container_id=.*$A" "$WORK/netstackd.log"
 check "no per-packet lines at info" test "$(wc -l <"$WORK/netstackd.log")" -lt 40

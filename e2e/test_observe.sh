@@ -115,6 +115,9 @@ ip link del "nsx$RUN_ID" 2>/dev/null
 
 log "CLI"
 check "list --json has the documented fields" test "$(ctl list | jq -c '.[0] | keys')" = '["container_id","ifname","ips","labels","mac","mode","netns","state"]'
+check "status --json has the documented fields" jq -e '["version","workers","uplink","pod_cidr","gateway","attachments","metrics","dataplane_pid","dataplane_restarts"] - keys == []' <<<"$(ctl status)"
+check "stats --json has the documented shape" jq -e '(.pods[0] | keys) == ["container_id","counters","ifname","ips","mac","netns"]
+  and ((.pods[0].counters, .uplink) | ["drops","qdisc_depth","rx_bytes","rx_gso_packets","rx_packets","tx_bytes","tx_gso_segmented","tx_packets"] - keys == [])' <<<"$(ctl stats)"
 check "list shows both pods attached, tap mode" test "$(ctl list | jq -r '[.[] | .mode + ":" + .state] | unique | join(",")')" = "tap:attached"
 check "stats POD by namespace/name selects one pod" test "$(ctl stats "obs/$A" | jq '.pods | length')" = 1
 check "stats POD by container id prefix" test "$(ctl stats "${A:0:8}" | jq -r '.pods[0].container_id')" = "$A"
@@ -134,12 +137,25 @@ sleep 0.5
 w0=$(wakeups); c0=$(cpu_ticks)
 sleep 3
 w1=$(wakeups); c1=$(cpu_ticks)
-check "two attached idle pods: no worker woke in 3 s ($w0 -> $w1)" test "$w1" = "$w0"
+# Busy polling would be thousands of wakeups; the odd frame from the host kernel is one.
+check "two attached idle pods: workers woke at most 3 times in 3 s ($w0 -> $w1)" test $((w1 - w0)) -le 3
 check "  ... and netstackd used at most 2 clock ticks of CPU ($((c1 - c0)))" test $((c1 - c0)) -le 2
 
 log "logs"
 check "attach lines carry the container id" grep -q "attached.*container_id=.*$A" "$WORK/netstackd.log"
 check "no per-packet lines at info" test "$(wc -l <"$WORK/netstackd.log")" -lt 40
+lines0=$(wc -l <"$WORK/netstackd.log")
+in_pod "$A" ping -c 20 -i 0.01 -W 2 -q "$IP_B" >/dev/null
+check "  ... 20 pings add no line at info" test "$(wc -l <"$WORK/netstackd.log")" = "$lines0"
+stop_netstackd
+NETSTACK_LOG=netstackd=debug start_netstackd
+ctl status >/dev/null
+check "NETSTACK_LOG=netstackd=debug turns on debug lines (control requests)" grep -q ' DEBUG .*control request' "$WORK/netstackd.log"
+stop_netstackd
+: >"$WORK/netstackd.log"
+start_netstackd --log warn
+in_pod "$A" ping -c 2 -i 0.2 -W 2 -q "$IP_B" >/dev/null
+check "--log warn keeps info lines out (restart with 2 pods logged nothing)" test ! -s "$WORK/netstackd.log"
 
 echo
 echo "test_observe: $PASSES passed, $FAILS failed"

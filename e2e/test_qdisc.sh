@@ -98,7 +98,7 @@ check "unshaped pods are not held to the shaped rate ($got > 3 x $max_bytes byte
 
 log "detach drops the shaped pod's queues"
 del_pod "$B"
-check "pod B is gone from netstackd" sh -c "! $BIN/netstackd ctl --socket $SOCK --json list | jq -e '.pods[] | select(.container_id == \"$B\")'"
+check "pod B is gone from netstackd" sh -c "! $BIN/netstackd ctl --socket $SOCK --json list | jq -e '.[] | select(.container_id == \"$B\")'"
 check "netstackd is still running" kill -0 "$NETSTACKD_PID"
 
 echo "test_qdisc: $PASSES passed, $FAILS failed"

@@ -126,14 +126,37 @@ impl OciState {
     }
 }
 
-/// The `id` of a JSON object that failed to parse as a state, to name it in the error.
+/// The `id` of a JSON object that failed to parse as a state, to name it in the error: from
+/// the parsed object, or, for input that is not even JSON (truncated by a dying runtime), from
+/// the first `"id": "..."` in the text.
 fn id_of(input: &[u8]) -> Option<String> {
-    let value: serde_json::Value = serde_json::from_slice(input).ok()?;
-    value
-        .get("id")?
-        .as_str()
-        .filter(|id| !id.is_empty())
-        .map(str::to_owned)
+    if let Ok(value) = serde_json::from_slice::<serde_json::Value>(input) {
+        return value
+            .get("id")?
+            .as_str()
+            .filter(|id| !id.is_empty())
+            .map(str::to_owned);
+    }
+    let text = String::from_utf8_lossy(input);
+    let mut rest = text.as_ref();
+    while let Some(at) = rest.find("\"id\"") {
+        rest = &rest[at + 4..];
+        let Some(value) = rest.trim_start().strip_prefix(':') else {
+            continue;
+        };
+        let Some(value) = value.trim_start().strip_prefix('"') else {
+            continue;
+        };
+        let id: String = value
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || "_.-".contains(*c))
+            .take(1024)
+            .collect();
+        if !id.is_empty() {
+            return Some(id);
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -150,6 +173,20 @@ mod tests {
     const CONTAINERD_SANDBOX: &str =
         include_str!("../fixtures/state/containerd-sandbox-createRuntime.json");
     const CRIO_SANDBOX: &str = include_str!("../fixtures/state/crio-sandbox-createRuntime.json");
+
+    #[test]
+    fn a_truncated_state_is_still_named_by_its_id() {
+        assert_eq!(
+            id_of(br#"{"ociVersion":"1.0.2","id":"ctr-1","status":"creat"#).as_deref(),
+            Some("ctr-1")
+        );
+        assert_eq!(
+            id_of(br#"{"id" : "a.b_c-9", "pid": 1"#).as_deref(),
+            Some("a.b_c-9")
+        );
+        assert_eq!(id_of(br#"{"pid": 12, "bundle": "/x""#), None);
+        assert_eq!(id_of(br#"{"id": 5, "#), None);
+    }
 
     const PODMAN_ID: &str = "fe717215387631c310d59b6b3c2da5d023d98f5896c990581803f045f65f305d";
 

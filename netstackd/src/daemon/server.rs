@@ -140,7 +140,10 @@ fn serve_connection(stream: UnixStream, registry: &Registry) {
             }
         };
         let (answer, out_fds) = match serde_json::from_slice::<Request>(&body) {
-            Ok(request) => registry.handle(request, fds),
+            Ok(request) => {
+                tracing::debug!(?request, fds = fds.len(), "control request");
+                registry.handle(request, fds)
+            }
             // The descriptors of a request we cannot read are closed here.
             Err(e) => (
                 Reply::Error {

@@ -23,23 +23,40 @@ pub fn pcap_file_header(snaplen: u32) -> [u8; 24] {
     h
 }
 
+/// The most one capture writes (pcap records included), whatever it asked for.
+pub const MAX_CAPTURE_BYTES: u64 = 256 << 20;
+
 /// Where one capture's records go.
 pub struct CaptureSink {
     pipe: OwnedFd,
     snaplen: usize,
     remaining: AtomicU64,
+    bytes_left: AtomicU64,
     deadline: Instant,
     closed: AtomicBool,
     dropped: AtomicU64,
 }
 
 impl CaptureSink {
-    /// A sink writing to `pipe` (non-blocking), stopping after `max_packets` or `max_seconds`.
+    /// A sink writing to `pipe` (non-blocking), stopping after `max_packets`, `max_seconds`
+    /// or [`MAX_CAPTURE_BYTES`].
     pub fn new(pipe: OwnedFd, snaplen: u32, max_packets: u64, max_seconds: u64) -> Self {
+        Self::with_byte_limit(pipe, snaplen, max_packets, max_seconds, MAX_CAPTURE_BYTES)
+    }
+
+    /// The same with another byte limit.
+    pub fn with_byte_limit(
+        pipe: OwnedFd,
+        snaplen: u32,
+        max_packets: u64,
+        max_seconds: u64,
+        max_bytes: u64,
+    ) -> Self {
         CaptureSink {
             pipe,
             snaplen: snaplen as usize,
             remaining: AtomicU64::new(max_packets),
+            bytes_left: AtomicU64::new(max_bytes),
             deadline: Instant::now() + Duration::from_secs(max_seconds),
             closed: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
@@ -66,14 +83,19 @@ impl CaptureSink {
             .remaining
             .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1))
             .is_ok();
-        if !taken || Instant::now() >= self.deadline {
+        let incl = frame.len().min(self.snaplen);
+        let size = (RECORD_HEADER_LEN + incl) as u64;
+        let fits = self
+            .bytes_left
+            .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(size))
+            .is_ok();
+        if !taken || !fits || Instant::now() >= self.deadline {
             self.closed.store(true, Relaxed);
             return;
         }
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
-        let incl = frame.len().min(self.snaplen);
         let mut hdr = [0u8; RECORD_HEADER_LEN];
         hdr[0..4].copy_from_slice(&(now.as_secs() as u32).to_le_bytes());
         hdr[4..8].copy_from_slice(&now.subsec_micros().to_le_bytes());
@@ -123,6 +145,23 @@ mod tests {
         );
         assert_eq!(&buf[16..26], &[0xab; 10]);
         assert_eq!(u32::from_le_bytes(buf[34..38].try_into().unwrap()), 4);
+    }
+
+    #[test]
+    fn the_byte_limit_bounds_the_capture() {
+        let (mut r, w) = pipe();
+        let sink = CaptureSink::with_byte_limit(w, 100, 1000, 60, 3 * 36 + 10);
+        for _ in 0..5 {
+            sink.record(&[1; 20]);
+        }
+        assert!(sink.is_closed());
+        let mut all = Vec::new();
+        let _ = r.read_to_end(&mut all);
+        assert_eq!(
+            all.len(),
+            3 * (16 + 20),
+            "three whole records fit, never a partial one"
+        );
     }
 
     #[test]

@@ -13,8 +13,26 @@ use crate::control::FramingError;
 use crate::sys::process::{adopt_inherited_fd, drop_all_capabilities};
 
 /// Test hook: `NETSTACK_DATAPLANE_SELFTEST=forbidden-syscall` makes the child make a system
-/// call outside its seccomp allow-list right after locking down, to prove the filter kills it.
+/// call outside its seccomp allow-list right after locking down, to prove the filter kills it;
+/// `thread-panic` makes a thread of the running dataplane panic, to prove a panic ends the
+/// child.
 const SELFTEST_ENV: &str = "NETSTACK_DATAPLANE_SELFTEST";
+
+/// A panic in any dataplane thread ends the whole child (after the panic message is
+/// printed), so the supervisor sees it die and starts a fresh one with the same fds — rather
+/// than a worker thread vanishing alone and leaving its queues unserved.
+/// The panic is reported through the log (the default hook's path trimming would make a
+/// system call the seccomp filter does not allow).
+fn abort_on_panic() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        tracing::error!(
+            thread = thread.name().unwrap_or("?"),
+            "dataplane panicked: {info}; aborting"
+        );
+        std::process::abort();
+    }));
+}
 
 /// Runs the dataplane child until the supervisor hangs up or says shut down.
 pub fn run() -> anyhow::Result<()> {
@@ -27,12 +45,20 @@ pub fn run() -> anyhow::Result<()> {
     else {
         bail!("first message from the supervisor is not init");
     };
+    abort_on_panic();
     lock_down()?;
-    if std::env::var(SELFTEST_ENV).as_deref() == Ok("forbidden-syscall") {
+    let selftest = std::env::var(SELFTEST_ENV).unwrap_or_default();
+    if selftest == "forbidden-syscall" {
         tracing::warn!("selftest: making a forbidden system call");
         crate::sys::process::forbidden_syscall();
     }
     let mut dataplane = start(uplink, gateway, uplink_mtu)?;
+    if selftest == "thread-panic" {
+        tracing::warn!("selftest: a dataplane thread panics");
+        let _ = std::thread::Builder::new()
+            .name("dp-selftest".into())
+            .spawn(|| panic!("selftest"));
+    }
     ipc::send(&sock, &DpReply::Done, &[])?;
     tracing::info!(workers = dataplane.workers(), "dataplane child running");
     loop {

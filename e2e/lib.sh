@@ -16,13 +16,16 @@ SOCK=$WORK/netstackd.sock
 STATE=$WORK/state
 IPAM_DIR=$WORK/ipam
 CONFLIST=$WORK/netstack.conflist
+# The pods' link mode (tap or veth) and netstackd's namespace for veth peers, one per run.
+MODE=${MODE:-tap}
+DP_NETNS=${DP_NETNS:-/run/netns/nsdp-$RUN_ID}
 NETWORK=netstack-e2e
 NETSTACKD_PID=
 PODS=()
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
-# write_conflist [subnet]: the conflist the runtime would read from /etc/cni/net.d.
+# write_conflist [subnet]: the conflist the runtime would read from /etc/cni/net.d, in $MODE.
 write_conflist() {
   local subnet=${1:-$POD_CIDR}
   mkdir -p "$WORK" "$IPAM_DIR"
@@ -33,6 +36,7 @@ write_conflist() {
   "plugins": [
     {
       "type": "netstack",
+      "mode": "$MODE",
       "socket": "$SOCK",
       "mtu": 1500,
       "ipam": {
@@ -51,7 +55,7 @@ start_netstackd() {
   mkdir -p "$WORK" "$STATE"
   rm -f "$SOCK"
   "$BIN/netstackd" --socket "$SOCK" --state-dir "$STATE" --pod-cidr "$POD_CIDR" \
-    --uplink "$UPLINK" --metrics-addr 127.0.0.1:0 "$@" >>"$WORK/netstackd.log" 2>&1 &
+    --uplink "$UPLINK" --metrics-addr 127.0.0.1:0 --dp-netns "$DP_NETNS" "$@" >>"$WORK/netstackd.log" 2>&1 &
   NETSTACKD_PID=$!
   local i
   for i in $(seq 1 100); do
@@ -121,7 +125,31 @@ e2e_cleanup() {
   stop_netstackd
   pkill -f "iperf3 .*--bind $GATEWAY" 2>/dev/null || true
   ip link del "$UPLINK" 2>/dev/null || true
+  if mountpoint -q "$DP_NETNS" 2>/dev/null; then umount -l "$DP_NETNS"; fi
+  rm -f "$DP_NETNS"
   rm -rf "$WORK"
+}
+
+# in_dp CMD...: run CMD in netstackd's namespace for veth peers.
+in_dp() { nsenter --net="$DP_NETNS" "$@"; }
+
+# veth_peer NETNS: the name of the peer of the pod's eth0 in netstackd's namespace (empty if
+# there is none there).
+veth_peer() {
+  local idx
+  idx=$(ip -n "$1" -j link show eth0 2>/dev/null | jq -r '.[0].link_index // empty')
+  [ -n "$idx" ] || return 0
+  in_dp ip -j link show 2>/dev/null | jq -r --argjson i "$idx" '.[] | select(.ifindex == $i) | .ifname'
+}
+
+# pod_link_is_ours NETNS: the pod's eth0 is what $MODE makes: a multi-queue TAP with the
+# vnet header, or a veth whose peer is in netstackd's namespace.
+pod_link_is_ours() {
+  case "$MODE" in
+    tap) ip -n "$1" -d link show eth0 | grep -q 'tun type tap.*vnet_hdr.*multi_queue' ;;
+    veth) ip -n "$1" -d link show eth0 | grep -q 'veth' && [ -n "$(veth_peer "$1")" ] ;;
+    *) return 1 ;;
+  esac
 }
 
 build_release() {

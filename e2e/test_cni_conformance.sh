@@ -140,6 +140,23 @@ log "setup: node and client namespaces, netstackd (dual-stack, uplink MTU $UPLIN
 mkdir -p "$WORK" "$STATE" "$IPAM_DIR" "$CHAIN_BIN" "$CHAIN_CACHE"
 for p in "$REF_CNI"/*; do ln -sf "$p" "$CHAIN_BIN/"; done
 ln -sf "$BIN/netstack" "$CHAIN_BIN/netstack"
+# recording-ipam: an IPAM plugin that speaks CNI 1.1.0 (so it gets GC and STATUS), keeps a
+# copy of every stdin it is given in $WORK/ipam-log/<COMMAND>, and hands address management
+# to Debian's host-local at 1.0.0.
+mkdir -p "$WORK/ipam-log"
+cat >"$CHAIN_BIN/recording-ipam" <<SH
+#!/bin/sh
+in=\$(cat)
+printf '%s\n' "\$in" >>"$WORK/ipam-log/\$CNI_COMMAND"
+case \$CNI_COMMAND in
+  VERSION) echo '{"cniVersion":"1.1.0","supportedVersions":["0.4.0","1.0.0","1.1.0"]}' ;;
+  GC|STATUS) ;;
+  *) v=\$(printf '%s' "\$in" | jq -r .cniVersion)
+     printf '%s' "\$in" | jq -c '.cniVersion = "1.0.0" | .ipam.type = "host-local"' | "$REF_CNI/host-local" >"$WORK/ipam-log/out" || { cat "$WORK/ipam-log/out"; exit 1; }
+     jq -c --arg v "\$v" 'if .cniVersion then .cniVersion = \$v else . end' "$WORK/ipam-log/out" ;;
+esac
+SH
+chmod +x "$CHAIN_BIN/recording-ipam"
 ip netns add "$NODE"
 ip netns add "$CLIENT"
 node ip link set lo up
@@ -273,6 +290,16 @@ row "SPEC §3 chained ADD: prevResult" "prevResult passed through and extended: 
     and ([.ips[1:][].interface] | unique) == [1] and .dns.nameservers == ["192.0.2.53"] and .["x-vendor"].kept' <<<"$RD"
 plugin DEL "$CONF" "$D" "/run/netns/$D" >/dev/null
 
+CONFREC=$WORK/rec.conflist
+jq '.plugins[0].ipam.type = "recording-ipam"' "$CONF110" >"$CONFREC"
+E=cc-e-$RUN_ID
+new_pod "$E"
+RE=$(plugin ADD "$CONFREC" "$E" "/run/netns/$E")
+row "SPEC §1 unknown fields" "... and reaches the IPAM plugin unchanged, with the whole plugin config" \
+  jq -se 'length == 1 and .[0]["x-unknown-key"] == {"kept": true} and .[0].type == "netstack" and .[0].ipam.type == "recording-ipam"' "$WORK/ipam-log/ADD"
+row "SPEC §4 delegation (1.1.0 IPAM)" "a 1.1.0 IPAM plugin is called at 1.1.0 and its result used" \
+  eval 'jq -se ".[0].cniVersion == \"1.1.0\"" "$WORK/ipam-log/ADD" && jq -e "(.ips | length) == 2" <<<"$RE"'
+
 # ---------------------------------------------------------------------------------------
 log "CHECK"
 chk() { plugin CHECK "$1" "$2" "/run/netns/$2" eth0 "" ". + {prevResult: $3}"; }
@@ -296,6 +323,16 @@ ip -n "$A" link set eth0 address "$(jq -r '.interfaces[0].mac' <<<"$RA")"
 ip -n "$A" addr add "$IP6_A/64" dev eth0 nodad
 ip -n "$A" -6 route replace default via "$GATEWAY6" dev eth0
 row "SPEC §2 CHECK" "CHECK passes again once the netns is restored" chk "$CONF" "$A" "$RA"
+# netstackd must hold the attachment: restart it without E's state file (as if it had lost
+# it), and CHECK of E names that.
+stop_node_netstackd
+mv "$STATE/${E}_eth0.json" "$WORK/e-state.json"
+start_node_netstackd || exit 1
+out=$(chk "$CONFREC" "$E" "$RE")
+row "SPEC §2 CHECK: netstackd (101)" "an attachment netstackd does not hold is named in CHECK's error" \
+  eval 'jq -e ".code == 101" <<<"$out" && jq -r .msg <<<"$out" | grep -q "netstackd does not hold"'
+row "SPEC §2 CHECK: IPAM" "CHECK runs the IPAM plugin's CHECK" test -s "$WORK/ipam-log/CHECK"
+plugin DEL "$CONFREC" "$E" "/run/netns/$E" >/dev/null
 
 # ---------------------------------------------------------------------------------------
 log "dual-stack through netstackd"
@@ -388,6 +425,10 @@ row "SPEC §2 GC" "valid attachments are untouched" \
 VALID=$(jq -nc --arg a "$A" --arg b "$B" '[{containerID:$a,ifname:"eth0"},{containerID:$b,ifname:"eth0"}]')
 row "SPEC §2 GC (#1101)" "the older key cni.dev/attachments is honoured too" \
   eval 'plugin GC $CONF110 "" "" eth0 "" ". + {\"cni.dev/attachments\": $VALID}" && [ $(attached $G1) = 0 ] && ! reserved $G1'
+
+row "SPEC §2 GC: delegated" "GC is passed on to an IPAM plugin that speaks 1.1.0, valid attachments included" \
+  eval 'plugin GC "$CONFREC" "" "" eth0 "" ". + {\"cni.dev/valid-attachments\": $VALID}" &&
+    jq -se "length == 1 and (.[0][\"cni.dev/valid-attachments\"] | length) == 2" "$WORK/ipam-log/GC"'
 
 # ---------------------------------------------------------------------------------------
 log "chaining: netstack -> portmap -> tuning (reference plugins, CNI 1.0.0)"

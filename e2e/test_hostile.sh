@@ -189,6 +189,10 @@ for mode in plain vnet; do
   b_tx=$(jq -n --argjson x "$before" --argjson y "$after" '$y.b.tx_packets - $x.b.tx_packets')
   if [ "$mode" = plain ]; then
     check "$mode: netstackd read all $sent random frames (rx +$rx)" test "$rx" = "$sent"
+  elif [ "$MODE" = veth ]; then
+    # A veth checks a GSO write against its own features, and pod A's kernel segments one it
+    # cannot carry whole: one write can reach netstackd as several frames.
+    check "$mode: netstackd read $rx frames from the $sent random writes pod A's kernel took" test "$rx" -gt 0
   else
     check "$mode: netstackd read $rx of the $sent random frames pod A's kernel took" test "$rx" -le "${sent:-0}" -a "$rx" -gt 0
   fi

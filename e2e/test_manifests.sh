@@ -5,7 +5,11 @@
 # with each other (ConfigMap keys, service account, RBAC, host paths, probes, the image's
 # entrypoint, netstackd's flags); the ConfigMap's conflist template is the one in
 # manifests/10-netstack.conflist (the one the multi-node e2e installs and uses) and renders
-# for a node; the kind e2e's config parses. Run by scripts/test.sh.
+# for a node; the install step (manifests/install-cni.sh run, the DaemonSet's entrypoint)
+# copies the binaries first, keeps the node's own reference plugins, and writes the conflist
+# with the pod CIDRs netstackd reports only once netstackd answers (a stand-in netstackd, so
+# no root needed); the kind e2e's config parses, and the kind e2e skips cleanly (one SKIP
+# line, exit 0) where it cannot run. Run by scripts/test.sh.
 #
 #   e2e/test_manifests.sh --sync   rewrites the ConfigMap's copy of the conflist template from
 #                                  manifests/10-netstack.conflist, then checks.
@@ -17,7 +21,8 @@ VALIDATOR_VERSION=1.37.0
 K8S_VERSIONS=(1.30.0 1.37.0)
 VENV=${NETSTACK_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/netstack}/kubernetes-validate-$VALIDATOR_VERSION
 WORK=$(mktemp -d /tmp/netstack-manifests.XXXXXX)
-trap 'rm -rf "$WORK"' EXIT
+INSTALL=
+trap '[ -n "$INSTALL" ] && kill -TERM "$INSTALL" 2>/dev/null && wait "$INSTALL"; rm -rf "$WORK"' EXIT
 
 FAILS=0
 PASSES=0
@@ -182,6 +187,64 @@ else
   ok "a template without the netstack plugin is refused"
 fi
 
+log "the install step (manifests/install-cni.sh run) with a stand-in netstackd"
+# The stand-in answers `ctl ... status` (counting each call) only once $FAKE/ready exists, as
+# a netstackd still waiting for its Node's podCIDR would; run as the daemon, it records its
+# arguments and waits for SIGTERM.
+FAKE=$WORK/fake
+mkdir -p "$FAKE/ref" "$FAKE/node/bin" "$FAKE/node/conf" "$FAKE/run"
+cat >"$FAKE/netstackd" <<'EOF'
+#!/bin/sh
+if [ "$1" = ctl ]; then
+  echo asked >>"$FAKE/asked"
+  [ -e "$FAKE/ready" ] || exit 1
+  echo '{"version":"0","pod_cidr":"10.244.7.0/24","pod_cidr_v6":"fd00:10:244:7::/64","attachments":0}'
+  exit 0
+fi
+echo "$*" >"$FAKE/args"
+trap 'exit 0' TERM
+while :; do sleep 1; done
+EOF
+for f in netstackd ref/host-local ref/portmap ref/loopback plugin; do
+  [ -e "$FAKE/$f" ] || printf '#!/bin/sh\necho %s\n' "$(basename "$f")" >"$FAKE/$f"
+  chmod 0755 "$FAKE/$f"
+done
+printf '#!/bin/sh\necho the node own\n' >"$FAKE/node/bin/host-local"
+chmod 0755 "$FAKE/node/bin/host-local"
+FAKE=$FAKE CNI_BIN_DIR=$FAKE/node/bin CNI_CONF_DIR=$FAKE/node/conf \
+  NETSTACK_TEMPLATE=$M/10-netstack.conflist NETSTACK_SOCKET=$FAKE/run/netstackd.sock \
+  NETSTACKD=$FAKE/netstackd NETSTACK_PLUGIN=$FAKE/plugin REF_CNI_DIR=$FAKE/ref \
+  sh "$M/install-cni.sh" run --kube --masquerade=true >"$WORK/install.log" 2>&1 &
+INSTALL=$!
+# until_true N CMD...: poll CMD (0.1 s apart, at most N times).
+until_true() { local n=$1; shift; until "$@"; do n=$((n - 1)); [ "$n" -gt 0 ] || return 1; sleep 0.1; done; }
+check "the plugin is installed before netstackd is ready" until_true 300 test -x "$FAKE/node/bin/netstack"
+check "netstackd is started with the entrypoint's arguments and the socket" until_true 300 \
+  grep -qx -- "--socket $FAKE/run/netstackd.sock --kube --masquerade=true" "$FAKE/args"
+check "the entrypoint keeps asking netstackd" until_true 300 sh -c "[ \$(wc -l <'$FAKE/asked') -ge 3 ]"
+check "no conflist while netstackd is not ready" test -z "$(ls -A "$FAKE/node/conf")"
+touch "$FAKE/ready"
+check "the conflist is written once netstackd answers" until_true 300 test -s "$FAKE/node/conf/10-netstack.conflist"
+check "  ... with the pod CIDRs netstackd reports (both families)" test \
+  "$(jq -c '.plugins[0].ipam.ranges' "$FAKE/node/conf/10-netstack.conflist")" = '[[{"subnet":"10.244.7.0/24"}],[{"subnet":"fd00:10:244:7::/64"}]]'
+check "  ... and nothing else in the conf dir (written under a temporary name, renamed)" \
+  test "$(ls -A "$FAKE/node/conf")" = 10-netstack.conflist
+check "the node's own host-local is kept" grep -q "the node own" "$FAKE/node/bin/host-local"
+check "portmap and loopback, which the node lacked, are copied" \
+  sh -c "cmp '$FAKE/ref/portmap' '$FAKE/node/bin/portmap' && cmp '$FAKE/ref/loopback' '$FAKE/node/bin/loopback'"
+check "netstack in the bin dir is the plugin" cmp "$FAKE/plugin" "$FAKE/node/bin/netstack"
+kill -TERM "$INSTALL"
+wait "$INSTALL"; rc=$?
+INSTALL=
+check "SIGTERM reaches netstackd and the entrypoint exits with its status ($rc)" test "$rc" = 0
+rm -f "$FAKE/ref/portmap" "$FAKE/node/bin/portmap"
+if FAKE=$FAKE CNI_BIN_DIR=$FAKE/node/bin REF_CNI_DIR=$FAKE/ref NETSTACK_PLUGIN=$FAKE/plugin \
+   sh "$M/install-cni.sh" binaries >"$WORK/install2.log" 2>&1; then
+  fail "a reference plugin missing everywhere fails the install"
+else
+  check "a reference plugin missing everywhere fails the install, naming it" grep -q "portmap is neither in" "$WORK/install2.log"
+fi
+
 log "the kind e2e's config"
 check "e2e/kind/kind.yaml parses, disables the default CNI, has two nodes" "$VPY" -c '
 import sys, yaml
@@ -190,6 +253,44 @@ assert c["kind"] == "Cluster" and c["networking"]["disableDefaultCNI"] is True, 
 assert [n["role"] for n in c["nodes"]] == ["control-plane", "worker"], c["nodes"]
 ' "$ROOT/e2e/kind/kind.yaml"
 check "e2e/kind/run.sh is valid shell" bash -n "$ROOT/e2e/kind/run.sh"
+# The kind e2e where it cannot run: stand-ins for docker, kind and kubectl on PATH (each logs
+# its arguments); docker's daemon answers but has no image and no registry ($STUB_IMAGES=1:
+# every image is there, but kind cannot pull its node image).
+STUB=$WORK/stub
+mkdir -p "$STUB"
+cat >"$STUB/docker" <<'EOF'
+#!/bin/sh
+echo "docker $*" >>"$STUB/calls"
+case "$1 $2" in
+  "info "*) exit 0 ;;
+  "image inspect") [ "${STUB_IMAGES:-0}" = 1 ] ;;
+  *) exit 1 ;;
+esac
+EOF
+cat >"$STUB/kind" <<'EOF'
+#!/bin/sh
+echo "kind $*" >>"$STUB/calls"
+if [ "$1 $2" = "create cluster" ]; then
+  echo 'ERROR: failed to create cluster: failed to pull image "kindest/node:v1.33.1": command "docker pull kindest/node:v1.33.1" failed with error: exit status 1' >&2
+  exit 1
+fi
+exit 0
+EOF
+printf '#!/bin/sh\necho "kubectl $*" >>"$STUB/calls"\n' >"$STUB/kubectl"
+chmod 0755 "$STUB/docker" "$STUB/kind" "$STUB/kubectl"
+kind_e2e() { STUB=$STUB PATH="$STUB:$PATH" bash "$ROOT/e2e/kind/run.sh" >"$WORK/kind.out" 2>&1; }
+kind_e2e; rc=$?
+check "kind e2e without images or registry: exits 0 ($rc)" test "$rc" = 0
+check "  ... with a SKIP line naming the missing image" grep -qx "SKIP e2e/kind: image docker.io/library/rust:[^ ]* is neither in docker's image store nor pullable (no registry access?)" "$WORK/kind.out"
+check "  ... before creating any cluster" sh -c "! grep -q '^kind create' '$STUB/calls'"
+KIND_REQUIRED=1 kind_e2e; rc=$?
+check "  ... and fails (exit $rc) with KIND_REQUIRED=1" sh -c "[ $rc = 1 ] && grep -q '^FAIL e2e/kind: image' '$WORK/kind.out'"
+: >"$STUB/calls"
+STUB_IMAGES=1 kind_e2e; rc=$?
+check "kind e2e where kind cannot pull its node image: SKIP, exit 0 ($rc)" sh -c "[ $rc = 0 ] && grep -q '^SKIP e2e/kind: kind could not pull its node image' '$WORK/kind.out'"
+check "  ... after deleting the half-made cluster" grep -q "^kind delete cluster --name netstack-e2e" "$STUB/calls"
+check "  ... having built nothing" sh -c "! grep -q '^docker build' '$STUB/calls'"
+
 
 echo
 echo "test_manifests: $PASSES passed, $FAILS failed"

@@ -2,9 +2,9 @@
 # e2e: two nodes on one link, as Kubernetes would run netstack, without Kubernetes.
 #
 #   netns lan: bridge br0 ── node A (netns, 192.168.201.1)  pods 10.201.1.0/24
-#                        ├── node B (netns, 192.168.201.2)  pods 10.201.2.0/24
-#                        └── ext    (netns, 192.168.201.100: "the outside world", no routes
-#                                    to any pod CIDR)
+#                        ├── node B (netns, 192.168.201.2)  pods 10.201.2.0/24, fd00:201:2::/64
+#                        └── ext    (netns, 192.168.201.100 and fd00:201::100: "the outside
+#                                    world", no routes to any pod CIDR)
 #
 # Each node runs the DaemonSet's entrypoint (manifests/install-cni.sh run) inside its netns:
 # it installs the CNI binaries into the node's own bin dir, starts netstackd with the shared
@@ -12,7 +12,10 @@
 # once netstackd is ready. Pods are created with that conflist and those binaries. Checks:
 # host-gw routes from the list, pod-to-pod across nodes without NAT (the receiver sees the
 # sender's pod IP), egress masquerade to ext (and none where it is off), route removal and
-# re-adding as the list changes, no route churn on resyncs, drift repair, cleanup.
+# re-adding as the list changes, no route churn on resyncs, drift repair, cleanup. Then node A
+# again with --kube against a stand-in API server (e2e/fake_kube_api.py): pod CIDRs from its
+# (dual-stack) Node, IPv6 egress masqueraded by the ip6 table, routes following Nodes that
+# join and leave, none moved by a relist.
 # Needs root; run by scripts/test.sh.
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -27,8 +30,11 @@ EXT=mn-ext-$ID
 IP_NODE_A=192.168.201.1
 IP_NODE_B=192.168.201.2
 IP_EXT=192.168.201.100
+IP6_NODE_A=fd00:201::1
+IP6_EXT=fd00:201::100
 CIDR_A=10.201.1.0/24
 CIDR_B=10.201.2.0/24
+CIDR_B6=fd00:201:2::/64
 SERVICE_CIDR=10.96.0.0/12
 NETNS=()
 PIDS=()
@@ -81,7 +87,10 @@ plug() {
 # node_dir NODE: that node's root (its CNI bin and conf dirs, socket, state, IPAM).
 node_dir() { printf '%s/%s' "$WORK" "$1"; }
 
-# start_node NODE NETNS [NETSTACKD ARGS...]: the DaemonSet entrypoint inside the node's netns.
+# start_node NODE NETNS [NETSTACKD ARGS...]: the DaemonSet entrypoint inside the node's netns,
+# with the node source in SOURCE_ARGS (the static list unless a step says otherwise).
+FILE_SOURCE_ARGS=(--nodes-file "$WORK/nodes.json" --nodes-file-poll-ms 200)
+SOURCE_ARGS=("${FILE_SOURCE_ARGS[@]}")
 start_node() {
   local node=$1 ns=$2 dir
   shift 2
@@ -94,8 +103,8 @@ start_node() {
     NETSTACKD="$BIN/netstackd" NETSTACK_PLUGIN="$BIN/netstack" REF_CNI_DIR="$REF_CNI" \
     READY_TIMEOUT=20 NETSTACK_LOG=info \
     sh "$ROOT/manifests/install-cni.sh" run \
-      --state-dir "$dir/state" --node-name "$node" --nodes-file "$WORK/nodes.json" \
-      --nodes-file-poll-ms 200 --resync-secs 1 --metrics-addr off --workers 2 "$@" \
+      --state-dir "$dir/state" --node-name "$node" "${SOURCE_ARGS[@]}" \
+      --resync-secs 1 --metrics-addr off --workers 2 "$@" \
     >>"$dir/log" 2>&1 &
   PIDS+=($!)
   NODE_PID[$node]=$!
@@ -149,7 +158,7 @@ write_nodes() {
   mv "$WORK/nodes.json.tmp" "$WORK/nodes.json"
 }
 
-for t in "$BIN/netstackd" "$BIN/netstack" "$REF_CNI/host-local" socat jq nft; do
+for t in "$BIN/netstackd" "$BIN/netstack" "$REF_CNI/host-local" socat jq nft curl python3; do
   command -v "$t" >/dev/null || { echo "test_multinode: $t is missing" >&2; exit 1; }
 done
 mkdir -p "$WORK"
@@ -161,6 +170,8 @@ ip -n "$LAN" link set br0 up
 netns "$NODE_A"; plug "$NODE_A" "$IP_NODE_A" port-a
 netns "$NODE_B"; plug "$NODE_B" "$IP_NODE_B" port-b
 netns "$EXT"; plug "$EXT" "$IP_EXT" port-ext
+ip -n "$NODE_A" addr add "$IP6_NODE_A/64" dev eth0 nodad
+ip -n "$EXT" addr add "$IP6_EXT/64" dev eth0 nodad
 check "node A reaches node B on the link" ip netns exec "$NODE_A" ping -c 1 -W 2 "$IP_NODE_B"
 
 log "install step: a netstackd that cannot start never gets a conflist"
@@ -174,7 +185,7 @@ check "netstackd's failure is in the log" grep -q "too small" "$(node_dir node-x
 log "nodes A and B through the DaemonSet entrypoint"
 write_nodes "node-a:$CIDR_A:$IP_NODE_A" "node-b:$CIDR_B:$IP_NODE_B"
 start_node node-a "$NODE_A" --pod-cidr "$CIDR_A" --service-cidr "$SERVICE_CIDR"
-start_node node-b "$NODE_B" --pod-cidr "$CIDR_B" --masquerade=false
+start_node node-b "$NODE_B" --pod-cidr "$CIDR_B" --pod-cidr-v6 "$CIDR_B6" --masquerade=false
 check "node A's conflist is written once netstackd is ready" eventually 20 test -s "$(conflist_of node-a)"
 check "node B's conflist is written once netstackd is ready" eventually 20 test -s "$(conflist_of node-b)"
 CONF_A=$(conflist_of node-a)
@@ -187,6 +198,10 @@ for p in netstack host-local portmap loopback; do
 done
 check "netstack in the bin dir is the built plugin" cmp "$BIN/netstack" "$(node_dir node-a)/opt/cni/bin/netstack"
 check "no temporary file left in the conf dir" test "$(ls -A "$(dirname "$CONF_A")")" = 10-netstack.conflist
+CONF_B=$(conflist_of node-b)
+check "dual-stack node B's conflist has both its pod CIDRs" test "$(jq -c '.plugins[0].ipam.ranges' "$CONF_B")" = "[[{\"subnet\":\"$CIDR_B\"}],[{\"subnet\":\"$CIDR_B6\"}]]"
+check "  ... and both default routes" test "$(jq -c '[.plugins[0].ipam.routes[].dst]' "$CONF_B")" = '["0.0.0.0/0","::/0"]'
+check "  ... as netstackd's status reports them" test "$("$BIN/netstackd" ctl --socket "$(node_dir node-b)/netstackd.sock" --json status | jq -r '.pod_cidr_v6')" = "$CIDR_B6"
 
 log "host-gw routes from the node list"
 check "A routes $CIDR_B via B" eventually 5 has_route "$NODE_A" "$CIDR_B" "$IP_NODE_B"
@@ -209,6 +224,7 @@ IP_A2=$(add_pod node-a "$NODE_A" "$A2") && ok "ADD pod a2 on A ($IP_A2)" || fail
 IP_B1=$(add_pod node-b "$NODE_B" "$B1") && ok "ADD pod b1 on B ($IP_B1)" || fail "ADD pod b1 on B"
 check "a1's address is in A's pod CIDR" test "${IP_A1%.*}.0/24" = "$CIDR_A"
 check "b1's address is in B's pod CIDR" test "${IP_B1%.*}.0/24" = "$CIDR_B"
+check "b1 also got an IPv6 address in $CIDR_B6 (dual-stack conflist)" sh -c "ip -n $B1 -6 addr show dev eth0 scope global | grep -q 'inet6 ${CIDR_B6%::/64}:'"
 
 log "pod to pod"
 check "ping a1 -> a2 (same node)" ip netns exec "$A1" ping -c 2 -i 0.2 -W 2 "$IP_A2"
@@ -273,11 +289,102 @@ wait "${NODE_PID[node-a]}"; rc=$?
 check "node A's entrypoint passes SIGTERM on and exits 0 ($rc)" test "$rc" = 0
 check_not "netstackd on A removed its masquerade table on shutdown" ip netns exec "$NODE_A" nft list table ip netstack
 check "A's routes stay across a restart" has_route "$NODE_A" "$CIDR_B" "$IP_NODE_B"
+# A crash (kill -9) leaves the masquerade table behind: cleanup removes it.
+ip netns exec "$NODE_A" "$BIN/netstackd" --pod-cidr "$CIDR_A" --socket "$(node_dir node-a)/netstackd.sock" \
+  --state-dir "$(node_dir node-a)/state" --node-name node-a --nodes-file "$WORK/nodes.json" \
+  --metrics-addr off --workers 1 >>"$(node_dir node-a)/log" 2>&1 &
+crashed=$!
+PIDS+=("$crashed")
+check "netstackd on A again (masquerade on by default)" eventually 20 sh -c "ip netns exec $NODE_A nft list table ip netstack"
+kill -KILL "$crashed"; wait "$crashed" 2>/dev/null
+check "kill -9 leaves netstack's table behind" ip netns exec "$NODE_A" nft list table ip netstack
 out=$(ip netns exec "$NODE_A" "$BIN/netstackd" cleanup --socket "$(node_dir node-a)/netstackd.sock" --state-dir "$(node_dir node-a)/state" 2>&1)
 check "netstackd cleanup on A succeeds" grep -q "1 host-gw route(s) removed" <<<"$out"
+check "  ... and reports the table removed" grep -q "nftables table ip netstack removed" <<<"$out"
+check_not "no netstack table left on A" ip netns exec "$NODE_A" nft list table ip netstack
 check "no netstack route left on A" test -z "$(routes_of "$NODE_A")"
 check "the foreign route is still there" sh -c "ip -n $NODE_A route show 10.201.77.0/24 | grep -q via"
 check "no uplink left on A" sh -c "! ip -n $NODE_A link show netstack0"
+
+log "node A through the Kubernetes API (--kube; a stand-in API server in A's netns)"
+# The same entrypoint, with --kube instead of --nodes-file and no --pod-cidr: the pod CIDRs
+# come from node-a's Node object, the routes from the watch on all Nodes.
+mv "$(node_dir node-a)" "$(node_dir node-a).file"
+ip netns exec "$NODE_A" python3 "$ROOT/e2e/fake_kube_api.py" "$WORK/api.port" 2>"$WORK/api.log" &
+PIDS+=($!)
+check "the stand-in API server listens" eventually 10 test -s "$WORK/api.port"
+API=http://127.0.0.1:$(cat "$WORK/api.port")
+cat >"$WORK/kubeconfig" <<EOF
+apiVersion: v1
+kind: Config
+clusters: [{name: standin, cluster: {server: "$API"}}]
+users: [{name: netstack, user: {}}]
+contexts: [{name: standin, context: {cluster: standin, user: netstack}}]
+current-context: standin
+EOF
+CIDR_A6=fd00:201:1::/64
+# kube_node NAME POD_CIDRS_JSON INTERNAL_IP: a Node object.
+kube_node() {
+  printf '{"metadata":{"name":"%s"},"spec":{"podCIDR":%s,"podCIDRs":%s},"status":{"addresses":[{"type":"Hostname","address":"%s"},{"type":"InternalIP","address":"%s"}]}}' \
+    "$1" "$(jq -c '.[0]' <<<"$2")" "$2" "$1" "$3"
+}
+# put_nodes NODE_JSON...: the cluster's Nodes, replaced.
+put_nodes() {
+  local IFS=,
+  ip netns exec "$NODE_A" curl -sf -X PUT --data "{\"items\":[$*]}" "$API/test/nodes" >/dev/null
+}
+api_stat() { ip netns exec "$NODE_A" curl -sf "$API/test/stats" | jq -r ".$1"; }
+NODE_KA=$(kube_node node-a "[\"$CIDR_A\",\"$CIDR_A6\"]" "$IP_NODE_A")
+NODE_KB=$(kube_node node-b "[\"$CIDR_B\"]" "$IP_NODE_B")
+NODE_KC=$(kube_node node-c '["10.201.3.0/24"]' 192.168.201.3)
+check "the API holds nodes a and b" put_nodes "$NODE_KA" "$NODE_KB"
+SOURCE_ARGS=(--kube)
+KUBECONFIG=$WORK/kubeconfig start_node node-a "$NODE_A"
+SOURCE_ARGS=("${FILE_SOURCE_ARGS[@]}")
+CONF_A=$(conflist_of node-a)
+check "node A's conflist is written once netstackd is ready" eventually 20 test -s "$CONF_A"
+check "  ... with both pod CIDRs of node-a's Node (no --pod-cidr given)" test \
+  "$(jq -c '.plugins[0].ipam.ranges' "$CONF_A")" = "[[{\"subnet\":\"$CIDR_A\"}],[{\"subnet\":\"$CIDR_A6\"}]]"
+check "A routes $CIDR_B via B, from the watched Nodes" eventually 10 has_route "$NODE_A" "$CIDR_B" "$IP_NODE_B"
+check "A masquerades, with B's pod CIDR exempt" eventually 5 exempt "$NODE_A" 10.201.2.77
+A3=mn-a3-$ID
+new_pod "$A3"
+IP_A3=$(add_pod node-a "$NODE_A" "$A3") && ok "ADD pod a3 on A ($IP_A3)" || fail "ADD pod a3 on A"
+check "node B reaches pod a3 across nodes" ip netns exec "$NODE_B" ping -c 2 -i 0.2 -W 2 "$IP_A3"
+# Egress over IPv6: the Node is dual-stack, so a3 has an IPv6 address too, and netstack's
+# ip6 table masquerades it (ext has no route to any pod CIDR).
+check "A masquerades IPv6 pod traffic too (table ip6 netstack)" eventually 5 sh -c "ip netns exec $NODE_A nft list table ip6 netstack | grep -q 'ip6 saddr $CIDR_A6 ip6 daddr != @no_masquerade masquerade'"
+ip netns exec "$EXT" timeout 20 socat -T 5 "TCP6-LISTEN:7006,bind=[$IP6_EXT],reuseaddr" SYSTEM:'echo $SOCAT_PEERADDR' &
+PIDS+=($!)
+sleep 0.3
+seen=$(ip netns exec "$A3" timeout 5 socat -T 3 - "TCP6:[$IP6_EXT]:7006" </dev/null 2>/dev/null | tr -d '[]')
+seen=$(python3 -c 'import ipaddress, sys; print(ipaddress.ip_address(sys.argv[1]))' "$seen" 2>/dev/null)
+check "ext sees node A's IPv6 address for a3's connection ($seen)" test "$seen" = "$IP6_NODE_A"
+check "a node joins the cluster" put_nodes "$NODE_KA" "$NODE_KB" "$NODE_KC"
+check "  ... A routes its pod CIDR 10.201.3.0/24 via 192.168.201.3" eventually 10 has_route "$NODE_A" 10.201.3.0/24 192.168.201.3
+
+# The watch expires (410): the watcher relists the same Nodes; no route may move.
+changes_before=$(grep -c "node list changed" "$(node_dir node-a)/log")
+lists_before=$(api_stat lists)
+watches_before=$(api_stat watches)
+ip -n "$NODE_A" monitor route >"$WORK/monitor-kube" 2>&1 &
+mon=$!
+PIDS+=("$mon")
+ip netns exec "$NODE_A" curl -sf -X POST "$API/test/expire" >/dev/null
+# Relisted, and watching again after the relist (so the relist has been folded in).
+check "the expired watch makes netstackd relist" eventually 20 sh -c "[ \$(ip netns exec $NODE_A curl -sf $API/test/stats | jq .lists) -gt $lists_before ]"
+check "  ... and watch again" eventually 20 sh -c "[ \$(ip netns exec $NODE_A curl -sf $API/test/stats | jq .watches) -gt $((watches_before + 1)) ]"
+kill "$mon" 2>/dev/null; wait "$mon" 2>/dev/null
+check "  ... without a route event on A" test ! -s "$WORK/monitor-kube"
+check "  ... nor a new node list" test "$(grep -c "node list changed" "$(node_dir node-a)/log")" = "$changes_before"
+
+check "node-b leaves the cluster" put_nodes "$NODE_KA" "$NODE_KC"
+check "  ... A's route to $CIDR_B is removed" eventually 10 no_route "$NODE_A" "$CIDR_B"
+check "  ... the route to node-c stays" has_route "$NODE_A" 10.201.3.0/24 192.168.201.3
+check "DEL a3" cni node-a "$NODE_A" DEL "$A3"
+kill -TERM "${NODE_PID[node-a]}"
+wait "${NODE_PID[node-a]}"; rc=$?
+check "node A (--kube) exits 0 on SIGTERM ($rc)" test "$rc" = 0
 
 echo
 echo "test_multinode: $PASSES passed, $FAILS failed"

@@ -44,7 +44,7 @@ check "result: interface eth0 in the sandbox" test "$(jq -r '.interfaces[0].name
 check "result: ip points at interface 0 with the gateway" test "$(jq -r '(.ips[0].interface|tostring) + " " + .ips[0].gateway' <<<"$R")" = "0 $GATEWAY"
 check "result: default route via the gateway" test "$(jq -r '.routes[] | select(.dst=="0.0.0.0/0") | .gw' <<<"$R")" = "$GATEWAY"
 check "result MAC is the device's MAC" test "$(jq -r '.interfaces[0].mac' <<<"$R")" = "$(in_pod "$A" cat /sys/class/net/eth0/address)"
-check "pod eth0 is a multi-queue TAP with vnet header" sh -c "ip -n $A -d link show eth0 | grep -q 'tun type tap.*vnet_hdr.*multi_queue'"
+check "pod eth0 is what $MODE mode makes (TAP: multi-queue, vnet header; veth: peer in netstackd's netns)" pod_link_is_ours "$A"
 check "pod eth0 has the address" sh -c "ip -n $A -4 addr show eth0 | grep -q 'inet $IP_A/24'"
 check "pod default route via gateway" sh -c "ip -n $A route show default | grep -q 'via $GATEWAY dev eth0'"
 check "pod eth0 hands TSO frames to netstackd" sh -c "ip netns exec $A ethtool -k eth0 | grep -q '^tcp-segmentation-offload: on'"
@@ -133,7 +133,7 @@ check "netstackd used $((t1 - t0)) ticks in 3 idle seconds (<= 5)" test $((t1 - 
 
 log "DEL"
 check "DEL pod A" cni DEL "$A" "/run/netns/$A"
-check "pod A's TAP is gone" sh -c "! ip -n $A link show eth0"
+check "pod A's $MODE device is gone" sh -c "! ip -n $A link show eth0"
 check "pod A's state file is gone" test ! -e "$STATE/${A}_eth0.json"
 check "second DEL of pod A succeeds" cni DEL "$A" "/run/netns/$A"
 ip netns del "$B"

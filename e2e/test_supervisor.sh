@@ -15,7 +15,29 @@ check() { local what=$1; shift; if "$@" >/dev/null 2>&1; then ok "$what"; else f
 child_pid() { pgrep -P "$NETSTACKD_PID" -f 'netstackd dataplane' | head -1; }
 status_field() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }
 fd_count() { ls "/proc/$1/fd" | wc -l; }
-numqueues() { ip -n "$1" -d link show eth0 | grep -o 'numqueues [0-9]*' | cut -d' ' -f2; }
+# settled_fd_count PID: the fd count once start-up work (node logic, metrics) has settled —
+# two reads 200 ms apart that agree.
+settled_fd_count() {
+  local a b i
+  a=$(fd_count "$1")
+  for i in $(seq 1 25); do
+    sleep 0.2
+    b=$(fd_count "$1")
+    [ "$a" = "$b" ] && break
+    a=$b
+  done
+  echo "$a"
+}
+# numqueues POD: the TAP's queues, or in veth mode the packet sockets bound to its peer.
+numqueues() {
+  if [ "$MODE" = veth ]; then
+    local idx
+    idx=$(in_dp ip -j link show "$(veth_peer "$1")" | jq '.[0].ifindex')
+    in_dp awk -v i="$idx" 'NR > 1 && $5 == i' /proc/net/packet | wc -l
+  else
+    ip -n "$1" -d link show eth0 | grep -o 'numqueues [0-9]*' | cut -d' ' -f2
+  fi
+}
 state_files() { find "$STATE" -name '*.json' | wc -l; }
 WORKERS=2
 
@@ -84,6 +106,11 @@ sleep 1
 check "the dataplane was killed by SIGSYS" grep -q 'dataplane up (it exited: signal: 31 (SIGSYS)' "$WORK/netstackd.log"
 check "the supervisor survives and answers" ctl status
 stop_netstackd
+NETSTACK_DATAPLANE_SELFTEST=thread-panic start_netstackd --workers "$WORKERS"
+sleep 1
+check "a panicking dataplane thread takes the child down (SIGABRT)" grep -Eq 'exited.*signal: 6 \(SIGABRT\)' "$WORK/netstackd.log"
+check "the supervisor survives a dataplane panic and answers" ctl status
+stop_netstackd
 start_netstackd --workers "$WORKERS"
 check "pods restored after the restart" test "$(ctl status | jq .attachments)" = 2
 
@@ -101,7 +128,11 @@ check "both pods restored" test "$(ctl status | jq .attachments)" = 2
 
 log "SIGTERM: clean stop, pods keep their TAPs, and come back"
 stop_netstackd
-check "pod A's TAP is still there, persistent" sh -c "ip -n $A -d link show eth0 | grep -q 'persist on'"
+if [ "$MODE" = veth ]; then
+  check "pod A's veth is still there, its peer in netstackd's netns" pod_link_is_ours "$A"
+else
+  check "pod A's TAP is still there, persistent" sh -c "ip -n $A -d link show eth0 | grep -q 'persist on'"
+fi
 check "the uplink is still there" ip link show "$UPLINK"
 check "the socket is gone" test ! -e "$SOCK"
 start_netstackd --workers "$WORKERS"
@@ -110,19 +141,19 @@ check "ping A -> B after the restart" in_pod "$A" ping -c 2 -i 0.2 -W 2 "$IP_B"
 log "20 kill/restart cycles under ping load"
 in_pod "$A" ping -i 0.05 -w 30 -q "$IP_B" >"$WORK/ping.out" 2>&1 &
 PINGER=$!
-BASE_FDS=$(fd_count "$NETSTACKD_PID")
+BASE_FDS=$(settled_fd_count "$NETSTACKD_PID")
 fds_ok=1
 for i in $(seq 1 20); do
   kill -9 "$NETSTACKD_PID"
   wait "$NETSTACKD_PID" 2>/dev/null
   start_netstackd --workers "$WORKERS" || { fds_ok=0; break; }
-  n=$(fd_count "$NETSTACKD_PID")
+  n=$(settled_fd_count "$NETSTACKD_PID")
   [ "$n" = "$BASE_FDS" ] || { echo "    cycle $i: $n fds, baseline $BASE_FDS"; fds_ok=0; }
 done
 kill -INT "$PINGER" 2>/dev/null; wait "$PINGER" 2>/dev/null
 check "supervisor fd count stays at its baseline ($BASE_FDS)" test "$fds_ok" = 1
-check "pod A's TAP has exactly $WORKERS queues" test "$(numqueues "$A")" = "$WORKERS"
-check "pod B's TAP has exactly $WORKERS queues" test "$(numqueues "$B")" = "$WORKERS"
+check "pod A's $MODE device has exactly $WORKERS queues/sockets" test "$(numqueues "$A")" = "$WORKERS"
+check "pod B's $MODE device has exactly $WORKERS queues/sockets" test "$(numqueues "$B")" = "$WORKERS"
 check "exactly 2 state files, no temporaries" test "$(state_files)" = 2 -a "$(find "$STATE" -name '*.tmp' | wc -l)" = 0
 check "one dataplane process" test "$(pgrep -f "netstackd dataplane" -P "$NETSTACKD_PID" | wc -l)" = 1
 check "ping replies kept coming through the cycles" grep -qE ' [1-9][0-9]* received' "$WORK/ping.out"
@@ -171,10 +202,11 @@ check "refused fds are closed (supervisor fd count back to $BASE_FDS)" test "$(f
 diff "$WORK/fds.before" "$WORK/fds.after" >&2
 
 log "netstackd cleanup"
-check "cleanup refuses while netstackd runs" sh -c "! $BIN/netstackd cleanup --socket $SOCK --state-dir $STATE --uplink $UPLINK"
+check "cleanup refuses while netstackd runs" sh -c "! $BIN/netstackd cleanup --socket $SOCK --state-dir $STATE --uplink $UPLINK --dp-netns $DP_NETNS"
 stop_netstackd
-check "cleanup succeeds once it is stopped" "$BIN/netstackd" cleanup --socket "$SOCK" --state-dir "$STATE" --uplink "$UPLINK"
-check "  ... pod A's TAP is gone" sh -c "! ip -n $A link show eth0"
+check "cleanup succeeds once it is stopped" "$BIN/netstackd" cleanup --socket "$SOCK" --state-dir "$STATE" --uplink "$UPLINK" --dp-netns "$DP_NETNS"
+check "  ... pod A's $MODE device is gone" sh -c "! ip -n $A link show eth0"
+check "  ... netstackd's netns for veth peers is gone" test ! -e "$DP_NETNS"
 check "  ... the uplink is gone" sh -c "! ip link show $UPLINK"
 check "  ... no state files" test "$(state_files)" = 0
 

@@ -5,6 +5,8 @@ set -euo pipefail
 
 PACKAGES=(containernetworking-plugins iperf3 iproute2 iputils-ping ethtool jq netcat-openbsd socat procps runc podman busybox-static python3 tshark tcpdump python3-prometheus-client)
 PACKAGES+=(containerd protobuf-compiler gcc libc6-dev iptables)  # CNI chaining (portmap) and the containerd e2e
+PACKAGES+=(nftables curl python3-venv)  # node mode: masquerade (nft); test_multinode, test_manifests (kubernetes-validate venv)
+PACKAGES+=(passt slirp4netns)  # e2e/bench: the pasta and slirp4netns baselines
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -1,5 +1,6 @@
-//! CNI ADD: IPAM, then the pod's TAP in its netns, then the hand-off to netstackd. Every step
-//! that succeeded is undone when a later one fails, so a failed ADD leaves nothing behind.
+//! CNI ADD: IPAM, then the pod's TAP (or veth) in its netns, then the hand-off to netstackd.
+//! Every step that succeeded is undone when a later one fails, so a failed ADD leaves nothing
+//! behind.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -8,7 +9,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use ipnet::IpNet;
-use netstackd::control::{Attachment, AttachmentKey, Client, ClientError, Reply, Request};
+use netstackd::control::{
+    veth_peer_name, Attachment, AttachmentKey, Client, ClientError, LinkMode, Reply, Request,
+    VETH_ALIAS,
+};
 use netstackd::netlink::Netlink;
 use netstackd::netns::{run_in_netns, NetnsError};
 use netstackd::sys::tap::{open_queues, TunKind};
@@ -112,15 +116,26 @@ fn routes_to_install(ipam: &IpamResult) -> Vec<Route> {
 
 /// What the netns part of ADD produced.
 struct PodLink {
+    /// The TAP's queue fds (none for a veth: netstackd opens its own sockets).
     queues: Vec<OwnedFd>,
 }
 
-/// Creates the multi-queue TAP in the pod netns and configures it. On error the link is
-/// deleted before returning.
+/// How the pod's interface is made.
+#[derive(Debug, Clone)]
+enum LinkKind {
+    /// A persistent multi-queue TAP with this many queues.
+    Tap { queues: usize },
+    /// A veth pair whose peer (this name) netstackd takes into its own netns.
+    Veth { peer: String },
+}
+
+/// Creates the pod's interface (a multi-queue TAP, or a veth pair whose peer stays down for
+/// netstackd to take) in the pod netns and configures it. On error the link is deleted
+/// before returning.
 fn create_pod_link(
     netns: &Path,
     ifname: &str,
-    queues: usize,
+    kind: LinkKind,
     mac: MacAddr,
     mtu: u32,
     addrs: &[IpNet],
@@ -140,8 +155,22 @@ fn create_pod_link(
                 "interface {ifname} already exists in the container"
             )));
         }
-        let tap = open_queues(&ifname, TunKind::Tap, queues, true)
-            .map_err(|e| CniError::Setup(format!("creating TAP {ifname}: {e}")))?;
+        let tap = match &kind {
+            LinkKind::Tap { queues } => {
+                open_queues(&ifname, TunKind::Tap, *queues, true)
+                    .map_err(|e| CniError::Setup(format!("creating TAP {ifname}: {e}")))?
+                    .fds
+            }
+            LinkKind::Veth { peer } => {
+                nl.add_veth(&ifname, peer)
+                    .map_err(|e| CniError::Setup(format!("creating veth {ifname}: {e}")))?;
+                if let Err(e) = nl.set_alias(&ifname, VETH_ALIAS) {
+                    let _ = nl.del_link(&ifname);
+                    return Err(CniError::Setup(format!("marking veth {ifname}: {e}")));
+                }
+                Vec::new()
+            }
+        };
         let configured = (|| -> Result<(), String> {
             if addrs.iter().any(|a| a.addr().is_ipv6()) {
                 // IPAM made the addresses unique: skip duplicate address detection so they
@@ -168,7 +197,7 @@ fn create_pod_link(
             let _ = nl.del_link(&ifname);
             return Err(CniError::Setup(format!("configuring {ifname}: {e}")));
         }
-        Ok(PodLink { queues: tap.fds })
+        Ok(PodLink { queues: tap })
     })
     .map_err(netns_error)?
 }
@@ -180,21 +209,25 @@ fn disable_dad(ifname: &str) -> Result<(), String> {
     std::fs::write(&path, "0").map_err(|e| format!("writing {path}: {e}"))
 }
 
-/// Deletes the pod's TAP if it is there and is a TUN/TAP device; a missing netns or device, or
-/// a device of another kind (not ours), is left as it is.
-pub fn delete_pod_link(netns: &Path, ifname: &str) -> Result<(), CniError> {
+/// Deletes the pod's TAP (or, in veth mode, its veth with the netstack alias: the peer goes
+/// with it) if it is there; a missing netns or device, or another device (not ours), is left
+/// as it is.
+pub fn delete_pod_link(netns: &Path, ifname: &str, mode: LinkMode) -> Result<(), CniError> {
     let name = ifname.to_owned();
     match run_in_netns(netns, move || -> Result<(), String> {
         let nl = Netlink::new().map_err(|e| e.to_string())?;
         match nl.link_info(&name).map_err(|e| e.to_string())? {
-            Some(info) if info.kind.as_deref() == Some("tun") => {
+            Some(info)
+                if info.kind.as_deref() == Some(mode.device_kind())
+                    && (mode == LinkMode::Tap || info.alias.as_deref() == Some(VETH_ALIAS)) =>
+            {
                 nl.del_link(&name).map(drop).map_err(|e| e.to_string())
             }
             Some(info) => {
                 // Not ours (ADD refuses an existing name): DEL leaves it alone and succeeds.
                 eprintln!(
-                    "netstack: {name} is a {} device, not a netstack TAP: left alone",
-                    info.kind.as_deref().unwrap_or("non-tun")
+                    "netstack: {name} is a {} device, not a netstack {mode} device: left alone",
+                    info.kind.as_deref().unwrap_or("kindless")
                 );
                 Ok(())
             }
@@ -289,13 +322,22 @@ fn attach_allocated(
     let mtu = conf.mtu();
     let addrs: Vec<IpNet> = allocated.ips.iter().map(|ip| ip.address).collect();
     let routes = routes_to_install(allocated);
-    let link = create_pod_link(netns, &env.ifname, workers, mac, mtu, &addrs, &routes)?;
+    let key = AttachmentKey {
+        container_id: env.container_id.clone(),
+        ifname: env.ifname.clone(),
+    };
+    let mode = conf.link_mode();
+    let (kind, peer) = match mode {
+        LinkMode::Tap => (LinkKind::Tap { queues: workers }, None),
+        LinkMode::Veth => {
+            let peer = veth_peer_name(&key);
+            (LinkKind::Veth { peer: peer.clone() }, Some(peer))
+        }
+    };
+    let link = create_pod_link(netns, &env.ifname, kind, mac, mtu, &addrs, &routes)?;
 
     let attachment = Attachment {
-        key: AttachmentKey {
-            container_id: env.container_id.clone(),
-            ifname: env.ifname.clone(),
-        },
+        key,
         netns: netns.to_owned(),
         mac,
         ips: addrs.clone(),
@@ -304,6 +346,8 @@ fn attach_allocated(
         queues: link.queues.len(),
         labels: labels(env, conf),
         bandwidth: conf.runtime_config.as_ref().and_then(|r| r.bandwidth),
+        mode,
+        peer,
     };
     let fds: Vec<_> = link.queues.iter().map(|fd| fd.as_fd()).collect();
     let reply = client.call(&Request::Attach(attachment.clone()), &fds);
@@ -326,7 +370,7 @@ fn attach_allocated(
         }
     };
     if let Some(e) = failure {
-        if let Err(undo) = delete_pod_link(netns, &env.ifname) {
+        if let Err(undo) = delete_pod_link(netns, &env.ifname, mode) {
             eprintln!(
                 "netstack: removing {} after a failed ADD: {undo}",
                 env.ifname

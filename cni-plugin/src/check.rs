@@ -1,5 +1,5 @@
 //! CNI CHECK: is the attachment still what ADD made of it? Compares the device in the pod's
-//! netns (a netstack TAP, its MAC, addresses and routes) and netstackd's record of the
+//! netns (a netstack TAP or veth, its MAC, addresses and routes) and netstackd's record of the
 //! attachment with `prevResult`, after asking the IPAM plugin to check its own allocation.
 //! Every difference is reported (code 101), each naming what differs; things added later by
 //! chained plugins (more addresses, more routes) are not differences.
@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use ipnet::IpNet;
-use netstackd::control::{AttachmentKey, Reply, Request};
+use netstackd::control::{AttachmentKey, LinkMode, Reply, Request};
 use netstackd::netlink::Netlink;
 use netstackd::netns::run_in_netns;
 use netstackd::wire::MacAddr;
@@ -58,9 +58,9 @@ fn expected(prev: &PrevResult, ifname: &str, netns: &Path) -> Result<Expected, C
     })
 }
 
-/// What is really in the netns: (is a TUN/TAP, MAC, addresses, routes as (dst, gw)).
+/// What is really in the netns: (rtnetlink kind, MAC, addresses, routes as (dst, gw)).
 type Observed = (
-    bool,
+    Option<String>,
     Option<[u8; 6]>,
     Vec<IpNet>,
     Vec<(IpNet, Option<IpAddr>)>,
@@ -83,25 +83,30 @@ fn observe(netns: &Path, ifname: &str) -> Result<Option<Observed>, CniError> {
         {
             routes.push((dst, gw));
         }
-        Ok(Some((
-            info.kind.as_deref() == Some("tun"),
-            info.mac,
-            addrs,
-            routes,
-        )))
+        Ok(Some((info.kind, info.mac, addrs, routes)))
     })
     .map_err(netns_error)?
     .map_err(|e| CniError::Setup(format!("reading {ifname} in {}: {e}", netns.display())))
 }
 
-/// The differences between what `prevResult` says and what the netns holds.
-fn compare_netns(want: &Expected, ifname: &str, seen: Option<Observed>) -> Vec<String> {
-    let Some((is_tap, mac, addrs, routes)) = seen else {
+/// The differences between what `prevResult` says and what the netns holds, for an
+/// interface of `mode`.
+fn compare_netns(
+    want: &Expected,
+    ifname: &str,
+    mode: LinkMode,
+    seen: Option<Observed>,
+) -> Vec<String> {
+    let Some((kind, mac, addrs, routes)) = seen else {
         return vec![format!("interface {ifname} does not exist in the netns")];
     };
     let mut diffs = Vec::new();
-    if !is_tap {
-        diffs.push(format!("interface {ifname} is not a netstack TAP"));
+    if kind.as_deref() != Some(mode.device_kind()) {
+        let what = match mode {
+            LinkMode::Tap => "TAP",
+            LinkMode::Veth => "veth",
+        };
+        diffs.push(format!("interface {ifname} is not a netstack {what}"));
     }
     if let Some(want_mac) = want.mac {
         if mac != Some(want_mac.0) {
@@ -147,6 +152,13 @@ fn compare_daemon(
         )]);
     };
     let mut diffs = Vec::new();
+    if pod.mode != conf.link_mode().as_str() {
+        diffs.push(format!(
+            "netstackd serves {key} in {} mode, the config says {}",
+            pod.mode,
+            conf.link_mode()
+        ));
+    }
     if pod.netns != netns {
         diffs.push(format!(
             "netstackd serves {key} in netns {}, not {}",
@@ -196,7 +208,12 @@ pub fn cmd_check(env: &CniEnv, conf: &NetConf, stdin: &[u8]) -> Result<(), CniEr
             netns.display()
         )));
     }
-    let mut diffs = compare_netns(&want, &env.ifname, observe(netns, &env.ifname)?);
+    let mut diffs = compare_netns(
+        &want,
+        &env.ifname,
+        conf.link_mode(),
+        observe(netns, &env.ifname)?,
+    );
     let key = AttachmentKey {
         container_id: env.container_id.clone(),
         ifname: env.ifname.clone(),
@@ -225,7 +242,7 @@ mod tests {
 
     fn observed() -> Observed {
         (
-            true,
+            Some("tun".to_owned()),
             Some([0x0a, 0x58, 10, 244, 1, 5]),
             vec!["10.244.1.5/24".parse().unwrap()],
             vec![
@@ -241,7 +258,18 @@ mod tests {
     #[test]
     fn a_matching_netns_has_no_differences() {
         let want = expected(&prev(), "eth0", Path::new("/run/netns/p")).unwrap();
-        assert!(compare_netns(&want, "eth0", Some(observed())).is_empty());
+        assert!(compare_netns(&want, "eth0", LinkMode::Tap, Some(observed())).is_empty());
+        let mut veth = observed();
+        veth.0 = Some("veth".to_owned());
+        assert!(compare_netns(&want, "eth0", LinkMode::Veth, Some(veth.clone())).is_empty());
+        assert_eq!(
+            compare_netns(&want, "eth0", LinkMode::Tap, Some(veth)),
+            vec!["interface eth0 is not a netstack TAP".to_owned()]
+        );
+        assert_eq!(
+            compare_netns(&want, "eth0", LinkMode::Veth, Some(observed())),
+            vec!["interface eth0 is not a netstack veth".to_owned()]
+        );
     }
 
     #[test]
@@ -250,7 +278,7 @@ mod tests {
         // (change to the netns, text expected in the difference)
         type Change = fn(&mut Observed);
         let table: [(Change, &str); 4] = [
-            (|o| o.0 = false, "is not a netstack TAP"),
+            (|o| o.0 = None, "is not a netstack TAP"),
             (
                 |o| o.1 = Some([2, 0, 0, 0, 0, 1]),
                 "has MAC 02:00:00:00:00:01",
@@ -264,12 +292,12 @@ mod tests {
         for (change, text) in table {
             let mut o = observed();
             change(&mut o);
-            let diffs = compare_netns(&want, "eth0", Some(o));
+            let diffs = compare_netns(&want, "eth0", LinkMode::Tap, Some(o));
             assert_eq!(diffs.len(), 1, "{text}: {diffs:?}");
             assert!(diffs[0].contains(text), "{text}: {diffs:?}");
         }
         assert_eq!(
-            compare_netns(&want, "eth0", None),
+            compare_netns(&want, "eth0", LinkMode::Tap, None),
             vec!["interface eth0 does not exist in the netns".to_owned()]
         );
     }

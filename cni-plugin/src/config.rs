@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use netstackd::control::LinkMode;
+
 use crate::{CniError, SUPPORTED_VERSIONS};
 
 /// The pod interface MTU when the config names none.
@@ -34,7 +36,7 @@ pub struct NetConf {
     /// The pod interface MTU.
     #[serde(default)]
     pub mtu: Option<u32>,
-    /// The link mode; only "tap" in this version.
+    /// The link mode: "tap" (default) or "veth".
     #[serde(default)]
     pub mode: Option<String>,
     /// The IPAM plugin's section; `type` names the plugin.
@@ -116,7 +118,7 @@ impl NetConf {
             return Err(CniError::InvalidConfig("name is empty".into()));
         }
         if let Some(mode) = conf.mode.as_deref() {
-            if mode != "tap" {
+            if mode.parse::<LinkMode>().is_err() {
                 return Err(CniError::UnsupportedField {
                     field: "mode".into(),
                     value: mode.into(),
@@ -168,6 +170,14 @@ impl NetConf {
             return Err(CniError::Decode("prevResult is not a JSON object".into()));
         }
         Ok(conf)
+    }
+
+    /// The link mode (validated by [`NetConf::parse`]; TAP when the config names none).
+    pub fn link_mode(&self) -> LinkMode {
+        self.mode
+            .as_deref()
+            .and_then(|m| m.parse().ok())
+            .unwrap_or_default()
     }
 
     /// Is the config's version at least `major.minor.patch`?
@@ -322,6 +332,28 @@ mod tests {
                 .unwrap()
                 .version_at_least((1, 1, 0))
         );
+    }
+
+    #[test]
+    fn link_mode_defaults_to_tap() {
+        // (config, mode it selects)
+        let table = [
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","type":"netstack"}"#,
+                LinkMode::Tap,
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","type":"netstack","mode":"tap"}"#,
+                LinkMode::Tap,
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","type":"netstack","mode":"veth"}"#,
+                LinkMode::Veth,
+            ),
+        ];
+        for (json, mode) in table {
+            assert_eq!(conf(json).unwrap().link_mode(), mode, "{json}");
+        }
     }
 
     #[test]

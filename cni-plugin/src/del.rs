@@ -1,5 +1,5 @@
-//! CNI DEL: best effort, idempotent. Detach from netstackd, delete the TAP if the netns is
-//! still there, release the IPAM allocation — every step runs even when an earlier one
+//! CNI DEL: best effort, idempotent. Detach from netstackd, delete the TAP (or veth) if the
+//! netns is still there, release the IPAM allocation — every step runs even when an earlier one
 //! failed, and anything already gone counts as done.
 
 use netstackd::control::{AttachmentKey, Reply, Request};
@@ -32,7 +32,7 @@ pub fn cmd_del(env: &CniEnv, conf: &NetConf, stdin: &[u8]) -> Result<(), CniErro
     }
 
     if let Some(netns) = env.netns.as_deref() {
-        if let Err(e) = delete_pod_link(netns, &env.ifname) {
+        if let Err(e) = delete_pod_link(netns, &env.ifname, conf.link_mode()) {
             errors.push(e);
         }
     }

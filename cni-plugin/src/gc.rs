@@ -94,7 +94,8 @@ pub fn cmd_gc(env: &CniEnv, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError
                     ))),
                     Err(e) => errors.push(control_error(e)),
                 }
-                if let Err(e) = delete_pod_link(&pod.netns, &key.ifname) {
+                let mode = pod.mode.parse().unwrap_or_default();
+                if let Err(e) = delete_pod_link(&pod.netns, &key.ifname, mode) {
                     errors.push(e);
                 }
                 if let Some(t) = &ipam_type {

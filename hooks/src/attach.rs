@@ -138,7 +138,10 @@ pub fn roll_back(add: &PendingAdd, limit: Duration) -> Vec<String> {
         failed.push(format!("IPAM release: {e}"));
     }
     if let Some(netns) = &add.env.netns {
-        if let Err(e) = delete_pod_link(netns, &add.env.ifname) {
+        let mode = netstack_cni::config::NetConf::parse(&add.config)
+            .map(|c| c.link_mode())
+            .unwrap_or_default();
+        if let Err(e) = delete_pod_link(netns, &add.env.ifname, mode) {
             failed.push(format!("removing {}: {e}", add.env.ifname));
         }
     }

@@ -9,6 +9,7 @@ pub mod control;
 pub mod ctl;
 pub mod daemon;
 pub mod dataplane;
+pub mod gso;
 pub mod netlink;
 pub mod netns;
 pub mod node;

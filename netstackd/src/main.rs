@@ -34,6 +34,9 @@ enum Command {
         /// The uplink netstackd created.
         #[arg(long, default_value = "netstack0")]
         uplink: String,
+        /// The namespace of the veth peers netstackd used.
+        #[arg(long, default_value = daemon::DEFAULT_DP_NETNS)]
+        dp_netns: PathBuf,
     },
     /// Internal: the dataplane child netstackd starts (socket on fd 3).
     #[command(hide = true)]
@@ -101,7 +104,8 @@ struct Args {
     #[arg(long)]
     pod_cidr: Option<Ipv4Net>,
     /// This node's IPv6 pod CIDR (dual-stack); its first address becomes the pods' IPv6
-    /// gateway on the uplink, and IPv6 forwarding is enabled.
+    /// gateway on the uplink, and IPv6 forwarding is enabled. With --kube: the Node's IPv6
+    /// pod CIDR, if it has one.
     #[arg(long)]
     pod_cidr_v6: Option<ipnet::Ipv6Net>,
     /// Name of the uplink TUN created in the host netns.
@@ -113,6 +117,14 @@ struct Args {
     /// Uplink MTU in bytes.
     #[arg(long, default_value_t = 1500)]
     uplink_mtu: u32,
+    /// GSO super-frames on egress: `pass` them whole (the fast path), or `segment` them in
+    /// software first (for kernels whose TAP/TUN refuse GSO writes, and for measuring).
+    #[arg(long, value_parser = ["pass", "segment"], default_value = "pass")]
+    gso: String,
+    /// Named network namespace for the peers of veth-mode pods (created at the first veth
+    /// attachment; no addresses, no forwarding, no IPv6 there).
+    #[arg(long, default_value = daemon::DEFAULT_DP_NETNS)]
+    dp_netns: PathBuf,
     /// Prometheus metrics listener (loopback only; port 0 picks one, `off` disables it).
     #[arg(long, default_value = "127.0.0.1:9473")]
     metrics_addr: String,
@@ -149,6 +161,9 @@ fn ctl(socket: &std::path::Path, what: CtlRequest, json: bool) -> anyhow::Result
 
 fn init_logging(level: &str) {
     let filter = std::env::var("NETSTACK_LOG").unwrap_or_else(|_| level.to_owned());
+    // The dataplane child is this binary again: it inherits the filter through the
+    // environment. Set before any thread exists.
+    std::env::set_var("NETSTACK_LOG", &filter);
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
@@ -170,8 +185,9 @@ fn main() {
             socket,
             state_dir,
             uplink,
+            dp_netns,
         }) => {
-            if let Err(e) = daemon::cleanup(&socket, &state_dir, &uplink) {
+            if let Err(e) = daemon::cleanup(&socket, &state_dir, &uplink, &dp_netns) {
                 eprintln!("netstackd cleanup: {e:#}");
                 std::process::exit(1);
             }
@@ -193,13 +209,14 @@ fn main() {
     };
     init_logging(&args.log);
     let node = cli.node.config();
-    let pod_cidr = match netstackd::node::resolve_pod_cidr(&node, args.pod_cidr) {
-        Ok(cidr) => cidr,
-        Err(e) => {
-            eprintln!("netstackd: {e:#}");
-            std::process::exit(2);
-        }
-    };
+    let (pod_cidr, pod_cidr_v6) =
+        match netstackd::node::resolve_pod_cidrs(&node, args.pod_cidr, args.pod_cidr_v6) {
+            Ok(cidrs) => cidrs,
+            Err(e) => {
+                eprintln!("netstackd: {e:#}");
+                std::process::exit(2);
+            }
+        };
     let workers = args.workers.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -209,10 +226,11 @@ fn main() {
         socket: args.socket,
         state_dir: args.state_dir,
         pod_cidr: pod_cidr.trunc(),
-        pod_cidr_v6: args.pod_cidr_v6.map(|c| c.trunc()),
+        pod_cidr_v6: pod_cidr_v6.map(|c| c.trunc()),
         uplink: args.uplink,
         workers,
         uplink_mtu: args.uplink_mtu,
+        segment_gso: args.gso == "segment",
         metrics_addr: match args.metrics_addr.as_str() {
             "off" => None,
             addr => match addr.parse() {
@@ -224,6 +242,7 @@ fn main() {
             },
         },
         node,
+        dp_netns: args.dp_netns,
     };
     if let Err(e) = daemon::run(config) {
         tracing::error!("{e:#}");

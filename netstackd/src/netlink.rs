@@ -89,6 +89,13 @@ pub struct LinkInfo {
     /// The rtnetlink kind (`tun`, `veth`, `bridge`, ...); `None` for devices without one
     /// (loopback, physical NICs).
     pub kind: Option<String>,
+    /// The ifindex of the device this one is linked to (`IFLA_LINK`): a veth's peer, in the
+    /// peer's namespace.
+    pub link: Option<u32>,
+    /// `IFF_NOARP` is set.
+    pub noarp: bool,
+    /// The interface alias (`IFLA_IFALIAS`), if one is set.
+    pub alias: Option<String>,
 }
 
 /// One route as [`Netlink::routes_v4`] reports it: (destination, gateway, output ifindex).
@@ -186,11 +193,16 @@ impl Netlink {
             mtu: 0,
             up: msg.header.flags.contains(LinkFlags::Up),
             kind: None,
+            link: None,
+            noarp: msg.header.flags.contains(LinkFlags::Noarp),
+            alias: None,
         };
         for attr in msg.attributes {
             match attr {
                 LinkAttribute::Address(addr) => info.mac = <[u8; 6]>::try_from(addr).ok(),
                 LinkAttribute::Mtu(mtu) => info.mtu = mtu,
+                LinkAttribute::Link(index) => info.link = Some(index),
+                LinkAttribute::IfAlias(alias) if !alias.is_empty() => info.alias = Some(alias),
                 LinkAttribute::LinkInfo(infos) => {
                     for i in infos {
                         if let nl_link::LinkInfo::Kind(kind) = i {
@@ -244,6 +256,51 @@ impl Netlink {
             },
             name,
         )
+    }
+
+    /// Creates a veth pair `name` + `peer`, both ends down, in this namespace. An existing
+    /// name is an error with errno `EEXIST`.
+    pub fn add_veth(&self, name: &str, peer: &str) -> Result<(), NetlinkError> {
+        check_name(name)?;
+        check_name(peer)?;
+        let msg = rtnetlink::LinkVeth::new(name, peer).build();
+        self.runtime
+            .block_on(self.handle.link().add(msg).execute())
+            .map_err(request_err("creating veth pair", format!("{name}/{peer}")))
+    }
+
+    /// Moves link `name` into the network namespace open at `netns` (a namespace file).
+    pub fn move_to_netns(
+        &self,
+        name: &str,
+        netns: std::os::fd::BorrowedFd<'_>,
+    ) -> Result<(), NetlinkError> {
+        use std::os::fd::AsRawFd;
+        let index = self
+            .link_index(name)?
+            .ok_or_else(|| NetlinkError::NoSuchLink(name.to_owned()))?;
+        let msg = LinkUnspec::new_with_index(index)
+            .setns_by_fd(netns.as_raw_fd())
+            .build();
+        self.set(msg, "moving link to another netns", name)
+    }
+
+    /// Sets the alias of link `name` (`ip link set NAME alias ALIAS`).
+    pub fn set_alias(&self, name: &str, alias: &str) -> Result<(), NetlinkError> {
+        let index = self
+            .link_index(name)?
+            .ok_or_else(|| NetlinkError::NoSuchLink(name.to_owned()))?;
+        let msg = LinkUnspec::new_with_index(index).alias(alias).build();
+        self.set(msg, "setting alias of link", name)
+    }
+
+    /// Turns ARP on or off on link `name` (`IFF_NOARP` when off).
+    pub fn set_arp(&self, name: &str, on: bool) -> Result<(), NetlinkError> {
+        let index = self
+            .link_index(name)?
+            .ok_or_else(|| NetlinkError::NoSuchLink(name.to_owned()))?;
+        let msg = LinkUnspec::new_with_index(index).arp(on).build();
+        self.set(msg, "setting ARP of link", name)
     }
 
     fn set(&self, msg: LinkMessage, op: &'static str, name: &str) -> Result<(), NetlinkError> {
@@ -516,6 +573,39 @@ mod tests {
 
         nl.set_link("d0", None, None, false).unwrap();
         assert!(!nl.link_info("d0").unwrap().unwrap().up);
+
+        // A veth reports its peer's index; ARP can be turned off.
+        assert_eq!(nl.link_info("d1").unwrap().unwrap().link, Some(info.index));
+        assert!(!info.noarp);
+        nl.set_arp("d0", false).unwrap();
+        assert!(nl.link_info("d0").unwrap().unwrap().noarp);
+        assert_eq!(info.alias, None);
+        nl.set_alias("d0", "netstack").unwrap();
+        assert_eq!(
+            nl.link_info("d0").unwrap().unwrap().alias.as_deref(),
+            Some("netstack")
+        );
+        nl.add_veth("v0", "v1").unwrap();
+        let (v0, v1) = (
+            nl.link_info("v0").unwrap().unwrap(),
+            nl.link_info("v1").unwrap().unwrap(),
+        );
+        assert_eq!((v0.link, v1.link), (Some(v1.index), Some(v0.index)));
+        assert_eq!(v0.kind.as_deref(), Some("veth"));
+        let err = nl.add_veth("v0", "v2").unwrap_err();
+        assert_eq!(err.errno(), Some(Errno::EEXIST), "{err}");
+        // Moved into another namespace, v1 leaves this one; v0 still names its index.
+        let other = NamedNetns::new();
+        let fd = std::fs::File::open(&other.path).unwrap();
+        nl.move_to_netns("v1", std::os::fd::AsFd::as_fd(&fd))
+            .unwrap();
+        assert_eq!(nl.link_index("v1").unwrap(), None);
+        let moved = run_in_netns(&other.path, || {
+            Netlink::new().unwrap().link_info("v1").unwrap().unwrap()
+        })
+        .unwrap();
+        assert_eq!(nl.link_info("v0").unwrap().unwrap().link, Some(moved.index));
+        assert!(nl.del_link("v0").unwrap());
 
         assert!(nl.del_link("d0").unwrap());
         assert!(!nl.del_link("d0").unwrap());

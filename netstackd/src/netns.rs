@@ -59,6 +59,17 @@ pub enum NetnsError {
         #[source]
         source: nix::Error,
     },
+    /// Creating or removing a named namespace failed at step `op`.
+    #[error("{op} for network namespace {}: {source}", path.display())]
+    Named {
+        /// The namespace path.
+        path: PathBuf,
+        /// The step, e.g. `bind-mounting the namespace`.
+        op: &'static str,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
     /// The work panicked; the panic was caught on its thread.
     #[error("work in network namespace {} panicked: {message}", path.display())]
     Panicked {
@@ -120,6 +131,92 @@ where
             }),
         }
     })
+}
+
+/// Is `path` a network namespace file (a bind mount of one)?
+pub fn is_netns(path: &Path) -> bool {
+    File::open(path).is_ok_and(|f| ns_type(f.as_fd()).is_ok_and(|k| k == CloneFlags::CLONE_NEWNET))
+}
+
+/// Makes `path` a named network namespace, as `ip netns add` does, unless it already is one.
+/// Returns whether it created a new one.
+///
+/// Like iproute2, it makes the directory a shared mount point first (so the namespace's
+/// bind mount is seen from other mount namespaces), creates an empty file, and bind-mounts
+/// a new namespace, made on a throwaway thread by `unshare(CLONE_NEWNET)`, over it. The
+/// namespace lives as long as the mount does (see [`remove_named_netns`]).
+pub fn ensure_named_netns(path: &Path) -> Result<bool, NetnsError> {
+    use nix::mount::{mount, MsFlags};
+    if is_netns(path) {
+        return Ok(false);
+    }
+    let err = |op: &'static str| {
+        move |source: io::Error| NetnsError::Named {
+            path: path.to_path_buf(),
+            op,
+            source,
+        }
+    };
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .ok_or_else(|| err("finding its directory")(io::ErrorKind::InvalidInput.into()))?;
+    std::fs::create_dir_all(dir).map_err(err("creating its directory"))?;
+    let shared = MsFlags::MS_SHARED | MsFlags::MS_REC;
+    if let Err(e) = mount(None::<&str>, dir, None::<&str>, shared, None::<&str>) {
+        if e != nix::Error::EINVAL {
+            return Err(err("making its directory a shared mount")(e.into()));
+        }
+        // Not a mount point yet: bind it onto itself, then share it.
+        let bind = MsFlags::MS_BIND | MsFlags::MS_REC;
+        mount(Some(dir), dir, None::<&str>, bind, None::<&str>)
+            .map_err(|e| err("bind-mounting its directory onto itself")(e.into()))?;
+        mount(None::<&str>, dir, None::<&str>, shared, None::<&str>)
+            .map_err(|e| err("making its directory a shared mount")(e.into()))?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(err("creating the mount point file"))?;
+    let made = std::thread::scope(|scope| {
+        scope
+            .spawn(|| -> nix::Result<()> {
+                nix::sched::unshare(CloneFlags::CLONE_NEWNET)?;
+                mount(
+                    Some("/proc/thread-self/ns/net"),
+                    path,
+                    None::<&str>,
+                    MsFlags::MS_BIND,
+                    None::<&str>,
+                )
+            })
+            .join()
+            .unwrap_or(Err(nix::Error::EIO))
+    });
+    if let Err(e) = made {
+        let _ = std::fs::remove_file(path);
+        return Err(err("bind-mounting a new namespace")(e.into()));
+    }
+    Ok(true)
+}
+
+/// Removes the named network namespace at `path` (unmount and delete the file), as
+/// `ip netns del` does; the namespace goes once nothing else holds it, and its virtual
+/// devices (veth peers) with it. Returns whether there was one.
+pub fn remove_named_netns(path: &Path) -> Result<bool, NetnsError> {
+    use nix::mount::{umount2, MntFlags};
+    if !is_netns(path) {
+        return Ok(false);
+    }
+    umount2(path, MntFlags::MNT_DETACH).map_err(|e| NetnsError::Named {
+        path: path.to_path_buf(),
+        op: "unmounting",
+        source: e.into(),
+    })?;
+    let _ = std::fs::remove_file(path);
+    Ok(true)
 }
 
 fn panic_message(payload: &(dyn Any + Send)) -> String {
@@ -290,6 +387,42 @@ mod tests {
         // A netlink socket opened inside keeps working on that namespace from out here.
         let ns_nl = run_in_netns(&ns.path, || Netlink::new().unwrap()).unwrap();
         assert!(ns_nl.link_index("nst-v0").unwrap().is_some());
+    }
+
+    #[test]
+    fn named_netns_is_created_once_and_removed() {
+        if !is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let path = PathBuf::from(format!("/run/netns/nst-named-{}", std::process::id()));
+        let _ = remove_named_netns(&path);
+        assert!(!is_netns(&path));
+        assert!(ensure_named_netns(&path).unwrap(), "created");
+        assert!(is_netns(&path));
+        assert!(!same_netns(&path, &current_netns_path()).unwrap());
+        // Idempotent: the same namespace is kept, with what is in it.
+        run_in_netns(&path, || {
+            let status = Command::new("ip")
+                .args([
+                    "link", "add", "nst-k0", "type", "veth", "peer", "name", "nst-k1",
+                ])
+                .status()
+                .unwrap();
+            assert!(status.success());
+        })
+        .unwrap();
+        assert!(!ensure_named_netns(&path).unwrap(), "kept");
+        let kept = run_in_netns(&path, || {
+            Netlink::new().unwrap().link_index("nst-k0").unwrap()
+        });
+        assert!(kept.unwrap().is_some());
+        assert!(remove_named_netns(&path).unwrap());
+        assert!(!path.exists());
+        assert!(
+            !remove_named_netns(&path).unwrap(),
+            "second removal is a no-op"
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use netstackd::control::{
-    recv_message, send_message, Attachment, AttachmentKey, FramingError, Reply, Request,
+    recv_message, send_message, Attachment, AttachmentKey, FramingError, LinkMode, Reply, Request,
     MAX_MESSAGE_BYTES,
 };
 use netstackd::wire::MacAddr;
@@ -145,6 +145,7 @@ prop_compose! {
         mtu in any::<u32>(),
         queues in any::<usize>(),
         labels in prop::collection::btree_map("[A-Z_]{1,12}", ".{0,12}", 0..3),
+        veth in any::<bool>(),
     ) -> Attachment {
         Attachment {
             key: AttachmentKey { container_id, ifname },
@@ -159,6 +160,8 @@ prop_compose! {
             queues,
             labels: labels.into_iter().collect::<BTreeMap<_, _>>(),
             bandwidth: None,
+            mode: if veth { LinkMode::Veth } else { LinkMode::Tap },
+            peer: veth.then(|| "nsv0123456789ab".to_owned()),
         }
     }
 }

@@ -795,7 +795,7 @@ proptest! {
     }
 
     /// Raw bytes with a raw header, the exact contract of the worker: any `len` up to the
-    /// buffer, any 12 header bytes.
+    /// buffer, any 10 header bytes.
     #[test]
     fn from_pod_takes_any_bytes_with_any_header(
         bytes in prop::collection::vec(any::<u8>(), 0..3000),

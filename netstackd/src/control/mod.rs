@@ -43,6 +43,80 @@ impl std::fmt::Display for AttachmentKey {
     }
 }
 
+/// How a pod interface reaches netstackd.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkMode {
+    /// A persistent multi-queue TAP in the pod netns; its queue fds come with `attach`.
+    #[default]
+    Tap,
+    /// A veth pair: the pod's end in the pod netns, the peer in netstackd's own netns, read
+    /// and written through AF_PACKET sockets netstackd opens itself.
+    Veth,
+}
+
+impl LinkMode {
+    /// The name in configs and replies: `tap` or `veth`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkMode::Tap => "tap",
+            LinkMode::Veth => "veth",
+        }
+    }
+
+    /// The rtnetlink kind of the pod's interface in this mode (`tun` for a TAP).
+    pub fn device_kind(self) -> &'static str {
+        match self {
+            LinkMode::Tap => "tun",
+            LinkMode::Veth => "veth",
+        }
+    }
+
+    /// Is this the default mode (left out of the JSON, which keeps TAP requests as before)?
+    pub fn is_tap(&self) -> bool {
+        *self == LinkMode::Tap
+    }
+}
+
+impl std::fmt::Display for LinkMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for LinkMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "tap" => Ok(LinkMode::Tap),
+            "veth" => Ok(LinkMode::Veth),
+            other => Err(format!("unknown link mode {other:?} (tap or veth)")),
+        }
+    }
+}
+
+/// The alias the plugin gives a pod's veth: how DEL and netstackd tell a netstack veth from
+/// someone else's.
+pub const VETH_ALIAS: &str = "netstack";
+
+/// The name of the veth peer of pod interface `key`: `nsv` and 12 hex digits of a hash of the
+/// container id and interface name (15 bytes, a valid interface name), so the plugin and
+/// netstackd derive the same unique name and a name says which attachment it belongs to.
+pub fn veth_peer_name(key: &AttachmentKey) -> String {
+    // FNV-1a, 64 bits: stable across builds and platforms, unlike std's hasher.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key
+        .container_id
+        .bytes()
+        .chain(std::iter::once(0))
+        .chain(key.ifname.bytes())
+    {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("nsv{:012x}", h >> 16)
+}
+
 /// Everything netstackd needs to serve one pod interface; the queue fds travel beside it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attachment {
@@ -60,7 +134,8 @@ pub struct Attachment {
     pub gateways: Vec<IpAddr>,
     /// The pod interface MTU in bytes.
     pub mtu: u32,
-    /// How many TAP queue fds accompany the request.
+    /// How many TAP queue fds accompany the request (0 in veth mode: netstackd opens its own
+    /// packet sockets).
     pub queues: usize,
     /// Orchestrator metadata (K8S_POD_NAMESPACE, K8S_POD_NAME, K8S_POD_UID, ...).
     #[serde(default)]
@@ -68,6 +143,13 @@ pub struct Attachment {
     /// Shaping of the pod's traffic, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bandwidth: Option<Bandwidth>,
+    /// How the interface reaches netstackd (absent: `tap`).
+    #[serde(default, skip_serializing_if = "LinkMode::is_tap")]
+    pub mode: LinkMode,
+    /// veth mode: the peer's name, [`veth_peer_name`] of the key. The plugin leaves the peer
+    /// in the pod netns; netstackd moves it into its own netns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
 }
 
 /// A request on the control socket.
@@ -131,7 +213,7 @@ pub struct PodInfo {
     pub mac: MacAddr,
     /// Its addresses.
     pub ips: Vec<IpNet>,
-    /// Link mode ("tap").
+    /// Link mode ("tap" or "veth").
     pub mode: String,
     /// "attached" while the dataplane serves it, "pending" while the dataplane restarts.
     pub state: String,
@@ -150,8 +232,16 @@ pub struct DaemonStatus {
     pub uplink: String,
     /// The node's pod CIDR.
     pub pod_cidr: IpNet,
+    /// The node's IPv6 pod CIDR, when dual-stack (the install step writes both into the
+    /// conflist).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_cidr_v6: Option<IpNet>,
     /// The pods' gateway address (held by the uplink).
     pub gateway: IpAddr,
+    /// The network namespace netstackd keeps the veth peers of veth-mode pods in (created at
+    /// the first veth attachment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dp_netns: Option<PathBuf>,
     /// Attachments currently served.
     pub attachments: usize,
     /// Where Prometheus metrics are served, if anywhere.
@@ -278,6 +368,8 @@ mod tests {
             queues: 2,
             labels: BTreeMap::new(),
             bandwidth: None,
+            mode: LinkMode::Tap,
+            peer: None,
         });
         let json = serde_json::to_string(&req).unwrap();
         assert_eq!(
@@ -286,6 +378,60 @@ mod tests {
         );
         let back: Request = serde_json::from_str(&json).unwrap();
         assert_eq!(back, req);
+    }
+
+    #[test]
+    fn veth_attach_names_its_mode_and_peer() {
+        let key = AttachmentKey {
+            container_id: "c1".into(),
+            ifname: "eth0".into(),
+        };
+        let json = format!(
+            r#"{{"op":"attach","container_id":"c1","ifname":"eth0","netns":"/run/netns/p1","mac":"0a:58:0a:f4:01:05","ips":["10.244.1.5/24"],"gateways":[],"mtu":1500,"queues":0,"labels":{{}},"mode":"veth","peer":"{}"}}"#,
+            veth_peer_name(&key)
+        );
+        let Request::Attach(a) = serde_json::from_str(&json).unwrap() else {
+            panic!("not an attach");
+        };
+        assert_eq!(a.mode, LinkMode::Veth);
+        assert_eq!(a.peer, Some(veth_peer_name(&key)));
+        assert_eq!(serde_json::to_string(&Request::Attach(a)).unwrap(), json);
+        assert!(serde_json::from_str::<Request>(&json.replace("veth", "macvlan")).is_err());
+    }
+
+    #[test]
+    fn veth_peer_names_are_valid_stable_and_distinct() {
+        let key = |c: &str, i: &str| AttachmentKey {
+            container_id: c.into(),
+            ifname: i.into(),
+        };
+        let a = veth_peer_name(&key("c1", "eth0"));
+        assert_eq!(a.len(), 15);
+        assert!(a.starts_with("nsv"));
+        assert_eq!(crate::sys::ifname_problem(&a), None);
+        // Stable: the plugin and a restarted netstackd derive the same name.
+        assert_eq!(a, veth_peer_name(&key("c1", "eth0")));
+        // Distinct for another container, another interface, and a shifted boundary.
+        let others = [
+            veth_peer_name(&key("c2", "eth0")),
+            veth_peer_name(&key("c1", "eth1")),
+            veth_peer_name(&key("c1e", "th0")),
+        ];
+        for o in &others {
+            assert_ne!(&a, o);
+        }
+        let long = "f".repeat(64);
+        assert_eq!(veth_peer_name(&key(&long, "eth0")).len(), 15);
+    }
+
+    #[test]
+    fn link_modes_parse_and_print() {
+        assert_eq!("veth".parse::<LinkMode>(), Ok(LinkMode::Veth));
+        assert_eq!("tap".parse::<LinkMode>(), Ok(LinkMode::Tap));
+        assert!("macvlan".parse::<LinkMode>().is_err());
+        assert_eq!(LinkMode::Veth.to_string(), "veth");
+        assert_eq!(LinkMode::Tap.device_kind(), "tun");
+        assert_eq!(LinkMode::default(), LinkMode::Tap);
     }
 
     #[test]

@@ -5,8 +5,10 @@ mod metrics;
 mod registry;
 mod server;
 mod uplink;
+mod veth;
 
 pub use registry::{valid_container_id, valid_ifname, Registry};
+pub use veth::DEFAULT_DP_NETNS;
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -36,10 +38,15 @@ pub struct DaemonConfig {
     pub workers: usize,
     /// The uplink MTU in bytes.
     pub uplink_mtu: u32,
+    /// Segment every GSO super-frame in software on its way out instead of passing it whole
+    /// (`--gso segment`: for kernels whose TAP/TUN refuse GSO writes, and for measuring).
+    pub segment_gso: bool,
     /// Where to serve Prometheus metrics (loopback only); `None` disables the listener.
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Node mode: host-gw routes to the other nodes, egress masquerade.
     pub node: crate::node::NodeConfig,
+    /// The named network namespace for veth-mode peers (created at the first veth attach).
+    pub dp_netns: PathBuf,
 }
 
 impl DaemonConfig {
@@ -106,7 +113,7 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
     if config.pod_cidr_v6.is_some() {
         enable_ipv6_forwarding()?;
     }
-    let dataplane = DataplaneProcess::start(queues, gateway, config.uplink_mtu)
+    let dataplane = DataplaneProcess::start(queues, gateway, config.uplink_mtu, config.segment_gso)
         .context("starting the dataplane")?;
     tracing::info!(
         uplink = %config.uplink,
@@ -132,7 +139,7 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
     }
     server::spawn_accept_loop(listener, Arc::clone(&registry))?;
     // Dropped on return: stops the node logic (the masquerade table goes with it).
-    let _node = crate::node::start(&config.node, config.pod_cidr)?;
+    let _node = crate::node::start(&config.node, config.pod_cidr, config.pod_cidr_v6)?;
     let sig = server::wait_for_termination(&signals);
     tracing::info!("{sig}: shutting down; pod TAPs and the uplink stay for the next start");
     let _ = std::fs::remove_file(&config.socket);
@@ -141,9 +148,14 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
 }
 
 /// `netstackd cleanup`: removes everything netstack created on this node (for uninstall):
-/// every recorded pod TAP (in its netns), the state files, the uplink and the socket. Refuses
-/// while a netstackd answers on the socket.
-pub fn cleanup(socket: &Path, state_dir: &Path, uplink: &str) -> anyhow::Result<()> {
+/// every recorded pod TAP or veth (in its netns), the state files, the namespace of the veth
+/// peers, the uplink and the socket. Refuses while a netstackd answers on the socket.
+pub fn cleanup(
+    socket: &Path,
+    state_dir: &Path,
+    uplink: &str,
+    dp_netns: &Path,
+) -> anyhow::Result<()> {
     if std::os::unix::net::UnixStream::connect(socket).is_ok() {
         bail!(
             "netstackd is running on {}: stop it before cleaning up",
@@ -161,14 +173,19 @@ pub fn cleanup(socket: &Path, state_dir: &Path, uplink: &str) -> anyhow::Result<
                     .and_then(|b| Ok(serde_json::from_slice::<crate::control::Attachment>(&b)?))
                 {
                     let ifname = a.key.ifname.clone();
+                    let kind = a.mode.device_kind();
                     let gone = crate::netns::run_in_netns(&a.netns, move || {
                         let nl = crate::netlink::Netlink::new()?;
                         match nl.link_info(&ifname)? {
-                            Some(i) if i.kind.as_deref() == Some("tun") => nl.del_link(&ifname),
+                            Some(i) if i.kind.as_deref() == Some(kind) => nl.del_link(&ifname),
                             _ => Ok(false),
                         }
                     });
-                    if let Ok(Ok(true)) = gone {
+                    let peer_gone = match a.peer.as_deref() {
+                        Some(peer) => veth::delete_peer(dp_netns, peer).unwrap_or(false),
+                        None => false,
+                    };
+                    if matches!(gone, Ok(Ok(true))) || peer_gone {
                         removed += 1;
                     }
                 }
@@ -179,18 +196,23 @@ pub fn cleanup(socket: &Path, state_dir: &Path, uplink: &str) -> anyhow::Result<
             }
         }
     }
+    // Takes any peer without a state file with it.
+    let dp_removed = crate::netns::remove_named_netns(dp_netns)
+        .with_context(|| format!("removing {}", dp_netns.display()))?;
     let nl = Netlink::new().context("opening rtnetlink")?;
     let uplink_removed = nl
         .del_link(uplink)
         .with_context(|| format!("deleting {uplink}"))?;
     let _ = std::fs::remove_file(socket);
     println!(
-        "netstack cleanup: {removed} pod TAP(s) removed, uplink {uplink} {}",
+        "netstack cleanup: {removed} pod TAP(s)/veth(s) removed, uplink {uplink} {}, veth namespace {} {}",
         if uplink_removed {
             "removed"
         } else {
             "was absent"
-        }
+        },
+        dp_netns.display(),
+        if dp_removed { "removed" } else { "was absent" }
     );
     println!("netstack cleanup: {}", crate::node::cleanup()?);
     Ok(())

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use crate::control::{
-    Attachment, AttachmentKey, CaptureRequest, DaemonStatus, PodInfo, PodStats, Reply, Request,
-    MAX_CAPTURE_PACKETS, MAX_CAPTURE_SECONDS, MAX_CAPTURE_SNAPLEN,
+    veth_peer_name, Attachment, AttachmentKey, CaptureRequest, DaemonStatus, LinkMode, PodInfo,
+    PodStats, Reply, Request, MAX_CAPTURE_PACKETS, MAX_CAPTURE_SECONDS, MAX_CAPTURE_SNAPLEN,
 };
 use crate::dataplane::PodSpec;
 use crate::supervisor::DataplaneProcess;
@@ -115,7 +115,7 @@ impl Registry {
             netns: a.attachment.netns.clone(),
             mac: a.attachment.mac,
             ips: a.attachment.ips.clone(),
-            mode: "tap".into(),
+            mode: a.attachment.mode.as_str().into(),
             state: if serving { "attached" } else { "pending" }.into(),
             labels: a.attachment.labels.clone(),
         }
@@ -186,7 +186,9 @@ impl Registry {
             workers: self.dataplane.workers(),
             uplink: self.config.uplink.clone(),
             pod_cidr: self.config.pod_cidr.into(),
+            pod_cidr_v6: self.config.pod_cidr_v6.map(ipnet::IpNet::from),
             gateway: IpAddr::V4(self.gateway),
+            dp_netns: Some(self.config.dp_netns.clone()),
             attachments: self.lock().len(),
             metrics: self
                 .metrics_addr
@@ -234,12 +236,30 @@ impl Registry {
         if !valid_ifname(&key.ifname) {
             return Err(format!("{key}: invalid interface name {:?}", key.ifname));
         }
-        if a.queues == 0 || a.queues != fds.len() {
-            return Err(format!(
-                "{key}: request announces {} TAP queues but carries {} fds",
-                a.queues,
-                fds.len()
-            ));
+        match a.mode {
+            LinkMode::Tap if a.queues == 0 || a.queues != fds.len() => {
+                return Err(format!(
+                    "{key}: request announces {} TAP queues but carries {} fds",
+                    a.queues,
+                    fds.len()
+                ));
+            }
+            LinkMode::Tap => {}
+            LinkMode::Veth => {
+                if a.queues != 0 {
+                    return Err(format!(
+                        "{key}: a veth attachment announces no queues (netstackd opens its own sockets), not {}",
+                        a.queues
+                    ));
+                }
+                let want = veth_peer_name(key);
+                if a.peer.as_deref() != Some(want.as_str()) {
+                    return Err(format!(
+                        "{key}: the veth peer must be named {want}, not {:?}",
+                        a.peer
+                    ));
+                }
+            }
         }
         if !a.mac.is_unicast() || a.mac.is_zero() {
             return Err(format!("{key}: MAC {} is not a unicast address", a.mac));
@@ -283,7 +303,9 @@ impl Registry {
         if ipv4.is_empty() && ipv6.is_empty() {
             return Err(format!("{key}: no IP address"));
         }
-        for (i, fd) in fds.iter().enumerate() {
+        // A veth attachment's fds are the packet sockets netstackd opened itself.
+        let tap_fds = if a.mode == LinkMode::Tap { fds } else { &[] };
+        for (i, fd) in tap_fds.iter().enumerate() {
             let (name, flags) = queue_info(fd.as_fd())
                 .map_err(|e| format!("{key}: fd {i} is not a TAP queue: {e}"))?;
             let want = POD_QUEUE_FLAGS;
@@ -312,6 +334,23 @@ impl Registry {
     }
 
     fn attach(&self, a: Attachment, fds: Vec<OwnedFd>) -> Result<(), String> {
+        if a.mode == LinkMode::Veth {
+            let key = &a.key;
+            if !fds.is_empty() {
+                return Err(format!(
+                    "{key}: a veth attachment carries no fds, this one carries {}",
+                    fds.len()
+                ));
+            }
+            // Checked before any device is touched; admit checks again under the lock.
+            self.validate(&a, &[])?;
+            if self.lock().contains_key(key) {
+                return Err(format!("{key}: already attached"));
+            }
+            let sockets =
+                super::veth::open_peer(&self.config.dp_netns, &a, self.dataplane.workers())?;
+            return self.admit(a, sockets, true);
+        }
         self.admit(a, fds, true)
     }
 
@@ -359,6 +398,7 @@ impl Registry {
             container_id = %key.container_id,
             ifname = %key.ifname,
             netns = %a.netns.display(),
+            mode = %a.mode,
             mac = %a.mac,
             ips = ?a.ips,
             queues = a.queues,
@@ -422,8 +462,15 @@ impl Registry {
         (restored, cleaned)
     }
 
-    /// Opens the queues of a recorded attachment's persistent TAP inside its netns.
+    /// Opens the queues of a recorded attachment's persistent TAP inside its netns, or new
+    /// packet sockets on its veth peer.
     fn reopen(&self, a: &Attachment) -> Result<Vec<OwnedFd>, String> {
+        if a.mode == LinkMode::Veth {
+            if !a.netns.exists() {
+                return Err(format!("netns {} no longer exists", a.netns.display()));
+            }
+            return super::veth::open_peer(&self.config.dp_netns, a, self.dataplane.workers());
+        }
         let ifname = a.key.ifname.clone();
         let queues = self.dataplane.workers();
         crate::netns::run_in_netns(&a.netns, move || -> Result<Vec<OwnedFd>, String> {
@@ -448,6 +495,12 @@ impl Registry {
         if let Some(a) = attached.remove(key) {
             self.dataplane.detach(a.id);
             self.control_metrics.detached();
+            if let Some(peer) = a.attachment.peer.as_deref() {
+                // netstackd's end of the veth; the pod's end goes with it.
+                if let Err(e) = super::veth::delete_peer(&self.config.dp_netns, peer) {
+                    tracing::warn!(container_id = %key.container_id, ifname = %key.ifname, "deleting veth peer {peer}: {e}");
+                }
+            }
             tracing::info!(container_id = %key.container_id, ifname = %key.ifname, "detached");
         }
         match std::fs::remove_file(self.state_path(key)) {

@@ -41,6 +41,7 @@ pub fn run() -> anyhow::Result<()> {
     let DpRequest::Init {
         gateway,
         uplink_mtu,
+        segment_gso,
     } = init
     else {
         bail!("first message from the supervisor is not init");
@@ -52,7 +53,7 @@ pub fn run() -> anyhow::Result<()> {
         tracing::warn!("selftest: making a forbidden system call");
         crate::sys::process::forbidden_syscall();
     }
-    let mut dataplane = start(uplink, gateway, uplink_mtu)?;
+    let mut dataplane = start(uplink, gateway, uplink_mtu, segment_gso)?;
     if selftest == "thread-panic" {
         tracing::warn!("selftest: a dataplane thread panics");
         let _ = std::thread::Builder::new()
@@ -128,11 +129,12 @@ fn start(
     uplink: Vec<std::os::fd::OwnedFd>,
     gateway: Ipv4Addr,
     uplink_mtu: u32,
+    segment_gso: bool,
 ) -> anyhow::Result<Dataplane> {
     if uplink.is_empty() {
         bail!("no uplink queue fds in the init message");
     }
-    Dataplane::start(uplink, gateway, uplink_mtu).context("starting the workers")
+    Dataplane::start(uplink, gateway, uplink_mtu, segment_gso).context("starting the workers")
 }
 
 /// No capabilities in any set, no new privileges, and the seccomp allow-list.

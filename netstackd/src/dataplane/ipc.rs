@@ -23,6 +23,9 @@ pub enum DpRequest {
         gateway: Ipv4Addr,
         /// Uplink MTU.
         uplink_mtu: u32,
+        /// Segment every GSO super-frame in software before it leaves (`--gso segment`).
+        #[serde(default)]
+        segment_gso: bool,
     },
     /// Serve a pod; its TAP queue fds are attached.
     Attach(PodSpec),

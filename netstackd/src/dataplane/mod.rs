@@ -87,6 +87,7 @@ impl Dataplane {
         uplink_queues: Vec<OwnedFd>,
         gateway: Ipv4Addr,
         uplink_mtu: u32,
+        segment_gso: bool,
     ) -> io::Result<Self> {
         let n = uplink_queues.len();
         let uplink_counters = Arc::new(LinkCounters::new(n));
@@ -107,7 +108,8 @@ impl Dataplane {
                 Arc::clone(&uplink_counters),
                 crate::stack::Router::new(gateway, uplink_mtu),
                 Arc::clone(&wakeups),
-            )?;
+            )?
+            .segment_gso(segment_gso);
             let thread = std::thread::Builder::new()
                 .name(format!("dp-{index}"))
                 .spawn(move || worker.run())?;

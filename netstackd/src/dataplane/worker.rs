@@ -15,12 +15,13 @@ use nix::sys::eventfd::EventFd;
 use nix::sys::time::TimeSpec;
 use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
 
+use crate::gso::{GsoError, GsoFrame};
 use crate::stack::{DropReason, LinkCounters, PodPort, Router, Verdict};
-use crate::sys::tap::{read_frame, write_frame};
+use crate::sys::tap::{read_frame, write_frame, VNET_HDR_LEN};
 use crate::wire::{ethernet, VnetHdr};
 
 use super::capture::CaptureSink;
-use super::qdisc::{FifoQueue, SlotPool, TokenBucket};
+use super::qdisc::{FifoQueue, Slot, SlotPool, TokenBucket, SLOT_LEN};
 use super::PodSpec;
 
 /// Frames read from one fd per wakeup before moving on to the next.
@@ -105,6 +106,53 @@ pub(super) struct Worker {
     dirty: Vec<u64>,
     /// Pod queues not read while their egress bucket is empty.
     throttled: Vec<(u64, usize)>,
+    /// Segment every GSO super-frame before writing it (`--gso segment`).
+    segment_gso: bool,
+    /// Where software segmentation builds each segment.
+    scratch: Box<[u8]>,
+}
+
+/// A super-frame the segmenter refuses is a malformed frame.
+impl From<GsoError> for DropReason {
+    fn from(_: GsoError) -> Self {
+        DropReason::Malformed
+    }
+}
+
+/// Writes one queued frame to `fd`, whose L3 header starts at `l3_offset` in it: whole, or —
+/// when `segment` is on, or the device refuses the GSO frame (EINVAL: a kernel without that
+/// GSO type on tun) — as segments with full checksums and no virtio-net offload flags, as
+/// Linux segments it. Counts what went out on `counters`.
+fn send_frame(
+    fd: BorrowedFd<'_>,
+    slot: &Slot,
+    l3_offset: usize,
+    segment: bool,
+    scratch: &mut [u8],
+    counters: &LinkCounters,
+    w: usize,
+) -> Result<(), DropReason> {
+    let frame = &slot.buf[slot.start..slot.end];
+    let vnet = VnetHdr::parse(&slot.vnet);
+    if !(segment && vnet.is_gso()) {
+        match write_frame(fd, &slot.vnet, frame) {
+            Ok(()) => {
+                counters.tx(w, frame.len());
+                return Ok(());
+            }
+            Err(e) if vnet.is_gso() && e.raw_os_error() == Some(libc::EINVAL) => {}
+            Err(_) => return Err(DropReason::TxError),
+        }
+    }
+    let gso = GsoFrame::parse(&vnet, frame, l3_offset)?;
+    counters.segmented(w);
+    let plain = [0u8; VNET_HDR_LEN];
+    gso.segment_each(scratch, |seg| {
+        write_frame(fd, &plain, seg).map_err(|_| DropReason::TxError)?;
+        counters.tx(w, seg.len());
+        Ok(())
+    })
+    .map(|_| ())
 }
 
 fn token(id: u64, queue: usize) -> u64 {
@@ -153,7 +201,15 @@ impl Worker {
             pool: SlotPool::new(POOL_SLOTS),
             dirty: Vec::new(),
             throttled: Vec::new(),
+            segment_gso: false,
+            scratch: vec![0u8; 2 * SLOT_LEN].into_boxed_slice(),
         })
+    }
+
+    /// Segments every GSO super-frame in software before it leaves.
+    pub(super) fn segment_gso(mut self, on: bool) -> Self {
+        self.segment_gso = on;
+        self
     }
 
     pub(super) fn run(mut self) {
@@ -364,14 +420,23 @@ impl Worker {
             uplink,
             uplink_queue,
             uplink_counters,
+            segment_gso,
+            scratch,
             ..
         } = self;
         if dst == UPLINK {
             while let Some(slot) = uplink_queue.pop() {
-                let s = pool.get(slot);
-                match write_frame(uplink.as_fd(), &s.vnet, &s.buf[s.start..s.end]) {
-                    Ok(()) => uplink_counters.tx(w, s.end - s.start),
-                    Err(_) => uplink_counters.dropped(w, DropReason::TxError),
+                // The uplink is a TUN: the frame starts at the IP header.
+                if let Err(reason) = send_frame(
+                    uplink.as_fd(),
+                    pool.get(slot),
+                    0,
+                    *segment_gso,
+                    scratch,
+                    uplink_counters,
+                    w,
+                ) {
+                    uplink_counters.dropped(w, reason);
                 }
                 pool.put(slot);
             }
@@ -393,14 +458,20 @@ impl Worker {
             if let Some(sink) = &pod.io.capture {
                 sink.record(frame);
             }
-            let ok = pod
-                .io
-                .tx()
-                .is_some_and(|fd| write_frame(fd, &s.vnet, frame).is_ok());
-            if ok {
-                pod.counters.tx(w, frame.len());
-            } else {
-                pod.counters.dropped(w, DropReason::TxError);
+            let sent = match pod.io.tx() {
+                Some(fd) => send_frame(
+                    fd,
+                    s,
+                    ethernet::HEADER_LEN,
+                    *segment_gso,
+                    scratch,
+                    &pod.counters,
+                    w,
+                ),
+                None => Err(DropReason::TxError),
+            };
+            if let Err(reason) = sent {
+                pod.counters.dropped(w, reason);
             }
             pool.put(slot);
         }

@@ -8,7 +8,7 @@
 //!   touches its own.
 //! - **egress masquerade** (on unless `--masquerade=false`): pod traffic to destinations outside
 //!   the cluster's pod and service CIDRs is SNATed to the node's address, in netstack's own
-//!   nftables table `ip netstack`.
+//!   nftables table `ip netstack` (and `ip6 netstack` on a dual-stack node).
 //!
 //! Sources (`file`, `kube`) fold what they see into whole node lists (`watch`) and send them
 //! to one reconciler thread (`sync`), which computes the wanted routes (`routes`, no I/O)
@@ -35,7 +35,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 /// Node-mode options of the netstackd command line.
 #[derive(clap::Args, Debug, Clone)]
@@ -55,13 +55,13 @@ pub struct NodeArgs {
     /// turns it off).
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     pub masquerade: bool,
-    /// The cluster's pod CIDR(s), never masqueraded (comma-separated or repeated; every
-    /// known node's pod CIDR is exempt anyway).
-    #[arg(long, value_name = "CIDR", value_delimiter = ',')]
-    pub cluster_cidr: Vec<IpNet>,
+    /// The cluster's pod CIDR(s), never masqueraded (comma-separated or repeated, empty for
+    /// none; every known node's pod CIDR is exempt anyway).
+    #[arg(long, value_name = "CIDR", value_delimiter = ',', value_parser = optional_cidr)]
+    pub cluster_cidr: Vec<Option<IpNet>>,
     /// The cluster's service CIDR(s), never masqueraded.
-    #[arg(long, value_name = "CIDR", value_delimiter = ',')]
-    pub service_cidr: Vec<IpNet>,
+    #[arg(long, value_name = "CIDR", value_delimiter = ',', value_parser = optional_cidr)]
+    pub service_cidr: Vec<Option<IpNet>>,
     /// Seconds between resyncs of routes and rules with the kernel.
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     pub resync_secs: u64,
@@ -103,6 +103,18 @@ pub struct NodeConfig {
     pub resync: Duration,
 }
 
+/// A CIDR flag value; empty (`--cluster-cidr=`, an empty ConfigMap key) is none.
+fn optional_cidr(value: &str) -> Result<Option<IpNet>, String> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Ok(None);
+    }
+    value
+        .parse()
+        .map(Some)
+        .map_err(|e| format!("{value:?} is not a CIDR: {e}"))
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_owned())
@@ -133,6 +145,7 @@ impl NodeArgs {
                 .cluster_cidr
                 .iter()
                 .chain(&self.service_cidr)
+                .flatten()
                 .map(|n| n.trunc())
                 .collect(),
             resync: Duration::from_secs(self.resync_secs.max(1)),
@@ -143,31 +156,78 @@ impl NodeArgs {
 /// How long `--kube` waits at start for the Node's pod CIDR.
 pub const POD_CIDR_WAIT: Duration = Duration::from_secs(300);
 
-/// netstackd's pod CIDR: `--pod-cidr` if given; with `--kube` the IPv4 one of the Node's
-/// `spec.podCIDRs` (and `--pod-cidr`, if also given, must be one of them).
-pub fn resolve_pod_cidr(config: &NodeConfig, given: Option<Ipv4Net>) -> anyhow::Result<Ipv4Net> {
+/// netstackd's pod CIDRs (IPv4, and IPv6 when dual-stack): `--pod-cidr` and `--pod-cidr-v6`
+/// as given; with `--kube` they come from the Node's `spec.podCIDRs` (see [`choose_pod_cidrs`]).
+pub fn resolve_pod_cidrs(
+    config: &NodeConfig,
+    given_v4: Option<Ipv4Net>,
+    given_v6: Option<Ipv6Net>,
+) -> anyhow::Result<(Ipv4Net, Option<Ipv6Net>)> {
     if config.source != NodeSource::Kube {
-        return given.context("--pod-cidr is required (or --kube to read it from the Node)");
+        let v4 = given_v4.context("--pod-cidr is required (or --kube to read it from the Node)")?;
+        return Ok((v4, given_v6));
     }
     let cidrs = kube_pod_cidrs(&config.node_name)?;
-    let v4 = cidrs.iter().find_map(|c| match c {
-        IpNet::V4(n) => Some(*n),
-        IpNet::V6(_) => None,
-    });
-    match (given, v4) {
-        (Some(g), _) if cidrs.contains(&IpNet::V4(g.trunc())) => Ok(g.trunc()),
+    let chosen = choose_pod_cidrs(&config.node_name, &cidrs, given_v4, given_v6)?;
+    tracing::info!(
+        node = %config.node_name,
+        pod_cidr = %chosen.0,
+        pod_cidr_v6 = ?chosen.1.map(|n| n.to_string()),
+        "pod CIDRs from the Node"
+    );
+    Ok(chosen)
+}
+
+/// Picks this node's pod CIDRs from its Node's `spec.podCIDRs`: the IPv4 one (required:
+/// netstack's gateway and uplink are IPv4 first) and the IPv6 one if the Node has one
+/// (dual-stack). A CIDR also given on the command line must be the Node's.
+pub fn choose_pod_cidrs(
+    node_name: &str,
+    cidrs: &[IpNet],
+    given_v4: Option<Ipv4Net>,
+    given_v6: Option<Ipv6Net>,
+) -> anyhow::Result<(Ipv4Net, Option<Ipv6Net>)> {
+    let listed = || {
+        cidrs
+            .iter()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let v4 = match (given_v4, cidrs.iter().find_map(|c| as_v4(*c))) {
+        (Some(g), _) if cidrs.contains(&IpNet::V4(g.trunc())) => g.trunc(),
         (Some(g), _) => bail!(
-            "--pod-cidr {g} is not among Node {}'s pod CIDRs {cidrs:?}",
-            config.node_name
+            "--pod-cidr {g} is not among Node {node_name}'s pod CIDRs [{}]",
+            listed()
         ),
-        (None, Some(n)) => {
-            tracing::info!(node = %config.node_name, pod_cidr = %n, "pod CIDR from the Node");
-            Ok(n)
-        }
+        (None, Some(n)) => n,
         (None, None) => bail!(
-            "Node {} has no IPv4 pod CIDR ({cidrs:?}); netstack needs one",
-            config.node_name
+            "Node {node_name} has no IPv4 pod CIDR ([{}]); netstack needs one",
+            listed()
         ),
+    };
+    let v6 = match (given_v6, cidrs.iter().find_map(|c| as_v6(*c))) {
+        (Some(g), _) if cidrs.contains(&IpNet::V6(g.trunc())) => Some(g.trunc()),
+        (Some(g), _) => bail!(
+            "--pod-cidr-v6 {g} is not among Node {node_name}'s pod CIDRs [{}]",
+            listed()
+        ),
+        (None, found) => found,
+    };
+    Ok((v4, v6))
+}
+
+fn as_v4(net: IpNet) -> Option<Ipv4Net> {
+    match net.trunc() {
+        IpNet::V4(n) => Some(n),
+        IpNet::V6(_) => None,
+    }
+}
+
+fn as_v6(net: IpNet) -> Option<Ipv6Net> {
+    match net.trunc() {
+        IpNet::V6(n) => Some(n),
+        IpNet::V4(_) => None,
     }
 }
 
@@ -198,9 +258,14 @@ impl Drop for NodeTask {
     }
 }
 
-/// Starts the node logic for a node with pod CIDR `pod_cidr`: the reconciler thread (in the
-/// calling thread's network namespace) and the configured node source.
-pub fn start(config: &NodeConfig, pod_cidr: Ipv4Net) -> anyhow::Result<NodeTask> {
+/// Starts the node logic for a node with pod CIDR `pod_cidr` (and `pod_cidr_v6` when
+/// dual-stack): the reconciler thread (in the calling thread's network namespace) and the
+/// configured node source.
+pub fn start(
+    config: &NodeConfig,
+    pod_cidr: Ipv4Net,
+    pod_cidr_v6: Option<Ipv6Net>,
+) -> anyhow::Result<NodeTask> {
     let (tx, rx) = mpsc::channel();
     let routes = match config.source {
         NodeSource::None => None,
@@ -209,7 +274,13 @@ pub fn start(config: &NodeConfig, pod_cidr: Ipv4Net) -> anyhow::Result<NodeTask>
     let masquerade = config
         .masquerade
         .then(|| (sync::Nft, config.no_masquerade.clone()));
-    let state = sync::NodeState::new(config.node_name.clone(), pod_cidr, routes, masquerade);
+    let state = sync::NodeState::new(
+        config.node_name.clone(),
+        pod_cidr,
+        pod_cidr_v6,
+        routes,
+        masquerade,
+    );
     let resync = config.resync;
     let thread = std::thread::Builder::new()
         .name("node-sync".into())
@@ -238,18 +309,141 @@ pub fn start(config: &NodeConfig, pod_cidr: Ipv4Net) -> anyhow::Result<NodeTask>
     Ok(task)
 }
 
-/// `netstackd cleanup`'s part: removes netstack's host-gw routes and its nftables table from
-/// the calling thread's namespace. Returns a summary line.
+/// `netstackd cleanup`'s part: removes netstack's host-gw routes and its nftables tables
+/// (both families) from the calling thread's namespace. Returns a summary line.
 pub fn cleanup() -> anyhow::Result<String> {
     let routes = kernel::remove_all().context("removing netstack's host-gw routes")?;
-    let table = match masquerade::remove() {
-        Ok(true) => "removed",
-        Ok(false) => "was absent",
-        // No nft binary: there can be no table of ours either.
-        Err(masquerade::NftError::Spawn { .. }) => "was absent (no nft)",
-        Err(e) => return Err(e).context("removing netstack's nftables table"),
-    };
-    Ok(format!(
-        "{routes} host-gw route(s) removed, nftables table ip {NFT_TABLE} {table}"
-    ))
+    let mut line = format!("{routes} host-gw route(s) removed");
+    for family in masquerade::Family::ALL {
+        let table = match masquerade::remove(family) {
+            Ok(true) => "removed",
+            Ok(false) => "was absent",
+            // No nft binary: there can be no table of ours either.
+            Err(masquerade::NftError::Spawn { .. }) => "was absent (no nft)",
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("removing nftables table {} {NFT_TABLE}", family.nft())
+                })
+            }
+        };
+        line += &format!(", nftables table {} {NFT_TABLE} {table}", family.nft());
+    }
+    Ok(line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nets(list: &[&str]) -> Vec<IpNet> {
+        list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    #[derive(clap::Parser, Debug)]
+    struct Cli {
+        #[command(flatten)]
+        node: NodeArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<NodeConfig, clap::Error> {
+        use clap::Parser;
+        Cli::try_parse_from(std::iter::once("netstackd").chain(args.iter().copied()))
+            .map(|c| c.node.config())
+    }
+
+    #[test]
+    fn masquerade_is_on_by_default_and_its_exemptions_come_from_the_flags() {
+        let config = parse(&[]).unwrap();
+        assert!(config.masquerade);
+        assert!(config.no_masquerade.is_empty());
+        assert_eq!(config.source, NodeSource::None);
+        assert!(!parse(&["--masquerade=false"]).unwrap().masquerade);
+        // The DaemonSet passes the ConfigMap's values: an empty key means none.
+        let config = parse(&[
+            "--kube",
+            "--cluster-cidr=",
+            "--service-cidr=10.96.0.7/12,fd00:10:96::/112",
+        ])
+        .unwrap();
+        assert_eq!(config.source, NodeSource::Kube);
+        assert_eq!(
+            config.no_masquerade,
+            nets(&["10.96.0.0/12", "fd00:10:96::/112"])
+        );
+        let err = parse(&["--cluster-cidr=10.244.0.0/16,bogus"]).unwrap_err();
+        assert!(err.to_string().contains("\"bogus\" is not a CIDR"), "{err}");
+        assert!(parse(&["--kube", "--nodes-file=/x"]).is_err(), "one source");
+    }
+
+    #[test]
+    fn pod_cidrs_come_from_the_node_per_family() {
+        // (what, the Node's spec.podCIDRs, --pod-cidr, --pod-cidr-v6, Ok((v4, v6)) or error text)
+        type Case = (
+            &'static str,
+            Vec<IpNet>,
+            Option<&'static str>,
+            Option<&'static str>,
+            Result<(&'static str, Option<&'static str>), &'static str>,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "IPv4-only node",
+                nets(&["10.244.1.0/24"]),
+                None,
+                None,
+                Ok(("10.244.1.0/24", None)),
+            ),
+            (
+                "dual-stack node: both, whatever the order",
+                nets(&["fd00:10:244:1::/64", "10.244.1.0/24"]),
+                None,
+                None,
+                Ok(("10.244.1.0/24", Some("fd00:10:244:1::/64"))),
+            ),
+            (
+                "flags that agree with the Node",
+                nets(&["10.244.1.0/24", "fd00:10:244:1::/64"]),
+                Some("10.244.1.0/24"),
+                Some("fd00:10:244:1::/64"),
+                Ok(("10.244.1.0/24", Some("fd00:10:244:1::/64"))),
+            ),
+            (
+                "a --pod-cidr the Node does not have",
+                nets(&["10.244.1.0/24"]),
+                Some("10.244.9.0/24"),
+                None,
+                Err("--pod-cidr 10.244.9.0/24 is not among Node n's pod CIDRs [10.244.1.0/24]"),
+            ),
+            (
+                "a --pod-cidr-v6 the Node does not have",
+                nets(&["10.244.1.0/24"]),
+                None,
+                Some("fd00:9::/64"),
+                Err("--pod-cidr-v6 fd00:9::/64 is not among Node n's pod CIDRs"),
+            ),
+            (
+                "IPv6-only node",
+                nets(&["fd00:10:244:1::/64"]),
+                None,
+                None,
+                Err("Node n has no IPv4 pod CIDR ([fd00:10:244:1::/64])"),
+            ),
+        ];
+        for (what, cidrs, v4, v6, want) in cases {
+            let got = choose_pod_cidrs(
+                "n",
+                &cidrs,
+                v4.map(|s| s.parse().unwrap()),
+                v6.map(|s| s.parse().unwrap()),
+            );
+            match (got, want) {
+                (Ok((g4, g6)), Ok((w4, w6))) => {
+                    assert_eq!(g4.to_string(), w4, "{what}");
+                    assert_eq!(g6.map(|n| n.to_string()).as_deref(), w6, "{what}");
+                }
+                (Err(e), Err(text)) => assert!(e.to_string().contains(text), "{what}: {e}"),
+                (got, want) => panic!("{what}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
 }

@@ -3,14 +3,14 @@
 //! resync interval (to repair drift and retry what failed). Work is only done when something
 //! differs, so a resync of an unchanged cluster makes no change to the kernel.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Duration;
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::kernel::RouteTable;
-use super::masquerade;
+use super::masquerade::{self, Family};
 use super::routes::{desired_routes, plan, RouteMap};
 use super::NodeInfo;
 
@@ -23,14 +23,15 @@ pub enum Msg {
     Stop,
 }
 
-/// How the masquerade rules are written (the real `nft`, or a recorder in tests).
+/// How the masquerade rules are written (the real `nft`, or a recorder in tests): one table
+/// per address family.
 pub trait MasqueradeRules {
-    /// Writes the rules for `pod_cidr` with this no-masquerade set.
-    fn apply(&mut self, pod_cidr: Ipv4Net, set: &[Ipv4Net]) -> Result<(), masquerade::NftError>;
-    /// Whether the rules are still there.
-    fn present(&mut self) -> Result<bool, masquerade::NftError>;
-    /// Removes them.
-    fn remove(&mut self) -> Result<bool, masquerade::NftError>;
+    /// Writes the table of `pod_cidr`'s family with this no-masquerade set.
+    fn apply(&mut self, pod_cidr: IpNet, set: &[IpNet]) -> Result<(), masquerade::NftError>;
+    /// Whether the table of this family is still there.
+    fn present(&mut self, family: Family) -> Result<bool, masquerade::NftError>;
+    /// Removes the table of this family.
+    fn remove(&mut self, family: Family) -> Result<bool, masquerade::NftError>;
 }
 
 /// The `nft` binary in the calling thread's namespace.
@@ -38,28 +39,30 @@ pub trait MasqueradeRules {
 pub struct Nft;
 
 impl MasqueradeRules for Nft {
-    fn apply(&mut self, pod_cidr: Ipv4Net, set: &[Ipv4Net]) -> Result<(), masquerade::NftError> {
+    fn apply(&mut self, pod_cidr: IpNet, set: &[IpNet]) -> Result<(), masquerade::NftError> {
         masquerade::apply(pod_cidr, set)
     }
-    fn present(&mut self) -> Result<bool, masquerade::NftError> {
-        masquerade::present()
+    fn present(&mut self, family: Family) -> Result<bool, masquerade::NftError> {
+        masquerade::present(family)
     }
-    fn remove(&mut self) -> Result<bool, masquerade::NftError> {
-        masquerade::remove()
+    fn remove(&mut self, family: Family) -> Result<bool, masquerade::NftError> {
+        masquerade::remove(family)
     }
 }
 
 /// The reconciler's state.
 pub struct NodeState<T, M> {
     node_name: String,
-    pod_cidr: Ipv4Net,
+    /// This node's pod CIDRs: the IPv4 one, then the IPv6 one when dual-stack.
+    pod_cidrs: Vec<IpNet>,
     /// `None` without a node source: then netstack's routes are left as they are.
     routes: Option<T>,
     /// The masquerade backend and the fixed no-masquerade CIDRs; `None` when disabled.
     masquerade: Option<(M, Vec<IpNet>)>,
     nodes: Option<Vec<NodeInfo>>,
     applied_routes: Option<RouteMap>,
-    applied_set: Option<Vec<Ipv4Net>>,
+    /// The no-masquerade set last written, per family.
+    applied_sets: BTreeMap<Family, Vec<IpNet>>,
     reported: BTreeSet<String>,
 }
 
@@ -70,26 +73,31 @@ pub struct SyncReport {
     pub route_changes: usize,
     /// Route changes that failed (retried on the next resync).
     pub route_failures: usize,
-    /// Whether the masquerade table was (re)written.
+    /// Whether a masquerade table was (re)written.
     pub masquerade_written: bool,
 }
 
 impl<T: RouteTable, M: MasqueradeRules> NodeState<T, M> {
-    /// A reconciler for node `node_name` with pod CIDR `pod_cidr`.
+    /// A reconciler for node `node_name` with pod CIDR `pod_cidr` (and `pod_cidr_v6` when
+    /// dual-stack).
     pub fn new(
         node_name: String,
         pod_cidr: Ipv4Net,
+        pod_cidr_v6: Option<Ipv6Net>,
         routes: Option<T>,
         masquerade: Option<(M, Vec<IpNet>)>,
     ) -> Self {
+        let pod_cidrs = std::iter::once(IpNet::V4(pod_cidr.trunc()))
+            .chain(pod_cidr_v6.map(|n| IpNet::V6(n.trunc())))
+            .collect();
         NodeState {
             node_name,
-            pod_cidr,
+            pod_cidrs,
             routes,
             masquerade,
             nodes: None,
             applied_routes: None,
-            applied_set: None,
+            applied_sets: BTreeMap::new(),
             reported: BTreeSet::new(),
         }
     }
@@ -106,8 +114,7 @@ impl<T: RouteTable, M: MasqueradeRules> NodeState<T, M> {
     pub fn sync(&mut self, check_kernel: bool) -> SyncReport {
         let mut report = SyncReport::default();
         if let (Some(table), Some(nodes)) = (self.routes.as_mut(), self.nodes.as_ref()) {
-            let own = [IpNet::V4(self.pod_cidr)];
-            let wanted = desired_routes(&self.node_name, &own, nodes);
+            let wanted = desired_routes(&self.node_name, &self.pod_cidrs, nodes);
             let skipped: BTreeSet<String> = wanted.skipped.iter().cloned().collect();
             for line in skipped.difference(&self.reported) {
                 tracing::warn!("no route: {line}");
@@ -138,28 +145,32 @@ impl<T: RouteTable, M: MasqueradeRules> NodeState<T, M> {
             }
         }
         if let Some((rules, fixed)) = self.masquerade.as_mut() {
-            let node_cidrs = self
-                .nodes
-                .iter()
-                .flatten()
-                .flat_map(|n| n.pod_cidrs.iter().copied());
-            let set = masquerade::no_masquerade_set(self.pod_cidr, fixed, node_cidrs);
-            let stale = self.applied_set.as_ref() != Some(&set);
-            let gone = !stale && check_kernel && !rules.present().unwrap_or(false);
-            if stale || gone {
-                match rules.apply(self.pod_cidr, &set) {
+            for &pod_cidr in &self.pod_cidrs {
+                let family = Family::of(&pod_cidr);
+                let node_cidrs = self
+                    .nodes
+                    .iter()
+                    .flatten()
+                    .flat_map(|n| n.pod_cidrs.iter().copied());
+                let set = masquerade::no_masquerade_set(pod_cidr, fixed, node_cidrs);
+                let stale = self.applied_sets.get(&family) != Some(&set);
+                let gone = !stale && check_kernel && !rules.present(family).unwrap_or(false);
+                if !(stale || gone) {
+                    continue;
+                }
+                match rules.apply(pod_cidr, &set) {
                     Ok(()) => {
                         report.masquerade_written = true;
                         tracing::info!(
-                            table = masquerade::TABLE,
+                            table = %format!("{} {}", family.nft(), masquerade::TABLE),
                             no_masquerade = ?set.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
                             "egress masquerade rules written"
                         );
-                        self.applied_set = Some(set);
+                        self.applied_sets.insert(family, set);
                     }
                     Err(e) => {
                         tracing::error!("egress masquerade: {e} (retried at the next resync)");
-                        self.applied_set = None;
+                        self.applied_sets.remove(&family);
                     }
                 }
             }
@@ -172,9 +183,12 @@ impl<T: RouteTable, M: MasqueradeRules> NodeState<T, M> {
     /// like the uplink, for the node's own traffic to other nodes' pods.
     pub fn stop(&mut self) {
         if let Some((rules, _)) = self.masquerade.as_mut() {
-            match rules.remove() {
-                Ok(_) => tracing::info!(table = masquerade::TABLE, "egress masquerade removed"),
-                Err(e) => tracing::warn!("removing the masquerade table: {e}"),
+            for family in self.pod_cidrs.iter().map(Family::of) {
+                let table = format!("{} {}", family.nft(), masquerade::TABLE);
+                match rules.remove(family) {
+                    Ok(_) => tracing::info!(%table, "egress masquerade removed"),
+                    Err(e) => tracing::warn!("removing the masquerade table {table}: {e}"),
+                }
             }
         }
     }
@@ -241,26 +255,27 @@ mod tests {
         }
     }
 
-    /// Records masquerade writes.
+    /// Records masquerade writes, per family.
     #[derive(Default)]
     struct FakeNft {
-        sets: Vec<Vec<Ipv4Net>>,
-        present: bool,
-        removed: bool,
+        sets: Vec<(Family, Vec<IpNet>)>,
+        present: BTreeSet<Family>,
+        removed: Vec<Family>,
     }
 
     impl MasqueradeRules for &mut FakeNft {
-        fn apply(&mut self, _: Ipv4Net, set: &[Ipv4Net]) -> Result<(), masquerade::NftError> {
-            self.sets.push(set.to_vec());
-            self.present = true;
+        fn apply(&mut self, pod_cidr: IpNet, set: &[IpNet]) -> Result<(), masquerade::NftError> {
+            let family = Family::of(&pod_cidr);
+            self.sets.push((family, set.to_vec()));
+            self.present.insert(family);
             Ok(())
         }
-        fn present(&mut self) -> Result<bool, masquerade::NftError> {
-            Ok(self.present)
+        fn present(&mut self, family: Family) -> Result<bool, masquerade::NftError> {
+            Ok(self.present.contains(&family))
         }
-        fn remove(&mut self) -> Result<bool, masquerade::NftError> {
-            self.removed = true;
-            Ok(std::mem::take(&mut self.present))
+        fn remove(&mut self, family: Family) -> Result<bool, masquerade::NftError> {
+            self.removed.push(family);
+            Ok(self.present.remove(&family))
         }
     }
 
@@ -274,6 +289,9 @@ mod tests {
     fn v4(s: &str) -> Ipv4Net {
         s.parse().unwrap()
     }
+    fn nets(list: &[&str]) -> Vec<IpNet> {
+        list.iter().map(|s| s.parse().unwrap()).collect()
+    }
 
     #[test]
     fn routes_follow_the_list_and_resyncs_do_not_flap() {
@@ -283,6 +301,7 @@ mod tests {
         let mut state = NodeState::new(
             "a".into(),
             v4("10.244.1.0/24"),
+            None,
             Some(&mut table),
             Some((&mut nft, cluster)),
         );
@@ -321,7 +340,7 @@ mod tests {
             .retain(|r| r.0 != "10.244.2.0/24".parse::<IpNet>().unwrap());
         assert_eq!(state.sync(true).route_changes, 1);
         // ... and our table: rewritten too.
-        state.masquerade.as_mut().unwrap().0.present = false;
+        state.masquerade.as_mut().unwrap().0.present.clear();
         assert!(state.sync(true).masquerade_written);
         state.stop();
         drop(state);
@@ -343,12 +362,23 @@ mod tests {
         );
         // Writes: 2 adds, 1 delete, 1 add, 1 re-add.
         assert_eq!(table.writes, 5);
-        assert!(nft.removed && !nft.present);
-        assert_eq!(nft.sets[0], vec![v4("10.96.0.0/12"), v4("10.244.1.0/24")]);
+        assert_eq!(nft.removed, vec![Family::V4]);
+        assert!(nft.present.is_empty());
+        assert_eq!(
+            nft.sets[0],
+            (Family::V4, nets(&["10.96.0.0/12", "10.244.1.0/24"]))
+        );
         assert_eq!(
             nft.sets[1],
-            vec![v4("10.96.0.0/12"), v4("10.244.1.0/24"), v4("10.244.2.0/23")],
+            (
+                Family::V4,
+                nets(&["10.96.0.0/12", "10.244.1.0/24", "10.244.2.0/23"])
+            ),
             "every node's pod CIDR is exempt, merged"
+        );
+        assert!(
+            nft.sets.iter().all(|(f, _)| *f == Family::V4),
+            "no IPv6 table on an IPv4 node"
         );
     }
 
@@ -359,9 +389,110 @@ mod tests {
             "a".into(),
             v4("10.244.1.0/24"),
             None,
+            None,
             Some((&mut nft, vec![])),
         );
         state.on_nodes(vec![node("b", "10.244.2.0/24", "192.168.0.2")]);
         assert_eq!(state.sync(true).route_changes, 0);
+    }
+
+    #[test]
+    fn a_dual_stack_node_keeps_one_table_per_family() {
+        let mut table = FakeRoutes::default();
+        let mut nft = FakeNft::default();
+        let fixed = nets(&["10.96.0.0/12", "fd00:10:96::/112"]);
+        let mut state = NodeState::new(
+            "a".into(),
+            v4("10.244.1.0/24"),
+            Some("fd00:10:244:1::/64".parse().unwrap()),
+            Some(&mut table),
+            Some((&mut nft, fixed)),
+        );
+        let dual = |name: &str, cidrs: &[&str], ips: &[&str]| NodeInfo {
+            name: name.into(),
+            pod_cidrs: nets(cidrs),
+            internal_ips: ips.iter().map(|a| a.parse().unwrap()).collect(),
+        };
+        let a = dual(
+            "a",
+            &["10.244.1.0/24", "fd00:10:244:1::/64"],
+            &["192.168.0.1", "fd00::1"],
+        );
+        let b = dual("b", &["10.244.2.0/24"], &["192.168.0.2", "fd00::2"]);
+        // x claims our IPv6 CIDR: no route for it.
+        let x = dual("x", &["fd00:10:244:1::/64"], &["fd00::9"]);
+        let r = state.on_nodes(vec![a.clone(), b.clone(), x.clone()]);
+        assert_eq!(
+            r.route_changes, 1,
+            "b's IPv4 CIDR only: x's IPv6 one is ours"
+        );
+        assert_eq!(state.nft_sets_written(), [Family::V4, Family::V6]);
+        // b turns dual-stack: its IPv6 CIDR is routed and exempt; only the IPv6 table changes.
+        let b6 = dual(
+            "b",
+            &["10.244.2.0/24", "fd00:10:244:2::/64"],
+            &["192.168.0.2", "fd00::2"],
+        );
+        let r = state.on_nodes(vec![a.clone(), b6.clone(), x.clone()]);
+        assert_eq!((r.route_changes, r.masquerade_written), (1, true));
+        assert_eq!(
+            state.nft_sets_written(),
+            [Family::V4, Family::V6, Family::V6]
+        );
+        // Resyncs change nothing; the IPv6 table deleted behind our back comes back alone.
+        assert_eq!(state.sync(true), SyncReport::default());
+        state
+            .masquerade
+            .as_mut()
+            .unwrap()
+            .0
+            .present
+            .remove(&Family::V6);
+        assert!(state.sync(true).masquerade_written);
+        assert_eq!(
+            state.nft_sets_written(),
+            [Family::V4, Family::V6, Family::V6, Family::V6]
+        );
+        state.stop();
+        drop(state);
+
+        let mut got = table.routes.clone();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "10.244.2.0/24".parse().unwrap(),
+                    "192.168.0.2".parse().unwrap()
+                ),
+                (
+                    "fd00:10:244:2::/64".parse().unwrap(),
+                    "fd00::2".parse().unwrap()
+                ),
+            ]
+        );
+        assert_eq!(nft.removed, vec![Family::V4, Family::V6]);
+        let last6 = nft
+            .sets
+            .iter()
+            .rev()
+            .find(|(f, _)| *f == Family::V6)
+            .unwrap();
+        assert_eq!(
+            last6.1,
+            nets(&[
+                "fd00:10:96::/112",
+                "fd00:10:244:1::/64",
+                "fd00:10:244:2::/64"
+            ])
+        );
+    }
+
+    impl<T> NodeState<T, &mut FakeNft> {
+        /// The families of the tables written so far, in order.
+        fn nft_sets_written(&self) -> Vec<Family> {
+            let (nft, _) = self.masquerade.as_ref().unwrap();
+            nft.sets.iter().map(|(f, _)| *f).collect()
+        }
     }
 }

@@ -31,6 +31,7 @@ struct Inner {
     pid: Option<u32>,
     gateway: Ipv4Addr,
     uplink_mtu: u32,
+    segment_gso: bool,
     uplink: Vec<OwnedFd>,
     pods: BTreeMap<u64, (PodSpec, Vec<OwnedFd>)>,
     restarts: u64,
@@ -100,6 +101,7 @@ impl Inner {
             let init = DpRequest::Init {
                 gateway: self.gateway,
                 uplink_mtu: self.uplink_mtu,
+                segment_gso: self.segment_gso,
             };
             ipc::send(&ours, &init, &uplink)?;
             match ipc::recv::<DpReply>(&ours)?.0 {
@@ -134,13 +136,19 @@ impl Inner {
 impl DataplaneProcess {
     /// Starts the dataplane child with one worker per uplink queue, and a thread that restarts
     /// it whenever it dies (or when it could not start).
-    pub fn start(uplink: Vec<OwnedFd>, gateway: Ipv4Addr, uplink_mtu: u32) -> anyhow::Result<Self> {
+    pub fn start(
+        uplink: Vec<OwnedFd>,
+        gateway: Ipv4Addr,
+        uplink_mtu: u32,
+        segment_gso: bool,
+    ) -> anyhow::Result<Self> {
         let workers = uplink.len();
         let inner = Arc::new(Mutex::new(Inner {
             conn: None,
             pid: None,
             gateway,
             uplink_mtu,
+            segment_gso,
             uplink,
             pods: BTreeMap::new(),
             restarts: 0,

@@ -1,4 +1,5 @@
-//! The only place with `unsafe`: TAP/TUN ioctls, readv/writev, fd passing, namespace ioctls.
+//! The only place with `unsafe`: TAP/TUN ioctls, readv/writev, packet sockets, fd passing,
+//! namespace ioctls.
 //!
 //! Every system call that nix does not wrap safely sits here in a small safe function with a
 //! `// SAFETY:` comment; the rest of netstackd only sees `OwnedFd`/`BorrowedFd` and typed
@@ -6,6 +7,7 @@
 
 pub mod fdpass;
 pub mod ns;
+pub mod packet;
 pub mod process;
 pub mod tap;
 
@@ -38,6 +40,17 @@ pub enum SysError {
         queues: usize,
         /// The kernel's limit (`MAX_TAP_QUEUES`).
         max: usize,
+    },
+    /// A system call on a packet socket failed.
+    #[error("packet socket on ifindex {ifindex}: {op} failed: {source}")]
+    Packet {
+        /// The device the socket is for (0 when unknown).
+        ifindex: u32,
+        /// The operation, e.g. `PACKET_FANOUT`.
+        op: &'static str,
+        /// The errno.
+        #[source]
+        source: nix::Error,
     },
     /// A system call on a TUN/TAP device or one of its queue fds failed.
     #[error("TUN/TAP device {name}: {op} failed: {source}")]

@@ -1,10 +1,12 @@
-//! TAP/TUN queues with a 12-byte virtio-net header.
+//! TAP/TUN queues with a 10-byte virtio-net header.
 //!
 //! [`open_queues`] creates (or re-attaches to) a multi-queue TAP or TUN device with
 //! `IFF_NO_PI | IFF_VNET_HDR | IFF_MULTI_QUEUE`, sets the virtio-net header to
 //! [`VNET_HDR_LEN`] bytes and negotiates offloads; [`read_frame`] and [`write_frame`] move one
 //! frame per system call with the header kept beside the frame in its own iovec. The header's
-//! fields are interpreted elsewhere (`crate::wire`); here it is 12 opaque bytes.
+//! fields are interpreted elsewhere (`crate::wire`); here it is 10 opaque bytes. The same two
+//! functions serve the AF_PACKET sockets of veth mode (`super::packet`), whose header is the
+//! same 10 bytes.
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -16,9 +18,10 @@ use nix::sys::uio::{readv, writev};
 
 use super::{validate_ifname, SysError};
 
-/// Bytes of virtio-net header in front of every frame (`struct virtio_net_hdr_v1`, with
-/// `num_buffers`), set on every device with `TUNSETVNETHDRSZ`.
-pub const VNET_HDR_LEN: usize = 12;
+/// Bytes of virtio-net header in front of every frame (`struct virtio_net_hdr`, without
+/// `num_buffers`), set on every device with `TUNSETVNETHDRSZ`: the size a packet socket with
+/// `PACKET_VNET_HDR` uses, so TAP queues and packet sockets carry identical headers.
+pub const VNET_HDR_LEN: usize = crate::wire::vnet::VNET_HDR_LEN;
 
 /// `TUNSETOFFLOAD`: we accept frames with a partial checksum (`NEEDS_CSUM`).
 pub const TUN_F_CSUM: u32 = 0x01;

@@ -1,8 +1,10 @@
-//! The virtio-net header a TAP/TUN with `IFF_VNET_HDR` puts before every frame
-//! (`struct virtio_net_hdr_mrg_rxbuf`, 12 bytes, little-endian on every host netstack runs on).
+//! The virtio-net header a TAP/TUN with `IFF_VNET_HDR` or a packet socket with
+//! `PACKET_VNET_HDR` puts before every frame (`struct virtio_net_hdr`, 10 bytes,
+//! little-endian on every host netstack runs on).
 
-/// Header length netstack sets on every device (`TUNSETVNETHDRSZ`).
-pub const VNET_HDR_LEN: usize = 12;
+/// Header length netstack sets on every device (`TUNSETVNETHDRSZ`); packet sockets always
+/// use this size.
+pub const VNET_HDR_LEN: usize = 10;
 /// `VIRTIO_NET_HDR_F_NEEDS_CSUM`: the L4 checksum is partial (from `csum_start`).
 pub const FLAG_NEEDS_CSUM: u8 = 1;
 /// `VIRTIO_NET_HDR_F_DATA_VALID`: the checksum was already verified.
@@ -35,7 +37,8 @@ pub struct VnetHdr {
     pub csum_start: u16,
     /// Where the checksum is stored, from `csum_start`.
     pub csum_offset: u16,
-    /// Mergeable-buffer count (unused by TAP).
+    /// Mergeable-buffer count: not carried by the 10-byte header netstack uses, so always 0
+    /// after [`VnetHdr::parse`] and never written by [`VnetHdr::emit`].
     pub num_buffers: u16,
 }
 
@@ -53,7 +56,7 @@ impl VnetHdr {
             gso_size: le16(b, 4),
             csum_start: le16(b, 6),
             csum_offset: le16(b, 8),
-            num_buffers: le16(b, 10),
+            num_buffers: 0,
         }
     }
 
@@ -65,7 +68,6 @@ impl VnetHdr {
         b[4..6].copy_from_slice(&self.gso_size.to_le_bytes());
         b[6..8].copy_from_slice(&self.csum_start.to_le_bytes());
         b[8..10].copy_from_slice(&self.csum_offset.to_le_bytes());
-        b[10..12].copy_from_slice(&self.num_buffers.to_le_bytes());
     }
 
     /// Is this a GSO super-frame?
@@ -110,7 +112,7 @@ mod tests {
     fn round_trip_is_little_endian() {
         // A TSO frame as a pod's kernel hands it to a TAP: NEEDS_CSUM, TCPv4, mss 1448,
         // csum at 14 + 20 (+16 for TCP).
-        let raw = [1, 1, 66, 0, 0xa8, 0x05, 34, 0, 16, 0, 0, 0];
+        let raw = [1, 1, 66, 0, 0xa8, 0x05, 34, 0, 16, 0];
         let h = VnetHdr::parse(&raw);
         assert_eq!(h.gso_size, 1448);
         assert_eq!((h.csum_start, h.csum_offset, h.hdr_len), (34, 16, 66));

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# e2e: the benchmark harness works (not a timing test): `e2e/bench/run.sh --quick` runs to the
+# end, its JSON has every figure of the netstack TAP path and of the bridge plugin as a number
+# (veth mode: numbers too, or n/a with a reason), the table is printed, and nothing the run
+# created is left: no netns, link, process or work directory. Needs root; run by scripts/test.sh.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+FAILS=0
+PASSES=0
+ok() { PASSES=$((PASSES + 1)); printf '  ok   %s\n' "$1"; }
+fail() { FAILS=$((FAILS + 1)); printf '  FAIL %s\n' "$1"; }
+check() { local what=$1; shift; if "$@" >/dev/null 2>&1; then ok "$what"; else fail "$what"; fi; }
+
+TMP=$(mktemp -d /tmp/netstack-bench-smoke.XXXXXX)
+trap 'rm -rf "$TMP"' EXIT
+OUT=$TMP/bench.json
+LEDGER=$TMP/ledger
+export BENCH_RUN_ID=$$ BENCH_LEDGER=$LEDGER
+
+# scripts/test.sh has just built the release binaries; build only if they are missing.
+BUILD=(--no-build)
+for b in netstackd netstack nsbench; do [ -x "target/release/$b" ] || BUILD=(); done
+echo "==> e2e/bench/run.sh --quick ${BUILD[*]} (BENCH_RUN_ID=$BENCH_RUN_ID)"
+start=$SECONDS
+timeout -k 10 $((${#BUILD[@]} ? 180 : 900)) e2e/bench/run.sh --quick "${BUILD[@]}" --out "$OUT" >"$TMP/run.log" 2>&1
+rc=$?
+took=$((SECONDS - start))
+if [ "$rc" = 0 ]; then ok "run.sh --quick exits 0 (${took} s)"; else
+  fail "run.sh --quick exits 0 (exit $rc after ${took} s); its output:"
+  sed 's/^/    /' "$TMP/run.log"
+fi
+check "the JSON is written and parses" jq -e '.schema == 1' "$OUT"
+check "the table is printed" grep -q '^pod->pod TCP, 1 stream' "$TMP/run.log"
+
+TAP_FIGURES=(tcp1_p2p_gbps tcp4_p2p_gbps tcp1_p2n_gbps tcp4_p2n_gbps udp64_tx_kpps udp64_rx_kpps
+  udp64_loss_pct udp64_half_loss_pct rtt_min_us rtt_p50_us rtt_p99_us cni_add_p50_ms cni_add_p99_ms
+  ns_cpu_s_per_gbit sys_cpu_p2p_s_per_gbit sys_cpu_p2n_s_per_gbit rss_per_pod_kib rss_avg_per_pod_kib
+  rss_total_mib idle_cpu_pct)
+BRIDGE_FIGURES=(tcp1_p2p_gbps tcp4_p2p_gbps tcp1_p2n_gbps tcp4_p2n_gbps udp64_tx_kpps udp64_rx_kpps
+  udp64_loss_pct udp64_half_loss_pct rtt_min_us rtt_p50_us rtt_p99_us cni_add_p50_ms cni_add_p99_ms
+  sys_cpu_p2p_s_per_gbit sys_cpu_p2n_s_per_gbit)
+# numbers PATH FIGURE...: the figures of PATH that are not numbers.
+not_numbers() {
+  local path=$1
+  shift
+  jq -r --arg p "$path" '.paths[$p] as $e | $ARGS.positional[] | select(($e[.] | type) != "number")' \
+    "$OUT" --args "$@" 2>/dev/null || echo "(unreadable JSON)"
+}
+missing=$(not_numbers tap "${TAP_FIGURES[@]}")
+check "TAP path: all ${#TAP_FIGURES[@]} figures are numbers${missing:+ (not: $(echo $missing))}" test -z "$missing"
+missing=$(not_numbers bridge "${BRIDGE_FIGURES[@]}")
+check "bridge path: all ${#BRIDGE_FIGURES[@]} figures are numbers${missing:+ (not: $(echo $missing))}" test -z "$missing"
+check "ratios to the bridge are numbers" jq -e '[.ratios_to_bridge.tap | .tcp1_p2p_gbps, .udp64_rx_kpps, .cni_add_p50_ms] | all(type == "number")' "$OUT"
+check "every target has a verdict for the TAP path" jq -e '[.targets | to_entries[] | select(.key | startswith("vs_") | not) | .value.tap] | all(type == "boolean")' "$OUT"
+if jq -e '.paths.veth.supported' "$OUT" >/dev/null 2>&1; then
+  missing=$(not_numbers veth "${BRIDGE_FIGURES[@]}" ns_cpu_s_per_gbit)
+  check "veth path: all figures are numbers${missing:+ (not: $(echo $missing))}" test -z "$missing"
+else
+  check "veth path: n/a with a reason" jq -e '.paths.veth.reason | type == "string" and length > 0' "$OUT"
+fi
+for peer in pasta slirp4netns; do
+  if jq -e --arg p "$peer" '.paths[$p].supported' "$OUT" >/dev/null 2>&1; then
+    check "$peer: pod-to-node figures are numbers" jq -e --arg p "$peer" '[.paths[$p].tcp1_p2n_gbps, .paths[$p].tcp4_p2n_gbps] | all(type == "number")' "$OUT"
+  else
+    check "$peer: n/a with a reason" jq -e --arg p "$peer" '.paths[$p].reason | type == "string"' "$OUT"
+  fi
+done
+
+echo "==> nothing left behind"
+check "the run recorded what it created" test -s "$LEDGER"
+left=()
+while read -r kind name; do
+  case $kind in
+    netns) [ -e "/run/netns/$name" ] && left+=("netns $name") ;;
+    link) ip link show dev "$name" >/dev/null 2>&1 && left+=("link $name") ;;
+    dir) [ -e "$name" ] && left+=("dir $name") ;;
+    pid)
+      if [ -r "/proc/$name/cmdline" ] &&
+        tr '\0' ' ' <"/proc/$name/cmdline" | grep -q -e netstackd -e iperf3 -e nsbench -e pasta -e slirp4netns; then
+        left+=("process $name")
+      fi
+      ;;
+  esac
+done <"$LEDGER"
+check "no netns, link, process or directory of the run is left${left:+ (left: ${left[*]})}" test "${#left[@]}" = 0
+ID=$((BENCH_RUN_ID % 100000))
+check "no netns named nsb$ID-*" sh -c "! ip netns list | grep -q '^nsb$ID-'"
+check "no link named nsb*$ID" sh -c "! ip -br link | grep -q -e '^nsbu$ID[ @]' -e '^nsbbr$ID[ @]'"
+check "no iptables rule for the bench bridge" sh -c "! iptables-save 2>/dev/null | grep -q 'nsbbr$ID'"
+
+echo
+echo "test_bench_smoke: $PASSES passed, $FAILS failed"
+[ "$FAILS" -eq 0 ]

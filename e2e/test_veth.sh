@@ -1,0 +1,174 @@
+#!/usr/bin/env bash
+# e2e: veth mode ("mode": "veth"). First the TAP-mode e2e scripts (test_slice, test_supervisor,
+# test_hostile) run again with MODE=veth; then what only veth mode has: the peer in
+# netstackd's own netns with nothing the kernel could route with, one fanout packet socket per
+# worker and each frame read once, GSO frames whole, sockets re-created after kill -9, DEL and
+# a vanished netns removing both ends, requests that do not fit refused, and
+# `netstackd cleanup` removing the namespace. Needs root.
+set -uo pipefail
+export MODE=veth
+. "$(dirname "$0")/lib.sh"
+trap e2e_cleanup EXIT
+
+FAILS=0
+PASSES=0
+ok() { PASSES=$((PASSES + 1)); printf '  ok   %s\n' "$1"; }
+fail() { FAILS=$((FAILS + 1)); printf '  FAIL %s\n' "$1"; }
+check() { local what=$1; shift; if "$@" >/dev/null 2>&1; then ok "$what"; else fail "$what"; fi; }
+
+for t in test_slice test_supervisor test_hostile; do
+  log "$t.sh with MODE=veth"
+  out=$(bash "$ROOT/e2e/$t.sh" 2>&1); rc=$?
+  grep -E '^  FAIL' <<<"$out"
+  summary=$(grep -E "^$t: " <<<"$out" | tail -1)
+  check "$t.sh passes in veth mode (${summary:-no summary})" test "$rc" = 0
+done
+
+WORKERS=2
+# sockets_on PEER: packet sockets in netstackd's netns bound to PEER.
+sockets_on() {
+  local idx
+  idx=$(in_dp ip -j link show "$1" 2>/dev/null | jq '.[0].ifindex')
+  [ -n "$idx" ] && [ "$idx" != null ] || { echo 0; return; }
+  in_dp awk -v i="$idx" 'NR > 1 && $5 == i' /proc/net/packet | wc -l
+}
+# peer_up_noarp PEER / peer_absent PEER: the state of a peer in netstackd's netns.
+peer_up_noarp() { in_dp ip link show "$1" | grep -q 'NOARP,UP'; }
+peer_absent() { [ -e "$DP_NETNS" ] && ! in_dp ip link show "$1" >/dev/null 2>&1; }
+# ten_replies PING_OUTPUT: 10 replies came back, none twice.
+ten_replies() { grep -q ' 10 received' <<<"$1" && ! grep -q 'DUP\|duplicates' <<<"$1"; }
+# quiet POD OTHER_IP: no IPv6 and no ARP from POD, so every frame counted is the test's own.
+quiet() {
+  in_pod "$1" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
+  for n in "$GATEWAY" "$2"; do
+    in_pod "$1" ip neigh replace "$n" lladdr 02:4e:53:00:00:01 dev eth0 nud permanent
+  done
+}
+
+log "veth-specific checks"
+write_conflist
+start_netstackd --workers "$WORKERS" || exit 1
+A=veth-a-$RUN_ID
+B=veth-b-$RUN_ID
+IP_A=$(add_pod "$A") && ok "ADD pod A ($IP_A)" || fail "ADD pod A"
+IP_B=$(add_pod "$B") && ok "ADD pod B ($IP_B)" || fail "ADD pod B"
+PEER_A=$(veth_peer "$A")
+PEER_B=$(veth_peer "$B")
+
+log "the peer in netstackd's netns"
+check "status names the namespace ($DP_NETNS)" test "$(ctl status | jq -r .dp_netns)" = "$DP_NETNS"
+check "list says veth for both pods" test "$(ctl list | jq -r '[.[].mode] | unique | join(",")')" = veth
+check "pod A's eth0 is a veth marked netstack" sh -c "ip -n $A -d link show eth0 | grep -q 'alias netstack' && ip -n $A -d link show eth0 | grep -q veth"
+check "its peer $PEER_A is in netstackd's netns" test -n "$PEER_A"
+check "  ... named nsv + 12 hex digits" grep -Eq '^nsv[0-9a-f]{12}$' <<<"$PEER_A"
+check "  ... and not in the host netns" sh -c "! ip link show $PEER_A"
+check "netstackd's netns holds only lo and the two peers" \
+  test "$(in_dp ip -j link show | jq -r '[.[].ifname] | sort | join(" ")')" = "$(printf '%s\n' lo "$PEER_A" "$PEER_B" | sort | tr '\n' ' ' | sed 's/ $//')"
+check "no address on any interface there" test "$(in_dp ip -j addr show | jq '[.[].addr_info[]] | length')" = 0
+check "the peer is up, without ARP" peer_up_noarp "$PEER_A"
+check "  ... and without IPv6" test "$(in_dp cat /proc/sys/net/ipv6/conf/$PEER_A/disable_ipv6)" = 1
+check "IPv4 forwarding is off there" test "$(in_dp cat /proc/sys/net/ipv4/ip_forward)" = 0
+check "no route there" test "$(in_dp ip -j route show | jq length)" = 0
+check "one packet socket per worker on each peer ($(sockets_on "$PEER_A"), $(sockets_on "$PEER_B"))" \
+  test "$(sockets_on "$PEER_A")$(sockets_on "$PEER_B")" = "$WORKERS$WORKERS"
+
+log "each frame once (fanout)"
+quiet "$A" "$IP_B"; quiet "$B" "$IP_A"
+before_a=$(pod_counter "$A" .rx_packets); before_b=$(pod_counter "$B" .tx_packets)
+out=$(in_pod "$A" ping -c 10 -i 0.05 -W 2 "$IP_B" 2>&1)
+check "ping -c 10 pod A -> pod B: exactly 10 replies, no duplicates" ten_replies "$out"
+check "pod A's rx_packets counted 10 ($(( $(pod_counter "$A" .rx_packets) - before_a )))" test $(( $(pod_counter "$A" .rx_packets) - before_a )) = 10
+check "pod B's tx_packets counted 10 ($(( $(pod_counter "$B" .tx_packets) - before_b )))" test $(( $(pod_counter "$B" .tx_packets) - before_b )) = 10
+# Several flows: the fanout hash spreads them over the workers, and none is read twice.
+in_pod "$B" iperf3 -s -1 -D --bind "$IP_B"
+sleep 0.3
+rx0=$(pod_counter "$A" .rx_packets); bytes0=$(pod_counter "$A" .rx_bytes)
+check "iperf3 with 4 streams pod A -> pod B completes" in_pod "$A" iperf3 -c "$IP_B" -t 2 -P 4
+rx=$(( $(pod_counter "$A" .rx_packets) - rx0 )); bytes=$(( $(pod_counter "$A" .rx_bytes) - bytes0 ))
+avg=$(( bytes / (rx > 0 ? rx : 1) ))
+check "GSO frames cross the veth whole (avg frame from pod A $avg B >= 16384 B)" test "$avg" -ge 16384
+seg=$("$BIN/netstackd" ctl --socket "$SOCK" metrics | awk '$1 == "netstack_gso_segmented_frames_total" {print $2}')
+check "  ... none segmented in software (${seg:-missing})" test "${seg:-x}" = 0
+
+log "kill -9 re-creates the sockets"
+DP=$(pgrep -P "$NETSTACKD_PID" -f 'netstackd dataplane' | head -1)
+kill -9 "$NETSTACKD_PID"; wait "$NETSTACKD_PID" 2>/dev/null
+# The dataplane follows its supervisor (PR_SET_PDEATHSIG); wait until it is gone.
+for _ in $(seq 1 50); do kill -0 "$DP" 2>/dev/null || break; sleep 0.1; done
+check "no socket is left on the peer while netstackd is down" test "$(sockets_on "$PEER_A")" = 0
+check "the peer stays in netstackd's netns" test "$(veth_peer "$A")" = "$PEER_A"
+start_netstackd --workers "$WORKERS"
+check "both pods restored" test "$(ctl status | jq .attachments)" = 2
+check "again exactly $WORKERS sockets on each peer" test "$(sockets_on "$PEER_A")$(sockets_on "$PEER_B")" = "$WORKERS$WORKERS"
+before_a=$(pod_counter "$A" .rx_packets)
+out=$(in_pod "$A" ping -c 10 -i 0.05 -W 2 "$IP_B" 2>&1)
+check "ping -c 10 after the restart: exactly 10 replies" ten_replies "$out"
+check "  ... counted 10" test $(( $(pod_counter "$A" .rx_packets) - before_a )) = 10
+check "ping node -> pod B" ping -c 2 -i 0.2 -W 2 "$IP_B"
+
+log "requests that do not fit veth mode"
+attach_raw() { # JSON NFDS: an attach request with NFDS fds of /dev/null
+  python3 - "$SOCK" "$1" "$2" <<'PY'
+import json, os, socket, struct, sys
+path, req, nfds = sys.argv[1], sys.argv[2], int(sys.argv[3])
+body = req.encode()
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(path)
+fds = [os.open("/dev/null", os.O_RDWR) for _ in range(nfds)]
+socket.send_fds(s, [struct.pack(">I", len(body)) + body], fds)
+n = struct.unpack(">I", s.recv(4))[0]
+print(s.recv(n).decode())
+PY
+}
+C=veth-c-$RUN_ID
+ip netns add "$C"; echo "$C" >>"$WORK/pods"
+ip -n "$C" link add eth0 type veth peer name nsv000000000000
+req() { # PEER [QUEUES]
+  printf '{"op":"attach","container_id":"%s","ifname":"eth0","netns":"/run/netns/%s","mac":"0a:58:0a:00:00:09","ips":["%s/24"],"mtu":1500,"queues":%s,"mode":"veth","peer":"%s"}' \
+    "$C" "$C" "${POD_CIDR%.0/24}.77" "${2:-0}" "$1"
+}
+check "an attach naming another peer is refused" grep -q 'the veth peer must be named' <<<"$(attach_raw "$(req nsv000000000000)" 0)"
+check "a veth attach carrying fds is refused" grep -q 'carries no fds' <<<"$(attach_raw "$(req nsv000000000000)" 2)"
+check "a veth attach announcing queues is refused" grep -q 'announces no queues' <<<"$(attach_raw "$(req nsv000000000000 2)" 0)"
+# The name netstack derives for C/eth0 (FNV-1a of "C\0eth0", as control::veth_peer_name).
+peer_c=$(python3 -c '
+import sys
+h = 0xcbf29ce484222325
+for b in sys.argv[1].encode() + b"\0eth0":
+    h = ((h ^ b) * 0x100000001b3) % 2**64
+print("nsv%012x" % (h >> 16))' "$C")
+ip -n "$C" link del eth0
+ip -n "$C" link add eth0 type veth peer name "$peer_c"
+check "the right peer name, but eth0 is someone else's veth (no netstack alias): refused" \
+  grep -q 'eth0 is not a netstack veth' <<<"$(attach_raw "$(req "$peer_c")" 0)"
+check "  ... and its peer was not taken" ip -n "$C" link show "$peer_c"
+ip -n "$C" link del eth0
+check "nothing was attached" test "$(ctl status | jq .attachments)" = 2
+
+log "DEL removes both ends"
+check "DEL pod A" cni DEL "$A" "/run/netns/$A"
+check "pod A's eth0 is gone" sh -c "! ip -n $A link show eth0"
+check "its peer $PEER_A is gone from netstackd's netns" peer_absent "$PEER_A"
+check "its state file is gone" test ! -e "$STATE/${A}_eth0.json"
+check "a second DEL succeeds" cni DEL "$A" "/run/netns/$A"
+log "a pod netns deleted without DEL takes its peer with it"
+ip netns del "$B"
+sleep 0.2
+check "pod B's peer $PEER_B is gone" peer_absent "$PEER_B"
+check "DEL with an empty CNI_NETNS succeeds" cni DEL "$B" ""
+check "no attachment left" test "$(ctl status | jq .attachments)" = 0
+check "netstackd's netns holds only lo" test "$(in_dp ip -j link show | jq -r '[.[].ifname] | join(" ")')" = lo
+
+log "netstackd cleanup"
+D=veth-d-$RUN_ID
+IP_D=$(add_pod "$D") && ok "ADD pod D ($IP_D)" || fail "ADD pod D"
+PEER_D=$(veth_peer "$D")
+stop_netstackd
+check "cleanup succeeds" "$BIN/netstackd" cleanup --socket "$SOCK" --state-dir "$STATE" --uplink "$UPLINK" --dp-netns "$DP_NETNS"
+check "  ... pod D's eth0 is gone" sh -c "! ip -n $D link show eth0"
+check "  ... netstackd's netns is gone" test ! -e "$DP_NETNS"
+check "  ... no state files" test "$(find "$STATE" -name '*.json' | wc -l)" = 0
+
+echo
+echo "test_veth: $PASSES passed, $FAILS failed"
+[ "$FAILS" -eq 0 ]

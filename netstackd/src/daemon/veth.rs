@@ -1,0 +1,155 @@
+//! veth mode on the supervisor's side: netstackd's own network namespace (`--dp-netns`),
+//! where the peers of the pods' veths live and the kernel never routes, and the packet
+//! sockets the dataplane reads them through.
+//!
+//! The plugin creates the pair in the pod netns and names the peer in `attach`; the
+//! supervisor moves the peer into its namespace (so the plugin never needs to see that
+//! namespace, which in Kubernetes lives in netstackd's container), switches off everything
+//! the kernel could do with it (no address, no ARP, no IPv6, no forwarding), and opens one
+//! fanout packet socket per worker on it. Those sockets go to the dataplane exactly as TAP
+//! queue fds do.
+
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+use std::sync::Mutex;
+
+use crate::control::{Attachment, VETH_ALIAS};
+use crate::netlink::Netlink;
+use crate::netns::{ensure_named_netns, run_in_netns, NetnsError};
+use crate::sys::packet::open_fanout_sockets;
+
+/// Where the veth peers live unless `--dp-netns` says otherwise.
+pub const DEFAULT_DP_NETNS: &str = "/run/netns/netstack-dp";
+
+/// MTU of a peer: the largest a veth takes, so every frame the pod's kernel puts on its end
+/// reaches netstackd, which applies the pod's MTU itself (as it does for a TAP, which has no
+/// MTU check on that side).
+pub const PEER_MTU: u32 = 65535;
+
+/// The sysctls of the namespace: no forwarding, no IPv6 on anything moved in later.
+const DP_SYSCTLS: [(&str, &str); 4] = [
+    ("net/ipv4/ip_forward", "0"),
+    ("net/ipv6/conf/all/forwarding", "0"),
+    ("net/ipv6/conf/all/disable_ipv6", "1"),
+    ("net/ipv6/conf/default/disable_ipv6", "1"),
+];
+
+/// Serialises creation, so two concurrent first attachments do not mount two namespaces.
+static DP_NETNS_LOCK: Mutex<()> = Mutex::new(());
+
+/// Writes a sysctl of the calling thread's netns; a file the kernel lacks (IPv6 disabled at
+/// boot) is no error.
+fn write_sysctl(name: &str, value: &str) -> Result<(), String> {
+    match std::fs::write(format!("/proc/sys/{name}"), value) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("setting {name}={value}: {e}")),
+    }
+}
+
+/// Creates the namespace at `path` if it is not there yet and (re)applies its sysctls.
+pub fn ensure_dp_netns(path: &Path) -> Result<(), String> {
+    let _guard = DP_NETNS_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let created = ensure_named_netns(path).map_err(|e| e.to_string())?;
+    run_in_netns(path, || {
+        DP_SYSCTLS
+            .iter()
+            .try_for_each(|(name, value)| write_sysctl(name, value))
+    })
+    .map_err(|e| e.to_string())??;
+    if created {
+        tracing::info!(netns = %path.display(), "created the namespace for veth peers");
+    }
+    Ok(())
+}
+
+fn in_netns<T: Send>(
+    netns: &Path,
+    f: impl FnOnce(&Netlink) -> Result<T, String> + Send,
+) -> Result<T, String> {
+    run_in_netns(netns, || {
+        let nl = Netlink::new().map_err(|e| e.to_string())?;
+        f(&nl)
+    })
+    .map_err(|e| e.to_string())?
+}
+
+/// Takes over the peer of a veth attachment: moves it from the pod netns into `dp` (unless
+/// it is there already, as after a restart), checks it is the peer of the pod's interface,
+/// configures it and opens `workers` packet sockets on it.
+pub fn open_peer(dp: &Path, a: &Attachment, workers: usize) -> Result<Vec<OwnedFd>, String> {
+    let key = &a.key;
+    let peer = a
+        .peer
+        .clone()
+        .ok_or_else(|| format!("{key}: a veth attachment must name its peer"))?;
+    ensure_dp_netns(dp)?;
+    let dp_file = File::open(dp).map_err(|e| format!("opening {}: {e}", dp.display()))?;
+    let moved = {
+        let peer = peer.clone();
+        in_netns(dp, move |nl| {
+            Ok(nl.link_info(&peer).map_err(|e| e.to_string())?.is_some())
+        })?
+    };
+    let pod_side = {
+        let (peer, ifname) = (peer.clone(), key.ifname.clone());
+        in_netns(&a.netns, move |nl| {
+            let pod_side = || -> Result<_, String> {
+                match nl.link_info(&ifname).map_err(|e| e.to_string())? {
+                    Some(i)
+                        if i.kind.as_deref() == Some("veth")
+                            && i.alias.as_deref() == Some(VETH_ALIAS) =>
+                    {
+                        Ok(i)
+                    }
+                    Some(_) => Err(format!("{ifname} is not a netstack veth")),
+                    None => Err(format!("{ifname} no longer exists")),
+                }
+            };
+            pod_side()?;
+            if !moved {
+                match nl.link_info(&peer).map_err(|e| e.to_string())? {
+                    Some(i) if i.kind.as_deref() == Some("veth") => nl
+                        .move_to_netns(&peer, dp_file.as_fd())
+                        .map_err(|e| e.to_string())?,
+                    Some(_) => return Err(format!("{peer} is not a veth")),
+                    None => return Err(format!("veth peer {peer} no longer exists")),
+                }
+            }
+            // Read again: the move may have given the peer another index.
+            pod_side()
+        })
+        .map_err(|e| format!("{key}: {e}"))?
+    };
+    in_netns(dp, move |nl| {
+        let info = nl
+            .link_info(&peer)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("veth peer {peer} vanished"))?;
+        if info.kind.as_deref() != Some("veth") || pod_side.link != Some(info.index) {
+            return Err(format!("{peer} is not the peer of the pod's interface"));
+        }
+        // Before it goes up, so the kernel never sends anything on it.
+        write_sysctl(&format!("net/ipv6/conf/{peer}/disable_ipv6"), "1")?;
+        nl.set_arp(&peer, false).map_err(|e| e.to_string())?;
+        nl.set_link(&peer, None, Some(PEER_MTU), true)
+            .map_err(|e| e.to_string())?;
+        open_fanout_sockets(info.index, workers).map_err(|e| e.to_string())
+    })
+    .map_err(|e| format!("{key}: {e}"))
+}
+
+/// Deletes a peer from `dp` (its pod-side end goes with it). `Ok(false)` when it, or the
+/// namespace, is not there.
+pub fn delete_peer(dp: &Path, peer: &str) -> Result<bool, String> {
+    let peer = peer.to_owned();
+    match run_in_netns(dp, move || -> Result<bool, String> {
+        let nl = Netlink::new().map_err(|e| e.to_string())?;
+        nl.del_link(&peer).map_err(|e| e.to_string())
+    }) {
+        Ok(r) => r,
+        Err(NetnsError::NotFound { .. } | NetnsError::NotANetns { .. }) => Ok(false),
+        Err(e) => Err(e.to_string()),
+    }
+}

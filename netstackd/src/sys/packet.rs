@@ -1,0 +1,280 @@
+//! AF_PACKET sockets on a veth peer, for veth mode.
+//!
+//! [`open_fanout_sockets`] opens one `SOCK_RAW` packet socket per worker on one device, each
+//! with a virtio-net header in front of every frame (`PACKET_VNET_HDR`, the 10-byte
+//! `struct virtio_net_hdr`: the same [`VNET_HDR_LEN`] the TAPs are set to, so
+//! `sys::tap::read_frame`/`write_frame` work on these sockets unchanged), joined in one
+//! `PACKET_FANOUT_HASH` group so a flow always reaches the same worker, transmitting straight
+//! to the driver (`PACKET_QDISC_BYPASS`: netstackd's own fifo queues replace the qdisc) and
+//! blind to their own transmissions (`PACKET_IGNORE_OUTGOING`).
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+use nix::errno::Errno;
+
+use super::tap::{read_frame, VNET_HDR_LEN};
+use super::SysError;
+
+/// `ETH_P_ALL`: every protocol.
+const ETH_P_ALL: u16 = 0x0003;
+/// Receive and send buffer size of each socket, in bytes: a few dozen 64 KB GSO frames, so
+/// a burst from the pod is not lost while the worker is busy.
+pub const SOCKET_BUFFER_BYTES: libc::c_int = 4 << 20;
+
+fn packet_err(ifindex: u32, op: &'static str, source: Errno) -> SysError {
+    SysError::Packet {
+        ifindex,
+        op,
+        source,
+    }
+}
+
+fn setsockopt_int(
+    fd: BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> nix::Result<()> {
+    // SAFETY: the option value is one int that lives on our stack for the call, and its size
+    // is passed alongside; `fd` is borrowed, so it stays open for the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    Errno::result(rc).map(drop)
+}
+
+fn getsockopt_int(fd: BorrowedFd<'_>, level: libc::c_int, name: libc::c_int) -> nix::Result<u32> {
+    let mut value: libc::c_uint = 0;
+    let mut len = size_of::<libc::c_uint>() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes (one uint) into `value`, which lives on
+    // our stack for the call, and updates `len`; `fd` stays open for the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (&mut value as *mut libc::c_uint).cast(),
+            &mut len,
+        )
+    };
+    Errno::result(rc).map(|_| value)
+}
+
+/// A new packet socket: non-blocking, close-on-exec, protocol 0 (it receives nothing until
+/// it is bound).
+fn packet_socket() -> nix::Result<OwnedFd> {
+    // SAFETY: socket(2) takes no pointers; on success it returns a fresh descriptor that
+    // nothing else owns, which OwnedFd then owns.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    Errno::result(fd)?;
+    // SAFETY: `fd` was just returned by socket(2), is valid and owned by no one else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Binds a packet socket to every protocol on device `ifindex`.
+fn bind_to_device(fd: BorrowedFd<'_>, ifindex: u32) -> nix::Result<()> {
+    // SAFETY: sockaddr_ll is plain old data; all zeroes is a valid value.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as libc::c_ushort;
+    addr.sll_protocol = ETH_P_ALL.to_be();
+    addr.sll_ifindex = libc::c_int::try_from(ifindex).map_err(|_| Errno::EINVAL)?;
+    // SAFETY: the address points at `addr` on our stack, with its true size; bind only
+    // reads it during the call. `fd` stays open for the call.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_ll).cast(),
+            size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    Errno::result(rc).map(drop)
+}
+
+/// Opens `count` packet sockets on device `ifindex` of the calling thread's network
+/// namespace (see the module comment for their options), in one fanout group of their own.
+///
+/// A socket receives frames from the moment it is bound until it joins the group, so each
+/// is drained after joining: no frame is read twice, one that arrived during setup is lost
+/// (as it would have been a moment earlier, with no socket at all).
+pub fn open_fanout_sockets(ifindex: u32, count: usize) -> Result<Vec<OwnedFd>, SysError> {
+    let err = |op, e| packet_err(ifindex, op, e);
+    let mut fds = Vec::with_capacity(count);
+    let mut group: Option<u32> = None;
+    for _ in 0..count {
+        let fd = packet_socket().map_err(|e| err("socket(AF_PACKET)", e))?;
+        let b = fd.as_fd();
+        setsockopt_int(b, libc::SOL_PACKET, libc::PACKET_VNET_HDR, 1)
+            .map_err(|e| err("PACKET_VNET_HDR", e))?;
+        setsockopt_int(b, libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, 1)
+            .map_err(|e| err("PACKET_QDISC_BYPASS", e))?;
+        setsockopt_int(b, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, 1)
+            .map_err(|e| err("PACKET_IGNORE_OUTGOING", e))?;
+        setsockopt_int(
+            b,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            SOCKET_BUFFER_BYTES,
+        )
+        .map_err(|e| err("SO_RCVBUFFORCE", e))?;
+        setsockopt_int(
+            b,
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUFFORCE,
+            SOCKET_BUFFER_BYTES,
+        )
+        .map_err(|e| err("SO_SNDBUFFORCE", e))?;
+        bind_to_device(b, ifindex).map_err(|e| err("bind", e))?;
+        let arg = match group {
+            // The first socket asks the kernel for a group id no one else uses.
+            None => (libc::PACKET_FANOUT_HASH | libc::PACKET_FANOUT_FLAG_UNIQUEID) << 16,
+            Some(id) => (libc::PACKET_FANOUT_HASH << 16) | id,
+        };
+        setsockopt_int(b, libc::SOL_PACKET, libc::PACKET_FANOUT, arg as libc::c_int)
+            .map_err(|e| err("PACKET_FANOUT", e))?;
+        if group.is_none() {
+            let joined = getsockopt_int(b, libc::SOL_PACKET, libc::PACKET_FANOUT)
+                .map_err(|e| err("getsockopt(PACKET_FANOUT)", e))?;
+            group = Some(joined & 0xffff);
+        }
+        drain(b);
+        fds.push(fd);
+    }
+    Ok(fds)
+}
+
+/// The fanout group id and mode (`PACKET_FANOUT_*`) a packet socket belongs to, or `None`.
+pub fn fanout_group(fd: BorrowedFd<'_>) -> Result<Option<(u16, u8)>, SysError> {
+    let v = getsockopt_int(fd, libc::SOL_PACKET, libc::PACKET_FANOUT)
+        .map_err(|e| packet_err(0, "getsockopt(PACKET_FANOUT)", e))?;
+    Ok((v != 0).then_some(((v & 0xffff) as u16, ((v >> 16) & 0xff) as u8)))
+}
+
+/// Discards every frame queued on a non-blocking packet socket.
+fn drain(fd: BorrowedFd<'_>) {
+    let mut vnet = [0u8; VNET_HDR_LEN];
+    let mut buf = vec![0u8; 65536 + 64];
+    while read_frame(fd, &mut vnet, &mut buf).is_ok() {}
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+    use std::process::Command;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::netlink::Netlink;
+    use crate::netns::testing::{in_fresh_netns, is_root};
+    use crate::sys::tap::write_frame;
+
+    #[test]
+    fn fanout_constants_match_the_kernel_abi() {
+        assert_eq!(libc::PACKET_FANOUT_HASH, 0);
+        assert_eq!(libc::PACKET_FANOUT_FLAG_UNIQUEID, 0x2000);
+        assert_eq!(VNET_HDR_LEN, 10, "PACKET_VNET_HDR is struct virtio_net_hdr");
+    }
+
+    /// An Ethernet frame from `src` to `dst` with a private ethertype and a marker byte.
+    fn frame(dst: [u8; 6], src: [u8; 6], marker: u8) -> Vec<u8> {
+        let mut f = Vec::new();
+        f.extend_from_slice(&dst);
+        f.extend_from_slice(&src);
+        f.extend_from_slice(&[0x88, 0xb5]); // local experimental ethertype
+        f.extend(std::iter::repeat_n(marker, 46));
+        f
+    }
+
+    /// Reads every frame with the private ethertype from `fds` until `want` of them have come
+    /// or 2 s pass; returns their marker bytes.
+    fn collect(fds: &[OwnedFd], want: usize) -> Vec<u8> {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 70000];
+        while Instant::now() < deadline && got.len() < want {
+            for fd in fds {
+                let mut vnet = [0xa5u8; VNET_HDR_LEN];
+                match read_frame(fd.as_fd(), &mut vnet, &mut buf) {
+                    Ok(n) if n >= 15 && buf[12..14] == [0x88, 0xb5] => {
+                        assert_eq!(vnet, [0; VNET_HDR_LEN], "plain frame, zeroed header");
+                        got.push(buf[14]);
+                    }
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => panic!("read_frame: {e}"),
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        got
+    }
+
+    #[test]
+    fn fanout_sockets_carry_each_frame_once_and_not_their_own() {
+        if !is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        in_fresh_netns(|| {
+            let status = Command::new("ip")
+                .args([
+                    "link", "add", "nst-pk0", "type", "veth", "peer", "name", "nst-pk1",
+                ])
+                .status()
+                .unwrap();
+            assert!(status.success());
+            let nl = Netlink::new().unwrap();
+            nl.set_link("nst-pk0", None, None, true).unwrap();
+            nl.set_link("nst-pk1", None, None, true).unwrap();
+            let ours = nl.link_info("nst-pk0").unwrap().unwrap();
+            let far = nl.link_info("nst-pk1").unwrap().unwrap();
+
+            let fds = open_fanout_sockets(ours.index, 3).unwrap();
+            let groups: Vec<_> = fds
+                .iter()
+                .map(|fd| fanout_group(fd.as_fd()).unwrap().unwrap())
+                .collect();
+            assert!(groups.iter().all(|g| *g == groups[0]), "{groups:?}");
+            assert_eq!(groups[0].1, libc::PACKET_FANOUT_HASH as u8);
+            // A second set gets a group of its own.
+            let other = open_fanout_sockets(ours.index, 1).unwrap();
+            assert_ne!(
+                fanout_group(other[0].as_fd()).unwrap().unwrap().0,
+                groups[0].0
+            );
+            drop(other);
+
+            // Frames sent into the far end come out of exactly one socket of the group.
+            let far_sock = open_fanout_sockets(far.index, 1).unwrap();
+            let (a, b) = (ours.mac.unwrap(), far.mac.unwrap());
+            for m in 0..20u8 {
+                write_frame(far_sock[0].as_fd(), &[0; VNET_HDR_LEN], &frame(a, b, m)).unwrap();
+            }
+            let mut got = collect(&fds, 20);
+            std::thread::sleep(Duration::from_millis(50));
+            got.extend(collect(&fds, 0));
+            got.sort_unstable();
+            assert_eq!(got, (0..20).collect::<Vec<u8>>(), "each frame exactly once");
+
+            // What a socket of the group sends reaches the far end and is not read back.
+            write_frame(fds[1].as_fd(), &[0; VNET_HDR_LEN], &frame(b, a, 99)).unwrap();
+            assert_eq!(collect(&far_sock, 1), vec![99]);
+            std::thread::sleep(Duration::from_millis(50));
+            assert!(
+                collect(&fds, 1).is_empty(),
+                "a socket read its group's own write"
+            );
+        });
+    }
+}

@@ -196,6 +196,7 @@ PY
 check "an attach carrying fds that are not TAP queues is refused" grep -q 'is not a TAP queue' <<<"$(send_fds 2 2)"
 check "an attach whose fd count does not match is refused" grep -q 'carries 1 fds' <<<"$(send_fds 2 1)"
 check "an attach with too many fds is refused" grep -q '"reply":"error"' <<<"$(send_fds 70 70)"
+check "refused attaches are logged with the container id" grep -q 'WARN.*attach refused.*container_id=hostile' "$WORK/netstackd.log"
 sleep 0.2
 ls -l "/proc/$NETSTACKD_PID/fd" >"$WORK/fds.after"
 check "refused fds are closed (supervisor fd count back to $BASE_FDS)" test "$(fd_count "$NETSTACKD_PID")" = "$BASE_FDS"

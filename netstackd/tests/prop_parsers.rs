@@ -5,8 +5,7 @@
 //! every verdict that forwards a frame must carry a frame that is still valid, from the right
 //! sender, to the right place.
 //!
-//! Not covered yet: a GSO segmenter (netstackd forwards GSO frames whole; segmentation is
-//! another issue). When one lands, its output for any accepted GSO frame belongs here too.
+//! The GSO segmenter has its own properties in `prop_gso.rs`.
 
 use std::net::Ipv4Addr;
 use std::sync::{Arc, LazyLock};
@@ -727,8 +726,12 @@ proptest! {
         prop_assert_eq!(out, raw);
         let mut moved = h;
         moved.shift_csum_start(delta);
-        moved.shift_csum_start(-delta);
-        prop_assert_eq!(moved, h);
+        // A GSO hdr_len shifted to exactly 0 reads as "unset" and is not shifted back: a
+        // header whose length pointed into the removed bytes is nonsense anyway.
+        if !(moved.is_gso() && moved.hdr_len == 0 && h.hdr_len != 0) {
+            moved.shift_csum_start(-delta);
+            prop_assert_eq!(moved, h);
+        }
         let _ = h.csum_in_bounds(usize::from(raw[0]) * 300);
     }
 

@@ -85,7 +85,11 @@ impl Registry {
             Request::Status => Ok(Reply::Status(self.status())),
             Request::Attach(a) => {
                 let started = std::time::Instant::now();
+                let container_id = a.key.container_id.clone();
                 let result = self.attach(a, fds).map(|()| Reply::Done);
+                if let Err(message) = &result {
+                    tracing::warn!(%container_id, "attach refused: {message}");
+                }
                 self.control_metrics
                     .attached(result.is_ok(), started.elapsed());
                 result
@@ -387,6 +391,7 @@ impl Registry {
             gateway_v6: addrs.gateway_v6,
             mtu: a.mtu,
             bandwidth: a.bandwidth,
+            container_id: key.container_id.clone(),
         };
         if let Err(e) = self.dataplane.attach(spec, fds) {
             if record {

@@ -75,7 +75,7 @@ pub fn run() -> anyhow::Result<()> {
             DpRequest::Attach(spec) => match dataplane.attach(&spec, fds) {
                 Ok(()) => DpReply::Done,
                 Err(e) => DpReply::Error {
-                    message: format!("attachment {}: {e}", spec.id),
+                    message: format!("attachment {} ({}): {e}", spec.id, spec.container_id),
                 },
             },
             DpRequest::Detach { id } => {

@@ -55,6 +55,9 @@ pub struct PodSpec {
     /// Shaping, if any.
     #[serde(default)]
     pub bandwidth: Option<crate::control::Bandwidth>,
+    /// The container id, for log lines about this pod.
+    #[serde(default)]
+    pub container_id: String,
 }
 
 struct WorkerHandle {
@@ -79,6 +82,8 @@ pub struct Dataplane {
     workers: Vec<WorkerHandle>,
     uplink_counters: Arc<LinkCounters>,
     pod_counters: HashMap<u64, Arc<LinkCounters>>,
+    /// Container ids by attachment id, for log lines.
+    names: HashMap<u64, String>,
 }
 
 impl Dataplane {
@@ -124,6 +129,7 @@ impl Dataplane {
             workers,
             uplink_counters,
             pod_counters: HashMap::new(),
+            names: HashMap::new(),
         })
     }
 
@@ -189,6 +195,7 @@ impl Dataplane {
         let bw = spec.bandwidth.unwrap_or_default();
         let ingress = qdisc::TokenBucket::new(bw.ingress_rate, bw.ingress_burst).map(Arc::new);
         let egress = qdisc::TokenBucket::new(bw.egress_rate, bw.egress_burst).map(Arc::new);
+        let container_id: Arc<str> = Arc::from(spec.container_id.as_str());
         for ((handle, rx), tx_extra) in self.workers.iter().zip(per_worker).zip(extra) {
             let mut io = PodIo::new(rx, tx_extra);
             if let Some(bucket) = &ingress {
@@ -196,6 +203,7 @@ impl Dataplane {
                 io.queue.set_byte_limit(bucket.queue_bytes());
             }
             io.ingress = ingress.clone();
+            io.container_id = Arc::clone(&container_id);
             io.egress = egress.clone();
             let cmd = WorkerCmd::Attach(
                 Box::new(spec.clone()),
@@ -217,6 +225,7 @@ impl Dataplane {
             self.detach(spec.id);
         } else {
             self.pod_counters.insert(spec.id, counters);
+            self.names.insert(spec.id, spec.container_id.clone());
         }
         result
     }
@@ -224,6 +233,7 @@ impl Dataplane {
     /// Takes a pod away from every worker and closes its queue fds. Idempotent.
     pub fn detach(&mut self, id: u64) {
         self.pod_counters.remove(&id);
+        let name = self.names.remove(&id).unwrap_or_default();
         let (ack_tx, ack_rx) = mpsc::channel();
         let mut sent = 0;
         for handle in &self.workers {
@@ -233,7 +243,11 @@ impl Dataplane {
         }
         for _ in 0..sent {
             if ack_rx.recv_timeout(APPLY_TIMEOUT).is_err() {
-                tracing::warn!(id, "a dataplane worker did not confirm a detach");
+                tracing::warn!(
+                    container_id = %name,
+                    id,
+                    "a dataplane worker did not confirm a detach"
+                );
             }
         }
     }

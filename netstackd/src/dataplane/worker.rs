@@ -52,6 +52,8 @@ pub(super) struct PodIo {
     pub ingress: Option<Arc<TokenBucket>>,
     /// Shapes traffic from the pod.
     pub egress: Option<Arc<TokenBucket>>,
+    /// The pod's container id, for log lines.
+    pub container_id: Arc<str>,
 }
 
 impl PodIo {
@@ -64,6 +66,7 @@ impl PodIo {
             queue: FifoQueue::new(QUEUE_LIMIT),
             ingress: None,
             egress: None,
+            container_id: Arc::from(""),
         }
     }
 
@@ -509,7 +512,11 @@ impl Worker {
                 Ok(n) => n,
                 Err(e) => {
                     if e.kind() != io::ErrorKind::WouldBlock {
-                        tracing::debug!(worker = w, id, "TAP read failed: {e}");
+                        tracing::debug!(
+                            worker = w,
+                            container_id = %src.io.container_id,
+                            "TAP read failed: {e}"
+                        );
                         src.counters.dropped(w, DropReason::Malformed);
                     }
                     self.pool.put(slot);

@@ -113,6 +113,7 @@ impl Inner {
                 ipc::send(&ours, &DpRequest::Attach(spec.clone()), &fds)?;
                 if let (DpReply::Error { message }, _) = ipc::recv::<DpReply>(&ours)? {
                     tracing::error!(
+                        container_id = %spec.container_id,
                         id = spec.id,
                         "dataplane refused a pod on restart: {message}"
                     );

@@ -19,6 +19,7 @@ PY=/usr/bin/python3 # Debian's, with python3-prometheus-client
 quiet_pod() {
   ip netns add "$1"
   PODS+=("$1")
+  echo "$1" >>"$WORK/pods" # quiet_pod runs in $(...): e2e_cleanup reads this list
   ip netns exec "$1" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
   ip -n "$1" link set lo up
   cni ADD "$1" "/run/netns/$1" eth0 "IgnoreUnknown=1;K8S_POD_NAMESPACE=obs;K8S_POD_NAME=$1" | jq -r '.ips[0].address' | cut -d/ -f1
@@ -140,6 +141,21 @@ w1=$(wakeups); c1=$(cpu_ticks)
 # Busy polling would be thousands of wakeups; the odd frame from the host kernel is one.
 check "two attached idle pods: workers woke at most 3 times in 3 s ($w0 -> $w1)" test $((w1 - w0)) -le 3
 check "  ... and netstackd used at most 2 clock ticks of CPU ($((c1 - c0)))" test $((c1 - c0)) -le 2
+
+log "a pod TAP deleted under netstackd (not through CNI DEL)"
+C=obs-c-$RUN_ID
+quiet_pod "$C" >/dev/null
+ip -n "$C" link del eth0
+sleep 1
+w0=$(wakeups); c0=$(cpu_ticks)
+sleep 2
+w1=$(wakeups); c1=$(cpu_ticks)
+check "its dead TAP queues do not make the workers spin ($((w1 - w0)) wakeups, $((c1 - c0)) ticks in 2 s)" \
+  test $((w1 - w0)) -le 3 -a $((c1 - c0)) -le 2
+check "  ... the dead queues are logged with its container id" grep -q "no longer read.*container_id=$C" "$WORK/netstackd.log"
+del_gone() { cni DEL "$C" "/run/netns/$C" >/dev/null && ! ctl list | jq -e --arg c "$C" '.[] | select(.container_id == $c)'; }
+check "  ... and a later DEL releases it" del_gone
+check "the other pods still talk" in_pod "$A" ping -c 2 -i 0.2 -W 2 "$IP_B"
 
 log "logs"
 check "attach lines carry the container id" grep -q "attached.*container_id=.*$A" "$WORK/netstackd.log"

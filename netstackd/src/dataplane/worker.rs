@@ -349,6 +349,28 @@ impl Worker {
         Some((fd.as_fd(), token(id, q)))
     }
 
+    /// Stops reading an fd that failed for good — a pod TAP or an uplink deleted under us
+    /// (EBADFD, reported as EPOLLERR for ever: level-triggered epoll would spin on it). The attachment stays until DEL or a restart cleans it up.
+    fn forget_fd(&mut self, id: u64, q: usize, container_id: &str, e: &io::Error) {
+        if let Some((fd, _)) = self.rx_fd(id, q) {
+            let _ = self.epoll.delete(fd);
+        }
+        self.throttled.retain(|t| *t != (id, q));
+        if id == UPLINK {
+            tracing::error!(
+                worker = self.index,
+                "the uplink failed ({e}): no longer read"
+            );
+        } else {
+            tracing::warn!(
+                worker = self.index,
+                %container_id,
+                queue = q,
+                "the pod's device is gone ({e}): its queue is no longer read"
+            );
+        }
+    }
+
     /// Stops reading pod queue `q` (or the uplink) for `wait`: its egress bucket is empty, or
     /// every buffer waits in a shaped queue. Epoll is level-triggered, so without this the
     /// worker would spin on a readable fd it cannot serve.
@@ -510,16 +532,20 @@ impl Worker {
             let s = self.pool.get_mut(slot);
             let n = match read_frame(fd.as_fd(), &mut s.vnet, &mut s.buf) {
                 Ok(n) => n,
-                Err(e) => {
-                    if e.kind() != io::ErrorKind::WouldBlock {
-                        tracing::debug!(
-                            worker = w,
-                            container_id = %src.io.container_id,
-                            "TAP read failed: {e}"
-                        );
-                        src.counters.dropped(w, DropReason::Malformed);
-                    }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.pool.put(slot);
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    // Shorter than a virtio-net header.
+                    src.counters.dropped(w, DropReason::Malformed);
+                    self.pool.put(slot);
+                    continue;
+                }
+                Err(e) => {
+                    let container_id = Arc::clone(&src.io.container_id);
+                    self.pool.put(slot);
+                    self.forget_fd(id, queue, &container_id, &e);
                     return;
                 }
             };
@@ -595,12 +621,18 @@ impl Worker {
                 &mut s.buf[ethernet::HEADER_LEN..],
             ) {
                 Ok(n) => n,
-                Err(e) => {
-                    if e.kind() != io::ErrorKind::WouldBlock {
-                        tracing::debug!(worker = w, "uplink read failed: {e}");
-                        self.uplink_counters.dropped(w, DropReason::Malformed);
-                    }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.pool.put(slot);
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    self.uplink_counters.dropped(w, DropReason::Malformed);
+                    self.pool.put(slot);
+                    continue;
+                }
+                Err(e) => {
+                    self.pool.put(slot);
+                    self.forget_fd(UPLINK, 0, "", &e);
                     return;
                 }
             };

@@ -48,6 +48,10 @@ check "pod eth0 is what $MODE mode makes (TAP: multi-queue, vnet header; veth: p
 check "pod eth0 has the address" sh -c "ip -n $A -4 addr show eth0 | grep -q 'inet $IP_A/24'"
 check "pod default route via gateway" sh -c "ip -n $A route show default | grep -q 'via $GATEWAY dev eth0'"
 check "pod eth0 hands TSO frames to netstackd" sh -c "ip netns exec $A ethtool -k eth0 | grep -q '^tcp-segmentation-offload: on'"
+if [ "$MODE" = tap ]; then
+  check "pod TAP's queue length raised to 2048 (the uplink's too)" \
+    test "$(ip -n "$A" -j link show eth0 | jq .[0].txqlen)/$(ip -j link show "$UPLINK" | jq .[0].txqlen)" = 2048/2048
+fi
 check "netstackd has 2 attachments" test "$(attachments)" = 2
 check "state file written for pod A" test -s "$STATE/${A}_eth0.json"
 check "host-local holds 2 reservations" test "$(ipam_reservations)" = 2

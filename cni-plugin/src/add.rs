@@ -179,6 +179,11 @@ fn create_pod_link(
             }
             nl.set_link(&ifname, Some(mac.0), Some(mtu), true)
                 .map_err(|e| e.to_string())?;
+            if matches!(kind, LinkKind::Tap { .. }) {
+                // The pod's kernel queues a burst here while a worker serves another fd.
+                nl.set_txqueuelen(&ifname, netstackd::sys::tap::TXQUEUELEN)
+                    .map_err(|e| e.to_string())?;
+            }
             let index = nl
                 .link_index(&ifname)
                 .map_err(|e| e.to_string())?
@@ -287,14 +292,26 @@ pub fn cmd_add(env: &CniEnv, conf: &NetConf, stdin: &[u8]) -> Result<serde_json:
 
     // Ask the daemon first: if it is down, nothing has been done yet.
     let mut client = connect(&conf.socket())?;
-    let workers = match client.call(&Request::Status, &[]).map_err(control_error)? {
-        Reply::Status(s) => s.workers,
+    let status = match client.call(&Request::Status, &[]).map_err(control_error)? {
+        Reply::Status(s) => s,
         other => {
             return Err(CniError::Setup(format!(
                 "unexpected status reply {other:?}"
             )))
         }
     };
+    let workers = status.workers;
+    if conf.link_mode() == LinkMode::Veth {
+        // The namespace of the veth peers is made here, in the runtime's mount namespace (the
+        // node's), so its mount outlives a netstackd that runs in a mount namespace of its own
+        // (a container that sees /run/netns by propagation): a restart of netstackd then does
+        // not take the peers, and so the pods' eth0, with it.
+        let dp = status.dp_netns.ok_or_else(|| {
+            CniError::Setup("this netstackd does not report a namespace for veth mode".into())
+        })?;
+        netstackd::netns::ensure_named_netns(&dp)
+            .map_err(|e| CniError::Setup(format!("veth mode: {e}")))?;
+    }
 
     let allocated = ipam::add(env, &ipam_type, stdin)?;
     let outcome = attach_allocated(env, conf, netns, &mut client, workers, &allocated);

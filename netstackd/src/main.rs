@@ -121,8 +121,8 @@ struct Args {
     /// software first (for kernels whose TAP/TUN refuse GSO writes, and for measuring).
     #[arg(long, value_parser = ["pass", "segment"], default_value = "pass")]
     gso: String,
-    /// Named network namespace for the peers of veth-mode pods (created at the first veth
-    /// attachment; no addresses, no forwarding, no IPv6 there).
+    /// Named network namespace for the peers of veth-mode pods (made by the CNI plugin at the
+    /// first veth ADD, or by netstackd if missing; no addresses, no forwarding, no IPv6).
     #[arg(long, default_value = daemon::DEFAULT_DP_NETNS)]
     dp_netns: PathBuf,
     /// Prometheus metrics listener (loopback only; port 0 picks one, `off` disables it).

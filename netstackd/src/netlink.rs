@@ -258,6 +258,16 @@ impl Netlink {
         )
     }
 
+    /// Sets the transmit queue length of `name` (for a TAP: the ring of frames the kernel
+    /// holds for netstackd to read, per queue).
+    pub fn set_txqueuelen(&self, name: &str, len: u32) -> Result<(), NetlinkError> {
+        let index = self
+            .link_index(name)?
+            .ok_or_else(|| NetlinkError::NoSuchLink(name.to_owned()))?;
+        let msg = LinkUnspec::new_with_index(index).txqueuelen(len).build();
+        self.set(msg, "setting the transmit queue length of link", name)
+    }
+
     /// Creates a veth pair `name` + `peer`, both ends down, in this namespace. An existing
     /// name is an error with errno `EEXIST`.
     pub fn add_veth(&self, name: &str, peer: &str) -> Result<(), NetlinkError> {

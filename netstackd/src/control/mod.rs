@@ -238,8 +238,8 @@ pub struct DaemonStatus {
     pub pod_cidr_v6: Option<IpNet>,
     /// The pods' gateway address (held by the uplink).
     pub gateway: IpAddr,
-    /// The network namespace netstackd keeps the veth peers of veth-mode pods in (created at
-    /// the first veth attachment).
+    /// The network namespace netstackd keeps the veth peers of veth-mode pods in (the plugin
+    /// creates it at the first veth ADD).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dp_netns: Option<PathBuf>,
     /// Attachments currently served.

@@ -21,6 +21,8 @@ pub fn create(config: &DaemonConfig, gateway: std::net::Ipv4Addr) -> anyhow::Res
     let nl = Netlink::new().context("opening rtnetlink in the host netns")?;
     nl.set_link(&config.uplink, None, Some(config.uplink_mtu), true)
         .with_context(|| format!("bringing {} up", config.uplink))?;
+    nl.set_txqueuelen(&config.uplink, crate::sys::tap::TXQUEUELEN)
+        .with_context(|| format!("raising the queue length of {}", config.uplink))?;
     let index = nl
         .link_index(&config.uplink)?
         .with_context(|| format!("{} vanished after creation", config.uplink))?;

@@ -2,9 +2,9 @@
 //! where the peers of the pods' veths live and the kernel never routes, and the packet
 //! sockets the dataplane reads them through.
 //!
-//! The plugin creates the pair in the pod netns and names the peer in `attach`; the
-//! supervisor moves the peer into its namespace (so the plugin never needs to see that
-//! namespace, which in Kubernetes lives in netstackd's container), switches off everything
+//! The plugin makes sure the namespace exists (it runs in the node's mount namespace, so the
+//! namespace's mount outlives netstackd's own), creates the pair in the pod netns and names
+//! the peer in `attach`; the supervisor moves the peer into its namespace, switches off everything
 //! the kernel could do with it (no address, no ARP, no IPv6, no forwarding), and opens one
 //! fanout packet socket per worker on it. Those sockets go to the dataplane exactly as TAP
 //! queue fds do.
@@ -48,7 +48,8 @@ fn write_sysctl(name: &str, value: &str) -> Result<(), String> {
     }
 }
 
-/// Creates the namespace at `path` if it is not there yet and (re)applies its sysctls.
+/// Creates the namespace at `path` if it is not there yet (normally the plugin already did)
+/// and (re)applies its sysctls.
 pub fn ensure_dp_netns(path: &Path) -> Result<(), String> {
     let _guard = DP_NETNS_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let created = ensure_named_netns(path).map_err(|e| e.to_string())?;

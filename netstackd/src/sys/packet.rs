@@ -154,11 +154,12 @@ pub fn open_fanout_sockets(ifindex: u32, count: usize) -> Result<Vec<OwnedFd>, S
     Ok(fds)
 }
 
-/// The fanout group id and mode (`PACKET_FANOUT_*`) a packet socket belongs to, or `None`.
-pub fn fanout_group(fd: BorrowedFd<'_>) -> Result<Option<(u16, u8)>, SysError> {
+/// The fanout group id and mode (`PACKET_FANOUT_*`) of a packet socket. A socket in no group
+/// reads as `(0, 0)`, like one in group 0 in hash mode (the kernel's first unique id is 0).
+pub fn fanout_group(fd: BorrowedFd<'_>) -> Result<(u16, u8), SysError> {
     let v = getsockopt_int(fd, libc::SOL_PACKET, libc::PACKET_FANOUT)
         .map_err(|e| packet_err(0, "getsockopt(PACKET_FANOUT)", e))?;
-    Ok((v != 0).then_some(((v & 0xffff) as u16, ((v >> 16) & 0xff) as u8)))
+    Ok(((v & 0xffff) as u16, ((v >> 16) & 0xff) as u8))
 }
 
 /// Discards every frame queued on a non-blocking packet socket.
@@ -243,16 +244,13 @@ mod tests {
             let fds = open_fanout_sockets(ours.index, 3).unwrap();
             let groups: Vec<_> = fds
                 .iter()
-                .map(|fd| fanout_group(fd.as_fd()).unwrap().unwrap())
+                .map(|fd| fanout_group(fd.as_fd()).unwrap())
                 .collect();
             assert!(groups.iter().all(|g| *g == groups[0]), "{groups:?}");
             assert_eq!(groups[0].1, libc::PACKET_FANOUT_HASH as u8);
             // A second set gets a group of its own.
             let other = open_fanout_sockets(ours.index, 1).unwrap();
-            assert_ne!(
-                fanout_group(other[0].as_fd()).unwrap().unwrap().0,
-                groups[0].0
-            );
+            assert_ne!(fanout_group(other[0].as_fd()).unwrap().0, groups[0].0);
             drop(other);
 
             // Frames sent into the far end come out of exactly one socket of the group.

@@ -23,6 +23,10 @@ use super::{validate_ifname, SysError};
 /// `PACKET_VNET_HDR` uses, so TAP queues and packet sockets carry identical headers.
 pub const VNET_HDR_LEN: usize = crate::wire::vnet::VNET_HDR_LEN;
 
+/// Transmit queue length for every TAP and TUN netstack creates (the kernel's default for tun
+/// is 500 frames per queue): room for a burst while a worker is busy with another fd.
+pub const TXQUEUELEN: u32 = 2048;
+
 /// `TUNSETOFFLOAD`: we accept frames with a partial checksum (`NEEDS_CSUM`).
 pub const TUN_F_CSUM: u32 = 0x01;
 /// `TUNSETOFFLOAD`: we accept TCP-over-IPv4 GSO frames.

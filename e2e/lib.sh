@@ -25,6 +25,14 @@ PODS=()
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
+# The tally every test script keeps: ok/fail print one row each; check WHAT CMD... runs CMD
+# quietly and records its outcome. Scripts end with `[ "$FAILS" = 0 ]`.
+FAILS=0
+PASSES=0
+ok() { PASSES=$((PASSES + 1)); printf '  ok   %s\n' "$1"; }
+fail() { FAILS=$((FAILS + 1)); printf '  FAIL %s\n' "$1"; }
+check() { local what=$1; shift; if "$@" >/dev/null 2>&1; then ok "$what"; else fail "$what"; fi; }
+
 # write_conflist [subnet]: the conflist the runtime would read from /etc/cni/net.d, in $MODE.
 write_conflist() {
   local subnet=${1:-$POD_CIDR}

@@ -26,8 +26,6 @@ CHAIN_CACHE=$WORK/cache
 CHAIN_WRAP=(ip netns exec "$NODE")
 BW_NETWORK=netstack-cc
 
-FAILS=0
-PASSES=0
 # row SECTION WHAT COMMAND...: one line of the conformance table.
 row() {
   local section=$1 what=$2

@@ -17,10 +17,6 @@ PAUSE_REF=netstack.test/pause:e2e
 NETWORK=netstack-cri-$RUN_ID
 CRI=$BIN/cri-client
 
-FAILS=0
-PASSES=0
-ok() { PASSES=$((PASSES + 1)); printf '  ok   %s\n' "$1"; }
-fail() { FAILS=$((FAILS + 1)); printf '  FAIL %s\n' "$1"; }
 check() { local what=$1; shift; if (set +o pipefail; "$@") >/dev/null 2>&1; then ok "$what"; else fail "$what"; fi; }
 cri() { "$CRI" --socket "$CTRD_SOCK" --timeout-secs 60 "$@"; }
 ipam_reservations() { find "$IPAM_DIR/$NETWORK" -maxdepth 1 -type f -name '*[.:]*' ! -name 'last_reserved_ip*' 2>/dev/null | wc -l; }

@@ -8,11 +8,6 @@ set -uo pipefail
 . "$(dirname "$0")/lib.sh"
 trap e2e_cleanup EXIT
 
-FAILS=0
-PASSES=0
-ok() { PASSES=$((PASSES + 1)); printf '  ok   %s\n' "$1"; }
-fail() { FAILS=$((FAILS + 1)); printf '  FAIL %s\n' "$1"; }
-check() { local what=$1; shift; if "$@" >/dev/null 2>&1; then ok "$what"; else fail "$what"; fi; }
 metric() { "$BIN/netstackd" ctl --socket "$SOCK" metrics | awk -v m="$1" '$1 == m {print $2}'; }
 
 # transfer FROM_NS TO_NS TO_IP PORT: 30 MB of random bytes over TCP (an empty FROM/TO_NS is

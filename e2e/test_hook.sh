@@ -19,11 +19,6 @@ HOOK_ENV=("NETSTACK_HOOK_CONFIG=$CONFLIST" "NETSTACK_CNI_PATH=$BIN:$REF_CNI" "NE
 SLEEPERS=()
 FAKE_PID=
 
-FAILS=0
-PASSES=0
-ok() { PASSES=$((PASSES + 1)); printf '  ok   %s\n' "$1"; }
-fail() { FAILS=$((FAILS + 1)); printf '  FAIL %s\n' "$1"; }
-check() { local what=$1; shift; if "$@" >/dev/null 2>&1; then ok "$what"; else fail "$what"; fi; }
 ipam_reservations() { find "$IPAM_DIR/$NETWORK" -maxdepth 1 -name '[0-9]*' 2>/dev/null | wc -l; }
 attachments() { ctl status | jq .attachments; }
 attached_ifname() { ctl stats | jq -r --arg id "$1" '.pods[] | select(.container_id == $id) | .ifname'; }
@@ -262,7 +257,7 @@ sleeper "$H"
 H_PID=$SLEEPER_PID
 ATTACH='{"netstack.io/attach":"true"}'
 err=$(hook createRuntime </dev/null 2>&1); expect_failure "no stdin" "(unknown)" "no OCI state on stdin" $? "$err"
-err=$(printf '{"id":"%s",' "$H" | hook createRuntime 2>&1); expect_failure "truncated JSON" "(unknown)" "malformed OCI state" $? "$err"
+err=$(printf '{"id":"%s",' "$H" | hook createRuntime 2>&1); expect_failure "truncated JSON (still named by its id)" "$H" "malformed OCI state" $? "$err"
 err=$(printf '{"id":"%s","pid":"12"}' "$H" | hook createRuntime 2>&1); expect_failure "pid of the wrong type" "$H" "malformed OCI state" $? "$err"
 err=$(state "$H" "$H_PID" creating "$ATTACH" | hook poststart 2>&1); expect_failure "unknown stage" "$H" "unknown stage" $? "$err"
 err=$(state "$H" "$H_PID" creating "$ATTACH" | env -i "$HOOK" 2>&1); expect_failure "no stage" "$H" "no stage argument" $? "$err"

@@ -11,11 +11,6 @@ set -uo pipefail
 . "$(dirname "$0")/lib.sh"
 trap e2e_cleanup EXIT
 
-FAILS=0
-PASSES=0
-ok() { PASSES=$((PASSES + 1)); printf '  ok   %s\n' "$1"; }
-fail() { FAILS=$((FAILS + 1)); printf '  FAIL %s\n' "$1"; }
-check() { local what=$1; shift; if "$@" >/dev/null 2>&1; then ok "$what"; else fail "$what"; fi; }
 child_pid() { pgrep -P "$NETSTACKD_PID" -f 'netstackd dataplane' | head -1; }
 
 write_conflist

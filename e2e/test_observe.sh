@@ -114,7 +114,7 @@ check "list --json has the documented fields" test "$(ctl list | jq -c '.[0] | k
 check "status --json has the documented fields" jq -e '["version","workers","uplink","pod_cidr","gateway","attachments","metrics","dataplane_pid","dataplane_restarts"] - keys == []' <<<"$(ctl status)"
 check "stats --json has the documented shape" jq -e '(.pods[0] | keys) == ["container_id","counters","ifname","ips","mac","netns"]
   and ((.pods[0].counters, .uplink) | ["drops","qdisc_depth","rx_bytes","rx_gso_packets","rx_packets","tx_bytes","tx_gso_segmented","tx_packets"] - keys == [])' <<<"$(ctl stats)"
-check "list shows both pods attached, tap mode" test "$(ctl list | jq -r '[.[] | .mode + ":" + .state] | unique | join(",")')" = "tap:attached"
+check "list shows both pods attached, $MODE mode" test "$(ctl list | jq -r '[.[] | .mode + ":" + .state] | unique | join(",")')" = "$MODE:attached"
 check "stats POD by namespace/name selects one pod" test "$(ctl stats "obs/$A" | jq '.pods | length')" = 1
 check "stats POD by container id prefix" test "$(ctl stats "${A:0:8}" | jq -r '.pods[0].container_id')" = "$A"
 check "the table output has a header and one row per pod" test "$(ctlh list | wc -l)" = 3

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # e2e: veth mode ("mode": "veth"). First the TAP-mode e2e scripts (test_slice, test_supervisor,
-# test_hostile) run again with MODE=veth; then what only veth mode has: the peer in
+# test_hostile, test_qdisc, test_gso, test_observe) run again with MODE=veth; then what only veth mode has: the peer in
 # netstackd's own netns with nothing the kernel could route with, one fanout packet socket per
 # worker and each frame read once, GSO frames whole, sockets re-created after kill -9, DEL and
 # a vanished netns removing both ends, requests that do not fit refused, and
@@ -11,7 +11,7 @@ export MODE=veth
 trap e2e_cleanup EXIT
 
 
-for t in test_slice test_supervisor test_hostile; do
+for t in test_slice test_supervisor test_hostile test_qdisc test_gso test_observe; do
   log "$t.sh with MODE=veth"
   out=$(bash "$ROOT/e2e/$t.sh" 2>&1); rc=$?
   grep -E '^  FAIL' <<<"$out"

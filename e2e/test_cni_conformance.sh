@@ -256,7 +256,7 @@ row "SPEC §2 ADD: device in the netns" "eth0 is a multi-queue TAP with the resu
   eval 'ip -n $A -d link show eth0 | grep -q "tap.*multi_queue" &&
     [ "$(ip netns exec $A cat /sys/class/net/eth0/address)" = "$(jq -r ".interfaces[0].mac" <<<"$RA")" ] &&
     ip -n $A addr show eth0 | grep -q "inet $IP_A/24" && ip -n $A addr show eth0 | grep -q "inet6 $IP6_A/64"'
-row "CONVENTIONS bandwidth" "runtimeConfig.bandwidth is recorded with the attachment (shaping: qdisc issue)" \
+row "CONVENTIONS bandwidth" "runtimeConfig.bandwidth is recorded with the attachment (enforced by the qdisc: test_qdisc.sh)" \
   jq -e '.bandwidth.ingressRate == 1000000 and .bandwidth.egressRate == 2000000' "$STATE/${A}_eth0.json"
 row "CONVENTIONS portMappings" "runtimeConfig.portMappings is left to a chained portmap (ADD succeeds)" test -n "$IP_A"
 row "SPEC §2 parameters: CNI_ARGS" "IgnoreUnknown=1 accepts FOO; K8S_POD_* kept with the attachment" \

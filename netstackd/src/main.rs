@@ -41,7 +41,7 @@ enum Command {
     /// Internal: the dataplane child netstackd starts (socket on fd 3).
     #[command(hide = true)]
     Dataplane,
-    /// Ask a running netstackd over its control socket; prints the JSON reply.
+    /// Ask a running netstackd over its control socket: tables, or JSON with --json.
     Ctl {
         /// Control socket path.
         #[arg(long, default_value = netstackd::control::DEFAULT_SOCKET)]

@@ -398,8 +398,9 @@ impl<P> Router<P> {
         }
         let dest = self.by_ipv6.get(&dst).and_then(|id| self.pods.get(id));
         let egress_mtu = dest.map_or(self.uplink_mtu, |d| d.mtu);
-        if !vnet.is_gso() && len - ethernet::HEADER_LEN > egress_mtu as usize {
-            // IPv6 routers never fragment: packet too big, whatever the sender wanted.
+        if ipv6_segment_len(vnet, &ip_len_view(buf, len)) > egress_mtu as usize {
+            // IPv6 routers never fragment: packet too big, whatever the sender wanted; for a
+            // GSO frame, when the segments it stands for would not fit.
             return self.icmpv6_error(
                 pod,
                 vnet,
@@ -571,6 +572,30 @@ fn offload_fits_v6<T: AsRef<[u8]>>(
         }
     }
     true
+}
+
+/// A read-only view of the IPv6 packet in an Ethernet frame of `len` bytes (already checked).
+fn ip_len_view(buf: &[u8], len: usize) -> Ipv6Packet<&[u8]> {
+    Ipv6Packet::new_unchecked(&buf[ethernet::HEADER_LEN..len])
+}
+
+/// The IPv6 length that must fit the egress MTU: the packet's, or for a GSO frame that of each
+/// segment it stands for (IPv6 header, TCP or UDP header, `gso_size`), as for IPv4. Call after
+/// `offload_fits_v6`.
+fn ipv6_segment_len<T: AsRef<[u8]>>(vnet: &VnetHdr, ip: &Ipv6Packet<T>) -> usize {
+    let total = ipv6::HEADER_LEN + usize::from(ip.payload_len());
+    if !vnet.is_gso() {
+        return total;
+    }
+    let transport = match vnet.gso_type & !crate::wire::vnet::GSO_ECN {
+        crate::wire::vnet::GSO_TCPV6 => ip
+            .payload()
+            .get(12)
+            .map_or(20, |off| usize::from(off >> 4).max(5) * 4),
+        crate::wire::vnet::GSO_UDP_L4 => 8,
+        _ => 0,
+    };
+    (ipv6::HEADER_LEN + transport + usize::from(vnet.gso_size)).min(total)
 }
 
 /// The IPv4 length that must fit the egress MTU: the packet's, or for a GSO frame that of each

@@ -820,7 +820,7 @@ fn no_icmpv6_error_about_an_icmpv6_error() {
 }
 
 #[test]
-fn oversized_ipv6_gets_packet_too_big_but_gso_frames_pass() {
+fn oversized_ipv6_gets_packet_too_big_and_gso_frames_by_segment_size() {
     let r = router();
     let mut buf = buffer();
     let len = udp6_frame(&mut buf, MAC_A, IP6_A, IP6_B, 64, 3000);
@@ -848,8 +848,22 @@ fn oversized_ipv6_gets_packet_too_big_but_gso_frames_pass() {
     };
     assert_eq!(
         r.from_pod(1, &mut v, &mut buf, len),
-        Verdict::ToPod { id: 2, len }
+        Verdict::ToPod { id: 2, len },
+        "segments of 40 + 8 + 1452 = 1500 bytes fit"
     );
+
+    // Segments of 40 + 8 + 1460 bytes would not: packet too big, as for a plain packet.
+    let len = udp6_frame(&mut buf, MAC_A, IP6_A, IP6_B, 64, 60000);
+    let mut v = VnetHdr {
+        gso_type: vnet::GSO_UDP_L4,
+        gso_size: 1460,
+        ..VnetHdr::default()
+    };
+    let Verdict::Reply { dropped, .. } = r.from_pod(1, &mut v, &mut buf, len) else {
+        panic!("expected packet too big for oversized segments");
+    };
+    assert_eq!(dropped, Some(DropReason::FragNeeded));
+    assert_eq!(v, VnetHdr::default(), "the ICMPv6 error carries no offload");
 }
 
 #[test]

@@ -417,20 +417,26 @@ impl Worker {
 
     /// Writes out every queue with frames, as far as shaping allows.
     fn flush(&mut self) {
+        if self.dirty.is_empty() {
+            return;
+        }
         let now = Instant::now();
-        let mut still = Vec::new();
         let mut next_at: Option<Instant> = None;
-        for dst in std::mem::take(&mut self.dirty) {
-            match self.drain_queue(dst, now) {
-                None => {}
-                Some(wait) => {
-                    still.push(dst);
-                    let at = now + wait;
-                    next_at = Some(next_at.map_or(at, |n| n.min(at)));
-                }
+        // Work on the list in place (draining never queues more), keeping what shaping
+        // holds back at its front: the list keeps its capacity, so no allocation per batch.
+        let mut pending = std::mem::take(&mut self.dirty);
+        let mut kept = 0;
+        for k in 0..pending.len() {
+            let dst = pending[k];
+            if let Some(wait) = self.drain_queue(dst, now) {
+                pending[kept] = dst;
+                kept += 1;
+                let at = now + wait;
+                next_at = Some(next_at.map_or(at, |n| n.min(at)));
             }
         }
-        self.dirty = still;
+        pending.truncate(kept);
+        self.dirty = pending;
         if let Some(at) = next_at {
             self.arm_timer(at);
         }

@@ -113,7 +113,13 @@ log "CLI"
 check "list --json has the documented fields" test "$(ctl list | jq -c '.[0] | keys')" = '["container_id","ifname","ips","labels","mac","mode","netns","state"]'
 check "status --json has the documented fields" jq -e '["version","workers","uplink","pod_cidr","gateway","attachments","metrics","dataplane_pid","dataplane_restarts"] - keys == []' <<<"$(ctl status)"
 check "stats --json has the documented shape" jq -e '(.pods[0] | keys) == ["container_id","counters","ifname","ips","mac","netns"]
-  and ((.pods[0].counters, .uplink) | ["drops","qdisc_depth","rx_bytes","rx_gso_packets","rx_packets","tx_bytes","tx_gso_segmented","tx_packets"] - keys == [])' <<<"$(ctl stats)"
+  and ((.pods[0].counters, .uplink) | ["drops","qdisc_depth","rx_bytes","rx_calls","rx_gso_packets","rx_packets","tx_bytes","tx_calls","tx_gso_segmented","tx_packets"] - keys == [])' <<<"$(ctl stats)"
+calls=$(ctl stats | jq -r '.pods[0].counters | "\(.rx_packets) \(.rx_calls) \(.tx_packets) \(.tx_calls)"')
+if [ "$MODE" = veth ]; then
+  check "veth: no more read or write calls than frames ($calls)" awk -v s="$calls" 'BEGIN {split(s, c, " "); exit !(c[2] > 0 && c[2] <= c[1] && c[4] > 0 && c[4] <= c[3])}'
+else
+  check "TAP: one read call per frame, one write call per frame ($calls)" awk -v s="$calls" 'BEGIN {split(s, c, " "); exit !(c[1] > 0 && c[1] == c[2] && c[3] == c[4])}'
+fi
 check "list shows both pods attached, $MODE mode" test "$(ctl list | jq -r '[.[] | .mode + ":" + .state] | unique | join(",")')" = "$MODE:attached"
 check "stats POD by namespace/name selects one pod" test "$(ctl stats "obs/$A" | jq '.pods | length')" = 1
 check "stats POD by container id prefix" test "$(ctl stats "${A:0:8}" | jq -r '.pods[0].container_id')" = "$A"

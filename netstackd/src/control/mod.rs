@@ -278,6 +278,15 @@ pub struct Counters {
     /// Frames waiting in the link's fifo queues right now.
     #[serde(default)]
     pub qdisc_depth: u64,
+    /// Read system calls that brought frames in from the link: one per frame on a TAP, one
+    /// per `recvmmsg` batch on a veth's packet sockets (rx_packets / rx_calls = frames per
+    /// call).
+    #[serde(default)]
+    pub rx_calls: u64,
+    /// Write system calls that sent frames to the link (one per `sendmmsg` batch in veth
+    /// mode).
+    #[serde(default)]
+    pub tx_calls: u64,
 }
 
 /// Per-pod rate limits, as the CNI `bandwidth` capability gives them: rates in bit/s, bursts

@@ -92,7 +92,7 @@ pub struct Snapshot<'a> {
 pub fn render(s: &Snapshot<'_>) -> String {
     let mut out = String::new();
     type Field = fn(&Counters) -> u64;
-    let per_pod: [(&str, &str, Field); 5] = [
+    let per_pod: [(&str, &str, Field); 7] = [
         (
             "netstack_pod_rx_packets_total",
             "Frames received from the pod.",
@@ -117,6 +117,16 @@ pub fn render(s: &Snapshot<'_>) -> String {
             "netstack_pod_gso_frames_total",
             "GSO super-frames from the pod forwarded whole (no software segmentation).",
             |c| c.rx_gso_packets,
+        ),
+        (
+            "netstack_pod_rx_calls_total",
+            "Read system calls that brought frames in from the pod (one per recvmmsg batch in veth mode).",
+            |c| c.rx_calls,
+        ),
+        (
+            "netstack_pod_tx_calls_total",
+            "Write system calls that sent frames to the pod (one per sendmmsg batch in veth mode).",
+            |c| c.tx_calls,
         ),
     ];
     for (name, help, field) in per_pod {

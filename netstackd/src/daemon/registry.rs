@@ -392,6 +392,7 @@ impl Registry {
             mtu: a.mtu,
             bandwidth: a.bandwidth,
             container_id: key.container_id.clone(),
+            packet_sockets: a.mode == LinkMode::Veth,
         };
         if let Err(e) = self.dataplane.attach(spec, fds) {
             if record {

@@ -58,6 +58,10 @@ pub struct PodSpec {
     /// The container id, for log lines about this pod.
     #[serde(default)]
     pub container_id: String,
+    /// The fds are packet sockets on a veth peer (veth mode), not TAP queues: frames move in
+    /// `recvmmsg`/`sendmmsg` batches.
+    #[serde(default)]
+    pub packet_sockets: bool,
 }
 
 struct WorkerHandle {
@@ -198,6 +202,7 @@ impl Dataplane {
         let container_id: Arc<str> = Arc::from(spec.container_id.as_str());
         for ((handle, rx), tx_extra) in self.workers.iter().zip(per_worker).zip(extra) {
             let mut io = PodIo::new(rx, tx_extra);
+            io.packet_sockets = spec.packet_sockets;
             if let Some(bucket) = &ingress {
                 // The shaped queue is bounded in time as well as in frames.
                 io.queue.set_byte_limit(bucket.queue_bytes());

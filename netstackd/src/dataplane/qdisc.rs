@@ -73,6 +73,21 @@ impl SlotPool {
     pub fn get_mut(&mut self, i: u32) -> &mut Slot {
         &mut self.slots[i as usize]
     }
+
+    /// The slots `idx` names, to fill together (one `recvmmsg` into several). `idx` must be
+    /// strictly ascending; the walk stops at the first index that is not.
+    pub fn many_mut<'a>(&'a mut self, idx: &'a [u32]) -> impl Iterator<Item = &'a mut Slot> {
+        let mut rest: &'a mut [Slot] = &mut self.slots;
+        let mut base = 0usize;
+        idx.iter().map_while(move |&i| {
+            let skip = (i as usize).checked_sub(base)?;
+            let tail = std::mem::take(&mut rest).get_mut(skip..)?;
+            let (slot, after) = tail.split_first_mut()?;
+            rest = after;
+            base = i as usize + 1;
+            Some(slot)
+        })
+    }
 }
 
 /// A bounded first-in first-out queue of slots for one egress link: at most `limit` frames
@@ -211,6 +226,21 @@ impl TokenBucket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn many_mut_hands_out_exactly_the_named_slots() {
+        let mut pool = SlotPool::new(8);
+        for (i, s) in pool.many_mut(&[0, 3, 4, 7]).enumerate() {
+            s.start = 100 + i;
+        }
+        let starts: Vec<usize> = (0..8).map(|i| pool.get(i).start).collect();
+        assert_eq!(starts, [100, 0, 0, 101, 102, 0, 0, 103]);
+        // Not ascending, or out of range: the walk stops there.
+        assert_eq!(pool.many_mut(&[2, 2]).count(), 1);
+        assert_eq!(pool.many_mut(&[5, 1]).count(), 1);
+        assert_eq!(pool.many_mut(&[6, 8]).count(), 1);
+        assert_eq!(pool.many_mut(&[]).count(), 0);
+    }
 
     #[test]
     fn fifo_keeps_order_and_tail_drops() {

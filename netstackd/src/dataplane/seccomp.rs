@@ -17,6 +17,8 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_sendmsg,
     libc::SYS_recvfrom,
     libc::SYS_sendto,
+    libc::SYS_recvmmsg,
+    libc::SYS_sendmmsg,
     libc::SYS_close,
     libc::SYS_fcntl,
     // waiting

@@ -1,7 +1,9 @@
 //! One dataplane worker: an epoll loop over its TAP queues, its uplink queue, a wakeup eventfd
 //! and a timerfd for shaping. Blocks in epoll when idle (no busy polling); reads at most
 //! `BATCH` frames per fd per wakeup so one busy pod cannot starve the others, then drains the
-//! fifo queues those frames went to (see `qdisc`).
+//! fifo queues those frames went to (see `qdisc`). A TAP gives one frame per `readv`; the
+//! packet sockets of a veth-mode pod give up to `MMSG_BATCH` per `recvmmsg`, and frames to
+//! such a pod leave in `sendmmsg` batches.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -17,6 +19,7 @@ use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFl
 
 use crate::gso::{GsoError, GsoFrame};
 use crate::stack::{DropReason, LinkCounters, PodPort, Router, Verdict};
+use crate::sys::packet::{recv_frames, send_frames, MMSG_BATCH};
 use crate::sys::tap::{read_frame, write_frame, VNET_HDR_LEN};
 use crate::wire::{ethernet, VnetHdr};
 
@@ -54,6 +57,8 @@ pub(super) struct PodIo {
     pub egress: Option<Arc<TokenBucket>>,
     /// The pod's container id, for log lines.
     pub container_id: Arc<str>,
+    /// The fds are packet sockets (veth mode): read and written in batches.
+    pub packet_sockets: bool,
 }
 
 impl PodIo {
@@ -67,6 +72,7 @@ impl PodIo {
             ingress: None,
             egress: None,
             container_id: Arc::from(""),
+            packet_sockets: false,
         }
     }
 
@@ -113,6 +119,11 @@ pub(super) struct Worker {
     segment_gso: bool,
     /// Where software segmentation builds each segment.
     scratch: Box<[u8]>,
+    /// Slots being filled by one `recvmmsg`, ascending, and what each received.
+    rx_batch: Vec<u32>,
+    rx_lens: [usize; MMSG_BATCH],
+    /// Slots gathered for one `sendmmsg`.
+    tx_batch: Vec<u32>,
 }
 
 /// A super-frame the segmenter refuses is a malformed frame.
@@ -140,6 +151,7 @@ fn send_frame(
     if !(segment && vnet.is_gso()) {
         match write_frame(fd, &slot.vnet, frame) {
             Ok(()) => {
+                counters.tx_call(w);
                 counters.tx(w, frame.len());
                 return Ok(());
             }
@@ -152,10 +164,52 @@ fn send_frame(
     let plain = [0u8; VNET_HDR_LEN];
     gso.segment_each(scratch, |seg| {
         write_frame(fd, &plain, seg).map_err(|_| DropReason::TxError)?;
+        counters.tx_call(w);
         counters.tx(w, seg.len());
         Ok(())
     })
     .map(|_| ())
+}
+
+/// Writes the frames of `batch` to packet socket `fd` with as few `sendmmsg` calls as it
+/// takes; a frame the kernel refuses goes again alone through `send_frame`, which counts why
+/// (or segments a GSO frame the socket cannot take). Returns every slot to `pool`.
+fn send_batch(
+    fd: BorrowedFd<'_>,
+    pool: &mut SlotPool,
+    batch: &mut Vec<u32>,
+    scratch: &mut [u8],
+    counters: &LinkCounters,
+    w: usize,
+) {
+    let mut done = 0;
+    while done < batch.len() {
+        let frames = batch[done..].iter().map(|&i| {
+            let s = pool.get(i);
+            (&s.vnet, &s.buf[s.start..s.end])
+        });
+        let sent = send_frames(fd, frames).unwrap_or(0);
+        if sent > 0 {
+            counters.tx_call(w);
+        }
+        for &i in &batch[done..done + sent] {
+            let s = pool.get(i);
+            counters.tx(w, s.end - s.start);
+        }
+        done += sent;
+        if let Some(&refused) = batch.get(done) {
+            let s = pool.get(refused);
+            let again = send_frame(fd, s, ethernet::HEADER_LEN, false, scratch, counters, w);
+            if let Err(reason) = again {
+                counters.dropped(w, reason);
+            }
+            done += 1;
+        }
+    }
+    for &i in batch.iter() {
+        pool.put(i);
+    }
+    batch.clear();
 }
 
 fn token(id: u64, queue: usize) -> u64 {
@@ -206,6 +260,9 @@ impl Worker {
             throttled: Vec::new(),
             segment_gso: false,
             scratch: vec![0u8; 2 * SLOT_LEN].into_boxed_slice(),
+            rx_batch: Vec::with_capacity(MMSG_BATCH),
+            rx_lens: [0; MMSG_BATCH],
+            tx_batch: Vec::with_capacity(MMSG_BATCH),
         })
     }
 
@@ -453,6 +510,7 @@ impl Worker {
             uplink_counters,
             segment_gso,
             scratch,
+            tx_batch,
             ..
         } = self;
         if dst == UPLINK {
@@ -475,45 +533,64 @@ impl Worker {
             return None;
         }
         let pod = router.pod_mut(dst)?;
+        let batched = pod.io.packet_sockets && !*segment_gso;
+        let mut held = None;
         while let Some(slot) = pod.io.queue.front() {
             if let Some(bucket) = &pod.io.ingress {
                 if let Err(wait) = bucket.ready(now) {
-                    pod.counters.set_queued(w, pod.io.queue.len());
-                    return Some(wait);
+                    held = Some(wait);
+                    break;
                 }
                 bucket.charge(pool.get(slot).end);
             }
             pod.io.queue.pop();
             let s = pool.get(slot);
-            let frame = &s.buf[s.start..s.end];
             if let Some(sink) = &pod.io.capture {
-                sink.record(frame);
+                sink.record(&s.buf[s.start..s.end]);
             }
-            let sent = match pod.io.tx() {
-                Some(fd) => send_frame(
-                    fd,
-                    s,
-                    ethernet::HEADER_LEN,
-                    *segment_gso,
-                    scratch,
-                    &pod.counters,
-                    w,
-                ),
-                None => Err(DropReason::TxError),
+            let Some(fd) = pod.io.tx() else {
+                pod.counters.dropped(w, DropReason::TxError);
+                pool.put(slot);
+                continue;
             };
+            if batched {
+                tx_batch.push(slot);
+                if tx_batch.len() == MMSG_BATCH {
+                    send_batch(fd, pool, tx_batch, scratch, &pod.counters, w);
+                }
+                continue;
+            }
+            let sent = send_frame(
+                fd,
+                s,
+                ethernet::HEADER_LEN,
+                *segment_gso,
+                scratch,
+                &pod.counters,
+                w,
+            );
             if let Err(reason) = sent {
                 pod.counters.dropped(w, reason);
             }
             pool.put(slot);
+        }
+        if let Some(fd) = pod.io.tx() {
+            send_batch(fd, pool, tx_batch, scratch, &pod.counters, w);
+        }
+        if let Some(wait) = held {
+            pod.counters.set_queued(w, pod.io.queue.len());
+            return Some(wait);
         }
         pod.io.queue.dirty = false;
         pod.counters.set_queued(w, 0);
         None
     }
 
+    /// Reads up to `BATCH` frames from pod queue `queue` and routes them.
     fn drain_pod(&mut self, id: u64, queue: usize) {
         let w = self.index;
-        for _ in 0..BATCH {
+        let mut budget = BATCH;
+        while budget > 0 {
             let Some(src) = self.router.pod(id) else {
                 return;
             };
@@ -523,75 +600,141 @@ impl Worker {
                     return;
                 }
             }
-            let Some(slot) = self.take_slot() else {
+            // A shaped pod is read a frame at a time: its bucket is asked before each one.
+            let want = if src.io.packet_sockets && src.io.egress.is_none() {
+                budget.min(MMSG_BATCH)
+            } else {
+                1
+            };
+            self.rx_batch.clear();
+            while self.rx_batch.len() < want {
+                match self.take_slot() {
+                    Some(slot) => self.rx_batch.push(slot),
+                    None => break,
+                }
+            }
+            if self.rx_batch.is_empty() {
                 self.throttle(id, queue, POOL_WAIT);
                 return;
-            };
-            let Some(src) = self.router.pod(id) else {
-                self.pool.put(slot);
-                return;
-            };
-            let Some(fd) = src.io.rx.get(queue) else {
-                self.pool.put(slot);
-                return;
-            };
-            let s = self.pool.get_mut(slot);
-            let n = match read_frame(fd.as_fd(), &mut s.vnet, &mut s.buf) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.pool.put(slot);
-                    return;
-                }
-                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                    // Shorter than a virtio-net header.
-                    src.counters.dropped(w, DropReason::Malformed);
-                    self.pool.put(slot);
-                    continue;
-                }
-                Err(e) => {
-                    let container_id = Arc::clone(&src.io.container_id);
-                    self.pool.put(slot);
+            }
+            self.rx_batch.sort_unstable();
+            let got = match self.receive(id, queue) {
+                Some(Ok(n)) => n,
+                Some(Err(e)) if e.kind() != io::ErrorKind::WouldBlock => {
+                    self.return_rx_slots(0);
+                    let container_id = self
+                        .router
+                        .pod(id)
+                        .map(|p| Arc::clone(&p.io.container_id))
+                        .unwrap_or_else(|| Arc::from(""));
                     self.forget_fd(id, queue, &container_id, &e);
                     return;
                 }
+                // Empty, or the pod or its queue is gone.
+                _ => 0,
             };
-            src.counters.rx(w, n);
-            if let Some(sink) = &src.io.capture {
-                sink.record(&s.buf[..n]);
-            }
-            if let Some(bucket) = &src.io.egress {
-                bucket.charge(n);
-            }
-            let mut vnet = VnetHdr::parse(&s.vnet);
-            if vnet.is_gso() {
-                src.counters.rx_gso(w);
-            }
-            let verdict = self.router.from_pod(id, &mut vnet, &mut s.buf, n);
-            vnet.emit(&mut s.vnet);
-            match verdict {
-                Verdict::ToPod { id: dst, len } => {
-                    (s.start, s.end) = (0, len);
-                    self.enqueue(dst, slot);
+            if got > 0 {
+                if let Some(src) = self.router.pod(id) {
+                    src.counters.rx_call(w);
                 }
-                Verdict::ToUplink { len } => {
-                    (s.start, s.end) = (ethernet::HEADER_LEN, len);
-                    self.enqueue(UPLINK, slot);
-                }
-                Verdict::Reply { len, dropped } => {
-                    if let Some(reason) = dropped {
-                        src.counters.dropped(w, reason);
+            }
+            for k in 0..got {
+                let (slot, len) = (self.rx_batch[k], self.rx_lens[k]);
+                match len.checked_sub(VNET_HDR_LEN) {
+                    Some(n) => self.route_from_pod(id, slot, n),
+                    None => {
+                        // Shorter than a virtio-net header.
+                        if let Some(src) = self.router.pod(id) {
+                            src.counters.dropped(w, DropReason::Malformed);
+                        }
+                        self.pool.put(slot);
                     }
-                    (s.start, s.end) = (0, len);
-                    self.enqueue(id, slot);
-                }
-                Verdict::Consumed => self.pool.put(slot),
-                Verdict::Drop(reason) => {
-                    src.counters.dropped(w, reason);
-                    self.pool.put(slot);
                 }
             }
+            self.return_rx_slots(got);
+            if got < want {
+                break;
+            }
+            budget -= got;
         }
         self.end_finished_capture(id);
+    }
+
+    /// Reads into the slots of `rx_batch` from pod queue `queue`: one frame with `readv`
+    /// (a TAP), or as many as come with one `recvmmsg` (packet sockets). Fills `rx_lens` with
+    /// the bytes each got, header included; `None` when the pod or queue is gone.
+    fn receive(&mut self, id: u64, queue: usize) -> Option<io::Result<usize>> {
+        let fd = self.router.pod(id)?.io.rx.get(queue)?.as_fd();
+        let (pool, batch, lens) = (&mut self.pool, &self.rx_batch, &mut self.rx_lens);
+        if batch.len() > 1 {
+            let bufs = pool.many_mut(batch).map(|s| (&mut s.vnet, &mut s.buf[..]));
+            return Some(recv_frames(fd, bufs, lens));
+        }
+        let s = pool.get_mut(batch[0]);
+        Some(match read_frame(fd, &mut s.vnet, &mut s.buf) {
+            Ok(n) => {
+                lens[0] = n + VNET_HDR_LEN;
+                Ok(1)
+            }
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                lens[0] = 0;
+                Ok(1)
+            }
+            Err(e) => Err(e),
+        })
+    }
+
+    /// Gives back the slots of `rx_batch` from position `from` on (those nothing was read into).
+    fn return_rx_slots(&mut self, from: usize) {
+        for &slot in &self.rx_batch[from..] {
+            self.pool.put(slot);
+        }
+        self.rx_batch.clear();
+    }
+
+    /// Counts, captures, shapes and routes one frame of `n` bytes read from pod `id` into `slot`.
+    fn route_from_pod(&mut self, id: u64, slot: u32, n: usize) {
+        let w = self.index;
+        let Some(src) = self.router.pod(id) else {
+            self.pool.put(slot);
+            return;
+        };
+        let s = self.pool.get_mut(slot);
+        src.counters.rx(w, n);
+        if let Some(sink) = &src.io.capture {
+            sink.record(&s.buf[..n]);
+        }
+        if let Some(bucket) = &src.io.egress {
+            bucket.charge(n);
+        }
+        let mut vnet = VnetHdr::parse(&s.vnet);
+        if vnet.is_gso() {
+            src.counters.rx_gso(w);
+        }
+        let verdict = self.router.from_pod(id, &mut vnet, &mut s.buf, n);
+        vnet.emit(&mut s.vnet);
+        match verdict {
+            Verdict::ToPod { id: dst, len } => {
+                (s.start, s.end) = (0, len);
+                self.enqueue(dst, slot);
+            }
+            Verdict::ToUplink { len } => {
+                (s.start, s.end) = (ethernet::HEADER_LEN, len);
+                self.enqueue(UPLINK, slot);
+            }
+            Verdict::Reply { len, dropped } => {
+                if let Some(reason) = dropped {
+                    src.counters.dropped(w, reason);
+                }
+                (s.start, s.end) = (0, len);
+                self.enqueue(id, slot);
+            }
+            Verdict::Consumed => self.pool.put(slot),
+            Verdict::Drop(reason) => {
+                src.counters.dropped(w, reason);
+                self.pool.put(slot);
+            }
+        }
     }
 
     /// A free slot; drains the queues first when none is free. `None` means every slot waits
@@ -642,6 +785,7 @@ impl Worker {
                     return;
                 }
             };
+            self.uplink_counters.rx_call(w);
             self.uplink_counters.rx(w, n);
             let mut vnet = VnetHdr::parse(&s.vnet);
             if vnet.is_gso() {

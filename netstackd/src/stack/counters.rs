@@ -68,6 +68,8 @@ struct Slot {
     rx_gso: AtomicU64,
     segmented: AtomicU64,
     queued: AtomicU64,
+    rx_calls: AtomicU64,
+    tx_calls: AtomicU64,
     drops: [AtomicU64; DropReason::ALL.len()],
 }
 
@@ -94,6 +96,16 @@ impl LinkCounters {
         let s = &self.slots[worker];
         bump(&s.rx_packets, 1);
         bump(&s.rx_bytes, bytes as u64);
+    }
+
+    /// One read system call brought frames in; called only by worker `worker`.
+    pub fn rx_call(&self, worker: usize) {
+        bump(&self.slots[worker].rx_calls, 1);
+    }
+
+    /// One write system call sent frames out; called only by worker `worker`.
+    pub fn tx_call(&self, worker: usize) {
+        bump(&self.slots[worker].tx_calls, 1);
     }
 
     /// Frames now waiting in worker `worker`'s queue for this link; called only by it.
@@ -135,6 +147,8 @@ impl LinkCounters {
             c.rx_gso_packets += s.rx_gso.load(Relaxed);
             c.tx_gso_segmented += s.segmented.load(Relaxed);
             c.qdisc_depth += s.queued.load(Relaxed);
+            c.rx_calls += s.rx_calls.load(Relaxed);
+            c.tx_calls += s.tx_calls.load(Relaxed);
         }
         for reason in DropReason::ALL {
             let n: u64 = self

@@ -6,8 +6,10 @@
 //! `sys::tap::read_frame`/`write_frame` work on these sockets unchanged), joined in one
 //! `PACKET_FANOUT_HASH` group so a flow always reaches the same worker, transmitting straight
 //! to the driver (`PACKET_QDISC_BYPASS`: netstackd's own fifo queues replace the qdisc) and
-//! blind to their own transmissions (`PACKET_IGNORE_OUTGOING`).
+//! blind to their own transmissions (`PACKET_IGNORE_OUTGOING`). [`recv_frames`] and
+//! [`send_frames`] move up to [`MMSG_BATCH`] frames per system call (`recvmmsg`/`sendmmsg`).
 
+use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use nix::errno::Errno;
@@ -20,6 +22,9 @@ const ETH_P_ALL: u16 = 0x0003;
 /// Receive and send buffer size of each socket, in bytes: a few dozen 64 KB GSO frames, so
 /// a burst from the pod is not lost while the worker is busy.
 pub const SOCKET_BUFFER_BYTES: libc::c_int = 4 << 20;
+
+/// Most frames one [`recv_frames`] or [`send_frames`] call moves.
+pub const MMSG_BATCH: usize = 32;
 
 fn packet_err(ifindex: u32, op: &'static str, source: Errno) -> SysError {
     SysError::Packet {
@@ -162,6 +167,111 @@ pub fn fanout_group(fd: BorrowedFd<'_>) -> Result<(u16, u8), SysError> {
     Ok(((v & 0xffff) as u16, ((v >> 16) & 0xff) as u8))
 }
 
+/// Receives up to [`MMSG_BATCH`] frames with one non-blocking `recvmmsg`: frame *i* goes to
+/// the *i*-th `(header, buffer)` pair of `bufs` (virtio-net header, then the frame), and
+/// `lens[i]` becomes the bytes received for it, header included. Returns how many frames came;
+/// an empty socket gives `ErrorKind::WouldBlock`. A frame shorter than the header (which a
+/// packet socket with `PACKET_VNET_HDR` never delivers) shows as a `lens[i]` below
+/// [`VNET_HDR_LEN`]; one longer than its buffer is cut short and, like `read_frame`, the
+/// buffers must hold the largest frame the device emits. Allocates nothing.
+pub fn recv_frames<'a>(
+    fd: BorrowedFd<'_>,
+    bufs: impl IntoIterator<Item = (&'a mut [u8; VNET_HDR_LEN], &'a mut [u8])>,
+    lens: &mut [usize; MMSG_BATCH],
+) -> io::Result<usize> {
+    // SAFETY: both are plain old data (pointers and lengths); all zeroes is a valid value.
+    let mut iov: [[libc::iovec; 2]; MMSG_BATCH] = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut msgs: [libc::mmsghdr; MMSG_BATCH] = unsafe { std::mem::zeroed() };
+    let mut count = 0;
+    for (vnet, frame) in bufs.into_iter().take(MMSG_BATCH) {
+        iov[count] = [
+            libc::iovec {
+                iov_base: vnet.as_mut_ptr().cast(),
+                iov_len: vnet.len(),
+            },
+            libc::iovec {
+                iov_base: frame.as_mut_ptr().cast(),
+                iov_len: frame.len(),
+            },
+        ];
+        count += 1;
+    }
+    for (m, v) in msgs.iter_mut().zip(iov.iter_mut()).take(count) {
+        m.msg_hdr.msg_iov = v.as_mut_ptr();
+        m.msg_hdr.msg_iovlen = 2;
+    }
+    if count == 0 {
+        return Ok(0);
+    }
+    // SAFETY: `msgs[..count]` point at `iov[..count]`, which point at buffers borrowed
+    // mutably for 'a (past this call) with their true lengths; the kernel writes at most
+    // those lengths, fills `msg_len` of at most `count` entries, and reads no address (no
+    // `msg_name`, no control data). `fd` stays open for the call.
+    let n = unsafe {
+        libc::recvmmsg(
+            fd.as_raw_fd(),
+            msgs.as_mut_ptr(),
+            count as libc::c_uint,
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut(),
+        )
+    };
+    let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+    for (len, m) in lens.iter_mut().zip(&msgs[..n]) {
+        *len = m.msg_len as usize;
+    }
+    Ok(n)
+}
+
+/// Sends up to [`MMSG_BATCH`] frames, each a virtio-net header and a frame, with one
+/// non-blocking `sendmmsg` on a bound packet socket. Returns how many went out, in order:
+/// fewer than given means the next one failed (sending it alone tells why). An error means
+/// the first one failed. Allocates nothing.
+pub fn send_frames<'a>(
+    fd: BorrowedFd<'_>,
+    frames: impl IntoIterator<Item = (&'a [u8; VNET_HDR_LEN], &'a [u8])>,
+) -> io::Result<usize> {
+    // SAFETY: both are plain old data (pointers and lengths); all zeroes is a valid value.
+    let mut iov: [[libc::iovec; 2]; MMSG_BATCH] = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut msgs: [libc::mmsghdr; MMSG_BATCH] = unsafe { std::mem::zeroed() };
+    let mut count = 0;
+    for (vnet, frame) in frames.into_iter().take(MMSG_BATCH) {
+        // The kernel only reads through these pointers (sendmmsg).
+        iov[count] = [
+            libc::iovec {
+                iov_base: vnet.as_ptr().cast_mut().cast(),
+                iov_len: vnet.len(),
+            },
+            libc::iovec {
+                iov_base: frame.as_ptr().cast_mut().cast(),
+                iov_len: frame.len(),
+            },
+        ];
+        count += 1;
+    }
+    for (m, v) in msgs.iter_mut().zip(iov.iter_mut()).take(count) {
+        m.msg_hdr.msg_iov = v.as_mut_ptr();
+        m.msg_hdr.msg_iovlen = 2;
+    }
+    if count == 0 {
+        return Ok(0);
+    }
+    // SAFETY: `msgs[..count]` point at `iov[..count]`, which point at buffers borrowed for
+    // 'a with their true lengths; sendmmsg only reads them (and writes `msg_len`, in `msgs`).
+    // No address: the socket is bound to its device. `fd` stays open for the call.
+    let n = unsafe {
+        libc::sendmmsg(
+            fd.as_raw_fd(),
+            msgs.as_mut_ptr(),
+            count as libc::c_uint,
+            libc::MSG_DONTWAIT,
+        )
+    };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
 /// Discards every frame queued on a non-blocking packet socket.
 fn drain(fd: BorrowedFd<'_>) {
     let mut vnet = [0u8; VNET_HDR_LEN];
@@ -273,6 +383,88 @@ mod tests {
                 collect(&fds, 1).is_empty(),
                 "a socket read its group's own write"
             );
+        });
+    }
+
+    #[test]
+    fn batches_carry_every_frame_in_order_with_its_length() {
+        if !is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        in_fresh_netns(|| {
+            let status = Command::new("ip")
+                .args([
+                    "link", "add", "nst-mm0", "type", "veth", "peer", "name", "nst-mm1",
+                ])
+                .status()
+                .unwrap();
+            assert!(status.success());
+            let nl = Netlink::new().unwrap();
+            nl.set_link("nst-mm0", None, None, true).unwrap();
+            nl.set_link("nst-mm1", None, None, true).unwrap();
+            let ours = nl.link_info("nst-mm0").unwrap().unwrap();
+            let far = nl.link_info("nst-mm1").unwrap().unwrap();
+            let rx = open_fanout_sockets(ours.index, 1).unwrap();
+            let tx = open_fanout_sockets(far.index, 1).unwrap();
+            let (a, b) = (ours.mac.unwrap(), far.mac.unwrap());
+
+            // 40 frames of growing length: more than one batch, so one call sends 32.
+            let frames: Vec<Vec<u8>> = (0..40u8)
+                .map(|m| {
+                    let mut f = frame(a, b, m);
+                    f.extend(std::iter::repeat_n(m, usize::from(m)));
+                    f
+                })
+                .collect();
+            let plain = [0u8; VNET_HDR_LEN];
+            let mut sent = 0;
+            while sent < frames.len() {
+                let n = send_frames(
+                    tx[0].as_fd(),
+                    frames[sent..].iter().map(|f| (&plain, &f[..])),
+                )
+                .unwrap();
+                assert!(n > 0 && n <= MMSG_BATCH, "sent {n}");
+                sent += n;
+            }
+            assert_eq!(send_frames(tx[0].as_fd(), std::iter::empty()).unwrap(), 0);
+
+            let mut vnets = [[0xa5u8; VNET_HDR_LEN]; MMSG_BATCH];
+            let mut bufs = vec![vec![0u8; 2048]; MMSG_BATCH];
+            let mut lens = [0usize; MMSG_BATCH];
+            let mut got = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while got.len() < frames.len() && Instant::now() < deadline {
+                match recv_frames(
+                    rx[0].as_fd(),
+                    vnets.iter_mut().zip(bufs.iter_mut().map(|b| &mut b[..])),
+                    &mut lens,
+                ) {
+                    Ok(n) => {
+                        assert!(n <= MMSG_BATCH);
+                        for i in 0..n {
+                            let len = lens[i] - VNET_HDR_LEN;
+                            if bufs[i][12..14] == [0x88, 0xb5] {
+                                assert_eq!(vnets[i], plain);
+                                got.push(bufs[i][..len].to_vec());
+                            }
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(5))
+                    }
+                    Err(e) => panic!("recv_frames: {e}"),
+                }
+            }
+            assert_eq!(got, frames, "every frame, in order, whole");
+            let e = recv_frames(
+                rx[0].as_fd(),
+                vnets.iter_mut().zip(bufs.iter_mut().map(|b| &mut b[..])),
+                &mut lens,
+            )
+            .unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
         });
     }
 }

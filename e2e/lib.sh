@@ -63,7 +63,8 @@ start_netstackd() {
   mkdir -p "$WORK" "$STATE"
   rm -f "$SOCK"
   "$BIN/netstackd" --socket "$SOCK" --state-dir "$STATE" --pod-cidr "$POD_CIDR" \
-    --uplink "$UPLINK" --metrics-addr 127.0.0.1:0 --dp-netns "$DP_NETNS" --masquerade=false "$@" >>"$WORK/netstackd.log" 2>&1 &
+    --uplink "$UPLINK" --metrics-addr 127.0.0.1:0 --dp-netns "$DP_NETNS" --masquerade=false \
+    ${NETSTACKD_ARGS:-} "$@" >>"$WORK/netstackd.log" 2>&1 &
   NETSTACKD_PID=$!
   local i
   for i in $(seq 1 100); do

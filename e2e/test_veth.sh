@@ -11,12 +11,21 @@ export MODE=veth
 trap e2e_cleanup EXIT
 
 
+suite() { # SCRIPT LABEL: run another e2e script, one row for its result
+  local out rc summary
+  out=$(bash "$ROOT/e2e/$1.sh" 2>&1); rc=$?
+  grep -E '^  FAIL' <<<"$out"
+  summary=$(grep -E "^$1: " <<<"$out" | tail -1)
+  check "$1.sh passes in $2 (${summary:-no summary})" test "$rc" = 0
+}
 for t in test_slice test_supervisor test_hostile test_qdisc test_gso test_observe; do
   log "$t.sh with MODE=veth"
-  out=$(bash "$ROOT/e2e/$t.sh" 2>&1); rc=$?
-  grep -E '^  FAIL' <<<"$out"
-  summary=$(grep -E "^$t: " <<<"$out" | tail -1)
-  check "$t.sh passes in veth mode (${summary:-no summary})" test "$rc" = 0
+  suite "$t" "veth mode"
+done
+# The same with the sockets receiving through TPACKET_V2 rings (netstackd --veth-rx ring).
+for t in test_slice test_supervisor test_hostile test_gso test_observe; do
+  log "$t.sh with MODE=veth, --veth-rx ring"
+  NETSTACKD_ARGS="--veth-rx ring" suite "$t" "veth mode with receive rings"
 done
 
 WORKERS=2
@@ -179,6 +188,53 @@ check "cleanup succeeds" "$BIN/netstackd" cleanup --socket "$SOCK" --state-dir "
 check "  ... pod D's eth0 is gone" sh -c "! ip -n $D link show eth0"
 check "  ... netstackd's netns is gone" test ! -e "$DP_NETNS"
 check "  ... no state files" test "$(find "$STATE" -name '*.json' | wc -l)" = 0
+
+log "receive rings (--veth-rx ring)"
+start_netstackd --workers "$WORKERS" --veth-rx ring || exit 1
+E=veth-e-$RUN_ID
+F=veth-f-$RUN_ID
+IP_E=$(add_pod "$E") && ok "ADD pod E ($IP_E)" || fail "ADD pod E"
+IP_F=$(add_pod "$F") && ok "ADD pod F ($IP_F)" || fail "ADD pod F"
+check "status says the sockets receive through rings" test "$(ctl status | jq -r .veth_rx)" = ring
+DP=$(pgrep -P "$NETSTACKD_PID" -f 'netstackd dataplane' | head -1)
+rings() { grep -c 'socket:' "/proc/$1/maps" 2>/dev/null; }
+check "the dataplane maps one ring per worker per pod ($(rings "$DP"))" test "$(rings "$DP")" = $((2 * WORKERS))
+quiet "$E" "$IP_F"; quiet "$F" "$IP_E"
+before=$(pod_counter "$E" .rx_packets)
+out=$(in_pod "$E" ping -c 10 -i 0.05 -W 2 "$IP_F" 2>&1)
+check "ping -c 10 pod E -> pod F: exactly 10 replies, no duplicates" ten_replies "$out"
+check "  ... counted 10" test $(( $(pod_counter "$E" .rx_packets) - before )) = 10
+in_pod "$F" iperf3 -s -1 -D --bind "$IP_F"
+sleep 0.3
+rx0=$(pod_counter "$E" .rx_packets); bytes0=$(pod_counter "$E" .rx_bytes)
+check "iperf3 pod E -> pod F completes" in_pod "$E" iperf3 -c "$IP_F" -t 2
+rx=$(( $(pod_counter "$E" .rx_packets) - rx0 )); bytes=$(( $(pod_counter "$E" .rx_bytes) - bytes0 ))
+avg=$(( bytes / (rx > 0 ? rx : 1) ))
+check "a ring frame holds a GSO frame whole (avg frame from pod E $avg B >= 16384 B)" test "$avg" -ge 16384
+in_pod "$F" iperf3 -s -1 -D --bind "$IP_F"
+sleep 0.3
+rxp0=$(pod_counter "$E" .rx_packets); rxc0=$(pod_counter "$E" .rx_calls)
+check "a 2 s flood of 64 B datagrams pod E -> pod F completes" in_pod "$E" iperf3 -c "$IP_F" -u -b 0 -l 64 -t 2
+rxp=$(( $(pod_counter "$E" .rx_packets) - rxp0 )); rxc=$(( $(pod_counter "$E" .rx_calls) - rxc0 ))
+check "several frames taken from the ring per pass ($rxp frames in $rxc passes)" test $(( rxp * 100 / (rxc > 0 ? rxc : 1) )) -ge 200
+kq=$(ctl stats | jq --arg e "$E" '.pods[] | select(.container_id == $e) | .counters.drops.kernel_queue_full')
+check "what the full ring dropped is counted (kernel_queue_full $kq)" test "${kq:-null}" != null
+kill -9 "$DP"
+for _ in $(seq 1 50); do
+  n=$(pgrep -P "$NETSTACKD_PID" -f 'netstackd dataplane' | head -1)
+  [ -n "$n" ] && [ "$n" != "$DP" ] && [ "$(ctl status | jq .dataplane_pid)" = "$n" ] && break
+  sleep 0.1
+done
+check "a killed dataplane is replaced (pid $DP -> ${n:-none})" test -n "$n" -a "$n" != "$DP"
+check "  ... and the new one maps the rings again ($(rings "$n"))" test "$(rings "$n")" = $((2 * WORKERS))
+before=$(pod_counter "$E" .rx_packets)
+out=$(in_pod "$E" ping -c 10 -i 0.05 -W 2 "$IP_F" 2>&1)
+check "  ... the rings start over where it reads: ping -c 10 gets exactly 10 replies" ten_replies "$out"
+check "  ... counted 10" test $(( $(pod_counter "$E" .rx_packets) - before )) = 10
+check "DEL pod E" cni DEL "$E" "/run/netns/$E"
+check "DEL pod F" cni DEL "$F" "/run/netns/$F"
+check "no mapping left in the dataplane" test "$(rings "$n")" = 0
+stop_netstackd
 
 echo
 echo "test_veth: $PASSES passed, $FAILS failed"

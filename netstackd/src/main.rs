@@ -125,6 +125,12 @@ struct Args {
     /// first veth ADD, or by netstackd if missing; no addresses, no forwarding, no IPv6).
     #[arg(long, default_value = daemon::DEFAULT_DP_NETNS)]
     dp_netns: PathBuf,
+    /// How veth-mode packet sockets receive: `mmsg` (recvmmsg batches, the default) or `ring`
+    /// (a TPACKET_V2 ring: the kernel copies each frame in the sender's context, so the
+    /// dataplane forwards more per CPU, at the cost of 2 MiB of kernel memory per worker and
+    /// veth pod; see e2e/bench/packet_io.sh).
+    #[arg(long, value_parser = ["mmsg", "ring"], default_value = "mmsg")]
+    veth_rx: String,
     /// Prometheus metrics listener (loopback only; port 0 picks one, `off` disables it).
     #[arg(long, default_value = "127.0.0.1:9473")]
     metrics_addr: String,
@@ -243,6 +249,7 @@ fn main() {
         },
         node,
         dp_netns: args.dp_netns,
+        veth_rx_ring: args.veth_rx == "ring",
     };
     if let Err(e) = daemon::run(config) {
         tracing::error!("{e:#}");

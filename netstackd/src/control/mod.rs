@@ -242,6 +242,9 @@ pub struct DaemonStatus {
     /// creates it at the first veth ADD).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dp_netns: Option<PathBuf>,
+    /// How veth-mode packet sockets receive: `mmsg` or `ring` (`--veth-rx`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub veth_rx: Option<String>,
     /// Attachments currently served.
     pub attachments: usize,
     /// Where Prometheus metrics are served, if anywhere.
@@ -279,8 +282,8 @@ pub struct Counters {
     #[serde(default)]
     pub qdisc_depth: u64,
     /// Read system calls that brought frames in from the link: one per frame on a TAP, one
-    /// per `recvmmsg` batch on a veth's packet sockets (rx_packets / rx_calls = frames per
-    /// call).
+    /// per `recvmmsg` batch on a veth's packet sockets, one per batch taken from a receive
+    /// ring (`--veth-rx ring`) (rx_packets / rx_calls = frames per call).
     #[serde(default)]
     pub rx_calls: u64,
     /// Write system calls that sent frames to the link (one per `sendmmsg` batch in veth

@@ -47,6 +47,8 @@ pub struct DaemonConfig {
     pub node: crate::node::NodeConfig,
     /// The named network namespace for veth-mode peers (created at the first veth attach).
     pub dp_netns: PathBuf,
+    /// veth-mode sockets receive through a TPACKET_V2 ring (`--veth-rx ring`), not recvmmsg.
+    pub veth_rx_ring: bool,
 }
 
 impl DaemonConfig {

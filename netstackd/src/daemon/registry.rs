@@ -193,6 +193,14 @@ impl Registry {
             pod_cidr_v6: self.config.pod_cidr_v6.map(ipnet::IpNet::from),
             gateway: IpAddr::V4(self.gateway),
             dp_netns: Some(self.config.dp_netns.clone()),
+            veth_rx: Some(
+                if self.config.veth_rx_ring {
+                    "ring"
+                } else {
+                    "mmsg"
+                }
+                .to_owned(),
+            ),
             attachments: self.lock().len(),
             metrics: self
                 .metrics_addr
@@ -351,8 +359,7 @@ impl Registry {
             if self.lock().contains_key(key) {
                 return Err(format!("{key}: already attached"));
             }
-            let sockets =
-                super::veth::open_peer(&self.config.dp_netns, &a, self.dataplane.workers())?;
+            let sockets = super::veth::open_peer(&self.config, &a, self.dataplane.workers())?;
             return self.admit(a, sockets, true);
         }
         self.admit(a, fds, true)
@@ -393,6 +400,7 @@ impl Registry {
             bandwidth: a.bandwidth,
             container_id: key.container_id.clone(),
             packet_sockets: a.mode == LinkMode::Veth,
+            rx_ring: a.mode == LinkMode::Veth && self.config.veth_rx_ring,
         };
         if let Err(e) = self.dataplane.attach(spec, fds) {
             if record {
@@ -475,7 +483,7 @@ impl Registry {
             if !a.netns.exists() {
                 return Err(format!("netns {} no longer exists", a.netns.display()));
             }
-            return super::veth::open_peer(&self.config.dp_netns, a, self.dataplane.workers());
+            return super::veth::open_peer(&self.config, a, self.dataplane.workers());
         }
         let ifname = a.key.ifname.clone();
         let queues = self.dataplane.workers();

@@ -14,10 +14,11 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::sync::Mutex;
 
+use super::DaemonConfig;
 use crate::control::{Attachment, VETH_ALIAS};
 use crate::netlink::Netlink;
 use crate::netns::{ensure_named_netns, run_in_netns, NetnsError};
-use crate::sys::packet::open_fanout_sockets;
+use crate::sys::packet::{open_fanout_sockets, set_rx_ring};
 
 /// Where the veth peers live unless `--dp-netns` says otherwise.
 pub const DEFAULT_DP_NETNS: &str = "/run/netns/netstack-dp";
@@ -79,7 +80,13 @@ fn in_netns<T: Send>(
 /// Takes over the peer of a veth attachment: moves it from the pod netns into `dp` (unless
 /// it is there already, as after a restart), checks it is the peer of the pod's interface,
 /// configures it and opens `workers` packet sockets on it.
-pub fn open_peer(dp: &Path, a: &Attachment, workers: usize) -> Result<Vec<OwnedFd>, String> {
+pub fn open_peer(
+    config: &DaemonConfig,
+    a: &Attachment,
+    workers: usize,
+) -> Result<Vec<OwnedFd>, String> {
+    let dp = config.dp_netns.as_path();
+    let ring = config.veth_rx_ring;
     let key = &a.key;
     let peer = a
         .peer
@@ -136,7 +143,13 @@ pub fn open_peer(dp: &Path, a: &Attachment, workers: usize) -> Result<Vec<OwnedF
         nl.set_arp(&peer, false).map_err(|e| e.to_string())?;
         nl.set_link(&peer, None, Some(PEER_MTU), true)
             .map_err(|e| e.to_string())?;
-        open_fanout_sockets(info.index, workers).map_err(|e| e.to_string())
+        let sockets = open_fanout_sockets(info.index, workers).map_err(|e| e.to_string())?;
+        if ring {
+            for fd in &sockets {
+                set_rx_ring(fd.as_fd()).map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(sockets)
     })
     .map_err(|e| format!("{key}: {e}"))
 }

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 
 use std::io;
 use std::net::Ipv4Addr;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::control::Counters;
 use crate::stack::LinkCounters;
+use crate::sys::packet::RxRing;
 use crate::wire::MacAddr;
 
 use worker::{PodIo, Worker, WorkerCmd};
@@ -62,6 +63,10 @@ pub struct PodSpec {
     /// `recvmmsg`/`sendmmsg` batches.
     #[serde(default)]
     pub packet_sockets: bool,
+    /// The packet sockets receive through a TPACKET_V2 ring the supervisor set up
+    /// (`--veth-rx ring`), which the dataplane maps.
+    #[serde(default)]
+    pub rx_ring: bool,
 }
 
 struct WorkerHandle {
@@ -203,6 +208,13 @@ impl Dataplane {
         for ((handle, rx), tx_extra) in self.workers.iter().zip(per_worker).zip(extra) {
             let mut io = PodIo::new(rx, tx_extra);
             io.packet_sockets = spec.packet_sockets;
+            if spec.rx_ring {
+                io.rings = io
+                    .rx
+                    .iter()
+                    .map(|fd| RxRing::map(fd.as_fd()))
+                    .collect::<io::Result<_>>()?;
+            }
             if let Some(bucket) = &ingress {
                 // The shaped queue is bounded in time as well as in frames.
                 io.queue.set_byte_limit(bucket.queue_bytes());

@@ -19,7 +19,7 @@ use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFl
 
 use crate::gso::{GsoError, GsoFrame};
 use crate::stack::{DropReason, LinkCounters, PodPort, Router, Verdict};
-use crate::sys::packet::{recv_frames, send_frames, MMSG_BATCH};
+use crate::sys::packet::{recv_frames, send_frames, RxRing, MMSG_BATCH};
 use crate::sys::tap::{read_frame, write_frame, VNET_HDR_LEN};
 use crate::wire::{ethernet, VnetHdr};
 
@@ -59,6 +59,8 @@ pub(super) struct PodIo {
     pub container_id: Arc<str>,
     /// The fds are packet sockets (veth mode): read and written in batches.
     pub packet_sockets: bool,
+    /// The receive ring of each `rx` socket, when they have one (`--veth-rx ring`).
+    pub rings: Vec<RxRing>,
 }
 
 impl PodIo {
@@ -73,6 +75,7 @@ impl PodIo {
             egress: None,
             container_id: Arc::from(""),
             packet_sockets: false,
+            rings: Vec::new(),
         }
     }
 
@@ -661,11 +664,30 @@ impl Worker {
     }
 
     /// Reads into the slots of `rx_batch` from pod queue `queue`: one frame with `readv`
-    /// (a TAP), or as many as come with one `recvmmsg` (packet sockets). Fills `rx_lens` with
-    /// the bytes each got, header included; `None` when the pod or queue is gone.
+    /// (a TAP), as many as come with one `recvmmsg` (packet sockets), or as many as wait in
+    /// the socket's receive ring. Fills `rx_lens` with the bytes each got, header included;
+    /// `None` when the pod or queue is gone.
     fn receive(&mut self, id: u64, queue: usize) -> Option<io::Result<usize>> {
-        let fd = self.router.pod(id)?.io.rx.get(queue)?.as_fd();
         let (pool, batch, lens) = (&mut self.pool, &self.rx_batch, &mut self.rx_lens);
+        let io = &mut self.router.pod_mut(id)?.io;
+        if let Some(ring) = io.rings.get_mut(queue) {
+            let mut n = 0;
+            for s in pool.many_mut(batch) {
+                match ring.take(&mut s.vnet, &mut s.buf) {
+                    Some(len) => {
+                        lens[n] = len;
+                        n += 1;
+                    }
+                    None => break,
+                }
+            }
+            if n > 0 {
+                return Some(Ok(n));
+            }
+            // An empty ring: the socket itself says whether it failed (ENETDOWN: the veth is
+            // gone), else EAGAIN — its receive queue stays empty while it has a ring.
+        }
+        let fd = io.rx.get(queue)?.as_fd();
         if batch.len() > 1 {
             let bufs = pool.many_mut(batch).map(|s| (&mut s.vnet, &mut s.buf[..]));
             return Some(recv_frames(fd, bufs, lens));

@@ -36,7 +36,14 @@ struct Inner {
     pods: BTreeMap<u64, (PodSpec, Vec<OwnedFd>)>,
     restarts: u64,
     shutting_down: bool,
+    /// Frames the kernel dropped on each veth pod's packet sockets so far (its own count
+    /// restarts at every read).
+    kernel_drops: HashMap<u64, u64>,
 }
+
+/// The drop reason of frames the kernel dropped before netstackd could read them: a veth
+/// pod's packet socket buffer or receive ring was full.
+pub const KERNEL_QUEUE_FULL: &str = "kernel_queue_full";
 
 /// What the dataplane reports: counters per attachment id, the uplink's, and epoll wakeups
 /// per worker.
@@ -75,6 +82,25 @@ impl Inner {
         }
     }
 
+    /// Adds what the kernel dropped on each veth pod's packet sockets to its drops.
+    fn count_kernel_drops(&mut self, counters: &mut HashMap<u64, Counters>) {
+        for (id, (spec, fds)) in &self.pods {
+            if !spec.packet_sockets {
+                continue;
+            }
+            let total = self.kernel_drops.entry(*id).or_default();
+            for fd in fds {
+                match crate::sys::packet::take_drops(fd.as_fd()) {
+                    Ok(n) => *total += n,
+                    Err(e) => tracing::debug!(container_id = %spec.container_id, "{e}"),
+                }
+            }
+            if let Some(c) = counters.get_mut(id) {
+                c.drops.insert(KERNEL_QUEUE_FULL.to_owned(), *total);
+            }
+        }
+    }
+
     fn kill_child(&mut self) {
         self.conn = None;
         if let Some(pid) = self.pid {
@@ -109,6 +135,15 @@ impl Inner {
                 other => anyhow::bail!("dataplane refused init: {other:?}"),
             }
             for (spec, fds) in self.pods.values() {
+                if spec.rx_ring {
+                    // The dead child left the rings wherever it stopped reading: start them
+                    // over at their first frame, where the new one starts.
+                    for fd in fds {
+                        if let Err(e) = crate::sys::packet::reset_rx_ring(fd.as_fd()) {
+                            tracing::error!(container_id = %spec.container_id, "resetting a receive ring: {e}");
+                        }
+                    }
+                }
                 let fds: Vec<_> = fds.iter().map(|fd| fd.as_fd()).collect();
                 ipc::send(&ours, &DpRequest::Attach(spec.clone()), &fds)?;
                 if let (DpReply::Error { message }, _) = ipc::recv::<DpReply>(&ours)? {
@@ -154,6 +189,7 @@ impl DataplaneProcess {
             pods: BTreeMap::new(),
             restarts: 0,
             shutting_down: false,
+            kernel_drops: HashMap::new(),
         }));
         // A dataplane that fails to come up is retried by the monitor like one that crashed:
         // the supervisor serves (and records attachments) meanwhile.
@@ -203,6 +239,7 @@ impl DataplaneProcess {
     /// Stops serving a pod and closes the fds kept for it. Idempotent.
     pub fn detach(&self, id: u64) {
         let mut inner = lock(&self.inner);
+        inner.kernel_drops.remove(&id);
         if inner.pods.remove(&id).is_some() {
             let _ = inner.call(&DpRequest::Detach { id }, &[]);
         }
@@ -217,11 +254,15 @@ impl DataplaneProcess {
                 pods,
                 uplink,
                 wakeups,
-            }) => DataplaneStats {
-                pods: pods.into_iter().collect(),
-                uplink,
-                wakeups,
-            },
+            }) => {
+                let mut pods: HashMap<u64, Counters> = pods.into_iter().collect();
+                inner.count_kernel_drops(&mut pods);
+                DataplaneStats {
+                    pods,
+                    uplink,
+                    wakeups,
+                }
+            }
             _ => DataplaneStats::default(),
         }
     }

@@ -6,8 +6,13 @@
 //!   a fixed rate) and received with `recvmmsg`; each reports what it counted, the harness
 //!   divides one by the other for the loss.
 //!
+//! - `pkt-fwd`: a minimal AF_PACKET wire between two devices, receiving with `recvmmsg` or a
+//!   `TPACKET_V2` ring, for `e2e/bench/packet_io.sh` (see `pktfwd`).
+//!
 //! Every subcommand is bounded in time and prints one line of JSON on stdout.
 
+mod packet;
+mod pktfwd;
 mod sys;
 
 use std::io::{self, Read, Write};
@@ -82,6 +87,23 @@ enum Cmd {
         #[arg(long, default_value_t = 32)]
         batch: usize,
     },
+    /// Forward every frame between devices A and B of this netns through packet sockets.
+    PktFwd {
+        #[arg(long)]
+        a: String,
+        #[arg(long)]
+        b: String,
+        #[arg(long, value_enum)]
+        rx: pktfwd::RxMode,
+        /// 2 MiB blocks of the receive ring per socket (ring mode; 30 frames each).
+        #[arg(long, default_value_t = 1)]
+        ring_blocks: usize,
+        #[arg(long, default_value = "30", value_parser = secs)]
+        duration: Duration,
+        /// Stop this long after the last frame, once frames have come.
+        #[arg(long, default_value = "3", value_parser = secs)]
+        idle: Duration,
+    },
 }
 
 /// A duration in seconds, fractional allowed, more than 0 and at most an hour.
@@ -115,6 +137,14 @@ fn main() -> Result<()> {
             size,
             batch,
         } => udp_blast(connect, duration, pps, size, batch)?,
+        Cmd::PktFwd {
+            a,
+            b,
+            rx,
+            ring_blocks,
+            duration,
+            idle,
+        } => pktfwd::run(&a, &b, rx, ring_blocks.clamp(1, 64), duration, idle)?,
     };
     println!("{out}");
     Ok(())

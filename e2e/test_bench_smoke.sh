@@ -2,7 +2,9 @@
 # e2e: the benchmark harness works (not a timing test): `e2e/bench/run.sh --quick` runs to the
 # end, its JSON has every figure of the netstack TAP path and of the bridge plugin as a number
 # (veth mode: numbers too, or n/a with a reason), the table is printed, and nothing the run
-# created is left: no netns, link, process or work directory. Needs root; run by scripts/test.sh.
+# created is left: no netns, link, process or work directory. Then `e2e/bench/packet_io.sh`
+# (recvmmsg against a TPACKET_V2 ring) with 1-second runs: every figure a number, nothing left.
+# Needs root; run by scripts/test.sh.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -88,6 +90,22 @@ ID=$((BENCH_RUN_ID % 100000))
 check "no netns named nsb$ID-*" sh -c "! ip netns list | grep -q '^nsb$ID-'"
 check "no link named nsb*$ID" sh -c "! ip -br link | grep -q -e '^nsbu$ID[ @]' -e '^nsbbr$ID[ @]'"
 check "no iptables rule for the bench bridge" sh -c "! iptables-save 2>/dev/null | grep -q 'nsbbr$ID'"
+
+echo "==> e2e/bench/packet_io.sh --duration 1"
+PIO=$TMP/packet_io.json
+timeout -k 10 300 e2e/bench/packet_io.sh --duration 1 --no-build --out "$PIO" >"$TMP/pio.log" 2>&1
+rc=$?
+if [ "$rc" = 0 ]; then ok "packet_io.sh exits 0"; else
+  fail "packet_io.sh exits 0 (exit $rc); its output:"
+  sed 's/^/    /' "$TMP/pio.log"
+fi
+check "the comparison table is printed" grep -q '^TCP 1 stream' "$TMP/pio.log"
+for k in mmsg-tcp ring-tcp mmsg-udp ring-udp mmsg-mcpu ring-mcpu; do
+  check "packet_io $k is a number ($(jq -r --arg k "$k" '.results[$k]' "$PIO" 2>/dev/null))" \
+    jq -e --arg k "$k" '.results[$k] | tonumber > 0' "$PIO"
+done
+check "the ring's kernel memory is reported (2 MiB)" jq -e '.results["ring-ring"] | tonumber == 2097152' "$PIO"
+check "packet_io.sh left no namespace" sh -c "! ip netns list | grep -q '^npio'"
 
 echo
 echo "test_bench_smoke: $PASSES passed, $FAILS failed"

@@ -8,16 +8,17 @@
 # to target/bench/latest.json. Everything it creates is removed on exit, Ctrl-C or failure.
 #
 #   e2e/bench/run.sh [--quick] [--duration S] [--add-pods N] [--idle-pods N] [--idle-seconds S]
-#                    [--no-build] [--out FILE]
+#                    [--no-build] [--out FILE] [--netstackd-args "ARGS"]
 #
 # As root, from the repository root. Default: 5-second runs, CNI ADD latency over 50 pods,
 # RSS and idle CPU with 200 idle pods (3-5 minutes). --quick: 1-second runs, 20 pods.
+# --netstackd-args: extra netstackd options for the run, e.g. "--veth-rx ring".
 set -uo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 
-DUR=5 NADD=50 NIDLE=200 IDLE_S=10 BUILD=1 BENCH_MODE=full
+DUR=5 NADD=50 NIDLE=200 IDLE_S=10 BUILD=1 BENCH_MODE=full EXTRA_ARGS=
 OUT=$REPO/target/bench/latest.json
 while (($#)); do
   case $1 in
@@ -28,7 +29,8 @@ while (($#)); do
     --idle-seconds) IDLE_S=$2; shift ;;
     --no-build) BUILD=0 ;;
     --out) OUT=$2; shift ;;
-    -h | --help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --netstackd-args) EXTRA_ARGS=$2; shift ;;
+    -h | --help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -84,7 +86,7 @@ start_netstackd() {
   "$BIN/netstackd" --help 2>/dev/null | grep -q -- --dp-netns && dp=(--dp-netns "/run/netns/$DP_NETNS")
   mkdir -p "$STATE"
   "$BIN/netstackd" --socket "$SOCK" --state-dir "$STATE" --pod-cidr "$POD_CIDR" --uplink "$UPLINK" \
-    --metrics-addr off "${dp[@]}" >>"$WORK/netstackd.log" 2>&1 &
+    --metrics-addr off "${dp[@]}" $EXTRA_ARGS >>"$WORK/netstackd.log" 2>&1 &
   NETSTACKD_PID=$!
   ledger pid "$NETSTACKD_PID"
   ledger netns "$DP_NETNS"
@@ -439,16 +441,14 @@ log "bench: TCP 1-byte ping-pong RTT, $DUR s each"
 for path in "${PATHS[@]}"; do rtt "$path"; done
 
 # --- 4. CNI ADD latency, RSS and idle CPU with many pods --------------------------------------
-# add_many KIND N: N more pods of KIND; the first TIMED ADDs' wall times go to $WORK/add-KIND.
-add_many() {
-  local kind=$1 n=$2 timed=$3 i name
-  for i in $(seq 1 "$n"); do
-    name=$PFX-$kind-p$i
-    if ! pod_add "$kind" "$name"; then
+# add_more KIND FROM TO: pods FROM..TO of KIND, untimed.
+add_more() {
+  local kind=$1 i
+  for i in $(seq "$2" "$3"); do
+    if ! pod_add "$kind" "$PFX-$kind-p$i"; then
       note "$kind" "ADD of pod $i failed: $(head -c 200 <<<"$ADD_OUT")"
       return 1
     fi
-    if ((i <= timed)); then echo "$ADD_MS" >>"$WORK/add-$kind"; fi
   done
   return 0
 }
@@ -466,16 +466,31 @@ add_latency() { # KIND: p50/p99 of the recorded ADD wall times
 }
 
 log "bench: CNI ADD latency over $NADD pods; netstackd RSS and idle CPU with $NIDLE idle pods"
-for kind in bridge veth; do
-  printf '%s\n' "${PATHS[@]}" | grep -qx "$kind" || continue
-  add_many "$kind" "$NADD" "$NADD" && add_latency "$kind"
-  del_many "$kind" "$NADD"
-done
+# The kinds take turns, one pod each, so all see the same machine: the kernel's asynchronous
+# cleanup after earlier deletions (netns teardown, RCU) slows whichever ADDs come next.
+ADD_KINDS=()
+for kind in bridge veth tap; do printf '%s\n' "${PATHS[@]}" | grep -qx "$kind" && ADD_KINDS+=("$kind"); done
 sleep 1
 rss0=$(ns_rss_kib)
 att0=$(ctl status | jq -r .attachments)
-if add_many tap "$NIDLE" "$NADD"; then
-  add_latency tap
+declare -A ADDED=()
+for i in $(seq 1 "$NADD"); do
+  for kind in "${ADD_KINDS[@]}"; do
+    [ "${ADDED[$kind]:-0}" = $((i - 1)) ] || continue # a kind whose ADD failed stops there
+    if pod_add "$kind" "$PFX-$kind-p$i"; then
+      echo "$ADD_MS" >>"$WORK/add-$kind"
+      ADDED[$kind]=$i
+    else
+      note "$kind" "ADD of pod $i failed: $(head -c 200 <<<"$ADD_OUT")"
+    fi
+  done
+done
+for kind in "${ADD_KINDS[@]}"; do
+  [ "${ADDED[$kind]:-0}" = "$NADD" ] && add_latency "$kind"
+  [ "$kind" = tap ] || del_many "$kind" "${ADDED[$kind]:-0}"
+done
+# The rest of the idle TAP pods, untimed.
+if [ "${ADDED[tap]:-0}" = "$NADD" ] && add_more tap $((NADD + 1)) "$NIDLE"; then
   sleep 1
   rss1=$(ns_rss_kib)
   att1=$(ctl status | jq -r .attachments)

@@ -70,6 +70,10 @@ check "netstackd's netns holds only lo and the two peers" \
   test "$(in_dp ip -j link show | jq -r '[.[].ifname] | sort | join(" ")')" = "$(printf '%s\n' lo "$PEER_A" "$PEER_B" | sort | tr '\n' ' ' | sed 's/ $//')"
 check "no address on any interface there" test "$(in_dp ip -j addr show | jq '[.[].addr_info[]] | length')" = 0
 check "the peer is up, without ARP" peer_up_noarp "$PEER_A"
+feat() { in_pod "$1" ethtool -k eth0 | awk -v f="$2:" '$1 == f {print $2}'; }
+check "pod A's eth0: GSO types a packet socket cannot carry are off (sctp $(feat "$A" tx-sctp-segmentation), udp_tnl $(feat "$A" tx-udp_tnl-segmentation), gso-list $(feat "$A" tx-gso-list))" \
+  test "$(feat "$A" tx-sctp-segmentation)$(feat "$A" tx-udp_tnl-segmentation)$(feat "$A" tx-gre-segmentation)$(feat "$A" tx-gso-list)" = offoffoffoff
+check "  ... TCP and UDP segmentation stay on" test "$(feat "$A" tx-tcp-segmentation)$(feat "$A" tx-tcp6-segmentation)$(feat "$A" tx-udp-segmentation)" = ononon
 check "  ... and without IPv6" test "$(in_dp cat /proc/sys/net/ipv6/conf/$PEER_A/disable_ipv6)" = 1
 check "IPv4 forwarding is off there" test "$(in_dp cat /proc/sys/net/ipv4/ip_forward)" = 0
 check "no route there" test "$(in_dp ip -j route show | jq length)" = 0
@@ -229,7 +233,7 @@ check "a killed dataplane is replaced (pid $DP -> ${n:-none})" test -n "$n" -a "
 check "  ... and the new one maps the rings again ($(rings "$n"))" test "$(rings "$n")" = $((2 * WORKERS))
 before=$(pod_counter "$E" .rx_packets)
 out=$(in_pod "$E" ping -c 10 -i 0.05 -W 2 "$IP_F" 2>&1)
-check "  ... the rings start over where it reads: ping -c 10 gets exactly 10 replies" ten_replies "$out"
+check "  ... it finds where the kernel writes in each ring: ping -c 10 gets exactly 10 replies" ten_replies "$out"
 check "  ... counted 10" test $(( $(pod_counter "$E" .rx_packets) - before )) = 10
 check "DEL pod E" cni DEL "$E" "/run/netns/$E"
 check "DEL pod F" cni DEL "$F" "/run/netns/$F"

@@ -126,9 +126,10 @@ struct Args {
     #[arg(long, default_value = daemon::DEFAULT_DP_NETNS)]
     dp_netns: PathBuf,
     /// How veth-mode packet sockets receive: `mmsg` (recvmmsg batches, the default) or `ring`
-    /// (a TPACKET_V2 ring: the kernel copies each frame in the sender's context, so the
-    /// dataplane forwards more per CPU, at the cost of 2 MiB of kernel memory per worker and
-    /// veth pod; see e2e/bench/packet_io.sh).
+    /// (a TPACKET_V2 ring: the kernel copies each frame into it in the sender's context, which
+    /// takes that copy off the dataplane's threads — the machine does the same work — at the
+    /// cost of 2 MiB of kernel memory per worker and veth pod, bursts of at most 30 frames and
+    /// a slower ADD; see the README and e2e/bench/packet_io.sh).
     #[arg(long, value_parser = ["mmsg", "ring"], default_value = "mmsg")]
     veth_rx: String,
     /// Prometheus metrics listener (loopback only; port 0 picks one, `off` disables it).

@@ -120,7 +120,7 @@ pub fn render(s: &Snapshot<'_>) -> String {
         ),
         (
             "netstack_pod_rx_calls_total",
-            "Read system calls that brought frames in from the pod (one per recvmmsg batch in veth mode).",
+            "Read system calls that brought frames in from the pod (one per recvmmsg batch, or per pass over a receive ring, in veth mode).",
             |c| c.rx_calls,
         ),
         (

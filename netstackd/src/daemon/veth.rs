@@ -5,7 +5,8 @@
 //! The plugin makes sure the namespace exists (it runs in the node's mount namespace, so the
 //! namespace's mount outlives netstackd's own), creates the pair in the pod netns and names
 //! the peer in `attach`; the supervisor moves the peer into its namespace, switches off everything
-//! the kernel could do with it (no address, no ARP, no IPv6, no forwarding), and opens one
+//! the kernel could do with it (no address, no ARP, no IPv6, no forwarding), turns off on the
+//! pod's end the GSO types a packet socket cannot carry (`sys::ethtool`), and opens one
 //! fanout packet socket per worker on it. Those sockets go to the dataplane exactly as TAP
 //! queue fds do.
 
@@ -18,6 +19,7 @@ use super::DaemonConfig;
 use crate::control::{Attachment, VETH_ALIAS};
 use crate::netlink::Netlink;
 use crate::netns::{ensure_named_netns, run_in_netns, NetnsError};
+use crate::sys::ethtool::{disable_features, GSO_WITHOUT_VNET_TYPE};
 use crate::sys::packet::{open_fanout_sockets, set_rx_ring};
 
 /// Where the veth peers live unless `--dp-netns` says otherwise.
@@ -116,6 +118,8 @@ pub fn open_peer(
                 }
             };
             pod_side()?;
+            // GSO types a packet socket cannot describe are segmented by the pod's kernel.
+            disable_features(&ifname, GSO_WITHOUT_VNET_TYPE).map_err(|e| e.to_string())?;
             if !moved {
                 match nl.link_info(&peer).map_err(|e| e.to_string())? {
                     Some(i) if i.kind.as_deref() == Some("veth") => nl

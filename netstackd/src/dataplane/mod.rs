@@ -205,7 +205,10 @@ impl Dataplane {
         let ingress = qdisc::TokenBucket::new(bw.ingress_rate, bw.ingress_burst).map(Arc::new);
         let egress = qdisc::TokenBucket::new(bw.egress_rate, bw.egress_burst).map(Arc::new);
         let container_id: Arc<str> = Arc::from(spec.container_id.as_str());
-        for ((handle, rx), tx_extra) in self.workers.iter().zip(per_worker).zip(extra) {
+        // Every worker's handles first (mapping a ring can fail): nothing is sent to any
+        // worker unless all of them can take the pod.
+        let mut ios = Vec::with_capacity(n);
+        for (rx, tx_extra) in per_worker.into_iter().zip(extra) {
             let mut io = PodIo::new(rx, tx_extra);
             io.packet_sockets = spec.packet_sockets;
             if spec.rx_ring {
@@ -222,16 +225,26 @@ impl Dataplane {
             io.ingress = ingress.clone();
             io.container_id = Arc::clone(&container_id);
             io.egress = egress.clone();
+            ios.push(io);
+        }
+        let mut result = Ok(());
+        let mut sent = 0;
+        for (handle, io) in self.workers.iter().zip(ios) {
             let cmd = WorkerCmd::Attach(
                 Box::new(spec.clone()),
                 Arc::clone(&counters),
                 io,
                 ack_tx.clone(),
             );
-            handle.send(cmd)?;
+            match handle.send(cmd) {
+                Ok(()) => sent += 1,
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
         }
-        let mut result = Ok(());
-        for _ in 0..n {
+        for _ in 0..sent {
             match ack_rx.recv_timeout(APPLY_TIMEOUT) {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => result = Err(e),

@@ -215,6 +215,11 @@ fn send_batch(
     batch.clear();
 }
 
+/// Pod `id` is read through packet sockets (veth mode).
+fn src_is_socket(router: &Router<PodIo>, id: u64) -> bool {
+    router.pod(id).is_some_and(|p| p.io.packet_sockets)
+}
+
 fn token(id: u64, queue: usize) -> u64 {
     (id << 8) | queue as u64
 }
@@ -623,6 +628,19 @@ impl Worker {
             self.rx_batch.sort_unstable();
             let got = match self.receive(id, queue) {
                 Some(Ok(n)) => n,
+                Some(Err(e))
+                    if e.raw_os_error() == Some(libc::EINVAL)
+                        && src_is_socket(&self.router, id) =>
+                {
+                    // A frame the packet socket cannot describe in a virtio-net header (a GSO
+                    // type without a flag there, e.g. SCTP or a tunnel): the kernel dropped it.
+                    self.return_rx_slots(0);
+                    if let Some(src) = self.router.pod(id) {
+                        src.counters.dropped(w, DropReason::Malformed);
+                    }
+                    budget -= 1;
+                    continue;
+                }
                 Some(Err(e)) if e.kind() != io::ErrorKind::WouldBlock => {
                     self.return_rx_slots(0);
                     let container_id = self

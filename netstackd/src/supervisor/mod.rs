@@ -135,15 +135,6 @@ impl Inner {
                 other => anyhow::bail!("dataplane refused init: {other:?}"),
             }
             for (spec, fds) in self.pods.values() {
-                if spec.rx_ring {
-                    // The dead child left the rings wherever it stopped reading: start them
-                    // over at their first frame, where the new one starts.
-                    for fd in fds {
-                        if let Err(e) = crate::sys::packet::reset_rx_ring(fd.as_fd()) {
-                            tracing::error!(container_id = %spec.container_id, "resetting a receive ring: {e}");
-                        }
-                    }
-                }
                 let fds: Vec<_> = fds.iter().map(|fd| fd.as_fd()).collect();
                 ipc::send(&ours, &DpRequest::Attach(spec.clone()), &fds)?;
                 if let (DpReply::Error { message }, _) = ipc::recv::<DpReply>(&ours)? {

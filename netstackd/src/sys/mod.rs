@@ -1,10 +1,11 @@
-//! The only place with `unsafe`: TAP/TUN ioctls, readv/writev, packet sockets, fd passing,
+//! The only place with `unsafe`: TAP/TUN ioctls, readv/writev, packet sockets, ethtool features, fd passing,
 //! namespace ioctls.
 //!
 //! Every system call that nix does not wrap safely sits here in a small safe function with a
 //! `// SAFETY:` comment; the rest of netstackd only sees `OwnedFd`/`BorrowedFd` and typed
 //! results.
 
+pub mod ethtool;
 pub mod fdpass;
 pub mod ns;
 pub mod packet;

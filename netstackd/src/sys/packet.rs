@@ -232,9 +232,10 @@ pub fn recv_frames<'a>(
 }
 
 /// Sends up to [`MMSG_BATCH`] frames, each a virtio-net header and a frame, with one
-/// non-blocking `sendmmsg` on a bound packet socket. Returns how many went out, in order:
-/// fewer than given means the next one failed (sending it alone tells why). An error means
-/// the first one failed. Allocates nothing.
+/// non-blocking `sendmmsg` on a bound packet socket (frames past the first [`MMSG_BATCH`] are
+/// left for another call). Returns how many went out, in order: fewer than it took means the
+/// next one failed (sending it alone tells why). An error means the first one failed.
+/// Allocates nothing.
 pub fn send_frames<'a>(
     fd: BorrowedFd<'_>,
     frames: impl IntoIterator<Item = (&'a [u8; VNET_HDR_LEN], &'a [u8])>,
@@ -349,19 +350,17 @@ pub fn set_rx_ring(fd: BorrowedFd<'_>) -> Result<(), SysError> {
     setsockopt_ring(fd, RING_FRAMES).map_err(|e| packet_err(0, "PACKET_RX_RING", e))
 }
 
-/// Empties a socket's receive ring and starts it over at its first frame, where a new
-/// [`RxRing`] starts reading. Only while nothing maps the ring (the dataplane that did is
-/// gone): the kernel refuses otherwise.
-pub fn reset_rx_ring(fd: BorrowedFd<'_>) -> Result<(), SysError> {
-    setsockopt_ring(fd, 0).map_err(|e| packet_err(0, "PACKET_RX_RING (free)", e))?;
-    setsockopt_ring(fd, RING_FRAMES).map_err(|e| packet_err(0, "PACKET_RX_RING", e))
-}
-
 /// A socket's `TPACKET_V2` receive ring, mapped: frames are taken in ring order, copied out
 /// and handed straight back to the kernel.
+///
+/// The kernel fills frames in ring order from where it left off, which a new mapping does not
+/// know (a dataplane child that replaces a dead one maps rings the old one read halfway): the
+/// first time it finds frames filled, it starts at the first of them (a filled frame after an
+/// empty one), and from then on it reads in step with the kernel.
 pub struct RxRing {
     map: std::ptr::NonNull<u8>,
     next: usize,
+    in_step: bool,
 }
 
 // SAFETY: the mapping belongs to this value alone (nothing else in the process refers to it),
@@ -387,7 +386,11 @@ impl RxRing {
             return Err(io::Error::last_os_error());
         }
         let map = std::ptr::NonNull::new(map.cast()).ok_or(io::ErrorKind::InvalidData)?;
-        Ok(RxRing { map, next: 0 })
+        Ok(RxRing {
+            map,
+            next: 0,
+            in_step: false,
+        })
     }
 
     fn frame(&self, i: usize) -> *mut u8 {
@@ -397,8 +400,27 @@ impl RxRing {
 
     fn status(&self, i: usize) -> &AtomicU32 {
         // SAFETY: every frame starts with `tp_status`, a u32 the kernel and we hand back and
-        // forth; frames are page-aligned, and the mapping lives as long as `self`.
+        // forth; frames start at multiples of RING_FRAME (4-byte aligned) in a page-aligned
+        // mapping, which lives as long as `self`.
         unsafe { AtomicU32::from_ptr(self.frame(i).cast()) }
+    }
+
+    fn filled(&self, i: usize) -> bool {
+        self.status(i).load(Ordering::Acquire) & libc::TP_STATUS_USER != 0
+    }
+
+    /// Finds the oldest filled frame once some are filled; false while none is. With every
+    /// frame filled (the ring overflowed) the order cannot be told: it stays where it is.
+    fn step_in(&mut self) -> bool {
+        let start = (0..RING_FRAMES)
+            .find(|&i| self.filled(i) && !self.filled((i + RING_FRAMES - 1) % RING_FRAMES));
+        match start {
+            Some(i) => self.next = i,
+            None if self.filled(self.next) => {}
+            None => return false,
+        }
+        self.in_step = true;
+        true
     }
 
     /// Takes the next frame the kernel filled: its virtio-net header into `vnet`, the frame
@@ -406,10 +428,13 @@ impl RxRing {
     /// `Some(n)` the bytes taken, header included, like `recv_frames` — below
     /// [`VNET_HDR_LEN`] for a frame that was cut short or does not fit `frame` (dropped).
     pub fn take(&mut self, vnet: &mut [u8; VNET_HDR_LEN], frame: &mut [u8]) -> Option<usize> {
-        let status = self.status(self.next);
-        if status.load(Ordering::Acquire) & libc::TP_STATUS_USER == 0 {
+        if !self.in_step && !self.step_in() {
             return None;
         }
+        if !self.filled(self.next) {
+            return None;
+        }
+        let status = self.status(self.next);
         let base = self.frame(self.next);
         // SAFETY: the kernel filled this frame (TP_STATUS_USER, read with acquire) and leaves
         // it alone until we store TP_STATUS_KERNEL below. It starts with a tpacket2_hdr; the
@@ -644,7 +669,7 @@ mod tests {
     }
 
     #[test]
-    fn a_ring_hands_over_every_frame_in_order_and_restarts_clean() {
+    fn a_ring_hands_over_every_frame_in_order_and_a_new_mapping_finds_its_place() {
         if !is_root() {
             eprintln!("skipped: needs root");
             return;
@@ -709,19 +734,25 @@ mod tests {
             let sent = send(20..60, 0);
             assert_eq!(take_all(&mut ring, 40), sent[..RING_FRAMES]);
 
-            // Mapped: the kernel refuses to reset it. Unmapped: it starts over at frame 0,
-            // where a new mapping reads.
-            assert!(reset_rx_ring(rx[0].as_fd()).is_err());
-            send(60..63, 0);
+            // A new mapping (a new dataplane child) starts at frame 0 while the kernel writes
+            // further on (at frame 20 here, or later if the link sent frames of its own); it
+            // finds its place.
             drop(ring);
-            reset_rx_ring(rx[0].as_fd()).unwrap();
             let mut ring = RxRing::map(rx[0].as_fd()).unwrap();
-            let sent = send(63..66, 0);
-            assert_eq!(
-                take_all(&mut ring, 3),
-                sent,
-                "only what came after the reset"
-            );
+            let sent = send(60..70, 0);
+            std::thread::sleep(Duration::from_millis(50));
+            assert_eq!(take_all(&mut ring, 10), sent, "in order, none lost");
+            // Wherever the kernel was: ten more mappings, each after a few frames.
+            for round in 0..10u8 {
+                drop(ring);
+                ring = RxRing::map(rx[0].as_fd()).unwrap();
+                let base = 100 + round * 13;
+                let sent = send(base..base + 7 + round % 5, 0);
+                assert_eq!(take_all(&mut ring, sent.len()), sent, "round {round}");
+            }
+            // Across the end of the ring too.
+            let sent = send(70..85, 0);
+            assert_eq!(take_all(&mut ring, 15), sent);
         });
     }
 }

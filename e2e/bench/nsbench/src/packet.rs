@@ -208,6 +208,9 @@ pub fn cpu_seconds() -> f64 {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
+/// A frame in a ring: its virtio-net header and its bytes.
+pub type Frame<'a> = (&'a [u8; VNET_LEN], &'a [u8]);
+
 /// A `TPACKET_V2` receive ring mapped from a packet socket: frames the kernel filled are
 /// read in place, in ring order, and handed back with [`RxRing::release`].
 pub struct RxRing {
@@ -280,30 +283,37 @@ impl RxRing {
         unsafe { AtomicU32::from_ptr(self.frame_ptr(i).cast()) }
     }
 
-    /// Up to `max` filled frames from the next one on, in ring order: (header, frame).
-    pub fn ready(&self, max: usize) -> Vec<(&[u8; VNET_LEN], &[u8])> {
+    /// Up to `max` filled frames from the next one on, in ring order: (header, frame), and how
+    /// many ring frames that took (a frame cut short is skipped, not forwarded).
+    pub fn ready(&self, max: usize) -> (Vec<Frame<'_>>, usize) {
         let mut out = Vec::with_capacity(max);
+        let mut taken = 0;
         for k in 0..max.min(self.frame_nr) {
             let i = (self.next + k) % self.frame_nr;
             if self.status(i).load(Ordering::Acquire) & libc::TP_STATUS_USER == 0 {
                 break;
             }
             let base = self.frame_ptr(i);
+            taken += 1;
             // SAFETY: the kernel filled this frame (TP_STATUS_USER, read with acquire above)
             // and leaves it alone until `release`; it starts with a tpacket2_hdr, and the
-            // frame data lies at tp_mac with the virtio-net header just before it, all inside
-            // the ring frame (the kernel cuts tp_snaplen to fit). The borrow of `self` keeps
+            // frame data lies at tp_mac with the virtio-net header just before it; the bounds
+            // are checked against the ring frame before any slice is made. The borrow of `self` keeps
             // the mapping alive and `release` (which takes `&mut self`) away.
-            let (vnet, data) = unsafe {
+            let frame = unsafe {
                 let h = &*(base as *const libc::tpacket2_hdr);
-                let mac = h.tp_mac as usize;
-                let vnet = &*(base.add(mac - VNET_LEN) as *const [u8; VNET_LEN]);
-                let data = std::slice::from_raw_parts(base.add(mac), h.tp_snaplen as usize);
-                (vnet, data)
+                let (mac, len) = (h.tp_mac as usize, h.tp_snaplen as usize);
+                let whole = mac >= VNET_LEN + size_of::<libc::tpacket2_hdr>()
+                    && mac + len <= RING_FRAME
+                    && len == h.tp_len as usize;
+                whole.then(|| {
+                    let vnet = &*(base.add(mac - VNET_LEN) as *const [u8; VNET_LEN]);
+                    (vnet, std::slice::from_raw_parts(base.add(mac), len))
+                })
             };
-            out.push((vnet, data));
+            out.extend(frame);
         }
-        out
+        (out, taken)
     }
 
     /// Hands the next `n` frames back to the kernel.

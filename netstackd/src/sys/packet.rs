@@ -174,6 +174,59 @@ pub fn fanout_group(fd: BorrowedFd<'_>) -> Result<(u16, u8), SysError> {
     Ok(((v & 0xffff) as u16, ((v >> 16) & 0xff) as u8))
 }
 
+/// The iovecs and message headers of one `recvmmsg`/`sendmmsg` call: up to [`MMSG_BATCH`]
+/// messages of two parts each, a virtio-net header and a frame. Lives on the caller's stack.
+struct MmsgBatch {
+    iov: [[libc::iovec; 2]; MMSG_BATCH],
+    msgs: [libc::mmsghdr; MMSG_BATCH],
+    count: usize,
+}
+
+impl MmsgBatch {
+    fn new() -> Self {
+        MmsgBatch {
+            // SAFETY: iovec is plain old data (a pointer and a length); all zeroes is valid.
+            iov: unsafe { std::mem::zeroed() },
+            // SAFETY: mmsghdr is plain old data; all zeroes (null pointers) is valid.
+            msgs: unsafe { std::mem::zeroed() },
+            count: 0,
+        }
+    }
+
+    /// Adds a message of `vnet_len` bytes at `vnet` and `frame_len` at `frame`; false when
+    /// the batch is full.
+    fn push(&mut self, vnet: *mut u8, vnet_len: usize, frame: *mut u8, frame_len: usize) -> bool {
+        let Some(slot) = self.iov.get_mut(self.count) else {
+            return false;
+        };
+        *slot = [
+            libc::iovec {
+                iov_base: vnet.cast(),
+                iov_len: vnet_len,
+            },
+            libc::iovec {
+                iov_base: frame.cast(),
+                iov_len: frame_len,
+            },
+        ];
+        self.count += 1;
+        true
+    }
+
+    /// Points each message header at its iovecs, now that the batch stays where it is.
+    fn link(&mut self) {
+        for (m, v) in self
+            .msgs
+            .iter_mut()
+            .zip(self.iov.iter_mut())
+            .take(self.count)
+        {
+            m.msg_hdr.msg_iov = v.as_mut_ptr();
+            m.msg_hdr.msg_iovlen = 2;
+        }
+    }
+}
+
 /// Receives up to [`MMSG_BATCH`] frames with one non-blocking `recvmmsg`: frame *i* goes to
 /// the *i*-th `(header, buffer)` pair of `bufs` (virtio-net header, then the frame), and
 /// `lens[i]` becomes the bytes received for it, header included. Returns how many frames came;
@@ -186,46 +239,36 @@ pub fn recv_frames<'a>(
     bufs: impl IntoIterator<Item = (&'a mut [u8; VNET_HDR_LEN], &'a mut [u8])>,
     lens: &mut [usize; MMSG_BATCH],
 ) -> io::Result<usize> {
-    // SAFETY: both are plain old data (pointers and lengths); all zeroes is a valid value.
-    let mut iov: [[libc::iovec; 2]; MMSG_BATCH] = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    let mut msgs: [libc::mmsghdr; MMSG_BATCH] = unsafe { std::mem::zeroed() };
-    let mut count = 0;
-    for (vnet, frame) in bufs.into_iter().take(MMSG_BATCH) {
-        iov[count] = [
-            libc::iovec {
-                iov_base: vnet.as_mut_ptr().cast(),
-                iov_len: vnet.len(),
-            },
-            libc::iovec {
-                iov_base: frame.as_mut_ptr().cast(),
-                iov_len: frame.len(),
-            },
-        ];
-        count += 1;
+    let mut batch = MmsgBatch::new();
+    for (vnet, frame) in bufs {
+        if !batch.push(
+            vnet.as_mut_ptr(),
+            vnet.len(),
+            frame.as_mut_ptr(),
+            frame.len(),
+        ) {
+            break;
+        }
     }
-    for (m, v) in msgs.iter_mut().zip(iov.iter_mut()).take(count) {
-        m.msg_hdr.msg_iov = v.as_mut_ptr();
-        m.msg_hdr.msg_iovlen = 2;
-    }
-    if count == 0 {
+    if batch.count == 0 {
         return Ok(0);
     }
-    // SAFETY: `msgs[..count]` point at `iov[..count]`, which point at buffers borrowed
-    // mutably for 'a (past this call) with their true lengths; the kernel writes at most
-    // those lengths, fills `msg_len` of at most `count` entries, and reads no address (no
-    // `msg_name`, no control data). `fd` stays open for the call.
+    batch.link();
+    // SAFETY: the first `count` messages point at `batch.iov`, which point at buffers
+    // borrowed mutably for 'a (past this call) with their true lengths; the kernel writes at
+    // most those lengths, fills `msg_len` of at most `count` entries, and reads no address
+    // (no `msg_name`, no control data). `fd` stays open for the call.
     let n = unsafe {
         libc::recvmmsg(
             fd.as_raw_fd(),
-            msgs.as_mut_ptr(),
-            count as libc::c_uint,
+            batch.msgs.as_mut_ptr(),
+            batch.count as libc::c_uint,
             libc::MSG_DONTWAIT,
             std::ptr::null_mut(),
         )
     };
     let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
-    for (len, m) in lens.iter_mut().zip(&msgs[..n]) {
+    for (len, m) in lens.iter_mut().zip(&batch.msgs[..n]) {
         *len = m.msg_len as usize;
     }
     Ok(n)
@@ -240,40 +283,27 @@ pub fn send_frames<'a>(
     fd: BorrowedFd<'_>,
     frames: impl IntoIterator<Item = (&'a [u8; VNET_HDR_LEN], &'a [u8])>,
 ) -> io::Result<usize> {
-    // SAFETY: both are plain old data (pointers and lengths); all zeroes is a valid value.
-    let mut iov: [[libc::iovec; 2]; MMSG_BATCH] = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    let mut msgs: [libc::mmsghdr; MMSG_BATCH] = unsafe { std::mem::zeroed() };
-    let mut count = 0;
-    for (vnet, frame) in frames.into_iter().take(MMSG_BATCH) {
+    let mut batch = MmsgBatch::new();
+    for (vnet, frame) in frames {
         // The kernel only reads through these pointers (sendmmsg).
-        iov[count] = [
-            libc::iovec {
-                iov_base: vnet.as_ptr().cast_mut().cast(),
-                iov_len: vnet.len(),
-            },
-            libc::iovec {
-                iov_base: frame.as_ptr().cast_mut().cast(),
-                iov_len: frame.len(),
-            },
-        ];
-        count += 1;
+        let (v, f) = (vnet.as_ptr().cast_mut(), frame.as_ptr().cast_mut());
+        if !batch.push(v, vnet.len(), f, frame.len()) {
+            break;
+        }
     }
-    for (m, v) in msgs.iter_mut().zip(iov.iter_mut()).take(count) {
-        m.msg_hdr.msg_iov = v.as_mut_ptr();
-        m.msg_hdr.msg_iovlen = 2;
-    }
-    if count == 0 {
+    if batch.count == 0 {
         return Ok(0);
     }
-    // SAFETY: `msgs[..count]` point at `iov[..count]`, which point at buffers borrowed for
-    // 'a with their true lengths; sendmmsg only reads them (and writes `msg_len`, in `msgs`).
-    // No address: the socket is bound to its device. `fd` stays open for the call.
+    batch.link();
+    // SAFETY: the first `count` messages point at `batch.iov`, which point at buffers
+    // borrowed for 'a with their true lengths; sendmmsg only reads them (and writes
+    // `msg_len`, in `batch.msgs`). No address: the socket is bound to its device. `fd` stays
+    // open for the call.
     let n = unsafe {
         libc::sendmmsg(
             fd.as_raw_fd(),
-            msgs.as_mut_ptr(),
-            count as libc::c_uint,
+            batch.msgs.as_mut_ptr(),
+            batch.count as libc::c_uint,
             libc::MSG_DONTWAIT,
         )
     };
@@ -486,7 +516,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::*;
-    use crate::netlink::Netlink;
+    use crate::netlink::{LinkInfo, Netlink};
     use crate::netns::testing::{in_fresh_netns, is_root};
     use crate::sys::tap::write_frame;
 
@@ -531,6 +561,24 @@ mod tests {
         got
     }
 
+    /// A veth pair `ours`/`far` (MTU `mtu`), both up, in the current (test) netns.
+    fn veth_pair(ours: &str, far: &str, mtu: &str) -> (LinkInfo, LinkInfo) {
+        let status = Command::new("ip")
+            .args([
+                "link", "add", ours, "mtu", mtu, "type", "veth", "peer", "name", far, "mtu", mtu,
+            ])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let nl = Netlink::new().unwrap();
+        nl.set_link(ours, None, None, true).unwrap();
+        nl.set_link(far, None, None, true).unwrap();
+        (
+            nl.link_info(ours).unwrap().unwrap(),
+            nl.link_info(far).unwrap().unwrap(),
+        )
+    }
+
     #[test]
     fn fanout_sockets_carry_each_frame_once_and_not_their_own() {
         if !is_root() {
@@ -538,18 +586,7 @@ mod tests {
             return;
         }
         in_fresh_netns(|| {
-            let status = Command::new("ip")
-                .args([
-                    "link", "add", "nst-pk0", "type", "veth", "peer", "name", "nst-pk1",
-                ])
-                .status()
-                .unwrap();
-            assert!(status.success());
-            let nl = Netlink::new().unwrap();
-            nl.set_link("nst-pk0", None, None, true).unwrap();
-            nl.set_link("nst-pk1", None, None, true).unwrap();
-            let ours = nl.link_info("nst-pk0").unwrap().unwrap();
-            let far = nl.link_info("nst-pk1").unwrap().unwrap();
+            let (ours, far) = veth_pair("nst-pk0", "nst-pk1", "1500");
 
             let fds = open_fanout_sockets(ours.index, 3).unwrap();
             let groups: Vec<_> = fds
@@ -593,18 +630,7 @@ mod tests {
             return;
         }
         in_fresh_netns(|| {
-            let status = Command::new("ip")
-                .args([
-                    "link", "add", "nst-mm0", "type", "veth", "peer", "name", "nst-mm1",
-                ])
-                .status()
-                .unwrap();
-            assert!(status.success());
-            let nl = Netlink::new().unwrap();
-            nl.set_link("nst-mm0", None, None, true).unwrap();
-            nl.set_link("nst-mm1", None, None, true).unwrap();
-            let ours = nl.link_info("nst-mm0").unwrap().unwrap();
-            let far = nl.link_info("nst-mm1").unwrap().unwrap();
+            let (ours, far) = veth_pair("nst-mm0", "nst-mm1", "1500");
             let rx = open_fanout_sockets(ours.index, 1).unwrap();
             let tx = open_fanout_sockets(far.index, 1).unwrap();
             let (a, b) = (ours.mac.unwrap(), far.mac.unwrap());
@@ -675,19 +701,7 @@ mod tests {
             return;
         }
         in_fresh_netns(|| {
-            let status = Command::new("ip")
-                .args([
-                    "link", "add", "nst-rg0", "mtu", "9000", "type", "veth", "peer", "name",
-                    "nst-rg1", "mtu", "9000",
-                ])
-                .status()
-                .unwrap();
-            assert!(status.success());
-            let nl = Netlink::new().unwrap();
-            nl.set_link("nst-rg0", None, None, true).unwrap();
-            nl.set_link("nst-rg1", None, None, true).unwrap();
-            let ours = nl.link_info("nst-rg0").unwrap().unwrap();
-            let far = nl.link_info("nst-rg1").unwrap().unwrap();
+            let (ours, far) = veth_pair("nst-rg0", "nst-rg1", "9000");
             let rx = open_fanout_sockets(ours.index, 1).unwrap();
             set_rx_ring(rx[0].as_fd()).unwrap();
             let tx = open_fanout_sockets(far.index, 1).unwrap();

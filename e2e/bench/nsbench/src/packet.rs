@@ -97,6 +97,42 @@ fn fd_borrow(fd: &OwnedFd) -> BorrowedFd<'_> {
     std::os::fd::AsFd::as_fd(fd)
 }
 
+/// One non-blocking `recvmmsg` (or `sendmmsg` when `send`) of the messages whose two parts
+/// (header, frame) are `iov`; returns each message's length.
+fn mmsg(fd: BorrowedFd<'_>, iov: &mut [[libc::iovec; 2]], send: bool) -> io::Result<Vec<usize>> {
+    let n = iov.len().min(BATCH);
+    // SAFETY: mmsghdr is plain old data; all zeroes (null pointers) is a valid value.
+    let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+    for (m, v) in msgs.iter_mut().zip(iov.iter_mut()).take(n) {
+        m.msg_hdr.msg_iov = v.as_mut_ptr();
+        m.msg_hdr.msg_iovlen = 2;
+    }
+    let (fd, ptr, len) = (fd.as_raw_fd(), msgs.as_mut_ptr(), n as libc::c_uint);
+    let got = if send {
+        // SAFETY: the first `n` messages point at `iov`, which point at the callers' frames,
+        // alive for the call; sendmmsg only reads them. The socket is bound.
+        unsafe { libc::sendmmsg(fd, ptr, len, libc::MSG_DONTWAIT) }
+    } else {
+        // SAFETY: the first `n` messages point at `iov`, which point at the caller's buffers,
+        // borrowed mutably for the call, with their true lengths; the kernel writes within.
+        unsafe { libc::recvmmsg(fd, ptr, len, libc::MSG_DONTWAIT, std::ptr::null_mut()) }
+    };
+    if got < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(msgs[..got as usize]
+        .iter()
+        .map(|m| m.msg_len as usize)
+        .collect())
+}
+
+fn iovec(ptr: *const u8, len: usize) -> libc::iovec {
+    libc::iovec {
+        iov_base: ptr.cast_mut().cast(),
+        iov_len: len,
+    }
+}
+
 /// Receives up to [`BATCH`] frames with one non-blocking `recvmmsg`, frame *i* into
 /// `vnets[i]` and `bufs[i]`; returns each frame's length (without the header).
 pub fn recv_batch(
@@ -104,82 +140,28 @@ pub fn recv_batch(
     vnets: &mut [[u8; VNET_LEN]],
     bufs: &mut [Vec<u8>],
 ) -> io::Result<Vec<usize>> {
-    let n = vnets.len().min(bufs.len()).min(BATCH);
-    // SAFETY: iovec and mmsghdr are plain old data; all zeroes is a valid value.
-    let mut iov: [[libc::iovec; 2]; BATCH] = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
-    for (i, (v, b)) in vnets.iter_mut().zip(bufs.iter_mut()).take(n).enumerate() {
-        iov[i][0] = libc::iovec {
-            iov_base: v.as_mut_ptr().cast(),
-            iov_len: VNET_LEN,
-        };
-        iov[i][1] = libc::iovec {
-            iov_base: b.as_mut_ptr().cast(),
-            iov_len: b.len(),
-        };
-    }
-    for (m, v) in msgs.iter_mut().zip(iov.iter_mut()).take(n) {
-        m.msg_hdr.msg_iov = v.as_mut_ptr();
-        m.msg_hdr.msg_iovlen = 2;
-    }
-    // SAFETY: the first `n` messages point at `iov`, which points at the caller's buffers,
-    // borrowed mutably for the call, with their true lengths; the kernel writes within them.
-    let got = unsafe {
-        libc::recvmmsg(
-            fd.as_raw_fd(),
-            msgs.as_mut_ptr(),
-            n as libc::c_uint,
-            libc::MSG_DONTWAIT,
-            std::ptr::null_mut(),
-        )
-    };
-    if got < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(msgs[..got as usize]
-        .iter()
-        .map(|m| (m.msg_len as usize).saturating_sub(VNET_LEN))
-        .collect())
+    let mut iov: Vec<[libc::iovec; 2]> = vnets
+        .iter_mut()
+        .zip(bufs.iter_mut())
+        .map(|(v, b)| {
+            [
+                iovec(v.as_mut_ptr(), VNET_LEN),
+                iovec(b.as_mut_ptr(), b.len()),
+            ]
+        })
+        .collect();
+    let lens = mmsg(fd, &mut iov, false)?;
+    Ok(lens.iter().map(|l| l.saturating_sub(VNET_LEN)).collect())
 }
 
 /// Sends up to [`BATCH`] of `frames` (header, frame) with one `sendmmsg`; returns how many
 /// went out.
-pub fn send_batch(fd: BorrowedFd<'_>, frames: &[(&[u8; VNET_LEN], &[u8])]) -> io::Result<usize> {
-    let n = frames.len().min(BATCH);
-    // SAFETY: iovec and mmsghdr are plain old data; all zeroes is a valid value.
-    let mut iov: [[libc::iovec; 2]; BATCH] = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
-    for (i, (v, f)) in frames.iter().take(n).enumerate() {
-        iov[i][0] = libc::iovec {
-            iov_base: v.as_ptr().cast_mut().cast(),
-            iov_len: VNET_LEN,
-        };
-        iov[i][1] = libc::iovec {
-            iov_base: f.as_ptr().cast_mut().cast(),
-            iov_len: f.len(),
-        };
-    }
-    for (m, v) in msgs.iter_mut().zip(iov.iter_mut()).take(n) {
-        m.msg_hdr.msg_iov = v.as_mut_ptr();
-        m.msg_hdr.msg_iovlen = 2;
-    }
-    // SAFETY: the first `n` messages point at `iov`, which points at the caller's frames with
-    // their lengths, alive for the call; sendmmsg only reads them. The socket is bound.
-    let sent = unsafe {
-        libc::sendmmsg(
-            fd.as_raw_fd(),
-            msgs.as_mut_ptr(),
-            n as libc::c_uint,
-            libc::MSG_DONTWAIT,
-        )
-    };
-    if sent < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(sent as usize)
-    }
+pub fn send_batch(fd: BorrowedFd<'_>, frames: &[Frame<'_>]) -> io::Result<usize> {
+    let mut iov: Vec<[libc::iovec; 2]> = frames
+        .iter()
+        .map(|(v, f)| [iovec(v.as_ptr(), VNET_LEN), iovec(f.as_ptr(), f.len())])
+        .collect();
+    Ok(mmsg(fd, &mut iov, true)?.len())
 }
 
 /// Waits until one of `fds` is readable or `timeout` passes.

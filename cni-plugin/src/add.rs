@@ -177,13 +177,15 @@ fn create_pod_link(
                 // are usable (not "tentative") when ADD returns, as ptp and bridge do.
                 disable_dad(&ifname)?;
             }
-            nl.set_link(&ifname, Some(mac.0), Some(mtu), true)
-                .map_err(|e| e.to_string())?;
             if matches!(kind, LinkKind::Tap { .. }) {
-                // The pod's kernel queues a burst here while a worker serves another fd.
+                // The pod's kernel queues a burst here while a worker serves another fd. Set
+                // while the link is down: on a link that is up the kernel swaps its qdisc out
+                // and waits for an RCU grace period (up to tens of ms under load).
                 nl.set_txqueuelen(&ifname, netstackd::sys::tap::TXQUEUELEN)
                     .map_err(|e| e.to_string())?;
             }
+            nl.set_link(&ifname, Some(mac.0), Some(mtu), true)
+                .map_err(|e| e.to_string())?;
             let index = nl
                 .link_index(&ifname)
                 .map_err(|e| e.to_string())?

@@ -19,10 +19,12 @@ pub fn create(config: &DaemonConfig, gateway: std::net::Ipv4Addr) -> anyhow::Res
         .with_context(|| format!("creating TUN {}", config.uplink))?;
     tracing::info!(uplink = %config.uplink, offloads = format!("{:#x}", tun.offloads), "uplink TUN open");
     let nl = Netlink::new().context("opening rtnetlink in the host netns")?;
-    nl.set_link(&config.uplink, None, Some(config.uplink_mtu), true)
-        .with_context(|| format!("bringing {} up", config.uplink))?;
+    // Before it goes up: on a link that is up the kernel swaps the qdisc and waits an RCU
+    // grace period (a no-op after a restart, when the length is already set).
     nl.set_txqueuelen(&config.uplink, crate::sys::tap::TXQUEUELEN)
         .with_context(|| format!("raising the queue length of {}", config.uplink))?;
+    nl.set_link(&config.uplink, None, Some(config.uplink_mtu), true)
+        .with_context(|| format!("bringing {} up", config.uplink))?;
     let index = nl
         .link_index(&config.uplink)?
         .with_context(|| format!("{} vanished after creation", config.uplink))?;

@@ -187,12 +187,11 @@ for mode in plain vnet; do
   kq=$(jq -n --argjson x "$before" --argjson y "$after" '($y.a.drops.kernel_queue_full // 0) - ($x.a.drops.kernel_queue_full // 0)')
   if [ "$mode" = plain ]; then
     check "$mode: netstackd read all $sent random frames or counted the kernel's drops (rx +$rx, kernel_queue_full +$kq)" test $((rx + kq)) = "$sent"
-  elif [ "$MODE" = veth ]; then
-    # A veth checks a GSO write against its own features, and pod A's kernel segments one it
-    # cannot carry whole: one write can reach netstackd as several frames.
-    check "$mode: netstackd read $rx frames from the $sent random writes pod A's kernel took" test "$rx" -gt 0
   else
-    check "$mode: netstackd read $rx of the $sent random frames pod A's kernel took" test "$rx" -le "${sent:-0}" -a "$rx" -gt 0
+    # Pod A's kernel checks a GSO write against its device's features (the TAP's offloads, the
+    # veth's) and segments one the device cannot carry whole, e.g. TCP with the ECN flag on a
+    # TAP without TSO_ECN: one write can reach netstackd as several frames.
+    check "$mode: netstackd read $rx frames from the $sent random writes pod A's kernel took" test "$rx" -gt 0
   fi
   check "$mode: every one is dropped and counted (drops +$dropped)" test "$dropped" = $((rx + kq))
   check "$mode: none reached pod B (tx_packets +$b_tx)" test "$b_tx" = 0

@@ -342,20 +342,12 @@ pub const RING_BYTES: usize = 2 << 20;
 /// Frames in a ring.
 const RING_FRAMES: usize = RING_BYTES / RING_FRAME;
 
-fn setsockopt_ring(fd: BorrowedFd<'_>, frames: usize) -> nix::Result<()> {
+fn setsockopt_ring(fd: BorrowedFd<'_>) -> nix::Result<()> {
     let req = libc::tpacket_req {
-        tp_block_size: if frames == 0 {
-            0
-        } else {
-            RING_BYTES as libc::c_uint
-        },
-        tp_block_nr: u32::from(frames != 0),
-        tp_frame_size: if frames == 0 {
-            0
-        } else {
-            RING_FRAME as libc::c_uint
-        },
-        tp_frame_nr: frames as libc::c_uint,
+        tp_block_size: RING_BYTES as libc::c_uint,
+        tp_block_nr: 1,
+        tp_frame_size: RING_FRAME as libc::c_uint,
+        tp_frame_nr: RING_FRAMES as libc::c_uint,
     };
     // SAFETY: the option value is one tpacket_req on our stack for the call, with its size;
     // the kernel only reads it. `fd` stays open for the call.
@@ -377,7 +369,7 @@ pub fn set_rx_ring(fd: BorrowedFd<'_>) -> Result<(), SysError> {
     let version = libc::tpacket_versions::TPACKET_V2 as libc::c_int;
     setsockopt_int(fd, libc::SOL_PACKET, libc::PACKET_VERSION, version)
         .map_err(|e| packet_err(0, "PACKET_VERSION", e))?;
-    setsockopt_ring(fd, RING_FRAMES).map_err(|e| packet_err(0, "PACKET_RX_RING", e))
+    setsockopt_ring(fd).map_err(|e| packet_err(0, "PACKET_RX_RING", e))
 }
 
 /// A socket's `TPACKET_V2` receive ring, mapped: frames are taken in ring order, copied out

@@ -120,6 +120,8 @@ for path in ["/opt/cni/bin", "/etc/cni/net.d", "/run/netstack", "/var/lib/netsta
 for path in ["/run/netns", "/var/run/netns"]:
     [n] = [n for n, p in host.items() if p == path]
     need(mounts[n].get("mountPropagation") == "HostToContainer", f"{path} does not propagate new netns mounts")
+[n] = [n for n, p in host.items() if p == "/run/netstack"]
+need(mounts[n].get("mountPropagation") == "Bidirectional", "/run/netstack (veth namespace) does not propagate both ways")
 env = {e["name"]: e for e in c["env"]}
 need(env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName", "NODE_NAME is not the node's name")
 need(mounts[[n for n, p in host.items() if p == "/opt/cni/bin"][0]]["mountPath"] == env["CNI_BIN_DIR"]["value"],

@@ -10,6 +10,7 @@ pub mod ctl;
 pub mod daemon;
 pub mod dataplane;
 pub mod gso;
+pub mod mounts;
 pub mod netlink;
 pub mod netns;
 pub mod node;

@@ -142,8 +142,9 @@ pub fn is_netns(path: &Path) -> bool {
 /// Returns whether it created a new one.
 ///
 /// Like iproute2, it makes the directory a shared mount point first (so the namespace's
-/// bind mount is seen from other mount namespaces), creates an empty file, and bind-mounts
-/// a new namespace, made on a throwaway thread by `unshare(CLONE_NEWNET)`, over it. The
+/// bind mount is seen from other mount namespaces), but unlike iproute2 only when that covers
+/// nothing ([`crate::mounts::share_dir`]); then it creates an empty file and bind-mounts a new
+/// namespace, made on a throwaway thread by `unshare(CLONE_NEWNET)`, over it. The
 /// namespace lives as long as the mount does (see [`remove_named_netns`]).
 pub fn ensure_named_netns(path: &Path) -> Result<bool, NetnsError> {
     use nix::mount::{mount, MsFlags};
@@ -162,18 +163,9 @@ pub fn ensure_named_netns(path: &Path) -> Result<bool, NetnsError> {
         .filter(|d| !d.as_os_str().is_empty())
         .ok_or_else(|| err("finding its directory")(io::ErrorKind::InvalidInput.into()))?;
     std::fs::create_dir_all(dir).map_err(err("creating its directory"))?;
-    let shared = MsFlags::MS_SHARED | MsFlags::MS_REC;
-    if let Err(e) = mount(None::<&str>, dir, None::<&str>, shared, None::<&str>) {
-        if e != nix::Error::EINVAL {
-            return Err(err("making its directory a shared mount")(e.into()));
-        }
-        // Not a mount point yet: bind it onto itself, then share it.
-        let bind = MsFlags::MS_BIND | MsFlags::MS_REC;
-        mount(Some(dir), dir, None::<&str>, bind, None::<&str>)
-            .map_err(|e| err("bind-mounting its directory onto itself")(e.into()))?;
-        mount(None::<&str>, dir, None::<&str>, shared, None::<&str>)
-            .map_err(|e| err("making its directory a shared mount")(e.into()))?;
-    }
+    // Never bind a directory that holds anything onto itself: that would hide the namespace
+    // mounts a runtime made there (see `mounts`).
+    crate::mounts::share_dir(dir).map_err(err("making its directory a shared mount"))?;
     std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)

@@ -109,6 +109,7 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("creating state dir {}", config.state_dir.display()))?;
     let signals = server::block_termination_signals()?;
+    veth::tidy_netns_dirs(&config.dp_netns);
 
     let queues = uplink::create(&config, gateway).context("setting up the uplink")?;
     enable_ipv4_forwarding()?;
@@ -198,9 +199,17 @@ pub fn cleanup(
             }
         }
     }
-    // Takes any peer without a state file with it.
-    let dp_removed = crate::netns::remove_named_netns(dp_netns)
+    // Takes any peer without a state file with it; the namespaces hidden by an older
+    // netstack's self-bind of its directory go too.
+    veth::tidy_netns_dirs(dp_netns);
+    let mut dp_removed = crate::netns::remove_named_netns(dp_netns)
         .with_context(|| format!("removing {}", dp_netns.display()))?;
+    let legacy = Path::new(veth::LEGACY_DP_NETNS);
+    if dp_netns != legacy {
+        dp_removed |= crate::netns::remove_named_netns(legacy)
+            .with_context(|| format!("removing {}", legacy.display()))?;
+    }
+    veth::remove_default_dir(dp_netns);
     let nl = Netlink::new().context("opening rtnetlink")?;
     let uplink_removed = nl
         .del_link(uplink)

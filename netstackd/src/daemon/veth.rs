@@ -18,12 +18,16 @@ use std::sync::Mutex;
 use super::DaemonConfig;
 use crate::control::{Attachment, VETH_ALIAS};
 use crate::netlink::Netlink;
-use crate::netns::{ensure_named_netns, run_in_netns, NetnsError};
+use crate::netns::{ensure_named_netns, is_netns, run_in_netns, NetnsError};
 use crate::sys::ethtool::{disable_features, GSO_WITHOUT_VNET_TYPE};
 use crate::sys::packet::{open_fanout_sockets, set_rx_ring};
 
-/// Where the veth peers live unless `--dp-netns` says otherwise.
-pub const DEFAULT_DP_NETNS: &str = "/run/netns/netstack-dp";
+/// Where the veth peers live unless `--dp-netns` says otherwise: netstack's own run directory,
+/// which no runtime writes into (see `crate::mounts` for why not `/run/netns`).
+pub const DEFAULT_DP_NETNS: &str = "/run/netstack/netns/dp";
+
+/// Where netstack before 0.2 kept that namespace.
+pub const LEGACY_DP_NETNS: &str = "/run/netns/netstack-dp";
 
 /// MTU of a peer: the largest a veth takes, so every frame the pod's kernel puts on its end
 /// reaches netstackd, which applies the pod's MTU itself (as it does for a TAP, which has no
@@ -66,6 +70,76 @@ pub fn ensure_dp_netns(path: &Path) -> Result<(), String> {
         tracing::info!(netns = %path.display(), "created the namespace for veth peers");
     }
     Ok(())
+}
+
+/// At start: releases the namespaces an older netstack hid in `/run/netns` and in the
+/// directory of `dp` (its self-bind of that directory, see `crate::mounts`), and, when `dp` is
+/// the default, moves the namespace of an older netstack's veth peers there (bind-mounting the
+/// same namespace, then unmounting the old name), so that its pods keep their peers. Problems are
+/// logged: none of this stops netstackd from starting.
+pub fn tidy_netns_dirs(dp: &Path) {
+    let legacy = Path::new(LEGACY_DP_NETNS);
+    let mut dirs = vec![legacy.parent().unwrap_or(legacy).to_path_buf()];
+    if let Some(parent) = dp.parent().filter(|p| !dirs.iter().any(|d| d == p)) {
+        dirs.push(parent.to_path_buf());
+    }
+    for dir in dirs {
+        match crate::mounts::release_hidden(&dir) {
+            Ok(r) if !r.unmounted.is_empty() => tracing::warn!(
+                dir = %dir.display(),
+                released = ?r.unmounted,
+                removed = ?r.removed,
+                "released network namespaces hidden under a self-bind of their directory"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(dir = %dir.display(), "hidden namespaces: {e}"),
+        }
+    }
+    if dp == Path::new(DEFAULT_DP_NETNS) && is_netns(legacy) && !is_netns(dp) {
+        match adopt_legacy(legacy, dp) {
+            Ok(()) => tracing::info!(
+                from = %legacy.display(),
+                to = %dp.display(),
+                "moved the namespace of the veth peers"
+            ),
+            Err(e) => {
+                tracing::warn!(from = %legacy.display(), "keeping the old veth namespace: {e}")
+            }
+        }
+    }
+}
+
+/// Mounts the namespace at `from` at `to` as well, then removes `from`.
+fn adopt_legacy(from: &Path, to: &Path) -> Result<(), String> {
+    use nix::mount::{mount, MsFlags};
+    let dir = to.parent().ok_or("the new path has no directory")?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    crate::mounts::share_dir(dir).map_err(|e| format!("sharing {}: {e}", dir.display()))?;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(to)
+        .map_err(|e| format!("creating {}: {e}", to.display()))?;
+    mount(Some(from), to, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+        .map_err(|e| format!("bind-mounting {} at {}: {e}", from.display(), to.display()))?;
+    crate::netns::remove_named_netns(from).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// At uninstall, once the namespace at `dp` is gone: the directory netstack made for it, when
+/// it is the default one and empty, is unmounted (its self-bind) and removed.
+pub fn remove_default_dir(dp: &Path) {
+    let Some(dir) = Path::new(DEFAULT_DP_NETNS).parent() else {
+        return;
+    };
+    if dp != Path::new(DEFAULT_DP_NETNS)
+        || std::fs::read_dir(dir).map_or(true, |mut d| d.next().is_some())
+    {
+        return;
+    }
+    let _ = nix::mount::umount2(dir, nix::mount::MntFlags::MNT_DETACH);
+    let _ = std::fs::remove_dir(dir);
 }
 
 fn in_netns<T: Send>(

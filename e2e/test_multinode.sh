@@ -290,14 +290,14 @@ check "a foreign route to a listed CIDR is left alone" sh -c "ip -n $NODE_A rout
 
 log "node objects with a bad pod CIDR or next hop are refused, logged and counted"
 write_nodes "node-a:$CIDR_A:$IP_NODE_A" "node-b:$CIDR_B:$IP_NODE_B" \
-  "node-out:10.55.0.0/24:192.168.201.5" "node-short:10.201.32.0/19:192.168.201.6" \
+  "node-out:10.55.0.0/24:192.168.201.5" "node-short:10.201.64.0/19:192.168.201.6" \
   "node-svc:10.96.5.0/24:192.168.201.7" "node-own:10.201.2.128/25:192.168.201.8" \
   "node-far:10.201.50.0/24:172.31.0.9" "node-good:10.201.60.0/24:192.168.201.10"
 check "B routes the good newcomer's 10.201.60.0/24 via 192.168.201.10" eventually 5 has_route "$NODE_B" 10.201.60.0/24 192.168.201.10
 check "  ... and keeps its route to A" has_route "$NODE_B" "$CIDR_A" "$IP_NODE_A"
 # (what, CIDR, reason label)
 for bad in "outside --cluster-cidr:10.55.0.0/24:outside_cluster_cidr" \
-  "a /19 (minimum /20):10.201.32.0/19:prefix_too_short" \
+  "a /19 (minimum /20):10.201.64.0/19:prefix_too_short" \
   "overlapping --service-cidr:10.96.5.0/24:overlaps_service_cidr" \
   "overlapping B's own pod CIDR:10.201.2.128/25:overlaps_node_cidr" \
   "next hop 172.31.0.9 off the link:10.201.50.0/24:next_hop_not_connected"; do

@@ -195,8 +195,8 @@ pub fn desired_routes(
                 reason,
                 detail,
             };
-            if let Some(refusal) = guard_refusal(guard, &cidr) {
-                plan.skipped.push(refuse(refusal.0, refusal.1));
+            if let Some((reason, detail)) = guard_refusal(guard, &cidr) {
+                plan.skipped.push(refuse(reason, detail));
                 continue;
             }
             if let Some(own) = own_cidrs.iter().find(|o| overlaps(o, &cidr)) {

@@ -84,6 +84,12 @@ runc_bundle() {
   mv "$dir/config.new" "$dir/config.json"
 }
 
+# under RUNTIME: a runc_bundle filter naming the runtime the hook is to take itself to run
+# under (NETSTACK_HOOK_RUNTIME in its hooks' env), as an installer for that runtime would.
+under() { printf '.hooks |= with_entries(.value |= map(.env += ["NETSTACK_HOOK_RUNTIME=%s"]))' "$1"; }
+# label_of ID LABEL: an attachment label of container ID ("-" if it has none).
+label_of() { ctl list | jq -r --arg id "$1" --arg l "$2" '.[] | select(.container_id == $id) | .labels[$l] // "-"'; }
+
 # runc_create ID: `runc create` (which runs the createRuntime hook); runc's output in $WORK.
 runc_create() {
   rc create --bundle "$BUNDLES/$1" "$1" </dev/null >"$WORK/$1.runc.log" 2>&1
@@ -165,13 +171,14 @@ ip netns add "$S"; ip -n "$S" link set lo up; PODS+=("$S")
 S_IP=$(cni ADD "$S" "/run/netns/$S" | jq -r '.ips[0].address' | cut -d/ -f1)
 check "CNI ADD of sandbox $S ($S_IP)" test -n "$S_IP"
 runc_bundle "$S" ".linux.namespaces |= map(if .type == \"network\" then .path = \"/run/netns/$S\" else . end)
-  | .annotations += {\"io.kubernetes.cri.container-type\": \"sandbox\", \"io.kubernetes.cri.sandbox-name\": \"web-0\"}"
+  | .annotations += {\"io.kubernetes.cri.container-type\": \"sandbox\", \"io.kubernetes.cri.sandbox-name\": \"web-0\"}
+  | $(under containerd)"
 if runc_create "$S"; then ok "runc create of the sandbox"; else fail "runc create $S: $(cat "$WORK/$S.runc.log")"; fi
 check "still one attachment for the sandbox, with CNI's address" test "$(ctl stats | jq -r --arg id "$S" '[.pods[] | select(.container_id == $id) | .ips[0]] | join(",")')" = "$S_IP/24"
 check "no second interface in the sandbox" test "$(ip -n "$S" -o link show | wc -l)" = 2
 check "no second reservation" test "$(ipam_reservations)" = $((reserved0 + 1))
 R3=hook-r3-$RUN_ID
-runc_bundle "$R3" '.annotations += {"io.kubernetes.cri.container-type": "container"}'
+runc_bundle "$R3" ".annotations += {\"io.kubernetes.cri.container-type\": \"container\"} | $(under containerd)"
 if runc_create "$R3"; then ok "runc create of a pod's application container"; else fail "runc create $R3: $(cat "$WORK/$R3.runc.log")"; fi
 check "  ... is not attached (its sandbox carries the network)" test -z "$(attached_ifname "$R3")"
 check "runc delete of the application container" rc delete -f "$R3"
@@ -179,6 +186,34 @@ check "runc delete of the sandbox" rc delete -f "$S"
 check "poststop detached the CNI attachment" test -z "$(attached_ifname "$S")"
 check "  ... deleted the TAP in the pinned netns" sh -c "! ip -n $S link show eth0"
 check "  ... released the reservation" test "$(ipam_reservations)" = "$reserved0"
+
+log "runc: the container's role comes from the runtime that runs it"
+# Under CRI-O an application container carrying containerd's sandbox annotation is still an
+# application container: CRI-O's annotation is the only one read.
+R6=hook-r6-$RUN_ID
+runc_bundle "$R6" ".annotations += {\"io.kubernetes.cri-o.ContainerType\": \"container\", \"io.kubernetes.cri.container-type\": \"sandbox\"} | $(under cri-o)"
+if runc_create "$R6"; then ok "runc create of a CRI-O app container spoofing containerd's sandbox annotation"; else fail "runc create $R6: $(cat "$WORK/$R6.runc.log")"; fi
+check "  ... is not attached (not taken for a sandbox)" test -z "$(attached_ifname "$R6")"
+check "  ... runc delete" rc delete -f "$R6"
+# Without a Kubernetes runtime (plain runc) CRI annotations mean nothing: a container posing
+# as kube-system's kube-dns sandbox is attached as itself, without the pod's labels.
+R7=hook-r7-$RUN_ID
+runc_bundle "$R7" '.annotations += {"io.kubernetes.cri.container-type": "sandbox", "io.kubernetes.cri.sandbox-name": "kube-dns", "io.kubernetes.cri.sandbox-namespace": "kube-system"}'
+if runc_create "$R7"; then ok "runc create of a plain container posing as a containerd sandbox"; else fail "runc create $R7: $(cat "$WORK/$R7.runc.log")"; fi
+check "  ... attached as a standalone container" test "$(attached_ifname "$R7")" = eth0
+check "  ... without the posed pod name or infra id as labels" test "$(label_of "$R7" K8S_POD_NAME)/$(label_of "$R7" K8S_POD_INFRA_CONTAINER_ID)" = "-/-"
+check "  ... runc delete releases it" rc delete -f "$R7"
+check "  ... nothing left" test "$(attachments)/$(ipam_reservations)" = "1/$reserved0"
+
+log "runc: control characters in pod metadata fail runc create and leave nothing"
+R8=hook-r8-$RUN_ID
+runc_bundle "$R8" ".annotations += {\"io.kubernetes.cri.container-type\": \"sandbox\", \"io.kubernetes.cri.sandbox-name\": \"web\u001b[31m\"} | $(under containerd)"
+if runc_create "$R8"; then fail "runc create with an escape sequence in the pod name succeeded"; else ok "runc create with an escape sequence in the pod name fails"; fi
+check "  ... runc reports the hook's line naming $R8 and the annotation" grep -qF "createRuntime: container $R8: annotation io.kubernetes.cri.sandbox-name=" "$WORK/$R8.runc.log"
+check "  ... with the value escaped" grep -qF 'web\\u{1b}[31m' "$WORK/$R8.runc.log"
+no_raw_escape() { ! grep -q "$(printf '\033')" "$1"; }
+check "  ... the line carries no raw escape character" no_raw_escape "$WORK/$R8.runc.log"
+check "  ... nothing attached or reserved" test "$(attachments)/$(ipam_reservations)" = "1/$reserved0"
 
 log "runc: a bad annotation fails runc create and leaves nothing"
 R4=hook-r4-$RUN_ID
@@ -251,6 +286,30 @@ check "netstackd closed its TAP queues" test "$(tun_fds)" = "$TUN0"
 check "podman rm -f $Q2" pm rm -f -t 0 "$Q2"
 check "only the CNI pod is left attached" test "$(attachments)" = 1
 
+log "podman with the shipped CRI-O hooks.d file: only sandboxes reach the hook"
+CRIO_HOOK=$ROOT/hooks/hooks.d/cri-o/netstack.json
+check "the CRI-O file filters on CRI-O's sandbox annotation" test "$(jq -r '.when.annotations["^io\\.kubernetes\\.cri-o\\.ContainerType$"]' "$CRIO_HOOK")" = '^sandbox$'
+check "  ... and on netstack.io/attach" test "$(jq -r '.when.annotations["^netstack\\.io/attach$"]' "$CRIO_HOOK")" = '^true$'
+check "  ... and names CRI-O as the runtime" jq -e '.hook.env | index("NETSTACK_HOOK_RUNTIME=cri-o")' "$CRIO_HOOK"
+# podman matches hooks.d files as CRI-O does (the same library): the CRI-O file in its place.
+jq --arg hook "$HOOK" --argjson env "$env" \
+  '.hook.path = $hook | .hook.env = $env + [.hook.env[] | select(startswith("NETSTACK_HOOK_RUNTIME="))]' \
+  "$CRIO_HOOK" >"$PM/hooks.d/50-netstack.json"
+Q3=hook-q3-$RUN_ID
+pm run -d --name "$Q3" --network=none --annotation netstack.io/attach=true \
+  --annotation io.kubernetes.cri-o.ContainerType=container "$IMAGE" sleep 300 >"$WORK/$Q3.log" 2>&1
+check "an annotated application container (ContainerType=container) runs" test "$(pm inspect --format '{{.State.Running}}' "$Q3")" = true
+check "  ... and never reaches the hook: not attached" test "$(attachments)" = 1
+Q4=hook-q4-$RUN_ID
+pm run -d --name "$Q4" --network=none --annotation netstack.io/attach=true \
+  --annotation io.kubernetes.cri-o.ContainerType=sandbox --cap-add NET_RAW "$IMAGE" sleep 300 >"$WORK/$Q4.log" 2>&1
+Q4_ID=$(pm inspect --format '{{.Id}}' "$Q4")
+check "an annotated sandbox (ContainerType=sandbox) is attached" test "$(attached_ifname "$Q4_ID")" = eth0
+check "  ... with its sandbox id as K8S_POD_INFRA_CONTAINER_ID" test "$(label_of "$Q4_ID" K8S_POD_INFRA_CONTAINER_ID)" = "$Q4_ID"
+check "podman rm -f of both" pm rm -f -t 0 "$Q3" "$Q4"
+check "  ... only the CNI pod is left attached" test "$(attachments)" = 1
+check "  ... and no reservation" test "$(ipam_reservations)" = "$reserved0"
+
 log "bad input: non-zero, one line on stderr naming the container, nothing left"
 H=hook-h-$RUN_ID
 sleeper "$H"
@@ -261,7 +320,7 @@ err=$(printf '{"id":"%s",' "$H" | hook createRuntime 2>&1); expect_failure "trun
 err=$(printf '{"id":"%s","pid":"12"}' "$H" | hook createRuntime 2>&1); expect_failure "pid of the wrong type" "$H" "malformed OCI state" $? "$err"
 err=$(state "$H" "$H_PID" creating "$ATTACH" | hook poststart 2>&1); expect_failure "unknown stage" "$H" "unknown stage" $? "$err"
 err=$(state "$H" "$H_PID" creating "$ATTACH" | env -i "$HOOK" 2>&1); expect_failure "no stage" "$H" "no stage argument" $? "$err"
-for bad in 'netstack.io/attach=yes' 'netstack.io/ifname=this-is-too-long0' 'netstack.io/mtu=70000' 'netstack.io/egress-rate=fast'; do
+for bad in 'netstack.io/attach=yes' 'netstack.io/ifname=this-is-too-long0' $'netstack.io/ifname=et\001h' 'netstack.io/mtu=70000' 'netstack.io/egress-rate=fast'; do
   ann=$(jq -nc --arg k "${bad%%=*}" --arg v "${bad#*=}" '{"netstack.io/attach":"true"} + {($k): $v}')
   err=$(state "$H" "$H_PID" creating "$ann" | hook createRuntime 2>&1)
   expect_failure "bad annotation $bad" "$H" "annotation ${bad%%=*}=" $? "$err"

@@ -36,6 +36,7 @@ CIDR_A=10.201.1.0/24
 CIDR_B=10.201.2.0/24
 CIDR_B6=fd00:201:2::/64
 SERVICE_CIDR=10.96.0.0/12
+CLUSTER_CIDR=10.201.0.0/16,fd00:201::/48
 NETNS=()
 PIDS=()
 declare -A NODE_PID
@@ -143,6 +144,12 @@ peer_of() {
 ask() { ip netns exec "$1" timeout 5 socat -T 3 - "TCP:$2:$3" </dev/null 2>/dev/null; }
 
 routes_of() { ip -n "$1" -4 route show proto 78; }
+# refused NODE REASON: node NODE's netstack_node_routes_refused_total for REASON.
+refused() {
+  "$BIN/netstackd" ctl --socket "$(node_dir "$1")/netstackd.sock" metrics |
+    awk -v r="netstack_node_routes_refused_total{reason=\"$2\"}" '$1 == r {print $2}'
+}
+refused_is() { test "$(refused "$1" "$2")" = "$3"; }
 has_route() { routes_of "$1" | grep -q "^$2 via $3 dev eth0 *$"; }
 no_route() { ! routes_of "$1" | grep -q "^$2 "; }
 
@@ -185,7 +192,10 @@ check "netstackd's failure is in the log" grep -q "too small" "$(node_dir node-x
 log "nodes A and B through the DaemonSet entrypoint"
 write_nodes "node-a:$CIDR_A:$IP_NODE_A" "node-b:$CIDR_B:$IP_NODE_B"
 start_node node-a "$NODE_A" --pod-cidr "$CIDR_A" --service-cidr "$SERVICE_CIDR"
-start_node node-b "$NODE_B" --pod-cidr "$CIDR_B" --pod-cidr-v6 "$CIDR_B6" --masquerade=false
+# B guards its routes: other nodes' pod CIDRs must lie in the cluster CIDR, be /20 or longer
+# and stay clear of the service CIDR (its masquerade is off, so these exempt nothing).
+start_node node-b "$NODE_B" --pod-cidr "$CIDR_B" --pod-cidr-v6 "$CIDR_B6" --masquerade=false \
+  --cluster-cidr "$CLUSTER_CIDR" --service-cidr "$SERVICE_CIDR" --node-cidr-min-prefix 20
 check "node A's conflist is written once netstackd is ready" eventually 20 test -s "$(conflist_of node-a)"
 check "node B's conflist is written once netstackd is ready" eventually 20 test -s "$(conflist_of node-b)"
 CONF_A=$(conflist_of node-a)
@@ -278,6 +288,32 @@ write_nodes "node-a:$CIDR_A:$IP_NODE_A" "node-b:$CIDR_B:$IP_NODE_B" "node-c:10.2
 sleep 1.5
 check "a foreign route to a listed CIDR is left alone" sh -c "ip -n $NODE_A route show 10.201.77.0/24 | grep -q 'via $IP_NODE_B' && ! ip -n $NODE_A route show 10.201.77.0/24 | grep -q 'proto 78'"
 
+log "node objects with a bad pod CIDR or next hop are refused, logged and counted"
+write_nodes "node-a:$CIDR_A:$IP_NODE_A" "node-b:$CIDR_B:$IP_NODE_B" \
+  "node-out:10.55.0.0/24:192.168.201.5" "node-short:10.201.64.0/19:192.168.201.6" \
+  "node-svc:10.96.5.0/24:192.168.201.7" "node-own:10.201.2.128/25:192.168.201.8" \
+  "node-far:10.201.50.0/24:172.31.0.9" "node-good:10.201.60.0/24:192.168.201.10"
+check "B routes the good newcomer's 10.201.60.0/24 via 192.168.201.10" eventually 5 has_route "$NODE_B" 10.201.60.0/24 192.168.201.10
+check "  ... and keeps its route to A" has_route "$NODE_B" "$CIDR_A" "$IP_NODE_A"
+# (what, CIDR, reason label)
+for bad in "outside --cluster-cidr:10.55.0.0/24:outside_cluster_cidr" \
+  "a /19 (minimum /20):10.201.64.0/19:prefix_too_short" \
+  "overlapping --service-cidr:10.96.5.0/24:overlaps_service_cidr" \
+  "overlapping B's own pod CIDR:10.201.2.128/25:overlaps_node_cidr" \
+  "next hop 172.31.0.9 off the link:10.201.50.0/24:next_hop_not_connected"; do
+  IFS=: read -r what cidr reason <<<"$bad"
+  check "B refuses $cidr, $what: no route" no_route "$NODE_B" "$cidr"
+  check "  ... counted once as $reason" eventually 5 refused_is node-b "$reason" 1
+  check "  ... and logged as a warning naming the node and the reason" \
+    grep -qE "WARN.*node node-[a-z]+: pod CIDR $cidr refused \($reason\)" "$(node_dir node-b)/log"
+done
+check "A refuses the off-link next hop too (no guard flags needed)" no_route "$NODE_A" 10.201.50.0/24
+check "  ... counted on A" test "$(refused node-a next_hop_not_connected)" = 1
+sleep 1.5 # a resync and several reads of the same list
+check "a resync does not count a refusal again" test "$(refused node-b outside_cluster_cidr)" = 1
+write_nodes "node-a:$CIDR_A:$IP_NODE_A" "node-b:$CIDR_B:$IP_NODE_B"
+check "the newcomers leave: B's route to 10.201.60.0/24 goes" eventually 5 no_route "$NODE_B" 10.201.60.0/24
+
 log "pod deletion"
 check "DEL b1" cni node-b "$NODE_B" DEL "$B1"
 check "b1's TAP is gone" sh -c "! ip -n $B1 link show eth0"
@@ -360,8 +396,17 @@ sleep 0.3
 seen=$(ip netns exec "$A3" timeout 5 socat -T 3 - "TCP6:[$IP6_EXT]:7006" </dev/null 2>/dev/null | tr -d '[]')
 seen=$(python3 -c 'import ipaddress, sys; print(ipaddress.ip_address(sys.argv[1]))' "$seen" 2>/dev/null)
 check "ext sees node A's IPv6 address for a3's connection ($seen)" test "$seen" = "$IP6_NODE_A"
-check "a node joins the cluster" put_nodes "$NODE_KA" "$NODE_KB" "$NODE_KC"
+# Two bad Nodes join with it: one whose next hop is off the link, one claiming 0.0.0.0/0.
+NODE_KFAR=$(kube_node node-far '["10.201.50.0/24"]' 172.31.0.9)
+NODE_KALL=$(kube_node node-all '["0.0.0.0/0"]' 192.168.201.9)
+no_default() { ! routes_of "$1" | grep -q '^default'; }
+check "a node joins the cluster (with two bad Nodes)" put_nodes "$NODE_KA" "$NODE_KB" "$NODE_KC" "$NODE_KFAR" "$NODE_KALL"
 check "  ... A routes its pod CIDR 10.201.3.0/24 via 192.168.201.3" eventually 10 has_route "$NODE_A" 10.201.3.0/24 192.168.201.3
+check "  ... the Node with an off-link next hop is refused and counted" eventually 5 refused_is node-a next_hop_not_connected 1
+check "  ... no route to its 10.201.50.0/24" no_route "$NODE_A" 10.201.50.0/24
+check "  ... the Node claiming 0.0.0.0/0 is refused (prefix_too_short) and counted" test "$(refused node-a prefix_too_short)" = 1
+check "  ... no default route from it" no_default "$NODE_A"
+check_not "  ... and its 0.0.0.0/0 exempts nothing from masquerade" exempt "$NODE_A" "$IP_EXT"
 
 # The watch expires (410): the watcher relists the same Nodes; no route may move.
 changes_before=$(grep -c "node list changed" "$(node_dir node-a)/log")

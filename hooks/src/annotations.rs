@@ -1,5 +1,10 @@
 //! What a container asks of netstack through its annotations, validated, and how Kubernetes
 //! runtimes mark pod sandboxes.
+//!
+//! A container's role (sandbox, pod member, standalone) and its pod metadata are read only
+//! from the annotations of the runtime that really runs it, which the hook's settings name
+//! ([`Runtime`], `NETSTACK_HOOK_RUNTIME`): a container cannot carry another runtime's
+//! annotations to pass for a sandbox, because those are never looked at.
 
 use crate::error::HookError;
 use crate::state::OciState;
@@ -17,6 +22,59 @@ pub const EGRESS_RATE: &str = "netstack.io/egress-rate";
 pub const CONTAINERD_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
 /// CRI-O: `sandbox` or `container`.
 pub const CRIO_CONTAINER_TYPE: &str = "io.kubernetes.cri-o.ContainerType";
+
+/// The container runtime the hook runs under, which decides whose annotations count.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Runtime {
+    /// No Kubernetes runtime (plain runc, podman): every container is its own pod, and no
+    /// CRI annotation is looked at.
+    #[default]
+    None,
+    /// containerd's CRI plugin: `io.kubernetes.cri.*`.
+    Containerd,
+    /// CRI-O: `io.kubernetes.cri-o.ContainerType` and the kubelet's `io.kubernetes.pod.*`.
+    CriO,
+}
+
+impl Runtime {
+    /// Parses a `NETSTACK_HOOK_RUNTIME` value: `none`, `containerd` or `cri-o`.
+    pub fn parse(value: &str) -> Result<Self, String> {
+        match value {
+            "none" => Ok(Runtime::None),
+            "containerd" => Ok(Runtime::Containerd),
+            "cri-o" | "crio" => Ok(Runtime::CriO),
+            other => Err(format!(
+                "NETSTACK_HOOK_RUNTIME={other:?} is not one of none, containerd, cri-o"
+            )),
+        }
+    }
+
+    /// The annotation in which this runtime says `sandbox` or `container`.
+    pub fn container_type_key(self) -> Option<&'static str> {
+        match self {
+            Runtime::None => None,
+            Runtime::Containerd => Some(CONTAINERD_CONTAINER_TYPE),
+            Runtime::CriO => Some(CRIO_CONTAINER_TYPE),
+        }
+    }
+
+    /// (CNI_ARGS key, annotation) for the pod metadata this runtime puts on a sandbox.
+    fn pod_keys(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Runtime::None => &[],
+            Runtime::Containerd => &[
+                ("K8S_POD_NAMESPACE", "io.kubernetes.cri.sandbox-namespace"),
+                ("K8S_POD_NAME", "io.kubernetes.cri.sandbox-name"),
+                ("K8S_POD_UID", "io.kubernetes.cri.sandbox-uid"),
+            ],
+            Runtime::CriO => &[
+                ("K8S_POD_NAMESPACE", "io.kubernetes.pod.namespace"),
+                ("K8S_POD_NAME", "io.kubernetes.pod.name"),
+                ("K8S_POD_UID", "io.kubernetes.pod.uid"),
+            ],
+        }
+    }
+}
 
 /// The interface name when the container names none.
 pub const DEFAULT_IFNAME: &str = "eth0";
@@ -70,12 +128,16 @@ impl NetRequest {
         };
         let ifname = match state.annotation(IFNAME) {
             None => DEFAULT_IFNAME.to_owned(),
-            Some(name) if netstackd::daemon::valid_ifname(name) => name.to_owned(),
+            Some(name)
+                if netstackd::daemon::valid_ifname(name) && !name.contains(char::is_control) =>
+            {
+                name.to_owned()
+            }
             Some(name) => {
                 return Err(bad(
                     IFNAME,
                     name,
-                    "not an interface name (1-15 bytes, no '/', ':' or spaces)",
+                    "not an interface name (1-15 bytes, no '/', ':', spaces or control characters)",
                 ))
             }
         };
@@ -132,57 +194,52 @@ pub fn parse_rate_bps(value: &str) -> Result<u64, String> {
     }
 }
 
-/// The container's Kubernetes role, from the CRI runtimes' container-type annotations.
-pub fn role(state: &OciState) -> Role {
-    let kind = state
-        .annotation(CONTAINERD_CONTAINER_TYPE)
-        .or_else(|| state.annotation(CRIO_CONTAINER_TYPE));
-    match kind {
+/// The container's Kubernetes role, from the container-type annotation of `runtime` (the
+/// runtime that runs it) and no other.
+pub fn role(state: &OciState, runtime: Runtime) -> Role {
+    match runtime
+        .container_type_key()
+        .and_then(|k| state.annotation(k))
+    {
         None => Role::Standalone,
         Some("sandbox") => Role::Sandbox,
         Some(_) => Role::PodMember,
     }
 }
 
-/// The pod metadata a Kubernetes runtime put on a sandbox, as the `K8S_POD_*` CNI_ARGS the
-/// plugin keeps as attachment labels (containerd's `io.kubernetes.cri.sandbox-*`, or the
-/// kubelet's pod labels that CRI-O copies).
-pub fn pod_args(state: &OciState) -> Vec<(&'static str, String)> {
-    let sources: [(&'static str, [&str; 2]); 3] = [
-        (
-            "K8S_POD_NAMESPACE",
-            [
-                "io.kubernetes.cri.sandbox-namespace",
-                "io.kubernetes.pod.namespace",
-            ],
-        ),
-        (
-            "K8S_POD_NAME",
-            ["io.kubernetes.cri.sandbox-name", "io.kubernetes.pod.name"],
-        ),
-        (
-            "K8S_POD_UID",
-            ["io.kubernetes.cri.sandbox-uid", "io.kubernetes.pod.uid"],
-        ),
-    ];
-    let mut args: Vec<(&'static str, String)> = sources
-        .iter()
-        .filter_map(|(arg, keys)| {
-            keys.iter()
-                .find_map(|k| state.annotation(k))
-                .filter(|v| cni_arg_safe(v))
-                .map(|v| (*arg, v.to_owned()))
-        })
-        .collect();
-    if role(state) == Role::Sandbox {
+/// The pod metadata `runtime` put on a sandbox, as the `K8S_POD_*` CNI_ARGS the plugin keeps
+/// as attachment labels (containerd's `io.kubernetes.cri.sandbox-*`, or the kubelet's pod
+/// labels that CRI-O copies), plus `K8S_POD_INFRA_CONTAINER_ID` for a sandbox. None without
+/// a Kubernetes runtime. A value that cannot be a CNI_ARGS value and a label (a control
+/// character, whitespace, `;` or `=`) is an error naming the annotation.
+pub fn pod_args(
+    state: &OciState,
+    runtime: Runtime,
+) -> Result<Vec<(&'static str, String)>, HookError> {
+    let mut args = Vec::new();
+    for (arg, key) in runtime.pod_keys() {
+        if let Some(value) = state.annotation(key) {
+            if !cni_arg_safe(value) {
+                return Err(bad(
+                    key,
+                    value,
+                    "not usable as a CNI_ARGS value and label (empty, or with a control character, whitespace, ';' or '=')",
+                ));
+            }
+            args.push((*arg, value.to_owned()));
+        }
+    }
+    if role(state, runtime) == Role::Sandbox {
         args.push(("K8S_POD_INFRA_CONTAINER_ID", state.id.clone()));
     }
-    args
+    Ok(args)
 }
 
-/// Whether `value` can sit in `CNI_ARGS` (`K=V;K=V`) unchanged.
+/// Whether `value` can sit in `CNI_ARGS` (`K=V;K=V`) unchanged and be a label.
 fn cni_arg_safe(value: &str) -> bool {
-    !value.is_empty() && !value.contains([';', '=']) && !value.contains(char::is_whitespace)
+    !value.is_empty()
+        && !value.contains([';', '='])
+        && !value.contains(|c: char| c.is_whitespace() || c.is_control())
 }
 
 #[cfg(test)]
@@ -283,24 +340,180 @@ mod tests {
     }
 
     #[test]
-    fn roles_follow_both_cri_runtimes() {
-        assert_eq!(role(&state(&[])), Role::Standalone);
-        assert_eq!(
-            role(&state(&[(CONTAINERD_CONTAINER_TYPE, "sandbox")])),
-            Role::Sandbox
+    fn roles_come_from_the_running_runtime_only() {
+        use Runtime::*;
+        const CD: &str = CONTAINERD_CONTAINER_TYPE;
+        const CRIO: &str = CRIO_CONTAINER_TYPE;
+        // (runtime, annotations, expected role, what it covers)
+        type Case = (
+            Runtime,
+            &'static [(&'static str, &'static str)],
+            Role,
+            &'static str,
         );
+        let table: &[Case] = &[
+            (None, &[], Role::Standalone, "runc, nothing"),
+            (Containerd, &[], Role::Standalone, "containerd, no type"),
+            (
+                Containerd,
+                &[(CD, "sandbox")],
+                Role::Sandbox,
+                "containerd sandbox",
+            ),
+            (
+                Containerd,
+                &[(CD, "container")],
+                Role::PodMember,
+                "containerd app",
+            ),
+            (CriO, &[(CRIO, "sandbox")], Role::Sandbox, "CRI-O sandbox"),
+            (CriO, &[(CRIO, "container")], Role::PodMember, "CRI-O app"),
+            (
+                CriO,
+                &[(CRIO, "container"), (CD, "sandbox")],
+                Role::PodMember,
+                "a CRI-O app container with a spoofed containerd sandbox annotation",
+            ),
+            (
+                Containerd,
+                &[(CD, "container"), (CRIO, "sandbox")],
+                Role::PodMember,
+                "a containerd app container with a spoofed CRI-O sandbox annotation",
+            ),
+            (
+                CriO,
+                &[(CD, "sandbox")],
+                Role::Standalone,
+                "only containerd's annotation under CRI-O",
+            ),
+            (
+                None,
+                &[(CD, "sandbox"), (CRIO, "sandbox")],
+                Role::Standalone,
+                "plain runc/podman: CRI annotations mean nothing",
+            ),
+        ];
+        for (runtime, annotations, want, what) in table {
+            assert_eq!(role(&state(annotations), *runtime), *want, "{what}");
+        }
+    }
+
+    #[test]
+    fn runtime_names_parse() {
+        assert_eq!(Runtime::parse("none"), Ok(Runtime::None));
+        assert_eq!(Runtime::parse("containerd"), Ok(Runtime::Containerd));
+        assert_eq!(Runtime::parse("cri-o"), Ok(Runtime::CriO));
+        assert_eq!(Runtime::parse("crio"), Ok(Runtime::CriO));
+        assert!(Runtime::parse("docker").is_err());
+        assert!(Runtime::parse("").is_err());
+    }
+
+    #[test]
+    fn control_characters_in_pod_metadata_or_ifname_are_refused() {
+        // (runtime, annotation, value, what it covers)
+        let table = [
+            (
+                Runtime::Containerd,
+                "io.kubernetes.cri.sandbox-name",
+                "web\u{1b}[31m",
+                "an escape sequence",
+            ),
+            (
+                Runtime::Containerd,
+                "io.kubernetes.cri.sandbox-namespace",
+                "a\u{7}b",
+                "a bell",
+            ),
+            (Runtime::CriO, "io.kubernetes.pod.name", "a\nb", "a newline"),
+            (Runtime::CriO, "io.kubernetes.pod.uid", "a\u{0}b", "a NUL"),
+            (
+                Runtime::CriO,
+                "io.kubernetes.pod.name",
+                "a\u{85}b",
+                "a C1 control",
+            ),
+            (
+                Runtime::CriO,
+                "io.kubernetes.pod.name",
+                "a;b=c",
+                "CNI_ARGS syntax",
+            ),
+            (Runtime::CriO, "io.kubernetes.pod.name", "", "empty"),
+        ];
+        for (runtime, key, value, what) in table {
+            match pod_args(&state(&[(key, value)]), runtime) {
+                Err(HookError::Annotation {
+                    key: k, value: v, ..
+                }) => {
+                    assert_eq!((k, v.as_str()), (key, value), "{what}");
+                }
+                other => panic!("{what}: expected an annotation error, got {other:?}"),
+            }
+        }
+        for name in ["et\u{1}h", "e\u{7f}th"] {
+            assert!(
+                matches!(
+                    NetRequest::from_state(&state(&[(IFNAME, name)])),
+                    Err(HookError::Annotation { key: IFNAME, .. })
+                ),
+                "{name:?}"
+            );
+        }
+        // Without a Kubernetes runtime the pod annotations are not read, bad or not.
         assert_eq!(
-            role(&state(&[(CRIO_CONTAINER_TYPE, "sandbox")])),
-            Role::Sandbox
+            pod_args(
+                &state(&[("io.kubernetes.pod.name", "a\u{1b}b")]),
+                Runtime::None
+            )
+            .unwrap(),
+            vec![]
         );
-        assert_eq!(
-            role(&state(&[(CONTAINERD_CONTAINER_TYPE, "container")])),
-            Role::PodMember
-        );
-        assert_eq!(
-            role(&state(&[(CRIO_CONTAINER_TYPE, "container")])),
-            Role::PodMember
-        );
+    }
+
+    #[test]
+    fn each_shipped_hooks_d_file_lets_only_its_runtimes_sandboxes_through() {
+        // (file, its text, the runtime it is for)
+        let files = [
+            (
+                "hooks.d/netstack.json",
+                include_str!("../hooks.d/netstack.json"),
+                Runtime::None,
+            ),
+            (
+                "hooks.d/cri-o/netstack.json",
+                include_str!("../hooks.d/cri-o/netstack.json"),
+                Runtime::CriO,
+            ),
+            (
+                "hooks.d/containerd/netstack.json",
+                include_str!("../hooks.d/containerd/netstack.json"),
+                Runtime::Containerd,
+            ),
+        ];
+        for (file, text, want) in files {
+            let doc: serde_json::Value = serde_json::from_str(text).unwrap();
+            let runtime = doc["hook"]["env"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find_map(|e| e.as_str()?.strip_prefix("NETSTACK_HOOK_RUNTIME="))
+                .map(|v| Runtime::parse(v).unwrap());
+            assert_eq!(runtime, Some(want), "{file}: NETSTACK_HOOK_RUNTIME");
+            let when = doc["when"]["annotations"].as_object().unwrap();
+            assert_eq!(when["^netstack\\.io/attach$"], "^true$", "{file}");
+            match want.container_type_key() {
+                None => assert_eq!(when.len(), 1, "{file}: no sandbox filter"),
+                Some(key) => {
+                    let regex = format!("^{}$", key.replace('.', "\\."));
+                    assert_eq!(
+                        when.get(&regex).and_then(|v| v.as_str()),
+                        Some("^sandbox$"),
+                        "{file}: {regex}"
+                    );
+                    assert_eq!(when.len(), 2, "{file}");
+                }
+            }
+        }
     }
 
     #[test]
@@ -309,7 +522,7 @@ mod tests {
             "../fixtures/state/containerd-sandbox-createRuntime.json"
         ))
         .unwrap();
-        let args = pod_args(&containerd);
+        let args = pod_args(&containerd, Runtime::Containerd).unwrap();
         assert_eq!(
             args,
             vec![
@@ -326,8 +539,9 @@ mod tests {
             "../fixtures/state/crio-sandbox-createRuntime.json"
         ))
         .unwrap();
-        assert_eq!(pod_args(&crio).len(), 4);
-        // Values that would break CNI_ARGS are left out.
-        assert!(pod_args(&state(&[("io.kubernetes.pod.name", "a;b=c")])).is_empty());
+        assert_eq!(pod_args(&crio, Runtime::CriO).unwrap().len(), 4);
+        // Each runtime's metadata is its own: containerd's sandbox read as CRI-O has none.
+        assert_eq!(pod_args(&containerd, Runtime::CriO).unwrap(), vec![]);
+        assert_eq!(pod_args(&crio, Runtime::Containerd).unwrap(), vec![]);
     }
 }

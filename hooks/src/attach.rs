@@ -11,7 +11,7 @@ use netstack_cni::skel::{CniEnv, Command};
 use netstackd::control::AttachmentKey;
 use netstackd::netns::same_netns;
 
-use crate::annotations::{role, NetRequest, Role};
+use crate::annotations::{pod_args, role, NetRequest, Role};
 use crate::cni::{cni_env, export_for_delegates};
 use crate::config::{HookNetwork, Settings};
 use crate::daemon;
@@ -45,7 +45,7 @@ pub fn create_runtime(
     deadline: Deadline,
     pending: &PendingSlot,
 ) -> Result<Outcome, HookError> {
-    if role(state) == Role::PodMember {
+    if role(state, settings.runtime) == Role::PodMember {
         return Ok(Outcome::Skipped(
             "an application container of a pod: the pod's sandbox carries its network".into(),
         ));
@@ -56,6 +56,8 @@ pub fn create_runtime(
             "no netstack.io/attach=true annotation".into(),
         ));
     }
+    // Checked before anything is done: the labels netstackd would keep.
+    let pod = pod_args(state, settings.runtime)?;
     let network = HookNetwork::load(&settings.config_path)?;
     let conf = network
         .net_conf(request.mtu_bytes, request.egress_rate_bps)
@@ -99,6 +101,7 @@ pub fn create_runtime(
         request.egress_rate_bps,
         Some(netns.clone()),
         settings,
+        pod,
     );
     let ipam_type = conf
         .ipam
@@ -164,6 +167,7 @@ mod tests {
             config_path: "/nonexistent/hook.conflist".into(),
             cni_path: Vec::new(),
             timeout: Duration::from_secs(1),
+            runtime: crate::annotations::Runtime::CriO,
         };
         let state = OciState::parse(json.as_bytes()).unwrap();
         create_runtime(
@@ -201,6 +205,33 @@ mod tests {
         assert!(
             err.to_string().contains("/nonexistent/hook.conflist"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn a_spoofed_sandbox_annotation_of_another_runtime_is_a_pod_member_still() {
+        // Under CRI-O (the runtime in `run`), containerd's annotation means nothing.
+        let json = r#"{"id":"c","pid":1,"annotations":{"netstack.io/attach":"true","io.kubernetes.cri-o.ContainerType":"container","io.kubernetes.cri.container-type":"sandbox"}}"#;
+        assert!(matches!(run(json), Ok(Outcome::Skipped(_))));
+    }
+
+    #[test]
+    fn control_characters_in_pod_metadata_fail_before_the_config_is_read() {
+        let json = r#"{"id":"c","pid":1,"annotations":{"netstack.io/attach":"true","io.kubernetes.cri-o.ContainerType":"sandbox","io.kubernetes.pod.name":"web\u001b[2J"}}"#;
+        let err = run(json).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                HookError::Annotation {
+                    key: "io.kubernetes.pod.name",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(
+            !err.to_string().contains('\u{1b}'),
+            "the error line carries no raw control character: {err}"
         );
     }
 

@@ -7,12 +7,13 @@ use std::path::PathBuf;
 
 use netstack_cni::skel::{CniEnv, Command};
 
-use crate::annotations::{pod_args, EGRESS_RATE_ARG};
+use crate::annotations::EGRESS_RATE_ARG;
 use crate::config::Settings;
 use crate::state::OciState;
 
-/// The `CNI_*` environment for `command` on `ifname` of the container of `state`; the
-/// attachment key is (OCI container id, ifname).
+/// The `CNI_*` environment for `command` on `ifname` of the container of `state`, with the
+/// pod metadata `pod_args` (validated: [`crate::annotations::pod_args`]); the attachment key
+/// is (OCI container id, ifname).
 pub fn cni_env(
     command: Command,
     state: &OciState,
@@ -20,9 +21,10 @@ pub fn cni_env(
     egress_rate_bps: Option<u64>,
     netns: Option<PathBuf>,
     settings: &Settings,
+    pod_args: Vec<(&'static str, String)>,
 ) -> CniEnv {
     let mut args = BTreeMap::from([("IgnoreUnknown".to_owned(), "1".to_owned())]);
-    args.extend(pod_args(state).into_iter().map(|(k, v)| (k.to_owned(), v)));
+    args.extend(pod_args.into_iter().map(|(k, v)| (k.to_owned(), v)));
     if let Some(bps) = egress_rate_bps {
         args.insert(EGRESS_RATE_ARG.to_owned(), bps.to_string());
     }
@@ -73,6 +75,7 @@ mod tests {
             config_path: "/x".into(),
             cni_path: vec!["/opt/cni/bin".into(), "/usr/lib/cni".into()],
             timeout: Duration::from_secs(1),
+            runtime: crate::annotations::Runtime::Containerd,
         }
     }
 
@@ -86,6 +89,7 @@ mod tests {
             Some(10_000_000),
             Some("/proc/12/ns/net".into()),
             &settings(),
+            vec![],
         );
         assert_eq!(env.command, Command::Add);
         assert_eq!(env.container_id, "hxtest");
@@ -104,7 +108,8 @@ mod tests {
             "../fixtures/state/containerd-sandbox-createRuntime.json"
         ))
         .unwrap();
-        let env = cni_env(Command::Del, &state, "eth0", None, None, &settings());
+        let pod = crate::annotations::pod_args(&state, settings().runtime).unwrap();
+        let env = cni_env(Command::Del, &state, "eth0", None, None, &settings(), pod);
         assert_eq!(env.args["K8S_POD_NAME"], "web-0");
         assert_eq!(env.args["K8S_POD_NAMESPACE"], "default");
         assert_eq!(env.args["K8S_POD_INFRA_CONTAINER_ID"], state.id);

@@ -8,6 +8,7 @@ use std::time::Duration;
 use netstack_cni::config::NetConf;
 use serde_json::{Map, Value};
 
+use crate::annotations::Runtime;
 use crate::error::HookError;
 
 /// The hook's CNI config unless `NETSTACK_HOOK_CONFIG` names another.
@@ -27,6 +28,9 @@ pub struct Settings {
     pub cni_path: Vec<PathBuf>,
     /// The hook's time limit (`NETSTACK_HOOK_TIMEOUT`, in seconds, fractions allowed).
     pub timeout: Duration,
+    /// The runtime that runs the containers this hook sees (`NETSTACK_HOOK_RUNTIME`: `none`,
+    /// the default, `containerd` or `cri-o`): only its annotations decide a container's role.
+    pub runtime: Runtime,
 }
 
 impl Settings {
@@ -52,11 +56,16 @@ impl Settings {
             .filter(|p| !p.is_empty())
             .map(PathBuf::from)
             .collect();
+        let runtime = match set("NETSTACK_HOOK_RUNTIME") {
+            None => Runtime::None,
+            Some(v) => Runtime::parse(&v).map_err(HookError::Config)?,
+        };
         Ok(Settings {
             config_path: set("NETSTACK_HOOK_CONFIG")
                 .map_or_else(|| PathBuf::from(DEFAULT_CONFIG), PathBuf::from),
             cni_path,
             timeout,
+            runtime,
         })
     }
 }
@@ -165,6 +174,7 @@ mod tests {
             vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")]
         );
         assert_eq!(s.timeout, Duration::from_secs(10));
+        assert_eq!(s.runtime, Runtime::None);
     }
 
     #[test]
@@ -173,11 +183,22 @@ mod tests {
             ("NETSTACK_HOOK_CONFIG", "/x/hook.conflist"),
             ("NETSTACK_CNI_PATH", "/a::/b"),
             ("NETSTACK_HOOK_TIMEOUT", "2.5"),
+            ("NETSTACK_HOOK_RUNTIME", "cri-o"),
         ]))
         .unwrap();
+        assert_eq!(s.runtime, Runtime::CriO);
         assert_eq!(s.config_path, PathBuf::from("/x/hook.conflist"));
         assert_eq!(s.cni_path, vec![PathBuf::from("/a"), PathBuf::from("/b")]);
         assert_eq!(s.timeout, Duration::from_millis(2500));
+    }
+
+    #[test]
+    fn an_unknown_runtime_is_rejected() {
+        let err = Settings::from_vars(vars(&[("NETSTACK_HOOK_RUNTIME", "docker")])).unwrap_err();
+        assert!(
+            err.to_string().contains("NETSTACK_HOOK_RUNTIME=\"docker\""),
+            "{err}"
+        );
     }
 
     #[test]

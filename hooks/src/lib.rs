@@ -42,7 +42,8 @@ An OCI runtime hook: at createRuntime it attaches a container annotated
 netstack.io/attach=\"true\" to netstackd through the netstack CNI plugin; at poststop it
 releases what netstack holds for the container. auto takes the stage from the state's status.
 Environment: NETSTACK_HOOK_CONFIG (default /etc/netstack/hook.conflist),
-NETSTACK_CNI_PATH (default /opt/cni/bin:/usr/lib/cni), NETSTACK_HOOK_TIMEOUT (seconds, default 10).";
+NETSTACK_CNI_PATH (default /opt/cni/bin:/usr/lib/cni), NETSTACK_HOOK_TIMEOUT (seconds, default 10),
+NETSTACK_HOOK_RUNTIME (none, containerd or cri-o: whose annotations mark sandboxes; default none).";
 
 /// The part of the time limit kept for undoing an attach the deadline cut short.
 const ROLLBACK_SHARE_MAX: Duration = Duration::from_secs(2);
@@ -202,7 +203,10 @@ mod tests {
 
     #[test]
     fn unannotated_containers_are_left_alone_without_any_config() {
-        let vars = [("NETSTACK_HOOK_CONFIG", "/nonexistent/hook.conflist")];
+        let vars = [
+            ("NETSTACK_HOOK_CONFIG", "/nonexistent/hook.conflist"),
+            ("NETSTACK_HOOK_RUNTIME", "containerd"),
+        ];
         let state = r#"{"id":"c1","status":"creating","pid":1}"#;
         assert_eq!(
             run_with(&["h", "createRuntime"], state, &vars),

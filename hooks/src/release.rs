@@ -11,7 +11,7 @@ use netstack_cni::del::cmd_del;
 use netstack_cni::skel::Command;
 use netstack_cni::CniError;
 
-use crate::annotations::{role, Role, ATTACH, DEFAULT_IFNAME, IFNAME};
+use crate::annotations::{pod_args, role, Role, ATTACH, DEFAULT_IFNAME, IFNAME};
 use crate::cni::{cni_env, export_for_delegates};
 use crate::config::{HookNetwork, Settings};
 use crate::daemon;
@@ -51,7 +51,10 @@ pub(crate) fn release_one(
     ifname: &str,
     netns: Option<PathBuf>,
 ) -> Result<(), CniError> {
-    let env = cni_env(Command::Del, state, ifname, None, netns, settings);
+    // DEL needs no labels: a bad one (refused at createRuntime) must not keep the release
+    // from happening.
+    let pod = pod_args(state, settings.runtime).unwrap_or_default();
+    let env = cni_env(Command::Del, state, ifname, None, netns, settings, pod);
     export_for_delegates(&env);
     cmd_del(&env, conf, config)
 }
@@ -62,7 +65,7 @@ pub fn poststop(
     settings: &Settings,
     deadline: Deadline,
 ) -> Result<Outcome, HookError> {
-    if role(state) == Role::PodMember {
+    if role(state, settings.runtime) == Role::PodMember {
         return Ok(Outcome::Skipped(
             "an application container of a pod: the pod's sandbox carries its network".into(),
         ));

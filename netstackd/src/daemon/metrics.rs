@@ -308,6 +308,18 @@ pub fn render(s: &Snapshot<'_>) -> String {
         "netstack_dataplane_restarts_total {}",
         s.dataplane_restarts
     );
+    family(
+        &mut out,
+        "netstack_node_routes_refused_total",
+        "counter",
+        "Other nodes' pod CIDRs refused a host-gw route (node mode), by reason; each refusal counts once, when it appears.",
+    );
+    for (reason, n) in crate::node::refused_routes() {
+        let _ = writeln!(
+            out,
+            "netstack_node_routes_refused_total{{reason=\"{reason}\"}} {n}"
+        );
+    }
     out
 }
 

@@ -15,7 +15,7 @@ use nix::errno::Errno;
 use rtnetlink::{Handle, RouteMessageBuilder};
 use tokio::runtime::Runtime;
 
-use super::routes::RouteChange;
+use super::routes::{Connected, RouteChange};
 
 /// The route protocol netstack's host-gw routes carry (0x4e, "N"; unassigned in
 /// `/etc/iproute2/rt_protos`), so netstack only ever lists, changes or deletes its own.
@@ -72,6 +72,9 @@ pub trait RouteTable {
     fn list(&mut self) -> Result<Vec<(IpNet, IpAddr)>, RouteError>;
     /// Applies one change. Deleting a route that is already gone succeeds.
     fn apply(&mut self, change: RouteChange) -> Result<(), RouteError>;
+    /// The networks this node is directly connected to, and its own addresses: what a next
+    /// hop is checked against.
+    fn connected(&mut self) -> Result<Connected, RouteError>;
 }
 
 /// netstack's routes in the main table of one network namespace, over rtnetlink.
@@ -116,21 +119,39 @@ impl KernelRoutes {
             .build())
     }
 
-    fn dump(&self, filter: RouteMessage) -> Result<Vec<(IpNet, IpAddr)>, RouteError> {
-        let request = self.handle.route().get(filter).execute();
-        let messages: Vec<RouteMessage> = self
-            .runtime
-            .block_on(request.try_collect())
-            .map_err(RouteError::List)?;
-        Ok(messages.iter().filter_map(ours).collect())
+    /// Every route of both families, all tables.
+    fn dump(&self) -> Result<Vec<RouteMessage>, RouteError> {
+        let mut all = Vec::new();
+        for filter in [
+            RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
+            RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
+        ] {
+            let request = self.handle.route().get(filter).execute();
+            let messages: Vec<RouteMessage> = self
+                .runtime
+                .block_on(request.try_collect())
+                .map_err(RouteError::List)?;
+            all.extend(messages);
+        }
+        Ok(all)
     }
 }
 
 impl RouteTable for KernelRoutes {
     fn list(&mut self) -> Result<Vec<(IpNet, IpAddr)>, RouteError> {
-        let mut all = self.dump(RouteMessageBuilder::<std::net::Ipv4Addr>::new().build())?;
-        all.extend(self.dump(RouteMessageBuilder::<std::net::Ipv6Addr>::new().build())?);
-        Ok(all)
+        Ok(self.dump()?.iter().filter_map(ours).collect())
+    }
+
+    fn connected(&mut self) -> Result<Connected, RouteError> {
+        let mut connected = Connected::default();
+        for msg in self.dump()? {
+            match route_kind(&msg) {
+                Some(Kind::Connected(net)) => connected.networks.push(net),
+                Some(Kind::Local(addr)) => connected.local.push(addr),
+                None => {}
+            }
+        }
+        Ok(connected)
     }
 
     fn apply(&mut self, change: RouteChange) -> Result<(), RouteError> {
@@ -169,6 +190,52 @@ impl RouteTable for KernelRoutes {
             }
         }
     }
+}
+
+/// The kernel's local table (`ip route show table local`).
+const RT_TABLE_LOCAL: u32 = 255;
+
+/// What a route says about this node's links.
+enum Kind {
+    /// A main-table route without a gateway, through an interface: a directly connected
+    /// network (IPv6 link-local and catch-all /0 routes left out).
+    Connected(IpNet),
+    /// A local-table address of this node.
+    Local(IpAddr),
+}
+
+fn route_kind(msg: &RouteMessage) -> Option<Kind> {
+    let mut table = u32::from(msg.header.table);
+    let mut dst = None;
+    let mut gateway = false;
+    let mut oif = false;
+    for attr in &msg.attributes {
+        match attr {
+            RouteAttribute::Table(t) => table = *t,
+            RouteAttribute::Destination(a) => dst = ip_of(a),
+            RouteAttribute::Gateway(_) | RouteAttribute::Via(_) => gateway = true,
+            RouteAttribute::Oif(_) => oif = true,
+            _ => {}
+        }
+    }
+    let dst = dst?;
+    if table == RT_TABLE_LOCAL && msg.header.kind == RouteType::Local {
+        return Some(Kind::Local(dst));
+    }
+    let prefix = msg.header.destination_prefix_length;
+    let link_local = matches!(dst, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80);
+    if table != u32::from(RouteHeader::RT_TABLE_MAIN)
+        || msg.header.kind != RouteType::Unicast
+        || gateway
+        || !oif
+        || prefix == 0
+        || link_local
+    {
+        return None;
+    }
+    IpNet::new(dst, prefix)
+        .ok()
+        .map(|n| Kind::Connected(n.trunc()))
 }
 
 /// (destination, next hop) of a unicast main-table route with netstack's protocol.
@@ -228,6 +295,42 @@ mod tests {
     }
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn connected_networks_and_local_addresses_come_from_the_kernel() {
+        if !is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let ns = NamedNetns::new();
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns.ip(&["link", "add", "n0", "type", "veth", "peer", "name", "n1"]);
+        ns.ip(&["addr", "add", "192.168.78.1/24", "dev", "n0"]);
+        ns.ip(&["addr", "add", "fd00:78::1/64", "dev", "n0", "nodad"]);
+        ns.ip(&["link", "set", "n0", "up"]);
+        ns.ip(&["link", "set", "n1", "up"]);
+        // A link that is down has no connected route.
+        ns.ip(&["link", "add", "d0", "type", "veth", "peer", "name", "d1"]);
+        ns.ip(&["addr", "add", "172.31.0.1/24", "dev", "d0"]);
+        // A route through a gateway is not a connected network.
+        ns.ip(&["route", "add", "10.9.0.0/24", "via", "192.168.78.9"]);
+        let c = run_in_netns(&ns.path, || {
+            KernelRoutes::open().unwrap().connected().unwrap()
+        })
+        .unwrap();
+        assert!(c.networks.contains(&net("192.168.78.0/24")), "{c:?}");
+        assert!(c.networks.contains(&net("fd00:78::/64")), "{c:?}");
+        assert!(!c.networks.contains(&net("10.9.0.0/24")), "{c:?}");
+        assert!(!c.networks.contains(&net("172.31.0.0/24")), "{c:?}");
+        assert!(
+            !c.networks
+                .iter()
+                .any(|n| n.addr().to_string().starts_with("fe80")),
+            "{c:?}"
+        );
+        assert!(c.local.contains(&ip("192.168.78.1")), "{c:?}");
+        assert!(c.local.contains(&ip("fd00:78::1")), "{c:?}");
     }
 
     #[test]

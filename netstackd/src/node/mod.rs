@@ -27,10 +27,14 @@ mod watch;
 pub use kernel::{KernelRoutes, RouteError, RouteTable, ROUTE_PROTOCOL};
 pub use list::{parse_node_list, NodeInfo, NodeListError};
 pub use masquerade::TABLE as NFT_TABLE;
-pub use routes::{desired_routes, plan, RouteChange, RouteMap, RoutePlan};
+pub use routes::{
+    desired_routes, plan, Connected, Refusal, RefusalReason, RouteChange, RouteGuard, RouteMap,
+    RoutePlan,
+};
 pub use watch::{NodeEvent, NodeFold};
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -56,12 +60,22 @@ pub struct NodeArgs {
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     pub masquerade: bool,
     /// The cluster's pod CIDR(s), never masqueraded (comma-separated or repeated, empty for
-    /// none; every known node's pod CIDR is exempt anyway).
+    /// none; every routed node's pod CIDR is exempt anyway). When given, a node's pod CIDR
+    /// outside all of them gets no route.
     #[arg(long, value_name = "CIDR", value_delimiter = ',', value_parser = optional_cidr)]
     pub cluster_cidr: Vec<Option<IpNet>>,
-    /// The cluster's service CIDR(s), never masqueraded.
+    /// The cluster's service CIDR(s), never masqueraded; a node's pod CIDR overlapping one
+    /// gets no route.
     #[arg(long, value_name = "CIDR", value_delimiter = ',', value_parser = optional_cidr)]
     pub service_cidr: Vec<Option<IpNet>>,
+    /// The shortest prefix of another node's IPv4 pod CIDR that gets a route.
+    #[arg(long, value_name = "BITS", default_value_t = 16,
+          value_parser = clap::value_parser!(u8).range(0..=32))]
+    pub node_cidr_min_prefix: u8,
+    /// The shortest prefix of another node's IPv6 pod CIDR that gets a route.
+    #[arg(long, value_name = "BITS", default_value_t = 48,
+          value_parser = clap::value_parser!(u8).range(0..=128))]
+    pub node_cidr_min_prefix_v6: u8,
     /// Seconds between resyncs of routes and rules with the kernel.
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     pub resync_secs: u64,
@@ -99,6 +113,8 @@ pub struct NodeConfig {
     pub masquerade: bool,
     /// Cluster pod and service CIDRs, never masqueraded.
     pub no_masquerade: Vec<IpNet>,
+    /// What another node's pod CIDR must satisfy to be routed.
+    pub guard: RouteGuard,
     /// Interval of the full resync with the kernel.
     pub resync: Duration,
 }
@@ -148,9 +164,56 @@ impl NodeArgs {
                 .flatten()
                 .map(|n| n.trunc())
                 .collect(),
+            guard: RouteGuard {
+                cluster: self
+                    .cluster_cidr
+                    .iter()
+                    .flatten()
+                    .map(|n| n.trunc())
+                    .collect(),
+                service: self
+                    .service_cidr
+                    .iter()
+                    .flatten()
+                    .map(|n| n.trunc())
+                    .collect(),
+                min_prefix_v4: self.node_cidr_min_prefix,
+                min_prefix_v6: self.node_cidr_min_prefix_v6,
+            },
             resync: Duration::from_secs(self.resync_secs.max(1)),
         }
     }
+}
+
+/// Other nodes' pod CIDRs refused a route since start, by reason: each refusal counts once,
+/// when it appears (a node list or a resync that repeats it does not count it again).
+#[derive(Debug, Default)]
+pub struct RefusalCounts([AtomicU64; RefusalReason::ALL.len()]);
+
+impl RefusalCounts {
+    fn count(&self, reason: RefusalReason) {
+        if let Some(i) = RefusalReason::ALL.iter().position(|r| *r == reason) {
+            self.0[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// (reason label, count) for every reason, zeros included.
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        RefusalReason::ALL
+            .iter()
+            .zip(&self.0)
+            .map(|(r, n)| (r.label(), n.load(Relaxed)))
+            .collect()
+    }
+}
+
+/// This process's refusal counts (one node logic per netstackd).
+static REFUSALS: RefusalCounts =
+    RefusalCounts([const { AtomicU64::new(0) }; RefusalReason::ALL.len()]);
+
+/// The pod CIDRs refused a route so far, by reason label (`netstack_node_routes_refused_total`).
+pub fn refused_routes() -> Vec<(&'static str, u64)> {
+    REFUSALS.snapshot()
 }
 
 /// How long `--kube` waits at start for the Node's pod CIDR.
@@ -280,6 +343,8 @@ pub fn start(
         pod_cidr_v6,
         routes,
         masquerade,
+        config.guard.clone(),
+        &REFUSALS,
     );
     let resync = config.resync;
     let thread = std::thread::Builder::new()
@@ -370,6 +435,29 @@ mod tests {
             config.no_masquerade,
             nets(&["10.96.0.0/12", "fd00:10:96::/112"])
         );
+        assert_eq!(
+            config.guard,
+            RouteGuard {
+                cluster: vec![],
+                service: nets(&["10.96.0.0/12", "fd00:10:96::/112"]),
+                min_prefix_v4: 16,
+                min_prefix_v6: 48,
+            },
+            "the route guard: the same CIDRs, the default minimum prefixes"
+        );
+        let config = parse(&[
+            "--cluster-cidr=10.244.0.0/16",
+            "--node-cidr-min-prefix=20",
+            "--node-cidr-min-prefix-v6=64",
+        ])
+        .unwrap();
+        assert_eq!(config.guard.cluster, nets(&["10.244.0.0/16"]));
+        assert_eq!(
+            (config.guard.min_prefix_v4, config.guard.min_prefix_v6),
+            (20, 64)
+        );
+        assert!(parse(&["--node-cidr-min-prefix=33"]).is_err());
+        assert!(parse(&["--node-cidr-min-prefix-v6=129"]).is_err());
         let err = parse(&["--cluster-cidr=10.244.0.0/16,bogus"]).unwrap_err();
         assert!(err.to_string().contains("\"bogus\" is not a CIDR"), "{err}");
         assert!(parse(&["--kube", "--nodes-file=/x"]).is_err(), "one source");

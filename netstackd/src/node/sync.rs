@@ -11,8 +11,8 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::kernel::RouteTable;
 use super::masquerade::{self, Family};
-use super::routes::{desired_routes, plan, RouteMap};
-use super::NodeInfo;
+use super::routes::{desired_routes, plan, Refusal, RouteGuard, RouteMap};
+use super::{NodeInfo, RefusalCounts};
 
 /// What the sources and the daemon tell the reconciler.
 #[derive(Debug)]
@@ -59,11 +59,17 @@ pub struct NodeState<T, M> {
     routes: Option<T>,
     /// The masquerade backend and the fixed no-masquerade CIDRs; `None` when disabled.
     masquerade: Option<(M, Vec<IpNet>)>,
+    /// What a pod CIDR must satisfy to be routed.
+    guard: RouteGuard,
     nodes: Option<Vec<NodeInfo>>,
     applied_routes: Option<RouteMap>,
+    /// The other nodes' pod CIDRs last accepted (routed): exempt from masquerade.
+    accepted: Vec<IpNet>,
     /// The no-masquerade set last written, per family.
     applied_sets: BTreeMap<Family, Vec<IpNet>>,
-    reported: BTreeSet<String>,
+    /// The refusals in force, each logged and counted once when it appeared.
+    reported: BTreeSet<Refusal>,
+    counts: &'static RefusalCounts,
 }
 
 /// What one sync did (for logs and tests).
@@ -75,17 +81,21 @@ pub struct SyncReport {
     pub route_failures: usize,
     /// Whether a masquerade table was (re)written.
     pub masquerade_written: bool,
+    /// Pod CIDRs newly refused (each is logged and counted once, when it first appears).
+    pub refused: usize,
 }
 
 impl<T: RouteTable, M: MasqueradeRules> NodeState<T, M> {
     /// A reconciler for node `node_name` with pod CIDR `pod_cidr` (and `pod_cidr_v6` when
-    /// dual-stack).
+    /// dual-stack), routing the pod CIDRs `guard` allows and counting refusals in `counts`.
     pub fn new(
         node_name: String,
         pod_cidr: Ipv4Net,
         pod_cidr_v6: Option<Ipv6Net>,
         routes: Option<T>,
         masquerade: Option<(M, Vec<IpNet>)>,
+        guard: RouteGuard,
+        counts: &'static RefusalCounts,
     ) -> Self {
         let pod_cidrs = std::iter::once(IpNet::V4(pod_cidr.trunc()))
             .chain(pod_cidr_v6.map(|n| IpNet::V6(n.trunc())))
@@ -95,10 +105,13 @@ impl<T: RouteTable, M: MasqueradeRules> NodeState<T, M> {
             pod_cidrs,
             routes,
             masquerade,
+            guard,
             nodes: None,
             applied_routes: None,
+            accepted: Vec::new(),
             applied_sets: BTreeMap::new(),
             reported: BTreeSet::new(),
+            counts,
         }
     }
 
@@ -114,44 +127,60 @@ impl<T: RouteTable, M: MasqueradeRules> NodeState<T, M> {
     pub fn sync(&mut self, check_kernel: bool) -> SyncReport {
         let mut report = SyncReport::default();
         if let (Some(table), Some(nodes)) = (self.routes.as_mut(), self.nodes.as_ref()) {
-            let wanted = desired_routes(&self.node_name, &self.pod_cidrs, nodes);
-            let skipped: BTreeSet<String> = wanted.skipped.iter().cloned().collect();
-            for line in skipped.difference(&self.reported) {
-                tracing::warn!("no route: {line}");
-            }
-            self.reported = skipped;
-            if check_kernel || self.applied_routes.as_ref() != Some(&wanted.routes) {
-                match table.list() {
-                    Ok(current) => {
-                        for change in plan(&current, &wanted.routes) {
-                            match table.apply(change) {
-                                Ok(()) => {
-                                    report.route_changes += 1;
-                                    tracing::info!(?change, "host-gw route");
-                                }
-                                Err(e) => {
-                                    report.route_failures += 1;
-                                    tracing::warn!("{e} (retried at the next resync)");
+            // Next hops are checked against the links as they are now, at every sync.
+            match table.connected() {
+                Ok(connected) => {
+                    let wanted = desired_routes(
+                        &self.node_name,
+                        &self.pod_cidrs,
+                        nodes,
+                        &self.guard,
+                        &connected,
+                    );
+                    let refused: BTreeSet<Refusal> = wanted.skipped.iter().cloned().collect();
+                    for r in refused.difference(&self.reported) {
+                        report.refused += 1;
+                        self.counts.count(r.reason);
+                        tracing::warn!(node = %r.node, reason = r.reason.label(), "no route: {r}");
+                    }
+                    self.reported = refused;
+                    self.accepted = wanted.routes.keys().copied().collect();
+                    if check_kernel || self.applied_routes.as_ref() != Some(&wanted.routes) {
+                        match table.list() {
+                            Ok(current) => {
+                                for change in plan(&current, &wanted.routes) {
+                                    match table.apply(change) {
+                                        Ok(()) => {
+                                            report.route_changes += 1;
+                                            tracing::info!(?change, "host-gw route");
+                                        }
+                                        Err(e) => {
+                                            report.route_failures += 1;
+                                            tracing::warn!("{e} (retried at the next resync)");
+                                        }
+                                    }
                                 }
                             }
+                            Err(e) => {
+                                report.route_failures += 1;
+                                tracing::warn!("{e}");
+                            }
                         }
-                    }
-                    Err(e) => {
-                        report.route_failures += 1;
-                        tracing::warn!("{e}");
+                        self.applied_routes = (report.route_failures == 0).then_some(wanted.routes);
                     }
                 }
-                self.applied_routes = (report.route_failures == 0).then_some(wanted.routes);
+                Err(e) => {
+                    report.route_failures += 1;
+                    self.applied_routes = None;
+                    tracing::warn!("reading this node's links: {e} (retried at the next resync)");
+                }
             }
         }
         if let Some((rules, fixed)) = self.masquerade.as_mut() {
             for &pod_cidr in &self.pod_cidrs {
                 let family = Family::of(&pod_cidr);
-                let node_cidrs = self
-                    .nodes
-                    .iter()
-                    .flatten()
-                    .flat_map(|n| n.pod_cidrs.iter().copied());
+                // Only the pod CIDRs routed: a refused one (0.0.0.0/0, say) exempts nothing.
+                let node_cidrs = self.accepted.iter().copied();
                 let set = masquerade::no_masquerade_set(pod_cidr, fixed, node_cidrs);
                 let stale = self.applied_sets.get(&family) != Some(&set);
                 let gone = !stale && check_kernel && !rules.present(family).unwrap_or(false);
@@ -223,7 +252,7 @@ mod tests {
 
     use super::*;
     use crate::node::kernel::RouteError;
-    use crate::node::routes::RouteChange;
+    use crate::node::routes::{Connected, RefusalReason, RouteChange};
 
     /// An in-memory route table that counts writes and can be told to fail.
     #[derive(Default)]
@@ -231,6 +260,8 @@ mod tests {
         routes: Vec<(IpNet, IpAddr)>,
         writes: usize,
         fail_next: usize,
+        /// Reading the links fails (once per count).
+        links_fail: usize,
     }
 
     impl RouteTable for &mut FakeRoutes {
@@ -253,6 +284,24 @@ mod tests {
             }
             Ok(())
         }
+        fn connected(&mut self) -> Result<Connected, RouteError> {
+            if self.links_fail > 0 {
+                self.links_fail -= 1;
+                return Err(RouteError::Connect(std::io::Error::other("injected")));
+            }
+            Ok(Connected {
+                networks: vec![
+                    "192.168.0.0/24".parse().unwrap(),
+                    "fd00::/64".parse().unwrap(),
+                ],
+                local: vec!["192.168.0.1".parse().unwrap()],
+            })
+        }
+    }
+
+    /// Counters of one test (the daemon's are process-wide).
+    fn counts() -> &'static RefusalCounts {
+        Box::leak(Box::default())
     }
 
     /// Records masquerade writes, per family.
@@ -304,6 +353,8 @@ mod tests {
             None,
             Some(&mut table),
             Some((&mut nft, cluster)),
+            RouteGuard::default(),
+            counts(),
         );
         // Before any list: masquerade only, routes untouched.
         let r = state.sync(true);
@@ -391,6 +442,8 @@ mod tests {
             None,
             None,
             Some((&mut nft, vec![])),
+            RouteGuard::default(),
+            counts(),
         );
         state.on_nodes(vec![node("b", "10.244.2.0/24", "192.168.0.2")]);
         assert_eq!(state.sync(true).route_changes, 0);
@@ -407,6 +460,8 @@ mod tests {
             Some("fd00:10:244:1::/64".parse().unwrap()),
             Some(&mut table),
             Some((&mut nft, fixed)),
+            RouteGuard::default(),
+            counts(),
         );
         let dual = |name: &str, cidrs: &[&str], ips: &[&str]| NodeInfo {
             name: name.into(),
@@ -485,6 +540,78 @@ mod tests {
                 "fd00:10:244:1::/64",
                 "fd00:10:244:2::/64"
             ])
+        );
+    }
+
+    #[test]
+    fn refusals_are_counted_once_never_routed_nor_exempt() {
+        let mut table = FakeRoutes::default();
+        let mut nft = FakeNft::default();
+        let counts = counts();
+        let guard = RouteGuard {
+            cluster: nets(&["10.244.0.0/16"]),
+            service: nets(&["10.96.0.0/12"]),
+            min_prefix_v4: 16,
+            min_prefix_v6: 48,
+        };
+        let mut state = NodeState::new(
+            "a".into(),
+            v4("10.244.1.0/24"),
+            None,
+            Some(&mut table),
+            Some((&mut nft, nets(&["10.96.0.0/12"]))),
+            guard,
+            counts,
+        );
+        let good = node("b", "10.244.2.0/24", "192.168.0.2");
+        let list = vec![
+            good.clone(),
+            node("everything", "0.0.0.0/0", "192.168.0.9"),
+            node("outside", "10.55.0.0/24", "192.168.0.9"),
+            node("far", "10.244.8.0/24", "172.31.0.9"),
+        ];
+        let r = state.on_nodes(list.clone());
+        assert_eq!((r.route_changes, r.refused), (1, 3));
+        let count = |reason| {
+            counts
+                .snapshot()
+                .into_iter()
+                .find(|(l, _)| *l == RefusalReason::label(reason))
+                .map(|(_, n)| n)
+        };
+        assert_eq!(count(RefusalReason::PrefixTooShort), Some(1));
+        assert_eq!(count(RefusalReason::OutsideClusterCidr), Some(1));
+        assert_eq!(count(RefusalReason::NextHopNotConnected), Some(1));
+        assert_eq!(count(RefusalReason::OverlapsServiceCidr), Some(0));
+        // Resyncs and the same list again: nothing new to count.
+        assert_eq!(state.sync(true), SyncReport::default());
+        assert_eq!(state.on_nodes(list.clone()).refused, 0);
+        assert_eq!(count(RefusalReason::PrefixTooShort), Some(1));
+        // Gone and back: counted again.
+        state.on_nodes(vec![good.clone()]);
+        assert_eq!(state.on_nodes(list).refused, 3);
+        assert_eq!(count(RefusalReason::PrefixTooShort), Some(2));
+        // The links cannot be read: nothing is routed unchecked, and the resync retries.
+        state.routes.as_mut().unwrap().links_fail = 1;
+        state.routes.as_mut().unwrap().routes.clear();
+        assert_eq!(state.sync(true).route_failures, 1);
+        assert!(state.routes.as_ref().unwrap().routes.is_empty());
+        assert_eq!(state.sync(true).route_changes, 1);
+        state.stop();
+        drop(state);
+        assert_eq!(
+            table.routes,
+            vec![(
+                "10.244.2.0/24".parse().unwrap(),
+                "192.168.0.2".parse().unwrap()
+            )]
+        );
+        assert!(
+            nft.sets.iter().all(|(_, set)| !set.iter().any(
+                |n| n.prefix_len() == 0 || n.contains(&"10.55.0.1".parse::<IpAddr>().unwrap())
+            )),
+            "a refused CIDR is never exempt from masquerade: {:?}",
+            nft.sets
         );
     }
 

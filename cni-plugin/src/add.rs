@@ -309,6 +309,24 @@ pub fn cmd_add(env: &CniEnv, conf: &NetConf, stdin: &[u8]) -> Result<serde_json:
     ipam::find_plugin(env, &ipam_type)?;
 
     // Ask the daemon first: if it is down, nothing has been done yet.
+    let (mut client, workers) = connect_ready(conf)?;
+
+    let allocated = ipam::add(env, &ipam_type, stdin)?;
+    let outcome = attach_allocated(env, conf, netns, &mut client, workers, &allocated);
+    match outcome {
+        Ok(value) => Ok(value),
+        Err(e) => {
+            if let Err(undo) = ipam::del(env, &ipam_type, stdin) {
+                eprintln!("netstack: releasing the IPAM allocation after a failed ADD: {undo}");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Connects to netstackd and asks its status: the number of workers (one TAP queue each),
+/// and, in veth mode, the namespace of the peers, which is made here if it is not there yet.
+fn connect_ready(conf: &NetConf) -> Result<(Client, usize), CniError> {
     let mut client = connect(&conf.socket())?;
     let status = match client.call(&Request::Status, &[]).map_err(control_error)? {
         Reply::Status(s) => s,
@@ -331,17 +349,19 @@ pub fn cmd_add(env: &CniEnv, conf: &NetConf, stdin: &[u8]) -> Result<serde_json:
             .map_err(|e| CniError::Setup(format!("veth mode: {e}")))?;
     }
 
-    let allocated = ipam::add(env, &ipam_type, stdin)?;
-    let outcome = attach_allocated(env, conf, netns, &mut client, workers, &allocated);
-    match outcome {
-        Ok(value) => Ok(value),
-        Err(e) => {
-            if let Err(undo) = ipam::del(env, &ipam_type, stdin) {
-                eprintln!("netstack: releasing the IPAM allocation after a failed ADD: {undo}");
-            }
-            Err(e)
-        }
-    }
+    Ok((client, workers))
+}
+
+/// ADD with addresses chosen by the caller instead of an IPAM plugin (the netavark plugin,
+/// which gets them from podman): connect, create, configure, attach; undone on error.
+pub fn add_with_addresses(
+    env: &CniEnv,
+    conf: &NetConf,
+    netns: &Path,
+    addresses: &IpamResult,
+) -> Result<serde_json::Value, CniError> {
+    let (mut client, workers) = connect_ready(conf)?;
+    attach_allocated(env, conf, netns, &mut client, workers, addresses)
 }
 
 /// The part of ADD after IPAM: create, configure, attach. Undoes its own steps on error.

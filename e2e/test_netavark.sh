@@ -80,13 +80,15 @@ for MODE in tap veth; do
   port=$((port + 1))
   PM=$(jq -nc --argjson p "$port" '[{container_port: 8080, host_ip: "", host_port: $p, protocol: "tcp", range: 1}]')
   exec_in nva "$IPA" "$MACA" "$NET" "$PM" >"$WORK/a.json"
-  exec_in nvb "$IPB" "$MACB" "$NET" >"$WORK/b.json"
+  # B asks for its own egress rate (`podman run --network nsnet:egressRate=…`).
+  exec_in nvb "$IPB" "$MACB" "$NET" | jq '.networks.nsnet.options = {egressRate: "50000000", egressBurst: "4000000"}' >"$WORK/b.json"
   if out=$(nv setup "/run/netns/$A" <"$WORK/a.json"); then ok "$MODE: netavark setup A"; else fail "$MODE: setup A: $out"; fi
   check "$MODE: setup's status block names eth0 with the MAC and address" test "$(jq -r '.nsnet.interfaces.eth0 | .mac_address + " " + .subnets[0].ipnet' <<<"$out")" = "$MACA $IPA/24"
   if out=$(nv setup "/run/netns/$B" <"$WORK/b.json"); then ok "$MODE: netavark setup B"; else fail "$MODE: setup B: $out"; fi
   check "$MODE: A's eth0 has the static MAC" test "$(ip netns exec "$A" cat /sys/class/net/eth0/address)" = "$MACA"
   check "$MODE: A's eth0 has the static address" sh -c "ip -n $A -4 -o addr show dev eth0 | grep -q 'inet $IPA/24'"
   check "$MODE: netstackd attached A in $MODE mode" test "$(ctl list | jq -r --arg ip "$IPA/24" '.. | objects | select(.ips? and (.ips | index($ip))) | .mode')" = "$MODE"
+  check "$MODE: B's egress rate option reached netstackd" test "$(cat "$STATE"/*.json | jq -r --arg id "nvb-$RUN_ID" 'select(.container_id == $id) | .bandwidth.egressRate')" = 50000000
   check "$MODE: A pings B" in_pod "$A" ping -c 2 -i 0.2 -W 2 "$IPB"
   check "$MODE: B pings A" in_pod "$B" ping -c 2 -i 0.2 -W 2 "$IPA"
   check "$MODE: A pings the node" in_pod "$A" ping -c 2 -i 0.2 -W 2 "$GATEWAY"

@@ -29,8 +29,20 @@ use crate::CniError;
 
 /// The plugin API version this binary implements.
 pub const API_VERSION: &str = "1.0.0";
-/// The keys a network's `options` may carry.
-const OPTIONS: [&str; 3] = ["mode", "socket", "mtu"];
+/// The keys a network's `options` may carry: the conflist's, and the `bandwidth` capability's
+/// (bit/s and bits, as in `runtimeConfig.bandwidth`).
+const OPTIONS: [&str; 7] = [
+    "mode",
+    "socket",
+    "mtu",
+    "ingressRate",
+    "ingressBurst",
+    "egressRate",
+    "egressBurst",
+];
+/// The keys a container's own options (`podman run --network NAME:KEY=VALUE`) may carry: its
+/// bandwidth, over the network's.
+const CONTAINER_OPTIONS: [&str; 4] = ["ingressRate", "ingressBurst", "egressRate", "egressBurst"];
 
 /// One subnet of a network.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -70,6 +82,9 @@ pub struct PerNetworkOptions {
     /// The MAC the user asked for (`--mac-address`).
     #[serde(default)]
     pub static_mac: Option<String>,
+    /// Options for this container on this network: its bandwidth.
+    #[serde(default)]
+    pub options: Option<HashMap<String, String>>,
 }
 
 /// What netavark sends to `setup` and `teardown`.
@@ -98,6 +113,40 @@ pub struct NetworkSettings {
     pub socket: Option<PathBuf>,
     /// `mtu`.
     pub mtu: Option<u32>,
+    /// The `bandwidth` keys given, by name.
+    pub bandwidth: BTreeMap<String, u64>,
+}
+
+/// Checks option keys against `allowed` and reads the bandwidth keys among them.
+fn read_options(
+    what: &str,
+    options: Option<&HashMap<String, String>>,
+    allowed: &[&str],
+) -> Result<BTreeMap<String, u64>, PluginError> {
+    let empty = HashMap::new();
+    let options = options.unwrap_or(&empty);
+    let mut unknown: Vec<&str> = options
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !allowed.contains(k))
+        .collect();
+    if !unknown.is_empty() {
+        unknown.sort_unstable();
+        return Err(err(format!(
+            "{what}: unknown option(s) {} (netstack takes {})",
+            unknown.join(", "),
+            allowed.join(", ")
+        )));
+    }
+    CONTAINER_OPTIONS
+        .iter()
+        .filter_map(|k| options.get(*k).map(|v| (*k, v)))
+        .map(|(k, v)| {
+            v.parse::<u64>()
+                .map(|n| (k.to_owned(), n))
+                .map_err(|_| err(format!("{what}: option {k} {v:?} is not a number")))
+        })
+        .collect()
 }
 
 /// A plugin failure: the message netavark shows the user.
@@ -117,22 +166,10 @@ fn err(msg: impl Into<String>) -> PluginError {
 
 /// Reads and validates a network's options.
 pub fn settings(network: &Network) -> Result<NetworkSettings, PluginError> {
+    let what = format!("network {}", network.name);
+    let bandwidth = read_options(&what, network.options.as_ref(), &OPTIONS)?;
     let empty = HashMap::new();
     let options = network.options.as_ref().unwrap_or(&empty);
-    let mut unknown: Vec<&str> = options
-        .keys()
-        .map(String::as_str)
-        .filter(|k| !OPTIONS.contains(k))
-        .collect();
-    if !unknown.is_empty() {
-        unknown.sort_unstable();
-        return Err(err(format!(
-            "network {}: unknown option(s) {} (netstack takes {})",
-            network.name,
-            unknown.join(", "),
-            OPTIONS.join(", ")
-        )));
-    }
     let mode = match options.get("mode") {
         None => LinkMode::Tap,
         Some(m) => m
@@ -154,6 +191,7 @@ pub fn settings(network: &Network) -> Result<NetworkSettings, PluginError> {
         mode,
         socket: options.get("socket").map(PathBuf::from),
         mtu,
+        bandwidth,
     };
     // The conflist's own checks (MTU range, mode).
     NetConf::parse(conflist(network, &settings).to_string().as_bytes())?;
@@ -173,6 +211,9 @@ fn conflist(network: &Network, settings: &NetworkSettings) -> Value {
     }
     if let Some(mtu) = settings.mtu {
         conf["mtu"] = json!(mtu);
+    }
+    if !settings.bandwidth.is_empty() {
+        conf["runtimeConfig"] = json!({ "bandwidth": settings.bandwidth });
     }
     conf
 }
@@ -274,10 +315,23 @@ fn cni_call(
     netns: &Path,
     exec: &PluginExec,
 ) -> Result<(CniEnv, NetConf), PluginError> {
-    let s = settings(&exec.network)?;
+    let mut s = settings(&exec.network)?;
+    let what = format!(
+        "container {} on network {}",
+        exec.container_id, exec.network.name
+    );
+    let own = read_options(
+        &what,
+        exec.network_options.options.as_ref(),
+        &CONTAINER_OPTIONS,
+    )?;
+    s.bandwidth.extend(own);
     let mut conf = conflist(&exec.network, &s);
     if let Some(mac) = &exec.network_options.static_mac {
-        conf["runtimeConfig"] = json!({ "mac": mac });
+        if conf.get("runtimeConfig").is_none() {
+            conf["runtimeConfig"] = json!({});
+        }
+        conf["runtimeConfig"]["mac"] = json!(mac);
     }
     let conf = NetConf::parse(conf.to_string().as_bytes())?;
     let mut args = BTreeMap::new();
@@ -459,6 +513,34 @@ mod tests {
         assert!(
             settings(&network(json!({"mtu": "100"}))).is_err(),
             "below the conflist's range"
+        );
+        let s = settings(&network(
+            json!({"egressRate": "1000000", "egressBurst": "80000"}),
+        ))
+        .unwrap();
+        assert_eq!(s.bandwidth["egressRate"], 1_000_000);
+        assert!(settings(&network(json!({"egressRate": "fast"}))).is_err());
+    }
+
+    #[test]
+    fn a_containers_bandwidth_overrides_the_networks_and_reaches_runtime_config() {
+        let exec: PluginExec = serde_json::from_value(json!({
+            "container_id": "c1",
+            "network": {"name": "n", "options": {"ingressRate": "8000", "ingressBurst": "800"}},
+            "network_options": {"interface_name": "eth0", "static_mac": "0a:58:00:00:00:01",
+                                 "options": {"ingressRate": "16000"}}
+        }))
+        .unwrap();
+        let (_, conf) = cni_call(Command::Add, Path::new("/run/netns/x"), &exec).unwrap();
+        let rc = conf.runtime_config.unwrap();
+        let bw = rc.bandwidth.unwrap();
+        assert_eq!((bw.ingress_rate, bw.ingress_burst), (16000, 800));
+        assert_eq!(rc.mac.as_deref(), Some("0a:58:00:00:00:01"));
+        let mut bad = exec.clone();
+        bad.network_options.options = Some([("mtu".to_owned(), "9000".to_owned())].into());
+        assert!(
+            cni_call(Command::Add, Path::new("/x"), &bad).is_err(),
+            "mtu is the network's"
         );
     }
 

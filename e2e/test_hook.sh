@@ -8,13 +8,11 @@
 # middle of an attach, which the hook must roll back) or down. Needs root; run by scripts/test.sh.
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
+. "$(dirname "$0")/podman_lib.sh"
 
 HOOK=$BIN/netstack-hook
 RUNC_ROOT=$WORK/runc
 BUNDLES=$WORK/bundles
-ROOTFS=$WORK/rootfs
-PM=$WORK/podman
-IMAGE=localhost/netstack-e2e-busybox:$RUN_ID
 HOOK_ENV=("NETSTACK_HOOK_CONFIG=$CONFLIST" "NETSTACK_CNI_PATH=$BIN:$REF_CNI" "NETSTACK_HOOK_TIMEOUT=10")
 SLEEPERS=()
 FAKE_PID=
@@ -32,21 +30,11 @@ hook() { env -i "${HOOK_ENV[@]}" "$HOOK" "$@"; }
 container_ipv4() { awk '/inet /{print $2}' | cut -d/ -f1; }
 
 rc() { runc --root "$RUNC_ROOT" "$@"; }
-pm() {
-  CONTAINERS_CONF=$PM/containers.conf CONTAINERS_STORAGE_CONF=$PM/storage.conf \
-    podman --root "$PM/root" --runroot "$PM/run" --tmpdir "$PM/tmp" --storage-driver vfs \
-    --hooks-dir "$PM/hooks.d" --network-config-dir "$PM/net.d" --cgroup-manager cgroupfs \
-    --events-backend file "$@"
-}
-
 hook_cleanup() {
   local c
   [ -n "$NETSTACKD_PID" ] && kill -CONT "$NETSTACKD_PID" 2>/dev/null
   for c in $(rc list -q 2>/dev/null); do rc delete -f "$c" >/dev/null 2>&1; done
-  if [ -f "$PM/containers.conf" ]; then
-    pm rm -a -f -t 0 >/dev/null 2>&1
-    pm rmi -a -f >/dev/null 2>&1
-  fi
+  podman_cleanup
   for c in "${SLEEPERS[@]}" $FAKE_PID; do kill "$c" 2>/dev/null; done
   for c in "${PODS[@]}"; do del_pod "$c" 2>/dev/null; done
   PODS=()
@@ -54,16 +42,6 @@ hook_cleanup() {
 }
 trap hook_cleanup EXIT
 
-# The busybox-static rootfs every container runs (read-only, shared).
-make_rootfs() {
-  mkdir -p "$ROOTFS"/{bin,proc,sys,dev,etc,tmp}
-  cp /bin/busybox "$ROOTFS/bin/busybox"
-  local a
-  for a in $(/bin/busybox --list); do
-    [ "$a" = busybox ] || ln -sf busybox "$ROOTFS/bin/$a"
-  done
-  printf 'root:x:0:0:root:/:/bin/sh\n' >"$ROOTFS/etc/passwd"
-}
 
 # runc_bundle ID [JQ_FILTER]: a bundle running `sleep 300` with CAP_NET_RAW and the shipped
 # hook snippet (hooks/runc/netstack-hooks.json) pointed at this run's binary and config; the
@@ -238,30 +216,12 @@ check "runc delete -f $R5" rc delete -f "$R5"
 check "  ... nothing left" test "$(attachments)/$(ipam_reservations)" = "1/$reserved0"
 
 log "podman --network=none with the shipped hooks.d file"
-mkdir -p "$PM"/{hooks.d,net.d,tmp}
-cat >"$PM/containers.conf" <<EOF
-[containers]
-default_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]
-default_sysctls = []
-[network]
-network_backend = "cni"
-cni_plugin_dirs = ["$REF_CNI"]
-network_config_dir = "$PM/net.d"
-[engine]
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-events_logfile_path = "$PM/events.log"
-hooks_dir = ["$PM/hooks.d"]
-static_dir = "$PM/root/libpod"
-tmp_dir = "$PM/tmp"
-volume_path = "$PM/root/volumes"
-runtime = "runc"
-EOF
-printf '[storage]\ndriver = "vfs"\ngraphroot = "%s"\nrunroot = "%s"\n' "$PM/root" "$PM/run" >"$PM/storage.conf"
+podman_setup "$REF_CNI"
+import_ok=$?
 env=$(printf '%s\n' "${HOOK_ENV[@]}" | jq -R . | jq -sc .)
 jq --arg hook "$HOOK" --argjson env "$env" '.hook.path = $hook | .hook.env = $env' \
   "$ROOT/hooks/hooks.d/netstack.json" >"$PM/hooks.d/50-netstack.json"
-if tar -C "$ROOTFS" -c . | pm import - "$IMAGE" >"$WORK/import.log" 2>&1; then ok "podman import of the rootfs"; else fail "podman import: $(cat "$WORK/import.log")"; fi
+if [ "$import_ok" = 0 ]; then ok "podman import of the rootfs"; else fail "podman import: $(cat "$WORK/import.log")"; fi
 Q1=hook-q1-$RUN_ID
 if pm run -d --name "$Q1" --network=none --annotation netstack.io/attach=true --cap-add NET_RAW "$IMAGE" sleep 300 >"$WORK/$Q1.log" 2>&1; then
   ok "podman run --network=none --annotation netstack.io/attach=true"

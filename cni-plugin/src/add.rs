@@ -53,17 +53,33 @@ pub fn netns_error(e: NetnsError) -> CniError {
     }
 }
 
-/// The MAC for a pod: the runtime's choice (`mac` capability) or, like Kubernetes' kubenet,
-/// `0a:58` followed by the pod's first IPv4 address (the last four bytes of its first IPv6
-/// address for an IPv6-only pod), unique on the node and stable.
-fn pod_mac(conf: &NetConf, ipam: &IpamResult) -> Result<MacAddr, CniError> {
-    if let Some(mac) = conf.runtime_config.as_ref().and_then(|r| r.mac.as_deref()) {
-        let parsed: MacAddr = mac.parse().map_err(|_| {
-            CniError::InvalidConfig(format!("runtimeConfig.mac {mac:?} is not a MAC"))
-        })?;
+/// The MAC for a pod: the runtime's choice or, like Kubernetes' kubenet, `0a:58` followed by
+/// the pod's first IPv4 address (the last four bytes of its first IPv6 address for an
+/// IPv6-only pod), unique on the node and stable. The runtime's choice is read where the
+/// reference bridge plugin reads it, the later overriding the earlier: `CNI_ARGS` `MAC=`
+/// (podman's CNI backend), `args.cni.mac`, `runtimeConfig.mac` (the `mac` capability).
+fn pod_mac(
+    conf: &NetConf,
+    cni_args: &BTreeMap<String, String>,
+    ipam: &IpamResult,
+) -> Result<MacAddr, CniError> {
+    let runtime = conf.runtime_config.as_ref().and_then(|r| r.mac.as_deref());
+    let args = conf
+        .args
+        .as_ref()
+        .and_then(|a| a.cni.as_ref())
+        .and_then(|c| c.mac.as_deref());
+    let chosen = runtime
+        .map(|m| ("runtimeConfig.mac", m))
+        .or(args.map(|m| ("args.cni.mac", m)))
+        .or(cni_args.get("MAC").map(|m| ("CNI_ARGS MAC", m.as_str())));
+    if let Some((source, mac)) = chosen {
+        let parsed: MacAddr = mac
+            .parse()
+            .map_err(|_| CniError::InvalidConfig(format!("{source} {mac:?} is not a MAC")))?;
         if !parsed.is_unicast() || parsed.is_zero() {
             return Err(CniError::InvalidConfig(format!(
-                "runtimeConfig.mac {mac} is not unicast"
+                "{source} {mac} is not unicast"
             )));
         }
         return Ok(parsed);
@@ -293,6 +309,24 @@ pub fn cmd_add(env: &CniEnv, conf: &NetConf, stdin: &[u8]) -> Result<serde_json:
     ipam::find_plugin(env, &ipam_type)?;
 
     // Ask the daemon first: if it is down, nothing has been done yet.
+    let (mut client, workers) = connect_ready(conf)?;
+
+    let allocated = ipam::add(env, &ipam_type, stdin)?;
+    let outcome = attach_allocated(env, conf, netns, &mut client, workers, &allocated);
+    match outcome {
+        Ok(value) => Ok(value),
+        Err(e) => {
+            if let Err(undo) = ipam::del(env, &ipam_type, stdin) {
+                eprintln!("netstack: releasing the IPAM allocation after a failed ADD: {undo}");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Connects to netstackd and asks its status: the number of workers (one TAP queue each),
+/// and, in veth mode, the namespace of the peers, which is made here if it is not there yet.
+fn connect_ready(conf: &NetConf) -> Result<(Client, usize), CniError> {
     let mut client = connect(&conf.socket())?;
     let status = match client.call(&Request::Status, &[]).map_err(control_error)? {
         Reply::Status(s) => s,
@@ -315,17 +349,19 @@ pub fn cmd_add(env: &CniEnv, conf: &NetConf, stdin: &[u8]) -> Result<serde_json:
             .map_err(|e| CniError::Setup(format!("veth mode: {e}")))?;
     }
 
-    let allocated = ipam::add(env, &ipam_type, stdin)?;
-    let outcome = attach_allocated(env, conf, netns, &mut client, workers, &allocated);
-    match outcome {
-        Ok(value) => Ok(value),
-        Err(e) => {
-            if let Err(undo) = ipam::del(env, &ipam_type, stdin) {
-                eprintln!("netstack: releasing the IPAM allocation after a failed ADD: {undo}");
-            }
-            Err(e)
-        }
-    }
+    Ok((client, workers))
+}
+
+/// ADD with addresses chosen by the caller instead of an IPAM plugin (the netavark plugin,
+/// which gets them from podman): connect, create, configure, attach; undone on error.
+pub fn add_with_addresses(
+    env: &CniEnv,
+    conf: &NetConf,
+    netns: &Path,
+    addresses: &IpamResult,
+) -> Result<serde_json::Value, CniError> {
+    let (mut client, workers) = connect_ready(conf)?;
+    attach_allocated(env, conf, netns, &mut client, workers, addresses)
 }
 
 /// The part of ADD after IPAM: create, configure, attach. Undoes its own steps on error.
@@ -337,7 +373,7 @@ fn attach_allocated(
     workers: usize,
     allocated: &IpamResult,
 ) -> Result<serde_json::Value, CniError> {
-    let mac = pod_mac(conf, allocated)?;
+    let mac = pod_mac(conf, &env.args, allocated)?;
     let mtu = conf.mtu();
     let addrs: Vec<IpNet> = allocated.ips.iter().map(|ip| ip.address).collect();
     let routes = routes_to_install(allocated);
@@ -463,8 +499,60 @@ mod tests {
     fn mac_is_derived_from_the_first_ipv4() {
         let conf =
             NetConf::parse(br#"{"cniVersion":"1.0.0","name":"n","type":"netstack"}"#).unwrap();
-        let mac = pod_mac(&conf, &ipam(r#"{"ips":[{"address":"10.244.1.5/24"}]}"#)).unwrap();
+        let none = BTreeMap::new();
+        let mac = pod_mac(
+            &conf,
+            &none,
+            &ipam(r#"{"ips":[{"address":"10.244.1.5/24"}]}"#),
+        )
+        .unwrap();
         assert_eq!(mac.to_string(), "0a:58:0a:f4:01:05");
+    }
+
+    /// The bridge plugin's order: CNI_ARGS, then args.cni, then runtimeConfig, each overriding
+    /// the one before; a bad value names where it came from.
+    #[test]
+    fn runtime_mac_comes_from_the_three_places_with_the_bridge_plugins_precedence() {
+        let ip = ipam(r#"{"ips":[{"address":"10.244.1.5/24"}]}"#);
+        let env_mac: BTreeMap<String, String> =
+            [("MAC".to_owned(), "0a:00:00:00:00:01".to_owned())].into();
+        let conf = |extra: &str| {
+            NetConf::parse(
+                format!(r#"{{"cniVersion":"1.0.0","name":"n","type":"netstack"{extra}}}"#)
+                    .as_bytes(),
+            )
+            .unwrap()
+        };
+        let args = r#","args":{"cni":{"mac":"0a:00:00:00:00:02"}}"#;
+        let rc = r#","runtimeConfig":{"mac":"0a:00:00:00:00:03"}"#;
+        let cases = [
+            ("", &env_mac, "0a:00:00:00:00:01"),
+            (args, &env_mac, "0a:00:00:00:00:02"),
+            (
+                &format!("{args}{rc}") as &str,
+                &env_mac,
+                "0a:00:00:00:00:03",
+            ),
+            (rc, &BTreeMap::new(), "0a:00:00:00:00:03"),
+        ];
+        for (extra, env, want) in cases {
+            assert_eq!(
+                pod_mac(&conf(extra), env, &ip).unwrap().to_string(),
+                want,
+                "{extra}"
+            );
+        }
+        let bad: BTreeMap<String, String> = [("MAC".to_owned(), "zz".to_owned())].into();
+        let e = pod_mac(&conf(""), &bad, &ip).unwrap_err();
+        assert_eq!(e.code(), 7);
+        assert!(e.to_string().contains("CNI_ARGS MAC"), "{e}");
+        let e = pod_mac(
+            &conf(r#","args":{"cni":{"mac":"01:00:5e:00:00:01"}}"#),
+            &env_mac,
+            &ip,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("args.cni.mac"), "{e}");
     }
 
     #[test]
@@ -473,7 +561,13 @@ mod tests {
             br#"{"cniVersion":"1.0.0","name":"n","type":"netstack","runtimeConfig":{"mac":"01:00:5e:00:00:01"}}"#,
         )
         .unwrap();
-        let e = pod_mac(&conf, &ipam(r#"{"ips":[{"address":"10.244.1.5/24"}]}"#)).unwrap_err();
+        let none = BTreeMap::new();
+        let e = pod_mac(
+            &conf,
+            &none,
+            &ipam(r#"{"ips":[{"address":"10.244.1.5/24"}]}"#),
+        )
+        .unwrap_err();
         assert_eq!(e.code(), 7);
     }
 }

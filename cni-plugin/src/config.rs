@@ -42,6 +42,10 @@ pub struct NetConf {
     /// The IPAM plugin's section; `type` names the plugin.
     #[serde(default)]
     pub ipam: Option<Ipam>,
+    /// `args` (CONVENTIONS.md): per-attachment arguments from the runtime; `args.cni` is the
+    /// plugins' part.
+    #[serde(default)]
+    pub args: Option<Args>,
     /// Capabilities the runtime filled in.
     #[serde(default, rename = "runtimeConfig")]
     pub runtime_config: Option<RuntimeConfig>,
@@ -69,6 +73,23 @@ pub struct GcAttachment {
     pub container_id: String,
     /// The interface name.
     pub ifname: String,
+}
+
+/// The `args` object of the network configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Args {
+    /// `args.cni`: the keys the reference plugins read (`mac`, `ips`, …).
+    #[serde(default)]
+    pub cni: Option<ArgsCni>,
+}
+
+/// The keys of `args.cni` this plugin reads; `ips` is the IPAM plugin's (host-local reads it
+/// from the same stdin) and others are ignored.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ArgsCni {
+    /// The MAC the runtime wants for the interface (as the bridge plugin reads it).
+    #[serde(default)]
+    pub mac: Option<String>,
 }
 
 /// The `ipam` section (the rest of it is for the IPAM plugin).

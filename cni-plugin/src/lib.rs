@@ -3,7 +3,7 @@
 //! `skel` is the CNI execution protocol (environment, stdin, one JSON object on stdout, the
 //! error object and its codes); `config` the network configuration; `ipam` the delegation to
 //! the IPAM plugin; `result` the result types; one module per command: `add`, `del`,
-//! `check`, `status` and `gc`. Netns, netlink and TAP work go through the `netstackd` library, shared with the
+//! `check`, `status` and `gc`; `netavark` and `portmap`, the same plugin for netavark (podman 5). Netns, netlink and TAP work go through the `netstackd` library, shared with the
 //! daemon and the hook.
 
 pub mod add;
@@ -13,6 +13,8 @@ pub mod del;
 pub mod error;
 pub mod gc;
 pub mod ipam;
+pub mod netavark;
+pub mod portmap;
 pub mod result;
 pub mod skel;
 pub mod status;

@@ -54,6 +54,10 @@ const KNOWN_ARGS: &[&str] = &[
     "K8S_POD_NAME",
     "K8S_POD_INFRA_CONTAINER_ID",
     "K8S_POD_UID",
+    // The interface's MAC (podman's CNI backend, `--mac-address`), as the bridge plugin.
+    "MAC",
+    // A static address (podman `--ip`): host-local reads it from the same environment.
+    "IP",
 ];
 
 /// Parses `CNI_ARGS` (`K=V;K2=V2`).

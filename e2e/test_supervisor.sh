@@ -68,12 +68,12 @@ DP=$(child_pid)
 check "the dataplane is a separate child process" test -n "$DP"
 check "supervisor CapEff is NET_ADMIN|NET_RAW|SYS_ADMIN only" test "$(status_field "$SUP" CapEff)" = 0000000000203000
 check "supervisor CapPrm is NET_ADMIN|NET_RAW|SYS_ADMIN only" test "$(status_field "$SUP" CapPrm)" = 0000000000203000
-check "supervisor CapBnd is NET_ADMIN|NET_RAW|SYS_ADMIN only" test "$(status_field "$SUP" CapBnd)" = 0000000000203000
+# The bounding set also keeps SETGID|SETUID|SETPCAP, for the dataplane's switch to its own uid.
+check "supervisor CapBnd is NET_ADMIN|NET_RAW|SYS_ADMIN + SETGID|SETUID|SETPCAP only" test "$(status_field "$SUP" CapBnd)" = 00000000002031c0
 check "supervisor CapInh and CapAmb are empty" test "$(status_field "$SUP" CapInh)$(status_field "$SUP" CapAmb)" = 00000000000000000000000000000000
-for set in CapEff CapPrm CapInh CapAmb; do
+for set in CapEff CapPrm CapInh CapAmb CapBnd; do
   check "dataplane $set is empty" test "$(status_field "$DP" "$set")" = 0000000000000000
 done
-check "dataplane bounding set is no larger than the supervisor's" test "$(status_field "$DP" CapBnd)" = 0000000000203000
 check "dataplane runs under a seccomp filter" test "$(status_field "$DP" Seccomp)" = 2
 check "dataplane has no_new_privs" test "$(status_field "$DP" NoNewPrivs)" = 1
 check "supervisor has no seccomp filter (it needs setns, netlink)" test "$(status_field "$SUP" Seccomp)" = 0

@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 use ipnet::Ipv4Net;
 
 use netstackd::daemon::{self, DaemonConfig};
+use netstackd::dataplane::child::DataplaneUser;
 
 /// netstack node daemon: owns every pod's TAP queues and forwards their traffic in userspace.
 #[derive(Parser, Debug)]
@@ -40,7 +41,22 @@ enum Command {
     },
     /// Internal: the dataplane child netstackd starts (socket on fd 3).
     #[command(hide = true)]
-    Dataplane,
+    Dataplane {
+        /// The uid:gid to run as once set up.
+        #[arg(long, default_value_t)]
+        user: DataplaneUser,
+    },
+    /// Prove the dataplane's lock-down: try each forbidden call in a process locked down as
+    /// the dataplane is, one PASS/FAIL row each (needs root, as netstackd does).
+    #[command(hide = true)]
+    DataplaneSelftest {
+        /// The dataplane user (as --dataplane-user).
+        #[arg(long, default_value_t)]
+        user: DataplaneUser,
+        /// Internal: be the process that tries this one probe.
+        #[arg(long)]
+        probe: Option<String>,
+    },
     /// Ask a running netstackd over its control socket: tables, or JSON with --json.
     Ctl {
         /// Control socket path.
@@ -135,6 +151,10 @@ struct Args {
     /// Prometheus metrics listener (loopback only; port 0 picks one, `off` disables it).
     #[arg(long, default_value = "127.0.0.1:9473")]
     metrics_addr: String,
+    /// The dataplane child's uid and gid after setup: `UID:GID` or a user name (its primary
+    /// group); never root. Processes of the same uid can signal it: a dedicated uid is best.
+    #[arg(long, default_value_t)]
+    dataplane_user: DataplaneUser,
     /// Log filter (tracing env-filter syntax); NETSTACK_LOG overrides it.
     #[arg(long, default_value = "info")]
     log: String,
@@ -200,13 +220,27 @@ fn main() {
             }
             return;
         }
-        Some(Command::Dataplane) => {
+        Some(Command::Dataplane { user }) => {
             init_logging("info");
-            if let Err(e) = netstackd::dataplane::child::run() {
+            if let Err(e) = netstackd::dataplane::child::run(user) {
                 tracing::error!("dataplane: {e:#}");
                 std::process::exit(1);
             }
             return;
+        }
+        Some(Command::DataplaneSelftest { user, probe }) => {
+            let result = match probe {
+                Some(name) => netstackd::dataplane::selftest::run_probe(&name, user).map(|()| true),
+                None => netstackd::dataplane::selftest::run_all(user),
+            };
+            match result {
+                Ok(true) => return,
+                Ok(false) => std::process::exit(1),
+                Err(e) => {
+                    eprintln!("netstackd dataplane-selftest: {e:#}");
+                    std::process::exit(2);
+                }
+            }
         }
         None => {}
     }
@@ -251,6 +285,7 @@ fn main() {
         node,
         dp_netns: args.dp_netns,
         veth_rx_ring: args.veth_rx == "ring",
+        dataplane_user: args.dataplane_user,
     };
     if let Err(e) = daemon::run(config) {
         tracing::error!("{e:#}");

@@ -49,6 +49,8 @@ pub struct DaemonConfig {
     pub dp_netns: PathBuf,
     /// veth-mode sockets receive through a TPACKET_V2 ring (`--veth-rx ring`), not recvmmsg.
     pub veth_rx_ring: bool,
+    /// The uid and gid the dataplane child runs as (`--dataplane-user`).
+    pub dataplane_user: crate::dataplane::child::DataplaneUser,
 }
 
 impl DaemonConfig {
@@ -104,8 +106,11 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
         );
     }
     // Before anything else, so every dataplane child inherits the reduced bounding set too.
-    crate::sys::process::restrict_capabilities(&SUPERVISOR_CAPS)
-        .context("dropping capabilities")?;
+    crate::sys::process::restrict_capabilities(
+        &SUPERVISOR_CAPS,
+        &crate::sys::process::BECOME_USER_CAPS,
+    )
+    .context("dropping capabilities")?;
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("creating state dir {}", config.state_dir.display()))?;
     let signals = server::block_termination_signals()?;
@@ -116,8 +121,14 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
     if config.pod_cidr_v6.is_some() {
         enable_ipv6_forwarding()?;
     }
-    let dataplane = DataplaneProcess::start(queues, gateway, config.uplink_mtu, config.segment_gso)
-        .context("starting the dataplane")?;
+    let dataplane = DataplaneProcess::start(
+        queues,
+        gateway,
+        config.uplink_mtu,
+        config.segment_gso,
+        config.dataplane_user,
+    )
+    .context("starting the dataplane")?;
     tracing::info!(
         uplink = %config.uplink,
         pod_cidr = %config.pod_cidr,

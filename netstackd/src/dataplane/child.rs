@@ -1,8 +1,10 @@
 //! The dataplane child process (`netstackd dataplane`, started by the supervisor): it gets its
-//! end of a socketpair on fd 3, drops every capability, locks itself under seccomp, then runs
-//! the workers and obeys the supervisor's messages. When the supervisor goes away, it exits.
+//! end of a socketpair on fd 3, switches to an unprivileged uid and gid with no capability in
+//! any set, locks itself under seccomp, then runs the workers and obeys the supervisor's
+//! messages. When the supervisor goes away, it exits.
 
 use std::net::Ipv4Addr;
+use std::str::FromStr;
 
 use anyhow::{bail, Context};
 
@@ -10,13 +12,68 @@ use super::capture::CaptureSink;
 use super::ipc::{self, DpReply, DpRequest, IpcError};
 use super::Dataplane;
 use crate::control::FramingError;
-use crate::sys::process::{adopt_inherited_fd, drop_all_capabilities};
+use crate::sys::process::{adopt_inherited_fd, become_user};
 
-/// Test hook: `NETSTACK_DATAPLANE_SELFTEST=forbidden-syscall` makes the child make a system
-/// call outside its seccomp allow-list right after locking down, to prove the filter kills it;
+/// Test hook: `NETSTACK_DATAPLANE_SELFTEST=PROBE` makes the child try one of the self-test's
+/// probes ([`super::selftest`], e.g. `forbidden-syscall`) right after locking down, to prove
+/// what the filter does to the real dataplane (and that the supervisor restarts it);
 /// `thread-panic` makes a thread of the running dataplane panic, to prove a panic ends the
 /// child.
 const SELFTEST_ENV: &str = "NETSTACK_DATAPLANE_SELFTEST";
+
+/// The uid and gid the dataplane runs as once it has its socket (`--dataplane-user`): never
+/// root. The default is `nobody`/`nogroup` (65534); a uid no other process uses is better,
+/// since processes of the same uid may signal each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataplaneUser {
+    /// The uid (real, effective, saved and filesystem).
+    pub uid: u32,
+    /// The gid (all four too); there are no supplementary groups.
+    pub gid: u32,
+}
+
+impl Default for DataplaneUser {
+    fn default() -> Self {
+        DataplaneUser {
+            uid: 65534,
+            gid: 65534,
+        }
+    }
+}
+
+impl std::fmt::Display for DataplaneUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.uid, self.gid)
+    }
+}
+
+impl FromStr for DataplaneUser {
+    type Err = String;
+
+    /// `UID:GID` (numbers), or a user name from the passwd database (its primary group).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let user = match s.split_once(':') {
+            Some((uid, gid)) => DataplaneUser {
+                uid: uid.parse().map_err(|e| format!("uid {uid:?}: {e}"))?,
+                gid: gid.parse().map_err(|e| format!("gid {gid:?}: {e}"))?,
+            },
+            None => match nix::unistd::User::from_name(s) {
+                Ok(Some(u)) => DataplaneUser {
+                    uid: u.uid.as_raw(),
+                    gid: u.gid.as_raw(),
+                },
+                Ok(None) => return Err(format!("no user {s:?} (give UID:GID or a user name)")),
+                Err(e) => return Err(format!("looking up user {s:?}: {e}")),
+            },
+        };
+        if user.uid == 0 || user.gid == 0 {
+            return Err(format!(
+                "{s:?} is root (uid or gid 0): the dataplane must not run as root"
+            ));
+        }
+        Ok(user)
+    }
+}
 
 /// A panic in any dataplane thread ends the whole child (after the panic message is
 /// printed), so the supervisor sees it die and starts a fresh one with the same fds — rather
@@ -34,8 +91,9 @@ fn abort_on_panic() {
     }));
 }
 
-/// Runs the dataplane child until the supervisor hangs up or says shut down.
-pub fn run() -> anyhow::Result<()> {
+/// Runs the dataplane child, as `user` once set up, until the supervisor hangs up or says shut
+/// down.
+pub fn run(user: DataplaneUser) -> anyhow::Result<()> {
     let sock = adopt_inherited_fd(super::ipc::CHILD_FD).context("taking the supervisor socket")?;
     let (init, uplink): (DpRequest, _) = ipc::recv(&sock).context("reading the init message")?;
     let DpRequest::Init {
@@ -47,11 +105,16 @@ pub fn run() -> anyhow::Result<()> {
         bail!("first message from the supervisor is not init");
     };
     abort_on_panic();
-    lock_down()?;
     let selftest = std::env::var(SELFTEST_ENV).unwrap_or_default();
-    if selftest == "forbidden-syscall" {
-        tracing::warn!("selftest: making a forbidden system call");
-        crate::sys::process::forbidden_syscall();
+    let before = super::selftest::Before::now(user);
+    lock_down(user)?;
+    if let Some(probe) = super::selftest::probe(&selftest) {
+        tracing::warn!(probe = probe.name, "selftest: {}", probe.what);
+        let outcome = (probe.run)(&before);
+        tracing::warn!(
+            probe = probe.name,
+            "selftest: the dataplane survived: {outcome}"
+        );
     }
     let mut dataplane = start(uplink, gateway, uplink_mtu, segment_gso)?;
     if selftest == "thread-panic" {
@@ -137,9 +200,41 @@ fn start(
     Dataplane::start(uplink, gateway, uplink_mtu, segment_gso).context("starting the workers")
 }
 
-/// No capabilities in any set, no new privileges, and the seccomp allow-list.
-fn lock_down() -> anyhow::Result<()> {
-    drop_all_capabilities().context("dropping capabilities")?;
+/// Becomes `user` with no capability in any set, then no new privileges and the seccomp
+/// filters on every thread (before any worker exists).
+pub fn lock_down(user: DataplaneUser) -> anyhow::Result<()> {
+    become_user(user.uid, user.gid).with_context(|| format!("switching to uid:gid {user}"))?;
     super::seccomp::install().context("installing the seccomp filter")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dataplane_user_parses_and_refuses_root() {
+        assert_eq!(
+            "1000:1001".parse::<DataplaneUser>(),
+            Ok(DataplaneUser {
+                uid: 1000,
+                gid: 1001
+            })
+        );
+        assert_eq!(
+            DataplaneUser::default().to_string().parse(),
+            Ok(DataplaneUser::default())
+        );
+        for bad in [
+            "0:0",
+            "0:65534",
+            "65534:0",
+            "root",
+            "x:1",
+            "1:",
+            "no-such-user-here",
+        ] {
+            assert!(bad.parse::<DataplaneUser>().is_err(), "{bad}");
+        }
+    }
 }

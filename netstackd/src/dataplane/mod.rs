@@ -10,6 +10,7 @@ pub mod child;
 pub mod ipc;
 pub mod qdisc;
 pub mod seccomp;
+pub mod selftest;
 mod worker;
 
 use std::collections::HashMap;

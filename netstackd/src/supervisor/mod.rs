@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::control::Counters;
+use crate::dataplane::child::DataplaneUser;
 use crate::dataplane::ipc::{self, DpReply, DpRequest, CHILD_FD};
 use crate::dataplane::PodSpec;
 use crate::sys::process::spawn_with_fd;
@@ -32,6 +33,7 @@ struct Inner {
     gateway: Ipv4Addr,
     uplink_mtu: u32,
     segment_gso: bool,
+    user: DataplaneUser,
     uplink: Vec<OwnedFd>,
     pods: BTreeMap<u64, (PodSpec, Vec<OwnedFd>)>,
     restarts: u64,
@@ -116,7 +118,9 @@ impl Inner {
         let (ours, theirs) = UnixStream::pair().context("socketpair")?;
         let exe = std::env::current_exe().context("finding netstackd's own binary")?;
         let mut cmd = Command::new(exe);
-        cmd.arg("dataplane").stdin(Stdio::null());
+        cmd.arg("dataplane")
+            .args(["--user", &self.user.to_string()])
+            .stdin(Stdio::null());
         let theirs: OwnedFd = theirs.into();
         let mut child = spawn_with_fd(cmd, &theirs, CHILD_FD).context("starting the dataplane")?;
         drop(theirs);
@@ -161,13 +165,14 @@ impl Inner {
 }
 
 impl DataplaneProcess {
-    /// Starts the dataplane child with one worker per uplink queue, and a thread that restarts
-    /// it whenever it dies (or when it could not start).
+    /// Starts the dataplane child, running as `user`, with one worker per uplink queue, and a
+    /// thread that restarts it whenever it dies (or when it could not start).
     pub fn start(
         uplink: Vec<OwnedFd>,
         gateway: Ipv4Addr,
         uplink_mtu: u32,
         segment_gso: bool,
+        user: DataplaneUser,
     ) -> anyhow::Result<Self> {
         let workers = uplink.len();
         let inner = Arc::new(Mutex::new(Inner {
@@ -176,6 +181,7 @@ impl DataplaneProcess {
             gateway,
             uplink_mtu,
             segment_gso,
+            user,
             uplink,
             pods: BTreeMap::new(),
             restarts: 0,

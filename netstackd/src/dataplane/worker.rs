@@ -17,7 +17,7 @@ use nix::sys::eventfd::EventFd;
 use nix::sys::time::TimeSpec;
 use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
 
-use crate::gso::{GsoError, GsoFrame};
+use crate::gso::{self, GsoError, GsoFrame};
 use crate::stack::{DropReason, LinkCounters, PodPort, Router, Verdict};
 use crate::sys::packet::{recv_frames, send_frames, RxRing, MMSG_BATCH};
 use crate::sys::tap::{read_frame, write_frame, VNET_HDR_LEN};
@@ -577,7 +577,14 @@ impl Worker {
                     held = Some(wait);
                     break;
                 }
-                bucket.charge(pool.get(slot).end);
+                // Charged as the segments it stands for, headers and all.
+                let s = pool.get(slot);
+                let vnet = VnetHdr::parse(&s.vnet);
+                bucket.charge(gso::wire_len(
+                    &vnet,
+                    &s.buf[s.start..s.end],
+                    ethernet::HEADER_LEN,
+                ));
             }
             pod.io.queue.pop();
             let s = pool.get(slot);
@@ -772,10 +779,10 @@ impl Worker {
         if let Some(sink) = &src.io.capture {
             sink.record(&s.buf[..n]);
         }
-        if let Some(bucket) = &src.io.egress {
-            bucket.charge(n);
-        }
         let mut vnet = VnetHdr::parse(&s.vnet);
+        if let Some(bucket) = &src.io.egress {
+            bucket.charge(gso::wire_len(&vnet, &s.buf[..n], ethernet::HEADER_LEN));
+        }
         if vnet.is_gso() {
             src.counters.rx_gso(w);
         }

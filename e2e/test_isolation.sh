@@ -35,8 +35,12 @@ shaped_pod() {
     "$BIN/netstack") || { echo "ADD $name failed: $result" >&2; return 1; }
   jq -r '.ips[0].address' <<<"$result" | cut -d/ -f1
 }
-# drops_total POD: every frame dropped on the pod's link so far, all reasons.
-drops_total() { ctl stats | jq -r --arg id "$1" '[.pods[] | select(.container_id == $id) | .counters.drops[]] | add // 0'; }
+# drops_total POD [EXCEPT_REASON]: every frame dropped on the pod's link so far, all reasons
+# but one.
+drops_total() {
+  ctl stats | jq -r --arg id "$1" --arg x "${2:-}" \
+    '[.pods[] | select(.container_id == $id) | .counters.drops | del(.[$x]) | .[]] | add // 0'
+}
 drops() { ctl stats | jq -r --arg id "$1" --arg r "$2" '.pods[] | select(.container_id == $id) | .counters.drops[$r] // 0'; }
 
 # flood DST_IP SECS: 64-byte UDP datagrams from pod A to DST_IP over 64 flows (source ports),
@@ -109,7 +113,9 @@ flooded
 ctl_mbps=$(cat "$WORK/control.mbps")
 check "the control run moved data (D->E $ctl_mbps Mbit/s)" test "$ctl_mbps" -gt 0
 
-before_d=$(drops_total "$D") before_e=$(drops_total "$E") before_a=$(drops_total "$A")
+# In veth mode the flooder may outrun the worker reading its own packet sockets: that excess is
+# the flooder's own, counted on A as kernel_queue_full, and is not what this test is about.
+before_d=$(drops_total "$D") before_e=$(drops_total "$E") before_a=$(drops_total "$A" kernel_queue_full)
 before_b=$(drops "$B" qdisc_full) before_c=$(drops "$C" qdisc_full)
 log "hostile: the same flood to pods B and C, shaped to $RATE bit/s, for ${FLOOD_SECS} s"
 flood "$IP_B" "$FLOOD_SECS"
@@ -131,8 +137,9 @@ b_drops=$(($(drops "$B" qdisc_full) - before_b))
 c_drops=$(($(drops "$C" qdisc_full) - before_c))
 check "the flood was tail-dropped on B ($b_drops qdisc_full)" test "$b_drops" -gt 1000
 check "the flood was tail-dropped on C, whose huge burst is clamped ($c_drops qdisc_full)" test "$c_drops" -gt 1000
-check "no drops on D, E or A (D $(($(drops_total "$D") - before_d)), E $(($(drops_total "$E") - before_e)), A $(($(drops_total "$A") - before_a)))" \
-  test "$(drops_total "$D")" = "$before_d" -a "$(drops_total "$E")" = "$before_e" -a "$(drops_total "$A")" = "$before_a"
+after_d=$(drops_total "$D") after_e=$(drops_total "$E") after_a=$(drops_total "$A" kernel_queue_full)
+check "no drops on D, E or A (D $((after_d - before_d)), E $((after_e - before_e)), A $((after_a - before_a)))" \
+  test "$after_d" = "$before_d" -a "$after_e" = "$before_e" -a "$after_a" = "$before_a"
 c_bytes=$(pod_counter "$C" .tx_bytes)
 check "C received no more than its clamped burst and rate allow ($c_bytes <= $C_MAX_BYTES bytes)" \
   test "${c_bytes:-999999999}" -le "$C_MAX_BYTES"

@@ -8,6 +8,9 @@
 //! An optional token bucket per direction shapes a pod: frames to the pod wait in its queue
 //! until the bucket allows them; frames from the pod are left in the pod's own TAP ring (the
 //! worker stops reading it), which pushes back on the sender instead of dropping.
+//! Only a shaped queue keeps frames between batches, and the worker bounds it to the pod's own
+//! share of slots, which it adds to the pool while the pod is attached: a flooded shaped pod
+//! drops its own traffic and never holds the buffers the other links are read into.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;

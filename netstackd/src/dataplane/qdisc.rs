@@ -8,6 +8,9 @@
 //! An optional token bucket per direction shapes a pod: frames to the pod wait in its queue
 //! until the bucket allows them; frames from the pod are left in the pod's own TAP ring (the
 //! worker stops reading it), which pushes back on the sender instead of dropping.
+//! Only a shaped queue keeps frames between batches, and the worker bounds it to the pod's own
+//! share of slots, which it adds to the pool while the pod is attached: a flooded shaped pod
+//! drops its own traffic and never holds the buffers the other links are read into.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -31,37 +34,86 @@ pub struct Slot {
 }
 
 /// A worker's frame buffers. Free slots are reused last-in first-out, so a light load keeps
-/// touching the same few buffers and the resident memory stays small.
+/// touching the same few buffers and the resident memory stays small. The pool starts with the
+/// slots it is created with and may grow to a limit the worker raises and lowers as shaped pods
+/// come and go ([`SlotPool::set_limit`]): a slot past the first ones is allocated the first time
+/// it is needed, once, and freed when the limit drops below it and it is free.
 pub struct SlotPool {
     slots: Vec<Slot>,
     free: Vec<u32>,
+    limit: usize,
+}
+
+impl Slot {
+    fn new() -> Self {
+        Slot {
+            vnet: [0; VNET_HDR_LEN],
+            buf: vec![0u8; SLOT_LEN].into_boxed_slice(),
+            start: 0,
+            end: 0,
+        }
+    }
 }
 
 impl SlotPool {
-    /// `n` slots, allocated up front (pages are only touched as frames use them).
+    /// `n` slots, allocated up front (pages are only touched as frames use them); the limit is
+    /// `n` too.
     pub fn new(n: usize) -> Self {
         SlotPool {
-            slots: (0..n)
-                .map(|_| Slot {
-                    vnet: [0; VNET_HDR_LEN],
-                    buf: vec![0u8; SLOT_LEN].into_boxed_slice(),
-                    start: 0,
-                    end: 0,
-                })
-                .collect(),
+            slots: (0..n).map(|_| Slot::new()).collect(),
             free: (0..n as u32).rev().collect(),
+            limit: n,
         }
     }
 
-    /// A free slot, if any.
+    /// Lets the pool hold up to `n` slots. Lowering it frees the free slots past `n` now and
+    /// the others as they come back.
+    pub fn set_limit(&mut self, n: usize) {
+        self.limit = n;
+        self.trim();
+    }
+
+    /// Slots allocated now.
+    pub fn allocated(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Slots free now (allocated or not yet).
+    pub fn available(&self) -> usize {
+        self.free.len() + self.limit.saturating_sub(self.slots.len())
+    }
+
+    /// A free slot, if any: a reused one, else a new one while under the limit.
     pub fn take(&mut self) -> Option<u32> {
-        self.free.pop()
+        if let Some(i) = self.free.pop() {
+            return Some(i);
+        }
+        if self.slots.len() < self.limit {
+            self.slots.push(Slot::new());
+            return Some(self.slots.len() as u32 - 1);
+        }
+        None
     }
 
     /// Returns a slot.
     pub fn put(&mut self, i: u32) {
         debug_assert!(!self.free.contains(&i));
         self.free.push(i);
+        if self.slots.len() > self.limit {
+            self.trim();
+        }
+    }
+
+    /// Frees the free slots at the end of the pool while it is over its limit.
+    fn trim(&mut self) {
+        while self.slots.len() > self.limit {
+            let last = self.slots.len() as u32 - 1;
+            let Some(at) = self.free.iter().rposition(|&i| i == last) else {
+                return;
+            };
+            self.free.remove(at);
+            self.slots.pop();
+        }
     }
 
     /// A slot by index.
@@ -111,6 +163,11 @@ impl FifoQueue {
             byte_limit: usize::MAX,
             dirty: false,
         }
+    }
+
+    /// Bounds the queue to `frames` frames (those already in it stay).
+    pub fn set_limit(&mut self, frames: usize) {
+        self.limit = frames;
     }
 
     /// Also bounds the queue to `bytes` (a frame is always accepted into an empty queue).
@@ -165,6 +222,29 @@ struct BucketState {
     last: Instant,
 }
 
+/// The smallest burst a bucket keeps, whatever it is given: a 64 KiB GSO frame is never stuck
+/// behind a smaller one.
+pub const MIN_BURST_BYTES: u64 = 64 << 10;
+/// The largest burst a bucket keeps, however fast it is.
+pub const MAX_BURST_BYTES: u64 = 4 << 20;
+/// The longest a burst lasts at the bucket's rate: a larger burst is clamped to this much of
+/// the rate (but never below [`MIN_BURST_BYTES`] nor above [`MAX_BURST_BYTES`]).
+pub const MAX_BURST_TIME: Duration = Duration::from_millis(100);
+
+/// The burst in bytes a bucket of `rate_bps` keeps for a requested `burst_bits`: the request,
+/// bounded as tbf users bound it by hand — at least [`MIN_BURST_BYTES`], at most
+/// [`MAX_BURST_TIME`] of the rate, capped at [`MAX_BURST_BYTES`]. containerd asks 2^32-1 bits
+/// (512 MiB) for every `kubernetes.io/ingress-bandwidth` pod; kept as is, a 1 kbit/s pod could
+/// take 512 MiB at full speed before its shaping began, and its queue could hold as much.
+pub fn clamp_burst(rate_bps: u64, burst_bits: u64) -> u64 {
+    let rate_bytes = u128::from(rate_bps / 8);
+    let per_time = rate_bytes * MAX_BURST_TIME.as_millis() / 1000;
+    let ceiling = u64::try_from(per_time)
+        .unwrap_or(u64::MAX)
+        .clamp(MIN_BURST_BYTES, MAX_BURST_BYTES);
+    (burst_bits / 8).clamp(MIN_BURST_BYTES, ceiling)
+}
+
 /// A token bucket in bytes, shared by the workers serving one pod direction. Tokens may go
 /// negative by one frame (a 64 KB GSO frame is never stuck behind a small burst); the next
 /// frame then waits until the debt is paid back.
@@ -175,13 +255,13 @@ pub struct TokenBucket {
 }
 
 impl TokenBucket {
-    /// A bucket for `rate_bps` bits per second with `burst_bits` of burst (at least 64 KiB);
-    /// `None` when the rate is 0 (unlimited).
+    /// A bucket for `rate_bps` bits per second with `burst_bits` of burst, bounded by
+    /// [`clamp_burst`]; `None` when the rate is 0 (unlimited).
     pub fn new(rate_bps: u64, burst_bits: u64) -> Option<Self> {
         if rate_bps == 0 {
             return None;
         }
-        let burst = ((burst_bits / 8) as f64).max(65536.0);
+        let burst = clamp_burst(rate_bps, burst_bits) as f64;
         Some(TokenBucket {
             rate_bytes_per_s: rate_bps as f64 / 8.0,
             burst_bytes: burst,
@@ -190,6 +270,11 @@ impl TokenBucket {
                 last: Instant::now(),
             }),
         })
+    }
+
+    /// The burst in bytes, after [`clamp_burst`].
+    pub fn burst_bytes(&self) -> usize {
+        self.burst_bytes as usize
     }
 
     /// How many bytes a queue in front of this bucket may hold: the burst plus what the rate
@@ -301,5 +386,60 @@ mod tests {
         assert!(TokenBucket::new(0, 100).is_none(), "rate 0 is unlimited");
         // 64 KiB burst + 25 ms at 1 MB/s.
         assert_eq!(b.queue_bytes(), 65536 + 25_000);
+    }
+
+    #[test]
+    fn bursts_are_clamped_to_a_sane_byte_bound() {
+        // containerd's burst for kubernetes.io/ingress-bandwidth: 2^32-1 bits.
+        let huge = u64::from(u32::MAX);
+        assert_eq!(clamp_burst(1000, huge), MIN_BURST_BYTES, "1 kbit/s: 64 KiB");
+        assert_eq!(clamp_burst(1000, 8), MIN_BURST_BYTES, "never below 64 KiB");
+        // 100 Mbit/s: at most 100 ms of the rate.
+        assert_eq!(clamp_burst(100_000_000, huge), 1_250_000);
+        assert_eq!(
+            clamp_burst(100_000_000, 800_000),
+            100_000,
+            "a sane burst is kept"
+        );
+        assert_eq!(clamp_burst(100_000_000_000, huge), MAX_BURST_BYTES);
+        assert_eq!(clamp_burst(u64::MAX, u64::MAX), MAX_BURST_BYTES);
+        let b = TokenBucket::new(1000, huge).unwrap();
+        assert_eq!(b.burst_bytes(), 65536);
+        assert_eq!(
+            b.queue_bytes(),
+            65536 + 3,
+            "the queue is bounded by the clamped burst"
+        );
+        let t0 = Instant::now();
+        b.charge(65536 + 125);
+        assert!(b.ready(t0).is_err(), "the burst is spent after 64 KiB");
+    }
+
+    #[test]
+    fn pool_grows_to_its_limit_and_shrinks_back() {
+        let mut p = SlotPool::new(2);
+        assert_eq!(p.available(), 2);
+        let a = p.take().unwrap();
+        let b = p.take().unwrap();
+        assert_eq!(p.take(), None, "the limit holds");
+        p.set_limit(4);
+        assert_eq!(p.allocated(), 2, "nothing is allocated before it is needed");
+        assert_eq!(p.available(), 2);
+        let c = p.take().unwrap();
+        let d = p.take().unwrap();
+        assert_eq!((c, d), (2, 3));
+        assert_eq!(p.take(), None);
+        p.get_mut(d).end = 7;
+        // Lowering the limit frees the slots past it once they are back.
+        p.set_limit(2);
+        assert_eq!(p.allocated(), 4, "slots in use stay");
+        p.put(c);
+        assert_eq!(p.allocated(), 4, "slot 2 waits for slot 3");
+        p.put(d);
+        assert_eq!(p.allocated(), 2);
+        assert_eq!(p.available(), 0);
+        p.put(a);
+        p.put(b);
+        assert_eq!((p.allocated(), p.available()), (2, 2));
     }
 }

@@ -17,7 +17,7 @@ use nix::sys::eventfd::EventFd;
 use nix::sys::time::TimeSpec;
 use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
 
-use crate::gso::{GsoError, GsoFrame};
+use crate::gso::{self, GsoError, GsoFrame};
 use crate::stack::{DropReason, LinkCounters, PodPort, Router, Verdict};
 use crate::sys::packet::{recv_frames, send_frames, RxRing, MMSG_BATCH};
 use crate::sys::tap::{read_frame, write_frame, VNET_HDR_LEN};
@@ -29,8 +29,13 @@ use super::PodSpec;
 
 /// Frames read from one fd per wakeup before moving on to the next.
 const BATCH: usize = 64;
-/// Frame buffers per worker.
+/// Frame buffers per worker for reading and forwarding: never held by a shaped queue.
 const POOL_SLOTS: usize = 256;
+/// Frames the queue of a pod with an ingress rate may hold on one worker while they wait for
+/// tokens: the pod's own share of slots, added to the worker's pool while the pod is attached.
+/// Only a shaped queue keeps frames past a flush, so shaped pods together hold at most their
+/// own shares and the `POOL_SLOTS` stay free for reading every fd, the uplink included.
+const SHAPED_SLOTS: usize = 64;
 /// Frames one egress queue holds before it tail-drops.
 const QUEUE_LIMIT: usize = 128;
 const TOKEN_WAKE: u64 = u64::MAX;
@@ -114,6 +119,8 @@ pub(super) struct Worker {
     router: Router<PodIo>,
     wakeups: Arc<AtomicU64>,
     pool: SlotPool,
+    /// Attached pods with an ingress rate (each adds `SHAPED_SLOTS` to the pool's limit).
+    shaped_pods: usize,
     /// Egress ids (pods, or `UPLINK`) with frames queued.
     dirty: Vec<u64>,
     /// Pod queues not read while their egress bucket is empty.
@@ -264,6 +271,7 @@ impl Worker {
             router,
             wakeups,
             pool: SlotPool::new(POOL_SLOTS),
+            shaped_pods: 0,
             dirty: Vec::new(),
             throttled: Vec::new(),
             segment_gso: false,
@@ -327,6 +335,10 @@ impl Worker {
                         while let Some(slot) = port.io.queue.pop() {
                             self.pool.put(slot);
                         }
+                        if port.io.ingress.is_some() {
+                            self.shaped_pods -= 1;
+                            self.pool.set_limit(self.pool_limit());
+                        }
                         self.dirty.retain(|d| *d != id);
                         self.throttled.retain(|(t, _)| *t != id);
                     }
@@ -348,7 +360,17 @@ impl Worker {
         }
     }
 
-    fn attach(&mut self, spec: PodSpec, counters: Arc<LinkCounters>, io: PodIo) -> io::Result<()> {
+    /// Slots the pool may hold: the reading share plus each shaped pod's.
+    fn pool_limit(&self) -> usize {
+        POOL_SLOTS + self.shaped_pods * SHAPED_SLOTS
+    }
+
+    fn attach(
+        &mut self,
+        spec: PodSpec,
+        counters: Arc<LinkCounters>,
+        mut io: PodIo,
+    ) -> io::Result<()> {
         for (q, fd) in io.rx.iter().enumerate() {
             if let Err(e) = self.epoll.add(
                 fd.as_fd(),
@@ -359,6 +381,12 @@ impl Worker {
                 }
                 return Err(e.into());
             }
+        }
+        if io.ingress.is_some() {
+            // Frames to the pod wait for tokens in its queue: they may hold its share only.
+            io.queue.set_limit(SHAPED_SLOTS);
+            self.shaped_pods += 1;
+            self.pool.set_limit(self.pool_limit());
         }
         self.router.insert(PodPort {
             id: spec.id,
@@ -549,7 +577,14 @@ impl Worker {
                     held = Some(wait);
                     break;
                 }
-                bucket.charge(pool.get(slot).end);
+                // Charged as the segments it stands for, headers and all.
+                let s = pool.get(slot);
+                let vnet = VnetHdr::parse(&s.vnet);
+                bucket.charge(gso::wire_len(
+                    &vnet,
+                    &s.buf[s.start..s.end],
+                    ethernet::HEADER_LEN,
+                ));
             }
             pod.io.queue.pop();
             let s = pool.get(slot);
@@ -744,10 +779,10 @@ impl Worker {
         if let Some(sink) = &src.io.capture {
             sink.record(&s.buf[..n]);
         }
-        if let Some(bucket) = &src.io.egress {
-            bucket.charge(n);
-        }
         let mut vnet = VnetHdr::parse(&s.vnet);
+        if let Some(bucket) = &src.io.egress {
+            bucket.charge(gso::wire_len(&vnet, &s.buf[..n], ethernet::HEADER_LEN));
+        }
         if vnet.is_gso() {
             src.counters.rx_gso(w);
         }
@@ -848,5 +883,175 @@ impl Worker {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The worker's slot accounting, without root: datagram socketpairs stand in for the pods'
+    //! TAP queues (one frame per message, with its virtio-net header, as a TAP gives them).
+
+    use std::net::Ipv4Addr;
+    use std::os::unix::net::UnixDatagram;
+
+    use super::*;
+    use crate::stack::GATEWAY_MAC;
+    use crate::wire::{ipv4, MacAddr};
+
+    const GW: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
+
+    fn ip(n: u8) -> Ipv4Addr {
+        Ipv4Addr::new(10, 77, 0, n)
+    }
+
+    fn mac(n: u8) -> MacAddr {
+        MacAddr([0x0a, 0x58, 10, 77, 0, n])
+    }
+
+    /// An Ethernet + IPv4 + UDP frame from pod `src` to pod `dst` with `payload` bytes, behind
+    /// an all-zero virtio-net header.
+    fn udp_frame(src: u8, dst: u8, payload: usize) -> Vec<u8> {
+        let mut f = vec![0u8; VNET_HDR_LEN + 14 + 28 + payload];
+        let frame = &mut f[VNET_HDR_LEN..];
+        ethernet::write_header(frame, GATEWAY_MAC, mac(src), ethernet::ETHERTYPE_IPV4);
+        ipv4::emit_header(
+            &mut frame[14..],
+            ip(src),
+            ip(dst),
+            ipv4::PROTO_UDP,
+            64,
+            8 + payload,
+            1,
+        );
+        let udp = &mut frame[34..];
+        udp[0..2].copy_from_slice(&4000u16.to_be_bytes());
+        udp[2..4].copy_from_slice(&9u16.to_be_bytes());
+        udp[4..6].copy_from_slice(&((8 + payload) as u16).to_be_bytes());
+        f
+    }
+
+    /// A worker with pods 1..=4: pod 1 unshaped (the flooder), pods 2 and 3 shaped to 1 kbit/s
+    /// towards them, pod 4 unshaped. Returns the worker, the test's end of each pod's "TAP"
+    /// (index = pod id - 1) and the pods' counters.
+    fn worker() -> (Worker, Vec<UnixDatagram>, Vec<Arc<LinkCounters>>) {
+        let (_cmd_tx, cmds) = mpsc::channel();
+        let wake = Arc::new(EventFd::new().unwrap());
+        let (uplink, _uplink_peer) = UnixDatagram::pair().unwrap();
+        uplink.set_nonblocking(true).unwrap();
+        let mut w = Worker::new(
+            0,
+            cmds,
+            wake,
+            OwnedFd::from(uplink),
+            Arc::new(LinkCounters::new(1)),
+            Router::new(GW, 1500),
+            Arc::new(AtomicU64::new(0)),
+        )
+        .unwrap();
+        let (mut peers, mut counters) = (Vec::new(), Vec::new());
+        for id in 1..=4u8 {
+            let (ours, theirs) = UnixDatagram::pair().unwrap();
+            ours.set_nonblocking(true).unwrap();
+            theirs.set_nonblocking(true).unwrap();
+            let mut io = PodIo::new(vec![OwnedFd::from(ours)], None);
+            if id == 2 || id == 3 {
+                let bucket = TokenBucket::new(1000, 8000).unwrap();
+                // Spend the burst up front: every frame to the pod now waits in its queue.
+                bucket.charge(bucket.burst_bytes() + 1_000_000);
+                io.ingress = Some(Arc::new(bucket));
+            }
+            let spec = PodSpec {
+                id: u64::from(id),
+                mac: mac(id),
+                ipv4: vec![ip(id)],
+                ipv6: Vec::new(),
+                gateway_v6: None,
+                mtu: 1500,
+                bandwidth: None,
+                container_id: format!("pod{id}"),
+                packet_sockets: false,
+                rx_ring: false,
+            };
+            let c = Arc::new(LinkCounters::new(1));
+            w.attach(spec, Arc::clone(&c), io).unwrap();
+            peers.push(theirs);
+            counters.push(c);
+        }
+        (w, peers, counters)
+    }
+
+    /// Pod 1 sends `rounds` × 4 small frames to each of pods 2 and 3, read by the worker as
+    /// its epoll loop would (a drain of pod 1's queue, then a flush).
+    fn flood_shaped(w: &mut Worker, from: &UnixDatagram, rounds: usize) {
+        let (to_b, to_c) = (udp_frame(1, 2, 22), udp_frame(1, 3, 22));
+        for _ in 0..rounds {
+            for _ in 0..4 {
+                // A full socket here means the worker stopped reading pod 1.
+                from.send(&to_b).expect("pod 1 is read");
+                from.send(&to_c).expect("pod 1 is read");
+            }
+            w.drain_pod(1, 0);
+            w.flush();
+        }
+    }
+
+    #[test]
+    fn shaped_queues_hold_only_their_share_and_the_others_are_still_read() {
+        let (mut w, peers, counters) = worker();
+        flood_shaped(&mut w, &peers[0], 200);
+
+        // Pod 1 still gets through to pod 4, and pod 4 back to pod 1.
+        let to_d = udp_frame(1, 4, 100);
+        peers[0].send(&to_d).unwrap();
+        w.drain_pod(1, 0);
+        w.flush();
+        let mut got = [0u8; 2048];
+        let n = peers[3].recv(&mut got).expect("pod 4 got pod 1's frame");
+        assert_eq!(n, to_d.len());
+        peers[3].send(&udp_frame(4, 1, 100)).unwrap();
+        w.drain_pod(4, 0);
+        w.flush();
+        assert!(peers[0].recv(&mut got).is_ok(), "pod 1 got pod 4's frame");
+        for id in [2u64, 3] {
+            let q = &w.router.pod(id).unwrap().io.queue;
+            assert_eq!(q.len(), SHAPED_SLOTS, "pod {id}'s queue holds its share");
+        }
+        assert!(
+            w.pool.available() >= POOL_SLOTS,
+            "{} slots left for reading",
+            w.pool.available()
+        );
+        let shaped_drops: u64 = [1, 2]
+            .iter()
+            .map(|&i| counters[i].snapshot().drops.values().sum::<u64>())
+            .sum();
+        assert_eq!(
+            shaped_drops,
+            2 * (800 - SHAPED_SLOTS as u64),
+            "the excess is tail-dropped on the shaped pods"
+        );
+        assert_eq!(counters[0].snapshot().drops.values().sum::<u64>(), 0);
+
+        assert!(w.throttled.is_empty(), "no fd is left unread");
+    }
+
+    #[test]
+    fn a_shaped_pods_share_comes_and_goes_with_it() {
+        let (mut w, peers, _) = worker();
+        assert_eq!(w.pool_limit(), POOL_SLOTS + 2 * SHAPED_SLOTS);
+        flood_shaped(&mut w, &peers[0], 50);
+        let (ack, _done) = mpsc::channel();
+        let (cmd_tx, cmds) = mpsc::channel();
+        w.cmds = cmds;
+        cmd_tx.send(WorkerCmd::Detach(2, ack)).unwrap();
+        w.wake.write(1).unwrap();
+        assert!(w.apply_commands());
+        assert_eq!(w.pool_limit(), POOL_SLOTS + SHAPED_SLOTS);
+        assert!(
+            w.pool.allocated() <= POOL_SLOTS + 2 * SHAPED_SLOTS,
+            "{} slots",
+            w.pool.allocated()
+        );
+        assert!(w.pool.available() >= POOL_SLOTS);
     }
 }

@@ -60,9 +60,10 @@ fn be16(b: &[u8], at: usize) -> usize {
 impl<'a> GsoFrame<'a> {
     /// Checks `vnet` against `frame` (IP header at `l3_offset`), as Linux
     /// `virtio_net_hdr_to_skb` and the GSO handlers do: a TCP or USO GSO type matching the IP
-    /// version and transport, a non-zero `gso_size`, whole IP and L4 headers, `hdr_len` inside
-    /// the frame, `csum_start`/`csum_offset` on the L4 checksum when `NEEDS_CSUM` is set (USO
-    /// requires it), no IPv4 fragment, no IPv6 extension header, and a sane segment count.
+    /// version and transport, a `gso_size` of at least [`super::min_gso_size`], whole IP and L4
+    /// headers, `hdr_len` inside the frame, `csum_start`/`csum_offset` on the L4 checksum when
+    /// `NEEDS_CSUM` is set (USO requires it), no IPv4 fragment, no IPv6 extension header, and a
+    /// sane segment count.
     pub fn parse(vnet: &VnetHdr, frame: &'a [u8], l3_offset: usize) -> Result<Self, GsoError> {
         let gso_type = vnet.gso_type;
         let (version, transport) = match gso_type & !GSO_ECN {
@@ -74,6 +75,13 @@ impl<'a> GsoFrame<'a> {
         };
         if vnet.gso_size == 0 {
             return Err(GsoError::ZeroGsoSize);
+        }
+        let min = super::min_gso_size(gso_type);
+        if vnet.gso_size < min {
+            return Err(GsoError::GsoSizeTooSmall {
+                gso_size: vnet.gso_size,
+                min,
+            });
         }
 
         let ip = IpHeader::parse(frame, l3_offset)?;

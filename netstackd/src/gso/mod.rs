@@ -32,9 +32,11 @@
 //! frame given (an Ethernet frame on a TAP, with `l3_offset` 14; an IP packet on the TUN
 //! uplink, with `l3_offset` 0), exactly as the device that produced the header counts them.
 //!
-//! A header that lies (no segment size, offsets outside the frame, a GSO type that does not
-//! match the packet, too many segments, truncated headers) gives a [`GsoError`] before any
-//! segment is emitted; no input can make this module panic or slice out of bounds.
+//! A header that lies (no segment size or one below the protocol's minimum, offsets outside the
+//! frame, a GSO type that does not match the packet, too many segments, truncated headers)
+//! gives a [`GsoError`] before any segment is emitted; no input can make this module panic or
+//! slice out of bounds. Shaping charges a super-frame as the segments it stands for
+//! ([`wire_len`]).
 
 #![forbid(unsafe_code)]
 
@@ -52,6 +54,37 @@ use crate::wire::VnetHdr;
 /// `tcp_min_snd_mss` (48, less TCP options), at most ~1 400 segments per 64 KiB; anything above
 /// this is a header asking for amplification, not TCP.
 pub const MAX_TCP_SEGMENTS: usize = 2048;
+
+/// The smallest `gso_size` a TCP super-frame may have: the least payload Linux puts in a
+/// segment (`tcp_min_snd_mss`, 48 bytes, "reserves room for a full set of TCP options and 8
+/// bytes of data"). A smaller one is a malformed header, not TCP: it is dropped, not segmented.
+pub const MIN_TCP_GSO_SIZE: u16 = 8;
+
+/// The smallest `gso_size` a USO super-frame may have: 1 (Linux takes any non-zero
+/// `UDP_SEGMENT`; [`MAX_UDP_SEGMENTS`] bounds how many datagrams that makes).
+pub const MIN_UDP_GSO_SIZE: u16 = 1;
+
+/// The smallest `gso_size` GSO type `gso_type` may carry (1 for a type this module does not
+/// segment: only 0 is refused there).
+pub fn min_gso_size(gso_type: u8) -> u16 {
+    match gso_type & !crate::wire::vnet::GSO_ECN {
+        crate::wire::vnet::GSO_TCPV4 | crate::wire::vnet::GSO_TCPV6 => MIN_TCP_GSO_SIZE,
+        _ => MIN_UDP_GSO_SIZE,
+    }
+}
+
+/// The bytes a frame puts on the wire once segmented, which shaping charges: a GSO super-frame
+/// stands for its segments, each with its own copy of the headers; any other frame (or one
+/// whose header does not parse, which is dropped later) is its own length.
+pub fn wire_len(vnet: &VnetHdr, frame: &[u8], l3_offset: usize) -> usize {
+    if !vnet.is_gso() {
+        return frame.len();
+    }
+    match GsoFrame::parse(vnet, frame, l3_offset) {
+        Ok(g) => g.segment_count() * g.header_len() + g.payload_len(),
+        Err(_) => frame.len(),
+    }
+}
 
 /// Most datagrams a USO super-frame may stand for: Linux `UDP_MAX_SEGMENTS`, which
 /// `virtio_net_hdr_to_skb` enforces on frames from a TAP.
@@ -83,6 +116,14 @@ pub enum GsoError {
     /// `gso_size` is 0.
     #[error("gso_size is 0")]
     ZeroGsoSize,
+    /// `gso_size` is below the protocol's minimum ([`MIN_TCP_GSO_SIZE`]).
+    #[error("gso_size {gso_size} is below the minimum of {min}")]
+    GsoSizeTooSmall {
+        /// The header's `gso_size`.
+        gso_size: u16,
+        /// The least the GSO type allows.
+        min: u16,
+    },
     /// The frame ends inside a header.
     #[error("{what} truncated: needs {need} bytes, the frame has {frame_len}")]
     Truncated {

@@ -585,12 +585,19 @@ fn lying_headers_give_typed_errors() {
             },
         ),
         (
+            "gso_size below TCP's minimum",
+            |v, _| v.gso_size = MIN_TCP_GSO_SIZE - 1,
+            GsoError::GsoSizeTooSmall {
+                gso_size: MIN_TCP_GSO_SIZE - 1,
+                min: MIN_TCP_GSO_SIZE,
+            },
+        ),
+        (
             "segment count absurd",
             |v, _| v.gso_size = 1,
-            GsoError::TooManySegments {
-                segments: 4000,
+            GsoError::GsoSizeTooSmall {
                 gso_size: 1,
-                max: MAX_TCP_SEGMENTS,
+                min: MIN_TCP_GSO_SIZE,
             },
         ),
         (
@@ -891,4 +898,47 @@ fn complete_checksum_zero_becomes_ffff() {
     frame[l4 + 8..l4 + 10].copy_from_slice(&c.to_be_bytes());
     complete_checksum(&vnet, &mut frame, ETH_LEN).unwrap();
     assert_eq!(&frame[l4 + 6..l4 + 8], &[0xff, 0xff]);
+}
+
+#[test]
+fn tcp_gso_size_at_the_minimum_is_segmented() {
+    let s = Spec {
+        mss: MIN_TCP_GSO_SIZE,
+        payload_len: 100,
+        ..Spec::default()
+    };
+    let (vnet, frame) = build(&s);
+    let mut scratch = vec![0u8; 4096];
+    let n = segment::<GsoError>(&vnet, &frame, ETH_LEN, &mut scratch, |seg| {
+        check(seg, &s);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(n, 13);
+}
+
+#[test]
+fn wire_len_counts_the_headers_of_every_segment() {
+    let s = Spec::default();
+    let (vnet, frame) = build(&s);
+    let mut scratch = vec![0u8; 4096];
+    let mut sent = 0;
+    let n = segment::<GsoError>(&vnet, &frame, ETH_LEN, &mut scratch, |seg| {
+        sent += seg.len();
+        Ok(())
+    })
+    .unwrap();
+    assert!(n > 1);
+    assert_eq!(wire_len(&vnet, &frame, ETH_LEN), sent);
+    assert!(sent > frame.len(), "every segment carries its own headers");
+    assert_eq!(
+        wire_len(&VnetHdr::default(), &frame, ETH_LEN),
+        frame.len(),
+        "a plain frame is its own length"
+    );
+    let lie = VnetHdr {
+        gso_size: 0,
+        ..vnet
+    };
+    assert_eq!(wire_len(&lie, &frame, ETH_LEN), frame.len());
 }

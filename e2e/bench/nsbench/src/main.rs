@@ -86,6 +86,9 @@ enum Cmd {
         /// Datagrams per sendmmsg call (1..=64).
         #[arg(long, default_value_t = 32)]
         batch: usize,
+        /// Flows (sockets, each from its own source port) the batches take turns on (1..=1024).
+        #[arg(long, default_value_t = 1)]
+        flows: usize,
     },
     /// Forward every frame between devices A and B of this netns through packet sockets.
     PktFwd {
@@ -136,7 +139,8 @@ fn main() -> Result<()> {
             pps,
             size,
             batch,
-        } => udp_blast(connect, duration, pps, size, batch)?,
+            flows,
+        } => udp_blast(connect, duration, pps, size, batch, flows)?,
         Cmd::PktFwd {
             a,
             b,
@@ -321,9 +325,13 @@ fn udp_blast(
     pps: Option<f64>,
     size: usize,
     batch: usize,
+    flows: usize,
 ) -> Result<serde_json::Value> {
     if !(1..=sys::MAX_BATCH).contains(&batch) {
         bail!("--batch must be 1..={}", sys::MAX_BATCH);
+    }
+    if !(1..=1024).contains(&flows) {
+        bail!("--flows must be 1..=1024");
     }
     if !(1..=65507).contains(&size) {
         bail!("--size must be 1..=65507");
@@ -338,9 +346,15 @@ fn udp_blast(
     } else {
         "[::]:0".parse()?
     };
-    let sock = UdpSocket::bind(local)?;
-    sock.connect(addr)
-        .with_context(|| format!("connect {addr}"))?;
+    let socks = (0..flows)
+        .map(|_| {
+            let sock = UdpSocket::bind(local)?;
+            sock.connect(addr)
+                .with_context(|| format!("connect {addr}"))?;
+            Ok(sock)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut turn = 0;
     let payload = vec![0x5au8; size];
     let msgs: Vec<&[u8]> = vec![&payload[..]; batch];
     let (mut sent, mut errors) = (0u64, 0u64);
@@ -358,6 +372,8 @@ fn udp_blast(
                 continue;
             }
         }
+        let sock = &socks[turn];
+        turn = (turn + 1) % socks.len();
         match sys::send_batch(sock.as_fd(), &msgs) {
             Ok(n) => sent += n as u64,
             // ECONNREFUSED from an ICMP error of an earlier datagram, ENOBUFS, EAGAIN: count
@@ -373,6 +389,7 @@ fn udp_blast(
         "elapsed_s": elapsed,
         "pps": sent as f64 / elapsed,
         "size": size,
+        "flows": flows,
     }))
 }
 
@@ -423,7 +440,7 @@ mod tests {
             udp_sink(addr, Duration::from_secs(3), Duration::from_millis(500)).unwrap()
         });
         sleep(Duration::from_millis(100));
-        let b = udp_blast(addr, Duration::from_millis(200), Some(5000.0), 64, 16).unwrap();
+        let b = udp_blast(addr, Duration::from_millis(200), Some(5000.0), 64, 16, 1).unwrap();
         let s = sink.join().unwrap();
         let sent = b["sent"].as_u64().unwrap();
         assert!(sent > 0 && sent <= 1100, "paced send: {sent}");

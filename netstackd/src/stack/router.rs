@@ -567,7 +567,7 @@ fn offload_fits_v6<T: AsRef<[u8]>>(
             crate::wire::vnet::GSO_UDP_L4 => ip.next_header() == ipv6::NEXT_UDP,
             _ => false,
         };
-        if !proto_matches || vnet.gso_size == 0 {
+        if !proto_matches || vnet.gso_size < crate::gso::min_gso_size(vnet.gso_type) {
             return false;
         }
     }
@@ -638,7 +638,7 @@ fn offload_fits<T: AsRef<[u8]>>(vnet: &VnetHdr, ip: &Ipv4Packet<T>, l3: usize, l
             }
             _ => false,
         };
-        if !proto_matches || vnet.gso_size == 0 {
+        if !proto_matches || vnet.gso_size < crate::gso::min_gso_size(vnet.gso_type) {
             return false;
         }
     }

@@ -493,6 +493,44 @@ fn offload_headers_that_lie_are_malformed() {
     }
 }
 
+/// A TCP super-frame whose segments would carry fewer than Linux's minimum of 8 bytes is
+/// malformed whether it would be segmented here or passed whole (to a TAP with TSO).
+#[test]
+fn tcp_gso_below_the_minimum_segment_size_is_malformed_even_when_passed_whole() {
+    let r = router();
+    for (gso_size, want) in [
+        (
+            crate::gso::MIN_TCP_GSO_SIZE - 1,
+            Verdict::Drop(DropReason::Malformed),
+        ),
+        (
+            crate::gso::MIN_TCP_GSO_SIZE,
+            Verdict::ToPod {
+                id: 2,
+                len: 14 + 20 + 8 + 100,
+            },
+        ),
+    ] {
+        let mut buf = buffer();
+        let len = udp_frame(&mut buf, MAC_A, IP_A, IP_B, 64, 100);
+        // Make it TCP (the router checks the IP header, not the transport's).
+        buf[14 + 9] = ipv4::PROTO_TCP;
+        buf[14 + 10..14 + 12].copy_from_slice(&[0, 0]);
+        let sum = checksum::checksum(&buf[14..34]);
+        buf[14 + 10..14 + 12].copy_from_slice(&sum.to_be_bytes());
+        let mut v = VnetHdr {
+            gso_type: vnet::GSO_TCPV4,
+            gso_size,
+            ..Default::default()
+        };
+        assert_eq!(
+            r.from_pod(1, &mut v, &mut buf, len),
+            want,
+            "gso_size {gso_size}"
+        );
+    }
+}
+
 #[test]
 fn oversized_packet_without_df_is_dropped_too_big() {
     let r = router();

@@ -94,9 +94,10 @@ for MODE in tap veth; do
   check "$MODE: A pings the node" in_pod "$A" ping -c 2 -i 0.2 -W 2 "$GATEWAY"
   head -c 64M /dev/urandom >"$WORK/blob"
   in_pod "$B" timeout 60 socat -u TCP-LISTEN:5001,reuseaddr OPEN:"$WORK/blob.got",creat,trunc &
+  receiver=$!
   sleep 0.5
-  in_pod "$A" timeout 60 socat -u OPEN:"$WORK/blob" TCP:"$IPB":5001
-  wait
+  in_pod "$A" timeout 60 socat -u OPEN:"$WORK/blob" TCP:"$IPB":5001,retry=20,interval=0.2
+  wait "$receiver"
   check "$MODE: 64 MiB A -> B arrive intact" test "$(sha256sum <"$WORK/blob")" = "$(sha256sum <"$WORK/blob.got")"
   rm -f "$WORK/blob" "$WORK/blob.got"
   in_pod "$A" timeout 30 socat TCP-LISTEN:8080,reuseaddr,fork SYSTEM:'echo mapped' &
@@ -121,6 +122,19 @@ for MODE in tap veth; do
   rc=$?
   if [ "$rc" != 0 ] && jq -e '.error | test("not unicast")' <<<"$out" >/dev/null 2>&1; then ok "$MODE: a multicast static MAC is a clear error"; else fail "$MODE: bad MAC: rc $rc, $out"; fi
   check "$MODE: ... and leaves nothing" sh -c "! ip -n $C link show eth0 2>/dev/null && test \"\$($BIN/netstackd ctl --socket $SOCK --json status | jq .attachments)\" = $before"
+  # Failures after the link exists must roll it back: an address netstackd already has (A's),
+  # and port rules that cannot be written (no nft on PATH).
+  jq --arg ip "$IPA" '.networks.nsnet.static_ips = [$ip]' "$WORK/c.json" >"$WORK/c3.json"
+  out=$(nv setup "/run/netns/$C" <"$WORK/c3.json")
+  rc=$?
+  if [ "$rc" != 0 ] && jq -e '.error | length > 0' <<<"$out" >/dev/null 2>&1; then ok "$MODE: A's address again is refused ($(jq -r .error <<<"$out" | cut -c1-80))"; else fail "$MODE: duplicate address: rc $rc, $out"; fi
+  check "$MODE: ... the link it made is gone and nothing is attached" sh -c "! ip -n $C link show eth0 2>/dev/null && test \"\$($BIN/netstackd ctl --socket $SOCK --json status | jq .attachments)\" = $before"
+  jq --arg ip "$PREFIX.71" --argjson pm "$PM" '.networks.nsnet.static_ips = [$ip] | .port_mappings = $pm' "$WORK/c.json" >"$WORK/c4.json"
+  mkdir -p "$WORK/empty-path"
+  out=$(env PATH="$WORK/empty-path" "$NETAVARK" --config "$NVCONF" --plugin-directory "$PLUGDIR" setup "/run/netns/$C" <"$WORK/c4.json")
+  rc=$?
+  if [ "$rc" != 0 ] && jq -e '.error | test("port mappings")' <<<"$out" >/dev/null 2>&1; then ok "$MODE: port rules that cannot be written fail the setup"; else fail "$MODE: no nft: rc $rc, $out"; fi
+  check "$MODE: ... and the link and attachment are rolled back" sh -c "! ip -n $C link show eth0 2>/dev/null && test \"\$($BIN/netstackd ctl --socket $SOCK --json status | jq .attachments)\" = $before"
   ip netns del "$C"
   check "$MODE: netavark teardown A" nv teardown "/run/netns/$A" <"$WORK/a.json"
   check "$MODE: netavark teardown B" nv teardown "/run/netns/$B" <"$WORK/b.json"

@@ -69,10 +69,15 @@ fn pod_mac(
         .as_ref()
         .and_then(|a| a.cni.as_ref())
         .and_then(|c| c.mac.as_deref());
+    // An empty value is no choice, as for the bridge plugin.
     let chosen = runtime
+        .filter(|m| !m.is_empty())
         .map(|m| ("runtimeConfig.mac", m))
-        .or(args.map(|m| ("args.cni.mac", m)))
-        .or(cni_args.get("MAC").map(|m| ("CNI_ARGS MAC", m.as_str())));
+        .or(args.filter(|m| !m.is_empty()).map(|m| ("args.cni.mac", m)))
+        .or(cni_args
+            .get("MAC")
+            .filter(|m| !m.is_empty())
+            .map(|m| ("CNI_ARGS MAC", m.as_str())));
     if let Some((source, mac)) = chosen {
         let parsed: MacAddr = mac
             .parse()
@@ -310,6 +315,10 @@ pub fn cmd_add(env: &CniEnv, conf: &NetConf, stdin: &[u8]) -> Result<serde_json:
 
     // Ask the daemon first: if it is down, nothing has been done yet.
     let (mut client, workers) = connect_ready(conf)?;
+    // The node's mount namespace is the runtime's, and so this plugin's, not necessarily
+    // netstackd's (a DaemonSet pod): namespaces an older netstack hid in the runtime's
+    // directory are released from here (cheap when there are none: one read of mountinfo).
+    release_hidden_netns(netns);
 
     let allocated = ipam::add(env, &ipam_type, stdin)?;
     let outcome = attach_allocated(env, conf, netns, &mut client, workers, &allocated);
@@ -320,6 +329,30 @@ pub fn cmd_add(env: &CniEnv, conf: &NetConf, stdin: &[u8]) -> Result<serde_json:
                 eprintln!("netstack: releasing the IPAM allocation after a failed ADD: {undo}");
             }
             Err(e)
+        }
+    }
+}
+
+/// Releases the network namespaces an older netstack hid under a self-bind of `/run/netns`
+/// and of the directory of the pod's own netns (see `netstackd::mounts`). Problems are
+/// printed on stderr (the runtime logs it) and never fail the ADD.
+fn release_hidden_netns(netns: &Path) {
+    let mut dirs = vec![Path::new("/run/netns")];
+    if let Some(dir) = netns.parent().filter(|d| *d != Path::new("/run/netns")) {
+        if !dir.starts_with("/proc") {
+            dirs.push(dir);
+        }
+    }
+    for dir in dirs {
+        match netstackd::mounts::release_hidden(dir) {
+            Ok(r) if !r.unmounted.is_empty() => eprintln!(
+                "netstack: released {} network namespace mount(s) hidden under a self-bind of {}: {:?}",
+                r.unmounted.len(),
+                dir.display(),
+                r.unmounted
+            ),
+            Ok(_) => {}
+            Err(e) => eprintln!("netstack: namespaces hidden in {}: {e}", dir.display()),
         }
     }
 }

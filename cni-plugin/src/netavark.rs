@@ -52,6 +52,9 @@ pub struct Subnet {
     /// Its gateway (netstackd's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<IpAddr>,
+    /// The part podman's IPAM hands out (`--ip-range`), kept as given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_range: Option<Value>,
 }
 
 /// The fields of a netavark network this plugin reads. `create` works on the whole JSON
@@ -257,6 +260,7 @@ pub fn create(mut network: Value) -> Result<Value, PluginError> {
                 .map(|(net, gw)| Subnet {
                     subnet: *net,
                     gateway: Some(*gw),
+                    lease_range: None,
                 })
                 .collect(),
             Some(given) => given
@@ -296,8 +300,22 @@ pub fn create(mut network: Value) -> Result<Value, PluginError> {
                 })
                 .collect::<Result<_, _>>()?,
         };
+    let has_v6 = subnets.iter().any(|s| s.subnet.addr().is_ipv6());
+    if network["ipv6_enabled"] == json!(true) && !has_v6 {
+        return Err(err(format!(
+            "network {}: IPv6 asked for, but netstackd has no IPv6 pod CIDR (--pod-cidr-v6)",
+            parsed.name
+        )));
+    }
+    let driver = network["ipam_options"]["driver"].as_str().unwrap_or("host-local");
+    if driver != "host-local" {
+        return Err(err(format!(
+            "network {}: ipam driver {driver:?}: netstack takes podman's addresses (host-local)",
+            parsed.name
+        )));
+    }
     network["subnets"] = serde_json::to_value(&subnets).map_err(|e| err(e.to_string()))?;
-    network["ipv6_enabled"] = json!(subnets.iter().any(|s| s.subnet.addr().is_ipv6()));
+    network["ipv6_enabled"] = json!(has_v6);
     network["dns_enabled"] = json!(false);
     if network.get("ipam_options").is_none_or(Value::is_null) {
         network["ipam_options"] = json!({ "driver": "host-local" });
@@ -327,7 +345,13 @@ fn cni_call(
     )?;
     s.bandwidth.extend(own);
     let mut conf = conflist(&exec.network, &s);
-    if let Some(mac) = &exec.network_options.static_mac {
+    if let Some(mac) = exec.network_options.static_mac.as_deref().filter(|m| !m.is_empty()) {
+        let parsed: netstackd::wire::MacAddr = mac
+            .parse()
+            .map_err(|_| err(format!("static_mac {mac:?} (--mac-address) is not a MAC")))?;
+        if !parsed.is_unicast() || parsed.is_zero() {
+            return Err(err(format!("static_mac {mac} (--mac-address) is not unicast")));
+        }
         if conf.get("runtimeConfig").is_none() {
             conf["runtimeConfig"] = json!({});
         }

@@ -17,6 +17,8 @@ use serde::Deserialize;
 
 /// The nftables table the mappings live in.
 pub const TABLE: &str = "netstack_netavark";
+/// Where the lock file of the table lives.
+const LOCK_DIR: &str = "/run/netstack";
 /// The most ports one mapping may cover.
 const MAX_RANGE: u16 = 4096;
 
@@ -38,14 +40,17 @@ pub struct PortMapping {
 }
 
 impl PortMapping {
+    /// The node address to match, `None` for any; `0.0.0.0` and `::` mean any address of
+    /// their family (as netavark's own port forwarding reads them).
     fn host_ip(&self) -> Result<Option<IpAddr>, String> {
         if self.host_ip.is_empty() {
             return Ok(None);
         }
-        self.host_ip
+        let ip: IpAddr = self
+            .host_ip
             .parse()
-            .map(Some)
-            .map_err(|_| format!("host_ip {:?} is not an address", self.host_ip))
+            .map_err(|_| format!("host_ip {:?} is not an address", self.host_ip))?;
+        Ok(Some(ip))
     }
 
     fn protocols(&self) -> Result<Vec<&str>, String> {
@@ -132,7 +137,10 @@ pub fn script(
                 if host_ip.is_some_and(|h| h.is_ipv6() != v6) {
                     continue;
                 }
-                let daddr = host_ip.map_or(String::new(), |h| format!("{family} daddr {h} "));
+                let daddr = match host_ip {
+                    Some(h) if !h.is_unspecified() => format!("{family} daddr {h} "),
+                    _ => String::new(),
+                };
                 for i in 0..m.count() {
                     let to = if v6 {
                         format!("[{ip}]:{}", m.container_port + i)
@@ -189,6 +197,13 @@ fn nft(args: &[&str], stdin: Option<&str>) -> Result<String, String> {
     }
 }
 
+/// Serialises changes to the table between plugin processes (a teardown deleting the table
+/// while a setup adds to it would lose the setup's rules).
+fn lock() -> Result<nix::fcntl::Flock<std::fs::File>, String> {
+    netstackd::mounts::lock_beside(std::path::Path::new(LOCK_DIR).join(TABLE).as_path())
+        .map_err(|e| format!("locking the port-mapping table: {e}"))
+}
+
 /// Installs a container's mappings (nothing when there are none).
 pub fn add(
     container_id: &str,
@@ -207,6 +222,7 @@ pub fn add(
 
 /// Removes a container's mappings; idempotent. The table goes with the last container.
 pub fn remove(container_id: &str) -> Result<(), String> {
+    let _lock = lock()?;
     let listing = match nft(&["-j", "-a", "list", "table", "inet", TABLE], None) {
         Ok(l) => l,
         // No table (or no nft): nothing of ours to remove.
@@ -281,6 +297,16 @@ mod tests {
             8,
             "2 ports x 2 protocols x 2 families"
         );
+    }
+
+    #[test]
+    fn an_unspecified_host_ip_is_any_address_of_its_family() {
+        let ips: Vec<IpAddr> = vec!["10.244.1.7".parse().unwrap(), "fd00::7".parse().unwrap()];
+        let s = script("c", &ips, &[mapping("0.0.0.0", 8080, 80, "tcp", 0)]).unwrap();
+        assert_eq!(s.matches("dnat").count(), 1, "IPv4 only");
+        assert!(s.contains("ctr_c meta nfproto ipv4 tcp dport 8080 dnat ip to 10.244.1.7:80"), "{s}");
+        let s = script("c", &ips, &[mapping("::", 8080, 80, "tcp", 0)]).unwrap();
+        assert!(s.contains("ctr_c meta nfproto ipv6 tcp dport 8080 dnat ip6 to [fd00::7]:80"), "{s}");
     }
 
     #[test]

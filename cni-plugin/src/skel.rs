@@ -56,8 +56,10 @@ const KNOWN_ARGS: &[&str] = &[
     "K8S_POD_UID",
     // The interface's MAC (podman's CNI backend, `--mac-address`), as the bridge plugin.
     "MAC",
-    // A static address (podman `--ip`): host-local reads it from the same environment.
+    // A static address (podman `--ip`) and gateway: host-local and static read them from the
+    // same environment.
     "IP",
+    "GATEWAY",
 ];
 
 /// Parses `CNI_ARGS` (`K=V;K2=V2`).

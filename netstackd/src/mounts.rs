@@ -24,6 +24,8 @@ pub struct MountEntry {
     pub id: u32,
     /// The id of the mount it sits on.
     pub parent: u32,
+    /// The filesystem's device, `major:minor`.
+    pub dev: String,
     /// The directory of its filesystem that is mounted (`/` for a whole filesystem; for an
     /// nsfs mount, `net:[inode]`).
     pub root: String,
@@ -65,7 +67,7 @@ pub fn parse_line(line: &str) -> Option<MountEntry> {
     let mut fields = line.split(' ');
     let id = fields.next()?.parse().ok()?;
     let parent = fields.next()?.parse().ok()?;
-    let _dev = fields.next()?;
+    let dev = fields.next()?.to_owned();
     let root = unescape(fields.next()?);
     let mount_point = PathBuf::from(unescape(fields.next()?));
     let _options = fields.next()?;
@@ -81,6 +83,7 @@ pub fn parse_line(line: &str) -> Option<MountEntry> {
     Some(MountEntry {
         id,
         parent,
+        dev,
         root,
         mount_point,
         shared,
@@ -133,9 +136,12 @@ pub fn hidden_under_self_bind(dir: &Path, table: &[MountEntry]) -> Option<Cover>
         .iter()
         .find(|m| !at_dir.iter().any(|o| o.parent == m.id))?;
     let below = table.iter().find(|m| m.id == top.parent)?;
-    // A self-bind shows a directory of the filesystem it covers; a filesystem mounted on
-    // `dir` (tmpfs, say) shows its own root and hides nothing of netstack's making.
-    if top.fstype != below.fstype || top.root == "/" || below.fstype == "nsfs" {
+    // A self-bind shows the very directory it covers: the same filesystem (device), and as
+    // its root that directory's path in the filesystem; a filesystem mounted on `dir` (tmpfs,
+    // say) shows its own root and hides nothing of netstack's making.
+    let relative = dir.strip_prefix(&below.mount_point).ok()?;
+    let expected_root = Path::new(&below.root).join(relative);
+    if top.dev != below.dev || below.fstype == "nsfs" || Path::new(&top.root) != expected_root {
         return None;
     }
     let hidden: Vec<MountEntry> = table
@@ -148,6 +154,27 @@ pub fn hidden_under_self_bind(dir: &Path, table: &[MountEntry]) -> Option<Cover>
         below: below.clone(),
         hidden,
     })
+}
+
+/// Takes an exclusive `flock` on `.NAME.lock` beside `path` (in its directory), held until the
+/// returned guard is dropped: serialises the processes (plugins run in parallel) that make a
+/// named namespace or its directory.
+pub fn lock_beside(path: &Path) -> io::Result<nix::fcntl::Flock<std::fs::File>> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let lock = path.with_file_name(format!(".{name}.lock"));
+    if let Some(dir) = lock.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock)?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| io::Error::other(format!("locking {}: {e}", lock.display())))
 }
 
 /// What [`release_hidden`] did.
@@ -167,8 +194,8 @@ pub struct Released {
 /// there (the runtime had already unmounted its copy and failed to remove the file); then the
 /// self-bind is moved back. Namespaces mounted only on the self-bind (after it was made) stay
 /// as they are. While the self-bind is aside, which lasts a few system calls, those are not
-/// visible under `dir`. Refused when the mount below is shared: its unmounts propagate, so
-/// nothing is hidden for good there, and a shared mount cannot be moved.
+/// visible under `dir`. Nothing is done when the mount below is shared: its unmounts
+/// propagate, so nothing is hidden for good there, and a shared mount cannot be moved.
 pub fn release_hidden(dir: &Path) -> io::Result<Released> {
     let mut done = Released::default();
     let table = read()?;
@@ -179,11 +206,10 @@ pub fn release_hidden(dir: &Path) -> io::Result<Released> {
         return Ok(done);
     }
     if cover.below.shared {
-        return Err(io::Error::other(format!(
-            "{} hides {} namespace mount(s) but sits on a shared mount: not moving it",
-            dir.display(),
-            cover.hidden.len()
-        )));
+        // Unmounts propagate between the two: the runtime's unmount of its visible copy takes
+        // the one below too (both exist for every namespace mounted there), so nothing stays
+        // hidden for good; and a mount on a shared one cannot be moved.
+        return Ok(done);
     }
     let visible: Vec<PathBuf> = table
         .iter()
@@ -320,6 +346,13 @@ mod tests {
         );
         assert_eq!(hidden_under_self_bind(Path::new("/run/netns"), &t), None);
         assert_eq!(hidden_under_self_bind(Path::new("/nowhere"), &t), None);
+        // A subdirectory of another tmpfs bound there is not a self-bind either.
+        let t = parse(
+            "22 1 254:0 / / rw - ext4 /dev/vda rw\n\
+             27 22 0:25 / /run rw - tmpfs tmpfs rw\n\
+             31 27 0:33 /netns /run/netns rw - tmpfs tmpfs rw\n",
+        );
+        assert_eq!(hidden_under_self_bind(Path::new("/run/netns"), &t), None);
     }
 
     #[test]

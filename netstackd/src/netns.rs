@@ -162,6 +162,13 @@ pub fn ensure_named_netns(path: &Path) -> Result<bool, NetnsError> {
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .ok_or_else(|| err("finding its directory")(io::ErrorKind::InvalidInput.into()))?;
+    // Plugins run in parallel: one at a time makes the directory and the namespace, and the
+    // ones that waited find it made. The lock file sits beside the directory, not in it (an
+    // empty directory is the one kind made a mount point).
+    let _lock = crate::mounts::lock_beside(dir).map_err(err("locking"))?;
+    if is_netns(path) {
+        return Ok(false);
+    }
     std::fs::create_dir_all(dir).map_err(err("creating its directory"))?;
     // Never bind a directory that holds anything onto itself: that would hide the namespace
     // mounts a runtime made there (see `mounts`).

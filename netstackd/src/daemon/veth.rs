@@ -114,6 +114,10 @@ fn adopt_legacy(from: &Path, to: &Path) -> Result<(), String> {
     use nix::mount::{mount, MsFlags};
     let dir = to.parent().ok_or("the new path has no directory")?;
     std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let _lock = crate::mounts::lock_beside(dir).map_err(|e| e.to_string())?;
+    if is_netns(to) {
+        return Ok(());
+    }
     crate::mounts::share_dir(dir).map_err(|e| format!("sharing {}: {e}", dir.display()))?;
     std::fs::OpenOptions::new()
         .create(true)

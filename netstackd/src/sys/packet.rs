@@ -858,6 +858,24 @@ mod tests {
         });
     }
 
+    /// VETH_MAX_MTU is the kernel's: the plugin refuses larger MTUs on its strength.
+    #[test]
+    fn a_veth_takes_an_mtu_up_to_veth_max_mtu() {
+        if !is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        in_fresh_netns(|| {
+            veth_pair("nst-mt0", "nst-mt1", "1500");
+            let nl = Netlink::new().unwrap();
+            nl.set_link("nst-mt0", None, Some(VETH_MAX_MTU), false)
+                .unwrap();
+            assert!(nl
+                .set_link("nst-mt0", None, Some(VETH_MAX_MTU + 1), false)
+                .is_err());
+        });
+    }
+
     #[test]
     fn a_ring_hands_over_every_frame_in_order_and_a_new_mapping_finds_its_place() {
         if !is_root() {

@@ -657,6 +657,24 @@ mod tests {
         });
     }
 
+    /// TAP_MAX_MTU is the kernel's: the plugin refuses larger MTUs on its strength.
+    #[test]
+    fn a_tap_takes_an_mtu_up_to_tap_max_mtu() {
+        if !is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        in_fresh_netns(|| {
+            let _tap = open_queues("nst-tap3", TunKind::Tap, 1, false).unwrap();
+            let nl = Netlink::new().unwrap();
+            nl.set_link("nst-tap3", None, Some(TAP_MAX_MTU), false)
+                .unwrap();
+            assert!(nl
+                .set_link("nst-tap3", None, Some(TAP_MAX_MTU + 1), false)
+                .is_err());
+        });
+    }
+
     #[test]
     fn persistent_tap_survives_its_fds_and_reattaches() {
         if !is_root() {

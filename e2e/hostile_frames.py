@@ -104,8 +104,9 @@ def arp(op, sender_mac, sender_ip, target_mac, target_ip):
                        target_mac, ip_bytes(target_ip))
 
 
-def frames(me_mac, me_ip, peer_ip, gw):
-    """name -> (description, frame, virtio-net header or None). Pod A is `me`."""
+def frames(me_mac, me_ip, peer_ip, gw, port=9):
+    """name -> (description, frame, virtio-net header or None). Pod A is `me`; `port` is
+    the UDP destination port of the martian rows."""
     other_mac = bytes.fromhex("0a5800000099")
     eth_ip = lambda p, src_mac=me_mac: eth(GATEWAY_MAC, src_mac, ETH_P_IP, p)  # noqa: E731
     udp_to_peer = lambda n=64, **kw: ipv4(me_ip, peer_ip, udp(n), **kw)  # noqa: E731
@@ -168,6 +169,12 @@ def frames(me_mac, me_ip, peer_ip, gw):
                           eth_ip(ipv4(me_ip, "255.255.255.255", udp(64))), None),
         "multicast-dst": ("to 224.0.0.1", eth_ip(ipv4(me_ip, "224.0.0.1", udp(64))), None),
         "own-dst": ("to the pod's own address", eth_ip(ipv4(me_ip, me_ip, udp(64))), None),
+        # Martian destinations: no router forwards them from a pod.
+        "to-loopback": ("UDP to 127.0.0.1 (the node's loopback)",
+                        eth_ip(ipv4(me_ip, "127.0.0.1", udp(64, dport=port))), None),
+        "to-zeronet": ("UDP to 0.1.2.3 (0/8)", eth_ip(ipv4(me_ip, "0.1.2.3", udp(64, dport=port))), None),
+        "to-class-e": ("UDP to 240.0.0.1 (240/4)",
+                       eth_ip(ipv4(me_ip, "240.0.0.1", udp(64, dport=port))), None),
         # Offload headers that lie. The pod's kernel checks some of these itself
         # (virtio_net_hdr_to_skb, packet_snd) and refuses them before netstackd could see them.
         "vnet-csum-in-ip-header": ("NEEDS_CSUM with csum_start inside the IP header",
@@ -277,6 +284,7 @@ def main():
     ap.add_argument("--ifname", default="eth0")
     ap.add_argument("--peer-ip", required=True)
     ap.add_argument("--gateway", required=True)
+    ap.add_argument("--port", type=int, default=9, help="UDP port of the martian rows")
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("list")
     s = sub.add_parser("send")
@@ -295,7 +303,7 @@ def main():
     me_ip = None
     for line in os.popen("ip -4 -o addr show dev %s" % args.ifname):
         me_ip = line.split()[3].split("/")[0]
-    table = frames(me_mac, me_ip, args.peer_ip, args.gateway)
+    table = frames(me_mac, me_ip, args.peer_ip, args.gateway, args.port)
     if args.cmd == "list":
         for name, (what, frame, vh) in table.items():
             print("%-28s %5d B %s %s" % (name, len(frame), "vnet" if vh else "    ", what))

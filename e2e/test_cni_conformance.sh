@@ -221,6 +221,9 @@ row "SPEC §5 error code 7" "invalid config (no ipam section)" is_error 7 "$out"
 out=$(plugin ADD "$CONF" "$P" "/run/netns/$P" eth0 "" '.mode = "macvtap"')
 row "SPEC §5 error code 2" "unsupported field value (mode macvtap), message names it" \
   jq -e '.code == 2 and (.msg | contains("mode") and contains("macvtap"))' <<<"$out"
+out=$(plugin ADD "$CONF" "$P" "/run/netns/$P" eth0 "" '.mtu = 65535')
+row "SPEC §5 error code 7" "MTU 65535 on a TAP (which takes at most 65521): message names both" \
+  jq -e '.code == 7 and (.msg | contains("65535") and contains("65521"))' <<<"$out"
 ref=$(jq -c '.plugins[0].ipam.ranges = [[{"subnet":"10.0.0.0/33"}]] | .plugins[0] + {cniVersion, name}' "$CONF" |
   node env CNI_COMMAND=ADD CNI_CONTAINERID="$P" CNI_NETNS="/run/netns/$P" CNI_IFNAME=eth0 CNI_PATH="$CHAIN_BIN" "$CHAIN_BIN/host-local")
 out=$(plugin ADD "$CONF" "$P" "/run/netns/$P" eth0 "" '.ipam.ranges = [[{"subnet":"10.0.0.0/33"}]]')

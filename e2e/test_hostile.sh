@@ -5,8 +5,9 @@
 # or another pod, fragments, 9000-byte frames over the MTU, offload headers that lie. Each row
 # must move exactly its own drop-reason counter of pod A (or be refused by pod A's own kernel
 # before netstackd could see it), bring back the ICMP error Linux would send, and deliver
-# nothing to pod B; then random frames, and pods A and B still talk through the same netstackd
-# processes. Needs root and python3.
+# nothing to pod B; martian destinations (127/8, 0/8, 240/4) reach nothing on the node; then
+# random frames, and pods A and B still talk through the same netstackd processes. Needs root
+# and python3.
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
 trap e2e_cleanup EXIT
@@ -21,7 +22,7 @@ IP_A=$(add_pod "$A") || exit 1
 IP_B=$(add_pod "$B") || exit 1
 SUP=$NETSTACKD_PID
 DP=$(child_pid)
-hostile() { in_pod "$A" python3 "$ROOT/e2e/hostile_frames.py" --peer-ip "$IP_B" --gateway "$GATEWAY" "$@"; }
+hostile() { in_pod "$A" python3 "$ROOT/e2e/hostile_frames.py" --peer-ip "$IP_B" --gateway "$GATEWAY" --port "${LO_PORT:-9}" "$@"; }
 
 # Keep both pods quiet, so every counter change is ours: no IPv6 (router solicitations, MLD)
 # and no ARP (the gateway and the other pod are permanent neighbours at the gateway MAC).
@@ -130,6 +131,32 @@ row lldp unsupported
 row broadcast-dst no_route
 row multicast-dst no_route
 row own-dst no_route
+
+log "martian destinations"
+# kube-proxy sets route_localnet=1: with it the node's kernel would deliver to its own
+# loopback what arrives on the uplink for 127/8. Here on this run's uplink only.
+sysctl -qw "net.ipv4.conf.$UPLINK.route_localnet=1"
+LO_LOG=$WORK/loopback-listener.log
+timeout 300 python3 -u -c '
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])
+while True:
+    d, a = s.recvfrom(65535)
+    print("got %d bytes from %s" % (len(d), a[0]))
+' >"$LO_LOG" 2>&1 &
+LO_PID=$!
+for _ in $(seq 1 50); do [ -s "$LO_LOG" ] && break; sleep 0.1; done
+LO_PORT=$(head -1 "$LO_LOG")
+row to-loopback martian none
+row to-zeronet martian none
+row to-class-e martian none
+sleep 0.3
+kill "$LO_PID" 2>/dev/null; wait "$LO_PID" 2>/dev/null
+got=$(sed -n 2p "$LO_LOG")
+check "the node's loopback listener (127.0.0.1:$LO_PORT) got nothing${got:+ (it $got)}" \
+  test "$(wc -l <"$LO_LOG")" = 1
 
 log "fragments"
 row frag-first-ttl-1 ttl_exceeded 11/0  # ICMP about a first fragment, as Linux

@@ -8,11 +8,16 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use netstackd::control::LinkMode;
+use netstackd::sys::packet::VETH_MAX_MTU;
+use netstackd::sys::tap::TAP_MAX_MTU;
 
 use crate::{CniError, SUPPORTED_VERSIONS};
 
 /// The pod interface MTU when the config names none.
 pub const DEFAULT_MTU: u32 = 1500;
+
+/// The smallest pod interface MTU the plugin accepts (the IPv4 minimum datagram size).
+pub const MIN_MTU: u32 = 576;
 
 /// How long STATUS waits for netstackd's socket by default: longer than a netstackd restart
 /// takes, so a restart never turns the node NotReady.
@@ -147,9 +152,15 @@ impl NetConf {
             }
         }
         if let Some(mtu) = conf.mtu {
-            if !(576..=65535).contains(&mtu) {
+            // The link kind's own limit: the kernel would refuse a larger MTU with a bare
+            // EINVAL halfway through ADD.
+            let (kind, max) = match conf.link_mode() {
+                LinkMode::Veth => ("veth", VETH_MAX_MTU),
+                LinkMode::Tap => ("TAP", TAP_MAX_MTU),
+            };
+            if !(MIN_MTU..=max).contains(&mtu) {
                 return Err(CniError::InvalidConfig(format!(
-                    "mtu {mtu} out of range 576-65535"
+                    "mtu {mtu} out of range {MIN_MTU}-{max}: the largest MTU a {kind} takes is {max}"
                 )));
             }
         }
@@ -352,6 +363,45 @@ mod tests {
             !conf(r#"{"cniVersion":"1.0.0","name":"n","type":"netstack"}"#)
                 .unwrap()
                 .version_at_least((1, 1, 0))
+        );
+    }
+
+    #[test]
+    fn mtu_is_checked_against_the_link_kinds_limit() {
+        // (mode, mtu, accepted, what the row covers)
+        let table = [
+            (None, 65521, true, "TAP at its limit"),
+            (None, 65522, false, "TAP one over (the kernel says EINVAL)"),
+            (Some("tap"), 65535, false, "TAP at the veth limit"),
+            (Some("veth"), 65535, true, "veth at its limit"),
+            (Some("veth"), 65536, false, "veth one over"),
+            (Some("veth"), 575, false, "under the minimum"),
+            (None, 576, true, "the minimum"),
+        ];
+        for (mode, mtu, accepted, what) in table {
+            let mode = mode.map_or(String::new(), |m| format!(r#","mode":"{m}""#));
+            let json = format!(
+                r#"{{"cniVersion":"1.0.0","name":"n","type":"netstack","mtu":{mtu}{mode}}}"#
+            );
+            match conf(&json) {
+                Ok(c) => {
+                    assert!(accepted, "{what}: accepted");
+                    assert_eq!(c.mtu(), mtu, "{what}");
+                }
+                Err(e) => {
+                    assert!(!accepted, "{what}: {e}");
+                    assert_eq!(e.code(), 7, "{what}: {e}");
+                    let msg = e.to_string();
+                    assert!(msg.contains(&mtu.to_string()), "{what}: {msg}");
+                }
+            }
+        }
+        let e = conf(r#"{"cniVersion":"1.0.0","name":"n","type":"netstack","mtu":65535}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("65535") && e.contains("65521") && e.contains("TAP"),
+            "{e}"
         );
     }
 

@@ -10,6 +10,7 @@
 use std::net::Ipv4Addr;
 use std::sync::{Arc, LazyLock};
 
+use netstackd::stack::router::is_martian_v4;
 use netstackd::stack::{DropReason, LinkCounters, PodPort, Router, Verdict, GATEWAY_MAC};
 use netstackd::wire::vnet::{self, VNET_HDR_LEN};
 use netstackd::wire::{
@@ -77,6 +78,8 @@ fn addr() -> impl Strategy<Value = Ipv4Addr> {
         1 => Just(Ipv4Addr::BROADCAST),
         1 => Just(Ipv4Addr::new(224, 0, 0, 251)),
         1 => Just(Ipv4Addr::UNSPECIFIED),
+        1 => Just(Ipv4Addr::LOCALHOST),
+        1 => Just(Ipv4Addr::new(240, 0, 0, 1)),
         1 => any::<[u8; 4]>().prop_map(Ipv4Addr::from),
     ]
 }
@@ -508,12 +511,17 @@ fn check_from_pod_a(original: &[u8], vnet_in: VnetHdr) -> Result<(), TestCaseErr
             DropReason::TtlExceeded => prop_assert!(ip.ttl() <= 1),
             DropReason::TooBig => prop_assert!(over_mtu && !ip.dont_frag()),
             DropReason::FragNeeded => prop_assert!(over_mtu && ip.dont_frag()),
+            DropReason::Martian => prop_assert!(is_martian_v4(ip.dst_addr())),
             _ => {}
         }
     }
     if let (Verdict::ToPod { .. } | Verdict::ToUplink { .. }, Some(ip)) = (verdict, &ip_in) {
         let reassembled = ip.header_len() + usize::from(ip.frag_offset()) + ip.payload().len();
         prop_assert!(reassembled <= 65535, "a fragment past 64 KiB was forwarded");
+        prop_assert!(
+            !is_martian_v4(ip.dst_addr()),
+            "forwarded to a martian destination"
+        );
     }
 
     if eth.ethertype() == ethernet::ETHERTYPE_IPV6 {

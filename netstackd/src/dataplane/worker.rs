@@ -20,7 +20,7 @@ use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFl
 use crate::gso::{self, GsoError, GsoFrame};
 use crate::stack::{DropReason, LinkCounters, PodPort, Router, Verdict};
 use crate::sys::packet::{recv_frames, send_frames, RxRing, MMSG_BATCH};
-use crate::sys::tap::{read_frame, write_frame, VNET_HDR_LEN};
+use crate::sys::tap::{read_frame, write_frame, RxFrame, VNET_HDR_LEN};
 use crate::wire::{ethernet, VnetHdr};
 
 use super::capture::CaptureSink;
@@ -131,7 +131,7 @@ pub(super) struct Worker {
     scratch: Box<[u8]>,
     /// Slots being filled by one `recvmmsg`, ascending, and what each received.
     rx_batch: Vec<u32>,
-    rx_lens: [usize; MMSG_BATCH],
+    rx_lens: [RxFrame; MMSG_BATCH],
     /// Slots gathered for one `sendmmsg`.
     tx_batch: Vec<u32>,
 }
@@ -277,7 +277,7 @@ impl Worker {
             segment_gso: false,
             scratch: vec![0u8; 2 * SLOT_LEN].into_boxed_slice(),
             rx_batch: Vec::with_capacity(MMSG_BATCH),
-            rx_lens: [0; MMSG_BATCH],
+            rx_lens: [RxFrame::Malformed; MMSG_BATCH],
             tx_batch: Vec::with_capacity(MMSG_BATCH),
         })
     }
@@ -696,16 +696,18 @@ impl Worker {
             }
             for k in 0..got {
                 let (slot, len) = (self.rx_batch[k], self.rx_lens[k]);
-                match len.checked_sub(VNET_HDR_LEN) {
-                    Some(n) => self.route_from_pod(id, slot, n),
-                    None => {
-                        // Shorter than a virtio-net header.
-                        if let Some(src) = self.router.pod(id) {
-                            src.counters.dropped(w, DropReason::Malformed);
-                        }
-                        self.pool.put(slot);
+                let reason = match len {
+                    RxFrame::Whole(n) => {
+                        self.route_from_pod(id, slot, n);
+                        continue;
                     }
+                    RxFrame::Malformed => DropReason::Malformed,
+                    RxFrame::Oversize => DropReason::Oversize,
+                };
+                if let Some(src) = self.router.pod(id) {
+                    src.counters.dropped(w, reason);
                 }
+                self.pool.put(slot);
             }
             self.return_rx_slots(got);
             if got < want {
@@ -718,8 +720,8 @@ impl Worker {
 
     /// Reads into the slots of `rx_batch` from pod queue `queue`: one frame with `readv`
     /// (a TAP), as many as come with one `recvmmsg` (packet sockets), or as many as wait in
-    /// the socket's receive ring. Fills `rx_lens` with the bytes each got, header included;
-    /// `None` when the pod or queue is gone.
+    /// the socket's receive ring. Fills `rx_lens` with what each got; `None` when the pod or
+    /// queue is gone. A packet socket is always read with `recvmmsg`, which tells a cut frame.
     fn receive(&mut self, id: u64, queue: usize) -> Option<io::Result<usize>> {
         let (pool, batch, lens) = (&mut self.pool, &self.rx_batch, &mut self.rx_lens);
         let io = &mut self.router.pod_mut(id)?.io;
@@ -727,8 +729,8 @@ impl Worker {
             let mut n = 0;
             for s in pool.many_mut(batch) {
                 match ring.take(&mut s.vnet, &mut s.buf) {
-                    Some(len) => {
-                        lens[n] = len;
+                    Some(frame) => {
+                        lens[n] = frame;
                         n += 1;
                     }
                     None => break,
@@ -741,22 +743,15 @@ impl Worker {
             // gone), else EAGAIN — its receive queue stays empty while it has a ring.
         }
         let fd = io.rx.get(queue)?.as_fd();
-        if batch.len() > 1 {
+        if batch.len() > 1 || io.packet_sockets {
             let bufs = pool.many_mut(batch).map(|s| (&mut s.vnet, &mut s.buf[..]));
             return Some(recv_frames(fd, bufs, lens));
         }
         let s = pool.get_mut(batch[0]);
-        Some(match read_frame(fd, &mut s.vnet, &mut s.buf) {
-            Ok(n) => {
-                lens[0] = n + VNET_HDR_LEN;
-                Ok(1)
-            }
-            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                lens[0] = 0;
-                Ok(1)
-            }
-            Err(e) => Err(e),
-        })
+        Some(read_frame(fd, &mut s.vnet, &mut s.buf).map(|frame| {
+            lens[0] = frame;
+            1
+        }))
     }
 
     /// Gives back the slots of `rx_batch` from position `from` on (those nothing was read into).
@@ -844,13 +839,17 @@ impl Worker {
                 &mut s.vnet,
                 &mut s.buf[ethernet::HEADER_LEN..],
             ) {
-                Ok(n) => n,
+                Ok(RxFrame::Whole(n)) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.pool.put(slot);
                     return;
                 }
-                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                    self.uplink_counters.dropped(w, DropReason::Malformed);
+                Ok(bad) => {
+                    let reason = match bad {
+                        RxFrame::Oversize => DropReason::Oversize,
+                        _ => DropReason::Malformed,
+                    };
+                    self.uplink_counters.dropped(w, reason);
                     self.pool.put(slot);
                     continue;
                 }

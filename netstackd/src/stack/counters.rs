@@ -26,11 +26,17 @@ pub enum DropReason {
     TxError,
     /// The egress link's fifo queue was full (tail drop).
     QdiscFull,
+    /// Longer than the buffer it was read into: the kernel cut it short (a read reported
+    /// more bytes than the buffer holds, or flagged the frame truncated).
+    Oversize,
+    /// To an address no router forwards: IPv4 0/8, 127/8 (the node's loopback), 240/4 but
+    /// the broadcast address, IPv6 `::1`.
+    Martian,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 11] = [
         DropReason::Malformed,
         DropReason::Spoofed,
         DropReason::NoRoute,
@@ -40,6 +46,8 @@ impl DropReason {
         DropReason::Unsupported,
         DropReason::TxError,
         DropReason::QdiscFull,
+        DropReason::Oversize,
+        DropReason::Martian,
     ];
 
     /// The reason's name in stats and metrics.
@@ -54,6 +62,8 @@ impl DropReason {
             DropReason::Unsupported => "unsupported",
             DropReason::TxError => "tx_error",
             DropReason::QdiscFull => "qdisc_full",
+            DropReason::Oversize => "oversize",
+            DropReason::Martian => "martian",
         }
     }
 }

@@ -141,12 +141,16 @@ impl<P> Router<P> {
     }
 
     /// Decides the fate of the `len`-byte Ethernet frame at the start of `buf`, received from
-    /// pod `src`. `buf` may be rewritten in place (and beyond `len`, for a reply).
+    /// pod `src`. `buf` may be rewritten in place (and beyond `len`, for a reply). A `len`
+    /// beyond `buf` (a frame the reader cut short) is dropped as `oversize`.
     pub fn from_pod(&self, src: u64, vnet: &mut VnetHdr, buf: &mut [u8], len: usize) -> Verdict {
         let Some(pod) = self.pods.get(&src) else {
             return Verdict::Drop(DropReason::NoRoute);
         };
-        let Ok(eth) = EthernetFrame::new_checked(&buf[..len]) else {
+        let Some(frame) = buf.get(..len) else {
+            return Verdict::Drop(DropReason::Oversize);
+        };
+        let Ok(eth) = EthernetFrame::new_checked(frame) else {
             return Verdict::Drop(DropReason::Malformed);
         };
         if eth.src() != pod.mac {
@@ -220,8 +224,11 @@ impl<P> Router<P> {
         if ip.header_len() + usize::from(ip.frag_offset()) + ip.payload().len() > 65535 {
             return Verdict::Drop(DropReason::Malformed);
         }
-        if dst.is_broadcast() || dst.is_multicast() || dst.is_unspecified() {
+        if dst.is_broadcast() || dst.is_multicast() {
             return Verdict::Drop(DropReason::NoRoute);
+        }
+        if is_martian_v4(dst) {
+            return Verdict::Drop(DropReason::Martian);
         }
         if ip.ttl() <= 1 {
             return self.icmp_error(
@@ -312,10 +319,14 @@ impl<P> Router<P> {
     }
 
     /// Decides the fate of an IPv4 packet from the uplink, which the caller read into
-    /// `buf[14..14 + ip_len]` (the 14 bytes before it are room for the Ethernet header).
+    /// `buf[14..14 + ip_len]` (the 14 bytes before it are room for the Ethernet header). An
+    /// `ip_len` beyond `buf` (a packet the reader cut short) is dropped as `oversize`.
     pub fn from_uplink(&self, vnet: &mut VnetHdr, buf: &mut [u8], ip_len: usize) -> Verdict {
-        let end = ethernet::HEADER_LEN + ip_len;
-        if buf.get(ethernet::HEADER_LEN).is_some_and(|b| b >> 4 == 6) && end <= buf.len() {
+        let end = ethernet::HEADER_LEN.saturating_add(ip_len);
+        if end > buf.len() {
+            return Verdict::Drop(DropReason::Oversize);
+        }
+        if buf.get(ethernet::HEADER_LEN).is_some_and(|b| b >> 4 == 6) {
             return self.ipv6_from_uplink(vnet, buf, ip_len);
         }
         let ip = match Ipv4Packet::new_checked(&buf[ethernet::HEADER_LEN..end]) {
@@ -381,7 +392,10 @@ impl<P> Router<P> {
         if !offload_fits_v6(vnet, &ip, ethernet::HEADER_LEN, len) {
             return Verdict::Drop(DropReason::Malformed);
         }
-        if dst.is_unspecified() || dst.is_loopback() || ipv6::is_link_local(&dst) {
+        if dst.is_loopback() {
+            return Verdict::Drop(DropReason::Martian);
+        }
+        if dst.is_unspecified() || ipv6::is_link_local(&dst) {
             return Verdict::Drop(DropReason::NoRoute);
         }
         if ip.hop_limit() <= 1 {
@@ -529,6 +543,17 @@ impl<P> Router<P> {
         vnet.shift_csum_start(ethernet::HEADER_LEN as i16);
         Verdict::ToPod { id: d.id, len }
     }
+}
+
+/// Is `dst` an IPv4 destination no router forwards from a pod ("martian", as Linux
+/// `ip_route_input_slow` calls them): 0.0.0.0/8 ("this network"), 127.0.0.0/8 (the node's
+/// loopback, which a node with `route_localnet` set, as kube-proxy sets it, would otherwise
+/// deliver to its own loopback listeners) and 240.0.0.0/4 (reserved). 255.255.255.255 is
+/// in 240/4 but is the limited broadcast, dropped before this as `no_route` with the other
+/// broadcasts and multicasts.
+pub fn is_martian_v4(dst: Ipv4Addr) -> bool {
+    let first = dst.octets()[0];
+    first == 0 || first == 127 || (first >= 240 && !dst.is_broadcast())
 }
 
 /// The ICMPv6 type of a neighbor discovery (133-137) or MLD (130-132, 143) message: directly

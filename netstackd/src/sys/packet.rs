@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use nix::errno::Errno;
 
-use super::tap::{read_frame, VNET_HDR_LEN};
+use super::tap::{read_frame, RxFrame, VNET_HDR_LEN};
 use super::SysError;
 
 /// `ETH_P_ALL`: every protocol.
@@ -32,6 +32,9 @@ pub const SOCKET_BUFFER_BYTES: libc::c_int = 4 << 20;
 
 /// Most frames one [`recv_frames`] or [`send_frames`] call moves.
 pub const MMSG_BATCH: usize = 32;
+
+/// The largest MTU a veth takes (`ETH_MAX_MTU`); a larger one fails with `EINVAL`.
+pub const VETH_MAX_MTU: u32 = 65535;
 
 fn packet_err(ifindex: u32, op: &'static str, source: Errno) -> SysError {
     SysError::Packet {
@@ -227,17 +230,33 @@ impl MmsgBatch {
     }
 }
 
+/// The length decision of [`recv_frames`] for one message, on its own: `msg_len` is the
+/// bytes `recvmmsg` reported (header included), `msg_flags` the message's flags, `buf_len` the
+/// size of its frame buffer.
+///
+/// A packet socket cuts a frame longer than the buffer, reports the bytes it copied and sets
+/// `MSG_TRUNC` in the message's flags: that frame is [`RxFrame::Oversize`], as is a length
+/// beyond the buffer (which no kernel reports today). Unlike a TAP read, a frame that fills
+/// its buffer exactly is whole.
+pub fn mmsg_rx_len(msg_len: usize, msg_flags: libc::c_int, buf_len: usize) -> RxFrame {
+    match msg_len.checked_sub(VNET_HDR_LEN) {
+        None => RxFrame::Malformed,
+        Some(len) if len > buf_len || msg_flags & libc::MSG_TRUNC != 0 => RxFrame::Oversize,
+        Some(len) => RxFrame::Whole(len),
+    }
+}
+
 /// Receives up to [`MMSG_BATCH`] frames with one non-blocking `recvmmsg`: frame *i* goes to
 /// the *i*-th `(header, buffer)` pair of `bufs` (virtio-net header, then the frame), and
-/// `lens[i]` becomes the bytes received for it, header included. Returns how many frames came;
-/// an empty socket gives `ErrorKind::WouldBlock`. A frame shorter than the header (which a
-/// packet socket with `PACKET_VNET_HDR` never delivers) shows as a `lens[i]` below
-/// [`VNET_HDR_LEN`]; one longer than its buffer is cut short and, like `read_frame`, the
-/// buffers must hold the largest frame the device emits. Allocates nothing.
+/// `lens[i]` says what came ([`mmsg_rx_len`]): a whole frame of `n` bytes after the header, a
+/// frame the kernel cut to fit its buffer ([`RxFrame::Oversize`]), or one shorter than the
+/// header (which a packet socket with `PACKET_VNET_HDR` never delivers). Returns how many
+/// frames came; an empty socket gives `ErrorKind::WouldBlock`. The buffers should hold the
+/// largest frame the device emits. Allocates nothing.
 pub fn recv_frames<'a>(
     fd: BorrowedFd<'_>,
     bufs: impl IntoIterator<Item = (&'a mut [u8; VNET_HDR_LEN], &'a mut [u8])>,
-    lens: &mut [usize; MMSG_BATCH],
+    lens: &mut [RxFrame; MMSG_BATCH],
 ) -> io::Result<usize> {
     let mut batch = MmsgBatch::new();
     for (vnet, frame) in bufs {
@@ -256,8 +275,8 @@ pub fn recv_frames<'a>(
     batch.link();
     // SAFETY: the first `count` messages point at `batch.iov`, which point at buffers
     // borrowed mutably for 'a (past this call) with their true lengths; the kernel writes at
-    // most those lengths, fills `msg_len` of at most `count` entries, and reads no address
-    // (no `msg_name`, no control data). `fd` stays open for the call.
+    // most those lengths, fills `msg_len` and `msg_flags` of at most `count` entries, and
+    // reads no address (no `msg_name`, no control data). `fd` stays open for the call.
     let n = unsafe {
         libc::recvmmsg(
             fd.as_raw_fd(),
@@ -268,8 +287,8 @@ pub fn recv_frames<'a>(
         )
     };
     let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
-    for (len, m) in lens.iter_mut().zip(&batch.msgs[..n]) {
-        *len = m.msg_len as usize;
+    for ((len, m), iov) in lens.iter_mut().zip(&batch.msgs[..n]).zip(&batch.iov) {
+        *len = mmsg_rx_len(m.msg_len as usize, m.msg_hdr.msg_flags, iov[1].iov_len);
     }
     Ok(n)
 }
@@ -335,7 +354,7 @@ pub fn take_drops(fd: BorrowedFd<'_>) -> Result<u64, SysError> {
 
 /// Bytes of one receive-ring frame: its `tpacket2_hdr`, the virtio-net header, a 64 KiB IP
 /// packet and its Ethernet header, page-rounded (17 pages).
-const RING_FRAME: usize = 17 * 4096;
+pub const RING_FRAME: usize = 17 * 4096;
 /// Bytes of a ring, one block: the kernel allocates a block as a power-of-two run of pages,
 /// and 2 MiB holds 30 frames with little waste.
 pub const RING_BYTES: usize = 2 << 20;
@@ -446,10 +465,10 @@ impl RxRing {
     }
 
     /// Takes the next frame the kernel filled: its virtio-net header into `vnet`, the frame
-    /// into `frame`, and gives the ring frame back. `None` when the kernel filled none;
-    /// `Some(n)` the bytes taken, header included, like `recv_frames` — below
-    /// [`VNET_HDR_LEN`] for a frame that was cut short or does not fit `frame` (dropped).
-    pub fn take(&mut self, vnet: &mut [u8; VNET_HDR_LEN], frame: &mut [u8]) -> Option<usize> {
+    /// into `frame` ([`ring_rx_len`] decides), and gives the ring frame back. `None` when the
+    /// kernel filled none; else what came, like `recv_frames`: [`RxFrame::Oversize`] for a
+    /// frame the kernel cut to fit the ring frame or that does not fit `frame` (dropped).
+    pub fn take(&mut self, vnet: &mut [u8; VNET_HDR_LEN], frame: &mut [u8]) -> Option<RxFrame> {
         if !self.in_step && !self.step_in() {
             return None;
         }
@@ -460,30 +479,52 @@ impl RxRing {
         let base = self.frame(self.next);
         // SAFETY: the kernel filled this frame (TP_STATUS_USER, read with acquire) and leaves
         // it alone until we store TP_STATUS_KERNEL below. It starts with a tpacket2_hdr; the
-        // kernel put the frame at tp_mac with the virtio-net header just before it and cut
-        // tp_snaplen to fit the ring frame, which the bounds check confirms before any copy.
+        // kernel put the frame at tp_mac with the virtio-net header just before it, and
+        // `ring_rx_len` confirms both lie inside the ring frame and the frame fits `frame`
+        // before any copy.
         let taken = unsafe {
             let h = std::ptr::read(base as *const libc::tpacket2_hdr);
-            let (mac, len) = (usize::from(h.tp_mac), h.tp_snaplen as usize);
-            let fits = mac >= VNET_HDR_LEN + size_of::<libc::tpacket2_hdr>()
-                && mac + len <= RING_FRAME
-                && len == h.tp_len as usize
-                && len <= frame.len();
-            if fits {
+            let (mac, snaplen, len) = (
+                usize::from(h.tp_mac),
+                h.tp_snaplen as usize,
+                h.tp_len as usize,
+            );
+            let taken = ring_rx_len(mac, snaplen, len, frame.len());
+            if let RxFrame::Whole(len) = taken {
                 std::ptr::copy_nonoverlapping(
                     base.add(mac - VNET_HDR_LEN),
                     vnet.as_mut_ptr(),
                     VNET_HDR_LEN,
                 );
                 std::ptr::copy_nonoverlapping(base.add(mac), frame.as_mut_ptr(), len);
-                VNET_HDR_LEN + len
-            } else {
-                0
             }
+            taken
         };
         status.store(libc::TP_STATUS_KERNEL, Ordering::Release);
         self.next = (self.next + 1) % RING_FRAMES;
         Some(taken)
+    }
+}
+
+/// The length decision of [`RxRing::take`] for one ring frame, on its own: `tp_mac` is where
+/// the frame starts in its ring frame, `tp_snaplen` the bytes the kernel put there,
+/// `tp_len` the frame's true length, `buf_len` the size of the buffer it is copied to.
+///
+/// The virtio-net header and the frame must lie inside the ring frame after the
+/// `tpacket2_hdr`, else [`RxFrame::Malformed`]; a frame the kernel cut to fit
+/// (`tp_len` > `tp_snaplen`) or one longer than the buffer is [`RxFrame::Oversize`]. Only
+/// `Whole(n)` allows a copy of `n` bytes from `tp_mac` and the header just before it.
+pub fn ring_rx_len(tp_mac: usize, tp_snaplen: usize, tp_len: usize, buf_len: usize) -> RxFrame {
+    let inside = tp_mac >= VNET_HDR_LEN + size_of::<libc::tpacket2_hdr>()
+        && tp_mac
+            .checked_add(tp_snaplen)
+            .is_some_and(|end| end <= RING_FRAME);
+    if !inside || tp_snaplen > tp_len {
+        RxFrame::Malformed
+    } else if tp_len > tp_snaplen || tp_snaplen > buf_len {
+        RxFrame::Oversize
+    } else {
+        RxFrame::Whole(tp_snaplen)
     }
 }
 
@@ -519,6 +560,49 @@ mod tests {
         assert_eq!(VNET_HDR_LEN, 10, "PACKET_VNET_HDR is struct virtio_net_hdr");
     }
 
+    #[test]
+    fn mmsg_and_ring_lengths_drop_what_does_not_fit() {
+        let t = libc::MSG_TRUNC;
+        // (msg_len, msg_flags, frame buffer, decision)
+        let rows = [
+            (VNET_HDR_LEN + 60, 0, 100, RxFrame::Whole(60)),
+            (VNET_HDR_LEN + 100, 0, 100, RxFrame::Whole(100)),
+            (VNET_HDR_LEN + 100, t, 100, RxFrame::Oversize),
+            (VNET_HDR_LEN + 101, 0, 100, RxFrame::Oversize),
+            (VNET_HDR_LEN - 1, 0, 100, RxFrame::Malformed),
+            (0, t, 100, RxFrame::Malformed),
+        ];
+        for (len, flags, buf, want) in rows {
+            assert_eq!(mmsg_rx_len(len, flags, buf), want, "{len} {flags:#x} {buf}");
+        }
+        let mac = VNET_HDR_LEN + size_of::<libc::tpacket2_hdr>();
+        // (tp_mac, tp_snaplen, tp_len, frame buffer, decision)
+        let rows = [
+            (mac, 60, 60, 100, RxFrame::Whole(60)),
+            (mac + 16, 100, 100, 100, RxFrame::Whole(100)),
+            (mac, 100, 101, 1000, RxFrame::Oversize),
+            (mac, 101, 101, 100, RxFrame::Oversize),
+            (mac, RING_FRAME - mac, 70000, 1 << 17, RxFrame::Oversize),
+            (mac - 1, 60, 60, 100, RxFrame::Malformed),
+            (
+                mac,
+                RING_FRAME - mac + 1,
+                70000,
+                1 << 17,
+                RxFrame::Malformed,
+            ),
+            (mac, usize::MAX, usize::MAX, usize::MAX, RxFrame::Malformed),
+            (mac, 61, 60, 100, RxFrame::Malformed),
+        ];
+        for (m, snap, len, buf, want) in rows {
+            assert_eq!(
+                ring_rx_len(m, snap, len, buf),
+                want,
+                "{m} {snap} {len} {buf}"
+            );
+        }
+    }
+
     /// An Ethernet frame from `src` to `dst` with a private ethertype and a marker byte.
     fn frame(dst: [u8; 6], src: [u8; 6], marker: u8) -> Vec<u8> {
         let mut f = Vec::new();
@@ -539,7 +623,7 @@ mod tests {
             for fd in fds {
                 let mut vnet = [0xa5u8; VNET_HDR_LEN];
                 match read_frame(fd.as_fd(), &mut vnet, &mut buf) {
-                    Ok(n) if n >= 15 && buf[12..14] == [0x88, 0xb5] => {
+                    Ok(RxFrame::Whole(n)) if n >= 15 && buf[12..14] == [0x88, 0xb5] => {
                         assert_eq!(vnet, [0; VNET_HDR_LEN], "plain frame, zeroed header");
                         got.push(buf[14]);
                     }
@@ -650,7 +734,7 @@ mod tests {
 
             let mut vnets = [[0xa5u8; VNET_HDR_LEN]; MMSG_BATCH];
             let mut bufs = vec![vec![0u8; 2048]; MMSG_BATCH];
-            let mut lens = [0usize; MMSG_BATCH];
+            let mut lens = [RxFrame::Malformed; MMSG_BATCH];
             let mut got = Vec::new();
             let deadline = Instant::now() + Duration::from_secs(2);
             while got.len() < frames.len() && Instant::now() < deadline {
@@ -662,7 +746,9 @@ mod tests {
                     Ok(n) => {
                         assert!(n <= MMSG_BATCH);
                         for i in 0..n {
-                            let len = lens[i] - VNET_HDR_LEN;
+                            let RxFrame::Whole(len) = lens[i] else {
+                                panic!("frame {i}: {:?}", lens[i]);
+                            };
                             if bufs[i][12..14] == [0x88, 0xb5] {
                                 assert_eq!(vnets[i], plain);
                                 got.push(bufs[i][..len].to_vec());
@@ -683,6 +769,110 @@ mod tests {
             )
             .unwrap_err();
             assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+        });
+    }
+
+    /// A frame longer than the buffer it is read into is `Oversize`, from `recvmmsg`
+    /// (`MSG_TRUNC`) and from a ring; the frames around it are whole.
+    #[test]
+    fn a_frame_longer_than_the_buffer_is_oversize_in_batches_and_rings() {
+        if !is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        in_fresh_netns(|| {
+            let (ours, far) = veth_pair("nst-tr0", "nst-tr1", "1500");
+            let rx = open_fanout_sockets(ours.index, 1).unwrap();
+            let tx = open_fanout_sockets(far.index, 1).unwrap();
+            let (a, b) = (ours.mac.unwrap(), far.mac.unwrap());
+            let plain = [0u8; VNET_HDR_LEN];
+            let send = |extra: usize, m: u8| {
+                let mut f = frame(a, b, m);
+                f.extend(std::iter::repeat_n(m, extra));
+                write_frame(tx[0].as_fd(), &plain, &f).unwrap();
+            };
+            // Our frames (private ethertype) as they come, in 200-byte buffers.
+            let ours_only = |buf: &[u8], got: RxFrame| -> bool {
+                buf[12..14] == [0x88, 0xb5] || got == RxFrame::Oversize
+            };
+
+            send(0, 1);
+            send(1000, 2);
+            send(0, 3);
+            let mut vnets = [[0u8; VNET_HDR_LEN]; MMSG_BATCH];
+            let mut bufs = vec![vec![0u8; 200]; MMSG_BATCH];
+            let mut lens = [RxFrame::Malformed; MMSG_BATCH];
+            let mut got = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while got.len() < 3 && Instant::now() < deadline {
+                match recv_frames(
+                    rx[0].as_fd(),
+                    vnets.iter_mut().zip(bufs.iter_mut().map(|b| &mut b[..])),
+                    &mut lens,
+                ) {
+                    Ok(n) => {
+                        for i in 0..n {
+                            if ours_only(&bufs[i], lens[i]) {
+                                got.push(lens[i]);
+                            }
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(5))
+                    }
+                    Err(e) => panic!("recv_frames: {e}"),
+                }
+            }
+            assert_eq!(
+                got,
+                [RxFrame::Whole(60), RxFrame::Oversize, RxFrame::Whole(60)]
+            );
+
+            set_rx_ring(rx[0].as_fd()).unwrap();
+            let mut ring = RxRing::map(rx[0].as_fd()).unwrap();
+            send(0, 4);
+            send(1000, 5);
+            send(0, 6);
+            let mut vnet = [0u8; VNET_HDR_LEN];
+            let mut buf = [0u8; 200];
+            let mut got = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while got.len() < 3 && Instant::now() < deadline {
+                match ring.take(&mut vnet, &mut buf) {
+                    Some(f) if ours_only(&buf, f) => {
+                        let marker = if f == RxFrame::Oversize { 0 } else { buf[14] };
+                        got.push((f, marker));
+                    }
+                    Some(_) => {}
+                    None => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+            assert_eq!(
+                got,
+                [
+                    (RxFrame::Whole(60), 4),
+                    (RxFrame::Oversize, 0),
+                    (RxFrame::Whole(60), 6)
+                ]
+            );
+        });
+    }
+
+    /// VETH_MAX_MTU is the kernel's: the plugin refuses larger MTUs on its strength.
+    #[test]
+    fn a_veth_takes_an_mtu_up_to_veth_max_mtu() {
+        if !is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        in_fresh_netns(|| {
+            veth_pair("nst-mt0", "nst-mt1", "1500");
+            let nl = Netlink::new().unwrap();
+            nl.set_link("nst-mt0", None, Some(VETH_MAX_MTU), false)
+                .unwrap();
+            assert!(nl
+                .set_link("nst-mt0", None, Some(VETH_MAX_MTU + 1), false)
+                .is_err());
         });
     }
 
@@ -716,9 +906,9 @@ mod tests {
                 let deadline = Instant::now() + Duration::from_secs(2);
                 while got.len() < want && Instant::now() < deadline {
                     match ring.take(&mut vnet, &mut buf) {
-                        Some(n) if n >= VNET_HDR_LEN + 14 && buf[12..14] == [0x88, 0xb5] => {
+                        Some(RxFrame::Whole(n)) if n >= 14 && buf[12..14] == [0x88, 0xb5] => {
                             assert_eq!(vnet, plain);
-                            got.push(buf[..n - VNET_HDR_LEN].to_vec());
+                            got.push(buf[..n].to_vec());
                         }
                         Some(_) => {}
                         None => std::thread::sleep(Duration::from_millis(5)),

@@ -65,6 +65,10 @@ pub const IFF_VNET_HDR: i16 = 0x4000;
 /// The kernel's limit on queues per device (`MAX_TAP_QUEUES`).
 pub const MAX_QUEUES: usize = 256;
 
+/// The largest MTU a TAP takes: tun's `MAX_MTU` (65535) less the 14-byte Ethernet header
+/// (`dev->max_mtu = MAX_MTU - dev->hard_header_len`); a larger one fails with `EINVAL`.
+pub const TAP_MAX_MTU: u32 = 65521;
+
 const TUN_PATH: &str = "/dev/net/tun";
 
 /// Which kind of TUN/TAP device to open.
@@ -299,24 +303,56 @@ pub fn set_nonblocking(fd: BorrowedFd<'_>) -> Result<(), SysError> {
         .map(drop)
 }
 
-/// Reads one frame: its virtio-net header into `vnet` and the frame into `frame`, with one
-/// `readv`. Returns the frame length, not counting the header.
+/// What one receive brought in, as every reader reports it (a TAP or TUN queue here, a
+/// packet socket's `recvmmsg` or receive ring in `super::packet`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RxFrame {
+    /// A whole frame of this many bytes after its virtio-net header, all in the buffer.
+    Whole(usize),
+    /// Not a frame: shorter than the virtio-net header (or, in a ring, placed outside its
+    /// slot). Dropped as `malformed`.
+    Malformed,
+    /// Longer than the buffer it was read into: the kernel cut it short. Dropped as
+    /// `oversize`.
+    Oversize,
+}
+
+/// The length decision of [`read_frame`], on its own: `read` is what `readv` returned
+/// (header included), `buf_len` the size of the frame buffer after the header, which must be
+/// larger than any frame the device emits.
 ///
-/// `frame` must hold the largest frame the device can emit (64 KiB plus headers once TSO is
-/// negotiated): the kernel drops a frame that does not fit and reports an error. An empty
-/// non-blocking queue gives `ErrorKind::WouldBlock`; a read shorter than the header gives
-/// `ErrorKind::InvalidData`. Allocates nothing.
+/// A frame longer than the buffer is cut to fit it, and nothing says so plainly: Linux's
+/// `tun_put_user` returns the whole frame's length (it does not check the copy's result) and
+/// `read`/`readv` (`tun_chr_read_iter`) then clamp that to the buffer. So a read that fills
+/// the buffer to its last byte, or reports more than the buffer holds (another kernel or read
+/// path), is a cut frame: [`RxFrame::Oversize`], never bytes to use.
+pub fn tap_rx_len(read: usize, buf_len: usize) -> RxFrame {
+    match read.checked_sub(VNET_HDR_LEN) {
+        None => RxFrame::Malformed,
+        Some(len) if len >= buf_len => RxFrame::Oversize,
+        Some(len) => RxFrame::Whole(len),
+    }
+}
+
+/// Reads one frame: its virtio-net header into `vnet` and the frame into `frame`, with one
+/// `readv`, and says what came ([`tap_rx_len`]): `Whole(len)` is the frame length, not
+/// counting the header.
+///
+/// A frame that does not fit `frame` is cut short by the kernel and reported as
+/// [`RxFrame::Oversize`] (see [`tap_rx_len`]), so `frame` must be larger than the largest
+/// frame the device can emit (64 KiB plus headers once TSO is negotiated): a frame that
+/// fills it exactly counts as cut. An empty non-blocking queue gives `ErrorKind::WouldBlock`. On a packet socket
+/// `readv` cannot tell a cut frame (it returns the bytes copied): read those with
+/// `super::packet::recv_frames`. Allocates nothing.
 pub fn read_frame(
     fd: BorrowedFd<'_>,
     vnet: &mut [u8; VNET_HDR_LEN],
     frame: &mut [u8],
-) -> io::Result<usize> {
+) -> io::Result<RxFrame> {
+    let buf_len = frame.len();
     let mut iov = [IoSliceMut::new(vnet), IoSliceMut::new(frame)];
     let n = readv(fd, &mut iov)?;
-    match n.checked_sub(VNET_HDR_LEN) {
-        Some(len) => Ok(len),
-        None => Err(io::ErrorKind::InvalidData.into()),
-    }
+    Ok(tap_rx_len(n, buf_len))
 }
 
 /// Writes one frame with its virtio-net header in front, with one `writev`.
@@ -363,6 +399,25 @@ mod tests {
         assert_eq!(TUN_F_TSO_ECN, libc::TUN_F_TSO_ECN);
         assert_eq!(TUN_F_USO4, libc::TUN_F_USO4);
         assert_eq!(TUN_F_USO6, libc::TUN_F_USO6);
+    }
+
+    #[test]
+    fn tap_rx_len_drops_what_does_not_fit() {
+        // (readv's result, frame buffer, decision)
+        let rows = [
+            (0, 100, RxFrame::Malformed),
+            (VNET_HDR_LEN - 1, 100, RxFrame::Malformed),
+            (VNET_HDR_LEN, 100, RxFrame::Whole(0)),
+            (VNET_HDR_LEN + 99, 100, RxFrame::Whole(99)),
+            // A full buffer: what read/readv report for a frame they cut to fit.
+            (VNET_HDR_LEN + 100, 100, RxFrame::Oversize),
+            (VNET_HDR_LEN + 101, 100, RxFrame::Oversize),
+            (VNET_HDR_LEN, 0, RxFrame::Oversize),
+            (usize::MAX, 65536, RxFrame::Oversize),
+        ];
+        for (read, buf, want) in rows {
+            assert_eq!(tap_rx_len(read, buf), want, "read {read}, buffer {buf}");
+        }
     }
 
     #[test]
@@ -439,7 +494,7 @@ mod tests {
             for fd in fds {
                 let mut vnet = [0xa5u8; VNET_HDR_LEN];
                 match read_frame(fd.as_fd(), &mut vnet, &mut buf) {
-                    Ok(n) if want(&buf[..n]) => return (vnet, buf[..n].to_vec()),
+                    Ok(RxFrame::Whole(n)) if want(&buf[..n]) => return (vnet, buf[..n].to_vec()),
                     Ok(_) => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(e) => panic!("read_frame: {e}"),
@@ -516,6 +571,107 @@ mod tests {
             let (_, request) = read_until(&tap.fds, |f| is_arp(f, 1, [10, 99, 0, 3]));
             assert_eq!(request[..6], [0xff; 6]);
             assert_eq!(request[28..32], OUR_IP);
+        });
+    }
+
+    /// The kernel side of `tap_rx_len`: a TAP frame longer than the buffer is cut to fit it,
+    /// and `readv` reports a full buffer (`tun_chr_read_iter` clamps the whole frame's length
+    /// that `tun_put_user` returns), nothing more: the old reading of that as a whole frame
+    /// forwarded the first bytes of a cut frame.
+    #[test]
+    fn a_frame_longer_than_the_buffer_is_oversize() {
+        if !is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        in_fresh_netns(|| {
+            let name = "nst-tap2";
+            let tap = open_queues(name, TunKind::Tap, 1, false).unwrap();
+            let nl = Netlink::new().unwrap();
+            nl.set_link(name, None, Some(1500), true).unwrap();
+            nl.add_address(tap.ifindex, "10.99.0.1/24".parse::<IpNet>().unwrap())
+                .unwrap();
+            let status = std::process::Command::new("ip")
+                .args([
+                    "neigh",
+                    "replace",
+                    "10.99.0.2",
+                    "lladdr",
+                    "02:00:00:00:00:02",
+                ])
+                .args(["dev", name, "nud", "permanent"])
+                .status()
+                .unwrap();
+            assert!(status.success());
+            let sock = UdpSocket::bind((Ipv4Addr::new(10, 99, 0, 1), 0)).unwrap();
+            let fd = tap.fds[0].as_fd();
+            let peer = (Ipv4Addr::new(10, 99, 0, 2), 9);
+            // Reads until an IPv4 frame comes (the kernel's own IPv6 frames are skipped):
+            // what readv returned and what the frame buffer holds.
+            let next_ipv4 = |small: &mut [u8]| -> usize {
+                let deadline = Instant::now() + Duration::from_secs(3);
+                while Instant::now() < deadline {
+                    let mut vnet = [0u8; VNET_HDR_LEN];
+                    let mut iov = [IoSliceMut::new(&mut vnet), IoSliceMut::new(small)];
+                    match readv(fd, &mut iov) {
+                        Ok(n) if n >= VNET_HDR_LEN + 14 && small[12..14] == [8, 0] => return n,
+                        Ok(_) => {}
+                        Err(Errno::EAGAIN) => std::thread::sleep(Duration::from_millis(10)),
+                        Err(e) => panic!("readv: {e}"),
+                    }
+                }
+                panic!("no IPv4 frame within 3 s");
+            };
+            let mut small = [0u8; 200];
+
+            // 1042 bytes into 200: the start is there, readv says 200 and no more.
+            sock.send_to(&[7u8; 1000], peer).unwrap();
+            let n = next_ipv4(&mut small);
+            assert_eq!(small[..6], PEER_MAC, "the start of the frame");
+            assert_eq!(n, VNET_HDR_LEN + small.len(), "readv reports a full buffer");
+            assert_eq!(tap_rx_len(n, small.len()), RxFrame::Oversize);
+            // A frame that fits is read whole, with its length.
+            sock.send_to(&[8u8; 100], peer).unwrap();
+            let n = next_ipv4(&mut small);
+            assert_eq!(n, VNET_HDR_LEN + 14 + 20 + 8 + 100);
+            assert_eq!(tap_rx_len(n, small.len()), RxFrame::Whole(142));
+
+            // read_frame says the same itself.
+            sock.send_to(&[7u8; 1000], peer).unwrap();
+            sock.send_to(&[8u8; 100], peer).unwrap();
+            let mut got = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while got.len() < 2 && Instant::now() < deadline {
+                let mut vnet = [0u8; VNET_HDR_LEN];
+                match read_frame(fd, &mut vnet, &mut small) {
+                    Ok(RxFrame::Whole(n)) if small[12..14] == [8, 0] => got.push(RxFrame::Whole(n)),
+                    Ok(RxFrame::Whole(_)) => {}
+                    Ok(other) => got.push(other),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(10))
+                    }
+                    Err(e) => panic!("read_frame: {e}"),
+                }
+            }
+            assert_eq!(got, [RxFrame::Oversize, RxFrame::Whole(142)]);
+        });
+    }
+
+    /// TAP_MAX_MTU is the kernel's: the plugin refuses larger MTUs on its strength.
+    #[test]
+    fn a_tap_takes_an_mtu_up_to_tap_max_mtu() {
+        if !is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        in_fresh_netns(|| {
+            let _tap = open_queues("nst-tap3", TunKind::Tap, 1, false).unwrap();
+            let nl = Netlink::new().unwrap();
+            nl.set_link("nst-tap3", None, Some(TAP_MAX_MTU), false)
+                .unwrap();
+            assert!(nl
+                .set_link("nst-tap3", None, Some(TAP_MAX_MTU + 1), false)
+                .is_err());
         });
     }
 

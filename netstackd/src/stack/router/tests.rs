@@ -1024,3 +1024,124 @@ fn removed_pod_loses_its_ipv6_route() {
         "with pod B gone its address is somebody else's business: the node's"
     );
 }
+
+#[test]
+fn martian_destinations_are_dropped_and_counted_martian() {
+    // (destination, verdict, what the row covers)
+    let rows = [
+        (
+            Ipv4Addr::new(127, 0, 0, 1),
+            Some(DropReason::Martian),
+            "the node's loopback",
+        ),
+        (
+            Ipv4Addr::new(127, 255, 255, 254),
+            Some(DropReason::Martian),
+            "the rest of 127/8",
+        ),
+        (
+            Ipv4Addr::new(0, 0, 0, 0),
+            Some(DropReason::Martian),
+            "unspecified, in 0/8",
+        ),
+        (
+            Ipv4Addr::new(0, 1, 2, 3),
+            Some(DropReason::Martian),
+            "this network, 0/8",
+        ),
+        (
+            Ipv4Addr::new(240, 0, 0, 1),
+            Some(DropReason::Martian),
+            "reserved, 240/4",
+        ),
+        (
+            Ipv4Addr::new(254, 255, 255, 255),
+            Some(DropReason::Martian),
+            "top of 240/4",
+        ),
+        // The limited broadcast stays with the other broadcasts.
+        (
+            Ipv4Addr::BROADCAST,
+            Some(DropReason::NoRoute),
+            "255.255.255.255",
+        ),
+        // Neighbours of the ranges are ordinary destinations.
+        (Ipv4Addr::new(1, 0, 0, 1), None, "1/8"),
+        (Ipv4Addr::new(126, 255, 255, 255), None, "just below 127/8"),
+        (Ipv4Addr::new(128, 0, 0, 1), None, "just above 127/8"),
+        (
+            Ipv4Addr::new(239, 255, 255, 255),
+            Some(DropReason::NoRoute),
+            "multicast, below 240/4",
+        ),
+    ];
+    let r = router();
+    for (dst, want, what) in rows {
+        for ttl in [64, 1] {
+            let mut buf = buffer();
+            let len = udp_frame(&mut buf, MAC_A, IP_A, dst, ttl, 20);
+            let mut vnet = VnetHdr::default();
+            let got = r.from_pod(1, &mut vnet, &mut buf, len);
+            match want {
+                // Dropped before the TTL check: no ICMP error about a martian.
+                Some(reason) => assert_eq!(got, Verdict::Drop(reason), "{what} ({dst}, ttl {ttl})"),
+                None if ttl == 1 => assert!(
+                    matches!(
+                        got,
+                        Verdict::Reply {
+                            dropped: Some(DropReason::TtlExceeded),
+                            ..
+                        }
+                    ),
+                    "{what} ({dst}, ttl 1): {got:?}"
+                ),
+                None => assert_eq!(got, Verdict::ToUplink { len }, "{what} ({dst})"),
+            }
+        }
+    }
+}
+
+#[test]
+fn ipv6_loopback_is_martian() {
+    let r = router();
+    let mut buf = buffer();
+    let len = udp6_frame(&mut buf, MAC_A, IP6_A, Ipv6Addr::LOCALHOST, 64, 20);
+    let mut vnet = VnetHdr::default();
+    assert_eq!(
+        r.from_pod(1, &mut vnet, &mut buf, len),
+        Verdict::Drop(DropReason::Martian)
+    );
+}
+
+#[test]
+fn a_length_beyond_the_buffer_is_oversize_not_a_panic() {
+    let r = router();
+    // (buffer size, claimed length, what the row covers)
+    let rows = [
+        (0, 1, "empty buffer"),
+        (64, 65, "one byte past a small buffer"),
+        (100, 60_000, "a TSO-sized claim in a small buffer"),
+        (1 << 17, (1 << 17) + 1, "one byte past a worker's buffer"),
+        (64, usize::MAX, "the largest length"),
+    ];
+    for (size, len, what) in rows {
+        let mut buf = vec![0xa5; size];
+        if size >= 42 {
+            udp_frame(&mut buf, MAC_A, IP_A, IP_B, 64, 0);
+        }
+        let mut vnet = VnetHdr::default();
+        assert_eq!(
+            r.from_pod(1, &mut vnet, &mut buf, len),
+            Verdict::Drop(DropReason::Oversize),
+            "from_pod: {what}"
+        );
+        let ip_len = len.saturating_sub(ethernet::HEADER_LEN);
+        if ethernet::HEADER_LEN.saturating_add(ip_len) > size {
+            assert_eq!(
+                r.from_uplink(&mut vnet, &mut buf, ip_len),
+                Verdict::Drop(DropReason::Oversize),
+                "from_uplink: {what}"
+            );
+        }
+    }
+}

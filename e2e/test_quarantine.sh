@@ -36,15 +36,17 @@ IP_Y=$(add_pod "$Y")
 IP_D=$(add_pod "$D")
 IP_E=$(add_pod "$E")
 
-FLOOD=
-SINK=
-# start_flood: X sends 1200-byte UDP datagrams to Y as fast as it can, for at most 90 s;
-# Y has a sink on the port (no ICMP errors back to X). `ip netns exec` execs `timeout`, so the
-# pids are those of the `timeout`s, which pass a SIGTERM on.
+FLOODERS=()
+# start_flood: X sends 1200-byte UDP datagrams to Y from 3 processes (so that X's queue stays
+# backlogged even on a loaded machine), as fast as they can, for at most 90 s; Y has a sink on
+# the port (no ICMP errors back to X). `ip netns exec` execs `timeout`, so the pids are those
+# of the `timeout`s, which pass a SIGTERM on.
 start_flood() {
   ip netns exec "$Y" timeout 100 socat -u UDP-RECV:5000 /dev/null &
-  SINK=$!
-  ip netns exec "$X" timeout 100 python3 -c '
+  FLOODERS=($!)
+  local i
+  for i in 1 2 3; do
+    ip netns exec "$X" timeout 100 python3 -c '
 import socket, sys, time
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 dst, payload, end = (sys.argv[1], 5000), b"x" * 1200, time.time() + 90
@@ -55,12 +57,15 @@ while time.time() < end:
         except OSError:
             pass
 ' "$IP_Y" &
-  FLOOD=$!
+    FLOODERS+=($!)
+  done
 }
 stop_flood() {
-  [ -n "$FLOOD" ] && kill "$FLOOD" 2>/dev/null && wait "$FLOOD" 2>/dev/null
-  [ -n "$SINK" ] && kill "$SINK" 2>/dev/null && wait "$SINK" 2>/dev/null
-  FLOOD= SINK=
+  local p
+  for p in "${FLOODERS[@]}"; do
+    kill "$p" 2>/dev/null && wait "$p" 2>/dev/null
+  done
+  FLOODERS=()
   return 0
 }
 # crash_until_quarantined POD: SIGSEGV the dataplane while POD floods, at most 9 times (3 times
@@ -89,8 +94,17 @@ crash_until_quarantined() {
 log "a pod whose frames keep crashing the dataplane is quarantined"
 check "ping D -> E before" in_pod "$D" ping -c 2 -i 0.2 -W 2 "$IP_E"
 start_flood
-sleep 1
-check "X's flood reaches Y" test "$(pod_counter "$Y" .tx_packets)" -gt 1000
+# flood_reaches_y: over 1000 of X's datagrams were delivered to Y (waits up to 10 s for the
+# senders to start on a busy machine).
+flood_reaches_y() {
+  local i
+  for i in $(seq 1 50); do
+    [ "$(pod_counter "$Y" .tx_packets)" -gt 1000 ] && return 0
+    sleep 0.2
+  done
+  return 1
+}
+check "X's flood reaches Y" flood_reaches_y
 kills=$(crash_until_quarantined "$X")
 echo "    $kills SIGSEGVs"
 check "X is quarantined (ctl list) after at most 9 crashes" test "$(pod_state "$X")" = quarantined
@@ -100,6 +114,7 @@ check "ctl status lists X as quarantined" sh -c "$BIN/netstackd ctl --socket $SO
 check "netstack_pod_quarantined is 1 for X" test "$(quarantined_metric "$X")" = 1
 check "netstack_pod_quarantined is 0 for D" test "$(quarantined_metric "$D")" = 0
 check "a WARN log line names X's container id" grep -q "WARN.*pod quarantined.*container_id=$X" "$WORK/netstackd.log"
+wait_serving
 check "Y, D and E are not quarantined" test "$(pod_state "$Y")$(pod_state "$D")$(pod_state "$E")" = attachedattachedattached
 wait_serving
 RESTARTS=$(ctl status | jq .dataplane_restarts)

@@ -317,10 +317,11 @@ impl Worker {
                         // One store before the pod's batch and one after its flush.
                         self.in_flight.set(t >> 8);
                         self.drain_pod(t >> 8, (t & 0xff) as usize);
+                        self.flush();
+                        self.in_flight.clear();
                     }
                 }
                 self.flush();
-                self.in_flight.clear();
             }
         }
     }

@@ -37,7 +37,7 @@ const INIT_DEADLINE: Duration = Duration::from_secs(5);
 /// workers (5 s), so a stuck worker is reported by the child rather than taken for a hang.
 const APPLY_DEADLINE: Duration = Duration::from_secs(8);
 /// How long it may take to answer `stats` (called by every status, list and scrape).
-const STATS_DEADLINE: Duration = Duration::from_secs(3);
+const STATS_DEADLINE: Duration = Duration::from_secs(5);
 /// Deaths of the dataplane with a pod's frames in flight that quarantine the pod...
 pub const STRIKES: usize = 3;
 /// ...when they fall within this long.

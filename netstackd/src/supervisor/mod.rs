@@ -266,6 +266,11 @@ impl Inner {
             let status = child
                 .wait()
                 .map_or_else(|e| e.to_string(), |s| s.to_string());
+            // Replayed pods are polled as soon as they are attached: a pod whose queued frames
+            // kill the child before the replay ends gets its strikes here.
+            self.in_flight = Some(slots);
+            self.strike_in_flight(&status);
+            self.in_flight = None;
             return Err(e.context(format!("bringing the dataplane up (it exited: {status})")));
         }
         self.pid = Some(child.id());

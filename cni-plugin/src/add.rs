@@ -443,6 +443,9 @@ fn attach_allocated(
     drop(link);
     let failure = match reply {
         Ok(Reply::Done) => None,
+        Ok(Reply::Error { message }) if message.ends_with(netstackd::control::RETRYABLE) => {
+            Some(CniError::TryAgainLater(format!("netstackd: {message}")))
+        }
         Ok(Reply::Error { message }) => Some(CniError::Setup(format!(
             "netstackd refused the attachment: {message}"
         ))),

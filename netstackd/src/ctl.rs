@@ -1,5 +1,5 @@
 //! `netstackd ctl`: the operator's view of a running netstackd over its control socket —
-//! `status`, `list`, `stats [POD]`, `capture POD`, `metrics`. Tables for people by default,
+//! `status`, `list`, `stats [POD]`, `capture POD`, `metrics`, `release POD`. Tables for people by default,
 //! `--json` for scripts (the JSON is the control protocol's, documented in the README).
 
 use std::io::{Read, Write};
@@ -43,6 +43,13 @@ pub enum CtlCommand {
     },
     /// Prometheus text.
     Metrics,
+    /// Take a pod out of quarantine.
+    Release {
+        /// Container id, a unique prefix of one, or namespace/name.
+        pod: String,
+        /// The pod interface.
+        ifname: String,
+    },
 }
 
 fn call(client: &mut Client, req: &Request) -> anyhow::Result<(Reply, Vec<OwnedFd>)> {
@@ -164,6 +171,14 @@ pub fn run(socket: &Path, command: CtlCommand, json: bool) -> anyhow::Result<()>
                         s.dataplane_restarts.to_string(),
                     ],
                     vec!["metrics".into(), s.metrics.unwrap_or_else(|| "off".into())],
+                    vec![
+                        "quarantined".into(),
+                        if s.quarantined.is_empty() {
+                            "none".into()
+                        } else {
+                            s.quarantined.join(",")
+                        },
+                    ],
                 ];
                 write!(out, "{}", table(rows))?;
             }
@@ -206,6 +221,29 @@ pub fn run(socket: &Path, command: CtlCommand, json: bool) -> anyhow::Result<()>
                     ]);
                 }
                 write!(out, "{}", table(rows))?;
+                for p in pods.iter().filter(|p| p.quarantine_reason.is_some()) {
+                    let reason = p.quarantine_reason.as_deref().unwrap_or("");
+                    writeln!(
+                        out,
+                        "{}/{} quarantined: {reason}",
+                        short(&p.key.container_id),
+                        p.key.ifname
+                    )?;
+                }
+            }
+        }
+        CtlCommand::Release { pod, ifname } => {
+            let infos = list(&mut client)?;
+            let container_id = resolve(&infos, &pod)?.key.container_id.clone();
+            let key = AttachmentKey {
+                container_id,
+                ifname,
+            };
+            call(&mut client, &Request::Release(key.clone()))?;
+            if json {
+                writeln!(out, "{}", serde_json::json!({ "released": key }))?;
+            } else {
+                writeln!(out, "{key} released")?;
             }
         }
         CtlCommand::Stats { pod } => {

@@ -104,6 +104,14 @@ enum CtlRequest {
     },
     /// Prometheus metrics.
     Metrics,
+    /// Take POD out of quarantine (its queued frames are discarded, then it is served again).
+    Release {
+        /// The pod (container id, unique prefix, or namespace/name).
+        pod: String,
+        /// The pod interface.
+        #[arg(long, default_value = "eth0")]
+        ifname: String,
+    },
 }
 
 /// Daemon options.
@@ -167,6 +175,7 @@ fn ctl(socket: &std::path::Path, what: CtlRequest, json: bool) -> anyhow::Result
         CtlRequest::List => CtlCommand::List,
         CtlRequest::Stats { pod } => CtlCommand::Stats { pod },
         CtlRequest::Metrics => CtlCommand::Metrics,
+        CtlRequest::Release { pod, ifname } => CtlCommand::Release { pod, ifname },
         CtlRequest::Capture {
             pod,
             ifname,

@@ -28,6 +28,11 @@ pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
 /// Most file descriptors one request may carry (one per TAP queue).
 pub const MAX_FDS: usize = 64;
 
+/// Ends the message of an error that changed nothing and may go away on its own (the
+/// dataplane was hung and is being restarted): the CNI plugin reports it as "try again later"
+/// (CNI error code 11).
+pub const RETRYABLE: &str = "(retryable)";
+
 /// Identifies one attachment: the CNI (container id, interface name) pair.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct AttachmentKey {
@@ -171,6 +176,9 @@ pub enum Request {
     /// Start a packet capture of one pod interface; the reply carries the read end of a pipe
     /// that yields pcap records (no file header) of the pod's frames in both directions.
     Capture(CaptureRequest),
+    /// Take a pod interface out of quarantine: the frames its queues hold are discarded and
+    /// the dataplane serves it again. An error when it is not quarantined.
+    Release(AttachmentKey),
 }
 
 /// What to capture, and when to stop on the daemon's side.
@@ -215,8 +223,12 @@ pub struct PodInfo {
     pub ips: Vec<IpNet>,
     /// Link mode ("tap" or "veth").
     pub mode: String,
-    /// "attached" while the dataplane serves it, "pending" while the dataplane restarts.
+    /// "attached" while the dataplane serves it, "pending" while the dataplane restarts,
+    /// "quarantined" while it is kept from the dataplane (see `quarantine_reason`).
     pub state: String,
+    /// Why the pod is quarantined, when it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantine_reason: Option<String>,
     /// Orchestrator metadata (K8S_POD_NAMESPACE, K8S_POD_NAME, ...).
     pub labels: BTreeMap<String, String>,
 }
@@ -256,6 +268,9 @@ pub struct DaemonStatus {
     /// Times the dataplane was restarted.
     #[serde(default)]
     pub dataplane_restarts: u64,
+    /// Quarantined pod interfaces (`container_id/ifname`): the dataplane does not serve them.
+    #[serde(default)]
+    pub quarantined: Vec<String>,
 }
 
 /// Counters of one pod interface (or of the uplink), summed over workers.

@@ -152,6 +152,16 @@ pub fn render(s: &Snapshot<'_>) -> String {
     }
     family(
         &mut out,
+        "netstack_pod_quarantined",
+        "gauge",
+        "1 while the pod is quarantined (the dataplane died repeatedly handling its frames; `netstackd ctl release` or DEL ends it).",
+    );
+    for (p, _) in &s.pods {
+        let q = u8::from(p.state == "quarantined");
+        let _ = writeln!(out, "netstack_pod_quarantined{{{}}} {q}", pod_labels(p));
+    }
+    family(
+        &mut out,
         "netstack_pod_qdisc_depth",
         "gauge",
         "Frames waiting in the fifo qdisc queues towards the pod.",

@@ -98,10 +98,11 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
     if let Some(addr) = config.metrics_addr.filter(|a| !a.ip().is_loopback()) {
         bail!("the metrics listener must be on a loopback address, not {addr}");
     }
-    if config.workers == 0 || config.workers > crate::control::MAX_FDS {
+    // The dataplane's init message carries one uplink queue per worker and its in-flight memfd.
+    if config.workers == 0 || config.workers > crate::control::MAX_FDS - 1 {
         bail!(
             "--workers must be between 1 and {}, not {}",
-            crate::control::MAX_FDS,
+            crate::control::MAX_FDS - 1,
             config.workers
         );
     }

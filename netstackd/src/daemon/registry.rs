@@ -95,6 +95,7 @@ impl Registry {
                 result
             }
             Request::Detach(key) => self.detach(&key).map(|()| Reply::Done),
+            Request::Release(key) => self.release(&key).map(|()| Reply::Done),
             Request::Stats => Ok(self.stats()),
             Request::List => Ok(Reply::List { pods: self.list() }),
             Request::Metrics => Ok(Reply::Metrics {
@@ -113,23 +114,36 @@ impl Registry {
         )
     }
 
-    fn pod_info(&self, a: &Attached, serving: bool) -> PodInfo {
+    fn pod_info(
+        &self,
+        a: &Attached,
+        serving: bool,
+        quarantined: &BTreeMap<u64, String>,
+    ) -> PodInfo {
+        let quarantine_reason = quarantined.get(&a.id).cloned();
+        let state = match (&quarantine_reason, serving) {
+            (Some(_), _) => "quarantined",
+            (None, true) => "attached",
+            (None, false) => "pending",
+        };
         PodInfo {
             key: a.attachment.key.clone(),
             netns: a.attachment.netns.clone(),
             mac: a.attachment.mac,
             ips: a.attachment.ips.clone(),
             mode: a.attachment.mode.as_str().into(),
-            state: if serving { "attached" } else { "pending" }.into(),
+            state: state.into(),
+            quarantine_reason,
             labels: a.attachment.labels.clone(),
         }
     }
 
     fn list(&self) -> Vec<PodInfo> {
         let serving = self.dataplane.serving();
+        let quarantined = self.dataplane.quarantined();
         self.lock()
             .values()
-            .map(|a| self.pod_info(a, serving))
+            .map(|a| self.pod_info(a, serving, &quarantined))
             .collect()
     }
 
@@ -137,13 +151,14 @@ impl Registry {
     pub fn metrics_text(&self) -> String {
         let stats = self.dataplane.stats();
         let serving = self.dataplane.serving();
+        let quarantined = self.dataplane.quarantined();
         let mut counters = stats.pods;
         let pods = self
             .lock()
             .values()
             .map(|a| {
                 (
-                    self.pod_info(a, serving),
+                    self.pod_info(a, serving, &quarantined),
                     counters.remove(&a.id).unwrap_or_default(),
                 )
             })
@@ -185,6 +200,13 @@ impl Registry {
     }
 
     fn status(&self) -> DaemonStatus {
+        let quarantined = self.dataplane.quarantined();
+        let quarantined = self
+            .lock()
+            .values()
+            .filter(|a| quarantined.contains_key(&a.id))
+            .map(|a| a.attachment.key.to_string())
+            .collect();
         DaemonStatus {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             workers: self.dataplane.workers(),
@@ -209,6 +231,21 @@ impl Registry {
                 .map(|a| a.to_string()),
             dataplane_pid: self.dataplane.child().0,
             dataplane_restarts: self.dataplane.child().1,
+            quarantined,
+        }
+    }
+
+    /// `release`: takes a quarantined pod interface back into the dataplane.
+    fn release(&self, key: &AttachmentKey) -> Result<(), String> {
+        let id = self
+            .lock()
+            .get(key)
+            .map(|a| a.id)
+            .ok_or_else(|| format!("{key}: not attached"))?;
+        match self.dataplane.release(id) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(format!("{key}: not quarantined")),
+            Err(e) => Err(format!("{key}: {e}")),
         }
     }
 

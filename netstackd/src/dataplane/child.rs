@@ -95,14 +95,28 @@ fn abort_on_panic() {
 /// down.
 pub fn run(user: DataplaneUser) -> anyhow::Result<()> {
     let sock = adopt_inherited_fd(super::ipc::CHILD_FD).context("taking the supervisor socket")?;
-    let (init, uplink): (DpRequest, _) = ipc::recv(&sock).context("reading the init message")?;
+    let (init, mut uplink): (DpRequest, _) =
+        ipc::recv(&sock).context("reading the init message")?;
     let DpRequest::Init {
         gateway,
         uplink_mtu,
         segment_gso,
+        in_flight,
     } = init
     else {
         bail!("first message from the supervisor is not init");
+    };
+    // Mapped before the lock-down (fstat is not on the allow-list); the memfd itself can go.
+    let in_flight = if in_flight {
+        let fd = uplink
+            .pop()
+            .context("init announces a memfd but carries no fds")?;
+        let slots =
+            crate::sys::shm::SharedU64s::open(std::os::fd::AsFd::as_fd(&fd), uplink.len().max(1))
+                .context("mapping the in-flight slots")?;
+        Some(std::sync::Arc::new(slots))
+    } else {
+        None
     };
     abort_on_panic();
     let selftest = std::env::var(SELFTEST_ENV).unwrap_or_default();
@@ -116,7 +130,7 @@ pub fn run(user: DataplaneUser) -> anyhow::Result<()> {
             "selftest: the dataplane survived: {outcome}"
         );
     }
-    let mut dataplane = start(uplink, gateway, uplink_mtu, segment_gso)?;
+    let mut dataplane = start(uplink, gateway, uplink_mtu, segment_gso, in_flight)?;
     if selftest == "thread-panic" {
         tracing::warn!("selftest: a dataplane thread panics");
         let _ = std::thread::Builder::new()
@@ -193,11 +207,13 @@ fn start(
     gateway: Ipv4Addr,
     uplink_mtu: u32,
     segment_gso: bool,
+    in_flight: Option<std::sync::Arc<crate::sys::shm::SharedU64s>>,
 ) -> anyhow::Result<Dataplane> {
     if uplink.is_empty() {
         bail!("no uplink queue fds in the init message");
     }
-    Dataplane::start(uplink, gateway, uplink_mtu, segment_gso).context("starting the workers")
+    Dataplane::start_with(uplink, gateway, uplink_mtu, segment_gso, in_flight)
+        .context("starting the workers")
 }
 
 /// Becomes `user` with no capability in any set, then no new privileges and the seccomp

@@ -4,6 +4,7 @@
 use std::net::Ipv4Addr;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +27,11 @@ pub enum DpRequest {
         /// Segment every GSO super-frame in software before it leaves (`--gso segment`).
         #[serde(default)]
         segment_gso: bool,
+        /// The last attached fd is a memfd of one u64 per worker, where each worker publishes
+        /// the attachment id whose frames it is handling (0: none), for the supervisor to read
+        /// if the child dies.
+        #[serde(default)]
+        in_flight: bool,
     },
     /// Serve a pod; its TAP queue fds are attached.
     Attach(PodSpec),
@@ -83,6 +89,43 @@ pub enum IpcError {
     /// A message was not valid JSON of the expected type.
     #[error("undecodable dataplane message: {0}")]
     Decode(#[from] serde_json::Error),
+    /// The peer did not take the request or answer it within the deadline.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Sends `req` with `fds` and waits for the reply, each socket operation bounded by what is
+/// left of `deadline`; a peer that does not keep up gives [`IpcError::Timeout`].
+pub fn exchange<Q: Serialize, A: for<'de> Deserialize<'de>>(
+    sock: &UnixStream,
+    req: &Q,
+    fds: &[BorrowedFd<'_>],
+    deadline: Duration,
+) -> Result<(A, Vec<OwnedFd>), IpcError> {
+    let start = Instant::now();
+    let left = || {
+        deadline
+            .checked_sub(start.elapsed())
+            .filter(|d| !d.is_zero())
+            .ok_or(IpcError::Timeout(deadline))
+    };
+    let timed_out = |e: IpcError| match e {
+        IpcError::Framing(FramingError::Io(io))
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            IpcError::Timeout(deadline)
+        }
+        other => other,
+    };
+    sock.set_write_timeout(Some(left()?))
+        .map_err(FramingError::Io)?;
+    send(sock, req, fds).map_err(timed_out)?;
+    sock.set_read_timeout(Some(left()?))
+        .map_err(FramingError::Io)?;
+    recv(sock).map_err(timed_out)
 }
 
 /// Sends one message with fds.
@@ -102,4 +145,36 @@ pub fn recv<T: for<'de> Deserialize<'de>>(
 ) -> Result<(T, Vec<OwnedFd>), IpcError> {
     let (body, fds) = recv_message(sock)?;
     Ok((serde_json::from_slice(&body)?, fds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_that_does_not_answer_times_out() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let deadline = Duration::from_millis(200);
+        let started = Instant::now();
+        let r = exchange::<_, DpReply>(&ours, &DpRequest::Stats, &[], deadline);
+        assert!(
+            matches!(r, Err(IpcError::Timeout(d)) if d == deadline),
+            "{r:?}"
+        );
+        assert!(started.elapsed() >= deadline);
+        // The request went out; a peer that answers in time is heard.
+        let (req, _) = recv::<DpRequest>(&theirs).unwrap();
+        assert_eq!(req, DpRequest::Stats);
+        send(&theirs, &DpReply::Done, &[]).unwrap();
+        let (reply, _) = recv::<DpReply>(&ours).unwrap();
+        assert_eq!(reply, DpReply::Done);
+    }
+
+    #[test]
+    fn a_closed_peer_is_not_a_timeout() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        drop(theirs);
+        let r = exchange::<_, DpReply>(&ours, &DpRequest::Stats, &[], Duration::from_secs(5));
+        assert!(!matches!(r, Err(IpcError::Timeout(_))), "{r:?}");
+    }
 }

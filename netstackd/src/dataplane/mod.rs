@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::control::Counters;
 use crate::stack::LinkCounters;
 use crate::sys::packet::RxRing;
+use crate::sys::shm::SharedU64s;
 use crate::wire::MacAddr;
 
 use worker::{PodIo, Worker, WorkerCmd};
@@ -70,6 +71,29 @@ pub struct PodSpec {
     pub rx_ring: bool,
 }
 
+/// Where one worker publishes the attachment id whose batch it is handling (0: none), in
+/// memory the supervisor shares: if the child dies, the supervisor knows whose frames were in
+/// flight. Without shared memory (tests, benchmarks) it does nothing.
+#[derive(Default)]
+pub(crate) struct InFlight {
+    slots: Option<Arc<SharedU64s>>,
+    index: usize,
+}
+
+impl InFlight {
+    /// Publishes `id` (one relaxed store).
+    fn set(&self, id: u64) {
+        if let Some(slot) = self.slots.as_ref().and_then(|s| s.get(self.index)) {
+            slot.store(id, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Publishes "no pod".
+    fn clear(&self) {
+        self.set(0);
+    }
+}
+
 struct WorkerHandle {
     cmds: mpsc::Sender<WorkerCmd>,
     wake: Arc<EventFd>,
@@ -104,6 +128,18 @@ impl Dataplane {
         uplink_mtu: u32,
         segment_gso: bool,
     ) -> io::Result<Self> {
+        Self::start_with(uplink_queues, gateway, uplink_mtu, segment_gso, None)
+    }
+
+    /// [`start`](Self::start), with worker i publishing the pod it handles in slot i of
+    /// `in_flight`.
+    pub fn start_with(
+        uplink_queues: Vec<OwnedFd>,
+        gateway: Ipv4Addr,
+        uplink_mtu: u32,
+        segment_gso: bool,
+        in_flight: Option<Arc<SharedU64s>>,
+    ) -> io::Result<Self> {
         let n = uplink_queues.len();
         let uplink_counters = Arc::new(LinkCounters::new(n));
         let mut workers = Vec::with_capacity(n);
@@ -124,7 +160,11 @@ impl Dataplane {
                 crate::stack::Router::new(gateway, uplink_mtu),
                 Arc::clone(&wakeups),
             )?
-            .segment_gso(segment_gso);
+            .segment_gso(segment_gso)
+            .in_flight(InFlight {
+                slots: in_flight.clone(),
+                index,
+            });
             let thread = std::thread::Builder::new()
                 .name(format!("dp-{index}"))
                 .spawn(move || worker.run())?;

@@ -25,7 +25,7 @@ use crate::wire::{ethernet, VnetHdr};
 
 use super::capture::CaptureSink;
 use super::qdisc::{FifoQueue, Slot, SlotPool, TokenBucket, SLOT_LEN};
-use super::PodSpec;
+use super::{InFlight, PodSpec};
 
 /// Frames read from one fd per wakeup before moving on to the next.
 const BATCH: usize = 64;
@@ -134,6 +134,8 @@ pub(super) struct Worker {
     rx_lens: [RxFrame; MMSG_BATCH],
     /// Slots gathered for one `sendmmsg`.
     tx_batch: Vec<u32>,
+    /// Where the id of the pod whose batch this worker handles is published.
+    in_flight: InFlight,
 }
 
 /// A super-frame the segmenter refuses is a malformed frame.
@@ -279,12 +281,19 @@ impl Worker {
             rx_batch: Vec::with_capacity(MMSG_BATCH),
             rx_lens: [RxFrame::Malformed; MMSG_BATCH],
             tx_batch: Vec::with_capacity(MMSG_BATCH),
+            in_flight: InFlight::default(),
         })
     }
 
     /// Segments every GSO super-frame in software before it leaves.
     pub(super) fn segment_gso(mut self, on: bool) -> Self {
         self.segment_gso = on;
+        self
+    }
+
+    /// Publishes the pod whose batch is being handled in `in_flight`.
+    pub(super) fn in_flight(mut self, in_flight: InFlight) -> Self {
+        self.in_flight = in_flight;
         self
     }
 
@@ -312,7 +321,13 @@ impl Worker {
                     }
                     TOKEN_TIMER => self.on_timer(),
                     TOKEN_UPLINK => self.drain_uplink(),
-                    t => self.drain_pod(t >> 8, (t & 0xff) as usize),
+                    t => {
+                        // One store before the pod's batch and one after its flush.
+                        self.in_flight.set(t >> 8);
+                        self.drain_pod(t >> 8, (t & 0xff) as usize);
+                        self.flush();
+                        self.in_flight.clear();
+                    }
                 }
                 self.flush();
             }

@@ -2,6 +2,18 @@
 //! every pod's TAP queues), runs the dataplane as a child process (`netstackd dataplane`) with
 //! no capabilities under seccomp, and when that child dies starts a new one and hands it the
 //! same fds, so pods barely notice.
+//!
+//! A crash loop is not possible: each worker publishes the pod whose frames it handles in
+//! memory shared with the supervisor (`sys::shm`); each death of the child with a pod's frames
+//! in flight is a strike against that pod, and a pod with [`STRIKES`] strikes within
+//! [`STRIKE_WINDOW`] is quarantined: the next dataplane does not get it, so its queued frames
+//! are never read, until DEL or `ctl release` (which discards what its queues hold first).
+//! Every message to the child has a deadline; a child that misses one is killed as hung and
+//! restarted, and the caller gets an error it may retry.
+
+mod strikes;
+
+pub use strikes::Strikes;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
@@ -13,14 +25,26 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::control::Counters;
+use crate::control::{Counters, RETRYABLE};
 use crate::dataplane::child::DataplaneUser;
-use crate::dataplane::ipc::{self, DpReply, DpRequest, CHILD_FD};
+use crate::dataplane::ipc::{self, DpReply, DpRequest, IpcError, CHILD_FD};
 use crate::dataplane::PodSpec;
 use crate::sys::process::spawn_with_fd;
+use crate::sys::shm::SharedU64s;
 
-/// How long the dataplane may take to answer one message before it is killed and replaced.
-const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the dataplane may take to start its workers and answer `init`.
+const INIT_DEADLINE: Duration = Duration::from_secs(5);
+/// How long it may take to answer an attach, detach or capture: more than it gives its own
+/// workers (5 s), so a stuck worker is reported by the child rather than taken for a hang.
+const APPLY_DEADLINE: Duration = Duration::from_secs(8);
+/// How long it may take to answer `stats` (called by every status, list and scrape).
+const STATS_DEADLINE: Duration = Duration::from_secs(5);
+/// Deaths of the dataplane with a pod's frames in flight that quarantine the pod...
+pub const STRIKES: usize = 3;
+/// ...when they fall within this long.
+pub const STRIKE_WINDOW: Duration = Duration::from_secs(60);
+/// Most frames discarded from one queue of a pod released from quarantine.
+const PURGE_MAX: usize = 100_000;
 /// Pause before the first restart; doubled for each quick crash in a row, up to the maximum.
 const RESTART_DELAY: Duration = Duration::from_millis(50);
 const RESTART_DELAY_MAX: Duration = Duration::from_secs(5);
@@ -41,6 +65,22 @@ struct Inner {
     /// Frames the kernel dropped on each veth pod's packet sockets so far (its own count
     /// restarts at every read).
     kernel_drops: HashMap<u64, u64>,
+    /// The running child's in-flight slots, one per worker.
+    in_flight: Option<SharedU64s>,
+    /// Deaths of the dataplane with each pod's frames in flight.
+    strikes: Strikes,
+    /// Pods the dataplane does not get, with the reason.
+    quarantined: BTreeMap<u64, String>,
+}
+
+/// Why a message to the child got no answer.
+enum CallError {
+    /// No child runs (it is being restarted).
+    Down,
+    /// The link broke (the child died); the child is killed to be sure.
+    Broken,
+    /// The child missed the deadline: it was killed as hung.
+    Hung(Duration),
 }
 
 /// The drop reason of frames the kernel dropped before netstackd could read them: a veth
@@ -70,18 +110,86 @@ fn lock(inner: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
 }
 
 impl Inner {
-    /// One request/reply; a broken link marks the child dead (the monitor replaces it).
-    fn call(&mut self, req: &DpRequest, fds: &[std::os::fd::BorrowedFd<'_>]) -> Option<DpReply> {
-        let conn = self.conn.as_ref()?;
-        let result = ipc::send(conn, req, fds).and_then(|()| ipc::recv::<DpReply>(conn));
-        match result {
-            Ok((reply, _)) => Some(reply),
+    /// One request/reply within `deadline`; a broken link or a missed deadline kills the
+    /// child (the monitor replaces it).
+    fn call(
+        &mut self,
+        req: &DpRequest,
+        fds: &[std::os::fd::BorrowedFd<'_>],
+        deadline: Duration,
+    ) -> Result<DpReply, CallError> {
+        let conn = self.conn.as_ref().ok_or(CallError::Down)?;
+        match ipc::exchange::<_, DpReply>(conn, req, fds, deadline) {
+            Ok((reply, _)) => Ok(reply),
+            Err(IpcError::Timeout(d)) => {
+                tracing::warn!(
+                    pid = self.pid,
+                    "the dataplane did not answer within {d:?}: killing it as hung"
+                );
+                self.kill_child();
+                Err(CallError::Hung(d))
+            }
             Err(e) => {
                 tracing::warn!("dataplane link broke: {e}");
                 self.kill_child();
-                None
+                Err(CallError::Broken)
             }
         }
+    }
+
+    /// The pods whose frames the dead child's workers were handling (their slots are reset).
+    fn take_in_flight(&mut self) -> Vec<u64> {
+        let mut ids = Vec::new();
+        if let Some(slots) = &self.in_flight {
+            for i in 0..slots.len() {
+                if let Some(slot) = slots.get(i) {
+                    let id = slot.swap(0, std::sync::atomic::Ordering::Relaxed);
+                    if id != 0 && !ids.contains(&id) {
+                        ids.push(id);
+                    }
+                }
+            }
+        }
+        ids
+    }
+
+    /// Counts a strike against every pod whose frames were in flight when the child died
+    /// (`status`), and quarantines those with too many. True when one was quarantined.
+    fn strike_in_flight(&mut self, status: &str) -> bool {
+        let now = Instant::now();
+        let mut any = false;
+        for id in self.take_in_flight() {
+            let Some((spec, _)) = self.pods.get(&id) else {
+                continue;
+            };
+            if self.quarantined.contains_key(&id) {
+                continue;
+            }
+            let container_id = spec.container_id.clone();
+            let count = self.strikes.strike(id, now);
+            if !self.strikes.reached(count) {
+                tracing::warn!(
+                    %container_id,
+                    id,
+                    strikes = count,
+                    "the dataplane died ({status}) while handling this pod's frames"
+                );
+                continue;
+            }
+            let reason = format!(
+                "the dataplane died {count} times within {} s while handling its frames (last: {status})",
+                STRIKE_WINDOW.as_secs()
+            );
+            tracing::warn!(
+                %container_id,
+                id,
+                "pod quarantined: {reason}; its queues are no longer read until DEL or `netstackd ctl release`"
+            );
+            self.strikes.forget(id);
+            self.quarantined.insert(id, reason);
+            any = true;
+        }
+        any
     }
 
     /// Adds what the kernel dropped on each veth pod's packet sockets to its drops.
@@ -122,26 +230,32 @@ impl Inner {
             .args(["--user", &self.user.to_string()])
             .stdin(Stdio::null());
         let theirs: OwnedFd = theirs.into();
+        let (slots, memfd) =
+            SharedU64s::create(self.uplink.len().max(1)).context("in-flight shared memory")?;
         let mut child = spawn_with_fd(cmd, &theirs, CHILD_FD).context("starting the dataplane")?;
         drop(theirs);
-        ours.set_read_timeout(Some(REPLY_TIMEOUT))?;
-        ours.set_write_timeout(Some(REPLY_TIMEOUT))?;
         let handshake = (|| -> anyhow::Result<()> {
-            let uplink: Vec<_> = self.uplink.iter().map(|fd| fd.as_fd()).collect();
+            let mut fds: Vec<_> = self.uplink.iter().map(|fd| fd.as_fd()).collect();
+            fds.push(memfd.as_fd());
             let init = DpRequest::Init {
                 gateway: self.gateway,
                 uplink_mtu: self.uplink_mtu,
                 segment_gso: self.segment_gso,
+                in_flight: true,
             };
-            ipc::send(&ours, &init, &uplink)?;
-            match ipc::recv::<DpReply>(&ours)?.0 {
+            match ipc::exchange::<_, DpReply>(&ours, &init, &fds, INIT_DEADLINE)?.0 {
                 DpReply::Done => {}
                 other => anyhow::bail!("dataplane refused init: {other:?}"),
             }
-            for (spec, fds) in self.pods.values() {
+            for (id, (spec, fds)) in &self.pods {
+                if self.quarantined.contains_key(id) {
+                    continue;
+                }
                 let fds: Vec<_> = fds.iter().map(|fd| fd.as_fd()).collect();
-                ipc::send(&ours, &DpRequest::Attach(spec.clone()), &fds)?;
-                if let (DpReply::Error { message }, _) = ipc::recv::<DpReply>(&ours)? {
+                let req = DpRequest::Attach(spec.clone());
+                if let (DpReply::Error { message }, _) =
+                    ipc::exchange::<_, DpReply>(&ours, &req, &fds, APPLY_DEADLINE)?
+                {
                     tracing::error!(
                         container_id = %spec.container_id,
                         id = spec.id,
@@ -156,10 +270,16 @@ impl Inner {
             let status = child
                 .wait()
                 .map_or_else(|e| e.to_string(), |s| s.to_string());
+            // Replayed pods are polled as soon as they are attached: a pod whose queued frames
+            // kill the child before the replay ends gets its strikes here.
+            self.in_flight = Some(slots);
+            self.strike_in_flight(&status);
+            self.in_flight = None;
             return Err(e.context(format!("bringing the dataplane up (it exited: {status})")));
         }
         self.pid = Some(child.id());
         self.conn = Some(ours);
+        self.in_flight = Some(slots);
         Ok(child)
     }
 }
@@ -187,6 +307,9 @@ impl DataplaneProcess {
             restarts: 0,
             shutting_down: false,
             kernel_drops: HashMap::new(),
+            in_flight: None,
+            strikes: Strikes::new(STRIKES, STRIKE_WINDOW),
+            quarantined: BTreeMap::new(),
         }));
         // A dataplane that fails to come up is retried by the monitor like one that crashed:
         // the supervisor serves (and records attachments) meanwhile.
@@ -220,25 +343,87 @@ impl DataplaneProcess {
     pub fn attach(&self, spec: PodSpec, fds: Vec<OwnedFd>) -> Result<(), String> {
         let mut inner = lock(&self.inner);
         let borrowed: Vec<_> = fds.iter().map(|fd| fd.as_fd()).collect();
-        let reply = inner.call(&DpRequest::Attach(spec.clone()), &borrowed);
+        let reply = inner.call(&DpRequest::Attach(spec.clone()), &borrowed, APPLY_DEADLINE);
         drop(borrowed);
         match reply {
-            // Done, or the child died mid-call: a new one gets this pod in its replay.
-            Some(DpReply::Done) | None => {
+            // Done, or no child runs / it died mid-call: a new one gets this pod in its replay.
+            Ok(DpReply::Done) | Err(CallError::Down | CallError::Broken) => {
                 inner.pods.insert(spec.id, (spec, fds));
                 Ok(())
             }
-            Some(DpReply::Error { message }) => Err(message),
-            Some(other) => Err(format!("unexpected dataplane reply {other:?}")),
+            Err(CallError::Hung(d)) => Err(format!(
+                "the dataplane did not answer within {} s and is being restarted; try again {RETRYABLE}",
+                d.as_secs()
+            )),
+            Ok(DpReply::Error { message }) => Err(message),
+            Ok(other) => Err(format!("unexpected dataplane reply {other:?}")),
         }
     }
 
-    /// Stops serving a pod and closes the fds kept for it. Idempotent.
+    /// Stops serving a pod (quarantined or not) and closes the fds kept for it. Idempotent.
     pub fn detach(&self, id: u64) {
         let mut inner = lock(&self.inner);
         inner.kernel_drops.remove(&id);
-        if inner.pods.remove(&id).is_some() {
-            let _ = inner.call(&DpRequest::Detach { id }, &[]);
+        inner.strikes.forget(id);
+        let was_quarantined = inner.quarantined.remove(&id).is_some();
+        if inner.pods.remove(&id).is_some() && !was_quarantined {
+            let _ = inner.call(&DpRequest::Detach { id }, &[], APPLY_DEADLINE);
+        }
+    }
+
+    /// Quarantined pods (by attachment id) with the reason.
+    pub fn quarantined(&self) -> BTreeMap<u64, String> {
+        lock(&self.inner).quarantined.clone()
+    }
+
+    /// Takes pod `id` out of quarantine: discards every frame its queues hold (they may be
+    /// the ones that crashed the dataplane), then hands it to the dataplane again. False when
+    /// it is not quarantined.
+    pub fn release(&self, id: u64) -> Result<bool, String> {
+        let mut inner = lock(&self.inner);
+        if !inner.quarantined.contains_key(&id) {
+            return Ok(false);
+        }
+        let Some((spec, fds)) = inner.pods.get(&id) else {
+            inner.quarantined.remove(&id);
+            return Ok(false);
+        };
+        let spec = spec.clone();
+        let discarded: usize = fds.iter().map(|fd| purge(fd.as_fd())).sum();
+        // Duplicates to send (the originals stay in `pods`, borrowed from `inner`).
+        let dups = fds
+            .iter()
+            .map(|fd| fd.try_clone())
+            .collect::<std::io::Result<Vec<OwnedFd>>>()
+            .map_err(|e| format!("duplicating the pod's fds: {e}"))?;
+        // Out of quarantine first: if the child dies now, its replay includes the pod.
+        let reason = inner.quarantined.remove(&id);
+        let borrowed: Vec<_> = dups.iter().map(|fd| fd.as_fd()).collect();
+        let reply = inner.call(&DpRequest::Attach(spec.clone()), &borrowed, APPLY_DEADLINE);
+        match reply {
+            Ok(DpReply::Done) | Err(CallError::Down | CallError::Broken) => {
+                tracing::info!(
+                    container_id = %spec.container_id,
+                    id,
+                    discarded,
+                    "released from quarantine; the frames its queues held were discarded"
+                );
+                Ok(true)
+            }
+            Err(CallError::Hung(d)) => Err(format!(
+                "released, but the dataplane did not answer within {} s and is being restarted {RETRYABLE}",
+                d.as_secs()
+            )),
+            Ok(other) => {
+                let message = match other {
+                    DpReply::Error { message } => message,
+                    other => format!("unexpected dataplane reply {other:?}"),
+                };
+                if let Some(reason) = reason {
+                    inner.quarantined.insert(id, reason);
+                }
+                Err(format!("the dataplane refused the pod: {message}"))
+            }
         }
     }
 
@@ -246,8 +431,8 @@ impl DataplaneProcess {
     /// dataplane restarts).
     pub fn stats(&self) -> DataplaneStats {
         let mut inner = lock(&self.inner);
-        match inner.call(&DpRequest::Stats, &[]) {
-            Some(DpReply::Stats {
+        match inner.call(&DpRequest::Stats, &[], STATS_DEADLINE) {
+            Ok(DpReply::Stats {
                 pods,
                 uplink,
                 wakeups,
@@ -290,11 +475,13 @@ impl DataplaneProcess {
             max_packets,
             max_seconds,
         };
-        match inner.call(&req, &[write.as_fd()]) {
-            Some(DpReply::Done) => Ok(read),
-            Some(DpReply::Error { message }) => Err(message),
-            Some(other) => Err(format!("unexpected dataplane reply {other:?}")),
-            None => Err("the dataplane is restarting; try again".into()),
+        match inner.call(&req, &[write.as_fd()], APPLY_DEADLINE) {
+            Ok(DpReply::Done) => Ok(read),
+            Ok(DpReply::Error { message }) => Err(message),
+            Ok(other) => Err(format!("unexpected dataplane reply {other:?}")),
+            Err(_) => Err(format!(
+                "the dataplane is restarting; try again {RETRYABLE}"
+            )),
         }
     }
 
@@ -302,9 +489,29 @@ impl DataplaneProcess {
     pub fn shutdown(&self) {
         let mut inner = lock(&self.inner);
         inner.shutting_down = true;
-        let _ = inner.call(&DpRequest::Shutdown, &[]);
+        let _ = inner.call(&DpRequest::Shutdown, &[], APPLY_DEADLINE);
         inner.conn = None;
     }
+}
+
+/// Reads and discards what a pod's queue (a TAP queue or a packet socket) holds, at most
+/// [`PURGE_MAX`] frames; returns how many. The supervisor never parses them.
+fn purge(fd: std::os::fd::BorrowedFd<'_>) -> usize {
+    if let Err(e) = crate::sys::tap::set_nonblocking(fd) {
+        tracing::debug!("purging a pod queue: {e}");
+        return 0;
+    }
+    let mut vnet = [0u8; crate::sys::tap::VNET_HDR_LEN];
+    let mut buf = vec![0u8; 65536 + 64];
+    let mut n = 0;
+    while n < PURGE_MAX {
+        match crate::sys::tap::read_frame(fd, &mut vnet, &mut buf) {
+            Ok(_) => n += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => n += 1,
+            Err(_) => break,
+        }
+    }
+    n
 }
 
 /// Waits for the child to die and starts another, with backoff for crash loops.
@@ -317,6 +524,7 @@ fn monitor(inner: Arc<Mutex<Inner>>, first: Option<Child>) {
             Some(c) => c.wait(),
             None => Err(std::io::Error::other("it did not start")),
         };
+        let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
         {
             let mut guard = lock(&inner);
             if guard.shutting_down {
@@ -324,11 +532,14 @@ fn monitor(inner: Arc<Mutex<Inner>>, first: Option<Child>) {
             }
             guard.conn = None;
             guard.pid = None;
+            // The pods that made it crash are left out of the next one: no backoff for the rest.
+            if guard.strike_in_flight(&status) {
+                delay = RESTART_DELAY;
+            }
         }
         if started.elapsed() > STABLE_AFTER {
             delay = RESTART_DELAY;
         }
-        let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
         tracing::warn!(%status, restart_in_ms = delay.as_millis() as u64, "dataplane exited; restarting it");
         loop {
             std::thread::sleep(delay);

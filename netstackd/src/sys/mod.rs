@@ -1,5 +1,5 @@
 //! The only place with `unsafe`: TAP/TUN ioctls, readv/writev, packet sockets, ethtool features, fd passing,
-//! namespace ioctls.
+//! namespace ioctls, shared memory with the dataplane child.
 //!
 //! Every system call that nix does not wrap safely sits here in a small safe function with a
 //! `// SAFETY:` comment; the rest of netstackd only sees `OwnedFd`/`BorrowedFd` and typed
@@ -10,6 +10,7 @@ pub mod fdpass;
 pub mod ns;
 pub mod packet;
 pub mod process;
+pub mod shm;
 pub mod tap;
 
 pub use tap::{

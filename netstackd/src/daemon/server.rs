@@ -297,3 +297,56 @@ fn serve_connection(stream: UnixStream, registry: &Registry, conns: &Connections
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[test]
+    fn a_full_house_evicts_the_longest_idle_and_refuses_when_all_are_busy() {
+        let conns = Connections::default();
+        let mut peers = Vec::new();
+        let mut ids = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            let (ours, theirs) = UnixStream::pair().unwrap();
+            ids.push(conns.admit(&ours).unwrap());
+            peers.push((ours, theirs));
+        }
+        // All busy but two; the older of those two goes first.
+        for &id in &ids {
+            assert!(conns.set_idle(id, false));
+        }
+        assert!(conns.set_idle(ids[7], true));
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(conns.set_idle(ids[3], true));
+        let (extra, _extra_peer) = UnixStream::pair().unwrap();
+        assert!(conns.admit(&extra).is_some());
+        assert!(
+            !conns.set_idle(ids[7], true),
+            "the longest idle was evicted"
+        );
+        assert!(conns.set_idle(ids[3], true), "the other idle one stays");
+        let mut buf = [0u8; 1];
+        let mut evicted = &peers[7].0;
+        assert_eq!(
+            evicted.read(&mut buf).unwrap(),
+            0,
+            "its stream was shut down"
+        );
+        // Busy everywhere now: a newcomer is refused, nobody evicted.
+        assert!(conns.set_idle(ids[3], false));
+        let all: Vec<u64> = conns.lock().keys().copied().collect();
+        for id in all {
+            conns.set_idle(id, false);
+        }
+        let (late, _late_peer) = UnixStream::pair().unwrap();
+        assert_eq!(conns.admit(&late), None);
+        assert_eq!(conns.lock().len(), MAX_CONNECTIONS);
+        conns.release(ids[0]);
+        assert!(
+            conns.admit(&late).is_some(),
+            "a released place is free again"
+        );
+    }
+}

@@ -8,7 +8,7 @@ mod client;
 mod framing;
 
 pub use client::{Client, ClientError};
-pub use framing::{recv_message, send_message, FramingError};
+pub use framing::{recv_message, recv_message_before, send_message, FramingError};
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;

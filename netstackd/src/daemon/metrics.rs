@@ -1,18 +1,11 @@
 //! Prometheus metrics: the text exposition (format 0.0.4) of the daemon's counters, served on a
-//! loopback-only HTTP listener (`GET /metrics`) and through the control socket.
+//! loopback-only HTTP listener (`GET /metrics`, see `http.rs`) and through the control socket.
 
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
-
 use crate::control::{Counters, PodInfo};
-
-use super::Registry;
 
 /// Upper bounds (seconds) of the attach latency histogram buckets.
 const ATTACH_BUCKETS: [f64; 8] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0];
@@ -145,8 +138,9 @@ pub fn render(s: &Snapshot<'_>) -> String {
         for (reason, n) in &c.drops {
             let _ = writeln!(
                 out,
-                "netstack_pod_drops_total{{{},reason=\"{reason}\"}} {n}",
-                pod_labels(p)
+                "netstack_pod_drops_total{{{},reason=\"{}\"}} {n}",
+                pod_labels(p),
+                label(reason)
             );
         }
     }
@@ -237,7 +231,8 @@ pub fn render(s: &Snapshot<'_>) -> String {
     for (reason, n) in &s.uplink.drops {
         let _ = writeln!(
             out,
-            "netstack_uplink_drops_total{{reason=\"{reason}\"}} {n}"
+            "netstack_uplink_drops_total{{reason=\"{}\"}} {n}",
+            label(reason)
         );
     }
     family(
@@ -333,56 +328,59 @@ pub fn render(s: &Snapshot<'_>) -> String {
     out
 }
 
-/// Binds the metrics listener; only loopback addresses are allowed.
-pub fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
-    if !addr.ip().is_loopback() {
-        bail!("the metrics listener must be on a loopback address, not {addr}");
-    }
-    TcpListener::bind(addr).with_context(|| format!("binding the metrics listener on {addr}"))
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::AttachmentKey;
 
-/// Serves `GET /metrics` on `listener`, one connection at a time, on a background thread.
-pub fn serve(listener: TcpListener, registry: Arc<Registry>) -> anyhow::Result<()> {
-    std::thread::Builder::new()
-        .name("metrics".into())
-        .spawn(move || {
-            for conn in listener.incoming().flatten() {
-                if let Err(e) = answer(conn, &registry) {
-                    tracing::debug!("metrics request: {e}");
-                }
-            }
-        })
-        .context("starting the metrics thread")?;
-    Ok(())
-}
-
-fn answer(conn: TcpStream, registry: &Registry) -> std::io::Result<()> {
-    conn.set_read_timeout(Some(Duration::from_secs(2)))?;
-    conn.set_write_timeout(Some(Duration::from_secs(2)))?;
-    let mut reader = BufReader::new(&conn);
-    let mut request_line = String::new();
-    reader.read_line(&mut request_line)?;
-    // Drain the headers (bounded) so the client sees an orderly response.
-    let mut line = String::new();
-    for _ in 0..100 {
-        line.clear();
-        if reader.read_line(&mut line)? == 0 || line == "\r\n" || line == "\n" {
-            break;
-        }
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(label("plain"), "plain");
+        assert_eq!(label(r"a\b"), r"a\\b");
+        assert_eq!(label("say \"hi\""), r#"say \"hi\""#);
+        assert_eq!(label("two\nlines"), r"two\nlines");
+        assert_eq!(label("\\\"\n"), r#"\\\"\n"#);
     }
-    let mut w = &conn;
-    let mut parts = request_line.split_whitespace();
-    match (parts.next(), parts.next()) {
-        (Some("GET"), Some("/metrics")) => {
-            let body = registry.metrics_text();
-            write!(
-                w,
-                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            )
-        }
-        _ => {
-            w.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-        }
+
+    #[test]
+    fn hostile_label_values_stay_inside_their_sample_line() {
+        let nasty = "x\"} 1\nnetstack_fake 2\\";
+        let mut counters = Counters::default();
+        counters.drops.insert(nasty.into(), 7);
+        let pod = PodInfo {
+            key: AttachmentKey {
+                container_id: "c1".into(),
+                ifname: "eth0".into(),
+            },
+            netns: "/run/netns/x".into(),
+            mac: "02:00:00:00:00:01".parse().unwrap(),
+            ips: Vec::new(),
+            mode: "tap".into(),
+            state: "attached".into(),
+            labels: [("K8S_POD_NAME".to_owned(), nasty.to_owned())].into(),
+        };
+        let uplink = Counters {
+            drops: [(nasty.to_owned(), 3)].into(),
+            ..Counters::default()
+        };
+        let control = ControlMetrics::default();
+        let text = render(&Snapshot {
+            pods: vec![(pod, counters)],
+            uplink,
+            wakeups: vec![1],
+            control: &control,
+            dataplane_restarts: 0,
+        });
+        assert!(
+            !text.lines().any(|l| l.starts_with("netstack_fake")),
+            "a label value started a line of its own:\n{text}"
+        );
+        let escaped = r#"x\"} 1\nnetstack_fake 2\\"#;
+        assert!(text.contains(&format!(
+            "netstack_pod_drops_total{{namespace=\"\",pod=\"{escaped}\",container_id=\"c1\",ifname=\"eth0\",reason=\"{escaped}\"}} 7"
+        )));
+        assert!(text.contains(&format!(
+            "netstack_uplink_drops_total{{reason=\"{escaped}\"}} 3"
+        )));
     }
 }

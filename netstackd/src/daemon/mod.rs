@@ -1,6 +1,8 @@
 //! The daemon: sets up the uplink, starts the dataplane, keeps the attachments and serves the
 //! control socket.
 
+#[cfg(feature = "metrics-http")]
+mod http;
 mod metrics;
 mod registry;
 mod server;
@@ -146,11 +148,7 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
     let listener = server::bind(&config.socket)?;
     tracing::info!(socket = %config.socket.display(), "ready");
     if let Some(addr) = config.metrics_addr {
-        let metrics = metrics::bind(addr)?;
-        let bound = metrics.local_addr()?;
-        registry.set_metrics_addr(bound);
-        metrics::serve(metrics, Arc::clone(&registry))?;
-        tracing::info!(%bound, "metrics on http://{bound}/metrics");
+        serve_metrics(addr, &registry)?;
     }
     server::spawn_accept_loop(listener, Arc::clone(&registry))?;
     // Dropped on return: stops the node logic (the masquerade table goes with it).
@@ -160,6 +158,23 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&config.socket);
     registry.dataplane().shutdown();
     Ok(())
+}
+
+/// Starts the metrics HTTP listener on `addr`.
+#[cfg(feature = "metrics-http")]
+fn serve_metrics(addr: std::net::SocketAddr, registry: &Arc<Registry>) -> anyhow::Result<()> {
+    let metrics = http::bind(addr)?;
+    let bound = metrics.local_addr()?;
+    registry.set_metrics_addr(bound);
+    http::serve(metrics, Arc::clone(registry))?;
+    tracing::info!(%bound, "metrics on http://{bound}/metrics");
+    Ok(())
+}
+
+/// Refuses a metrics address: this build has no HTTP listener.
+#[cfg(not(feature = "metrics-http"))]
+fn serve_metrics(addr: std::net::SocketAddr, _: &Arc<Registry>) -> anyhow::Result<()> {
+    bail!("--metrics-addr {addr}: netstackd was built without the metrics-http feature; pass --metrics-addr off (`netstackd ctl metrics` still works)")
 }
 
 /// `netstackd cleanup`: removes everything netstack created on this node (for uninstall):

@@ -33,6 +33,136 @@ struct PodAddrs {
 struct Attached {
     id: u64,
     attachment: Attachment,
+    phase: Phase,
+}
+
+/// Where an attachment is in its life. Only `Serving` ones are listed, counted and measured;
+/// the others hold their key and addresses while their attach or detach runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Attaching,
+    Serving,
+    Detaching,
+}
+
+/// The attachments by key.
+///
+/// The mutex is held only to look at or change the map, never across the disk, netlink or
+/// the dataplane: an attach reserves its key and addresses (`Attaching`), does its slow work
+/// without the lock and comes back to settle the entry; a detach marks its entry `Detaching`
+/// the same way. So a slow attach of one pod does not hold up the status, attach or detach of
+/// another.
+#[derive(Default)]
+struct Table {
+    map: Mutex<BTreeMap<AttachmentKey, Attached>>,
+}
+
+impl Table {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<AttachmentKey, Attached>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reserves `entry`'s key and addresses, runs `work` without the lock, then serves the
+    /// entry if `work` succeeded or forgets it if not (or if `work` panicked).
+    fn attach_with(
+        &self,
+        entry: Attached,
+        work: impl FnOnce() -> Result<(), String>,
+    ) -> Result<(), String> {
+        let key = entry.attachment.key.clone();
+        {
+            let mut map = self.lock();
+            if let Some(existing) = map.get(&key) {
+                return Err(match existing.phase {
+                    Phase::Serving => format!("{key}: already attached"),
+                    Phase::Attaching => format!("{key}: an attach of it is in progress"),
+                    Phase::Detaching => format!("{key}: a detach of it is in progress"),
+                });
+            }
+            let ips = &entry.attachment.ips;
+            if let Some(other) = map.values().find(|o| {
+                o.attachment
+                    .ips
+                    .iter()
+                    .any(|ip| ips.iter().any(|n| n.addr() == ip.addr()))
+            }) {
+                return Err(format!(
+                    "{key}: an address is already used by {}",
+                    other.attachment.key
+                ));
+            }
+            map.insert(
+                key.clone(),
+                Attached {
+                    phase: Phase::Attaching,
+                    ..entry
+                },
+            );
+        }
+        let pending = Pending {
+            table: self,
+            key: Some(key),
+        };
+        work()?;
+        pending.serve();
+        Ok(())
+    }
+
+    /// Marks `key` detaching, runs `work` on it without the lock, then forgets it (even if
+    /// `work` fails). `Ok(false)` if nothing is attached under `key`.
+    fn detach_with(
+        &self,
+        key: &AttachmentKey,
+        work: impl FnOnce(&Attached) -> Result<(), String>,
+    ) -> Result<bool, String> {
+        let entry = {
+            let mut map = self.lock();
+            let Some(entry) = map.get_mut(key) else {
+                return Ok(false);
+            };
+            match entry.phase {
+                Phase::Serving => entry.phase = Phase::Detaching,
+                Phase::Attaching => return Err(format!("{key}: an attach of it is in progress")),
+                Phase::Detaching => return Err(format!("{key}: a detach of it is in progress")),
+            }
+            Attached {
+                id: entry.id,
+                attachment: entry.attachment.clone(),
+                phase: Phase::Detaching,
+            }
+        };
+        // Forgets the entry even if `work` panics.
+        let _gone = Pending {
+            table: self,
+            key: Some(key.clone()),
+        };
+        work(&entry).map(|()| true)
+    }
+}
+
+/// An entry whose attach or detach is running: dropped, it is removed from the table unless
+/// [`Pending::serve`] settled it.
+struct Pending<'a> {
+    table: &'a Table,
+    key: Option<AttachmentKey>,
+}
+
+impl Pending<'_> {
+    fn serve(mut self) {
+        if let Some(key) = self.key.take() {
+            if let Some(entry) = self.table.lock().get_mut(&key) {
+                entry.phase = Phase::Serving;
+            }
+        }
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            self.table.lock().remove(&key);
+        }
+    }
 }
 
 /// Every attachment, and the dataplane that serves them.
@@ -40,7 +170,7 @@ pub struct Registry {
     config: DaemonConfig,
     gateway: Ipv4Addr,
     dataplane: DataplaneProcess,
-    attached: Mutex<BTreeMap<AttachmentKey, Attached>>,
+    attached: Table,
     next_id: AtomicU64,
     control_metrics: super::metrics::ControlMetrics,
     metrics_addr: Mutex<Option<std::net::SocketAddr>>,
@@ -71,7 +201,7 @@ impl Registry {
             config,
             gateway,
             dataplane,
-            attached: Mutex::new(BTreeMap::new()),
+            attached: Table::default(),
             next_id: AtomicU64::new(1),
             control_metrics: Default::default(),
             metrics_addr: Mutex::new(None),
@@ -143,6 +273,7 @@ impl Registry {
         let quarantined = self.dataplane.quarantined();
         self.lock()
             .values()
+            .filter(|a| a.phase == Phase::Serving)
             .map(|a| self.pod_info(a, serving, &quarantined))
             .collect()
     }
@@ -156,6 +287,7 @@ impl Registry {
         let pods = self
             .lock()
             .values()
+            .filter(|a| a.phase == Phase::Serving)
             .map(|a| {
                 (
                     self.pod_info(a, serving, &quarantined),
@@ -176,6 +308,7 @@ impl Registry {
         let id = self
             .lock()
             .get(&c.key)
+            .filter(|a| a.phase == Phase::Serving)
             .map(|a| a.id)
             .ok_or_else(|| format!("{}: not attached", c.key))?;
         let snaplen = c.snaplen.clamp(64, MAX_CAPTURE_SNAPLEN);
@@ -196,7 +329,7 @@ impl Registry {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<AttachmentKey, Attached>> {
-        self.attached.lock().unwrap_or_else(|p| p.into_inner())
+        self.attached.lock()
     }
 
     fn status(&self) -> DaemonStatus {
@@ -223,7 +356,11 @@ impl Registry {
                 }
                 .to_owned(),
             ),
-            attachments: self.lock().len(),
+            attachments: self
+                .lock()
+                .values()
+                .filter(|a| a.phase == Phase::Serving)
+                .count(),
             metrics: self
                 .metrics_addr
                 .lock()
@@ -260,6 +397,7 @@ impl Registry {
         let pods = self
             .lock()
             .values()
+            .filter(|a| a.phase == Phase::Serving)
             .map(|a| PodStats {
                 key: a.attachment.key.clone(),
                 netns: a.attachment.netns.clone(),
@@ -407,26 +545,7 @@ impl Registry {
     fn admit(&self, a: Attachment, fds: Vec<OwnedFd>, record: bool) -> Result<(), String> {
         let addrs = self.validate(&a, &fds)?;
         let key = a.key.clone();
-        let mut attached = self.lock();
-        if attached.contains_key(&key) {
-            return Err(format!("{key}: already attached"));
-        }
-        if let Some(other) = attached.values().find(|o| {
-            o.attachment
-                .ips
-                .iter()
-                .any(|ip| a.ips.iter().any(|n| n.addr() == ip.addr()))
-        }) {
-            return Err(format!(
-                "{key}: an address is already used by {}",
-                other.attachment.key
-            ));
-        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        if record {
-            self.write_state(&a)
-                .map_err(|e| format!("{key}: recording the attachment: {e}"))?;
-        }
         let spec = PodSpec {
             id,
             mac: a.mac,
@@ -439,12 +558,25 @@ impl Registry {
             packet_sockets: a.mode == LinkMode::Veth,
             rx_ring: a.mode == LinkMode::Veth && self.config.veth_rx_ring,
         };
-        if let Err(e) = self.dataplane.attach(spec, fds) {
+        let entry = Attached {
+            id,
+            attachment: a.clone(),
+            phase: Phase::Attaching,
+        };
+        // The disk and the dataplane without the registry lock (see `Table`).
+        self.attached.attach_with(entry, || {
             if record {
-                let _ = std::fs::remove_file(self.state_path(&key));
+                self.write_state(&a)
+                    .map_err(|e| format!("{key}: recording the attachment: {e}"))?;
             }
-            return Err(format!("{key}: handing the queues to the dataplane: {e}"));
-        }
+            if let Err(e) = self.dataplane.attach(spec, fds) {
+                if record {
+                    let _ = std::fs::remove_file(self.state_path(&key));
+                }
+                return Err(format!("{key}: handing the queues to the dataplane: {e}"));
+            }
+            Ok(())
+        })?;
         tracing::info!(
             container_id = %key.container_id,
             ifname = %key.ifname,
@@ -456,7 +588,6 @@ impl Registry {
             restored = !record,
             "attached"
         );
-        attached.insert(key, Attached { id, attachment: a });
         Ok(())
     }
 
@@ -542,8 +673,8 @@ impl Registry {
         if !valid_container_id(&key.container_id) || !valid_ifname(&key.ifname) {
             return Err(format!("invalid attachment {key}"));
         }
-        let mut attached = self.lock();
-        if let Some(a) = attached.remove(key) {
+        // The dataplane and netlink without the registry lock (see `Table`).
+        let detached = self.attached.detach_with(key, |a| {
             self.dataplane.detach(a.id);
             self.control_metrics.detached();
             if let Some(peer) = a.attachment.peer.as_deref() {
@@ -553,7 +684,17 @@ impl Registry {
                 }
             }
             tracing::info!(container_id = %key.container_id, ifname = %key.ifname, "detached");
+            self.remove_state(key)
+        })?;
+        if detached {
+            Ok(())
+        } else {
+            // Nothing attached: a state file left from an earlier run still goes.
+            self.remove_state(key)
         }
+    }
+
+    fn remove_state(&self, key: &AttachmentKey) -> Result<(), String> {
         match std::fs::remove_file(self.state_path(key)) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -600,5 +741,114 @@ mod tests {
         for bad in ["", "abcdefghijklmnop", "a/b", "a:b", ".", "..", "a b"] {
             assert!(!valid_ifname(bad), "{bad}");
         }
+    }
+
+    fn key(id: &str) -> AttachmentKey {
+        AttachmentKey {
+            container_id: id.into(),
+            ifname: "eth0".into(),
+        }
+    }
+
+    fn entry(id: u64, container: &str, ip: &str) -> Attached {
+        Attached {
+            id,
+            attachment: Attachment {
+                key: key(container),
+                netns: "/run/netns/test".into(),
+                mac: "02:00:00:00:00:01".parse().unwrap(),
+                ips: vec![ip.parse().unwrap()],
+                gateways: Vec::new(),
+                mtu: 1500,
+                queues: 1,
+                labels: BTreeMap::new(),
+                bandwidth: None,
+                mode: LinkMode::Tap,
+                peer: None,
+            },
+            phase: Phase::Attaching,
+        }
+    }
+
+    fn serving(table: &Table) -> Vec<String> {
+        table
+            .lock()
+            .values()
+            .filter(|a| a.phase == Phase::Serving)
+            .map(|a| a.attachment.key.container_id.clone())
+            .collect()
+    }
+
+    #[test]
+    fn a_slow_attach_holds_no_lock_over_other_pods() {
+        let table = Table::default();
+        table
+            .attach_with(entry(1, "b", "10.0.0.3/24"), || Ok(()))
+            .unwrap();
+        // Pod a's attach is slow (it waits on the disk, netlink, the dataplane): all of this
+        // runs while it waits, on the same thread, so a lock held across it would deadlock.
+        table
+            .attach_with(entry(2, "a", "10.0.0.2/24"), || {
+                assert!(table.map.try_lock().is_ok(), "the lock is free meanwhile");
+                assert_eq!(serving(&table), ["b"], "status and list skip pod a");
+                table
+                    .attach_with(entry(3, "c", "10.0.0.4/24"), || Ok(()))
+                    .unwrap();
+                assert_eq!(table.detach_with(&key("b"), |_| Ok(())), Ok(true));
+                // Pod a's key and address stay reserved.
+                let again = table.attach_with(entry(4, "a", "10.0.0.9/24"), || Ok(()));
+                assert!(again.unwrap_err().contains("in progress"));
+                let same_ip = table.attach_with(entry(5, "d", "10.0.0.2/24"), || Ok(()));
+                assert!(same_ip.unwrap_err().contains("already used by a/eth0"));
+                let detach = table.detach_with(&key("a"), |_| Ok(()));
+                assert!(detach.unwrap_err().contains("in progress"));
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(serving(&table), ["a", "c"]);
+    }
+
+    #[test]
+    fn a_slow_detach_holds_no_lock_and_keeps_its_key_until_done() {
+        let table = Table::default();
+        table
+            .attach_with(entry(1, "a", "10.0.0.2/24"), || Ok(()))
+            .unwrap();
+        let detached = table.detach_with(&key("a"), |a| {
+            assert_eq!(a.id, 1);
+            assert!(table.map.try_lock().is_ok(), "the lock is free meanwhile");
+            assert!(serving(&table).is_empty(), "a detaching pod is not listed");
+            let again = table.attach_with(entry(2, "a", "10.0.0.5/24"), || Ok(()));
+            assert!(again.unwrap_err().contains("detach of it is in progress"));
+            table
+                .attach_with(entry(3, "b", "10.0.0.3/24"), || Ok(()))
+                .unwrap();
+            Err("state file: disk on fire".into())
+        });
+        assert_eq!(detached, Err("state file: disk on fire".into()));
+        assert_eq!(
+            serving(&table),
+            ["b"],
+            "a failed detach still forgets the pod"
+        );
+        assert_eq!(table.detach_with(&key("a"), |_| Ok(())), Ok(false));
+    }
+
+    #[test]
+    fn a_failed_or_panicking_attach_gives_its_key_back() {
+        let table = Table::default();
+        let failed = table.attach_with(entry(1, "a", "10.0.0.2/24"), || Err("no".into()));
+        assert_eq!(failed, Err("no".into()));
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            table.attach_with(entry(2, "a", "10.0.0.2/24"), || {
+                panic!("dataplane went away")
+            })
+        }));
+        assert!(panicked.is_err());
+        assert!(table.lock().is_empty());
+        table
+            .attach_with(entry(3, "a", "10.0.0.2/24"), || Ok(()))
+            .unwrap();
+        assert_eq!(serving(&table), ["a"]);
     }
 }

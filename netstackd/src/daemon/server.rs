@@ -1,22 +1,113 @@
 //! The control socket: created 0600 and renamed into place only when the daemon is ready,
 //! root-only (SO_PEERCRED), one thread per connection, bounded requests.
+//!
+//! At most [`MAX_CONNECTIONS`] connections (so threads) are served at once. A client waiting
+//! between requests is disconnected after [`IDLE_TIMEOUT`], or as soon as a new client needs
+//! its place (the longest idle goes first); when every connection is busy, a new client gets
+//! an error reply. A request must arrive in full within [`MESSAGE_DEADLINE`] of its first
+//! byte, however slowly its bytes trickle in.
 
+use std::collections::BTreeMap;
+use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
 
-use crate::control::{recv_message, send_message, FramingError, Reply, Request};
+use crate::control::{recv_message_before, send_message, FramingError, Reply, Request};
 use crate::sys::fdpass::peer_credentials;
 
 use super::Registry;
 
-/// A client idle this long is disconnected.
+/// A client idle this long between requests is disconnected.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Control connections served at once (one thread each).
+pub const MAX_CONNECTIONS: usize = 32;
+
+/// Time a request has to arrive in full once its first byte came.
+pub const MESSAGE_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Time a reply may take to be written.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The connections being served, and which of them wait for a request.
+#[derive(Default)]
+struct Connections {
+    slots: Mutex<BTreeMap<u64, Slot>>,
+    next_id: std::sync::atomic::AtomicU64,
+}
+
+struct Slot {
+    /// A second handle on the connection, to shut it down when evicted.
+    stream: UnixStream,
+    /// Since when the connection waits for its next request; `None` while one is served.
+    idle_since: Option<Instant>,
+}
+
+impl Connections {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Slot>> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes a place for `stream`, evicting the longest idle connection when all are taken.
+    /// `None` when every connection is busy.
+    fn admit(&self, stream: &UnixStream) -> Option<u64> {
+        let handle = stream.try_clone().ok()?;
+        let mut slots = self.lock();
+        if slots.len() >= MAX_CONNECTIONS {
+            let idlest = slots
+                .iter()
+                .filter_map(|(id, s)| s.idle_since.map(|t| (t, *id)))
+                .min()?
+                .1;
+            if let Some(evicted) = slots.remove(&idlest) {
+                // Its thread sees the end of the stream and leaves.
+                let _ = evicted.stream.shutdown(std::net::Shutdown::Both);
+            }
+        }
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        slots.insert(
+            id,
+            Slot {
+                stream: handle,
+                idle_since: Some(Instant::now()),
+            },
+        );
+        Some(id)
+    }
+
+    /// Marks connection `id` idle (waiting for a request) or busy. False if it was evicted.
+    fn set_idle(&self, id: u64, idle: bool) -> bool {
+        match self.lock().get_mut(&id) {
+            Some(slot) => {
+                slot.idle_since = idle.then(Instant::now);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn release(&self, id: u64) {
+        self.lock().remove(&id);
+    }
+}
+
+/// Gives a connection's place back when its thread ends.
+struct Release<'a>(&'a Connections, u64);
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        self.0.release(self.1);
+    }
+}
 
 /// Blocks SIGTERM, SIGINT and SIGHUP in this thread and every thread it starts later, so they
 /// can be taken synchronously by [`wait_for_termination`].
@@ -56,28 +147,71 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Accepts connections on a background thread, one thread per connection.
+/// Accepts connections on a background thread, one thread per connection, at most
+/// [`MAX_CONNECTIONS`] of them.
 pub fn spawn_accept_loop(listener: UnixListener, registry: Arc<Registry>) -> anyhow::Result<()> {
+    let connections = Arc::new(Connections::default());
     std::thread::Builder::new()
         .name("control".into())
         .spawn(move || {
             for conn in listener.incoming() {
-                match conn {
-                    Ok(stream) => {
-                        let registry = Arc::clone(&registry);
-                        let spawned = std::thread::Builder::new()
-                            .name("control-conn".into())
-                            .spawn(move || serve_connection(stream, &registry));
-                        if let Err(e) = spawned {
-                            tracing::warn!("cannot start a control thread: {e}");
-                        }
+                let stream = match conn {
+                    Ok(stream) => stream,
+                    Err(e) => {
+                        tracing::warn!("accept on the control socket: {e}");
+                        // Out of descriptors, most likely: let connections finish.
+                        std::thread::sleep(Duration::from_millis(100));
+                        continue;
                     }
-                    Err(e) => tracing::warn!("accept on the control socket: {e}"),
+                };
+                let Some(id) = connections.admit(&stream) else {
+                    refuse_busy(&stream);
+                    continue;
+                };
+                let registry = Arc::clone(&registry);
+                let conns = Arc::clone(&connections);
+                let spawned = std::thread::Builder::new()
+                    .name("control-conn".into())
+                    .spawn(move || {
+                        let _release = Release(&conns, id);
+                        serve_connection(stream, &registry, &conns, id)
+                    });
+                if let Err(e) = spawned {
+                    tracing::warn!("cannot start a control thread: {e}");
+                    connections.release(id);
                 }
             }
         })
         .context("starting the control thread")?;
     Ok(())
+}
+
+/// Tells a client over the connection limit to come back later (the reply fits in the socket
+/// buffer: this does not wait on the client).
+fn refuse_busy(stream: &UnixStream) {
+    tracing::warn!("refused a control connection: {MAX_CONNECTIONS} requests are being served");
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+    reply(
+        stream,
+        &Reply::Error {
+            message: format!(
+                "netstackd is busy: {MAX_CONNECTIONS} control requests are being served; try again"
+            ),
+        },
+    );
+}
+
+/// Waits until `stream` has something to read (or was closed); false after `timeout`.
+fn readable_within(stream: &UnixStream, timeout: Duration) -> bool {
+    let timeout = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
+    let mut fds = [PollFd::new(stream.as_fd(), PollFlags::POLLIN)];
+    loop {
+        match poll(&mut fds, timeout) {
+            Ok(n) => return n > 0,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return false,
+        }
+    }
 }
 
 fn reply(stream: &UnixStream, reply: &Reply) -> bool {
@@ -93,9 +227,9 @@ fn reply_with_fds(stream: &UnixStream, reply: &Reply, fds: &[std::os::fd::OwnedF
     }
 }
 
-fn serve_connection(stream: UnixStream, registry: &Registry) {
-    let _ = stream.set_read_timeout(Some(IDLE_TIMEOUT));
-    let _ = stream.set_write_timeout(Some(IDLE_TIMEOUT));
+fn serve_connection(stream: UnixStream, registry: &Registry, conns: &Connections, id: u64) {
+    let _ = stream.set_read_timeout(Some(MESSAGE_DEADLINE));
+    let _ = stream.set_write_timeout(Some(REPLY_TIMEOUT));
     match peer_credentials(&stream) {
         Ok((_, 0, _)) => {}
         Ok((pid, uid, _)) => {
@@ -125,7 +259,13 @@ fn serve_connection(stream: UnixStream, registry: &Registry) {
         }
     }
     loop {
-        let (body, fds) = match recv_message(&stream) {
+        if !conns.set_idle(id, true) || !readable_within(&stream, IDLE_TIMEOUT) {
+            return;
+        }
+        if !conns.set_idle(id, false) {
+            return;
+        }
+        let (body, fds) = match recv_message_before(&stream, Instant::now() + MESSAGE_DEADLINE) {
             Ok(m) => m,
             Err(FramingError::Closed) => return,
             Err(e) => {
@@ -155,5 +295,58 @@ fn serve_connection(stream: UnixStream, registry: &Registry) {
         if !reply_with_fds(&stream, &answer, &out_fds) {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[test]
+    fn a_full_house_evicts_the_longest_idle_and_refuses_when_all_are_busy() {
+        let conns = Connections::default();
+        let mut peers = Vec::new();
+        let mut ids = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            let (ours, theirs) = UnixStream::pair().unwrap();
+            ids.push(conns.admit(&ours).unwrap());
+            peers.push((ours, theirs));
+        }
+        // All busy but two; the older of those two goes first.
+        for &id in &ids {
+            assert!(conns.set_idle(id, false));
+        }
+        assert!(conns.set_idle(ids[7], true));
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(conns.set_idle(ids[3], true));
+        let (extra, _extra_peer) = UnixStream::pair().unwrap();
+        assert!(conns.admit(&extra).is_some());
+        assert!(
+            !conns.set_idle(ids[7], true),
+            "the longest idle was evicted"
+        );
+        assert!(conns.set_idle(ids[3], true), "the other idle one stays");
+        let mut buf = [0u8; 1];
+        let mut evicted = &peers[7].0;
+        assert_eq!(
+            evicted.read(&mut buf).unwrap(),
+            0,
+            "its stream was shut down"
+        );
+        // Busy everywhere now: a newcomer is refused, nobody evicted.
+        assert!(conns.set_idle(ids[3], false));
+        let all: Vec<u64> = conns.lock().keys().copied().collect();
+        for id in all {
+            conns.set_idle(id, false);
+        }
+        let (late, _late_peer) = UnixStream::pair().unwrap();
+        assert_eq!(conns.admit(&late), None);
+        assert_eq!(conns.lock().len(), MAX_CONNECTIONS);
+        conns.release(ids[0]);
+        assert!(
+            conns.admit(&late).is_some(),
+            "a released place is free again"
+        );
     }
 }

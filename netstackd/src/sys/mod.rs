@@ -10,6 +10,7 @@ pub mod fdpass;
 pub mod ns;
 pub mod packet;
 pub mod process;
+pub mod rlimit;
 pub mod tap;
 
 pub use tap::{

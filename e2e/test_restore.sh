@@ -61,6 +61,13 @@ gc() {
     env CNI_COMMAND=GC CNI_PATH="$BIN:$REF_CNI" "$BIN/netstack"
 }
 # reserved ID: host-local holds an address for container ID (files hold "ID\r\nifname").
+# cni_check POD: CNI CHECK of a pod add_pod made, with its ADD result as prevResult.
+cni_check() {
+  jq -c --slurpfile r "$WORK/$1.result.json" '.plugins[0] + {cniVersion: .cniVersion,
+      name: .name, prevResult: $r[0]}' "$CONFLIST" |
+    env CNI_COMMAND=CHECK CNI_CONTAINERID="$1" CNI_NETNS="/run/netns/$1" CNI_IFNAME=eth0 \
+      CNI_PATH="$BIN:$REF_CNI" CNI_ARGS="IgnoreUnknown=1" "$BIN/netstack"
+}
 reserved() { grep -rlE "^$1"$'\r'"?\$" "$IPAM_DIR/$NETWORK" >/dev/null 2>&1; }
 
 build_release || exit 1
@@ -107,6 +114,8 @@ check "the pods show restore_failed in ctl list" \
 check "  ... with the error" sh -c "$BIN/netstackd ctl --socket $SOCK --json list | jq -r '.[].error' | grep -q 'Too many open files'"
 check "  ... and in the ctl table" sh -c "$BIN/netstackd ctl --socket $SOCK list | grep '$A' | grep -q restore_failed"
 check "  ... and in the metrics" sh -c "$BIN/netstackd ctl --socket $SOCK metrics | grep -q 'netstack_pod_restore_failed{.*container_id=\"$A\".*} 1'"
+check_fails_restore() { local out; out=$(cni_check "$1" 2>&1) && return 1; grep -q 'could not restore' <<<"$out"; }
+check "CNI CHECK of a restore_failed pod fails, saying so" check_fails_restore "$A"
 check "their state files are kept" sh -c "test \$(ls '$STATE' | wc -l) = 4"
 check "a restore_failed pod's TAP is left in place" sh -c "ip -n $A -d link show eth0 | grep -q 'persist on'"
 out=$(cni DEL "$D" "/run/netns/$D" 2>&1)
@@ -127,6 +136,7 @@ log "enough descriptors again: the pods forward"
 stop_netstackd
 start_netstackd --workers "$WORKERS" || exit 1
 check "A and B restored" test "$(pod_state "$A")/$(pod_state "$B")" = attached/attached
+check "CNI CHECK of A passes" cni_check "$A"
 check "metrics: restore_failed 0" sh -c "ctl() { $BIN/netstackd ctl --socket $SOCK metrics; }; ctl | grep -q 'netstack_pod_restore_failed{.*container_id=\"$A\".*} 0'"
 check "ping A -> B" in_pod "$A" ping -c 2 -i 0.2 -W 2 "$IP_B"
 

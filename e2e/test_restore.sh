@@ -96,7 +96,8 @@ start_netstackd --workers "$WORKERS" || exit 1
 check "both attachments of the colliding old names are restored" \
   test "$(pod_state "$X1" b)/$(pod_state "$X2" a_b)" = attached/attached
 check "an old-named state file is restored" test "$(pod_state "$B")" = attached
-check "  ... and renamed to the new form" sh -c "has() { test -f \"\$1\"; }; has '$STATE/$B:eth0.json' && ! has '$STATE/${B}_eth0.json'"
+check "  ... and rewritten in the new form (new name, netns identity)" \
+  sh -c "test ! -e '$STATE/${B}_eth0.json' && jq -e '.netns_id.ino > 0' '$STATE/$B:eth0.json'"
 check "ping A -> B" in_pod "$A" ping -c 2 -i 0.2 -W 2 "$IP_B"
 for x in "$X1:b" "$X2:a_b"; do cni DEL "${x%%:*}" "/run/netns/${x%%:*}" "${x#*:}" >/dev/null; done
 

@@ -643,7 +643,13 @@ impl Registry {
                 }
             };
             match self.restore_one(&record) {
-                Restore::Restored => restored += 1,
+                Restore::Restored => {
+                    restored += 1;
+                    if record.netns_id.is_none() {
+                        // A file of an older netstackd: record its namespace's identity now.
+                        self.complete_identity(&path, record);
+                    }
+                }
                 Restore::Gone(e) => {
                     tracing::warn!(container_id = %key.container_id, ifname = %key.ifname, "pod is gone, cleaning up: {e}");
                     let _ = std::fs::remove_file(&path);
@@ -665,6 +671,21 @@ impl Registry {
             }
         }
         (restored, cleaned, failed)
+    }
+
+    /// Adds the netns identity to the state file at `path` of a restored attachment recorded
+    /// without one (only for pinned netns paths: a `/proc/PID/ns/net` one is never restored
+    /// without it).
+    fn complete_identity(&self, path: &Path, mut record: StateRecord) {
+        match NetnsId::of(&record.attachment.netns) {
+            Ok(id) => {
+                record.netns_id = Some(id);
+                if let Err(e) = write_state_file(&self.config.state_dir, path, &record) {
+                    tracing::warn!(file = %path.display(), "recording the netns identity: {e}");
+                }
+            }
+            Err(e) => tracing::warn!(file = %path.display(), "netns identity not recorded: {e}"),
+        }
     }
 
     /// Starts the thread that retries the restores that failed at start, with backoff

@@ -260,7 +260,7 @@ row "SPEC §2 ADD: device in the netns" "eth0 is a multi-queue TAP with the resu
     [ "$(ip netns exec $A cat /sys/class/net/eth0/address)" = "$(jq -r ".interfaces[0].mac" <<<"$RA")" ] &&
     ip -n $A addr show eth0 | grep -q "inet $IP_A/24" && ip -n $A addr show eth0 | grep -q "inet6 $IP6_A/64"'
 row "CONVENTIONS bandwidth" "runtimeConfig.bandwidth is recorded with the attachment (enforced by the qdisc: test_qdisc.sh)" \
-  jq -e '.bandwidth.ingressRate == 1000000 and .bandwidth.egressRate == 2000000' "$STATE/${A}_eth0.json"
+  jq -e '.bandwidth.ingressRate == 1000000 and .bandwidth.egressRate == 2000000' "$STATE/${A}:eth0.json"
 row "CONVENTIONS portMappings" "runtimeConfig.portMappings is left to a chained portmap (ADD succeeds)" test -n "$IP_A"
 row "SPEC §2 parameters: CNI_ARGS" "IgnoreUnknown=1 accepts FOO; K8S_POD_* kept with the attachment" \
   eval 'nctl list | jq -e --arg id $A ".[] | select(.container_id == \$id) | .labels
@@ -327,7 +327,7 @@ row "SPEC §2 CHECK" "CHECK passes again once the netns is restored" chk "$CONF"
 # netstackd must hold the attachment: restart it without E's state file (as if it had lost
 # it), and CHECK of E names that.
 stop_node_netstackd
-mv "$STATE/${E}_eth0.json" "$WORK/e-state.json"
+mv "$STATE/${E}:eth0.json" "$WORK/e-state.json"
 start_node_netstackd || exit 1
 out=$(chk "$CONFREC" "$E" "$RE")
 row "SPEC §2 CHECK: netstackd (101)" "an attachment netstackd does not hold is named in CHECK's error" \

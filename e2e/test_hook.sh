@@ -121,7 +121,7 @@ R1_IP=$(rc exec "$R1" ip -4 addr show dev net0 | container_ipv4)
 check "container has an address in the pod CIDR ($R1_IP)" test "${R1_IP%.*}.0/24" = "$POD_CIDR"
 check "container net0 has MTU 1400" test "$(rc exec "$R1" cat /sys/class/net/net0/mtu)" = 1400
 check "the egress-rate annotation is the attachment's shaping rate (10M)" \
-  jq -e '.bandwidth.egressRate == 10000000 and .bandwidth.egressBurst == 1000000' "$STATE/${R1}_net0.json"
+  jq -e '.bandwidth.egressRate == 10000000 and .bandwidth.egressBurst == 1000000' "$STATE/${R1}:net0.json"
 r1_default_route() { rc exec "$R1" ip route | grep -q "default via $GATEWAY dev net0"; }
 check "container default route via the gateway" r1_default_route
 check "one more host-local reservation" test "$(ipam_reservations)" = $((reserved0 + 1))
@@ -136,7 +136,7 @@ log "runc delete: poststop releases everything"
 check "runc delete -f $R1" rc delete -f "$R1"
 check "no attachment for $R1" test -z "$(attached_ifname "$R1")"
 check "no host-local reservation for $R1" test "$(ipam_reservations)" = "$reserved0"
-check "no netstackd state file for $R1" test ! -e "$STATE/${R1}_net0.json"
+check "no netstackd state file for $R1" test ! -e "$STATE/${R1}:net0.json"
 check "netstackd closed the TAP queues ($TUN0 tun fds, as before)" test "$(tun_fds)" = "$TUN0"
 check "the container's netns and TAP are gone" netns_gone "$R1_NS"
 jq '.status = "stopped" | del(.pid)' "$WORK/$R1.state" >"$WORK/$R1.poststop"

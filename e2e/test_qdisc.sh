@@ -42,7 +42,7 @@ IP_C=$(shaped_pod "$C" "{\"bandwidth\":{\"egressRate\":$RATE,\"egressBurst\":$BU
 IP_D=$(add_pod "$D")
 check "the shaped pods were added ($IP_B, $IP_C)" test -n "$IP_B" -a -n "$IP_C"
 check "pod B's attachment records its ingress rate" \
-  jq -e ".bandwidth.ingressRate == $RATE" "$STATE/${B}_eth0.json"
+  jq -e ".bandwidth.ingressRate == $RATE" "$STATE/${B}:eth0.json"
 in_pod "$A" ping -c 1 -W 2 "$IP_B" >/dev/null
 in_pod "$C" ping -c 1 -W 2 "$IP_A" >/dev/null
 

@@ -48,7 +48,7 @@ if [ "$MODE" = tap ]; then
     test "$(ip -n "$A" -j link show eth0 | jq .[0].txqlen)/$(ip -j link show "$UPLINK" | jq .[0].txqlen)" = 2048/2048
 fi
 check "netstackd has 2 attachments" test "$(attachments)" = 2
-check "state file written for pod A" test -s "$STATE/${A}_eth0.json"
+check "state file written for pod A" test -s "$STATE/${A}:eth0.json"
 check "host-local holds 2 reservations" test "$(ipam_reservations)" = 2
 
 log "connectivity"
@@ -133,7 +133,7 @@ check "netstackd used $((t1 - t0)) ticks in 3 idle seconds (<= 5)" test $((t1 - 
 log "DEL"
 check "DEL pod A" cni DEL "$A" "/run/netns/$A"
 check "pod A's $MODE device is gone" sh -c "! ip -n $A link show eth0"
-check "pod A's state file is gone" test ! -e "$STATE/${A}_eth0.json"
+check "pod A's state file is gone" test ! -e "$STATE/${A}:eth0.json"
 check "second DEL of pod A succeeds" cni DEL "$A" "/run/netns/$A"
 ip netns del "$B"
 check "DEL with an empty CNI_NETNS succeeds (netns already gone)" cni DEL "$B" ""

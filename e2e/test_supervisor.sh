@@ -159,7 +159,7 @@ stop_netstackd
 ip netns del "$B"
 start_netstackd --workers "$WORKERS"
 check "only pod A is restored" test "$(ctl status | jq .attachments)" = 1
-check "pod B's state file is removed" test ! -e "$STATE/${B}_eth0.json"
+check "pod B's state file is removed" test ! -e "$STATE/${B}:eth0.json"
 check "the cleanup is logged with the container id" grep -q "pod is gone, cleaning up.*$B" "$WORK/netstackd.log"
 cni DEL "$B" "" >/dev/null
 check "ping A -> node still works" in_pod "$A" ping -c 2 -i 0.2 -W 2 "$GATEWAY"

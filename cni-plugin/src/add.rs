@@ -282,6 +282,9 @@ fn labels(env: &CniEnv, conf: &NetConf) -> BTreeMap<String, String> {
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     labels.insert(NETWORK_LABEL.to_owned(), conf.name.clone());
+    if let Some(owner) = env.args.get(crate::gc::OWNER_ARG) {
+        labels.insert(crate::gc::OWNER_LABEL.to_owned(), owner.clone());
+    }
     labels
 }
 

@@ -152,6 +152,12 @@ fn compare_daemon(
         )]);
     };
     let mut diffs = Vec::new();
+    if pod.state == netstackd::control::RESTORE_FAILED {
+        diffs.push(format!(
+            "netstackd holds {key} but could not restore it after a restart (it retries): {}",
+            pod.error.as_deref().unwrap_or("unknown error")
+        ));
+    }
     if pod.mode != conf.link_mode().as_str() {
         diffs.push(format!(
             "netstackd serves {key} in {} mode, the config says {}",

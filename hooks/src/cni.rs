@@ -23,7 +23,14 @@ pub fn cni_env(
     settings: &Settings,
     pod_args: Vec<(&'static str, String)>,
 ) -> CniEnv {
-    let mut args = BTreeMap::from([("IgnoreUnknown".to_owned(), "1".to_owned())]);
+    let mut args = BTreeMap::from([
+        ("IgnoreUnknown".to_owned(), "1".to_owned()),
+        // Marks the attachment as the hook's: CNI GC leaves it alone.
+        (
+            netstack_cni::gc::OWNER_ARG.to_owned(),
+            netstack_cni::gc::HOOK_OWNER.to_owned(),
+        ),
+    ]);
     args.extend(pod_args.into_iter().map(|(k, v)| (k.to_owned(), v)));
     if let Some(bps) = egress_rate_bps {
         args.insert(EGRESS_RATE_ARG.to_owned(), bps.to_string());
@@ -98,7 +105,7 @@ mod tests {
         assert_eq!(env.path.len(), 2);
         assert_eq!(
             cni_args_string(&env.args),
-            "IgnoreUnknown=1;NETSTACK_EGRESS_RATE_BPS=10000000"
+            "IgnoreUnknown=1;NETSTACK_EGRESS_RATE_BPS=10000000;NETSTACK_OWNER=hook"
         );
     }
 

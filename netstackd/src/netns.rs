@@ -59,6 +59,15 @@ pub enum NetnsError {
         #[source]
         source: nix::Error,
     },
+    /// The path names a different namespace than the one recorded (`/proc/PID/ns/net` of a
+    /// process that exited, its pid now someone else's).
+    #[error("{} is no longer the network namespace recorded: {reason}", path.display())]
+    Changed {
+        /// The path given.
+        path: PathBuf,
+        /// What differs.
+        reason: String,
+    },
     /// Creating or removing a named namespace failed at step `op`.
     #[error("{op} for network namespace {}: {source}", path.display())]
     Named {
@@ -95,6 +104,26 @@ where
     F: FnOnce() -> T + Send,
     T: Send,
 {
+    let file = open_netns(netns)?;
+    run_in_open_netns(netns, file, f)
+}
+
+/// [`run_in_netns`], but only if the namespace at `netns` is still the one `recorded`
+/// describes ([`NetnsId::verify`] on the opened file, so nothing can change in between);
+/// otherwise [`NetnsError::Changed`].
+pub fn run_in_recorded_netns<F, T>(netns: &Path, recorded: &NetnsId, f: F) -> Result<T, NetnsError>
+where
+    F: FnOnce() -> T + Send,
+    T: Send,
+{
+    recorded.check_process(netns)?;
+    let file = open_netns(netns)?;
+    recorded.verify(netns, &file)?;
+    run_in_open_netns(netns, file, f)
+}
+
+/// Opens a namespace file and checks it is a network namespace.
+fn open_netns(netns: &Path) -> Result<File, NetnsError> {
     let path = || netns.to_path_buf();
     let file = File::open(netns).map_err(|source| match source.kind() {
         io::ErrorKind::NotFound => NetnsError::NotFound { path: path() },
@@ -104,9 +133,17 @@ where
         },
     })?;
     match ns_type(file.as_fd()) {
-        Ok(kind) if kind == CloneFlags::CLONE_NEWNET => {}
-        _ => return Err(NetnsError::NotANetns { path: path() }),
+        Ok(kind) if kind == CloneFlags::CLONE_NEWNET => Ok(file),
+        _ => Err(NetnsError::NotANetns { path: path() }),
     }
+}
+
+fn run_in_open_netns<F, T>(netns: &Path, file: File, f: F) -> Result<T, NetnsError>
+where
+    F: FnOnce() -> T + Send,
+    T: Send,
+{
+    let path = || netns.to_path_buf();
     std::thread::scope(|scope| {
         let worker = std::thread::Builder::new()
             .name("netns".into())
@@ -216,6 +253,149 @@ pub fn remove_named_netns(path: &Path) -> Result<bool, NetnsError> {
     })?;
     let _ = std::fs::remove_file(path);
     Ok(true)
+}
+
+/// The pid of a `/proc/PID/ns/net` path (what the OCI hook attaches), `None` for any other
+/// form (a pinned `/run/netns/NAME`). Such a path names whatever process has that pid now.
+pub fn proc_pid(path: &Path) -> Option<u32> {
+    let rest = path.to_str()?.strip_prefix("/proc/")?;
+    let pid = rest.strip_suffix("/ns/net")?;
+    if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    pid.parse().ok()
+}
+
+/// When process `pid` started, in clock ticks after boot (field 22 of `/proc/PID/stat`):
+/// with the pid, it tells one process from a later one that reuses the pid.
+pub fn process_start_time(pid: u32) -> io::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) is in parentheses and may hold spaces or ')'.
+    let after = stat
+        .rfind(')')
+        .map(|i| &stat[i + 1..])
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no ')' in stat"))?;
+    // Fields from 3 on; starttime is field 22.
+    after
+        .split_whitespace()
+        .nth(19)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no start time in stat"))
+}
+
+/// What identifies a network namespace across a netstackd restart: the (device, inode) of its
+/// nsfs file and, for a `/proc/PID/ns/net` path, the start time of that process (an inode
+/// number can be reused once a namespace is freed; a pid with the same start time cannot).
+///
+/// The (device, inode) is missing when netstackd could not open the namespace file: opening
+/// `/proc/PID/ns/net` needs ptrace access, which a supervisor with fewer capabilities than
+/// the process lacks. The start time can always be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NetnsId {
+    /// `st_dev` of the namespace file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dev: Option<u64>,
+    /// `st_ino` of the namespace file: the namespace's inode number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ino: Option<u64>,
+    /// For `/proc/PID/ns/net`: the process's start time ([`process_start_time`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_start: Option<u64>,
+}
+
+impl NetnsId {
+    /// The identity of the namespace at `path` now. For `/proc/PID/ns/net`, a namespace file
+    /// that cannot be opened (no ptrace access) leaves only the process start time.
+    pub fn of(path: &Path) -> Result<Self, NetnsError> {
+        let pid_start = Self::pid_start(path)?;
+        let file = match open_netns(path) {
+            Ok(f) => f,
+            Err(NetnsError::Open { .. }) if pid_start.is_some() => {
+                return Ok(NetnsId {
+                    dev: None,
+                    ino: None,
+                    pid_start,
+                })
+            }
+            Err(e) => return Err(e),
+        };
+        let id = Self::of_open(path, &file)?;
+        if id.pid_start != pid_start {
+            return Err(NetnsError::Changed {
+                path: path.to_path_buf(),
+                reason: "the process exited while it was looked at".into(),
+            });
+        }
+        Ok(id)
+    }
+
+    /// The start time of the process of a `/proc/PID/ns/net` path (`None` for other paths);
+    /// [`NetnsError::NotFound`] when there is no such process.
+    fn pid_start(path: &Path) -> Result<Option<u64>, NetnsError> {
+        let Some(pid) = proc_pid(path) else {
+            return Ok(None);
+        };
+        process_start_time(pid)
+            .map(Some)
+            .map_err(|source| match source.kind() {
+                io::ErrorKind::NotFound => NetnsError::NotFound {
+                    path: path.to_path_buf(),
+                },
+                _ => NetnsError::Open {
+                    path: path.to_path_buf(),
+                    source,
+                },
+            })
+    }
+
+    fn of_open(path: &Path, file: &File) -> Result<Self, NetnsError> {
+        let meta = file.metadata().map_err(|source| NetnsError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        // Read after the open: if the process was replaced before the open, the start time
+        // read here is the new one's and so differs from the recorded one.
+        Ok(NetnsId {
+            dev: Some(meta.dev()),
+            ino: Some(meta.ino()),
+            pid_start: Self::pid_start(path)?,
+        })
+    }
+
+    /// Checks, before anything is opened, that the process of a `/proc/PID/ns/net` path is
+    /// still the one recorded ([`NetnsError::Changed`] if its pid now belongs to another,
+    /// [`NetnsError::NotFound`] if there is none).
+    pub fn check_process(&self, path: &Path) -> Result<(), NetnsError> {
+        let now = Self::pid_start(path)?;
+        if now != self.pid_start {
+            return Err(NetnsError::Changed {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "process started at tick {now:?}, not {:?} (the pid was reused)",
+                    self.pid_start
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks that `file`, just opened from `path`, is the namespace this identity records.
+    pub fn verify(&self, path: &Path, file: &File) -> Result<(), NetnsError> {
+        let now = Self::of_open(path, file)?;
+        if let (Some(dev), Some(ino)) = (self.dev, self.ino) {
+            if (now.dev, now.ino) != (Some(dev), Some(ino)) {
+                return Err(NetnsError::Changed {
+                    path: path.to_path_buf(),
+                    reason: format!(
+                        "namespace inode {}:{} instead of {dev}:{ino}",
+                        now.dev.unwrap_or_default(),
+                        now.ino.unwrap_or_default()
+                    ),
+                });
+            }
+        }
+        self.check_process(path)
+    }
 }
 
 fn panic_message(payload: &(dyn Any + Send)) -> String {
@@ -349,6 +529,53 @@ mod tests {
         assert!(path.starts_with("/proc/self/task"));
         assert!(same_netns(&path, Path::new("/proc/thread-self/ns/net")).unwrap());
         assert!(same_netns(&path, Path::new("/proc/self/ns/net")).unwrap());
+    }
+
+    #[test]
+    fn proc_pid_paths_are_recognised() {
+        assert_eq!(proc_pid(Path::new("/proc/123/ns/net")), Some(123));
+        for other in [
+            "/run/netns/x",
+            "/proc/self/ns/net",
+            "/proc/12/ns/mnt",
+            "/proc//ns/net",
+            "/proc/1/task/1/ns/net",
+        ] {
+            assert_eq!(proc_pid(Path::new(other)), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn a_recorded_process_netns_is_told_from_its_successor() {
+        let me = std::process::id();
+        let path = PathBuf::from(format!("/proc/{me}/ns/net"));
+        let id = NetnsId::of(&path).unwrap();
+        assert!(id.pid_start.is_some());
+        assert_eq!(run_in_recorded_netns(&path, &id, || 7).unwrap(), 7);
+        // The same namespace, but another process holds the pid now.
+        let reused = NetnsId {
+            pid_start: id.pid_start.map(|t| t + 1),
+            ..id
+        };
+        let err = run_in_recorded_netns(&path, &reused, || ()).unwrap_err();
+        assert!(matches!(err, NetnsError::Changed { .. }), "{err}");
+        // Another namespace behind the path.
+        let other = NetnsId {
+            ino: id.ino.map(|i| i + 1),
+            ..id
+        };
+        let err = run_in_recorded_netns(&path, &other, || ()).unwrap_err();
+        assert!(matches!(err, NetnsError::Changed { .. }), "{err}");
+        assert!(err.to_string().contains("inode"), "{err}");
+    }
+
+    #[test]
+    fn an_exited_process_netns_is_not_found() {
+        let mut child = Command::new("true").spawn().unwrap();
+        let path = PathBuf::from(format!("/proc/{}/ns/net", child.id()));
+        child.wait().unwrap();
+        let err = NetnsId::of(&path).unwrap_err();
+        assert!(matches!(err, NetnsError::NotFound { .. }), "{err}");
     }
 
     #[test]

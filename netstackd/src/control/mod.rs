@@ -224,14 +224,22 @@ pub struct PodInfo {
     /// Link mode ("tap" or "veth").
     pub mode: String,
     /// "attached" while the dataplane serves it, "pending" while the dataplane restarts,
-    /// "quarantined" while it is kept from the dataplane (see `quarantine_reason`).
+    /// "quarantined" while it is kept from the dataplane (see `quarantine_reason`),
+    /// [`RESTORE_FAILED`] while a recorded pod could not be served again after a restart.
     pub state: String,
     /// Why the pod is quarantined, when it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quarantine_reason: Option<String>,
     /// Orchestrator metadata (K8S_POD_NAMESPACE, K8S_POD_NAME, ...).
     pub labels: BTreeMap<String, String>,
+    /// Why the pod is not served (with [`RESTORE_FAILED`]: the last restore attempt's error).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
+
+/// The `state` of a recorded pod netstackd could not restore after a restart (its state file
+/// is kept and the restore retried until it works or the pod is gone).
+pub const RESTORE_FAILED: &str = "restore_failed";
 
 /// The daemon's answer to `status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

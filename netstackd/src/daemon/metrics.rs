@@ -79,6 +79,8 @@ pub struct Snapshot<'a> {
     pub control: &'a ControlMetrics,
     /// Dataplane restarts since start.
     pub dataplane_restarts: u64,
+    /// Recorded pods netstackd could not restore (state `restore_failed`; retried).
+    pub restore_failed: Vec<PodInfo>,
 }
 
 /// Renders the text exposition.
@@ -251,6 +253,18 @@ pub fn render(s: &Snapshot<'_>) -> String {
         "Pod interfaces attached.",
     );
     let _ = writeln!(out, "netstack_attachments {}", s.pods.len());
+    family(
+        &mut out,
+        "netstack_pod_restore_failed",
+        "gauge",
+        "1 for a recorded pod interface netstackd could not restore after a restart (state file kept, retried), 0 for one it serves.",
+    );
+    for (p, _) in &s.pods {
+        let _ = writeln!(out, "netstack_pod_restore_failed{{{}}} 0", pod_labels(p));
+    }
+    for p in &s.restore_failed {
+        let _ = writeln!(out, "netstack_pod_restore_failed{{{}}} 1", pod_labels(p));
+    }
     family(
         &mut out,
         "netstack_attach_total",

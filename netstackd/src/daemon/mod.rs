@@ -116,6 +116,8 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
     .context("dropping capabilities")?;
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("creating state dir {}", config.state_dir.display()))?;
+    // Before the dataplane child starts, so it inherits the raised limit.
+    raise_nofile_limit(&config);
     let signals = server::block_termination_signals()?;
     veth::tidy_netns_dirs(&config.dp_netns);
 
@@ -141,10 +143,13 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
         "dataplane running"
     );
     let registry = Arc::new(Registry::new(config.clone(), gateway, dataplane));
-    let (restored, cleaned) = registry.restore();
-    if restored + cleaned > 0 {
-        tracing::info!(restored, cleaned, "state dir re-read");
+    let (restored, cleaned, failed) = registry.restore();
+    if restored + cleaned + failed > 0 {
+        tracing::info!(restored, cleaned, failed, "state dir re-read");
     }
+    registry
+        .spawn_restore_retry()
+        .context("starting the restore retry thread")?;
     let listener = server::bind(&config.socket)?;
     tracing::info!(socket = %config.socket.display(), "ready");
     if let Some(addr) = config.metrics_addr {
@@ -254,6 +259,69 @@ pub fn cleanup(
     );
     println!("netstack cleanup: {}", crate::node::cleanup()?);
     Ok(())
+}
+
+/// Descriptors netstackd needs besides the pods' (uplink queues, sockets, threads' netlink
+/// sockets, the control and metrics connections).
+const FD_BASE: u64 = 256;
+/// Pods planned for when fewer are recorded: above kubelet's default `maxPods` (110).
+const PLANNED_PODS: u64 = 256;
+
+/// Descriptors each of netstackd's processes (the supervisor and the dataplane child each
+/// hold every pod's queues) needs for `pods` pods with `workers` workers: one TAP queue or
+/// packet socket per worker per pod, plus [`FD_BASE`].
+pub fn nofile_need(pods: u64, workers: u64) -> u64 {
+    FD_BASE + pods.max(PLANNED_PODS) * workers
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit (raising the hard limit needs
+/// CAP_SYS_RESOURCE, which netstackd does not keep) and warns, with the numbers, when that is
+/// short of what the recorded pods (at least [`PLANNED_PODS`]) × workers need. A pod whose
+/// restore runs out of descriptors shows as `restore_failed` and is retried.
+fn raise_nofile_limit(config: &DaemonConfig) {
+    use crate::sys::rlimit;
+    let recorded = std::fs::read_dir(&config.state_dir)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+                .count() as u64
+        })
+        .unwrap_or(0);
+    let need = nofile_need(recorded, config.workers as u64);
+    let limit = match rlimit::nofile() {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!("reading RLIMIT_NOFILE: {e}");
+            return;
+        }
+    };
+    let mut soft = limit.soft;
+    if limit.soft < limit.hard {
+        match rlimit::set_nofile(rlimit::Limit {
+            soft: limit.hard,
+            hard: limit.hard,
+        }) {
+            Ok(()) => soft = limit.hard,
+            Err(e) => tracing::warn!(
+                soft = limit.soft,
+                hard = limit.hard,
+                "raising the soft RLIMIT_NOFILE to the hard limit: {e}"
+            ),
+        }
+    }
+    if soft < need {
+        tracing::warn!(
+            limit = soft,
+            hard = limit.hard,
+            need,
+            recorded_pods = recorded,
+            workers = config.workers,
+            "RLIMIT_NOFILE is short: {soft} descriptors, {need} needed for max({recorded} recorded, {PLANNED_PODS}) pods x {} workers + {FD_BASE}; pods beyond it fail to attach or restore (restore_failed). Raise the hard limit (LimitNOFILE=, ulimit -Hn) before starting netstackd",
+            config.workers
+        );
+    } else {
+        tracing::info!(limit = soft, need, "RLIMIT_NOFILE");
+    }
 }
 
 /// Routes IPv6 between the uplink and the node's other links. Note that with forwarding on,

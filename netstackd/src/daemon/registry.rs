@@ -5,15 +5,18 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::control::{
     veth_peer_name, Attachment, AttachmentKey, CaptureRequest, DaemonStatus, LinkMode, PodInfo,
     PodStats, Reply, Request, MAX_CAPTURE_PACKETS, MAX_CAPTURE_SECONDS, MAX_CAPTURE_SNAPLEN,
+    RESTORE_FAILED,
 };
 use crate::dataplane::PodSpec;
+use crate::netns::{NetnsError, NetnsId};
 use crate::supervisor::DataplaneProcess;
 use crate::sys::tap::{queue_info, set_nonblocking};
 
@@ -165,12 +168,130 @@ impl Drop for Pending<'_> {
     }
 }
 
+/// What a state file holds: the attachment as `attach` carried it, and the identity of its
+/// network namespace when it was attached (absent in files of older netstackds).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct StateRecord {
+    #[serde(flatten)]
+    attachment: Attachment,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    netns_id: Option<NetnsId>,
+}
+
+/// A recorded pod that could not be served again after a restart: its state file stays, and
+/// the retry thread tries again at `next_try` until it works or the pod is gone.
+struct Failed {
+    record: StateRecord,
+    error: String,
+    attempts: u32,
+    next_try: Instant,
+}
+
+/// The first retry of a failed restore comes after this long; each later one waits twice as
+/// long as the one before, up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_secs(5);
+/// The longest wait between two retries of a failed restore.
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// How long to wait before retry number `attempts + 1` of a failed restore.
+fn retry_delay(attempts: u32) -> Duration {
+    RETRY_FIRST
+        .saturating_mul(1 << attempts.saturating_sub(1).min(8))
+        .min(RETRY_MAX)
+}
+
+/// What became of one recorded attachment on restore.
+#[derive(Debug)]
+enum Restore {
+    /// Served again.
+    Restored,
+    /// The pod is gone (its netns or its TAP/veth no longer exists, or the netns path names
+    /// another namespace now): the state file goes.
+    Gone(String),
+    /// Anything else (EMFILE, EAGAIN, a netlink error, a changed pod CIDR, ...): the state
+    /// file stays and the restore is retried.
+    Failed(String),
+}
+
+/// The state file name of an attachment: `<container id>:<ifname>.json`. Neither part may
+/// contain ':' (the CNI container id pattern and Linux interface names exclude it), so every
+/// (container id, ifname) has its own name, and no name of the older form
+/// ([`legacy_state_file_name`], which has no ':') is one.
+pub fn state_file_name(key: &AttachmentKey) -> String {
+    format!("{}:{}.json", key.container_id, key.ifname)
+}
+
+/// The name older netstackds gave state files, `<container id>_<ifname>.json`: ambiguous
+/// (`a_b`+`c` and `a`+`b_c` share it). Such files are still read, and rewritten under
+/// [`state_file_name`] on restore.
+pub fn legacy_state_file_name(key: &AttachmentKey) -> String {
+    format!("{}_{}.json", key.container_id, key.ifname)
+}
+
+/// Reads every state file in `dir` (removing leftover `.json.tmp` files of writes that never
+/// reached their rename; unreadable files are logged and left in place), canonical names
+/// first, so that a key recorded twice (an upgrade cut short) is served from its new file.
+fn read_state_dir(dir: &Path) -> std::io::Result<Vec<(PathBuf, StateRecord)>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir)?.flatten() {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".json.tmp") {
+            // A write that never reached its rename: the attach was never acknowledged.
+            let _ = std::fs::remove_file(&path);
+            continue;
+        }
+        if !name.ends_with(".json") {
+            continue;
+        }
+        match std::fs::read(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice::<StateRecord>(&b).map_err(|e| e.to_string()))
+        {
+            Ok(record) => found.push((path, record)),
+            Err(e) => {
+                tracing::error!(file = %path.display(), "unreadable state file left in place: {e}")
+            }
+        }
+    }
+    found.sort_by_key(|(path, record)| {
+        let canonical = path.file_name().map(|n| n.to_string_lossy().into_owned())
+            == Some(state_file_name(&record.attachment.key));
+        (!canonical, path.clone())
+    });
+    Ok(found)
+}
+
+/// Writes `record` to `path`: a temporary file, fsync, rename over the final name, fsync of
+/// the directory.
+fn write_state_file(dir: &Path, path: &Path, record: &StateRecord) -> std::io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&serde_json::to_vec_pretty(record)?)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Moves a state file found at `path` to its canonical name in `dir` (the upgrade from
+/// [`legacy_state_file_name`]); returns the canonical path. A no-op for a canonical file.
+fn upgrade_state_file(dir: &Path, path: &Path, record: &StateRecord) -> std::io::Result<PathBuf> {
+    let canonical = dir.join(state_file_name(&record.attachment.key));
+    if canonical != path {
+        write_state_file(dir, &canonical, record)?;
+        std::fs::remove_file(path)?;
+    }
+    Ok(canonical)
+}
+
 /// Every attachment, and the dataplane that serves them.
 pub struct Registry {
     config: DaemonConfig,
     gateway: Ipv4Addr,
     dataplane: DataplaneProcess,
     attached: Table,
+    /// Recorded pods whose restore failed; retried by [`Registry::spawn_restore_retry`].
+    failed: Mutex<BTreeMap<AttachmentKey, Failed>>,
     next_id: AtomicU64,
     control_metrics: super::metrics::ControlMetrics,
     metrics_addr: Mutex<Option<std::net::SocketAddr>>,
@@ -202,6 +323,7 @@ impl Registry {
             gateway,
             dataplane,
             attached: Table::default(),
+            failed: Mutex::new(BTreeMap::new()),
             next_id: AtomicU64::new(1),
             control_metrics: Default::default(),
             metrics_addr: Mutex::new(None),
@@ -265,17 +387,42 @@ impl Registry {
             state: state.into(),
             quarantine_reason,
             labels: a.attachment.labels.clone(),
+            error: None,
         }
+    }
+
+    /// The pods whose restore failed, as `list` shows them.
+    fn failed_pods(&self) -> Vec<PodInfo> {
+        self.lock_failed()
+            .values()
+            .map(|f| {
+                let a = &f.record.attachment;
+                PodInfo {
+                    key: a.key.clone(),
+                    netns: a.netns.clone(),
+                    mac: a.mac,
+                    ips: a.ips.clone(),
+                    mode: a.mode.as_str().into(),
+                    state: RESTORE_FAILED.into(),
+                    quarantine_reason: None,
+                    labels: a.labels.clone(),
+                    error: Some(f.error.clone()),
+                }
+            })
+            .collect()
     }
 
     fn list(&self) -> Vec<PodInfo> {
         let serving = self.dataplane.serving();
         let quarantined = self.dataplane.quarantined();
-        self.lock()
+        let mut pods: Vec<PodInfo> = self
+            .lock()
             .values()
             .filter(|a| a.phase == Phase::Serving)
             .map(|a| self.pod_info(a, serving, &quarantined))
-            .collect()
+            .collect();
+        pods.extend(self.failed_pods());
+        pods
     }
 
     /// The Prometheus exposition of every metric.
@@ -301,6 +448,7 @@ impl Registry {
             wakeups: stats.wakeups,
             control: &self.control_metrics,
             dataplane_restarts: self.dataplane.child().1,
+            restore_failed: self.failed_pods(),
         })
     }
 
@@ -330,6 +478,10 @@ impl Registry {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<AttachmentKey, Attached>> {
         self.attached.lock()
+    }
+
+    fn lock_failed(&self) -> std::sync::MutexGuard<'_, BTreeMap<AttachmentKey, Failed>> {
+        self.failed.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn status(&self) -> DaemonStatus {
@@ -521,6 +673,12 @@ impl Registry {
     }
 
     fn attach(&self, a: Attachment, fds: Vec<OwnedFd>) -> Result<(), String> {
+        if self.lock_failed().contains_key(&a.key) {
+            return Err(format!(
+                "{}: recorded but not restored ({RESTORE_FAILED}): DEL it first",
+                a.key
+            ));
+        }
         if a.mode == LinkMode::Veth {
             let key = &a.key;
             if !fds.is_empty() {
@@ -540,12 +698,42 @@ impl Registry {
         self.admit(a, fds, true)
     }
 
+    /// The identity of a new attachment's netns, kept in its state file so that a restart
+    /// re-enters only the same namespace. Required for a `/proc/PID/ns/net` path (that path
+    /// names another namespace once the process exits and its pid is reused).
+    fn netns_identity(a: &Attachment) -> Result<Option<NetnsId>, String> {
+        match NetnsId::of(&a.netns) {
+            Ok(id) => {
+                if id.ino.is_none() {
+                    tracing::warn!(container_id = %a.key.container_id, netns = %a.netns.display(), "cannot open the netns (no ptrace access to a process with capabilities netstackd lacks): after a restart this pod stays restore_failed until its process exits");
+                }
+                Ok(Some(id))
+            }
+            Err(e) if crate::netns::proc_pid(&a.netns).is_some() => {
+                Err(format!("{}: recording its netns: {e}", a.key))
+            }
+            Err(e) => {
+                tracing::warn!(container_id = %a.key.container_id, "netns identity not recorded: {e}");
+                Ok(None)
+            }
+        }
+    }
+
     /// Validates an attachment and hands it to the dataplane; `record` writes its state file
     /// first (false when it comes from the state dir on restart).
     fn admit(&self, a: Attachment, fds: Vec<OwnedFd>, record: bool) -> Result<(), String> {
         let addrs = self.validate(&a, &fds)?;
+        let netns_id = if record {
+            Self::netns_identity(&a)?
+        } else {
+            None
+        };
         let key = a.key.clone();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let state = StateRecord {
+            attachment: a.clone(),
+            netns_id,
+        };
         let spec = PodSpec {
             id,
             mac: a.mac,
@@ -566,7 +754,7 @@ impl Registry {
         // The disk and the dataplane without the registry lock (see `Table`).
         self.attached.attach_with(entry, || {
             if record {
-                self.write_state(&a)
+                self.write_state(&state)
                     .map_err(|e| format!("{key}: recording the attachment: {e}"))?;
             }
             if let Err(e) = self.dataplane.attach(spec, fds) {
@@ -591,87 +779,234 @@ impl Registry {
         Ok(())
     }
 
-    /// Re-reads the state dir after a restart: every recorded attachment whose netns and TAP
-    /// still exist is re-opened (the TAP is persistent) and served again; the others are
-    /// removed and logged. Returns (restored, cleaned up).
-    pub fn restore(&self) -> (usize, usize) {
-        let entries = match std::fs::read_dir(&self.config.state_dir) {
-            Ok(e) => e,
+    /// Re-reads the state dir after a restart. Every recorded attachment whose netns (the
+    /// same namespace: see [`NetnsId`]) and TAP still exist is re-opened (the TAP is
+    /// persistent) and served again; the state files of pods that are gone are removed; any
+    /// other failure keeps the file and shows the pod as `restore_failed` until a retry
+    /// works ([`Registry::spawn_restore_retry`]). Files of the older naming are renamed.
+    /// Returns (restored, cleaned up, failed).
+    pub fn restore(&self) -> (usize, usize, usize) {
+        let dir = &self.config.state_dir;
+        let records = match read_state_dir(dir) {
+            Ok(r) => r,
             Err(e) => {
-                tracing::error!(dir = %self.config.state_dir.display(), "reading the state dir: {e}");
-                return (0, 0);
+                tracing::error!(dir = %dir.display(), "reading the state dir: {e}");
+                return (0, 0, 0);
             }
         };
-        let (mut restored, mut cleaned) = (0, 0);
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.ends_with(".json.tmp") {
-                // A write that never reached its rename: the attach was never acknowledged.
+        let (mut restored, mut cleaned, mut failed) = (0, 0, 0);
+        let mut seen = std::collections::BTreeSet::new();
+        for (path, record) in records {
+            let key = record.attachment.key.clone();
+            if !seen.insert(key.clone()) {
+                // An older copy of a file already read (an upgrade cut short).
+                tracing::info!(file = %path.display(), "duplicate state file of {key} removed");
                 let _ = std::fs::remove_file(&path);
                 continue;
             }
-            if !name.ends_with(".json") {
-                continue;
-            }
-            let attachment: Attachment = match std::fs::read(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-            {
-                Ok(a) => a,
+            let path = match upgrade_state_file(dir, &path, &record) {
+                Ok(p) => p,
                 Err(e) => {
-                    tracing::error!(file = %path.display(), "unreadable state file left in place: {e}");
-                    continue;
+                    tracing::warn!(file = %path.display(), "renaming the state file of {key}: {e}");
+                    path
                 }
             };
-            let key = attachment.key.clone();
-            match self.reopen(&attachment) {
-                Ok(fds) => match self.admit(attachment, fds, false) {
-                    Ok(()) => restored += 1,
-                    Err(e) => {
-                        tracing::warn!(container_id = %key.container_id, "cannot restore, cleaning up: {e}");
-                        let _ = std::fs::remove_file(&path);
-                        cleaned += 1;
+            match self.restore_one(&record) {
+                Restore::Restored => {
+                    restored += 1;
+                    if record.netns_id.is_none() {
+                        // A file of an older netstackd: record its namespace's identity now.
+                        self.complete_identity(&path, record);
                     }
-                },
-                Err(e) => {
+                }
+                Restore::Gone(e) => {
                     tracing::warn!(container_id = %key.container_id, ifname = %key.ifname, "pod is gone, cleaning up: {e}");
                     let _ = std::fs::remove_file(&path);
                     cleaned += 1;
                 }
+                Restore::Failed(e) => {
+                    tracing::error!(container_id = %key.container_id, ifname = %key.ifname, "cannot restore; state file kept, retrying in {:?}: {e}", retry_delay(1));
+                    self.lock_failed().insert(
+                        key,
+                        Failed {
+                            record,
+                            error: e,
+                            attempts: 1,
+                            next_try: Instant::now() + retry_delay(1),
+                        },
+                    );
+                    failed += 1;
+                }
             }
         }
-        (restored, cleaned)
+        (restored, cleaned, failed)
+    }
+
+    /// Adds the netns identity to the state file at `path` of a restored attachment recorded
+    /// without one (only for pinned netns paths: a `/proc/PID/ns/net` one is never restored
+    /// without it).
+    fn complete_identity(&self, path: &Path, mut record: StateRecord) {
+        match NetnsId::of(&record.attachment.netns) {
+            Ok(id) => {
+                record.netns_id = Some(id);
+                if let Err(e) = write_state_file(&self.config.state_dir, path, &record) {
+                    tracing::warn!(file = %path.display(), "recording the netns identity: {e}");
+                }
+            }
+            Err(e) => tracing::warn!(file = %path.display(), "netns identity not recorded: {e}"),
+        }
+    }
+
+    /// Starts the thread that retries the restores that failed at start, with backoff
+    /// ([`RETRY_FIRST`] doubling to [`RETRY_MAX`]), until each pod is served again, gone or
+    /// released by DEL; the thread ends then (only a restart adds failed restores).
+    pub fn spawn_restore_retry(self: &Arc<Self>) -> std::io::Result<()> {
+        if self.lock_failed().is_empty() {
+            return Ok(());
+        }
+        let registry = Arc::clone(self);
+        std::thread::Builder::new()
+            .name("restore-retry".into())
+            .spawn(move || registry.retry_loop())?;
+        Ok(())
+    }
+
+    fn retry_loop(&self) {
+        let mut failed = self.lock_failed();
+        loop {
+            let now = Instant::now();
+            let due = failed
+                .iter()
+                .find(|(_, f)| f.next_try <= now)
+                .map(|(k, f)| (k.clone(), f.record.clone()));
+            let Some((key, record)) = due else {
+                let Some(next) = failed.values().map(|f| f.next_try).min() else {
+                    tracing::info!("every failed restore is resolved");
+                    return;
+                };
+                drop(failed);
+                std::thread::sleep(next.saturating_duration_since(now));
+                failed = self.lock_failed();
+                continue;
+            };
+            drop(failed);
+            let outcome = self.restore_one(&record);
+            failed = self.lock_failed();
+            let Some(entry) = failed.get_mut(&key) else {
+                // DEL came while this retry ran: undo what it may have restored.
+                if matches!(outcome, Restore::Restored) {
+                    drop(failed);
+                    let _ = self.detach(&key);
+                    failed = self.lock_failed();
+                }
+                continue;
+            };
+            match outcome {
+                Restore::Restored => {
+                    tracing::info!(container_id = %key.container_id, ifname = %key.ifname, attempts = entry.attempts + 1, "restored on retry");
+                    failed.remove(&key);
+                }
+                Restore::Gone(e) => {
+                    tracing::warn!(container_id = %key.container_id, ifname = %key.ifname, "pod is gone, cleaning up: {e}");
+                    failed.remove(&key);
+                    self.remove_state(&key);
+                }
+                Restore::Failed(e) => {
+                    entry.attempts += 1;
+                    let delay = retry_delay(entry.attempts);
+                    tracing::warn!(container_id = %key.container_id, ifname = %key.ifname, attempts = entry.attempts, "restore failed again, retrying in {delay:?}: {e}");
+                    entry.error = e;
+                    entry.next_try = Instant::now() + delay;
+                }
+            }
+        }
+    }
+
+    /// Re-opens one recorded attachment and hands it to the dataplane.
+    fn restore_one(&self, record: &StateRecord) -> Restore {
+        let fds = match self.reopen(record) {
+            Ok(fds) => fds,
+            Err(outcome) => return outcome,
+        };
+        match self.admit(record.attachment.clone(), fds, false) {
+            Ok(()) => Restore::Restored,
+            Err(e) => Restore::Failed(e),
+        }
+    }
+
+    /// Runs `f` in a recorded attachment's netns, only if it is still the namespace recorded
+    /// (a `/proc/PID/ns/net` path recorded without an identity is never re-entered). Errors
+    /// are sorted into [`Restore::Gone`] and [`Restore::Failed`].
+    fn in_recorded_netns<T: Send>(
+        record: &StateRecord,
+        f: impl FnOnce() -> Result<T, Restore> + Send,
+    ) -> Result<T, Restore> {
+        let netns = &record.attachment.netns;
+        let result = match &record.netns_id {
+            Some(id) => crate::netns::run_in_recorded_netns(netns, id, f),
+            None if crate::netns::proc_pid(netns).is_some() => {
+                if !netns.exists() {
+                    return Err(Restore::Gone(format!(
+                        "{} no longer exists (the process exited)",
+                        netns.display()
+                    )));
+                }
+                return Err(Restore::Failed(format!(
+                    "{} was recorded without its namespace identity (an older netstackd): \
+                     it cannot be proven to be the same namespace, so it is not re-entered",
+                    netns.display()
+                )));
+            }
+            None => crate::netns::run_in_netns(netns, f),
+        };
+        match result {
+            Ok(r) => r,
+            Err(
+                e @ (NetnsError::NotFound { .. }
+                | NetnsError::NotANetns { .. }
+                | NetnsError::Changed { .. }),
+            ) => Err(Restore::Gone(e.to_string())),
+            Err(e) => Err(Restore::Failed(e.to_string())),
+        }
     }
 
     /// Opens the queues of a recorded attachment's persistent TAP inside its netns, or new
     /// packet sockets on its veth peer.
-    fn reopen(&self, a: &Attachment) -> Result<Vec<OwnedFd>, String> {
-        if a.mode == LinkMode::Veth {
-            if !a.netns.exists() {
-                return Err(format!("netns {} no longer exists", a.netns.display()));
-            }
-            return super::veth::open_peer(&self.config, a, self.dataplane.workers());
-        }
+    fn reopen(&self, record: &StateRecord) -> Result<Vec<OwnedFd>, Restore> {
+        let a = &record.attachment;
         let ifname = a.key.ifname.clone();
+        let kind = a.mode.device_kind();
         let queues = self.dataplane.workers();
-        crate::netns::run_in_netns(&a.netns, move || -> Result<Vec<OwnedFd>, String> {
-            let nl = crate::netlink::Netlink::new().map_err(|e| e.to_string())?;
-            match nl.link_info(&ifname).map_err(|e| e.to_string())? {
-                Some(info) if info.kind.as_deref() == Some("tun") => {}
-                Some(_) => return Err(format!("{ifname} is no longer a TAP")),
-                None => return Err(format!("{ifname} no longer exists")),
+        let tap = a.mode == LinkMode::Tap;
+        let fds = Self::in_recorded_netns(record, move || -> Result<_, Restore> {
+            let nl = crate::netlink::Netlink::new().map_err(|e| Restore::Failed(e.to_string()))?;
+            match nl
+                .link_info(&ifname)
+                .map_err(|e| Restore::Failed(e.to_string()))?
+            {
+                Some(info) if info.kind.as_deref() == Some(kind) => {}
+                Some(_) => return Err(Restore::Gone(format!("{ifname} is no longer a {kind}"))),
+                None => return Err(Restore::Gone(format!("{ifname} no longer exists"))),
+            }
+            if !tap {
+                return Ok(Vec::new());
             }
             crate::sys::tap::open_queues(&ifname, crate::sys::tap::TunKind::Tap, queues, true)
                 .map(|q| q.fds)
-                .map_err(|e| e.to_string())
-        })
-        .map_err(|e| e.to_string())?
+                .map_err(|e| Restore::Failed(e.to_string()))
+        })?;
+        if tap {
+            return Ok(fds);
+        }
+        super::veth::open_peer(&self.config, a, queues).map_err(Restore::Failed)
     }
 
     fn detach(&self, key: &AttachmentKey) -> Result<(), String> {
         if !valid_container_id(&key.container_id) || !valid_ifname(&key.ifname) {
             return Err(format!("invalid attachment {key}"));
+        }
+        if self.lock_failed().remove(key).is_some() {
+            tracing::info!(container_id = %key.container_id, ifname = %key.ifname, "released while {RESTORE_FAILED}");
         }
         // The dataplane and netlink without the registry lock (see `Table`).
         let detached = self.attached.detach_with(key, |a| {
@@ -684,39 +1019,61 @@ impl Registry {
                 }
             }
             tracing::info!(container_id = %key.container_id, ifname = %key.ifname, "detached");
-            self.remove_state(key)
+            self.remove_state_file(key)
         })?;
         if detached {
             Ok(())
         } else {
             // Nothing attached: a state file left from an earlier run still goes.
-            self.remove_state(key)
+            self.remove_state_file(key)
         }
     }
 
-    fn remove_state(&self, key: &AttachmentKey) -> Result<(), String> {
+    /// Removes an attachment's state file (and one of the older naming); an error says why.
+    fn remove_state_file(&self, key: &AttachmentKey) -> Result<(), String> {
         match std::fs::remove_file(self.state_path(key)) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(format!("{key}: removing its state file: {e}")),
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("{key}: removing its state file: {e}")),
+        }
+        self.remove_legacy_state(key);
+        Ok(())
+    }
+
+    /// Removes an attachment's state file (and a file of the older naming of it), logging
+    /// what fails.
+    fn remove_state(&self, key: &AttachmentKey) {
+        match std::fs::remove_file(self.state_path(key)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(container_id = %key.container_id, "removing its state file: {e}")
+            }
+        }
+        self.remove_legacy_state(key);
+    }
+
+    /// Removes a file of the older naming if it records `key` (one whose rename failed on
+    /// restore); one of the same name that records another key is left alone.
+    fn remove_legacy_state(&self, key: &AttachmentKey) {
+        let legacy = self.config.state_dir.join(legacy_state_file_name(key));
+        let records_key = std::fs::read(&legacy)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<StateRecord>(&b).ok())
+            .is_some_and(|r| r.attachment.key == *key);
+        if records_key {
+            let _ = std::fs::remove_file(&legacy);
         }
     }
 
     fn state_path(&self, key: &AttachmentKey) -> PathBuf {
-        self.config
-            .state_dir
-            .join(format!("{}_{}.json", key.container_id, key.ifname))
+        self.config.state_dir.join(state_file_name(key))
     }
 
     /// Records an attachment: write a temporary file, fsync, rename over the final name.
-    fn write_state(&self, a: &Attachment) -> std::io::Result<()> {
-        let path = self.state_path(&a.key);
-        let tmp = path.with_extension("json.tmp");
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&serde_json::to_vec_pretty(a)?)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
-        std::fs::File::open(&self.config.state_dir)?.sync_all()
+    fn write_state(&self, record: &StateRecord) -> std::io::Result<()> {
+        let path = self.state_path(&record.attachment.key);
+        write_state_file(&self.config.state_dir, &path, record)
     }
 }
 
@@ -732,6 +1089,135 @@ mod tests {
         for bad in ["", "-a", ".a", "a/b", "a b", "../x", "é"] {
             assert!(!valid_container_id(bad), "{bad}");
         }
+    }
+
+    fn key(container_id: &str, ifname: &str) -> AttachmentKey {
+        AttachmentKey {
+            container_id: container_id.into(),
+            ifname: ifname.into(),
+        }
+    }
+
+    fn record(container_id: &str, ifname: &str) -> StateRecord {
+        let json = serde_json::json!({
+            "container_id": container_id,
+            "ifname": ifname,
+            "netns": "/run/netns/p1",
+            "mac": "02:00:00:00:00:01",
+            "ips": ["10.244.1.2/24"],
+            "mtu": 1500,
+            "queues": 2,
+        });
+        serde_json::from_value(json).unwrap()
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("netstack-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn state_file_names_do_not_collide() {
+        let keys = [
+            key("a_b", "c"),
+            key("a", "b_c"),
+            key("a", "b"),
+            key("a.b", "c"),
+            key("a", "b.c"),
+            key("a", "b@c"),
+            key("a", "c.json"),
+        ];
+        let names: std::collections::BTreeSet<String> = keys.iter().map(state_file_name).collect();
+        assert_eq!(names.len(), keys.len(), "{names:?}");
+        // The older naming did collide, and no new name is an old one.
+        assert_eq!(
+            legacy_state_file_name(&key("a_b", "c")),
+            legacy_state_file_name(&key("a", "b_c"))
+        );
+        for k in &keys {
+            assert_ne!(state_file_name(k), legacy_state_file_name(k));
+            assert!(state_file_name(k).ends_with(".json"));
+        }
+    }
+
+    #[test]
+    fn colliding_keys_get_files_of_their_own() {
+        let dir = temp_dir("collide");
+        for (id, ifname) in [("a_b", "c"), ("a", "b_c")] {
+            let r = record(id, ifname);
+            let path = dir.join(state_file_name(&r.attachment.key));
+            write_state_file(&dir, &path, &r).unwrap();
+        }
+        let read = read_state_dir(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let keys: Vec<_> = read.iter().map(|(_, r)| r.attachment.key.clone()).collect();
+        assert_eq!(keys.len(), 2, "{keys:?}");
+        assert!(keys.contains(&key("a_b", "c")) && keys.contains(&key("a", "b_c")));
+    }
+
+    #[test]
+    fn old_state_files_are_read_and_renamed() {
+        let dir = temp_dir("upgrade");
+        // What an older netstackd wrote: the bare attachment, under the older name.
+        let old = record("c1", "eth0");
+        let legacy = dir.join(legacy_state_file_name(&old.attachment.key));
+        std::fs::write(&legacy, serde_json::to_vec(&old.attachment).unwrap()).unwrap();
+        std::fs::write(dir.join("c9_eth0.json.tmp"), b"{").unwrap();
+        let read = read_state_dir(&dir).unwrap();
+        assert_eq!(read.len(), 1);
+        let (path, r) = &read[0];
+        assert_eq!(path, &legacy);
+        assert_eq!(r.attachment, old.attachment);
+        assert_eq!(r.netns_id, None);
+        let canonical = upgrade_state_file(&dir, path, r).unwrap();
+        assert_eq!(canonical, dir.join("c1:eth0.json"));
+        assert!(!legacy.exists());
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["c1:eth0.json"], "tmp file removed, old name gone");
+        let again = read_state_dir(&dir).unwrap();
+        assert_eq!(again[0].1.attachment, old.attachment);
+        // A canonical file stays where it is.
+        assert_eq!(
+            upgrade_state_file(&dir, &again[0].0, &again[0].1).unwrap(),
+            canonical
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_half_done_upgrade_reads_the_new_file_first() {
+        let dir = temp_dir("half-upgrade");
+        let r = record("c1", "eth0");
+        std::fs::write(
+            dir.join(legacy_state_file_name(&r.attachment.key)),
+            serde_json::to_vec(&r.attachment).unwrap(),
+        )
+        .unwrap();
+        let mut newer = r.clone();
+        newer.netns_id = Some(NetnsId {
+            dev: Some(4),
+            ino: Some(4026531840),
+            pid_start: None,
+        });
+        write_state_file(&dir, &dir.join("c1:eth0.json"), &newer).unwrap();
+        let read = read_state_dir(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(read.len(), 2);
+        assert_eq!(read[0].0.file_name().unwrap(), "c1:eth0.json");
+        assert_eq!(read[0].1.netns_id, newer.netns_id);
+    }
+
+    #[test]
+    fn retries_back_off_from_5_to_30_seconds() {
+        let delays: Vec<u64> = (1..=6).map(|n| retry_delay(n).as_secs()).collect();
+        assert_eq!(delays, [5, 10, 20, 30, 30, 30]);
+        assert_eq!(retry_delay(u32::MAX), RETRY_MAX);
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod ns;
 pub mod packet;
 pub mod process;
 pub mod shm;
+pub mod rlimit;
 pub mod tap;
 
 pub use tap::{

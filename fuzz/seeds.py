@@ -196,6 +196,9 @@ def gso_frames():
     for name in ("tso_v4_timestamps.bin", "tso_v4_short_last.bin", "tso_v4_ip_options.bin"):
         hdr, frame, _, _ = captured_tso(name, 333, 100)
         yield name.replace(".bin", ""), 1, hdr, bytes(frame)
+    # No payload at all: one segment, headers only.
+    hdr, frame, _, _ = captured_tso("tso_v4_timestamps.bin", 0, 100)
+    yield "tso_v4_no_payload", 1, hdr, bytes(frame)
     hdr, frame = tcp6_tso(MAC_A, GW_MAC, IP6_A, OUTSIDE6, 300, 120)
     yield "tso_v6", 1, hdr, frame
     hdr, frame = uso(MAC_A, GW_MAC, IP_A, OUTSIDE, False, 250, 100)

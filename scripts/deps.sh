@@ -7,6 +7,7 @@ PACKAGES=(containernetworking-plugins iperf3 iproute2 iputils-ping ethtool jq ne
 PACKAGES+=(containerd protobuf-compiler gcc libc6-dev iptables)  # CNI chaining (portmap) and the containerd e2e
 PACKAGES+=(nftables curl python3-venv)  # node mode: masquerade (nft); test_multinode, test_manifests (kubernetes-validate venv)
 PACKAGES+=(passt slirp4netns)  # e2e/bench: the pasta and slirp4netns baselines
+PACKAGES+=(g++)  # scripts/fuzz.sh: libfuzzer-sys compiles libFuzzer (C++)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

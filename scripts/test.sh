@@ -14,6 +14,8 @@ echo "==> cargo test"
 cargo test --quiet -- --test-threads=1
 echo "==> cargo build --release"
 cargo build --release --quiet --bins
+echo "==> fuzz (scripts/fuzz.sh)"
+./scripts/fuzz.sh
 
 failed=()
 for t in e2e/test_*.sh; do

@@ -375,7 +375,7 @@ impl<P> Router<P> {
             return Verdict::Drop(DropReason::Spoofed);
         }
         if let Some(icmp_type) = ndp_or_mld_type(&ip) {
-            return self.ndp_from_pod(pod, buf, len, icmp_type);
+            return self.ndp_from_pod(pod, vnet, buf, len, icmp_type);
         }
         if dst.is_multicast() {
             // Link-local multicast (service discovery, ...) stays on the pod's link.
@@ -443,7 +443,14 @@ impl<P> Router<P> {
     /// Neighbor discovery and MLD from a pod: a solicitation for any address but the pod's
     /// own is answered with the gateway MAC; everything else (router solicitations, MLD
     /// reports, unsolicited advertisements, duplicate address detection) is consumed.
-    fn ndp_from_pod(&self, pod: &PodPort<P>, buf: &mut [u8], len: usize, icmp_type: u8) -> Verdict {
+    fn ndp_from_pod(
+        &self,
+        pod: &PodPort<P>,
+        vnet: &mut VnetHdr,
+        buf: &mut [u8],
+        len: usize,
+        icmp_type: u8,
+    ) -> Verdict {
         if icmp_type != icmpv6::TYPE_NEIGHBOR_SOLICIT {
             return Verdict::Consumed;
         }
@@ -470,6 +477,7 @@ impl<P> Router<P> {
             GATEWAY_MAC,
         );
         ethernet::write_header(buf, pod.mac, GATEWAY_MAC, ethernet::ETHERTYPE_IPV6);
+        *vnet = VnetHdr::default();
         Verdict::Reply {
             len: ethernet::HEADER_LEN + n,
             dropped: None,

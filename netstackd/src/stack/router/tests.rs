@@ -666,6 +666,28 @@ fn neighbor_solicitation_for_any_address_is_answered_with_the_gateway_mac() {
     }
 }
 
+/// Found by `fuzz/` (router_from_pod): the neighbor advertisement went back to the pod with the
+/// solicitation's virtio-net header, so a pod that sent offload flags (NEEDS_CSUM, a GSO type)
+/// got its reply "checksummed" at its own offsets, or refused by its TAP.
+#[test]
+fn neighbor_advert_reply_does_not_keep_the_solicitations_vnet_header() {
+    let r = router();
+    let mut buf = buffer();
+    let len = ns_frame(&mut buf, MAC_A, LL_A, IP6_B, false);
+    let mut vnet = VnetHdr {
+        flags: vnet::FLAG_NEEDS_CSUM,
+        gso_type: 0x52,
+        csum_start: 54,
+        csum_offset: 2,
+        ..VnetHdr::default()
+    };
+    assert!(matches!(
+        r.from_pod(1, &mut vnet, &mut buf, len),
+        Verdict::Reply { dropped: None, .. }
+    ));
+    assert_eq!(vnet, VnetHdr::default(), "the reply carries no offloads");
+}
+
 #[test]
 fn duplicate_address_detection_and_own_addresses_are_not_answered() {
     let r = router();

@@ -307,7 +307,9 @@ pub fn create(mut network: Value) -> Result<Value, PluginError> {
             parsed.name
         )));
     }
-    let driver = network["ipam_options"]["driver"].as_str().unwrap_or("host-local");
+    let driver = network["ipam_options"]["driver"]
+        .as_str()
+        .unwrap_or("host-local");
     if driver != "host-local" {
         return Err(err(format!(
             "network {}: ipam driver {driver:?}: netstack takes podman's addresses (host-local)",
@@ -345,12 +347,19 @@ fn cni_call(
     )?;
     s.bandwidth.extend(own);
     let mut conf = conflist(&exec.network, &s);
-    if let Some(mac) = exec.network_options.static_mac.as_deref().filter(|m| !m.is_empty()) {
+    if let Some(mac) = exec
+        .network_options
+        .static_mac
+        .as_deref()
+        .filter(|m| !m.is_empty())
+    {
         let parsed: netstackd::wire::MacAddr = mac
             .parse()
             .map_err(|_| err(format!("static_mac {mac:?} (--mac-address) is not a MAC")))?;
         if !parsed.is_unicast() || parsed.is_zero() {
-            return Err(err(format!("static_mac {mac} (--mac-address) is not unicast")));
+            return Err(err(format!(
+                "static_mac {mac} (--mac-address) is not unicast"
+            )));
         }
         if conf.get("runtimeConfig").is_none() {
             conf["runtimeConfig"] = json!({});

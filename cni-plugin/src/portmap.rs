@@ -304,9 +304,15 @@ mod tests {
         let ips: Vec<IpAddr> = vec!["10.244.1.7".parse().unwrap(), "fd00::7".parse().unwrap()];
         let s = script("c", &ips, &[mapping("0.0.0.0", 8080, 80, "tcp", 0)]).unwrap();
         assert_eq!(s.matches("dnat").count(), 1, "IPv4 only");
-        assert!(s.contains("ctr_c meta nfproto ipv4 tcp dport 8080 dnat ip to 10.244.1.7:80"), "{s}");
+        assert!(
+            s.contains("ctr_c meta nfproto ipv4 tcp dport 8080 dnat ip to 10.244.1.7:80"),
+            "{s}"
+        );
         let s = script("c", &ips, &[mapping("::", 8080, 80, "tcp", 0)]).unwrap();
-        assert!(s.contains("ctr_c meta nfproto ipv6 tcp dport 8080 dnat ip6 to [fd00::7]:80"), "{s}");
+        assert!(
+            s.contains("ctr_c meta nfproto ipv6 tcp dport 8080 dnat ip6 to [fd00::7]:80"),
+            "{s}"
+        );
     }
 
     #[test]

@@ -371,7 +371,9 @@ mod tests {
             ips: Vec::new(),
             mode: "tap".into(),
             state: "attached".into(),
+            quarantine_reason: None,
             labels: [("K8S_POD_NAME".to_owned(), nasty.to_owned())].into(),
+            error: None,
         };
         let uplink = Counters {
             drops: [(nasty.to_owned(), 3)].into(),
@@ -384,6 +386,7 @@ mod tests {
             wakeups: vec![1],
             control: &control,
             dataplane_restarts: 0,
+            restore_failed: Vec::new(),
         });
         assert!(
             !text.lines().any(|l| l.starts_with("netstack_fake")),

@@ -1229,7 +1229,7 @@ mod tests {
         }
     }
 
-    fn key(id: &str) -> AttachmentKey {
+    fn pod_key(id: &str) -> AttachmentKey {
         AttachmentKey {
             container_id: id.into(),
             ifname: "eth0".into(),
@@ -1240,7 +1240,7 @@ mod tests {
         Attached {
             id,
             attachment: Attachment {
-                key: key(container),
+                key: pod_key(container),
                 netns: "/run/netns/test".into(),
                 mac: "02:00:00:00:00:01".parse().unwrap(),
                 ips: vec![ip.parse().unwrap()],
@@ -1280,13 +1280,13 @@ mod tests {
                 table
                     .attach_with(entry(3, "c", "10.0.0.4/24"), || Ok(()))
                     .unwrap();
-                assert_eq!(table.detach_with(&key("b"), |_| Ok(())), Ok(true));
+                assert_eq!(table.detach_with(&pod_key("b"), |_| Ok(())), Ok(true));
                 // Pod a's key and address stay reserved.
                 let again = table.attach_with(entry(4, "a", "10.0.0.9/24"), || Ok(()));
                 assert!(again.unwrap_err().contains("in progress"));
                 let same_ip = table.attach_with(entry(5, "d", "10.0.0.2/24"), || Ok(()));
                 assert!(same_ip.unwrap_err().contains("already used by a/eth0"));
-                let detach = table.detach_with(&key("a"), |_| Ok(()));
+                let detach = table.detach_with(&pod_key("a"), |_| Ok(()));
                 assert!(detach.unwrap_err().contains("in progress"));
                 Ok(())
             })
@@ -1300,7 +1300,7 @@ mod tests {
         table
             .attach_with(entry(1, "a", "10.0.0.2/24"), || Ok(()))
             .unwrap();
-        let detached = table.detach_with(&key("a"), |a| {
+        let detached = table.detach_with(&pod_key("a"), |a| {
             assert_eq!(a.id, 1);
             assert!(table.map.try_lock().is_ok(), "the lock is free meanwhile");
             assert!(serving(&table).is_empty(), "a detaching pod is not listed");
@@ -1317,7 +1317,7 @@ mod tests {
             ["b"],
             "a failed detach still forgets the pod"
         );
-        assert_eq!(table.detach_with(&key("a"), |_| Ok(())), Ok(false));
+        assert_eq!(table.detach_with(&pod_key("a"), |_| Ok(())), Ok(false));
     }
 
     #[test]

@@ -10,8 +10,8 @@ pub mod fdpass;
 pub mod ns;
 pub mod packet;
 pub mod process;
-pub mod shm;
 pub mod rlimit;
+pub mod shm;
 pub mod tap;
 
 pub use tap::{

@@ -91,6 +91,10 @@ fn abort_on_panic() {
     }));
 }
 
+/// glibc malloc arenas in the dataplane: its workers allocate nothing on the hot path, so a
+/// few arenas are plenty (and more would need the CPU count: see `cap_malloc_arenas`).
+const MALLOC_ARENAS: i32 = 8;
+
 /// Runs the dataplane child, as `user` once set up, until the supervisor hangs up or says shut
 /// down.
 pub fn run(user: DataplaneUser) -> anyhow::Result<()> {
@@ -119,6 +123,7 @@ pub fn run(user: DataplaneUser) -> anyhow::Result<()> {
         None
     };
     abort_on_panic();
+    crate::sys::process::cap_malloc_arenas(MALLOC_ARENAS);
     let selftest = std::env::var(SELFTEST_ENV).unwrap_or_default();
     let before = super::selftest::Before::now(user);
     lock_down(user)?;

@@ -43,6 +43,20 @@ pub fn spawn_with_fd(mut cmd: Command, sock: &OwnedFd, target: RawFd) -> io::Res
 }
 
 /// Takes ownership of the socket a parent left on fd `fd` (see [`spawn_with_fd`]).
+/// Caps glibc's malloc arenas at `max`, so that no thread ever needs glibc to count the
+/// CPUs: past 8 arenas (the default test) glibc reads `/sys/devices/system/cpu/online` to
+/// size its limit, an `openat` the dataplane's seccomp filter forbids (a ninth worker thread
+/// was killed by SIGSYS). Call before the lock-down.
+pub fn cap_malloc_arenas(max: i32) {
+    /// glibc's `M_ARENA_MAX` (malloc.h).
+    const M_ARENA_MAX: libc::c_int = -8;
+    // SAFETY: mallopt only sets a malloc tunable; it takes plain integers and touches no
+    // memory of ours.
+    unsafe {
+        libc::mallopt(M_ARENA_MAX, max);
+    }
+}
+
 pub fn adopt_inherited_fd(fd: RawFd) -> io::Result<UnixStream> {
     // Check it is an open socket before claiming it.
     let st = nix::sys::stat::fstat(

@@ -6,7 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use netstack_hook::annotations::{pod_args, role, NetRequest};
+use netstack_hook::annotations::{pod_args, role, NetRequest, Runtime};
 use netstack_hook::config::HookNetwork;
 use netstack_hook::state::OciState;
 
@@ -25,8 +25,18 @@ fuzz_target!(|data: &[u8]| {
     };
     assert!(!state.id.is_empty());
     assert!(state.pid.is_none_or(|p| p != 0 && i32::try_from(p).is_ok()));
-    let _ = role(&state);
-    let _ = pod_args(&state);
+    for runtime in [Runtime::None, Runtime::Containerd, Runtime::CriO] {
+        let _ = role(&state, runtime);
+        // Accepted pod metadata never carries what CNI_ARGS cannot hold.
+        if let Ok(args) = pod_args(&state, runtime) {
+            for (_, v) in args {
+                assert!(
+                    !v.contains([';', '=']) && !v.chars().any(char::is_control),
+                    "{v:?}"
+                );
+            }
+        }
+    }
     let Ok(req) = NetRequest::from_state(&state) else {
         return;
     };

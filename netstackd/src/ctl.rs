@@ -154,7 +154,7 @@ pub fn run(socket: &Path, command: CtlCommand, json: bool) -> anyhow::Result<()>
             if json {
                 writeln!(out, "{}", serde_json::to_string_pretty(&s)?)?;
             } else {
-                let rows = vec![
+                let mut rows = vec![
                     vec!["version".into(), s.version],
                     vec!["workers".into(), s.workers.to_string()],
                     vec!["uplink".into(), s.uplink],
@@ -180,6 +180,9 @@ pub fn run(socket: &Path, command: CtlCommand, json: bool) -> anyhow::Result<()>
                         },
                     ],
                 ];
+                if let Some(dp) = &s.dp_netns {
+                    rows.push(vec!["veth namespace".into(), dp.display().to_string()]);
+                }
                 write!(out, "{}", table(rows))?;
             }
         }

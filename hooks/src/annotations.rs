@@ -230,6 +230,15 @@ pub fn pod_args(
         }
     }
     if role(state, runtime) == Role::Sandbox {
+        // The runtime's id, but it goes into CNI_ARGS all the same (found by fuzzing: an id
+        // with ';' would have added keys of its own).
+        if !cni_arg_safe(&state.id) {
+            return Err(bad(
+                "id",
+                &state.id,
+                "the container id is not usable as a CNI_ARGS value (a control character, whitespace, ';' or '=')",
+            ));
+        }
         args.push(("K8S_POD_INFRA_CONTAINER_ID", state.id.clone()));
     }
     Ok(args)
@@ -253,6 +262,16 @@ mod tests {
             .collect();
         let json = serde_json::json!({"id": "c1", "annotations": map});
         OciState::parse(json.to_string().as_bytes()).unwrap()
+    }
+
+    /// Found by the hook_state fuzz target: a sandbox id went into CNI_ARGS unchecked.
+    #[test]
+    fn a_sandbox_id_that_cannot_be_a_cni_args_value_is_refused() {
+        let json = serde_json::json!({"id": "abc;MAC=0a:00:00:00:00:01",
+            "annotations": {"io.kubernetes.cri.container-type": "sandbox"}});
+        let s = OciState::parse(json.to_string().as_bytes()).unwrap();
+        assert_eq!(role(&s, Runtime::Containerd), Role::Sandbox);
+        assert!(pod_args(&s, Runtime::Containerd).is_err());
     }
 
     #[test]

@@ -351,9 +351,11 @@ head -c 8M /dev/urandom >"$WORK/blob6"
 node timeout 20 nc -6 -l -s "$GATEWAY6" -p 5006 >"$WORK/got6" &
 srv=$!
 sleep 0.3
-ip netns exec "$A" timeout 20 nc -6 -N "$GATEWAY6" 5006 <"$WORK/blob6"
+# Pod B: pod A is shaped to 2 Mbit/s egress (the bandwidth row above), and its burst of 2^32-1
+# bits is clamped to 100 ms of the rate, so 8 MB would take half a minute from A.
+ip netns exec "$B" timeout 20 nc -6 -N "$GATEWAY6" 5006 <"$WORK/blob6"
 wait $srv
-row "dual-stack: TCP over IPv6" "8 MB pod A -> node over IPv6 arrive intact" cmp "$WORK/blob6" "$WORK/got6"
+row "dual-stack: TCP over IPv6" "8 MB pod B -> node over IPv6 arrive intact" cmp "$WORK/blob6" "$WORK/got6"
 out=$(ip netns exec "$A" ping -6 -c 1 -W 2 -t 1 "$IP6_B" 2>&1)
 row "dual-stack: hop limit" "hop limit 1 gets ICMPv6 time exceeded from $GATEWAY6" grep -q "From $GATEWAY6.*Time exceeded" <<<"$out"
 out=$(ip netns exec "$B" ping -6 -c 2 -i 0.3 -W 2 -M do -s 1420 "$GATEWAY6" 2>&1)

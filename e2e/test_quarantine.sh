@@ -164,7 +164,8 @@ echo "    ADD with a stopped dataplane: rc=$rc after $((SECONDS - started)) s: $
 check "the ADD fails instead of hanging" test "$rc" != 0
 check "... with CNI code 11, try again later" test "$(jq -r .code <<<"$out")" = 11
 check "... saying the dataplane did not answer" grep -q 'did not answer' <<<"$out"
-check "the supervisor killed the hung child" sh -c "! kill -0 $DP 2>/dev/null || grep -q '^State:.*Z' /proc/$DP/status"
+# The kill follows the reply to the plugin: give it a moment (bounded).
+check "the supervisor killed the hung child" sh -c "for i in \$(seq 50); do ! kill -0 $DP 2>/dev/null && exit 0; grep -q '^State:.*Z' /proc/$DP/status 2>/dev/null && exit 0; sleep 0.1; done; exit 1"
 check "a new dataplane serves" wait_serving
 kill -CONT "$DP" 2>/dev/null
 check "the hang is logged" grep -q "did not answer within 8s: killing it as hung" "$WORK/netstackd.log"

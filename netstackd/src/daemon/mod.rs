@@ -84,10 +84,13 @@ impl DaemonConfig {
 
 /// The capabilities the supervisor keeps: netlink and TUNSETIFF (NET_ADMIN), setns into pod
 /// namespaces (SYS_ADMIN), packet sockets for veth mode (NET_RAW).
-pub const SUPERVISOR_CAPS: [caps::Capability; 3] = [
+pub const SUPERVISOR_CAPS: [caps::Capability; 4] = [
     caps::Capability::CAP_NET_ADMIN,
     caps::Capability::CAP_SYS_ADMIN,
     caps::Capability::CAP_NET_RAW,
+    // The dataplane runs as another user: signalling it (killing a hung or stopped child)
+    // needs CAP_KILL.
+    caps::Capability::CAP_KILL,
 ];
 
 /// Runs netstackd until a termination signal arrives.

@@ -36,7 +36,9 @@ rx0=$(pod_counter "$A" .rx_packets); rxb0=$(pod_counter "$A" .rx_bytes); gso0=$(
 check "30 MB pod A -> pod B arrive intact" transfer "$A" "$B" "$IP_B" 7101
 rx=$(( $(pod_counter "$A" .rx_packets) - rx0 )); rxb=$(( $(pod_counter "$A" .rx_bytes) - rxb0 ))
 check "pod A sent GSO super-frames ($(( $(pod_counter "$A" .rx_gso_packets) - gso0 )))" test $(( $(pod_counter "$A" .rx_gso_packets) - gso0 )) -gt 0
-check "avg frame netstackd forwarded from pod A is >= 16 KB ($((rxb / (rx > 0 ? rx : 1))) B)" test $((rxb / (rx > 0 ? rx : 1))) -ge 16384
+# How big the pod's kernel makes its TSO frames depends on its pacing rate and window (13-33 KB
+# on average were seen on this VM); frames segmented anywhere on the way would average <= 1514 B.
+check "avg frame netstackd forwarded from pod A is >= 8 KB ($((rxb / (rx > 0 ? rx : 1))) B)" test $((rxb / (rx > 0 ? rx : 1))) -ge 8192
 check "nothing was segmented in software ($(metric netstack_gso_segmented_frames_total))" test "$(metric netstack_gso_segmented_frames_total)" = 0
 
 log "--gso segment: netstackd segments every super-frame"

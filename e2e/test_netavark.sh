@@ -21,6 +21,7 @@ nv_cleanup() {
   e2e_cleanup
 }
 trap nv_cleanup EXIT
+trap 'exit 143' TERM INT
 
 log "netavark"
 NETAVARK=$("$ROOT/scripts/netavark.sh") || { fail "building netavark (scripts/netavark.sh)"; exit 1; }
@@ -75,6 +76,8 @@ for MODE in tap veth; do
   NET=$(net_in "$MODE" | "$PLUGIN" create) || fail "$MODE: create"
   A=nva-$MODE-$RUN_ID B=nvb-$MODE-$RUN_ID
   ip netns add "$A" && ip netns add "$B" && ip -n "$A" link set lo up && ip -n "$B" link set lo up
+  # Recorded for e2e_cleanup, so that a run that stops half-way leaves no namespace behind.
+  printf '%s\n' "$A" "$B" >>"$WORK/pods"
   IPA=$PREFIX.$((50 + ${#MODE})) IPB=$PREFIX.$((60 + ${#MODE}))
   MACA=0a:58:00:aa:00:0${#MODE} MACB=0a:58:00:bb:00:0${#MODE}
   port=$((port + 1))
@@ -112,6 +115,7 @@ for MODE in tap veth; do
   exec_in nvc "10.99.0.9" "0a:58:00:cc:00:01" "$NET" >"$WORK/c.json"
   C=nvc-$MODE-$RUN_ID
   ip netns add "$C"
+  echo "$C" >>"$WORK/pods"
   before=$(attachments)
   out=$(nv setup "/run/netns/$C" <"$WORK/c.json")
   rc=$?

@@ -133,21 +133,11 @@ fn uid_gid(before: &Before) -> Outcome {
 }
 
 fn no_capabilities(_: &Before) -> Outcome {
-    use caps::CapSet;
-    for set in [
-        CapSet::Effective,
-        CapSet::Permitted,
-        CapSet::Inheritable,
-        CapSet::Ambient,
-        CapSet::Bounding,
-    ] {
-        match caps::read(None, set) {
-            Ok(left) if left.is_empty() => {}
-            Ok(left) => return Outcome::Wrong(format!("{set:?}: {left:?}")),
-            Err(e) => return Outcome::Wrong(format!("reading {set:?}: {e}")),
-        }
+    match crate::sys::process::capabilities_left() {
+        Ok(None) => Outcome::Allowed,
+        Ok(Some((set, left))) => Outcome::Wrong(format!("{set:?}: {left:?}")),
+        Err(e) => Outcome::Wrong(format!("reading capabilities: {e}")),
     }
-    Outcome::Allowed
 }
 
 fn setuid_root(_: &Before) -> Outcome {

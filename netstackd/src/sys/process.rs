@@ -42,7 +42,24 @@ pub fn spawn_with_fd(mut cmd: Command, sock: &OwnedFd, target: RawFd) -> io::Res
     cmd.spawn()
 }
 
-/// Takes ownership of the socket a parent left on fd `fd` (see [`spawn_with_fd`]).
+/// The first capability set of this thread that is not empty, with what it holds (`None`
+/// when every set, the bounding and ambient ones included, is empty).
+pub fn capabilities_left() -> io::Result<Option<(CapSet, CapsHashSet)>> {
+    for set in [
+        CapSet::Effective,
+        CapSet::Permitted,
+        CapSet::Inheritable,
+        CapSet::Ambient,
+        CapSet::Bounding,
+    ] {
+        let left = caps::read(None, set).map_err(|e| caps_err("capget", e))?;
+        if !left.is_empty() {
+            return Ok(Some((set, left)));
+        }
+    }
+    Ok(None)
+}
+
 /// Caps glibc's malloc arenas at `max`, so that no thread ever needs glibc to count the
 /// CPUs: past 8 arenas (the default test) glibc reads `/sys/devices/system/cpu/online` to
 /// size its limit, an `openat` the dataplane's seccomp filter forbids (a ninth worker thread
@@ -57,6 +74,7 @@ pub fn cap_malloc_arenas(max: i32) {
     }
 }
 
+/// Takes ownership of the socket a parent left on fd `fd` (see [`spawn_with_fd`]).
 pub fn adopt_inherited_fd(fd: RawFd) -> io::Result<UnixStream> {
     // Check it is an open socket before claiming it.
     let st = nix::sys::stat::fstat(
@@ -160,19 +178,10 @@ pub fn become_user(uid: u32, gid: u32) -> io::Result<()> {
     setresuid(u, u, u).map_err(|e| errno_err(&format!("setresuid({uid})"), e))?;
     caps::clear(None, CapSet::Effective).map_err(|e| caps_err("clearing effective caps", e))?;
     caps::clear(None, CapSet::Permitted).map_err(|e| caps_err("clearing permitted caps", e))?;
-    for set in [
-        CapSet::Effective,
-        CapSet::Permitted,
-        CapSet::Inheritable,
-        CapSet::Ambient,
-        CapSet::Bounding,
-    ] {
-        let left = caps::read(None, set).map_err(|e| caps_err("capget", e))?;
-        if !left.is_empty() {
-            return Err(io::Error::other(format!(
-                "{set:?} capabilities left after the switch to uid {uid}: {left:?}"
-            )));
-        }
+    if let Some((set, left)) = capabilities_left()? {
+        return Err(io::Error::other(format!(
+            "{set:?} capabilities left after the switch to uid {uid}: {left:?}"
+        )));
     }
     nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
         .map_err(|e| errno_err("PR_SET_PDEATHSIG", e))?;

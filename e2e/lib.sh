@@ -59,10 +59,12 @@ write_conflist() {
 JSON
 }
 
+# start_netstackd ARGS...: netstackd with this run's names, plus ARGS and $NETSTACKD_ARGS;
+# $NETSTACKD_LAUNCH, when set, is a command prefix (e.g. `prlimit --nofile=64:64 --`).
 start_netstackd() {
   mkdir -p "$WORK" "$STATE"
   rm -f "$SOCK"
-  "$BIN/netstackd" --socket "$SOCK" --state-dir "$STATE" --pod-cidr "$POD_CIDR" \
+  ${NETSTACKD_LAUNCH:-} "$BIN/netstackd" --socket "$SOCK" --state-dir "$STATE" --pod-cidr "$POD_CIDR" \
     --uplink "$UPLINK" --metrics-addr 127.0.0.1:0 --dp-netns "$DP_NETNS" --masquerade=false \
     ${NETSTACKD_ARGS:-} "$@" >>"$WORK/netstackd.log" 2>&1 &
   NETSTACKD_PID=$!

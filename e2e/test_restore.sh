@@ -24,22 +24,7 @@ restore_cleanup() {
 trap restore_cleanup EXIT
 
 # start_limited NOFILE: netstackd with soft and hard RLIMIT_NOFILE NOFILE.
-start_limited() {
-  rm -f "$SOCK"
-  prlimit --nofile="$1:$1" -- "$BIN/netstackd" --socket "$SOCK" --state-dir "$STATE" \
-    --pod-cidr "$POD_CIDR" --uplink "$UPLINK" --metrics-addr 127.0.0.1:0 --dp-netns "$DP_NETNS" \
-    --masquerade=false --workers "$WORKERS" >>"$WORK/netstackd.log" 2>&1 &
-  NETSTACKD_PID=$!
-  local i
-  for i in $(seq 1 100); do
-    [ -S "$SOCK" ] && return 0
-    kill -0 "$NETSTACKD_PID" 2>/dev/null || break
-    sleep 0.1
-  done
-  echo "netstackd did not start; its log:" >&2
-  tail -20 "$WORK/netstackd.log" >&2
-  return 1
-}
+start_limited() { NETSTACKD_LAUNCH="prlimit --nofile=$1:$1 --" start_netstackd --workers "$WORKERS"; }
 # pod_state ID [IFNAME]: the pod's state in `ctl list` (empty when not listed).
 pod_state() {
   ctl list | jq -r --arg id "$1" --arg ifn "${2:-eth0}" \

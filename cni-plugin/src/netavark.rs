@@ -414,17 +414,14 @@ fn addresses(exec: &PluginExec) -> Result<IpamResult, PluginError> {
         }
         out.push(entry);
     }
-    let routes: Vec<Value> = [
-        out.iter()
-            .any(|e| !e["address"].as_str().unwrap_or("").contains(':')),
-        out.iter()
-            .any(|e| e["address"].as_str().unwrap_or("").contains(':')),
-    ]
-    .iter()
-    .zip(["0.0.0.0/0", "::/0"])
-    .filter(|(has, _)| **has)
-    .map(|(_, dst)| json!({ "dst": dst }))
-    .collect();
+    // A default route for each family the container has an address of.
+    let mut routes = Vec::new();
+    if ips.iter().any(IpAddr::is_ipv4) {
+        routes.push(json!({ "dst": "0.0.0.0/0" }));
+    }
+    if ips.iter().any(IpAddr::is_ipv6) {
+        routes.push(json!({ "dst": "::/0" }));
+    }
     serde_json::from_value(json!({ "ips": out, "routes": routes }))
         .map_err(|e| err(format!("addresses: {e}")))
 }

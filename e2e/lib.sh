@@ -9,7 +9,17 @@ BIN=${NETSTACK_BIN:-$ROOT/target/release}
 REF_CNI=/usr/lib/cni
 RUN_ID=${RUN_ID:-$$}
 WORK=${WORK:-/tmp/netstack-e2e.$RUN_ID}
-POD_CIDR=${POD_CIDR:-10.244.$((RUN_ID % 200 + 20)).0/24}
+# The pod CIDR: 10.244.N.0/24 with N from the run id, skipping any N the node already routes
+# (a second route to the same subnet would take the node's side of pod traffic).
+free_pod_cidr() {
+  local n=$((RUN_ID % 200 + 20)) i
+  for i in $(seq 200); do
+    ip -4 route show table main 2>/dev/null | grep -q "^10\.244\.$n\." || break
+    n=$(((n - 20 + 1) % 200 + 20))
+  done
+  echo "10.244.$n.0/24"
+}
+POD_CIDR=${POD_CIDR:-$(free_pod_cidr)}
 GATEWAY=${POD_CIDR%.0/24}.1
 UPLINK=${UPLINK:-nse$((RUN_ID % 100000))}
 SOCK=$WORK/netstackd.sock

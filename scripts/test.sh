@@ -17,10 +17,40 @@ cargo build --release --quiet --bins
 echo "==> fuzz (scripts/fuzz.sh)"
 ./scripts/fuzz.sh
 
+# What an e2e script must not leave behind: network namespaces, links and routes in the
+# node's namespace. Devices a kernel module makes when it loads (ifb0 for the bandwidth
+# plugin, tunnel fallbacks) are not a script's to remove and are left out.
+node_objects() {
+  ip netns list 2>/dev/null | awk '{print "netns " $1}'
+  ip -o link show 2>/dev/null | awk -F': ' '{sub(/@.*/, "", $2); print "link " $2}' |
+    grep -v -E '^link (ifb[0-9]+|sit0|tunl0|ip6tnl0|ip6gre0|gre0|gretap0|erspan0|ip_vti0|ip6_vti0)$'
+  ip -4 route show 2>/dev/null | awk '{print "route " $1 " " $2 " " $3}'
+}
+
+# remove_leaks LINES: delete the namespaces and links a script left, so that the next script
+# starts on a clean node (a stale route to a reused pod CIDR breaks node <-> pod traffic).
+remove_leaks() {
+  local kind name rest
+  while read -r kind name rest; do
+    case "$kind" in
+      netns) ip netns del "$name" 2>/dev/null || true ;;
+      link) ip link del "$name" 2>/dev/null || true ;;
+    esac
+  done <<<"$1"
+}
+
 failed=()
 for t in e2e/test_*.sh; do
   echo "==> $t"
+  before=$(node_objects | sort)
   bash "$t" || failed+=("$t")
+  leaked=$(comm -13 <(echo "$before") <(node_objects | sort))
+  if [ -n "$leaked" ]; then
+    echo "FAIL $t left these behind on the node:" >&2
+    sed 's/^/    /' <<<"$leaked" >&2
+    remove_leaks "$leaked"
+    [[ " ${failed[*]} " == *" $t "* ]] || failed+=("$t")
+  fi
 done
 if ((${#failed[@]})); then
   echo "FAILED: ${failed[*]}" >&2

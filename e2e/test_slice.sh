@@ -56,6 +56,19 @@ check "ping pod A -> pod B" in_pod "$A" ping -c 3 -i 0.2 -W 2 "$IP_B"
 check "ping pod B -> pod A" in_pod "$B" ping -c 3 -i 0.2 -W 2 "$IP_A"
 check "ping pod A -> node (gateway)" in_pod "$A" ping -c 3 -i 0.2 -W 2 "$GATEWAY"
 check "ping node -> pod B" ping -c 3 -i 0.2 -W 2 "$IP_B"
+# When the node side fails, say what the node's routing and filtering looked like (a CI run once
+# failed both rows above with nothing else to go on).
+if ! ping -c 1 -W 2 "$IP_B" >/dev/null 2>&1; then
+  {
+    echo "--- node <-> pod diagnostics"
+    ip -4 route show; ip -4 route get "$IP_B"; ip -4 addr show dev "$UPLINK"
+    sysctl net.ipv4.conf.all.rp_filter "net.ipv4.conf.$UPLINK.rp_filter" net.ipv4.ip_forward
+    iptables -S 2>&1 | head -20; nft list ruleset 2>&1 | head -40
+    ip -s link show dev "$UPLINK"; ctl status | jq -c '.attachments, .dataplane' 2>&1
+    tail -20 "$WORK/netstackd.log"
+    echo "---"
+  } 2>&1 | sed 's/^/    /'
+fi
 check "1400-byte ping with DF pod A -> pod B" in_pod "$A" ping -c 2 -i 0.2 -W 2 -M do -s 1400 "$IP_B"
 
 log "counters move as expected"

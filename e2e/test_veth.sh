@@ -15,6 +15,7 @@ suite() { # SCRIPT LABEL: run another e2e script, one row for its result
   local out rc summary
   out=$(bash "$ROOT/e2e/$1.sh" 2>&1); rc=$?
   grep -E '^  FAIL' <<<"$out"
+  sed -n '/^    --- node <-> pod diagnostics/,/^    ---$/p' <<<"$out"
   summary=$(grep -E "^$1: " <<<"$out" | tail -1)
   check "$1.sh passes in $2 (${summary:-no summary})" test "$rc" = 0
 }

@@ -215,8 +215,28 @@ fn dispatch(stdin: &[u8]) -> Result<Option<serde_json::Value>, CniError> {
     }
 }
 
+/// What the plugin says of itself when a person runs it (no `CNI_COMMAND`), as the reference
+/// plugins' skel does: its name, build, and the CNI versions it speaks.
+pub fn about() -> String {
+    format!(
+        "CNI netstack plugin {}\nCNI protocol versions supported: {}",
+        netstackd::version::LONG,
+        SUPPORTED_VERSIONS.join(", ")
+    )
+}
+
 /// The plugin's entry point.
 pub fn run() -> ExitCode {
+    // Run by hand: say what this is at once instead of waiting on stdin.
+    if std::env::var_os("CNI_COMMAND").is_none() {
+        let arg = std::env::args().nth(1);
+        if matches!(arg.as_deref(), Some("-V" | "--version")) {
+            println!("netstack {}", netstackd::version::LONG);
+        } else {
+            eprintln!("{}", about());
+        }
+        return ExitCode::SUCCESS;
+    }
     let mut stdin = Vec::new();
     let outcome = std::io::stdin()
         .read_to_end(&mut stdin)

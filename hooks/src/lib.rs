@@ -123,9 +123,16 @@ pub fn run(
     stdin: impl Read + Send + 'static,
     var: impl Fn(&str) -> Option<String>,
 ) -> ExitCode {
-    if matches!(args.get(1).map(String::as_str), Some("-h" | "--help")) {
-        println!("{USAGE}");
-        return ExitCode::SUCCESS;
+    match args.get(1).map(String::as_str) {
+        Some("-h" | "--help") => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Some("-V" | "--version") => {
+            println!("netstack-hook {}", netstackd::version::LONG);
+            return ExitCode::SUCCESS;
+        }
+        _ => {}
     }
     let settings = Settings::from_vars(var);
     let limit = settings

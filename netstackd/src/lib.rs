@@ -17,4 +17,5 @@ pub mod node;
 pub mod stack;
 pub mod supervisor;
 pub mod sys;
+pub mod version;
 pub mod wire;

@@ -10,7 +10,7 @@ use netstackd::dataplane::child::DataplaneUser;
 
 /// netstack node daemon: owns every pod's TAP queues and forwards their traffic in userspace.
 #[derive(Parser, Debug)]
-#[command(version, args_conflicts_with_subcommands = true)]
+#[command(version = netstackd::version::LONG, args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -59,11 +59,11 @@ enum Command {
     },
     /// Ask a running netstackd over its control socket: tables, or JSON with --json.
     Ctl {
-        /// Control socket path.
-        #[arg(long, default_value = netstackd::control::DEFAULT_SOCKET)]
+        /// Control socket path (before or after the subcommand).
+        #[arg(long, global = true, default_value = netstackd::control::DEFAULT_SOCKET)]
         socket: PathBuf,
-        /// Print JSON (stable, documented) instead of tables.
-        #[arg(long)]
+        /// Print JSON (stable, documented) instead of tables (before or after the subcommand).
+        #[arg(long, global = true)]
         json: bool,
         /// What to ask.
         #[command(subcommand)]

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what netstack's demo and tests need on Debian 12 (as root). Idempotent and quick
-# when everything is already there. The Rust toolchain (cargo >= 1.85) must be present.
+# when everything is already there. The Rust toolchain (cargo >= the workspace rust-version) must be present.
 set -euo pipefail
 
 PACKAGES=(containernetworking-plugins iperf3 iproute2 iputils-ping ethtool jq netcat-openbsd socat procps runc podman busybox-static python3 tshark tcpdump python3-prometheus-client)
@@ -25,5 +25,12 @@ if ! command -v cargo >/dev/null 2>&1; then
     [ -x "$c" ] && export PATH="$(dirname "$c"):$PATH" && break
   done
 fi
-command -v cargo >/dev/null 2>&1 || { echo "deps: cargo not found: install a Rust toolchain (>= 1.85) first" >&2; exit 1; }
+# One minimum Rust version everywhere: the workspace's rust-version, which every crate inherits.
+MSRV=$(sed -n 's/^rust-version = "\(.*\)"/\1/p' "$(dirname "$0")/../Cargo.toml")
+command -v cargo >/dev/null 2>&1 || { echo "deps: cargo not found: install a Rust toolchain (>= $MSRV) first" >&2; exit 1; }
+have=$(cargo --version | awk '{print $2}')
+if [ "$(printf '%s\n%s\n' "$MSRV" "${have%%-*}" | sort -V | head -1)" != "$MSRV" ]; then
+  echo "deps: cargo $have is older than the project's rust-version $MSRV" >&2
+  exit 1
+fi
 [ -e /dev/net/tun ] || { echo "deps: /dev/net/tun is missing" >&2; exit 1; }

@@ -8,6 +8,7 @@ PACKAGES+=(containerd protobuf-compiler gcc libc6-dev iptables)  # CNI chaining 
 PACKAGES+=(nftables curl python3-venv)  # node mode: masquerade (nft); test_multinode, test_manifests (kubernetes-validate venv)
 PACKAGES+=(passt slirp4netns)  # e2e/bench: the pasta and slirp4netns baselines
 PACKAGES+=(g++)  # scripts/fuzz.sh: libfuzzer-sys compiles libFuzzer (C++)
+PACKAGES+=(systemd man-db libcap2-bin util-linux)  # test_operator: systemd-analyze, systemd-tmpfiles, man, capsh, setpriv
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -155,7 +155,8 @@ pub fn run(socket: &Path, command: CtlCommand, json: bool) -> anyhow::Result<()>
                 writeln!(out, "{}", serde_json::to_string_pretty(&s)?)?;
             } else {
                 let mut rows = vec![
-                    vec!["version".into(), s.version],
+                    vec!["daemon version".into(), s.version],
+                    vec!["ctl version".into(), crate::version::LONG.into()],
                     vec!["workers".into(), s.workers.to_string()],
                     vec!["uplink".into(), s.uplink],
                     vec!["pod CIDR".into(), s.pod_cidr.to_string()],

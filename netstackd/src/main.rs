@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use ipnet::Ipv4Net;
 
 use netstackd::daemon::{self, DaemonConfig};
@@ -38,6 +38,17 @@ enum Command {
         /// The namespace of the veth peers netstackd used.
         #[arg(long, default_value = daemon::DEFAULT_DP_NETNS)]
         dp_netns: PathBuf,
+    },
+    /// Print a completion script for SHELL (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print netstackd's man page (roff) to stdout, or write one page per command into DIR.
+    Man {
+        /// Write netstackd.1, netstackd-ctl.1, ... into this directory.
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
     /// Internal: the dataplane child netstackd starts (socket on fd 3).
     #[command(hide = true)]
@@ -233,6 +244,27 @@ fn main() {
             init_logging("info");
             if let Err(e) = netstackd::dataplane::child::run(user) {
                 tracing::error!("dataplane: {e:#}");
+                std::process::exit(1);
+            }
+            return;
+        }
+        Some(Command::Completions { shell }) => {
+            // Into a buffer first: clap_complete panics when stdout closes early (`| head`).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "netstackd", &mut script);
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), &script);
+            return;
+        }
+        Some(Command::Man { dir }) => {
+            let written = match dir {
+                Some(dir) => clap_mangen::generate_to(Cli::command(), &dir),
+                None => clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()),
+            };
+            if let Err(e) = written.or_else(|e| match e.kind() {
+                std::io::ErrorKind::BrokenPipe => Ok(()),
+                _ => Err(e),
+            }) {
+                eprintln!("netstackd man: {e}");
                 std::process::exit(1);
             }
             return;

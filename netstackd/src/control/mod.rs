@@ -244,7 +244,7 @@ pub const RESTORE_FAILED: &str = "restore_failed";
 /// The daemon's answer to `status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DaemonStatus {
-    /// netstackd's version.
+    /// netstackd's version and the commit it was built from (`0.1.0 (commit 0123456789ab)`).
     pub version: String,
     /// Dataplane workers; the plugin creates one TAP queue per worker.
     pub workers: usize,

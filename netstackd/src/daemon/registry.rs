@@ -493,7 +493,7 @@ impl Registry {
             .map(|a| a.attachment.key.to_string())
             .collect();
         DaemonStatus {
-            version: env!("CARGO_PKG_VERSION").to_owned(),
+            version: crate::version::LONG.to_owned(),
             workers: self.dataplane.workers(),
             uplink: self.config.uplink.clone(),
             pod_cidr: self.config.pod_cidr.into(),

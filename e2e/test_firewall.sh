@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # e2e: a node with a hostile host firewall, and node mode's integration with what runs it.
 #
-#   node (netns): br0 192.168.210.1/24, MTU 1400, default route via ext ── veth ── ext (netns,
-#                 192.168.210.100: "the outside world", no route to the pod CIDR)
+#   node (netns): br0 192.168.210.1/24 fd00:210::1/64, MTU 1400, default routes via ext
+#     ── veth ── ext (netns, 192.168.210.100 fd00:210::100: "the outside world", no route to
+#                the pod CIDRs)
+#   pods: 10.210.1.0/24 and fd00:210:1::/64 (dual-stack: iptables and ip6tables both)
 #
 # netstackd runs inside the node's netns through the DaemonSet's entrypoint
 # (manifests/install-cni.sh run), pods are made with the conflist it renders. The firewalls,
 # one after the other (all inside the node's netns: the machine's own are never touched):
-#  1. iptables (iptables-nft) FORWARD policy DROP, as Docker leaves it, plus a foreign rule
-#     that must survive, with br_netfilter active (bridge-nf-call-iptables=1 on the node's
-#     bridge; modprobe'd if the kernel has it as a module, unloaded again if we loaded it):
+#  1. iptables' and ip6tables' (iptables-nft) FORWARD policy DROP, as Docker leaves it, plus
+#     a foreign rule that must survive, with br_netfilter active (bridge-nf-call-iptables=1
+#     on the node's bridge; modprobe'd if the kernel has it as a module, unloaded again if we
+#     loaded it):
 #     pod<->pod, pod->node, node->pod and pod->outside (masqueraded: the outside sees the
 #     node's address) work through netstackd's two tagged FORWARD rules; deleting them by hand
 #     cuts pod->outside (the negative control), the next resync puts them back.
@@ -29,7 +32,10 @@ NODE=fw-node-$RUN_ID
 EXT=fw-ext-$RUN_ID
 IP_NODE=192.168.210.1
 IP_EXT=192.168.210.100
+IP6_NODE=fd00:210::1
+IP6_EXT=fd00:210::100
 CIDR=10.210.1.0/24
+CIDR6=fd00:210:1::/64
 FOREIGN=fwtest$RUN_ID
 METRICS=127.0.0.1:9473
 DP_NETNS=/run/netns/fw-dp-$RUN_ID
@@ -89,7 +95,7 @@ start_install() {
     NETSTACK_TEMPLATE="$ROOT/manifests/10-netstack.conflist" NETSTACK_SOCKET="$SOCK" \
     NETSTACK_IPAM_DATA_DIR="$IPAM_DIR" NETSTACKD="$BIN/netstackd" NETSTACK_PLUGIN="$BIN/netstack" \
     REF_CNI_DIR="$REF_CNI" READY_TIMEOUT=20 NETSTACK_LOG=info \
-    sh "$ROOT/manifests/install-cni.sh" run --pod-cidr "$CIDR" --state-dir "$STATE" \
+    sh "$ROOT/manifests/install-cni.sh" run --pod-cidr "$CIDR" --pod-cidr-v6 "$CIDR6" --state-dir "$STATE" \
       --node-name node-fw --nodes-file "$WORK/nodes.json" --nodes-file-poll-ms 200 \
       --resync-secs 1 --metrics-addr "$METRICS" --workers 2 --dp-netns "$DP_NETNS" "$@" \
     >>"$WORK/netstackd.log" 2>&1 &
@@ -124,8 +130,10 @@ new_pod() {
 
 # forward_rules: iptables' FORWARD chain in the node, as `iptables -S` prints it.
 forward_rules() { in_node iptables -w -S FORWARD; }
+forward_rules6() { in_node ip6tables -w -S FORWARD; }
 tagged() { forward_rules | grep -c -- '--comment "netstack: pod CIDR"'; }
-tagged_is() { test "$(tagged)" = "$1"; }
+tagged6() { forward_rules6 | grep -c -- '--comment "netstack: pod CIDR"'; }
+tagged_is() { test "$(tagged)" = "$1" && test "$(tagged6)" = "$1"; }
 readyz() { in_node curl -s -o "$WORK/readyz.body" -w '%{http_code}' "http://$METRICS/readyz"; }
 ready_is() { test "$(readyz)" = "$1"; }
 # seen_by_ext POD: what address ext sees for a TCP connection from POD.
@@ -140,6 +148,18 @@ seen_by_ext() {
   kill "$server" 2>/dev/null; wait "$server" 2>/dev/null
 }
 outside_sees_node() { test "$(seen_by_ext "$1")" = "$IP_NODE"; }
+# seen_by_ext6 POD: the same over IPv6 (the address normalised).
+seen_by_ext6() {
+  PORT=$((PORT + 1))
+  ip netns exec "$EXT" timeout 10 socat -T 3 "TCP6-LISTEN:$PORT,bind=[$IP6_EXT],reuseaddr" \
+    SYSTEM:'echo $SOCAT_PEERADDR' 2>/dev/null &
+  local server=$! seen
+  sleep 0.3
+  seen=$(ip netns exec "$1" timeout 4 socat -T 2 - "TCP6:[$IP6_EXT]:$PORT,connect-timeout=2" </dev/null 2>/dev/null | tr -d '[]')
+  kill "$server" 2>/dev/null; wait "$server" 2>/dev/null
+  python3 -c 'import ipaddress, sys; print(ipaddress.ip_address(sys.argv[1]))' "$seen" 2>/dev/null
+}
+outside_sees_node6() { test "$(seen_by_ext6 "$1")" = "$IP6_NODE"; }
 ping1() { ip netns exec "$1" ping -c 1 -W 1 "$2"; }
 # paths ROW_SUFFIX: pod<->pod, pod->node, node->pod (each must work whatever the firewall).
 paths() {
@@ -158,16 +178,23 @@ ip -n "$NODE" link add ext0 mtu 1400 type veth peer name eth0 netns "$EXT"
 ip -n "$NODE" link set ext0 master br0 up
 ip -n "$NODE" link set br0 mtu 1400 up
 ip -n "$NODE" addr add "$IP_NODE/24" dev br0
+ip -n "$NODE" addr add "$IP6_NODE/64" dev br0 nodad
 ip -n "$NODE" route add default via "$IP_EXT"
 ip -n "$EXT" link set eth0 mtu 1400 up
 ip -n "$EXT" addr add "$IP_EXT/24" dev eth0
+ip -n "$EXT" addr add "$IP6_EXT/64" dev eth0 nodad
+ip -n "$NODE" -6 route add default via "$IP6_EXT" 
 check "node reaches ext" ping1 "$NODE" "$IP_EXT"
 
 log "hostile firewall 1: iptables FORWARD policy DROP (as Docker sets), br_netfilter active"
 in_node iptables -w -P FORWARD DROP
 in_node iptables -w -A FORWARD -s 10.99.0.0/16 -m comment --comment "someone else's" -j ACCEPT
+in_node ip6tables -w -P FORWARD DROP
+in_node ip6tables -w -A FORWARD -s fd00:99::/64 -m comment --comment "someone else's" -j ACCEPT
 BEFORE=$(forward_rules)
+BEFORE6=$(forward_rules6)
 check "the node's FORWARD policy is DROP" grep -qx -- '-P FORWARD DROP' <<<"$BEFORE"
+check "  ... in ip6tables too" grep -qx -- '-P FORWARD DROP' <<<"$BEFORE6"
 if [ ! -e /proc/sys/net/bridge/bridge-nf-call-iptables ] && command -v modprobe >/dev/null &&
   modprobe br_netfilter 2>/dev/null; then
   LOADED_BR_NETFILTER=1
@@ -187,7 +214,7 @@ check "the conflist is written once netstackd answers" eventually 20 test -s "$C
 check "/readyz answers 503 before a valid node list" eventually 10 ready_is 503
 check "  ... saying why" grep -q "FAIL node source: no valid nodes file read" "$WORK/readyz.body"
 check "  ... while liveness (/healthz) is fine" test "$(in_node curl -s -o /dev/null -w '%{http_code}' "http://$METRICS/healthz")" = 200
-printf '{"nodes":[{"name":"node-fw","podCIDRs":["%s"],"internalIPs":["%s"]}]}\n' "$CIDR" "$IP_NODE" >"$WORK/nodes.json.tmp"
+printf '{"nodes":[{"name":"node-fw","podCIDRs":["%s","%s"],"internalIPs":["%s"]}]}\n' "$CIDR" "$CIDR6" "$IP_NODE" >"$WORK/nodes.json.tmp"
 mv "$WORK/nodes.json.tmp" "$WORK/nodes.json"
 check "/readyz answers 200 once the node list is read and synced" eventually 10 ready_is 200
 check "  ... every check ok" sh -c "grep -q 'ok   routes: synced' '$WORK/readyz.body' && grep -q 'ok   masquerade: written' '$WORK/readyz.body' && ! grep -q FAIL '$WORK/readyz.body'"
@@ -198,11 +225,14 @@ check "the rendered conflist's MTU is 1400" test "$(jq '.plugins[0].mtu' "$CONF"
 check "  ... and the log says where it came from" grep -q "uplink MTU from the default route's interface.*mtu=1400.*link=br0" "$WORK/netstackd.log"
 
 log "netstackd's rules"
-check "two tagged accept rules in FORWARD" eventually 5 tagged_is 2
+check "two tagged accept rules in FORWARD, in iptables and ip6tables" eventually 5 tagged_is 2
 RULES=$(forward_rules)
+RULES6=$(forward_rules6)
 check "  ... at its head: -s and -d of the pod CIDR" test "$(sed -n 2,3p <<<"$RULES" | awk '{print $3, $4}' | sort | tr '\n' ' ')" = "-d $CIDR -s $CIDR "
+check "  ... of the IPv6 pod CIDR in ip6tables" test "$(sed -n 2,3p <<<"$RULES6" | awk '{print $3, $4}' | sort | tr '\n' ' ')" = "-d $CIDR6 -s $CIDR6 "
 check "  ... the policy stays DROP" grep -qx -- '-P FORWARD DROP' <<<"$RULES"
 check "masquerade is fully-random" sh -c "ip netns exec $NODE nft list table ip netstack | grep -q 'ip saddr $CIDR ip daddr != @no_masquerade masquerade fully-random'"
+check "  ... IPv6 masquerade too" sh -c "ip netns exec $NODE nft list table ip6 netstack | grep -q 'ip6 saddr $CIDR6 ip6 daddr != @no_masquerade masquerade fully-random'"
 
 log "pods"
 P1=fw-p1-$RUN_ID
@@ -213,6 +243,7 @@ check "p1 has the conflist's MTU, 1400" test "$(ip netns exec "$P1" cat /sys/cla
 paths " [FORWARD DROP]"
 check "p1 -> outside: ext sees the node's address (masqueraded) [FORWARD DROP]" outside_sees_node "$P1"
 check "ping p2 -> outside [FORWARD DROP]" ping1 "$P2" "$IP_EXT"
+check "p1 -> outside over IPv6: ext sees the node's IPv6 address [ip6tables FORWARD DROP]" outside_sees_node6 "$P1"
 
 log "negative control: without netstackd's rules the outside is unreachable"
 # Deleted behind netstackd's back while its supervisor is stopped (SIGSTOP: no resync can put
@@ -222,13 +253,17 @@ NETSTACKD_STOPPED=$(netstackd_pid)
 kill -STOP "$NETSTACKD_STOPPED"
 in_node iptables -w -D FORWARD -s "$CIDR" -m comment --comment "netstack: pod CIDR" -j ACCEPT
 in_node iptables -w -D FORWARD -d "$CIDR" -m comment --comment "netstack: pod CIDR" -j ACCEPT
-check "  (the rules are gone)" test "$(tagged)" = 0
+in_node ip6tables -w -D FORWARD -s "$CIDR6" -m comment --comment "netstack: pod CIDR" -j ACCEPT
+in_node ip6tables -w -D FORWARD -d "$CIDR6" -m comment --comment "netstack: pod CIDR" -j ACCEPT
+check "  (the rules are gone)" tagged_is 0
 check_not "ping p1 -> outside fails without them" ping1 "$P1" "$IP_EXT"
+check_not "  ... over IPv6 too" ping1 "$P1" "$IP6_EXT"
 check "  ... while pod to pod still works" ping1 "$P1" "$IP_P2"
 kill -CONT "$NETSTACKD_STOPPED"
 NETSTACKD_STOPPED=
 check "the next resync puts both back" eventually 5 tagged_is 2
 check "ping p1 -> outside works again" ping1 "$P1" "$IP_EXT"
+check "  ... over IPv6 too" ping1 "$P1" "$IP6_EXT"
 
 log "hostile firewall 2: a foreign nftables table whose forward chain drops (firewalld's shape)"
 in_node nft -f - <<EOF
@@ -253,8 +288,9 @@ log "shutdown: netstackd's rules go, the FORWARD chain is as it was"
 node_cni DEL "$P1" >/dev/null && node_cni DEL "$P2" >/dev/null
 stop_install; rc=$?
 check "SIGTERM: the entrypoint exits 0 ($rc)" test "$rc" = 0
-check "no tagged rule left in FORWARD" test "$(tagged)" = 0
+check "no tagged rule left in FORWARD" tagged_is 0
 check "FORWARD is exactly as before netstackd (policy DROP, the foreign rule)" test "$(forward_rules)" = "$BEFORE"
+check "  ... in ip6tables too" test "$(forward_rules6)" = "$BEFORE6"
 check_not "no masquerade table left" in_node nft list table ip netstack
 
 log "an explicit MTU wins; kill -9 and a restart add no second copy; cleanup"
@@ -267,18 +303,20 @@ check "two tagged rules again" eventually 5 tagged_is 2
 kill -KILL "$(netstackd_pid)"
 wait "$INSTALL_PID" 2>/dev/null
 INSTALL_PID=
-check "kill -9 leaves them behind" test "$(tagged)" = 2
-ip netns exec "$NODE" "$BIN/netstackd" --pod-cidr "$CIDR" --socket "$SOCK" --state-dir "$STATE" \
+check "kill -9 leaves them behind" tagged_is 2
+ip netns exec "$NODE" "$BIN/netstackd" --pod-cidr "$CIDR" --pod-cidr-v6 "$CIDR6" --socket "$SOCK" --state-dir "$STATE" \
   --metrics-addr off --workers 1 --dp-netns "$DP_NETNS" --resync-secs 1 >>"$WORK/netstackd.log" 2>&1 &
 DIRECT_PID=$!
 check "a restart answers" eventually 20 test -S "$SOCK"
 sleep 1.5 # a resync
-check "  ... and finds them: still exactly two" test "$(tagged)" = 2
+check "  ... and finds them: still exactly two (each family)" tagged_is 2
 kill -KILL "$DIRECT_PID"; wait "$DIRECT_PID" 2>/dev/null
 DIRECT_PID=
 out=$(in_node "$BIN/netstackd" cleanup --socket "$SOCK" --state-dir "$STATE" --dp-netns "$DP_NETNS" 2>&1)
 check "netstackd cleanup reports the two rules removed" grep -q "2 iptables FORWARD rule(s) removed" <<<"$out"
+check "  ... and the two ip6tables ones" grep -q "2 ip6tables FORWARD rule(s) removed" <<<"$out"
 check "  ... and leaves FORWARD exactly as it found it" test "$(forward_rules)" = "$BEFORE"
+check "  ... in ip6tables too" test "$(forward_rules6)" = "$BEFORE6"
 check "  ... the masquerade table removed too" sh -c "! ip netns exec $NODE nft list table ip netstack"
 
 echo

@@ -94,12 +94,17 @@ pub fn accept_rules(pod_cidr: IpNet) -> [Vec<String>; 2] {
     [rule("-s"), rule("-d")]
 }
 
-/// Runs iptables of `family` with `args` (after `-w`, which waits for the xtables lock);
-/// `Ok(None)` when it exits 1 (iptables' "no such rule" for `-C` and `-D`).
+/// Seconds iptables waits for the xtables lock (iptables-legacy; iptables-nft has none) before
+/// it gives up: the reconciler is never stuck behind another program's lock, and retries at
+/// the next resync.
+const LOCK_WAIT_SECS: &str = "5";
+
+/// Runs iptables of `family` with `args` (after `-w` [`LOCK_WAIT_SECS`]); `Ok(None)` when it
+/// exits 1 (iptables' "no such rule" for `-C` and `-D`).
 fn iptables(family: Family, args: &[&str]) -> Result<Option<String>, FirewallError> {
     let binary = binary(family);
     let out = Command::new(&binary)
-        .arg("-w")
+        .args(["-w", LOCK_WAIT_SECS])
         .args(args)
         .output()
         .map_err(|source| FirewallError::Spawn {

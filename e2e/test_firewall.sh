@@ -24,7 +24,9 @@
 # and the conflist's from the default route's device (1400), an explicit --uplink-mtu winning;
 # the masquerade rule's fully-random; SIGTERM and `netstackd cleanup` removing exactly
 # netstackd's rules and leaving the FORWARD chain as it was; a restart after kill -9 adding no
-# second copy. Needs root, iptables, nft; run by scripts/test.sh.
+# second copy; with --kube against the stand-in API server (e2e/fake_kube_api.py), /readyz
+# ready while the Node watch is connected and not ready once the API server is gone. Needs
+# root, iptables, nft, python3; run by scripts/test.sh.
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
 
@@ -44,6 +46,7 @@ NS_CREATED=()
 LOADED_BR_NETFILTER=
 INSTALL_PID=
 DIRECT_PID=
+API_PID=
 NETSTACKD_STOPPED=
 CONF=$NODE_DIR/conf/10-netstack.conflist
 
@@ -56,7 +59,7 @@ fw_cleanup() {
       ip netns del "$p" 2>/dev/null
     done <"$WORK/fw-pods"
   fi
-  for p in $INSTALL_PID $DIRECT_PID; do
+  for p in $INSTALL_PID $DIRECT_PID $API_PID; do
     kill -TERM "$p" 2>/dev/null && wait "$p" 2>/dev/null
   done
   e2e_cleanup
@@ -72,7 +75,7 @@ trap fw_cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-for t in "$BIN/netstackd" "$BIN/netstack" "$REF_CNI/host-local" iptables nft socat jq curl; do
+for t in "$BIN/netstackd" "$BIN/netstack" "$REF_CNI/host-local" iptables ip6tables nft socat jq curl python3; do
   command -v "$t" >/dev/null || { echo "test_firewall: $t is missing" >&2; exit 1; }
 done
 mkdir -p "$WORK" "$NODE_DIR"
@@ -318,6 +321,30 @@ check "  ... and the two ip6tables ones" grep -q "2 ip6tables FORWARD rule(s) re
 check "  ... and leaves FORWARD exactly as it found it" test "$(forward_rules)" = "$BEFORE"
 check "  ... in ip6tables too" test "$(forward_rules6)" = "$BEFORE6"
 check "  ... the masquerade table removed too" sh -c "! ip netns exec $NODE nft list table ip netstack"
+
+log "readiness with --kube: ready while the Node watch is connected, not ready when it is lost"
+ip netns exec "$NODE" python3 "$ROOT/e2e/fake_kube_api.py" "$WORK/api.port" 2>"$WORK/api.log" &
+API_PID=$!
+check "the stand-in API server listens" eventually 10 test -s "$WORK/api.port"
+API=http://127.0.0.1:$(cat "$WORK/api.port")
+printf 'apiVersion: v1\nkind: Config\nclusters: [{name: s, cluster: {server: "%s"}}]\nusers: [{name: u, user: {}}]\ncontexts: [{name: s, context: {cluster: s, user: u}}]\ncurrent-context: s\n' "$API" >"$WORK/kubeconfig"
+check "the API holds Node node-fw" in_node curl -sf -X PUT --data \
+  "{\"items\":[{\"metadata\":{\"name\":\"node-fw\"},\"spec\":{\"podCIDR\":\"$CIDR\",\"podCIDRs\":[\"$CIDR\"]},\"status\":{\"addresses\":[{\"type\":\"InternalIP\",\"address\":\"$IP_NODE\"}]}}]}" \
+  "$API/test/nodes"
+ip netns exec "$NODE" env KUBECONFIG="$WORK/kubeconfig" "$BIN/netstackd" --kube --node-name node-fw \
+  --socket "$SOCK" --state-dir "$STATE" --metrics-addr "$METRICS" --workers 1 --dp-netns "$DP_NETNS" \
+  --resync-secs 1 >>"$WORK/netstackd.log" 2>&1 &
+DIRECT_PID=$!
+check "/readyz answers 200 once the watch has listed and the routes are synced" eventually 20 ready_is 200
+check "  ... saying the watch is connected" grep -q "ok   node source: Kubernetes watch connected" "$WORK/readyz.body"
+kill "$API_PID"; wait "$API_PID" 2>/dev/null
+check "the API server gone: /readyz answers 503" eventually 20 ready_is 503
+check "  ... saying the watch is not connected" grep -q "FAIL node source: Kubernetes watch not connected" "$WORK/readyz.body"
+check "  ... while liveness (/healthz) is fine" test "$(in_node curl -s -o /dev/null -w '%{http_code}' "http://$METRICS/healthz")" = 200
+kill -TERM "$DIRECT_PID"; wait "$DIRECT_PID"; rc=$?
+DIRECT_PID=
+check "netstackd --kube exits 0 on SIGTERM ($rc)" test "$rc" = 0
+check "  ... and takes its FORWARD rules with it" tagged_is 0
 
 echo
 echo "test_firewall: $PASSES passed, $FAILS failed"

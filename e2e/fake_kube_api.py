@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
 """A stand-in Kubernetes API server with just the Nodes API, for netstackd --kube in
 e2e/test_multinode.sh: GET /api/v1/nodes/NAME, list and watch on /api/v1/nodes (chunked JSON
-lines, resourceVersion-ordered, ERROR 410 for a version it no longer has), plain HTTP.
+lines, resourceVersion-ordered, ERROR 410 for a version it no longer has), PATCH
+/api/v1/nodes/NAME/status (recorded as sent, answered with the Node), plain HTTP.
 
 The test drives it:
   PUT  /test/nodes   body: {"items": [Node, ...]}: the whole cluster; the differences become
                      ADDED / MODIFIED / DELETED events
   POST /test/expire  forgets past events and ends every watch: the clients' next watch gets
                      410 Expired and must relist
-  GET  /test/stats   {"lists": n, "watches": n, "gets": n}
+  GET  /test/stats   {"lists": n, "watches": n, "gets": n, "patches": n}
+  GET  /test/patches [{"path", "content_type", "body"}, ...]: every status patch received
 
   fake_kube_api.py PORT_FILE   (listens on 127.0.0.1, an ephemeral port written to PORT_FILE)
 """
@@ -21,7 +23,8 @@ from urllib.parse import parse_qs, urlparse
 
 LOCK = threading.Condition()
 STATE = {"rv": 1, "nodes": {}, "events": [], "oldest": 1, "epoch": 0}
-STATS = {"lists": 0, "watches": 0, "gets": 0}
+STATS = {"lists": 0, "watches": 0, "gets": 0, "patches": 0}
+PATCHES = []
 
 
 def with_rv(node, rv):
@@ -89,11 +92,31 @@ class Handler(BaseHTTPRequestHandler):
             return self.reply(200, {})
         self.reply(404, {})
 
+    def do_PATCH(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        url = urlparse(self.path)
+        parts = url.path.split("/")
+        if len(parts) != 6 or parts[1:4] != ["api", "v1", "nodes"] or parts[5] != "status":
+            return self.reply(404, {"kind": "Status", "code": 404, "message": url.path})
+        with LOCK:
+            STATS["patches"] += 1
+            PATCHES.append({"path": url.path, "content_type": self.headers.get("Content-Type"),
+                            "body": json.loads(body or b"null")})
+            node = STATE["nodes"].get(parts[4])
+        if node is None:
+            return self.reply(404, {"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                    "reason": "NotFound", "code": 404,
+                                    "message": f'nodes "{parts[4]}" not found'})
+        self.reply(200, node)
+
     def do_GET(self):
         url = urlparse(self.path)
         query = parse_qs(url.query)
         if url.path == "/test/stats":
             return self.reply(200, STATS)
+        if url.path == "/test/patches":
+            with LOCK:
+                return self.reply(200, PATCHES)
         if url.path.startswith("/api/v1/nodes/"):
             name = url.path.rsplit("/", 1)[1]
             with LOCK:

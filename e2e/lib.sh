@@ -69,13 +69,15 @@ write_conflist() {
 JSON
 }
 
-# start_netstackd ARGS...: netstackd with this run's names, plus ARGS and $NETSTACKD_ARGS;
+# start_netstackd ARGS...: netstackd with this run's names, plus ARGS and $NETSTACKD_ARGS (the
+# host's firewall left alone and the uplink at the conflist's MTU, 1500, whatever the node's);
 # $NETSTACKD_LAUNCH, when set, is a command prefix (e.g. `prlimit --nofile=64:64 --`).
 start_netstackd() {
   mkdir -p "$WORK" "$STATE"
   rm -f "$SOCK"
   ${NETSTACKD_LAUNCH:-} "$BIN/netstackd" --socket "$SOCK" --state-dir "$STATE" --pod-cidr "$POD_CIDR" \
     --uplink "$UPLINK" --metrics-addr 127.0.0.1:0 --dp-netns "$DP_NETNS" --masquerade=false \
+    --forward-accept=false --uplink-mtu 1500 \
     ${NETSTACKD_ARGS:-} "$@" >>"$WORK/netstackd.log" 2>&1 &
   NETSTACKD_PID=$!
   local i

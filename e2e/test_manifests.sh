@@ -96,8 +96,10 @@ binding = by[("ClusterRoleBinding", "netstack")]
 for d in (sa, cm, ds):
     need(d["metadata"].get("namespace") == ns, f"{d['kind']} is not in namespace {ns}")
 
-# RBAC: read Nodes, nothing else; bound to the DaemonSet's service account.
-need(role["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]}],
+# RBAC: read Nodes and patch their status (NetworkUnavailable), nothing else; bound to the
+# DaemonSet's service account.
+need(role["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]},
+                       {"apiGroups": [""], "resources": ["nodes/status"], "verbs": ["patch"]}],
      f"ClusterRole rules: {role['rules']}")
 need(binding["roleRef"]["name"] == role["metadata"]["name"], "binding names another role")
 need({"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": ns} in binding["subjects"],
@@ -140,10 +142,15 @@ for a in c["args"]:
     for var in re.findall(r"\$\((\w+)\)", a):
         need(var in env, f"arg {a} uses undefined $({var})")
 
-# Probes ask netstackd over its control socket.
-for probe in ["startupProbe", "livenessProbe", "readinessProbe"]:
+# Start-up and liveness ask netstackd over its control socket; readiness asks /readyz on the
+# loopback metrics listener (node mode's health: watch, routes, masquerade).
+for probe in ["startupProbe", "livenessProbe"]:
     cmd = c.get(probe, {}).get("exec", {}).get("command", [])
     need(cmd[:2] == ["netstackd", "ctl"] and "status" in cmd, f"{probe} does not ask netstackd ctl status: {cmd}")
+ready = c.get("readinessProbe", {}).get("httpGet", {})
+metrics_addr = next((a.split("=", 1)[1] for a in c["args"] if a.startswith("--metrics-addr=")), "127.0.0.1:9473")
+need(ready.get("path") == "/readyz" and f"{ready.get('host')}:{ready.get('port')}" == metrics_addr,
+     f"readinessProbe does not ask /readyz on the metrics listener {metrics_addr}: {ready}")
 
 # The flags the DaemonSet passes are netstackd's.
 helptext = open(helpfile).read()
@@ -157,7 +164,7 @@ need(c["command"][0] == "netstack-install" and "/usr/local/bin/netstack-install"
      "the image does not install the entrypoint")
 for b in ["netstackd", "netstack", "netstack-hook"]:
     need(re.search(rf"target/release/{re.escape(b)}\b", cf), f"the image does not ship {b}")
-for pkg in ["nftables", "jq", "containernetworking-plugins"]:
+for pkg in ["nftables", "iptables", "jq", "containernetworking-plugins"]:
     need(pkg in cf, f"the image does not install {pkg}")
 
 # The ConfigMap's template is manifests/10-netstack.conflist, byte for byte.
@@ -182,6 +189,8 @@ check "  ... without IPv6 routes" test "$(jq -c '[.plugins[0].ipam.routes[].dst]
 check "  ... with the default socket" test "$(jq -r '.plugins[0].socket' "$WORK/v4.conflist")" = /run/netstack/netstackd.sock
 NETSTACK_TEMPLATE=$M/10-netstack.conflist sh "$M/install-cni.sh" render 10.244.7.0/24 fd00:10:244:7::/64 >"$WORK/v6.conflist" 2>>"$WORK/render.err"
 check "renders for a dual-stack node: both ranges" test "$(jq -c '.plugins[0].ipam.ranges' "$WORK/v6.conflist")" = '[[{"subnet":"10.244.7.0/24"}],[{"subnet":"fd00:10:244:7::/64"}]]'
+check "  ... with the template's MTU when none is given" test "$(jq '.plugins[0].mtu' "$WORK/v6.conflist")" = "$(jq '.plugins[0].mtu' "$M/10-netstack.conflist")"
+check "renders the MTU it is given (NETSTACK_MTU)" test "$(NETSTACK_MTU=1400 NETSTACK_TEMPLATE=$M/10-netstack.conflist sh "$M/install-cni.sh" render 10.244.7.0/24 | jq '.plugins[0].mtu')" = 1400
 echo '{"cniVersion":"1.0.0","name":"x","plugins":[{"type":"bridge"}]}' >"$WORK/nonetstack.conflist"
 if NETSTACK_TEMPLATE=$WORK/nonetstack.conflist sh "$M/install-cni.sh" render 10.244.7.0/24 >/dev/null 2>&1; then
   fail "a template without the netstack plugin is refused"

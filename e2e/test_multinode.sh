@@ -14,8 +14,9 @@
 # sender's pod IP), egress masquerade to ext (and none where it is off), route removal and
 # re-adding as the list changes, no route churn on resyncs, drift repair, cleanup. Then node A
 # again with --kube against a stand-in API server (e2e/fake_kube_api.py): pod CIDRs from its
-# (dual-stack) Node, IPv6 egress masqueraded by the ip6 table, routes following Nodes that
-# join and leave, none moved by a relist.
+# (dual-stack) Node, its NetworkUnavailable condition patched to False once routes are in
+# place, IPv6 egress masqueraded by the ip6 table, routes following Nodes that join and leave,
+# none moved by a relist.
 # Needs root; run by scripts/test.sh.
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -383,6 +384,17 @@ check "  ... with both pod CIDRs of node-a's Node (no --pod-cidr given)" test \
   "$(jq -c '.plugins[0].ipam.ranges' "$CONF_A")" = "[[{\"subnet\":\"$CIDR_A\"}],[{\"subnet\":\"$CIDR_A6\"}]]"
 check "A routes $CIDR_B via B, from the watched Nodes" eventually 10 has_route "$NODE_A" "$CIDR_B" "$IP_NODE_B"
 check "A masquerades, with B's pod CIDR exempt" eventually 5 exempt "$NODE_A" 10.201.2.77
+# Routes in place: the Node's NetworkUnavailable condition goes to False, by a strategic merge
+# patch of node-a's status carrying that one condition.
+patch_of_a() { ip netns exec "$NODE_A" curl -sf "$API/test/patches" | jq -e --arg p /api/v1/nodes/node-a/status '[.[] | select(.path == $p)][0]'; }
+check "netstackd patches node-a's status once routes are in place" eventually 10 patch_of_a
+PATCH_A=$(patch_of_a 2>/dev/null)
+check "  ... a strategic merge patch" test "$(jq -r .content_type <<<"$PATCH_A")" = application/strategic-merge-patch+json
+check "  ... setting NetworkUnavailable to False, reason NetstackRoutesCreated, nothing else" test \
+  "$(jq -c '.body.status.conditions | map({type, status, reason})' <<<"$PATCH_A")" = '[{"type":"NetworkUnavailable","status":"False","reason":"NetstackRoutesCreated"}]'
+check "  ... and says so in its log" grep -q "NetworkUnavailable set to False" "$(node_dir node-a)/log"
+first_line() { grep -n -m1 "$1" "$(node_dir node-a)/log" | cut -d: -f1; }
+check "  ... after its first host-gw route" test "$(first_line 'host-gw route')" -lt "$(first_line 'NetworkUnavailable set to False')"
 A3=mn-a3-$ID
 new_pod "$A3"
 IP_A3=$(add_pod node-a "$NODE_A" "$A3") && ok "ADD pod a3 on A ($IP_A3)" || fail "ADD pod a3 on A"

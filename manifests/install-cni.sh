@@ -16,7 +16,9 @@
 #   install-cni.sh render POD_CIDR [POD_CIDR_V6]
 #       Prints the conflist: $NETSTACK_TEMPLATE with the netstack plugin's socket set and its
 #       host-local ranges replaced by this node's pod CIDR(s); routes of a family the node has
-#       no range of are dropped. $NETSTACK_IPAM_DATA_DIR, if set, becomes host-local's dataDir.
+#       no range of are dropped. $NETSTACK_IPAM_DATA_DIR, if set, becomes host-local's dataDir;
+#       $NETSTACK_MTU, if set, the plugin's mtu (`conflist` sets it to the uplink's MTU, which
+#       netstackd took from the default route's interface unless told otherwise).
 #
 # Environment (defaults are the DaemonSet's paths):
 #   CNI_BIN_DIR=/host/opt/cni/bin  CNI_CONF_DIR=/host/etc/cni/net.d
@@ -71,7 +73,7 @@ cmd_render() {
   [ $# -ge 1 ] || { say "render: POD_CIDR [POD_CIDR_V6] expected"; return 1; }
   [ -r "$NETSTACK_TEMPLATE" ] || { say "template $NETSTACK_TEMPLATE is not readable"; return 1; }
   jq --arg v4 "$1" --arg v6 "${2:-}" --arg socket "$NETSTACK_SOCKET" \
-     --arg datadir "${NETSTACK_IPAM_DATA_DIR:-}" '
+     --arg datadir "${NETSTACK_IPAM_DATA_DIR:-}" --arg mtu "${NETSTACK_MTU:-}" '
     def v6: test(":");
     if ([.plugins[]? | select(.type == "netstack")] | length) != 1 then
       error("the template must have exactly one plugin of type netstack")
@@ -83,6 +85,7 @@ cmd_render() {
           | .ipam.routes = ((.ipam.routes // [{dst: "0.0.0.0/0"}])
                             | map(select((.dst | v6 | not) or $v6 != "")))
           | if $datadir == "" then . else .ipam.dataDir = $datadir end
+          | if $mtu == "" then . else .mtu = ($mtu | tonumber) end
         else . end)
   ' "$NETSTACK_TEMPLATE"
 }
@@ -114,6 +117,11 @@ cmd_conflist() {
   v4=$(printf '%s' "$status" | jq -r '.pod_cidr // .status.pod_cidr // empty')
   v6=$(printf '%s' "$status" | jq -r '.pod_cidr_v6 // .status.pod_cidr_v6 // empty')
   [ -n "$v4" ] || { say "netstackd's status has no pod_cidr: $status"; return 1; }
+  # The pods' MTU is the uplink's, as netstackd set it (this runs in the node's netns).
+  uplink=$(printf '%s' "$status" | jq -r '.uplink // empty')
+  if [ -z "${NETSTACK_MTU:-}" ] && [ -n "$uplink" ] && [ -r "/sys/class/net/$uplink/mtu" ]; then
+    NETSTACK_MTU=$(cat "/sys/class/net/$uplink/mtu")
+  fi
   mkdir -p "$CNI_CONF_DIR"
   dest="$CNI_CONF_DIR/$CNI_CONF_NAME"
   tmp="$CNI_CONF_DIR/.$CNI_CONF_NAME.tmp.$$"
@@ -123,7 +131,7 @@ cmd_conflist() {
     return 1
   fi
   mv -f "$tmp" "$dest"
-  say "wrote $dest for pod CIDR $v4${v6:+ and $v6}"
+  say "wrote $dest for pod CIDR $v4${v6:+ and $v6}${NETSTACK_MTU:+, MTU $NETSTACK_MTU}"
 }
 
 cmd_run() {

@@ -149,8 +149,9 @@ struct Args {
     /// Dataplane worker threads (default: online CPUs).
     #[arg(long)]
     workers: Option<usize>,
-    /// Uplink MTU in bytes.
-    #[arg(long, default_value_t = 1500)]
+    /// Uplink MTU in bytes; 0: the MTU of the interface carrying the node's default route
+    /// (1500 without one). The install step writes the uplink's MTU into the conflist.
+    #[arg(long, visible_alias = "mtu", default_value_t = 0)]
     uplink_mtu: u32,
     /// GSO super-frames on egress: `pass` them whole (the fast path), or `segment` them in
     /// software first (for kernels whose TAP/TUN refuse GSO writes, and for measuring).
@@ -311,7 +312,7 @@ fn main() {
         pod_cidr_v6: pod_cidr_v6.map(|c| c.trunc()),
         uplink: args.uplink,
         workers,
-        uplink_mtu: args.uplink_mtu,
+        uplink_mtu: netstackd::node::uplink_mtu(args.uplink_mtu),
         segment_gso: args.gso == "segment",
         metrics_addr: match args.metrics_addr.as_str() {
             "off" => None,

@@ -1,6 +1,8 @@
-//! The metrics HTTP listener: `GET /metrics` (the Prometheus text exposition) and `GET
-//! /healthz` on a loopback address, served by hyper on one thread running a current-thread
-//! tokio runtime.
+//! The metrics HTTP listener: `GET /metrics` (the Prometheus text exposition), `GET /healthz`
+//! (liveness: the dataplane serves) and `GET /readyz` (readiness: the dataplane serves and node
+//! mode is in place: its node source connected, the routes of the latest node list in the
+//! kernel, the masquerade rules written; one line per check) on a loopback address, served by
+//! hyper on one thread running a current-thread tokio runtime.
 //!
 //! Slow or hostile clients cannot starve a scrape: at most [`MAX_CONNECTIONS`] connections are
 //! served at once (more wait in the listen backlog), a request head longer than
@@ -115,10 +117,10 @@ async fn accept_loop(listener: tokio::net::TcpListener, registry: Arc<Registry>)
 /// The answer to one request.
 fn respond(registry: &Registry, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
-    if !matches!(path, "/metrics" | "/healthz") {
+    if !matches!(path, "/metrics" | "/healthz" | "/readyz") {
         return plain(
             StatusCode::NOT_FOUND,
-            "not found: try /metrics or /healthz\n",
+            "not found: try /metrics, /healthz or /readyz\n",
         );
     }
     if !matches!(*req.method(), Method::GET | Method::HEAD) {
@@ -134,18 +136,90 @@ fn respond(registry: &Registry, req: &Request<Incoming>) -> Response<Full<Bytes>
             plain(StatusCode::SERVICE_UNAVAILABLE, "dataplane not running\n")
         };
     }
+    if path == "/readyz" {
+        let serving = registry.dataplane().serving();
+        let (ready, text) = readiness(serving, &crate::node::readiness());
+        let status = if ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        return text_response(status, text);
+    }
     let mut r = Response::new(Full::new(Bytes::from(registry.metrics_text())));
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(METRICS_CONTENT_TYPE));
     r
 }
 
+/// Whether netstackd is ready, and the body saying why: one `ok`/`FAIL` line per check.
+fn readiness(serving: bool, node: &[crate::node::Check]) -> (bool, String) {
+    let mut ready = serving;
+    let mut text = format!(
+        "{} dataplane: {}\n",
+        if serving { "ok  " } else { "FAIL" },
+        if serving { "serving" } else { "not running" }
+    );
+    for c in node {
+        ready &= c.ok;
+        text += &format!(
+            "{} {}: {}\n",
+            if c.ok { "ok  " } else { "FAIL" },
+            c.what,
+            c.detail
+        );
+    }
+    (ready, text)
+}
+
 fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+    text_response(status, text.to_owned())
+}
+
+fn text_response(status: StatusCode, text: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(text)));
     *r.status_mut() = status;
     r.headers_mut().insert(
         CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::Check;
+
+    #[test]
+    fn ready_needs_the_dataplane_and_every_node_check() {
+        let synced = Check {
+            what: "routes",
+            ok: true,
+            detail: "synced",
+        };
+        let watch_lost = Check {
+            what: "node source",
+            ok: false,
+            detail: "Kubernetes watch not connected",
+        };
+        assert_eq!(
+            readiness(true, std::slice::from_ref(&synced)),
+            (
+                true,
+                "ok   dataplane: serving\nok   routes: synced\n".to_owned()
+            )
+        );
+        let (ready, text) = readiness(true, &[watch_lost, synced.clone()]);
+        assert!(!ready);
+        assert!(
+            text.contains("FAIL node source: Kubernetes watch not connected\n"),
+            "{text}"
+        );
+        assert!(!readiness(false, &[synced]).0, "no dataplane, not ready");
+        assert!(
+            readiness(true, &[]).0,
+            "no node checks: the dataplane decides"
+        );
+    }
 }

@@ -2,15 +2,18 @@
 //! everyone else's by their route protocol [`ROUTE_PROTOCOL`] (`ip route show proto 78`).
 //!
 //! [`RouteTable`] is what the reconciler needs; [`KernelRoutes`] implements it over rtnetlink
-//! in the network namespace it was opened in.
+//! in the network namespace it was opened in. [`default_route_mtu`] reads the MTU of the
+//! node's default-route interface, the uplink's MTU unless one is given.
 
 use std::net::IpAddr;
 
 use futures::TryStreamExt;
 use ipnet::IpNet;
+use netlink_packet_route::link::LinkAttribute;
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteType, RouteVia,
 };
+use netlink_packet_route::AddressFamily;
 use nix::errno::Errno;
 use rtnetlink::{Handle, RouteMessageBuilder};
 use tokio::runtime::Runtime;
@@ -43,6 +46,15 @@ pub enum RouteError {
     /// Dumping the routing table failed.
     #[error("listing routes: {0}")]
     List(#[source] rtnetlink::Error),
+    /// Reading a link failed.
+    #[error("reading link {index}: {source}")]
+    Link {
+        /// Its ifindex.
+        index: u32,
+        /// The rtnetlink error.
+        #[source]
+        source: rtnetlink::Error,
+    },
     /// A route whose destination and next hop are of different families.
     #[error("route {dst} via {via}: address families differ")]
     Family {
@@ -273,6 +285,70 @@ fn ip_of(addr: &RouteAddress) -> Option<IpAddr> {
     }
 }
 
+/// A main-table default route's (metric, output link), for a route through one link.
+fn default_route(msg: &RouteMessage) -> Option<(u32, u32)> {
+    if msg.header.destination_prefix_length != 0 || msg.header.kind != RouteType::Unicast {
+        return None;
+    }
+    let mut table = u32::from(msg.header.table);
+    let mut oif = None;
+    let mut metric = 0;
+    for attr in &msg.attributes {
+        match attr {
+            RouteAttribute::Table(t) => table = *t,
+            RouteAttribute::Oif(i) => oif = Some(*i),
+            RouteAttribute::Priority(p) => metric = *p,
+            _ => {}
+        }
+    }
+    (table == u32::from(RouteHeader::RT_TABLE_MAIN)).then_some((metric, oif?))
+}
+
+impl KernelRoutes {
+    /// The name and MTU of the link carrying the default route (see [`default_route_mtu`]).
+    pub fn default_route_mtu(&self) -> Result<Option<(String, u32)>, RouteError> {
+        let routes = self.dump()?;
+        let pick = |v4: bool| {
+            routes
+                .iter()
+                .filter(|m| (m.header.address_family == AddressFamily::Inet) == v4)
+                .filter_map(default_route)
+                .min()
+        };
+        let Some((_, index)) = pick(true).or_else(|| pick(false)) else {
+            return Ok(None);
+        };
+        let request = self.handle.link().get().match_index(index).execute();
+        let link = self
+            .runtime
+            .block_on(async {
+                futures::pin_mut!(request);
+                request.try_next().await
+            })
+            .map_err(|source| RouteError::Link { index, source })?;
+        let Some(link) = link else {
+            return Ok(None);
+        };
+        let mut name = index.to_string();
+        let mut mtu = None;
+        for attr in link.attributes {
+            match attr {
+                LinkAttribute::IfName(n) => name = n,
+                LinkAttribute::Mtu(m) => mtu = Some(m),
+                _ => {}
+            }
+        }
+        Ok(mtu.map(|m| (name, m)))
+    }
+}
+
+/// The name and MTU of the link carrying the calling thread's namespace's default route: the
+/// IPv4 one, else the IPv6 one; of several, the one with the lowest metric. `None` without a
+/// default route through a single link.
+pub fn default_route_mtu() -> Result<Option<(String, u32)>, RouteError> {
+    KernelRoutes::open()?.default_route_mtu()
+}
+
 /// Removes every netstack route of the calling thread's namespace (for `netstackd cleanup`);
 /// returns how many there were.
 pub fn remove_all() -> Result<usize, RouteError> {
@@ -331,6 +407,53 @@ mod tests {
         );
         assert!(c.local.contains(&ip("192.168.78.1")), "{c:?}");
         assert!(c.local.contains(&ip("fd00:78::1")), "{c:?}");
+    }
+
+    #[test]
+    fn the_mtu_is_the_default_route_links_with_the_lowest_metric() {
+        if !is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let ns = NamedNetns::new();
+        let mtu = || run_in_netns(&ns.path, || default_route_mtu().unwrap()).unwrap();
+        assert_eq!(mtu(), None, "no default route");
+        for (dev, peer, addr, link_mtu) in [
+            ("w0", "w1", "192.168.79.1/24", "1400"),
+            ("v0", "v1", "192.168.80.1/24", "9000"),
+        ] {
+            ns.ip(&["link", "add", dev, "type", "veth", "peer", "name", peer]);
+            ns.ip(&["link", "set", dev, "mtu", link_mtu]);
+            ns.ip(&["addr", "add", addr, "dev", dev]);
+            ns.ip(&["link", "set", dev, "up"]);
+            ns.ip(&["link", "set", peer, "up"]);
+        }
+        ns.ip(&["route", "add", "10.0.0.0/8", "via", "192.168.80.9"]);
+        assert_eq!(mtu(), None, "a route that is not the default one");
+        ns.ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            "192.168.80.9",
+            "metric",
+            "200",
+        ]);
+        assert_eq!(mtu(), Some(("v0".to_owned(), 9000)));
+        ns.ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            "192.168.79.9",
+            "metric",
+            "100",
+        ]);
+        assert_eq!(
+            mtu(),
+            Some(("w0".to_owned(), 1400)),
+            "the lower metric wins"
+        );
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! The Kubernetes node source (`--kube`), through kube-rs: the client is configured in-cluster
 //! (the pod's service account) or from `KUBECONFIG`; this node's pod CIDR is read from its
 //! Node object, and every Node is watched (list, then watch; relist after a lost watch, with
-//! backoff) and folded into node lists for the reconciler.
+//! backoff) and folded into node lists for the reconciler. Once routes are in place the Node's
+//! `NetworkUnavailable` condition is set to False ([`network_available_patch`]), as flannel,
+//! Calico and Cilium do: until then a cloud's route controller (or a node bootstrapped with
+//! the condition True) keeps ordinary pods off the node.
 
 use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
@@ -10,10 +13,12 @@ use anyhow::{bail, Context};
 use futures::StreamExt;
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Node;
+use kube::api::{Patch, PatchParams};
 use kube::runtime::watcher::{self, watcher};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client};
 
+use super::health::NodeHealth;
 use super::list::{node_info, NodeListError};
 use super::sync::Msg;
 use super::watch::{NodeEvent, NodeFold};
@@ -111,8 +116,73 @@ fn event(e: watcher::Event<Node>) -> Option<NodeEvent> {
     })
 }
 
-/// Starts the thread that watches every Node and sends each changed node list to `tx`.
-pub fn spawn_watcher(tx: Sender<Msg>) -> std::io::Result<()> {
+/// The reason netstack gives on the Node's `NetworkUnavailable` condition.
+pub const ROUTES_CREATED: &str = "NetstackRoutesCreated";
+
+/// The strategic merge patch of a Node's status that sets its `NetworkUnavailable` condition
+/// to False at `now` (RFC 3339); the other conditions are left alone (their merge key is
+/// `type`).
+pub fn network_available_patch(now: &str) -> serde_json::Value {
+    serde_json::json!({
+        "status": {
+            "conditions": [{
+                "type": "NetworkUnavailable",
+                "status": "False",
+                "reason": ROUTES_CREATED,
+                "message": "netstack's host-gw routes and pod network are set up on this node",
+                "lastTransitionTime": now,
+                "lastHeartbeatTime": now,
+            }]
+        }
+    })
+}
+
+/// Waits until routes are in place, then patches the Node's `NetworkUnavailable` condition
+/// to False; retried (every few seconds) until the API server takes it.
+async fn report_network_available(client: Client, node_name: String, health: &NodeHealth) {
+    let api: Api<Node> = Api::all(client);
+    let mut said = String::new();
+    loop {
+        if health.routes_synced() {
+            let now = k8s_openapi::chrono::Utc::now()
+                .to_rfc3339_opts(k8s_openapi::chrono::SecondsFormat::Secs, true);
+            let patch = Patch::Strategic(network_available_patch(&now));
+            match api
+                .patch_status(&node_name, &PatchParams::default(), &patch)
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(
+                        node = %node_name,
+                        reason = ROUTES_CREATED,
+                        "Node condition NetworkUnavailable set to False"
+                    );
+                    return;
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    if msg != said {
+                        tracing::warn!(
+                            node = %node_name,
+                            "setting the Node's NetworkUnavailable condition: {msg}; retrying"
+                        );
+                        said = msg;
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// Starts the thread that watches every Node and sends each changed node list to `tx`,
+/// reports the watch's state to `health`, and sets this Node's `NetworkUnavailable` condition
+/// once `health` says routes are in place.
+pub fn spawn_watcher(
+    tx: Sender<Msg>,
+    node_name: String,
+    health: &'static NodeHealth,
+) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("kube-nodes".into())
         .spawn(move || {
@@ -123,12 +193,12 @@ pub fn spawn_watcher(tx: Sender<Msg>) -> std::io::Result<()> {
                     return;
                 }
             };
-            rt.block_on(watch(tx));
+            rt.block_on(watch(tx, node_name, health));
         })
         .map(drop)
 }
 
-async fn watch(tx: Sender<Msg>) {
+async fn watch(tx: Sender<Msg>, node_name: String, health: &'static NodeHealth) {
     let client = loop {
         match Client::try_default().await {
             Ok(c) => break c,
@@ -138,6 +208,7 @@ async fn watch(tx: Sender<Msg>) {
             }
         }
     };
+    tokio::spawn(report_network_available(client.clone(), node_name, health));
     let api: Api<Node> = Api::all(client);
     let mut fold = NodeFold::default();
     let stream = watcher(api, watcher::Config::default()).default_backoff();
@@ -145,6 +216,9 @@ async fn watch(tx: Sender<Msg>) {
     while let Some(item) = stream.next().await {
         match item {
             Ok(e) => {
+                if matches!(e, watcher::Event::InitDone) {
+                    health.set_source_connected(true);
+                }
                 if let Some(nodes) = event(e).and_then(|e| fold.apply(e)) {
                     tracing::info!(nodes = nodes.len(), "node list changed");
                     if tx.send(Msg::Nodes(nodes)).is_err() {
@@ -152,7 +226,10 @@ async fn watch(tx: Sender<Msg>) {
                     }
                 }
             }
-            Err(e) => tracing::warn!("node watch: {e}; relisting"),
+            Err(e) => {
+                health.set_source_connected(false);
+                tracing::warn!("node watch: {e}; relisting");
+            }
         }
     }
 }
@@ -160,6 +237,22 @@ async fn watch(tx: Sender<Msg>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_status_patch_sets_only_network_unavailable_to_false() {
+        let patch = network_available_patch("2026-12-05T18:00:00Z");
+        let conditions = patch["status"]["conditions"].as_array().unwrap();
+        assert_eq!(conditions.len(), 1, "the other conditions are kubelet's");
+        let c = &conditions[0];
+        assert_eq!(c["type"], "NetworkUnavailable");
+        assert_eq!(c["status"], "False");
+        assert_eq!(c["reason"], ROUTES_CREATED);
+        assert_eq!(c["lastTransitionTime"], "2026-12-05T18:00:00Z");
+        // It is a valid Node status for the API's own types.
+        let node: Node = serde_json::from_value(patch).unwrap();
+        let status = node.status.unwrap().conditions.unwrap();
+        assert_eq!(status[0].type_, "NetworkUnavailable");
+    }
 
     #[test]
     fn a_kube_node_converts_like_a_node_list_item() {

@@ -11,12 +11,16 @@
 //!     set no_masquerade { type ipv4_addr; flags interval; elements = { 10.244.0.0/16, ... } }
 //!     chain postrouting {
 //!         type nat hook postrouting priority srcnat; policy accept;
-//!         ip saddr 10.244.1.0/24 ip daddr != @no_masquerade masquerade
+//!         ip saddr 10.244.1.0/24 ip daddr != @no_masquerade masquerade fully-random
 //!     }
 //! }
 //! ```
 //!
 //! (`table ip6 netstack` likewise, with `ipv6_addr` and `ip6 saddr`/`ip6 daddr`.)
+//!
+//! `fully-random` (as kube-proxy and flannel ask for) picks each flow's source port at random
+//! across the whole range, so two pods' flows to the same destination never race for the
+//! same port in conntrack's port allocation (the lost race drops a SYN or a DNS query).
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -137,13 +141,13 @@ pub fn ruleset(pod_cidr: IpNet, no_masquerade: &[IpNet]) -> String {
          \t}}\n\
          \tchain postrouting {{\n\
          \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
-         \t\t{fam} saddr {pod_cidr} {fam} daddr != @no_masquerade masquerade\n\
+         \t\t{fam} saddr {pod_cidr} {fam} daddr != @no_masquerade masquerade fully-random\n\
          \t}}\n\
          }}\n"
     )
 }
 
-fn nft(args: &[&str], stdin: Option<&str>, what: &str) -> Result<String, NftError> {
+pub(super) fn nft(args: &[&str], stdin: Option<&str>, what: &str) -> Result<String, NftError> {
     let binary = nft_binary();
     let mut child = Command::new(&binary)
         .args(args)
@@ -257,7 +261,7 @@ mod tests {
                     "table ip netstack {",
                     "type ipv4_addr",
                     "elements = { 10.244.0.0/16, 10.96.0.0/12 }",
-                    "ip saddr 10.244.1.0/24 ip daddr != @no_masquerade masquerade",
+                    "ip saddr 10.244.1.0/24 ip daddr != @no_masquerade masquerade fully-random",
                 ],
             ),
             (
@@ -267,7 +271,7 @@ mod tests {
                     "table ip6 netstack {",
                     "type ipv6_addr",
                     "elements = { fd00:10:244::/56 }",
-                    "ip6 saddr fd00:10:244:1::/64 ip6 daddr != @no_masquerade masquerade",
+                    "ip6 saddr fd00:10:244:1::/64 ip6 daddr != @no_masquerade masquerade fully-random",
                 ],
             ),
         ];
@@ -315,7 +319,9 @@ mod tests {
             let first = listing(Family::V4);
             assert!(first.contains("10.244.0.0/16"), "{first}");
             assert!(
-                first.contains("ip saddr 10.244.1.0/24 ip daddr != @no_masquerade masquerade"),
+                first.contains(
+                    "ip saddr 10.244.1.0/24 ip daddr != @no_masquerade masquerade fully-random"
+                ),
                 "{first}"
             );
             // Applying again replaces, never duplicates.
@@ -336,7 +342,9 @@ mod tests {
             apply(net("fd00:10:244:1::/64"), &nets(&["fd00:10:244::/56"])).unwrap();
             let six = listing(Family::V6);
             assert!(
-                six.contains("ip6 saddr fd00:10:244:1::/64 ip6 daddr != @no_masquerade masquerade"),
+                six.contains(
+                    "ip6 saddr fd00:10:244:1::/64 ip6 daddr != @no_masquerade masquerade fully-random"
+                ),
                 "{six}"
             );
             assert!(present(Family::V4).unwrap());

@@ -9,12 +9,21 @@
 //! - **egress masquerade** (on unless `--masquerade=false`): pod traffic to destinations outside
 //!   the cluster's pod and service CIDRs is SNATed to the node's address, in netstack's own
 //!   nftables table `ip netstack` (and `ip6 netstack` on a dual-stack node).
+//! - **host firewall** (on unless `--forward-accept=false`): accept rules for the pod CIDRs at
+//!   the head of iptables' `filter FORWARD` chain, so a node whose FORWARD policy drops still
+//!   forwards pod traffic (`firewall`).
+//! - **Kubernetes integration** (`--kube`): the Node's `NetworkUnavailable` condition set to
+//!   False once routes are in place; readiness (`health`) reflects the watch and the routes.
+//! - **MTU**: the uplink's MTU, unless given, is that of the interface carrying the default
+//!   route ([`default_route_mtu`]).
 //!
 //! Sources (`file`, `kube`) fold what they see into whole node lists (`watch`) and send them
 //! to one reconciler thread (`sync`), which computes the wanted routes (`routes`, no I/O)
 //! and applies the difference (`kernel`, `masquerade`).
 
 mod file;
+mod firewall;
+mod health;
 mod kernel;
 #[cfg(feature = "kube")]
 mod kube;
@@ -24,7 +33,9 @@ mod routes;
 mod sync;
 mod watch;
 
-pub use kernel::{KernelRoutes, RouteError, RouteTable, ROUTE_PROTOCOL};
+pub use firewall::{ForeignDrop, COMMENT as FIREWALL_COMMENT};
+pub use health::{Check, NodeHealth};
+pub use kernel::{default_route_mtu, KernelRoutes, RouteError, RouteTable, ROUTE_PROTOCOL};
 pub use list::{parse_node_list, NodeInfo, NodeListError};
 pub use masquerade::TABLE as NFT_TABLE;
 pub use routes::{
@@ -59,6 +70,11 @@ pub struct NodeArgs {
     /// turns it off).
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     pub masquerade: bool,
+    /// Accept forwarded pod traffic in iptables' `filter FORWARD` chain (two rules per pod
+    /// CIDR, at its head, tagged "netstack: pod CIDR"), for nodes whose FORWARD policy drops
+    /// (`--forward-accept=false` leaves the host firewall alone).
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub forward_accept: bool,
     /// The cluster's pod CIDR(s), never masqueraded (comma-separated or repeated, empty for
     /// none; every routed node's pod CIDR is exempt anyway). When given, a node's pod CIDR
     /// outside all of them gets no route.
@@ -111,6 +127,8 @@ pub struct NodeConfig {
     pub source: NodeSource,
     /// Whether egress masquerade is on.
     pub masquerade: bool,
+    /// Whether the forward accept rules are kept in iptables' FORWARD chain.
+    pub forward_accept: bool,
     /// Cluster pod and service CIDRs, never masqueraded.
     pub no_masquerade: Vec<IpNet>,
     /// What another node's pod CIDR must satisfy to be routed.
@@ -157,6 +175,7 @@ impl NodeArgs {
             node_name,
             source,
             masquerade: self.masquerade,
+            forward_accept: self.forward_accept,
             no_masquerade: self
                 .cluster_cidr
                 .iter()
@@ -214,6 +233,43 @@ static REFUSALS: RefusalCounts =
 /// The pod CIDRs refused a route so far, by reason label (`netstack_node_routes_refused_total`).
 pub fn refused_routes() -> Vec<(&'static str, u64)> {
     REFUSALS.snapshot()
+}
+
+/// This process's node-mode health (one node logic per netstackd).
+static HEALTH: NodeHealth = NodeHealth::new();
+
+/// Node mode's readiness checks (`/readyz`): every one must pass.
+pub fn readiness() -> Vec<Check> {
+    HEALTH.readiness()
+}
+
+/// The MTU a node falls back to without a default route.
+pub const FALLBACK_MTU: u32 = 1500;
+
+/// The uplink's MTU: `given` unless it is 0, else the MTU of the interface carrying the
+/// calling thread's namespace's default route ([`default_route_mtu`]), else [`FALLBACK_MTU`].
+pub fn uplink_mtu(given: u32) -> u32 {
+    if given != 0 {
+        tracing::info!(mtu = given, "uplink MTU as given");
+        return given;
+    }
+    match default_route_mtu() {
+        Ok(Some((link, mtu))) => {
+            tracing::info!(mtu, %link, "uplink MTU from the default route's interface");
+            mtu
+        }
+        Ok(None) => {
+            tracing::info!(
+                mtu = FALLBACK_MTU,
+                "no default route: uplink MTU {FALLBACK_MTU}"
+            );
+            FALLBACK_MTU
+        }
+        Err(e) => {
+            tracing::warn!("reading the default route's MTU: {e}; uplink MTU {FALLBACK_MTU}");
+            FALLBACK_MTU
+        }
+    }
 }
 
 /// How long `--kube` waits at start for the Node's pod CIDR.
@@ -337,7 +393,12 @@ pub fn start(
     let masquerade = config
         .masquerade
         .then(|| (sync::Nft, config.no_masquerade.clone()));
-    let state = sync::NodeState::new(
+    HEALTH.start(
+        config.source != NodeSource::None,
+        config.source == NodeSource::Kube,
+        config.masquerade,
+    );
+    let mut state = sync::NodeState::new(
         config.node_name.clone(),
         pod_cidr,
         pod_cidr_v6,
@@ -345,7 +406,11 @@ pub fn start(
         masquerade,
         config.guard.clone(),
         &REFUSALS,
-    );
+    )
+    .with_health(&HEALTH);
+    if config.forward_accept {
+        state = state.with_forward_rules(Box::new(sync::Iptables));
+    }
     let resync = config.resync;
     let thread = std::thread::Builder::new()
         .name("node-sync".into())
@@ -361,7 +426,8 @@ pub fn start(
             file::spawn(path.clone(), *poll, tx).context("starting the nodes-file reader")?
         }
         #[cfg(feature = "kube")]
-        NodeSource::Kube => kube::spawn_watcher(tx).context("starting the node watcher")?,
+        NodeSource::Kube => kube::spawn_watcher(tx, config.node_name.clone(), &HEALTH)
+            .context("starting the node watcher")?,
         #[cfg(not(feature = "kube"))]
         NodeSource::Kube => bail!("--kube: this netstackd was built without the `kube` feature"),
     }
@@ -369,13 +435,15 @@ pub fn start(
         node = %config.node_name,
         source = ?config.source,
         masquerade = config.masquerade,
+        forward_accept = config.forward_accept,
         "node logic running"
     );
     Ok(task)
 }
 
-/// `netstackd cleanup`'s part: removes netstack's host-gw routes and its nftables tables
-/// (both families) from the calling thread's namespace. Returns a summary line.
+/// `netstackd cleanup`'s part: removes netstack's host-gw routes, its nftables tables and its
+/// forward accept rules (both families) from the calling thread's namespace. Returns a summary
+/// line.
 pub fn cleanup() -> anyhow::Result<String> {
     let routes = kernel::remove_all().context("removing netstack's host-gw routes")?;
     let mut line = format!("{routes} host-gw route(s) removed");
@@ -392,6 +460,20 @@ pub fn cleanup() -> anyhow::Result<String> {
             }
         };
         line += &format!(", nftables table {} {NFT_TABLE} {table}", family.nft());
+    }
+    for family in masquerade::Family::ALL {
+        let removed = firewall::remove_all(family).with_context(|| {
+            format!(
+                "removing the forward accept rules from {} {}",
+                family.nft(),
+                firewall::CHAIN
+            )
+        })?;
+        let tool = match family {
+            masquerade::Family::V4 => "iptables",
+            masquerade::Family::V6 => "ip6tables",
+        };
+        line += &format!(", {removed} {tool} {} rule(s) removed", firewall::CHAIN);
     }
     Ok(line)
 }
@@ -420,6 +502,8 @@ mod tests {
     fn masquerade_is_on_by_default_and_its_exemptions_come_from_the_flags() {
         let config = parse(&[]).unwrap();
         assert!(config.masquerade);
+        assert!(config.forward_accept, "on by default, as flannel's");
+        assert!(!parse(&["--forward-accept=false"]).unwrap().forward_accept);
         assert!(config.no_masquerade.is_empty());
         assert_eq!(config.source, NodeSource::None);
         assert!(!parse(&["--masquerade=false"]).unwrap().masquerade);

@@ -1,7 +1,8 @@
-//! The reconciler: one thread that owns netstack's host routes and masquerade table and
-//! brings them in line with the latest node list, whenever a source sends one and every
-//! resync interval (to repair drift and retry what failed). Work is only done when something
-//! differs, so a resync of an unchanged cluster makes no change to the kernel.
+//! The reconciler: one thread that owns netstack's host routes, masquerade table and forward
+//! accept rules and brings them in line with the latest node list, whenever a source sends one
+//! and every resync interval (to repair drift and retry what failed). Work is only done when
+//! something differs, so a resync of an unchanged cluster makes no change to the kernel. It
+//! reports what is in place to [`NodeHealth`] (readiness, the Node's `NetworkUnavailable`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -9,6 +10,8 @@ use std::time::Duration;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
+use super::firewall::{self, FirewallError, ForeignDrop};
+use super::health::NodeHealth;
 use super::kernel::RouteTable;
 use super::masquerade::{self, Family};
 use super::routes::{desired_routes, plan, Refusal, RouteGuard, RouteMap};
@@ -50,6 +53,34 @@ impl MasqueradeRules for Nft {
     }
 }
 
+/// How the host firewall's forward accept rules are written (the real iptables, or a
+/// recorder in tests), and how other tables' forward-drop chains are found.
+pub trait ForwardRules {
+    /// Makes sure the accept rules of `pod_cidr` are in place; returns how many were added.
+    fn ensure(&mut self, pod_cidr: IpNet) -> Result<usize, FirewallError>;
+    /// Removes the accept rules of `pod_cidr`; returns how many went.
+    fn remove(&mut self, pod_cidr: IpNet) -> Result<usize, FirewallError>;
+    /// Base chains of other tables on the forward hook whose policy drops.
+    fn foreign_drops(&mut self) -> Result<Vec<ForeignDrop>, masquerade::NftError>;
+}
+
+/// iptables (forward accept rules) and nft (other tables' chains) in the calling thread's
+/// namespace.
+#[derive(Debug, Default)]
+pub struct Iptables;
+
+impl ForwardRules for Iptables {
+    fn ensure(&mut self, pod_cidr: IpNet) -> Result<usize, FirewallError> {
+        firewall::ensure(pod_cidr)
+    }
+    fn remove(&mut self, pod_cidr: IpNet) -> Result<usize, FirewallError> {
+        firewall::remove(pod_cidr)
+    }
+    fn foreign_drops(&mut self) -> Result<Vec<ForeignDrop>, masquerade::NftError> {
+        firewall::foreign_forward_drops()
+    }
+}
+
 /// The reconciler's state.
 pub struct NodeState<T, M> {
     node_name: String,
@@ -70,6 +101,14 @@ pub struct NodeState<T, M> {
     /// The refusals in force, each logged and counted once when it appeared.
     reported: BTreeSet<Refusal>,
     counts: &'static RefusalCounts,
+    /// The forward accept rules' backend; `None` when disabled.
+    forward: Option<Box<dyn ForwardRules + Send>>,
+    /// The pod CIDRs whose accept rules are known to be in place.
+    forward_applied: BTreeSet<IpNet>,
+    /// The foreign forward-drop chains last warned about.
+    foreign_drops: Vec<ForeignDrop>,
+    /// Where what is in place is reported.
+    health: Option<&'static NodeHealth>,
 }
 
 /// What one sync did (for logs and tests).
@@ -83,6 +122,8 @@ pub struct SyncReport {
     pub masquerade_written: bool,
     /// Pod CIDRs newly refused (each is logged and counted once, when it first appears).
     pub refused: usize,
+    /// Forward accept rules added.
+    pub forward_added: usize,
 }
 
 impl<T: RouteTable, M: MasqueradeRules> NodeState<T, M> {
@@ -112,12 +153,31 @@ impl<T: RouteTable, M: MasqueradeRules> NodeState<T, M> {
             applied_sets: BTreeMap::new(),
             reported: BTreeSet::new(),
             counts,
+            forward: None,
+            forward_applied: BTreeSet::new(),
+            foreign_drops: Vec::new(),
+            health: None,
         }
+    }
+
+    /// Also keeps the host firewall's forward accept rules of the pod CIDRs.
+    pub fn with_forward_rules(mut self, rules: Box<dyn ForwardRules + Send>) -> Self {
+        self.forward = Some(rules);
+        self
+    }
+
+    /// Reports what is in place to `health`.
+    pub fn with_health(mut self, health: &'static NodeHealth) -> Self {
+        self.health = Some(health);
+        self
     }
 
     /// A new node list arrived: act on what changed.
     pub fn on_nodes(&mut self, nodes: Vec<NodeInfo>) -> SyncReport {
         self.nodes = Some(nodes);
+        if let Some(h) = self.health {
+            h.set_source_connected(true);
+        }
         self.sync(false)
     }
 
@@ -204,13 +264,91 @@ impl<T: RouteTable, M: MasqueradeRules> NodeState<T, M> {
                 }
             }
         }
+        self.sync_forward(check_kernel, &mut report);
+        if let Some(h) = self.health {
+            // Without a node source there are no routes to wait for.
+            let routes_in_place =
+                self.routes.is_none() || (self.nodes.is_some() && self.applied_routes.is_some());
+            h.set_routes_synced(routes_in_place);
+            h.set_masquerade_written(self.applied_sets.len() == self.pod_cidrs.len());
+        }
         report
     }
 
-    /// Shutdown: the masquerade table goes (the dataplane stops with netstackd, so nothing
-    /// of the pods' traffic needs it until the next start writes it again); routes stay,
-    /// like the uplink, for the node's own traffic to other nodes' pods.
+    /// The forward accept rules: written once, checked again at every resync (someone may
+    /// have flushed the chain); other tables' forward-drop chains are looked for at every
+    /// resync and warned about when they change.
+    fn sync_forward(&mut self, check_kernel: bool, report: &mut SyncReport) {
+        let Some(rules) = self.forward.as_mut() else {
+            return;
+        };
+        for &pod_cidr in &self.pod_cidrs {
+            if !check_kernel && self.forward_applied.contains(&pod_cidr) {
+                continue;
+            }
+            match rules.ensure(pod_cidr) {
+                Ok(added) => {
+                    if added > 0 {
+                        report.forward_added += added;
+                        tracing::info!(
+                            %pod_cidr,
+                            chain = firewall::CHAIN,
+                            comment = firewall::COMMENT,
+                            added,
+                            "forward accept rules written"
+                        );
+                    }
+                    self.forward_applied.insert(pod_cidr);
+                }
+                // No iptables binary: there is no iptables policy to get past either.
+                Err(FirewallError::Spawn { .. }) if !self.forward_applied.contains(&pod_cidr) => {
+                    tracing::info!("no iptables on this node: no forward accept rules written");
+                    self.forward_applied.insert(pod_cidr);
+                }
+                Err(FirewallError::Spawn { .. }) => {}
+                Err(e) => {
+                    tracing::error!("forward accept rules: {e} (retried at the next resync)");
+                    self.forward_applied.remove(&pod_cidr);
+                }
+            }
+        }
+        if !check_kernel {
+            return;
+        }
+        match rules.foreign_drops() {
+            Ok(found) if found != self.foreign_drops => {
+                for chain in found.iter().filter(|c| !self.foreign_drops.contains(c)) {
+                    tracing::warn!(
+                        "{chain} drops forwarded packets by default: pod traffic leaving this \
+                         node is dropped there unless that table accepts it (netstack does not \
+                         edit other tables; see the README, \"Host firewall\")"
+                    );
+                }
+                self.foreign_drops = found;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!("looking for forward-drop chains: {e}"),
+        }
+    }
+
+    /// Shutdown: the masquerade table and the forward accept rules go (the dataplane stops
+    /// with netstackd, so nothing of the pods' traffic needs them until the next start writes
+    /// them again); routes stay, like the uplink, for the node's own traffic to other nodes'
+    /// pods.
     pub fn stop(&mut self) {
+        if let Some(rules) = self.forward.as_mut() {
+            for &pod_cidr in &self.pod_cidrs {
+                match rules.remove(pod_cidr) {
+                    Ok(removed) => {
+                        tracing::info!(%pod_cidr, removed, "forward accept rules removed")
+                    }
+                    Err(FirewallError::Spawn { .. }) => {}
+                    Err(e) => {
+                        tracing::warn!("removing the forward accept rules of {pod_cidr}: {e}")
+                    }
+                }
+            }
+        }
         if let Some((rules, _)) = self.masquerade.as_mut() {
             for family in self.pod_cidrs.iter().map(Family::of) {
                 let table = format!("{} {}", family.nft(), masquerade::TABLE);
@@ -612,6 +750,136 @@ mod tests {
             )),
             "a refused CIDR is never exempt from masquerade: {:?}",
             nft.sets
+        );
+    }
+
+    /// Records forward-rule calls (shared with the test through an Arc: the state owns a box).
+    #[derive(Default)]
+    struct FakeForward {
+        log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+        foreign: Vec<ForeignDrop>,
+        fail: bool,
+    }
+
+    impl ForwardRules for FakeForward {
+        fn ensure(&mut self, pod_cidr: IpNet) -> Result<usize, FirewallError> {
+            self.log.lock().unwrap().push(format!("ensure {pod_cidr}"));
+            if self.fail {
+                return Err(FirewallError::Refused {
+                    binary: "iptables".into(),
+                    args: "-I".into(),
+                    stderr: "injected".into(),
+                });
+            }
+            Ok(2)
+        }
+        fn remove(&mut self, pod_cidr: IpNet) -> Result<usize, FirewallError> {
+            self.log.lock().unwrap().push(format!("remove {pod_cidr}"));
+            Ok(2)
+        }
+        fn foreign_drops(&mut self) -> Result<Vec<ForeignDrop>, masquerade::NftError> {
+            self.log.lock().unwrap().push("foreign".into());
+            Ok(self.foreign.clone())
+        }
+    }
+
+    #[test]
+    fn forward_rules_per_pod_cidr_are_checked_at_resyncs_and_removed_at_stop() {
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let health: &'static NodeHealth = Box::leak(Box::default());
+        health.start(true, false, true);
+        let mut table = FakeRoutes::default();
+        let mut nft = FakeNft::default();
+        let forward = FakeForward {
+            log: log.clone(),
+            foreign: vec![ForeignDrop {
+                family: "inet".into(),
+                table: "firewalld".into(),
+                chain: "filter_FORWARD".into(),
+            }],
+            fail: false,
+        };
+        let mut state = NodeState::new(
+            "a".into(),
+            v4("10.244.1.0/24"),
+            Some("fd00:10:244:1::/64".parse().unwrap()),
+            Some(&mut table),
+            Some((&mut nft, vec![])),
+            RouteGuard::default(),
+            counts(),
+        )
+        .with_forward_rules(Box::new(forward))
+        .with_health(health);
+        let taken = || std::mem::take(&mut *log.lock().unwrap());
+        let r = state.sync(true);
+        assert_eq!(r.forward_added, 4, "two rules per pod CIDR, both families");
+        assert_eq!(
+            taken(),
+            [
+                "ensure 10.244.1.0/24",
+                "ensure fd00:10:244:1::/64",
+                "foreign"
+            ]
+        );
+        assert!(
+            !health.routes_synced(),
+            "no node list yet: routes are not in place"
+        );
+        assert!(health.readiness().iter().any(|c| !c.ok));
+        // A node list: the rules are not written again, routes are now in place.
+        state.on_nodes(vec![node("b", "10.244.2.0/24", "192.168.0.2")]);
+        assert_eq!(taken(), Vec::<String>::new());
+        assert!(health.routes_synced());
+        assert!(
+            health.readiness().iter().all(|c| c.ok),
+            "{:?}",
+            health.readiness()
+        );
+        // A resync checks them again (iptables -C inside ensure), and the foreign chains.
+        state.sync(true);
+        assert_eq!(
+            taken(),
+            [
+                "ensure 10.244.1.0/24",
+                "ensure fd00:10:244:1::/64",
+                "foreign"
+            ]
+        );
+        // A route that cannot be written: routes are not in place until a resync succeeds.
+        state.routes.as_mut().unwrap().fail_next = 1;
+        state.on_nodes(vec![node("c", "10.244.3.0/24", "192.168.0.3")]);
+        assert!(!health.routes_synced());
+        state.sync(true);
+        assert!(health.routes_synced());
+        taken();
+        state.stop();
+        assert_eq!(
+            taken(),
+            ["remove 10.244.1.0/24", "remove fd00:10:244:1::/64"]
+        );
+
+        // A refused write is retried at the next node list too.
+        let log2 = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut nft2 = FakeNft::default();
+        let mut failing: NodeState<&mut FakeRoutes, _> = NodeState::new(
+            "a".into(),
+            v4("10.244.1.0/24"),
+            None,
+            None,
+            Some((&mut nft2, vec![])),
+            RouteGuard::default(),
+            counts(),
+        )
+        .with_forward_rules(Box::new(FakeForward {
+            log: log2.clone(),
+            foreign: vec![],
+            fail: true,
+        }));
+        assert_eq!(failing.sync(true).forward_added, 0);
+        failing.on_nodes(vec![]);
+        assert_eq!(
+            log2.lock().unwrap().as_slice(),
+            ["ensure 10.244.1.0/24", "foreign", "ensure 10.244.1.0/24"]
         );
     }
 

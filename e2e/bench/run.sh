@@ -84,6 +84,9 @@ start_netstackd() {
   local dp=()
   # veth mode's namespace for the peers: ours, so that the run leaves nothing shared behind.
   "$BIN/netstackd" --help 2>/dev/null | grep -q -- --dp-netns && dp=(--dp-netns "/run/netns/$DP_NETNS")
+  # The host's FORWARD chain stays untouched, and the uplink keeps 1500 as the bridge baseline's
+  # links do (by default netstackd takes the MTU of the default route's interface).
+  "$BIN/netstackd" --help 2>/dev/null | grep -q -- --forward-accept && dp+=(--forward-accept=false --uplink-mtu 1500)
   mkdir -p "$STATE"
   "$BIN/netstackd" --socket "$SOCK" --state-dir "$STATE" --pod-cidr "$POD_CIDR" --uplink "$UPLINK" \
     --metrics-addr off "${dp[@]}" $EXTRA_ARGS >>"$WORK/netstackd.log" 2>&1 &

@@ -122,6 +122,43 @@ check "the dataplane runs (ctl status names its pid)" test "$(ctl status | jq -r
 check "ctl status gives the daemon's version with its commit" test "$(ctl status | jq -r .version)" = "$VERSION (commit $COMMIT)"
 check "  ... and the table gives ctl's own beside it" sh -c "'$BIN/netstackd' ctl --socket '$SOCK' status | grep -q 'ctl version.*$VERSION (commit $COMMIT)'"
 
+log "the plugin's log file (logFile, logLevel)"
+PLOG=$WORK/log/cni.log
+jq --arg f "$PLOG" '.plugins[0].logFile = $f' "$CONFLIST" >"$CONFLIST.new" && mv "$CONFLIST.new" "$CONFLIST"
+C=op-c-$RUN_ID
+IP_C=$(add_pod "$C") && ok "ADD pod C with a logFile ($IP_C)" || fail "ADD pod C with a logFile"
+cni CHECK "$C" "/run/netns/$C" eth0 "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=cart-7" >/dev/null 2>&1 || true
+cni DEL "$C" "/run/netns/$C" >/dev/null 2>&1
+cni ADD op-missing-$RUN_ID /run/netns/op-missing-$RUN_ID >/dev/null 2>&1
+check "the log directory is created (mode 640 file)" test "$(stat -c %a "$PLOG" 2>/dev/null)" = 640
+add_line=$(grep " ADD container=$C " "$PLOG")
+check "ADD: one line with time, container, ifname, pod, result, address and duration ($add_line)" \
+  grep -qE "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]+Z ADD container=$C ifname=eth0 pod=e2e/$C result=ok ips=$IP_C/24 took_ms=[0-9]+\$" <<<"$add_line"
+check "CHECK logged with the pod from CNI_ARGS" grep -q " CHECK container=$C ifname=eth0 pod=shop/cart-7 result=" "$PLOG"
+check "DEL logged" grep -q " DEL container=$C ifname=eth0 pod=e2e/$C result=ok" "$PLOG"
+check "a failed ADD is logged with its CNI code and message" grep -qE " ADD container=op-missing-$RUN_ID .*result=error code=[0-9]+ msg=\"[^\"]*op-missing" "$PLOG"
+check "VERSION is not logged" sh -c "! grep -q ' VERSION ' '$PLOG'"
+# Sixteen plugin processes at once: sixteen whole lines, none torn or interleaved.
+: >"$PLOG"
+for i in $(seq 16); do cni STATUS "" "" "" >/dev/null 2>&1 & done
+for j in $(jobs -p); do [ "$j" = "$NETSTACKD_PID" ] || wait "$j"; done
+check "16 parallel calls: 16 whole lines ($(wc -l <"$PLOG"))" \
+  test "$(grep -cE '^[0-9-]+T[0-9:.]+Z STATUS ifname=eth0 pod=e2e/ result=(ok|error code=[0-9]+ msg="[^"]*") took_ms=[0-9]+$' "$PLOG")/$(wc -l <"$PLOG")" = 16/16
+jq '.plugins[0].logLevel = "error"' "$CONFLIST" >"$CONFLIST.new" && mv "$CONFLIST.new" "$CONFLIST"
+: >"$PLOG"
+cni DEL op-gone-$RUN_ID "" >/dev/null 2>&1
+cni ADD op-missing-$RUN_ID /run/netns/op-missing-$RUN_ID >/dev/null 2>&1
+check "logLevel error: the failed ADD alone is logged, not the DEL that succeeded" \
+  test "$(grep -c ' ADD container=op-missing' "$PLOG")/$(wc -l <"$PLOG")" = 1/1
+jq '.plugins[0].logLevel = "debug"' "$CONFLIST" >"$CONFLIST.new" && mv "$CONFLIST.new" "$CONFLIST"
+cni DEL op-gone-$RUN_ID "" >/dev/null 2>&1
+cni ADD op-missing-$RUN_ID /run/netns/op-missing-$RUN_ID >/dev/null 2>&1
+check "logLevel debug: the netns, CNI_ARGS and the printed object are in the line" \
+  grep -q " ADD container=op-missing-$RUN_ID .* netns=/run/netns/op-missing-$RUN_ID args=.*K8S_POD_NAME=op-missing-$RUN_ID.* output=" "$PLOG"
+out=$(jq -c '.plugins[0] + {cniVersion: "1.1.0", name: .name, logLevel: "loud"}' "$CONFLIST" | env CNI_COMMAND=STATUS CNI_PATH="$BIN" "$BIN/netstack" 2>/dev/null)
+check "an unknown logLevel is a config error (code 7)" test "$(jq -r .code <<<"$out")" = 7
+jq 'del(.plugins[0].logFile, .plugins[0].logLevel)' "$CONFLIST" >"$CONFLIST.new" && mv "$CONFLIST.new" "$CONFLIST"
+
 log "ctl flags before and after the subcommand"
 ids() { jq -c '[.. | objects | select(has("container_id")) | .container_id] | sort'; }
 before=$("$BIN/netstackd" ctl --socket "$SOCK" --json list | ids)

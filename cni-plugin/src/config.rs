@@ -68,6 +68,12 @@ pub struct NetConf {
     /// GC: the same list under the key the released 1.1.0 text used.
     #[serde(default, rename = "cni.dev/attachments")]
     pub attachments: Option<Vec<GcAttachment>>,
+    /// The plugin's own log file (absolute), one line per command; see [`crate::log`].
+    #[serde(default, rename = "logFile")]
+    pub log_file: Option<PathBuf>,
+    /// `error`, `info` (default) or `debug`.
+    #[serde(default, rename = "logLevel")]
+    pub log_level: Option<String>,
 }
 
 /// One entry of a GC request's list of valid attachments.
@@ -161,6 +167,21 @@ impl NetConf {
             if !(MIN_MTU..=max).contains(&mtu) {
                 return Err(CniError::InvalidConfig(format!(
                     "mtu {mtu} out of range {MIN_MTU}-{max}: the largest MTU a {kind} takes is {max}"
+                )));
+            }
+        }
+        if let Some(file) = conf.log_file.as_ref().filter(|f| !f.as_os_str().is_empty()) {
+            if !file.is_absolute() {
+                return Err(CniError::InvalidConfig(format!(
+                    "logFile {} is not an absolute path",
+                    file.display()
+                )));
+            }
+        }
+        if let Some(level) = conf.log_level.as_deref().filter(|l| !l.is_empty()) {
+            if crate::log::Level::parse(level).is_none() {
+                return Err(CniError::InvalidConfig(format!(
+                    "logLevel {level:?} is not one of error, info, debug"
                 )));
             }
         }
@@ -280,6 +301,16 @@ mod tests {
         // (config, expected CNI code, what it covers)
         let table = [
             ("not json", 6, "undecodable stdin"),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","type":"netstack","logFile":"cni.log"}"#,
+                7,
+                "relative logFile",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","type":"netstack","logFile":"/l","logLevel":"loud"}"#,
+                7,
+                "unknown logLevel",
+            ),
             (r#"{"name":"n","type":"netstack"}"#, 6, "cniVersion missing"),
             (
                 r#"{"cniVersion":"9.9.9","name":"n","type":"netstack"}"#,

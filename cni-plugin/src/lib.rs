@@ -13,6 +13,7 @@ pub mod del;
 pub mod error;
 pub mod gc;
 pub mod ipam;
+pub mod log;
 pub mod netavark;
 pub mod portmap;
 pub mod result;

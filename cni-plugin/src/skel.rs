@@ -237,29 +237,75 @@ pub fn run() -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
+    let started = std::time::Instant::now();
     let mut stdin = Vec::new();
     let outcome = std::io::stdin()
         .read_to_end(&mut stdin)
         .map_err(|e| CniError::Io(format!("reading stdin: {e}")))
         .and_then(|_| dispatch(&stdin));
-    let mut out = std::io::stdout().lock();
-    match outcome {
-        Ok(Some(value)) => {
-            let _ = serde_json::to_writer(&mut out, &value);
-            let _ = writeln!(out);
-            ExitCode::SUCCESS
-        }
-        Ok(None) => ExitCode::SUCCESS,
+    let (printed, code) = match &outcome {
+        Ok(Some(value)) => (Some(value.clone()), ExitCode::SUCCESS),
+        Ok(None) => (None, ExitCode::SUCCESS),
         Err(e) => {
             let version = requested_version(&stdin)
                 .filter(|v| SUPPORTED_VERSIONS.contains(&v.as_str()))
                 .unwrap_or_else(|| LATEST.to_owned());
             eprintln!("netstack: {e}");
-            let _ = serde_json::to_writer(&mut out, &e.to_object(&version));
-            let _ = writeln!(out);
-            ExitCode::FAILURE
+            let object = serde_json::to_value(e.to_object(&version)).unwrap_or_default();
+            (Some(object), ExitCode::FAILURE)
         }
+    };
+    if let Some(value) = &printed {
+        let mut out = std::io::stdout().lock();
+        let _ = serde_json::to_writer(&mut out, value);
+        let _ = writeln!(out);
     }
+    log_outcome(&stdin, &outcome, printed.as_ref(), started.elapsed());
+    code
+}
+
+/// One line in the conflist's `logFile`, if it names one (VERSION queries are not logged).
+fn log_outcome(
+    stdin: &[u8],
+    outcome: &Result<Option<serde_json::Value>, CniError>,
+    printed: Option<&serde_json::Value>,
+    took: std::time::Duration,
+) {
+    let Some(settings) = crate::log::Settings::from_stdin(stdin) else {
+        return;
+    };
+    let var = |name: &str| std::env::var(name).unwrap_or_default();
+    let (command, container_id, ifname, netns, cni_args) = (
+        var("CNI_COMMAND"),
+        var("CNI_CONTAINERID"),
+        var("CNI_IFNAME"),
+        var("CNI_NETNS"),
+        var("CNI_ARGS"),
+    );
+    if command == "VERSION" {
+        return;
+    }
+    let ips = match outcome {
+        Ok(Some(result)) => result["ips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|ip| ip["address"].as_str().map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let record = crate::log::Record {
+        command: &command,
+        container_id: &container_id,
+        ifname: &ifname,
+        netns: &netns,
+        cni_args: &cni_args,
+        error: outcome.as_ref().err().map(|e| (e.code(), e.to_string())),
+        ips,
+        output: printed.map(|v| v.to_string()),
+        took,
+    };
+    crate::log::write(&settings, &record);
 }
 
 #[cfg(test)]

@@ -256,6 +256,88 @@ else
   check "a reference plugin missing everywhere fails the install, naming it" grep -q "portmap is neither in" "$WORK/install2.log"
 fi
 
+log "kustomize (manifests/kustomization.yaml) and the uninstall DaemonSet"
+"$BIN/netstackd" cleanup --help >"$WORK/cleanup-help.txt" 2>&1 || true
+check "the kustomization lists the four manifests, sets the DaemonSet's image and patches CIDRs the ConfigMap has" \
+  "$VPY" - "$M" "$WORK/cleanup-help.txt" <<'EOF'
+import glob, os, sys, yaml
+m, cleanup_help = sys.argv[1:3]
+k = yaml.safe_load(open(f"{m}/kustomization.yaml"))
+errors = []
+assert k["kind"] == "Kustomization", k
+want = sorted(os.path.basename(p) for p in glob.glob(f"{m}/0*.yaml"))
+if sorted(k["resources"]) != want:
+    errors.append(f"resources {k['resources']} are not the manifests {want}")
+docs = [d for n in want for d in yaml.safe_load_all(open(f"{m}/{n}")) if d]
+images = {c["image"].split(":")[0] for d in docs if d["kind"] == "DaemonSet"
+          for c in d["spec"]["template"]["spec"]["containers"]}
+names = {i["name"] for i in k["images"]}
+if images != names:
+    errors.append(f"kustomize images {names} are not the DaemonSet's {images}")
+cm = next(d for d in docs if d["kind"] == "ConfigMap")
+for p in k["patches"]:
+    if p["target"]["name"] != cm["metadata"]["name"]:
+        errors.append(f"patch target {p['target']} is not the ConfigMap")
+    for op in yaml.safe_load(p["patch"]):
+        key = op["path"].removeprefix("/data/")
+        if op["op"] != "replace" or key not in cm["data"]:
+            errors.append(f"patch {op} replaces no ConfigMap key")
+u = [d for d in yaml.safe_load_all(open(f"{m}/uninstall/netstack-uninstall.yaml")) if d]
+ds = next(d for d in u if d["kind"] == "DaemonSet")
+init = ds["spec"]["template"]["spec"]["initContainers"][0]
+if init["command"] != ["netstack-install", "uninstall"]:
+    errors.append(f"uninstall init container runs {init['command']}")
+if init["image"].split(":")[0] not in images:
+    errors.append(f"uninstall image {init['image']} is not netstack's")
+helptext = open(cleanup_help).read()
+for a in init["args"]:
+    flag = a.split("=")[0]
+    if flag not in helptext:
+        errors.append(f"uninstall passes {flag}, which netstackd cleanup does not take")
+mounts = {v["mountPath"] for v in init["volumeMounts"]}
+for path in ["/host/opt/cni/bin", "/host/etc/cni/net.d", "/run/netstack", "/var/lib/netstack", "/run/netns"]:
+    if path not in mounts:
+        errors.append(f"uninstall does not mount {path}")
+print("\n".join(errors))
+sys.exit(1 if errors else 0)
+EOF
+
+log "the uninstall step (install-cni.sh uninstall) on a node namespace where netstackd ran"
+NODE=mf-node-$$
+UN=$WORK/uninstall
+mkdir -p "$UN/bin" "$UN/conf" "$UN/state"
+ip netns add "$NODE"
+trap '[ -n "$INSTALL" ] && kill -TERM "$INSTALL" 2>/dev/null && wait "$INSTALL"; ip netns del "$NODE" 2>/dev/null; rm -rf "$WORK"' EXIT
+ip -n "$NODE" link set lo up
+ip netns exec "$NODE" "$BIN/netstackd" --socket "$UN/sock" --state-dir "$UN/state" --pod-cidr 10.250.9.0/24 \
+  --uplink mfup0 --dp-netns "$UN/dp" --metrics-addr off --masquerade=true >"$WORK/un-netstackd.log" 2>&1 &
+UNPID=$!
+until_true 100 test -S "$UN/sock"
+cp "$M/10-netstack.conflist" "$UN/conf/10-netstack.conflist"
+cp "$BIN/netstack" "$UN/bin/netstack"
+printf '#!/bin/sh\n' >"$UN/bin/host-local"
+chmod 0755 "$UN/bin/host-local"
+uninstall_step() {
+  ip netns exec "$NODE" env CNI_BIN_DIR="$UN/bin" CNI_CONF_DIR="$UN/conf" NETSTACK_SOCKET="$UN/sock" \
+    NETSTACKD="$BIN/netstackd" sh "$M/install-cni.sh" uninstall --state-dir "$UN/state" --uplink mfup0 --dp-netns "$UN/dp"
+}
+uninstall_step >"$WORK/un1.log" 2>&1; rc=$?
+check "uninstall refuses while netstackd answers (rc $rc)" sh -c "[ $rc != 0 ] && grep -q 'still answers' '$WORK/un1.log'"
+check "  ... and touched nothing" test -s "$UN/conf/10-netstack.conflist" -a -x "$UN/bin/netstack"
+check "netstackd made its uplink and masquerade table in the node namespace" \
+  sh -c "ip -n '$NODE' link show mfup0 >/dev/null && ip netns exec '$NODE' nft list table ip netstack >/dev/null"
+kill -9 "$UNPID"
+wait "$UNPID" 2>/dev/null
+check "after netstackd is gone (kill -9), uninstall succeeds" uninstall_step
+check "  ... the conflist is gone" test ! -e "$UN/conf/10-netstack.conflist"
+check "  ... the plugin is gone, the node's own host-local stays" test ! -e "$UN/bin/netstack" -a -x "$UN/bin/host-local"
+check "  ... the uplink is gone" sh -c "! ip -n '$NODE' link show mfup0 >/dev/null 2>&1"
+check "  ... the masquerade table is gone" sh -c "! ip netns exec '$NODE' nft list table ip netstack >/dev/null 2>&1"
+check "  ... no state file is left" test -z "$(ls -A "$UN/state" 2>/dev/null)"
+check "  ... the node namespace holds only lo" test "$(ip -n "$NODE" -o link show | wc -l)" = 1
+check "a second uninstall is harmless" uninstall_step
+ip netns del "$NODE"
+
 log "the kind e2e's config"
 check "e2e/kind/kind.yaml parses, disables the default CNI, has two nodes" "$VPY" -c '
 import sys, yaml

@@ -19,6 +19,13 @@
 #       no range of are dropped. $NETSTACK_IPAM_DATA_DIR, if set, becomes host-local's dataDir;
 #       $NETSTACK_MTU, if set, the plugin's mtu (`conflist` sets it to the uplink's MTU, which
 #       netstackd took from the default route's interface unless told otherwise).
+#   install-cni.sh uninstall [CLEANUP ARGS...]
+#       Leaves the node as it was before netstack (manifests/uninstall/ runs it on every node
+#       once the netstack DaemonSet is gone): refuses while a netstackd answers on the socket;
+#       removes the conflist (the runtime stops choosing netstack), runs `netstackd cleanup`
+#       with CLEANUP ARGS (pod TAPs and veths, the uplink, state, routes, nftables tables, the
+#       FORWARD accept rules), then removes the plugin from $CNI_BIN_DIR. Reference plugins it
+#       copied stay (other CNIs use them), as do the plugin's logs in /var/log/netstack.
 #
 # Environment (defaults are the DaemonSet's paths):
 #   CNI_BIN_DIR=/host/opt/cni/bin  CNI_CONF_DIR=/host/etc/cni/net.d
@@ -152,6 +159,17 @@ cmd_run() {
   exit "$rc"
 }
 
+cmd_uninstall() {
+  if "$NETSTACKD" ctl --socket "$NETSTACK_SOCKET" --json status >/dev/null 2>&1; then
+    die "netstackd still answers on $NETSTACK_SOCKET: delete the netstack DaemonSet first"
+  fi
+  rm -f "$CNI_CONF_DIR/$CNI_CONF_NAME"
+  say "removed $CNI_CONF_DIR/$CNI_CONF_NAME"
+  "$NETSTACKD" cleanup --socket "$NETSTACK_SOCKET" "$@" || die "netstackd cleanup failed"
+  rm -f "$CNI_BIN_DIR/netstack"
+  say "removed $CNI_BIN_DIR/netstack; the node is as it was before netstack"
+}
+
 cmd=${1:-}
 [ $# -gt 0 ] && shift
 case "$cmd" in
@@ -159,5 +177,6 @@ case "$cmd" in
   binaries) cmd_binaries ;;
   conflist) cmd_conflist ;;
   render) cmd_render "$@" ;;
-  *) die "usage: $0 run [NETSTACKD ARGS...] | binaries | conflist | render POD_CIDR [POD_CIDR_V6]" ;;
+  uninstall) cmd_uninstall "$@" ;;
+  *) die "usage: $0 run [NETSTACKD ARGS...] | binaries | conflist | render POD_CIDR [POD_CIDR_V6] | uninstall [CLEANUP ARGS...]" ;;
 esac

@@ -110,7 +110,7 @@ kind load docker-image "$AGNHOST" --name "$CLUSTER" >/dev/null 2>&1 \
   || echo "  note: kind load docker-image $AGNHOST failed; the nodes will pull it"
 
 log "install"
-check "kubectl apply -f manifests/" k apply -f "$ROOT/manifests/"
+check "kubectl apply -k manifests/" k apply -k "$ROOT/manifests/"
 check "the DaemonSet rolls out on both nodes" k -n netstack rollout status ds/netstack --timeout=300s
 check "both nodes become Ready" k wait --for=condition=Ready node --all --timeout=300s
 check "CoreDNS becomes available" k -n kube-system rollout status deploy/coredns --timeout=300s

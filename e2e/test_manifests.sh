@@ -346,6 +346,15 @@ assert c["kind"] == "Cluster" and c["networking"]["disableDefaultCNI"] is True, 
 assert [n["role"] for n in c["nodes"]] == ["control-plane", "worker"], c["nodes"]
 ' "$ROOT/e2e/kind/kind.yaml"
 check "e2e/kind/run.sh is valid shell" bash -n "$ROOT/e2e/kind/run.sh"
+check "the GitHub Actions workflow runs e2e/kind/run.sh with KIND_REQUIRED=1 after installing kind" "$VPY" -c '
+import sys, yaml
+w = yaml.safe_load(open(sys.argv[1]))
+steps = w["jobs"]["kind"]["steps"]
+runs = [s.get("run", "") for s in steps]
+assert any("KIND_REQUIRED=1" in r and "e2e/kind/run.sh" in r for r in runs), runs
+uses = [s.get("uses", "") for s in steps]
+assert uses.index(next(u for u in uses if u.startswith("helm/kind-action"))) < runs.index(next(r for r in runs if "e2e/kind/run.sh" in r)), steps
+' "$ROOT/.github/workflows/kind.yml"
 # The kind e2e where it cannot run: stand-ins for docker, kind and kubectl on PATH (each logs
 # its arguments); docker's daemon answers but has no image and no registry ($STUB_IMAGES=1:
 # every image is there, but kind cannot pull its node image).

@@ -12,8 +12,28 @@
 # TCP fallback). Then the negative control: netstackd with --service-flows off fails the
 # same-node rows. Every address is this run's (ClusterIPs in 10.96.N.0/24); every rule, link,
 # netns and process is removed on exit, also on SIGTERM/SIGINT. Needs root, iptables (nft
-# backend), nft, socat, dig, python3.
+# backend), nft, socat, dig, python3. Without MODE set it runs twice: TAP pods, then veth
+# pods (about 15 s each).
 set -uo pipefail
+
+if [ -z "${MODE:-}" ]; then
+  total_pass=0 total_fail=0 rc=0 child=
+  trap '[ -n "$child" ] && kill -TERM "$child" 2>/dev/null; wait "$child"; cat "$out"; rm -f "$out"; exit 143' TERM INT
+  for mode in tap veth; do
+    out=$(mktemp)
+    MODE=$mode bash "$0" >"$out" 2>&1 &
+    child=$!
+    wait "$child" || rc=1
+    child=
+    cat "$out"
+    read -r p f < <(sed -n 's/^test_services: \([0-9]*\) passed, \([0-9]*\) failed$/\1 \2/p' "$out")
+    rm -f "$out"
+    total_pass=$((total_pass + ${p:-0})) total_fail=$((total_fail + ${f:-1}))
+  done
+  echo "test_services: $total_pass passed, $total_fail failed (TAP and veth pods)"
+  [ "$rc" = 0 ] && [ "$total_fail" = 0 ]
+  exit
+fi
 . "$(dirname "$0")/lib.sh"
 
 N=$((RUN_ID % 200 + 20))

@@ -134,7 +134,7 @@ impl<P> Router<P> {
         } else {
             p.key
         };
-        flows.lookup(&key, p.lifetime, flows.now())
+        flows.lookup(&key, p.lifetime)
     }
 
     /// Records the reply direction of a packet the uplink delivered from a local pod: only

@@ -45,9 +45,9 @@ fn a_recorded_flow_is_found_and_another_is_not() {
     assert!(!t.is_used());
     t.record(&key(53), UDP, 1);
     assert!(t.is_used());
-    assert!(t.lookup(&key(53), UDP, 2));
-    assert!(!t.lookup(&key(54), UDP, 2));
-    assert!(!t.lookup(&key(53).reversed(), UDP, 2));
+    assert!(t.lookup_at(&key(53), UDP, 2));
+    assert!(!t.lookup_at(&key(54), UDP, 2));
+    assert!(!t.lookup_at(&key(53).reversed(), UDP, 2));
     let s = t.stats();
     assert_eq!((s.inserts, s.evictions), (1, 0));
 }
@@ -58,15 +58,15 @@ fn entries_expire_like_conntrack_and_are_refreshed_by_both_directions() {
     t.record(&key(1), UDP, 10);
     t.record(&key(2), UDP, 10);
     // Key 1 is left alone: alive until its timeout, gone after.
-    assert!(t.lookup(&key(1), UDP, 10 + UDP_SECS - 1));
+    assert!(t.lookup_at(&key(1), UDP, 10 + UDP_SECS - 1));
     // That lookup refreshed it (a reply refreshes as a request does).
-    assert!(t.lookup(&key(1), UDP, 10 + 2 * UDP_SECS - 2));
-    assert!(!t.lookup(&key(2), UDP, 10 + UDP_SECS + 1));
+    assert!(t.lookup_at(&key(1), UDP, 10 + 2 * UDP_SECS - 2));
+    assert!(!t.lookup_at(&key(2), UDP, 10 + UDP_SECS + 1));
     // A request packet refreshes too, and does not count as a new entry.
     t.record(&key(3), Lifetime::Fixed(ICMP_SECS), 100);
     t.record(&key(3), Lifetime::Fixed(ICMP_SECS), 125);
-    assert!(t.lookup(&key(3), Lifetime::Fixed(ICMP_SECS), 150));
-    assert!(!t.lookup(&key(3), Lifetime::Fixed(ICMP_SECS), 181));
+    assert!(t.lookup_at(&key(3), Lifetime::Fixed(ICMP_SECS), 150));
+    assert!(!t.lookup_at(&key(3), Lifetime::Fixed(ICMP_SECS), 181));
     assert_eq!(t.stats().inserts, 3);
 }
 
@@ -79,23 +79,23 @@ fn tcp_lives_days_established_and_minutes_once_closing() {
     };
     t.record(&k, Lifetime::TcpOpening, 1);
     assert!(
-        !t.lookup(&k, Lifetime::TcpOpen, 1 + TCP_CLOSING_SECS + 1),
+        !t.lookup_at(&k, Lifetime::TcpOpen, 1 + TCP_CLOSING_SECS + 1),
         "an unanswered SYN lives 120 s"
     );
     t.record(&k, Lifetime::TcpOpening, 1000);
-    assert!(t.lookup(&k, Lifetime::TcpOpen, 1001), "SYN-ACK");
+    assert!(t.lookup_at(&k, Lifetime::TcpOpen, 1001), "SYN-ACK");
     assert!(
-        t.lookup(&k, Lifetime::TcpOpen, 1001 + 86_400),
+        t.lookup_at(&k, Lifetime::TcpOpen, 1001 + 86_400),
         "a day idle, still established"
     );
-    assert!(t.lookup(&k, Lifetime::TcpClosing, 100_000), "FIN");
+    assert!(t.lookup_at(&k, Lifetime::TcpClosing, 100_000), "FIN");
     // The last ACK after the FIN does not bring back the established timeout.
-    assert!(t.lookup(&k, Lifetime::TcpOpen, 100_001));
-    assert!(!t.lookup(&k, Lifetime::TcpOpen, 100_001 + TCP_CLOSING_SECS + 1));
+    assert!(t.lookup_at(&k, Lifetime::TcpOpen, 100_001));
+    assert!(!t.lookup_at(&k, Lifetime::TcpOpen, 100_001 + TCP_CLOSING_SECS + 1));
     // A new connection on the same tuple starts over.
     t.record(&k, Lifetime::TcpOpening, 200_000);
-    assert!(t.lookup(&k, Lifetime::TcpOpen, 200_001));
-    assert!(t.lookup(&k, Lifetime::TcpOpen, 200_001 + 3_600));
+    assert!(t.lookup_at(&k, Lifetime::TcpOpen, 200_001));
+    assert!(t.lookup_at(&k, Lifetime::TcpOpen, 200_001 + 3_600));
 }
 
 #[test]
@@ -103,8 +103,8 @@ fn expiry_survives_the_24_bit_clock_wrapping() {
     let t = FlowTable::new(64);
     let near_wrap = (1 << 24) - 10;
     t.record(&key(9), UDP, near_wrap);
-    assert!(t.lookup(&key(9), UDP, near_wrap + 100));
-    assert!(!t.lookup(&key(9), UDP, near_wrap + 100 + UDP_SECS + 1));
+    assert!(t.lookup_at(&key(9), UDP, near_wrap + 100));
+    assert!(!t.lookup_at(&key(9), UDP, near_wrap + 100 + UDP_SECS + 1));
 }
 
 #[test]
@@ -139,10 +139,10 @@ fn a_full_bucket_gives_up_the_entry_that_expires_first() {
     }
     // Key 0 expires first; key 99 takes its slot.
     t.record(&key(99), UDP, 20);
-    assert!(t.lookup(&key(99), UDP, 21));
-    assert!(!t.lookup(&key(0), UDP, 21));
+    assert!(t.lookup_at(&key(99), UDP, 21));
+    assert!(!t.lookup_at(&key(0), UDP, 21));
     for i in 1..WAYS as u16 {
-        assert!(t.lookup(&key(i), UDP, 21), "key {i}");
+        assert!(t.lookup_at(&key(i), UDP, 21), "key {i}");
     }
     assert_eq!(t.stats().evictions, 1);
 }
@@ -168,7 +168,7 @@ fn workers_on_other_threads_see_each_others_flows() {
     let found = std::thread::spawn(move || {
         (0..4u16)
             .flat_map(|w| (0..500u16).map(move |i| (w, i)))
-            .filter(|&(w, i)| reader.lookup(&FlowKey { dport: w, ..key(i) }, UDP, now))
+            .filter(|&(w, i)| reader.lookup_at(&FlowKey { dport: w, ..key(i) }, UDP, now))
             .count()
     })
     .join()

@@ -371,7 +371,21 @@ serve "$B" socat UDP-RECVFROM:8081,fork SYSTEM:'read -r line; echo pod-b saw $SO
 serve "$B" python3 "$WORK/dns.py" 5353
 serve "" socat TCP-LISTEN:18080,bind="$NODE_IP",fork,reuseaddr SYSTEM:'echo node saw $SOCAT_PEERADDR'
 serve "$REMOTE_NS" socat TCP-LISTEN:8080,fork,reuseaddr SYSTEM:'echo remote saw $SOCAT_PEERADDR'
-sleep 0.5
+# listening NETNS PROTO PORT: a socket listens there (up to 5 s: python starts slowly).
+listening() {
+  local i run=()
+  [ -n "$1" ] && run=(ip netns exec "$1")
+  for i in $(seq 50); do
+    "${run[@]}" ss -Hln"${2:0:1}" "sport = :$3" | grep -q . && return 0
+    sleep 0.1
+  done
+  return 1
+}
+servers_listen() {
+  listening "$B" tcp 8080 && listening "$B" udp 8081 && listening "$B" udp 5353 &&
+    listening "$B" tcp 5353 && listening "" tcp 18080 && listening "$REMOTE_NS" tcp 8080
+}
+check "the servers listen (pod B tcp 8080, udp 8081, dns 5353 udp+tcp; node 18080; remote pod 8080)" servers_listen
 
 tcp_get() { timeout 6 ip netns exec "$1" socat -T 3 - "TCP:$2:$3,connect-timeout=3" </dev/null 2>&1; }
 udp_get() { echo hi | timeout 6 ip netns exec "$1" socat -T 2 - "UDP:$2:$3" 2>&1; }

@@ -8,6 +8,7 @@ PACKAGES+=(containerd protobuf-compiler gcc libc6-dev iptables)  # CNI chaining 
 PACKAGES+=(nftables curl python3-venv)  # node mode: masquerade (nft); test_multinode, test_manifests (kubernetes-validate venv)
 PACKAGES+=(passt slirp4netns)  # e2e/bench: the pasta and slirp4netns baselines
 PACKAGES+=(g++)  # scripts/fuzz.sh: libfuzzer-sys compiles libFuzzer (C++)
+PACKAGES+=(bind9-dnsutils)  # e2e/test_services.sh: dig (DNS through a ClusterIP)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -1301,3 +1301,44 @@ fn a_flood_of_service_flows_keeps_the_table_bounded() {
         }
     );
 }
+
+#[test]
+fn icmp_errors_quoting_any_cut_of_a_packet_follow_their_flow_or_are_switched() {
+    let (r, _flows) = router_with_flows(1024);
+    dnat_request_from_uplink(&r, 40000);
+    // The request as pod B received it (A:40000 -> B:53), quoted cut at every length and
+    // with its bytes garbled: the error is the flow's while the quoted IP header is intact
+    // (cut before the ports, it matches the flow's address pair), never a panic.
+    let mut req = buffer();
+    let n = udp_frame(&mut req, GATEWAY_MAC, IP_A, IP_B, 63, 20);
+    set_ports(&mut req, 34, 40000, 53);
+    let quoted = req[14..n].to_vec();
+    for cut in 0..=quoted.len() {
+        for garble in [None, Some(0usize), Some(9), Some(12)] {
+            let mut q = quoted[..cut].to_vec();
+            if let Some(at) = garble.filter(|&at| at < q.len()) {
+                q[at] ^= 0xff;
+            }
+            let mut buf = buffer();
+            let ip_len = icmpv4::emit_error(
+                &mut buf[14..],
+                IP_B,
+                IP_A,
+                icmpv4::TYPE_DEST_UNREACHABLE,
+                3,
+                0,
+                &q,
+            );
+            ethernet::write_header(&mut buf, GATEWAY_MAC, MAC_B, ethernet::ETHERTYPE_IPV4);
+            let len = 14 + ip_len;
+            let v = r.from_pod(2, &mut VnetHdr::default(), &mut buf, len);
+            let follows = cut >= 20 && garble.is_none_or(|at| at >= cut);
+            let want = if follows {
+                Verdict::ToUplink { len }
+            } else {
+                Verdict::ToPod { id: 1, len }
+            };
+            assert_eq!(v, want, "quote cut at {cut}, garbled at {garble:?}");
+        }
+    }
+}

@@ -9,11 +9,12 @@
 # (a netns behind a veth); hairpin (a pod reaching its own Service); NodePort from an outside
 # host with the client's address preserved (externalTrafficPolicy: Local); a Service without
 # endpoints refuses; DNS to a ClusterIP backed by a pod (UDP, a response over 512 bytes, the
-# TCP fallback). Then the negative control: netstackd with --service-flows off fails the
-# same-node rows. Every address is this run's (ClusterIPs in 10.96.N.0/24); every rule, link,
+# TCP fallback); and over IPv6 (dual-stack pods, table `ip6 kube-proxy`) the same-node ClusterIP,
+# TCP and UDP. Then the negative control: netstackd with --service-flows off fails the
+# same-node rows (IPv4 in both modes, IPv6). Every address is this run's (ClusterIPs in 10.96.N.0/24); every rule, link,
 # netns and process is removed on exit, also on SIGTERM/SIGINT. Needs root, iptables (nft
 # backend), nft, socat, dig, python3. Without MODE set it runs twice: TAP pods, then veth
-# pods (about 15 s each).
+# pods (about 16 s each).
 set -uo pipefail
 
 if [ -z "${MODE:-}" ]; then
@@ -60,6 +61,11 @@ SERVER_PIDS=()
 IPT_UNDO=
 NFT_TABLE=
 FORWARD_WAS=$(cat /proc/sys/net/ipv4/ip_forward)
+FORWARD6_WAS=$(cat /proc/sys/net/ipv6/conf/all/forwarding)
+# IPv6: the pods are dual-stack; one ClusterIP (nftables mode, table ip6 kube-proxy) to pod B.
+POD_CIDR6=fd00:10:244:$N::/64
+CIP6_B=fd00:96:$N::10 # pod B: tcp/80 -> [B]:8086, udp/80 -> [B]:8087
+NFT6_TABLE=
 
 # ---- kube-proxy iptables mode -------------------------------------------------------------
 # ipt TABLE ARGS...: one iptables change, remembered (as its undo) for cleanup.
@@ -245,6 +251,53 @@ nft_remove() {
   NFT_TABLE=
 }
 
+# nft6_install: kube-proxy's IPv6 table (ip6 kube-proxy), one dual-protocol Service to pod B.
+nft6_install() {
+  NFT6_TABLE=kube-proxy
+  nft list table ip6 "$NFT6_TABLE" >/dev/null 2>&1 && NFT6_TABLE=kube-proxy-$RUN_ID
+  local ht hu EP6=${IP6_B//:/.} # nft names take no colons
+  ht=$(chain_hash "svc-b6/tcp" | head -c 8)
+  hu=$(chain_hash "svc-b6/udp" | head -c 8)
+  nft -f - <<NFT
+table ip6 $NFT6_TABLE {
+  chain nat-prerouting { type nat hook prerouting priority dstnat; policy accept; jump services; }
+  chain nat-postrouting { type nat hook postrouting priority srcnat; policy accept; jump masquerading; }
+  chain mark-for-masquerade { mark set mark or 0x4000; }
+  chain masquerading {
+    mark and 0x4000 == 0 return
+    mark set mark xor 0x4000
+    masquerade fully-random
+  }
+  chain endpoint-$ht-e2e/svc-b6/tcp/p80__$EP6/8086 {
+    ip6 saddr $IP6_B jump mark-for-masquerade
+    meta l4proto tcp dnat to [$IP6_B]:8086
+  }
+  chain service-$ht-e2e/svc-b6/tcp/p80 {
+    ip6 daddr $CIP6_B tcp dport 80 ip6 saddr != $POD_CIDR6 jump mark-for-masquerade
+    numgen random mod 1 vmap { 0 : goto endpoint-$ht-e2e/svc-b6/tcp/p80__$EP6/8086 }
+  }
+  chain endpoint-$hu-e2e/svc-b6/udp/p80__$EP6/8087 {
+    ip6 saddr $IP6_B jump mark-for-masquerade
+    meta l4proto udp dnat to [$IP6_B]:8087
+  }
+  chain service-$hu-e2e/svc-b6/udp/p80 {
+    ip6 daddr $CIP6_B udp dport 80 ip6 saddr != $POD_CIDR6 jump mark-for-masquerade
+    numgen random mod 1 vmap { 0 : goto endpoint-$hu-e2e/svc-b6/udp/p80__$EP6/8087 }
+  }
+  map service-ips {
+    type ipv6_addr . inet_proto . inet_service : verdict
+    elements = { $CIP6_B . tcp . 80 : goto service-$ht-e2e/svc-b6/tcp/p80, $CIP6_B . udp . 80 : goto service-$hu-e2e/svc-b6/udp/p80 }
+  }
+  chain services { ip6 daddr . meta l4proto . th dport vmap @service-ips; }
+}
+NFT
+}
+nft6_remove() {
+  [ -n "$NFT6_TABLE" ] || return 0
+  nft delete table ip6 "$NFT6_TABLE" 2>/dev/null || echo "cleanup: nft table ip6 $NFT6_TABLE" >&2
+  NFT6_TABLE=
+}
+
 # ---- the other hosts: a pod on another node, an outside client --------------------------
 wire_netns() { # NS VETH HOST_ADDR PEER_ADDR: a netns behind a veth from the node
   ip netns add "$1" && ip -n "$1" link set lo up
@@ -261,12 +314,14 @@ svc_cleanup() {
   SERVER_PIDS=()
   iptables_remove
   nft_remove
+  nft6_remove
   ip route del "10.245.$N.0/24" 2>/dev/null
   ip link del "$REMOTE_VETH" 2>/dev/null
   ip link del "$EXT_VETH" 2>/dev/null
   ip netns del "$REMOTE_NS" 2>/dev/null
   ip netns del "$EXT_NS" 2>/dev/null
   echo "$FORWARD_WAS" >/proc/sys/net/ipv4/ip_forward
+  echo "$FORWARD6_WAS" >/proc/sys/net/ipv6/conf/all/forwarding
 }
 trap 'svc_cleanup; e2e_cleanup' EXIT
 trap 'exit 143' TERM INT
@@ -352,9 +407,20 @@ log "the node: netstackd, two pods, the other hosts, servers"
 build_release || exit 1
 check "conntrack is there (nf_conntrack: /proc/sys/net/netfilter/nf_conntrack_max)" test -e /proc/sys/net/netfilter/nf_conntrack_max
 write_conflist
-start_netstackd --workers 2 || exit 1
+jq --arg s6 "$POD_CIDR6" '.plugins[0].ipam.ranges += [[{subnet: $s6}]] | .plugins[0].ipam.routes += [{dst: "::/0"}]' \
+  "$CONFLIST" >"$CONFLIST.new" && mv "$CONFLIST.new" "$CONFLIST"
+start_netstackd --workers 2 --pod-cidr-v6 "$POD_CIDR6" || exit 1
 IP_A=$(add_pod "$A") && ok "ADD pod A ($IP_A)" || fail "ADD pod A"
 IP_B=$(add_pod "$B") && ok "ADD pod B ($IP_B)" || fail "ADD pod B"
+ip6_of() { jq -r '[.ips[].address | select(contains(":"))][0] // empty | split("/")[0]' "$WORK/$1.result.json"; }
+IP6_A=$(ip6_of "$A")
+IP6_B=$(ip6_of "$B")
+# socat names IPv6 peers written out in full.
+IP6_A_FULL=$(python3 -c 'import ipaddress, sys; print(ipaddress.ip_address(sys.argv[1]).exploded)' "${IP6_A:-::}")
+# no_tentative NETNS: duplicate address detection is over in NETNS.
+no_tentative() { local i; for i in $(seq 50); do [ -z "$(ip -n "$1" -6 addr show tentative)" ] && return 0; sleep 0.1; done; return 1; }
+check "both pods are dual-stack ($IP6_A, $IP6_B)" sh -c "[ -n '$IP6_A' ] && [ -n '$IP6_B' ]"
+no_tentative "$A"; no_tentative "$B"
 check "IPv4 forwarding is on (netstackd sets it; restored to $FORWARD_WAS at exit)" test "$(cat /proc/sys/net/ipv4/ip_forward)" = 1
 # The node's own address for the node-endpoint Service: the one of its default route, else
 # the pods' gateway.
@@ -371,6 +437,8 @@ serve "$B" socat UDP-RECVFROM:8081,fork SYSTEM:'read -r line; echo pod-b saw $SO
 serve "$B" python3 "$WORK/dns.py" 5353
 serve "" socat TCP-LISTEN:18080,bind="$NODE_IP",fork,reuseaddr SYSTEM:'echo node saw $SOCAT_PEERADDR'
 serve "$REMOTE_NS" socat TCP-LISTEN:8080,fork,reuseaddr SYSTEM:'echo remote saw $SOCAT_PEERADDR'
+serve "$B" socat TCP6-LISTEN:8086,fork,reuseaddr SYSTEM:'echo pod-b saw $SOCAT_PEERADDR'
+serve "$B" socat UDP6-RECVFROM:8087,fork SYSTEM:'read -r line; echo pod-b saw $SOCAT_PEERADDR'
 # listening NETNS PROTO PORT: a socket listens there (up to 5 s: python starts slowly).
 listening() {
   local i run=()
@@ -383,12 +451,14 @@ listening() {
 }
 servers_listen() {
   listening "$B" tcp 8080 && listening "$B" udp 8081 && listening "$B" udp 5353 &&
-    listening "$B" tcp 5353 && listening "" tcp 18080 && listening "$REMOTE_NS" tcp 8080
+    listening "$B" tcp 5353 && listening "" tcp 18080 && listening "$REMOTE_NS" tcp 8080 &&
+    listening "$B" tcp 8086 && listening "$B" udp 8087
 }
 check "the servers listen (pod B tcp 8080, udp 8081, dns 5353 udp+tcp; node 18080; remote pod 8080)" servers_listen
 
 tcp_get() { timeout 6 ip netns exec "$1" socat -T 3 - "TCP:$2:$3,connect-timeout=3" </dev/null 2>&1; }
 udp_get() { echo hi | timeout 6 ip netns exec "$1" socat -T 2 - "UDP:$2:$3" 2>&1; }
+not_answered() { ! grep -qF "pod-b saw" <<<"$1"; }
 flow_metric() { ctlh metrics 2>/dev/null | awk -v m="$1" '$1 == m {print $2}'; }
 
 # rows MODE: every Service row, against the rules of MODE.
@@ -442,6 +512,13 @@ log "kube-proxy nftables mode"
 if nft_install; then ok "nftables table ip $NFT_TABLE installed"; else fail "nftables table"; fi
 rows nftables
 
+log "IPv6, nftables mode (table ip6 kube-proxy): ClusterIP to a pod on the same node"
+if nft6_install; then ok "nftables table ip6 $NFT6_TABLE installed"; else fail "nftables table ip6"; fi
+out=$(tcp_get "$A" "[$CIP6_B]" 80)
+check "[nftables, IPv6] pod A -> [$CIP6_B]:80 tcp -> pod B: answered, B saw A's own address ($out)" test "$out" = "pod-b saw [$IP6_A_FULL]"
+out=$(udp_get "$A" "[$CIP6_B]" 80)
+check "[nftables, IPv6] pod A -> [$CIP6_B]:80 udp -> pod B: the reply came from the ClusterIP ($out)" test "$out" = "pod-b saw [$IP6_A_FULL]"
+
 inserts=$(flow_metric netstack_flow_table_inserts_total)
 check "the flow table was used: netstack_flow_table_inserts_total ${inserts:-?} > 0, evictions $(flow_metric netstack_flow_table_evictions_total)" \
   test "${inserts:-0}" -gt 0
@@ -450,7 +527,7 @@ check "  ... and holds live entries (netstack_flow_table_entries $(flow_metric n
 
 log "negative control: netstackd --service-flows off"
 stop_netstackd
-start_netstackd --workers 2 --service-flows off || exit 1
+start_netstackd --workers 2 --pod-cidr-v6 "$POD_CIDR6" --service-flows off || exit 1
 for i in $(seq 50); do [ "$(ctl list | jq '[.[] | select(.state == "attached")] | length')" = 2 ] && break; sleep 0.1; done
 check "the pods are served again after the restart (pod A -> node ClusterIP)" test "$(tcp_get "$A" "$CIP_NODE" 80)" = "node saw $IP_A"
 check "the flow table is off: netstack_flow_table_capacity 0" test "$(flow_metric netstack_flow_table_capacity)" = 0
@@ -458,7 +535,10 @@ out=$(tcp_get "$A" "$CIP_B" 80)
 check "[nftables, flows off] pod A -> ClusterIP tcp -> pod B fails ($out)" test "$out" != "pod-b saw $IP_A"
 out=$(udp_get "$A" "$CIP_B" 80)
 check "[nftables, flows off] pod A -> ClusterIP udp -> pod B gets no reply ($out)" test "$out" != "pod-b saw $IP_A"
+out=$(tcp_get "$A" "[$CIP6_B]" 80)
+check "[nftables, IPv6, flows off] pod A -> [$CIP6_B]:80 tcp -> pod B fails ($out)" not_answered "$out"
 nft_remove
+nft6_remove
 iptables_install >/dev/null
 out=$(tcp_get "$A" "$CIP_B" 80)
 check "[iptables, flows off] pod A -> ClusterIP tcp -> pod B fails ($out)" test "$out" != "pod-b saw $IP_A"

@@ -9,10 +9,11 @@
 # (a netns behind a veth); hairpin (a pod reaching its own Service); NodePort from an outside
 # host with the client's address preserved (externalTrafficPolicy: Local); a Service without
 # endpoints refuses; DNS to a ClusterIP backed by a pod (UDP, a response over 512 bytes, the
-# TCP fallback); and over IPv6 (dual-stack pods, table `ip6 kube-proxy`) the same-node ClusterIP,
-# TCP and UDP. Then the negative control: netstackd with --service-flows off fails the
-# same-node rows (IPv4 in both modes, IPv6). Every address is this run's (ClusterIPs in 10.96.N.0/24); every rule, link,
-# netns and process is removed on exit, also on SIGTERM/SIGINT. Needs root, iptables (nft
+# TCP fallback); and over IPv6 (dual-stack pods, table `ip6 kube-proxy`) the same-node
+# ClusterIP, TCP and UDP. Then the negative control: netstackd with --service-flows off fails
+# the same-node rows (IPv4 in both modes, IPv6). Every address is this run's (ClusterIPs in
+# 10.96.N.0/24, fd00:96:N::/64); every rule, link, netns and process is removed on exit, also
+# on SIGTERM/SIGINT. Needs root, iptables (nft
 # backend), nft, socat, dig, python3. Without MODE set it runs twice: TAP pods, then veth
 # pods (about 16 s each).
 set -uo pipefail

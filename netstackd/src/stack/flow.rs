@@ -391,7 +391,9 @@ impl FlowTable {
 
     /// Seconds since the table was made, plus one (the coarse clock of every entry).
     pub fn now(&self) -> u32 {
-        u32::try_from(self.epoch.elapsed().as_secs()).unwrap_or(u32::MAX) + 1
+        u32::try_from(self.epoch.elapsed().as_secs())
+            .unwrap_or(u32::MAX)
+            .saturating_add(1)
     }
 
     /// Has anything ever been recorded? While not, a lookup can be skipped.

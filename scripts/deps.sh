@@ -9,6 +9,7 @@ PACKAGES+=(nftables curl python3-venv)  # node mode: masquerade (nft); test_mult
 PACKAGES+=(passt slirp4netns)  # e2e/bench: the pasta and slirp4netns baselines
 PACKAGES+=(g++)  # scripts/fuzz.sh: libfuzzer-sys compiles libFuzzer (C++)
 PACKAGES+=(systemd man-db libcap2-bin util-linux)  # test_operator: systemd-analyze, systemd-tmpfiles, man, capsh, setpriv
+PACKAGES+=(bind9-dnsutils)  # e2e/test_services.sh: dig (DNS through a ClusterIP)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

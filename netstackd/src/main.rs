@@ -157,6 +157,11 @@ struct Args {
     /// software first (for kernels whose TAP/TUN refuse GSO writes, and for measuring).
     #[arg(long, value_parser = ["pass", "segment"], default_value = "pass")]
     gso: String,
+    /// Service flows: `on` sends a pod's reply back through the node when its request came
+    /// from the node (a Service endpoint on this node, see the README); `off` switches every
+    /// pod-to-pod packet directly (breaks such Services: for measuring and tests).
+    #[arg(long, value_parser = ["on", "off"], default_value = "on")]
+    service_flows: String,
     /// Named network namespace for the peers of veth-mode pods (made by the CNI plugin at the
     /// first veth ADD, or by netstackd if missing; no addresses, no forwarding, no IPv6).
     #[arg(long, default_value = daemon::DEFAULT_DP_NETNS)]
@@ -314,6 +319,7 @@ fn main() {
         workers,
         uplink_mtu: netstackd::node::uplink_mtu(args.uplink_mtu),
         segment_gso: args.gso == "segment",
+        service_flows: args.service_flows == "on",
         metrics_addr: match args.metrics_addr.as_str() {
             "off" => None,
             addr => match addr.parse() {

@@ -75,6 +75,8 @@ pub struct Snapshot<'a> {
     pub uplink: Counters,
     /// Epoll wakeups per worker.
     pub wakeups: Vec<u64>,
+    /// The service flow table.
+    pub flows: crate::stack::FlowStats,
     /// Control-plane tallies.
     pub control: &'a ControlMetrics,
     /// Dataplane restarts since start.
@@ -246,6 +248,36 @@ pub fn render(s: &Snapshot<'_>) -> String {
     for (w, n) in s.wakeups.iter().enumerate() {
         let _ = writeln!(out, "netstack_worker_wakeups_total{{worker=\"{w}\"}} {n}");
     }
+    let flows: [(&str, &str, &str, u64); 4] = [
+        (
+            "netstack_flow_table_capacity",
+            "gauge",
+            "Flows the service flow table holds at most (0: --service-flows off).",
+            s.flows.capacity,
+        ),
+        (
+            "netstack_flow_table_entries",
+            "gauge",
+            "Live service flows: replies to flows the node delivered from a local pod (a Service endpoint on this node), sent back to the node.",
+            s.flows.entries,
+        ),
+        (
+            "netstack_flow_table_inserts_total",
+            "counter",
+            "Service flows recorded.",
+            s.flows.inserts,
+        ),
+        (
+            "netstack_flow_table_evictions_total",
+            "counter",
+            "Live service flows dropped from a full bucket of the table (their replies are then switched directly).",
+            s.flows.evictions,
+        ),
+    ];
+    for (name, kind, help, v) in flows {
+        family(&mut out, name, kind, help);
+        let _ = writeln!(out, "{name} {v}");
+    }
     family(
         &mut out,
         "netstack_attachments",
@@ -384,6 +416,7 @@ mod tests {
             pods: vec![(pod, counters)],
             uplink,
             wakeups: vec![1],
+            flows: crate::stack::FlowStats::default(),
             control: &control,
             dataplane_restarts: 0,
             restore_failed: Vec::new(),

@@ -43,6 +43,9 @@ pub struct DaemonConfig {
     /// Segment every GSO super-frame in software on its way out instead of passing it whole
     /// (`--gso segment`: for kernels whose TAP/TUN refuse GSO writes, and for measuring).
     pub segment_gso: bool,
+    /// Keep the service flow table (`--service-flows on`): replies of flows the uplink
+    /// delivered go back to it.
+    pub service_flows: bool,
     /// Where to serve Prometheus metrics (loopback only); `None` disables the listener.
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Node mode: host-gw routes to the other nodes, egress masquerade.
@@ -134,6 +137,7 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
         gateway,
         config.uplink_mtu,
         config.segment_gso,
+        config.service_flows,
         config.dataplane_user,
     )
     .context("starting the dataplane")?;

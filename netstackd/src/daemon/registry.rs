@@ -446,6 +446,7 @@ impl Registry {
             pods,
             uplink: stats.uplink,
             wakeups: stats.wakeups,
+            flows: stats.flows,
             control: &self.control_metrics,
             dataplane_restarts: self.dataplane.child().1,
             restore_failed: self.failed_pods(),

@@ -105,6 +105,7 @@ pub fn run(user: DataplaneUser) -> anyhow::Result<()> {
         gateway,
         uplink_mtu,
         segment_gso,
+        service_flows_off,
         in_flight,
     } = init
     else {
@@ -135,7 +136,14 @@ pub fn run(user: DataplaneUser) -> anyhow::Result<()> {
             "selftest: the dataplane survived: {outcome}"
         );
     }
-    let mut dataplane = start(uplink, gateway, uplink_mtu, segment_gso, in_flight)?;
+    let mut dataplane = start(
+        uplink,
+        gateway,
+        uplink_mtu,
+        segment_gso,
+        !service_flows_off,
+        in_flight,
+    )?;
     if selftest == "thread-panic" {
         tracing::warn!("selftest: a dataplane thread panics");
         let _ = std::thread::Builder::new()
@@ -170,6 +178,7 @@ pub fn run(user: DataplaneUser) -> anyhow::Result<()> {
                     pods,
                     uplink,
                     wakeups: dataplane.wakeups(),
+                    flows: dataplane.flow_stats(),
                 }
             }
             DpRequest::Capture {
@@ -212,13 +221,21 @@ fn start(
     gateway: Ipv4Addr,
     uplink_mtu: u32,
     segment_gso: bool,
+    service_flows: bool,
     in_flight: Option<std::sync::Arc<crate::sys::shm::SharedU64s>>,
 ) -> anyhow::Result<Dataplane> {
     if uplink.is_empty() {
         bail!("no uplink queue fds in the init message");
     }
-    Dataplane::start_with(uplink, gateway, uplink_mtu, segment_gso, in_flight)
-        .context("starting the workers")
+    Dataplane::start_with(
+        uplink,
+        gateway,
+        uplink_mtu,
+        segment_gso,
+        service_flows,
+        in_flight,
+    )
+    .context("starting the workers")
 }
 
 /// Becomes `user` with no capability in any set, then no new privileges and the seccomp

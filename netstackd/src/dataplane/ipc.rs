@@ -27,6 +27,9 @@ pub enum DpRequest {
         /// Segment every GSO super-frame in software before it leaves (`--gso segment`).
         #[serde(default)]
         segment_gso: bool,
+        /// No service flow table (`--service-flows off`): every pod-to-pod packet is switched.
+        #[serde(default)]
+        service_flows_off: bool,
         /// The last attached fd is a memfd of one u64 per worker, where each worker publishes
         /// the attachment id whose frames it is handling (0: none), for the supervisor to read
         /// if the child dies.
@@ -72,6 +75,9 @@ pub enum DpReply {
         /// Epoll wakeups per worker.
         #[serde(default)]
         wakeups: Vec<u64>,
+        /// The service flow table (all zero when it is off).
+        #[serde(default)]
+        flows: crate::stack::FlowStats,
     },
     /// Failed.
     Error {

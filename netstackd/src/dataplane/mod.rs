@@ -28,7 +28,8 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use serde::{Deserialize, Serialize};
 
 use crate::control::Counters;
-use crate::stack::LinkCounters;
+use crate::stack::flow::{self, FlowStats, FlowTable};
+use crate::stack::{LinkCounters, Router};
 use crate::sys::packet::RxRing;
 use crate::sys::shm::SharedU64s;
 use crate::wire::MacAddr;
@@ -115,6 +116,8 @@ impl WorkerHandle {
 pub struct Dataplane {
     workers: Vec<WorkerHandle>,
     uplink_counters: Arc<LinkCounters>,
+    /// The service flow table every worker's router shares (`None`: turned off).
+    flows: Option<Arc<FlowTable>>,
     pod_counters: HashMap<u64, Arc<LinkCounters>>,
     /// Container ids by attachment id, for log lines.
     names: HashMap<u64, String>,
@@ -128,20 +131,23 @@ impl Dataplane {
         uplink_mtu: u32,
         segment_gso: bool,
     ) -> io::Result<Self> {
-        Self::start_with(uplink_queues, gateway, uplink_mtu, segment_gso, None)
+        Self::start_with(uplink_queues, gateway, uplink_mtu, segment_gso, true, None)
     }
 
     /// [`start`](Self::start), with worker i publishing the pod it handles in slot i of
-    /// `in_flight`.
+    /// `in_flight`, and one service flow table shared by every worker unless `service_flows`
+    /// is false.
     pub fn start_with(
         uplink_queues: Vec<OwnedFd>,
         gateway: Ipv4Addr,
         uplink_mtu: u32,
         segment_gso: bool,
+        service_flows: bool,
         in_flight: Option<Arc<SharedU64s>>,
     ) -> io::Result<Self> {
         let n = uplink_queues.len();
         let uplink_counters = Arc::new(LinkCounters::new(n));
+        let flows = service_flows.then(|| Arc::new(FlowTable::new(flow::DEFAULT_CAPACITY)));
         let mut workers = Vec::with_capacity(n);
         for (index, uplink) in uplink_queues.into_iter().enumerate() {
             crate::sys::tap::set_nonblocking(std::os::fd::AsFd::as_fd(&uplink))
@@ -157,7 +163,10 @@ impl Dataplane {
                 Arc::clone(&wake),
                 uplink,
                 Arc::clone(&uplink_counters),
-                crate::stack::Router::new(gateway, uplink_mtu),
+                match &flows {
+                    Some(f) => Router::new(gateway, uplink_mtu).with_flows(Arc::clone(f)),
+                    None => Router::new(gateway, uplink_mtu),
+                },
                 Arc::clone(&wakeups),
             )?
             .segment_gso(segment_gso)
@@ -178,6 +187,7 @@ impl Dataplane {
         Ok(Dataplane {
             workers,
             uplink_counters,
+            flows,
             pod_counters: HashMap::new(),
             names: HashMap::new(),
         })
@@ -196,6 +206,11 @@ impl Dataplane {
             .map(|(id, c)| (*id, c.snapshot()))
             .collect();
         (pods, self.uplink_counters.snapshot())
+    }
+
+    /// The service flow table's size and tallies (zero when it is off).
+    pub fn flow_stats(&self) -> FlowStats {
+        self.flows.as_ref().map(|f| f.stats()).unwrap_or_default()
     }
 
     /// How many times each worker woke up from epoll.

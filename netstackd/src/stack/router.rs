@@ -13,6 +13,10 @@
 //! may only send from its own addresses — or, for neighbor discovery and MLD only, from a
 //! link-local or the unspecified address. Router solicitations, MLD reports and other
 //! link-local multicast are consumed: netstackd routes no multicast.
+//!
+//! One exception to switching pod-to-pod traffic: a packet that answers one the uplink
+//! delivered with a local pod as source (a Service's DNAT, see `flow.rs`) goes back to the
+//! uplink, so that conntrack sees the reply of the flow it rewrote.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -25,6 +29,7 @@ use crate::wire::{
 };
 
 use super::counters::{DropReason, LinkCounters};
+use super::flow::{FlowPacket, FlowTable};
 
 /// The MAC netstackd answers with for every address a pod asks about (locally administered).
 pub const GATEWAY_MAC: MacAddr = MacAddr([0x02, 0x4e, 0x53, 0x00, 0x00, 0x01]);
@@ -92,6 +97,8 @@ pub struct Router<P> {
     by_ipv6: HashMap<Ipv6Addr, u64>,
     gateway_v4: Ipv4Addr,
     uplink_mtu: u32,
+    /// The service flow table shared by every worker; `None` when turned off.
+    flows: Option<Arc<FlowTable>>,
 }
 
 impl<P> Router<P> {
@@ -103,6 +110,50 @@ impl<P> Router<P> {
             by_ipv6: HashMap::new(),
             gateway_v4,
             uplink_mtu,
+            flows: None,
+        }
+    }
+
+    /// Sends replies of flows that came from the uplink back to it, as recorded in `flows`
+    /// (shared with the other workers).
+    pub fn with_flows(mut self, flows: Arc<FlowTable>) -> Self {
+        self.flows = Some(flows);
+        self
+    }
+
+    /// Is this pod-to-pod packet the reply of a flow the uplink delivered (a Service whose
+    /// endpoint is on this node)? A hit refreshes the flow. Costs one flag load while the
+    /// table has never been used, one hash and one bucket probe afterwards.
+    fn is_uplink_reply(&self, packet: impl FnOnce() -> FlowPacket) -> bool {
+        let Some(flows) = self.flows.as_deref().filter(|f| f.is_used()) else {
+            return false;
+        };
+        let p = packet();
+        let key = if p.fragment {
+            p.key.address_pair()
+        } else {
+            p.key
+        };
+        flows.lookup(&key, p.lifetime)
+    }
+
+    /// Records the reply direction of a packet the uplink delivered from a local pod: only
+    /// traffic the node rewrote (DNAT to a Service endpoint) comes back that way. The
+    /// address-pair key too, for UDP, so that fragments of a reply follow it.
+    fn record_uplink_flow(&self, packet: impl FnOnce() -> FlowPacket) {
+        let Some(flows) = self.flows.as_deref() else {
+            return;
+        };
+        let p = packet();
+        let now = flows.now();
+        let reply = p.key.reversed();
+        // The pair first: a record can only evict from its own bucket, so the flow's own key,
+        // written last, is certainly in the table afterwards.
+        if p.fragment || reply.proto == ipv4::PROTO_UDP {
+            flows.record(&reply.address_pair(), p.lifetime, now);
+        }
+        if !p.fragment {
+            flows.record(&reply, p.lifetime, now);
         }
     }
 
@@ -242,7 +293,11 @@ impl<P> Router<P> {
                 DropReason::TtlExceeded,
             );
         }
-        let dest = self.by_ipv4.get(&dst).and_then(|id| self.pods.get(id));
+        let dest = self
+            .by_ipv4
+            .get(&dst)
+            .and_then(|id| self.pods.get(id))
+            .filter(|d| d.id == pod.id || !self.is_uplink_reply(|| FlowPacket::ipv4(&ip)));
         let egress_mtu = dest.map_or(self.uplink_mtu, |d| d.mtu);
         // What must fit the egress MTU: the packet, or each segment of a GSO frame.
         let ip_len = ipv4_segment_len(vnet, &ip);
@@ -347,6 +402,9 @@ impl<P> Router<P> {
         else {
             return Verdict::Drop(DropReason::NoRoute);
         };
+        if self.by_ipv4.contains_key(&ip.src_addr()) {
+            self.record_uplink_flow(|| FlowPacket::ipv4(&ip));
+        }
         ethernet::write_header(buf, d.mac, GATEWAY_MAC, ethernet::ETHERTYPE_IPV4);
         vnet.shift_csum_start(ethernet::HEADER_LEN as i16);
         Verdict::ToPod { id: d.id, len }
@@ -410,7 +468,11 @@ impl<P> Router<P> {
                 DropReason::TtlExceeded,
             );
         }
-        let dest = self.by_ipv6.get(&dst).and_then(|id| self.pods.get(id));
+        let dest = self
+            .by_ipv6
+            .get(&dst)
+            .and_then(|id| self.pods.get(id))
+            .filter(|d| d.id == pod.id || !self.is_uplink_reply(|| FlowPacket::ipv6(&ip)));
         let egress_mtu = dest.map_or(self.uplink_mtu, |d| d.mtu);
         if ipv6_segment_len(vnet, &ip_len_view(buf, len)) > egress_mtu as usize {
             // IPv6 routers never fragment: packet too big, whatever the sender wanted; for a
@@ -547,6 +609,9 @@ impl<P> Router<P> {
         else {
             return Verdict::Drop(DropReason::NoRoute);
         };
+        if self.by_ipv6.contains_key(&ip.src_addr()) {
+            self.record_uplink_flow(|| FlowPacket::ipv6(&ip));
+        }
         ethernet::write_header(buf, d.mac, GATEWAY_MAC, ethernet::ETHERTYPE_IPV6);
         vnet.shift_csum_start(ethernet::HEADER_LEN as i16);
         Verdict::ToPod { id: d.id, len }

@@ -57,6 +57,7 @@ struct Inner {
     gateway: Ipv4Addr,
     uplink_mtu: u32,
     segment_gso: bool,
+    service_flows: bool,
     user: DataplaneUser,
     uplink: Vec<OwnedFd>,
     pods: BTreeMap<u64, (PodSpec, Vec<OwnedFd>)>,
@@ -97,6 +98,8 @@ pub struct DataplaneStats {
     pub uplink: Counters,
     /// Per worker.
     pub wakeups: Vec<u64>,
+    /// The service flow table.
+    pub flows: crate::stack::FlowStats,
 }
 
 /// The dataplane child and everything needed to start it again.
@@ -241,6 +244,7 @@ impl Inner {
                 gateway: self.gateway,
                 uplink_mtu: self.uplink_mtu,
                 segment_gso: self.segment_gso,
+                service_flows_off: !self.service_flows,
                 in_flight: true,
             };
             match ipc::exchange::<_, DpReply>(&ours, &init, &fds, INIT_DEADLINE)?.0 {
@@ -292,6 +296,7 @@ impl DataplaneProcess {
         gateway: Ipv4Addr,
         uplink_mtu: u32,
         segment_gso: bool,
+        service_flows: bool,
         user: DataplaneUser,
     ) -> anyhow::Result<Self> {
         let workers = uplink.len();
@@ -301,6 +306,7 @@ impl DataplaneProcess {
             gateway,
             uplink_mtu,
             segment_gso,
+            service_flows,
             user,
             uplink,
             pods: BTreeMap::new(),
@@ -436,6 +442,7 @@ impl DataplaneProcess {
                 pods,
                 uplink,
                 wakeups,
+                flows,
             }) => {
                 let mut pods: HashMap<u64, Counters> = pods.into_iter().collect();
                 inner.count_kernel_drops(&mut pods);
@@ -443,6 +450,7 @@ impl DataplaneProcess {
                     pods,
                     uplink,
                     wakeups,
+                    flows,
                 }
             }
             _ => DataplaneStats::default(),

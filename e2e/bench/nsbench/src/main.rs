@@ -6,11 +6,15 @@
 //!   a fixed rate) and received with `recvmmsg`; each reports what it counted, the harness
 //!   divides one by the other for the loss.
 //!
+//! - `flow-lookup`: the cost of netstackd's service flow table per pod-to-pod packet, for
+//!   `e2e/bench/service_flows.sh` (see `flowcost`).
+//!
 //! - `pkt-fwd`: a minimal AF_PACKET wire between two devices, receiving with `recvmmsg` or a
 //!   `TPACKET_V2` ring, for `e2e/bench/packet_io.sh` (see `pktfwd`).
 //!
 //! Every subcommand is bounded in time and prints one line of JSON on stdout.
 
+mod flowcost;
 mod packet;
 mod pktfwd;
 mod sys;
@@ -90,6 +94,14 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         flows: usize,
     },
+    /// Time the service flow table's lookup per packet: unused, holding ENTRIES flows, a hit.
+    FlowLookup {
+        #[arg(long, default_value_t = 40_000)]
+        entries: u32,
+        /// Lookups timed per case (bounds the run: about a second each).
+        #[arg(long, default_value_t = 20_000_000)]
+        lookups: u32,
+    },
     /// Forward every frame between devices A and B of this netns through packet sockets.
     PktFwd {
         #[arg(long)]
@@ -141,6 +153,7 @@ fn main() -> Result<()> {
             batch,
             flows,
         } => udp_blast(connect, duration, pps, size, batch, flows)?,
+        Cmd::FlowLookup { entries, lookups } => flowcost::run(entries, lookups.max(1))?,
         Cmd::PktFwd {
             a,
             b,

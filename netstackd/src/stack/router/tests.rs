@@ -2,6 +2,7 @@
 //! malformed cases.
 
 use super::*;
+use crate::stack::FlowTable;
 use crate::wire::{checksum, icmpv6, ipv6, vnet, Ipv6Packet};
 use std::net::Ipv6Addr;
 
@@ -1164,6 +1165,180 @@ fn a_length_beyond_the_buffer_is_oversize_not_a_panic() {
                 Verdict::Drop(DropReason::Oversize),
                 "from_uplink: {what}"
             );
+        }
+    }
+}
+
+/// The router of `router()` with a shared service flow table of `capacity` entries.
+fn router_with_flows(capacity: usize) -> (Router<()>, Arc<FlowTable>) {
+    let flows = Arc::new(FlowTable::new(capacity));
+    (router().with_flows(Arc::clone(&flows)), flows)
+}
+
+/// Sets the UDP ports of the packet whose transport header starts at `l4`.
+fn set_ports(buf: &mut [u8], l4: usize, sport: u16, dport: u16) {
+    buf[l4..l4 + 2].copy_from_slice(&sport.to_be_bytes());
+    buf[l4 + 2..l4 + 4].copy_from_slice(&dport.to_be_bytes());
+}
+
+/// Pod A's request to a Service, DNATed by the node to pod B, as it comes back from the
+/// uplink: source pod A, destination pod B.
+fn dnat_request_from_uplink(r: &Router<()>, sport: u16) {
+    let mut buf = buffer();
+    let len = udp_frame(&mut buf, GATEWAY_MAC, IP_A, IP_B, 63, 20);
+    set_ports(&mut buf, 34, sport, 53);
+    assert_eq!(
+        r.from_uplink(&mut VnetHdr::default(), &mut buf, len - 14),
+        Verdict::ToPod { id: 2, len }
+    );
+}
+
+/// Pod B's UDP packet from port `sport` to pod A's port `dport`: its verdict.
+fn reply_from_b(r: &Router<()>, sport: u16, dport: u16) -> Verdict {
+    let mut buf = buffer();
+    let len = udp_frame(&mut buf, MAC_B, IP_B, IP_A, 64, 20);
+    set_ports(&mut buf, 34, sport, dport);
+    r.from_pod(2, &mut VnetHdr::default(), &mut buf, len)
+}
+
+#[test]
+fn a_reply_goes_to_the_uplink_when_its_request_came_from_the_uplink() {
+    let (r, flows) = router_with_flows(1024);
+    let len = 14 + 20 + 8 + 20;
+    // Before any Service flow: pod-to-pod is switched.
+    assert_eq!(reply_from_b(&r, 53, 40000), Verdict::ToPod { id: 1, len });
+    dnat_request_from_uplink(&r, 40000);
+    assert_eq!(flows.stats().inserts, 2, "the flow and its address pair");
+    // The reply of that flow leaves by the uplink, for conntrack to undo the DNAT.
+    assert_eq!(reply_from_b(&r, 53, 40000), Verdict::ToUplink { len });
+    // Other traffic between the same pods is still switched.
+    assert_eq!(reply_from_b(&r, 53, 40001), Verdict::ToPod { id: 1, len });
+    assert_eq!(reply_from_b(&r, 54, 40000), Verdict::ToPod { id: 1, len });
+    let mut buf = buffer();
+    let n = udp_frame(&mut buf, MAC_A, IP_A, IP_B, 64, 20);
+    set_ports(&mut buf, 34, 40000, 53);
+    assert_eq!(
+        r.from_pod(1, &mut VnetHdr::default(), &mut buf, n),
+        Verdict::ToPod { id: 2, len: n },
+        "the request direction itself is never recorded"
+    );
+}
+
+#[test]
+fn a_reply_is_switched_when_its_request_did_not_come_from_a_local_pod_or_flows_are_off() {
+    let (r, flows) = router_with_flows(1024);
+    let len = 14 + 20 + 8 + 20;
+    // From outside the node to pod B: nothing to record (the reply goes to the uplink anyway).
+    let mut buf = buffer();
+    let n = udp_frame(&mut buf, GATEWAY_MAC, OUTSIDE, IP_B, 63, 20);
+    set_ports(&mut buf, 34, 40000, 53);
+    r.from_uplink(&mut VnetHdr::default(), &mut buf, n - 14);
+    assert!(!flows.is_used());
+    assert_eq!(reply_from_b(&r, 53, 40000), Verdict::ToPod { id: 1, len });
+    // With the table off (`--service-flows off`), a Service reply is switched: the bug.
+    let off = router();
+    dnat_request_from_uplink(&off, 40000);
+    assert_eq!(reply_from_b(&off, 53, 40000), Verdict::ToPod { id: 1, len });
+}
+
+#[test]
+fn an_ipv6_reply_goes_to_the_uplink_when_its_request_came_from_the_uplink() {
+    let (r, _flows) = router_with_flows(1024);
+    let mut buf = buffer();
+    let n = udp6_frame(&mut buf, GATEWAY_MAC, IP6_A, IP6_B, 63, 20);
+    set_ports(&mut buf, 54, 40000, 53);
+    assert_eq!(
+        r.from_uplink(&mut VnetHdr::default(), &mut buf, n - 14),
+        Verdict::ToPod { id: 2, len: n }
+    );
+    let reply = |sport: u16| {
+        let mut buf = buffer();
+        let n = udp6_frame(&mut buf, MAC_B, IP6_B, IP6_A, 64, 20);
+        set_ports(&mut buf, 54, sport, 40000);
+        r.from_pod(2, &mut VnetHdr::default(), &mut buf, n)
+    };
+    assert_eq!(reply(53), Verdict::ToUplink { len: n });
+    assert_eq!(reply(54), Verdict::ToPod { id: 1, len: n });
+}
+
+#[test]
+fn workers_share_the_table_a_request_on_one_and_its_reply_on_another() {
+    let flows = Arc::new(FlowTable::new(1024));
+    let worker0 = router().with_flows(Arc::clone(&flows));
+    let worker1 = router().with_flows(Arc::clone(&flows));
+    dnat_request_from_uplink(&worker0, 40000);
+    assert_eq!(
+        reply_from_b(&worker1, 53, 40000),
+        Verdict::ToUplink {
+            len: 14 + 20 + 8 + 20
+        }
+    );
+}
+
+#[test]
+fn a_flood_of_service_flows_keeps_the_table_bounded() {
+    let (r, flows) = router_with_flows(64);
+    for sport in 1000..11_000u16 {
+        dnat_request_from_uplink(&r, sport);
+    }
+    let s = flows.stats();
+    assert_eq!(s.capacity, 64);
+    assert_eq!(s.entries, 64);
+    assert!(s.inserts >= 10_000, "{s:?}");
+    assert_eq!(s.evictions, s.inserts - 64);
+    // The newest flow is still there; pod-to-pod traffic outside the table is switched.
+    assert_eq!(
+        reply_from_b(&r, 53, 10_999),
+        Verdict::ToUplink {
+            len: 14 + 20 + 8 + 20
+        }
+    );
+    assert_eq!(
+        reply_from_b(&r, 7, 7),
+        Verdict::ToPod {
+            id: 1,
+            len: 14 + 20 + 8 + 20
+        }
+    );
+}
+
+#[test]
+fn icmp_errors_quoting_any_cut_of_a_packet_follow_their_flow_or_are_switched() {
+    let (r, _flows) = router_with_flows(1024);
+    dnat_request_from_uplink(&r, 40000);
+    // The request as pod B received it (A:40000 -> B:53), quoted cut at every length and
+    // with its bytes garbled: the error is the flow's while the quoted IP header is intact
+    // (cut before the ports, it matches the flow's address pair), never a panic.
+    let mut req = buffer();
+    let n = udp_frame(&mut req, GATEWAY_MAC, IP_A, IP_B, 63, 20);
+    set_ports(&mut req, 34, 40000, 53);
+    let quoted = req[14..n].to_vec();
+    for cut in 0..=quoted.len() {
+        for garble in [None, Some(0usize), Some(9), Some(12)] {
+            let mut q = quoted[..cut].to_vec();
+            if let Some(at) = garble.filter(|&at| at < q.len()) {
+                q[at] ^= 0xff;
+            }
+            let mut buf = buffer();
+            let ip_len = icmpv4::emit_error(
+                &mut buf[14..],
+                IP_B,
+                IP_A,
+                icmpv4::TYPE_DEST_UNREACHABLE,
+                3,
+                0,
+                &q,
+            );
+            ethernet::write_header(&mut buf, GATEWAY_MAC, MAC_B, ethernet::ETHERTYPE_IPV4);
+            let len = 14 + ip_len;
+            let v = r.from_pod(2, &mut VnetHdr::default(), &mut buf, len);
+            let follows = cut >= 20 && garble.is_none_or(|at| at >= cut);
+            let want = if follows {
+                Verdict::ToUplink { len }
+            } else {
+                Verdict::ToPod { id: 1, len }
+            };
+            assert_eq!(v, want, "quote cut at {cut}, garbled at {garble:?}");
         }
     }
 }

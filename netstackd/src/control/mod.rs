@@ -42,6 +42,11 @@ pub const FDS_PER_FRAME: usize = 64;
 /// (CNI error code 11).
 pub const RETRYABLE: &str = "(retryable)";
 
+/// Begins the error reply of a connection refused because every place is taken by a request
+/// in progress: the daemon read nothing from that connection, so the client may send the same
+/// request again on a new one ([`Client`] does, for a while).
+pub const BUSY: &str = "netstackd is busy";
+
 /// Identifies one attachment: the CNI (container id, interface name) pair.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct AttachmentKey {

@@ -19,7 +19,9 @@ use anyhow::Context;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
 
-use crate::control::{recv_message_before, send_message, FramingError, Reply, Request};
+use crate::control::{
+    recv_message_before, send_message, FramingError, Reply, Request, BUSY, RETRYABLE,
+};
 use crate::sys::fdpass::peer_credentials;
 
 use super::Registry;
@@ -195,7 +197,7 @@ fn refuse_busy(stream: &UnixStream) {
         stream,
         &Reply::Error {
             message: format!(
-                "netstackd is busy: {MAX_CONNECTIONS} control requests are being served; try again"
+                "{BUSY}: {MAX_CONNECTIONS} control requests are being served; try again {RETRYABLE}"
             ),
         },
     );

@@ -165,8 +165,9 @@ json="{\"concurrency\": $CONC, \"pods_per_kind\": $((ROUNDS * CONC)), \"workers\
 sep=
 printf '  %-7s %9s %9s %8s %8s\n' kind "p50 ms" "p99 ms" samples failed
 for kind in "${KINDS[@]}"; do
-  n=$(wc -l <"$WORK/ms-$kind" 2>/dev/null || echo 0)
-  f=$(wc -l <"$WORK/fail-$kind" 2>/dev/null || echo 0)
+  n=0 f=0
+  [ -f "$WORK/ms-$kind" ] && n=$(wc -l <"$WORK/ms-$kind")
+  [ -f "$WORK/fail-$kind" ] && f=$(wc -l <"$WORK/fail-$kind")
   if ((n > 0)); then p50=$(pct "$WORK/ms-$kind" 0.5) p99=$(pct "$WORK/ms-$kind" 0.99); else p50=null p99=null; fi
   printf '  %-7s %9s %9s %8s %8s\n' "$kind" "$p50" "$p99" "$n" "$f"
   [ "$f" -gt 0 ] && head -3 "$WORK/fail-$kind" | sed 's/^/          /'

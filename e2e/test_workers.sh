@@ -4,7 +4,7 @@
 # opens that many TAP queues and sends them (in descriptor frames), netstackd hands them to
 # its dataplane child, and again after the child is killed and after netstackd restarts
 # (restore). Per row: `ctl status` reports the workers, each pod TAP and the uplink have that
-# many queues, a veth pod's peer gets one packet socket per worker, pods ping each other and
+# many queues, the idle dataplane stays under 2 MiB per worker, a veth pod's peer gets one packet socket per worker, pods ping each other and
 # move 4 MiB over TCP on 32 connections (which the kernel spreads over the queues: the upper
 # half of the workers must wake up), DEL leaves no TAP, state file or descriptor behind.
 # --workers 257 and 0 are refused with a clear error. Needs root; about 1-2 minutes.
@@ -75,6 +75,10 @@ for W in $ROWS; do
   check "ctl status reports $W workers" sh -c "$BIN/netstackd ctl --socket $SOCK --json status | jq -e '.workers == $W'"
   check "ctl status (the table) shows them" sh -c "$BIN/netstackd ctl --socket $SOCK status | grep -Eq '^workers +$W *\$'"
   check "the uplink $UPLINK has $W queues" test "$(host_tx_queues "$UPLINK")" = "$W"
+  rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$DP/status")
+  # A worker's frame buffers are allocated as they are needed, not all 16 MiB of them at start.
+  check "the idle dataplane's RSS is $((rss / 1024)) MiB, under 2 MiB per worker + 64 MiB" \
+    test "$rss" -lt $(((2 * W + 64) * 1024))
   A=wa$W-$RUN_ID B=wb$W-$RUN_ID V=wv$W-$RUN_ID
   IP_A=$(add_pod "$A") && IP_B=$(add_pod "$B") || { fail "CNI ADD of two TAP pods with $W queues"; stop_netstackd; continue; }
   ok "CNI ADD of two TAP pods with $W queues ($IP_A, $IP_B)"

@@ -3,11 +3,12 @@
 # before (64 fds): for --workers 65, 128 and 256 (the kernel's MAX_TAP_QUEUES) the CNI plugin
 # opens that many TAP queues and sends them (in descriptor frames), netstackd hands them to
 # its dataplane child, and again after the child is killed and after netstackd restarts
-# (restore). Per row: `ctl status` reports the workers, each pod TAP and the uplink have that
-# many queues, the idle dataplane stays under 2 MiB per worker, a veth pod's peer gets one packet socket per worker, pods ping each other and
-# move 4 MiB over TCP on 32 connections (which the kernel spreads over the queues: the upper
-# half of the workers must wake up), DEL leaves no TAP, state file or descriptor behind.
-# --workers 257 and 0 are refused with a clear error. Needs root; about 1-2 minutes.
+# (restore). Per row: `ctl status` reports the workers; each pod TAP and the uplink have that
+# many queues; the idle dataplane stays under 2 MiB per worker; a veth pod's peer gets one
+# packet socket per worker; pods ping each other and move 4 MiB over TCP on 32 connections
+# (which the kernel spreads over the queues: the upper half of the workers must wake up);
+# DEL leaves no TAP, veth peer, state file or descriptor behind. --workers 257 and 0 are
+# refused with a clear error. Needs root; about 1 minute (2 on a loaded machine).
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
 trap e2e_cleanup EXIT

@@ -305,11 +305,15 @@ const FD_BASE: u64 = 256;
 /// Pods planned for when fewer are recorded: above kubelet's default `maxPods` (110).
 const PLANNED_PODS: u64 = 256;
 
+/// Descriptors a dataplane worker holds besides the pods' queues: its uplink queue, epoll,
+/// wake-up eventfd and timerfd (1030 in the idle child at 256 workers).
+const FDS_PER_WORKER: u64 = 4;
+
 /// Descriptors each of netstackd's processes (the supervisor and the dataplane child each
 /// hold every pod's queues) needs for `pods` pods with `workers` workers: one TAP queue or
-/// packet socket per worker per pod, plus [`FD_BASE`].
+/// packet socket per worker per pod, [`FDS_PER_WORKER`] more per worker, plus [`FD_BASE`].
 pub fn nofile_need(pods: u64, workers: u64) -> u64 {
-    FD_BASE + pods.max(PLANNED_PODS) * workers
+    FD_BASE + (pods.max(PLANNED_PODS) + FDS_PER_WORKER) * workers
 }
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit (raising the hard limit needs
@@ -354,7 +358,7 @@ fn raise_nofile_limit(config: &DaemonConfig) {
             need,
             recorded_pods = recorded,
             workers = config.workers,
-            "RLIMIT_NOFILE is short: {soft} descriptors, {need} needed for max({recorded} recorded, {PLANNED_PODS}) pods x {} workers + {FD_BASE}; pods beyond it fail to attach or restore (restore_failed). Raise the hard limit (LimitNOFILE=, ulimit -Hn) before starting netstackd",
+            "RLIMIT_NOFILE is short: {soft} descriptors, {need} needed for (max({recorded} recorded, {PLANNED_PODS}) pods + {FDS_PER_WORKER}) x {} workers + {FD_BASE}; pods beyond it fail to attach or restore (restore_failed). Raise the hard limit (LimitNOFILE=, ulimit -Hn) before starting netstackd",
             config.workers
         );
     } else {
@@ -377,6 +381,13 @@ fn enable_ipv4_forwarding() -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_descriptor_need_counts_each_workers_own() {
+        // 256 planned pods and 4 of the worker's own, per worker, and the base.
+        assert_eq!(nofile_need(0, 1), FD_BASE + 260);
+        assert_eq!(nofile_need(300, 256), FD_BASE + 304 * 256);
+    }
 
     #[test]
     fn default_workers_follow_the_affinity_mask_and_the_cap() {

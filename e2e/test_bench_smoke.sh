@@ -4,6 +4,8 @@
 # (veth mode: numbers too, or n/a with a reason), the table is printed, and nothing the run
 # created is left: no netns, link, process or work directory. Then `e2e/bench/packet_io.sh`
 # (recvmmsg against a TPACKET_V2 ring) with 1-second runs: every figure a number, nothing left.
+# Then `e2e/bench/add_parallel.sh` (ADD latency under concurrency) with 16 pods per kind in
+# rounds of 8: p50/p99 numbers for TAP, veth and bridge, no ADD failed, nothing left.
 # Needs root; run by scripts/test.sh.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -106,6 +108,31 @@ for k in mmsg-tcp ring-tcp mmsg-udp ring-udp mmsg-mcpu ring-mcpu; do
 done
 check "the ring's kernel memory is reported (2 MiB)" jq -e '.results["ring-ring"] | tonumber == 2097152' "$PIO"
 check "packet_io.sh left no namespace" sh -c "! ip netns list | grep -q '^npio'"
+
+echo "==> e2e/bench/add_parallel.sh --pods 16 --concurrency 8"
+ADDJ=$TMP/add_parallel.json
+timeout -k 10 300 env BENCH_LEDGER="$TMP/ledger-add" e2e/bench/add_parallel.sh --pods 16 --concurrency 8 \
+  --no-build --out "$ADDJ" >"$TMP/add.log" 2>&1
+rc=$?
+if [ "$rc" = 0 ]; then ok "add_parallel.sh exits 0"; else
+  fail "add_parallel.sh exits 0 (exit $rc); its output:"
+  sed 's/^/    /' "$TMP/add.log"
+fi
+for k in tap veth bridge; do
+  check "add_parallel $k: p50 and p99 are numbers over 16 ADDs, none failed ($(jq -c --arg k "$k" '.kinds[$k]' "$ADDJ" 2>/dev/null))" \
+    jq -e --arg k "$k" '.kinds[$k] | (.p50_ms | type == "number") and (.p99_ms >= .p50_ms) and .samples == 16 and .failed == 0' "$ADDJ"
+done
+left=()
+while read -r kind name; do
+  case $kind in
+    netns) [ -e "/run/netns/$name" ] && left+=("netns $name") ;;
+    link) ip link show dev "$name" >/dev/null 2>&1 && left+=("link $name") ;;
+    dir) [ -e "$name" ] && left+=("dir $name") ;;
+    pid) [ -r "/proc/$name/cmdline" ] && tr '\0' ' ' <"/proc/$name/cmdline" | grep -q netstackd && left+=("process $name") ;;
+  esac
+done <"$TMP/ledger-add"
+check "add_parallel.sh recorded what it created and left none of it${left:+ (left: ${left[*]})}" \
+  sh -c "[ -s '$TMP/ledger-add' ] && [ ${#left[@]} = 0 ]"
 
 echo
 echo "test_bench_smoke: $PASSES passed, $FAILS failed"

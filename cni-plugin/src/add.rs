@@ -41,6 +41,17 @@ pub fn control_error(e: ClientError) -> CniError {
     }
 }
 
+/// Maps netstackd's error reply to a request (`what`): one that ends in `RETRYABLE` (a busy
+/// daemon, a dataplane being restarted) is "try again later" (code 11), anything else a
+/// failure.
+pub fn reply_error(what: &str, message: String) -> CniError {
+    if message.ends_with(netstackd::control::RETRYABLE) {
+        CniError::TryAgainLater(format!("netstackd {what}: {message}"))
+    } else {
+        CniError::Setup(format!("netstackd {what}: {message}"))
+    }
+}
+
 /// Maps a netns failure to its CNI error.
 pub fn netns_error(e: NetnsError) -> CniError {
     match e {
@@ -317,14 +328,14 @@ pub fn cmd_add(env: &CniEnv, conf: &NetConf, stdin: &[u8]) -> Result<serde_json:
     ipam::find_plugin(env, &ipam_type)?;
 
     // Ask the daemon first: if it is down, nothing has been done yet.
-    let (mut client, workers) = connect_ready(conf)?;
+    let workers = connect_ready(conf)?;
     // The node's mount namespace is the runtime's, and so this plugin's, not necessarily
     // netstackd's (a DaemonSet pod): namespaces an older netstack hid in the runtime's
     // directory are released from here (cheap when there are none: one read of mountinfo).
     release_hidden_netns(netns);
 
     let allocated = ipam::add(env, &ipam_type, stdin)?;
-    let outcome = attach_allocated(env, conf, netns, &mut client, workers, &allocated);
+    let outcome = attach_allocated(env, conf, netns, workers, &allocated);
     match outcome {
         Ok(value) => Ok(value),
         Err(e) => {
@@ -362,10 +373,11 @@ fn release_hidden_netns(netns: &Path) {
 
 /// Connects to netstackd and asks its status: the number of workers (one TAP queue each),
 /// and, in veth mode, the namespace of the peers, which is made here if it is not there yet.
-fn connect_ready(conf: &NetConf) -> Result<(Client, usize), CniError> {
+fn connect_ready(conf: &NetConf) -> Result<usize, CniError> {
     let mut client = connect(&conf.socket())?;
     let status = match client.call(&Request::Status, &[]).map_err(control_error)? {
         Reply::Status(s) => s,
+        Reply::Error { message } => return Err(reply_error("status", message)),
         other => {
             return Err(CniError::Setup(format!(
                 "unexpected status reply {other:?}"
@@ -385,7 +397,7 @@ fn connect_ready(conf: &NetConf) -> Result<(Client, usize), CniError> {
             .map_err(|e| CniError::Setup(format!("veth mode: {e}")))?;
     }
 
-    Ok((client, workers))
+    Ok(workers)
 }
 
 /// ADD with addresses chosen by the caller instead of an IPAM plugin (the netavark plugin,
@@ -396,8 +408,8 @@ pub fn add_with_addresses(
     netns: &Path,
     addresses: &IpamResult,
 ) -> Result<serde_json::Value, CniError> {
-    let (mut client, workers) = connect_ready(conf)?;
-    attach_allocated(env, conf, netns, &mut client, workers, addresses)
+    let workers = connect_ready(conf)?;
+    attach_allocated(env, conf, netns, workers, addresses)
 }
 
 /// The part of ADD after IPAM: create, configure, attach. Undoes its own steps on error.
@@ -405,7 +417,6 @@ fn attach_allocated(
     env: &CniEnv,
     conf: &NetConf,
     netns: &Path,
-    client: &mut Client,
     workers: usize,
     allocated: &IpamResult,
 ) -> Result<serde_json::Value, CniError> {
@@ -441,17 +452,16 @@ fn attach_allocated(
         peer,
     };
     let fds: Vec<_> = link.queues.iter().map(|fd| fd.as_fd()).collect();
-    let reply = client.call(&Request::Attach(attachment.clone()), &fds);
+    // A connection of its own, opened now: one held through IPAM and the link's set-up would
+    // sit idle there, and netstackd closes idle connections first when many clients call at
+    // once (as a runtime's parallel ADDs do).
+    let reply = Client::connect(&conf.socket(), CONTROL_TIMEOUT)
+        .and_then(|mut client| client.call(&Request::Attach(attachment.clone()), &fds));
     drop(fds);
     drop(link);
     let failure = match reply {
         Ok(Reply::Done) => None,
-        Ok(Reply::Error { message }) if message.ends_with(netstackd::control::RETRYABLE) => {
-            Some(CniError::TryAgainLater(format!("netstackd: {message}")))
-        }
-        Ok(Reply::Error { message }) => Some(CniError::Setup(format!(
-            "netstackd refused the attachment: {message}"
-        ))),
+        Ok(Reply::Error { message }) => Some(reply_error("refused the attachment", message)),
         Ok(other) => Some(CniError::Setup(format!(
             "unexpected attach reply {other:?}"
         ))),

@@ -4,7 +4,7 @@
 
 use netstackd::control::{AttachmentKey, Reply, Request};
 
-use crate::add::{connect, control_error, delete_pod_link};
+use crate::add::{connect, control_error, delete_pod_link, reply_error};
 use crate::config::NetConf;
 use crate::skel::CniEnv;
 use crate::{ipam, CniError};
@@ -22,9 +22,7 @@ pub fn cmd_del(env: &CniEnv, conf: &NetConf, stdin: &[u8]) -> Result<(), CniErro
             .map_err(control_error)
     }) {
         Ok(Reply::Done) => {}
-        Ok(Reply::Error { message }) => errors.push(CniError::Setup(format!(
-            "netstackd detach {key}: {message}"
-        ))),
+        Ok(Reply::Error { message }) => errors.push(reply_error(&format!("detach {key}"), message)),
         Ok(other) => errors.push(CniError::Setup(format!(
             "unexpected detach reply {other:?}"
         ))),

@@ -146,7 +146,8 @@ struct Args {
     /// Name of the uplink TUN created in the host netns.
     #[arg(long, default_value = "netstack0")]
     uplink: String,
-    /// Dataplane worker threads (default: online CPUs).
+    /// Dataplane worker threads, one queue of every pod TAP each (1-256; default: the CPUs
+    /// netstackd may run on, at most 16).
     #[arg(long)]
     workers: Option<usize>,
     /// Uplink MTU in bytes; 0: the MTU of the interface carrying the node's default route
@@ -305,11 +306,7 @@ fn main() {
                 std::process::exit(2);
             }
         };
-    let workers = args.workers.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    });
+    let workers = args.workers.unwrap_or_else(daemon::default_workers);
     let config = DaemonConfig {
         socket: args.socket,
         state_dir: args.state_dir,

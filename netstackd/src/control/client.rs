@@ -3,9 +3,9 @@
 use std::os::fd::BorrowedFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use super::{recv_message, send_message, FramingError, Reply, Request};
+use super::{recv_message, send_message, FramingError, Reply, Request, BUSY};
 
 /// Why a control call failed.
 #[derive(Debug, thiserror::Error)]
@@ -35,7 +35,13 @@ pub enum ClientError {
 pub struct Client {
     stream: UnixStream,
     path: PathBuf,
+    timeout: Duration,
 }
+
+/// First pause before sending a request again that a busy daemon refused; doubled each time
+/// up to [`BUSY_PAUSE_MAX`], for at most the client's timeout in all.
+const BUSY_PAUSE: Duration = Duration::from_millis(5);
+const BUSY_PAUSE_MAX: Duration = Duration::from_millis(200);
 
 impl Client {
     /// Connects to the socket at `path`; every later call times out after `timeout`.
@@ -57,6 +63,7 @@ impl Client {
         Ok(Client {
             stream,
             path: path.to_owned(),
+            timeout,
         })
     }
 
@@ -70,18 +77,156 @@ impl Client {
     }
 
     /// Like [`Client::call`], and also returns the descriptors sent with the reply.
+    ///
+    /// The request goes again on a new connection, after a short pause and until the
+    /// client's timeout has passed, when the daemon surely did not act on it: it refused the
+    /// connection as busy (every place taken by a request in progress: [`BUSY`]), or it had
+    /// closed the connection before the request could be sent (an idle connection it closed
+    /// to make room for another client). When time is up, the busy reply (it ends in
+    /// `RETRYABLE`) or the transport error is returned.
     pub fn call_with_fds(
         &mut self,
         request: &Request,
         fds: &[BorrowedFd<'_>],
     ) -> Result<(Reply, Vec<std::os::fd::OwnedFd>), ClientError> {
         let body = serde_json::to_vec(request)?;
+        let started = Instant::now();
+        let mut pause = BUSY_PAUSE;
+        let timeout = self.timeout;
+        let time_left = |pause| started.elapsed() + pause < timeout;
+        loop {
+            match self.exchange(&body, fds)? {
+                Exchange::Reply(reply, fds_back) => {
+                    let reply: Reply = serde_json::from_slice(&reply)?;
+                    let busy =
+                        matches!(&reply, Reply::Error { message } if message.starts_with(BUSY));
+                    if !busy || !time_left(pause) {
+                        return Ok((reply, fds_back));
+                    }
+                }
+                Exchange::NotSent(e) if !time_left(pause) => return Err(e),
+                Exchange::NotSent(_) => {}
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(BUSY_PAUSE_MAX);
+            *self = Client::connect(&self.path, self.timeout)?;
+        }
+    }
+
+    /// One request and its reply, as bytes. A send that fails because the daemon had already
+    /// closed the connection still reads the reply it may have left there (a busy refusal is
+    /// written before anything is read); without one, the request was never delivered.
+    fn exchange(&self, body: &[u8], fds: &[BorrowedFd<'_>]) -> Result<Exchange, ClientError> {
         let transport = |source| ClientError::Transport {
             path: self.path.clone(),
             source,
         };
-        send_message(&self.stream, &body, fds).map_err(transport)?;
+        if let Err(e) = send_message(&self.stream, body, fds) {
+            let closed_by_peer = matches!(&e, FramingError::Io(io) if matches!(
+                io.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            ));
+            if !closed_by_peer {
+                return Err(transport(e));
+            }
+            return Ok(match recv_message(&self.stream) {
+                Ok((reply, fds)) => Exchange::Reply(reply, fds),
+                Err(_) => Exchange::NotSent(transport(e)),
+            });
+        }
         let (reply, fds) = recv_message(&self.stream).map_err(transport)?;
-        Ok((serde_json::from_slice(&reply)?, fds))
+        Ok(Exchange::Reply(reply, fds))
+    }
+}
+
+/// How one exchange ended.
+enum Exchange {
+    /// The daemon answered (the body, and any descriptors).
+    Reply(Vec<u8>, Vec<std::os::fd::OwnedFd>),
+    /// The daemon had closed the connection before the request could be sent: it never saw it.
+    NotSent(ClientError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::RETRYABLE;
+    use std::os::unix::net::UnixListener;
+
+    /// A directory removed when dropped.
+    struct Dir(PathBuf);
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A daemon on a socket in a fresh directory: its first `refusals` connections are turned
+    /// away (busy, or closed unread), the next one gets `Done`. Returns the path and the
+    /// thread, which yields how many requests it read.
+    fn daemon(busy: bool, refusals: usize) -> (Dir, PathBuf, std::thread::JoinHandle<usize>) {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("ns-client-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("d.sock");
+        let dir = Dir(dir);
+        let listener = UnixListener::bind(&path).unwrap();
+        let t = std::thread::spawn(move || {
+            let mut read = 0;
+            for i in 0..=refusals {
+                let (s, _) = listener.accept().unwrap();
+                if i < refusals {
+                    if busy {
+                        let msg = Reply::Error {
+                            message: format!("{BUSY}: try again {RETRYABLE}"),
+                        };
+                        let _ = send_message(&s, &serde_json::to_vec(&msg).unwrap(), &[]);
+                    }
+                    continue; // closed without reading
+                }
+                let _ = recv_message(&s).unwrap();
+                read += 1;
+                send_message(&s, &serde_json::to_vec(&Reply::Done).unwrap(), &[]).unwrap();
+            }
+            read
+        });
+        (dir, path, t)
+    }
+
+    #[test]
+    fn a_busy_refusal_is_retried_on_a_new_connection() {
+        let (_dir, path, t) = daemon(true, 3);
+        let mut c = Client::connect(&path, Duration::from_secs(10)).unwrap();
+        // Let the daemon refuse before the request is written: the send may fail, the reply
+        // is still read.
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(c.call(&Request::Status, &[]).unwrap(), Reply::Done);
+        assert_eq!(t.join().unwrap(), 1, "one request reached the daemon");
+    }
+
+    #[test]
+    fn a_connection_closed_before_the_request_is_retried() {
+        let (_dir, path, t) = daemon(false, 1);
+        let mut c = Client::connect(&path, Duration::from_secs(10)).unwrap();
+        // The daemon has closed this connection unread (as it closes an idle one to make
+        // room) before the request is sent.
+        let mut probe = [0u8; 1];
+        assert_eq!(std::io::Read::read(&mut &c.stream, &mut probe).unwrap(), 0);
+        assert_eq!(c.call(&Request::Status, &[]).unwrap(), Reply::Done);
+        assert_eq!(t.join().unwrap(), 1);
+    }
+
+    #[test]
+    fn busy_for_longer_than_the_timeout_gives_the_busy_reply() {
+        let (_dir, path, _t) = daemon(true, 1000);
+        let mut c = Client::connect(&path, Duration::from_millis(300)).unwrap();
+        let started = Instant::now();
+        match c.call(&Request::Status, &[]).unwrap() {
+            Reply::Error { message } => assert!(message.ends_with(RETRYABLE), "{message}"),
+            other => panic!("expected the busy reply, got {other:?}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(2));
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! A message is a 4-byte big-endian length followed by that many bytes of JSON. File
 //! descriptors (the TAP queues of an `attach`) travel as SCM_RIGHTS on the first bytes of the
-//! request. Every request gets exactly one reply; a malformed request gets `Reply::Error`.
+//! request; when there are more than [`FDS_PER_FRAME`], the first ones go ahead in frames of
+//! descriptors only (see `framing`). Every request gets exactly one reply; a malformed request gets `Reply::Error`.
 
 mod client;
 mod framing;
@@ -25,13 +26,26 @@ pub const DEFAULT_SOCKET: &str = "/run/netstack/netstackd.sock";
 /// Largest request or reply body accepted, in bytes.
 pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
 
-/// Most file descriptors one request may carry (one per TAP queue).
-pub const MAX_FDS: usize = 64;
+/// Most file descriptors one message may carry: one per TAP queue of a pod at the kernel's
+/// queue limit, plus one (the dataplane's `init` carries an uplink queue per worker and a
+/// memfd). More than [`FDS_PER_FRAME`] travel in several frames (see `framing`).
+pub const MAX_FDS: usize = crate::sys::tap::MAX_QUEUES + 1;
+
+/// Most file descriptors one frame carries. It is what every netstack before big machines
+/// accepted in one message, so a message with this few goes out exactly as it always did, and
+/// a newer plugin that talks to an older netstackd (which reports at most 63 workers) never
+/// sends it a frame it would refuse.
+pub const FDS_PER_FRAME: usize = 64;
 
 /// Ends the message of an error that changed nothing and may go away on its own (the
 /// dataplane was hung and is being restarted): the CNI plugin reports it as "try again later"
 /// (CNI error code 11).
 pub const RETRYABLE: &str = "(retryable)";
+
+/// Begins the error reply of a connection refused because every place is taken by a request
+/// in progress: the daemon read nothing from that connection, so the client may send the same
+/// request again on a new one ([`Client`] does, for a while).
+pub const BUSY: &str = "netstackd is busy";
 
 /// Identifies one attachment: the CNI (container id, interface name) pair.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

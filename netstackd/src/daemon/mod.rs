@@ -85,6 +85,42 @@ impl DaemonConfig {
     }
 }
 
+/// Most dataplane workers: every pod's TAP, and the uplink TUN, has one queue per worker, and
+/// the kernel gives a TAP at most this many (`MAX_TAP_QUEUES`).
+pub const MAX_WORKERS: usize = crate::sys::tap::MAX_QUEUES;
+
+/// Most workers netstackd starts when `--workers` is not given, however many CPUs it may use.
+///
+/// Why a cap, and why 16: a worker costs every pod one TAP queue, and that cost is paid per
+/// pod whether or not the pod ever sends a frame: a queue's ring of [`crate::sys::tap::TXQUEUELEN`]
+/// (2048) pointers, 16 KiB of kernel memory, one descriptor in the supervisor and one in the
+/// dataplane child, an epoll registration, and one more `TUNSETIFF` and hand-off in every CNI
+/// ADD (ADD latency grows with the queue count: see `e2e/bench`). At 110 pods (kubelet's
+/// default `maxPods`) 96 workers would pin 165 MiB of rings and hold 21 000 descriptors.
+/// What the queues buy is parallelism across flows only: the kernel puts each flow on one
+/// queue, so one flow never goes faster than one worker, and one worker already moves
+/// ~100 Gbit/s of 64 KB GSO frames or 200–500 kpps of MTU frames (research/performance.md §7):
+/// 16 of them outrun a node's NIC and the pods' own TCP stacks, which are the bottleneck
+/// once frames are 64 KB. A node that needs more says so with `--workers` (up to
+/// [`MAX_WORKERS`]).
+pub const DEFAULT_WORKERS_MAX: usize = 16;
+
+/// The default worker count: one per CPU this process may run on — its affinity mask, which
+/// the kernel keeps inside the cgroup's cpuset, so a DaemonSet pinned to a few CPUs gets as
+/// many workers — capped at [`DEFAULT_WORKERS_MAX`]. A CPU quota (`cpu.max`) does not lower it:
+/// a quota limits time, not how many CPUs the threads may spread over; pass `--workers` to
+/// match a quota.
+pub fn default_workers() -> usize {
+    let allowed = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))
+        .map(|set| {
+            (0..nix::sched::CpuSet::count())
+                .filter(|&cpu| set.is_set(cpu).unwrap_or(false))
+                .count()
+        })
+        .unwrap_or(1);
+    allowed.clamp(1, DEFAULT_WORKERS_MAX)
+}
+
 /// The capabilities the supervisor keeps: netlink and TUNSETIFF (NET_ADMIN), setns into pod
 /// namespaces (SYS_ADMIN), packet sockets for veth mode (NET_RAW).
 pub const SUPERVISOR_CAPS: [caps::Capability; 4] = [
@@ -106,11 +142,10 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
     if let Some(addr) = config.metrics_addr.filter(|a| !a.ip().is_loopback()) {
         bail!("the metrics listener must be on a loopback address, not {addr}");
     }
-    // The dataplane's init message carries one uplink queue per worker and its in-flight memfd.
-    if config.workers == 0 || config.workers > crate::control::MAX_FDS - 1 {
+    // Every pod TAP and the uplink TUN get one queue per worker.
+    if config.workers == 0 || config.workers > MAX_WORKERS {
         bail!(
-            "--workers must be between 1 and {}, not {}",
-            crate::control::MAX_FDS - 1,
+            "--workers must be between 1 and {MAX_WORKERS} (the kernel's limit of queues per TAP, MAX_TAP_QUEUES), not {}",
             config.workers
         );
     }
@@ -274,11 +309,15 @@ const FD_BASE: u64 = 256;
 /// Pods planned for when fewer are recorded: above kubelet's default `maxPods` (110).
 const PLANNED_PODS: u64 = 256;
 
+/// Descriptors a dataplane worker holds besides the pods' queues: its uplink queue, epoll,
+/// wake-up eventfd and timerfd (1030 in the idle child at 256 workers).
+const FDS_PER_WORKER: u64 = 4;
+
 /// Descriptors each of netstackd's processes (the supervisor and the dataplane child each
 /// hold every pod's queues) needs for `pods` pods with `workers` workers: one TAP queue or
-/// packet socket per worker per pod, plus [`FD_BASE`].
+/// packet socket per worker per pod, [`FDS_PER_WORKER`] more per worker, plus [`FD_BASE`].
 pub fn nofile_need(pods: u64, workers: u64) -> u64 {
-    FD_BASE + pods.max(PLANNED_PODS) * workers
+    FD_BASE + (pods.max(PLANNED_PODS) + FDS_PER_WORKER) * workers
 }
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit (raising the hard limit needs
@@ -323,7 +362,7 @@ fn raise_nofile_limit(config: &DaemonConfig) {
             need,
             recorded_pods = recorded,
             workers = config.workers,
-            "RLIMIT_NOFILE is short: {soft} descriptors, {need} needed for max({recorded} recorded, {PLANNED_PODS}) pods x {} workers + {FD_BASE}; pods beyond it fail to attach or restore (restore_failed). Raise the hard limit (LimitNOFILE=, ulimit -Hn) before starting netstackd",
+            "RLIMIT_NOFILE is short: {soft} descriptors, {need} needed for (max({recorded} recorded, {PLANNED_PODS}) pods + {FDS_PER_WORKER}) x {} workers + {FD_BASE}; pods beyond it fail to attach or restore (restore_failed). Raise the hard limit (LimitNOFILE=, ulimit -Hn) before starting netstackd",
             config.workers
         );
     } else {
@@ -341,4 +380,38 @@ fn enable_ipv6_forwarding() -> anyhow::Result<()> {
 
 fn enable_ipv4_forwarding() -> anyhow::Result<()> {
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling net.ipv4.ip_forward")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_descriptor_need_counts_each_workers_own() {
+        // 256 planned pods and 4 of the worker's own, per worker, and the base.
+        assert_eq!(nofile_need(0, 1), FD_BASE + 260);
+        assert_eq!(nofile_need(300, 256), FD_BASE + 304 * 256);
+    }
+
+    #[test]
+    fn default_workers_follow_the_affinity_mask_and_the_cap() {
+        use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
+        use nix::unistd::Pid;
+        let me = Pid::from_raw(0);
+        let before = sched_getaffinity(me).unwrap();
+        let allowed = (0..CpuSet::count())
+            .filter(|&c| before.is_set(c).unwrap())
+            .count();
+        assert_eq!(default_workers(), allowed.min(DEFAULT_WORKERS_MAX));
+        // This thread on one CPU only: one worker.
+        let first = (0..CpuSet::count())
+            .find(|&c| before.is_set(c).unwrap())
+            .unwrap();
+        let mut one = CpuSet::new();
+        one.set(first).unwrap();
+        sched_setaffinity(me, &one).unwrap();
+        let workers = default_workers();
+        sched_setaffinity(me, &before).unwrap();
+        assert_eq!(workers, 1);
+    }
 }

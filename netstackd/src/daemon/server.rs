@@ -19,7 +19,9 @@ use anyhow::Context;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
 
-use crate::control::{recv_message_before, send_message, FramingError, Reply, Request};
+use crate::control::{
+    recv_message_before, send_message, FramingError, Reply, Request, BUSY, RETRYABLE,
+};
 use crate::sys::fdpass::peer_credentials;
 
 use super::Registry;
@@ -56,14 +58,18 @@ impl Connections {
     }
 
     /// Takes a place for `stream`, evicting the longest idle connection when all are taken.
-    /// `None` when every connection is busy.
+    /// `None` when every connection is busy. A connection whose request has arrived but not
+    /// yet been taken up by its thread (many clients connecting at once: parallel CNI ADDs)
+    /// is not idle: it is never evicted.
     fn admit(&self, stream: &UnixStream) -> Option<u64> {
         let handle = stream.try_clone().ok()?;
         let mut slots = self.lock();
         if slots.len() >= MAX_CONNECTIONS {
             let idlest = slots
                 .iter()
-                .filter_map(|(id, s)| s.idle_since.map(|t| (t, *id)))
+                .filter_map(|(id, s)| s.idle_since.map(|t| (t, *id, s)))
+                .filter(|(_, _, s)| !readable_within(&s.stream, Duration::ZERO))
+                .map(|(t, id, _)| (t, id))
                 .min()?
                 .1;
             if let Some(evicted) = slots.remove(&idlest) {
@@ -195,7 +201,7 @@ fn refuse_busy(stream: &UnixStream) {
         stream,
         &Reply::Error {
             message: format!(
-                "netstackd is busy: {MAX_CONNECTIONS} control requests are being served; try again"
+                "{BUSY}: {MAX_CONNECTIONS} control requests are being served; try again {RETRYABLE}"
             ),
         },
     );
@@ -302,6 +308,29 @@ fn serve_connection(stream: UnixStream, registry: &Registry, conns: &Connections
 mod tests {
     use super::*;
     use std::io::Read;
+
+    #[test]
+    fn a_connection_whose_request_is_waiting_is_not_evicted() {
+        use std::io::Write;
+        let conns = Connections::default();
+        let mut peers = Vec::new();
+        let mut ids = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            let (ours, theirs) = UnixStream::pair().unwrap();
+            ids.push(conns.admit(&ours).unwrap());
+            peers.push((ours, theirs));
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // The oldest has sent its request; its thread has not read it yet.
+        (&peers[0].1).write_all(&2u32.to_be_bytes()).unwrap();
+        let (extra, _extra_peer) = UnixStream::pair().unwrap();
+        assert!(conns.admit(&extra).is_some());
+        assert!(
+            conns.set_idle(ids[0], false),
+            "the one with a request stays"
+        );
+        assert!(!conns.set_idle(ids[1], true), "the next idlest made room");
+    }
 
     #[test]
     fn a_full_house_evicts_the_longest_idle_and_refuses_when_all_are_busy() {

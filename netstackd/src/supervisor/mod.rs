@@ -32,8 +32,11 @@ use crate::dataplane::PodSpec;
 use crate::sys::process::spawn_with_fd;
 use crate::sys::shm::SharedU64s;
 
-/// How long the dataplane may take to start its workers and answer `init`.
+/// How long the dataplane may take to start its workers and answer `init`...
 const INIT_DEADLINE: Duration = Duration::from_secs(5);
+/// ...and more per worker: 256 of them take about 0.4 s to start on an idle 2-vCPU VM, and
+/// a child killed as hung at start is started again, the same way, for ever.
+const INIT_PER_WORKER: Duration = Duration::from_millis(10);
 /// How long it may take to answer an attach, detach or capture: more than it gives its own
 /// workers (5 s), so a stuck worker is reported by the child rather than taken for a hang.
 const APPLY_DEADLINE: Duration = Duration::from_secs(8);
@@ -247,7 +250,8 @@ impl Inner {
                 service_flows_off: !self.service_flows,
                 in_flight: true,
             };
-            match ipc::exchange::<_, DpReply>(&ours, &init, &fds, INIT_DEADLINE)?.0 {
+            let deadline = INIT_DEADLINE + INIT_PER_WORKER * self.uplink.len() as u32;
+            match ipc::exchange::<_, DpReply>(&ours, &init, &fds, deadline)?.0 {
                 DpReply::Done => {}
                 other => anyhow::bail!("dataplane refused init: {other:?}"),
             }

@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# e2e: big machines (issue 14). netstackd with more workers than one control message carried
+# before (64 fds): for --workers 65, 128 and 256 (the kernel's MAX_TAP_QUEUES) the CNI plugin
+# opens that many TAP queues and sends them (in descriptor frames), netstackd hands them to
+# its dataplane child, and again after the child is killed and after netstackd restarts
+# (restore). Per row: `ctl status` reports the workers; each pod TAP and the uplink have that
+# many queues; the idle dataplane stays under 2 MiB per worker; a veth pod's peer gets one
+# packet socket per worker; pods ping each other and move 4 MiB over TCP on 32 connections
+# (which the kernel spreads over the queues: the upper half of the workers must wake up);
+# DEL leaves no TAP, veth peer, state file or descriptor behind. --workers 257 and 0 are
+# refused with a clear error. Needs root; about 1 minute (2 on a loaded machine).
+set -uo pipefail
+. "$(dirname "$0")/lib.sh"
+trap e2e_cleanup EXIT
+
+ROWS=${WORKERS_ROWS:-65 128 256}
+fd_count() { find "/proc/$1/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l; }
+child_pid() { pgrep -P "$NETSTACKD_PID" -f 'netstackd dataplane' | head -1; }
+state_files() { find "$STATE" -maxdepth 1 -name '*.json*' | wc -l; }
+# tx_queues NETNS DEV: the queues the kernel has attached to a device (real_num_tx_queues).
+tx_queues() { ip netns exec "$1" sh -c "ls /sys/class/net/$2/queues | grep -c '^tx-'"; }
+host_tx_queues() { ls "/sys/class/net/$1/queues" | grep -c '^tx-'; }
+# eventually SECONDS CMD...: CMD succeeds within SECONDS (polled every 0.2 s).
+eventually() {
+  local n=$(($1 * 5)); shift
+  for _ in $(seq "$n"); do "$@" >/dev/null 2>&1 && return 0; sleep 0.2; done
+  return 1
+}
+# wakeups_past WORKER: epoll wakeups summed over the workers numbered WORKER and up.
+wakeups_past() {
+  curl -sf "http://$(ctl status | jq -r .metrics)/metrics" |
+    awk -v w="$1" -F'[{}"= ]+' '/^netstack_worker_wakeups_total\{/ { if ($3 >= w) s += $NF } END { print s + 0 }'
+}
+# transfer FROM TO_IP: 32 TCP connections (32 flows, so the kernel's flow hash spreads them
+# over the TAP's queues) of 128 KiB each; true when every byte arrived intact.
+transfer() {
+  local from=$1 to=$2 to_ns=$3 i srv want
+  head -c 131072 /dev/urandom >"$WORK/blob"
+  : >"$WORK/sums"
+  ip netns exec "$to_ns" timeout 60 socat -u TCP-LISTEN:5001,bind="$to",reuseaddr,fork \
+    SYSTEM:"md5sum | cut -c1-32 >>$WORK/sums" &
+  srv=$!
+  eventually 5 sh -c "ip netns exec $to_ns ss -ltn 'sport = :5001' | grep -q LISTEN"
+  for i in $(seq 32); do
+    in_pod "$from" timeout 10 socat -u "OPEN:$WORK/blob" "TCP:$to:5001" || break
+  done
+  eventually 10 test "$(wc -l <"$WORK/sums")" = 32
+  kill "$srv" 2>/dev/null
+  wait "$srv" 2>/dev/null
+  want=$(md5sum <"$WORK/blob" | cut -c1-32)
+  [ "$(wc -l <"$WORK/sums")" = 32 ] && [ "$(sort -u "$WORK/sums")" = "$want" ]
+}
+
+write_conflist
+# The veth pods' conflist: the same network (one IPAM range) in veth mode.
+VETH_CONFLIST=$WORK/veth.conflist
+jq '.plugins[0].mode = "veth"' "$CONFLIST" >"$VETH_CONFLIST"
+add_veth_pod() { CONFLIST=$VETH_CONFLIST add_pod "$1"; }
+del_veth_pod() { CONFLIST=$VETH_CONFLIST del_pod "$1"; }
+
+log "--workers outside 1-256 is refused"
+for bad in 257 0; do
+  out=$(timeout 20 "$BIN/netstackd" --pod-cidr "$POD_CIDR" --socket "$WORK/bad.sock" --state-dir "$WORK/bad" \
+    --uplink "nsw$((RUN_ID % 100000))" --metrics-addr off --workers "$bad" 2>&1); rc=$?
+  check "--workers $bad: netstackd exits non-zero, saying the range and why ($(tail -1 <<<"$out"))" \
+    sh -c "[ $rc != 0 ] && printf '%s' \"\$1\" | grep -q 'between 1 and 256.*MAX_TAP_QUEUES'" _ "$out"
+  check "--workers $bad: no uplink left behind" sh -c "! ip link show nsw$((RUN_ID % 100000))"
+done
+
+for W in $ROWS; do
+  log "--workers $W"
+  start_netstackd --workers "$W" || { fail "netstackd --workers $W starts"; continue; }
+  SUP_FDS0=$(fd_count "$NETSTACKD_PID")
+  DP=$(child_pid)
+  DP_FDS0=$(fd_count "$DP")
+  check "ctl status reports $W workers" sh -c "$BIN/netstackd ctl --socket $SOCK --json status | jq -e '.workers == $W'"
+  check "ctl status (the table) shows them" sh -c "$BIN/netstackd ctl --socket $SOCK status | grep -Eq '^workers +$W *\$'"
+  check "the uplink $UPLINK has $W queues" test "$(host_tx_queues "$UPLINK")" = "$W"
+  rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$DP/status")
+  # A worker's frame buffers are allocated as they are needed, not all 16 MiB of them at start.
+  check "the idle dataplane's RSS is $((rss / 1024)) MiB, under 2 MiB per worker + 64 MiB" \
+    test "$rss" -lt $(((2 * W + 64) * 1024))
+  A=wa$W-$RUN_ID B=wb$W-$RUN_ID V=wv$W-$RUN_ID
+  IP_A=$(add_pod "$A") && IP_B=$(add_pod "$B") || { fail "CNI ADD of two TAP pods with $W queues"; stop_netstackd; continue; }
+  ok "CNI ADD of two TAP pods with $W queues ($IP_A, $IP_B)"
+  check "pod TAP $A/eth0 has $W queues" test "$(tx_queues "$A" eth0)" = "$W"
+  check "pod TAP $B/eth0 has $W queues" test "$(tx_queues "$B" eth0)" = "$W"
+  sup=$(fd_count "$NETSTACKD_PID")
+  check "the supervisor holds $W more descriptors per pod ($SUP_FDS0 -> $sup)" test "$sup" = $((SUP_FDS0 + 2 * W))
+  dp=$(fd_count "$DP")
+  check "so does the dataplane child ($DP_FDS0 -> $dp)" test "$dp" -ge $((DP_FDS0 + 2 * W))
+  IP_V=$(add_veth_pod "$V") || fail "CNI ADD of a veth pod"
+  sup2=$(fd_count "$NETSTACKD_PID")
+  check "the veth pod's peer gets $W packet sockets ($sup -> $sup2 supervisor descriptors)" test "$sup2" = $((sup + W))
+  check "A pings B" in_pod "$A" ping -c 2 -W 2 "$IP_B"
+  check "the veth pod pings A" in_pod "$V" ping -c 2 -W 2 "$IP_A"
+  before=$(wakeups_past $((W / 2)))
+  check "32 TCP connections A -> B deliver 128 KiB each, intact" transfer "$A" "$IP_B" "$B"
+  after=$(wakeups_past $((W / 2)))
+  # 32 flows all on the lower half of the queues: a chance of 2^-32.
+  check "workers $((W / 2))-$((W - 1)) served some of them (their wakeups $before -> $after)" test "$after" -gt "$before"
+
+  log "--workers $W: the dataplane child is killed; the new one gets every queue again"
+  kill -KILL "$DP"
+  check "a new dataplane child runs" eventually 10 sh -c "[ -n \"\$(pgrep -P $NETSTACKD_PID -f 'netstackd dataplane')\" ] && [ \"\$(pgrep -P $NETSTACKD_PID -f 'netstackd dataplane')\" != $DP ]"
+  check "ctl status counts the restart" eventually 10 sh -c "$BIN/netstackd ctl --socket $SOCK --json status | jq -e '.dataplane_restarts == 1 and .dataplane_pid != null'"
+  check "A pings B after the dataplane restart" eventually 10 in_pod "$A" ping -c 1 -W 1 "$IP_B"
+  check "the veth pod pings B after it" eventually 10 in_pod "$V" ping -c 1 -W 1 "$IP_B"
+  check "TCP A -> B after it" transfer "$A" "$IP_B" "$B"
+
+  log "--workers $W: netstackd restarts and restores the pods from its state dir"
+  stop_netstackd
+  start_netstackd --workers "$W" || { fail "netstackd --workers $W starts again"; continue; }
+  check "all three pods restored" sh -c "$BIN/netstackd ctl --socket $SOCK --json list | jq -e '[.[] | select(.state == \"attached\")] | length == 3'"
+  check "A pings B after the restore" eventually 10 in_pod "$A" ping -c 1 -W 1 "$IP_B"
+  check "the veth pod pings A after it" eventually 10 in_pod "$V" ping -c 1 -W 1 "$IP_A"
+  check "pod TAP $A/eth0 still has $W queues" test "$(tx_queues "$A" eth0)" = "$W"
+
+  log "--workers $W: DEL"
+  SUP_IDLE=$(fd_count "$NETSTACKD_PID")
+  del_pod "$A"; del_pod "$B"; del_veth_pod "$V"
+  sleep 0.3
+  check "no attachment left" sh -c "$BIN/netstackd ctl --socket $SOCK --json status | jq -e '.attachments == 0'"
+  check "no state file left" test "$(state_files)" = 0
+  sup=$(fd_count "$NETSTACKD_PID")
+  check "the supervisor dropped every queue and socket ($SUP_IDLE -> $sup, idle $((SUP_IDLE - 3 * W)))" \
+    test "$sup" = $((SUP_IDLE - 3 * W))
+  check "no veth peer left" sh -c "[ -z \"\$(in_dp ip -o link show type veth)\" ]"
+  stop_netstackd
+  ip link del "$UPLINK" 2>/dev/null
+done
+
+if [ "$FAILS" != 0 ]; then
+  echo "netstackd's warnings and errors:"
+  grep -E ' (WARN|ERROR) ' "$WORK/netstackd.log" | tail -20
+fi
+echo
+echo "test_workers: $PASSES passed, $FAILS failed"
+[ "$FAILS" = 0 ]

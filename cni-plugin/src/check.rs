@@ -144,6 +144,13 @@ fn compare_daemon(
     let mut client = connect(&conf.socket())?;
     let pods = match client.call(&Request::List, &[]).map_err(control_error)? {
         Reply::List { pods } => pods,
+        Reply::Error { message } => {
+            return Err(crate::add::daemon_refusal(
+                client.peer_protocol(),
+                "list",
+                &message,
+            ))
+        }
         other => return Err(CniError::Setup(format!("unexpected list reply {other:?}"))),
     };
     let Some(pod) = pods.iter().find(|p| p.key == *key) else {

@@ -5,6 +5,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::version::{decode_reply, encode_request, ReplyError};
 use super::{recv_message, send_message, FramingError, Reply, Request};
 
 /// Why a control call failed.
@@ -26,15 +27,29 @@ pub enum ClientError {
         /// What failed.
         source: FramingError,
     },
-    /// The daemon's reply was not valid protocol JSON.
+    /// The request could not be encoded, or the daemon's reply was not valid protocol JSON.
     #[error("undecodable reply from netstackd: {0}")]
     Decode(#[from] serde_json::Error),
+    /// The daemon speaks a newer protocol and its reply is not one this build knows.
+    #[error("{0}")]
+    Newer(ReplyError),
+}
+
+impl From<ReplyError> for ClientError {
+    fn from(e: ReplyError) -> Self {
+        match e {
+            ReplyError::Invalid(e) => ClientError::Decode(e),
+            newer @ ReplyError::Newer { .. } => ClientError::Newer(newer),
+        }
+    }
 }
 
 /// A connection to netstackd.
 pub struct Client {
     stream: UnixStream,
     path: PathBuf,
+    /// The protocol of the daemon's last reply (`None` before the first).
+    peer_protocol: Option<u32>,
 }
 
 impl Client {
@@ -57,7 +72,14 @@ impl Client {
         Ok(Client {
             stream,
             path: path.to_owned(),
+            peer_protocol: None,
         })
+    }
+
+    /// The control protocol the daemon said it speaks in its last reply (1 for netstack
+    /// v0.1.0, which says none); `None` until a reply was read.
+    pub fn peer_protocol(&self) -> Option<u32> {
+        self.peer_protocol
     }
 
     /// Sends `request` with `fds` attached and waits for the reply.
@@ -75,13 +97,24 @@ impl Client {
         request: &Request,
         fds: &[BorrowedFd<'_>],
     ) -> Result<(Reply, Vec<std::os::fd::OwnedFd>), ClientError> {
-        let body = serde_json::to_vec(request)?;
+        let body = encode_request(request)?;
         let transport = |source| ClientError::Transport {
             path: self.path.clone(),
             source,
         };
         send_message(&self.stream, &body, fds).map_err(transport)?;
         let (reply, fds) = recv_message(&self.stream).map_err(transport)?;
-        Ok((serde_json::from_slice(&reply)?, fds))
+        match decode_reply(&reply) {
+            Ok((protocol, reply)) => {
+                self.peer_protocol = Some(protocol);
+                Ok((reply, fds))
+            }
+            Err(e) => {
+                if let ReplyError::Newer { protocol, .. } = &e {
+                    self.peer_protocol = Some(*protocol);
+                }
+                Err(e.into())
+            }
+        }
     }
 }

@@ -163,7 +163,7 @@ mod tests {
     /// (`serde_json::to_vec` of its `Request`): each is served by this daemon as protocol 1.
     const V1_REQUESTS: &[&str] = &[
         r#"{"op":"status"}"#,
-        r#"{"op":"attach","container_id":"c1","ifname":"eth0","netns":"/run/netns/p1","mac":"0a:58:0a:f4:01:05","ips":["10.244.1.5/24"],"gateways":["10.244.1.1"],"mtu":1500,"queues":2,"labels":{"K8S_POD_NAME":"web","netstack.network":"k8s-pod-network"}}"#,
+        r#"{"op":"attach","container_id":"c1","ifname":"eth0","netns":"/run/netns/p1","mac":"0a:58:0a:f4:01:05","ips":["10.244.1.5/24"],"gateways":["10.244.1.1"],"mtu":1500,"queues":2,"labels":{"K8S_POD_NAME":"web","cni.network":"k8s-pod-network"}}"#,
         r#"{"op":"attach","container_id":"c2","ifname":"eth0","netns":"/run/netns/p2","mac":"0a:58:0a:f4:01:06","ips":["10.244.1.6/24","fd00:10:244:1::6/64"],"gateways":["10.244.1.1","fd00:10:244:1::1"],"mtu":1500,"queues":0,"labels":{},"bandwidth":{"ingressRate":1000000,"ingressBurst":0,"egressRate":0,"egressBurst":0},"mode":"veth","peer":"nsv0123456789ab"}"#,
         r#"{"op":"detach","container_id":"c1","ifname":"eth0"}"#,
         r#"{"op":"list"}"#,

@@ -1295,7 +1295,9 @@ mod tests {
   "mtu": 1500,
   "queues": 2,
   "labels": {
-    "netstack.network": "netstack-e2e"
+    "K8S_POD_NAME": "upg-old-a",
+    "K8S_POD_NAMESPACE": "e2e",
+    "cni.network": "netstack-e2e"
   },
   "netns_id": {
     "dev": 4,

@@ -97,8 +97,10 @@ tcp_stat() {
 }
 
 log "v0.1.0: its netstackd and plugin ($OLD)"
-check "the old build is v0.1.0's commit" grep -q . "$OLD/COMMIT"
+TAG_COMMIT=$(git -C "$ROOT" rev-parse --verify --quiet 'v0.1.0^{commit}' || echo 9ca7713e7743caa61a1b59fd02bbf63da40965c0)
+check "the old binaries are v0.1.0's ($TAG_COMMIT)" test "$(cat "$OLD/COMMIT")" = "$TAG_COMMIT"
 BIN=$OLD start_netstackd --workers "$WORKERS" || { fail "start v0.1.0 netstackd"; exit 1; }
+check "v0.1.0's netstackd speaks control protocol 1 (it names none)" test "$(ctl status | jq .protocol)" = 1
 A=upg-a-$RUN_ID B=upg-b-$RUN_ID C=upg-c-$RUN_ID D=upg-d-$RUN_ID
 add "$OLD" "$A" "$TAPCONF" "v0.1.0 plugin:"
 add "$OLD" "$B" "$TAPCONF" "v0.1.0 plugin:"
@@ -164,6 +166,7 @@ LOST=$(grep -oE '[0-9]+ received' "$WORK/ping.txt" | awk '{ print 50 - $1 }')
 log "figures: swap $SWAP_MS ms; retransmitted segments: TAP stream $RTX_A, veth stream $RTX_C; pings lost across the swap (A -> D, every 100 ms): ${LOST:-?} of 50"
 
 log "this build serves v0.1.0's pods"
+check "this build's netstackd speaks control protocol 2" test "$(ctl status | jq .protocol)" = 2
 for p in "$A" "$B" "$C" "$D"; do
   check "ctl list of the new netstackd shows $p attached" listed "$p"
 done
@@ -174,6 +177,24 @@ check "old pods reach each other: A -> B, C -> D, B -> C" \
   eval 'ping_ok "$A" "${POD_IP[$B]}" && ping_ok "$C" "${POD_IP[$D]}" && ping_ok "$B" "${POD_IP[$C]}"'
 run_plugin "$NEW" CHECK "$A" "new plugin, pod of the old plugin:"
 run_plugin "$NEW" CHECK "$C" "new plugin, pod of the old plugin:"
+# raw_request JSON: one request on the control socket, as bytes; prints the reply's JSON.
+raw_request() {
+  python3 - "$SOCK" "$1" <<'PY'
+import socket, struct, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+body = sys.argv[2].encode()
+s.sendall(struct.pack(">I", len(body)) + body)
+n = struct.unpack(">I", s.recv(4, socket.MSG_WAITALL))[0]
+print(s.recv(n, socket.MSG_WAITALL).decode())
+PY
+}
+out=$(raw_request '{"op":"attach_many","pods":[],"protocol":3}')
+check "a request of a newer protocol it cannot read is refused retryable, naming both protocols" \
+  eval 'jq -r .message <<<"$out" | grep -E "client speaks control protocol 3 .*netstackd speaks 2 .*\(retryable\)$"'
+out=$(raw_request '{"op":"status"}')
+check "a request without a version (v0.1.0's bytes) is answered, with the daemon's protocol" \
+  test "$(jq -r '.reply + " " + (.protocol | tostring)' <<<"$out")" = "status 2"
 
 log "skew: the v0.1.0 plugin on this netstackd"
 F=upg-f-$RUN_ID W=upg-w-$RUN_ID

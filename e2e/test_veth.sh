@@ -5,8 +5,8 @@
 # worker and each frame read once, GSO frames whole, sockets re-created after kill -9, DEL and
 # a vanished netns removing both ends, requests that do not fit refused, and
 # `netstackd cleanup` removing the namespace, and dual-stack pods over IPv6 (pod to pod, pod to
-# node and back, NDP answered with the gateway MAC, TCP, a foreign IPv6 source dropped and
-# counted). Needs root.
+# node and back, NDP answered with the gateway MAC, TCP, a foreign IPv6 source and a neighbor
+# solicitation naming a foreign MAC dropped and counted). Needs root.
 set -uo pipefail
 export MODE=veth
 . "$(dirname "$0")/lib.sh"
@@ -294,6 +294,40 @@ check "  ... its 3 echo requests counted spoofed ($sp0 -> $(spoofed))" test "$(s
 check "  ... and none reached pod K (Icmp6InEchos $echo0 -> $(in_echos))" test "$(in_echos)" = "$echo0"
 ip -n "$J" addr del "$SPOOF6/128" dev eth0
 check "  ... pod J's own address still works afterwards" in_pod "$J" ping -6 -c 2 -i 0.2 -W 2 "$IP6_K"
+# A neighbor solicitation for the gateway whose source link-layer address is not pod J's MAC
+# (an attempt to poison the answer), sent raw from pod J's eth0 with its own Ethernet source.
+send_ns() { # POD SRC_IP TARGET SLLA_MAC
+  in_pod "$1" python3 - "$2" "$3" "$4" "$(in_pod "$1" cat /sys/class/net/eth0/address)" <<'PY'
+import ipaddress, socket, struct, sys
+src, target = (ipaddress.IPv6Address(a) for a in sys.argv[1:3])
+slla, mine = (bytes.fromhex(m.replace(":", "")) for m in sys.argv[3:5])
+dst = ipaddress.IPv6Address("ff02::1:ff00:0") + (int(target) & 0xFFFFFF)
+icmp = struct.pack("!BBHI", 135, 0, 0, 0) + target.packed + bytes([1, 1]) + slla
+pseudo = src.packed + dst.packed + struct.pack("!I3xB", len(icmp), 58)
+data = pseudo + icmp
+csum = sum(struct.unpack("!%dH" % (len(data) // 2), data))
+while csum >> 16:
+    csum = (csum & 0xFFFF) + (csum >> 16)
+icmp = icmp[:2] + struct.pack("!H", ~csum & 0xFFFF) + icmp[4:]
+ip6 = struct.pack("!IHBB", 6 << 28, len(icmp), 58, 255) + src.packed + dst.packed
+eth = b"\x33\x33" + dst.packed[-4:] + mine + b"\x86\xdd"
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(("eth0", 0))
+s.send(eth + ip6 + icmp)
+PY
+}
+sp0=$(spoofed)
+send_ns "$J" "$IP6_J" "$GATEWAY6" 02:00:00:00:00:99
+sleep 0.3
+check "NDP anti-spoofing: a solicitation naming another MAC as pod J's is dropped and counted spoofed ($sp0 -> $(spoofed))" \
+  test "$(spoofed)" = $((sp0 + 1))
+sp0=$(spoofed)
+in_na() { in_pod "$J" awk '$1 == "Icmp6InNeighborAdvertisements" { print $2 }' /proc/net/snmp6; }
+na0=$(in_na)
+send_ns "$J" "$IP6_J" "$GATEWAY6" "$(in_pod "$J" cat /sys/class/net/eth0/address)"
+sleep 0.3
+check "  ... the same solicitation with pod J's own MAC is answered (advertisements to J $na0 -> $(in_na)), not counted" \
+  eval 'test "$(in_na)" -gt "$na0" && test "$(spoofed)" = "$sp0"'
 PEER_J=$(veth_peer "$J")
 check "DEL pod J (dual-stack veth)" cni DEL "$J" "/run/netns/$J"
 check "  ... its peer is gone, its state file too" eval 'peer_absent "$PEER_J" && test ! -e "$STATE/$J:eth0.json"'

@@ -25,6 +25,7 @@ upgrade_cleanup() {
   e2e_cleanup
 }
 trap upgrade_cleanup EXIT
+trap 'exit 143' TERM INT
 
 OLD=$(bash "$ROOT/scripts/old_release.sh") || { fail "build v0.1.0 (scripts/old_release.sh)"; exit 1; }
 NEW=$BIN

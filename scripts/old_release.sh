@@ -26,6 +26,7 @@ DEST=${RELEASE_CACHE:-/var/cache/netstack/$TAG-$commit}
 if [ ! -x "$DEST/bin/netstackd" ] || [ ! -x "$DEST/bin/netstack" ]; then
   scratch=$(mktemp -d /var/tmp/netstack-release.XXXXXX)
   trap 'rm -rf "$scratch"' EXIT
+  trap 'exit 143' TERM INT
   echo "old_release.sh: building $TAG ($commit) into $DEST (once per machine; several minutes)" >&2
   mkdir -p "$scratch/src"
   git -C "$ROOT" archive "$commit" | tar -x -C "$scratch/src"

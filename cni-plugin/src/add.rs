@@ -575,7 +575,7 @@ mod tests {
         assert_eq!(e.code(), 11, "{e}");
         let msg = e.to_string();
         assert!(
-            msg.contains("this plugin speaks control protocol 2 (netstack ")
+            msg.contains("this plugin speaks control protocol 2 (netstack after v0.1.0)")
                 && msg.contains("netstackd speaks 1 (netstack v0.1.0)")
                 && msg.contains(old),
             "{msg}"

@@ -42,18 +42,19 @@ pub const PROTOCOL_V1: u32 = 1;
 /// The oldest protocol this build serves as a daemon and talks to as a client.
 pub const OLDEST_PROTOCOL: u32 = PROTOCOL_V1;
 
-/// The release a protocol version was first spoken by, for messages about version skew.
-pub fn protocol_release(protocol: u32) -> String {
+/// The releases that speak a protocol version, for messages about version skew (the crate
+/// version cannot say it: it is still 0.1.0 after v0.1.0).
+pub fn protocol_release(protocol: u32) -> &'static str {
     match protocol {
-        PROTOCOL_V1 => "netstack v0.1.0".to_owned(),
-        PROTOCOL_VERSION => format!("netstack {}", env!("CARGO_PKG_VERSION")),
-        other if other > PROTOCOL_VERSION => "a newer netstack".to_owned(),
-        _ => "an unknown netstack".to_owned(),
+        PROTOCOL_V1 => "netstack v0.1.0",
+        2 => "netstack after v0.1.0",
+        other if other > PROTOCOL_VERSION => "a newer netstack",
+        _ => "an unknown netstack",
     }
 }
 
 /// Names two sides and their protocols, as skew errors show them:
-/// `this plugin speaks control protocol 2 (netstack 0.2.0), netstackd speaks 1 (netstack v0.1.0)`.
+/// `this plugin speaks control protocol 2 (netstack after v0.1.0), netstackd speaks 1 (netstack v0.1.0)`.
 pub fn describe_skew(us: &str, ours: u32, them: &str, theirs: u32) -> String {
     format!(
         "{us} speaks control protocol {ours} ({}), {them} speaks {theirs} ({})",
@@ -319,7 +320,7 @@ mod tests {
         assert!(matches!(e, ReplyError::Newer { protocol: 3, .. }), "{e:?}");
         assert!(
             e.to_string()
-                .starts_with("this client speaks control protocol 2 (netstack "),
+                .starts_with("this client speaks control protocol 2 (netstack after v0.1.0), "),
             "{e}"
         );
         assert!(

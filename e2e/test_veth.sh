@@ -4,7 +4,9 @@
 # netstackd's own netns with nothing the kernel could route with, one fanout packet socket per
 # worker and each frame read once, GSO frames whole, sockets re-created after kill -9, DEL and
 # a vanished netns removing both ends, requests that do not fit refused, and
-# `netstackd cleanup` removing the namespace. Needs root.
+# `netstackd cleanup` removing the namespace, and dual-stack pods over IPv6 (pod to pod, pod to
+# node and back, NDP answered with the gateway MAC, TCP, a foreign IPv6 source and a neighbor
+# solicitation naming a foreign MAC dropped and counted). Needs root.
 set -uo pipefail
 export MODE=veth
 . "$(dirname "$0")/lib.sh"
@@ -239,6 +241,100 @@ check "  ... counted 10" test $(( $(pod_counter "$E" .rx_packets) - before )) = 
 check "DEL pod E" cni DEL "$E" "/run/netns/$E"
 check "DEL pod F" cni DEL "$F" "/run/netns/$F"
 check "no mapping left in the dataplane" test "$(rings "$n")" = 0
+stop_netstackd
+
+log "IPv6 in veth mode (dual-stack pods)"
+# A /64 of this run's own (the third byte of the IPv4 pod CIDR), apart from the other scripts'.
+N6=${POD_CIDR#10.244.}
+N6=${N6%%.*}
+POD_CIDR6=fd00:10:246:$N6::/64
+GATEWAY6=fd00:10:246:$N6::1
+GATEWAY_MAC=02:4e:53:00:00:01
+start_netstackd --workers "$WORKERS" --pod-cidr-v6 "$POD_CIDR6" || exit 1
+CONFLIST=$WORK/dual.conflist
+jq --arg v6 "$POD_CIDR6" '.plugins[0].ipam.ranges += [[{subnet: $v6}]]
+    | .plugins[0].ipam.routes += [{dst: "::/0"}]' "$WORK/netstack.conflist" >"$CONFLIST"
+J=veth6-j-$RUN_ID
+K=veth6-k-$RUN_ID
+IP_J=$(add_pod "$J") && ok "ADD dual-stack veth pod J ($IP_J)" || fail "ADD pod J"
+IP_K=$(add_pod "$K") && ok "ADD dual-stack veth pod K ($IP_K)" || fail "ADD pod K"
+ip6_of() { jq -r '.ips[] | .address | select(contains(":"))' "$WORK/$1.result.json" | cut -d/ -f1; }
+IP6_J=$(ip6_of "$J")
+IP6_K=$(ip6_of "$K")
+check "pod J's eth0 is a veth, its peer in netstackd's netns" pod_link_is_ours "$J"
+check "  ... with the IPv6 address $IP6_J/64" eval 'ip -n "$J" -6 addr show dev eth0 | grep "$IP6_J/64"'
+check "  ... and an IPv6 default route via $GATEWAY6" eval 'ip -n "$J" -6 route show default | grep "via $GATEWAY6 dev eth0"'
+for p in "$J" "$K"; do in_pod "$p" ip -6 neigh flush dev eth0; done
+check "pod -> pod IPv6: ping6 J -> K" in_pod "$J" ping -6 -c 3 -i 0.2 -W 2 "$IP6_K"
+check "pod -> node IPv6: ping6 K -> the IPv6 gateway on the node" in_pod "$K" ping -6 -c 3 -i 0.2 -W 2 "$GATEWAY6"
+check "node -> pod IPv6: ping6 node -> J" ping -6 -c 3 -i 0.2 -W 2 "$IP6_J"
+# NDP: both pods solicited (the flush above) and netstackd answered for the gateway and for the
+# other pod, with its gateway MAC; the pods' kernels keep the entries as reachable ones.
+neigh_is_gateway() { in_pod "$1" ip -6 neigh show "$2" dev eth0 | grep -qE "lladdr $GATEWAY_MAC (router )?(REACHABLE|STALE|DELAY|PROBE)"; }
+check "NDP: pod K resolved the IPv6 gateway to $GATEWAY_MAC (router)" \
+  eval 'in_pod "$K" ip -6 neigh show "$GATEWAY6" dev eth0 | grep -q "lladdr $GATEWAY_MAC router"'
+check "NDP: pod J resolved pod K's address to $GATEWAY_MAC" neigh_is_gateway "$J" "$IP6_K"
+head -c 8M /dev/urandom >"$WORK/blob6"
+in_pod "$K" timeout 20 nc -6 -l -s "$IP6_K" -p 5006 >"$WORK/got6" &
+srv=$!
+sleep 0.3
+in_pod "$J" timeout 20 nc -6 -N "$IP6_K" 5006 <"$WORK/blob6"
+wait "$srv"
+check "TCP over IPv6 pod J -> pod K: 8 MB arrive intact" cmp "$WORK/blob6" "$WORK/got6"
+# Anti-spoofing: an IPv6 source that is not pod J's, from pod J.
+SPOOF6=fd00:10:246:$N6::bad
+ip -n "$J" addr add "$SPOOF6/128" dev eth0 nodad
+spoofed() { ctl stats | jq --arg id "$J" '.pods[] | select(.container_id == $id) | .counters.drops.spoofed // 0'; }
+sp0=$(spoofed)
+# Echo requests pod K's kernel received.
+in_echos() { in_pod "$K" awk '$1 == "Icmp6InEchos" { print $2 }' /proc/net/snmp6; }
+echo0=$(in_echos)
+check "anti-spoofing: ping6 from $SPOOF6 (not pod J's) gets no reply" \
+  eval '! in_pod "$J" ping -6 -c 3 -i 0.2 -W 1 -I "$SPOOF6" "$IP6_K"'
+check "  ... its 3 echo requests counted spoofed ($sp0 -> $(spoofed))" test "$(spoofed)" -ge $((sp0 + 3))
+check "  ... and none reached pod K (Icmp6InEchos $echo0 -> $(in_echos))" test "$(in_echos)" = "$echo0"
+ip -n "$J" addr del "$SPOOF6/128" dev eth0
+check "  ... pod J's own address still works afterwards" in_pod "$J" ping -6 -c 2 -i 0.2 -W 2 "$IP6_K"
+# A neighbor solicitation for the gateway whose source link-layer address is not pod J's MAC
+# (an attempt to poison the answer), sent raw from pod J's eth0 with its own Ethernet source.
+send_ns() { # POD SRC_IP TARGET SLLA_MAC
+  in_pod "$1" python3 - "$2" "$3" "$4" "$(in_pod "$1" cat /sys/class/net/eth0/address)" <<'PY'
+import ipaddress, socket, struct, sys
+src, target = (ipaddress.IPv6Address(a) for a in sys.argv[1:3])
+slla, mine = (bytes.fromhex(m.replace(":", "")) for m in sys.argv[3:5])
+dst = ipaddress.IPv6Address("ff02::1:ff00:0") + (int(target) & 0xFFFFFF)
+icmp = struct.pack("!BBHI", 135, 0, 0, 0) + target.packed + bytes([1, 1]) + slla
+pseudo = src.packed + dst.packed + struct.pack("!I3xB", len(icmp), 58)
+data = pseudo + icmp
+csum = sum(struct.unpack("!%dH" % (len(data) // 2), data))
+while csum >> 16:
+    csum = (csum & 0xFFFF) + (csum >> 16)
+icmp = icmp[:2] + struct.pack("!H", ~csum & 0xFFFF) + icmp[4:]
+ip6 = struct.pack("!IHBB", 6 << 28, len(icmp), 58, 255) + src.packed + dst.packed
+eth = b"\x33\x33" + dst.packed[-4:] + mine + b"\x86\xdd"
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(("eth0", 0))
+s.send(eth + ip6 + icmp)
+PY
+}
+sp0=$(spoofed)
+send_ns "$J" "$IP6_J" "$GATEWAY6" 02:00:00:00:00:99
+sleep 0.3
+check "NDP anti-spoofing: a solicitation naming another MAC as pod J's is dropped and counted spoofed ($sp0 -> $(spoofed))" \
+  test "$(spoofed)" = $((sp0 + 1))
+sp0=$(spoofed)
+in_na() { in_pod "$J" awk '$1 == "Icmp6InNeighborAdvertisements" { print $2 }' /proc/net/snmp6; }
+na0=$(in_na)
+send_ns "$J" "$IP6_J" "$GATEWAY6" "$(in_pod "$J" cat /sys/class/net/eth0/address)"
+sleep 0.3
+check "  ... the same solicitation with pod J's own MAC is answered (advertisements to J $na0 -> $(in_na)), not counted" \
+  eval 'test "$(in_na)" -gt "$na0" && test "$(spoofed)" = "$sp0"'
+PEER_J=$(veth_peer "$J")
+check "DEL pod J (dual-stack veth)" cni DEL "$J" "/run/netns/$J"
+check "  ... its peer is gone, its state file too" eval 'peer_absent "$PEER_J" && test ! -e "$STATE/$J:eth0.json"'
+check "  ... both of its addresses are released" \
+  eval '! grep -rqE "^$J" "$WORK/ipam/$NETWORK"'
+check "DEL pod K" cni DEL "$K" "/run/netns/$K"
 stop_netstackd
 
 echo

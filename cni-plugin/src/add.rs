@@ -31,24 +31,62 @@ pub fn connect(socket: &Path) -> Result<Client, CniError> {
     Client::connect(socket, CONTROL_TIMEOUT).map_err(control_error)
 }
 
-/// Maps a control-client failure to its CNI error.
+/// Maps a control-client failure to its CNI error. A reply this plugin cannot read from a
+/// daemon of a newer protocol is "try again later": the install step brings this plugin up
+/// to the daemon's version.
 pub fn control_error(e: ClientError) -> CniError {
     match e {
-        ClientError::Unreachable { .. } | ClientError::Transport { .. } => {
+        ClientError::Unreachable { .. } | ClientError::Transport { .. } | ClientError::Newer(_) => {
             CniError::TryAgainLater(e.to_string())
         }
         ClientError::Decode(_) => CniError::Setup(e.to_string()),
     }
 }
 
-/// Maps netstackd's error reply to a request (`what`): one that ends in `RETRYABLE` (a busy
-/// daemon, a dataplane being restarted) is "try again later" (code 11), anything else a
-/// failure.
-pub fn reply_error(what: &str, message: String) -> CniError {
+/// The oldest control protocol a daemon must speak for this plugin's requests
+/// ([`netstackd::control::version`]): 1, netstack v0.1.0's, while every request this plugin
+/// sends is one v0.1.0 understands. Raise it (or check per request with
+/// [`require_daemon_protocol`]) when a request comes to need a newer daemon.
+pub const OLDEST_DAEMON_PROTOCOL: u32 = netstackd::control::version::OLDEST_PROTOCOL;
+
+/// Fails with "try again later" (code 11), naming both versions, when the daemon's protocol
+/// `theirs` is older than `needed` for `what`: during an upgrade the plugin is installed
+/// before the DaemonSet replaces netstackd, which then brings the daemon up to date.
+pub fn require_daemon_protocol(theirs: u32, needed: u32, what: &str) -> Result<(), CniError> {
+    if theirs >= needed {
+        return Ok(());
+    }
+    Err(CniError::TryAgainLater(format!(
+        "{}: {what} needs netstackd of control protocol {needed} or later; retry once the netstackd DaemonSet is upgraded",
+        netstackd::control::version::describe_skew(
+            "this plugin",
+            netstackd::control::PROTOCOL_VERSION,
+            "netstackd",
+            theirs
+        )
+    )))
+}
+
+/// The CNI error for netstackd's error reply `message` to `what`, from a daemon of protocol
+/// `theirs`: "try again later" when the daemon says so or when it is older and could not read
+/// the request (version skew during an upgrade), a setup failure otherwise.
+pub fn daemon_refusal(theirs: Option<u32>, what: &str, message: &str) -> CniError {
+    use netstackd::control::version::{describe_skew, refused_as_older};
+    let theirs = theirs.unwrap_or(netstackd::control::PROTOCOL_V1);
     if message.ends_with(netstackd::control::RETRYABLE) {
-        CniError::TryAgainLater(format!("netstackd {what}: {message}"))
+        CniError::TryAgainLater(format!("netstackd: {what}: {message}"))
+    } else if refused_as_older(theirs, message) {
+        CniError::TryAgainLater(format!(
+            "{}, which could not read the {what} request ({message}); retry once the netstackd DaemonSet is upgraded",
+            describe_skew(
+                "this plugin",
+                netstackd::control::PROTOCOL_VERSION,
+                "netstackd",
+                theirs
+            )
+        ))
     } else {
-        CniError::Setup(format!("netstackd {what}: {message}"))
+        CniError::Setup(format!("netstackd refused the {what}: {message}"))
     }
 }
 
@@ -377,13 +415,22 @@ fn connect_ready(conf: &NetConf) -> Result<usize, CniError> {
     let mut client = connect(&conf.socket())?;
     let status = match client.call(&Request::Status, &[]).map_err(control_error)? {
         Reply::Status(s) => s,
-        Reply::Error { message } => return Err(reply_error("status", message)),
+        Reply::Error { message } => {
+            return Err(daemon_refusal(client.peer_protocol(), "status", &message))
+        }
         other => {
             return Err(CniError::Setup(format!(
                 "unexpected status reply {other:?}"
             )))
         }
     };
+    require_daemon_protocol(
+        client
+            .peer_protocol()
+            .unwrap_or(netstackd::control::PROTOCOL_V1),
+        OLDEST_DAEMON_PROTOCOL,
+        "ADD",
+    )?;
     let workers = status.workers;
     if conf.link_mode() == LinkMode::Veth {
         // The namespace of the veth peers is made here, in the runtime's mount namespace (the
@@ -455,14 +502,18 @@ fn attach_allocated(
     // A connection of its own, opened now: one held through IPAM and the link's set-up would
     // sit idle there, and netstackd closes idle connections first when many clients call at
     // once (as a runtime's parallel ADDs do).
-    let reply = Client::connect(&conf.socket(), CONTROL_TIMEOUT)
-        .and_then(|mut client| client.call(&Request::Attach(attachment.clone()), &fds));
+    let reply = Client::connect(&conf.socket(), CONTROL_TIMEOUT).and_then(|mut client| {
+        let reply = client.call(&Request::Attach(attachment.clone()), &fds)?;
+        Ok((reply, client.peer_protocol()))
+    });
     drop(fds);
     drop(link);
     let failure = match reply {
-        Ok(Reply::Done) => None,
-        Ok(Reply::Error { message }) => Some(reply_error("refused the attachment", message)),
-        Ok(other) => Some(CniError::Setup(format!(
+        Ok((Reply::Done, _)) => None,
+        Ok((Reply::Error { message }, protocol)) => {
+            Some(daemon_refusal(protocol, "attachment", &message))
+        }
+        Ok((other, _)) => Some(CniError::Setup(format!(
             "unexpected attach reply {other:?}"
         ))),
         Err(e) => {
@@ -520,6 +571,50 @@ fn attach_allocated(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn version_skew_is_try_again_later_naming_both_versions() {
+        // What a v0.1.0 daemon answers a request it cannot decode.
+        let old =
+            "malformed request: unknown variant `attach_many`, expected one of `status`, `attach`";
+        let e = daemon_refusal(Some(1), "attachment", old);
+        assert_eq!(e.code(), 11, "{e}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("this plugin speaks control protocol 2 (netstack after v0.1.0)")
+                && msg.contains("netstackd speaks 1 (netstack v0.1.0)")
+                && msg.contains(old),
+            "{msg}"
+        );
+        // A daemon that said nothing is v0.1.0.
+        assert_eq!(daemon_refusal(None, "attachment", old).code(), 11);
+        // A daemon of this protocol that finds a request malformed: a bug, not skew.
+        assert_eq!(daemon_refusal(Some(2), "attachment", old).code(), 100);
+        // An ordinary refusal stays one; a retryable one is code 11 whatever the version.
+        let e = daemon_refusal(Some(1), "attachment", "c1/eth0: already attached");
+        assert_eq!(e.code(), 100);
+        assert_eq!(
+            e.to_string(),
+            "netstackd refused the attachment: c1/eth0: already attached"
+        );
+        let busy = format!("dataplane restarting {}", netstackd::control::RETRYABLE);
+        assert_eq!(daemon_refusal(Some(2), "attachment", &busy).code(), 11);
+    }
+
+    #[test]
+    fn a_daemon_older_than_a_request_needs_is_try_again_later() {
+        assert!(require_daemon_protocol(1, OLDEST_DAEMON_PROTOCOL, "ADD").is_ok());
+        assert!(require_daemon_protocol(2, 2, "ADD").is_ok());
+        let e = require_daemon_protocol(1, 2, "a TAP of 80 queues").unwrap_err();
+        assert_eq!(e.code(), 11);
+        assert!(
+            e.to_string()
+                .contains("netstackd speaks 1 (netstack v0.1.0)")
+                && e.to_string()
+                    .contains("a TAP of 80 queues needs netstackd of control protocol 2"),
+            "{e}"
+        );
+    }
 
     fn ipam(json: &str) -> IpamResult {
         serde_json::from_str(json).unwrap()

@@ -13,7 +13,7 @@ use netstackd::netlink::Netlink;
 use netstackd::netns::run_in_netns;
 use netstackd::wire::MacAddr;
 
-use crate::add::{connect, control_error, netns_error, reply_error};
+use crate::add::{connect, control_error, netns_error};
 use crate::config::NetConf;
 use crate::result::{PrevResult, Route};
 use crate::skel::CniEnv;
@@ -144,7 +144,13 @@ fn compare_daemon(
     let mut client = connect(&conf.socket())?;
     let pods = match client.call(&Request::List, &[]).map_err(control_error)? {
         Reply::List { pods } => pods,
-        Reply::Error { message } => return Err(reply_error("list", message)),
+        Reply::Error { message } => {
+            return Err(crate::add::daemon_refusal(
+                client.peer_protocol(),
+                "list",
+                &message,
+            ))
+        }
         other => return Err(CniError::Setup(format!("unexpected list reply {other:?}"))),
     };
     let Some(pod) = pods.iter().find(|p| p.key == *key) else {

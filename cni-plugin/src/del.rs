@@ -4,7 +4,7 @@
 
 use netstackd::control::{AttachmentKey, Reply, Request};
 
-use crate::add::{connect, control_error, delete_pod_link, reply_error};
+use crate::add::{connect, control_error, daemon_refusal, delete_pod_link};
 use crate::config::NetConf;
 use crate::skel::CniEnv;
 use crate::{ipam, CniError};
@@ -18,12 +18,18 @@ pub fn cmd_del(env: &CniEnv, conf: &NetConf, stdin: &[u8]) -> Result<(), CniErro
         ifname: env.ifname.clone(),
     };
     match connect(&conf.socket()).and_then(|mut c| {
-        c.call(&Request::Detach(key.clone()), &[])
-            .map_err(control_error)
+        let reply = c
+            .call(&Request::Detach(key.clone()), &[])
+            .map_err(control_error)?;
+        Ok((reply, c.peer_protocol()))
     }) {
-        Ok(Reply::Done) => {}
-        Ok(Reply::Error { message }) => errors.push(reply_error(&format!("detach {key}"), message)),
-        Ok(other) => errors.push(CniError::Setup(format!(
+        Ok((Reply::Done, _)) => {}
+        Ok((Reply::Error { message }, protocol)) => errors.push(daemon_refusal(
+            protocol,
+            &format!("detach of {key}"),
+            &message,
+        )),
+        Ok((other, _)) => errors.push(CniError::Setup(format!(
             "unexpected detach reply {other:?}"
         ))),
         Err(e) => errors.push(e),

@@ -151,12 +151,19 @@ pub fn run(socket: &Path, command: CtlCommand, json: bool) -> anyhow::Result<()>
             let Reply::Status(s) = reply else {
                 bail!("unexpected reply")
             };
+            // The daemon's control protocol, from its reply (1: netstack v0.1.0, which says none).
+            let protocol = client
+                .peer_protocol()
+                .unwrap_or(crate::control::PROTOCOL_V1);
             if json {
-                writeln!(out, "{}", serde_json::to_string_pretty(&s)?)?;
+                let mut v = serde_json::to_value(&s)?;
+                v["protocol"] = protocol.into();
+                writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
             } else {
                 let mut rows = vec![
                     vec!["daemon version".into(), s.version],
                     vec!["ctl version".into(), crate::version::LONG.into()],
+                    vec!["control protocol".into(), protocol.to_string()],
                     vec!["workers".into(), s.workers.to_string()],
                     vec!["uplink".into(), s.uplink],
                     vec!["pod CIDR".into(), s.pod_cidr.to_string()],

@@ -5,6 +5,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use super::version::{decode_reply, encode_request, ReplyError};
 use super::{recv_message, send_message, FramingError, Reply, Request, BUSY};
 
 /// Why a control call failed.
@@ -26,9 +27,21 @@ pub enum ClientError {
         /// What failed.
         source: FramingError,
     },
-    /// The daemon's reply was not valid protocol JSON.
+    /// The request could not be encoded, or the daemon's reply was not valid protocol JSON.
     #[error("undecodable reply from netstackd: {0}")]
     Decode(#[from] serde_json::Error),
+    /// The daemon speaks a newer protocol and its reply is not one this build knows.
+    #[error("{0}")]
+    Newer(ReplyError),
+}
+
+impl From<ReplyError> for ClientError {
+    fn from(e: ReplyError) -> Self {
+        match e {
+            ReplyError::Invalid(e) => ClientError::Decode(e),
+            newer @ ReplyError::Newer { .. } => ClientError::Newer(newer),
+        }
+    }
 }
 
 /// A connection to netstackd.
@@ -36,6 +49,8 @@ pub struct Client {
     stream: UnixStream,
     path: PathBuf,
     timeout: Duration,
+    /// The protocol of the daemon's last reply (`None` before the first).
+    peer_protocol: Option<u32>,
 }
 
 /// First pause before sending a request again that a busy daemon refused; doubled each time
@@ -64,7 +79,14 @@ impl Client {
             stream,
             path: path.to_owned(),
             timeout,
+            peer_protocol: None,
         })
+    }
+
+    /// The control protocol the daemon said it speaks in its last reply (1 for netstack
+    /// v0.1.0, which says none); `None` until a reply was read.
+    pub fn peer_protocol(&self) -> Option<u32> {
+        self.peer_protocol
     }
 
     /// Sends `request` with `fds` attached and waits for the reply.
@@ -89,7 +111,7 @@ impl Client {
         request: &Request,
         fds: &[BorrowedFd<'_>],
     ) -> Result<(Reply, Vec<std::os::fd::OwnedFd>), ClientError> {
-        let body = serde_json::to_vec(request)?;
+        let body = encode_request(request)?;
         let started = Instant::now();
         let mut pause = BUSY_PAUSE;
         let timeout = self.timeout;
@@ -97,7 +119,7 @@ impl Client {
         loop {
             match self.exchange(&body, fds)? {
                 Exchange::Reply(reply, fds_back) => {
-                    let reply: Reply = serde_json::from_slice(&reply)?;
+                    let reply = self.decode(&reply)?;
                     let busy =
                         matches!(&reply, Reply::Error { message } if message.starts_with(BUSY));
                     if !busy || !time_left(pause) {
@@ -136,6 +158,22 @@ impl Client {
         }
         let (reply, fds) = recv_message(&self.stream).map_err(transport)?;
         Ok(Exchange::Reply(reply, fds))
+    }
+
+    /// Decodes a reply body, noting the daemon's protocol.
+    fn decode(&mut self, body: &[u8]) -> Result<Reply, ClientError> {
+        match decode_reply(body) {
+            Ok((protocol, reply)) => {
+                self.peer_protocol = Some(protocol);
+                Ok(reply)
+            }
+            Err(e) => {
+                if let ReplyError::Newer { protocol, .. } = &e {
+                    self.peer_protocol = Some(*protocol);
+                }
+                Err(e.into())
+            }
+        }
     }
 }
 

@@ -4,12 +4,17 @@
 //! descriptors (the TAP queues of an `attach`) travel as SCM_RIGHTS on the first bytes of the
 //! request; when there are more than [`FDS_PER_FRAME`], the first ones go ahead in frames of
 //! descriptors only (see `framing`). Every request gets exactly one reply; a malformed request gets `Reply::Error`.
+//! Each message says the protocol version of its sender (see [`version`]).
 
 mod client;
 mod framing;
+#[cfg(test)]
+pub(crate) mod v0_1_0;
+pub mod version;
 
 pub use client::{Client, ClientError};
 pub use framing::{recv_message, recv_message_before, send_message, FramingError};
+pub use version::{PROTOCOL_V1, PROTOCOL_VERSION};
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;

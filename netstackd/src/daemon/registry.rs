@@ -168,14 +168,70 @@ impl Drop for Pending<'_> {
     }
 }
 
-/// What a state file holds: the attachment as `attach` carried it, and the identity of its
-/// network namespace when it was attached (absent in files of older netstackds).
+/// The format of the state files this build writes.
+///
+/// - 1: netstack v0.1.0 and before (no `state_version` field).
+/// - 2: the file says its version.
+///
+/// Like the control protocol (see [`crate::control::version`]), the format only grows by
+/// fields an older netstackd may ignore (v0.1.0 ignores fields it does not know), so a rollback
+/// to v0.1.0 still restores the pods. A file of a newer format is served from the fields this
+/// build knows and never rewritten, so that a later upgrade finds it as it was written.
+pub const STATE_VERSION: u32 = 2;
+
+/// The format of a state file without a `state_version` field.
+const STATE_V1: u32 = 1;
+
+fn state_v1() -> u32 {
+    STATE_V1
+}
+
+/// What a state file holds: its format, the attachment as `attach` carried it, and the
+/// identity of its network namespace when it was attached (absent in files of older
+/// netstackds).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct StateRecord {
+    /// The format the file was written in ([`STATE_VERSION`] when this build writes it).
+    #[serde(default = "state_v1")]
+    state_version: u32,
     #[serde(flatten)]
     attachment: Attachment,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     netns_id: Option<NetnsId>,
+}
+
+impl StateRecord {
+    /// A record of this build's format.
+    fn new(attachment: Attachment, netns_id: Option<NetnsId>) -> Self {
+        StateRecord {
+            state_version: STATE_VERSION,
+            attachment,
+            netns_id,
+        }
+    }
+
+    /// Was it written by a newer netstackd (so it must not be rewritten by this one)?
+    fn is_newer(&self) -> bool {
+        self.state_version > STATE_VERSION
+    }
+}
+
+/// Reads a state file's content; an error names the format when the file is of a newer one.
+fn parse_state_file(bytes: &[u8]) -> Result<StateRecord, String> {
+    #[derive(serde::Deserialize)]
+    struct Version {
+        #[serde(default = "state_v1")]
+        state_version: u32,
+    }
+    serde_json::from_slice::<StateRecord>(bytes).map_err(|e| {
+        match serde_json::from_slice::<Version>(bytes) {
+            Ok(v) if v.state_version > STATE_VERSION => format!(
+                "written by a newer netstackd (state format {}, this one reads up to {STATE_VERSION}): {e}",
+                v.state_version
+            ),
+            _ => e.to_string(),
+        }
+    })
 }
 
 /// A recorded pod that could not be served again after a restart: its state file stays, and
@@ -246,9 +302,14 @@ fn read_state_dir(dir: &Path) -> std::io::Result<Vec<(PathBuf, StateRecord)>> {
         }
         match std::fs::read(&path)
             .map_err(|e| e.to_string())
-            .and_then(|b| serde_json::from_slice::<StateRecord>(&b).map_err(|e| e.to_string()))
+            .and_then(|b| parse_state_file(&b))
         {
-            Ok(record) => found.push((path, record)),
+            Ok(record) => {
+                if record.is_newer() {
+                    tracing::warn!(file = %path.display(), state_version = record.state_version, "state file of a newer netstackd (format {}; this one writes {STATE_VERSION}): served from the fields this version knows, not rewritten", record.state_version);
+                }
+                found.push((path, record))
+            }
             Err(e) => {
                 tracing::error!(file = %path.display(), "unreadable state file left in place: {e}")
             }
@@ -265,6 +326,10 @@ fn read_state_dir(dir: &Path) -> std::io::Result<Vec<(PathBuf, StateRecord)>> {
 /// Writes `record` to `path`: a temporary file, fsync, rename over the final name, fsync of
 /// the directory.
 fn write_state_file(dir: &Path, path: &Path, record: &StateRecord) -> std::io::Result<()> {
+    let record = &StateRecord {
+        state_version: STATE_VERSION,
+        ..record.clone()
+    };
     let tmp = path.with_extension("json.tmp");
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(&serde_json::to_vec_pretty(record)?)?;
@@ -274,8 +339,13 @@ fn write_state_file(dir: &Path, path: &Path, record: &StateRecord) -> std::io::R
 }
 
 /// Moves a state file found at `path` to its canonical name in `dir` (the upgrade from
-/// [`legacy_state_file_name`]); returns the canonical path. A no-op for a canonical file.
+/// [`legacy_state_file_name`]); returns where it is now. A no-op for a canonical file and for
+/// one of a newer format.
 fn upgrade_state_file(dir: &Path, path: &Path, record: &StateRecord) -> std::io::Result<PathBuf> {
+    if record.is_newer() {
+        // Left as a newer netstackd wrote it; this one reads either name.
+        return Ok(path.to_owned());
+    }
     let canonical = dir.join(state_file_name(&record.attachment.key));
     if canonical != path {
         write_state_file(dir, &canonical, record)?;
@@ -731,10 +801,7 @@ impl Registry {
         };
         let key = a.key.clone();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let state = StateRecord {
-            attachment: a.clone(),
-            netns_id,
-        };
+        let state = StateRecord::new(a.clone(), netns_id);
         let spec = PodSpec {
             id,
             mac: a.mac,
@@ -815,7 +882,7 @@ impl Registry {
             match self.restore_one(&record) {
                 Restore::Restored => {
                     restored += 1;
-                    if record.netns_id.is_none() {
+                    if record.netns_id.is_none() && !record.is_newer() {
                         // A file of an older netstackd: record its namespace's identity now.
                         self.complete_identity(&path, record);
                     }
@@ -1060,7 +1127,7 @@ impl Registry {
         let legacy = self.config.state_dir.join(legacy_state_file_name(key));
         let records_key = std::fs::read(&legacy)
             .ok()
-            .and_then(|b| serde_json::from_slice::<StateRecord>(&b).ok())
+            .and_then(|b| parse_state_file(&b).ok())
             .is_some_and(|r| r.attachment.key == *key);
         if records_key {
             let _ = std::fs::remove_file(&legacy);
@@ -1212,6 +1279,147 @@ mod tests {
         assert_eq!(read.len(), 2);
         assert_eq!(read[0].0.file_name().unwrap(), "c1:eth0.json");
         assert_eq!(read[0].1.netns_id, newer.netns_id);
+    }
+
+    /// A TAP pod's state file as netstack v0.1.0 wrote it (`serde_json::to_vec_pretty`).
+    const V1_TAP_STATE: &str = r#"{
+  "container_id": "upg-old-a",
+  "ifname": "eth0",
+  "netns": "/run/netns/upg-a",
+  "mac": "0a:58:0a:f4:15:02",
+  "ips": [
+    "10.244.21.2/24"
+  ],
+  "gateways": [
+    "10.244.21.1"
+  ],
+  "mtu": 1500,
+  "queues": 2,
+  "labels": {
+    "K8S_POD_NAME": "upg-old-a",
+    "K8S_POD_NAMESPACE": "e2e",
+    "cni.network": "netstack-e2e"
+  },
+  "netns_id": {
+    "dev": 4,
+    "ino": 4026532291
+  }
+}"#;
+
+    /// A veth pod's, dual-stack, with shaping.
+    const V1_VETH_STATE: &str = r#"{
+  "container_id": "upg-old-b",
+  "ifname": "eth0",
+  "netns": "/run/netns/upg-b",
+  "mac": "0a:58:0a:f4:15:03",
+  "ips": [
+    "10.244.21.3/24",
+    "fd00:10:244:21::3/64"
+  ],
+  "gateways": [
+    "10.244.21.1",
+    "fd00:10:244:21::1"
+  ],
+  "mtu": 1500,
+  "queues": 0,
+  "labels": {},
+  "bandwidth": {
+    "ingressRate": 8000000,
+    "ingressBurst": 0,
+    "egressRate": 0,
+    "egressBurst": 0
+  },
+  "mode": "veth",
+  "peer": "nsv5f0c3a1b2d4e",
+  "netns_id": {
+    "dev": 4,
+    "ino": 4026532400
+  }
+}"#;
+
+    #[test]
+    fn state_files_of_v0_1_0_are_read_as_format_1_and_rewritten_as_2() {
+        let dir = temp_dir("v1-state");
+        for (name, text) in [
+            ("upg-old-a:eth0.json", V1_TAP_STATE),
+            ("upg-old-b:eth0.json", V1_VETH_STATE),
+        ] {
+            std::fs::write(dir.join(name), text).unwrap();
+        }
+        let read = read_state_dir(&dir).unwrap();
+        assert_eq!(read.len(), 2);
+        let (path, tap) = &read[0];
+        assert_eq!(path, &dir.join("upg-old-a:eth0.json"));
+        assert_eq!(tap.state_version, STATE_V1);
+        assert_eq!(tap.attachment.key, key("upg-old-a", "eth0"));
+        assert_eq!(tap.attachment.mode, LinkMode::Tap);
+        assert_eq!(tap.attachment.queues, 2);
+        assert_eq!(tap.netns_id.as_ref().and_then(|n| n.ino), Some(4026532291));
+        let veth = &read[1].1;
+        assert_eq!(veth.state_version, STATE_V1);
+        assert_eq!(veth.attachment.mode, LinkMode::Veth);
+        assert_eq!(veth.attachment.peer.as_deref(), Some("nsv5f0c3a1b2d4e"));
+        assert_eq!(veth.attachment.ips.len(), 2);
+        assert_eq!(
+            veth.attachment.bandwidth.map(|b| b.ingress_rate),
+            Some(8_000_000)
+        );
+        // Written again by this build: format 2 and otherwise the same JSON.
+        write_state_file(&dir, path, tap).unwrap();
+        let again: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        let mut again = again.as_object().unwrap().clone();
+        assert_eq!(again.remove("state_version"), Some(STATE_VERSION.into()));
+        let v1: serde_json::Value = serde_json::from_str(V1_TAP_STATE).unwrap();
+        assert_eq!(serde_json::Value::Object(again), v1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn state_files_of_this_build_are_read_by_v0_1_0() {
+        // A rollback to v0.1.0 restores the pods this build recorded.
+        let dir = temp_dir("v2-state");
+        for text in [V1_TAP_STATE, V1_VETH_STATE] {
+            let record = parse_state_file(text.as_bytes()).unwrap();
+            let path = dir.join(state_file_name(&record.attachment.key));
+            write_state_file(&dir, &path, &record).unwrap();
+            let written = std::fs::read(&path).unwrap();
+            assert!(
+                String::from_utf8_lossy(&written).contains("\"state_version\": 2"),
+                "{}",
+                String::from_utf8_lossy(&written)
+            );
+            let old: crate::control::v0_1_0::StateRecord = serde_json::from_slice(&written)
+                .unwrap_or_else(|e| panic!("v0.1.0 cannot read {}: {e}", path.display()));
+            let as_v1: crate::control::v0_1_0::StateRecord = serde_json::from_str(text).unwrap();
+            assert_eq!(old, as_v1);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_state_file_of_a_newer_format_is_read_and_left_as_written() {
+        let dir = temp_dir("v3-state");
+        let newer = V1_TAP_STATE.replacen('{', r#"{"state_version": 3, "ecn": "on","#, 1);
+        // Under the older name, which this build would otherwise rename.
+        let legacy = dir.join(legacy_state_file_name(&key("upg-old-a", "eth0")));
+        std::fs::write(&legacy, &newer).unwrap();
+        let read = read_state_dir(&dir).unwrap();
+        let (path, record) = &read[0];
+        assert_eq!(record.state_version, 3);
+        assert!(record.is_newer());
+        assert_eq!(record.attachment.key, key("upg-old-a", "eth0"));
+        assert_eq!(upgrade_state_file(&dir, path, record).unwrap(), legacy);
+        assert_eq!(std::fs::read_to_string(&legacy).unwrap(), newer);
+        // One this build cannot read says which format it is.
+        let e = parse_state_file(br#"{"state_version": 3, "container_id": 7}"#).unwrap_err();
+        assert!(
+            e.starts_with("written by a newer netstackd (state format 3, this one reads up to 2)"),
+            "{e}"
+        );
+        let e = parse_state_file(br#"{"container_id": 7}"#).unwrap_err();
+        assert!(!e.contains("newer"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -19,9 +19,8 @@ use anyhow::Context;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
 
-use crate::control::{
-    recv_message_before, send_message, FramingError, Reply, Request, BUSY, RETRYABLE,
-};
+use crate::control::version::{decode_request, encode_reply};
+use crate::control::{recv_message_before, send_message, FramingError, Reply, BUSY, RETRYABLE};
 use crate::sys::fdpass::peer_credentials;
 
 use super::Registry;
@@ -227,7 +226,7 @@ fn reply(stream: &UnixStream, reply: &Reply) -> bool {
 fn reply_with_fds(stream: &UnixStream, reply: &Reply, fds: &[std::os::fd::OwnedFd]) -> bool {
     use std::os::fd::AsFd;
     let fds: Vec<_> = fds.iter().map(|fd| fd.as_fd()).collect();
-    match serde_json::to_vec(reply) {
+    match encode_reply(reply) {
         Ok(body) => send_message(stream, &body, &fds).is_ok(),
         Err(_) => false,
     }
@@ -285,18 +284,16 @@ fn serve_connection(stream: UnixStream, registry: &Registry, conns: &Connections
                 return;
             }
         };
-        let (answer, out_fds) = match serde_json::from_slice::<Request>(&body) {
-            Ok(request) => {
-                tracing::debug!(?request, fds = fds.len(), "control request");
+        let (answer, out_fds) = match decode_request(&body) {
+            Ok((protocol, request)) => {
+                tracing::debug!(?request, protocol, fds = fds.len(), "control request");
                 registry.handle(request, fds)
             }
             // The descriptors of a request we cannot read are closed here.
-            Err(e) => (
-                Reply::Error {
-                    message: format!("malformed request: {e}"),
-                },
-                Vec::new(),
-            ),
+            Err(e) => {
+                tracing::debug!("control request refused: {e}");
+                (Reply::Error { message: e.0 }, Vec::new())
+            }
         };
         if !reply_with_fds(&stream, &answer, &out_fds) {
             return;

@@ -1,0 +1,341 @@
+//! The control protocol's version: which one each side speaks, how it travels, and what a
+//! side does when the other is older or newer.
+//!
+//! An upgrade runs two releases side by side. The install step copies the new CNI plugin
+//! before the DaemonSet replaces netstackd, so for a while a new plugin (and hook) talks to the
+//! old daemon; a rollback, or a daemon upgraded first, gives the opposite. Each message
+//! therefore says which protocol its sender speaks, in a `"protocol"` field beside the
+//! message's own fields (`{"op":"detach",…,"protocol":2}`, `{"reply":"done","protocol":2}`).
+//!
+//! Version 1 is netstack v0.1.0, whose messages carry no such field: a message without one is
+//! version 1. v0.1.0 decodes requests and replies with serde's default of ignoring fields it
+//! does not know (none of its control types has `deny_unknown_fields`), so the field is
+//! invisible to it and everything else a new side sends it must be what v0.1.0 understood.
+//! The rules that keep both directions working:
+//!
+//! - Changes are additive: a new field has a default (absent in an older peer's messages) and
+//!   is one an older peer may ignore; a request or reply an older peer cannot decode (a new
+//!   `op`, a new reply kind) is only sent to a peer that announced a protocol that knows it.
+//! - A client learns the daemon's protocol from any reply ([`Client::peer_protocol`]), and before using anything newer than version 1 checks that the daemon speaks
+//!   it; when it does not, the CNI plugin fails with "try again later" (CNI code 11) naming
+//!   both versions, since the upgrade that is under way will bring the daemon up to date.
+//! - The daemon serves every request it can decode, whatever version it says it is. One it
+//!   cannot decode that comes from a newer protocol is answered with an error ending in
+//!   [`RETRYABLE`](super::RETRYABLE) that names both versions; one from an older or the same
+//!   protocol is malformed.
+//!
+//! [`Client::peer_protocol`]: super::Client::peer_protocol
+
+use serde::{Deserialize, Serialize};
+
+use super::{Reply, Request, RETRYABLE};
+
+/// The control protocol this build speaks.
+///
+/// - 1: netstack v0.1.0 (no `protocol` field in any message).
+/// - 2: every message says its protocol; `status` replies say the daemon's.
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// The protocol of a message without a `protocol` field: netstack v0.1.0's.
+pub const PROTOCOL_V1: u32 = 1;
+
+/// The oldest protocol this build serves as a daemon and talks to as a client.
+pub const OLDEST_PROTOCOL: u32 = PROTOCOL_V1;
+
+/// The releases that speak a protocol version, for messages about version skew (the crate
+/// version cannot say it: it is still 0.1.0 after v0.1.0).
+pub fn protocol_release(protocol: u32) -> &'static str {
+    match protocol {
+        PROTOCOL_V1 => "netstack v0.1.0",
+        2 => "netstack after v0.1.0",
+        other if other > PROTOCOL_VERSION => "a newer netstack",
+        _ => "an unknown netstack",
+    }
+}
+
+/// Names two sides and their protocols, as skew errors show them:
+/// `this plugin speaks control protocol 2 (netstack after v0.1.0), netstackd speaks 1 (netstack v0.1.0)`.
+pub fn describe_skew(us: &str, ours: u32, them: &str, theirs: u32) -> String {
+    format!(
+        "{us} speaks control protocol {ours} ({}), {them} speaks {theirs} ({})",
+        protocol_release(ours),
+        protocol_release(theirs)
+    )
+}
+
+/// The version fields read from a message before its content (so that a message from a
+/// newer peer is recognised as such even when its content does not decode).
+#[derive(Debug, Default, Deserialize)]
+struct Header {
+    #[serde(default)]
+    protocol: Option<u32>,
+}
+
+/// A message as it is sent: its own fields, then `"protocol"`.
+#[derive(Serialize)]
+struct Outgoing<'a, T> {
+    #[serde(flatten)]
+    message: &'a T,
+    protocol: u32,
+}
+
+/// Why a request body could not be turned into a [`Request`]: the message of the error reply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct RequestError(pub String);
+
+/// A reply body that did not decode.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplyError {
+    /// Not a reply this build knows, from a daemon of a newer protocol.
+    #[error("{}: its reply is not understood: {source}", describe_skew("this client", PROTOCOL_VERSION, "netstackd", *.protocol))]
+    Newer {
+        /// The daemon's protocol.
+        protocol: u32,
+        /// Why it did not decode.
+        source: serde_json::Error,
+    },
+    /// Not valid protocol JSON.
+    #[error("undecodable reply from netstackd: {0}")]
+    Invalid(#[from] serde_json::Error),
+}
+
+/// Encodes a request with this build's protocol version.
+pub fn encode_request(request: &Request) -> Result<Vec<u8>, serde_json::Error> {
+    serde_json::to_vec(&Outgoing {
+        message: request,
+        protocol: PROTOCOL_VERSION,
+    })
+}
+
+/// Encodes a reply with this build's protocol version.
+pub fn encode_reply(reply: &Reply) -> Result<Vec<u8>, serde_json::Error> {
+    serde_json::to_vec(&Outgoing {
+        message: reply,
+        protocol: PROTOCOL_VERSION,
+    })
+}
+
+/// Decodes a request body: the sender's protocol (1 when it says none) and the request.
+pub fn decode_request(body: &[u8]) -> Result<(u32, Request), RequestError> {
+    let header: Header = serde_json::from_slice(body)
+        .map_err(|e| RequestError(format!("malformed request: {e}")))?;
+    let protocol = header.protocol.unwrap_or(PROTOCOL_V1);
+    if protocol < OLDEST_PROTOCOL {
+        return Err(RequestError(format!(
+            "malformed request: control protocol {protocol} does not exist \
+             (netstackd speaks {OLDEST_PROTOCOL} to {PROTOCOL_VERSION})"
+        )));
+    }
+    match serde_json::from_slice::<Request>(body) {
+        Ok(request) => Ok((protocol, request)),
+        Err(e) if protocol > PROTOCOL_VERSION => Err(RequestError(format!(
+            "{}: the request is not understood ({e}); retry once netstackd is upgraded {RETRYABLE}",
+            describe_skew("the client", protocol, "netstackd", PROTOCOL_VERSION)
+        ))),
+        Err(e) => Err(RequestError(format!("malformed request: {e}"))),
+    }
+}
+
+/// Decodes a reply body: the daemon's protocol (1 when it says none) and the reply.
+pub fn decode_reply(body: &[u8]) -> Result<(u32, Reply), ReplyError> {
+    let header: Header = serde_json::from_slice(body)?;
+    let protocol = header.protocol.unwrap_or(PROTOCOL_V1);
+    match serde_json::from_slice::<Reply>(body) {
+        Ok(reply) => Ok((protocol, reply)),
+        Err(source) if protocol > PROTOCOL_VERSION => Err(ReplyError::Newer { protocol, source }),
+        Err(e) => Err(ReplyError::Invalid(e)),
+    }
+}
+
+/// Does an error reply from a daemon of protocol `theirs` say it could not read a request of
+/// ours because it is older (a v0.1.0 daemon answers what it cannot decode "malformed
+/// request")?
+pub fn refused_as_older(theirs: u32, message: &str) -> bool {
+    theirs < PROTOCOL_VERSION && message.starts_with("malformed request")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::v0_1_0;
+
+    /// The bytes netstack v0.1.0's plugin and hook send, as its `Client` wrote them
+    /// (`serde_json::to_vec` of its `Request`): each is served by this daemon as protocol 1.
+    const V1_REQUESTS: &[&str] = &[
+        r#"{"op":"status"}"#,
+        r#"{"op":"attach","container_id":"c1","ifname":"eth0","netns":"/run/netns/p1","mac":"0a:58:0a:f4:01:05","ips":["10.244.1.5/24"],"gateways":["10.244.1.1"],"mtu":1500,"queues":2,"labels":{"K8S_POD_NAME":"web","cni.network":"k8s-pod-network"}}"#,
+        r#"{"op":"attach","container_id":"c2","ifname":"eth0","netns":"/run/netns/p2","mac":"0a:58:0a:f4:01:06","ips":["10.244.1.6/24","fd00:10:244:1::6/64"],"gateways":["10.244.1.1","fd00:10:244:1::1"],"mtu":1500,"queues":0,"labels":{},"bandwidth":{"ingressRate":1000000,"ingressBurst":0,"egressRate":0,"egressBurst":0},"mode":"veth","peer":"nsv0123456789ab"}"#,
+        r#"{"op":"detach","container_id":"c1","ifname":"eth0"}"#,
+        r#"{"op":"list"}"#,
+        r#"{"op":"stats"}"#,
+        r#"{"op":"metrics"}"#,
+        r#"{"op":"capture","container_id":"c1","ifname":"eth0","snaplen":128,"max_packets":10,"max_seconds":0}"#,
+        r#"{"op":"release","container_id":"c1","ifname":"eth0"}"#,
+    ];
+
+    #[test]
+    fn requests_of_v0_1_0_are_served_as_protocol_1() {
+        for wire in V1_REQUESTS {
+            let (protocol, request) =
+                decode_request(wire.as_bytes()).unwrap_or_else(|e| panic!("{wire} refused: {e}"));
+            assert_eq!(protocol, PROTOCOL_V1, "{wire}");
+            // The same request as this build encodes it, less its version, is the same bytes:
+            // nothing a v0.1.0 client sends changed meaning.
+            let ours: serde_json::Value =
+                serde_json::from_slice(&encode_request(&request).unwrap()).unwrap();
+            let mut ours = ours.as_object().unwrap().clone();
+            assert_eq!(ours.remove("protocol"), Some(PROTOCOL_VERSION.into()));
+            let theirs: serde_json::Value = serde_json::from_str(wire).unwrap();
+            assert_eq!(serde_json::Value::Object(ours), theirs, "{wire}");
+        }
+    }
+
+    #[test]
+    fn requests_of_this_build_decode_in_v0_1_0() {
+        // What this build sends a v0.1.0 daemon, decoded with v0.1.0's own types: every
+        // request of V1_REQUESTS, re-encoded with the version field.
+        for wire in V1_REQUESTS {
+            let (_, request) = decode_request(wire.as_bytes()).unwrap();
+            let sent = encode_request(&request).unwrap();
+            let old: v0_1_0::Request = serde_json::from_slice(&sent).unwrap_or_else(|e| {
+                panic!("v0.1.0 cannot read {}: {e}", String::from_utf8_lossy(&sent))
+            });
+            let theirs: v0_1_0::Request = serde_json::from_str(wire).unwrap();
+            assert_eq!(old, theirs);
+        }
+        // The exact bytes of the two requests a plugin sends on ADD.
+        assert_eq!(
+            encode_request(&Request::Status).unwrap(),
+            br#"{"op":"status","protocol":2}"#
+        );
+        let (_, attach) = decode_request(V1_REQUESTS[1].as_bytes()).unwrap();
+        let sent = String::from_utf8(encode_request(&attach).unwrap()).unwrap();
+        assert_eq!(
+            sent,
+            format!(
+                "{},\"protocol\":2}}",
+                V1_REQUESTS[1].strip_suffix('}').unwrap()
+            )
+        );
+    }
+
+    #[test]
+    fn replies_of_v0_1_0_decode_as_protocol_1() {
+        // What a v0.1.0 daemon answers (its `serde_json::to_vec` of its `Reply`).
+        let status = r#"{"reply":"status","version":"0.1.0","workers":2,"uplink":"netstack0","pod_cidr":"10.244.1.0/24","gateway":"10.244.1.1","dp_netns":"/run/netstack/netns/dp","veth_rx":"mmsg","attachments":1,"metrics":"127.0.0.1:9473","dataplane_pid":4242,"dataplane_restarts":0,"quarantined":[]}"#;
+        let (protocol, reply) = decode_reply(status.as_bytes()).unwrap();
+        assert_eq!(protocol, PROTOCOL_V1);
+        let Reply::Status(s) = reply else {
+            panic!("not a status: {reply:?}")
+        };
+        assert_eq!((s.workers, s.version.as_str()), (2, "0.1.0"));
+        for (wire, want) in [
+            (r#"{"reply":"done"}"#, Reply::Done),
+            (
+                r#"{"reply":"error","message":"c1/eth0: already attached"}"#,
+                Reply::Error {
+                    message: "c1/eth0: already attached".into(),
+                },
+            ),
+            (
+                r#"{"reply":"list","pods":[]}"#,
+                Reply::List { pods: vec![] },
+            ),
+        ] {
+            assert_eq!(decode_reply(wire.as_bytes()).unwrap(), (PROTOCOL_V1, want));
+        }
+    }
+
+    #[test]
+    fn replies_of_this_build_decode_in_v0_1_0() {
+        let status: crate::control::DaemonStatus = serde_json::from_str(
+            r#"{"version":"0.2.0","workers":2,"uplink":"netstack0","pod_cidr":"10.244.1.0/24","pod_cidr_v6":"fd00:10:244:1::/64","gateway":"10.244.1.1","attachments":0}"#,
+        )
+        .unwrap();
+        let replies = [
+            Reply::Done,
+            Reply::Status(status),
+            Reply::Error {
+                message: "c1/eth0: no IP address".into(),
+            },
+            Reply::List { pods: vec![] },
+            Reply::Metrics {
+                text: "x 1\n".into(),
+            },
+        ];
+        for reply in replies {
+            let sent = encode_reply(&reply).unwrap();
+            let old: v0_1_0::Reply = serde_json::from_slice(&sent).unwrap_or_else(|e| {
+                panic!("v0.1.0 cannot read {}: {e}", String::from_utf8_lossy(&sent))
+            });
+            // What v0.1.0 reads is what it would have read from a v0.1.0 daemon.
+            let plain: v0_1_0::Reply =
+                serde_json::from_slice(&serde_json::to_vec(&reply).unwrap()).unwrap();
+            assert_eq!(old, plain);
+            assert_eq!(decode_reply(&sent).unwrap(), (PROTOCOL_VERSION, reply));
+        }
+        assert_eq!(
+            encode_reply(&Reply::Done).unwrap(),
+            br#"{"reply":"done","protocol":2}"#
+        );
+    }
+
+    #[test]
+    fn an_undecodable_request_from_a_newer_client_is_retryable_and_names_both_versions() {
+        let future = br#"{"op":"attach_many","pods":[],"protocol":3}"#;
+        let e = decode_request(future).unwrap_err().0;
+        assert!(e.ends_with(RETRYABLE), "{e}");
+        assert!(
+            e.contains(
+                "the client speaks control protocol 3 (a newer netstack), netstackd speaks 2"
+            ),
+            "{e}"
+        );
+        // A newer client's request that does decode is served.
+        let (p, r) = decode_request(br#"{"op":"status","protocol":3,"flavour":"x"}"#).unwrap();
+        assert_eq!((p, r), (3, Request::Status));
+        // From an older or the same protocol, or with a bad version, it is malformed.
+        for bad in [
+            &br#"{"op":"attach_many","protocol":2}"#[..],
+            br#"{"op":"attach_many"}"#,
+            br#"{"op":"status","protocol":0}"#,
+            br#"{"op":"status","protocol":"2"}"#,
+            br#"{"op":"status","protocol":-1}"#,
+            br#"[1,2]"#,
+            b"",
+        ] {
+            let e = decode_request(bad).unwrap_err().0;
+            assert!(
+                e.starts_with("malformed request") && !e.ends_with(RETRYABLE),
+                "{}: {e}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn an_undecodable_reply_from_a_newer_daemon_names_both_versions() {
+        let e = decode_reply(br#"{"reply":"attached_many","protocol":3}"#).unwrap_err();
+        assert!(matches!(e, ReplyError::Newer { protocol: 3, .. }), "{e:?}");
+        assert!(
+            e.to_string()
+                .starts_with("this client speaks control protocol 2 (netstack after v0.1.0), "),
+            "{e}"
+        );
+        assert!(
+            e.to_string()
+                .contains("netstackd speaks 3 (a newer netstack)"),
+            "{e}"
+        );
+        let e = decode_reply(br#"{"reply":"attached_many"}"#).unwrap_err();
+        assert!(matches!(e, ReplyError::Invalid(_)), "{e:?}");
+    }
+
+    #[test]
+    fn only_an_older_daemons_malformed_request_is_skew() {
+        assert!(refused_as_older(1, "malformed request: unknown field"));
+        assert!(!refused_as_older(2, "malformed request: unknown field"));
+        assert!(!refused_as_older(1, "c1/eth0: already attached"));
+    }
+}

@@ -391,6 +391,14 @@ pub fn set_rx_ring(fd: BorrowedFd<'_>) -> Result<(), SysError> {
     setsockopt_ring(fd).map_err(|e| packet_err(0, "PACKET_RX_RING", e))
 }
 
+/// The index of the earliest of `stamps` (the first of equals).
+fn oldest(stamps: impl Iterator<Item = (u32, u32)>) -> usize {
+    stamps
+        .enumerate()
+        .min_by_key(|&(i, stamp)| (stamp, i))
+        .map_or(0, |(i, _)| i)
+}
+
 /// A socket's `TPACKET_V2` receive ring, mapped: frames are taken in ring order, copied out
 /// and handed straight back to the kernel.
 ///
@@ -450,14 +458,28 @@ impl RxRing {
         self.status(i).load(Ordering::Acquire) & libc::TP_STATUS_USER != 0
     }
 
+    /// When the kernel filled frame `i` (its `tp_sec`, `tp_nsec`).
+    fn stamp(&self, i: usize) -> (u32, u32) {
+        // SAFETY: frame `i` is filled (TP_STATUS_USER, read with acquire by the caller), so
+        // the kernel wrote its tpacket2_hdr and leaves it alone until we give the frame back;
+        // the header lies at the start of the frame, inside the mapping.
+        let h = unsafe { std::ptr::read(self.frame(i) as *const libc::tpacket2_hdr) };
+        (h.tp_sec, h.tp_nsec)
+    }
+
     /// Finds the oldest filled frame once some are filled; false while none is. With every
-    /// frame filled (the ring overflowed) the order cannot be told: it stays where it is.
+    /// frame filled (the ring overflowed while no one read it, as across a dataplane restart)
+    /// the kernel stopped at the oldest one, where it will write next: the one it filled
+    /// first, by the time stamps. Starting anywhere else would leave this reader waiting on a
+    /// frame it emptied while the kernel, stopped at a full one, wakes no one.
     fn step_in(&mut self) -> bool {
         let start = (0..RING_FRAMES)
             .find(|&i| self.filled(i) && !self.filled((i + RING_FRAMES - 1) % RING_FRAMES));
         match start {
             Some(i) => self.next = i,
-            None if self.filled(self.next) => {}
+            None if (0..RING_FRAMES).all(|i| self.filled(i)) => {
+                self.next = oldest((0..RING_FRAMES).map(|i| self.stamp(i)));
+            }
             None => return false,
         }
         self.in_step = true;
@@ -949,6 +971,34 @@ mod tests {
             // Across the end of the ring too.
             let sent = send(70..85, 0);
             assert_eq!(take_all(&mut ring, 15), sent);
+
+            // A new mapping of a ring that filled up while nobody read it (the dataplane was
+            // being replaced under load): every frame filled, the kernel stopped at the oldest.
+            // The new reader starts there and stays in step (twice, from two kernel positions,
+            // so that one of them is not frame 0).
+            for round in 0..2u8 {
+                drop(ring);
+                let sent = send(150 + round * 50..190 + round * 50, 0);
+                ring = RxRing::map(rx[0].as_fd()).unwrap();
+                assert_eq!(
+                    take_all(&mut ring, RING_FRAMES),
+                    sent[..RING_FRAMES],
+                    "full ring, round {round}: the oldest first"
+                );
+                let sent = send(240..241 + round, 0);
+                assert_eq!(
+                    take_all(&mut ring, sent.len()),
+                    sent,
+                    "full ring, round {round}: then in step with the kernel"
+                );
+            }
         });
+    }
+
+    #[test]
+    fn the_oldest_stamp_wins_and_the_first_of_equals() {
+        assert_eq!(oldest([(5, 0), (3, 9), (3, 2), (4, 0)].into_iter()), 2);
+        assert_eq!(oldest([(1, 1), (1, 1)].into_iter()), 0);
+        assert_eq!(oldest(std::iter::empty()), 0);
     }
 }

@@ -332,7 +332,6 @@ impl<T: RouteTable, M: MasqueradeRules> NodeState<T, M> {
                         Ok(added) => {
                             report.uplink_added += added;
                             tracing::info!(
-                                %chain,
                                 comment = firewall::UPLINK_COMMENT,
                                 added,
                                 "{chain} drops forwarded packets by default: uplink accept \

@@ -1,7 +1,6 @@
 //! Host firewalls: the accept rules that let pod traffic through a node whose `FORWARD` policy
-//! drops (Docker sets `iptables -P FORWARD DROP`), and the check for forward-hook chains of
-//! other nftables tables that drop by default (firewalld's `inet firewalld`), which no rule of
-//! netstack's can override.
+//! drops (Docker sets `iptables -P FORWARD DROP`), and through forward-hook chains of other
+//! nftables tables that drop by default (firewalld's `inet firewalld`).
 //!
 //! What crosses the host's forward hook: pod traffic leaving the node through the uplink (to
 //! other nodes' pods and, masqueraded, to the outside) and its replies. Pod-to-pod traffic on
@@ -231,7 +230,7 @@ const NFT_WAIT: Duration = Duration::from_secs(5);
 /// A base chain on the forward hook, in a table netstack does not manage (any table but
 /// iptables-nft's own `filter FORWARD` of families `ip` and `ip6`).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct ForeignDrop {
+pub struct ForeignChain {
     /// `inet`, `ip` or `ip6`.
     pub family: String,
     /// The table.
@@ -240,7 +239,7 @@ pub struct ForeignDrop {
     pub chain: String,
 }
 
-impl std::fmt::Display for ForeignDrop {
+impl std::fmt::Display for ForeignChain {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
@@ -254,16 +253,16 @@ impl std::fmt::Display for ForeignDrop {
 /// not reach, each with whether its policy is drop: families `ip`, `ip6` and `inet` (the
 /// families whose forward hook routed pod traffic crosses), without iptables-nft's own
 /// `filter FORWARD`.
-pub fn parse_forward_chains(json: &str) -> Result<Vec<(ForeignDrop, bool)>, serde_json::Error> {
+pub fn parse_forward_chains(json: &str) -> Result<Vec<(ForeignChain, bool)>, serde_json::Error> {
     let value: serde_json::Value = serde_json::from_str(json)?;
-    let mut found: Vec<(ForeignDrop, bool)> = value["nftables"]
+    let mut found: Vec<(ForeignChain, bool)> = value["nftables"]
         .as_array()
         .into_iter()
         .flatten()
         .filter_map(|item| item.get("chain"))
         .filter(|c| c["hook"] == "forward")
         .filter_map(|c| {
-            let chain = ForeignDrop {
+            let chain = ForeignChain {
                 family: c["family"].as_str()?.to_owned(),
                 table: c["table"].as_str()?.to_owned(),
                 chain: c["name"].as_str()?.to_owned(),
@@ -417,7 +416,7 @@ pub fn plan_uplink(rules: &[RuleInfo], uplink: &str) -> UplinkPlan {
 
 /// The nftables JSON commands that carry out `plan` in `chain`: deletes first, then inserts
 /// (each at the head, `oifname` first so that `iifname` ends up first).
-pub fn plan_commands(chain: &ForeignDrop, plan: &UplinkPlan, uplink: &str) -> serde_json::Value {
+pub fn plan_commands(chain: &ForeignChain, plan: &UplinkPlan, uplink: &str) -> serde_json::Value {
     let at = |extra: serde_json::Value| {
         let mut rule = serde_json::json!({
             "family": chain.family, "table": chain.table, "chain": chain.chain,
@@ -447,7 +446,18 @@ pub fn plan_commands(chain: &ForeignDrop, plan: &UplinkPlan, uplink: &str) -> se
 
 /// Runs `nft` with `args` (and `stdin`), killed after [`NFT_WAIT`].
 fn nft_bounded(args: &[&str], stdin: Option<&str>, what: &str) -> Result<String, NftError> {
-    let binary = masquerade::nft_binary();
+    run_bounded(&masquerade::nft_binary(), args, stdin, what, NFT_WAIT)
+}
+
+/// Runs `binary` with `args` (and `stdin`); its stdout, or why not (killed after `wait`).
+fn run_bounded(
+    binary: &str,
+    args: &[&str],
+    stdin: Option<&str>,
+    what: &str,
+    wait: Duration,
+) -> Result<String, NftError> {
+    let binary = binary.to_owned();
     let mut child = Command::new(&binary)
         .args(args)
         .stdin(if stdin.is_some() {
@@ -485,10 +495,11 @@ fn nft_bounded(args: &[&str], stdin: Option<&str>, what: &str) -> Result<String,
             .map(|p| Box::new(p) as Box<dyn Read + Send>),
     );
     if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        // A write error shows up as nft's own failure below.
+        // netstack's commands are a few hundred bytes: the pipe takes them whole, so this
+        // never blocks. A write error shows up as nft's own failure below.
         let _ = pipe.write_all(text.as_bytes());
     }
-    let deadline = Instant::now() + NFT_WAIT;
+    let deadline = Instant::now() + wait;
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break Some(status),
@@ -510,7 +521,7 @@ fn nft_bounded(args: &[&str], stdin: Option<&str>, what: &str) -> Result<String,
         }),
         None => Err(NftError::Refused {
             what: what.to_owned(),
-            stderr: format!("no answer within {} s: killed", NFT_WAIT.as_secs()),
+            stderr: format!("no answer within {} ms: killed", wait.as_millis()),
         }),
     }
 }
@@ -523,14 +534,14 @@ fn unreadable(what: &str, e: serde_json::Error) -> NftError {
 }
 
 /// The foreign forward chains of the calling thread's namespace, with their policies.
-fn forward_chains() -> Result<Vec<(ForeignDrop, bool)>, NftError> {
+fn forward_chains() -> Result<Vec<(ForeignChain, bool)>, NftError> {
     let json = nft_bounded(&["-j", "list", "chains"], None, "listing chains")?;
     parse_forward_chains(&json).map_err(|e| unreadable("listing chains", e))
 }
 
 /// The rules of one chain (listed through JSON input: a table or chain named like an nft
 /// keyword needs no quoting).
-fn chain_rules(chain: &ForeignDrop) -> Result<Vec<RuleInfo>, NftError> {
+fn chain_rules(chain: &ForeignChain) -> Result<Vec<RuleInfo>, NftError> {
     let what = format!("listing {chain}");
     let cmd = serde_json::json!({"nftables": [{"list": {"chain": {
         "family": chain.family, "table": chain.table, "name": chain.chain,
@@ -541,7 +552,7 @@ fn chain_rules(chain: &ForeignDrop) -> Result<Vec<RuleInfo>, NftError> {
 
 /// What [`ensure_uplink`] did in one chain that drops by default: rules added (0: they were
 /// there), or why not.
-pub type UplinkOutcome = (ForeignDrop, Result<usize, NftError>);
+pub type UplinkOutcome = (ForeignChain, Result<usize, NftError>);
 
 /// Makes every foreign forward chain of the calling thread's namespace that drops by default
 /// ([`drops_by_default`]) accept `uplink` both ways ([`plan_uplink`], carried out in one nft
@@ -693,8 +704,8 @@ mod tests {
         assert_eq!(parse_forward_chains("{}").unwrap(), vec![]);
     }
 
-    fn chain(family: &str, table: &str, name: &str) -> ForeignDrop {
-        ForeignDrop {
+    fn chain(family: &str, table: &str, name: &str) -> ForeignChain {
+        ForeignChain {
             family: family.into(),
             table: table.into(),
             chain: name.into(),
@@ -824,6 +835,28 @@ mod tests {
         assert_eq!(plan_uplink(&listed, "netstack0"), UplinkPlan::default());
     }
 
+    #[test]
+    fn a_hung_command_is_killed_and_failures_are_told_apart() {
+        let hung = run_bounded("sleep", &["30"], None, "hanging", Duration::from_millis(50));
+        match hung {
+            Err(NftError::Refused { what, stderr }) => {
+                assert_eq!(what, "hanging");
+                assert!(stderr.contains("no answer within 50 ms"), "{stderr}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let echoed = run_bounded("cat", &[], Some("{}"), "echo", NFT_WAIT).unwrap();
+        assert_eq!(echoed, "{}", "stdin reaches it, its stdout comes back");
+        assert!(matches!(
+            run_bounded("false", &[], None, "failing", NFT_WAIT),
+            Err(NftError::Refused { .. })
+        ));
+        assert!(matches!(
+            run_bounded("/nonexistent/nft", &[], None, "missing", NFT_WAIT),
+            Err(NftError::Spawn { .. })
+        ));
+    }
+
     fn have(binary: &str) -> bool {
         Command::new(binary)
             .arg("--version")
@@ -896,6 +929,19 @@ mod tests {
                 "the table is as it was"
             );
             assert_eq!(remove_uplink_rules().unwrap(), 0);
+            // A table and a chain named like nft keywords (`fwd`, `forward`): JSON needs no
+            // quoting.
+            let odd = r#"{"nftables": [{"add": {"table": {"family": "inet", "name": "fwd"}}},
+                {"add": {"chain": {"family": "inet", "table": "fwd", "name": "forward",
+                 "type": "filter", "hook": "forward", "prio": 0, "policy": "drop"}}}]}"#;
+            masquerade::nft(&["-j", "-f", "-"], Some(odd), "adding a table").unwrap();
+            let outcomes = ensure_uplink("ns0").unwrap();
+            assert_eq!(outcomes.len(), 2, "{outcomes:?}");
+            assert!(
+                outcomes.iter().all(|(_, r)| matches!(r, Ok(2))),
+                "{outcomes:?}"
+            );
+            assert_eq!(remove_uplink_rules().unwrap(), 4);
             assert_eq!(remove(cidr).unwrap(), 2);
             assert_eq!(remove(cidr).unwrap(), 0);
             ensure(cidr).unwrap();

@@ -34,7 +34,7 @@ mod routes;
 mod sync;
 mod watch;
 
-pub use firewall::{ForeignDrop, COMMENT as FIREWALL_COMMENT, UPLINK_COMMENT};
+pub use firewall::{ForeignChain, COMMENT as FIREWALL_COMMENT, UPLINK_COMMENT};
 pub use health::{Check, NodeHealth};
 pub use kernel::{default_route_mtu, KernelRoutes, RouteError, RouteTable, ROUTE_PROTOCOL};
 pub use list::{parse_node_list, NodeInfo, NodeListError};

@@ -809,7 +809,7 @@ mod tests {
         }
         fn ensure_uplink(&mut self) -> Result<Vec<UplinkOutcome>, masquerade::NftError> {
             self.log.lock().unwrap().push("uplink".into());
-            let chain = firewall::ForeignDrop {
+            let chain = firewall::ForeignChain {
                 family: "inet".into(),
                 table: "firewalld".into(),
                 chain: "filter_FORWARD".into(),

@@ -16,10 +16,14 @@
 #     pod<->pod, pod->node, node->pod and pod->outside (masqueraded: the outside sees the
 #     node's address) work through netstackd's two tagged FORWARD rules; deleting them by hand
 #     cuts pod->outside (the negative control), the next resync puts them back.
-#  2. a foreign nftables table whose forward chain drops by default (firewalld's shape):
-#     netstackd warns naming it; pod<->pod, pod->node and node->pod still work, pod->outside
-#     does not (documented: netstack never edits other tables) until the table accepts the
-#     uplink, as putting it in firewalld's trusted zone does.
+#  2. a foreign nftables table whose forward chain drops by default, firewalld's shape: (a)
+#     policy drop, (b) policy accept and a trailing `reject with icmpx admin-prohibited`.
+#     netstackd puts `iifname "netstack0" accept` and `oifname "netstack0" accept` (comment
+#     "netstack: uplink") at the head of that chain, logging it: pod->outside works (IPv4 and
+#     IPv6, masqueraded); deleting them by hand cuts it (the negative control) and the next
+#     resync puts them back; SIGTERM, and `netstackd cleanup` after kill -9, delete them and
+#     leave the table exactly as it was (`nft list table` compared); with
+#     --forward-accept=false netstackd adds none and pod->outside is dropped there.
 # Also: readiness (/readyz) not ready before a valid node list, ready after; the uplink's MTU
 # and the conflist's from the default route's device (1400), an explicit --uplink-mtu winning;
 # the masquerade rule's fully-random; SIGTERM and `netstackd cleanup` removing exactly
@@ -137,6 +141,29 @@ forward_rules6() { in_node ip6tables -w -S FORWARD; }
 tagged() { forward_rules | grep -c -- '--comment "netstack: pod CIDR"'; }
 tagged6() { forward_rules6 | grep -c -- '--comment "netstack: pod CIDR"'; }
 tagged_is() { test "$(tagged)" = "$1" && test "$(tagged6)" = "$1"; }
+# The foreign table and its forward chain (as nft prints them, without handles).
+foreign_table() { in_node nft list table inet "$FOREIGN"; }
+foreign_chain() { in_node nft list chain inet "$FOREIGN" filter_FORWARD; }
+uplink_count() { foreign_chain | grep -c 'comment "netstack: uplink"'; }
+uplink_is() { test "$(uplink_count)" = "$1"; }
+# uplink_at_head: the chain's first two rules are netstackd's, iifname then oifname.
+UPLINK_HEAD='iifname "netstack0" accept comment "netstack: uplink"
+oifname "netstack0" accept comment "netstack: uplink"'
+uplink_at_head() {
+  test "$(foreign_chain | grep -v -e 'type filter hook' -e '[{}]' | sed -n 's/^[[:space:]]*//; 1,2p')" = "$UPLINK_HEAD"
+}
+# foreign_apply: replaces the foreign table by stdin's, with netstackd stopped meanwhile
+# (SIGSTOP: no resync between the write and FOREIGN_BEFORE, the table as written).
+FOREIGN_BEFORE=
+foreign_apply() {
+  local pid
+  pid=$(netstackd_pid)
+  kill -STOP "$pid"; NETSTACKD_STOPPED=$pid
+  in_node nft delete table inet "$FOREIGN" 2>/dev/null
+  in_node nft -f -
+  FOREIGN_BEFORE=$(foreign_table)
+  kill -CONT "$pid"; NETSTACKD_STOPPED=
+}
 readyz() { in_node curl -s -o "$WORK/readyz.body" -w '%{http_code}' "http://$METRICS/readyz"; }
 ready_is() { test "$(readyz)" = "$1"; }
 # seen_by_ext POD: what address ext sees for a TCP connection from POD.
@@ -268,8 +295,8 @@ check "the next resync puts both back" eventually 5 tagged_is 2
 check "ping p1 -> outside works again" ping1 "$P1" "$IP_EXT"
 check "  ... over IPv6 too" ping1 "$P1" "$IP6_EXT"
 
-log "hostile firewall 2: a foreign nftables table whose forward chain drops (firewalld's shape)"
-in_node nft -f - <<EOF
+log "hostile firewall 2a: a foreign nftables table whose forward chain has policy drop (firewalld's shape)"
+foreign_apply <<EOF
 table inet $FOREIGN {
 	chain filter_FORWARD {
 		type filter hook forward priority filter + 10; policy drop;
@@ -278,14 +305,46 @@ table inet $FOREIGN {
 	}
 }
 EOF
-check "netstackd warns, naming the table and chain" eventually 5 grep -q "WARN.*table inet $FOREIGN chain filter_FORWARD drops forwarded packets by default" "$WORK/netstackd.log"
-paths " [foreign nft drop]"
-check_not "pod -> outside is dropped by the foreign table (not covered: netstack never edits it)" ping1 "$P2" "$IP_EXT"
-# What the README says to do: accept the uplink there (firewalld: the trusted zone).
-in_node nft add rule inet "$FOREIGN" filter_FORWARD iifname netstack0 accept
-in_node nft add rule inet "$FOREIGN" filter_FORWARD oifname netstack0 accept
-check "with the uplink accepted there, p2 -> outside: ext sees the node's address" outside_sees_node "$P2"
-in_node nft delete table inet "$FOREIGN"
+check "the foreign table is in place, policy drop" grep -q 'policy drop;' <<<"$FOREIGN_BEFORE"
+check_not "  ... with none of netstack's rules yet" grep -q netstack <<<"$FOREIGN_BEFORE"
+check "netstackd puts its two uplink rules at the head of that chain" eventually 5 uplink_at_head
+check "  ... exactly two" uplink_is 2
+check "  ... and logs it, naming the table and chain" grep -q "INFO.*table inet $FOREIGN chain filter_FORWARD drops forwarded packets by default: uplink accept rules written" "$WORK/netstackd.log"
+check "  ... the rest of the table as it was (policy drop kept)" test "$(foreign_table | grep -v 'netstack: uplink')" = "$FOREIGN_BEFORE"
+paths " [foreign nft policy drop]"
+check "p2 -> outside through the foreign chain: ext sees the node's address" outside_sees_node "$P2"
+check "  ... over IPv6: ext sees the node's IPv6 address" outside_sees_node6 "$P2"
+# Negative control: the same rules deleted by hand (netstackd stopped: no resync mid-probe).
+NETSTACKD_STOPPED=$(netstackd_pid)
+kill -STOP "$NETSTACKD_STOPPED"
+for h in $(in_node nft -a list chain inet "$FOREIGN" filter_FORWARD | sed -n 's/.*"netstack: uplink" # handle \([0-9]*\)$/\1/p'); do
+  in_node nft delete rule inet "$FOREIGN" filter_FORWARD handle "$h"
+done
+check "  (deleted by hand)" uplink_is 0
+check_not "without them, p2 -> outside is dropped by the foreign chain" ping1 "$P2" "$IP_EXT"
+check_not "  ... over IPv6 too" ping1 "$P2" "$IP6_EXT"
+kill -CONT "$NETSTACKD_STOPPED"
+NETSTACKD_STOPPED=
+check "the next resync puts them back at the head" eventually 5 uplink_at_head
+check "  ... and p2 -> outside works again" ping1 "$P2" "$IP_EXT"
+check "  ... over IPv6 too" ping1 "$P2" "$IP6_EXT"
+
+log "hostile firewall 2b: policy accept, a trailing reject (firewalld's other shape)"
+foreign_apply <<EOF
+table inet $FOREIGN {
+	chain filter_FORWARD {
+		type filter hook forward priority filter + 10; policy accept;
+		ct state established,related accept
+		ct state invalid drop
+		iifname "lo" accept
+		reject with icmpx admin-prohibited
+	}
+}
+EOF
+check "netstackd puts its two uplink rules at the head of that chain too" eventually 5 uplink_at_head
+check "  ... exactly two" uplink_is 2
+check "p1 -> outside: ext sees the node's address [foreign trailing reject]" outside_sees_node "$P1"
+check "  ... over IPv6 too" outside_sees_node6 "$P1"
 
 log "shutdown: netstackd's rules go, the FORWARD chain is as it was"
 node_cni DEL "$P1" >/dev/null && node_cni DEL "$P2" >/dev/null
@@ -295,6 +354,8 @@ check "no tagged rule left in FORWARD" tagged_is 0
 check "FORWARD is exactly as before netstackd (policy DROP, the foreign rule)" test "$(forward_rules)" = "$BEFORE"
 check "  ... in ip6tables too" test "$(forward_rules6)" = "$BEFORE6"
 check_not "no masquerade table left" in_node nft list table ip netstack
+check "no uplink rule left in the foreign chain" uplink_is 0
+check "  ... the foreign table exactly as before netstackd (nft list table)" test "$(foreign_table)" = "$FOREIGN_BEFORE"
 
 log "an explicit MTU wins; kill -9 and a restart add no second copy; cleanup"
 start_install --uplink-mtu 1300
@@ -303,16 +364,19 @@ check "the conflist is written again" eventually 20 test -s "$CONF"
 check "--uplink-mtu 1300: the uplink's MTU is 1300" test "$(in_node cat /sys/class/net/netstack0/mtu)" = 1300
 check "  ... and the conflist's" test "$(jq '.plugins[0].mtu' "$CONF")" = 1300
 check "two tagged rules again" eventually 5 tagged_is 2
+check "  ... and the two uplink rules in the foreign chain" eventually 5 uplink_at_head
 kill -KILL "$(netstackd_pid)"
 wait "$INSTALL_PID" 2>/dev/null
 INSTALL_PID=
 check "kill -9 leaves them behind" tagged_is 2
+check "  ... the uplink rules too" uplink_is 2
 ip netns exec "$NODE" "$BIN/netstackd" --pod-cidr "$CIDR" --pod-cidr-v6 "$CIDR6" --socket "$SOCK" --state-dir "$STATE" \
   --metrics-addr off --workers 1 --dp-netns "$DP_NETNS" --resync-secs 1 >>"$WORK/netstackd.log" 2>&1 &
 DIRECT_PID=$!
 check "a restart answers" eventually 20 test -S "$SOCK"
 sleep 1.5 # a resync
 check "  ... and finds them: still exactly two (each family)" tagged_is 2
+check "  ... and two uplink rules" uplink_is 2
 kill -KILL "$DIRECT_PID"; wait "$DIRECT_PID" 2>/dev/null
 DIRECT_PID=
 out=$(in_node "$BIN/netstackd" cleanup --socket "$SOCK" --state-dir "$STATE" --dp-netns "$DP_NETNS" 2>&1)
@@ -321,6 +385,38 @@ check "  ... and the two ip6tables ones" grep -q "2 ip6tables FORWARD rule(s) re
 check "  ... and leaves FORWARD exactly as it found it" test "$(forward_rules)" = "$BEFORE"
 check "  ... in ip6tables too" test "$(forward_rules6)" = "$BEFORE6"
 check "  ... the masquerade table removed too" sh -c "! ip netns exec $NODE nft list table ip netstack"
+check "  ... and the two uplink rules: it says so" grep -q "2 nftables forward rule(s) removed" <<<"$out"
+check "  ... the foreign table exactly as before netstackd" test "$(foreign_table)" = "$FOREIGN_BEFORE"
+
+log "negative control: --forward-accept=false leaves the foreign chain alone, and it drops"
+# The pod CIDRs accepted in iptables by hand: only the foreign chain stands in the way.
+hand_rules() {
+  in_node iptables -w "$1" FORWARD -s "$CIDR" -m comment --comment "by hand" -j ACCEPT
+  in_node iptables -w "$1" FORWARD -d "$CIDR" -m comment --comment "by hand" -j ACCEPT
+  in_node ip6tables -w "$1" FORWARD -s "$CIDR6" -m comment --comment "by hand" -j ACCEPT
+  in_node ip6tables -w "$1" FORWARD -d "$CIDR6" -m comment --comment "by hand" -j ACCEPT
+}
+hand_rules -I
+ip netns exec "$NODE" "$BIN/netstackd" --pod-cidr "$CIDR" --pod-cidr-v6 "$CIDR6" --socket "$SOCK" --state-dir "$STATE" \
+  --metrics-addr off --workers 1 --dp-netns "$DP_NETNS" --resync-secs 1 --forward-accept=false >>"$WORK/netstackd.log" 2>&1 &
+DIRECT_PID=$!
+check "netstackd --forward-accept=false answers" eventually 20 test -S "$SOCK"
+P3=fw-p3-$RUN_ID
+IP_P3=$(new_pod "$P3") && ok "ADD p3 ($IP_P3)" || fail "ADD p3"
+sleep 1.5 # a resync
+check "no uplink rule in the foreign chain" uplink_is 0
+check "  ... no tagged rule in FORWARD" tagged_is 0
+check_not "p3 -> outside is dropped by the foreign chain" ping1 "$P3" "$IP_EXT"
+check_not "  ... over IPv6 too" ping1 "$P3" "$IP6_EXT"
+check "  ... while pod -> node works" ping1 "$P3" "$IP_NODE"
+in_node nft delete table inet "$FOREIGN"
+check "  ... and p3 -> outside works once the foreign table is gone (only it stood in the way)" ping1 "$P3" "$IP_EXT"
+node_cni DEL "$P3" >/dev/null
+kill -TERM "$DIRECT_PID"; wait "$DIRECT_PID"
+DIRECT_PID=
+hand_rules -D
+check "FORWARD exactly as before (the hand rules gone)" test "$(forward_rules)" = "$BEFORE"
+check "  ... in ip6tables too" test "$(forward_rules6)" = "$BEFORE6"
 
 log "readiness with --kube: ready while the Node watch is connected, not ready when it is lost"
 ip netns exec "$NODE" python3 "$ROOT/e2e/fake_kube_api.py" "$WORK/api.port" 2>"$WORK/api.log" &

@@ -199,7 +199,12 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
     }
     server::spawn_accept_loop(listener, Arc::clone(&registry))?;
     // Dropped on return: stops the node logic (the masquerade table goes with it).
-    let _node = crate::node::start(&config.node, config.pod_cidr, config.pod_cidr_v6)?;
+    let _node = crate::node::start(
+        &config.node,
+        &config.uplink,
+        config.pod_cidr,
+        config.pod_cidr_v6,
+    )?;
     let sig = server::wait_for_termination(&signals);
     tracing::info!("{sig}: shutting down; pod TAPs and the uplink stay for the next start");
     let _ = std::fs::remove_file(&config.socket);

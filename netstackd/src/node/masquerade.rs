@@ -68,7 +68,7 @@ impl Family {
 }
 
 /// The `nft` binary (`NETSTACK_NFT` overrides it, for tests).
-fn nft_binary() -> String {
+pub(super) fn nft_binary() -> String {
     std::env::var("NETSTACK_NFT").unwrap_or_else(|_| "nft".to_owned())
 }
 

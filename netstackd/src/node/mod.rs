@@ -10,8 +10,9 @@
 //!   the cluster's pod and service CIDRs is SNATed to the node's address, in netstack's own
 //!   nftables table `ip netstack` (and `ip6 netstack` on a dual-stack node).
 //! - **host firewall** (on unless `--forward-accept=false`): accept rules for the pod CIDRs at
-//!   the head of iptables' `filter FORWARD` chain, so a node whose FORWARD policy drops still
-//!   forwards pod traffic (`firewall`).
+//!   the head of iptables' `filter FORWARD` chain, and for the uplink at the head of every
+//!   other nftables forward chain that drops by default (firewalld's), so a node whose
+//!   firewall drops forwarded traffic still forwards pod traffic (`firewall`).
 //! - **Kubernetes integration** (`--kube`): the Node's `NetworkUnavailable` condition set to
 //!   False once routes are in place; readiness (`health`) reflects the watch and the routes.
 //! - **MTU**: the uplink's MTU, unless given, is that of the interface carrying the default
@@ -33,7 +34,7 @@ mod routes;
 mod sync;
 mod watch;
 
-pub use firewall::{ForeignDrop, COMMENT as FIREWALL_COMMENT};
+pub use firewall::{ForeignChain, COMMENT as FIREWALL_COMMENT, UPLINK_COMMENT};
 pub use health::{Check, NodeHealth};
 pub use kernel::{default_route_mtu, KernelRoutes, RouteError, RouteTable, ROUTE_PROTOCOL};
 pub use list::{parse_node_list, NodeInfo, NodeListError};
@@ -71,8 +72,10 @@ pub struct NodeArgs {
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     pub masquerade: bool,
     /// Accept forwarded pod traffic in iptables' `filter FORWARD` chain (two rules per pod
-    /// CIDR, at its head, tagged "netstack: pod CIDR"), for nodes whose FORWARD policy drops
-    /// (`--forward-accept=false` leaves the host firewall alone).
+    /// CIDR, at its head, tagged "netstack: pod CIDR") and in every other nftables forward
+    /// chain that drops by default (the uplink both ways, tagged "netstack: uplink"), for
+    /// nodes whose firewall drops forwarded traffic (`--forward-accept=false` leaves the host
+    /// firewall alone).
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     pub forward_accept: bool,
     /// The cluster's pod CIDR(s), never masqueraded (comma-separated or repeated, empty for
@@ -377,11 +380,12 @@ impl Drop for NodeTask {
     }
 }
 
-/// Starts the node logic for a node with pod CIDR `pod_cidr` (and `pod_cidr_v6` when
-/// dual-stack): the reconciler thread (in the calling thread's network namespace) and the
+/// Starts the node logic for a node with uplink `uplink` and pod CIDR `pod_cidr` (and
+/// `pod_cidr_v6` when dual-stack): the reconciler thread (in the calling thread's network namespace) and the
 /// configured node source.
 pub fn start(
     config: &NodeConfig,
+    uplink: &str,
     pod_cidr: Ipv4Net,
     pod_cidr_v6: Option<Ipv6Net>,
 ) -> anyhow::Result<NodeTask> {
@@ -409,7 +413,9 @@ pub fn start(
     )
     .with_health(&HEALTH);
     if config.forward_accept {
-        state = state.with_forward_rules(Box::new(sync::Iptables));
+        state = state.with_forward_rules(Box::new(sync::HostFirewall {
+            uplink: uplink.to_owned(),
+        }));
     }
     let resync = config.resync;
     let thread = std::thread::Builder::new()
@@ -475,6 +481,9 @@ pub fn cleanup() -> anyhow::Result<String> {
         };
         line += &format!(", {removed} {tool} {} rule(s) removed", firewall::CHAIN);
     }
+    let removed = firewall::remove_uplink_rules()
+        .context("removing the uplink accept rules from other tables' forward chains")?;
+    line += &format!(", {removed} nftables forward rule(s) removed");
     Ok(line)
 }
 

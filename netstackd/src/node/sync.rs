@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use super::firewall::{self, FirewallError, ForeignDrop};
+use super::firewall::{self, FirewallError, UplinkOutcome};
 use super::health::NodeHealth;
 use super::kernel::RouteTable;
 use super::masquerade::{self, Family};
@@ -53,31 +53,41 @@ impl MasqueradeRules for Nft {
     }
 }
 
-/// How the host firewall's forward accept rules are written (the real iptables, or a
-/// recorder in tests), and how other tables' forward-drop chains are found.
+/// How the host firewall's forward accept rules are written (the real iptables and nft, or a
+/// recorder in tests): iptables' per pod CIDR, and the uplink's in other tables' forward
+/// chains that drop by default.
 pub trait ForwardRules {
     /// Makes sure the accept rules of `pod_cidr` are in place; returns how many were added.
     fn ensure(&mut self, pod_cidr: IpNet) -> Result<usize, FirewallError>;
     /// Removes the accept rules of `pod_cidr`; returns how many went.
     fn remove(&mut self, pod_cidr: IpNet) -> Result<usize, FirewallError>;
-    /// Base chains of other tables on the forward hook whose policy drops.
-    fn foreign_drops(&mut self) -> Result<Vec<ForeignDrop>, masquerade::NftError>;
+    /// Makes sure every other table's forward chain that drops by default accepts the uplink;
+    /// what was done, per such chain.
+    fn ensure_uplink(&mut self) -> Result<Vec<UplinkOutcome>, masquerade::NftError>;
+    /// Removes netstack's rules from other tables' forward chains; returns how many went.
+    fn remove_uplink(&mut self) -> Result<usize, masquerade::NftError>;
 }
 
-/// iptables (forward accept rules) and nft (other tables' chains) in the calling thread's
-/// namespace.
+/// iptables (forward accept rules) and nft (other tables' forward chains) in the calling
+/// thread's namespace.
 #[derive(Debug, Default)]
-pub struct Iptables;
+pub struct HostFirewall {
+    /// The uplink's name, accepted in other tables' forward chains.
+    pub uplink: String,
+}
 
-impl ForwardRules for Iptables {
+impl ForwardRules for HostFirewall {
     fn ensure(&mut self, pod_cidr: IpNet) -> Result<usize, FirewallError> {
         firewall::ensure(pod_cidr)
     }
     fn remove(&mut self, pod_cidr: IpNet) -> Result<usize, FirewallError> {
         firewall::remove(pod_cidr)
     }
-    fn foreign_drops(&mut self) -> Result<Vec<ForeignDrop>, masquerade::NftError> {
-        firewall::foreign_forward_drops()
+    fn ensure_uplink(&mut self) -> Result<Vec<UplinkOutcome>, masquerade::NftError> {
+        firewall::ensure_uplink(&self.uplink)
+    }
+    fn remove_uplink(&mut self) -> Result<usize, masquerade::NftError> {
+        firewall::remove_uplink_rules()
     }
 }
 
@@ -105,8 +115,6 @@ pub struct NodeState<T, M> {
     forward: Option<Box<dyn ForwardRules + Send>>,
     /// The pod CIDRs whose accept rules are known to be in place.
     forward_applied: BTreeSet<IpNet>,
-    /// The foreign forward-drop chains last warned about.
-    foreign_drops: Vec<ForeignDrop>,
     /// Where what is in place is reported.
     health: Option<&'static NodeHealth>,
 }
@@ -122,8 +130,10 @@ pub struct SyncReport {
     pub masquerade_written: bool,
     /// Pod CIDRs newly refused (each is logged and counted once, when it first appears).
     pub refused: usize,
-    /// Forward accept rules added.
+    /// Forward accept rules added (iptables').
     pub forward_added: usize,
+    /// Uplink accept rules added to other tables' forward chains.
+    pub uplink_added: usize,
 }
 
 impl<T: RouteTable, M: MasqueradeRules> NodeState<T, M> {
@@ -155,7 +165,6 @@ impl<T: RouteTable, M: MasqueradeRules> NodeState<T, M> {
             counts,
             forward: None,
             forward_applied: BTreeSet::new(),
-            foreign_drops: Vec::new(),
             health: None,
         }
     }
@@ -276,8 +285,8 @@ impl<T: RouteTable, M: MasqueradeRules> NodeState<T, M> {
     }
 
     /// The forward accept rules: written once, checked again at every resync (someone may
-    /// have flushed the chain); other tables' forward-drop chains are looked for at every
-    /// resync and warned about when they change.
+    /// have flushed the chain); other tables' forward chains that drop by default are looked
+    /// for at every resync and made to accept the uplink.
     fn sync_forward(&mut self, check_kernel: bool, report: &mut SyncReport) {
         let Some(rules) = self.forward.as_mut() else {
             return;
@@ -315,19 +324,30 @@ impl<T: RouteTable, M: MasqueradeRules> NodeState<T, M> {
         if !check_kernel {
             return;
         }
-        match rules.foreign_drops() {
-            Ok(found) if found != self.foreign_drops => {
-                for chain in found.iter().filter(|c| !self.foreign_drops.contains(c)) {
-                    tracing::warn!(
-                        "{chain} drops forwarded packets by default: pod traffic leaving this \
-                         node is dropped there unless that table accepts it (netstack does not \
-                         edit other tables; see the README, \"Host firewall\")"
-                    );
+        match rules.ensure_uplink() {
+            Ok(outcomes) => {
+                for (chain, result) in outcomes {
+                    match result {
+                        Ok(0) => {}
+                        Ok(added) => {
+                            report.uplink_added += added;
+                            tracing::info!(
+                                comment = firewall::UPLINK_COMMENT,
+                                added,
+                                "{chain} drops forwarded packets by default: uplink accept \
+                                 rules written at its head"
+                            );
+                        }
+                        Err(e) => tracing::error!(
+                            "{chain} drops forwarded packets by default, and accepting the \
+                             uplink there failed: {e} (retried at the next resync)"
+                        ),
+                    }
                 }
-                self.foreign_drops = found;
             }
-            Ok(_) => {}
-            Err(e) => tracing::debug!("looking for forward-drop chains: {e}"),
+            Err(e) => tracing::warn!(
+                "looking for forward chains that drop: {e} (retried at the next resync)"
+            ),
         }
     }
 
@@ -347,6 +367,15 @@ impl<T: RouteTable, M: MasqueradeRules> NodeState<T, M> {
                         tracing::warn!("removing the forward accept rules of {pod_cidr}: {e}")
                     }
                 }
+            }
+            match rules.remove_uplink() {
+                Ok(0) => {}
+                Ok(removed) => tracing::info!(
+                    removed,
+                    comment = firewall::UPLINK_COMMENT,
+                    "uplink accept rules removed from other tables' forward chains"
+                ),
+                Err(e) => tracing::warn!("removing the uplink accept rules: {e}"),
             }
         }
         if let Some((rules, _)) = self.masquerade.as_mut() {
@@ -757,7 +786,8 @@ mod tests {
     #[derive(Default)]
     struct FakeForward {
         log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-        foreign: Vec<ForeignDrop>,
+        /// Rules added per call of `ensure_uplink` (one foreign chain).
+        uplink_added: usize,
         fail: bool,
     }
 
@@ -777,9 +807,18 @@ mod tests {
             self.log.lock().unwrap().push(format!("remove {pod_cidr}"));
             Ok(2)
         }
-        fn foreign_drops(&mut self) -> Result<Vec<ForeignDrop>, masquerade::NftError> {
-            self.log.lock().unwrap().push("foreign".into());
-            Ok(self.foreign.clone())
+        fn ensure_uplink(&mut self) -> Result<Vec<UplinkOutcome>, masquerade::NftError> {
+            self.log.lock().unwrap().push("uplink".into());
+            let chain = firewall::ForeignChain {
+                family: "inet".into(),
+                table: "firewalld".into(),
+                chain: "filter_FORWARD".into(),
+            };
+            Ok(vec![(chain, Ok(std::mem::take(&mut self.uplink_added)))])
+        }
+        fn remove_uplink(&mut self) -> Result<usize, masquerade::NftError> {
+            self.log.lock().unwrap().push("remove uplink".into());
+            Ok(2)
         }
     }
 
@@ -792,11 +831,7 @@ mod tests {
         let mut nft = FakeNft::default();
         let forward = FakeForward {
             log: log.clone(),
-            foreign: vec![ForeignDrop {
-                family: "inet".into(),
-                table: "firewalld".into(),
-                chain: "filter_FORWARD".into(),
-            }],
+            uplink_added: 2,
             fail: false,
         };
         let mut state = NodeState::new(
@@ -813,12 +848,13 @@ mod tests {
         let taken = || std::mem::take(&mut *log.lock().unwrap());
         let r = state.sync(true);
         assert_eq!(r.forward_added, 4, "two rules per pod CIDR, both families");
+        assert_eq!(r.uplink_added, 2, "two in the foreign chain");
         assert_eq!(
             taken(),
             [
                 "ensure 10.244.1.0/24",
                 "ensure fd00:10:244:1::/64",
-                "foreign"
+                "uplink"
             ]
         );
         assert!(
@@ -836,13 +872,13 @@ mod tests {
             health.readiness()
         );
         // A resync checks them again (iptables -C inside ensure), and the foreign chains.
-        state.sync(true);
+        assert_eq!(state.sync(true).uplink_added, 0, "they are there");
         assert_eq!(
             taken(),
             [
                 "ensure 10.244.1.0/24",
                 "ensure fd00:10:244:1::/64",
-                "foreign"
+                "uplink"
             ]
         );
         // A route that cannot be written: routes are not in place until a resync succeeds.
@@ -855,7 +891,11 @@ mod tests {
         state.stop();
         assert_eq!(
             taken(),
-            ["remove 10.244.1.0/24", "remove fd00:10:244:1::/64"]
+            [
+                "remove 10.244.1.0/24",
+                "remove fd00:10:244:1::/64",
+                "remove uplink"
+            ]
         );
 
         // A refused write is retried at the next node list too.
@@ -872,14 +912,14 @@ mod tests {
         )
         .with_forward_rules(Box::new(FakeForward {
             log: log2.clone(),
-            foreign: vec![],
+            uplink_added: 0,
             fail: true,
         }));
         assert_eq!(failing.sync(true).forward_added, 0);
         failing.on_nodes(vec![]);
         assert_eq!(
             log2.lock().unwrap().as_slice(),
-            ["ensure 10.244.1.0/24", "foreign", "ensure 10.244.1.0/24"]
+            ["ensure 10.244.1.0/24", "uplink", "ensure 10.244.1.0/24"]
         );
     }
 

@@ -24,7 +24,7 @@
 #       once the netstack DaemonSet is gone): refuses while a netstackd answers on the socket;
 #       removes the conflist (the runtime stops choosing netstack), runs `netstackd cleanup`
 #       with CLEANUP ARGS (pod TAPs and veths, the uplink, state, routes, nftables tables, the
-#       FORWARD accept rules), then removes the plugin from $CNI_BIN_DIR. Reference plugins it
+#       FORWARD accept rules and the uplink rules in other tables' forward chains), then removes the plugin from $CNI_BIN_DIR. Reference plugins it
 #       copied stay (other CNIs use them), as do the plugin's logs in /var/log/netstack.
 #
 # Environment (defaults are the DaemonSet's paths):

@@ -225,7 +225,7 @@ pub const TAG_PREFIX: &str = "netstack:";
 
 /// How long one `nft` run may take before it is killed (the reconciler is never stuck behind
 /// a hung `nft`; what it was doing is retried at the next resync).
-const NFT_WAIT: Duration = Duration::from_secs(5);
+pub(super) const NFT_WAIT: Duration = Duration::from_secs(5);
 
 /// A base chain on the forward hook, in a table netstack does not manage (any table but
 /// iptables-nft's own `filter FORWARD` of families `ip` and `ip6`).
@@ -444,13 +444,8 @@ pub fn plan_commands(chain: &ForeignChain, plan: &UplinkPlan, uplink: &str) -> s
     serde_json::json!({"nftables": deletes.chain(inserts).collect::<Vec<_>>()})
 }
 
-/// Runs `nft` with `args` (and `stdin`), killed after [`NFT_WAIT`].
-fn nft_bounded(args: &[&str], stdin: Option<&str>, what: &str) -> Result<String, NftError> {
-    run_bounded(&masquerade::nft_binary(), args, stdin, what, NFT_WAIT)
-}
-
 /// Runs `binary` with `args` (and `stdin`); its stdout, or why not (killed after `wait`).
-fn run_bounded(
+pub(super) fn run_bounded(
     binary: &str,
     args: &[&str],
     stdin: Option<&str>,
@@ -535,7 +530,7 @@ fn unreadable(what: &str, e: serde_json::Error) -> NftError {
 
 /// The foreign forward chains of the calling thread's namespace, with their policies.
 fn forward_chains() -> Result<Vec<(ForeignChain, bool)>, NftError> {
-    let json = nft_bounded(&["-j", "list", "chains"], None, "listing chains")?;
+    let json = masquerade::nft(&["-j", "list", "chains"], None, "listing chains")?;
     parse_forward_chains(&json).map_err(|e| unreadable("listing chains", e))
 }
 
@@ -546,7 +541,7 @@ fn chain_rules(chain: &ForeignChain) -> Result<Vec<RuleInfo>, NftError> {
     let cmd = serde_json::json!({"nftables": [{"list": {"chain": {
         "family": chain.family, "table": chain.table, "name": chain.chain,
     }}}]});
-    let json = nft_bounded(&["-j", "-f", "-"], Some(&cmd.to_string()), &what)?;
+    let json = masquerade::nft(&["-j", "-f", "-"], Some(&cmd.to_string()), &what)?;
     parse_rules(&json).map_err(|e| unreadable(&what, e))
 }
 
@@ -583,7 +578,7 @@ pub fn ensure_uplink(uplink: &str) -> Result<Vec<UplinkOutcome>, NftError> {
             Ok(0)
         } else {
             let cmd = plan_commands(&chain, &plan, uplink).to_string();
-            nft_bounded(
+            masquerade::nft(
                 &["-j", "-f", "-"],
                 Some(&cmd),
                 &format!("writing into {chain}"),
@@ -621,7 +616,7 @@ pub fn remove_uplink_rules() -> Result<usize, NftError> {
             continue;
         }
         let cmd = plan_commands(&chain, &plan, "").to_string();
-        nft_bounded(
+        masquerade::nft(
             &["-j", "-f", "-"],
             Some(&cmd),
             &format!("deleting from {chain}"),

@@ -22,9 +22,6 @@
 //! across the whole range, so two pods' flows to the same destination never race for the
 //! same port in conntrack's port allocation (the lost race drops a SYN or a DNS query).
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
 use ipnet::IpNet;
 
 /// The nftables table netstack owns (in family `ip`, and `ip6` when dual-stack).
@@ -147,37 +144,10 @@ pub fn ruleset(pod_cidr: IpNet, no_masquerade: &[IpNet]) -> String {
     )
 }
 
+/// Runs `nft` with `args` (and `stdin`): its stdout, or why not; killed if it does not answer
+/// within [`firewall::NFT_WAIT`](super::firewall::NFT_WAIT).
 pub(super) fn nft(args: &[&str], stdin: Option<&str>, what: &str) -> Result<String, NftError> {
-    let binary = nft_binary();
-    let mut child = Command::new(&binary)
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| NftError::Spawn {
-            binary: binary.clone(),
-            source,
-        })?;
-    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        // A write error shows up as nft's own failure below.
-        let _ = pipe.write_all(text.as_bytes());
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|source| NftError::Spawn { binary, source })?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(NftError::Refused {
-            what: what.to_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        })
-    }
+    super::firewall::run_bounded(&nft_binary(), args, stdin, what, super::firewall::NFT_WAIT)
 }
 
 /// Writes the table of `pod_cidr`'s family (see [`ruleset`]) in the calling thread's network
@@ -216,6 +186,7 @@ pub fn remove(family: Family) -> Result<bool, NftError> {
 #[cfg(test)]
 mod tests {
     use std::net::IpAddr;
+    use std::process::Command;
 
     use super::*;
     use crate::netns::run_in_netns;

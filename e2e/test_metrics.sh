@@ -113,4 +113,6 @@ check "  ... and the route is gone" sh -c "! ip route show $OTHER_CIDR | grep -q
 
 kill -0 "$NETSTACKD_PID" 2>/dev/null || { echo "netstackd exited; its log:"; cat "$WORK/netstackd.log"; } >&2
 stop_netstackd
-[ "$FAILS" = 0 ]
+echo
+echo "test_metrics: $PASSES passed, $FAILS failed"
+[ "$FAILS" -eq 0 ]

@@ -143,14 +143,39 @@ for a in c["args"]:
         need(var in env, f"arg {a} uses undefined $({var})")
 
 # Start-up and liveness ask netstackd over its control socket; readiness asks /readyz on the
-# loopback metrics listener (node mode's health: watch, routes, masquerade).
+# metrics listener (node mode's health: watch, routes, masquerade): on the address netstackd
+# binds, the node's (the pod's IP, which the kubelet probes when the probe names no host).
 for probe in ["startupProbe", "livenessProbe"]:
     cmd = c.get(probe, {}).get("exec", {}).get("command", [])
     need(cmd[:2] == ["netstackd", "ctl"] and "status" in cmd, f"{probe} does not ask netstackd ctl status: {cmd}")
 ready = c.get("readinessProbe", {}).get("httpGet", {})
 metrics_addr = next((a.split("=", 1)[1] for a in c["args"] if a.startswith("--metrics-addr=")), "127.0.0.1:9473")
-need(ready.get("path") == "/readyz" and f"{ready.get('host')}:{ready.get('port')}" == metrics_addr,
+ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
+probe_port = ports.get(ready.get("port"), ready.get("port"))
+# No host: the kubelet probes the pod's IP, for a hostNetwork pod the node's (status.hostIP).
+probe_host = ready.get("host") or "$(HOST_IP)"
+need(env.get("HOST_IP", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "status.hostIP",
+     "HOST_IP is not the node's address (status.hostIP)")
+need(ready.get("path") == "/readyz" and f"{probe_host}:{probe_port}" == metrics_addr,
      f"readinessProbe does not ask /readyz on the metrics listener {metrics_addr}: {ready}")
+# Prometheus finds the listener: a port named metrics, the usual scrape annotations.
+metrics_port = int(metrics_addr.rsplit(":", 1)[1])
+need(ports.get("metrics") == metrics_port, f"no containerPort named metrics on {metrics_port}: {ports}")
+ann = ds["spec"]["template"]["metadata"].get("annotations", {})
+need(ann.get("prometheus.io/scrape") == "true" and ann.get("prometheus.io/port") == str(metrics_port),
+     f"scrape annotations do not name port {metrics_port}: {ann}")
+# The PodMonitor (a CRD kind kubernetes-validate has no schema for): checked field by field.
+[pm] = [d for d in yaml.safe_load_all(open(f"{m}/monitoring/podmonitor.yaml")) if d]
+need(pm["apiVersion"] == "monitoring.coreos.com/v1" and pm["kind"] == "PodMonitor", "podmonitor.yaml is no PodMonitor")
+need(set(pm) == {"apiVersion", "kind", "metadata", "spec"} and pm["metadata"].get("namespace") == ns,
+     f"PodMonitor: unexpected top-level fields or namespace: {pm}")
+need(set(pm["spec"]) <= {"selector", "namespaceSelector", "podMetricsEndpoints", "jobLabel"}, f"PodMonitor spec fields: {set(pm['spec'])}")
+need(pm["spec"]["selector"]["matchLabels"].items() <= ds["spec"]["template"]["metadata"]["labels"].items(),
+     "PodMonitor selector does not match the DaemonSet's pods")
+need(pm["spec"].get("namespaceSelector", {}).get("matchNames") == [ns], "PodMonitor looks in another namespace")
+[ep] = pm["spec"]["podMetricsEndpoints"]
+need(set(ep) <= {"port", "path", "interval", "scrapeTimeout", "honorLabels", "scheme"}, f"PodMonitor endpoint fields: {set(ep)}")
+need(ep.get("port") == "metrics" and ep.get("path", "/metrics") == "/metrics", f"PodMonitor endpoint: {ep}")
 
 # The flags the DaemonSet passes are netstackd's.
 helptext = open(helpfile).read()

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite, as root: dependencies, formatting, lints, unit tests (some create
-# real TAP devices and namespaces), release build, then the e2e scripts in e2e/.
+# The whole test suite, as root: dependencies, formatting, lints, cargo deny (licences, bans,
+# sources; deny.toml), unit tests (some create real TAP devices and namespaces), release build,
+# then the e2e scripts in e2e/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/deps.sh
@@ -10,6 +11,10 @@ echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy"
 cargo clippy --all-targets --quiet -- -D warnings
+echo "==> cargo deny check licenses bans sources (deny.toml)"
+# cargo-deny is built once per machine into /var/cache/netstack (scripts/cargo-deny.sh).
+DENY_DIR=$(./scripts/cargo-deny.sh)
+PATH="$DENY_DIR:$PATH" cargo deny --offline --log-level error check licenses bans sources
 echo "==> cargo test"
 cargo test --quiet -- --test-threads=1
 echo "==> cargo build --release"

@@ -174,7 +174,8 @@ struct Args {
     /// a slower ADD; see the README and e2e/bench/packet_io.sh).
     #[arg(long, value_parser = ["mmsg", "ring"], default_value = "mmsg")]
     veth_rx: String,
-    /// Prometheus metrics listener (loopback only; port 0 picks one, `off` disables it).
+    /// Prometheus metrics listener (port 0 picks one, `off` disables it); an address other than
+    /// loopback is served unauthenticated (a warning says so).
     #[arg(long, default_value = "127.0.0.1:9473")]
     metrics_addr: String,
     /// The dataplane child's uid and gid after setup: `UID:GID` or a user name (its primary

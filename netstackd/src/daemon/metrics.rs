@@ -1,5 +1,10 @@
-//! Prometheus metrics: the text exposition (format 0.0.4) of the daemon's counters, served on a
-//! loopback-only HTTP listener (`GET /metrics`, see `http.rs`) and through the control socket.
+//! Prometheus metrics: the text exposition (format 0.0.4) of the daemon's counters, served on
+//! the HTTP listener (`GET /metrics`, see `http.rs`) and through the control socket.
+//!
+//! Pod series are named from the pod's point of view, as cAdvisor's
+//! `container_network_receive_*` are: `rx` is what the pod sent (netstack received it from the
+//! pod), `tx` what was delivered to the pod. Their labels are `pod_namespace`/`pod_name`, not
+//! `namespace`/`pod`, which Kubernetes service discovery sets to the scraped target (netstackd).
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -54,7 +59,7 @@ fn label(v: &str) -> String {
 fn pod_labels(p: &PodInfo) -> String {
     let get = |k: &str| p.labels.get(k).map(String::as_str).unwrap_or("");
     format!(
-        "namespace=\"{}\",pod=\"{}\",container_id=\"{}\",ifname=\"{}\"",
+        "pod_namespace=\"{}\",pod_name=\"{}\",container_id=\"{}\",ifname=\"{}\"",
         label(get("K8S_POD_NAMESPACE")),
         label(get("K8S_POD_NAME")),
         label(&p.key.container_id),
@@ -83,6 +88,12 @@ pub struct Snapshot<'a> {
     pub dataplane_restarts: u64,
     /// Recorded pods netstackd could not restore (state `restore_failed`; retried).
     pub restore_failed: Vec<PodInfo>,
+    /// The supervisor's own process figures (`None` if `/proc/self` could not be read).
+    pub supervisor: Option<super::procstat::ProcessStats>,
+    /// The dataplane child's process figures (`None` while it is not running).
+    pub dataplane: Option<super::procstat::ProcessStats>,
+    /// Node mode's state.
+    pub node: crate::node::NodeMetrics,
 }
 
 /// Renders the text exposition.
@@ -371,7 +382,135 @@ pub fn render(s: &Snapshot<'_>) -> String {
             "netstack_node_routes_refused_total{{reason=\"{reason}\"}} {n}"
         );
     }
+    render_node(&mut out, &s.node);
+    render_process(&mut out, s.supervisor.as_ref(), s.dataplane.as_ref());
+    family(
+        &mut out,
+        "netstack_build_info",
+        "gauge",
+        "Always 1; the labels name the release and the commit netstackd was built from.",
+    );
+    let _ = writeln!(
+        out,
+        "netstack_build_info{{version=\"{}\",commit=\"{}\"}} 1",
+        label(crate::version::VERSION),
+        label(crate::version::COMMIT)
+    );
     out
+}
+
+/// Node mode's gauges and counters (all 0 outside node mode).
+fn render_node(out: &mut String, n: &crate::node::NodeMetrics) {
+    let rows: [(&str, &str, &str, String); 5] = [
+        (
+            "netstack_node_routes_installed",
+            "gauge",
+            "Host-gw routes to other nodes' pod CIDRs in the kernel as of the last sync that wrote them all (node mode).",
+            n.routes_installed.to_string(),
+        ),
+        (
+            "netstack_node_sync_errors_total",
+            "counter",
+            "Route or masquerade writes that failed during a sync (node mode; retried at the next resync).",
+            n.sync_errors.to_string(),
+        ),
+        (
+            "netstack_node_watch_up",
+            "gauge",
+            "1 while the node source (the Kubernetes watch or the nodes file) has delivered a node list and is connected.",
+            u8::from(n.watch_up).to_string(),
+        ),
+        (
+            "netstack_node_masquerade_applied",
+            "gauge",
+            "1 while egress masquerade is wanted and its rules are written for every pod CIDR.",
+            u8::from(n.masquerade_applied).to_string(),
+        ),
+        (
+            "netstack_node_last_sync_timestamp_seconds",
+            "gauge",
+            "When a sync last left routes and masquerade all in place, since the Unix epoch (0: never).",
+            n.last_sync_unix.to_string(),
+        ),
+    ];
+    for (name, kind, help, v) in rows {
+        family(out, name, kind, help);
+        let _ = writeln!(out, "{name} {v}");
+    }
+}
+
+/// The supervisor's standard `process_*` series and the dataplane child's CPU and memory.
+fn render_process(
+    out: &mut String,
+    me: Option<&super::procstat::ProcessStats>,
+    dataplane: Option<&super::procstat::ProcessStats>,
+) {
+    if let Some(me) = me {
+        let mut rows: Vec<(&str, &str, &str, String)> = vec![
+            (
+                "process_cpu_seconds_total",
+                "counter",
+                "User and system CPU time of the netstackd supervisor, in seconds.",
+                me.cpu_seconds.to_string(),
+            ),
+            (
+                "process_resident_memory_bytes",
+                "gauge",
+                "Resident memory of the netstackd supervisor, in bytes.",
+                me.resident_bytes.to_string(),
+            ),
+            (
+                "process_start_time_seconds",
+                "gauge",
+                "Start time of the netstackd supervisor since the Unix epoch, in seconds.",
+                me.start_time_seconds.to_string(),
+            ),
+        ];
+        if let Some(n) = me.open_fds {
+            rows.push((
+                "process_open_fds",
+                "gauge",
+                "Open file descriptors of the netstackd supervisor.",
+                n.to_string(),
+            ));
+        }
+        if let Some(n) = me.max_fds {
+            rows.push((
+                "process_max_fds",
+                "gauge",
+                "The supervisor's soft limit on open file descriptors.",
+                n.to_string(),
+            ));
+        }
+        for (name, kind, help, v) in rows {
+            family(out, name, kind, help);
+            let _ = writeln!(out, "{name} {v}");
+        }
+    }
+    if let Some(dp) = dataplane {
+        family(
+            out,
+            "netstack_dataplane_cpu_seconds_total",
+            "counter",
+            "User and system CPU time of the running dataplane process, in seconds (restarts begin again at 0).",
+        );
+        let _ = writeln!(
+            out,
+            "netstack_dataplane_cpu_seconds_total {}",
+            dp.cpu_seconds
+        );
+        family(
+            out,
+            "netstack_dataplane_resident_memory_bytes",
+            "gauge",
+            "Resident memory of the dataplane process, in bytes.",
+        );
+        let _ = writeln!(
+            out,
+            "netstack_dataplane_resident_memory_bytes {}",
+            dp.resident_bytes
+        );
+    }
 }
 
 #[cfg(test)]
@@ -420,6 +559,9 @@ mod tests {
             control: &control,
             dataplane_restarts: 0,
             restore_failed: Vec::new(),
+            supervisor: None,
+            dataplane: None,
+            node: crate::node::NodeMetrics::default(),
         });
         assert!(
             !text.lines().any(|l| l.starts_with("netstack_fake")),
@@ -427,10 +569,68 @@ mod tests {
         );
         let escaped = r#"x\"} 1\nnetstack_fake 2\\"#;
         assert!(text.contains(&format!(
-            "netstack_pod_drops_total{{namespace=\"\",pod=\"{escaped}\",container_id=\"c1\",ifname=\"eth0\",reason=\"{escaped}\"}} 7"
+            "netstack_pod_drops_total{{pod_namespace=\"\",pod_name=\"{escaped}\",container_id=\"c1\",ifname=\"eth0\",reason=\"{escaped}\"}} 7"
         )));
         assert!(text.contains(&format!(
             "netstack_uplink_drops_total{{reason=\"{escaped}\"}} 3"
         )));
+    }
+
+    #[test]
+    fn process_node_and_build_series_carry_their_values() {
+        let control = ControlMetrics::default();
+        let me = super::super::procstat::ProcessStats {
+            cpu_seconds: 1.5,
+            resident_bytes: 4096,
+            start_time_seconds: 1_700_000_000.25,
+            open_fds: Some(12),
+            max_fds: None,
+        };
+        let dp = super::super::procstat::ProcessStats {
+            cpu_seconds: 0.25,
+            resident_bytes: 8192,
+            ..me
+        };
+        let text = render(&Snapshot {
+            pods: Vec::new(),
+            uplink: Counters::default(),
+            wakeups: Vec::new(),
+            flows: crate::stack::FlowStats::default(),
+            control: &control,
+            dataplane_restarts: 0,
+            restore_failed: Vec::new(),
+            supervisor: Some(me),
+            dataplane: Some(dp),
+            node: crate::node::NodeMetrics {
+                routes_installed: 3,
+                sync_errors: 2,
+                watch_up: true,
+                masquerade_applied: false,
+                last_sync_unix: 1_700_000_100,
+            },
+        });
+        let lines: Vec<&str> = text.lines().collect();
+        for want in [
+            "process_cpu_seconds_total 1.5",
+            "process_resident_memory_bytes 4096",
+            "process_start_time_seconds 1700000000.25",
+            "process_open_fds 12",
+            "netstack_dataplane_cpu_seconds_total 0.25",
+            "netstack_dataplane_resident_memory_bytes 8192",
+            "netstack_node_routes_installed 3",
+            "netstack_node_sync_errors_total 2",
+            "netstack_node_watch_up 1",
+            "netstack_node_masquerade_applied 0",
+            "netstack_node_last_sync_timestamp_seconds 1700000100",
+            &format!(
+                "netstack_build_info{{version=\"{}\",commit=\"{}\"}} 1",
+                crate::version::VERSION,
+                crate::version::COMMIT
+            ),
+        ] {
+            assert!(lines.contains(&want), "no line {want:?} in:\n{text}");
+        }
+        // An unlimited descriptor limit has no sample rather than a made-up one.
+        assert!(!text.contains("process_max_fds"));
     }
 }

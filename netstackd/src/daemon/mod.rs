@@ -4,6 +4,7 @@
 #[cfg(feature = "metrics-http")]
 mod http;
 mod metrics;
+mod procstat;
 mod registry;
 mod server;
 mod uplink;
@@ -46,7 +47,8 @@ pub struct DaemonConfig {
     /// Keep the service flow table (`--service-flows on`): replies of flows the uplink
     /// delivered go back to it.
     pub service_flows: bool,
-    /// Where to serve Prometheus metrics (loopback only); `None` disables the listener.
+    /// Where to serve Prometheus metrics (any address; a non-loopback one is unauthenticated and
+    /// logged as such); `None` disables the listener.
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Node mode: host-gw routes to the other nodes, egress masquerade.
     pub node: crate::node::NodeConfig,
@@ -140,7 +142,10 @@ pub const SUPERVISOR_CAPS: [caps::Capability; 4] = [
 pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
     let gateway = config.gateway()?;
     if let Some(addr) = config.metrics_addr.filter(|a| !a.ip().is_loopback()) {
-        bail!("the metrics listener must be on a loopback address, not {addr}");
+        tracing::warn!(
+            %addr,
+            "the metrics listener is not on loopback: /metrics, /healthz and /readyz answer anyone who reaches {addr}, unauthenticated"
+        );
     }
     // Every pod TAP and the uplink TUN get one queue per worker.
     if config.workers == 0 || config.workers > MAX_WORKERS {

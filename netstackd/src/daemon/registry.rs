@@ -500,6 +500,7 @@ impl Registry {
         let stats = self.dataplane.stats();
         let serving = self.dataplane.serving();
         let quarantined = self.dataplane.quarantined();
+        let (dataplane_pid, dataplane_restarts) = self.dataplane.child();
         let mut counters = stats.pods;
         let pods = self
             .lock()
@@ -518,8 +519,13 @@ impl Registry {
             wakeups: stats.wakeups,
             flows: stats.flows,
             control: &self.control_metrics,
-            dataplane_restarts: self.dataplane.child().1,
+            dataplane_restarts,
             restore_failed: self.failed_pods(),
+            supervisor: super::procstat::read(std::path::Path::new("/proc/self")),
+            dataplane: dataplane_pid.and_then(|pid| {
+                super::procstat::read(std::path::Path::new(&format!("/proc/{pid}")))
+            }),
+            node: crate::node::metrics(),
         })
     }
 

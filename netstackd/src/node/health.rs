@@ -3,7 +3,7 @@
 //! latest node list are all in the kernel, and whether the masquerade rules are written.
 //! The sources and the reconciler set these flags; the metrics listener reads them.
 
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
 /// Node mode's health flags (one set per netstackd; tests make their own).
 #[derive(Debug, Default)]
@@ -15,6 +15,24 @@ pub struct NodeHealth {
     routes_synced: AtomicBool,
     masquerade_wanted: AtomicBool,
     masquerade_written: AtomicBool,
+    routes_installed: AtomicU64,
+    sync_errors: AtomicU64,
+    last_sync_unix: AtomicU64,
+}
+
+/// Node mode's state as metrics show it (`netstack_node_*`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeMetrics {
+    /// Host-gw routes in the kernel as of the last sync that wrote them all.
+    pub routes_installed: u64,
+    /// Route or masquerade writes that failed, since start.
+    pub sync_errors: u64,
+    /// The node source is connected and has delivered a node list.
+    pub watch_up: bool,
+    /// Masquerade is wanted and written for every pod CIDR.
+    pub masquerade_applied: bool,
+    /// When a sync last left everything in place, since the Unix epoch (0: never).
+    pub last_sync_unix: u64,
 }
 
 /// One check of [`NodeHealth::readiness`].
@@ -39,6 +57,37 @@ impl NodeHealth {
             routes_synced: AtomicBool::new(false),
             masquerade_wanted: AtomicBool::new(false),
             masquerade_written: AtomicBool::new(false),
+            routes_installed: AtomicU64::new(0),
+            sync_errors: AtomicU64::new(0),
+            last_sync_unix: AtomicU64::new(0),
+        }
+    }
+
+    /// A sync ended: `routes` host-gw routes confirmed in the kernel (`None`: not all
+    /// written, the last count stays), `errors` writes failed, and whether everything is in
+    /// place (then the last-sync time is now).
+    pub fn record_sync(&self, routes: Option<usize>, errors: u64, in_place: bool) {
+        if let Some(n) = routes {
+            self.routes_installed.store(n as u64, Relaxed);
+        }
+        self.sync_errors.fetch_add(errors, Relaxed);
+        if in_place {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            self.last_sync_unix.store(now, Relaxed);
+        }
+    }
+
+    /// The state metrics show.
+    pub fn metrics(&self) -> NodeMetrics {
+        NodeMetrics {
+            routes_installed: self.routes_installed.load(Relaxed),
+            sync_errors: self.sync_errors.load(Relaxed),
+            watch_up: self.has_source.load(Relaxed) && self.source_connected.load(Relaxed),
+            masquerade_applied: self.masquerade_wanted.load(Relaxed)
+                && self.masquerade_written.load(Relaxed),
+            last_sync_unix: self.last_sync_unix.load(Relaxed),
         }
     }
 
@@ -148,6 +197,8 @@ mod tests {
         assert_eq!(failing(&h), ["not synced"]);
         h.set_routes_synced(true);
         assert!(failing(&h).is_empty());
+        let m = h.metrics();
+        assert!(m.watch_up && m.masquerade_applied);
         assert_eq!(h.readiness().len(), 3);
         // A lost watch makes the node not ready again.
         h.set_source_connected(false);
@@ -160,5 +211,26 @@ mod tests {
         let file = NodeHealth::new();
         file.start(true, false, false);
         assert_eq!(failing(&file), ["no valid nodes file read", "not synced"]);
+    }
+
+    #[test]
+    fn sync_records_routes_errors_and_time() {
+        let h = NodeHealth::new();
+        h.record_sync(Some(2), 0, false);
+        assert_eq!(h.metrics().routes_installed, 2);
+        assert_eq!(h.metrics().last_sync_unix, 0, "not in place: no sync time");
+        // A failed sync keeps the last count and adds its errors.
+        h.record_sync(None, 3, false);
+        h.record_sync(None, 1, false);
+        assert_eq!(
+            (h.metrics().routes_installed, h.metrics().sync_errors),
+            (2, 4)
+        );
+        h.record_sync(Some(0), 0, true);
+        let m = h.metrics();
+        assert_eq!(m.routes_installed, 0);
+        assert!(m.last_sync_unix > 1_600_000_000);
+        // Without a node source the watch is never up.
+        assert!(!m.watch_up);
     }
 }

@@ -35,7 +35,7 @@ mod sync;
 mod watch;
 
 pub use firewall::{ForeignChain, COMMENT as FIREWALL_COMMENT, UPLINK_COMMENT};
-pub use health::{Check, NodeHealth};
+pub use health::{Check, NodeHealth, NodeMetrics};
 pub use kernel::{default_route_mtu, KernelRoutes, RouteError, RouteTable, ROUTE_PROTOCOL};
 pub use list::{parse_node_list, NodeInfo, NodeListError};
 pub use masquerade::TABLE as NFT_TABLE;
@@ -240,6 +240,11 @@ pub fn refused_routes() -> Vec<(&'static str, u64)> {
 
 /// This process's node-mode health (one node logic per netstackd).
 static HEALTH: NodeHealth = NodeHealth::new();
+
+/// Node mode's state for the metrics (`netstack_node_*`).
+pub fn metrics() -> NodeMetrics {
+    HEALTH.metrics()
+}
 
 /// Node mode's readiness checks (`/readyz`): every one must pass.
 pub fn readiness() -> Vec<Check> {

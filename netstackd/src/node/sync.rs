@@ -245,6 +245,7 @@ impl<T: RouteTable, M: MasqueradeRules> NodeState<T, M> {
                 }
             }
         }
+        let mut masquerade_failures = 0u64;
         if let Some((rules, fixed)) = self.masquerade.as_mut() {
             for &pod_cidr in &self.pod_cidrs {
                 let family = Family::of(&pod_cidr);
@@ -267,6 +268,7 @@ impl<T: RouteTable, M: MasqueradeRules> NodeState<T, M> {
                         self.applied_sets.insert(family, set);
                     }
                     Err(e) => {
+                        masquerade_failures += 1;
                         tracing::error!("egress masquerade: {e} (retried at the next resync)");
                         self.applied_sets.remove(&family);
                     }
@@ -279,7 +281,13 @@ impl<T: RouteTable, M: MasqueradeRules> NodeState<T, M> {
             let routes_in_place =
                 self.routes.is_none() || (self.nodes.is_some() && self.applied_routes.is_some());
             h.set_routes_synced(routes_in_place);
-            h.set_masquerade_written(self.applied_sets.len() == self.pod_cidrs.len());
+            let masquerade_in_place = self.applied_sets.len() == self.pod_cidrs.len();
+            h.set_masquerade_written(masquerade_in_place);
+            h.record_sync(
+                self.applied_routes.as_ref().map(|r| r.len()),
+                report.route_failures as u64 + masquerade_failures,
+                routes_in_place && (self.masquerade.is_none() || masquerade_in_place),
+            );
         }
         report
     }

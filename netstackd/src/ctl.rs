@@ -1,5 +1,6 @@
 //! `netstackd ctl`: the operator's view of a running netstackd over its control socket —
-//! `status`, `list`, `stats [POD]`, `capture POD`, `metrics`, `release POD`. Tables for people by default,
+//! `status`, `list`, `stats [POD]`, `capture POD`, `metrics`, `release POD`, `node`,
+//! `detach POD`, `gc [--dry-run]`. Tables for people by default,
 //! `--json` for scripts (the JSON is the control protocol's, documented in the README).
 
 use std::io::{Read, Write};
@@ -10,7 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use crate::control::{
-    AttachmentKey, CaptureRequest, Client, Counters, PodInfo, Reply, Request, MAX_CAPTURE_SNAPLEN,
+    AttachmentKey, CaptureRequest, Client, Counters, NodeStatus, PodInfo, Reply, Request,
+    MAX_CAPTURE_SNAPLEN,
 };
 use crate::dataplane::capture::{pcap_file_header, RECORD_HEADER_LEN};
 
@@ -45,6 +47,20 @@ pub enum CtlCommand {
     Metrics,
     /// Take a pod out of quarantine.
     Release {
+        /// Container id, a unique prefix of one, or namespace/name.
+        pod: String,
+        /// The pod interface.
+        ifname: String,
+    },
+    /// Node mode's view.
+    Node,
+    /// Detach every attachment whose netns is gone.
+    Gc {
+        /// Only say what would be detached.
+        dry_run: bool,
+    },
+    /// Detach a pod interface by hand (as CNI DEL does).
+    Detach {
         /// Container id, a unique prefix of one, or namespace/name.
         pod: String,
         /// The pod interface.
@@ -257,6 +273,72 @@ pub fn run(socket: &Path, command: CtlCommand, json: bool) -> anyhow::Result<()>
                 writeln!(out, "{key} released")?;
             }
         }
+        CtlCommand::Node => {
+            let (reply, _) = call(&mut client, &Request::Node)?;
+            let Reply::Node(status) = reply else {
+                bail!("unexpected reply")
+            };
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&status)?)?;
+            } else {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                write!(out, "{}", node_table(&status, now))?;
+            }
+        }
+        CtlCommand::Detach { pod, ifname } => {
+            let infos = list(&mut client)?;
+            let info = resolve(&infos, &pod)?.clone();
+            let key = AttachmentKey {
+                container_id: info.key.container_id.clone(),
+                ifname,
+            };
+            call(&mut client, &Request::Detach(key.clone()))?;
+            // What CNI DEL does besides: the pod's link goes (a veth's went with its peer).
+            let link_removed = remove_pod_link(&info.netns, &key.ifname, &info.mode)
+                .with_context(|| format!("{key}: removing its link in {}", info.netns.display()))?;
+            if json {
+                let v = serde_json::json!({ "detached": key, "link_removed": link_removed });
+                writeln!(out, "{v}")?;
+            } else {
+                let link = if link_removed {
+                    "its link removed"
+                } else {
+                    "no link of it left"
+                };
+                writeln!(out, "{key} detached, {link}")?;
+            }
+        }
+        CtlCommand::Gc { dry_run } => {
+            let stale = gone_pods(list(&mut client)?, crate::netns::is_netns);
+            let mut removed = Vec::new();
+            for p in &stale {
+                if !dry_run {
+                    call(&mut client, &Request::Detach(p.key.clone()))?;
+                }
+                removed.push(p.key.clone());
+            }
+            if json {
+                let v = serde_json::json!({ "dry_run": dry_run, "detached": removed });
+                writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+            } else {
+                let verb = if dry_run { "would detach" } else { "detached" };
+                for p in &stale {
+                    writeln!(
+                        out,
+                        "{verb} {} (netns {} is gone)",
+                        p.key,
+                        p.netns.display()
+                    )?;
+                }
+                writeln!(
+                    out,
+                    "{} attachment(s) {verb}; their IPAM reservations stay (CNI GC or `ctl ipam` shows them)",
+                    stale.len()
+                )?;
+            }
+        }
         CtlCommand::Stats { pod } => {
             let (reply, _) = call(&mut client, &Request::Stats)?;
             let Reply::Stats { mut pods, uplink } = reply else {
@@ -333,6 +415,127 @@ pub fn run(socket: &Path, command: CtlCommand, json: bool) -> anyhow::Result<()>
     Ok(())
 }
 
+/// Removes the pod's interface `ifname` in `netns` when it is netstack's kind for `mode`
+/// (`tun` for a TAP, `veth`); returns whether one was removed. A netns that is gone has none.
+fn remove_pod_link(netns: &Path, ifname: &str, mode: &str) -> anyhow::Result<bool> {
+    let kind = if mode == "veth" { "veth" } else { "tun" };
+    if !netns.exists() {
+        return Ok(false);
+    }
+    let ifname = ifname.to_owned();
+    let removed = crate::netns::run_in_netns(netns, move || {
+        let nl = crate::netlink::Netlink::new()?;
+        match nl.link_info(&ifname)? {
+            Some(i) if i.kind.as_deref() == Some(kind) => nl.del_link(&ifname),
+            _ => Ok(false),
+        }
+    })??;
+    Ok(removed)
+}
+
+/// The attachments whose netns is gone (`is_netns` says no).
+fn gone_pods(pods: Vec<PodInfo>, is_netns: impl Fn(&Path) -> bool) -> Vec<PodInfo> {
+    pods.into_iter().filter(|p| !is_netns(&p.netns)).collect()
+}
+
+fn join_or<T: ToString>(items: &[T], none: &str) -> String {
+    if items.is_empty() {
+        none.into()
+    } else {
+        items.iter().map(T::to_string).collect::<Vec<_>>().join(",")
+    }
+}
+
+/// `ctl node`'s table: node mode's settings and health, then the routes it installed. `now`
+/// is the client's clock (seconds since the epoch), for the last sync's age.
+fn node_table(s: &NodeStatus, now: u64) -> String {
+    if !s.enabled {
+        let mut out = String::from(
+            "node mode is off (no --nodes-file or --kube): no host-gw routes are managed\n",
+        );
+        out += &table(vec![
+            vec![
+                "masquerade".into(),
+                if s.masquerade {
+                    format!(
+                        "on, tables {}",
+                        join_or(&s.masquerade_tables, "none written")
+                    )
+                } else {
+                    "off".into()
+                },
+            ],
+            vec![
+                "forward accept".into(),
+                if s.forward_accept {
+                    format!("on, pod CIDRs {}", join_or(&s.forward_rules, "none"))
+                } else {
+                    "off".into()
+                },
+            ],
+        ]);
+        return out;
+    }
+    let ready = s.health.iter().all(|c| c.ok);
+    let health: Vec<String> = s
+        .health
+        .iter()
+        .map(|c| format!("{}: {}", c.what, c.detail))
+        .collect();
+    let rows = vec![
+        vec!["node".into(), s.node_name.clone()],
+        vec!["source".into(), s.source.clone()],
+        vec!["pod CIDRs".into(), join_or(&s.pod_cidrs, "none")],
+        vec![
+            "masquerade".into(),
+            if s.masquerade {
+                format!(
+                    "on, tables {}",
+                    join_or(&s.masquerade_tables, "none written")
+                )
+            } else {
+                "off".into()
+            },
+        ],
+        vec!["no-masquerade".into(), join_or(&s.no_masquerade, "none")],
+        vec![
+            "forward accept".into(),
+            if s.forward_accept {
+                format!("on, pod CIDRs {}", join_or(&s.forward_rules, "none"))
+            } else {
+                "off".into()
+            },
+        ],
+        vec![
+            "health".into(),
+            format!(
+                "{} ({})",
+                if ready { "ready" } else { "NOT READY" },
+                health.join("; ")
+            ),
+        ],
+        vec![
+            "last sync".into(),
+            s.last_sync_unix.map_or("never".into(), |t| {
+                format!("{}s ago", now.saturating_sub(t))
+            }),
+        ],
+        vec![
+            "last error".into(),
+            s.last_error.clone().unwrap_or_else(|| "none".into()),
+        ],
+    ];
+    let mut out = table(rows);
+    out.push('\n');
+    let mut routes = vec![["NODE", "CIDR", "VIA"].map(String::from).to_vec()];
+    for r in &s.routes {
+        let node = if r.node.is_empty() { "-" } else { &r.node };
+        routes.push(vec![node.into(), r.cidr.to_string(), r.via.to_string()]);
+    }
+    out += &table(routes);
+    out
+}
+
 /// Copies records from the capture pipe into a pcap file until `count` frames, `duration_s`
 /// seconds, or the daemon ends the capture. Returns the frames written.
 fn capture_to(
@@ -391,4 +594,91 @@ fn capture_to(
     }
     sink.flush()?;
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::{NodeCheck, NodeRoute};
+
+    #[test]
+    fn gc_picks_only_the_attachments_whose_netns_is_gone() {
+        let pod = |id: &str, netns: &str| -> PodInfo {
+            serde_json::from_value(serde_json::json!({
+                "container_id": id, "ifname": "eth0", "netns": netns,
+                "mac": "0a:58:0a:f4:01:05", "ips": [], "mode": "tap", "state": "serving", "labels": {},
+            }))
+            .unwrap()
+        };
+        let pods = vec![pod("a", "/run/netns/a"), pod("b", "/run/netns/b")];
+        let gone = gone_pods(pods, |p| p != Path::new("/run/netns/b"));
+        let ids: Vec<&str> = gone.iter().map(|p| p.key.container_id.as_str()).collect();
+        assert_eq!(ids, ["b"]);
+    }
+
+    #[test]
+    fn node_table_says_when_node_mode_is_off() {
+        let off = NodeStatus {
+            source: "none".into(),
+            masquerade: true,
+            masquerade_tables: vec!["ip netstack".into()],
+            ..Default::default()
+        };
+        let text = node_table(&off, 0);
+        assert!(text.starts_with("node mode is off"), "{text}");
+        assert!(
+            text.contains("masquerade      on, tables ip netstack"),
+            "{text}"
+        );
+        assert!(text.contains("forward accept  off"), "{text}");
+    }
+
+    #[test]
+    fn node_table_lists_routes_health_and_the_last_sync() {
+        let on = NodeStatus {
+            enabled: true,
+            source: "file /etc/nodes.json".into(),
+            node_name: "a".into(),
+            pod_cidrs: vec!["10.244.1.0/24".parse().unwrap()],
+            routes: vec![
+                NodeRoute {
+                    node: "b".into(),
+                    cidr: "10.244.2.0/24".parse().unwrap(),
+                    via: "192.168.1.2".parse().unwrap(),
+                },
+                NodeRoute {
+                    node: String::new(),
+                    cidr: "10.244.3.0/24".parse().unwrap(),
+                    via: "192.168.1.3".parse().unwrap(),
+                },
+            ],
+            masquerade: false,
+            forward_accept: true,
+            forward_rules: vec!["10.244.1.0/24".parse().unwrap()],
+            health: vec![NodeCheck {
+                what: "routes".into(),
+                ok: false,
+                detail: "not synced".into(),
+            }],
+            last_sync_unix: Some(100),
+            last_error: Some("egress masquerade: boom".into()),
+            ..Default::default()
+        };
+        let text = node_table(&on, 130);
+        for want in [
+            "node            a\n",
+            "source          file /etc/nodes.json\n",
+            "pod CIDRs       10.244.1.0/24\n",
+            "masquerade      off\n",
+            "forward accept  on, pod CIDRs 10.244.1.0/24\n",
+            "health          NOT READY (routes: not synced)\n",
+            "last sync       30s ago\n",
+            "last error      egress masquerade: boom\n",
+            "NODE  CIDR           VIA\n",
+            "b     10.244.2.0/24  192.168.1.2\n",
+            "-     10.244.3.0/24  192.168.1.3\n",
+        ] {
+            assert!(text.contains(want), "{want:?} missing in\n{text}");
+        }
+    }
 }

@@ -123,6 +123,24 @@ enum CtlRequest {
         #[arg(long, default_value = "eth0")]
         ifname: String,
     },
+    /// Node mode: pod CIDRs, the host-gw routes installed (peer node, CIDR, via), masquerade,
+    /// forward accept rules, the node source's health, the last sync.
+    Node,
+    /// Detach every attachment whose netns is gone (deleted behind netstack's back); their
+    /// IPAM reservations stay for CNI GC.
+    Gc {
+        /// Only print what would be detached.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Detach POD by hand, as CNI DEL does: its link is removed and its state file goes.
+    Detach {
+        /// The pod (container id, unique prefix, or namespace/name).
+        pod: String,
+        /// The pod interface.
+        #[arg(long, default_value = "eth0")]
+        ifname: String,
+    },
 }
 
 /// Daemon options.
@@ -194,6 +212,9 @@ fn ctl(socket: &std::path::Path, what: CtlRequest, json: bool) -> anyhow::Result
         CtlRequest::Stats { pod } => CtlCommand::Stats { pod },
         CtlRequest::Metrics => CtlCommand::Metrics,
         CtlRequest::Release { pod, ifname } => CtlCommand::Release { pod, ifname },
+        CtlRequest::Node => CtlCommand::Node,
+        CtlRequest::Gc { dry_run } => CtlCommand::Gc { dry_run },
+        CtlRequest::Detach { pod, ifname } => CtlCommand::Detach { pod, ifname },
         CtlRequest::Capture {
             pod,
             ifname,

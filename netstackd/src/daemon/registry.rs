@@ -420,6 +420,7 @@ impl Registry {
             Request::Release(key) => self.release(&key).map(|()| Reply::Done),
             Request::Stats => Ok(self.stats()),
             Request::List => Ok(Reply::List { pods: self.list() }),
+            Request::Node => Ok(Reply::Node(crate::node::status())),
             Request::Metrics => Ok(Reply::Metrics {
                 text: self.metrics_text(),
             }),

@@ -2,7 +2,9 @@
 # e2e: the operator's CLI on the node. `netstackd ctl node` with node mode off (it says so, and
 # is no error) and on (a nodes file naming this node and a peer: the peer's route with its node
 # and next hop, the masquerade table, the forward accept rules, health, the last sync), and
-# `netstackd ctl detach` (the pod's link and state file go, as with CNI DEL). Needs root.
+# `netstackd ctl detach` (the pod's link and state file go, as with CNI DEL), `ctl gc` (an
+# attachment whose netns was deleted behind netstack's back; --dry-run changes nothing) and
+# `ctl ipam` (host-local's reservations beside the attachments, leaks named). Needs root.
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
 trap 'ip link del nsctl-node 2>/dev/null; e2e_cleanup' EXIT
@@ -65,6 +67,26 @@ check "  ... C is no longer listed, D still is" test "$(ctl list | jq -r '[.[].c
 check "  ... C's state file is gone" test ! -e "$STATE/$C:eth0.json"
 check "pod D still forwards (ping the gateway)" in_pod "$D" ping -c 1 -W 2 "$GATEWAY"
 check "a second gc finds nothing" grep -q '^0 attachment(s) detached' <(ctlh gc)
+
+log "ctl ipam"
+NETDIR=$IPAM_DIR/$NETWORK
+LEAKED_IP=${POD_CIDR%.0/24}.250
+printf 'handmade-%s\r\neth0' "$RUN_ID" >"$NETDIR/$LEAKED_IP" # a reservation no pod has
+out=$(ctl ipam --dir "$IPAM_DIR"); rc=$?
+check "ctl ipam --json exits 0 (rc $rc)" test "$rc" = 0
+state_of() { jq -r --arg ip "$1" '.reservations[] | select(.ip == $ip) | "\(.network) \(.container_id) \(.ifname) \(.attached)"' <<<"$out"; }
+check "pod D's reservation is attached" test "$(state_of "$IP_D")" = "$NETWORK $D eth0 true"
+check "the hand-made reservation is a leak" test "$(state_of "$LEAKED_IP")" = "$NETWORK handmade-$RUN_ID eth0 false"
+check "pod C's reservation (gc'd, never released) is a leak" test "$(state_of "$IP_C")" = "$NETWORK $C eth0 false"
+check "every attachment has a reservation" test "$(jq '.unreserved | length' <<<"$out")" = 0
+out=$(ctlh ipam --dir "$IPAM_DIR")
+check "the table names the leaked reservation" grep -q "^leak: $NETWORK/$LEAKED_IP reserved for handmade-$RUN_ID/eth0, which netstackd has no attachment of\$" <<<"$out"
+check "the table counts 3 leaks (B detached by hand, C gc'd, the hand-made one)" grep -q '^3 leak(s)$' <<<"$out"
+mv "$NETDIR/$IP_D" "$WORK/d.reservation"
+check "an attachment without a reservation is named" grep -q "^leak: attachment $D/eth0 has no host-local reservation in $IPAM_DIR\$" <(ctlh ipam --dir "$IPAM_DIR")
+mv "$WORK/d.reservation" "$NETDIR/$IP_D"
+rm -f "$NETDIR/$LEAKED_IP"
+
 del_pod "$B"
 del_pod "$D"
 stop_netstackd

@@ -1,6 +1,6 @@
 //! `netstackd ctl`: the operator's view of a running netstackd over its control socket —
 //! `status`, `list`, `stats [POD]`, `capture POD`, `metrics`, `release POD`, `node`,
-//! `detach POD`, `gc [--dry-run]`. Tables for people by default,
+//! `detach POD`, `gc [--dry-run]`, `ipam [--dir DIR]`. Tables for people by default,
 //! `--json` for scripts (the JSON is the control protocol's, documented in the README).
 
 use std::io::{Read, Write};
@@ -54,6 +54,11 @@ pub enum CtlCommand {
     },
     /// Node mode's view.
     Node,
+    /// host-local's reservations beside the attachments, leaks named.
+    Ipam {
+        /// host-local's data dir (one subdirectory per network).
+        dir: std::path::PathBuf,
+    },
     /// Detach every attachment whose netns is gone.
     Gc {
         /// Only say what would be detached.
@@ -310,6 +315,47 @@ pub fn run(socket: &Path, command: CtlCommand, json: bool) -> anyhow::Result<()>
                 writeln!(out, "{key} detached, {link}")?;
             }
         }
+        CtlCommand::Ipam { dir } => {
+            let reservations = read_reservations(&dir).with_context(|| {
+                format!("reading host-local's reservations in {}", dir.display())
+            })?;
+            let pods = list(&mut client)?;
+            let view = ipam_view(&reservations, &pods);
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&view)?)?;
+            } else {
+                let mut rows = vec![["NETWORK", "IP", "CONTAINER", "IFNAME", "ATTACHMENT"]
+                    .map(String::from)
+                    .to_vec()];
+                for r in &view.reservations {
+                    rows.push(vec![
+                        r.network.clone(),
+                        r.ip.to_string(),
+                        short(&r.container_id),
+                        r.ifname.clone(),
+                        if r.attached { "attached" } else { "LEAK" }.into(),
+                    ]);
+                }
+                write!(out, "{}", table(rows))?;
+                for r in view.reservations.iter().filter(|r| !r.attached) {
+                    writeln!(
+                        out,
+                        "leak: {}/{} reserved for {}/{}, which netstackd has no attachment of",
+                        r.network, r.ip, r.container_id, r.ifname
+                    )?;
+                }
+                for k in &view.unreserved {
+                    writeln!(
+                        out,
+                        "leak: attachment {k} has no host-local reservation in {}",
+                        dir.display()
+                    )?;
+                }
+                let leaks = view.reservations.iter().filter(|r| !r.attached).count()
+                    + view.unreserved.len();
+                writeln!(out, "{leaks} leak(s)")?;
+            }
+        }
         CtlCommand::Gc { dry_run } => {
             let stale = gone_pods(list(&mut client)?, crate::netns::is_netns);
             let mut removed = Vec::new();
@@ -431,6 +477,96 @@ fn remove_pod_link(netns: &Path, ifname: &str, mode: &str) -> anyhow::Result<boo
         }
     })??;
     Ok(removed)
+}
+
+/// One host-local reservation: a file named by the address in `<dir>/<network>/`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+struct Reservation {
+    network: String,
+    ip: std::net::IpAddr,
+    container_id: String,
+    ifname: String,
+    /// Whether netstackd has an attachment of this (container id, ifname).
+    attached: bool,
+}
+
+/// `ctl ipam`'s view: every reservation (with whether it is attached) and the attachments
+/// that have none.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+struct IpamView {
+    reservations: Vec<Reservation>,
+    unreserved: Vec<AttachmentKey>,
+}
+
+/// host-local's reservations under `dir` (every network); `lock` and `last_reserved_ip.N`
+/// are not reservations. A missing `dir` has none.
+fn read_reservations(dir: &Path) -> anyhow::Result<Vec<Reservation>> {
+    let mut found = Vec::new();
+    let networks = match std::fs::read_dir(dir) {
+        Ok(n) => n,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(found),
+        Err(e) => return Err(e.into()),
+    };
+    for network in networks.flatten() {
+        if !network.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let name = network.file_name().to_string_lossy().into_owned();
+        for entry in std::fs::read_dir(network.path())?.flatten() {
+            let file = entry.file_name().to_string_lossy().into_owned();
+            let Ok(ip) = file.parse::<std::net::IpAddr>() else {
+                continue;
+            };
+            let content = std::fs::read_to_string(entry.path())
+                .with_context(|| format!("reading {}", entry.path().display()))?;
+            let (container_id, ifname) = parse_reservation(&content);
+            found.push(Reservation {
+                network: name.clone(),
+                ip,
+                container_id,
+                ifname,
+                attached: false,
+            });
+        }
+    }
+    found.sort_by(|a, b| (&a.network, a.ip).cmp(&(&b.network, b.ip)));
+    Ok(found)
+}
+
+/// A reservation file's (container id, ifname); before host-local 0.8 it held only the id
+/// (then the ifname is eth0).
+fn parse_reservation(content: &str) -> (String, String) {
+    let mut lines = content.lines().map(str::trim);
+    let id = lines.next().unwrap_or_default().to_owned();
+    let ifname = lines.next().filter(|l| !l.is_empty()).unwrap_or("eth0");
+    (id, ifname.to_owned())
+}
+
+/// Puts reservations beside attachments: a reservation is attached when netstackd has its
+/// (container id, ifname); an attachment with no reservation is listed apart.
+fn ipam_view(reservations: &[Reservation], pods: &[PodInfo]) -> IpamView {
+    let reservations: Vec<Reservation> = reservations
+        .iter()
+        .map(|r| Reservation {
+            attached: pods
+                .iter()
+                .any(|p| p.key.container_id == r.container_id && p.key.ifname == r.ifname),
+            ..r.clone()
+        })
+        .collect();
+    let unreserved = pods
+        .iter()
+        .filter(|p| {
+            !reservations
+                .iter()
+                .any(|r| p.key.container_id == r.container_id && p.key.ifname == r.ifname)
+        })
+        .map(|p| p.key.clone())
+        .collect();
+    IpamView {
+        reservations,
+        unreserved,
+    }
 }
 
 /// The attachments whose netns is gone (`is_netns` says no).
@@ -600,6 +736,62 @@ fn capture_to(
 mod tests {
     use super::*;
     use crate::control::{NodeCheck, NodeRoute};
+
+    #[test]
+    fn reservation_files_of_every_host_local_version_parse() {
+        // (what, content, id, ifname)
+        let cases = [
+            (
+                "host-local >= 0.8: id CRLF ifname",
+                "c1\r\neth1",
+                "c1",
+                "eth1",
+            ),
+            ("before 0.8: the id only", "c2", "c2", "eth0"),
+            ("a trailing newline", "c3\nnet0\n", "c3", "net0"),
+        ];
+        for (what, content, id, ifname) in cases {
+            assert_eq!(
+                parse_reservation(content),
+                (id.to_owned(), ifname.to_owned()),
+                "{what}"
+            );
+        }
+    }
+
+    #[test]
+    fn ipam_names_leaks_both_ways() {
+        let pod = |id: &str| -> PodInfo {
+            serde_json::from_value(serde_json::json!({
+                "container_id": id, "ifname": "eth0", "netns": "/run/netns/x",
+                "mac": "0a:58:0a:f4:01:05", "ips": [], "mode": "tap", "state": "serving", "labels": {},
+            }))
+            .unwrap()
+        };
+        let res = |ip: &str, id: &str, ifname: &str| Reservation {
+            network: "n".into(),
+            ip: ip.parse().unwrap(),
+            container_id: id.into(),
+            ifname: ifname.into(),
+            attached: false,
+        };
+        let view = ipam_view(
+            &[
+                res("10.0.0.2", "a", "eth0"),
+                res("10.0.0.3", "gone", "eth0"),
+                res("10.0.0.4", "b", "eth1"),
+            ],
+            &[pod("a"), pod("b")],
+        );
+        let attached: Vec<bool> = view.reservations.iter().map(|r| r.attached).collect();
+        assert_eq!(
+            attached,
+            [true, false, false],
+            "b's reservation is another ifname's"
+        );
+        let unreserved: Vec<String> = view.unreserved.iter().map(|k| k.to_string()).collect();
+        assert_eq!(unreserved, ["b/eth0"]);
+    }
 
     #[test]
     fn gc_picks_only_the_attachments_whose_netns_is_gone() {

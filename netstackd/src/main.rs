@@ -126,6 +126,13 @@ enum CtlRequest {
     /// Node mode: pod CIDRs, the host-gw routes installed (peer node, CIDR, via), masquerade,
     /// forward accept rules, the node source's health, the last sync.
     Node,
+    /// host-local's reservations (DIR/NETWORK/IP files) beside the attachments; names leaks: a
+    /// reservation no attachment has, an attachment with no reservation.
+    Ipam {
+        /// host-local's data dir (its `dataDir`).
+        #[arg(long, default_value = "/var/lib/cni/networks")]
+        dir: PathBuf,
+    },
     /// Detach every attachment whose netns is gone (deleted behind netstack's back); their
     /// IPAM reservations stay for CNI GC.
     Gc {
@@ -214,6 +221,7 @@ fn ctl(socket: &std::path::Path, what: CtlRequest, json: bool) -> anyhow::Result
         CtlRequest::Release { pod, ifname } => CtlCommand::Release { pod, ifname },
         CtlRequest::Node => CtlCommand::Node,
         CtlRequest::Gc { dry_run } => CtlCommand::Gc { dry_run },
+        CtlRequest::Ipam { dir } => CtlCommand::Ipam { dir },
         CtlRequest::Detach { pod, ifname } => CtlCommand::Detach { pod, ifname },
         CtlRequest::Capture {
             pod,

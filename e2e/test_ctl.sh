@@ -4,7 +4,8 @@
 # and next hop, the masquerade table, the forward accept rules, health, the last sync), and
 # `netstackd ctl detach` (the pod's link and state file go, as with CNI DEL), `ctl gc` (an
 # attachment whose netns was deleted behind netstack's back; --dry-run changes nothing) and
-# `ctl ipam` (host-local's reservations beside the attachments, leaks named). Needs root.
+# `ctl ipam` (host-local's reservations beside the attachments, leaks named) and `ctl capture
+# --filter` (only matching frames reach the pcap; a bad filter is a CLI error). Needs root.
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
 trap 'ip link del nsctl-node 2>/dev/null; e2e_cleanup' EXIT
@@ -86,6 +87,44 @@ mv "$NETDIR/$IP_D" "$WORK/d.reservation"
 check "an attachment without a reservation is named" grep -q "^leak: attachment $D/eth0 has no host-local reservation in $IPAM_DIR\$" <(ctlh ipam --dir "$IPAM_DIR")
 mv "$WORK/d.reservation" "$NETDIR/$IP_D"
 rm -f "$NETDIR/$LEAKED_IP"
+
+
+log "ctl capture --filter"
+# capture_filtered FILTER OUT: capture pod D's frames through FILTER into OUT, in the
+# background (-c 2: ends after two kept frames; --duration only bounds a hang).
+capture_filtered() {
+  "$BIN/netstackd" ctl --socket "$SOCK" capture "$D" --filter "$1" -w "$2" -c 2 --duration 20 2>"$2.err" &
+  CAP=$!
+}
+# mixed_traffic: from pod D to the gateway, until the capture has its frames: a ping, UDP to
+# 5354, UDP to 5353 (each round has one frame of each kind the filters look for).
+mixed_traffic() {
+  while kill -0 "$CAP" 2>/dev/null; do
+    in_pod "$D" ping -c 1 -W 1 -q "$GATEWAY" >/dev/null
+    for port in 5354 5353; do
+      in_pod "$D" sh -c "echo x | timeout 2 nc -u -w 0 '$GATEWAY' $port" 2>/dev/null
+    done
+    sleep 0.1
+  done
+}
+capture_filtered "udp and port 5353" "$WORK/udp.pcap"
+mixed_traffic
+wait "$CAP"; rc=$?
+check "capture --filter ends after its 2 frames (rc $rc)" test "$rc" = 0
+check "the pcap holds 2 frames" test "$(tcpdump -nr "$WORK/udp.pcap" 2>/dev/null | wc -l)" = 2
+check "  ... both UDP to port 5353 (tshark)" test "$(tshark -r "$WORK/udp.pcap" -Y 'udp.dstport == 5353' 2>/dev/null | wc -l)" = 2
+check "  ... filtered by the daemon, not by ctl" sh -c "grep -q '2 frames captured' '$WORK/udp.pcap.err' && ! grep -q 'filtered out here' '$WORK/udp.pcap.err'"
+capture_filtered "host $GATEWAY and icmp" "$WORK/icmp.pcap"
+mixed_traffic
+wait "$CAP"
+check "host and icmp: 2 frames, both ICMP with the gateway" \
+  test "$(tcpdump -nr "$WORK/icmp.pcap" "icmp and host $GATEWAY" 2>/dev/null | wc -l) $(tcpdump -nr "$WORK/icmp.pcap" 2>/dev/null | wc -l)" = "2 2"
+out=$("$BIN/netstackd" ctl --socket "$SOCK" capture "$D" --filter "udp or tcp" -w "$WORK/bad.pcap" 2>&1); rc=$?
+check "a filter that does not parse is a clear CLI error (rc $rc: $out)" \
+  sh -c "test $rc = 1 && grep -q 'expected \"and\", found \"or\"' <<'EOF'
+$out
+EOF"
+check "  ... and writes no file" test ! -e "$WORK/bad.pcap"
 
 del_pod "$B"
 del_pod "$D"

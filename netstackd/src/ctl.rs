@@ -15,6 +15,7 @@ use crate::control::{
     MAX_CAPTURE_SNAPLEN,
 };
 use crate::dataplane::capture::{pcap_file_header, RECORD_HEADER_LEN};
+use crate::dataplane::capture_filter::CaptureFilter;
 
 /// What `ctl` is asked to do.
 #[derive(Debug, Clone)]
@@ -42,6 +43,8 @@ pub enum CtlCommand {
         duration_s: u64,
         /// Bytes kept per frame.
         snaplen: u32,
+        /// Keep only the frames this filter matches (empty: all).
+        filter: String,
     },
     /// Prometheus text.
     Metrics,
@@ -435,8 +438,12 @@ pub fn run(socket: &Path, command: CtlCommand, json: bool) -> anyhow::Result<()>
             count,
             duration_s,
             snaplen,
+            filter,
         } => {
             drop(out);
+            // A clear error before anything is asked; the daemon parses it again.
+            let frames = CaptureFilter::parse(&filter)
+                .map_err(|e| anyhow::anyhow!("--filter {filter:?}: {e}"))?;
             let infos = list(&mut client)?;
             let container_id = resolve(&infos, &pod)?.key.container_id.clone();
             let snaplen = snaplen.clamp(64, MAX_CAPTURE_SNAPLEN);
@@ -448,14 +455,20 @@ pub fn run(socket: &Path, command: CtlCommand, json: bool) -> anyhow::Result<()>
                 snaplen,
                 max_packets: count,
                 max_seconds: duration_s,
+                filter,
             });
             let (_, fds) = call(&mut client, &req)?;
             let pipe = fds
                 .into_iter()
                 .next()
                 .context("netstackd sent no capture pipe")?;
-            let n = capture_to(pipe, &write, snaplen, count, duration_s)?;
-            eprintln!("netstackd ctl: {n} frames captured");
+            // Filtered here too: a daemon older than --filter sends every frame.
+            let (n, here) = capture_to(pipe, &write, snaplen, count, duration_s, &frames)?;
+            if here == 0 {
+                eprintln!("netstackd ctl: {n} frames captured");
+            } else {
+                eprintln!("netstackd ctl: {n} frames captured, {here} more filtered out here (the daemon does not filter: it is older than --filter)");
+            }
         }
     }
     Ok(())
@@ -673,14 +686,16 @@ fn node_table(s: &NodeStatus, now: u64) -> String {
 }
 
 /// Copies records from the capture pipe into a pcap file until `count` frames, `duration_s`
-/// seconds, or the daemon ends the capture. Returns the frames written.
+/// seconds, or the daemon ends the capture. Returns the frames written and those `filter`
+/// dropped here (a daemon that filters sends none of those).
 fn capture_to(
     pipe: OwnedFd,
     path: &str,
     snaplen: u32,
     count: u64,
     duration_s: u64,
-) -> anyhow::Result<u64> {
+    filter: &CaptureFilter,
+) -> anyhow::Result<(u64, u64)> {
     let mut sink: Box<dyn Write> = if path == "-" {
         Box::new(std::io::stdout().lock())
     } else {
@@ -691,6 +706,7 @@ fn capture_to(
     sink.write_all(&pcap_file_header(snaplen))?;
     let deadline = (duration_s > 0).then(|| Instant::now() + Duration::from_secs(duration_s));
     let mut written = 0;
+    let mut filtered_here = 0;
     let mut pipe_file = std::fs::File::from(pipe);
     let mut record = vec![0u8; RECORD_HEADER_LEN + MAX_CAPTURE_SNAPLEN as usize];
     while count == 0 || written < count {
@@ -725,11 +741,15 @@ fn capture_to(
             bail!("corrupt capture record ({incl} bytes)");
         }
         pipe_file.read_exact(&mut rest[..incl])?;
+        if !filter.matches(&rest[..incl]) {
+            filtered_here += 1;
+            continue;
+        }
         sink.write_all(&record[..RECORD_HEADER_LEN + incl])?;
         written += 1;
     }
     sink.flush()?;
-    Ok(written)
+    Ok((written, filtered_here))
 }
 
 #[cfg(test)]

@@ -112,6 +112,10 @@ enum CtlRequest {
         /// Bytes kept of each frame.
         #[arg(long, default_value_t = netstackd::control::MAX_CAPTURE_SNAPLEN)]
         snaplen: u32,
+        /// Keep only matching frames: `host ADDR`, `port N`, `tcp`, `udp`, `icmp`, `icmp6`,
+        /// `arp`, joined by `and` (e.g. "host 10.0.0.1 and udp and port 53").
+        #[arg(long, default_value = "")]
+        filter: String,
     },
     /// Prometheus metrics.
     Metrics,
@@ -230,6 +234,7 @@ fn ctl(socket: &std::path::Path, what: CtlRequest, json: bool) -> anyhow::Result
             count,
             duration,
             snaplen,
+            filter,
         } => CtlCommand::Capture {
             pod,
             ifname,
@@ -237,6 +242,7 @@ fn ctl(socket: &std::path::Path, what: CtlRequest, json: bool) -> anyhow::Result
             count,
             duration_s: duration,
             snaplen,
+            filter,
         },
     };
     netstackd::ctl::run(socket, command, json)

@@ -217,6 +217,10 @@ pub struct CaptureRequest {
     /// Seconds after which the daemon stops capturing (0: [`MAX_CAPTURE_SECONDS`]).
     #[serde(default)]
     pub max_seconds: u64,
+    /// Keep only the frames this filter matches (`host ADDR`, `port N`, `tcp|udp|icmp|
+    /// icmp6|arp`, joined by `and`); empty: all. A daemon older than the filter ignores it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub filter: String,
 }
 
 /// Largest snapshot length: a record must fit one atomic pipe write (PIPE_BUF) with its header.

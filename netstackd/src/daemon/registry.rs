@@ -540,9 +540,11 @@ impl Registry {
             0 => MAX_CAPTURE_SECONDS,
             n => n.min(MAX_CAPTURE_SECONDS),
         };
+        crate::dataplane::capture_filter::CaptureFilter::parse(&c.filter)
+            .map_err(|e| format!("{}: capture filter {:?}: {e}", c.key, c.filter))?;
         let pipe = self
             .dataplane
-            .capture(id, snaplen, packets, seconds)
+            .capture(id, snaplen, packets, seconds, &c.filter)
             .map_err(|e| format!("{}: {e}", c.key))?;
         tracing::info!(container_id = %c.key.container_id, ifname = %c.key.ifname, snaplen, packets, seconds, "capture started");
         Ok(pipe)

@@ -1,5 +1,6 @@
 //! `netstackd ctl`: the operator's view of a running netstackd over its control socket —
-//! `status`, `list`, `stats [POD]`, `capture POD`, `metrics`, `release POD`. Tables for people by default,
+//! `status`, `list`, `stats [POD]`, `capture POD`, `metrics`, `release POD`, `node`,
+//! `detach POD`, `gc [--dry-run]`, `ipam [--dir DIR]`. Tables for people by default,
 //! `--json` for scripts (the JSON is the control protocol's, documented in the README).
 
 use std::io::{Read, Write};
@@ -10,9 +11,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use crate::control::{
-    AttachmentKey, CaptureRequest, Client, Counters, PodInfo, Reply, Request, MAX_CAPTURE_SNAPLEN,
+    AttachmentKey, CaptureRequest, Client, Counters, NodeStatus, PodInfo, Reply, Request,
+    MAX_CAPTURE_SNAPLEN,
 };
 use crate::dataplane::capture::{pcap_file_header, RECORD_HEADER_LEN};
+use crate::dataplane::capture_filter::CaptureFilter;
 
 /// What `ctl` is asked to do.
 #[derive(Debug, Clone)]
@@ -40,11 +43,32 @@ pub enum CtlCommand {
         duration_s: u64,
         /// Bytes kept per frame.
         snaplen: u32,
+        /// Keep only the frames this filter matches (empty: all).
+        filter: String,
     },
     /// Prometheus text.
     Metrics,
     /// Take a pod out of quarantine.
     Release {
+        /// Container id, a unique prefix of one, or namespace/name.
+        pod: String,
+        /// The pod interface.
+        ifname: String,
+    },
+    /// Node mode's view.
+    Node,
+    /// host-local's reservations beside the attachments, leaks named.
+    Ipam {
+        /// host-local's data dir (one subdirectory per network).
+        dir: std::path::PathBuf,
+    },
+    /// Detach every attachment whose netns is gone.
+    Gc {
+        /// Only say what would be detached.
+        dry_run: bool,
+    },
+    /// Detach a pod interface by hand (as CNI DEL does).
+    Detach {
         /// Container id, a unique prefix of one, or namespace/name.
         pod: String,
         /// The pod interface.
@@ -257,6 +281,113 @@ pub fn run(socket: &Path, command: CtlCommand, json: bool) -> anyhow::Result<()>
                 writeln!(out, "{key} released")?;
             }
         }
+        CtlCommand::Node => {
+            let (reply, _) = call(&mut client, &Request::Node)?;
+            let Reply::Node(status) = reply else {
+                bail!("unexpected reply")
+            };
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&status)?)?;
+            } else {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                write!(out, "{}", node_table(&status, now))?;
+            }
+        }
+        CtlCommand::Detach { pod, ifname } => {
+            let infos = list(&mut client)?;
+            let info = resolve(&infos, &pod)?.clone();
+            let key = AttachmentKey {
+                container_id: info.key.container_id.clone(),
+                ifname,
+            };
+            call(&mut client, &Request::Detach(key.clone()))?;
+            // What CNI DEL does besides: the pod's link goes (a veth's went with its peer).
+            let link_removed = remove_pod_link(&info.netns, &key.ifname, &info.mode)
+                .with_context(|| format!("{key}: removing its link in {}", info.netns.display()))?;
+            if json {
+                let v = serde_json::json!({ "detached": key, "link_removed": link_removed });
+                writeln!(out, "{v}")?;
+            } else {
+                let link = if link_removed {
+                    "its link removed"
+                } else {
+                    "no link of it left"
+                };
+                writeln!(out, "{key} detached, {link}")?;
+            }
+        }
+        CtlCommand::Ipam { dir } => {
+            let reservations = read_reservations(&dir).with_context(|| {
+                format!("reading host-local's reservations in {}", dir.display())
+            })?;
+            let pods = list(&mut client)?;
+            let view = ipam_view(&reservations, &pods);
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&view)?)?;
+            } else {
+                let mut rows = vec![["NETWORK", "IP", "CONTAINER", "IFNAME", "ATTACHMENT"]
+                    .map(String::from)
+                    .to_vec()];
+                for r in &view.reservations {
+                    rows.push(vec![
+                        r.network.clone(),
+                        r.ip.to_string(),
+                        short(&r.container_id),
+                        r.ifname.clone(),
+                        if r.attached { "attached" } else { "LEAK" }.into(),
+                    ]);
+                }
+                write!(out, "{}", table(rows))?;
+                for r in view.reservations.iter().filter(|r| !r.attached) {
+                    writeln!(
+                        out,
+                        "leak: {}/{} reserved for {}/{}, which netstackd has no attachment of",
+                        r.network, r.ip, r.container_id, r.ifname
+                    )?;
+                }
+                for k in &view.unreserved {
+                    writeln!(
+                        out,
+                        "leak: attachment {k} has no host-local reservation in {}",
+                        dir.display()
+                    )?;
+                }
+                let leaks = view.reservations.iter().filter(|r| !r.attached).count()
+                    + view.unreserved.len();
+                writeln!(out, "{leaks} leak(s)")?;
+            }
+        }
+        CtlCommand::Gc { dry_run } => {
+            let stale = gone_pods(list(&mut client)?, crate::netns::is_netns);
+            let mut removed = Vec::new();
+            for p in &stale {
+                if !dry_run {
+                    call(&mut client, &Request::Detach(p.key.clone()))?;
+                }
+                removed.push(p.key.clone());
+            }
+            if json {
+                let v = serde_json::json!({ "dry_run": dry_run, "detached": removed });
+                writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+            } else {
+                let verb = if dry_run { "would detach" } else { "detached" };
+                for p in &stale {
+                    writeln!(
+                        out,
+                        "{verb} {} (netns {} is gone)",
+                        p.key,
+                        p.netns.display()
+                    )?;
+                }
+                writeln!(
+                    out,
+                    "{} attachment(s) {verb}; their IPAM reservations stay (CNI GC or `ctl ipam` shows them)",
+                    stale.len()
+                )?;
+            }
+        }
         CtlCommand::Stats { pod } => {
             let (reply, _) = call(&mut client, &Request::Stats)?;
             let Reply::Stats { mut pods, uplink } = reply else {
@@ -307,8 +438,12 @@ pub fn run(socket: &Path, command: CtlCommand, json: bool) -> anyhow::Result<()>
             count,
             duration_s,
             snaplen,
+            filter,
         } => {
             drop(out);
+            // A clear error before anything is asked; the daemon parses it again.
+            let frames = CaptureFilter::parse(&filter)
+                .map_err(|e| anyhow::anyhow!("--filter {filter:?}: {e}"))?;
             let infos = list(&mut client)?;
             let container_id = resolve(&infos, &pod)?.key.container_id.clone();
             let snaplen = snaplen.clamp(64, MAX_CAPTURE_SNAPLEN);
@@ -320,28 +455,247 @@ pub fn run(socket: &Path, command: CtlCommand, json: bool) -> anyhow::Result<()>
                 snaplen,
                 max_packets: count,
                 max_seconds: duration_s,
+                filter,
             });
             let (_, fds) = call(&mut client, &req)?;
             let pipe = fds
                 .into_iter()
                 .next()
                 .context("netstackd sent no capture pipe")?;
-            let n = capture_to(pipe, &write, snaplen, count, duration_s)?;
-            eprintln!("netstackd ctl: {n} frames captured");
+            // Filtered here too: a daemon older than --filter sends every frame.
+            let (n, here) = capture_to(pipe, &write, snaplen, count, duration_s, &frames)?;
+            if here == 0 {
+                eprintln!("netstackd ctl: {n} frames captured");
+            } else {
+                eprintln!("netstackd ctl: {n} frames captured, {here} more filtered out here (the daemon does not filter: it is older than --filter)");
+            }
         }
     }
     Ok(())
 }
 
+/// Removes the pod's interface `ifname` in `netns` when it is netstack's kind for `mode`
+/// (`tun` for a TAP, `veth`); returns whether one was removed. A netns that is gone has none.
+fn remove_pod_link(netns: &Path, ifname: &str, mode: &str) -> anyhow::Result<bool> {
+    let kind = if mode == "veth" { "veth" } else { "tun" };
+    if !netns.exists() {
+        return Ok(false);
+    }
+    let ifname = ifname.to_owned();
+    let removed = crate::netns::run_in_netns(netns, move || {
+        let nl = crate::netlink::Netlink::new()?;
+        match nl.link_info(&ifname)? {
+            Some(i) if i.kind.as_deref() == Some(kind) => nl.del_link(&ifname),
+            _ => Ok(false),
+        }
+    })??;
+    Ok(removed)
+}
+
+/// One host-local reservation: a file named by the address in `<dir>/<network>/`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+struct Reservation {
+    network: String,
+    ip: std::net::IpAddr,
+    container_id: String,
+    ifname: String,
+    /// Whether netstackd has an attachment of this (container id, ifname).
+    attached: bool,
+}
+
+/// `ctl ipam`'s view: every reservation (with whether it is attached) and the attachments
+/// that have none.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+struct IpamView {
+    reservations: Vec<Reservation>,
+    unreserved: Vec<AttachmentKey>,
+}
+
+/// host-local's reservations under `dir` (every network); `lock` and `last_reserved_ip.N`
+/// are not reservations. A missing `dir` has none.
+fn read_reservations(dir: &Path) -> anyhow::Result<Vec<Reservation>> {
+    let mut found = Vec::new();
+    let networks = match std::fs::read_dir(dir) {
+        Ok(n) => n,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(found),
+        Err(e) => return Err(e.into()),
+    };
+    for network in networks.flatten() {
+        if !network.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let name = network.file_name().to_string_lossy().into_owned();
+        for entry in std::fs::read_dir(network.path())?.flatten() {
+            let file = entry.file_name().to_string_lossy().into_owned();
+            let Ok(ip) = file.parse::<std::net::IpAddr>() else {
+                continue;
+            };
+            let content = std::fs::read_to_string(entry.path())
+                .with_context(|| format!("reading {}", entry.path().display()))?;
+            let (container_id, ifname) = parse_reservation(&content);
+            found.push(Reservation {
+                network: name.clone(),
+                ip,
+                container_id,
+                ifname,
+                attached: false,
+            });
+        }
+    }
+    found.sort_by(|a, b| (&a.network, a.ip).cmp(&(&b.network, b.ip)));
+    Ok(found)
+}
+
+/// A reservation file's (container id, ifname); before host-local 0.8 it held only the id
+/// (then the ifname is eth0).
+fn parse_reservation(content: &str) -> (String, String) {
+    let mut lines = content.lines().map(str::trim);
+    let id = lines.next().unwrap_or_default().to_owned();
+    let ifname = lines.next().filter(|l| !l.is_empty()).unwrap_or("eth0");
+    (id, ifname.to_owned())
+}
+
+/// Puts reservations beside attachments: a reservation is attached when netstackd has its
+/// (container id, ifname); an attachment with no reservation is listed apart.
+fn ipam_view(reservations: &[Reservation], pods: &[PodInfo]) -> IpamView {
+    let reservations: Vec<Reservation> = reservations
+        .iter()
+        .map(|r| Reservation {
+            attached: pods
+                .iter()
+                .any(|p| p.key.container_id == r.container_id && p.key.ifname == r.ifname),
+            ..r.clone()
+        })
+        .collect();
+    let unreserved = pods
+        .iter()
+        .filter(|p| {
+            !reservations
+                .iter()
+                .any(|r| p.key.container_id == r.container_id && p.key.ifname == r.ifname)
+        })
+        .map(|p| p.key.clone())
+        .collect();
+    IpamView {
+        reservations,
+        unreserved,
+    }
+}
+
+/// The attachments whose netns is gone (`is_netns` says no).
+fn gone_pods(pods: Vec<PodInfo>, is_netns: impl Fn(&Path) -> bool) -> Vec<PodInfo> {
+    pods.into_iter().filter(|p| !is_netns(&p.netns)).collect()
+}
+
+fn join_or<T: ToString>(items: &[T], none: &str) -> String {
+    if items.is_empty() {
+        none.into()
+    } else {
+        items.iter().map(T::to_string).collect::<Vec<_>>().join(",")
+    }
+}
+
+/// `ctl node`'s table: node mode's settings and health, then the routes it installed. `now`
+/// is the client's clock (seconds since the epoch), for the last sync's age.
+fn node_table(s: &NodeStatus, now: u64) -> String {
+    if !s.enabled {
+        let mut out = String::from(
+            "node mode is off (no --nodes-file or --kube): no host-gw routes are managed\n",
+        );
+        out += &table(vec![
+            vec![
+                "masquerade".into(),
+                if s.masquerade {
+                    format!(
+                        "on, tables {}",
+                        join_or(&s.masquerade_tables, "none written")
+                    )
+                } else {
+                    "off".into()
+                },
+            ],
+            vec![
+                "forward accept".into(),
+                if s.forward_accept {
+                    format!("on, pod CIDRs {}", join_or(&s.forward_rules, "none"))
+                } else {
+                    "off".into()
+                },
+            ],
+        ]);
+        return out;
+    }
+    let ready = s.health.iter().all(|c| c.ok);
+    let health: Vec<String> = s
+        .health
+        .iter()
+        .map(|c| format!("{}: {}", c.what, c.detail))
+        .collect();
+    let rows = vec![
+        vec!["node".into(), s.node_name.clone()],
+        vec!["source".into(), s.source.clone()],
+        vec!["pod CIDRs".into(), join_or(&s.pod_cidrs, "none")],
+        vec![
+            "masquerade".into(),
+            if s.masquerade {
+                format!(
+                    "on, tables {}",
+                    join_or(&s.masquerade_tables, "none written")
+                )
+            } else {
+                "off".into()
+            },
+        ],
+        vec!["no-masquerade".into(), join_or(&s.no_masquerade, "none")],
+        vec![
+            "forward accept".into(),
+            if s.forward_accept {
+                format!("on, pod CIDRs {}", join_or(&s.forward_rules, "none"))
+            } else {
+                "off".into()
+            },
+        ],
+        vec![
+            "health".into(),
+            format!(
+                "{} ({})",
+                if ready { "ready" } else { "NOT READY" },
+                health.join("; ")
+            ),
+        ],
+        vec![
+            "last sync".into(),
+            s.last_sync_unix.map_or("never".into(), |t| {
+                format!("{}s ago", now.saturating_sub(t))
+            }),
+        ],
+        vec![
+            "last error".into(),
+            s.last_error.clone().unwrap_or_else(|| "none".into()),
+        ],
+    ];
+    let mut out = table(rows);
+    out.push('\n');
+    let mut routes = vec![["NODE", "CIDR", "VIA"].map(String::from).to_vec()];
+    for r in &s.routes {
+        let node = if r.node.is_empty() { "-" } else { &r.node };
+        routes.push(vec![node.into(), r.cidr.to_string(), r.via.to_string()]);
+    }
+    out += &table(routes);
+    out
+}
+
 /// Copies records from the capture pipe into a pcap file until `count` frames, `duration_s`
-/// seconds, or the daemon ends the capture. Returns the frames written.
+/// seconds, or the daemon ends the capture. Returns the frames written and those `filter`
+/// dropped here (a daemon that filters sends none of those).
 fn capture_to(
     pipe: OwnedFd,
     path: &str,
     snaplen: u32,
     count: u64,
     duration_s: u64,
-) -> anyhow::Result<u64> {
+    filter: &CaptureFilter,
+) -> anyhow::Result<(u64, u64)> {
     let mut sink: Box<dyn Write> = if path == "-" {
         Box::new(std::io::stdout().lock())
     } else {
@@ -352,6 +706,7 @@ fn capture_to(
     sink.write_all(&pcap_file_header(snaplen))?;
     let deadline = (duration_s > 0).then(|| Instant::now() + Duration::from_secs(duration_s));
     let mut written = 0;
+    let mut filtered_here = 0;
     let mut pipe_file = std::fs::File::from(pipe);
     let mut record = vec![0u8; RECORD_HEADER_LEN + MAX_CAPTURE_SNAPLEN as usize];
     while count == 0 || written < count {
@@ -386,9 +741,156 @@ fn capture_to(
             bail!("corrupt capture record ({incl} bytes)");
         }
         pipe_file.read_exact(&mut rest[..incl])?;
+        if !filter.matches(&rest[..incl]) {
+            filtered_here += 1;
+            continue;
+        }
         sink.write_all(&record[..RECORD_HEADER_LEN + incl])?;
         written += 1;
     }
     sink.flush()?;
-    Ok(written)
+    Ok((written, filtered_here))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::{NodeCheck, NodeRoute};
+
+    #[test]
+    fn reservation_files_of_every_host_local_version_parse() {
+        // (what, content, id, ifname)
+        let cases = [
+            (
+                "host-local >= 0.8: id CRLF ifname",
+                "c1\r\neth1",
+                "c1",
+                "eth1",
+            ),
+            ("before 0.8: the id only", "c2", "c2", "eth0"),
+            ("a trailing newline", "c3\nnet0\n", "c3", "net0"),
+        ];
+        for (what, content, id, ifname) in cases {
+            assert_eq!(
+                parse_reservation(content),
+                (id.to_owned(), ifname.to_owned()),
+                "{what}"
+            );
+        }
+    }
+
+    #[test]
+    fn ipam_names_leaks_both_ways() {
+        let pod = |id: &str| -> PodInfo {
+            serde_json::from_value(serde_json::json!({
+                "container_id": id, "ifname": "eth0", "netns": "/run/netns/x",
+                "mac": "0a:58:0a:f4:01:05", "ips": [], "mode": "tap", "state": "serving", "labels": {},
+            }))
+            .unwrap()
+        };
+        let res = |ip: &str, id: &str, ifname: &str| Reservation {
+            network: "n".into(),
+            ip: ip.parse().unwrap(),
+            container_id: id.into(),
+            ifname: ifname.into(),
+            attached: false,
+        };
+        let view = ipam_view(
+            &[
+                res("10.0.0.2", "a", "eth0"),
+                res("10.0.0.3", "gone", "eth0"),
+                res("10.0.0.4", "b", "eth1"),
+            ],
+            &[pod("a"), pod("b")],
+        );
+        let attached: Vec<bool> = view.reservations.iter().map(|r| r.attached).collect();
+        assert_eq!(
+            attached,
+            [true, false, false],
+            "b's reservation is another ifname's"
+        );
+        let unreserved: Vec<String> = view.unreserved.iter().map(|k| k.to_string()).collect();
+        assert_eq!(unreserved, ["b/eth0"]);
+    }
+
+    #[test]
+    fn gc_picks_only_the_attachments_whose_netns_is_gone() {
+        let pod = |id: &str, netns: &str| -> PodInfo {
+            serde_json::from_value(serde_json::json!({
+                "container_id": id, "ifname": "eth0", "netns": netns,
+                "mac": "0a:58:0a:f4:01:05", "ips": [], "mode": "tap", "state": "serving", "labels": {},
+            }))
+            .unwrap()
+        };
+        let pods = vec![pod("a", "/run/netns/a"), pod("b", "/run/netns/b")];
+        let gone = gone_pods(pods, |p| p != Path::new("/run/netns/b"));
+        let ids: Vec<&str> = gone.iter().map(|p| p.key.container_id.as_str()).collect();
+        assert_eq!(ids, ["b"]);
+    }
+
+    #[test]
+    fn node_table_says_when_node_mode_is_off() {
+        let off = NodeStatus {
+            source: "none".into(),
+            masquerade: true,
+            masquerade_tables: vec!["ip netstack".into()],
+            ..Default::default()
+        };
+        let text = node_table(&off, 0);
+        assert!(text.starts_with("node mode is off"), "{text}");
+        assert!(
+            text.contains("masquerade      on, tables ip netstack"),
+            "{text}"
+        );
+        assert!(text.contains("forward accept  off"), "{text}");
+    }
+
+    #[test]
+    fn node_table_lists_routes_health_and_the_last_sync() {
+        let on = NodeStatus {
+            enabled: true,
+            source: "file /etc/nodes.json".into(),
+            node_name: "a".into(),
+            pod_cidrs: vec!["10.244.1.0/24".parse().unwrap()],
+            routes: vec![
+                NodeRoute {
+                    node: "b".into(),
+                    cidr: "10.244.2.0/24".parse().unwrap(),
+                    via: "192.168.1.2".parse().unwrap(),
+                },
+                NodeRoute {
+                    node: String::new(),
+                    cidr: "10.244.3.0/24".parse().unwrap(),
+                    via: "192.168.1.3".parse().unwrap(),
+                },
+            ],
+            masquerade: false,
+            forward_accept: true,
+            forward_rules: vec!["10.244.1.0/24".parse().unwrap()],
+            health: vec![NodeCheck {
+                what: "routes".into(),
+                ok: false,
+                detail: "not synced".into(),
+            }],
+            last_sync_unix: Some(100),
+            last_error: Some("egress masquerade: boom".into()),
+            ..Default::default()
+        };
+        let text = node_table(&on, 130);
+        for want in [
+            "node            a\n",
+            "source          file /etc/nodes.json\n",
+            "pod CIDRs       10.244.1.0/24\n",
+            "masquerade      off\n",
+            "forward accept  on, pod CIDRs 10.244.1.0/24\n",
+            "health          NOT READY (routes: not synced)\n",
+            "last sync       30s ago\n",
+            "last error      egress masquerade: boom\n",
+            "NODE  CIDR           VIA\n",
+            "b     10.244.2.0/24  192.168.1.2\n",
+            "-     10.244.3.0/24  192.168.1.3\n",
+        ] {
+            assert!(text.contains(want), "{want:?} missing in\n{text}");
+        }
+    }
 }

@@ -112,11 +112,40 @@ enum CtlRequest {
         /// Bytes kept of each frame.
         #[arg(long, default_value_t = netstackd::control::MAX_CAPTURE_SNAPLEN)]
         snaplen: u32,
+        /// Keep only matching frames: `host ADDR`, `port N`, `tcp`, `udp`, `icmp`, `icmp6`,
+        /// `arp`, joined by `and` (e.g. "host 10.0.0.1 and udp and port 53").
+        #[arg(long, default_value = "")]
+        filter: String,
     },
     /// Prometheus metrics.
     Metrics,
     /// Take POD out of quarantine (its queued frames are discarded, then it is served again).
     Release {
+        /// The pod (container id, unique prefix, or namespace/name).
+        pod: String,
+        /// The pod interface.
+        #[arg(long, default_value = "eth0")]
+        ifname: String,
+    },
+    /// Node mode: pod CIDRs, the host-gw routes installed (peer node, CIDR, via), masquerade,
+    /// forward accept rules, the node source's health, the last sync.
+    Node,
+    /// host-local's reservations (DIR/NETWORK/IP files) beside the attachments; names leaks: a
+    /// reservation no attachment has, an attachment with no reservation.
+    Ipam {
+        /// host-local's data dir (its `dataDir`).
+        #[arg(long, default_value = "/var/lib/cni/networks")]
+        dir: PathBuf,
+    },
+    /// Detach every attachment whose netns is gone (deleted behind netstack's back); their
+    /// IPAM reservations stay for CNI GC.
+    Gc {
+        /// Only print what would be detached.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Detach POD by hand, as CNI DEL does: its link is removed and its state file goes.
+    Detach {
         /// The pod (container id, unique prefix, or namespace/name).
         pod: String,
         /// The pod interface.
@@ -195,6 +224,10 @@ fn ctl(socket: &std::path::Path, what: CtlRequest, json: bool) -> anyhow::Result
         CtlRequest::Stats { pod } => CtlCommand::Stats { pod },
         CtlRequest::Metrics => CtlCommand::Metrics,
         CtlRequest::Release { pod, ifname } => CtlCommand::Release { pod, ifname },
+        CtlRequest::Node => CtlCommand::Node,
+        CtlRequest::Gc { dry_run } => CtlCommand::Gc { dry_run },
+        CtlRequest::Ipam { dir } => CtlCommand::Ipam { dir },
+        CtlRequest::Detach { pod, ifname } => CtlCommand::Detach { pod, ifname },
         CtlRequest::Capture {
             pod,
             ifname,
@@ -202,6 +235,7 @@ fn ctl(socket: &std::path::Path, what: CtlRequest, json: bool) -> anyhow::Result
             count,
             duration,
             snaplen,
+            filter,
         } => CtlCommand::Capture {
             pod,
             ifname,
@@ -209,6 +243,7 @@ fn ctl(socket: &std::path::Path, what: CtlRequest, json: bool) -> anyhow::Result
             count,
             duration_s: duration,
             snaplen,
+            filter,
         },
     };
     netstackd::ctl::run(socket, command, json)

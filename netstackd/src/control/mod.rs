@@ -198,6 +198,8 @@ pub enum Request {
     /// Take a pod interface out of quarantine: the frames its queues hold are discarded and
     /// the dataplane serves it again. An error when it is not quarantined.
     Release(AttachmentKey),
+    /// Node mode's view: pod CIDRs, host-gw routes, masquerade, forward rules, health.
+    Node,
 }
 
 /// What to capture, and when to stop on the daemon's side.
@@ -215,6 +217,10 @@ pub struct CaptureRequest {
     /// Seconds after which the daemon stops capturing (0: [`MAX_CAPTURE_SECONDS`]).
     #[serde(default)]
     pub max_seconds: u64,
+    /// Keep only the frames this filter matches (`host ADDR`, `port N`, `tcp|udp|icmp|
+    /// icmp6|arp`, joined by `and`); empty: all. A daemon older than the filter ignores it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub filter: String,
 }
 
 /// Largest snapshot length: a record must fit one atomic pipe write (PIPE_BUF) with its header.
@@ -259,6 +265,59 @@ pub struct PodInfo {
 /// The `state` of a recorded pod netstackd could not restore after a restart (its state file
 /// is kept and the restore retried until it works or the pod is gone).
 pub const RESTORE_FAILED: &str = "restore_failed";
+
+/// One host-gw route node mode installed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRoute {
+    /// The peer node whose pod CIDR it is ("" when no listed node has it any more).
+    pub node: String,
+    /// The peer node's pod CIDR.
+    pub cidr: IpNet,
+    /// The next hop: the peer node's address.
+    pub via: IpAddr,
+}
+
+/// One readiness check of node mode (as `/readyz` shows it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeCheck {
+    /// What is checked (`node source`, `routes`, `masquerade`).
+    pub what: String,
+    /// Whether it passes.
+    pub ok: bool,
+    /// Why, in a few words.
+    pub detail: String,
+}
+
+/// The daemon's answer to `node`: what node mode has in place.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// Whether node mode runs (a node source: `--nodes-file` or `--kube`).
+    pub enabled: bool,
+    /// Where the node list comes from: `none`, `file PATH` or `kube`.
+    pub source: String,
+    /// This node's name in the node list.
+    pub node_name: String,
+    /// This node's pod CIDRs.
+    pub pod_cidrs: Vec<IpNet>,
+    /// The host-gw routes in place, by pod CIDR.
+    pub routes: Vec<NodeRoute>,
+    /// Whether egress masquerade is on.
+    pub masquerade: bool,
+    /// The nftables tables written (`ip netstack`, `ip6 netstack`).
+    pub masquerade_tables: Vec<String>,
+    /// The no-masquerade set written, every family.
+    pub no_masquerade: Vec<IpNet>,
+    /// Whether the forward accept rules are kept.
+    pub forward_accept: bool,
+    /// The pod CIDRs whose forward accept rules are in place.
+    pub forward_rules: Vec<IpNet>,
+    /// Readiness checks; ready when all pass.
+    pub health: Vec<NodeCheck>,
+    /// When the reconciler last synced (seconds since the Unix epoch); none before the first.
+    pub last_sync_unix: Option<u64>,
+    /// What failed at the last sync, if anything.
+    pub last_error: Option<String>,
+}
 
 /// The daemon's answer to `status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -396,6 +455,8 @@ pub enum Reply {
         /// The uplink's counters (rx = from the node, tx = to the node).
         uplink: Counters,
     },
+    /// The answer to `node`.
+    Node(NodeStatus),
     /// The request failed; nothing was changed.
     Error {
         /// What went wrong, naming the object.

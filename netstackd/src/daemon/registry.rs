@@ -420,6 +420,7 @@ impl Registry {
             Request::Release(key) => self.release(&key).map(|()| Reply::Done),
             Request::Stats => Ok(self.stats()),
             Request::List => Ok(Reply::List { pods: self.list() }),
+            Request::Node => Ok(Reply::Node(crate::node::status())),
             Request::Metrics => Ok(Reply::Metrics {
                 text: self.metrics_text(),
             }),
@@ -545,9 +546,11 @@ impl Registry {
             0 => MAX_CAPTURE_SECONDS,
             n => n.min(MAX_CAPTURE_SECONDS),
         };
+        crate::dataplane::capture_filter::CaptureFilter::parse(&c.filter)
+            .map_err(|e| format!("{}: capture filter {:?}: {e}", c.key, c.filter))?;
         let pipe = self
             .dataplane
-            .capture(id, snaplen, packets, seconds)
+            .capture(id, snaplen, packets, seconds, &c.filter)
             .map_err(|e| format!("{}: {e}", c.key))?;
         tracing::info!(container_id = %c.key.container_id, ifname = %c.key.ifname, snaplen, packets, seconds, "capture started");
         Ok(pipe)

@@ -35,6 +35,7 @@ pub struct CaptureSink {
     deadline: Instant,
     closed: AtomicBool,
     dropped: AtomicU64,
+    filter: super::capture_filter::CaptureFilter,
 }
 
 impl CaptureSink {
@@ -60,7 +61,14 @@ impl CaptureSink {
             deadline: Instant::now() + Duration::from_secs(max_seconds),
             closed: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
+            filter: Default::default(),
         }
+    }
+
+    /// Keeps only the frames `filter` matches.
+    pub fn with_filter(mut self, filter: super::capture_filter::CaptureFilter) -> Self {
+        self.filter = filter;
+        self
     }
 
     /// Is the capture over (reader gone, count or time used up)?
@@ -76,7 +84,7 @@ impl CaptureSink {
     /// Appends one frame. A record is at most PIPE_BUF bytes, so the records of several
     /// workers never interleave.
     pub fn record(&self, frame: &[u8]) {
-        if self.is_closed() {
+        if self.is_closed() || !self.filter.matches(frame) {
             return;
         }
         let taken = self

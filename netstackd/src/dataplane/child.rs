@@ -186,9 +186,17 @@ pub fn run(user: DataplaneUser) -> anyhow::Result<()> {
                 snaplen,
                 max_packets,
                 max_seconds,
-            } => match fds.into_iter().next() {
-                Some(pipe) => {
-                    let sink = CaptureSink::new(pipe, snaplen, max_packets, max_seconds);
+                filter,
+            } => match (
+                fds.into_iter().next(),
+                super::capture_filter::CaptureFilter::parse(&filter),
+            ) {
+                (_, Err(e)) => DpReply::Error {
+                    message: format!("capture filter {filter:?}: {e}"),
+                },
+                (Some(pipe), Ok(filter)) => {
+                    let sink = CaptureSink::new(pipe, snaplen, max_packets, max_seconds)
+                        .with_filter(filter);
                     match dataplane.capture(id, sink) {
                         Ok(true) => DpReply::Done,
                         Ok(false) => DpReply::Error {
@@ -199,7 +207,7 @@ pub fn run(user: DataplaneUser) -> anyhow::Result<()> {
                         },
                     }
                 }
-                None => DpReply::Error {
+                (None, Ok(_)) => DpReply::Error {
                     message: "capture without a pipe".into(),
                 },
             },

@@ -55,6 +55,9 @@ pub enum DpRequest {
         max_packets: u64,
         /// Stop after this many seconds.
         max_seconds: u64,
+        /// Keep only the frames this filter matches (empty: all).
+        #[serde(default)]
+        filter: String,
     },
     /// Finish the current batches and exit.
     Shutdown,

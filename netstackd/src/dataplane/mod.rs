@@ -6,6 +6,7 @@
 //! (`child`, `seccomp`); the supervisor talks to it with the messages of `ipc`.
 
 pub mod capture;
+pub mod capture_filter;
 pub mod child;
 pub mod ipc;
 pub mod qdisc;

@@ -251,6 +251,31 @@ pub fn readiness() -> Vec<Check> {
     HEALTH.readiness()
 }
 
+/// What node mode has in place, for `netstackd ctl node` (`None` until the node logic starts).
+static VIEW: std::sync::Mutex<Option<crate::control::NodeStatus>> = std::sync::Mutex::new(None);
+
+/// Node mode's status (`netstackd ctl node`): the reconciler's last published view with the
+/// readiness checks of now.
+pub fn status() -> crate::control::NodeStatus {
+    let mut status = VIEW
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+        .unwrap_or_else(|| crate::control::NodeStatus {
+            source: "none".into(),
+            ..Default::default()
+        });
+    status.health = readiness()
+        .into_iter()
+        .map(|c| crate::control::NodeCheck {
+            what: c.what.into(),
+            ok: c.ok,
+            detail: c.detail.into(),
+        })
+        .collect();
+    status
+}
+
 /// The MTU a node falls back to without a default route.
 pub const FALLBACK_MTU: u32 = 1500;
 
@@ -416,7 +441,20 @@ pub fn start(
         config.guard.clone(),
         &REFUSALS,
     )
-    .with_health(&HEALTH);
+    .with_health(&HEALTH)
+    .with_view(&VIEW);
+    *VIEW.lock().unwrap_or_else(|e| e.into_inner()) = Some(crate::control::NodeStatus {
+        enabled: config.source != NodeSource::None,
+        source: match &config.source {
+            NodeSource::None => "none".into(),
+            NodeSource::File { path, .. } => format!("file {}", path.display()),
+            NodeSource::Kube => "kube".into(),
+        },
+        node_name: config.node_name.clone(),
+        masquerade: config.masquerade,
+        forward_accept: config.forward_accept,
+        ..Default::default()
+    });
     if config.forward_accept {
         state = state.with_forward_rules(Box::new(sync::HostFirewall {
             uplink: uplink.to_owned(),

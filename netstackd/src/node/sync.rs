@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -16,6 +17,7 @@ use super::kernel::RouteTable;
 use super::masquerade::{self, Family};
 use super::routes::{desired_routes, plan, Refusal, RouteGuard, RouteMap};
 use super::{NodeInfo, RefusalCounts};
+use crate::control::{NodeRoute, NodeStatus};
 
 /// What the sources and the daemon tell the reconciler.
 #[derive(Debug)]
@@ -117,6 +119,10 @@ pub struct NodeState<T, M> {
     forward_applied: BTreeSet<IpNet>,
     /// Where what is in place is reported.
     health: Option<&'static NodeHealth>,
+    /// Where what is in place is published for `netstackd ctl node`.
+    view: Option<&'static Mutex<Option<NodeStatus>>>,
+    /// What failed during the sync under way (or the last one).
+    errors: Vec<String>,
 }
 
 /// What one sync did (for logs and tests).
@@ -166,6 +172,8 @@ impl<T: RouteTable, M: MasqueradeRules> NodeState<T, M> {
             forward: None,
             forward_applied: BTreeSet::new(),
             health: None,
+            view: None,
+            errors: Vec::new(),
         }
     }
 
@@ -181,6 +189,47 @@ impl<T: RouteTable, M: MasqueradeRules> NodeState<T, M> {
         self
     }
 
+    /// Publishes what is in place after every sync into `view` (which holds the rest of
+    /// node mode's status: source, flags), for `netstackd ctl node`.
+    pub fn with_view(mut self, view: &'static Mutex<Option<NodeStatus>>) -> Self {
+        self.view = Some(view);
+        self
+    }
+
+    /// Fills the parts of `status` this reconciler knows: routes, masquerade, forward rules,
+    /// the last sync's time and error.
+    pub fn fill_status(&self, status: &mut NodeStatus) {
+        status.pod_cidrs = self.pod_cidrs.clone();
+        status.routes = self
+            .applied_routes
+            .iter()
+            .flatten()
+            .map(|(cidr, via)| NodeRoute {
+                node: self
+                    .nodes
+                    .iter()
+                    .flatten()
+                    .find(|n| n.pod_cidrs.iter().any(|c| c.trunc() == *cidr))
+                    .map(|n| n.name.clone())
+                    .unwrap_or_default(),
+                cidr: *cidr,
+                via: *via,
+            })
+            .collect();
+        status.masquerade_tables = self
+            .applied_sets
+            .keys()
+            .map(|f| format!("{} {}", f.nft(), masquerade::TABLE))
+            .collect();
+        status.no_masquerade = self.applied_sets.values().flatten().copied().collect();
+        status.forward_rules = self.forward_applied.iter().copied().collect();
+        status.last_sync_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .map(|d| d.as_secs());
+        status.last_error = (!self.errors.is_empty()).then(|| self.errors.join("; "));
+    }
+
     /// A new node list arrived: act on what changed.
     pub fn on_nodes(&mut self, nodes: Vec<NodeInfo>) -> SyncReport {
         self.nodes = Some(nodes);
@@ -194,6 +243,17 @@ impl<T: RouteTable, M: MasqueradeRules> NodeState<T, M> {
     /// even when the wanted state did not change (a resync); otherwise only a changed wanted
     /// state is acted on.
     pub fn sync(&mut self, check_kernel: bool) -> SyncReport {
+        self.errors.clear();
+        let report = self.sync_all(check_kernel);
+        if let Some(view) = self.view {
+            let mut guard = view.lock().unwrap_or_else(|e| e.into_inner());
+            let status = guard.get_or_insert_with(NodeStatus::default);
+            self.fill_status(status);
+        }
+        report
+    }
+
+    fn sync_all(&mut self, check_kernel: bool) -> SyncReport {
         let mut report = SyncReport::default();
         if let (Some(table), Some(nodes)) = (self.routes.as_mut(), self.nodes.as_ref()) {
             // Next hops are checked against the links as they are now, at every sync.
@@ -225,6 +285,7 @@ impl<T: RouteTable, M: MasqueradeRules> NodeState<T, M> {
                                         }
                                         Err(e) => {
                                             report.route_failures += 1;
+                                            self.errors.push(e.to_string());
                                             tracing::warn!("{e} (retried at the next resync)");
                                         }
                                     }
@@ -232,6 +293,7 @@ impl<T: RouteTable, M: MasqueradeRules> NodeState<T, M> {
                             }
                             Err(e) => {
                                 report.route_failures += 1;
+                                self.errors.push(e.to_string());
                                 tracing::warn!("{e}");
                             }
                         }
@@ -241,6 +303,7 @@ impl<T: RouteTable, M: MasqueradeRules> NodeState<T, M> {
                 Err(e) => {
                     report.route_failures += 1;
                     self.applied_routes = None;
+                    self.errors.push(format!("reading this node's links: {e}"));
                     tracing::warn!("reading this node's links: {e} (retried at the next resync)");
                 }
             }
@@ -269,6 +332,7 @@ impl<T: RouteTable, M: MasqueradeRules> NodeState<T, M> {
                     }
                     Err(e) => {
                         masquerade_failures += 1;
+                        self.errors.push(format!("egress masquerade: {e}"));
                         tracing::error!("egress masquerade: {e} (retried at the next resync)");
                         self.applied_sets.remove(&family);
                     }
@@ -324,6 +388,7 @@ impl<T: RouteTable, M: MasqueradeRules> NodeState<T, M> {
                 }
                 Err(FirewallError::Spawn { .. }) => {}
                 Err(e) => {
+                    self.errors.push(format!("forward accept rules: {e}"));
                     tracing::error!("forward accept rules: {e} (retried at the next resync)");
                     self.forward_applied.remove(&pod_cidr);
                 }
@@ -606,6 +671,63 @@ mod tests {
             nft.sets.iter().all(|(f, _)| *f == Family::V4),
             "no IPv6 table on an IPv4 node"
         );
+    }
+
+    #[test]
+    fn the_view_names_each_route_s_node_and_the_last_error() {
+        let mut table = FakeRoutes::default();
+        let mut nft = FakeNft::default();
+        let view: &'static Mutex<Option<NodeStatus>> = Box::leak(Box::default());
+        let mut state = NodeState::new(
+            "a".into(),
+            v4("10.244.1.0/24"),
+            None,
+            Some(&mut table),
+            Some((&mut nft, nets(&["10.96.0.0/12"]))),
+            RouteGuard::default(),
+            counts(),
+        )
+        .with_view(view);
+        let seen = || view.lock().unwrap().clone().unwrap();
+        state.sync(true);
+        assert!(seen().routes.is_empty(), "no node list yet");
+        assert!(seen().last_sync_unix.is_some());
+        state.on_nodes(vec![
+            node("a", "10.244.1.0/24", "192.168.0.1"),
+            node("b", "10.244.2.0/24", "192.168.0.2"),
+        ]);
+        let v = seen();
+        assert_eq!(
+            v.routes,
+            vec![NodeRoute {
+                node: "b".into(),
+                cidr: "10.244.2.0/24".parse().unwrap(),
+                via: "192.168.0.2".parse().unwrap(),
+            }]
+        );
+        assert_eq!(v.masquerade_tables, vec!["ip netstack"]);
+        assert_eq!(
+            v.no_masquerade,
+            nets(&["10.96.0.0/12", "10.244.1.0/24", "10.244.2.0/24"])
+        );
+        assert_eq!(
+            (v.pod_cidrs, v.last_error),
+            (nets(&["10.244.1.0/24"]), None)
+        );
+        // A failing sync is named until a sync succeeds again.
+        state.routes.as_mut().unwrap().links_fail = 1;
+        state.sync(true);
+        let v = seen();
+        assert!(v.routes.is_empty(), "routes not known to be in place");
+        assert!(
+            v.last_error
+                .as_deref()
+                .is_some_and(|e| e.starts_with("reading this node's links")),
+            "{:?}",
+            v.last_error
+        );
+        state.sync(true);
+        assert_eq!((seen().routes.len(), seen().last_error), (1, None));
     }
 
     #[test]

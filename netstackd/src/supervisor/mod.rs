@@ -473,6 +473,7 @@ impl DataplaneProcess {
         snaplen: u32,
         max_packets: u64,
         max_seconds: u64,
+        filter: &str,
     ) -> Result<OwnedFd, String> {
         use nix::fcntl::{fcntl, FcntlArg, OFlag};
         let (read, write) =
@@ -486,6 +487,7 @@ impl DataplaneProcess {
             snaplen,
             max_packets,
             max_seconds,
+            filter: filter.to_owned(),
         };
         match inner.call(&req, &[write.as_fd()], APPLY_DEADLINE) {
             Ok(DpReply::Done) => Ok(read),

@@ -75,10 +75,14 @@ JSON
 start_netstackd() {
   mkdir -p "$WORK" "$STATE"
   rm -f "$SOCK"
+  # The host's FORWARD chain stays untouched and the uplink keeps 1500 whatever the node's
+  # default route says; netstackd v0.1.0 (test_upgrade's old release) has neither flag.
+  local host_flags=()
+  "$BIN/netstackd" --help 2>/dev/null | grep -q -- --forward-accept &&
+    host_flags=(--forward-accept=false --uplink-mtu 1500)
   ${NETSTACKD_LAUNCH:-} "$BIN/netstackd" --socket "$SOCK" --state-dir "$STATE" --pod-cidr "$POD_CIDR" \
     --uplink "$UPLINK" --metrics-addr 127.0.0.1:0 --dp-netns "$DP_NETNS" --masquerade=false \
-    --forward-accept=false --uplink-mtu 1500 \
-    ${NETSTACKD_ARGS:-} "$@" >>"$WORK/netstackd.log" 2>&1 &
+    "${host_flags[@]}" ${NETSTACKD_ARGS:-} "$@" >>"$WORK/netstackd.log" 2>&1 &
   NETSTACKD_PID=$!
   local i
   for i in $(seq 1 100); do

@@ -57,4 +57,6 @@ check "the trickled request is cut at its deadline ($res)" grep -q '^cut after' 
 check "ctl status still answers" sh -c "$BIN/netstackd ctl --socket $SOCK --json status | jq -e '.attachments == 1'"
 
 del_pod "$POD"
+echo
+echo "test_daemon_edges: $PASSES passed, $FAILS failed"
 [ "$FAILS" = 0 ]

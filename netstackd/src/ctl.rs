@@ -597,32 +597,35 @@ fn join_or<T: ToString>(items: &[T], none: &str) -> String {
 
 /// `ctl node`'s table: node mode's settings and health, then the routes it installed. `now`
 /// is the client's clock (seconds since the epoch), for the last sync's age.
+/// The masquerade row of `ctl node`, whether node mode is on or off.
+fn masquerade_row(s: &NodeStatus) -> Vec<String> {
+    let state = if s.masquerade {
+        format!(
+            "on, tables {}",
+            join_or(&s.masquerade_tables, "none written")
+        )
+    } else {
+        "off".into()
+    };
+    vec!["masquerade".into(), state]
+}
+
+/// The forward-accept row of `ctl node`.
+fn forward_row(s: &NodeStatus) -> Vec<String> {
+    let state = if s.forward_accept {
+        format!("on, pod CIDRs {}", join_or(&s.forward_rules, "none"))
+    } else {
+        "off".into()
+    };
+    vec!["forward accept".into(), state]
+}
+
 fn node_table(s: &NodeStatus, now: u64) -> String {
     if !s.enabled {
         let mut out = String::from(
             "node mode is off (no --nodes-file or --kube): no host-gw routes are managed\n",
         );
-        out += &table(vec![
-            vec![
-                "masquerade".into(),
-                if s.masquerade {
-                    format!(
-                        "on, tables {}",
-                        join_or(&s.masquerade_tables, "none written")
-                    )
-                } else {
-                    "off".into()
-                },
-            ],
-            vec![
-                "forward accept".into(),
-                if s.forward_accept {
-                    format!("on, pod CIDRs {}", join_or(&s.forward_rules, "none"))
-                } else {
-                    "off".into()
-                },
-            ],
-        ]);
+        out += &table(vec![masquerade_row(s), forward_row(s)]);
         return out;
     }
     let ready = s.health.iter().all(|c| c.ok);
@@ -635,26 +638,9 @@ fn node_table(s: &NodeStatus, now: u64) -> String {
         vec!["node".into(), s.node_name.clone()],
         vec!["source".into(), s.source.clone()],
         vec!["pod CIDRs".into(), join_or(&s.pod_cidrs, "none")],
-        vec![
-            "masquerade".into(),
-            if s.masquerade {
-                format!(
-                    "on, tables {}",
-                    join_or(&s.masquerade_tables, "none written")
-                )
-            } else {
-                "off".into()
-            },
-        ],
+        masquerade_row(s),
         vec!["no-masquerade".into(), join_or(&s.no_masquerade, "none")],
-        vec![
-            "forward accept".into(),
-            if s.forward_accept {
-                format!("on, pod CIDRs {}", join_or(&s.forward_rules, "none"))
-            } else {
-                "off".into()
-            },
-        ],
+        forward_row(s),
         vec![
             "health".into(),
             format!(

@@ -2,7 +2,7 @@
 """Writes the fuzz targets' seed corpora into fuzz/corpus/<target>/ (run from anywhere).
 
 Seeds are small and real: TSO frames cut down from the kernel captures in
-netstackd/tests/data/ (headers as Linux wrote them, a few hundred payload bytes, a small
+core/tests/data/ (headers as Linux wrote them, a few hundred payload bytes, a small
 gso_size so they still split), hand-built frames of the kinds pods send (ARP, ICMP echo, UDP,
 IPv6 neighbor solicitation, TTL 1, don't-fragment over the MTU), the control protocol's
 messages as the plugin and daemon frame them, the conflist the manifests install, and the OCI

@@ -9,14 +9,14 @@ use std::path::Path;
 use std::time::Duration;
 
 use ipnet::IpNet;
-use netstackd::control::{
+use netstack_core::control::{
     veth_peer_name, Attachment, AttachmentKey, Client, ClientError, LinkMode, Reply, Request,
     VETH_ALIAS,
 };
-use netstackd::netlink::Netlink;
-use netstackd::netns::{run_in_netns, NetnsError};
-use netstackd::sys::tap::{open_queues, TunKind};
-use netstackd::wire::MacAddr;
+use netstack_core::netlink::Netlink;
+use netstack_core::netns::{run_in_netns, NetnsError};
+use netstack_core::sys::tap::{open_queues, TunKind};
+use netstack_core::wire::MacAddr;
 
 use crate::config::NetConf;
 use crate::result::{extend_prev_result, AddResult, Interface, IpamResult, ResultIp, Route};
@@ -44,10 +44,10 @@ pub fn control_error(e: ClientError) -> CniError {
 }
 
 /// The oldest control protocol a daemon must speak for this plugin's requests
-/// ([`netstackd::control::version`]): 1, netstack v0.1.0's, while every request this plugin
+/// ([`netstack_core::control::version`]): 1, netstack v0.1.0's, while every request this plugin
 /// sends is one v0.1.0 understands. Raise it (or check per request with
 /// [`require_daemon_protocol`]) when a request comes to need a newer daemon.
-pub const OLDEST_DAEMON_PROTOCOL: u32 = netstackd::control::version::OLDEST_PROTOCOL;
+pub const OLDEST_DAEMON_PROTOCOL: u32 = netstack_core::control::version::OLDEST_PROTOCOL;
 
 /// Fails with "try again later" (code 11), naming both versions, when the daemon's protocol
 /// `theirs` is older than `needed` for `what`: during an upgrade the plugin is installed
@@ -58,9 +58,9 @@ pub fn require_daemon_protocol(theirs: u32, needed: u32, what: &str) -> Result<(
     }
     Err(CniError::TryAgainLater(format!(
         "{}: {what} needs netstackd of control protocol {needed} or later; retry once the netstackd DaemonSet is upgraded",
-        netstackd::control::version::describe_skew(
+        netstack_core::control::version::describe_skew(
             "this plugin",
-            netstackd::control::PROTOCOL_VERSION,
+            netstack_core::control::PROTOCOL_VERSION,
             "netstackd",
             theirs
         )
@@ -71,16 +71,16 @@ pub fn require_daemon_protocol(theirs: u32, needed: u32, what: &str) -> Result<(
 /// `theirs`: "try again later" when the daemon says so or when it is older and could not read
 /// the request (version skew during an upgrade), a setup failure otherwise.
 pub fn daemon_refusal(theirs: Option<u32>, what: &str, message: &str) -> CniError {
-    use netstackd::control::version::{describe_skew, refused_as_older};
-    let theirs = theirs.unwrap_or(netstackd::control::PROTOCOL_V1);
-    if message.ends_with(netstackd::control::RETRYABLE) {
+    use netstack_core::control::version::{describe_skew, refused_as_older};
+    let theirs = theirs.unwrap_or(netstack_core::control::PROTOCOL_V1);
+    if message.ends_with(netstack_core::control::RETRYABLE) {
         CniError::TryAgainLater(format!("netstackd: {what}: {message}"))
     } else if refused_as_older(theirs, message) {
         CniError::TryAgainLater(format!(
             "{}, which could not read the {what} request ({message}); retry once the netstackd DaemonSet is upgraded",
             describe_skew(
                 "this plugin",
-                netstackd::control::PROTOCOL_VERSION,
+                netstack_core::control::PROTOCOL_VERSION,
                 "netstackd",
                 theirs
             )
@@ -251,7 +251,7 @@ fn create_pod_link(
                 // The pod's kernel queues a burst here while a worker serves another fd. Set
                 // while the link is down: on a link that is up the kernel swaps its qdisc out
                 // and waits for an RCU grace period (up to tens of ms under load).
-                nl.set_txqueuelen(&ifname, netstackd::sys::tap::TXQUEUELEN)
+                nl.set_txqueuelen(&ifname, netstack_core::sys::tap::TXQUEUELEN)
                     .map_err(|e| e.to_string())?;
             }
             nl.set_link(&ifname, Some(mac.0), Some(mtu), true)
@@ -386,7 +386,7 @@ pub fn cmd_add(env: &CniEnv, conf: &NetConf, stdin: &[u8]) -> Result<serde_json:
 }
 
 /// Releases the network namespaces an older netstack hid under a self-bind of `/run/netns`
-/// and of the directory of the pod's own netns (see `netstackd::mounts`). Problems are
+/// and of the directory of the pod's own netns (see `netstack_core::mounts`). Problems are
 /// printed on stderr (the runtime logs it) and never fail the ADD.
 fn release_hidden_netns(netns: &Path) {
     let mut dirs = vec![Path::new("/run/netns")];
@@ -396,7 +396,7 @@ fn release_hidden_netns(netns: &Path) {
         }
     }
     for dir in dirs {
-        match netstackd::mounts::release_hidden(dir) {
+        match netstack_core::mounts::release_hidden(dir) {
             Ok(r) if !r.unmounted.is_empty() => eprintln!(
                 "netstack: released {} network namespace mount(s) hidden under a self-bind of {}: {:?}",
                 r.unmounted.len(),
@@ -427,7 +427,7 @@ fn connect_ready(conf: &NetConf) -> Result<usize, CniError> {
     require_daemon_protocol(
         client
             .peer_protocol()
-            .unwrap_or(netstackd::control::PROTOCOL_V1),
+            .unwrap_or(netstack_core::control::PROTOCOL_V1),
         OLDEST_DAEMON_PROTOCOL,
         "ADD",
     )?;
@@ -440,7 +440,7 @@ fn connect_ready(conf: &NetConf) -> Result<usize, CniError> {
         let dp = status.dp_netns.ok_or_else(|| {
             CniError::Setup("this netstackd does not report a namespace for veth mode".into())
         })?;
-        netstackd::netns::ensure_named_netns(&dp)
+        netstack_core::netns::ensure_named_netns(&dp)
             .map_err(|e| CniError::Setup(format!("veth mode: {e}")))?;
     }
 
@@ -597,7 +597,7 @@ mod tests {
             e.to_string(),
             "netstackd refused the attachment: c1/eth0: already attached"
         );
-        let busy = format!("dataplane restarting {}", netstackd::control::RETRYABLE);
+        let busy = format!("dataplane restarting {}", netstack_core::control::RETRYABLE);
         assert_eq!(daemon_refusal(Some(2), "attachment", &busy).code(), 11);
     }
 

@@ -8,10 +8,10 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use ipnet::IpNet;
-use netstackd::control::{AttachmentKey, LinkMode, Reply, Request};
-use netstackd::netlink::Netlink;
-use netstackd::netns::run_in_netns;
-use netstackd::wire::MacAddr;
+use netstack_core::control::{AttachmentKey, LinkMode, Reply, Request};
+use netstack_core::netlink::Netlink;
+use netstack_core::netns::run_in_netns;
+use netstack_core::wire::MacAddr;
 
 use crate::add::{connect, control_error, netns_error};
 use crate::config::NetConf;
@@ -159,7 +159,7 @@ fn compare_daemon(
         )]);
     };
     let mut diffs = Vec::new();
-    if pod.state == netstackd::control::RESTORE_FAILED {
+    if pod.state == netstack_core::control::RESTORE_FAILED {
         diffs.push(format!(
             "netstackd holds {key} but could not restore it after a restart (it retries): {}",
             pod.error.as_deref().unwrap_or("unknown error")

@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use netstackd::control::LinkMode;
-use netstackd::sys::packet::VETH_MAX_MTU;
-use netstackd::sys::tap::TAP_MAX_MTU;
+use netstack_core::control::LinkMode;
+use netstack_core::sys::packet::VETH_MAX_MTU;
+use netstack_core::sys::tap::TAP_MAX_MTU;
 
 use crate::{CniError, SUPPORTED_VERSIONS};
 
@@ -125,7 +125,7 @@ pub struct RuntimeConfig {
     /// `bandwidth` capability: rates in bit/s, bursts in bits (CONVENTIONS.md); the same
     /// JSON shape as netstackd's, which records it with the attachment.
     #[serde(default)]
-    pub bandwidth: Option<netstackd::control::Bandwidth>,
+    pub bandwidth: Option<netstack_core::control::Bandwidth>,
 }
 
 impl NetConf {
@@ -264,7 +264,7 @@ impl NetConf {
     pub fn socket(&self) -> PathBuf {
         self.socket
             .clone()
-            .unwrap_or_else(|| PathBuf::from(netstackd::control::DEFAULT_SOCKET))
+            .unwrap_or_else(|| PathBuf::from(netstack_core::control::DEFAULT_SOCKET))
     }
 
     /// The pod interface MTU.

@@ -2,7 +2,7 @@
 //! netns is still there, release the IPAM allocation — every step runs even when an earlier one
 //! failed, and anything already gone counts as done.
 
-use netstackd::control::{AttachmentKey, Reply, Request};
+use netstack_core::control::{AttachmentKey, Reply, Request};
 
 use crate::add::{connect, control_error, daemon_refusal, delete_pod_link};
 use crate::config::NetConf;

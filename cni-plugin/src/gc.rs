@@ -19,7 +19,7 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use netstackd::control::{AttachmentKey, PodInfo, Reply, Request};
+use netstack_core::control::{AttachmentKey, PodInfo, Reply, Request};
 
 use crate::add::{connect, control_error, delete_pod_link, NETWORK_LABEL};
 use crate::config::{GcAttachment, NetConf};
@@ -38,7 +38,7 @@ pub const HOOK_OWNER: &str = "hook";
 /// attached by a `/proc/PID/ns/net` path, the form only the hook uses)?
 pub fn made_by_hook(pod: &PodInfo) -> bool {
     pod.labels.get(OWNER_LABEL).map(String::as_str) == Some(HOOK_OWNER)
-        || netstackd::netns::proc_pid(&pod.netns).is_some()
+        || netstack_core::netns::proc_pid(&pod.netns).is_some()
 }
 
 /// `stdin` with `keys` added to its `cni.dev/valid-attachments` (for a delegated IPAM GC).

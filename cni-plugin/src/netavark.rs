@@ -15,7 +15,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
-use netstackd::control::{LinkMode, Reply, Request};
+use netstack_core::control::{LinkMode, Reply, Request};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -222,7 +222,7 @@ fn conflist(network: &Network, settings: &NetworkSettings) -> Value {
 }
 
 /// netstackd's status (its pod CIDRs and gateway), for `create`.
-fn daemon_status(socket: &Path) -> Result<netstackd::control::DaemonStatus, PluginError> {
+fn daemon_status(socket: &Path) -> Result<netstack_core::control::DaemonStatus, PluginError> {
     let mut client = connect(socket)?;
     match client.call(&Request::Status, &[]).map_err(control_error)? {
         Reply::Status(s) => Ok(s),
@@ -353,7 +353,7 @@ fn cni_call(
         .as_deref()
         .filter(|m| !m.is_empty())
     {
-        let parsed: netstackd::wire::MacAddr = mac
+        let parsed: netstack_core::wire::MacAddr = mac
             .parse()
             .map_err(|_| err(format!("static_mac {mac:?} (--mac-address) is not a MAC")))?;
         if !parsed.is_unicast() || parsed.is_zero() {

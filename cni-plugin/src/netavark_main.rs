@@ -8,7 +8,7 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().is_some_and(|a| a == "--version") {
-        println!("netstack-netavark {}", netstackd::version::LONG);
+        println!("netstack-netavark {}", netstack_core::version::LONG);
         return ExitCode::SUCCESS;
     }
     let mut stdin = Vec::new();

@@ -200,7 +200,7 @@ fn nft(args: &[&str], stdin: Option<&str>) -> Result<String, String> {
 /// Serialises changes to the table between plugin processes (a teardown deleting the table
 /// while a setup adds to it would lose the setup's rules).
 fn lock() -> Result<nix::fcntl::Flock<std::fs::File>, String> {
-    netstackd::mounts::lock_beside(std::path::Path::new(LOCK_DIR).join(TABLE).as_path())
+    netstack_core::mounts::lock_beside(std::path::Path::new(LOCK_DIR).join(TABLE).as_path())
         .map_err(|e| format!("locking the port-mapping table: {e}"))
 }
 

@@ -142,7 +142,7 @@ impl CniEnv {
             });
         }
         let container_id = required("CNI_CONTAINERID")?;
-        if !netstackd::daemon::valid_container_id(&container_id) {
+        if !netstack_core::control::valid_container_id(&container_id) {
             return Err(CniError::InvalidEnv {
                 var: "CNI_CONTAINERID",
                 reason: format!("{container_id:?} does not match ^[a-zA-Z0-9][a-zA-Z0-9_.-]*$"),
@@ -156,7 +156,7 @@ impl CniEnv {
             });
         }
         let ifname = required("CNI_IFNAME")?;
-        if !netstackd::daemon::valid_ifname(&ifname) {
+        if !netstack_core::control::valid_ifname(&ifname) {
             return Err(CniError::InvalidEnv {
                 var: "CNI_IFNAME",
                 reason: format!(
@@ -220,7 +220,7 @@ fn dispatch(stdin: &[u8]) -> Result<Option<serde_json::Value>, CniError> {
 pub fn about() -> String {
     format!(
         "CNI netstack plugin {}\nCNI protocol versions supported: {}",
-        netstackd::version::LONG,
+        netstack_core::version::LONG,
         SUPPORTED_VERSIONS.join(", ")
     )
 }
@@ -231,7 +231,7 @@ pub fn run() -> ExitCode {
     if std::env::var_os("CNI_COMMAND").is_none() {
         let arg = std::env::args().nth(1);
         if matches!(arg.as_deref(), Some("-V" | "--version")) {
-            println!("netstack {}", netstackd::version::LONG);
+            println!("netstack {}", netstack_core::version::LONG);
         } else {
             eprintln!("{}", about());
         }

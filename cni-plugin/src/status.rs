@@ -15,7 +15,7 @@
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use netstackd::control::{Client, ClientError, Reply, Request};
+use netstack_core::control::{Client, ClientError, Reply, Request};
 
 use crate::add::CONTROL_TIMEOUT;
 use crate::config::NetConf;

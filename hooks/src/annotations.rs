@@ -126,21 +126,21 @@ impl NetRequest {
             Some("true") => true,
             Some(other) => return Err(bad(ATTACH, other, "must be \"true\" or \"false\"")),
         };
-        let ifname = match state.annotation(IFNAME) {
-            None => DEFAULT_IFNAME.to_owned(),
-            Some(name)
-                if netstackd::daemon::valid_ifname(name) && !name.contains(char::is_control) =>
-            {
-                name.to_owned()
-            }
-            Some(name) => {
-                return Err(bad(
+        let ifname =
+            match state.annotation(IFNAME) {
+                None => DEFAULT_IFNAME.to_owned(),
+                Some(name)
+                    if netstack_core::control::valid_ifname(name)
+                        && !name.contains(char::is_control) =>
+                {
+                    name.to_owned()
+                }
+                Some(name) => return Err(bad(
                     IFNAME,
                     name,
                     "not an interface name (1-15 bytes, no '/', ':', spaces or control characters)",
-                ))
-            }
-        };
+                )),
+            };
         let mtu_bytes = match state.annotation(MTU) {
             None => None,
             Some(v) => Some(

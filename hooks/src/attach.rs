@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use netstack_cni::add::{cmd_add, delete_pod_link};
 use netstack_cni::skel::{CniEnv, Command};
-use netstackd::control::AttachmentKey;
-use netstackd::netns::same_netns;
+use netstack_core::control::AttachmentKey;
+use netstack_core::netns::same_netns;
 
 use crate::annotations::{pod_args, role, NetRequest, Role};
 use crate::cni::{cni_env, export_for_delegates};

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use netstackd::control::{
+use netstack_core::control::{
     AttachmentKey, Client, ClientError, FramingError, PodStats, Reply, Request,
 };
 

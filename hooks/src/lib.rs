@@ -94,7 +94,7 @@ fn work(
     lock(progress).container_id = Some(state.id.clone());
     let stage = StageArg::parse(stage_arg.as_deref())?.resolve(&state)?;
     lock(progress).stage = Some(stage);
-    if !netstackd::daemon::valid_container_id(&state.id) {
+    if !netstack_core::control::valid_container_id(&state.id) {
         return Err(HookError::ContainerId(state.id));
     }
     let settings = settings?;
@@ -129,7 +129,7 @@ pub fn run(
             return ExitCode::SUCCESS;
         }
         Some("-V" | "--version") => {
-            println!("netstack-hook {}", netstackd::version::LONG);
+            println!("netstack-hook {}", netstack_core::version::LONG);
             return ExitCode::SUCCESS;
         }
         _ => {}

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use netstackd::netns::same_netns;
+use netstack_core::netns::same_netns;
 use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceType};
 
 use crate::error::HookError;

@@ -1,21 +1,19 @@
-//! netstackd: the node daemon of netstack and the library its CNI plugin and hook share.
+//! netstackd: the node daemon of netstack.
 //!
-//! Layers, from the bytes up: `wire` (packet formats, no I/O), `sys` (the only place with
-//! `unsafe`: TAP/TUN ioctls, readv/writev), `netns` and `netlink` (namespace and rtnetlink
-//! work), `stack` (per-pod forwarding decisions), `dataplane` (the workers that move frames),
-//! `control` (the socket protocol the plugin speaks) and `daemon` (putting it all together).
+//! Layers, from the bytes up: `stack` (per-pod forwarding decisions), `dataplane` (the workers
+//! that move frames, run in an unprivileged child), `supervisor` (which keeps the pods' fds and
+//! restarts the dataplane), `daemon` (the control socket, the registry of attachments, metrics),
+//! `node` (node mode: routes, masquerade, firewall, the Kubernetes watch) and `ctl` (the
+//! operator's CLI). Packet formats, syscalls, netlink, namespaces and the control protocol live
+//! in `netstack-core` and are re-exported here under their usual names; this crate has no
+//! `unsafe` of its own.
+#![forbid(unsafe_code)]
 
-pub mod control;
+pub use netstack_core::{control, gso, mounts, netlink, netns, sys, version, wire};
+
 pub mod ctl;
 pub mod daemon;
 pub mod dataplane;
-pub mod gso;
-pub mod mounts;
-pub mod netlink;
-pub mod netns;
 pub mod node;
 pub mod stack;
 pub mod supervisor;
-pub mod sys;
-pub mod version;
-pub mod wire;

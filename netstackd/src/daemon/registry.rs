@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::control::{valid_container_id, valid_ifname};
 use crate::control::{
     veth_peer_name, Attachment, AttachmentKey, CaptureRequest, DaemonStatus, LinkMode, PodInfo,
     PodStats, Reply, Request, MAX_CAPTURE_PACKETS, MAX_CAPTURE_SECONDS, MAX_CAPTURE_SNAPLEN,
@@ -365,24 +366,6 @@ pub struct Registry {
     next_id: AtomicU64,
     control_metrics: super::metrics::ControlMetrics,
     metrics_addr: Mutex<Option<std::net::SocketAddr>>,
-}
-
-/// Is `id` a container id the CNI spec allows (`^[a-zA-Z0-9][a-zA-Z0-9_.-]*$`)?
-pub fn valid_container_id(id: &str) -> bool {
-    let mut chars = id.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-}
-
-/// Is `name` a valid Linux interface name (1–15 bytes, no '/', ':' or whitespace, not . or ..)?
-pub fn valid_ifname(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 15
-        && name != "."
-        && name != ".."
-        && !name
-            .chars()
-            .any(|c| c == '/' || c == ':' || c.is_whitespace())
 }
 
 impl Registry {

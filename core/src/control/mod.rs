@@ -5,15 +5,18 @@
 //! request; when there are more than [`FDS_PER_FRAME`], the first ones go ahead in frames of
 //! descriptors only (see `framing`). Every request gets exactly one reply; a malformed request gets `Reply::Error`.
 //! Each message says the protocol version of its sender (see [`version`]).
+#![forbid(unsafe_code)]
 
 mod client;
 mod framing;
-#[cfg(test)]
-pub(crate) mod v0_1_0;
+mod names;
+#[cfg(any(test, feature = "testing"))]
+pub mod v0_1_0;
 pub mod version;
 
 pub use client::{Client, ClientError};
 pub use framing::{recv_message, recv_message_before, send_message, FramingError};
+pub use names::{valid_container_id, valid_ifname};
 pub use version::{PROTOCOL_V1, PROTOCOL_VERSION};
 
 use std::collections::BTreeMap;

@@ -12,8 +12,8 @@
 
 use std::path::Path;
 
-use netstackd::gso::{self, GsoError};
-use netstackd::wire::VnetHdr;
+use netstack_core::gso::{self, GsoError};
+use netstack_core::wire::VnetHdr;
 
 const ETH_LEN: usize = 14;
 /// The fixtures' virtio-net header: `struct virtio_net_hdr`, 10 bytes.
@@ -41,7 +41,7 @@ fn kernel_segments(name: &str) -> Vec<Vec<u8>> {
 fn same_as_linux(fixture: &str) {
     let raw = read(&format!("{fixture}.bin"));
     let vnet = VnetHdr::parse(
-        raw[..netstackd::wire::vnet::VNET_HDR_LEN]
+        raw[..netstack_core::wire::vnet::VNET_HDR_LEN]
             .try_into()
             .expect("vnet header"),
     );

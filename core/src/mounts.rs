@@ -11,6 +11,7 @@
 //! netstack did the same for its veth namespace until 0.1: it now keeps that namespace in its
 //! own directory and never self-binds a directory that has anything in it; [`release_hidden`]
 //! undoes what the old code left behind.
+#![forbid(unsafe_code)]
 
 use std::io;
 use std::path::{Path, PathBuf};

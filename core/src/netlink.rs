@@ -4,6 +4,7 @@
 //! it; each method is one `block_on`. The socket belongs to the network namespace of the
 //! thread that called [`Netlink::new`], so create it inside `crate::netns::run_in_netns` to
 //! work on a pod's namespace, then use it from any thread.
+#![forbid(unsafe_code)]
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 

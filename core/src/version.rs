@@ -1,5 +1,6 @@
 //! What every netstack binary says of itself: the crate version and the commit it was built
 //! from (see `build.rs`), for `--version`, `ctl status` and `netstack_build_info`.
+#![forbid(unsafe_code)]
 
 /// The release, e.g. `0.1.0`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -5,6 +5,7 @@
 //! work on a fresh, dedicated OS thread that enters the namespace, runs it and exits; the
 //! caller's thread never changes namespace. Sockets opened there (an rtnetlink socket, a TAP
 //! queue) stay bound to that namespace and may be used from any thread afterwards.
+#![forbid(unsafe_code)]
 
 use std::any::Any;
 use std::fs::File;
@@ -422,8 +423,8 @@ pub fn same_netns(a: &Path, b: &Path) -> io::Result<bool> {
 }
 
 /// Helpers for tests that need a namespace of their own.
-#[cfg(test)]
-pub(crate) mod testing {
+#[cfg(any(test, feature = "testing"))]
+pub mod testing {
     use std::path::PathBuf;
     use std::process::Command;
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -457,6 +458,8 @@ pub(crate) mod testing {
         pub path: PathBuf,
     }
 
+    // No `Default`: making a namespace is a side effect, not a default value.
+    #[allow(clippy::new_without_default)]
     impl NamedNetns {
         /// Creates `nst-<pid>-<n>` so concurrent test runs do not collide.
         pub fn new() -> Self {

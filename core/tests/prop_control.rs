@@ -8,11 +8,11 @@ use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use netstackd::control::{
+use netstack_core::control::{
     recv_message, send_message, Attachment, AttachmentKey, FramingError, LinkMode, Reply, Request,
     MAX_MESSAGE_BYTES,
 };
-use netstackd::wire::MacAddr;
+use netstack_core::wire::MacAddr;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 

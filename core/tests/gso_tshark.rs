@@ -10,9 +10,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use netstackd::gso::{self, GsoError};
-use netstackd::wire::vnet::{self, VNET_HDR_LEN};
-use netstackd::wire::VnetHdr;
+use netstack_core::gso::{self, GsoError};
+use netstack_core::wire::vnet::{self, VNET_HDR_LEN};
+use netstack_core::wire::VnetHdr;
 
 const ETH_LEN: usize = 14;
 /// The fixtures' virtio-net header: `struct virtio_net_hdr`, 10 bytes.

@@ -1,13 +1,13 @@
-//! Property tests for the software GSO segmenter (`netstackd::gso`): any virtio-net header with
+//! Property tests for the software GSO segmenter (`netstack_core::gso`): any virtio-net header with
 //! any bytes (random, or a valid super-frame with a field bent or cut short) gives segments or
 //! a `GsoError`, never a panic; and any valid TCP or USO super-frame (IPv4 or IPv6, with or
 //! without an Ethernet header, random MSS, payload, IP and TCP options, flags, sequence number
 //! and IP ID) segments into frames that each verify on their own, carry at most `gso_size`
 //! payload bytes, and concatenate back to the original payload.
 
-use netstackd::gso::{self, GsoError, GsoFrame, MAX_TCP_SEGMENTS, MAX_UDP_SEGMENTS};
-use netstackd::wire::checksum;
-use netstackd::wire::vnet::{self, VnetHdr};
+use netstack_core::gso::{self, GsoError, GsoFrame, MAX_TCP_SEGMENTS, MAX_UDP_SEGMENTS};
+use netstack_core::wire::checksum;
+use netstack_core::wire::vnet::{self, VnetHdr};
 use proptest::prelude::*;
 
 const ETH_LEN: usize = 14;

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Captures genuine TSO super-frames from the Linux kernel for netstackd's GSO tests.
 
-Run as root from the repository root:  python3 netstackd/tests/data/capture_tso.py
+Run as root from the repository root:  python3 core/tests/data/capture_tso.py
 
 It creates a throwaway netns, opens a TAP there with IFF_VNET_HDR (10-byte header) and
 TUNSETOFFLOAD (CSUM, TSO4, TSO6, TSO_ECN), gives it 10.99.0.1/24 and fd99::1/64, and pins

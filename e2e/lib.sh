@@ -180,5 +180,5 @@ pod_link_is_ours() {
 }
 
 build_release() {
-  (cd "$ROOT" && cargo build --release --quiet --bins)
+  (cd "$ROOT" && cargo build --release --quiet --bins --features netstackd/fault-injection)
 }

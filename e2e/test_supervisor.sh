@@ -98,6 +98,8 @@ log "a syscall outside the seccomp allow-list kills only the dataplane"
 stop_netstackd
 NETSTACK_DATAPLANE_SELFTEST=forbidden-syscall start_netstackd --workers "$WORKERS"
 sleep 1
+check "this netstackd injects faults (built with --features netstackd/fault-injection)" \
+  grep -q 'fault-injection build' "$WORK/netstackd.log"
 check "the dataplane was killed by SIGSYS" grep -q 'dataplane up (it exited: signal: 31 (SIGSYS)' "$WORK/netstackd.log"
 check "the supervisor survives and answers" ctl status
 stop_netstackd

@@ -5,6 +5,7 @@
 //! the IPAM plugin; `result` the result types; one module per command: `add`, `del`,
 //! `check`, `status` and `gc`; `netavark` and `portmap`, the same plugin for netavark (podman 5). Netns, netlink and TAP work go through the `netstackd` library, shared with the
 //! daemon and the hook.
+#![forbid(unsafe_code)]
 
 pub mod add;
 pub mod check;

@@ -1,6 +1,7 @@
 //! `netstack-netavark`: netstack as a netavark network plugin (podman 5). Install it in a
 //! netavark plugin directory under the driver's name, `netstack` (`podman network create -d
 //! netstack`); see the README.
+#![forbid(unsafe_code)]
 
 use std::io::Read;
 use std::process::ExitCode;

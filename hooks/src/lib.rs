@@ -6,6 +6,7 @@
 //! the container has. `attach` (createRuntime) and `release` (poststop) call the CNI plugin's
 //! own `cmd_add`/`cmd_del` with the environment `cni` builds, so the hook is a thin layer over
 //! the plugin; `daemon` asks netstackd what is attached; `deadline` bounds the whole run.
+#![forbid(unsafe_code)]
 
 pub mod annotations;
 pub mod attach;

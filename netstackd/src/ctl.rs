@@ -14,8 +14,8 @@ use crate::control::{
     AttachmentKey, CaptureRequest, Client, Counters, NodeStatus, PodInfo, Reply, Request,
     MAX_CAPTURE_SNAPLEN,
 };
-use crate::dataplane::capture::{pcap_file_header, RECORD_HEADER_LEN};
 use crate::dataplane::capture_filter::CaptureFilter;
+use crate::wire::pcap::{self, RECORD_HEADER_LEN};
 
 /// What `ctl` is asked to do.
 #[derive(Debug, Clone)]
@@ -689,7 +689,7 @@ fn capture_to(
             std::fs::File::create(path).with_context(|| format!("creating {path}"))?,
         ))
     };
-    sink.write_all(&pcap_file_header(snaplen))?;
+    sink.write_all(&pcap::file_header(snaplen))?;
     let deadline = (duration_s > 0).then(|| Instant::now() + Duration::from_secs(duration_s));
     let mut written = 0;
     let mut filtered_here = 0;

@@ -1,4 +1,5 @@
 //! `netstackd`: the netstack node daemon.
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 

@@ -8,20 +8,7 @@ use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// Length of a pcap record header.
-pub const RECORD_HEADER_LEN: usize = 16;
-
-/// The pcap file header for Ethernet frames of at most `snaplen` bytes (little-endian,
-/// microsecond timestamps, format 2.4).
-pub fn pcap_file_header(snaplen: u32) -> [u8; 24] {
-    let mut h = [0u8; 24];
-    h[0..4].copy_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
-    h[4..6].copy_from_slice(&2u16.to_le_bytes());
-    h[6..8].copy_from_slice(&4u16.to_le_bytes());
-    h[16..20].copy_from_slice(&snaplen.to_le_bytes());
-    h[20..24].copy_from_slice(&1u32.to_le_bytes()); // LINKTYPE_ETHERNET
-    h
-}
+use crate::wire::pcap::RECORD_HEADER_LEN;
 
 /// The most one capture writes (pcap records included), whatever it asked for.
 pub const MAX_CAPTURE_BYTES: u64 = 256 << 20;
@@ -104,11 +91,7 @@ impl CaptureSink {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
-        let mut hdr = [0u8; RECORD_HEADER_LEN];
-        hdr[0..4].copy_from_slice(&(now.as_secs() as u32).to_le_bytes());
-        hdr[4..8].copy_from_slice(&now.subsec_micros().to_le_bytes());
-        hdr[8..12].copy_from_slice(&(incl as u32).to_le_bytes());
-        hdr[12..16].copy_from_slice(&(frame.len() as u32).to_le_bytes());
+        let hdr = crate::wire::pcap::record_header(now, incl as u32, frame.len() as u32);
         let iov = [IoSlice::new(&hdr), IoSlice::new(&frame[..incl])];
         match nix::sys::uio::writev(&self.pipe, &iov) {
             Ok(_) => {}
@@ -203,12 +186,5 @@ mod tests {
         }
         assert!(sink.dropped() > 0);
         assert!(!sink.is_closed());
-    }
-
-    #[test]
-    fn file_header_is_little_endian_pcap() {
-        let h = pcap_file_header(4080);
-        assert_eq!(&h[0..4], &[0xd4, 0xc3, 0xb2, 0xa1]);
-        assert_eq!(u32::from_le_bytes(h[20..24].try_into().unwrap()), 1);
     }
 }

@@ -14,12 +14,23 @@ use super::Dataplane;
 use crate::control::FramingError;
 use crate::sys::process::{adopt_inherited_fd, become_user};
 
-/// Test hook: `NETSTACK_DATAPLANE_SELFTEST=PROBE` makes the child try one of the self-test's
-/// probes ([`super::selftest`], e.g. `forbidden-syscall`) right after locking down, to prove
-/// what the filter does to the real dataplane (and that the supervisor restarts it);
-/// `thread-panic` makes a thread of the running dataplane panic, to prove a panic ends the
-/// child.
-const SELFTEST_ENV: &str = "NETSTACK_DATAPLANE_SELFTEST";
+/// Fault injection for the e2e tests, compiled only with the `fault-injection` feature (the
+/// test command builds it; a shipped binary does not have it):
+/// `NETSTACK_DATAPLANE_SELFTEST=PROBE` makes the child try one of the self-test's probes
+/// ([`super::selftest`], e.g. `forbidden-syscall`) right after locking down, to prove what the
+/// filter does to the real dataplane (and that the supervisor restarts it); `thread-panic` makes
+/// a thread of the running dataplane panic, to prove a panic ends the child.
+#[cfg(feature = "fault-injection")]
+fn injected_fault() -> String {
+    std::env::var("NETSTACK_DATAPLANE_SELFTEST").unwrap_or_default()
+}
+
+/// Without the `fault-injection` feature the dataplane never injects a fault, whatever its
+/// environment says.
+#[cfg(not(feature = "fault-injection"))]
+fn injected_fault() -> String {
+    String::new()
+}
 
 /// The uid and gid the dataplane runs as once it has its socket (`--dataplane-user`): never
 /// root. The default is `nobody`/`nogroup` (65534); a uid no other process uses is better,
@@ -125,7 +136,10 @@ pub fn run(user: DataplaneUser) -> anyhow::Result<()> {
     };
     abort_on_panic();
     crate::sys::process::cap_malloc_arenas(MALLOC_ARENAS);
-    let selftest = std::env::var(SELFTEST_ENV).unwrap_or_default();
+    let selftest = injected_fault();
+    if cfg!(feature = "fault-injection") {
+        tracing::warn!("fault-injection build: NETSTACK_DATAPLANE_SELFTEST is honoured");
+    }
     let before = super::selftest::Before::now(user);
     lock_down(user)?;
     if let Some(probe) = super::selftest::probe(&selftest) {

@@ -138,7 +138,7 @@ pub fn run(user: DataplaneUser) -> anyhow::Result<()> {
     crate::sys::process::cap_malloc_arenas(MALLOC_ARENAS);
     let selftest = injected_fault();
     if cfg!(feature = "fault-injection") {
-        tracing::warn!("fault-injection build: NETSTACK_DATAPLANE_SELFTEST is honoured");
+        tracing::info!("fault-injection build: NETSTACK_DATAPLANE_SELFTEST is honoured");
     }
     let before = super::selftest::Before::now(user);
     lock_down(user)?;

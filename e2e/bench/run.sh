@@ -580,6 +580,7 @@ log "bench: TCP 1-byte ping-pong RTT with the other CPU busy, $NS_DUR s each"
 for path in "${P2P_PATHS[@]}"; do
   spin_start
   rtt "$path" rtt_busy
+  kill -TERM "$SPIN_PID" 2>/dev/null # now, not when its timeout ends
   reap "$SPIN_PID"
 done
 

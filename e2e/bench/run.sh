@@ -378,7 +378,7 @@ for path in pasta pasta_1500; do
   bg "$path" host pasta --config-net --netns "/run/netns/$ns" --runas 0 -f -q -a "$PASTA_ADDR" -n 24 \
     -g "$PASTA_GW" -m "$mtu" -t none -u none -T none -U none
   if ready_addr "$ns" "$PASTA_ADDR"; then NODE_PATHS+=("$path") NODE_NS[$path]=$ns; echo "  $path: pod $PASTA_ADDR, MTU $mtu"
-  else na "$path" "pasta did not configure the pod: $(head -c 300 "$WORK/$path.err")"; fi
+  else na "$path" "pasta did not configure the pod: $(grep -v syslog "$WORK/$path.err" | tail -c 300 | tr -s '\n' ' ')"; fi
 done
 for path in slirp4netns slirp4netns_1500; do
   command -v slirp4netns >/dev/null || { na "$path" "not installed"; continue; }
@@ -387,7 +387,7 @@ for path in slirp4netns slirp4netns_1500; do
   ip netns add "$ns" && echo "slirp4netns $ns" >>"$WORK/pods" && ledger netns "$ns" && ip -n "$ns" link set lo up
   bg "$path" host slirp4netns --configure --mtu="$mtu" --netns-type=path "/run/netns/$ns" tap0
   if ready_addr "$ns" 10.0.2.100; then NODE_PATHS+=("$path") NODE_NS[$path]=$ns; echo "  $path: pod 10.0.2.100, MTU $mtu"
-  else na "$path" "slirp4netns did not configure the pod: $(head -c 300 "$WORK/$path.err")"; fi
+  else na "$path" "slirp4netns did not configure the pod: $(tail -c 300 "$WORK/$path.err" | tr -s '\n' ' ')"; fi
 done
 printf '%s\n' "${PATHS[@]}" | grep -qx tap || { echo "run.sh: the netstack TAP path did not come up" >&2; exit 1; }
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # e2e: the benchmark harness works (not a timing test): `e2e/bench/run.sh --quick` runs to the
-# end, its JSON has every figure of the netstack TAP path and of the bridge plugin as a number
-# (veth mode: numbers too, or n/a with a reason), the table is printed, and nothing the run
-# created is left: no netns, link, process or work directory. Then `e2e/bench/packet_io.sh`
+# end, its JSON has every figure of the netstack TAP path, of veth mode (a veth ADD that fails
+# fails this test), of the bridge plugin and of the floor forwarder as a number, the node's
+# netfilter state is recorded, the table is printed, and nothing the run created is left: no
+# netns, link, process or work directory. Then `e2e/bench/packet_io.sh`
 # (recvmmsg against a TPACKET_V2 ring) with 1-second runs: every figure a number, nothing left.
 # Then `e2e/bench/add_parallel.sh` (ADD latency under concurrency) with 16 pods per kind in
 # rounds of 8: p50/p99 numbers for TAP, veth and bridge, no ADD failed, nothing left.
@@ -35,15 +36,18 @@ if [ "$rc" = 0 ]; then ok "run.sh --quick exits 0 (${took} s)"; else
   sed 's/^/    /' "$TMP/run.log"
 fi
 check "the JSON is written and parses" jq -e '.schema == 1' "$OUT"
+jq -e . "$OUT" >/dev/null 2>&1 || { jq . "$OUT" 2>&1 | tail -2; ls -l "$OUT"; head -c 400 "$OUT"; } | sed 's/^/    /'
 check "the table is printed" grep -q '^pod->pod TCP, 1 stream' "$TMP/run.log"
 
-TAP_FIGURES=(tcp1_p2p_gbps tcp4_p2p_gbps tcp1_p2n_gbps tcp4_p2n_gbps udp64_tx_kpps udp64_rx_kpps
-  udp64_loss_pct udp64_half_loss_pct rtt_min_us rtt_p50_us rtt_p99_us cni_add_p50_ms cni_add_p99_ms
-  ns_cpu_s_per_gbit sys_cpu_p2p_s_per_gbit sys_cpu_p2n_s_per_gbit rss_per_pod_kib rss_avg_per_pod_kib
+WIRE_FIGURES=(tcp1_p2p_gbps tcp4_p2p_gbps udp64_tx_kpps udp64_rx_kpps udp64_loss_pct
+  udp64_half_loss_pct rtt_min_us rtt_p50_us rtt_p99_us rtt_busy_p99_us crr_per_s sys_cpu_p2p_s_per_gbit)
+BRIDGE_FIGURES=("${WIRE_FIGURES[@]}" tcp1_p2n_gbps tcp4_p2n_gbps cni_add_p50_ms cni_add_p99_ms
+  sys_cpu_p2n_s_per_gbit)
+VETH_FIGURES=("${BRIDGE_FIGURES[@]}" ns_cpu_s_per_gbit ns_cpu_p2p_s_per_gbit)
+TAP_FIGURES=("${VETH_FIGURES[@]}" pairs_total_gbps pairs_jain rss_per_pod_kib rss_avg_per_pod_kib
   rss_total_mib idle_cpu_pct)
-BRIDGE_FIGURES=(tcp1_p2p_gbps tcp4_p2p_gbps tcp1_p2n_gbps tcp4_p2n_gbps udp64_tx_kpps udp64_rx_kpps
-  udp64_loss_pct udp64_half_loss_pct rtt_min_us rtt_p50_us rtt_p99_us cni_add_p50_ms cni_add_p99_ms
-  sys_cpu_p2p_s_per_gbit sys_cpu_p2n_s_per_gbit)
+BRIDGE_FIGURES+=(pairs_total_gbps pairs_jain)
+FLOOR_FIGURES=("${WIRE_FIGURES[@]}" ns_cpu_p2p_s_per_gbit)
 # numbers PATH FIGURE...: the figures of PATH that are not numbers.
 not_numbers() {
   local path=$1
@@ -55,15 +59,20 @@ missing=$(not_numbers tap "${TAP_FIGURES[@]}")
 check "TAP path: all ${#TAP_FIGURES[@]} figures are numbers${missing:+ (not: $(echo $missing))}" test -z "$missing"
 missing=$(not_numbers bridge "${BRIDGE_FIGURES[@]}")
 check "bridge path: all ${#BRIDGE_FIGURES[@]} figures are numbers${missing:+ (not: $(echo $missing))}" test -z "$missing"
-check "ratios to the bridge are numbers" jq -e '[.ratios_to_bridge.tap | .tcp1_p2p_gbps, .udp64_rx_kpps, .cni_add_p50_ms] | all(type == "number")' "$OUT"
+# veth mode is this netstackd's: a failed attach is a failure, not "unsupported".
+check "veth path came up (reason if not: $(jq -r '.paths.veth.reason' "$OUT" 2>/dev/null))" jq -e '.paths.veth.supported' "$OUT"
+missing=$(not_numbers veth "${VETH_FIGURES[@]}")
+check "veth path: all ${#VETH_FIGURES[@]} figures are numbers${missing:+ (not: $(echo $missing))}" test -z "$missing"
+check "floor path came up (reason if not: $(jq -r '.paths.floor.reason' "$OUT" 2>/dev/null))" jq -e '.paths.floor.supported' "$OUT"
+missing=$(not_numbers floor "${FLOOR_FIGURES[@]}")
+check "floor path: all ${#FLOOR_FIGURES[@]} figures are numbers${missing:+ (not: $(echo $missing))}" test -z "$missing"
+check "ratios to the bridge are numbers" jq -e '[.ratios_to_bridge.tap | .tcp1_p2p_gbps, .udp64_rx_kpps, .cni_add_p50_ms, .crr_per_s] | all(type == "number")' "$OUT"
+check "netstackd's CPU per Gbit is read against the floor's" jq -e '[.ratios_to_floor.tap.ns_cpu_p2p_s_per_gbit, .ratios_to_floor.veth.ns_cpu_p2p_s_per_gbit] | all(type == "number" and . > 0)' "$OUT"
+check "the pairs' fairness index is in (0, 1]" jq -e '[.paths.tap.pairs_jain, .paths.bridge.pairs_jain] | all(. > 0 and . <= 1.000001)' "$OUT"
 check "every target has a verdict for the TAP path" jq -e '[.targets | to_entries[] | select(.key | startswith("vs_") | not) | .value.tap] | all(type == "boolean")' "$OUT"
-if jq -e '.paths.veth.supported' "$OUT" >/dev/null 2>&1; then
-  missing=$(not_numbers veth "${BRIDGE_FIGURES[@]}" ns_cpu_s_per_gbit)
-  check "veth path: all figures are numbers${missing:+ (not: $(echo $missing))}" test -z "$missing"
-else
-  check "veth path: n/a with a reason" jq -e '.paths.veth.reason | type == "string" and length > 0' "$OUT"
-fi
-for peer in pasta slirp4netns; do
+check "the node's netfilter state is recorded" jq -e '.netfilter | has("br_netfilter") and has("conntrack_count") and has("nft_ruleset_lines") and has("iptables_rules")' "$OUT"
+check "the table shows the netfilter state" grep -q '^netfilter: br_netfilter' "$TMP/run.log"
+for peer in pasta pasta_1500 slirp4netns slirp4netns_1500; do
   if jq -e --arg p "$peer" '.paths[$p].supported' "$OUT" >/dev/null 2>&1; then
     check "$peer: pod-to-node figures are numbers" jq -e --arg p "$peer" '[.paths[$p].tcp1_p2n_gbps, .paths[$p].tcp4_p2n_gbps] | all(type == "number")' "$OUT"
   else
@@ -81,7 +90,7 @@ while read -r kind name; do
     dir) [ -e "$name" ] && left+=("dir $name") ;;
     pid)
       if [ -r "/proc/$name/cmdline" ] &&
-        tr '\0' ' ' <"/proc/$name/cmdline" | grep -q -e netstackd -e iperf3 -e nsbench -e pasta -e slirp4netns; then
+        tr '\0' ' ' <"/proc/$name/cmdline" | grep -q -e netstackd -e iperf3 -e nsbench -e pasta -e slirp4netns -e 'while :'; then
         left+=("process $name")
       fi
       ;;

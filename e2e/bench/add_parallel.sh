@@ -14,8 +14,7 @@
 # is removed on exit, Ctrl-C or failure (BENCH_LEDGER lists it, as for run.sh).
 set -uo pipefail
 
-HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-REPO=$(cd "$HERE/../.." && pwd)
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 NPODS=64 CONC=16 WORKERS= BUILD=1
 OUT=$REPO/target/bench/add_parallel.json
@@ -31,40 +30,22 @@ while (($#)); do
   esac
   shift
 done
-for v in "$NPODS" "$CONC" ${WORKERS:+"$WORKERS"}; do
-  [[ $v =~ ^[0-9]+$ ]] && ((v > 0)) || { echo "add_parallel.sh: counts are positive integers" >&2; exit 2; }
-done
-[ "$(id -u)" = 0 ] || { echo "add_parallel.sh: run as root" >&2; exit 2; }
+positive_ints add_parallel.sh "$NPODS" "$CONC" ${WORKERS:+"$WORKERS"}
+need_root add_parallel.sh
 
 RUN_ID=${BENCH_RUN_ID:-$$}
 ID=$((RUN_ID % 100000))
 PFX=nsa$ID
 WORK=/tmp/netstack-addbench.$RUN_ID
-X=$((RUN_ID % 250 + 1))
-for _ in $(seq 1 250); do
-  ip -4 route show | awk '{print $1}' | grep -qx -e "10.253.$X.0/24" -e "10.254.$X.0/24" || break
-  X=$((X % 250 + 1))
-done
+X=$(free_subnet $((RUN_ID % 250 + 1)) 10.253 10.254)
 POD_CIDR=10.253.$X.0/24
 BR_SUBNET=10.254.$X.0/24
 UPLINK=nsau$ID
 BRIDGE=nsabr$ID
 DP_NETNS=$PFX-dp
-BIN=${NETSTACK_BIN:-$REPO/target/release}
-REF_CNI=/usr/lib/cni
 SOCK=$WORK/netstackd.sock
 IPAM_DIR=$WORK/ipam
 NETSTACKD_PID=
-declare -A CONF PLUGIN
-
-log() { printf '\033[1m==> [%3ds] %s\033[0m\n' "$SECONDS" "$*"; }
-ledger() { if [ -n "${BENCH_LEDGER:-}" ]; then echo "$1 $2" >>"$BENCH_LEDGER"; fi; }
-
-cni_call() { # CMD KIND NAME
-  printf '%s' "${CONF[$2]}" | env CNI_COMMAND="$1" CNI_CONTAINERID="$3" CNI_NETNS="/run/netns/$3" \
-    CNI_IFNAME=eth0 CNI_PATH="$BIN:$REF_CNI" \
-    CNI_ARGS="IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME=$3" "${PLUGIN[$2]}"
-}
 
 cleanup() {
   local rc=$? kind name
@@ -88,10 +69,7 @@ cleanup() {
   rm -rf "$WORK"
   exit "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-trap 'exit 129' HUP
+on_exit cleanup
 
 log "add_parallel: packages and release build"
 "$REPO/scripts/deps.sh" >/dev/null || exit 1

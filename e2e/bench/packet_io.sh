@@ -12,8 +12,7 @@
 # As root, from the repository root. Default: 5-second runs (about a minute in all).
 set -uo pipefail
 
-HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-REPO=$(cd "$HERE/../.." && pwd)
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 DUR=5 BUILD=1 OUT=$REPO/target/bench/packet_io.json
 while (($#)); do
   case $1 in
@@ -25,8 +24,8 @@ while (($#)); do
   esac
   shift
 done
-[[ $DUR =~ ^[0-9]+$ ]] && ((DUR > 0)) || { echo "packet_io.sh: --duration is a positive integer" >&2; exit 2; }
-[ "$(id -u)" = 0 ] || { echo "packet_io.sh: run as root" >&2; exit 2; }
+positive_ints packet_io.sh "$DUR"
+need_root packet_io.sh
 
 ID=$(($$ % 100000))
 P=npio$ID
@@ -48,7 +47,7 @@ trap 'exit 130' INT TERM
 if ((BUILD)); then
   (cd "$REPO" && cargo build --release -q -p nsbench) || { echo "packet_io.sh: build failed" >&2; exit 1; }
 fi
-NSB=$REPO/target/release/nsbench
+NSB=$BIN/nsbench
 [ -x "$NSB" ] || { echo "packet_io.sh: $NSB missing (build first, or drop --no-build)" >&2; exit 1; }
 for t in iperf3 jq; do command -v "$t" >/dev/null || { echo "packet_io.sh: $t missing (scripts/deps.sh)" >&2; exit 1; }; done
 mkdir -p "$WORK" "$(dirname "$OUT")"

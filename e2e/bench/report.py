@@ -1,8 +1,9 @@
 #!/usr/bin/python3
 """Turns e2e/bench/run.sh's raw results (PATH<TAB>KEY<TAB>VALUE lines) into one table on stdout
-and the same figures as JSON: every figure for every path, netstack's ratio to the bridge
-plugin's figure from the same run, and the targets of issue 3 beside them (goals, not
-assertions). Standard library only (Debian's /usr/bin/python3)."""
+and the same figures as JSON: every figure for every path (the median where a figure was
+measured more than once, with its spread), netstack's ratio to the bridge plugin's figure and
+to the floor's from the same run, the node's netfilter state, and the targets of issues 3 and
+17 beside them (goals, not assertions). Standard library only (Debian's /usr/bin/python3)."""
 
 import argparse
 import json
@@ -12,8 +13,10 @@ import platform
 import sys
 from datetime import datetime, timezone
 
-PATHS = ["tap", "veth", "bridge", "pasta", "slirp4netns"]
+PATHS = ["tap", "veth", "bridge", "floor", "pasta", "pasta_1500", "slirp4netns", "slirp4netns_1500"]
 NETSTACK = ["tap", "veth"]
+PEERS = ["pasta", "pasta_1500", "slirp4netns", "slirp4netns_1500"]
+SHORT = {"pasta_1500": "pasta1500", "slirp4netns": "slirp", "slirp4netns_1500": "slirp1500"}
 
 # key, label, unit
 FIGURES = [
@@ -28,9 +31,14 @@ FIGURES = [
     ("rtt_min_us", "TCP 1 B ping-pong RTT, min", "us"),
     ("rtt_p50_us", "TCP 1 B ping-pong RTT, p50", "us"),
     ("rtt_p99_us", "TCP 1 B ping-pong RTT, p99", "us"),
+    ("rtt_busy_p99_us", "TCP 1 B RTT p99, other CPU busy", "us"),
+    ("crr_per_s", "TCP connect/request/close rate", "conn/s"),
+    ("pairs_total_gbps", "pod pairs at once, total TCP", "Gbit/s"),
+    ("pairs_jain", "pod pairs at once, Jain's fairness", "index"),
     ("cni_add_p50_ms", "CNI ADD latency, p50", "ms"),
     ("cni_add_p99_ms", "CNI ADD latency, p99", "ms"),
     ("ns_cpu_s_per_gbit", "netstackd CPU per Gbit (TCP runs)", "CPU-s"),
+    ("ns_cpu_p2p_s_per_gbit", "forwarder CPU per Gbit, pod->pod TCP", "CPU-s"),
     ("sys_cpu_p2p_s_per_gbit", "machine CPU per Gbit, pod->pod TCP", "CPU-s"),
     ("sys_cpu_p2n_s_per_gbit", "machine CPU per Gbit, pod->node TCP", "CPU-s"),
     ("rss_per_pod_kib", "netstackd RSS per attached pod (added)", "KiB"),
@@ -38,28 +46,39 @@ FIGURES = [
     ("rss_total_mib", "netstackd RSS with the idle pods", "MiB"),
     ("idle_cpu_pct", "netstackd idle CPU with the idle pods", "% CPU"),
 ]
-P2P = ["tcp1_p2p_gbps", "tcp4_p2p_gbps", "udp64_tx_kpps", "udp64_rx_kpps", "udp64_loss_pct",
-       "udp64_half_loss_pct", "rtt_min_us", "rtt_p50_us", "rtt_p99_us", "cni_add_p50_ms",
-       "cni_add_p99_ms", "sys_cpu_p2p_s_per_gbit"]
+WIRE = ["tcp1_p2p_gbps", "tcp4_p2p_gbps", "udp64_tx_kpps", "udp64_rx_kpps", "udp64_loss_pct",
+        "udp64_half_loss_pct", "rtt_min_us", "rtt_p50_us", "rtt_p99_us", "rtt_busy_p99_us",
+        "crr_per_s", "sys_cpu_p2p_s_per_gbit"]
+P2P = WIRE + ["cni_add_p50_ms", "cni_add_p99_ms"]
 P2N = ["tcp1_p2n_gbps", "tcp4_p2n_gbps", "sys_cpu_p2n_s_per_gbit"]
+PAIRS = ["pairs_total_gbps", "pairs_jain"]
 EXPECTED = {
-    "tap": P2P + P2N + ["ns_cpu_s_per_gbit", "rss_per_pod_kib", "rss_avg_per_pod_kib", "rss_total_mib", "idle_cpu_pct"],
-    "veth": P2P + P2N + ["ns_cpu_s_per_gbit"],
-    "bridge": P2P + P2N,
-    "pasta": P2N,
-    "slirp4netns": P2N,
+    "tap": P2P + P2N + PAIRS + ["ns_cpu_s_per_gbit", "ns_cpu_p2p_s_per_gbit", "rss_per_pod_kib",
+                                "rss_avg_per_pod_kib", "rss_total_mib", "idle_cpu_pct"],
+    "veth": P2P + P2N + ["ns_cpu_s_per_gbit", "ns_cpu_p2p_s_per_gbit"],
+    "bridge": P2P + P2N + PAIRS,
+    "floor": WIRE + ["ns_cpu_p2p_s_per_gbit"],
+    **{peer: P2N for peer in PEERS},
 }
 # Multiples of netstack's pod-to-node throughput over the userspace peers.
 MULTIPLES = [(f"vs_{peer}_{k}", f"pod->node TCP, {n} / {peer}", peer, f"{k}_gbps")
              for k, n in (("tcp1_p2n", "1 stream"), ("tcp4_p2n", "4 streams"))
-             for peer in ("pasta", "slirp4netns")]
+             for peer in PEERS]
+# Figures read against the floor's (netstack / floor).
+VS_FLOOR = ["ns_cpu_p2p_s_per_gbit", "sys_cpu_p2p_s_per_gbit", "tcp1_p2p_gbps", "tcp4_p2p_gbps",
+            "udp64_rx_kpps", "rtt_min_us", "rtt_p50_us", "rtt_p99_us", "crr_per_s"]
 
 
 def ratio_goal(minimum):
     return lambda v, b: None if v is None or not b else v / b >= minimum
 
 
-# key: (goal text, check(value, bridge value) -> bool | None)
+def ratio_cap(maximum):
+    return lambda v, b: None if v is None or not b else v / b <= maximum
+
+
+# key: (goal text, check(value, reference value) -> bool | None); the reference is the
+# bridge's figure unless REFERENCE names another path.
 TARGETS = {
     "tcp1_p2p_gbps": (">= 0.9x bridge", ratio_goal(0.9)),
     "tcp4_p2p_gbps": (">= 0.7x bridge", ratio_goal(0.7)),
@@ -72,7 +91,14 @@ TARGETS = {
     "cni_add_p50_ms": ("<= bridge", lambda v, b: None if v is None or b is None else v <= b),
     "rss_per_pod_kib": ("<= 1024 KiB", lambda v, b: None if v is None else v <= 1024),
     "idle_cpu_pct": ("< 1 %", lambda v, b: None if v is None else v < 1.0),
+    # issue 17
+    "rtt_busy_p99_us": ("<= 1.1x bridge", ratio_cap(1.1)),
+    "crr_per_s": (">= 0.9x bridge", ratio_goal(0.9)),
+    "pairs_total_gbps": (">= 0.7x bridge", ratio_goal(0.7)),
+    "pairs_jain": (">= 0.9", lambda v, b: None if v is None else v >= 0.9),
+    "ns_cpu_p2p_s_per_gbit": ("<= 1.25x floor", ratio_cap(1.25)),
 }
+REFERENCE = {"ns_cpu_p2p_s_per_gbit": "floor"}
 for _key, _label, _peer, _fig in MULTIPLES:
     TARGETS[_key] = (">= 5x", lambda v, b: None if v is None else v >= 5.0)
 
@@ -85,16 +111,28 @@ def num(s):
     return v if math.isfinite(v) else None
 
 
+def median(values):
+    v = sorted(values)
+    n = len(v)
+    return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
+
+
 def load(path):
-    paths = {p: {"supported": True, "reason": None, "notes": [], "figures": {}, "detail": {}}
-             for p in PATHS}
-    extra = {"notes": [], "detail": {}}
+    """Reads the results; a figure measured more than once becomes its median, and its runs
+    go to `spread` ([min, max, runs]); a detail measured more than once is summed (CPU seconds
+    and Gbit add up over runs)."""
+    paths = {p: {"supported": True, "reason": None, "notes": [], "figures": {}, "detail": {},
+                 "spread": {}} for p in PATHS}
+    extra = {"notes": [], "detail": {}, "netfilter": {}}
     with open(path) as f:
         for line in f:
             parts = line.rstrip("\n").split("\t", 2)
             if len(parts) != 3:
                 continue
             p, key, value = parts
+            if p == "netfilter":
+                extra["netfilter"][key] = value
+                continue
             entry = paths.get(p, extra)
             if key == "_na":
                 entry["supported"] = False
@@ -102,9 +140,17 @@ def load(path):
             elif key == "_note":
                 entry["notes"].append(value)
             elif key.startswith("_"):
-                entry["detail"][key[1:]] = num(value)
+                v, old = num(value), entry["detail"].get(key[1:])
+                summed = key.endswith("_cpu_s") or key.endswith("_gbit")
+                entry["detail"][key[1:]] = v + old if summed and v is not None and old is not None else v
             else:
-                entry["figures"][key] = num(value)
+                entry["figures"].setdefault(key, []).append(num(value))
+    for e in paths.values():
+        for key, runs in e["figures"].items():
+            good = [v for v in runs if v is not None]
+            e["figures"][key] = median(good) if good else None
+            if len(good) > 1:
+                e["spread"][key] = [min(good), max(good), len(good)]
     return paths, extra
 
 
@@ -124,6 +170,8 @@ def derive(paths):
         d, f = e["detail"], e["figures"]
         if p in NETSTACK:
             f["ns_cpu_s_per_gbit"] = per_gbit(d, tcp_p2p + tcp_p2n, "ns")
+        if p in NETSTACK + ["floor"]:
+            f["ns_cpu_p2p_s_per_gbit"] = per_gbit(d, tcp_p2p, "ns")
         f["sys_cpu_p2p_s_per_gbit"] = per_gbit(d, tcp_p2p, "sys")
         f["sys_cpu_p2n_s_per_gbit"] = per_gbit(d, tcp_p2n, "sys")
 
@@ -142,7 +190,7 @@ def main():
     ap.add_argument("--out", required=True)
     for a in ("mode", "started", "load-before", "load-after", "git"):
         ap.add_argument(f"--{a}", default="")
-    for a in ("duration", "add-pods", "idle-pods", "idle-seconds"):
+    for a in ("duration", "add-pods", "idle-pods", "idle-seconds", "runs", "pairs"):
         ap.add_argument(f"--{a}", type=int, default=0)
     args = ap.parse_args()
 
@@ -154,6 +202,11 @@ def main():
         return e["figures"].get(k) if e["supported"] else None
 
     ratios = {p: {} for p in NETSTACK}
+    vs_floor = {p: {} for p in NETSTACK}
+    for p in NETSTACK:
+        for k in VS_FLOOR:
+            v, f = val(p, k), val("floor", k)
+            vs_floor[p][k] = v / f if v is not None and f else None
     multiples = {p: {} for p in NETSTACK + ["bridge"]}
     for p in NETSTACK:
         for k, _, _ in FIGURES:
@@ -171,7 +224,8 @@ def main():
             if k in multiples[p]:
                 t[p] = check(multiples[p][k], None) if paths[p]["supported"] else None
             else:
-                t[p] = check(val(p, k), val("bridge", k)) if paths[p]["supported"] else None
+                ref = val(REFERENCE.get(k, "bridge"), k)
+                t[p] = check(val(p, k), ref) if paths[p]["supported"] else None
         targets[k] = t
 
     out_paths = {}
@@ -182,6 +236,7 @@ def main():
             for k in EXPECTED[p]:
                 o[k] = e["figures"].get(k)
         o["detail"] = e["detail"]
+        o["spread"] = e["spread"]
         out_paths[p] = o
 
     doc = {
@@ -200,10 +255,14 @@ def main():
             "loadavg_after": args.load_after,
             "git": args.git,
         },
+        "runs": args.runs,
+        "pairs": args.pairs,
+        "netfilter": extra["netfilter"],
         "udp64_half_pps": extra["detail"].get("udp64_half_pps"),
         "notes": extra["notes"],
         "paths": out_paths,
         "ratios_to_bridge": ratios,
+        "ratios_to_floor": vs_floor,
         "multiples": multiples,
         "targets": targets,
     }
@@ -220,34 +279,50 @@ def main():
             return ""
         return "/".join({True: "yes", False: "no", None: "-"}[t[p]] for p in NETSTACK)
 
-    head = ["figure", "unit", "tap", "veth", "bridge", "pasta", "slirp", "tap/br", "veth/br",
-            "target", "met tap/veth"]
+    def cell(p, k):
+        if not paths[p]["supported"]:
+            return "n/a"
+        sp = paths[p]["spread"].get(k)
+        return fmt(val(p, k)) + (f" ({fmt(sp[0])}-{fmt(sp[1])})" if sp else "")
+
+    head = ["figure", "unit"] + [SHORT.get(p, p) for p in PATHS] + ["tap/br", "veth/br", "tap/floor",
+                                                                    "target", "met tap/veth"]
+    nratio = 3
     rows = []
     for k, label, unit in FIGURES:
-        cells = [label, unit] + [fmt(val(p, k)) if paths[p]["supported"] else "n/a" for p in PATHS]
+        if k.startswith("pairs_"):
+            label = f"{args.pairs} {label}"
+        cells = [label, unit] + [cell(p, k) for p in PATHS]
         cells += [fmt(ratios[p][k], "x") if ratios[p][k] is not None else "" for p in NETSTACK]
+        cells += [fmt(vs_floor["tap"][k], "x") if vs_floor["tap"].get(k) is not None else ""]
         goal = TARGETS[k][0] if k in TARGETS else ""
         if k == "rtt_min_us":
             added = [val(p, k) - val("bridge", k) if val(p, k) is not None and val("bridge", k) is not None
                      else None for p in NETSTACK]
-            cells[7:9] = [f"{a:+.1f}us" if a is not None else "" for a in added]
+            at = 2 + len(PATHS)
+            cells[at:at + 2] = [f"{a:+.1f}us" if a is not None else "" for a in added]
         rows.append(cells + [goal, met(k)])
     for key, label, peer, fig in MULTIPLES:
         cells = [label, "x"] + [fmt(multiples[p][key], "x") if p in multiples else "" for p in PATHS]
-        rows.append(cells + ["", "", TARGETS[key][0], met(key)])
+        rows.append(cells + [""] * nratio + [TARGETS[key][0], met(key)])
     widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
+    last_number = 2 + len(PATHS) + nratio
 
     def line(cells):
-        return "  ".join(str(c).ljust(w) if i < 2 else str(c).rjust(w) if i < 9 else str(c).ljust(w)
+        return "  ".join(str(c).ljust(w) if i < 2 or i >= last_number else str(c).rjust(w)
                          for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
 
     print()
-    print(f"netstack benchmark ({args.mode}: {args.duration} s runs, CNI ADD over {args.add_pods} pods,"
-          f" {args.idle_pods} idle pods; {os.cpu_count()} CPUs, load {args.load_before} -> {args.load_after})")
+    print(f"netstack benchmark ({args.mode}: {args.duration} s runs, headline rows {args.runs}x"
+          f" (median, spread in brackets), CNI ADD over {args.add_pods} pods, {args.idle_pods} idle pods;"
+          f" {os.cpu_count()} CPUs, load {args.load_before} -> {args.load_after})")
     print(line(head))
     print("  ".join("-" * w for w in widths))
     for r in rows:
         print(line(r))
+    nf = extra["netfilter"]
+    if nf:
+        print("netfilter: " + ", ".join(f"{k} {v}" for k, v in nf.items()))
     for p in PATHS:
         e = paths[p]
         if not e["supported"]:
@@ -257,7 +332,8 @@ def main():
     for n in extra["notes"]:
         print(f"note: {n}")
     print("Targets are goals, not assertions. '-': not measured on that path; n/a: path unavailable."
-          " Machine CPU counts everything running on the machine.")
+          " Machine CPU counts everything running on the machine. floor: nsbench floor, the simplest"
+          " TAP<->TAP forwarder; pasta, slirp: MTU 65520 as podman runs them; pasta1500, slirp1500: MTU 1500.")
     return 0
 
 

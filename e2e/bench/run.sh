@@ -1,45 +1,52 @@
 #!/usr/bin/env bash
 # One-command benchmark: netstack (TAP mode, veth mode) against the kernel's bridge path (the
-# reference `bridge` plugin + host-local), and pasta / slirp4netns for pod-to-node, all in the
-# same run on this machine. Every pod is a network namespace made through the CNI call path
-# (the plugin run with CNI_* variables, as e2e/lib.sh does); traffic only flows between these
+# reference `bridge` plugin + host-local), the floor of a userspace hop (`nsbench floor`, the
+# simplest TAP<->TAP forwarder, in place of netstackd for two pods of its own), and pasta /
+# slirp4netns for pod-to-node (each as podman runs it, MTU 65520, and at MTU 1500), all in the
+# same run on this machine (what each row measures: e2e/bench/README.md). Every pod is a
+# network namespace made through the CNI call path (the plugin run with CNI_* variables, as
+# e2e/lib.sh does); traffic only flows between these
 # namespaces and the node (pod-to-node servers bind the pods' gateway, or loopback for pasta
 # and slirp4netns). Every run is bounded in time. Prints one table and writes the same as JSON
 # to target/bench/latest.json. Everything it creates is removed on exit, Ctrl-C or failure.
 #
-#   e2e/bench/run.sh [--quick] [--duration S] [--add-pods N] [--idle-pods N] [--idle-seconds S]
-#                    [--no-build] [--out FILE] [--netstackd-args "ARGS"]
+#   e2e/bench/run.sh [--quick] [--duration S] [--runs N] [--pairs N] [--add-pods N] [--idle-pods N]
+#                    [--idle-seconds S] [--no-build] [--out FILE] [--netstackd-args "ARGS"]
 #
-# As root, from the repository root. Default: 5-second runs, CNI ADD latency over 50 pods,
-# RSS and idle CPU with 200 idle pods (3-5 minutes). --quick: 1-second runs, 20 pods.
+# As root, from the repository root. Default: 5-second runs, the headline rows (TCP, UDP, RTT)
+# 3 times (median and spread), 10 pod pairs at once, CNI ADD latency over 50 pods, RSS and
+# idle CPU with 200 idle pods (6-8 minutes). --quick: 1-second runs (the nsbench rows half a
+# second) once, 4 pairs, 10 pods.
 # --netstackd-args: extra netstackd options for the run, e.g. "--veth-rx ring".
 set -uo pipefail
 
-HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-REPO=$(cd "$HERE/../.." && pwd)
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+HERE=$BENCH_DIR
 
-DUR=5 NADD=50 NIDLE=200 IDLE_S=10 BUILD=1 BENCH_MODE=full EXTRA_ARGS=
+DUR=5 NADD=50 NIDLE=200 IDLE_S=10 BUILD=1 BENCH_MODE=full EXTRA_ARGS= RUNS=3 PAIRS=10 NS_DUR=
 OUT=$REPO/target/bench/latest.json
 while (($#)); do
   case $1 in
-    --quick) BENCH_MODE=quick DUR=1 NADD=20 NIDLE=20 IDLE_S=3 ;;
+    --quick) BENCH_MODE=quick DUR=1 NADD=10 NIDLE=10 IDLE_S=3 RUNS=1 PAIRS=4 NS_DUR=0.5 ;;
     --duration) DUR=$2; shift ;;
+    --runs) RUNS=$2; shift ;;
+    --pairs) PAIRS=$2; shift ;;
     --add-pods) NADD=$2; shift ;;
     --idle-pods) NIDLE=$2; shift ;;
     --idle-seconds) IDLE_S=$2; shift ;;
     --no-build) BUILD=0 ;;
     --out) OUT=$2; shift ;;
     --netstackd-args) EXTRA_ARGS=$2; shift ;;
-    -h | --help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
 done
-for v in "$DUR" "$NADD" "$NIDLE" "$IDLE_S"; do
-  [[ $v =~ ^[0-9]+$ ]] && ((v > 0)) || { echo "run.sh: durations and pod counts are positive integers" >&2; exit 2; }
-done
+positive_ints run.sh "$DUR" "$NADD" "$NIDLE" "$IDLE_S" "$RUNS" "$PAIRS"
 ((NIDLE >= NADD)) || NIDLE=$NADD
-[ "$(id -u)" = 0 ] || { echo "run.sh: run as root" >&2; exit 2; }
+NS_DUR=${NS_DUR:-$DUR} # the nsbench rows (UDP, RTT, connection rate): half a second in --quick
+((PAIRS <= 50)) || { echo "run.sh: --pairs is at most 50" >&2; exit 2; }
+need_root run.sh
 
 # --- names: everything this run creates carries its id -------------------------------------
 RUN_ID=${BENCH_RUN_ID:-$$}
@@ -47,11 +54,7 @@ ID=$((RUN_ID % 100000))
 PFX=nsb$ID # every netns, link and file of this run carries it
 WORK=/tmp/netstack-bench.$RUN_ID
 # Three /24s nobody routes yet: netstack's pod CIDR, the bridge's subnet, pasta's.
-X=$((RUN_ID % 250 + 1))
-for _ in $(seq 1 250); do
-  ip -4 route show | awk '{print $1}' | grep -qx -e "10.250.$X.0/24" -e "10.251.$X.0/24" -e "10.252.$X.0/24" || break
-  X=$((X % 250 + 1))
-done
+X=$(free_subnet $((RUN_ID % 250 + 1)) 10.250 10.251 10.252)
 POD_CIDR=10.250.$X.0/24
 GATEWAY=10.250.$X.1
 UPLINK=nsbu$ID
@@ -62,11 +65,12 @@ BR_GW=10.251.$X.1
 PASTA_ADDR=10.252.$X.2
 PASTA_GW=10.252.$X.1
 SLIRP_GW=10.0.2.2 # slirp4netns' default gateway, which it maps to the node's loopback
+FLOOR_IP_A=10.249.$X.1 # the floor's two pods: one /24, in their own namespaces only
+FLOOR_IP_B=10.249.$X.2
+FLOOR_PID=
 PORT=$((10000 + (RUN_ID % 200) * 100))
 NET=nsbench
 
-BIN=${NETSTACK_BIN:-$REPO/target/release}
-REF_CNI=/usr/lib/cni
 SOCK=$WORK/netstackd.sock
 STATE=$WORK/state
 IPAM_DIR=$WORK/ipam
@@ -75,10 +79,7 @@ NSBENCH=$BIN/nsbench
 RESULTS=$WORK/results.tsv
 CLK_TCK=$(getconf CLK_TCK)
 BGPIDS=()
-declare -A CONF PLUGIN IP
-
-# log with the seconds since start, so slow phases show.
-log() { printf '\033[1m==> [%3ds] %s\033[0m\n' "$SECONDS" "$*"; }
+declare -A IP
 
 start_netstackd() {
   local dp=()
@@ -142,15 +143,9 @@ cleanup() {
   rm -rf "$WORK"
   exit "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-trap 'exit 129' HUP
+on_exit cleanup
 
 # --- small helpers ---------------------------------------------------------------------------
-# ledger KIND NAME: with BENCH_LEDGER set (e2e/test_bench_smoke.sh), what this run created
-# (netns, link, pid, dir), so a test can check that none of it is left.
-ledger() { if [ -n "${BENCH_LEDGER:-}" ]; then echo "$1 $2" >>"$BENCH_LEDGER"; fi; }
 res() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$RESULTS"; }   # PATH KEY VALUE
 na() { res "$1" _na "$2"; }                                     # PATH REASON: path unavailable
 note() { printf '%s\t%s\t%s\n' "$1" _note "$2" >>"$RESULTS"; }  # PATH TEXT: a figure missing
@@ -208,6 +203,10 @@ ns_ticks() {
   [ -n "$dp" ] && [ -r "/proc/$dp/stat" ] && t=$((t + $(awk '{print $14 + $15}' "/proc/$dp/stat")))
   echo "$t"
 }
+# pid_ticks PID: user + system ticks of process PID (all its threads), 0 when it is gone.
+pid_ticks() { if [ -n "$1" ] && [ -r "/proc/$1/stat" ]; then awk '{print $14 + $15}' "/proc/$1/stat"; else echo 0; fi; }
+# fwd_ticks PATH: CPU ticks of what forwards PATH's frames in user space (netstackd, the floor).
+fwd_ticks() { case $1 in tap | veth) ns_ticks ;; floor) pid_ticks "$FLOOR_PID" ;; *) echo 0 ;; esac; }
 # Busy ticks of the whole machine (all CPUs, everything but idle and iowait).
 sys_ticks() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
 # VmRSS (KiB) of supervisor + dataplane.
@@ -217,13 +216,6 @@ ns_rss_kib() {
     [ -n "$p" ] && [ -r "/proc/$p/status" ] && r=$((r + $(awk '/^VmRSS:/ {print $2}' "/proc/$p/status")))
   done
   echo "$r"
-}
-
-# cni_call CMD KIND NAME: one plugin call with KIND's network config, as a runtime makes it.
-cni_call() {
-  printf '%s' "${CONF[$2]}" | env CNI_COMMAND="$1" CNI_CONTAINERID="$3" CNI_NETNS="/run/netns/$3" \
-    CNI_IFNAME=eth0 CNI_PATH="$BIN:$REF_CNI" \
-    CNI_ARGS="IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME=$3" "${PLUGIN[$2]}"
 }
 
 # pod_add KIND NAME: netns + CNI ADD. Sets POD_IP, ADD_MS (the plugin call's wall time) and
@@ -270,6 +262,21 @@ ledger dir "$WORK"
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 STARTED=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 
+# The node's netfilter state, with the figures: a real node sends bridged traffic through
+# iptables when br_netfilter is loaded, and a large ruleset or conntrack table costs every path.
+nf() { printf 'netfilter\t%s\t%s\n' "$1" "$2" >>"$RESULTS"; }
+# (loaded as a module, or built in: either way its sysctls exist)
+if [ -d /sys/module/br_netfilter ] || [ -e /proc/sys/net/bridge/bridge-nf-call-iptables ]; then
+  nf br_netfilter loaded
+else
+  nf br_netfilter "not loaded"
+fi
+nf bridge_nf_call_iptables "$(cat /proc/sys/net/bridge/bridge-nf-call-iptables 2>/dev/null || echo n/a)"
+nf conntrack_count "$(cat /proc/sys/net/netfilter/nf_conntrack_count 2>/dev/null || echo "n/a (nf_conntrack not loaded)")"
+nf nft_ruleset_lines "$(nft list ruleset 2>/dev/null | wc -l)"
+nf iptables_rules "$(iptables-save 2>/dev/null | grep -c '^-A')"
+nf ip6tables_rules "$(ip6tables-save 2>/dev/null | grep -c '^-A')"
+
 # --- 2. the paths ----------------------------------------------------------------------------
 log "bench: netstackd ($POD_CIDR, uplink $UPLINK), bridge $BRIDGE ($BR_SUBNET)"
 ledger link "$BRIDGE"
@@ -284,10 +291,10 @@ declare -A SERVER_NODE_IP=([tap]=$GATEWAY [veth]=$GATEWAY [bridge]=$BR_GW)
 PATHS=() # the pod-to-pod paths that came up
 for kind in tap veth bridge; do
   if ! pod_add "$kind" "$PFX-$kind-a"; then
-    reason=$(jq -r '.msg // empty' <<<"$ADD_OUT" 2>/dev/null)
-    [ "$kind" = veth ] && reason="veth mode unsupported${reason:+: $reason}"
+    # Any failure is a failure (veth mode too: this netstackd has it), with the plugin's words.
+    reason=$(jq -r '[.msg, .details] | map(select(. != null and . != "")) | join(": ")' <<<"$ADD_OUT" 2>/dev/null)
     echo "  $kind: ADD failed: ${reason:-$ADD_OUT}"
-    na "$kind" "${reason:-ADD failed}"
+    na "$kind" "ADD failed: ${reason:-$(head -c 300 <<<"$ADD_OUT")}"
     pod_del "$kind" "$PFX-$kind-a"
     continue
   fi
@@ -310,10 +317,51 @@ for kind in tap veth bridge; do
   PATHS+=("$kind")
 done
 
-# pasta and slirp4netns: one pod each, pod-to-node only (their gateway is the node's loopback).
+# The floor: two pods of its own, each with a TAP eth0 that `nsbench floor` creates there as
+# netstackd creates a pod's TAP, on one /24 (a wire: ARP and all go through the forwarder).
+P2P_PATHS=("${PATHS[@]}")
+floor_up() {
+  local ns life=$(((RUNS * 8 + 12) * (DUR + 12) + 120)) # outlives every floor row, bounded
+  for ns in "$PFX-floor-a" "$PFX-floor-b"; do
+    ip netns add "$ns" || return 1
+    echo "floor $ns" >>"$WORK/pods"
+    ledger netns "$ns"
+    ip -n "$ns" link set lo up
+  done
+  bg floor host "$NSBENCH" floor --a "/run/netns/$PFX-floor-a" --b "/run/netns/$PFX-floor-b" --duration "$life"
+  FLOOR_PID=$BG_PID
+  for _ in $(seq 1 200); do # 10 s: its first start may read the binary from a busy disk
+    ip -n "$PFX-floor-a" link show eth0 >/dev/null 2>&1 && ip -n "$PFX-floor-b" link show eth0 >/dev/null 2>&1 && break
+    kill -0 "$FLOOR_PID" 2>/dev/null || break
+    sleep 0.05
+  done
+  ip -n "$PFX-floor-a" link set eth0 mtu 1500 up && ip -n "$PFX-floor-b" link set eth0 mtu 1500 up &&
+    ip -n "$PFX-floor-a" addr add "$FLOOR_IP_A/24" dev eth0 && ip -n "$PFX-floor-b" addr add "$FLOOR_IP_B/24" dev eth0 ||
+    return 1
+  IP[floor-a]=$FLOOR_IP_A IP[floor-b]=$FLOOR_IP_B
+  for _ in 1 2 3 4 5; do
+    nsx "$PFX-floor-a" ping -c 1 -W 1 -q "$FLOOR_IP_B" >/dev/null && return 0
+  done
+  { echo "the pods cannot reach each other:"; ip -n "$PFX-floor-a" -s link show eth0; ip -n "$PFX-floor-a" neigh
+    ip -n "$PFX-floor-b" -s link show eth0; kill -0 "$FLOOR_PID" || echo "(the forwarder has exited)"; } >>"$WORK/floor.err" 2>&1
+  return 1
+}
+if floor_up; then
+  P2P_PATHS+=(floor)
+  echo "  floor: pods $FLOOR_IP_A and $FLOOR_IP_B, nsbench floor (pid $FLOOR_PID) between their TAPs"
+else
+  sed 's/^/    floor: /' "$WORK/floor.err"
+  na floor "the floor forwarder did not connect its pods: $(tail -c 600 "$WORK/floor.err" | tr -s '\n ' ' ')"
+fi
+
+# pasta and slirp4netns: one pod each per variant, pod-to-node only (their gateway is the
+# node's loopback). Each as podman runs it by default (MTU 65520) and at MTU 1500.
 NODE_PATHS=("${PATHS[@]}")
-declare -A NODE_DST=([tap]=$GATEWAY [veth]=$GATEWAY [bridge]=$BR_GW [pasta]=$PASTA_GW [slirp4netns]=$SLIRP_GW)
-declare -A NODE_BIND=([tap]=$GATEWAY [veth]=$GATEWAY [bridge]=$BR_GW [pasta]=127.0.0.1 [slirp4netns]=127.0.0.1)
+declare -A NODE_DST=([tap]=$GATEWAY [veth]=$GATEWAY [bridge]=$BR_GW [pasta]=$PASTA_GW [pasta_1500]=$PASTA_GW
+  [slirp4netns]=$SLIRP_GW [slirp4netns_1500]=$SLIRP_GW)
+declare -A NODE_BIND=([tap]=$GATEWAY [veth]=$GATEWAY [bridge]=$BR_GW [pasta]=127.0.0.1 [pasta_1500]=127.0.0.1
+  [slirp4netns]=127.0.0.1 [slirp4netns_1500]=127.0.0.1)
+declare -A NODE_NS=([tap]=$PFX-tap-a [veth]=$PFX-veth-a [bridge]=$PFX-bridge-a)
 ready_addr() { # NS ADDR: wait (5 s) until the pod has the address
   for _ in $(seq 1 100); do
     ip -n "$1" -4 -o addr show 2>/dev/null | grep -q " $2/" && return 0
@@ -321,26 +369,26 @@ ready_addr() { # NS ADDR: wait (5 s) until the pod has the address
   done
   return 1
 }
-if command -v pasta >/dev/null; then
-  ns=$PFX-pasta
+# podman's default MTU for both is 65520; pasta's own options otherwise (no port forwarding).
+for path in pasta pasta_1500; do
+  command -v pasta >/dev/null || { na "$path" "not installed"; continue; }
+  ns=$PFX-$path mtu=65520
+  [ "$path" = pasta_1500 ] && mtu=1500
   ip netns add "$ns" && echo "pasta $ns" >>"$WORK/pods" && ledger netns "$ns" && ip -n "$ns" link set lo up
-  bg pasta host pasta --config-net --netns "/run/netns/$ns" --runas 0 -f -q -a "$PASTA_ADDR" -n 24 \
-    -g "$PASTA_GW" -m 1500 -t none -u none -T none -U none
-  if ready_addr "$ns" "$PASTA_ADDR"; then NODE_PATHS+=(pasta); echo "  pasta: pod $PASTA_ADDR, MTU 1500"
-  else na pasta "pasta did not configure the pod: $(head -c 300 "$WORK/pasta.err")"; fi
-else
-  na pasta "not installed"
-fi
-if command -v slirp4netns >/dev/null; then
-  ns=$PFX-slirp
+  bg "$path" host pasta --config-net --netns "/run/netns/$ns" --runas 0 -f -q -a "$PASTA_ADDR" -n 24 \
+    -g "$PASTA_GW" -m "$mtu" -t none -u none -T none -U none
+  if ready_addr "$ns" "$PASTA_ADDR"; then NODE_PATHS+=("$path") NODE_NS[$path]=$ns; echo "  $path: pod $PASTA_ADDR, MTU $mtu"
+  else na "$path" "pasta did not configure the pod: $(grep -v syslog "$WORK/$path.err" | tail -c 300 | tr -s '\n' ' ')"; fi
+done
+for path in slirp4netns slirp4netns_1500; do
+  command -v slirp4netns >/dev/null || { na "$path" "not installed"; continue; }
+  ns=$PFX-$path mtu=65520
+  [ "$path" = slirp4netns_1500 ] && mtu=1500
   ip netns add "$ns" && echo "slirp4netns $ns" >>"$WORK/pods" && ledger netns "$ns" && ip -n "$ns" link set lo up
-  bg slirp host slirp4netns --configure --mtu=1500 --netns-type=path "/run/netns/$ns" tap0
-  if ready_addr "$ns" 10.0.2.100; then NODE_PATHS+=(slirp4netns); echo "  slirp4netns: pod 10.0.2.100, MTU 1500"
-  else na slirp4netns "slirp4netns did not configure the pod: $(head -c 300 "$WORK/slirp.err")"; fi
-else
-  na slirp4netns "not installed"
-fi
-declare -A NODE_NS=([tap]=$PFX-tap-a [veth]=$PFX-veth-a [bridge]=$PFX-bridge-a [pasta]=$PFX-pasta [slirp4netns]=$PFX-slirp)
+  bg "$path" host slirp4netns --configure --mtu="$mtu" --netns-type=path "/run/netns/$ns" tap0
+  if ready_addr "$ns" 10.0.2.100; then NODE_PATHS+=("$path") NODE_NS[$path]=$ns; echo "  $path: pod 10.0.2.100, MTU $mtu"
+  else na "$path" "slirp4netns did not configure the pod: $(tail -c 300 "$WORK/$path.err" | tr -s '\n' ' ')"; fi
+done
 printf '%s\n' "${PATHS[@]}" | grep -qx tap || { echo "run.sh: the netstack TAP path did not come up" >&2; exit 1; }
 
 # --- 3. traffic ------------------------------------------------------------------------------
@@ -351,10 +399,10 @@ tcp() {
   bg "iperf-s-$path-$key" "$sns" timeout -k 2 $((DUR + 20)) iperf3 -s -1 -B "$bind" -p "$PORT"
   spid=$BG_PID
   wait_listen "$sns" tcp "$PORT" || { note "$path" "$key: iperf3 server did not start"; reap "$spid"; return 1; }
-  ns0=$(ns_ticks) s0=$(sys_ticks)
+  ns0=$(fwd_ticks "$path") s0=$(sys_ticks)
   nsx "$cns" timeout --foreground -k 2 $((DUR + 15)) iperf3 -c "$dst" -p "$PORT" -t "$DUR" -P "$streams" -J \
     >"$WORK/iperf-$path-$key.json" 2>&1
-  ns1=$(ns_ticks) s1=$(sys_ticks)
+  ns1=$(fwd_ticks "$path") s1=$(sys_ticks)
   reap "$spid"
   bytes=$(jq -r '.end.sum_received.bytes // empty' "$WORK/iperf-$path-$key.json" 2>/dev/null)
   secs=$(jq -r '.end.sum_received.seconds // empty' "$WORK/iperf-$path-$key.json" 2>/dev/null)
@@ -365,19 +413,27 @@ tcp() {
   res "$path" "${key}_gbps" "$(calc "$bytes * 8 / $secs / 1e9")"
   res "$path" "_${key}_gbit" "$(calc "$bytes * 8 / 1e9")"
   res "$path" "_${key}_sys_cpu_s" "$(calc "($s1 - $s0) / $CLK_TCK")"
-  case $path in tap | veth) res "$path" "_${key}_ns_cpu_s" "$(calc "($ns1 - $ns0) / $CLK_TCK")" ;; esac
+  case $path in tap | veth | floor) res "$path" "_${key}_ns_cpu_s" "$(calc "($ns1 - $ns0) / $CLK_TCK")" ;; esac
   printf '  %-12s %-8s %8.2f Gbit/s\n' "$path" "$key" "$(calc "$bytes * 8 / $secs / 1e9")"
 }
 
-log "bench: TCP, iperf3, $DUR s each"
-for streams in 1 4; do
-  for path in "${PATHS[@]}"; do
-    tcp "$path" "tcp${streams}_p2p" "$streams" "$PFX-$path-b" "${IP[$path-b]}" "$PFX-$path-a" "${IP[$path-b]}"
+# The headline rows (TCP, UDP at full speed, RTT) RUNS times, the paths taking turns within
+# each run; report.py shows the median and the spread.
+traffic_run() {
+  local run=$1 streams path
+  log "bench: run $run/$RUNS: TCP (iperf3), $DUR s each"
+  for streams in 1 4; do
+    for path in "${P2P_PATHS[@]}"; do
+      tcp "$path" "tcp${streams}_p2p" "$streams" "$PFX-$path-b" "${IP[$path-b]}" "$PFX-$path-a" "${IP[$path-b]}"
+    done
+    for path in "${NODE_PATHS[@]}"; do
+      tcp "$path" "tcp${streams}_p2n" "$streams" host "${NODE_BIND[$path]}" "${NODE_NS[$path]}" "${NODE_DST[$path]}"
+    done
   done
-  for path in "${NODE_PATHS[@]}"; do
-    tcp "$path" "tcp${streams}_p2n" "$streams" host "${NODE_BIND[$path]}" "${NODE_NS[$path]}" "${NODE_DST[$path]}"
-  done
-done
+  log "bench: run $run/$RUNS: UDP 64 B at full speed, TCP 1-byte ping-pong RTT, $NS_DUR s each"
+  for path in "${P2P_PATHS[@]}"; do udp "$path" udp64; done
+  for path in "${P2P_PATHS[@]}"; do rtt "$path" rtt; done
+}
 
 # udp PATH KEY [PPS]: 64-byte datagrams pod A -> pod B for DUR seconds (at PPS, or full speed).
 udp() {
@@ -388,7 +444,7 @@ udp() {
   spid=$BG_PID
   wait_listen "$PFX-$path-b" udp "$PORT" || { note "$path" "$key: udp-sink did not start"; reap "$spid"; return 1; }
   nsx "$PFX-$path-a" timeout --foreground -k 2 $((DUR + 10)) "$NSBENCH" udp-blast \
-    --connect "${IP[$path-b]}:$PORT" --duration "$DUR" ${rate:+--pps "$rate"} >"$WORK/udp-blast-$path-$key.json" 2>&1
+    --connect "${IP[$path-b]}:$PORT" --duration "$NS_DUR" ${rate:+--pps "$rate"} >"$WORK/udp-blast-$path-$key.json" 2>&1
   reap "$spid"
   sent=$(jq -r '.sent // empty' "$WORK/udp-blast-$path-$key.json" 2>/dev/null)
   elapsed=$(jq -r '.elapsed_s // empty' "$WORK/udp-blast-$path-$key.json" 2>/dev/null)
@@ -406,42 +462,139 @@ udp() {
     "$(calc "$sent / $elapsed / 1000")" "$(calc "$got / $elapsed / 1000")" "$(calc "($sent - $got) * 100 / $sent")"
 }
 
-log "bench: UDP 64 B, $DUR s each (full speed, then at half the bridge's delivered rate)"
-for path in "${PATHS[@]}"; do udp "$path" udp64; done
-half=$(awk -F'\t' '$1 == "bridge" && $2 == "udp64_rx_kpps" { printf "%d", $3 * 500 }' "$RESULTS")
+
+# nsbench_pair PATH WHAT SERVER CLIENT CHECK: `nsbench SERVER` in pod B on the next port, then
+# `nsbench CLIENT` in pod A against it for NS_DUR seconds; the client's JSON in CLIENT_JSON.
+# Fails, with a note, when either fails or the jq expression CHECK is not true of it.
+nsbench_pair() {
+  local path=$1 what=$2 server=$3 client=$4 check=$5 spid
+  next_port
+  bg "$server-$path" "$PFX-$path-b" timeout -k 2 $((DUR + 15)) "$NSBENCH" "$server" \
+    --bind "${IP[$path-b]}:$PORT" --duration $((DUR + 10))
+  spid=$BG_PID
+  wait_listen "$PFX-$path-b" tcp "$PORT" || { note "$path" "$what: $server did not start"; reap "$spid"; return 1; }
+  CLIENT_JSON=$(nsx "$PFX-$path-a" timeout --foreground -k 2 $((DUR + 10)) "$NSBENCH" "$client" \
+    --connect "${IP[$path-b]}:$PORT" --duration "$NS_DUR" 2>&1)
+  kill -TERM "$spid" 2>/dev/null
+  reap "$spid"
+  jq -e "$check" <<<"$CLIENT_JSON" >/dev/null 2>&1 ||
+    { note "$path" "$what: $client failed: $(head -c 200 <<<"$CLIENT_JSON")"; return 1; }
+}
+
+# rtt PATH KEY: 1-byte TCP ping-pong pod A -> pod B for NS_DUR seconds; KEY_p99_us etc.
+rtt() {
+  local path=$1 key=$2 out
+  nsbench_pair "$path" "$key" rr-server rr-client '.samples > 0' || return 1
+  out=$CLIENT_JSON
+  if [ "$key" = rtt ]; then
+    res "$path" rtt_min_us "$(jq -r .min_us <<<"$out")"
+    res "$path" rtt_p50_us "$(jq -r .p50_us <<<"$out")"
+  else
+    res "$path" "_${key}_min_us" "$(jq -r .min_us <<<"$out")"
+    res "$path" "_${key}_p50_us" "$(jq -r .p50_us <<<"$out")"
+  fi
+  res "$path" "${key}_p99_us" "$(jq -r .p99_us <<<"$out")"
+  res "$path" "_${key}_samples" "$(jq -r .samples <<<"$out")"
+  printf '  %-12s %-8s min %7.1f  p50 %7.1f  p99 %7.1f us (%s round trips)\n' "$path" "$key" \
+    "$(jq -r .min_us <<<"$out")" "$(jq -r .p50_us <<<"$out")" "$(jq -r .p99_us <<<"$out")" "$(jq -r .samples <<<"$out")"
+}
+
+# spin_start: keeps one CPU busy in the node's netns for DUR + 5 s at most (a shell loop, no
+# traffic), as another tenant's work would; sets SPIN_PID.
+spin_start() {
+  bg spin host timeout -k 1 $((DUR + 5)) bash -c 'while :; do :; done'
+  SPIN_PID=$BG_PID
+}
+
+# crr PATH: TCP connect/request/close per second pod A -> pod B for NS_DUR seconds (TCP_CRR).
+crr() {
+  local path=$1 out
+  # The client keeps TIME_WAIT: room for it in the pod's namespace (every path alike).
+  ip netns exec "$PFX-$path-a" sysctl -qw net.ipv4.tcp_tw_reuse=1 net.ipv4.ip_local_port_range="1024 65000"
+  nsbench_pair "$path" crr crr-server crr-client '.transactions > 0' || return 1
+  out=$CLIENT_JSON
+  res "$path" crr_per_s "$(jq -r .per_s <<<"$out")"
+  res "$path" _crr_p50_us "$(jq -r .p50_us <<<"$out")"
+  res "$path" _crr_p99_us "$(jq -r .p99_us <<<"$out")"
+  res "$path" _crr_errors "$(jq -r .errors <<<"$out")"
+  printf '  %-12s %8.0f connections/s (p50 %s us, p99 %s us, %s failed)\n' "$path" "$(jq -r .per_s <<<"$out")" \
+    "$(jq -r .p50_us <<<"$out")" "$(jq -r .p99_us <<<"$out")" "$(jq -r .errors <<<"$out")"
+}
+
+# pairs KIND: PAIRS more pod pairs of KIND, one iperf3 stream in each at once for DUR seconds:
+# the total and Jain's fairness index over the pairs' throughputs; then the pods are gone.
+pairs() {
+  local kind=$1 i spids=() cpids=() g gs=() ok=1
+  for i in $(seq 1 "$PAIRS"); do
+    pod_add "$kind" "$PFX-$kind-m${i}a" && IP[$kind-m${i}a]=$POD_IP &&
+      pod_add "$kind" "$PFX-$kind-m${i}b" && IP[$kind-m${i}b]=$POD_IP ||
+      { note "$kind" "pairs: ADD of pair $i failed: $(head -c 200 <<<"$ADD_OUT")"; ok=0; break; }
+  done
+  if ((ok)); then
+    for i in $(seq 1 "$PAIRS"); do
+      bg "pair-s-$kind-$i" "$PFX-$kind-m${i}b" timeout -k 2 $((DUR + 20)) iperf3 -s -1 -B "${IP[$kind-m${i}b]}" -p "$((PORT + i))"
+      spids+=("$BG_PID")
+    done
+    for i in $(seq 1 "$PAIRS"); do wait_listen "$PFX-$kind-m${i}b" tcp "$((PORT + i))" || ok=0; done
+    if ((ok)); then
+      for i in $(seq 1 "$PAIRS"); do
+        bg "pair-c-$kind-$i" "$PFX-$kind-m${i}a" timeout -k 2 $((DUR + 15)) iperf3 -c "${IP[$kind-m${i}b]}" \
+          -p "$((PORT + i))" -t "$DUR" -J
+        cpids+=("$BG_PID")
+      done
+      for i in "${cpids[@]}"; do reap "$i"; done
+    fi
+    for i in "${spids[@]}"; do reap "$i"; done
+    for i in $(seq 1 "$PAIRS"); do
+      g=$(jq -r '.end.sum_received.bits_per_second // empty' "$WORK/pair-c-$kind-$i.out" 2>/dev/null)
+      [ -n "$g" ] || { note "$kind" "pairs: pair $i measured nothing"; ok=0; break; }
+      gs+=("$(calc "$g / 1e9")")
+    done
+  fi
+  PORT=$((PORT + PAIRS))
+  if ((ok)); then
+    res "$kind" pairs_total_gbps "$(printf '%s\n' "${gs[@]}" | awk '{ s += $1 } END { printf "%.6g", s }')"
+    res "$kind" pairs_jain "$(printf '%s\n' "${gs[@]}" | awk '{ s += $1; q += $1 * $1 } END { printf "%.6g", q ? s * s / (NR * q) : 0 }')"
+    res "$kind" _pairs_min_gbps "$(printf '%s\n' "${gs[@]}" | sort -g | head -1)"
+    res "$kind" _pairs_max_gbps "$(printf '%s\n' "${gs[@]}" | sort -g | tail -1)"
+    printf '  %-12s %d pairs: %s Gbit/s in all, Jain %s (each: %s)\n' "$kind" "$PAIRS" \
+      "$(printf '%s\n' "${gs[@]}" | awk '{ s += $1 } END { printf "%.2f", s }')" \
+      "$(printf '%s\n' "${gs[@]}" | awk '{ s += $1; q += $1 * $1 } END { printf "%.3f", s * s / (NR * q) }')" "$(echo "${gs[@]}" | xargs printf '%.2f ')"
+  fi
+  for i in $(seq 1 "$PAIRS"); do pod_del "$kind" "$PFX-$kind-m${i}a"; pod_del "$kind" "$PFX-$kind-m${i}b"; done
+}
+
+for run in $(seq 1 "$RUNS"); do traffic_run "$run"; done
+
+log "bench: UDP 64 B at half the bridge's delivered rate, $NS_DUR s each"
+half=$(awk -F'\t' '$1 == "bridge" && $2 == "udp64_rx_kpps" { print $3 }' "$RESULTS" | sort -g |
+  awk '{ v[NR] = $1 } END { if (NR) printf "%d", v[int((NR + 1) / 2)] * 500 }')
 if [ -n "$half" ] && ((half > 0)); then
   res all _udp64_half_pps "$half"
-  for path in "${PATHS[@]}"; do udp "$path" udp64_half "$half"; done
+  for path in "${P2P_PATHS[@]}"; do udp "$path" udp64_half "$half"; done
 else
   note all "udp64_half: no bridge UDP figure to take half of"
 fi
 
-# rtt PATH: 1-byte TCP ping-pong pod A -> pod B for DUR seconds.
-rtt() {
-  local path=$1 spid out
-  next_port
-  bg "rr-server-$path" "$PFX-$path-b" timeout -k 2 $((DUR + 15)) "$NSBENCH" rr-server \
-    --bind "${IP[$path-b]}:$PORT" --duration $((DUR + 10))
-  spid=$BG_PID
-  wait_listen "$PFX-$path-b" tcp "$PORT" || { note "$path" "rtt: rr-server did not start"; reap "$spid"; return 1; }
-  out=$(nsx "$PFX-$path-a" timeout --foreground -k 2 $((DUR + 10)) "$NSBENCH" rr-client \
-    --connect "${IP[$path-b]}:$PORT" --duration "$DUR" 2>&1)
-  kill -TERM "$spid" 2>/dev/null
-  reap "$spid"
-  if ! jq -e '.samples > 0' <<<"$out" >/dev/null 2>&1; then
-    note "$path" "rtt: rr-client failed: $(head -c 200 <<<"$out")"
-    return 1
-  fi
-  res "$path" rtt_min_us "$(jq -r .min_us <<<"$out")"
-  res "$path" rtt_p50_us "$(jq -r .p50_us <<<"$out")"
-  res "$path" rtt_p99_us "$(jq -r .p99_us <<<"$out")"
-  res "$path" _rtt_samples "$(jq -r .samples <<<"$out")"
-  printf '  %-12s min %7.1f  p50 %7.1f  p99 %7.1f us (%s round trips)\n' "$path" \
-    "$(jq -r .min_us <<<"$out")" "$(jq -r .p50_us <<<"$out")" "$(jq -r .p99_us <<<"$out")" "$(jq -r .samples <<<"$out")"
-}
+log "bench: TCP 1-byte ping-pong RTT with the other CPU busy, $NS_DUR s each"
+for path in "${P2P_PATHS[@]}"; do
+  spin_start
+  rtt "$path" rtt_busy
+  kill -TERM "$SPIN_PID" 2>/dev/null # now, not when its timeout ends
+  reap "$SPIN_PID"
+done
 
-log "bench: TCP 1-byte ping-pong RTT, $DUR s each"
-for path in "${PATHS[@]}"; do rtt "$path"; done
+log "bench: TCP connect/request/close rate, $NS_DUR s each"
+for path in "${P2P_PATHS[@]}"; do crr "$path"; done
+
+if [ -n "$FLOOR_PID" ]; then # the floor's rows are done: its TAPs go with it
+  kill -TERM "$FLOOR_PID" 2>/dev/null
+  reap "$FLOOR_PID"
+  FLOOR_PID=
+fi
+
+log "bench: $PAIRS pod pairs at once, one TCP stream each, $DUR s"
+for kind in tap bridge; do printf '%s\n' "${PATHS[@]}" | grep -qx "$kind" && pairs "$kind"; done
 
 # --- 4. CNI ADD latency, RSS and idle CPU with many pods --------------------------------------
 # add_more KIND FROM TO: pods FROM..TO of KIND, untimed.
@@ -515,7 +668,7 @@ del_many tap "$NIDLE"
 # --- 5. report -------------------------------------------------------------------------------
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 /usr/bin/python3 "$HERE/report.py" --results "$RESULTS" --out "$OUT" --mode "$BENCH_MODE" --duration "$DUR" \
-  --add-pods "$NADD" --idle-pods "$NIDLE" --idle-seconds "$IDLE_S" --started "$STARTED" \
+  --add-pods "$NADD" --idle-pods "$NIDLE" --idle-seconds "$IDLE_S" --started "$STARTED" --runs "$RUNS" --pairs "$PAIRS" \
   --load-before "$LOAD_BEFORE" --load-after "$LOAD_AFTER" \
   --git "$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null)$(git -C "$REPO" diff --quiet HEAD 2>/dev/null || echo +dirty)" ||
   exit 1

@@ -12,16 +12,23 @@
 //! - `pkt-fwd`: a minimal AF_PACKET wire between two devices, receiving with `recvmmsg` or a
 //!   `TPACKET_V2` ring, for `e2e/bench/packet_io.sh` (see `pktfwd`).
 //!
+//! - `floor`: the simplest TAP↔TAP forwarder between two pods, the floor netstackd's CPU per
+//!   Gbit is read against (see `floor`).
+//! - `crr-server` / `crr-client`: TCP connect/request/close per second, as netperf's
+//!   `TCP_CRR` (see `crr`).
+//!
 //! Every subcommand is bounded in time and prints one line of JSON on stdout.
 
+mod crr;
+mod floor;
 mod flowcost;
-mod packet;
 mod pktfwd;
 mod sys;
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsFd;
+use std::path::PathBuf;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -32,7 +39,7 @@ use serde_json::json;
 #[derive(Parser)]
 #[command(
     name = "nsbench",
-    about = "RTT and small-packet benchmark helper (bounded in time)"
+    about = "benchmark helper: RTT, connection rate, small packets, the forwarding floor (bounded in time)"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -110,14 +117,39 @@ enum Cmd {
         b: String,
         #[arg(long, value_enum)]
         rx: pktfwd::RxMode,
-        /// 2 MiB blocks of the receive ring per socket (ring mode; 30 frames each).
-        #[arg(long, default_value_t = 1)]
-        ring_blocks: usize,
         #[arg(long, default_value = "30", value_parser = secs)]
         duration: Duration,
         /// Stop this long after the last frame, once frames have come.
         #[arg(long, default_value = "3", value_parser = secs)]
         idle: Duration,
+    },
+    /// Create TAP IFNAME in the pods A and B (netns paths) and forward between them, a wire.
+    Floor {
+        /// The first pod's network namespace (a path such as /run/netns/NAME).
+        #[arg(long)]
+        a: PathBuf,
+        /// The second pod's network namespace.
+        #[arg(long)]
+        b: PathBuf,
+        #[arg(long, default_value = "eth0")]
+        ifname: String,
+        /// Seconds the forwarder (and so the TAPs) lives, at most.
+        #[arg(long, default_value = "60", value_parser = secs)]
+        duration: Duration,
+    },
+    /// Answer 1-byte requests, one connection each, until DURATION has passed.
+    CrrServer {
+        #[arg(long)]
+        bind: SocketAddr,
+        #[arg(long, default_value = "30", value_parser = secs)]
+        duration: Duration,
+    },
+    /// Connect, request 1 byte, read 1 byte, close, for DURATION; prints transactions per second.
+    CrrClient {
+        #[arg(long)]
+        connect: SocketAddr,
+        #[arg(long, default_value = "5", value_parser = secs)]
+        duration: Duration,
     },
 }
 
@@ -158,10 +190,17 @@ fn main() -> Result<()> {
             a,
             b,
             rx,
-            ring_blocks,
             duration,
             idle,
-        } => pktfwd::run(&a, &b, rx, ring_blocks.clamp(1, 64), duration, idle)?,
+        } => pktfwd::run(&a, &b, rx, duration, idle)?,
+        Cmd::Floor {
+            a,
+            b,
+            ifname,
+            duration,
+        } => floor::run(&a, &b, &ifname, duration)?,
+        Cmd::CrrServer { bind, duration } => crr::server(bind, duration)?,
+        Cmd::CrrClient { connect, duration } => crr::client(connect, duration)?,
     };
     println!("{out}");
     Ok(())

@@ -5,11 +5,12 @@
 //! one `sendmmsg`:
 //!
 //! - `mmsg`: frames received with `recvmmsg` into user buffers (netstackd's default);
-//! - `ring`: frames received through a `TPACKET_V2` receive ring (`PACKET_RX_RING`) and sent
-//!   straight from the ring (netstackd's `--veth-rx ring` copies each into its own buffer
-//!   first, about 0.3 µs per 32 KB frame, which this forwarder leaves out). Every ring frame
-//!   must hold a 64 KiB GSO frame, or the kernel cuts it short; the ring's kernel memory is
-//!   reported.
+//! - `ring`: frames received through a `TPACKET_V2` receive ring (`PACKET_RX_RING`), each
+//!   copied out of the ring into a buffer before it is sent, as netstackd's `--veth-rx ring`
+//!   does. Every ring frame must hold a 64 KiB GSO frame, or the kernel cuts it short; the
+//!   ring's kernel memory is reported.
+//!
+//! The sockets, batches and ring are netstackd's own (`netstackd::sys::packet`).
 //!
 //! Every frame from one device goes out of the other, unchanged (a wire, no routing).
 
@@ -18,9 +19,13 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use netstackd::sys::packet::{
+    open_fanout_sockets, recv_frames, send_frames, set_rx_ring, RxRing, MMSG_BATCH, RING_BYTES,
+    RING_FRAME,
+};
+use netstackd::sys::tap::{RxFrame, VNET_HDR_LEN};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use serde_json::json;
-
-use crate::packet::{self, RxRing, BATCH, VNET_LEN};
 
 /// Room for the largest frame: a 64 KiB IP packet and its Ethernet header.
 const FRAME_BUF: usize = 65536 + 64;
@@ -41,91 +46,106 @@ struct Tally {
     rx_calls: u64,
     tx_calls: u64,
     tx_errors: u64,
+    rx_dropped: u64,
 }
 
-/// One side of the wire: its socket, and its ring or its receive buffers.
+/// One side of the wire: its socket, its ring if it has one, and its receive buffers.
 struct Side {
     fd: OwnedFd,
     ring: Option<RxRing>,
-    vnets: Vec<[u8; VNET_LEN]>,
+    vnets: Vec<[u8; VNET_HDR_LEN]>,
     bufs: Vec<Vec<u8>>,
+    lens: [RxFrame; MMSG_BATCH],
 }
 
 impl Side {
-    fn open(ifname: &str, mode: RxMode, ring_blocks: usize) -> Result<Side> {
-        let fd = packet::open(ifname).with_context(|| format!("packet socket on {ifname}"))?;
-        let (ring, vnets, bufs) = match mode {
+    fn open(ifname: &str, mode: RxMode) -> Result<Side> {
+        let ifindex =
+            nix::net::if_::if_nametoindex(ifname).with_context(|| format!("no device {ifname}"))?;
+        let fd = open_fanout_sockets(ifindex, 1)
+            .with_context(|| format!("packet socket on {ifname}"))?
+            .pop()
+            .with_context(|| format!("packet socket on {ifname}: none opened"))?;
+        let ring = match mode {
             RxMode::Ring => {
-                let ring = RxRing::new(fd.as_fd(), ring_blocks)
-                    .with_context(|| format!("TPACKET_V2 ring on {ifname}"))?;
-                (Some(ring), Vec::new(), Vec::new())
+                set_rx_ring(fd.as_fd()).with_context(|| format!("TPACKET_V2 ring on {ifname}"))?;
+                Some(RxRing::map(fd.as_fd()).with_context(|| format!("map the ring of {ifname}"))?)
             }
-            RxMode::Mmsg => (
-                None,
-                vec![[0u8; VNET_LEN]; BATCH],
-                vec![vec![0u8; FRAME_BUF]; BATCH],
-            ),
+            RxMode::Mmsg => None,
         };
         Ok(Side {
             fd,
             ring,
-            vnets,
-            bufs,
+            vnets: vec![[0u8; VNET_HDR_LEN]; MMSG_BATCH],
+            bufs: vec![vec![0u8; FRAME_BUF]; MMSG_BATCH],
+            lens: [RxFrame::Malformed; MMSG_BATCH],
         })
+    }
+
+    /// Receives one batch into `bufs`; how many entries of `lens` it filled (0: none waiting).
+    fn receive(&mut self, t: &mut Tally) -> io::Result<usize> {
+        match &mut self.ring {
+            Some(ring) => {
+                let mut n = 0;
+                while n < MMSG_BATCH {
+                    match ring.take(&mut self.vnets[n], &mut self.bufs[n]) {
+                        Some(f) => {
+                            self.lens[n] = f;
+                            n += 1;
+                        }
+                        None => break,
+                    }
+                }
+                if n > 0 {
+                    t.rx_calls += 1; // one pass over the ring, no system call
+                }
+                Ok(n)
+            }
+            None => {
+                let bufs = self
+                    .vnets
+                    .iter_mut()
+                    .zip(self.bufs.iter_mut().map(|b| &mut b[..]));
+                match recv_frames(self.fd.as_fd(), bufs, &mut self.lens) {
+                    Ok(n) => {
+                        t.rx_calls += 1;
+                        Ok(n)
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+                    Err(e) => Err(e),
+                }
+            }
+        }
     }
 
     /// Moves what is waiting on this side out of `out`, a batch at a time; frames moved.
     fn forward(&mut self, out: BorrowedFd<'_>, t: &mut Tally) -> io::Result<u64> {
         let mut moved = 0;
         loop {
-            let n = match &mut self.ring {
-                Some(ring) => {
-                    let (frames, taken) = ring.ready(BATCH);
-                    if taken == 0 {
-                        return Ok(moved);
-                    }
-                    t.rx_calls += 1; // one pass over the ring, no system call
-                    let n = frames.len();
-                    t.bytes += frames.iter().map(|f| f.1.len() as u64).sum::<u64>();
-                    send_all(out, &frames, t);
-                    drop(frames);
-                    ring.release(taken);
-                    n
+            let n = self.receive(t)?;
+            if n == 0 {
+                return Ok(moved);
+            }
+            let mut frames: Vec<(&[u8; VNET_HDR_LEN], &[u8])> = Vec::with_capacity(n);
+            for ((v, b), len) in self.vnets.iter().zip(&self.bufs).zip(&self.lens[..n]) {
+                match *len {
+                    RxFrame::Whole(len) => frames.push((v, &b[..len])),
+                    RxFrame::Malformed | RxFrame::Oversize => t.rx_dropped += 1,
                 }
-                None => {
-                    let lens = match packet::recv_batch(
-                        self.fd.as_fd(),
-                        &mut self.vnets,
-                        &mut self.bufs,
-                    ) {
-                        Ok(lens) => lens,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(moved),
-                        Err(e) => return Err(e),
-                    };
-                    t.rx_calls += 1;
-                    let frames: Vec<(&[u8; VNET_LEN], &[u8])> = self
-                        .vnets
-                        .iter()
-                        .zip(&self.bufs)
-                        .zip(&lens)
-                        .map(|((v, b), &len)| (v, &b[..len]))
-                        .collect();
-                    t.bytes += lens.iter().map(|&l| l as u64).sum::<u64>();
-                    send_all(out, &frames, t);
-                    lens.len()
-                }
-            };
-            t.frames += n as u64;
-            moved += n as u64;
+            }
+            t.bytes += frames.iter().map(|f| f.1.len() as u64).sum::<u64>();
+            t.frames += frames.len() as u64;
+            moved += frames.len() as u64;
+            send_all(out, &frames, t);
         }
     }
 }
 
 /// Sends `frames` with as few `sendmmsg` calls as it takes; a refused frame is skipped.
-fn send_all(out: BorrowedFd<'_>, frames: &[(&[u8; VNET_LEN], &[u8])], t: &mut Tally) {
+fn send_all(out: BorrowedFd<'_>, frames: &[(&[u8; VNET_HDR_LEN], &[u8])], t: &mut Tally) {
     let mut done = 0;
     while done < frames.len() {
-        match packet::send_batch(out, &frames[done..]) {
+        match send_frames(out, frames[done..].iter().map(|&(v, f)| (v, f))) {
             Ok(n) if n > 0 => {
                 t.tx_calls += 1;
                 done += n;
@@ -144,31 +164,36 @@ pub fn run(
     a: &str,
     b: &str,
     mode: RxMode,
-    ring_blocks: usize,
     duration: Duration,
     idle: Duration,
 ) -> Result<serde_json::Value> {
-    let mut sa = Side::open(a, mode, ring_blocks)?;
-    let mut sb = Side::open(b, mode, ring_blocks)?;
-    let ring_bytes = sa.ring.as_ref().map_or(0, |r| r.kernel_bytes());
-    let ring_frames = sa.ring.as_ref().map_or(0, |r| r.frames());
+    let mut sa = Side::open(a, mode)?;
+    let mut sb = Side::open(b, mode)?;
+    let ring = mode == RxMode::Ring;
     let start = Instant::now();
     let deadline = start + duration;
     let mut last = None::<Instant>;
     let mut t = Tally::default();
-    let cpu0 = packet::cpu_seconds();
+    let cpu0 = crate::sys::cpu_seconds();
     while Instant::now() < deadline {
         if last.is_some_and(|l| l.elapsed() > idle) {
             break;
         }
-        packet::wait_readable(&[sa.fd.as_fd(), sb.fd.as_fd()], Duration::from_millis(50))?;
+        let mut fds = [
+            PollFd::new(sa.fd.as_fd(), PollFlags::POLLIN),
+            PollFd::new(sb.fd.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::from(50u8)) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e).context("poll"),
+        }
         let mut moved = sa.forward(sb.fd.as_fd(), &mut t)?;
         moved += sb.forward(sa.fd.as_fd(), &mut t)?;
         if moved > 0 {
             last = Some(Instant::now());
         }
     }
-    let cpu = packet::cpu_seconds() - cpu0;
+    let cpu = crate::sys::cpu_seconds() - cpu0;
     Ok(json!({
         "mode": format!("{mode:?}").to_lowercase(),
         "frames": t.frames,
@@ -176,10 +201,11 @@ pub fn run(
         "rx_calls": t.rx_calls,
         "tx_calls": t.tx_calls,
         "tx_errors": t.tx_errors,
+        "rx_dropped": t.rx_dropped,
         "frames_per_rx_call": if t.rx_calls > 0 { t.frames as f64 / t.rx_calls as f64 } else { 0.0 },
         "cpu_seconds": cpu,
         "seconds": start.elapsed().as_secs_f64(),
-        "ring_frames_per_socket": ring_frames,
-        "ring_kernel_bytes_per_socket": ring_bytes,
+        "ring_frames_per_socket": if ring { RING_BYTES / RING_FRAME } else { 0 },
+        "ring_kernel_bytes_per_socket": if ring { RING_BYTES } else { 0 },
     }))
 }

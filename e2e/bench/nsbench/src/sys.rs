@@ -1,4 +1,6 @@
-//! The two batched socket calls nsbench needs, as safe wrappers: the only `unsafe` in the crate.
+//! The two batched UDP socket calls nsbench needs and the process's CPU time, as safe
+//! wrappers: the only `unsafe` in the crate (packet sockets and TAPs come from
+//! `netstackd::sys`).
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -73,4 +75,16 @@ pub fn recv_batch(fd: BorrowedFd<'_>, bufs: &mut [Vec<u8>]) -> io::Result<(usize
     let got = got as usize;
     let bytes = hdrs[..got].iter().map(|h| h.msg_len as usize).sum();
     Ok((got, bytes))
+}
+
+/// User plus system CPU time this process has used, in seconds.
+pub fn cpu_seconds() -> f64 {
+    // SAFETY: rusage is plain old data; all zeroes is a valid value.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes one rusage into `ru`, which lives on our stack for the call.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return 0.0;
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
 }

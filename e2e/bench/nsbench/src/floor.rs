@@ -1,7 +1,7 @@
 //! `floor`: the simplest TAP↔TAP forwarder, the floor of a userspace hop on this machine.
 //!
 //! It creates one TAP named `ifname` in each of two pod namespaces, exactly as netstackd
-//! creates a pod's TAP (`netstackd::sys::tap::open_queues`: `IFF_VNET_HDR`, the 10-byte
+//! creates a pod's TAP (`netstack_core::sys::tap::open_queues`: `IFF_VNET_HDR`, the 10-byte
 //! virtio-net header, the same offloads), and forwards every frame from one to the other
 //! unchanged: a wire, one thread, up to netstackd's 64 frames read from one queue per wakeup
 //! (one `readv` each) and then written to the other queue (one `writev` each), no routing,
@@ -18,8 +18,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
-use netstackd::netns::run_in_netns;
-use netstackd::sys::tap::{open_queues, read_frame, write_frame, RxFrame, TunKind, VNET_HDR_LEN};
+use netstack_core::netns::run_in_netns;
+use netstack_core::sys::tap::{
+    open_queues, read_frame, write_frame, RxFrame, TunKind, VNET_HDR_LEN,
+};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use serde_json::json;
 

@@ -9,8 +9,8 @@ use std::net::Ipv4Addr;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use netstack_core::wire::{ipv4, Ipv4Packet};
 use netstackd::stack::flow::{FlowPacket, FlowTable, Lifetime, DEFAULT_CAPACITY};
-use netstackd::wire::{ipv4, Ipv4Packet};
 use serde_json::{json, Value};
 
 /// Times `lookups` packets in each case with a table of `entries` recorded flows.

@@ -10,7 +10,7 @@
 //!   does. Every ring frame must hold a 64 KiB GSO frame, or the kernel cuts it short; the
 //!   ring's kernel memory is reported.
 //!
-//! The sockets, batches and ring are netstackd's own (`netstackd::sys::packet`).
+//! The sockets, batches and ring are netstackd's own (`netstack_core::sys::packet`).
 //!
 //! Every frame from one device goes out of the other, unchanged (a wire, no routing).
 
@@ -19,11 +19,11 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use netstackd::sys::packet::{
+use netstack_core::sys::packet::{
     open_fanout_sockets, recv_frames, send_frames, set_rx_ring, RxRing, MMSG_BATCH, RING_BYTES,
     RING_FRAME,
 };
-use netstackd::sys::tap::{RxFrame, VNET_HDR_LEN};
+use netstack_core::sys::tap::{RxFrame, VNET_HDR_LEN};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use serde_json::json;
 

@@ -1,6 +1,6 @@
 //! The two batched UDP socket calls nsbench needs and the process's CPU time, as safe
 //! wrappers: the only `unsafe` in the crate (packet sockets and TAPs come from
-//! `netstackd::sys`).
+//! `netstack_core::sys`).
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};

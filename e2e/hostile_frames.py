@@ -13,6 +13,9 @@ frame. Python 3 standard library only.
 
 `send` exit status: 0 sent (and the ICMP expectation met), 2 the expectation was not met,
 3 the pod's own kernel refused the frame (its errno is printed): netstackd never saw it.
+`send` and `fuzz` also print "handed to the device: N", the frames a capture socket on the
+pod's eth0 saw leave (the kernel passes a frame to captures as it hands it to the driver),
+so that a frame the pod's kernel dropped can be told from one netstackd never read.
 """
 
 import argparse
@@ -31,6 +34,7 @@ ETH_P_ARP = 0x0806
 SOL_PACKET = 263
 PACKET_VNET_HDR = 15
 PACKET_OUTGOING = 4
+SO_RCVBUFFORCE = 33
 
 GATEWAY_MAC = bytes.fromhex("024e53000001")
 BROADCAST_MAC = b"\xff" * 6
@@ -242,6 +246,25 @@ def recv_icmp(sock, gw, me_ip, ident, deadline):
             return icmp[0], icmp[1], struct.unpack("!H", icmp[6:8])[0]
 
 
+def capture(ifname):
+    """A socket that sees every frame handed to `ifname`'s driver, with a buffer for thousands."""
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 64 << 20)
+    s.bind((ifname, 0))
+    return s
+
+
+def handed_to_device(cap, me_mac, settle=0.3):
+    """How many frames from `me_mac` left through `cap`'s device (read until `settle` s pass
+    without one)."""
+    n = 0
+    while select.select([cap], [], [], settle)[0]:
+        data, addr = cap.recvfrom(65535)
+        if addr[2] == PACKET_OUTGOING and data[6:12] == me_mac:
+            n += 1
+    return n
+
+
 def fuzz(args, me_mac, me_ip):
     """Random IPv4 frames: the pod's own MAC and ethertype, then random bytes, a third of them
     with a header checksum made right and the pod's own source address (so the checks behind
@@ -252,6 +275,7 @@ def fuzz(args, me_mac, me_ip):
     if args.vnet:
         tx.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
     tx.bind((args.ifname, 0))
+    cap = capture(args.ifname)
     sent = refused = 0
     for i in range(args.count):
         body = bytearray(rng.randbytes(rng.randrange(0, 1400)))
@@ -276,6 +300,7 @@ def fuzz(args, me_mac, me_ip):
         except OSError:
             refused += 1
     print("fuzz: %d sent, %d refused by the pod kernel" % (sent, refused))
+    print("handed to the device: %d" % handed_to_device(cap, me_mac))
     return 0
 
 
@@ -320,12 +345,15 @@ def main():
     if vh is not None:
         tx.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
     tx.bind((args.ifname, 0))
+    cap = capture(args.ifname)
     try:
         tx.send((vh or b"") + frame)
     except OSError as e:
         print("%s: refused by the pod kernel: %s" % (args.name, errno.errorcode.get(e.errno, e.errno)))
+        print("handed to the device: %d" % handed_to_device(cap, me_mac))
         return 3
     print("%s: sent %d bytes (%s)" % (args.name, len(frame), what))
+    print("handed to the device: %d" % handed_to_device(cap, me_mac))
     if args.expect_icmp or args.expect_no_icmp:
         wait = 0.5 if args.expect_no_icmp else 2
         got = recv_icmp(rx, args.gateway, me_ip, ident, time.monotonic() + wait)

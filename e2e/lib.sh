@@ -33,15 +33,8 @@ NETWORK=netstack-e2e
 NETSTACKD_PID=
 PODS=()
 
-log() { printf '\033[1m==> %s\033[0m\n' "$*"; }
-
-# The tally every test script keeps: ok/fail print one row each; check WHAT CMD... runs CMD
-# quietly and records its outcome. Scripts end with `[ "$FAILS" = 0 ]`.
-FAILS=0
-PASSES=0
-ok() { PASSES=$((PASSES + 1)); printf '  ok   %s\n' "$1"; }
-fail() { FAILS=$((FAILS + 1)); printf '  FAIL %s\n' "$1"; }
-check() { local what=$1; shift; if "$@" >/dev/null 2>&1; then ok "$what"; else fail "$what"; fi; }
+# The tally (ok, fail, check, log) and the waits (eventually, wait_for_socket).
+. "$ROOT/e2e/checks.sh"
 
 # write_conflist [subnet]: the conflist the runtime would read from /etc/cni/net.d, in $MODE.
 write_conflist() {
@@ -84,15 +77,7 @@ start_netstackd() {
     --uplink "$UPLINK" --metrics-addr 127.0.0.1:0 --dp-netns "$DP_NETNS" --masquerade=false \
     "${host_flags[@]}" ${NETSTACKD_ARGS:-} "$@" >>"$WORK/netstackd.log" 2>&1 &
   NETSTACKD_PID=$!
-  local i
-  for i in $(seq 1 100); do
-    [ -S "$SOCK" ] && return 0
-    kill -0 "$NETSTACKD_PID" 2>/dev/null || break
-    sleep 0.1
-  done
-  echo "netstackd did not start; its log:" >&2
-  cat "$WORK/netstackd.log" >&2
-  return 1
+  wait_for_socket "$SOCK" "$NETSTACKD_PID" "$WORK/netstackd.log"
 }
 
 stop_netstackd() {

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # e2e: the CNI conformance table. One row per requirement of the CNI spec (SPEC.md 1.0.0 and
 # 1.1.0, CONVENTIONS.md) and per error code, each naming the section it checks; chaining with
-# Debian's reference plugins (portmap, tuning); dual-stack IPv4/IPv6 through netstackd.
+# Debian's reference plugins (portmap, tuning); dual-stack IPv4/IPv6 through netstackd. The
+# rows that need no root, daemon or netns (VERSION, most error codes) are Rust tests that run
+# the plugin binary: cni-plugin/tests/conformance.rs.
 #
 # Everything on the node side runs in a "node" netns of its own: netstackd and its uplink,
 # the plugin chain (so portmap's DNAT rules land there), and a "client" netns on a veth that
@@ -74,14 +76,7 @@ start_node_netstackd() {
     --metrics-addr off >>"$WORK/netstackd.log" 2>&1) &
   NETSTACKD_PID=$!
   [ "${1:-0}" = 0 ] || return 0
-  for _ in $(seq 1 100); do
-    [ -S "$SOCK" ] && return 0
-    kill -0 "$NETSTACKD_PID" 2>/dev/null || break
-    sleep 0.1
-  done
-  echo "netstackd did not start:" >&2
-  cat "$WORK/netstackd.log" >&2
-  return 1
+  wait_for_socket "$SOCK" "$NETSTACKD_PID" "$WORK/netstackd.log"
 }
 stop_node_netstackd() {
   local pid=${NETSTACKD_PID:-}
@@ -105,8 +100,6 @@ plugin() {
     CNI_ARGS="${6:-IgnoreUnknown=1;K8S_POD_NAMESPACE=e2e;K8S_POD_NAME=$3;K8S_POD_UID=uid-$3}" \
     "$CHAIN_BIN/netstack"
 }
-# raw CMD [VAR=VALUE...] < stdin: the plugin with exactly the environment given.
-raw() { local cmd=$1; shift; node env -i PATH="$PATH" CNI_COMMAND="$cmd" "$@" "$CHAIN_BIN/netstack"; }
 
 # write_conf FILE VERSION [EXTRA_PLUGINS_JSON]: a conflist with netstack (dual-stack host-local)
 # first, then the given plugins.
@@ -179,51 +172,11 @@ CONFLIST_NOPM=$WORK/chain-check.conflist
 jq 'del(.plugins[1])' "$CONFLIST_CHAIN" >"$CONFLIST_NOPM"
 
 # ---------------------------------------------------------------------------------------
-log "VERSION and version negotiation"
-out=$(printf '{"cniVersion":"1.1.0"}' | raw VERSION CNI_IFNAME=dummy CNI_NETNS=dummy CNI_PATH=dummy)
-row "SPEC §2 VERSION" "supportedVersions is 0.4.0, 1.0.0, 1.1.0; dummy CNI_* ignored" \
-  test "$(jq -c '[.cniVersion, .supportedVersions]' <<<"$out")" = '["1.1.0",["0.4.0","1.0.0","1.1.0"]]'
-row "SPEC §1 version considerations" "shipped conflist: cniVersion 1.0.0, cniVersions [1.0.0, 1.1.0], all supported" \
-  jq -e --argjson sup "$(jq -c .supportedVersions <<<"$out")" \
-  '.cniVersion == "1.0.0" and .cniVersions == ["1.0.0","1.1.0"] and ((.cniVersions + [.cniVersion]) - $sup == [])' \
-  "$ROOT/manifests/10-netstack.conflist"
-out=$(plugin ADD "$CONF" v1-$RUN_ID /run/netns/none eth0 "" '.cniVersion = "0.3.1"')
-row "SPEC §5 error code 1" "ADD with cniVersion 0.3.1 (not implemented)" is_error 1 "$out"
-out=$(plugin STATUS "$CONF" "" "")
-row "SPEC §2 STATUS (code 1)" "STATUS with a 1.0.0 config (STATUS exists from 1.1.0)" is_error 1 "$out"
-out=$(plugin GC "$CONF" "" "" eth0 "" '. + {"cni.dev/valid-attachments": []}')
-row "SPEC §2 GC (code 1)" "GC with a 1.0.0 config" is_error 1 "$out"
-
-# ---------------------------------------------------------------------------------------
 log "parameters and error codes"
+# VERSION, the error codes that need no daemon or netns (1, 2, 3, 4, 5, 6, 7) and the plugin
+# run by hand are rows of cni-plugin/tests/conformance.rs (cargo test); these need the node.
 P=cc-p-$RUN_ID
 new_pod "$P"
-out=$(jq -c '.plugins[0] + {cniVersion, name}' "$CONF" | raw FROB CNI_CONTAINERID=x CNI_NETNS=/run/netns/$P CNI_IFNAME=eth0 CNI_PATH="$CHAIN_BIN")
-row "SPEC §2 parameters: CNI_COMMAND (4)" "unknown command" is_error 4 "$out"
-out=$(plugin ADD "$CONF" "-bad/id" "/run/netns/$P")
-row "SPEC §2 parameters: CNI_CONTAINERID (4)" "container id outside ^[a-zA-Z0-9][a-zA-Z0-9_.-]*\$" is_error 4 "$out"
-out=$(plugin ADD "$CONF" "$P" "/run/netns/$P" abcdefghijklmnop)
-row "SPEC §2 parameters: CNI_IFNAME (4)" "16-character interface name (max 15)" is_error 4 "$out"
-out=$(jq -c '.plugins[0] + {cniVersion, name}' "$CONF" | raw ADD CNI_CONTAINERID="$P" CNI_IFNAME=eth0 CNI_PATH="$CHAIN_BIN")
-row "SPEC §2 parameters: CNI_NETNS (4)" "ADD without CNI_NETNS" is_error 4 "$out"
-out=$(jq -c '.plugins[0] + {cniVersion, name}' "$CONF" | raw ADD CNI_CONTAINERID="$P" CNI_NETNS="/run/netns/$P" CNI_IFNAME=eth0)
-row "SPEC §2 parameters: CNI_PATH (4)" "ADD without CNI_PATH" is_error 4 "$out"
-out=$(plugin ADD "$CONF" "$P" "/run/netns/gone-$RUN_ID")
-row "SPEC §5 error code 3" "CNI_NETNS that does not exist" is_error 3 "$out"
-out=$(plugin ADD "$CONF" "$P" "/run/netns/$P" eth0 "K8S_POD_NAME=x;FROB=1")
-row "SPEC §2 parameters: CNI_ARGS (4)" "unknown CNI_ARGS key without IgnoreUnknown" is_error 4 "$out"
-out=$(node env CNI_COMMAND=ADD CNI_CONTAINERID="$P" CNI_NETNS="/run/netns/$P" CNI_IFNAME=eth0 CNI_PATH="$CHAIN_BIN" "$CHAIN_BIN/netstack" </)
-row "SPEC §5 error code 5" "stdin unreadable (a directory)" is_error 5 "$out"
-out=$(printf '{"cniVersion":' | raw ADD CNI_CONTAINERID="$P" CNI_NETNS="/run/netns/$P" CNI_IFNAME=eth0 CNI_PATH="$CHAIN_BIN")
-row "SPEC §5 error code 6" "undecodable config" is_error 6 "$out"
-out=$(plugin ADD "$CONF" "$P" "/run/netns/$P" eth0 "" 'del(.ipam)')
-row "SPEC §5 error code 7" "invalid config (no ipam section)" is_error 7 "$out"
-out=$(plugin ADD "$CONF" "$P" "/run/netns/$P" eth0 "" '.mode = "macvtap"')
-row "SPEC §5 error code 2" "unsupported field value (mode macvtap), message names it" \
-  jq -e '.code == 2 and (.msg | contains("mode") and contains("macvtap"))' <<<"$out"
-out=$(plugin ADD "$CONF" "$P" "/run/netns/$P" eth0 "" '.mtu = 65535')
-row "SPEC §5 error code 7" "MTU 65535 on a TAP (which takes at most 65521): message names both" \
-  jq -e '.code == 7 and (.msg | contains("65535") and contains("65521"))' <<<"$out"
 ref=$(jq -c '.plugins[0].ipam.ranges = [[{"subnet":"10.0.0.0/33"}]] | .plugins[0] + {cniVersion, name}' "$CONF" |
   node env CNI_COMMAND=ADD CNI_CONTAINERID="$P" CNI_NETNS="/run/netns/$P" CNI_IFNAME=eth0 CNI_PATH="$CHAIN_BIN" "$CHAIN_BIN/host-local")
 out=$(plugin ADD "$CONF" "$P" "/run/netns/$P" eth0 "" '.ipam.ranges = [[{"subnet":"10.0.0.0/33"}]]')
@@ -261,7 +214,11 @@ row "SPEC §2 ADD: device in the netns" "eth0 is a multi-queue TAP with the resu
     ip -n $A addr show eth0 | grep -q "inet $IP_A/24" && ip -n $A addr show eth0 | grep -q "inet6 $IP6_A/64"'
 row "CONVENTIONS bandwidth" "runtimeConfig.bandwidth is recorded with the attachment (enforced by the qdisc: test_qdisc.sh)" \
   jq -e '.bandwidth.ingressRate == 1000000 and .bandwidth.egressRate == 2000000' "$STATE/${A}:eth0.json"
-row "CONVENTIONS portMappings" "runtimeConfig.portMappings is left to a chained portmap (ADD succeeds)" test -n "$IP_A"
+# no_dnat_for_a: the node's nat table has no rule for pod A's address or port 9, and no
+# portmap chain (iptables answering, so an unreadable table does not pass).
+no_dnat_for_a() { local r; r=$(node iptables -t nat -S) && ! grep -qE -- "$IP_A|--dport 9( |$)|CNI-DN-" <<<"$r"; }
+row "CONVENTIONS portMappings" "runtimeConfig.portMappings is left to a chained portmap: ADD succeeds, no DNAT rule made" \
+  eval '[[ "$IP_A" == 10.244.$N.* ]] && no_dnat_for_a'
 row "SPEC §2 parameters: CNI_ARGS" "IgnoreUnknown=1 accepts FOO; K8S_POD_* kept with the attachment" \
   eval 'nctl list | jq -e --arg id $A ".[] | select(.container_id == \$id) | .labels
     | .K8S_POD_NAMESPACE == \"ns1\" and .K8S_POD_NAME == \"web-0\" and .K8S_POD_UID == \"u1\"
@@ -281,7 +238,8 @@ new_pod "$C"
 RC=$(plugin ADD "$CONF110" "$C" "/run/netns/$C")
 row "SPEC §1 version 1.1.0" "a 1.1.0 config works with a 1.0.0-only host-local (negotiated down); result 1.1.0 with mtu" \
   jq -e '.cniVersion == "1.1.0" and .interfaces[0].mtu == 1500 and (.ips | length) == 2' <<<"$RC"
-row "SPEC §1 unknown fields" "an unknown plugin key (x-unknown-key) is accepted and ignored" test -n "$(jq -r '.ips[0].address' <<<"$RC")"
+row "SPEC §1 unknown fields" "an unknown plugin key (x-unknown-key) is accepted and ignored: a result, not an error" \
+  jq -e --arg net "10.244.$N." '(has("code") | not) and (.ips[0].address | type == "string" and startswith($net))' <<<"$RC"
 D=cc-d-$RUN_ID
 new_pod "$D"
 PREV='{"cniVersion":"1.0.0","interfaces":[{"name":"ext9","mac":"02:00:00:00:00:09"}],"ips":[{"address":"192.0.2.99/32","interface":0}],"routes":[],"dns":{"nameservers":["192.0.2.53"]},"x-vendor":{"kept":true}}'

@@ -10,15 +10,6 @@ set -uo pipefail
 . "$(dirname "$0")/lib.sh"
 trap 'ip link del nsctl-node 2>/dev/null; e2e_cleanup' EXIT
 
-# eventually SECONDS CMD...: CMD succeeds before SECONDS pass (a bound on a hang, not a measure).
-eventually() {
-  local deadline=$((SECONDS + $1)); shift
-  until "$@" >/dev/null 2>&1; do
-    [ "$SECONDS" -ge "$deadline" ] && return 1
-    sleep 0.2
-  done
-}
-
 write_conflist
 start_netstackd || exit 1
 

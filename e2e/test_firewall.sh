@@ -86,15 +86,6 @@ mkdir -p "$WORK" "$NODE_DIR"
 
 in_node() { ip netns exec "$NODE" "$@"; }
 check_not() { local what=$1; shift; if "$@" >/dev/null 2>&1; then fail "$what"; else ok "$what"; fi; }
-# eventually SECONDS CMD...: CMD succeeds within SECONDS (polled; the bound is for a hang).
-eventually() {
-  local deadline=$((SECONDS + $1)); shift
-  until "$@" >/dev/null 2>&1; do
-    [ "$SECONDS" -ge "$deadline" ] && return 1
-    sleep 0.2
-  done
-}
-
 # start_install ARGS...: the DaemonSet entrypoint in the node's netns (background; `ip netns
 # exec` itself, not a function, so that $INSTALL_PID is the entrypoint).
 start_install() {

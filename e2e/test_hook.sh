@@ -236,8 +236,9 @@ check "podman container has an address in the pod CIDR ($Q1_IP)" test "${Q1_IP%.
 check "podman container pings the CNI pod" pm exec "$Q1" ping -c 3 -i 0.2 -W 2 "$IP_P"
 check "CNI pod pings the podman container" in_pod "$P" ping -c 3 -i 0.2 -W 2 "$Q1_IP"
 Q2=hook-q2-$RUN_ID
-pm run -d --name "$Q2" --network=none "$IMAGE" sleep 300 >/dev/null 2>&1
-check "a podman container without the annotation is not attached" test "$(attachments)" = 2
+pm run -d --name "$Q2" --network=none "$IMAGE" sleep 300 >"$WORK/$Q2.log" 2>&1
+check "a podman container without the annotation runs" test "$(pm inspect --format '{{.State.Running}}' "$Q2")" = true
+check "  ... and is not attached" test "$(attachments)" = 2
 check "podman rm -f $Q1" pm rm -f -t 0 "$Q1"
 check "no attachment for the podman container" test -z "$(attached_ifname "$Q1_ID")"
 check "no host-local reservation for it" test "$(ipam_reservations)" = "$reserved0"
@@ -263,8 +264,9 @@ check "  ... and never reaches the hook: not attached" test "$(attachments)" = 1
 Q4=hook-q4-$RUN_ID
 pm run -d --name "$Q4" --network=none --annotation netstack.io/attach=true \
   --annotation io.kubernetes.cri-o.ContainerType=sandbox --cap-add NET_RAW "$IMAGE" sleep 300 >"$WORK/$Q4.log" 2>&1
+check "an annotated sandbox (ContainerType=sandbox) runs" test "$(pm inspect --format '{{.State.Running}}' "$Q4")" = true
 Q4_ID=$(pm inspect --format '{{.Id}}' "$Q4")
-check "an annotated sandbox (ContainerType=sandbox) is attached" test "$(attached_ifname "$Q4_ID")" = eth0
+check "  ... and is attached" test "$(attached_ifname "$Q4_ID")" = eth0
 check "  ... with its sandbox id as K8S_POD_INFRA_CONTAINER_ID" test "$(label_of "$Q4_ID" K8S_POD_INFRA_CONTAINER_ID)" = "$Q4_ID"
 check "podman rm -f of both" pm rm -f -t 0 "$Q3" "$Q4"
 check "  ... only the CNI pod is left attached" test "$(attachments)" = 1

@@ -52,7 +52,8 @@ field() { tr ' ' '\n' <<<"$1" | sed -n "s/^$2=//p"; }
 #   EXPECT  a drop reason: exactly that counter of pod A moves by one, no other, pod B gets
 #           nothing; "delivered": pod B gets it (a control row); alternatives with "|", where
 #           "refused" is pod A's kernel failing the write (EINVAL) and "kernel-drop" is pod A's
-#           kernel taking the write but never passing the frame to the TAP.
+#           kernel taking the write but never handing a frame to eth0's driver (a capture on
+#           eth0 saw none leave, so netstackd had nothing to read).
 #   ICMP    TYPE/CODE[/MTU] that must come back from the gateway, or "none" (none may).
 row() {
   local name=$1 expect=$2 icmp=${3:-} args=() before after d out rc got=
@@ -83,15 +84,17 @@ row() {
   sleep 0.1
   after=$(counters)
   d=$(delta "$before" "$after")
-  local drops b_tx rx
+  local drops b_tx rx handed
   drops=$(field "$d" drops); b_tx=$(field "$d" b_tx); rx=$(field "$d" rx)
+  handed=$(sed -n 's/^handed to the device: //p' <<<"$out")
+  d="$d handed=${handed:-?}"
   if [ "$rc" = 2 ]; then got="ICMP expectation $icmp not met: $(tail -1 <<<"$out")"; fi
   if [ "$rc" != 0 ] && [ "$rc" != 2 ]; then got="helper failed: $out"; fi
   local e matched=
   for e in ${expect//|/ }; do
     case "$e" in
       delivered) [ "$rx" = 1 ] && [ "$b_tx" = 1 ] && [ -z "$drops" ] && matched="delivered to pod B" ;;
-      kernel-drop) [ "$rx" = 0 ] && [ "$b_tx" = 0 ] && matched="dropped by pod A's own kernel after the write; netstackd saw nothing" ;;
+      kernel-drop) [ "$rx" = 0 ] && [ "$b_tx" = 0 ] && [ "$handed" = 0 ] && matched="dropped by pod A's own kernel after the write: no frame left through eth0" ;;
       refused) ;;
       *) [ "$rx" = 1 ] && [ "$b_tx" = 0 ] && [ "$drops" = "$e+1" ] && matched="$e" ;;
     esac
@@ -204,6 +207,7 @@ for mode in plain vnet; do
   flags=(); [ "$mode" = vnet ] && flags=(--vnet)
   out=$(hostile fuzz 3000 --seed "$RUN_ID" "${flags[@]}" 2>&1)
   sent=$(sed -n 's/^fuzz: \([0-9]*\) sent.*/\1/p' <<<"$out")
+  handed=$(sed -n 's/^handed to the device: //p' <<<"$out")
   sleep 0.5
   after=$(counters)
   rx=$(jq -n --argjson x "$before" --argjson y "$after" '$y.a.rx_packets - $x.a.rx_packets')
@@ -218,7 +222,9 @@ for mode in plain vnet; do
     # Pod A's kernel checks a GSO write against its device's features (the TAP's offloads, the
     # veth's) and segments one the device cannot carry whole, e.g. TCP with the ECN flag on a
     # TAP without TSO_ECN: one write can reach netstackd as several frames.
-    check "$mode: netstackd read $rx frames from the $sent random writes pod A's kernel took" test "$rx" -gt 0
+    check "$mode: pod A's kernel handed frames to eth0 for the $sent random writes it took ($handed)" test "${handed:-0}" -gt 0
+    check "$mode: netstackd read all $handed or counted the kernel's drops (rx +$rx, kernel_queue_full +$kq)" \
+      test $((rx + kq)) = "${handed:-x}"
   fi
   check "$mode: every one is dropped and counted (drops +$dropped)" test "$dropped" = $((rx + kq))
   check "$mode: none reached pod B (tx_packets +$b_tx)" test "$b_tx" = 0

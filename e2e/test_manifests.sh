@@ -24,11 +24,8 @@ WORK=$(mktemp -d /tmp/netstack-manifests.XXXXXX)
 INSTALL=
 trap '[ -n "$INSTALL" ] && kill -TERM "$INSTALL" 2>/dev/null && wait "$INSTALL"; rm -rf "$WORK"' EXIT
 
-FAILS=0
-PASSES=0
-log() { printf '\033[1m==> %s\033[0m\n' "$*"; }
-ok() { PASSES=$((PASSES + 1)); printf '  ok   %s\n' "$1"; }
-fail() { FAILS=$((FAILS + 1)); printf '  FAIL %s\n' "$1"; }
+# The tally (ok, fail, log) and eventually; check here also shows a failed command's output.
+. "$ROOT/e2e/checks.sh"
 check() { local what=$1; shift; if "$@" >"$WORK/out" 2>&1; then ok "$what"; else fail "$what"; sed 's/^/       /' "$WORK/out"; fi; }
 
 PY=python3
@@ -252,15 +249,13 @@ FAKE=$FAKE CNI_BIN_DIR=$FAKE/node/bin CNI_CONF_DIR=$FAKE/node/conf \
   NETSTACKD=$FAKE/netstackd NETSTACK_PLUGIN=$FAKE/plugin REF_CNI_DIR=$FAKE/ref \
   sh "$M/install-cni.sh" run --kube --masquerade=true >"$WORK/install.log" 2>&1 &
 INSTALL=$!
-# until_true N CMD...: poll CMD (0.1 s apart, at most N times).
-until_true() { local n=$1; shift; until "$@"; do n=$((n - 1)); [ "$n" -gt 0 ] || return 1; sleep 0.1; done; }
-check "the plugin is installed before netstackd is ready" until_true 300 test -x "$FAKE/node/bin/netstack"
-check "netstackd is started with the entrypoint's arguments and the socket" until_true 300 \
+check "the plugin is installed before netstackd is ready" eventually 30 test -x "$FAKE/node/bin/netstack"
+check "netstackd is started with the entrypoint's arguments and the socket" eventually 30 \
   grep -qx -- "--socket $FAKE/run/netstackd.sock --kube --masquerade=true" "$FAKE/args"
-check "the entrypoint keeps asking netstackd" until_true 300 sh -c "[ \$(wc -l <'$FAKE/asked') -ge 3 ]"
+check "the entrypoint keeps asking netstackd" eventually 30 sh -c "[ \$(wc -l <'$FAKE/asked') -ge 3 ]"
 check "no conflist while netstackd is not ready" test -z "$(ls -A "$FAKE/node/conf")"
 touch "$FAKE/ready"
-check "the conflist is written once netstackd answers" until_true 300 test -s "$FAKE/node/conf/10-netstack.conflist"
+check "the conflist is written once netstackd answers" eventually 30 test -s "$FAKE/node/conf/10-netstack.conflist"
 check "  ... with the pod CIDRs netstackd reports (both families)" test \
   "$(jq -c '.plugins[0].ipam.ranges' "$FAKE/node/conf/10-netstack.conflist")" = '[[{"subnet":"10.244.7.0/24"}],[{"subnet":"fd00:10:244:7::/64"}]]'
 check "  ... and nothing else in the conf dir (written under a temporary name, renamed)" \
@@ -337,7 +332,7 @@ ip -n "$NODE" link set lo up
 ip netns exec "$NODE" "$BIN/netstackd" --socket "$UN/sock" --state-dir "$UN/state" --pod-cidr 10.250.9.0/24 \
   --uplink mfup0 --dp-netns "$UN/dp" --metrics-addr off --masquerade=true >"$WORK/un-netstackd.log" 2>&1 &
 UNPID=$!
-until_true 100 test -S "$UN/sock"
+wait_for_socket "$UN/sock" "$UNPID" "$WORK/un-netstackd.log"
 cp "$M/10-netstack.conflist" "$UN/conf/10-netstack.conflist"
 cp "$BIN/netstack" "$UN/bin/netstack"
 printf '#!/bin/sh\n' >"$UN/bin/host-local"

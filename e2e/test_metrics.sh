@@ -18,15 +18,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# eventually SECONDS CMD...: CMD succeeds within SECONDS (polled; the bound is for a hang).
-eventually() {
-  local deadline=$((SECONDS + $1)); shift
-  until "$@" >/dev/null 2>&1; do
-    [ "$SECONDS" -ge "$deadline" ] && return 1
-    sleep 0.2
-  done
-}
-
 mkdir -p "$WORK" "$STATE"
 ip link add "$LINK" type veth peer name "${LINK}p"
 ip addr add "$NODE_IP/24" dev "$LINK"

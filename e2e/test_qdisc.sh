@@ -89,7 +89,9 @@ in_pod "$D" iperf3 -s -1 -D --bind "$IP_D"
 sleep 0.3
 in_pod "$A" timeout 30 iperf3 -c "$IP_D" -t "$SECS" -J >"$WORK/free.json"
 got=$(jq -r '.end.sum_received.bytes' "$WORK/free.json")
-check "unshaped pods are not held to the shaped rate ($got > 3 x $max_bytes bytes)" test "${got:-0}" -gt $((3 * max_bytes))
+# Twenty times what the shaper lets through (about 470 Mbit/s): far above any rate a shaper
+# set on this pair could give, far below what the pair forwards unshaped (Gbit/s on 2 cores).
+check "unshaped pods are not held to the shaped rate ($got > 20 x $max_bytes bytes)" test "${got:-0}" -gt $((20 * max_bytes))
 
 log "detach drops the shaped pod's queues"
 del_pod "$B"

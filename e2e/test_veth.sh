@@ -45,6 +45,8 @@ peer_absent() { [ -e "$DP_NETNS" ] && ! in_dp ip link show "$1" >/dev/null 2>&1;
 # ten_replies PING_OUTPUT: 10 replies came back, none twice.
 ten_replies() { grep -q ' 10 received' <<<"$1" && ! grep -q 'DUP\|duplicates' <<<"$1"; }
 # quiet POD OTHER_IP: no IPv6 and no ARP from POD, so every frame counted is the test's own.
+# eth0_tx_packets POD: the frames POD's kernel has sent on its eth0.
+eth0_tx_packets() { ip -n "$1" -s -j link show eth0 | jq '.[0].stats64.tx.packets'; }
 quiet() {
   in_pod "$1" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
   for n in "$GATEWAY" "$2"; do
@@ -221,11 +223,24 @@ check "a ring frame holds a GSO frame whole (avg frame from pod E $avg B >= 1638
 in_pod "$F" iperf3 -s -1 -D --bind "$IP_F"
 sleep 0.3
 rxp0=$(pod_counter "$E" .rx_packets); rxc0=$(pod_counter "$E" .rx_calls)
+kq0=$(pod_counter "$E" '.drops.kernel_queue_full // 0'); etx0=$(eth0_tx_packets "$E")
 check "a 2 s flood of 64 B datagrams pod E -> pod F completes" in_pod "$E" iperf3 -c "$IP_F" -u -b 0 -l 64 -t 2
 rxp=$(( $(pod_counter "$E" .rx_packets) - rxp0 )); rxc=$(( $(pod_counter "$E" .rx_calls) - rxc0 ))
 check "several frames taken from the ring per pass ($rxp frames in $rxc passes)" test $(( rxp * 100 / (rxc > 0 ? rxc : 1) )) -ge 200
-kq=$(ctl stats | jq --arg e "$E" '.pods[] | select(.container_id == $e) | .counters.drops.kernel_queue_full')
-check "what the full ring dropped is counted (kernel_queue_full $kq)" test "${kq:-null}" != null
+# Every frame pod E's kernel put on its veth during the flood either came out of the ring
+# (rx_packets) or was dropped by the kernel with the ring full (kernel_queue_full).
+flood_balance() {
+  local sent read dropped
+  sent=$(( $(eth0_tx_packets "$E") - etx0 ))
+  read=$(( $(pod_counter "$E" .rx_packets) - rxp0 ))
+  dropped=$(( $(pod_counter "$E" '.drops.kernel_queue_full // 0') - kq0 ))
+  echo "$sent sent, $read read, $dropped kernel_queue_full"
+  [ "$sent" = $((read + dropped)) ]
+}
+eventually 5 flood_balance
+check "the flood overflowed the ring: kernel_queue_full +$(( $(pod_counter "$E" '.drops.kernel_queue_full // 0') - kq0 ))" \
+  test "$(pod_counter "$E" '.drops.kernel_queue_full // 0')" -gt "$kq0"
+check "what the full ring dropped is counted: every frame pod E sent was read or counted ($(flood_balance))" flood_balance
 kill -9 "$DP"
 for _ in $(seq 1 50); do
   n=$(pgrep -P "$NETSTACKD_PID" -f 'netstackd dataplane' | head -1)

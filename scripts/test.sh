@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as root: dependencies, formatting, lints, cargo deny (licences, bans,
-# sources; deny.toml), unit tests (some create real TAP devices and namespaces), release build,
+# sources; deny.toml), unit tests (those marked `#[ignore = "needs root"]` create real TAP
+# devices and namespaces; run here with --include-ignored), release build,
 # then the e2e scripts in e2e/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +24,7 @@ echo "==> cargo deny check licenses bans sources (deny.toml)"
 DENY_DIR=$(./scripts/cargo-deny.sh)
 PATH="$DENY_DIR:$PATH" cargo deny --offline --log-level error check licenses bans sources
 echo "==> cargo test"
-cargo test --quiet -- --test-threads=1
+cargo test --quiet -- --test-threads=1 --include-ignored  # the #[ignore = "needs root"] tests too
 echo "==> cargo build --release (with the e2e tests' fault injection)"
 cargo build --release --quiet --bins --features netstackd/fault-injection
 echo "==> fuzz (scripts/fuzz.sh)"

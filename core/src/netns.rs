@@ -431,11 +431,6 @@ pub mod testing {
 
     use nix::sched::{unshare, CloneFlags};
 
-    /// Whether the tests run as root (the namespace tests are skipped otherwise).
-    pub fn is_root() -> bool {
-        nix::unistd::geteuid().is_root()
-    }
-
     /// Runs `f` on a thread moved into a new, anonymous network namespace, which disappears
     /// with the thread and whatever `f` left open. Panics in `f` propagate.
     pub fn in_fresh_netns<T: Send>(f: impl FnOnce() -> T + Send) -> T {
@@ -502,7 +497,7 @@ pub mod testing {
 mod tests {
     use std::process::Command;
 
-    use super::testing::{is_root, NamedNetns};
+    use super::testing::NamedNetns;
     use super::*;
     use crate::netlink::Netlink;
 
@@ -582,11 +577,8 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root"]
     fn work_runs_inside_the_namespace_and_not_in_the_host() {
-        if !is_root() {
-            eprintln!("skipped: needs root");
-            return;
-        }
         let ns = NamedNetns::new();
         let host = current_netns_path();
         let (inside, thread_name, devices) = run_in_netns(&ns.path, || {
@@ -619,11 +611,8 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root"]
     fn named_netns_is_created_once_and_removed() {
-        if !is_root() {
-            eprintln!("skipped: needs root");
-            return;
-        }
         let path = PathBuf::from(format!("/run/netns/nst-named-{}", std::process::id()));
         let _ = remove_named_netns(&path);
         assert!(!is_netns(&path));
@@ -655,11 +644,8 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root"]
     fn panic_in_the_work_is_an_error() {
-        if !is_root() {
-            eprintln!("skipped: needs root");
-            return;
-        }
         let ns = NamedNetns::new();
         let err = run_in_netns::<_, u8>(&ns.path, || panic!("boom in netns")).unwrap_err();
         match err {

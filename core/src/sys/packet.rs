@@ -572,7 +572,7 @@ mod tests {
 
     use super::*;
     use crate::netlink::{LinkInfo, Netlink};
-    use crate::netns::testing::{in_fresh_netns, is_root};
+    use crate::netns::testing::in_fresh_netns;
     use crate::sys::tap::write_frame;
 
     #[test]
@@ -678,11 +678,8 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root"]
     fn fanout_sockets_carry_each_frame_once_and_not_their_own() {
-        if !is_root() {
-            eprintln!("skipped: needs root");
-            return;
-        }
         in_fresh_netns(|| {
             let (ours, far) = veth_pair("nst-pk0", "nst-pk1", "1500");
 
@@ -722,11 +719,8 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root"]
     fn batches_carry_every_frame_in_order_with_its_length() {
-        if !is_root() {
-            eprintln!("skipped: needs root");
-            return;
-        }
         in_fresh_netns(|| {
             let (ours, far) = veth_pair("nst-mm0", "nst-mm1", "1500");
             let rx = open_fanout_sockets(ours.index, 1).unwrap();
@@ -797,11 +791,8 @@ mod tests {
     /// A frame longer than the buffer it is read into is `Oversize`, from `recvmmsg`
     /// (`MSG_TRUNC`) and from a ring; the frames around it are whole.
     #[test]
+    #[ignore = "needs root"]
     fn a_frame_longer_than_the_buffer_is_oversize_in_batches_and_rings() {
-        if !is_root() {
-            eprintln!("skipped: needs root");
-            return;
-        }
         in_fresh_netns(|| {
             let (ours, far) = veth_pair("nst-tr0", "nst-tr1", "1500");
             let rx = open_fanout_sockets(ours.index, 1).unwrap();
@@ -882,11 +873,8 @@ mod tests {
 
     /// VETH_MAX_MTU is the kernel's: the plugin refuses larger MTUs on its strength.
     #[test]
+    #[ignore = "needs root"]
     fn a_veth_takes_an_mtu_up_to_veth_max_mtu() {
-        if !is_root() {
-            eprintln!("skipped: needs root");
-            return;
-        }
         in_fresh_netns(|| {
             veth_pair("nst-mt0", "nst-mt1", "1500");
             let nl = Netlink::new().unwrap();
@@ -899,11 +887,8 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root"]
     fn a_ring_hands_over_every_frame_in_order_and_a_new_mapping_finds_its_place() {
-        if !is_root() {
-            eprintln!("skipped: needs root");
-            return;
-        }
         in_fresh_netns(|| {
             let (ours, far) = veth_pair("nst-rg0", "nst-rg1", "9000");
             let rx = open_fanout_sockets(ours.index, 1).unwrap();

@@ -378,7 +378,7 @@ mod tests {
 
     use super::*;
     use crate::netlink::Netlink;
-    use crate::netns::testing::{in_fresh_netns, is_root};
+    use crate::netns::testing::in_fresh_netns;
 
     const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
     const PEER_IP: [u8; 4] = [10, 99, 0, 2];
@@ -513,11 +513,8 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root"]
     fn tap_queues_carry_frames_both_ways() {
-        if !is_root() {
-            eprintln!("skipped: needs root");
-            return;
-        }
         in_fresh_netns(|| {
             let name = "nst-tap0";
             let tap = open_queues(name, TunKind::Tap, 2, false).unwrap();
@@ -579,11 +576,8 @@ mod tests {
     /// that `tun_put_user` returns), nothing more: the old reading of that as a whole frame
     /// forwarded the first bytes of a cut frame.
     #[test]
+    #[ignore = "needs root"]
     fn a_frame_longer_than_the_buffer_is_oversize() {
-        if !is_root() {
-            eprintln!("skipped: needs root");
-            return;
-        }
         in_fresh_netns(|| {
             let name = "nst-tap2";
             let tap = open_queues(name, TunKind::Tap, 1, false).unwrap();
@@ -659,11 +653,8 @@ mod tests {
 
     /// TAP_MAX_MTU is the kernel's: the plugin refuses larger MTUs on its strength.
     #[test]
+    #[ignore = "needs root"]
     fn a_tap_takes_an_mtu_up_to_tap_max_mtu() {
-        if !is_root() {
-            eprintln!("skipped: needs root");
-            return;
-        }
         in_fresh_netns(|| {
             let _tap = open_queues("nst-tap3", TunKind::Tap, 1, false).unwrap();
             let nl = Netlink::new().unwrap();
@@ -676,11 +667,8 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root"]
     fn persistent_tap_survives_its_fds_and_reattaches() {
-        if !is_root() {
-            eprintln!("skipped: needs root");
-            return;
-        }
         in_fresh_netns(|| {
             let name = "nst-tap1";
             let nl = Netlink::new().unwrap();
@@ -721,11 +709,8 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root"]
     fn tun_queue_reports_tun_flags_and_takes_helpers() {
-        if !is_root() {
-            eprintln!("skipped: needs root");
-            return;
-        }
         in_fresh_netns(|| {
             let tun = open_queues("nst-tun0", TunKind::Tun, 1, false).unwrap();
             let fd = tun.fds[0].as_fd();

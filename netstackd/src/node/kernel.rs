@@ -364,7 +364,7 @@ pub fn remove_all() -> Result<usize, RouteError> {
 mod tests {
     use super::*;
     use crate::netns::run_in_netns;
-    use crate::netns::testing::{is_root, NamedNetns};
+    use crate::netns::testing::NamedNetns;
 
     fn net(s: &str) -> IpNet {
         s.parse().unwrap()
@@ -374,11 +374,8 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root"]
     fn connected_networks_and_local_addresses_come_from_the_kernel() {
-        if !is_root() {
-            eprintln!("skipped: needs root");
-            return;
-        }
         let ns = NamedNetns::new();
         ns.ip(&["link", "set", "lo", "up"]);
         ns.ip(&["link", "add", "n0", "type", "veth", "peer", "name", "n1"]);
@@ -410,11 +407,8 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root"]
     fn the_mtu_is_the_default_route_links_with_the_lowest_metric() {
-        if !is_root() {
-            eprintln!("skipped: needs root");
-            return;
-        }
         let ns = NamedNetns::new();
         let mtu = || run_in_netns(&ns.path, || default_route_mtu().unwrap()).unwrap();
         assert_eq!(mtu(), None, "no default route");
@@ -457,11 +451,8 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root"]
     fn routes_are_added_replaced_listed_and_deleted_by_protocol() {
-        if !is_root() {
-            eprintln!("skipped: needs root");
-            return;
-        }
         let ns = NamedNetns::new();
         ns.ip(&["link", "add", "n0", "type", "veth", "peer", "name", "n1"]);
         ns.ip(&["addr", "add", "192.168.77.1/24", "dev", "n0"]);

@@ -8,8 +8,11 @@
 # for a node; the install step (manifests/install-cni.sh run, the DaemonSet's entrypoint)
 # copies the binaries first, keeps the node's own reference plugins, and writes the conflist
 # with the pod CIDRs netstackd reports only once netstackd answers (a stand-in netstackd, so
-# no root needed); the kind e2e's config parses, and the kind e2e skips cleanly (one SKIP
-# line, exit 0) where it cannot run. Run by scripts/test.sh.
+# no root needed); kubectl's kustomize renders manifests/ with its parameters and
+# manifests/monitoring/ (the headless Service, validated like the rest, and the ServiceMonitor
+# that selects it; the Service selects the DaemonSet's pods and its container port by name,
+# checked by a checker that is shown to reject each mistake); the kind e2e's config parses, and
+# the kind e2e skips cleanly (one SKIP line, exit 0) where it cannot run. Run by scripts/test.sh.
 #
 #   e2e/test_manifests.sh --sync   rewrites the ConfigMap's copy of the conflist template from
 #                                  manifests/10-netstack.conflist, then checks.
@@ -58,7 +61,7 @@ VPY=$VENV/bin/python
 log "schemas"
 for v in "${K8S_VERSIONS[@]}"; do
   check "all manifests validate (strict) against Kubernetes $v" \
-    "$VENV/bin/kubernetes-validate" --strict --quiet -k "$v" "$M"/*.yaml
+    "$VENV/bin/kubernetes-validate" --strict --quiet -k "$v" "$M"/*.yaml "$M/monitoring/metrics-service.yaml"
 done
 # The validator must be able to say no: a DaemonSet with a misspelt field.
 sed 's/imagePullPolicy:/imagePulPolicy:/' "$M/03-daemonset.yaml" >"$WORK/bad.yaml"
@@ -321,6 +324,129 @@ for path in ["/host/opt/cni/bin", "/host/etc/cni/net.d", "/run/netstack", "/var/
 print("\n".join(errors))
 sys.exit(1 if errors else 0)
 EOF
+
+log "monitoring: the ServiceMonitor, the Service it selects, the PodMonitor (manifests/monitoring)"
+KUBECTL=$(command -v kubectl)
+check "kubectl (kustomize built in) is installed" test -n "$KUBECTL"
+check "kubectl kustomize renders manifests/" sh -c "'$KUBECTL' kustomize '$M' >'$WORK/base.yaml'"
+check "kubectl kustomize renders manifests/monitoring/" sh -c "'$KUBECTL' kustomize '$M/monitoring' >'$WORK/monitoring.yaml'"
+"$VPY" - "$M" "$WORK/base.yaml" "$WORK/monitoring.yaml" >"$WORK/monitoring.out" 2>&1 <<'EOF'
+import copy, sys, yaml
+m, base_out, mon_out = sys.argv[1:4]
+def load(path):
+    return [d for d in yaml.safe_load_all(open(path)) if d]
+def row(what, ok):
+    print(("ok   " if ok else "FAIL ") + what)
+[ds] = [d for d in load(f"{m}/03-daemonset.yaml") if d["kind"] == "DaemonSet"]
+[svc] = load(f"{m}/monitoring/metrics-service.yaml")
+[sm] = load(f"{m}/monitoring/servicemonitor.yaml")
+[pm] = load(f"{m}/monitoring/podmonitor.yaml")
+# Every other pod template the manifests ship (the uninstall DaemonSet): the Service must not
+# select those pods.
+others = [d["spec"]["template"]["metadata"]["labels"] for d in load(f"{m}/uninstall/netstack-uninstall.yaml")
+          if d["kind"] in ("DaemonSet", "Deployment", "Job")]
+
+def errors(svc, sm, ds):
+    """What is wrong between the Service, the ServiceMonitor and the DaemonSet, or []."""
+    out = []
+    ns = ds["metadata"]["namespace"]
+    pod_labels = ds["spec"]["template"]["metadata"]["labels"]
+    [c] = [c for c in ds["spec"]["template"]["spec"]["containers"] if c["name"] == "netstackd"]
+    cports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
+    sel = svc["spec"].get("selector") or {}
+    if svc["kind"] != "Service" or svc["metadata"].get("namespace") != ns:
+        out.append(f"no Service in namespace {ns}")
+    if svc["spec"].get("clusterIP") != "None":
+        out.append("the Service is not headless")
+    if svc["spec"].get("publishNotReadyAddresses") is not True:
+        out.append("a netstackd that is not ready would not be scraped (publishNotReadyAddresses)")
+    if not sel or not sel.items() <= pod_labels.items():
+        out.append(f"the Service's selector {sel} does not select the DaemonSet's pods {pod_labels}")
+    if any(sel.items() <= o.items() for o in others):
+        out.append(f"the Service's selector {sel} also selects the uninstall pods")
+    sports = svc["spec"].get("ports", [])
+    named = [p for p in sports if p.get("name") == "metrics"]
+    if len(named) != 1:
+        out.append(f"the Service has no single port named metrics: {sports}")
+    else:
+        p = named[0]
+        target = p.get("targetPort", p.get("port"))
+        # A named targetPort must be the container's port named metrics; a number, its number.
+        if cports.get("metrics") is None or target not in ("metrics", cports["metrics"]):
+            out.append(f"the Service's targetPort {target} is not the container's metrics port ({cports})")
+        elif p.get("port") != cports["metrics"]:
+            out.append(f"the Service's port {p.get('port')} is not the metrics port {cports['metrics']}")
+    if sm.get("apiVersion") != "monitoring.coreos.com/v1" or sm.get("kind") != "ServiceMonitor":
+        out.append("servicemonitor.yaml is no monitoring.coreos.com/v1 ServiceMonitor")
+    if set(sm) != {"apiVersion", "kind", "metadata", "spec"} or sm["metadata"].get("namespace") != ns:
+        out.append("ServiceMonitor: unexpected top-level fields or namespace")
+    if not set(sm["spec"]) <= {"selector", "namespaceSelector", "endpoints", "jobLabel", "targetLabels"}:
+        out.append(f"ServiceMonitor spec fields: {set(sm['spec'])}")
+    smsel = sm["spec"].get("selector", {}).get("matchLabels") or {}
+    if not smsel or not smsel.items() <= svc["metadata"].get("labels", {}).items():
+        out.append(f"the ServiceMonitor's selector {smsel} does not match the Service's labels")
+    if sm["spec"].get("namespaceSelector", {}).get("matchNames") != [svc["metadata"].get("namespace")]:
+        out.append("the ServiceMonitor looks in another namespace than the Service's")
+    eps = sm["spec"].get("endpoints", [])
+    if len(eps) != 1 or not set(eps[0]) <= {"port", "path", "interval", "scrapeTimeout", "honorLabels", "scheme"}:
+        out.append(f"ServiceMonitor endpoints: {eps}")
+    elif eps[0].get("port") not in [p.get("name") for p in sports] or eps[0].get("path", "/metrics") != "/metrics":
+        out.append(f"the ServiceMonitor's endpoint {eps[0]} names no port of the Service")
+    return out
+
+e = errors(svc, sm, ds)
+row("the Service is headless, keeps unready pods and selects exactly the DaemonSet's pods, its metrics port is the "
+    "container's, the ServiceMonitor selects the Service and scrapes that port" + (f": {e}" if e else ""), not e)
+# The check can say no: one mistake at a time.
+def mutated(what, change):
+    s2, sm2, ds2 = copy.deepcopy(svc), copy.deepcopy(sm), copy.deepcopy(ds)
+    change(s2, sm2, ds2)
+    row(f"  ... and rejects {what}", bool(errors(s2, sm2, ds2)))
+mutated("a Service selecting other labels", lambda s, _, __: s["spec"].update(selector={"app.kubernetes.io/name": "other"}))
+mutated("a Service port named otherwise", lambda s, _, __: s["spec"]["ports"][0].update(name="metric"))
+mutated("a targetPort that is no container port", lambda s, _, __: s["spec"]["ports"][0].update(targetPort="web"))
+mutated("a container port renamed", lambda _, __, d: d["spec"]["template"]["spec"]["containers"][0]["ports"][0].update(name="prom"))
+mutated("a ServiceMonitor selecting labels the Service lacks",
+        lambda _, sm, __: sm["spec"]["selector"]["matchLabels"].update({"app.kubernetes.io/component": "web"}))
+mutated("a ServiceMonitor endpoint on another port", lambda _, sm, __: sm["spec"]["endpoints"][0].update(port="http"))
+mutated("a Service that is not headless", lambda s, _, __: s["spec"].pop("clusterIP"))
+mutated("a Service that drops netstackds failing readiness", lambda s, _, __: s["spec"].pop("publishNotReadyAddresses"))
+
+# Both monitors must not be applied together (each target would be scraped twice): the
+# monitoring kustomization carries the ServiceMonitor and its Service, not the PodMonitor; the
+# base kustomization carries none of them (a cluster without the operator has no such kinds).
+k = yaml.safe_load(open(f"{m}/monitoring/kustomization.yaml"))
+row(f"manifests/monitoring/kustomization.yaml lists the Service and the ServiceMonitor only ({k.get('resources')})",
+    sorted(k.get("resources", [])) == ["metrics-service.yaml", "servicemonitor.yaml"])
+rendered = load(mon_out)
+row("kustomize renders exactly that Service and that ServiceMonitor",
+    sorted(d["kind"] for d in rendered) == ["Service", "ServiceMonitor"] and svc in rendered and sm in rendered)
+base = load(base_out)
+row("the base install (kubectl apply -k manifests/) has no Prometheus operator kind",
+    not any(d["apiVersion"].startswith("monitoring.coreos.com") for d in base) and len(base) >= 6)
+# The base renders with its parameters applied, as `kubectl apply -k manifests/` sends it.
+kb = yaml.safe_load(open(f"{m}/kustomization.yaml"))
+[rds] = [d for d in base if d["kind"] == "DaemonSet"]
+[rcm] = [d for d in base if d["kind"] == "ConfigMap"]
+img = kb["images"][0]
+want_img = f"{img['newName']}:{img['newTag']}"
+row(f"  ... the DaemonSet's image is the kustomization's ({want_img})",
+    rds["spec"]["template"]["spec"]["containers"][0]["image"] == want_img)
+ops = [op for p in kb["patches"] for op in yaml.safe_load(p["patch"])]
+row("  ... the ConfigMap carries the kustomization's CIDRs",
+    len(ops) == 2 and all(rcm["data"][op["path"].removeprefix("/data/")] == op["value"] for op in ops))
+# The PodMonitor and the ServiceMonitor reach the same pods through the same port name.
+row("the PodMonitor scrapes the same pods and port as the ServiceMonitor",
+    pm["spec"]["selector"]["matchLabels"].items() <= ds["spec"]["template"]["metadata"]["labels"].items()
+    and pm["spec"]["podMetricsEndpoints"][0]["port"] == sm["spec"]["endpoints"][0]["port"])
+EOF
+while read -r state what; do
+  case "$state" in
+    ok) ok "$what" ;;
+    *) fail "${what:-the monitoring check: $(tail -3 "$WORK/monitoring.out" | tr '\n' ' ')}" ;;
+  esac
+done <"$WORK/monitoring.out"
+check "the monitoring check produced its rows" grep -q '^ok   the PodMonitor' "$WORK/monitoring.out"
 
 log "the uninstall step (install-cni.sh uninstall) on a node namespace where netstackd ran"
 NODE=mf-node-$$

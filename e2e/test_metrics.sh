@@ -3,7 +3,10 @@
 # nodes file naming this node and one other, masquerade on) with --metrics-addr on a
 # non-loopback address of a veth, as the DaemonSet binds the node's address; the scrape
 # over that address has netstack_build_info with the commit of HEAD, the supervisor's process_*
-# series, the dataplane child's CPU and memory, and node mode's gauges. Needs root.
+# series, the dataplane child's CPU and memory, and node mode's gauges. Then N known frames
+# from pod A to pod B move A's netstack_pod_transmit_* and B's netstack_pod_receive_* by
+# exactly N (and their bytes), as the pods' own interface counters (what cAdvisor reads) move,
+# and nothing else: not the other directions, not the uplink, no drop series. Needs root.
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
 
@@ -94,6 +97,87 @@ while read -r state what; do
   esac
 done <"$WORK/prom.out"
 check "the scrape produced its rows" grep -q '^ok   netstack_node_watch_up' "$WORK/prom.out"
+
+log "N frames from pod A to pod B: each counted once, at A's transmit and B's receive"
+N=50
+PAYLOAD=100
+FRAME=$((14 + 20 + 8 + PAYLOAD)) # Ethernet + IPv4 + UDP headers: what the series count
+write_conflist
+A=mta-$RUN_ID
+B=mtb-$RUN_ID
+IP_A=$(add_pod "$A") && IP_B=$(add_pod "$B")
+check "pods A ($IP_A) and B ($IP_B) attached" test -n "$IP_A" -a -n "$IP_B"
+# Keep both pods quiet, so every counter change is ours: no IPv6 (router solicitations, MLD)
+# and no ARP (the gateway and the other pod are permanent neighbours at the gateway MAC).
+for p in "$A:$IP_B" "$B:$IP_A"; do
+  in_pod "${p%%:*}" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
+  for n in "$GATEWAY" "${p#*:}"; do
+    in_pod "${p%%:*}" ip neigh replace "$n" lladdr 02:4e:53:00:00:01 dev eth0 nud permanent
+  done
+done
+# link_series: every pod and uplink series as `NAME[:CONTAINER_ID] VALUE` lines; drop series
+# of one link are added up under `NAME:ID` (or `NAME` for the uplink), whatever the reason.
+link_series() {
+  "$BIN/netstackd" ctl --socket "$SOCK" metrics | awk '
+    /^netstack_(pod|uplink)_/ {
+      split($1, a, "{"); key = a[1]
+      if (match($1, /container_id="[^"]*"/)) key = key ":" substr($1, RSTART + 14, RLENGTH - 15)
+      v[key] += $2
+    }
+    END { for (k in v) print k, v[k] }' | sort
+}
+# pod_if_stat POD tx|rx packets|bytes: the pod's own eth0 counter, which cAdvisor reads.
+pod_if_stat() { in_pod "$1" cat "/sys/class/net/eth0/statistics/${2}_${3}"; }
+# The receiver counts N datagrams (bounded: 20 s), so B's kernel answers nothing.
+in_pod "$B" timeout 20 "$PY" -c '
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], 5001))
+open(sys.argv[3], "w").close()
+n = 0
+while n < int(sys.argv[2]):
+    s.recv(65536)
+    n += 1
+print(n)' "$IP_B" "$N" "$WORK/bound" >"$WORK/received" 2>&1 &
+RECV=$!
+eventually 10 test -e "$WORK/bound"
+link_series >"$WORK/before"
+A_TX0=$(pod_if_stat "$A" tx packets) B_RX0=$(pod_if_stat "$B" rx packets)
+in_pod "$A" "$PY" -c '
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for _ in range(int(sys.argv[2])):
+    s.sendto(b"m" * int(sys.argv[3]), (sys.argv[1], 5001))' "$IP_B" "$N" "$PAYLOAD"
+wait "$RECV"
+check "pod B received the $N datagrams ($(cat "$WORK/received"))" test "$(cat "$WORK/received")" = "$N"
+link_series >"$WORK/after"
+A_TX=$(($(pod_if_stat "$A" tx packets) - A_TX0)) B_RX=$(($(pod_if_stat "$B" rx packets) - B_RX0))
+# moved NAME: how far series NAME moved (every series is in both snapshots).
+moved() {
+  awk -v k="$1" '$1 == k { if (FILENAME ~ /before$/) b = $2; else { a = $2; seen = 1 } }
+    END { if (seen) printf "%d\n", a - b; else print "missing" }' "$WORK/before" "$WORK/after"
+}
+for row in "netstack_pod_transmit_packets_total:$A $N" "netstack_pod_transmit_bytes_total:$A $((N * FRAME))" \
+  "netstack_pod_receive_packets_total:$B $N" "netstack_pod_receive_bytes_total:$B $((N * FRAME))" \
+  "netstack_pod_receive_packets_total:$A 0" "netstack_pod_transmit_packets_total:$B 0" \
+  "netstack_pod_drops_total:$A 0" "netstack_pod_drops_total:$B 0" \
+  "netstack_uplink_transmit_packets_total 0" "netstack_uplink_receive_packets_total 0" "netstack_uplink_drops_total 0"; do
+  set -- $row
+  got=$(moved "$1")
+  what=${1%%:*}
+  [ "$1" = "$what" ] || what="$what of ${1#*:}"
+  check "$what moved by $2 ($got)" test "$got" = "$2"
+done
+# The whole family summed over every pod: each frame once (at its sender), not twice.
+sum_moved() { grep "^$1:" "$WORK/after" | cut -d' ' -f1 | while read -r k; do moved "$k"; done | awk '{n += $1} END {print n + 0}'; }
+check "sum(netstack_pod_transmit_packets_total) moved by $N ($(sum_moved netstack_pod_transmit_packets_total))" \
+  test "$(sum_moved netstack_pod_transmit_packets_total)" = "$N"
+check "sum(netstack_pod_receive_packets_total) moved by $N ($(sum_moved netstack_pod_receive_packets_total))" \
+  test "$(sum_moved netstack_pod_receive_packets_total)" = "$N"
+check "transmit is pod A's own eth0 TX, as cAdvisor reads it ($A_TX)" test "$A_TX" = "$N"
+check "receive is pod B's own eth0 RX ($B_RX)" test "$B_RX" = "$N"
+del_pod "$A"
+del_pod "$B"
 
 log "the other node leaves the list: the routes gauge follows"
 printf '{"nodes":[{"name":"node-m","podCIDRs":["%s"],"internalIPs":["%s"]}]}\n' "$POD_CIDR" "$NODE_IP" >"$WORK/nodes.json.tmp"

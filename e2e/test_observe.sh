@@ -89,13 +89,14 @@ from prometheus_client.parser import text_string_to_metric_families
 addr, pod, rx = sys.argv[1], sys.argv[2], int(sys.argv[3])
 text = urllib.request.urlopen(f"http://{addr}/metrics", timeout=5).read().decode()
 fams = {f.name: f for f in text_string_to_metric_families(text)}
-need = ["netstack_pod_rx_packets", "netstack_pod_tx_bytes", "netstack_pod_drops",
-        "netstack_pod_gso_frames", "netstack_gso_segmented_frames", "netstack_attach",
+need = ["netstack_pod_transmit_packets", "netstack_pod_receive_bytes", "netstack_pod_drops",
+        "netstack_pod_transmit_gso_packets", "netstack_gso_segmented_frames", "netstack_attach",
         "netstack_detach", "netstack_attach_duration_seconds", "netstack_worker_wakeups",
-        "netstack_uplink_rx_packets", "netstack_attachments", "netstack_dataplane_restarts"]
+        "netstack_uplink_transmit_packets", "netstack_attachments", "netstack_dataplane_restarts"]
 missing = [n for n in need if n not in fams]
 assert not missing, f"missing families {missing}"
-s = [x for x in fams["netstack_pod_rx_packets"].samples if x.labels["container_id"] == pod]
+# What the pod transmitted is what netstack read from it: stats' rx_packets.
+s = [x for x in fams["netstack_pod_transmit_packets"].samples if x.labels["container_id"] == pod]
 assert len(s) == 1 and s[0].labels["pod_namespace"] == "obs" and s[0].labels["pod_name"] == pod, s
 # Kubernetes service discovery sets namespace/pod to the scraped target's: pod series must not.
 assert not any("namespace" in x.labels or "pod" in x.labels for f in fams.values() for x in f.samples), "namespace/pod label"
@@ -103,7 +104,7 @@ assert s[0].value == rx, (s[0].value, rx)
 assert fams["netstack_attach_duration_seconds"].type == "histogram"
 print("parsed", len(fams), "families")
 PY
-check "the exposition parses and pod A's rx_packets matches stats ($(tail -1 "$WORK/prom.out"))" grep -q '^parsed' "$WORK/prom.out"
+check "the exposition parses and pod A's transmit_packets matches stats' rx_packets ($(tail -1 "$WORK/prom.out"))" grep -q '^parsed' "$WORK/prom.out"
 check "only GET /metrics is served" sh -c "$PY -c \"import urllib.request,sys; urllib.request.urlopen('http://$ADDR/other')\" 2>&1 | grep -q 404"
 check "ctl metrics gives the same families" sh -c "$BIN/netstackd ctl --socket $SOCK metrics | grep -q '^netstack_attach_total{result=\"ok\"} 2'"
 # A non-loopback --metrics-addr is served (with a warning): e2e/test_metrics.sh.

@@ -68,8 +68,8 @@ check "pod B still received at its rate ($got >= $min_bytes bytes)" test "${got:
 qfull=$(drops "$B" qdisc_full)
 check "the excess was tail-dropped and counted as qdisc_full ($qfull)" test "${qfull:-0}" -gt 100
 check "the queue towards pod B was seen non-empty (max depth $max_depth)" test "$max_depth" -gt 0
-check "the metrics show pod B's qdisc drops" sh -c \
-  "$BIN/netstackd ctl --socket $SOCK metrics | grep -E '^netstack_pod_qdisc_drops_total\{[^}]*container_id=\"$B\"' | awk '{exit !(\$2 > 100)}'"
+check "the metrics show pod B's qdisc drops (reason qdisc_full, the one series that counts them)" sh -c \
+  "$BIN/netstackd ctl --socket $SOCK metrics | grep -E '^netstack_pod_drops_total\{[^}]*container_id=\"$B\"[^}]*reason=\"qdisc_full\"' | awk '{exit !(\$2 > 100)}'"
 check "the metrics carry a queue-depth gauge per pod" sh -c \
   "$BIN/netstackd ctl --socket $SOCK metrics | grep -q '^netstack_pod_qdisc_depth{.*container_id=\"$A\"'"
 check "no qdisc drops towards the unshaped pod A" test "$(drops "$A" qdisc_full)" = 0

@@ -1,10 +1,14 @@
 //! Prometheus metrics: the text exposition (format 0.0.4) of the daemon's counters, served on
 //! the HTTP listener (`GET /metrics`, see `http.rs`) and through the control socket.
 //!
-//! Pod series are named from the pod's point of view, as cAdvisor's
-//! `container_network_receive_*` are: `rx` is what the pod sent (netstack received it from the
-//! pod), `tx` what was delivered to the pod. Their labels are `pod_namespace`/`pod_name`, not
-//! `namespace`/`pod`, which Kubernetes service discovery sets to the scraped target (netstackd).
+//! Link series are named from the point of view of the interface at the far end of netstack's
+//! link, as cAdvisor's `container_network_{receive,transmit}_*` and `ip -s link` there count:
+//! `netstack_pod_transmit_*` is what the pod sent (the dataplane's `rx` of the pod's link),
+//! `netstack_pod_receive_*` what netstack delivered to it (`tx`); the uplink's likewise from the
+//! node's uplink device. Separate names rather than a `direction` label, so that a `sum()` over
+//! one family counts each frame once. Their labels are `pod_namespace`/`pod_name`, not
+//! `namespace`/`pod`, which Kubernetes service discovery sets to the scraped target
+//! (netstackd). No frame is in two series of one family, nor in two drop series.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -102,38 +106,38 @@ pub fn render(s: &Snapshot<'_>) -> String {
     type Field = fn(&Counters) -> u64;
     let per_pod: [(&str, &str, Field); 7] = [
         (
-            "netstack_pod_rx_packets_total",
-            "Frames received from the pod.",
-            |c| c.rx_packets,
-        ),
-        (
-            "netstack_pod_rx_bytes_total",
-            "Bytes received from the pod.",
-            |c| c.rx_bytes,
-        ),
-        (
-            "netstack_pod_tx_packets_total",
-            "Frames delivered to the pod.",
+            "netstack_pod_receive_packets_total",
+            "Frames netstack delivered to the pod (its interface received them), as cAdvisor's container_network_receive_packets_total. A GSO super-frame counts once, or as its segments when it was segmented in software on the way.",
             |c| c.tx_packets,
         ),
         (
-            "netstack_pod_tx_bytes_total",
-            "Bytes delivered to the pod.",
+            "netstack_pod_receive_bytes_total",
+            "Bytes of the frames netstack delivered to the pod (Ethernet frames, no virtio-net header).",
             |c| c.tx_bytes,
         ),
         (
-            "netstack_pod_gso_frames_total",
-            "GSO super-frames from the pod forwarded whole (no software segmentation).",
+            "netstack_pod_transmit_packets_total",
+            "Frames the pod sent that netstack read whole, as cAdvisor's container_network_transmit_packets_total; those netstack then dropped (netstack_pod_drops_total) are counted here too. A GSO super-frame counts once.",
+            |c| c.rx_packets,
+        ),
+        (
+            "netstack_pod_transmit_bytes_total",
+            "Bytes of the frames the pod sent that netstack read whole (Ethernet frames, no virtio-net header).",
+            |c| c.rx_bytes,
+        ),
+        (
+            "netstack_pod_transmit_gso_packets_total",
+            "Of netstack_pod_transmit_packets_total (already counted there), the GSO super-frames.",
             |c| c.rx_gso_packets,
         ),
         (
-            "netstack_pod_rx_calls_total",
-            "Read system calls that brought frames in from the pod (one per recvmmsg batch, or per pass over a receive ring, in veth mode).",
+            "netstack_pod_read_calls_total",
+            "netstack's read system calls that brought in frames the pod sent (one per frame on a TAP; one per recvmmsg batch, or per pass over a receive ring, in veth mode).",
             |c| c.rx_calls,
         ),
         (
-            "netstack_pod_tx_calls_total",
-            "Write system calls that sent frames to the pod (one per sendmmsg batch in veth mode).",
+            "netstack_pod_write_calls_total",
+            "netstack's write system calls that delivered frames to the pod (one per frame on a TAP, one per sendmmsg batch in veth mode).",
             |c| c.tx_calls,
         ),
     ];
@@ -147,7 +151,7 @@ pub fn render(s: &Snapshot<'_>) -> String {
         &mut out,
         "netstack_pod_drops_total",
         "counter",
-        "Frames from or to the pod dropped, by reason.",
+        "Frames dropped, by reason, each once: at the pod that sent them when netstack could not read them whole (oversize, malformed; kernel_queue_full: the kernel dropped them before netstack read them) or would not route them (those also count in netstack_pod_transmit_packets_total); at the pod they were going to when its full queue (qdisc_full), its link (tx_error) or software segmentation (malformed) refused them.",
     );
     for (p, c) in &s.pods {
         for (reason, n) in &c.drops {
@@ -173,7 +177,7 @@ pub fn render(s: &Snapshot<'_>) -> String {
         &mut out,
         "netstack_pod_qdisc_depth",
         "gauge",
-        "Frames waiting in the fifo qdisc queues towards the pod.",
+        "Frames waiting in the fifo qdisc queues towards the pod (its tail drops: netstack_pod_drops_total{reason=\"qdisc_full\"}).",
     );
     for (p, c) in &s.pods {
         let _ = writeln!(
@@ -185,51 +189,37 @@ pub fn render(s: &Snapshot<'_>) -> String {
     }
     family(
         &mut out,
-        "netstack_pod_qdisc_drops_total",
-        "counter",
-        "Frames towards the pod tail-dropped by a full fifo qdisc queue.",
-    );
-    for (p, c) in &s.pods {
-        let n = c.drops.get("qdisc_full").copied().unwrap_or(0);
-        let _ = writeln!(
-            out,
-            "netstack_pod_qdisc_drops_total{{{}}} {n}",
-            pod_labels(p)
-        );
-    }
-    family(
-        &mut out,
         "netstack_gso_segmented_frames_total",
         "counter",
-        "GSO super-frames segmented in software because the egress refused them whole.",
+        "GSO super-frames segmented in software because the egress refused them whole (each counts once in its sender's transmit series, its segments in the egress's receive series).",
     );
     let segmented: u64 =
         s.uplink.tx_gso_segmented + s.pods.iter().map(|(_, c)| c.tx_gso_segmented).sum::<u64>();
     let _ = writeln!(out, "netstack_gso_segmented_frames_total {segmented}");
     let uplink: [(&str, &str, u64); 5] = [
         (
-            "netstack_uplink_rx_packets_total",
-            "Packets from the node to pods.",
+            "netstack_uplink_transmit_packets_total",
+            "Packets the node sent through the uplink towards pods (the uplink device's TX on the node), read whole by netstack; a GSO super-frame counts once. The same frames count again in the receiving pod's netstack_pod_receive_*.",
             s.uplink.rx_packets,
         ),
         (
-            "netstack_uplink_rx_bytes_total",
-            "Bytes from the node to pods.",
+            "netstack_uplink_transmit_bytes_total",
+            "Bytes of the packets the node sent through the uplink towards pods.",
             s.uplink.rx_bytes,
         ),
         (
-            "netstack_uplink_tx_packets_total",
-            "Packets from pods to the node.",
+            "netstack_uplink_receive_packets_total",
+            "Packets netstack delivered to the node through the uplink (the uplink device's RX on the node): what pods sent to the node or beyond it, counted already in the sending pod's netstack_pod_transmit_*.",
             s.uplink.tx_packets,
         ),
         (
-            "netstack_uplink_tx_bytes_total",
-            "Bytes from pods to the node.",
+            "netstack_uplink_receive_bytes_total",
+            "Bytes of the packets netstack delivered to the node through the uplink.",
             s.uplink.tx_bytes,
         ),
         (
-            "netstack_uplink_gso_frames_total",
-            "GSO super-frames from the node.",
+            "netstack_uplink_transmit_gso_packets_total",
+            "Of netstack_uplink_transmit_packets_total (already counted there), the GSO super-frames.",
             s.uplink.rx_gso_packets,
         ),
     ];
@@ -241,7 +231,7 @@ pub fn render(s: &Snapshot<'_>) -> String {
         &mut out,
         "netstack_uplink_drops_total",
         "counter",
-        "Packets from the node dropped, by reason.",
+        "Packets dropped at the uplink, by reason, each once: from the node when netstack could not read or route them; towards the node when its full queue (qdisc_full), the device (tx_error) or software segmentation (malformed) refused them.",
     );
     for (reason, n) in &s.uplink.drops {
         let _ = writeln!(
@@ -574,6 +564,247 @@ mod tests {
         assert!(text.contains(&format!(
             "netstack_uplink_drops_total{{reason=\"{escaped}\"}} 3"
         )));
+    }
+
+    /// One sample line of the exposition: metric name, labels (unescaped) and value.
+    struct Sample {
+        name: String,
+        labels: Vec<(String, String)>,
+        value: f64,
+    }
+
+    /// Parses the sample lines of `text` (comments skipped), label values unescaped; panics on
+    /// a line that is not a sample, so a rendering mistake fails the test that reads it.
+    fn samples(text: &str) -> Vec<Sample> {
+        let mut out = Vec::new();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let name_end = line
+                .find(['{', ' '])
+                .unwrap_or_else(|| panic!("no value on {line:?}"));
+            let name = line[..name_end].to_owned();
+            let mut rest = &line[name_end..];
+            let mut labels = Vec::new();
+            if let Some(body) = rest.strip_prefix('{') {
+                let mut chars = body.char_indices();
+                let mut key = String::new();
+                loop {
+                    let (i, c) = chars.next().unwrap_or_else(|| panic!("open {line:?}"));
+                    match c {
+                        '}' => {
+                            rest = &body[i + 1..];
+                            break;
+                        }
+                        ',' => {}
+                        '=' => {
+                            assert_eq!(chars.next().map(|(_, c)| c), Some('"'), "{line:?}");
+                            let mut value = String::new();
+                            loop {
+                                match chars.next().map(|(_, c)| c) {
+                                    Some('"') => break,
+                                    Some('\\') => match chars.next().map(|(_, c)| c) {
+                                        Some('n') => value.push('\n'),
+                                        Some(c) => value.push(c),
+                                        None => panic!("cut escape in {line:?}"),
+                                    },
+                                    Some(c) => value.push(c),
+                                    None => panic!("cut value in {line:?}"),
+                                }
+                            }
+                            labels.push((std::mem::take(&mut key), value));
+                        }
+                        c => key.push(c),
+                    }
+                }
+            }
+            let value = rest
+                .trim()
+                .parse()
+                .unwrap_or_else(|e| panic!("value of {line:?}: {e}"));
+            out.push(Sample {
+                name,
+                labels,
+                value,
+            });
+        }
+        out
+    }
+
+    fn pod(container_id: &str) -> PodInfo {
+        PodInfo {
+            key: AttachmentKey {
+                container_id: container_id.into(),
+                ifname: "eth0".into(),
+            },
+            netns: "/run/netns/x".into(),
+            mac: "02:00:00:00:00:01".parse().unwrap(),
+            ips: Vec::new(),
+            mode: "tap".into(),
+            state: "attached".into(),
+            quarantine_reason: None,
+            labels: [
+                ("K8S_POD_NAMESPACE".to_owned(), "default".to_owned()),
+                ("K8S_POD_NAME".to_owned(), container_id.to_owned()),
+            ]
+            .into(),
+            error: None,
+        }
+    }
+
+    fn render_links(pods: Vec<(PodInfo, Counters)>, uplink: Counters) -> String {
+        let control = ControlMetrics::default();
+        render(&Snapshot {
+            pods,
+            uplink,
+            wakeups: vec![0],
+            flows: crate::stack::FlowStats::default(),
+            control: &control,
+            dataplane_restarts: 0,
+            restore_failed: Vec::new(),
+            supervisor: None,
+            dataplane: None,
+            node: crate::node::NodeMetrics::default(),
+        })
+    }
+
+    /// The value of the one sample of `name` with label `key="value"` (or without labels).
+    fn value_of(all: &[Sample], name: &str, key: Option<(&str, &str)>) -> f64 {
+        let hits: Vec<&Sample> = all
+            .iter()
+            .filter(|s| s.name == name)
+            .filter(|s| key.is_none_or(|(k, v)| s.labels.iter().any(|(lk, lv)| lk == k && lv == v)))
+            .collect();
+        assert_eq!(hits.len(), 1, "samples of {name} {key:?}");
+        hits[0].value
+    }
+
+    #[test]
+    fn link_series_are_named_from_the_far_end() {
+        // Pod a sent 3 frames (the dataplane read them: rx) and was delivered 5 (tx); the
+        // node sent 7 packets into the uplink (rx) and was delivered 11 (tx).
+        let a = Counters {
+            rx_packets: 3,
+            rx_bytes: 300,
+            tx_packets: 5,
+            tx_bytes: 500,
+            rx_gso_packets: 1,
+            rx_calls: 2,
+            tx_calls: 4,
+            ..Counters::default()
+        };
+        let uplink = Counters {
+            rx_packets: 7,
+            rx_bytes: 700,
+            tx_packets: 11,
+            tx_bytes: 1100,
+            rx_gso_packets: 6,
+            ..Counters::default()
+        };
+        let all = samples(&render_links(vec![(pod("a"), a)], uplink));
+        let id = Some(("container_id", "a"));
+        for (name, want) in [
+            ("netstack_pod_transmit_packets_total", 3.0),
+            ("netstack_pod_transmit_bytes_total", 300.0),
+            ("netstack_pod_receive_packets_total", 5.0),
+            ("netstack_pod_receive_bytes_total", 500.0),
+            ("netstack_pod_transmit_gso_packets_total", 1.0),
+            ("netstack_pod_read_calls_total", 2.0),
+            ("netstack_pod_write_calls_total", 4.0),
+        ] {
+            assert_eq!(value_of(&all, name, id), want, "{name}");
+        }
+        for (name, want) in [
+            ("netstack_uplink_transmit_packets_total", 7.0),
+            ("netstack_uplink_transmit_bytes_total", 700.0),
+            ("netstack_uplink_receive_packets_total", 11.0),
+            ("netstack_uplink_receive_bytes_total", 1100.0),
+            ("netstack_uplink_transmit_gso_packets_total", 6.0),
+        ] {
+            assert_eq!(value_of(&all, name, None), want, "{name}");
+        }
+        // The names of v0.1.0 to this release are gone, not kept beside the new ones.
+        assert!(
+            !all.iter()
+                .any(|s| s.name.contains("_rx_") || s.name.contains("_tx_")),
+            "an rx/tx series is still rendered"
+        );
+    }
+
+    #[test]
+    fn a_dropped_frame_is_in_exactly_one_drop_series() {
+        // One frame towards pod b tail-dropped by its full queue, one spoofed frame from pod
+        // a, one frame towards the node dropped by the uplink's full queue.
+        let mut a = Counters::default();
+        a.drops.insert("spoofed".into(), 1);
+        a.drops.insert("qdisc_full".into(), 0);
+        let mut b = Counters::default();
+        b.drops.insert("qdisc_full".into(), 1);
+        b.drops.insert("spoofed".into(), 0);
+        let mut uplink = Counters::default();
+        uplink.drops.insert("qdisc_full".into(), 1);
+        let text = render_links(vec![(pod("a"), a), (pod("b"), b)], uplink);
+        let all = samples(&text);
+        // Every series about drops, whatever its name: the three frames, each once.
+        let drop_series = |s: &&Sample| s.name.contains("drop");
+        let total: f64 = all.iter().filter(drop_series).map(|s| s.value).sum();
+        assert_eq!(total, 3.0, "drop series add up to {total}:\n{text}");
+        let of = |id: &str| -> f64 {
+            all.iter()
+                .filter(drop_series)
+                .filter(|s| s.labels.iter().any(|(k, v)| k == "container_id" && v == id))
+                .map(|s| s.value)
+                .sum()
+        };
+        assert_eq!((of("a"), of("b")), (1.0, 1.0));
+    }
+
+    #[test]
+    fn no_label_collides_with_kubernetes_service_discovery() {
+        // The target labels kubernetes_sd relabelling and the Prometheus operator set.
+        const TARGET: [&str; 8] = [
+            "namespace",
+            "pod",
+            "container",
+            "service",
+            "endpoint",
+            "node",
+            "job",
+            "instance",
+        ];
+        let mut c = Counters::default();
+        c.drops.insert("spoofed".into(), 1);
+        let mut restored = pod("r");
+        restored.state = "restore_failed".into();
+        let control = ControlMetrics::default();
+        let text = render(&Snapshot {
+            pods: vec![(pod("a"), c.clone())],
+            uplink: c,
+            wakeups: vec![1, 2],
+            flows: crate::stack::FlowStats::default(),
+            control: &control,
+            dataplane_restarts: 0,
+            restore_failed: vec![restored],
+            supervisor: None,
+            dataplane: None,
+            node: crate::node::NodeMetrics::default(),
+        });
+        let all = samples(&text);
+        assert!(all.len() > 40, "too few samples to mean anything:\n{text}");
+        for s in &all {
+            for (k, _) in &s.labels {
+                assert!(!TARGET.contains(&k.as_str()), "{} has label {k}", s.name);
+            }
+        }
+        let a = value_of(&all, "netstack_pod_transmit_packets_total", None);
+        assert_eq!(a, 0.0);
+        let labels: Vec<&str> = all
+            .iter()
+            .find(|s| s.name == "netstack_pod_transmit_packets_total")
+            .map(|s| s.labels.iter().map(|(k, _)| k.as_str()).collect())
+            .unwrap_or_default();
+        assert_eq!(
+            labels,
+            ["pod_namespace", "pod_name", "container_id", "ifname"]
+        );
     }
 
     #[test]

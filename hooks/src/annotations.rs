@@ -129,7 +129,7 @@ impl NetRequest {
         let ifname = match state.annotation(IFNAME) {
             None => DEFAULT_IFNAME.to_owned(),
             Some(name)
-                if netstackd::daemon::valid_ifname(name) && !name.contains(char::is_control) =>
+                if netstackd::control::valid_ifname(name) && !name.contains(char::is_control) =>
             {
                 name.to_owned()
             }

@@ -94,7 +94,7 @@ fn work(
     lock(progress).container_id = Some(state.id.clone());
     let stage = StageArg::parse(stage_arg.as_deref())?.resolve(&state)?;
     lock(progress).stage = Some(stage);
-    if !netstackd::daemon::valid_container_id(&state.id) {
+    if !netstackd::control::valid_container_id(&state.id) {
         return Err(HookError::ContainerId(state.id));
     }
     let settings = settings?;

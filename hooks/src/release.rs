@@ -29,7 +29,7 @@ fn requested_ifname(state: &OciState) -> Option<String> {
     }
     match state.annotation(IFNAME) {
         None => Some(DEFAULT_IFNAME.to_owned()),
-        Some(name) if netstackd::daemon::valid_ifname(name) => Some(name.to_owned()),
+        Some(name) if netstackd::control::valid_ifname(name) => Some(name.to_owned()),
         Some(_) => None,
     }
 }

@@ -224,6 +224,9 @@ row "SPEC §5 error code 2" "unsupported field value (mode macvtap), message nam
 out=$(plugin ADD "$CONF" "$P" "/run/netns/$P" eth0 "" '.mtu = 65535')
 row "SPEC §5 error code 7" "MTU 65535 on a TAP (which takes at most 65521): message names both" \
   jq -e '.code == 7 and (.msg | contains("65535") and contains("65521"))' <<<"$out"
+out=$(plugin ADD "$CONF" "$P" "/run/netns/$P" eth0 "" ".ipam.ranges = [[{\"subnet\":\"10.9.$N.0/24\"}]]")
+row "SPEC §5 error code 7" "an address netstackd refuses (outside its pod CIDR): its error kind gives 7, not 100" \
+  jq -e '.code == 7 and (.msg | contains("10.9.'"$N"'.") and contains("is not a pod address"))' <<<"$out"
 ref=$(jq -c '.plugins[0].ipam.ranges = [[{"subnet":"10.0.0.0/33"}]] | .plugins[0] + {cniVersion, name}' "$CONF" |
   node env CNI_COMMAND=ADD CNI_CONTAINERID="$P" CNI_NETNS="/run/netns/$P" CNI_IFNAME=eth0 CNI_PATH="$CHAIN_BIN" "$CHAIN_BIN/host-local")
 out=$(plugin ADD "$CONF" "$P" "/run/netns/$P" eth0 "" '.ipam.ranges = [[{"subnet":"10.0.0.0/33"}]]')

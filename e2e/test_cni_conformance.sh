@@ -177,6 +177,9 @@ log "parameters and error codes"
 # run by hand are rows of cni-plugin/tests/conformance.rs (cargo test); these need the node.
 P=cc-p-$RUN_ID
 new_pod "$P"
+out=$(plugin ADD "$CONF" "$P" "/run/netns/$P" eth0 "" ".ipam.ranges = [[{\"subnet\":\"10.9.$N.0/24\"}]]")
+row "SPEC §5 error code 7" "an address netstackd refuses (outside its pod CIDR): its error kind gives 7, not 100" \
+  jq -e '.code == 7 and (.msg | contains("10.9.'"$N"'.") and contains("is not a pod address"))' <<<"$out"
 ref=$(jq -c '.plugins[0].ipam.ranges = [[{"subnet":"10.0.0.0/33"}]] | .plugins[0] + {cniVersion, name}' "$CONF" |
   node env CNI_COMMAND=ADD CNI_CONTAINERID="$P" CNI_NETNS="/run/netns/$P" CNI_IFNAME=eth0 CNI_PATH="$CHAIN_BIN" "$CHAIN_BIN/host-local")
 out=$(plugin ADD "$CONF" "$P" "/run/netns/$P" eth0 "" '.ipam.ranges = [[{"subnet":"10.0.0.0/33"}]]')

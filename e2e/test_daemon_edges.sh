@@ -4,7 +4,7 @@
 # leave the supervisor's RSS within 2 MiB and a GET /metrics beside them answers within 2 s;
 # /healthz answers. The control socket: more idle connections than its bound neither add
 # threads past the bound nor block `ctl status`, and a request trickled byte by byte is cut
-# at its deadline. (That a slow attach of one pod holds no lock over the others is proven by
+# at its deadline; error replies say their kind. (That a slow attach of one pod holds no lock over the others is proven by
 # the registry's unit tests.) Needs root; about 40 s.
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -55,6 +55,34 @@ log "control socket: a request trickled one byte a second"
 res=$($LOAD trickle "$SOCK")
 check "the trickled request is cut at its deadline ($res)" grep -q '^cut after' <<<"$res"
 check "ctl status still answers" sh -c "$BIN/netstackd ctl --socket $SOCK --json status | jq -e '.attachments == 1'"
+
+log "control socket: error replies say their kind"
+# A newer client's request it cannot read, a malformed one of this protocol, and a release of
+# a pod that is not attached, as raw frames (4-byte length, JSON).
+kinds=$($PY - "$SOCK" <<'PYEOF'
+import json, socket, struct, sys
+def ask(body):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(10)
+    s.connect(sys.argv[1])
+    b = json.dumps(body).encode()
+    s.sendall(struct.pack(">I", len(b)) + b)
+    n = struct.unpack(">I", s.recv(4, socket.MSG_WAITALL))[0]
+    r = json.loads(s.recv(n, socket.MSG_WAITALL))
+    s.close()
+    return r
+print(json.dumps([
+    ask({"op": "attach_many", "protocol": 3}),
+    ask({"op": "attach_many", "protocol": 2}),
+    ask({"op": "release", "container_id": "nope", "ifname": "eth0", "protocol": 2}),
+]))
+PYEOF
+)
+echo "    $kinds"
+check "a newer client's unreadable request: kind protocol_version, message still ends (retryable)" \
+  jq -e '.[0].kind == "protocol_version" and (.[0].message | endswith("(retryable)"))' <<<"$kinds"
+check "a malformed request: kind invalid_request" jq -e '.[1].kind == "invalid_request"' <<<"$kinds"
+check "release of a pod not attached: kind not_found" jq -e '.[2].kind == "not_found"' <<<"$kinds"
 
 del_pod "$POD"
 echo

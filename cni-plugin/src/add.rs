@@ -6,101 +6,24 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
-use std::time::Duration;
 
 use ipnet::IpNet;
 use netstack_core::control::{
-    veth_peer_name, Attachment, AttachmentKey, Client, ClientError, LinkMode, Reply, Request,
-    VETH_ALIAS,
+    veth_peer_name, Attachment, AttachmentKey, Client, LinkMode, Reply, Request, VETH_ALIAS,
 };
 use netstack_core::netlink::Netlink;
-use netstack_core::netns::{run_in_netns, NetnsError};
+use netstack_core::netns::run_in_netns;
 use netstack_core::sys::tap::{open_queues, TunKind};
 use netstack_core::wire::MacAddr;
 
 use crate::config::NetConf;
+use crate::daemon::{
+    connect, control_error, daemon_refusal, delete_pod_link, netns_error, require_daemon_protocol,
+    CONTROL_TIMEOUT, NETWORK_LABEL, OLDEST_DAEMON_PROTOCOL,
+};
 use crate::result::{extend_prev_result, AddResult, Interface, IpamResult, ResultIp, Route};
 use crate::skel::CniEnv;
 use crate::{ipam, CniError};
-
-/// How long one call to netstackd may take (well inside the runtime's CNI deadline).
-pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// Opens a control connection; an absent daemon is "try again later" (code 11).
-pub fn connect(socket: &Path) -> Result<Client, CniError> {
-    Client::connect(socket, CONTROL_TIMEOUT).map_err(control_error)
-}
-
-/// Maps a control-client failure to its CNI error. A reply this plugin cannot read from a
-/// daemon of a newer protocol is "try again later": the install step brings this plugin up
-/// to the daemon's version.
-pub fn control_error(e: ClientError) -> CniError {
-    match e {
-        ClientError::Unreachable { .. } | ClientError::Transport { .. } | ClientError::Newer(_) => {
-            CniError::TryAgainLater(e.to_string())
-        }
-        ClientError::Decode(_) => CniError::Setup(e.to_string()),
-    }
-}
-
-/// The oldest control protocol a daemon must speak for this plugin's requests
-/// ([`netstack_core::control::version`]): 1, netstack v0.1.0's, while every request this plugin
-/// sends is one v0.1.0 understands. Raise it (or check per request with
-/// [`require_daemon_protocol`]) when a request comes to need a newer daemon.
-pub const OLDEST_DAEMON_PROTOCOL: u32 = netstack_core::control::version::OLDEST_PROTOCOL;
-
-/// Fails with "try again later" (code 11), naming both versions, when the daemon's protocol
-/// `theirs` is older than `needed` for `what`: during an upgrade the plugin is installed
-/// before the DaemonSet replaces netstackd, which then brings the daemon up to date.
-pub fn require_daemon_protocol(theirs: u32, needed: u32, what: &str) -> Result<(), CniError> {
-    if theirs >= needed {
-        return Ok(());
-    }
-    Err(CniError::TryAgainLater(format!(
-        "{}: {what} needs netstackd of control protocol {needed} or later; retry once the netstackd DaemonSet is upgraded",
-        netstack_core::control::version::describe_skew(
-            "this plugin",
-            netstack_core::control::PROTOCOL_VERSION,
-            "netstackd",
-            theirs
-        )
-    )))
-}
-
-/// The CNI error for netstackd's error reply `message` to `what`, from a daemon of protocol
-/// `theirs`: "try again later" when the daemon says so or when it is older and could not read
-/// the request (version skew during an upgrade), a setup failure otherwise.
-pub fn daemon_refusal(theirs: Option<u32>, what: &str, message: &str) -> CniError {
-    use netstack_core::control::version::{describe_skew, refused_as_older};
-    let theirs = theirs.unwrap_or(netstack_core::control::PROTOCOL_V1);
-    if message.ends_with(netstack_core::control::RETRYABLE) {
-        CniError::TryAgainLater(format!("netstackd: {what}: {message}"))
-    } else if refused_as_older(theirs, message) {
-        CniError::TryAgainLater(format!(
-            "{}, which could not read the {what} request ({message}); retry once the netstackd DaemonSet is upgraded",
-            describe_skew(
-                "this plugin",
-                netstack_core::control::PROTOCOL_VERSION,
-                "netstackd",
-                theirs
-            )
-        ))
-    } else {
-        CniError::Setup(format!("netstackd refused the {what}: {message}"))
-    }
-}
-
-/// Maps a netns failure to its CNI error.
-pub fn netns_error(e: NetnsError) -> CniError {
-    match e {
-        NetnsError::NotFound { .. } => CniError::ContainerUnknown(e.to_string()),
-        NetnsError::NotANetns { .. } => CniError::InvalidEnv {
-            var: "CNI_NETNS",
-            reason: e.to_string(),
-        },
-        other => CniError::Setup(other.to_string()),
-    }
-}
 
 /// The MAC for a pod: the runtime's choice or, like Kubernetes' kubenet, `0a:58` followed by
 /// the pod's first IPv4 address (the last four bytes of its first IPv6 address for an
@@ -286,42 +209,6 @@ fn disable_dad(ifname: &str) -> Result<(), String> {
     std::fs::write(&path, "0").map_err(|e| format!("writing {path}: {e}"))
 }
 
-/// Deletes the pod's TAP (or, in veth mode, its veth with the netstack alias: the peer goes
-/// with it) if it is there; a missing netns or device, or another device (not ours), is left
-/// as it is.
-pub fn delete_pod_link(netns: &Path, ifname: &str, mode: LinkMode) -> Result<(), CniError> {
-    let name = ifname.to_owned();
-    match run_in_netns(netns, move || -> Result<(), String> {
-        let nl = Netlink::new().map_err(|e| e.to_string())?;
-        match nl.link_info(&name).map_err(|e| e.to_string())? {
-            Some(info)
-                if info.kind.as_deref() == Some(mode.device_kind())
-                    && (mode == LinkMode::Tap || info.alias.as_deref() == Some(VETH_ALIAS)) =>
-            {
-                nl.del_link(&name).map(drop).map_err(|e| e.to_string())
-            }
-            Some(info) => {
-                // Not ours (ADD refuses an existing name): DEL leaves it alone and succeeds.
-                eprintln!(
-                    "netstack: {name} is a {} device, not a netstack {mode} device: left alone",
-                    info.kind.as_deref().unwrap_or("kindless")
-                );
-                Ok(())
-            }
-            None => Ok(()),
-        }
-    }) {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(CniError::Setup(format!("deleting {ifname}: {e}"))),
-        Err(NetnsError::NotFound { .. }) => Ok(()),
-        Err(e) => Err(netns_error(e)),
-    }
-}
-
-/// The label that names the CNI network an attachment belongs to (GC releases only its own
-/// network's attachments).
-pub const NETWORK_LABEL: &str = "cni.network";
-
 /// Pod metadata from CNI_ARGS kept with the attachment, and the network's name.
 fn labels(env: &CniEnv, conf: &NetConf) -> BTreeMap<String, String> {
     let mut labels: BTreeMap<String, String> = env
@@ -415,8 +302,13 @@ fn connect_ready(conf: &NetConf) -> Result<usize, CniError> {
     let mut client = connect(&conf.socket())?;
     let status = match client.call(&Request::Status, &[]).map_err(control_error)? {
         Reply::Status(s) => s,
-        Reply::Error { message } => {
-            return Err(daemon_refusal(client.peer_protocol(), "status", &message))
+        Reply::Error { message, kind } => {
+            return Err(daemon_refusal(
+                client.peer_protocol(),
+                "status",
+                kind,
+                &message,
+            ))
         }
         other => {
             return Err(CniError::Setup(format!(
@@ -510,8 +402,8 @@ fn attach_allocated(
     drop(link);
     let failure = match reply {
         Ok((Reply::Done, _)) => None,
-        Ok((Reply::Error { message }, protocol)) => {
-            Some(daemon_refusal(protocol, "attachment", &message))
+        Ok((Reply::Error { message, kind }, protocol)) => {
+            Some(daemon_refusal(protocol, "attachment", kind, &message))
         }
         Ok((other, _)) => Some(CniError::Setup(format!(
             "unexpected attach reply {other:?}"
@@ -571,50 +463,6 @@ fn attach_allocated(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn version_skew_is_try_again_later_naming_both_versions() {
-        // What a v0.1.0 daemon answers a request it cannot decode.
-        let old =
-            "malformed request: unknown variant `attach_many`, expected one of `status`, `attach`";
-        let e = daemon_refusal(Some(1), "attachment", old);
-        assert_eq!(e.code(), 11, "{e}");
-        let msg = e.to_string();
-        assert!(
-            msg.contains("this plugin speaks control protocol 2 (netstack after v0.1.0)")
-                && msg.contains("netstackd speaks 1 (netstack v0.1.0)")
-                && msg.contains(old),
-            "{msg}"
-        );
-        // A daemon that said nothing is v0.1.0.
-        assert_eq!(daemon_refusal(None, "attachment", old).code(), 11);
-        // A daemon of this protocol that finds a request malformed: a bug, not skew.
-        assert_eq!(daemon_refusal(Some(2), "attachment", old).code(), 100);
-        // An ordinary refusal stays one; a retryable one is code 11 whatever the version.
-        let e = daemon_refusal(Some(1), "attachment", "c1/eth0: already attached");
-        assert_eq!(e.code(), 100);
-        assert_eq!(
-            e.to_string(),
-            "netstackd refused the attachment: c1/eth0: already attached"
-        );
-        let busy = format!("dataplane restarting {}", netstack_core::control::RETRYABLE);
-        assert_eq!(daemon_refusal(Some(2), "attachment", &busy).code(), 11);
-    }
-
-    #[test]
-    fn a_daemon_older_than_a_request_needs_is_try_again_later() {
-        assert!(require_daemon_protocol(1, OLDEST_DAEMON_PROTOCOL, "ADD").is_ok());
-        assert!(require_daemon_protocol(2, 2, "ADD").is_ok());
-        let e = require_daemon_protocol(1, 2, "a TAP of 80 queues").unwrap_err();
-        assert_eq!(e.code(), 11);
-        assert!(
-            e.to_string()
-                .contains("netstackd speaks 1 (netstack v0.1.0)")
-                && e.to_string()
-                    .contains("a TAP of 80 queues needs netstackd of control protocol 2"),
-            "{e}"
-        );
-    }
 
     fn ipam(json: &str) -> IpamResult {
         serde_json::from_str(json).unwrap()

@@ -13,8 +13,8 @@ use netstack_core::netlink::Netlink;
 use netstack_core::netns::run_in_netns;
 use netstack_core::wire::MacAddr;
 
-use crate::add::{connect, control_error, netns_error};
 use crate::config::NetConf;
+use crate::daemon::{connect, control_error, daemon_refusal, netns_error};
 use crate::result::{PrevResult, Route};
 use crate::skel::CniEnv;
 use crate::{ipam, CniError};
@@ -144,10 +144,11 @@ fn compare_daemon(
     let mut client = connect(&conf.socket())?;
     let pods = match client.call(&Request::List, &[]).map_err(control_error)? {
         Reply::List { pods } => pods,
-        Reply::Error { message } => {
-            return Err(crate::add::daemon_refusal(
+        Reply::Error { message, kind } => {
+            return Err(daemon_refusal(
                 client.peer_protocol(),
                 "list",
+                kind,
                 &message,
             ))
         }

@@ -4,8 +4,8 @@
 
 use netstack_core::control::{AttachmentKey, Reply, Request};
 
-use crate::add::{connect, control_error, daemon_refusal, delete_pod_link};
 use crate::config::NetConf;
+use crate::daemon::{connect, control_error, daemon_refusal, delete_pod_link};
 use crate::skel::CniEnv;
 use crate::{ipam, CniError};
 
@@ -24,9 +24,10 @@ pub fn cmd_del(env: &CniEnv, conf: &NetConf, stdin: &[u8]) -> Result<(), CniErro
         Ok((reply, c.peer_protocol()))
     }) {
         Ok((Reply::Done, _)) => {}
-        Ok((Reply::Error { message }, protocol)) => errors.push(daemon_refusal(
+        Ok((Reply::Error { message, kind }, protocol)) => errors.push(daemon_refusal(
             protocol,
             &format!("detach of {key}"),
+            kind,
             &message,
         )),
         Ok((other, _)) => errors.push(CniError::Setup(format!(

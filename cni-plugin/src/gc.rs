@@ -21,8 +21,8 @@ use std::path::PathBuf;
 
 use netstack_core::control::{AttachmentKey, PodInfo, Reply, Request};
 
-use crate::add::{connect, control_error, delete_pod_link, NETWORK_LABEL};
 use crate::config::{GcAttachment, NetConf};
+use crate::daemon::{connect, control_error, delete_pod_link, NETWORK_LABEL};
 use crate::skel::CniEnv;
 use crate::{ipam, CniError};
 

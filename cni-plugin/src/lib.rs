@@ -2,14 +2,18 @@
 //!
 //! `skel` is the CNI execution protocol (environment, stdin, one JSON object on stdout, the
 //! error object and its codes); `config` the network configuration; `ipam` the delegation to
-//! the IPAM plugin; `result` the result types; one module per command: `add`, `del`,
-//! `check`, `status` and `gc`; `netavark` and `portmap`, the same plugin for netavark (podman 5). Netns, netlink and TAP work go through the `netstackd` library, shared with the
-//! daemon and the hook.
+//! the IPAM plugin; `result` the result types; `daemon` what the commands share (the
+//! control connection, netstackd's refusals as CNI errors, the removal of the pod's link); one
+//! module per command: `add`, `del`, `check`, `status` and `gc`, dispatched by the binary
+//! (`main.rs`); `netavark` and `portmap`, the same plugin for netavark (podman 5). Netns,
+//! netlink and TAP work go through `netstack-core`, shared with the daemon and the
+//! hook.
 #![forbid(unsafe_code)]
 
 pub mod add;
 pub mod check;
 pub mod config;
+pub mod daemon;
 pub mod del;
 pub mod error;
 pub mod gc;

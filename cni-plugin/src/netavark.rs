@@ -19,8 +19,9 @@ use netstack_core::control::{LinkMode, Reply, Request};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::add::{add_with_addresses, connect, control_error};
+use crate::add::add_with_addresses;
 use crate::config::NetConf;
+use crate::daemon::{connect, control_error};
 use crate::del::cmd_del;
 use crate::portmap::{self, PortMapping};
 use crate::result::IpamResult;

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::config::NetConf;
-use crate::{add, check, del, gc, status, CniError, SUPPORTED_VERSIONS};
+use crate::{CniError, SUPPORTED_VERSIONS};
 
 /// The newest version we speak, used for errors when the request's version is unknown.
 const LATEST: &str = "1.1.0";
@@ -191,8 +191,13 @@ fn version_reply(stdin: &[u8]) -> serde_json::Value {
     serde_json::json!({ "cniVersion": version, "supportedVersions": SUPPORTED_VERSIONS })
 }
 
-/// Runs one command; returns what to print on success.
-fn dispatch(stdin: &[u8]) -> Result<Option<serde_json::Value>, CniError> {
+/// What carries out ADD, DEL, CHECK, STATUS and GC (the binary's dispatch): given the
+/// environment, the config and stdin, it returns what to print on success.
+pub type Commands = fn(&CniEnv, &NetConf, &[u8]) -> Result<Option<serde_json::Value>, CniError>;
+
+/// Reads the environment and the config and runs one command (VERSION here, the others with
+/// `commands`); returns what to print on success.
+fn dispatch(stdin: &[u8], commands: Commands) -> Result<Option<serde_json::Value>, CniError> {
     let env = CniEnv::from_env()?;
     if env.command == Command::Version {
         return Ok(Some(version_reply(stdin)));
@@ -205,14 +210,7 @@ fn dispatch(stdin: &[u8]) -> Result<Option<serde_json::Value>, CniError> {
             conf.cni_version, env.command
         )));
     }
-    match env.command {
-        Command::Add => add::cmd_add(&env, &conf, stdin).map(Some),
-        Command::Del => del::cmd_del(&env, &conf, stdin).map(|()| None),
-        Command::Check => check::cmd_check(&env, &conf, stdin).map(|()| None),
-        Command::Status => status::cmd_status(&env, &conf, stdin).map(|()| None),
-        Command::Gc => gc::cmd_gc(&env, &conf, stdin).map(|()| None),
-        Command::Version => unreachable!("handled above"),
-    }
+    commands(&env, &conf, stdin)
 }
 
 /// What the plugin says of itself when a person runs it (no `CNI_COMMAND`), as the reference
@@ -225,8 +223,8 @@ pub fn about() -> String {
     )
 }
 
-/// The plugin's entry point.
-pub fn run() -> ExitCode {
+/// The plugin's entry point: the CNI protocol around `commands`.
+pub fn run(commands: Commands) -> ExitCode {
     // Run by hand: say what this is at once instead of waiting on stdin.
     if std::env::var_os("CNI_COMMAND").is_none() {
         let arg = std::env::args().nth(1);
@@ -242,7 +240,7 @@ pub fn run() -> ExitCode {
     let outcome = std::io::stdin()
         .read_to_end(&mut stdin)
         .map_err(|e| CniError::Io(format!("reading stdin: {e}")))
-        .and_then(|_| dispatch(&stdin));
+        .and_then(|_| dispatch(&stdin, commands));
     let (printed, code) = match &outcome {
         Ok(Some(value)) => (Some(value.clone()), ExitCode::SUCCESS),
         Ok(None) => (None, ExitCode::SUCCESS),

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use netstack_core::control::{Client, ClientError, Reply, Request};
 
-use crate::add::CONTROL_TIMEOUT;
 use crate::config::NetConf;
+use crate::daemon::CONTROL_TIMEOUT;
 use crate::skel::CniEnv;
 use crate::{ipam, CniError};
 

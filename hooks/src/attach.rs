@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use netstack_cni::add::{cmd_add, delete_pod_link};
+use netstack_cni::add::cmd_add;
+use netstack_cni::daemon::delete_pod_link;
 use netstack_cni::skel::{CniEnv, Command};
 use netstack_core::control::AttachmentKey;
 use netstack_core::netns::same_netns;

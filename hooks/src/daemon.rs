@@ -38,7 +38,7 @@ fn call(socket: &Path, request: &Request, timeout: Duration) -> Result<Reply, Ho
 pub fn attachments(socket: &Path, timeout: Duration) -> Result<Vec<PodStats>, HookError> {
     match call(socket, &Request::Stats, timeout)? {
         Reply::Stats { pods, .. } => Ok(pods),
-        Reply::Error { message } => Err(HookError::Daemon(format!(
+        Reply::Error { message, .. } => Err(HookError::Daemon(format!(
             "netstackd refused stats: {message}"
         ))),
         other => Err(HookError::Daemon(format!(

@@ -17,68 +17,83 @@ use crate::control::{
 use crate::dataplane::capture_filter::CaptureFilter;
 use crate::wire::pcap::{self, RECORD_HEADER_LEN};
 
-/// What `ctl` is asked to do.
-#[derive(Debug, Clone)]
+/// What `ctl` is asked to do: the `netstackd ctl` subcommands (the doc comments are their
+/// help text).
+#[derive(Debug, Clone, clap::Subcommand)]
 pub enum CtlCommand {
     /// Daemon status.
     Status,
-    /// Attached pods.
+    /// Attached pods: container id, netns, ifname, IPs, MAC, mode, state.
     List,
-    /// Counters of every pod, or of one.
+    /// Counters of every pod, or of POD (container id, unique prefix, or namespace/name).
     Stats {
-        /// Container id, a unique prefix of one, or namespace/name.
+        /// The pod.
         pod: Option<String>,
     },
-    /// Capture a pod's frames into a pcap file.
+    /// Write a pcap of POD's frames, both directions (tcpdump -r / tshark -r read it).
     Capture {
-        /// Container id, a unique prefix of one, or namespace/name.
+        /// The pod (container id, unique prefix, or namespace/name).
         pod: String,
         /// The pod interface.
+        #[arg(long, default_value = "eth0")]
         ifname: String,
-        /// Output file; "-" for stdout.
+        /// Output file ("-": stdout).
+        #[arg(short = 'w', default_value = "-")]
         write: String,
-        /// Stop after this many frames (0: no limit but the daemon's).
+        /// Stop after COUNT frames.
+        #[arg(short = 'c', default_value_t = 0)]
         count: u64,
-        /// Stop after this many seconds (0: no limit but the daemon's).
+        /// Stop after this many seconds.
+        #[arg(long = "duration", default_value_t = 0)]
         duration_s: u64,
-        /// Bytes kept per frame.
+        /// Bytes kept of each frame.
+        #[arg(long, default_value_t = MAX_CAPTURE_SNAPLEN)]
         snaplen: u32,
-        /// Keep only the frames this filter matches (empty: all).
+        /// Keep only matching frames: `host ADDR`, `port N`, `tcp`, `udp`, `icmp`, `icmp6`,
+        /// `arp`, joined by `and` (e.g. "host 10.0.0.1 and udp and port 53").
+        #[arg(long, default_value = "")]
         filter: String,
     },
-    /// Prometheus text.
+    /// Prometheus metrics.
     Metrics,
-    /// Take a pod out of quarantine.
+    /// Take POD out of quarantine (its queued frames are discarded, then it is served again).
     Release {
-        /// Container id, a unique prefix of one, or namespace/name.
+        /// The pod (container id, unique prefix, or namespace/name).
         pod: String,
         /// The pod interface.
+        #[arg(long, default_value = "eth0")]
         ifname: String,
     },
-    /// Node mode's view.
+    /// Node mode: pod CIDRs, the host-gw routes installed (peer node, CIDR, via), masquerade,
+    /// forward accept rules, the node source's health, the last sync.
     Node,
-    /// host-local's reservations beside the attachments, leaks named.
+    /// host-local's reservations (DIR/NETWORK/IP files) beside the attachments; names leaks: a
+    /// reservation no attachment has, an attachment with no reservation.
     Ipam {
-        /// host-local's data dir (one subdirectory per network).
+        /// host-local's data dir (its `dataDir`).
+        #[arg(long, default_value = "/var/lib/cni/networks")]
         dir: std::path::PathBuf,
     },
-    /// Detach every attachment whose netns is gone.
+    /// Detach every attachment whose netns is gone (deleted behind netstack's back); their
+    /// IPAM reservations stay for CNI GC.
     Gc {
-        /// Only say what would be detached.
+        /// Only print what would be detached.
+        #[arg(long)]
         dry_run: bool,
     },
-    /// Detach a pod interface by hand (as CNI DEL does).
+    /// Detach POD by hand, as CNI DEL does: its link is removed and its state file goes.
     Detach {
-        /// Container id, a unique prefix of one, or namespace/name.
+        /// The pod (container id, unique prefix, or namespace/name).
         pod: String,
         /// The pod interface.
+        #[arg(long, default_value = "eth0")]
         ifname: String,
     },
 }
 
 fn call(client: &mut Client, req: &Request) -> anyhow::Result<(Reply, Vec<OwnedFd>)> {
     let (reply, fds) = client.call_with_fds(req, &[])?;
-    if let Reply::Error { message } = reply {
+    if let Reply::Error { message, .. } = reply {
         bail!("netstackd: {message}");
     }
     Ok((reply, fds))

@@ -79,80 +79,35 @@ enum Command {
         json: bool,
         /// What to ask.
         #[command(subcommand)]
-        what: CtlRequest,
+        what: netstackd::ctl::CtlCommand,
     },
 }
 
-#[derive(Subcommand, Debug)]
-enum CtlRequest {
-    /// Daemon status.
-    Status,
-    /// Attached pods: container id, netns, ifname, IPs, MAC, mode, state.
-    List,
-    /// Counters of every pod, or of POD (container id, unique prefix, or namespace/name).
-    Stats {
-        /// The pod.
-        pod: Option<String>,
-    },
-    /// Write a pcap of POD's frames, both directions (tcpdump -r / tshark -r read it).
-    Capture {
-        /// The pod (container id, unique prefix, or namespace/name).
-        pod: String,
-        /// The pod interface.
-        #[arg(long, default_value = "eth0")]
-        ifname: String,
-        /// Output file ("-": stdout).
-        #[arg(short = 'w', default_value = "-")]
-        write: String,
-        /// Stop after COUNT frames.
-        #[arg(short = 'c', default_value_t = 0)]
-        count: u64,
-        /// Stop after this many seconds.
-        #[arg(long, default_value_t = 0)]
-        duration: u64,
-        /// Bytes kept of each frame.
-        #[arg(long, default_value_t = netstackd::control::MAX_CAPTURE_SNAPLEN)]
-        snaplen: u32,
-        /// Keep only matching frames: `host ADDR`, `port N`, `tcp`, `udp`, `icmp`, `icmp6`,
-        /// `arp`, joined by `and` (e.g. "host 10.0.0.1 and udp and port 53").
-        #[arg(long, default_value = "")]
-        filter: String,
-    },
-    /// Prometheus metrics.
-    Metrics,
-    /// Take POD out of quarantine (its queued frames are discarded, then it is served again).
-    Release {
-        /// The pod (container id, unique prefix, or namespace/name).
-        pod: String,
-        /// The pod interface.
-        #[arg(long, default_value = "eth0")]
-        ifname: String,
-    },
-    /// Node mode: pod CIDRs, the host-gw routes installed (peer node, CIDR, via), masquerade,
-    /// forward accept rules, the node source's health, the last sync.
-    Node,
-    /// host-local's reservations (DIR/NETWORK/IP files) beside the attachments; names leaks: a
-    /// reservation no attachment has, an attachment with no reservation.
-    Ipam {
-        /// host-local's data dir (its `dataDir`).
-        #[arg(long, default_value = "/var/lib/cni/networks")]
-        dir: PathBuf,
-    },
-    /// Detach every attachment whose netns is gone (deleted behind netstack's back); their
-    /// IPAM reservations stay for CNI GC.
-    Gc {
-        /// Only print what would be detached.
-        #[arg(long)]
-        dry_run: bool,
-    },
-    /// Detach POD by hand, as CNI DEL does: its link is removed and its state file goes.
-    Detach {
-        /// The pod (container id, unique prefix, or namespace/name).
-        pod: String,
-        /// The pod interface.
-        #[arg(long, default_value = "eth0")]
-        ifname: String,
-    },
+/// `--gso`: what the dataplane does with GSO super-frames on egress.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum GsoMode {
+    /// Pass them whole (the fast path).
+    Pass,
+    /// Segment them in software first.
+    Segment,
+}
+
+/// `--service-flows`: on or off.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum OnOff {
+    /// On.
+    On,
+    /// Off.
+    Off,
+}
+
+/// `--veth-rx`: how veth-mode packet sockets receive.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum VethRx {
+    /// recvmmsg batches.
+    Mmsg,
+    /// A TPACKET_V2 receive ring.
+    Ring,
 }
 
 /// Daemon options.
@@ -186,13 +141,13 @@ struct Args {
     uplink_mtu: u32,
     /// GSO super-frames on egress: `pass` them whole (the fast path), or `segment` them in
     /// software first (for kernels whose TAP/TUN refuse GSO writes, and for measuring).
-    #[arg(long, value_parser = ["pass", "segment"], default_value = "pass")]
-    gso: String,
+    #[arg(long, value_enum, default_value_t = GsoMode::Pass)]
+    gso: GsoMode,
     /// Service flows: `on` sends a pod's reply back through the node when its request came
     /// from the node (a Service endpoint on this node, see the README); `off` switches every
     /// pod-to-pod packet directly (breaks such Services: for measuring and tests).
-    #[arg(long, value_parser = ["on", "off"], default_value = "on")]
-    service_flows: String,
+    #[arg(long, value_enum, default_value_t = OnOff::On)]
+    service_flows: OnOff,
     /// Named network namespace for the peers of veth-mode pods (made by the CNI plugin at the
     /// first veth ADD, or by netstackd if missing; no addresses, no forwarding, no IPv6).
     #[arg(long, default_value = daemon::DEFAULT_DP_NETNS)]
@@ -202,8 +157,8 @@ struct Args {
     /// takes that copy off the dataplane's threads — the machine does the same work — at the
     /// cost of 2 MiB of kernel memory per worker and veth pod, bursts of at most 30 frames and
     /// a slower ADD; see the README and e2e/bench/packet_io.sh).
-    #[arg(long, value_parser = ["mmsg", "ring"], default_value = "mmsg")]
-    veth_rx: String,
+    #[arg(long, value_enum, default_value_t = VethRx::Mmsg)]
+    veth_rx: VethRx,
     /// Prometheus metrics listener (port 0 picks one, `off` disables it); an address other than
     /// loopback is served unauthenticated (a warning says so).
     #[arg(long, default_value = "127.0.0.1:9473")]
@@ -215,39 +170,6 @@ struct Args {
     /// Log filter (tracing env-filter syntax); NETSTACK_LOG overrides it.
     #[arg(long, default_value = "info")]
     log: String,
-}
-
-fn ctl(socket: &std::path::Path, what: CtlRequest, json: bool) -> anyhow::Result<()> {
-    use netstackd::ctl::CtlCommand;
-    let command = match what {
-        CtlRequest::Status => CtlCommand::Status,
-        CtlRequest::List => CtlCommand::List,
-        CtlRequest::Stats { pod } => CtlCommand::Stats { pod },
-        CtlRequest::Metrics => CtlCommand::Metrics,
-        CtlRequest::Release { pod, ifname } => CtlCommand::Release { pod, ifname },
-        CtlRequest::Node => CtlCommand::Node,
-        CtlRequest::Gc { dry_run } => CtlCommand::Gc { dry_run },
-        CtlRequest::Ipam { dir } => CtlCommand::Ipam { dir },
-        CtlRequest::Detach { pod, ifname } => CtlCommand::Detach { pod, ifname },
-        CtlRequest::Capture {
-            pod,
-            ifname,
-            write,
-            count,
-            duration,
-            snaplen,
-            filter,
-        } => CtlCommand::Capture {
-            pod,
-            ifname,
-            write,
-            count,
-            duration_s: duration,
-            snaplen,
-            filter,
-        },
-    };
-    netstackd::ctl::run(socket, command, json)
 }
 
 fn init_logging(level: &str) {
@@ -266,7 +188,7 @@ fn main() {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Ctl { socket, json, what }) => {
-            if let Err(e) = ctl(&socket, what, json) {
+            if let Err(e) = netstackd::ctl::run(&socket, what, json) {
                 eprintln!("netstackd ctl: {e:#}");
                 std::process::exit(1);
             }
@@ -352,8 +274,8 @@ fn main() {
         uplink: args.uplink,
         workers,
         uplink_mtu: netstackd::node::uplink_mtu(args.uplink_mtu),
-        segment_gso: args.gso == "segment",
-        service_flows: args.service_flows == "on",
+        segment_gso: args.gso == GsoMode::Segment,
+        service_flows: args.service_flows == OnOff::On,
         metrics_addr: match args.metrics_addr.as_str() {
             "off" => None,
             addr => match addr.parse() {
@@ -366,7 +288,7 @@ fn main() {
         },
         node,
         dp_netns: args.dp_netns,
-        veth_rx_ring: args.veth_rx == "ring",
+        veth_rx_ring: args.veth_rx == VethRx::Ring,
         dataplane_user: args.dataplane_user,
     };
     if let Err(e) = daemon::run(config) {

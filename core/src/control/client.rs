@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::version::{decode_reply, encode_request, ReplyError};
-use super::{recv_message, send_message, FramingError, Reply, Request, BUSY};
+use super::{recv_message, send_message, ErrorKind, FramingError, Reply, Request};
 
 /// Why a control call failed.
 #[derive(Debug, thiserror::Error)]
@@ -102,7 +102,7 @@ impl Client {
     ///
     /// The request goes again on a new connection, after a short pause and until the
     /// client's timeout has passed, when the daemon surely did not act on it: it refused the
-    /// connection as busy (every place taken by a request in progress: [`BUSY`]), or it had
+    /// connection as busy (every place taken by a request in progress: [`ErrorKind::Busy`]), or it had
     /// closed the connection before the request could be sent (an idle connection it closed
     /// to make room for another client). When time is up, the busy reply (it ends in
     /// `RETRYABLE`) or the transport error is returned.
@@ -120,8 +120,7 @@ impl Client {
             match self.exchange(&body, fds)? {
                 Exchange::Reply(reply, fds_back) => {
                     let reply = self.decode(&reply)?;
-                    let busy =
-                        matches!(&reply, Reply::Error { message } if message.starts_with(BUSY));
+                    let busy = reply.error_kind() == Some(ErrorKind::Busy);
                     if !busy || !time_left(pause) {
                         return Ok((reply, fds_back));
                     }
@@ -188,7 +187,7 @@ enum Exchange {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::RETRYABLE;
+    use crate::control::{BUSY, RETRYABLE};
     use std::os::unix::net::UnixListener;
 
     /// A directory removed when dropped.
@@ -200,10 +199,21 @@ mod tests {
         }
     }
 
+    /// The busy refusal as a v0.1.0 daemon sends it: no kind, the message says it.
+    fn busy_reply() -> Reply {
+        Reply::Error {
+            message: format!("{BUSY}: try again {RETRYABLE}"),
+            kind: None,
+        }
+    }
+
     /// A daemon on a socket in a fresh directory: its first `refusals` connections are turned
-    /// away (busy, or closed unread), the next one gets `Done`. Returns the path and the
-    /// thread, which yields how many requests it read.
-    fn daemon(busy: bool, refusals: usize) -> (Dir, PathBuf, std::thread::JoinHandle<usize>) {
+    /// away (with `refusal`, or closed unread), the next one gets `Done`. Returns the path
+    /// and the thread, which yields how many requests it read.
+    fn daemon(
+        refusal: Option<Reply>,
+        refusals: usize,
+    ) -> (Dir, PathBuf, std::thread::JoinHandle<usize>) {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("ns-client-{}-{n}", std::process::id()));
@@ -216,11 +226,8 @@ mod tests {
             for i in 0..=refusals {
                 let (s, _) = listener.accept().unwrap();
                 if i < refusals {
-                    if busy {
-                        let msg = Reply::Error {
-                            message: format!("{BUSY}: try again {RETRYABLE}"),
-                        };
-                        let _ = send_message(&s, &serde_json::to_vec(&msg).unwrap(), &[]);
+                    if let Some(msg) = &refusal {
+                        let _ = send_message(&s, &serde_json::to_vec(msg).unwrap(), &[]);
                     }
                     continue; // closed without reading
                 }
@@ -235,7 +242,7 @@ mod tests {
 
     #[test]
     fn a_busy_refusal_is_retried_on_a_new_connection() {
-        let (_dir, path, t) = daemon(true, 3);
+        let (_dir, path, t) = daemon(Some(busy_reply()), 3);
         let mut c = Client::connect(&path, Duration::from_secs(10)).unwrap();
         // Let the daemon refuse before the request is written: the send may fail, the reply
         // is still read.
@@ -246,7 +253,7 @@ mod tests {
 
     #[test]
     fn a_connection_closed_before_the_request_is_retried() {
-        let (_dir, path, t) = daemon(false, 1);
+        let (_dir, path, t) = daemon(None, 1);
         let mut c = Client::connect(&path, Duration::from_secs(10)).unwrap();
         // The daemon has closed this connection unread (as it closes an idle one to make
         // room) before the request is sent.
@@ -258,13 +265,34 @@ mod tests {
 
     #[test]
     fn busy_for_longer_than_the_timeout_gives_the_busy_reply() {
-        let (_dir, path, _t) = daemon(true, 1000);
+        let (_dir, path, _t) = daemon(Some(busy_reply()), 1000);
         let mut c = Client::connect(&path, Duration::from_millis(300)).unwrap();
         let started = Instant::now();
         match c.call(&Request::Status, &[]).unwrap() {
-            Reply::Error { message } => assert!(message.ends_with(RETRYABLE), "{message}"),
+            Reply::Error { message, .. } => assert!(message.ends_with(RETRYABLE), "{message}"),
             other => panic!("expected the busy reply, got {other:?}"),
         }
         assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[test]
+    fn a_refusal_of_kind_busy_is_retried_whatever_its_message() {
+        let refusal = Reply::error(ErrorKind::Busy, "full up");
+        let (_dir, path, t) = daemon(Some(refusal), 2);
+        let mut c = Client::connect(&path, Duration::from_secs(10)).unwrap();
+        assert_eq!(c.call(&Request::Status, &[]).unwrap(), Reply::Done);
+        assert_eq!(t.join().unwrap(), 1);
+    }
+
+    #[test]
+    fn a_refusal_of_another_kind_is_not_retried() {
+        // The message starts like a busy one, the kind says otherwise: the kind decides.
+        let refusal = Reply::error(
+            ErrorKind::Exists,
+            format!("{BUSY}: c1/eth0 already attached"),
+        );
+        let (_dir, path, _t) = daemon(Some(refusal.clone()), 1);
+        let mut c = Client::connect(&path, Duration::from_secs(10)).unwrap();
+        assert_eq!(c.call(&Request::Status, &[]).unwrap(), refusal);
     }
 }

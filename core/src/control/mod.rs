@@ -9,14 +9,12 @@
 
 mod client;
 mod framing;
-mod names;
 #[cfg(any(test, feature = "testing"))]
 pub mod v0_1_0;
 pub mod version;
 
 pub use client::{Client, ClientError};
 pub use framing::{recv_message, recv_message_before, send_message, FramingError};
-pub use names::{valid_container_id, valid_ifname};
 pub use version::{PROTOCOL_V1, PROTOCOL_VERSION};
 
 use std::collections::BTreeMap;
@@ -121,6 +119,23 @@ impl std::str::FromStr for LinkMode {
         }
     }
 }
+
+/// Is `id` a container id the CNI spec allows (`^[a-zA-Z0-9][a-zA-Z0-9_.-]*$`)? The one rule
+/// of the daemon, the plugin and the hook.
+pub fn valid_container_id(id: &str) -> bool {
+    let mut chars = id.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+/// Is `name` an interface name the kernel accepts (`dev_valid_name`: 1 to 15 bytes, not `.`
+/// or `..`, no '/', ':', NUL or whitespace, see [`ifname_problem`])? The one rule of the
+/// daemon, the plugin and the hook.
+pub fn valid_ifname(name: &str) -> bool {
+    ifname_problem(name).is_none()
+}
+
+pub use crate::sys::ifname_problem;
 
 /// The alias the plugin gives a pod's veth: how DEL and netstackd tell a netstack veth from
 /// someone else's.
@@ -464,7 +479,87 @@ pub enum Reply {
     Error {
         /// What went wrong, naming the object.
         message: String,
+        /// What kind of failure it is, so a client can act on it without reading the message
+        /// (the plugin picks its CNI error code by it). Absent from a v0.1.0 daemon's errors
+        /// (see [`Reply::error_kind`]); a v0.1.0 client ignores it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kind: Option<ErrorKind>,
     },
+}
+
+impl Reply {
+    /// An error reply of `kind`.
+    pub fn error(kind: ErrorKind, message: impl Into<String>) -> Reply {
+        Reply::Error {
+            message: message.into(),
+            kind: Some(kind),
+        }
+    }
+
+    /// The kind of an error reply (`None` for any other reply). An error without a kind (from
+    /// a v0.1.0 daemon) or of a kind this build does not know is read from the message's
+    /// conventions: [`BUSY`] at its start, [`RETRYABLE`] at its end, otherwise
+    /// [`ErrorKind::Internal`].
+    pub fn error_kind(&self) -> Option<ErrorKind> {
+        let Reply::Error { message, kind } = self else {
+            return None;
+        };
+        Some(ErrorKind::of(*kind, message))
+    }
+}
+
+impl ErrorKind {
+    /// The kind of an error reply with the `kind` field `kind` and `message`: `kind` when it
+    /// is one this build knows, otherwise read from the message's conventions (a v0.1.0
+    /// daemon's errors have no kind): [`BUSY`] at its start, [`RETRYABLE`] at its end,
+    /// otherwise [`ErrorKind::Internal`].
+    pub fn of(kind: Option<ErrorKind>, message: &str) -> ErrorKind {
+        match kind {
+            Some(kind) if kind != ErrorKind::Unknown => kind,
+            _ if message.starts_with(BUSY) => ErrorKind::Busy,
+            _ if message.ends_with(RETRYABLE) => ErrorKind::TryAgainLater,
+            _ => ErrorKind::Internal,
+        }
+    }
+}
+
+/// What kind of failure an error reply reports: what the client may do about it. The JSON
+/// names are snake case (`"invalid_network_config"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// Every place is taken by a request in progress: the daemon read nothing from this
+    /// connection, so the same request may be sent again on a new one ([`Client`] does).
+    Busy,
+    /// Nothing was changed and the cause may go away on its own (the dataplane is being
+    /// restarted, an attach or detach of the same pod is in progress): try again later.
+    TryAgainLater,
+    /// The request came from a newer protocol and was not understood: try again once the
+    /// daemon is upgraded.
+    ProtocolVersion,
+    /// The request is not a valid message of the protocol (undecodable, descriptors that do
+    /// not match what it announces).
+    InvalidRequest,
+    /// The container id or the interface name is not valid.
+    InvalidName,
+    /// The attachment does not fit this node: addresses outside the pod CIDRs, no address, a
+    /// bad MAC or MTU, a veth peer of the wrong name.
+    InvalidNetworkConfig,
+    /// The attachment, or an address it claims, is already attached.
+    Exists,
+    /// Nothing is attached (or quarantined) under that key.
+    NotFound,
+    /// The pod's network namespace is gone.
+    NetnsGone,
+    /// A link operation failed: the TAP queues, the veth peer, the dataplane's hand-off.
+    Interface,
+    /// The client may not use the control socket (not root).
+    PermissionDenied,
+    /// Anything else on the daemon's side (its state directory, for instance).
+    Internal,
+    /// A kind from a newer daemon that this build does not know.
+    #[serde(other)]
+    Unknown,
 }
 
 #[cfg(test)]
@@ -550,6 +645,52 @@ mod tests {
         assert_eq!(LinkMode::Veth.to_string(), "veth");
         assert_eq!(LinkMode::Tap.device_kind(), "tun");
         assert_eq!(LinkMode::default(), LinkMode::Tap);
+    }
+
+    #[test]
+    fn container_ids_follow_the_cni_pattern() {
+        for ok in ["a", "abc-123", "A.b_c-d", "0"] {
+            assert!(valid_container_id(ok), "{ok}");
+        }
+        for bad in [
+            "", "-a", ".a", "a/b", "a b", "../x", "é", "a\0b", "a\u{a0}b",
+        ] {
+            assert!(!valid_container_id(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn interface_names_follow_the_kernels_dev_valid_name() {
+        // (name, valid?, what the row covers)
+        let cases = [
+            ("eth0", true, "plain"),
+            ("abcdefghijklmno", true, "15 bytes, the most"),
+            ("abcdefghijklmnop", false, "16 bytes"),
+            ("eé0123456789abc", false, "15 characters but 16 bytes"),
+            ("", false, "empty"),
+            (".", false, "reserved"),
+            ("..", false, "reserved"),
+            ("...", true, "only . and .. are reserved"),
+            ("a/b", false, "slash"),
+            ("a:b", false, "colon (alias syntax)"),
+            ("a b", false, "space"),
+            ("a\tb", false, "tab"),
+            ("a\x0bb", false, "vertical tab"),
+            ("a\0b", false, "NUL"),
+            ("\0", false, "only NUL"),
+            (
+                "a\u{a0}b",
+                false,
+                "no-break space (the kernel's isspace(0xa0))",
+            ),
+            ("a\u{2003}b", false, "em space: Unicode whitespace"),
+            ("a\u{3000}b", false, "ideographic space"),
+            ("a\u{85}b", false, "next line"),
+            ("eth-ü", true, "non-ASCII letter"),
+        ];
+        for (name, valid, what) in cases {
+            assert_eq!(valid_ifname(name), valid, "{name:?}: {what}");
+        }
     }
 
     #[test]

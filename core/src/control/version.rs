@@ -28,7 +28,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Reply, Request, RETRYABLE};
+use super::{ErrorKind, Reply, Request, RETRYABLE};
 
 /// The control protocol this build speaks.
 ///
@@ -79,10 +79,31 @@ struct Outgoing<'a, T> {
     protocol: u32,
 }
 
-/// Why a request body could not be turned into a [`Request`]: the message of the error reply.
+/// Why a request body could not be turned into a [`Request`]: the kind and message of the
+/// error reply.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct RequestError(pub String);
+#[error("{message}")]
+pub struct RequestError {
+    /// [`ErrorKind::ProtocolVersion`] for a newer client's request, otherwise
+    /// [`ErrorKind::InvalidRequest`].
+    pub kind: ErrorKind,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl RequestError {
+    fn malformed(message: String) -> Self {
+        RequestError {
+            kind: ErrorKind::InvalidRequest,
+            message,
+        }
+    }
+
+    /// The error reply that answers the request.
+    pub fn reply(self) -> Reply {
+        Reply::error(self.kind, self.message)
+    }
+}
 
 /// A reply body that did not decode.
 #[derive(Debug, thiserror::Error)]
@@ -119,21 +140,24 @@ pub fn encode_reply(reply: &Reply) -> Result<Vec<u8>, serde_json::Error> {
 /// Decodes a request body: the sender's protocol (1 when it says none) and the request.
 pub fn decode_request(body: &[u8]) -> Result<(u32, Request), RequestError> {
     let header: Header = serde_json::from_slice(body)
-        .map_err(|e| RequestError(format!("malformed request: {e}")))?;
+        .map_err(|e| RequestError::malformed(format!("malformed request: {e}")))?;
     let protocol = header.protocol.unwrap_or(PROTOCOL_V1);
     if protocol < OLDEST_PROTOCOL {
-        return Err(RequestError(format!(
+        return Err(RequestError::malformed(format!(
             "malformed request: control protocol {protocol} does not exist \
              (netstackd speaks {OLDEST_PROTOCOL} to {PROTOCOL_VERSION})"
         )));
     }
     match serde_json::from_slice::<Request>(body) {
         Ok(request) => Ok((protocol, request)),
-        Err(e) if protocol > PROTOCOL_VERSION => Err(RequestError(format!(
-            "{}: the request is not understood ({e}); retry once netstackd is upgraded {RETRYABLE}",
-            describe_skew("the client", protocol, "netstackd", PROTOCOL_VERSION)
-        ))),
-        Err(e) => Err(RequestError(format!("malformed request: {e}"))),
+        Err(e) if protocol > PROTOCOL_VERSION => Err(RequestError {
+            kind: ErrorKind::ProtocolVersion,
+            message: format!(
+                "{}: the request is not understood ({e}); retry once netstackd is upgraded {RETRYABLE}",
+                describe_skew("the client", protocol, "netstackd", PROTOCOL_VERSION)
+            ),
+        }),
+        Err(e) => Err(RequestError::malformed(format!("malformed request: {e}"))),
     }
 }
 
@@ -236,6 +260,7 @@ mod tests {
                 r#"{"reply":"error","message":"c1/eth0: already attached"}"#,
                 Reply::Error {
                     message: "c1/eth0: already attached".into(),
+                    kind: None,
                 },
             ),
             (
@@ -256,9 +281,7 @@ mod tests {
         let replies = [
             Reply::Done,
             Reply::Status(status),
-            Reply::Error {
-                message: "c1/eth0: no IP address".into(),
-            },
+            Reply::error(ErrorKind::InvalidNetworkConfig, "c1/eth0: no IP address"),
             Reply::List { pods: vec![] },
             Reply::Metrics {
                 text: "x 1\n".into(),
@@ -282,9 +305,101 @@ mod tests {
     }
 
     #[test]
+    fn an_error_of_a_v0_1_0_daemon_has_no_kind_and_its_kind_is_read_from_the_message() {
+        // The three error replies a v0.1.0 daemon sends, as it wrote them.
+        let cases = [
+            (
+                r#"{"reply":"error","message":"netstackd is busy: 64 control requests are being served; try again (retryable)"}"#,
+                ErrorKind::Busy,
+            ),
+            (
+                r#"{"reply":"error","message":"c1/eth0: handing the queues to the dataplane: the dataplane is restarting; try again (retryable)"}"#,
+                ErrorKind::TryAgainLater,
+            ),
+            (
+                r#"{"reply":"error","message":"c1/eth0: no IP address"}"#,
+                ErrorKind::Internal,
+            ),
+        ];
+        for (wire, want) in cases {
+            let (protocol, reply) = decode_reply(wire.as_bytes()).unwrap();
+            assert_eq!(protocol, PROTOCOL_V1);
+            assert!(
+                matches!(reply, Reply::Error { kind: None, .. }),
+                "{reply:?}"
+            );
+            assert_eq!(reply.error_kind(), Some(want), "{wire}");
+        }
+        assert_eq!(Reply::Done.error_kind(), None);
+    }
+
+    #[test]
+    fn an_error_of_this_build_says_its_kind_and_v0_1_0_reads_its_message() {
+        let reply = Reply::error(
+            ErrorKind::InvalidNetworkConfig,
+            "c1/eth0: MTU 9 out of range 68-65535",
+        );
+        let sent = encode_reply(&reply).unwrap();
+        assert_eq!(
+            String::from_utf8(sent.clone()).unwrap(),
+            r#"{"reply":"error","message":"c1/eth0: MTU 9 out of range 68-65535","kind":"invalid_network_config","protocol":2}"#
+        );
+        // v0.1.0's plugin ignores the kind and sees the message it always saw.
+        let old: v0_1_0::Reply = serde_json::from_slice(&sent).unwrap();
+        assert_eq!(
+            old,
+            v0_1_0::Reply::Error {
+                message: "c1/eth0: MTU 9 out of range 68-65535".into()
+            }
+        );
+        let (_, back) = decode_reply(&sent).unwrap();
+        assert_eq!(back.error_kind(), Some(ErrorKind::InvalidNetworkConfig));
+        assert_eq!(back, reply);
+        // Every kind goes through v0.1.0 and back.
+        for kind in [
+            ErrorKind::Busy,
+            ErrorKind::TryAgainLater,
+            ErrorKind::ProtocolVersion,
+            ErrorKind::InvalidRequest,
+            ErrorKind::InvalidName,
+            ErrorKind::InvalidNetworkConfig,
+            ErrorKind::Exists,
+            ErrorKind::NotFound,
+            ErrorKind::NetnsGone,
+            ErrorKind::Interface,
+            ErrorKind::PermissionDenied,
+            ErrorKind::Internal,
+        ] {
+            let sent = encode_reply(&Reply::error(kind, "m")).unwrap();
+            assert!(serde_json::from_slice::<v0_1_0::Reply>(&sent).is_ok());
+            assert_eq!(decode_reply(&sent).unwrap().1.error_kind(), Some(kind));
+        }
+    }
+
+    #[test]
+    fn an_error_kind_of_a_newer_daemon_decodes_and_falls_back_to_the_message() {
+        let wire = r#"{"reply":"error","message":"c1/eth0: vhost busy (retryable)","kind":"vhost_user","protocol":3}"#;
+        let (protocol, reply) = decode_reply(wire.as_bytes()).unwrap();
+        assert_eq!(protocol, 3);
+        assert!(
+            matches!(
+                reply,
+                Reply::Error {
+                    kind: Some(ErrorKind::Unknown),
+                    ..
+                }
+            ),
+            "{reply:?}"
+        );
+        assert_eq!(reply.error_kind(), Some(ErrorKind::TryAgainLater));
+    }
+
+    #[test]
     fn an_undecodable_request_from_a_newer_client_is_retryable_and_names_both_versions() {
         let future = br#"{"op":"attach_many","pods":[],"protocol":3}"#;
-        let e = decode_request(future).unwrap_err().0;
+        let e = decode_request(future).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::ProtocolVersion);
+        let e = e.message;
         assert!(e.ends_with(RETRYABLE), "{e}");
         assert!(
             e.contains(
@@ -305,7 +420,9 @@ mod tests {
             br#"[1,2]"#,
             b"",
         ] {
-            let e = decode_request(bad).unwrap_err().0;
+            let e = decode_request(bad).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::InvalidRequest);
+            let e = e.message;
             assert!(
                 e.starts_with("malformed request") && !e.ends_with(RETRYABLE),
                 "{}: {e}",

@@ -70,7 +70,13 @@ pub enum SysError {
 
 /// Why the kernel would refuse `name` as an interface name (its `dev_valid_name` rules), or
 /// `None` when it is valid. An empty name is refused too: TUNSETIFF would pick one itself.
+///
+/// The kernel tests bytes with its own `isspace`, which is true for `\t \n \v \f \r`, space
+/// and 0xa0 (Latin-1's no-break space, so also any UTF-8 character with an 0xa0 byte); this
+/// refuses those and, stricter, every Unicode whitespace character too.
 pub fn ifname_problem(name: &str) -> Option<&'static str> {
+    // The kernel's isspace (lib/ctype.c): \t \n \v \f \r, space, 0xa0.
+    let kernel_space = |b: u8| matches!(b, b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | b' ' | 0xa0);
     if name.is_empty() {
         Some("empty")
     } else if name.len() > IFNAME_MAX_LEN {
@@ -79,7 +85,8 @@ pub fn ifname_problem(name: &str) -> Option<&'static str> {
         Some("reserved name")
     } else if name
         .bytes()
-        .any(|b| b == b'/' || b == b':' || b == 0 || b.is_ascii_whitespace())
+        .any(|b| b == b'/' || b == b':' || b == 0 || kernel_space(b))
+        || name.chars().any(char::is_whitespace)
     {
         Some("contains '/', ':', NUL or whitespace")
     } else {

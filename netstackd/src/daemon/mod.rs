@@ -10,8 +10,8 @@ mod server;
 mod uplink;
 mod veth;
 
-pub use crate::control::{valid_container_id, valid_ifname};
-pub use registry::Registry;
+pub use registry::{Registry, RegistryError};
+pub use veth::VethError;
 pub use veth::DEFAULT_DP_NETNS;
 
 use std::net::Ipv4Addr;

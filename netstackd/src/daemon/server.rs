@@ -20,7 +20,9 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
 
 use crate::control::version::{decode_request, encode_reply};
-use crate::control::{recv_message_before, send_message, FramingError, Reply, BUSY, RETRYABLE};
+use crate::control::{
+    recv_message_before, send_message, ErrorKind, FramingError, Reply, BUSY, RETRYABLE,
+};
 use crate::sys::fdpass::peer_credentials;
 
 use super::Registry;
@@ -198,11 +200,12 @@ fn refuse_busy(stream: &UnixStream) {
     let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
     reply(
         stream,
-        &Reply::Error {
-            message: format!(
+        &Reply::error(
+            ErrorKind::Busy,
+            format!(
                 "{BUSY}: {MAX_CONNECTIONS} control requests are being served; try again {RETRYABLE}"
             ),
-        },
+        ),
     );
 }
 
@@ -245,9 +248,10 @@ fn serve_connection(stream: UnixStream, registry: &Registry, conns: &Connections
             );
             reply(
                 &stream,
-                &Reply::Error {
-                    message: format!("permission denied: uid {uid} is not root"),
-                },
+                &Reply::error(
+                    ErrorKind::PermissionDenied,
+                    format!("permission denied: uid {uid} is not root"),
+                ),
             );
             // Let the peer read the refusal: stop writing, discard what it sent (bounded).
             let _ = stream.shutdown(std::net::Shutdown::Write);
@@ -277,9 +281,7 @@ fn serve_connection(stream: UnixStream, registry: &Registry, conns: &Connections
                 // The stream may be mid-message: answer once and hang up.
                 reply(
                     &stream,
-                    &Reply::Error {
-                        message: format!("malformed request: {e}"),
-                    },
+                    &Reply::error(ErrorKind::InvalidRequest, format!("malformed request: {e}")),
                 );
                 return;
             }
@@ -292,7 +294,7 @@ fn serve_connection(stream: UnixStream, registry: &Registry, conns: &Connections
             // The descriptors of a request we cannot read are closed here.
             Err(e) => {
                 tracing::debug!("control request refused: {e}");
-                (Reply::Error { message: e.0 }, Vec::new())
+                (e.reply(), Vec::new())
             }
         };
         if !reply_with_fds(&stream, &answer, &out_fds) {
@@ -305,6 +307,23 @@ fn serve_connection(stream: UnixStream, registry: &Registry, conns: &Connections
 mod tests {
     use super::*;
     use std::io::Read;
+
+    #[test]
+    fn the_busy_refusal_says_its_kind_and_keeps_the_v0_1_0_message() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        refuse_busy(&ours);
+        let (body, _) = crate::control::recv_message(&theirs).unwrap();
+        let (_, reply) = crate::control::version::decode_reply(&body).unwrap();
+        let Reply::Error { message, kind } = &reply else {
+            panic!("not an error: {reply:?}");
+        };
+        assert_eq!(*kind, Some(ErrorKind::Busy));
+        // A v0.1.0 client tells it by its message.
+        assert!(
+            message.starts_with(BUSY) && message.ends_with(RETRYABLE),
+            "{message}"
+        );
+    }
 
     #[test]
     fn a_connection_whose_request_is_waiting_is_not_evicted() {

@@ -16,11 +16,81 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use super::DaemonConfig;
-use crate::control::{Attachment, VETH_ALIAS};
-use crate::netlink::Netlink;
+use crate::control::{Attachment, AttachmentKey, ErrorKind, VETH_ALIAS};
+use crate::netlink::{Netlink, NetlinkError};
 use crate::netns::{ensure_named_netns, is_netns, run_in_netns, NetnsError};
 use crate::sys::ethtool::{disable_features, GSO_WITHOUT_VNET_TYPE};
 use crate::sys::packet::{open_fanout_sockets, set_rx_ring};
+use crate::sys::SysError;
+
+/// Why a veth peer could not be taken over or the namespace of the peers set up.
+#[derive(Debug, thiserror::Error)]
+pub enum VethError {
+    /// A sysctl of the namespace could not be written.
+    #[error("setting {name}={value}: {source}")]
+    Sysctl {
+        /// The sysctl, under /proc/sys.
+        name: String,
+        /// The value.
+        value: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A file or mount of the namespace failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was done, naming the path.
+        what: String,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// Entering or making a namespace failed (the pod's may be gone).
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    /// A netlink request failed.
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    /// A socket or ethtool call failed.
+    #[error(transparent)]
+    Sys(#[from] SysError),
+    /// A device is not what the attachment says it is (missing, not a netstack veth, not the
+    /// pod's peer).
+    #[error("{0}")]
+    Link(String),
+    /// A veth attachment without a peer name.
+    #[error("a veth attachment must name its peer")]
+    NoPeer,
+    /// Any of the above, for one pod interface.
+    #[error("{key}: {source}")]
+    Pod {
+        /// The pod interface.
+        key: AttachmentKey,
+        /// What failed.
+        source: Box<VethError>,
+    },
+}
+
+impl VethError {
+    /// The kind of the control error reply it becomes: the pod's netns gone, a bad request,
+    /// otherwise a failure of the link.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            VethError::Pod { source, .. } => source.kind(),
+            VethError::Netns(NetnsError::NotFound { .. } | NetnsError::NotANetns { .. }) => {
+                ErrorKind::NetnsGone
+            }
+            VethError::NoPeer => ErrorKind::InvalidNetworkConfig,
+            _ => ErrorKind::Interface,
+        }
+    }
+
+    fn of(key: &AttachmentKey) -> impl FnOnce(VethError) -> VethError + '_ {
+        move |e| VethError::Pod {
+            key: key.clone(),
+            source: Box::new(e),
+        }
+    }
+}
 
 /// Where the veth peers live unless `--dp-netns` says otherwise: netstack's own run directory,
 /// which no runtime writes into (see `crate::mounts` for why not `/run/netns`).
@@ -47,25 +117,28 @@ static DP_NETNS_LOCK: Mutex<()> = Mutex::new(());
 
 /// Writes a sysctl of the calling thread's netns; a file the kernel lacks (IPv6 disabled at
 /// boot) is no error.
-fn write_sysctl(name: &str, value: &str) -> Result<(), String> {
+fn write_sysctl(name: &str, value: &str) -> Result<(), VethError> {
     match std::fs::write(format!("/proc/sys/{name}"), value) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(format!("setting {name}={value}: {e}")),
+        Err(source) => Err(VethError::Sysctl {
+            name: name.to_owned(),
+            value: value.to_owned(),
+            source,
+        }),
     }
 }
 
 /// Creates the namespace at `path` if it is not there yet (normally the plugin already did)
 /// and (re)applies its sysctls.
-pub fn ensure_dp_netns(path: &Path) -> Result<(), String> {
+pub fn ensure_dp_netns(path: &Path) -> Result<(), VethError> {
     let _guard = DP_NETNS_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    let created = ensure_named_netns(path).map_err(|e| e.to_string())?;
+    let created = ensure_named_netns(path)?;
     run_in_netns(path, || {
         DP_SYSCTLS
             .iter()
             .try_for_each(|(name, value)| write_sysctl(name, value))
-    })
-    .map_err(|e| e.to_string())??;
+    })??;
     if created {
         tracing::info!(netns = %path.display(), "created the namespace for veth peers");
     }
@@ -110,24 +183,33 @@ pub fn tidy_netns_dirs(dp: &Path) {
 }
 
 /// Mounts the namespace at `from` at `to` as well, then removes `from`.
-fn adopt_legacy(from: &Path, to: &Path) -> Result<(), String> {
+fn adopt_legacy(from: &Path, to: &Path) -> Result<(), VethError> {
     use nix::mount::{mount, MsFlags};
-    let dir = to.parent().ok_or("the new path has no directory")?;
-    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    let _lock = crate::mounts::lock_beside(dir).map_err(|e| e.to_string())?;
+    let io = |what: String| move |source| VethError::Io { what, source };
+    let dir = to
+        .parent()
+        .ok_or_else(|| VethError::Link(format!("{} has no directory", to.display())))?;
+    std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+    let _lock =
+        crate::mounts::lock_beside(dir).map_err(io(format!("locking {}", dir.display())))?;
     if is_netns(to) {
         return Ok(());
     }
-    crate::mounts::share_dir(dir).map_err(|e| format!("sharing {}: {e}", dir.display()))?;
+    crate::mounts::share_dir(dir).map_err(io(format!("sharing {}", dir.display())))?;
     std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(to)
-        .map_err(|e| format!("creating {}: {e}", to.display()))?;
-    mount(Some(from), to, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-        .map_err(|e| format!("bind-mounting {} at {}: {e}", from.display(), to.display()))?;
-    crate::netns::remove_named_netns(from).map_err(|e| e.to_string())?;
+        .map_err(io(format!("creating {}", to.display())))?;
+    mount(Some(from), to, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(|e| {
+        io(format!(
+            "bind-mounting {} at {}",
+            from.display(),
+            to.display()
+        ))(e.into())
+    })?;
+    crate::netns::remove_named_netns(from)?;
     Ok(())
 }
 
@@ -148,13 +230,12 @@ pub fn remove_default_dir(dp: &Path) {
 
 fn in_netns<T: Send>(
     netns: &Path,
-    f: impl FnOnce(&Netlink) -> Result<T, String> + Send,
-) -> Result<T, String> {
+    f: impl FnOnce(&Netlink) -> Result<T, VethError> + Send,
+) -> Result<T, VethError> {
     run_in_netns(netns, || {
-        let nl = Netlink::new().map_err(|e| e.to_string())?;
+        let nl = Netlink::new()?;
         f(&nl)
-    })
-    .map_err(|e| e.to_string())?
+    })?
 }
 
 /// Takes over the peer of a veth attachment: moves it from the pod netns into `dp` (unless
@@ -164,88 +245,96 @@ pub fn open_peer(
     config: &DaemonConfig,
     a: &Attachment,
     workers: usize,
-) -> Result<Vec<OwnedFd>, String> {
+) -> Result<Vec<OwnedFd>, VethError> {
+    let key = &a.key;
+    open_peer_of(config, a, workers).map_err(VethError::of(key))
+}
+
+fn open_peer_of(
+    config: &DaemonConfig,
+    a: &Attachment,
+    workers: usize,
+) -> Result<Vec<OwnedFd>, VethError> {
     let dp = config.dp_netns.as_path();
     let ring = config.veth_rx_ring;
     let key = &a.key;
-    let peer = a
-        .peer
-        .clone()
-        .ok_or_else(|| format!("{key}: a veth attachment must name its peer"))?;
+    let peer = a.peer.clone().ok_or(VethError::NoPeer)?;
     ensure_dp_netns(dp)?;
-    let dp_file = File::open(dp).map_err(|e| format!("opening {}: {e}", dp.display()))?;
+    let dp_file = File::open(dp).map_err(|source| VethError::Io {
+        what: format!("opening {}", dp.display()),
+        source,
+    })?;
     let moved = {
         let peer = peer.clone();
-        in_netns(dp, move |nl| {
-            Ok(nl.link_info(&peer).map_err(|e| e.to_string())?.is_some())
-        })?
+        in_netns(dp, move |nl| Ok(nl.link_info(&peer)?.is_some()))?
     };
     let pod_side = {
         let (peer, ifname) = (peer.clone(), key.ifname.clone());
         in_netns(&a.netns, move |nl| {
-            let pod_side = || -> Result<_, String> {
-                match nl.link_info(&ifname).map_err(|e| e.to_string())? {
+            let pod_side = || -> Result<_, VethError> {
+                match nl.link_info(&ifname)? {
                     Some(i)
                         if i.kind.as_deref() == Some("veth")
                             && i.alias.as_deref() == Some(VETH_ALIAS) =>
                     {
                         Ok(i)
                     }
-                    Some(_) => Err(format!("{ifname} is not a netstack veth")),
-                    None => Err(format!("{ifname} no longer exists")),
+                    Some(_) => Err(VethError::Link(format!("{ifname} is not a netstack veth"))),
+                    None => Err(VethError::Link(format!("{ifname} no longer exists"))),
                 }
             };
             pod_side()?;
             // GSO types a packet socket cannot describe are segmented by the pod's kernel.
-            disable_features(&ifname, GSO_WITHOUT_VNET_TYPE).map_err(|e| e.to_string())?;
+            disable_features(&ifname, GSO_WITHOUT_VNET_TYPE)?;
             if !moved {
-                match nl.link_info(&peer).map_err(|e| e.to_string())? {
-                    Some(i) if i.kind.as_deref() == Some("veth") => nl
-                        .move_to_netns(&peer, dp_file.as_fd())
-                        .map_err(|e| e.to_string())?,
-                    Some(_) => return Err(format!("{peer} is not a veth")),
-                    None => return Err(format!("veth peer {peer} no longer exists")),
+                match nl.link_info(&peer)? {
+                    Some(i) if i.kind.as_deref() == Some("veth") => {
+                        nl.move_to_netns(&peer, dp_file.as_fd())?
+                    }
+                    Some(_) => return Err(VethError::Link(format!("{peer} is not a veth"))),
+                    None => {
+                        return Err(VethError::Link(format!(
+                            "veth peer {peer} no longer exists"
+                        )))
+                    }
                 }
             }
             // Read again: the move may have given the peer another index.
             pod_side()
-        })
-        .map_err(|e| format!("{key}: {e}"))?
+        })?
     };
     in_netns(dp, move |nl| {
         let info = nl
-            .link_info(&peer)
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("veth peer {peer} vanished"))?;
+            .link_info(&peer)?
+            .ok_or_else(|| VethError::Link(format!("veth peer {peer} vanished")))?;
         if info.kind.as_deref() != Some("veth") || pod_side.link != Some(info.index) {
-            return Err(format!("{peer} is not the peer of the pod's interface"));
+            return Err(VethError::Link(format!(
+                "{peer} is not the peer of the pod's interface"
+            )));
         }
         // Before it goes up, so the kernel never sends anything on it.
         write_sysctl(&format!("net/ipv6/conf/{peer}/disable_ipv6"), "1")?;
-        nl.set_arp(&peer, false).map_err(|e| e.to_string())?;
-        nl.set_link(&peer, None, Some(PEER_MTU), true)
-            .map_err(|e| e.to_string())?;
-        let sockets = open_fanout_sockets(info.index, workers).map_err(|e| e.to_string())?;
+        nl.set_arp(&peer, false)?;
+        nl.set_link(&peer, None, Some(PEER_MTU), true)?;
+        let sockets = open_fanout_sockets(info.index, workers)?;
         if ring {
             for fd in &sockets {
-                set_rx_ring(fd.as_fd()).map_err(|e| e.to_string())?;
+                set_rx_ring(fd.as_fd())?;
             }
         }
         Ok(sockets)
     })
-    .map_err(|e| format!("{key}: {e}"))
 }
 
 /// Deletes a peer from `dp` (its pod-side end goes with it). `Ok(false)` when it, or the
 /// namespace, is not there.
-pub fn delete_peer(dp: &Path, peer: &str) -> Result<bool, String> {
+pub fn delete_peer(dp: &Path, peer: &str) -> Result<bool, VethError> {
     let peer = peer.to_owned();
-    match run_in_netns(dp, move || -> Result<bool, String> {
-        let nl = Netlink::new().map_err(|e| e.to_string())?;
-        nl.del_link(&peer).map_err(|e| e.to_string())
+    match run_in_netns(dp, move || -> Result<bool, VethError> {
+        Ok(Netlink::new()?.del_link(&peer)?)
     }) {
         Ok(r) => r,
         Err(NetnsError::NotFound { .. } | NetnsError::NotANetns { .. }) => Ok(false),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(e.into()),
     }
 }

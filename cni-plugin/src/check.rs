@@ -160,13 +160,13 @@ fn compare_daemon(
         )]);
     };
     let mut diffs = Vec::new();
-    if pod.state == netstack_core::control::RESTORE_FAILED {
+    if pod.state == netstack_core::control::PodState::RestoreFailed {
         diffs.push(format!(
             "netstackd holds {key} but could not restore it after a restart (it retries): {}",
             pod.error.as_deref().unwrap_or("unknown error")
         ));
     }
-    if pod.mode != conf.link_mode().as_str() {
+    if pod.mode != conf.link_mode() {
         diffs.push(format!(
             "netstackd serves {key} in {} mode, the config says {}",
             pod.mode,

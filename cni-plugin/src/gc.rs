@@ -144,7 +144,7 @@ pub fn cmd_gc(env: &CniEnv, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError
                     ))),
                     Err(e) => errors.push(control_error(e)),
                 }
-                let mode = pod.mode.parse().unwrap_or_default();
+                let mode = pod.mode;
                 if let Err(e) = delete_pod_link(&pod.netns, &key.ifname, mode) {
                     errors.push(e);
                 }

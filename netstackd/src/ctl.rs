@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use crate::control::{
-    AttachmentKey, CaptureRequest, Client, Counters, NodeStatus, PodInfo, Reply, Request,
+    AttachmentKey, CaptureRequest, Client, Counters, LinkMode, NodeStatus, PodInfo, Reply, Request,
     MAX_CAPTURE_SNAPLEN,
 };
 use crate::dataplane::capture_filter::CaptureFilter;
@@ -265,8 +265,8 @@ pub fn run(socket: &Path, command: CtlCommand, json: bool) -> anyhow::Result<()>
                         p.key.ifname.clone(),
                         ips.join(","),
                         p.mac.to_string(),
-                        p.mode.clone(),
-                        p.state.clone(),
+                        p.mode.to_string(),
+                        p.state.to_string(),
                         p.netns.display().to_string(),
                     ]);
                 }
@@ -319,7 +319,7 @@ pub fn run(socket: &Path, command: CtlCommand, json: bool) -> anyhow::Result<()>
             };
             call(&mut client, &Request::Detach(key.clone()))?;
             // What CNI DEL does besides: the pod's link goes (a veth's went with its peer).
-            let link_removed = remove_pod_link(&info.netns, &key.ifname, &info.mode)
+            let link_removed = remove_pod_link(&info.netns, &key.ifname, info.mode)
                 .with_context(|| format!("{key}: removing its link in {}", info.netns.display()))?;
             if json {
                 let v = serde_json::json!({ "detached": key, "link_removed": link_removed });
@@ -491,8 +491,8 @@ pub fn run(socket: &Path, command: CtlCommand, json: bool) -> anyhow::Result<()>
 
 /// Removes the pod's interface `ifname` in `netns` when it is netstack's kind for `mode`
 /// (`tun` for a TAP, `veth`); returns whether one was removed. A netns that is gone has none.
-fn remove_pod_link(netns: &Path, ifname: &str, mode: &str) -> anyhow::Result<bool> {
-    let kind = if mode == "veth" { "veth" } else { "tun" };
+fn remove_pod_link(netns: &Path, ifname: &str, mode: LinkMode) -> anyhow::Result<bool> {
+    let kind = mode.device_kind();
     if !netns.exists() {
         return Ok(false);
     }

@@ -264,12 +264,10 @@ pub struct PodInfo {
     pub mac: MacAddr,
     /// Its addresses.
     pub ips: Vec<IpNet>,
-    /// Link mode ("tap" or "veth").
-    pub mode: String,
-    /// "attached" while the dataplane serves it, "pending" while the dataplane restarts,
-    /// "quarantined" while it is kept from the dataplane (see `quarantine_reason`),
-    /// [`RESTORE_FAILED`] while a recorded pod could not be served again after a restart.
-    pub state: String,
+    /// Link mode (`tap` or `veth` on the wire).
+    pub mode: LinkMode,
+    /// Whether the dataplane serves it (see [`PodState`]).
+    pub state: PodState,
     /// Why the pod is quarantined, when it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quarantine_reason: Option<String>,
@@ -280,8 +278,46 @@ pub struct PodInfo {
     pub error: Option<String>,
 }
 
-/// The `state` of a recorded pod netstackd could not restore after a restart (its state file
-/// is kept and the restore retried until it works or the pod is gone).
+/// Where an attachment stands, as `ctl list` and the plugin's CHECK see it. On the wire the
+/// snake_case names v0.1.0 used (`attached`, `pending`, `quarantined`, `restore_failed`);
+/// a state this build does not know (from a newer daemon) reads as `Unknown`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PodState {
+    /// The dataplane serves it.
+    Attached,
+    /// Recorded, waiting for the dataplane (it is restarting).
+    Pending,
+    /// Kept from the dataplane (see `quarantine_reason`).
+    Quarantined,
+    /// A recorded pod netstackd could not serve again after a restart: its state file is kept
+    /// and the restore retried until it works or the pod is gone (`error` says why).
+    RestoreFailed,
+    /// A state of a newer daemon.
+    #[serde(other)]
+    Unknown,
+}
+
+impl PodState {
+    /// The name on the wire and in `ctl list`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PodState::Attached => "attached",
+            PodState::Pending => "pending",
+            PodState::Quarantined => "quarantined",
+            PodState::RestoreFailed => RESTORE_FAILED,
+            PodState::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for PodState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The wire name of [`PodState::RestoreFailed`], for messages.
 pub const RESTORE_FAILED: &str = "restore_failed";
 
 /// One host-gw route node mode installed.

@@ -455,4 +455,43 @@ mod tests {
         assert!(!refused_as_older(2, "malformed request: unknown field"));
         assert!(!refused_as_older(1, "c1/eth0: already attached"));
     }
+
+    #[test]
+    fn pod_states_and_modes_are_v0_1_0s_strings_both_ways() {
+        use crate::control::{LinkMode, PodInfo, PodState};
+        let states = [
+            (PodState::Attached, "attached"),
+            (PodState::Pending, "pending"),
+            (PodState::Quarantined, "quarantined"),
+            (PodState::RestoreFailed, "restore_failed"),
+        ];
+        for (state, name) in states {
+            for (mode, mode_name) in [(LinkMode::Tap, "tap"), (LinkMode::Veth, "veth")] {
+                let info = PodInfo {
+                    key: crate::control::AttachmentKey {
+                        container_id: "c1".into(),
+                        ifname: "eth0".into(),
+                    },
+                    netns: "/run/netns/p1".into(),
+                    mac: "0a:58:0a:f4:01:05".parse().unwrap(),
+                    ips: vec!["10.244.1.5/24".parse().unwrap()],
+                    mode,
+                    state,
+                    quarantine_reason: None,
+                    labels: Default::default(),
+                    error: None,
+                };
+                let bytes = serde_json::to_vec(&info).unwrap();
+                let old: v0_1_0::PodInfo = serde_json::from_slice(&bytes).unwrap();
+                assert_eq!((old.state.as_str(), old.mode.as_str()), (name, mode_name));
+                assert_eq!(state.as_str(), name);
+                let back: PodInfo = serde_json::from_slice(&bytes).unwrap();
+                assert_eq!((back.state, back.mode), (state, mode));
+            }
+        }
+        // A newer daemon's state is read, not refused.
+        let newer = r#"{"container_id":"c1","ifname":"eth0","netns":"/n","mac":"0a:58:0a:f4:01:05","ips":[],"mode":"tap","state":"draining","labels":{}}"#;
+        let info: PodInfo = serde_json::from_str(newer).unwrap();
+        assert_eq!(info.state, PodState::Unknown);
+    }
 }

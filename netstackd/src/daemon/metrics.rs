@@ -14,7 +14,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use crate::control::{Counters, PodInfo};
+use crate::control::{Counters, PodInfo, PodState};
 
 /// Upper bounds (seconds) of the attach latency histogram buckets.
 const ATTACH_BUCKETS: [f64; 8] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0];
@@ -170,7 +170,7 @@ pub fn render(s: &Snapshot<'_>) -> String {
         "1 while the pod is quarantined (the dataplane died repeatedly handling its frames; `netstackd ctl release` or DEL ends it).",
     );
     for (p, _) in &s.pods {
-        let q = u8::from(p.state == "quarantined");
+        let q = u8::from(p.state == PodState::Quarantined);
         let _ = writeln!(out, "netstack_pod_quarantined{{{}}} {q}", pod_labels(p));
     }
     family(
@@ -530,8 +530,8 @@ mod tests {
             netns: "/run/netns/x".into(),
             mac: "02:00:00:00:00:01".parse().unwrap(),
             ips: Vec::new(),
-            mode: "tap".into(),
-            state: "attached".into(),
+            mode: crate::control::LinkMode::Tap,
+            state: PodState::Attached,
             quarantine_reason: None,
             labels: [("K8S_POD_NAME".to_owned(), nasty.to_owned())].into(),
             error: None,
@@ -638,8 +638,8 @@ mod tests {
             netns: "/run/netns/x".into(),
             mac: "02:00:00:00:00:01".parse().unwrap(),
             ips: Vec::new(),
-            mode: "tap".into(),
-            state: "attached".into(),
+            mode: crate::control::LinkMode::Tap,
+            state: PodState::Attached,
             quarantine_reason: None,
             labels: [
                 ("K8S_POD_NAMESPACE".to_owned(), "default".to_owned()),
@@ -773,7 +773,7 @@ mod tests {
         let mut c = Counters::default();
         c.drops.insert("spoofed".into(), 1);
         let mut restored = pod("r");
-        restored.state = "restore_failed".into();
+        restored.state = PodState::RestoreFailed;
         let control = ControlMetrics::default();
         let text = render(&Snapshot {
             pods: vec![(pod("a"), c.clone())],

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use crate::control::{
     valid_container_id, valid_ifname, veth_peer_name, Attachment, AttachmentKey, CaptureRequest,
-    DaemonStatus, ErrorKind, LinkMode, PodInfo, PodStats, Reply, Request, MAX_CAPTURE_PACKETS,
-    MAX_CAPTURE_SECONDS, MAX_CAPTURE_SNAPLEN, RESTORE_FAILED, RETRYABLE,
+    DaemonStatus, ErrorKind, LinkMode, PodInfo, PodState, PodStats, Reply, Request,
+    MAX_CAPTURE_PACKETS, MAX_CAPTURE_SECONDS, MAX_CAPTURE_SNAPLEN, RESTORE_FAILED, RETRYABLE,
 };
 use crate::dataplane::PodSpec;
 use crate::netns::{NetnsError, NetnsId};
@@ -481,17 +481,17 @@ impl Registry {
     ) -> PodInfo {
         let quarantine_reason = quarantined.get(&a.id).cloned();
         let state = match (&quarantine_reason, serving) {
-            (Some(_), _) => "quarantined",
-            (None, true) => "attached",
-            (None, false) => "pending",
+            (Some(_), _) => PodState::Quarantined,
+            (None, true) => PodState::Attached,
+            (None, false) => PodState::Pending,
         };
         PodInfo {
             key: a.attachment.key.clone(),
             netns: a.attachment.netns.clone(),
             mac: a.attachment.mac,
             ips: a.attachment.ips.clone(),
-            mode: a.attachment.mode.as_str().into(),
-            state: state.into(),
+            mode: a.attachment.mode,
+            state,
             quarantine_reason,
             labels: a.attachment.labels.clone(),
             error: None,
@@ -509,8 +509,8 @@ impl Registry {
                     netns: a.netns.clone(),
                     mac: a.mac,
                     ips: a.ips.clone(),
-                    mode: a.mode.as_str().into(),
-                    state: RESTORE_FAILED.into(),
+                    mode: a.mode,
+                    state: PodState::RestoreFailed,
                     quarantine_reason: None,
                     labels: a.labels.clone(),
                     error: Some(f.error.clone()),

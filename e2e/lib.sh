@@ -164,6 +164,21 @@ pod_link_is_ours() {
   esac
 }
 
+# quiet_pods POD_A IP_A POD_B IP_B: keeps two pods from sending anything of their own, so that
+# every counter change is the test's: no IPv6 (router solicitations, MLD) and no ARP (the
+# gateway and the other pod are permanent neighbours at the gateway MAC).
+quiet_pods() {
+  local pod peer n
+  for pod in "$1:$4" "$3:$2"; do
+    peer=${pod#*:}
+    pod=${pod%%:*}
+    in_pod "$pod" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
+    for n in "$GATEWAY" "$peer"; do
+      in_pod "$pod" ip neigh replace "$n" lladdr 02:4e:53:00:00:01 dev eth0 nud permanent
+    done
+  done
+}
+
 build_release() {
   (cd "$ROOT" && cargo build --release --quiet --bins --features netstackd/fault-injection)
 }

@@ -24,14 +24,8 @@ SUP=$NETSTACKD_PID
 DP=$(child_pid)
 hostile() { in_pod "$A" python3 "$ROOT/e2e/hostile_frames.py" --peer-ip "$IP_B" --gateway "$GATEWAY" --port "${LO_PORT:-9}" "$@"; }
 
-# Keep both pods quiet, so every counter change is ours: no IPv6 (router solicitations, MLD)
-# and no ARP (the gateway and the other pod are permanent neighbours at the gateway MAC).
-for p in "$A:$IP_B" "$B:$IP_A"; do
-  in_pod "${p%%:*}" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
-  for n in "$GATEWAY" "${p#*:}"; do
-    in_pod "${p%%:*}" ip neigh replace "$n" lladdr 02:4e:53:00:00:01 dev eth0 nud permanent
-  done
-done
+# Keep both pods quiet, so every counter change is ours (lib.sh).
+quiet_pods "$A" "$IP_A" "$B" "$IP_B"
 
 # counters: pod A's and pod B's counters, one JSON object {a: ..., b: ...}.
 counters() {

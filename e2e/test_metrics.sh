@@ -107,14 +107,8 @@ A=mta-$RUN_ID
 B=mtb-$RUN_ID
 IP_A=$(add_pod "$A") && IP_B=$(add_pod "$B")
 check "pods A ($IP_A) and B ($IP_B) attached" test -n "$IP_A" -a -n "$IP_B"
-# Keep both pods quiet, so every counter change is ours: no IPv6 (router solicitations, MLD)
-# and no ARP (the gateway and the other pod are permanent neighbours at the gateway MAC).
-for p in "$A:$IP_B" "$B:$IP_A"; do
-  in_pod "${p%%:*}" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
-  for n in "$GATEWAY" "${p#*:}"; do
-    in_pod "${p%%:*}" ip neigh replace "$n" lladdr 02:4e:53:00:00:01 dev eth0 nud permanent
-  done
-done
+# Keep both pods quiet, so every counter change is ours (lib.sh).
+quiet_pods "$A" "$IP_A" "$B" "$IP_B"
 # link_series: every pod and uplink series as `NAME[:CONTAINER_ID] VALUE` lines; drop series
 # of one link are added up under `NAME:ID` (or `NAME` for the uplink), whatever the reason.
 link_series() {

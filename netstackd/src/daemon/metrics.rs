@@ -523,18 +523,8 @@ mod tests {
         let mut counters = Counters::default();
         counters.drops.insert(nasty.into(), 7);
         let pod = PodInfo {
-            key: AttachmentKey {
-                container_id: "c1".into(),
-                ifname: "eth0".into(),
-            },
-            netns: "/run/netns/x".into(),
-            mac: "02:00:00:00:00:01".parse().unwrap(),
-            ips: Vec::new(),
-            mode: crate::control::LinkMode::Tap,
-            state: PodState::Attached,
-            quarantine_reason: None,
             labels: [("K8S_POD_NAME".to_owned(), nasty.to_owned())].into(),
-            error: None,
+            ..pod("c1")
         };
         let uplink = Counters {
             drops: [(nasty.to_owned(), 3)].into(),

@@ -359,10 +359,11 @@ impl Worker {
                 "the uplink failed ({e}): no longer read"
             );
         } else {
-            let container_id = self.router.pod(id).map(|p| &*p.io.container_id);
+            // Displayed (`%`), not quoted: `container_id=<id>`, as every other log line has it.
+            let container_id = self.router.pod(id).map_or("", |p| &*p.io.container_id);
             tracing::warn!(
                 worker = self.index,
-                container_id = container_id.unwrap_or(""),
+                %container_id,
                 queue = q,
                 "the pod's device is gone ({e}): its queue is no longer read"
             );

@@ -15,7 +15,7 @@ use crate::control::{
     DaemonStatus, ErrorKind, LinkMode, PodInfo, PodState, PodStats, Reply, Request,
     MAX_CAPTURE_PACKETS, MAX_CAPTURE_SECONDS, MAX_CAPTURE_SNAPLEN, RESTORE_FAILED, RETRYABLE,
 };
-use crate::dataplane::PodSpec;
+use crate::dataplane::{LinkKind, PodSpec};
 use crate::netns::{NetnsError, NetnsId};
 use crate::supervisor::DataplaneProcess;
 use crate::sys::tap::{queue_info, set_nonblocking};
@@ -898,8 +898,11 @@ impl Registry {
             mtu: a.mtu,
             bandwidth: a.bandwidth,
             container_id: key.container_id.clone(),
-            packet_sockets: a.mode == LinkMode::Veth,
-            rx_ring: a.mode == LinkMode::Veth && self.config.veth_rx_ring,
+            link: match (a.mode, self.config.veth_rx_ring) {
+                (LinkMode::Veth, true) => LinkKind::PacketRing,
+                (LinkMode::Veth, false) => LinkKind::Packet,
+                _ => LinkKind::Tap,
+            },
         };
         let entry = Attached {
             id,

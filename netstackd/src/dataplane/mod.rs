@@ -9,16 +9,18 @@ pub mod capture;
 pub mod capture_filter;
 pub mod child;
 pub mod ipc;
+mod link;
 pub mod qdisc;
 pub mod seccomp;
 pub mod selftest;
+mod throttle;
 mod worker;
 
 use std::collections::HashMap;
 
 use std::io;
 use std::net::Ipv4Addr;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -31,10 +33,11 @@ use serde::{Deserialize, Serialize};
 use crate::control::Counters;
 use crate::stack::flow::{self, FlowStats, FlowTable};
 use crate::stack::{LinkCounters, Router};
-use crate::sys::packet::RxRing;
 use crate::sys::shm::SharedU64s;
 use crate::wire::MacAddr;
 
+use link::Link;
+pub use link::LinkKind;
 use worker::{PodIo, Worker, WorkerCmd};
 
 /// How long a worker may take to apply an attach or detach.
@@ -63,14 +66,10 @@ pub struct PodSpec {
     /// The container id, for log lines about this pod.
     #[serde(default)]
     pub container_id: String,
-    /// The fds are packet sockets on a veth peer (veth mode), not TAP queues: frames move in
-    /// `recvmmsg`/`sendmmsg` batches.
-    #[serde(default)]
-    pub packet_sockets: bool,
-    /// The packet sockets receive through a TPACKET_V2 ring the supervisor set up
-    /// (`--veth-rx ring`), which the dataplane maps.
-    #[serde(default)]
-    pub rx_ring: bool,
+    /// What the fds are (TAP queues, packet sockets, packet sockets with receive rings). On
+    /// the wire: the fields `packet_sockets` and `rx_ring`, as earlier builds sent them.
+    #[serde(flatten)]
+    pub link: LinkKind,
 }
 
 /// Where one worker publishes the attachment id whose batch it is handling (0: none), in
@@ -162,7 +161,7 @@ impl Dataplane {
                 index,
                 rx,
                 Arc::clone(&wake),
-                uplink,
+                Link::tun(uplink),
                 Arc::clone(&uplink_counters),
                 match &flows {
                     Some(f) => Router::new(gateway, uplink_mtu).with_flows(Arc::clone(f)),
@@ -266,15 +265,7 @@ impl Dataplane {
         // worker unless all of them can take the pod.
         let mut ios = Vec::with_capacity(n);
         for (rx, tx_extra) in per_worker.into_iter().zip(extra) {
-            let mut io = PodIo::new(rx, tx_extra);
-            io.packet_sockets = spec.packet_sockets;
-            if spec.rx_ring {
-                io.rings = io
-                    .rx
-                    .iter()
-                    .map(|fd| RxRing::map(fd.as_fd()))
-                    .collect::<io::Result<_>>()?;
-            }
+            let mut io = PodIo::new(Link::pod(spec.link, rx, tx_extra)?);
             if let Some(bucket) = &ingress {
                 // The shaped queue is bounded in time as well as in frames.
                 io.queue.set_byte_limit(bucket.queue_bytes());

@@ -1,31 +1,33 @@
-//! One dataplane worker: an epoll loop over its TAP queues, its uplink queue, a wakeup eventfd
-//! and a timerfd for shaping. Blocks in epoll when idle (no busy polling); reads at most
-//! `BATCH` frames per fd per wakeup so one busy pod cannot starve the others, then drains the
-//! fifo queues those frames went to (see `qdisc`). A TAP gives one frame per `readv`; the
-//! packet sockets of a veth-mode pod give up to `MMSG_BATCH` per `recvmmsg`, and frames to
-//! such a pod leave in `sendmmsg` batches.
+//! One dataplane worker: an epoll loop over its links — a queue of every pod's TAP or packet
+//! sockets, its uplink queue — a wakeup eventfd and a timerfd for shaping. Blocks in epoll when
+//! idle (no busy polling); reads at most `BATCH` frames per fd per wakeup so one busy pod
+//! cannot starve the others, then drains the fifo queues those frames went to (see `qdisc`).
+//! How a link reads and writes its frames (one per call, or `recvmmsg`/`sendmmsg` batches)
+//! is the link's business (`link`); the worker asks it for a batch, routes it, and hands each
+//! link the batch queued for it.
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::eventfd::EventFd;
-use nix::sys::time::TimeSpec;
-use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
 
-use crate::gso::{self, GsoError, GsoFrame};
-use crate::stack::{DropReason, LinkCounters, PodPort, Router, Verdict};
-use crate::sys::packet::{recv_frames, send_frames, RxRing, MMSG_BATCH};
-use crate::sys::tap::{read_frame, write_frame, RxFrame, VNET_HDR_LEN};
-use crate::wire::{ethernet, VnetHdr};
+use crate::stack::{LinkCounters, PodPort, Router};
+use crate::sys::packet::MMSG_BATCH;
+use crate::sys::tap::RxFrame;
 
 use super::capture::CaptureSink;
-use super::qdisc::{FifoQueue, Slot, SlotPool, TokenBucket, SLOT_LEN};
+use super::link::Link;
+use super::qdisc::{FifoQueue, SlotPool, TokenBucket, SLOT_LEN};
+use super::throttle::Throttle;
 use super::{InFlight, PodSpec};
+
+mod rx;
+mod tx;
 
 /// Frames read from one fd per wakeup before moving on to the next.
 const BATCH: usize = 64;
@@ -50,12 +52,10 @@ const POOL_WAIT: Duration = Duration::from_millis(1);
 /// The egress id of the uplink in the drain list (attachment ids start at 1).
 const UPLINK: u64 = 0;
 
-/// A worker's handles on one pod's TAP.
+/// A worker's handles on one pod: its link and what shapes, queues and copies its frames.
 pub(super) struct PodIo {
-    /// The queues this worker reads.
-    pub rx: Vec<OwnedFd>,
-    /// A queue to write to when this worker reads none of the pod's queues.
-    pub tx_extra: Option<OwnedFd>,
+    /// The pod's queues this worker reads (or only writes).
+    pub link: Link,
     /// Where this pod's frames are copied while a capture runs.
     pub capture: Option<Arc<CaptureSink>>,
     /// Frames waiting to be written to the pod.
@@ -66,33 +66,19 @@ pub(super) struct PodIo {
     pub egress: Option<Arc<TokenBucket>>,
     /// The pod's container id, for log lines.
     pub container_id: Arc<str>,
-    /// The fds are packet sockets (veth mode): read and written in batches.
-    pub packet_sockets: bool,
-    /// The receive ring of each `rx` socket, when they have one (`--veth-rx ring`).
-    pub rings: Vec<RxRing>,
 }
 
 impl PodIo {
-    /// Handles with empty queues and no shaping.
-    pub fn new(rx: Vec<OwnedFd>, tx_extra: Option<OwnedFd>) -> Self {
+    /// Handles on `link` with an empty queue and no shaping.
+    pub fn new(link: Link) -> Self {
         PodIo {
-            rx,
-            tx_extra,
+            link,
             capture: None,
             queue: FifoQueue::new(QUEUE_LIMIT),
             ingress: None,
             egress: None,
             container_id: Arc::from(""),
-            packet_sockets: false,
-            rings: Vec::new(),
         }
-    }
-
-    fn tx(&self) -> Option<BorrowedFd<'_>> {
-        self.rx
-            .first()
-            .or(self.tx_extra.as_ref())
-            .map(|fd| fd.as_fd())
     }
 }
 
@@ -115,9 +101,9 @@ pub(super) struct Worker {
     cmds: mpsc::Receiver<WorkerCmd>,
     wake: Arc<EventFd>,
     epoll: Epoll,
-    timer: TimerFd,
-    timer_at: Option<Instant>,
-    uplink: OwnedFd,
+    /// Queues left unread for a while, and the shaping timer.
+    throttle: Throttle,
+    uplink: Link,
     uplink_queue: FifoQueue,
     uplink_counters: Arc<LinkCounters>,
     router: Router<PodIo>,
@@ -127,114 +113,37 @@ pub(super) struct Worker {
     shaped_pods: usize,
     /// Egress ids (pods, or `UPLINK`) with frames queued.
     dirty: Vec<u64>,
-    /// Pod queues not read while their egress bucket is empty.
-    throttled: Vec<(u64, usize)>,
     /// Segment every GSO super-frame before writing it (`--gso segment`).
     segment_gso: bool,
     /// Where software segmentation builds each segment.
     scratch: Box<[u8]>,
-    /// Slots being filled by one `recvmmsg`, ascending, and what each received.
+    /// Slots being filled by one receive, ascending, and what each received.
     rx_batch: Vec<u32>,
     rx_lens: [RxFrame; MMSG_BATCH],
-    /// Slots gathered for one `sendmmsg`.
+    /// Where each frame of the batch being routed goes: (slot, egress id).
+    routed: Vec<(u32, u64)>,
+    /// Slots gathered for one send.
     tx_batch: Vec<u32>,
     /// Where the id of the pod whose batch this worker handles is published.
     in_flight: InFlight,
 }
 
-/// A super-frame the segmenter refuses is a malformed frame.
-impl From<GsoError> for DropReason {
-    fn from(_: GsoError) -> Self {
-        DropReason::Malformed
-    }
-}
-
-/// Writes one queued frame to `fd`, whose L3 header starts at `l3_offset` in it: whole, or —
-/// when `segment` is on, or the device refuses the GSO frame (EINVAL: a kernel without that
-/// GSO type on tun) — as segments with full checksums and no virtio-net offload flags, as
-/// Linux segments it. Counts what went out on `counters`.
-fn send_frame(
-    fd: BorrowedFd<'_>,
-    slot: &Slot,
-    l3_offset: usize,
-    segment: bool,
-    scratch: &mut [u8],
-    counters: &LinkCounters,
-    w: usize,
-) -> Result<(), DropReason> {
-    let frame = &slot.buf[slot.start..slot.end];
-    let vnet = VnetHdr::parse(&slot.vnet);
-    if !(segment && vnet.is_gso()) {
-        match write_frame(fd, &slot.vnet, frame) {
-            Ok(()) => {
-                counters.tx_call(w);
-                counters.tx(w, frame.len());
-                return Ok(());
-            }
-            Err(e) if vnet.is_gso() && e.raw_os_error() == Some(libc::EINVAL) => {}
-            Err(_) => return Err(DropReason::TxError),
-        }
-    }
-    let gso = GsoFrame::parse(&vnet, frame, l3_offset)?;
-    counters.segmented(w);
-    let plain = [0u8; VNET_HDR_LEN];
-    gso.segment_each(scratch, |seg| {
-        write_frame(fd, &plain, seg).map_err(|_| DropReason::TxError)?;
-        counters.tx_call(w);
-        counters.tx(w, seg.len());
-        Ok(())
-    })
-    .map(|_| ())
-}
-
-/// Writes the frames of `batch` to packet socket `fd` with as few `sendmmsg` calls as it
-/// takes; a frame the kernel refuses goes again alone through `send_frame`, which counts why
-/// (or segments a GSO frame the socket cannot take). Returns every slot to `pool`.
-fn send_batch(
-    fd: BorrowedFd<'_>,
-    pool: &mut SlotPool,
-    batch: &mut Vec<u32>,
-    scratch: &mut [u8],
-    counters: &LinkCounters,
-    w: usize,
-) {
-    let mut done = 0;
-    while done < batch.len() {
-        let frames = batch[done..].iter().map(|&i| {
-            let s = pool.get(i);
-            (&s.vnet, &s.buf[s.start..s.end])
-        });
-        let sent = send_frames(fd, frames).unwrap_or(0);
-        if sent > 0 {
-            counters.tx_call(w);
-        }
-        for &i in &batch[done..done + sent] {
-            let s = pool.get(i);
-            counters.tx(w, s.end - s.start);
-        }
-        done += sent;
-        if let Some(&refused) = batch.get(done) {
-            let s = pool.get(refused);
-            let again = send_frame(fd, s, ethernet::HEADER_LEN, false, scratch, counters, w);
-            if let Err(reason) = again {
-                counters.dropped(w, reason);
-            }
-            done += 1;
-        }
-    }
-    for &i in batch.iter() {
-        pool.put(i);
-    }
-    batch.clear();
-}
-
-/// Pod `id` is read through packet sockets (veth mode).
-fn src_is_socket(router: &Router<PodIo>, id: u64) -> bool {
-    router.pod(id).is_some_and(|p| p.io.packet_sockets)
-}
-
 fn token(id: u64, queue: usize) -> u64 {
     (id << 8) | queue as u64
+}
+
+/// The fd of receive queue `q` of pod `id` (or of the uplink for `UPLINK`), with its token.
+fn queue_fd<'a>(
+    router: &'a Router<PodIo>,
+    uplink: &'a Link,
+    id: u64,
+    q: usize,
+) -> Option<(BorrowedFd<'a>, u64)> {
+    if id == UPLINK {
+        return Some((uplink.rx_fd(0)?, TOKEN_UPLINK));
+    }
+    let fd = router.pod(id)?.io.link.rx_fd(q)?;
+    Some((fd, token(id, q)))
 }
 
 impl Worker {
@@ -242,26 +151,22 @@ impl Worker {
         index: usize,
         cmds: mpsc::Receiver<WorkerCmd>,
         wake: Arc<EventFd>,
-        uplink: OwnedFd,
+        uplink: Link,
         uplink_counters: Arc<LinkCounters>,
         router: Router<PodIo>,
         wakeups: Arc<AtomicU64>,
     ) -> io::Result<Self> {
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
-        let timer = TimerFd::new(
-            ClockId::CLOCK_MONOTONIC,
-            TimerFlags::TFD_CLOEXEC | TimerFlags::TFD_NONBLOCK,
-        )?;
+        let throttle = Throttle::new()?;
         epoll.add(
             wake.as_fd(),
             EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_WAKE),
         )?;
+        for fd in uplink.rx_fds() {
+            epoll.add(fd, EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_UPLINK))?;
+        }
         epoll.add(
-            uplink.as_fd(),
-            EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_UPLINK),
-        )?;
-        epoll.add(
-            timer.as_fd(),
+            throttle.fd(),
             EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_TIMER),
         )?;
         Ok(Worker {
@@ -269,8 +174,7 @@ impl Worker {
             cmds,
             wake,
             epoll,
-            timer,
-            timer_at: None,
+            throttle,
             uplink,
             uplink_queue: FifoQueue::new(QUEUE_LIMIT),
             uplink_counters,
@@ -283,11 +187,11 @@ impl Worker {
             },
             shaped_pods: 0,
             dirty: Vec::new(),
-            throttled: Vec::new(),
             segment_gso: false,
             scratch: vec![0u8; 2 * SLOT_LEN].into_boxed_slice(),
             rx_batch: Vec::with_capacity(MMSG_BATCH),
             rx_lens: [RxFrame::Malformed; MMSG_BATCH],
+            routed: Vec::with_capacity(MMSG_BATCH),
             tx_batch: Vec::with_capacity(MMSG_BATCH),
             in_flight: InFlight::default(),
         })
@@ -351,20 +255,7 @@ impl Worker {
                     let _ = ack.send(self.attach(*spec, counters, io));
                 }
                 Ok(WorkerCmd::Detach(id, ack)) => {
-                    if let Some(mut port) = self.router.remove(id) {
-                        for fd in &port.io.rx {
-                            let _ = self.epoll.delete(fd.as_fd());
-                        }
-                        while let Some(slot) = port.io.queue.pop() {
-                            self.pool.put(slot);
-                        }
-                        if port.io.ingress.is_some() {
-                            self.shaped_pods -= 1;
-                            self.pool.set_limit(self.pool_limit());
-                        }
-                        self.dirty.retain(|d| *d != id);
-                        self.throttled.retain(|(t, _)| *t != id);
-                    }
+                    self.detach(id);
                     let _ = ack.send(());
                 }
                 Ok(WorkerCmd::Capture(id, sink, ack)) => {
@@ -394,13 +285,13 @@ impl Worker {
         counters: Arc<LinkCounters>,
         mut io: PodIo,
     ) -> io::Result<()> {
-        for (q, fd) in io.rx.iter().enumerate() {
-            if let Err(e) = self.epoll.add(
-                fd.as_fd(),
-                EpollEvent::new(EpollFlags::EPOLLIN, token(spec.id, q)),
-            ) {
-                for fd in &io.rx[..q] {
-                    let _ = self.epoll.delete(fd.as_fd());
+        for (q, fd) in io.link.rx_fds().enumerate() {
+            if let Err(e) = self
+                .epoll
+                .add(fd, EpollEvent::new(EpollFlags::EPOLLIN, token(spec.id, q)))
+            {
+                for fd in io.link.rx_fds().take(q) {
+                    let _ = self.epoll.delete(fd);
                 }
                 return Err(e.into());
             }
@@ -424,60 +315,52 @@ impl Worker {
         Ok(())
     }
 
-    /// Wakes the timer at `at` at the latest.
-    fn arm_timer(&mut self, at: Instant) {
-        if self.timer_at.is_some_and(|t| t <= at) {
+    /// Forgets pod `id`: its fds leave epoll (they close when its link drops), its queued
+    /// frames go back to the pool.
+    fn detach(&mut self, id: u64) {
+        let Some(mut port) = self.router.remove(id) else {
             return;
+        };
+        for fd in port.io.link.rx_fds() {
+            let _ = self.epoll.delete(fd);
         }
-        let wait = at
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_micros(50));
-        if self
-            .timer
-            .set(
-                Expiration::OneShot(TimeSpec::from_duration(wait)),
-                TimerSetTimeFlags::empty(),
-            )
-            .is_ok()
-        {
-            self.timer_at = Some(at);
+        while let Some(slot) = port.io.queue.pop() {
+            self.pool.put(slot);
         }
+        if port.io.ingress.is_some() {
+            self.shaped_pods -= 1;
+            self.pool.set_limit(self.pool_limit());
+        }
+        self.dirty.retain(|d| *d != id);
+        self.throttle.forget(id);
     }
 
     /// Shaping time passed: read throttled pods again and retry waiting queues.
     fn on_timer(&mut self) {
-        let _ = self.timer.wait();
-        self.timer_at = None;
-        for (id, q) in std::mem::take(&mut self.throttled) {
-            if let Some((fd, tok)) = self.rx_fd(id, q) {
+        for (id, q) in self.throttle.fired() {
+            if let Some((fd, tok)) = queue_fd(&self.router, &self.uplink, id, q) {
                 let mut ev = EpollEvent::new(EpollFlags::EPOLLIN, tok);
                 let _ = self.epoll.modify(fd, &mut ev);
             }
         }
     }
 
-    /// The fd of pod queue `q`, or of the uplink for `UPLINK`, with its epoll token.
-    fn rx_fd(&self, id: u64, q: usize) -> Option<(BorrowedFd<'_>, u64)> {
-        if id == UPLINK {
-            return Some((self.uplink.as_fd(), TOKEN_UPLINK));
-        }
-        let fd = self.router.pod(id).and_then(|p| p.io.rx.get(q))?;
-        Some((fd.as_fd(), token(id, q)))
-    }
-
     /// Stops reading an fd that failed for good — a pod TAP or an uplink deleted under us
-    /// (EBADFD, reported as EPOLLERR for ever: level-triggered epoll would spin on it). The attachment stays until DEL or a restart cleans it up.
-    fn forget_fd(&mut self, id: u64, q: usize, container_id: &str, e: &io::Error) {
-        if let Some((fd, _)) = self.rx_fd(id, q) {
+    /// (EBADFD, reported as EPOLLERR for ever: level-triggered epoll would spin on it). The
+    /// attachment stays until DEL or a restart cleans it up.
+    fn forget_fd(&mut self, id: u64, q: usize, e: &io::Error) {
+        if let Some((fd, _)) = queue_fd(&self.router, &self.uplink, id, q) {
             let _ = self.epoll.delete(fd);
         }
-        self.throttled.retain(|t| *t != (id, q));
+        self.throttle.forget_queue(id, q);
         if id == UPLINK {
             tracing::error!(
                 worker = self.index,
                 "the uplink failed ({e}): no longer read"
             );
         } else {
+            // Displayed (`%`), not quoted: `container_id=<id>`, as every other log line has it.
+            let container_id = self.router.pod(id).map_or("", |p| &*p.io.container_id);
             tracing::warn!(
                 worker = self.index,
                 %container_id,
@@ -491,419 +374,12 @@ impl Worker {
     /// every buffer waits in a shaped queue. Epoll is level-triggered, so without this the
     /// worker would spin on a readable fd it cannot serve.
     fn throttle(&mut self, id: u64, q: usize, wait: Duration) {
-        if self.throttled.contains(&(id, q)) {
+        let Some((fd, tok)) = queue_fd(&self.router, &self.uplink, id, q) else {
             return;
-        }
-        if let Some((fd, tok)) = self.rx_fd(id, q) {
+        };
+        if self.throttle.hold(id, q, wait) {
             let mut ev = EpollEvent::new(EpollFlags::empty(), tok);
             let _ = self.epoll.modify(fd, &mut ev);
-            self.throttled.push((id, q));
-            self.arm_timer(Instant::now() + wait);
-        }
-    }
-
-    /// Queues slot `slot` on egress `dst` (a pod id or `UPLINK`); tail-drops when full.
-    fn enqueue(&mut self, dst: u64, slot: u32) {
-        let w = self.index;
-        let (queue, counters) = if dst == UPLINK {
-            (&mut self.uplink_queue, &self.uplink_counters)
-        } else {
-            match self.router.pod_mut(dst) {
-                Some(p) => (&mut p.io.queue, &p.counters),
-                None => {
-                    self.pool.put(slot);
-                    return;
-                }
-            }
-        };
-        let s = self.pool.get(slot);
-        match queue.push(slot, s.end - s.start) {
-            Ok(()) => {
-                if !queue.dirty {
-                    queue.dirty = true;
-                    self.dirty.push(dst);
-                }
-            }
-            Err(slot) => {
-                counters.dropped(w, DropReason::QdiscFull);
-                self.pool.put(slot);
-            }
-        }
-    }
-
-    /// Writes out every queue with frames, as far as shaping allows.
-    fn flush(&mut self) {
-        if self.dirty.is_empty() {
-            return;
-        }
-        let now = Instant::now();
-        let mut next_at: Option<Instant> = None;
-        // Work on the list in place (draining never queues more), keeping what shaping
-        // holds back at its front: the list keeps its capacity, so no allocation per batch.
-        let mut pending = std::mem::take(&mut self.dirty);
-        let mut kept = 0;
-        for k in 0..pending.len() {
-            let dst = pending[k];
-            if let Some(wait) = self.drain_queue(dst, now) {
-                pending[kept] = dst;
-                kept += 1;
-                let at = now + wait;
-                next_at = Some(next_at.map_or(at, |n| n.min(at)));
-            }
-        }
-        pending.truncate(kept);
-        self.dirty = pending;
-        if let Some(at) = next_at {
-            self.arm_timer(at);
-        }
-    }
-
-    /// Writes queue `dst` out; `Some(wait)` when shaping stopped it with frames left.
-    fn drain_queue(&mut self, dst: u64, now: Instant) -> Option<Duration> {
-        let w = self.index;
-        let Worker {
-            router,
-            pool,
-            uplink,
-            uplink_queue,
-            uplink_counters,
-            segment_gso,
-            scratch,
-            tx_batch,
-            ..
-        } = self;
-        if dst == UPLINK {
-            while let Some(slot) = uplink_queue.pop() {
-                // The uplink is a TUN: the frame starts at the IP header.
-                if let Err(reason) = send_frame(
-                    uplink.as_fd(),
-                    pool.get(slot),
-                    0,
-                    *segment_gso,
-                    scratch,
-                    uplink_counters,
-                    w,
-                ) {
-                    uplink_counters.dropped(w, reason);
-                }
-                pool.put(slot);
-            }
-            uplink_queue.dirty = false;
-            return None;
-        }
-        let pod = router.pod_mut(dst)?;
-        let batched = pod.io.packet_sockets && !*segment_gso;
-        let mut held = None;
-        while let Some(slot) = pod.io.queue.front() {
-            if let Some(bucket) = &pod.io.ingress {
-                if let Err(wait) = bucket.ready(now) {
-                    held = Some(wait);
-                    break;
-                }
-                // Charged as the segments it stands for, headers and all.
-                let s = pool.get(slot);
-                let vnet = VnetHdr::parse(&s.vnet);
-                bucket.charge(gso::wire_len(
-                    &vnet,
-                    &s.buf[s.start..s.end],
-                    ethernet::HEADER_LEN,
-                ));
-            }
-            pod.io.queue.pop();
-            let s = pool.get(slot);
-            if let Some(sink) = &pod.io.capture {
-                sink.record(&s.buf[s.start..s.end]);
-            }
-            let Some(fd) = pod.io.tx() else {
-                pod.counters.dropped(w, DropReason::TxError);
-                pool.put(slot);
-                continue;
-            };
-            if batched {
-                tx_batch.push(slot);
-                if tx_batch.len() == MMSG_BATCH {
-                    send_batch(fd, pool, tx_batch, scratch, &pod.counters, w);
-                }
-                continue;
-            }
-            let sent = send_frame(
-                fd,
-                s,
-                ethernet::HEADER_LEN,
-                *segment_gso,
-                scratch,
-                &pod.counters,
-                w,
-            );
-            if let Err(reason) = sent {
-                pod.counters.dropped(w, reason);
-            }
-            pool.put(slot);
-        }
-        if let Some(fd) = pod.io.tx() {
-            send_batch(fd, pool, tx_batch, scratch, &pod.counters, w);
-        }
-        if let Some(wait) = held {
-            pod.counters.set_queued(w, pod.io.queue.len());
-            return Some(wait);
-        }
-        pod.io.queue.dirty = false;
-        pod.counters.set_queued(w, 0);
-        None
-    }
-
-    /// Reads up to `BATCH` frames from pod queue `queue` and routes them.
-    fn drain_pod(&mut self, id: u64, queue: usize) {
-        let w = self.index;
-        let mut budget = BATCH;
-        while budget > 0 {
-            let Some(src) = self.router.pod(id) else {
-                return;
-            };
-            if let Some(bucket) = &src.io.egress {
-                if let Err(wait) = bucket.ready(Instant::now()) {
-                    self.throttle(id, queue, wait);
-                    return;
-                }
-            }
-            // A shaped pod is read a frame at a time: its bucket is asked before each one.
-            let want = if src.io.packet_sockets && src.io.egress.is_none() {
-                budget.min(MMSG_BATCH)
-            } else {
-                1
-            };
-            self.rx_batch.clear();
-            while self.rx_batch.len() < want {
-                match self.take_slot() {
-                    Some(slot) => self.rx_batch.push(slot),
-                    None => break,
-                }
-            }
-            if self.rx_batch.is_empty() {
-                self.throttle(id, queue, POOL_WAIT);
-                return;
-            }
-            self.rx_batch.sort_unstable();
-            let got = match self.receive(id, queue) {
-                Some(Ok(n)) => n,
-                Some(Err(e))
-                    if e.raw_os_error() == Some(libc::EINVAL)
-                        && src_is_socket(&self.router, id) =>
-                {
-                    // A frame the packet socket cannot describe in a virtio-net header (a GSO
-                    // type without a flag there, e.g. SCTP or a tunnel): the kernel dropped it.
-                    self.return_rx_slots(0);
-                    if let Some(src) = self.router.pod(id) {
-                        src.counters.dropped(w, DropReason::Malformed);
-                    }
-                    budget -= 1;
-                    continue;
-                }
-                Some(Err(e)) if e.kind() != io::ErrorKind::WouldBlock => {
-                    self.return_rx_slots(0);
-                    let container_id = self
-                        .router
-                        .pod(id)
-                        .map(|p| Arc::clone(&p.io.container_id))
-                        .unwrap_or_else(|| Arc::from(""));
-                    self.forget_fd(id, queue, &container_id, &e);
-                    return;
-                }
-                // Empty, or the pod or its queue is gone.
-                _ => 0,
-            };
-            if got > 0 {
-                if let Some(src) = self.router.pod(id) {
-                    src.counters.rx_call(w);
-                }
-            }
-            for k in 0..got {
-                let (slot, len) = (self.rx_batch[k], self.rx_lens[k]);
-                let reason = match len {
-                    RxFrame::Whole(n) => {
-                        self.route_from_pod(id, slot, n);
-                        continue;
-                    }
-                    RxFrame::Malformed => DropReason::Malformed,
-                    RxFrame::Oversize => DropReason::Oversize,
-                };
-                if let Some(src) = self.router.pod(id) {
-                    src.counters.dropped(w, reason);
-                }
-                self.pool.put(slot);
-            }
-            self.return_rx_slots(got);
-            if got < want {
-                break;
-            }
-            budget -= got;
-        }
-        self.end_finished_capture(id);
-    }
-
-    /// Reads into the slots of `rx_batch` from pod queue `queue`: one frame with `readv`
-    /// (a TAP), as many as come with one `recvmmsg` (packet sockets), or as many as wait in
-    /// the socket's receive ring. Fills `rx_lens` with what each got; `None` when the pod or
-    /// queue is gone. A packet socket is always read with `recvmmsg`, which tells a cut frame.
-    fn receive(&mut self, id: u64, queue: usize) -> Option<io::Result<usize>> {
-        let (pool, batch, lens) = (&mut self.pool, &self.rx_batch, &mut self.rx_lens);
-        let io = &mut self.router.pod_mut(id)?.io;
-        if let Some(ring) = io.rings.get_mut(queue) {
-            let mut n = 0;
-            for s in pool.many_mut(batch) {
-                match ring.take(&mut s.vnet, &mut s.buf) {
-                    Some(frame) => {
-                        lens[n] = frame;
-                        n += 1;
-                    }
-                    None => break,
-                }
-            }
-            if n > 0 {
-                return Some(Ok(n));
-            }
-            // An empty ring: the socket itself says whether it failed (ENETDOWN: the veth is
-            // gone), else EAGAIN — its receive queue stays empty while it has a ring.
-        }
-        let fd = io.rx.get(queue)?.as_fd();
-        if batch.len() > 1 || io.packet_sockets {
-            let bufs = pool.many_mut(batch).map(|s| (&mut s.vnet, &mut s.buf[..]));
-            return Some(recv_frames(fd, bufs, lens));
-        }
-        let s = pool.get_mut(batch[0]);
-        Some(read_frame(fd, &mut s.vnet, &mut s.buf).map(|frame| {
-            lens[0] = frame;
-            1
-        }))
-    }
-
-    /// Gives back the slots of `rx_batch` from position `from` on (those nothing was read into).
-    fn return_rx_slots(&mut self, from: usize) {
-        for &slot in &self.rx_batch[from..] {
-            self.pool.put(slot);
-        }
-        self.rx_batch.clear();
-    }
-
-    /// Counts, captures, shapes and routes one frame of `n` bytes read from pod `id` into `slot`.
-    fn route_from_pod(&mut self, id: u64, slot: u32, n: usize) {
-        let w = self.index;
-        let Some(src) = self.router.pod(id) else {
-            self.pool.put(slot);
-            return;
-        };
-        let s = self.pool.get_mut(slot);
-        src.counters.rx(w, n);
-        if let Some(sink) = &src.io.capture {
-            sink.record(&s.buf[..n]);
-        }
-        let mut vnet = VnetHdr::parse(&s.vnet);
-        if let Some(bucket) = &src.io.egress {
-            bucket.charge(gso::wire_len(&vnet, &s.buf[..n], ethernet::HEADER_LEN));
-        }
-        if vnet.is_gso() {
-            src.counters.rx_gso(w);
-        }
-        let verdict = self.router.from_pod(id, &mut vnet, &mut s.buf, n);
-        vnet.emit(&mut s.vnet);
-        match verdict {
-            Verdict::ToPod { id: dst, len } => {
-                (s.start, s.end) = (0, len);
-                self.enqueue(dst, slot);
-            }
-            Verdict::ToUplink { len } => {
-                (s.start, s.end) = (ethernet::HEADER_LEN, len);
-                self.enqueue(UPLINK, slot);
-            }
-            Verdict::Reply { len, dropped } => {
-                if let Some(reason) = dropped {
-                    src.counters.dropped(w, reason);
-                }
-                (s.start, s.end) = (0, len);
-                self.enqueue(id, slot);
-            }
-            Verdict::Consumed => self.pool.put(slot),
-            Verdict::Drop(reason) => {
-                src.counters.dropped(w, reason);
-                self.pool.put(slot);
-            }
-        }
-    }
-
-    /// A free slot; drains the queues first when none is free. `None` means every slot waits
-    /// in a shaped queue: the frame stays in the kernel's ring until the shaper lets go.
-    fn take_slot(&mut self) -> Option<u32> {
-        if let Some(s) = self.pool.take() {
-            return Some(s);
-        }
-        self.flush();
-        self.pool.take()
-    }
-
-    /// Forgets a pod's capture once it is over, so the hot path is back to one branch.
-    fn end_finished_capture(&mut self, id: u64) {
-        if let Some(pod) = self.router.pod_mut(id) {
-            if pod.io.capture.as_ref().is_some_and(|c| c.is_closed()) {
-                pod.io.capture = None;
-            }
-        }
-    }
-
-    fn drain_uplink(&mut self) {
-        let w = self.index;
-        for _ in 0..BATCH {
-            let Some(slot) = self.take_slot() else {
-                self.throttle(UPLINK, 0, POOL_WAIT);
-                return;
-            };
-            let s = self.pool.get_mut(slot);
-            let n = match read_frame(
-                self.uplink.as_fd(),
-                &mut s.vnet,
-                &mut s.buf[ethernet::HEADER_LEN..],
-            ) {
-                Ok(RxFrame::Whole(n)) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.pool.put(slot);
-                    return;
-                }
-                Ok(bad) => {
-                    let reason = match bad {
-                        RxFrame::Oversize => DropReason::Oversize,
-                        _ => DropReason::Malformed,
-                    };
-                    self.uplink_counters.dropped(w, reason);
-                    self.pool.put(slot);
-                    continue;
-                }
-                Err(e) => {
-                    self.pool.put(slot);
-                    self.forget_fd(UPLINK, 0, "", &e);
-                    return;
-                }
-            };
-            self.uplink_counters.rx_call(w);
-            self.uplink_counters.rx(w, n);
-            let mut vnet = VnetHdr::parse(&s.vnet);
-            if vnet.is_gso() {
-                self.uplink_counters.rx_gso(w);
-            }
-            let verdict = self.router.from_uplink(&mut vnet, &mut s.buf, n);
-            vnet.emit(&mut s.vnet);
-            match verdict {
-                Verdict::ToPod { id, len } => {
-                    (s.start, s.end) = (0, len);
-                    self.enqueue(id, slot);
-                }
-                Verdict::Drop(reason) => {
-                    self.uplink_counters.dropped(w, reason);
-                    self.pool.put(slot);
-                }
-                _ => {
-                    self.uplink_counters.dropped(w, DropReason::NoRoute);
-                    self.pool.put(slot);
-                }
-            }
         }
     }
 }
@@ -916,8 +392,13 @@ mod tests {
     use std::net::Ipv4Addr;
     use std::os::unix::net::UnixDatagram;
 
+    use std::os::fd::OwnedFd;
+
     use super::*;
+    use crate::dataplane::LinkKind;
     use crate::stack::GATEWAY_MAC;
+    use crate::sys::tap::VNET_HDR_LEN;
+    use crate::wire::{ethernet, VnetHdr};
     use crate::wire::{ipv4, MacAddr};
 
     const GW: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
@@ -964,7 +445,7 @@ mod tests {
             0,
             cmds,
             wake,
-            OwnedFd::from(uplink),
+            Link::tun(OwnedFd::from(uplink)),
             Arc::new(LinkCounters::new(1)),
             Router::new(GW, 1500),
             Arc::new(AtomicU64::new(0)),
@@ -975,7 +456,8 @@ mod tests {
             let (ours, theirs) = UnixDatagram::pair().unwrap();
             ours.set_nonblocking(true).unwrap();
             theirs.set_nonblocking(true).unwrap();
-            let mut io = PodIo::new(vec![OwnedFd::from(ours)], None);
+            let link = Link::pod(LinkKind::Tap, vec![OwnedFd::from(ours)], None).unwrap();
+            let mut io = PodIo::new(link);
             if id == 2 || id == 3 {
                 let bucket = TokenBucket::new(1000, 8000).unwrap();
                 // Spend the burst up front: every frame to the pod now waits in its queue.
@@ -991,8 +473,7 @@ mod tests {
                 mtu: 1500,
                 bandwidth: None,
                 container_id: format!("pod{id}"),
-                packet_sockets: false,
-                rx_ring: false,
+                link: LinkKind::Tap,
             };
             let c = Arc::new(LinkCounters::new(1));
             w.attach(spec, Arc::clone(&c), io).unwrap();
@@ -1054,7 +535,7 @@ mod tests {
         );
         assert_eq!(counters[0].snapshot().drops.values().sum::<u64>(), 0);
 
-        assert!(w.throttled.is_empty(), "no fd is left unread");
+        assert!(w.throttle.is_empty(), "no fd is left unread");
     }
 
     #[test]
@@ -1075,5 +556,310 @@ mod tests {
             w.pool.allocated()
         );
         assert!(w.pool.available() >= POOL_SLOTS);
+    }
+
+    // --- The worker over in-memory links -------------------------------------------------
+
+    use std::collections::HashSet;
+    use std::io::Read;
+    use std::sync::Mutex;
+
+    use super::super::link::mem::{MemLink, MemState};
+    use crate::wire::vnet::{FLAG_NEEDS_CSUM, GSO_TCPV4};
+
+    /// A pod of [`mem_worker`]: its id, whether its link takes GSO frames, and what to set on
+    /// its handles before it is attached.
+    struct MemPod {
+        id: u8,
+        gso: bool,
+        shape: fn(&mut PodIo),
+    }
+
+    fn unshaped(_: &mut PodIo) {}
+
+    /// A bucket of 1 kbit/s whose burst is spent: it lets nothing through for a long while.
+    fn spent_bucket() -> Option<Arc<TokenBucket>> {
+        let bucket = TokenBucket::new(1000, 8000).unwrap();
+        bucket.charge(bucket.burst_bytes() + 1_000_000);
+        Some(Arc::new(bucket))
+    }
+
+    fn pod(id: u8) -> MemPod {
+        MemPod {
+            id,
+            gso: true,
+            shape: unshaped,
+        }
+    }
+
+    /// What a test keeps of each in-memory link.
+    type MemLinks = Vec<Arc<Mutex<MemState>>>;
+
+    /// A worker whose pods sit on in-memory links: the state of each link and the pods'
+    /// counters, in the order of `pods`.
+    fn mem_worker(pods: &[MemPod]) -> (Worker, MemLinks, Vec<Arc<LinkCounters>>) {
+        let (_cmd_tx, cmds) = mpsc::channel();
+        let wake = Arc::new(EventFd::new().unwrap());
+        let (uplink, _peer) = UnixDatagram::pair().unwrap();
+        uplink.set_nonblocking(true).unwrap();
+        let mut w = Worker::new(
+            0,
+            cmds,
+            wake,
+            Link::tun(OwnedFd::from(uplink)),
+            Arc::new(LinkCounters::new(1)),
+            Router::new(GW, 1500),
+            Arc::new(AtomicU64::new(0)),
+        )
+        .unwrap();
+        let (mut states, mut counters) = (Vec::new(), Vec::new());
+        for p in pods {
+            let (link, state) = MemLink::new(p.gso);
+            let mut io = PodIo::new(Link::Mem(link));
+            (p.shape)(&mut io);
+            let spec = PodSpec {
+                id: u64::from(p.id),
+                mac: mac(p.id),
+                ipv4: vec![ip(p.id)],
+                ipv6: Vec::new(),
+                gateway_v6: None,
+                mtu: 1500,
+                bandwidth: None,
+                container_id: format!("pod{}", p.id),
+                link: LinkKind::Tap,
+            };
+            let c = Arc::new(LinkCounters::new(1));
+            w.attach(spec, Arc::clone(&c), io).unwrap();
+            states.push(state);
+            counters.push(c);
+        }
+        (w, states, counters)
+    }
+
+    /// Queues `frame` (virtio-net header first) on `link` for the worker to receive, `n` times.
+    fn offer(link: &Mutex<MemState>, frame: &[u8], n: usize) {
+        let mut st = link.lock().unwrap();
+        for _ in 0..n {
+            let vnet: [u8; VNET_HDR_LEN] = frame[..VNET_HDR_LEN].try_into().unwrap();
+            st.rx.push_back((vnet, frame[VNET_HDR_LEN..].to_vec()));
+        }
+    }
+
+    /// The epoll tokens ready now (no wait).
+    fn ready_tokens(w: &Worker) -> HashSet<u64> {
+        let mut events = [EpollEvent::empty(); 16];
+        let n = w.epoll.wait(&mut events, EpollTimeout::ZERO).unwrap();
+        events[..n].iter().map(|e| e.data()).collect()
+    }
+
+    #[test]
+    fn a_batch_is_read_in_one_call_and_sent_in_one_call() {
+        let (mut w, links, counters) = mem_worker(&[pod(1), pod(2)]);
+        let frame = udp_frame(1, 2, 100);
+        offer(&links[0], &frame, 8);
+        w.drain_pod(1, 0);
+        w.flush();
+        let (from, to) = (links[0].lock().unwrap(), links[1].lock().unwrap());
+        assert_eq!(from.rx_calls, 1, "eight frames read with one call");
+        assert_eq!(counters[0].snapshot().rx_calls, 1);
+        assert_eq!(to.tx_calls, 1, "and sent with one");
+        assert_eq!(to.tx.len(), 8);
+        let udp = 14 + 20; // the UDP header and payload, untouched by the router
+        assert!(to
+            .tx
+            .iter()
+            .all(|(_, f)| f[udp..] == frame[VNET_HDR_LEN + udp..]));
+        drop((from, to));
+
+        // More than one call takes: `MMSG_BATCH` a call.
+        offer(&links[0], &frame, MMSG_BATCH + 3);
+        w.drain_pod(1, 0);
+        w.flush();
+        assert_eq!(links[0].lock().unwrap().rx_calls, 1 + 2);
+        assert_eq!(links[1].lock().unwrap().tx.len(), 8 + MMSG_BATCH + 3);
+        assert_eq!(w.pool.available(), w.pool_limit(), "every slot came back");
+    }
+
+    #[test]
+    fn an_empty_egress_bucket_stops_reading_the_pod() {
+        let shaped = MemPod {
+            shape: |io| io.egress = spent_bucket(),
+            ..pod(1)
+        };
+        let (mut w, links, _) = mem_worker(&[shaped, pod(2)]);
+        assert!(ready_tokens(&w).contains(&token(1, 0)));
+        offer(&links[0], &udp_frame(1, 2, 100), 3);
+        w.drain_pod(1, 0);
+        w.flush();
+        assert_eq!(links[0].lock().unwrap().rx.len(), 3, "nothing read");
+        assert!(links[1].lock().unwrap().tx.is_empty());
+        assert!(w.throttle.holds(1, 0));
+        let ready = ready_tokens(&w);
+        assert!(!ready.contains(&token(1, 0)), "the pod's fd is left alone");
+        assert!(ready.contains(&token(2, 0)), "the other pod's is not");
+    }
+
+    #[test]
+    fn frames_to_a_pod_without_tokens_wait_in_its_queue() {
+        let shaped = MemPod {
+            shape: |io| io.ingress = spent_bucket(),
+            ..pod(2)
+        };
+        let (mut w, links, _) = mem_worker(&[pod(1), shaped, pod(3)]);
+        offer(&links[0], &udp_frame(1, 2, 100), 5);
+        offer(&links[0], &udp_frame(1, 3, 100), 1);
+        w.drain_pod(1, 0);
+        w.flush();
+        assert!(
+            links[1].lock().unwrap().tx.is_empty(),
+            "nothing sent to pod 2"
+        );
+        assert_eq!(w.router.pod(2).unwrap().io.queue.len(), 5);
+        assert_eq!(w.dirty, vec![2], "its queue is drained again later");
+        assert_eq!(links[2].lock().unwrap().tx.len(), 1, "pod 3 is not held up");
+    }
+
+    /// An Ethernet + IPv4 + TCP super-frame from pod `src` to pod `dst` of `segments` full
+    /// 1448-byte segments, behind a virtio-net header asking for TCPv4 segmentation, as a pod
+    /// with TSO sends it.
+    fn tso_frame(src: u8, dst: u8, segments: usize) -> Vec<u8> {
+        const MSS: usize = 1448;
+        let payload = segments * MSS;
+        let mut f = vec![0u8; VNET_HDR_LEN + 14 + 40 + payload];
+        let vnet = VnetHdr {
+            flags: FLAG_NEEDS_CSUM,
+            gso_type: GSO_TCPV4,
+            hdr_len: 54,
+            gso_size: MSS as u16,
+            csum_start: 34,
+            csum_offset: 16,
+            num_buffers: 0,
+        };
+        vnet.emit((&mut f[..VNET_HDR_LEN]).try_into().unwrap());
+        let frame = &mut f[VNET_HDR_LEN..];
+        ethernet::write_header(frame, GATEWAY_MAC, mac(src), ethernet::ETHERTYPE_IPV4);
+        ipv4::emit_header(
+            &mut frame[14..],
+            ip(src),
+            ip(dst),
+            ipv4::PROTO_TCP,
+            64,
+            20 + payload,
+            1,
+        );
+        let tcp = &mut frame[34..54];
+        tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
+        tcp[2..4].copy_from_slice(&5001u16.to_be_bytes());
+        tcp[12] = 5 << 4; // data offset: 20 bytes
+        tcp[13] = 0x18; // PSH, ACK
+        tcp[14..16].copy_from_slice(&502u16.to_be_bytes());
+        for (i, b) in frame[54..].iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        f
+    }
+
+    #[test]
+    fn a_tso_frame_to_a_link_without_gso_is_segmented() {
+        let no_gso = MemPod {
+            gso: false,
+            ..pod(2)
+        };
+        let (mut w, links, counters) = mem_worker(&[pod(1), no_gso, pod(3)]);
+        let segments = 45;
+        let to_b = tso_frame(1, 2, segments);
+        assert!(to_b.len() > 64_000);
+        offer(&links[0], &to_b, 1);
+        offer(&links[0], &tso_frame(1, 3, segments), 1);
+        w.drain_pod(1, 0);
+        w.flush();
+
+        let b = links[1].lock().unwrap();
+        assert_eq!(b.tx.len(), segments, "one frame per segment");
+        let mut payload = Vec::new();
+        for (vnet, seg) in &b.tx {
+            assert_eq!(*vnet, [0u8; VNET_HDR_LEN], "no offload left to the link");
+            assert_eq!(seg.len(), 14 + 40 + 1448);
+            payload.extend_from_slice(&seg[54..]);
+        }
+        assert_eq!(payload, to_b[VNET_HDR_LEN + 54..], "the payload, in order");
+        assert_eq!(counters[1].snapshot().tx_gso_segmented, 1);
+
+        let c = links[2].lock().unwrap();
+        assert_eq!(c.tx.len(), 1, "a link with GSO takes the super-frame whole");
+        assert!(VnetHdr::parse(&c.tx[0].0).is_gso());
+        assert_eq!(counters[2].snapshot().tx_gso_segmented, 0);
+    }
+
+    #[test]
+    fn a_dead_link_is_forgotten_and_the_others_go_on() {
+        let (mut w, links, _) = mem_worker(&[pod(1), pod(2), pod(3)]);
+        assert!(ready_tokens(&w).contains(&token(1, 0)));
+        offer(&links[0], &udp_frame(1, 3, 100), 2);
+        links[0].lock().unwrap().dead = true;
+        w.drain_pod(1, 0);
+        w.flush();
+        let ready = ready_tokens(&w);
+        assert!(
+            !ready.contains(&token(1, 0)),
+            "the dead link is no longer polled"
+        );
+        assert!(ready.contains(&token(2, 0)) && ready.contains(&token(3, 0)));
+        assert!(w.router.pod(1).is_some(), "the attachment stays until DEL");
+        assert_eq!(w.pool.available(), w.pool_limit(), "its slots came back");
+
+        offer(&links[1], &udp_frame(2, 3, 100), 1);
+        w.drain_pod(2, 0);
+        w.flush();
+        assert_eq!(
+            links[2].lock().unwrap().tx.len(),
+            1,
+            "pod 2 still reaches pod 3"
+        );
+    }
+
+    /// The frames of the pcap records in `bytes`.
+    fn pcap_frames(mut bytes: &[u8]) -> Vec<Vec<u8>> {
+        let mut frames = Vec::new();
+        while bytes.len() >= 16 {
+            let incl = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
+            frames.push(bytes[16..16 + incl].to_vec());
+            bytes = &bytes[16 + incl..];
+        }
+        assert!(bytes.is_empty(), "whole records");
+        frames
+    }
+
+    #[test]
+    fn capture_copies_the_frames_a_pod_sends_and_receives() {
+        let (mut w, links, _) = mem_worker(&[pod(1), pod(2), pod(3)]);
+        let (read_end, write_end) = nix::unistd::pipe().unwrap();
+        crate::sys::tap::set_nonblocking(write_end.as_fd()).unwrap();
+        crate::sys::tap::set_nonblocking(read_end.as_fd()).unwrap();
+        let sink = Arc::new(CaptureSink::new(write_end, 65535, 100, 3600));
+        w.router.pod_mut(2).unwrap().io.capture = Some(sink);
+
+        let (to_b, from_b, other) = (
+            udp_frame(1, 2, 10),
+            udp_frame(2, 1, 20),
+            udp_frame(1, 3, 30),
+        );
+        offer(&links[0], &to_b, 2);
+        offer(&links[0], &other, 1);
+        w.drain_pod(1, 0);
+        w.flush();
+        offer(&links[1], &from_b, 1);
+        w.drain_pod(2, 0);
+        w.flush();
+
+        let mut bytes = vec![0u8; 1 << 16];
+        let n = std::fs::File::from(read_end).read(&mut bytes).unwrap();
+        let got = pcap_frames(&bytes[..n]);
+        // Frames to pod 2 as they left for it, frames from it as it sent them.
+        let delivered = links[1].lock().unwrap().tx.clone();
+        assert_eq!(delivered.len(), 2);
+        let mut want: Vec<Vec<u8>> = delivered.into_iter().map(|(_, f)| f).collect();
+        want.push(from_b[VNET_HDR_LEN..].to_vec());
+        assert_eq!(got, want, "pod 2's frames, each way, and no other pod's");
     }
 }

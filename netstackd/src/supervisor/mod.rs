@@ -201,7 +201,7 @@ impl Inner {
     /// Adds what the kernel dropped on each veth pod's packet sockets to its drops.
     fn count_kernel_drops(&mut self, counters: &mut HashMap<u64, Counters>) {
         for (id, (spec, fds)) in &self.pods {
-            if !spec.packet_sockets {
+            if !spec.link.is_packet() {
                 continue;
             }
             let total = self.kernel_drops.entry(*id).or_default();

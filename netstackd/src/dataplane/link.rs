@@ -1,0 +1,617 @@
+//! The links a worker reads and writes, one type for every kind (gVisor's `LinkEndpoint` is
+//! the model): a link receives a batch of frames into the worker's slots, sends a batch from
+//! them, and says which offloads it takes. The worker's epoll loop never asks which kind it
+//! talks to.
+//!
+//! - [`TapLink`]: a pod's TAP queues, one frame per `readv`/`writev`, virtio-net header beside
+//!   the frame.
+//! - [`PacketLink`]: a veth-mode pod's `AF_PACKET` sockets, up to `MMSG_BATCH` frames per
+//!   `recvmmsg`/`sendmmsg`, or received through a TPACKET_V2 ring (`--veth-rx ring`).
+//! - [`TunLink`]: the uplink TUN queue, whose frames start at layer 3: it reads behind room
+//!   for an Ethernet header so the router can put one there.
+//!
+//! `Link` is an enum over the kinds rather than a trait object: the set of kinds is closed,
+//! the worker holds links by value in its pod table (no box, no vtable call per batch), and
+//! each `match` compiles to a jump the branch predictor learns per pod. A test-only in-memory
+//! kind (`MemLink`) lets the worker be tested without root.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use serde::{Deserialize, Serialize};
+
+use crate::gso::GsoFrame;
+use crate::stack::{DropReason, LinkCounters};
+use crate::sys::packet::{recv_frames, send_frames, RxRing, MMSG_BATCH};
+use crate::sys::tap::{read_frame, write_frame, RxFrame, VNET_HDR_LEN};
+use crate::wire::{ethernet, VnetHdr};
+
+use super::qdisc::{Slot, SlotPool};
+
+/// How a pod's fds reach the dataplane, as the supervisor tells it in a [`super::PodSpec`].
+///
+/// On the IPC wire it keeps the two booleans earlier builds sent (`packet_sockets`,
+/// `rx_ring`), so a dataplane child and a supervisor of different builds understand each
+/// other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(from = "LinkKindWire", into = "LinkKindWire")]
+pub enum LinkKind {
+    /// TAP queues (TAP mode).
+    #[default]
+    Tap,
+    /// Packet sockets on a veth peer (veth mode), read with `recvmmsg`.
+    Packet,
+    /// Packet sockets read through the TPACKET_V2 ring the supervisor set up on each
+    /// (`--veth-rx ring`).
+    PacketRing,
+}
+
+impl LinkKind {
+    /// The fds are packet sockets (either receive path).
+    pub fn is_packet(self) -> bool {
+        matches!(self, LinkKind::Packet | LinkKind::PacketRing)
+    }
+}
+
+/// [`LinkKind`] as the IPC messages carry it.
+#[derive(Clone, Copy, Serialize, Deserialize)]
+struct LinkKindWire {
+    #[serde(default)]
+    packet_sockets: bool,
+    #[serde(default)]
+    rx_ring: bool,
+}
+
+impl From<LinkKindWire> for LinkKind {
+    fn from(w: LinkKindWire) -> Self {
+        match (w.packet_sockets, w.rx_ring) {
+            (false, _) => LinkKind::Tap,
+            (true, false) => LinkKind::Packet,
+            (true, true) => LinkKind::PacketRing,
+        }
+    }
+}
+
+impl From<LinkKind> for LinkKindWire {
+    fn from(k: LinkKind) -> Self {
+        LinkKindWire {
+            packet_sockets: k.is_packet(),
+            rx_ring: k == LinkKind::PacketRing,
+        }
+    }
+}
+
+/// What a link takes besides plain frames. Every link carries a virtio-net header beside
+/// each frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Offloads {
+    /// GSO super-frames are written whole (the device segments them, or the peer takes them
+    /// as they are); otherwise the worker segments them in software first.
+    pub gso: bool,
+}
+
+/// What one receive call brought.
+#[derive(Debug)]
+pub(super) enum RxOutcome {
+    /// This many frames, described in the `lens` the call filled.
+    Frames(usize),
+    /// Nothing waiting.
+    Empty,
+    /// The kernel dropped a frame it could not describe in a virtio-net header (a packet
+    /// socket with a GSO type the header has no flag for, e.g. SCTP or a tunnel): EINVAL.
+    Refused,
+    /// The fd failed for good (the device is gone): stop reading it.
+    Dead(io::Error),
+    /// No such queue on this link.
+    NoQueue,
+}
+
+impl RxOutcome {
+    fn from_io(r: io::Result<usize>) -> Self {
+        match r {
+            Ok(0) => RxOutcome::Empty,
+            Ok(n) => RxOutcome::Frames(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => RxOutcome::Empty,
+            Err(e) => RxOutcome::Dead(e),
+        }
+    }
+}
+
+/// What a send needs besides the frames: where to count, how to segment.
+pub(super) struct TxCtx<'a> {
+    /// Segment every GSO super-frame (`--gso segment`).
+    pub segment_gso: bool,
+    /// Where software segmentation builds each segment.
+    pub scratch: &'a mut [u8],
+    /// The link's counters.
+    pub counters: &'a LinkCounters,
+    /// The worker's index in the counters.
+    pub worker: usize,
+}
+
+/// A pod's TAP queues on one worker.
+pub(super) struct TapLink {
+    queues: Vec<OwnedFd>,
+    tx_extra: Option<OwnedFd>,
+}
+
+/// A veth-mode pod's packet sockets on one worker.
+pub(super) struct PacketLink {
+    sockets: Vec<OwnedFd>,
+    tx_extra: Option<OwnedFd>,
+    /// The receive ring of each socket, when they have one (`--veth-rx ring`).
+    rings: Vec<RxRing>,
+}
+
+/// One queue of the uplink TUN: frames start at the IP header.
+pub(super) struct TunLink {
+    fd: OwnedFd,
+}
+
+/// One link of a worker: a pod's queues of one kind, or the uplink.
+pub(super) enum Link {
+    /// TAP queues.
+    Tap(TapLink),
+    /// Packet sockets.
+    Packet(PacketLink),
+    /// The uplink TUN.
+    Tun(TunLink),
+    /// Frames in memory, for tests.
+    #[cfg(test)]
+    Mem(mem::MemLink),
+}
+
+impl Link {
+    /// A pod link of `kind` over the queues this worker reads (`rx`) and, when it reads none,
+    /// a queue to write to. A ring kind maps each socket's ring (which can fail).
+    pub fn pod(kind: LinkKind, rx: Vec<OwnedFd>, tx_extra: Option<OwnedFd>) -> io::Result<Self> {
+        Ok(match kind {
+            LinkKind::Tap => Link::Tap(TapLink {
+                queues: rx,
+                tx_extra,
+            }),
+            LinkKind::Packet | LinkKind::PacketRing => Link::Packet(PacketLink {
+                rings: if kind == LinkKind::PacketRing {
+                    rx.iter()
+                        .map(|fd| RxRing::map(fd.as_fd()))
+                        .collect::<io::Result<_>>()?
+                } else {
+                    Vec::new()
+                },
+                sockets: rx,
+                tx_extra,
+            }),
+        })
+    }
+
+    /// The uplink TUN queue `fd`.
+    pub fn tun(fd: OwnedFd) -> Self {
+        Link::Tun(TunLink { fd })
+    }
+
+    /// The offloads the link takes.
+    pub fn offloads(&self) -> Offloads {
+        match self {
+            // TAP, TUN and packet sockets take GSO frames; a kernel without one GSO type
+            // refuses that frame with EINVAL, and the send falls back to segments.
+            Link::Tap(_) | Link::Packet(_) | Link::Tun(_) => Offloads { gso: true },
+            #[cfg(test)]
+            Link::Mem(m) => m.offloads(),
+        }
+    }
+
+    /// Where the L3 header starts in the frames of this link: after the Ethernet header, or
+    /// at 0 for the uplink TUN.
+    pub fn l3_offset(&self) -> usize {
+        match self {
+            Link::Tun(_) => 0,
+            _ => ethernet::HEADER_LEN,
+        }
+    }
+
+    /// The most frames one receive call brings.
+    pub fn rx_batch_max(&self) -> usize {
+        match self {
+            Link::Packet(_) => MMSG_BATCH,
+            Link::Tap(_) | Link::Tun(_) => 1,
+            #[cfg(test)]
+            Link::Mem(_) => MMSG_BATCH,
+        }
+    }
+
+    /// The fds the worker waits on, by queue index.
+    pub fn rx_fds(&self) -> impl Iterator<Item = BorrowedFd<'_>> {
+        let fds: &[OwnedFd] = match self {
+            Link::Tap(t) => &t.queues,
+            Link::Packet(p) => &p.sockets,
+            Link::Tun(t) => std::slice::from_ref(&t.fd),
+            #[cfg(test)]
+            Link::Mem(m) => m.fds(),
+        };
+        fds.iter().map(|fd| fd.as_fd())
+    }
+
+    /// The fd of receive queue `q`.
+    pub fn rx_fd(&self, q: usize) -> Option<BorrowedFd<'_>> {
+        self.rx_fds().nth(q)
+    }
+
+    /// The fd frames to the link leave by.
+    fn tx_fd(&self) -> Option<BorrowedFd<'_>> {
+        match self {
+            Link::Tap(TapLink { queues, tx_extra })
+            | Link::Packet(PacketLink {
+                sockets: queues,
+                tx_extra,
+                ..
+            }) => queues.first().or(tx_extra.as_ref()).map(|fd| fd.as_fd()),
+            Link::Tun(t) => Some(t.fd.as_fd()),
+            #[cfg(test)]
+            Link::Mem(_) => None,
+        }
+    }
+
+    /// Receives from queue `q` into the slots `batch` names (ascending), filling `lens` with
+    /// what each got. A TAP or TUN gives one frame per `readv`; a packet socket as many as one
+    /// `recvmmsg` brings (which tells a cut frame), or as many as wait in its ring.
+    pub fn recv(
+        &mut self,
+        q: usize,
+        pool: &mut SlotPool,
+        batch: &[u32],
+        lens: &mut [RxFrame; MMSG_BATCH],
+    ) -> RxOutcome {
+        match self {
+            Link::Tap(t) => {
+                let (Some(fd), Some(&first)) = (t.queues.get(q), batch.first()) else {
+                    return RxOutcome::NoQueue;
+                };
+                let s = pool.get_mut(first);
+                RxOutcome::from_io(read_frame(fd.as_fd(), &mut s.vnet, &mut s.buf).map(|f| {
+                    lens[0] = f;
+                    1
+                }))
+            }
+            Link::Tun(t) => {
+                let Some(&first) = batch.first() else {
+                    return RxOutcome::Empty;
+                };
+                let s = pool.get_mut(first);
+                let room = &mut s.buf[ethernet::HEADER_LEN..];
+                RxOutcome::from_io(read_frame(t.fd.as_fd(), &mut s.vnet, room).map(|f| {
+                    lens[0] = f;
+                    1
+                }))
+            }
+            Link::Packet(p) => p.recv(q, pool, batch, lens),
+            #[cfg(test)]
+            Link::Mem(m) => m.recv(pool, batch, lens),
+        }
+    }
+
+    /// Sends the frames of the slots in `batch` (each `start..end`), counts what went out and
+    /// why any did not on `tx.counters`, and gives every slot back to `pool`.
+    ///
+    /// A GSO super-frame goes whole unless `tx.segment_gso` is on, the link takes no GSO, or
+    /// the device refuses it (EINVAL: a kernel without that GSO type); then it goes as segments
+    /// with full checksums and no virtio-net offload flags, as Linux segments it.
+    pub fn send(&mut self, pool: &mut SlotPool, batch: &mut Vec<u32>, tx: &mut TxCtx<'_>) {
+        if batch.is_empty() {
+            return;
+        }
+        let segment = tx.segment_gso || !self.offloads().gso;
+        let l3 = self.l3_offset();
+        match self {
+            #[cfg(test)]
+            Link::Mem(m) => return m.send(pool, batch, segment, tx),
+            Link::Tap(_) | Link::Packet(_) | Link::Tun(_) => {}
+        }
+        let batched = matches!(self, Link::Packet(_)) && !segment;
+        match self.tx_fd() {
+            None => {
+                for &i in batch.iter() {
+                    tx.counters.dropped(tx.worker, DropReason::TxError);
+                    pool.put(i);
+                }
+                batch.clear();
+            }
+            Some(fd) if batched => send_mmsg(fd, pool, batch, tx),
+            Some(fd) => {
+                for &i in batch.iter() {
+                    let sent =
+                        send_frame(|v, f| write_frame(fd, v, f), pool.get(i), l3, segment, tx);
+                    if let Err(reason) = sent {
+                        tx.counters.dropped(tx.worker, reason);
+                    }
+                    pool.put(i);
+                }
+                batch.clear();
+            }
+        }
+    }
+}
+
+impl PacketLink {
+    fn recv(
+        &mut self,
+        q: usize,
+        pool: &mut SlotPool,
+        batch: &[u32],
+        lens: &mut [RxFrame; MMSG_BATCH],
+    ) -> RxOutcome {
+        if let Some(ring) = self.rings.get_mut(q) {
+            let mut n = 0;
+            for s in pool.many_mut(batch) {
+                match ring.take(&mut s.vnet, &mut s.buf) {
+                    Some(frame) => {
+                        lens[n] = frame;
+                        n += 1;
+                    }
+                    None => break,
+                }
+            }
+            if n > 0 {
+                return RxOutcome::Frames(n);
+            }
+            // An empty ring: the socket itself says whether it failed (ENETDOWN: the veth is
+            // gone), else EAGAIN — its receive queue stays empty while it has a ring.
+        }
+        let Some(fd) = self.sockets.get(q) else {
+            return RxOutcome::NoQueue;
+        };
+        let bufs = pool.many_mut(batch).map(|s| (&mut s.vnet, &mut s.buf[..]));
+        match recv_frames(fd.as_fd(), bufs, lens) {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => RxOutcome::Refused,
+            r => RxOutcome::from_io(r),
+        }
+    }
+}
+
+/// A super-frame the segmenter refuses is a malformed frame.
+impl From<crate::gso::GsoError> for DropReason {
+    fn from(_: crate::gso::GsoError) -> Self {
+        DropReason::Malformed
+    }
+}
+
+/// Writes one slot's frame, whose L3 header starts at `l3_offset` in it, with `write`: whole,
+/// or — when `segment` is on, or `write` refuses the GSO frame with EINVAL — as segments with
+/// full checksums and no virtio-net offload flags. Counts what went out on `tx.counters`.
+fn send_frame(
+    mut write: impl FnMut(&[u8; VNET_HDR_LEN], &[u8]) -> io::Result<()>,
+    slot: &Slot,
+    l3_offset: usize,
+    segment: bool,
+    tx: &mut TxCtx<'_>,
+) -> Result<(), DropReason> {
+    let (counters, w) = (tx.counters, tx.worker);
+    let frame = &slot.buf[slot.start..slot.end];
+    let vnet = VnetHdr::parse(&slot.vnet);
+    if !(segment && vnet.is_gso()) {
+        match write(&slot.vnet, frame) {
+            Ok(()) => {
+                counters.tx_call(w);
+                counters.tx(w, frame.len());
+                return Ok(());
+            }
+            Err(e) if vnet.is_gso() && e.raw_os_error() == Some(libc::EINVAL) => {}
+            Err(_) => return Err(DropReason::TxError),
+        }
+    }
+    let gso = GsoFrame::parse(&vnet, frame, l3_offset)?;
+    counters.segmented(w);
+    let plain = [0u8; VNET_HDR_LEN];
+    gso.segment_each(tx.scratch, |seg| {
+        write(&plain, seg).map_err(|_| DropReason::TxError)?;
+        counters.tx_call(w);
+        counters.tx(w, seg.len());
+        Ok(())
+    })
+    .map(|_| ())
+}
+
+/// Writes the frames of `batch` to packet socket `fd` with as few `sendmmsg` calls as it
+/// takes; a frame the kernel refuses goes again alone through `send_frame`, which counts why
+/// (or segments a GSO frame the socket cannot take). Returns every slot to `pool`.
+fn send_mmsg(fd: BorrowedFd<'_>, pool: &mut SlotPool, batch: &mut Vec<u32>, tx: &mut TxCtx<'_>) {
+    let (counters, w) = (tx.counters, tx.worker);
+    let mut done = 0;
+    while done < batch.len() {
+        let frames = batch[done..].iter().map(|&i| {
+            let s = pool.get(i);
+            (&s.vnet, &s.buf[s.start..s.end])
+        });
+        let sent = send_frames(fd, frames).unwrap_or(0);
+        if sent > 0 {
+            counters.tx_call(w);
+        }
+        for &i in &batch[done..done + sent] {
+            let s = pool.get(i);
+            counters.tx(w, s.end - s.start);
+        }
+        done += sent;
+        if let Some(&refused) = batch.get(done) {
+            let s = pool.get(refused);
+            let write = |v: &[u8; VNET_HDR_LEN], f: &[u8]| write_frame(fd, v, f);
+            if let Err(reason) = send_frame(write, s, ethernet::HEADER_LEN, false, tx) {
+                counters.dropped(w, reason);
+            }
+            done += 1;
+        }
+    }
+    for &i in batch.iter() {
+        pool.put(i);
+    }
+    batch.clear();
+}
+
+#[cfg(test)]
+pub(super) mod mem {
+    //! An in-memory link for the worker's tests: frames to receive are queued by the test,
+    //! frames sent are kept for it to read, and every call is counted.
+
+    use std::collections::VecDeque;
+    use std::os::fd::OwnedFd;
+    use std::sync::{Arc, Mutex};
+
+    use nix::sys::eventfd::EventFd;
+
+    use super::*;
+
+    /// What a test sees of a [`MemLink`].
+    #[derive(Default)]
+    pub struct MemState {
+        /// Frames to receive, each a virtio-net header and the frame.
+        pub rx: VecDeque<([u8; VNET_HDR_LEN], Vec<u8>)>,
+        /// Frames sent, in order.
+        pub tx: Vec<([u8; VNET_HDR_LEN], Vec<u8>)>,
+        /// Receive calls that brought frames.
+        pub rx_calls: usize,
+        /// Send calls (each a batch).
+        pub tx_calls: usize,
+        /// The next receive fails for good.
+        pub dead: bool,
+    }
+
+    /// A link whose frames live in a [`MemState`] the test shares. Its fd is an eventfd the
+    /// worker registers with epoll, readable while the test keeps it so.
+    pub struct MemLink {
+        fds: Vec<OwnedFd>,
+        gso: bool,
+        state: Arc<Mutex<MemState>>,
+    }
+
+    impl MemLink {
+        /// A link taking GSO frames or not, and the state the test keeps.
+        pub fn new(gso: bool) -> (Self, Arc<Mutex<MemState>>) {
+            let ready = EventFd::from_value(1).expect("eventfd");
+            let state = Arc::new(Mutex::new(MemState::default()));
+            let link = MemLink {
+                fds: vec![OwnedFd::from(ready)],
+                gso,
+                state: Arc::clone(&state),
+            };
+            (link, state)
+        }
+
+        pub(super) fn offloads(&self) -> Offloads {
+            Offloads { gso: self.gso }
+        }
+
+        pub(super) fn fds(&self) -> &[OwnedFd] {
+            &self.fds
+        }
+
+        pub(super) fn recv(
+            &mut self,
+            pool: &mut SlotPool,
+            batch: &[u32],
+            lens: &mut [RxFrame; MMSG_BATCH],
+        ) -> RxOutcome {
+            let mut st = self.state.lock().expect("mem link state");
+            if st.dead {
+                return RxOutcome::Dead(io::Error::from_raw_os_error(libc::EBADFD));
+            }
+            let mut n = 0;
+            for s in pool.many_mut(batch) {
+                let Some((vnet, frame)) = st.rx.pop_front() else {
+                    break;
+                };
+                s.vnet = vnet;
+                s.buf[..frame.len()].copy_from_slice(&frame);
+                lens[n] = RxFrame::Whole(frame.len());
+                n += 1;
+            }
+            if n == 0 {
+                return RxOutcome::Empty;
+            }
+            st.rx_calls += 1;
+            RxOutcome::Frames(n)
+        }
+
+        pub(super) fn send(
+            &mut self,
+            pool: &mut SlotPool,
+            batch: &mut Vec<u32>,
+            segment: bool,
+            tx: &mut TxCtx<'_>,
+        ) {
+            let state = Arc::clone(&self.state);
+            let mut st = state.lock().expect("mem link state");
+            st.tx_calls += 1;
+            for &i in batch.iter() {
+                let write = |v: &[u8; VNET_HDR_LEN], f: &[u8]| {
+                    st.tx.push((*v, f.to_vec()));
+                    Ok(())
+                };
+                let slot = pool.get(i);
+                if let Err(reason) = send_frame(write, slot, ethernet::HEADER_LEN, segment, tx) {
+                    tx.counters.dropped(tx.worker, reason);
+                }
+                pool.put(i);
+            }
+            batch.clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kinds travel as the two booleans earlier builds sent, both ways.
+    #[test]
+    fn link_kind_keeps_the_wire_format_of_earlier_builds() {
+        let table = [
+            // (kind, what earlier builds sent)
+            (LinkKind::Tap, r#"{"packet_sockets":false,"rx_ring":false}"#),
+            (
+                LinkKind::Packet,
+                r#"{"packet_sockets":true,"rx_ring":false}"#,
+            ),
+            (
+                LinkKind::PacketRing,
+                r#"{"packet_sockets":true,"rx_ring":true}"#,
+            ),
+        ];
+        for (kind, json) in table {
+            assert_eq!(serde_json::to_string(&kind).unwrap(), json);
+            assert_eq!(serde_json::from_str::<LinkKind>(json).unwrap(), kind);
+        }
+        // The oldest builds sent neither field: a TAP.
+        assert_eq!(
+            serde_json::from_str::<LinkKind>("{}").unwrap(),
+            LinkKind::Tap
+        );
+    }
+
+    /// A pod spec carries its kind as the top-level fields earlier builds sent and read.
+    #[test]
+    fn a_pod_spec_keeps_the_fields_of_earlier_builds() {
+        let spec = crate::dataplane::PodSpec {
+            id: 7,
+            mac: crate::wire::MacAddr([0x0a, 0x58, 10, 0, 0, 7]),
+            ipv4: vec![std::net::Ipv4Addr::new(10, 0, 0, 7)],
+            ipv6: Vec::new(),
+            gateway_v6: None,
+            mtu: 1500,
+            bandwidth: None,
+            container_id: "c7".into(),
+            link: LinkKind::PacketRing,
+        };
+        let mut v = serde_json::to_value(&spec).unwrap();
+        assert_eq!(v["packet_sockets"], true);
+        assert_eq!(v["rx_ring"], true);
+        assert!(v.get("link").is_none());
+        let back: crate::dataplane::PodSpec = serde_json::from_value(v.clone()).unwrap();
+        assert_eq!(back, spec);
+        v["rx_ring"] = false.into();
+        let packet: crate::dataplane::PodSpec = serde_json::from_value(v.clone()).unwrap();
+        assert_eq!(packet.link, LinkKind::Packet);
+        let obj = v.as_object_mut().unwrap();
+        obj.remove("packet_sockets");
+        obj.remove("rx_ring");
+        let oldest: crate::dataplane::PodSpec = serde_json::from_value(v).unwrap();
+        assert_eq!(oldest.link, LinkKind::Tap);
+    }
+}

@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 use crate::control::{
     valid_container_id, valid_ifname, veth_peer_name, Attachment, AttachmentKey, CaptureRequest,
     DaemonStatus, ErrorKind, LinkMode, PodInfo, PodState, PodStats, Reply, Request,
-    MAX_CAPTURE_PACKETS, MAX_CAPTURE_SECONDS, MAX_CAPTURE_SNAPLEN, RESTORE_FAILED, RETRYABLE,
+    MAX_CAPTURE_PACKETS, MAX_CAPTURE_SECONDS, MAX_CAPTURE_SNAPLEN, RESTORE_FAILED,
 };
 use crate::dataplane::{LinkKind, PodSpec};
 use crate::netns::{NetnsError, NetnsId};
-use crate::supervisor::DataplaneProcess;
+use crate::supervisor::{DataplaneError, DataplaneProcess};
 use crate::sys::tap::{queue_info, set_nonblocking};
 
 /// The TUNSETIFF flags a pod queue must carry.
@@ -45,15 +45,15 @@ impl RegistryError {
         }
     }
 
-    /// A failure of the dataplane about `what`: "try again later" while it restarts (its
-    /// message ends in [`RETRYABLE`]), a link failure otherwise.
-    fn dataplane(what: String) -> Self {
-        let kind = if what.ends_with(RETRYABLE) {
-            ErrorKind::TryAgainLater
-        } else {
-            ErrorKind::Interface
+    /// A failure of the dataplane, its message after `context`: "try again later" while it
+    /// restarts, a link failure when it refused, internal when the supervisor could not ask.
+    fn dataplane(context: impl std::fmt::Display, e: DataplaneError) -> Self {
+        let kind = match e {
+            DataplaneError::Restarting(_) => ErrorKind::TryAgainLater,
+            DataplaneError::Refused(_) => ErrorKind::Interface,
+            DataplaneError::Local(_) => Internal,
         };
-        RegistryError::new(kind, what)
+        RegistryError::new(kind, format!("{context}: {e}"))
     }
 
     /// The error reply that answers the request.
@@ -273,20 +273,39 @@ impl StateRecord {
     }
 }
 
+/// Why a state file could not be read as an attachment.
+#[derive(Debug, thiserror::Error)]
+enum StateFileError {
+    /// Reading the file failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// A newer netstackd wrote it in a format this one cannot read.
+    #[error("written by a newer netstackd (state format {version}, this one reads up to {STATE_VERSION}): {source}")]
+    Newer {
+        /// The file's format.
+        version: u32,
+        /// What did not parse.
+        source: serde_json::Error,
+    },
+    /// It is not a state file of any version.
+    #[error("{0}")]
+    Malformed(serde_json::Error),
+}
+
 /// Reads a state file's content; an error names the format when the file is of a newer one.
-fn parse_state_file(bytes: &[u8]) -> Result<StateRecord, String> {
+fn parse_state_file(bytes: &[u8]) -> Result<StateRecord, StateFileError> {
     #[derive(serde::Deserialize)]
     struct Version {
         #[serde(default = "state_v1")]
         state_version: u32,
     }
-    serde_json::from_slice::<StateRecord>(bytes).map_err(|e| {
+    serde_json::from_slice::<StateRecord>(bytes).map_err(|source| {
         match serde_json::from_slice::<Version>(bytes) {
-            Ok(v) if v.state_version > STATE_VERSION => format!(
-                "written by a newer netstackd (state format {}, this one reads up to {STATE_VERSION}): {e}",
-                v.state_version
-            ),
-            _ => e.to_string(),
+            Ok(v) if v.state_version > STATE_VERSION => StateFileError::Newer {
+                version: v.state_version,
+                source,
+            },
+            _ => StateFileError::Malformed(source),
         }
     })
 }
@@ -358,7 +377,7 @@ fn read_state_dir(dir: &Path) -> std::io::Result<Vec<(PathBuf, StateRecord)>> {
             continue;
         }
         match std::fs::read(&path)
-            .map_err(|e| e.to_string())
+            .map_err(StateFileError::from)
             .and_then(|b| parse_state_file(&b))
         {
             Ok(record) => {
@@ -591,7 +610,7 @@ impl Registry {
         let pipe = self
             .dataplane
             .capture(id, snaplen, packets, seconds, &c.filter)
-            .map_err(|e| RegistryError::dataplane(format!("{}: {e}", c.key)))?;
+            .map_err(|e| RegistryError::dataplane(&c.key, e))?;
         tracing::info!(container_id = %c.key.container_id, ifname = %c.key.ifname, snaplen, packets, seconds, "capture started");
         Ok(pipe)
     }
@@ -657,7 +676,7 @@ impl Registry {
                 NotFound,
                 format!("{key}: not quarantined"),
             )),
-            Err(e) => Err(RegistryError::dataplane(format!("{key}: {e}"))),
+            Err(e) => Err(RegistryError::dataplane(key, e)),
         }
     }
 
@@ -920,9 +939,10 @@ impl Registry {
                 if record {
                     let _ = std::fs::remove_file(self.state_path(&key));
                 }
-                return Err(RegistryError::dataplane(format!(
-                    "{key}: handing the queues to the dataplane: {e}"
-                )));
+                return Err(RegistryError::dataplane(
+                    format_args!("{key}: handing the queues to the dataplane"),
+                    e,
+                ));
             }
             Ok(())
         })?;
@@ -1504,12 +1524,16 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&legacy).unwrap(), newer);
         // One this build cannot read says which format it is.
         let e = parse_state_file(br#"{"state_version": 3, "container_id": 7}"#).unwrap_err();
+        assert!(matches!(e, StateFileError::Newer { version: 3, .. }), "{e}");
         assert!(
-            e.starts_with("written by a newer netstackd (state format 3, this one reads up to 2)"),
+            e.to_string().starts_with(
+                "written by a newer netstackd (state format 3, this one reads up to 2)"
+            ),
             "{e}"
         );
         let e = parse_state_file(br#"{"container_id": 7}"#).unwrap_err();
-        assert!(!e.contains("newer"), "{e}");
+        assert!(matches!(e, StateFileError::Malformed(_)), "{e}");
+        assert!(!e.to_string().contains("newer"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -105,6 +105,21 @@ pub struct DataplaneStats {
     pub flows: crate::stack::FlowStats,
 }
 
+/// Why the dataplane did not do what the supervisor asked of it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DataplaneError {
+    /// It is restarting, or did not answer in time and is being restarted: ask again (the
+    /// message ends in [`RETRYABLE`], as clients of protocol 1 expect).
+    #[error("{0} {RETRYABLE}")]
+    Restarting(String),
+    /// It refused the request (its own words) or answered something unexpected.
+    #[error("{0}")]
+    Refused(String),
+    /// The supervisor could not prepare the request (a pipe, a copy of the pod's fds).
+    #[error("{0}")]
+    Local(String),
+}
+
 /// The dataplane child and everything needed to start it again.
 pub struct DataplaneProcess {
     inner: Arc<Mutex<Inner>>,
@@ -350,7 +365,7 @@ impl DataplaneProcess {
     }
 
     /// Serves a pod. The fds are kept here (a restarted dataplane gets them again).
-    pub fn attach(&self, spec: PodSpec, fds: Vec<OwnedFd>) -> Result<(), String> {
+    pub fn attach(&self, spec: PodSpec, fds: Vec<OwnedFd>) -> Result<(), DataplaneError> {
         let mut inner = lock(&self.inner);
         let borrowed: Vec<_> = fds.iter().map(|fd| fd.as_fd()).collect();
         let reply = inner.call(&DpRequest::Attach(spec.clone()), &borrowed, APPLY_DEADLINE);
@@ -361,12 +376,14 @@ impl DataplaneProcess {
                 inner.pods.insert(spec.id, (spec, fds));
                 Ok(())
             }
-            Err(CallError::Hung(d)) => Err(format!(
-                "the dataplane did not answer within {} s and is being restarted; try again {RETRYABLE}",
+            Err(CallError::Hung(d)) => Err(DataplaneError::Restarting(format!(
+                "the dataplane did not answer within {} s and is being restarted; try again",
                 d.as_secs()
-            )),
-            Ok(DpReply::Error { message }) => Err(message),
-            Ok(other) => Err(format!("unexpected dataplane reply {other:?}")),
+            ))),
+            Ok(DpReply::Error { message }) => Err(DataplaneError::Refused(message)),
+            Ok(other) => Err(DataplaneError::Refused(format!(
+                "unexpected dataplane reply {other:?}"
+            ))),
         }
     }
 
@@ -389,7 +406,7 @@ impl DataplaneProcess {
     /// Takes pod `id` out of quarantine: discards every frame its queues hold (they may be
     /// the ones that crashed the dataplane), then hands it to the dataplane again. False when
     /// it is not quarantined.
-    pub fn release(&self, id: u64) -> Result<bool, String> {
+    pub fn release(&self, id: u64) -> Result<bool, DataplaneError> {
         let mut inner = lock(&self.inner);
         if !inner.quarantined.contains_key(&id) {
             return Ok(false);
@@ -405,7 +422,7 @@ impl DataplaneProcess {
             .iter()
             .map(|fd| fd.try_clone())
             .collect::<std::io::Result<Vec<OwnedFd>>>()
-            .map_err(|e| format!("duplicating the pod's fds: {e}"))?;
+            .map_err(|e| DataplaneError::Local(format!("duplicating the pod's fds: {e}")))?;
         // Out of quarantine first: if the child dies now, its replay includes the pod.
         let reason = inner.quarantined.remove(&id);
         let borrowed: Vec<_> = dups.iter().map(|fd| fd.as_fd()).collect();
@@ -420,10 +437,10 @@ impl DataplaneProcess {
                 );
                 Ok(true)
             }
-            Err(CallError::Hung(d)) => Err(format!(
-                "released, but the dataplane did not answer within {} s and is being restarted {RETRYABLE}",
+            Err(CallError::Hung(d)) => Err(DataplaneError::Restarting(format!(
+                "released, but the dataplane did not answer within {} s and is being restarted",
                 d.as_secs()
-            )),
+            ))),
             Ok(other) => {
                 let message = match other {
                     DpReply::Error { message } => message,
@@ -432,7 +449,9 @@ impl DataplaneProcess {
                 if let Some(reason) = reason {
                     inner.quarantined.insert(id, reason);
                 }
-                Err(format!("the dataplane refused the pod: {message}"))
+                Err(DataplaneError::Refused(format!(
+                    "the dataplane refused the pod: {message}"
+                )))
             }
         }
     }
@@ -474,11 +493,11 @@ impl DataplaneProcess {
         max_packets: u64,
         max_seconds: u64,
         filter: &str,
-    ) -> Result<OwnedFd, String> {
+    ) -> Result<OwnedFd, DataplaneError> {
         use nix::fcntl::{fcntl, FcntlArg, OFlag};
-        let (read, write) =
-            nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
-        fcntl(&write, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).map_err(|e| format!("pipe: {e}"))?;
+        let pipe_error = |e| DataplaneError::Local(format!("pipe: {e}"));
+        let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(pipe_error)?;
+        fcntl(&write, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).map_err(pipe_error)?;
         // Room for bursts while the reader catches up; the default 64 KiB fills in microseconds.
         let _ = fcntl(&write, FcntlArg::F_SETPIPE_SZ(1 << 20));
         let mut inner = lock(&self.inner);
@@ -491,10 +510,12 @@ impl DataplaneProcess {
         };
         match inner.call(&req, &[write.as_fd()], APPLY_DEADLINE) {
             Ok(DpReply::Done) => Ok(read),
-            Ok(DpReply::Error { message }) => Err(message),
-            Ok(other) => Err(format!("unexpected dataplane reply {other:?}")),
-            Err(_) => Err(format!(
-                "the dataplane is restarting; try again {RETRYABLE}"
+            Ok(DpReply::Error { message }) => Err(DataplaneError::Refused(message)),
+            Ok(other) => Err(DataplaneError::Refused(format!(
+                "unexpected dataplane reply {other:?}"
+            ))),
+            Err(_) => Err(DataplaneError::Restarting(
+                "the dataplane is restarting; try again".into(),
             )),
         }
     }

@@ -165,7 +165,7 @@ out=$(env -u CNI_NETNS CNI_COMMAND=ADD CNI_CONTAINERID="$C" CNI_IFNAME=eth0 CNI_
 out=$(cni ADD "$C" "/run/netns/$C" "this-name-is-too-long0"); expect_code "ADD with a 22-character CNI_IFNAME" 4 "$out"
 out=$(cni ADD "bad/id" "/run/netns/$C"); expect_code "ADD with an invalid container id" 4 "$out"
 write_conflist 10.99.0.0/24
-out=$(cni ADD "$C" "/run/netns/$C"); expect_code "ADD of an address outside netstackd's pod CIDR is refused" 100 "$out"
+out=$(cni ADD "$C" "/run/netns/$C"); expect_code "ADD of an address outside netstackd's pod CIDR is refused (invalid network config)" 7 "$out"
 check "  ... no TAP left in the netns" sh -c "! ip -n $C link show eth0"
 check "  ... no host-local reservation left" test "$(ipam_reservations)" = 0
 write_conflist

@@ -433,15 +433,13 @@ mod tests {
         f
     }
 
-    /// A worker with pods 1..=4: pod 1 unshaped (the flooder), pods 2 and 3 shaped to 1 kbit/s
-    /// towards them, pod 4 unshaped. Returns the worker, the test's end of each pod's "TAP"
-    /// (index = pod id - 1) and the pods' counters.
-    fn worker() -> (Worker, Vec<UnixDatagram>, Vec<Arc<LinkCounters>>) {
+    /// A worker with no pods, whose uplink's other end is closed.
+    fn empty_worker() -> Worker {
         let (_cmd_tx, cmds) = mpsc::channel();
         let wake = Arc::new(EventFd::new().unwrap());
-        let (uplink, _uplink_peer) = UnixDatagram::pair().unwrap();
+        let (uplink, _peer) = UnixDatagram::pair().unwrap();
         uplink.set_nonblocking(true).unwrap();
-        let mut w = Worker::new(
+        Worker::new(
             0,
             cmds,
             wake,
@@ -450,7 +448,14 @@ mod tests {
             Router::new(GW, 1500),
             Arc::new(AtomicU64::new(0)),
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    /// A worker with pods 1..=4: pod 1 unshaped (the flooder), pods 2 and 3 shaped to 1 kbit/s
+    /// towards them, pod 4 unshaped. Returns the worker, the test's end of each pod's "TAP"
+    /// (index = pod id - 1) and the pods' counters.
+    fn worker() -> (Worker, Vec<UnixDatagram>, Vec<Arc<LinkCounters>>) {
+        let mut w = empty_worker();
         let (mut peers, mut counters) = (Vec::new(), Vec::new());
         for id in 1..=4u8 {
             let (ours, theirs) = UnixDatagram::pair().unwrap();
@@ -598,20 +603,7 @@ mod tests {
     /// A worker whose pods sit on in-memory links: the state of each link and the pods'
     /// counters, in the order of `pods`.
     fn mem_worker(pods: &[MemPod]) -> (Worker, MemLinks, Vec<Arc<LinkCounters>>) {
-        let (_cmd_tx, cmds) = mpsc::channel();
-        let wake = Arc::new(EventFd::new().unwrap());
-        let (uplink, _peer) = UnixDatagram::pair().unwrap();
-        uplink.set_nonblocking(true).unwrap();
-        let mut w = Worker::new(
-            0,
-            cmds,
-            wake,
-            Link::tun(OwnedFd::from(uplink)),
-            Arc::new(LinkCounters::new(1)),
-            Router::new(GW, 1500),
-            Arc::new(AtomicU64::new(0)),
-        )
-        .unwrap();
+        let mut w = empty_worker();
         let (mut states, mut counters) = (Vec::new(), Vec::new());
         for p in pods {
             let (link, state) = MemLink::new(p.gso);

@@ -43,6 +43,10 @@ check "/readyz answers 200 over $NODE_IP once the node list is synced" \
   eventually 20 sh -c "test \"\$(curl -s -o /dev/null -w '%{http_code}' http://$ADDR/readyz)\" = 200"
 check "the other node's pod CIDR is routed via $PEER_IP" sh -c "ip route show $OTHER_CIDR | grep -q 'via $PEER_IP'"
 
+# An IPv4-only node: the uplink has no IPv6, so the node's kernel sends nothing of its own
+# (router solicitations, MLD reports) into netstack, and the uplink rows below stay at 0.
+check "the IPv4-only uplink $UPLINK has IPv6 off (disable_ipv6 1)" test "$(cat /proc/sys/net/ipv6/conf/$UPLINK/disable_ipv6)" = 1
+check "  ... and no link-local address" test -z "$(ip -6 addr show dev "$UPLINK")"
 log "scrape over $ADDR"
 COMMIT=$(git -C "$ROOT" rev-parse --short=12 HEAD)
 DP_PID=$(ctl status | jq -r .dataplane_pid)

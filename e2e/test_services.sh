@@ -422,6 +422,7 @@ IP6_A_FULL=$(python3 -c 'import ipaddress, sys; print(ipaddress.ip_address(sys.a
 no_tentative() { local i; for i in $(seq 50); do [ -z "$(ip -n "$1" -6 addr show tentative)" ] && return 0; sleep 0.1; done; return 1; }
 check "both pods are dual-stack ($IP6_A, $IP6_B)" sh -c "[ -n '$IP6_A' ] && [ -n '$IP6_B' ]"
 no_tentative "$A"; no_tentative "$B"
+check "the dual-stack uplink $UPLINK keeps IPv6 (disable_ipv6 0)" test "$(cat /proc/sys/net/ipv6/conf/$UPLINK/disable_ipv6)" = 0
 check "IPv4 forwarding is on (netstackd sets it; restored to $FORWARD_WAS at exit)" test "$(cat /proc/sys/net/ipv4/ip_forward)" = 1
 # The node's own address for the node-endpoint Service: the one of its default route, else
 # the pods' gateway.

@@ -23,6 +23,15 @@ pub fn create(config: &DaemonConfig, gateway: std::net::Ipv4Addr) -> anyhow::Res
     // grace period (a no-op after a restart, when the length is already set).
     nl.set_txqueuelen(&config.uplink, crate::sys::tap::TXQUEUELEN)
         .with_context(|| format!("raising the queue length of {}", config.uplink))?;
+    // IPv6 on the uplink only where pods have it: an IPv4-only node's kernel would otherwise
+    // send router solicitations and MLD reports into netstack, which has nowhere to route them.
+    let ipv6 = if config.pod_cidr_v6.is_some() {
+        "0"
+    } else {
+        "1"
+    };
+    let name = format!("net/ipv6/conf/{}/disable_ipv6", config.uplink);
+    super::veth::write_sysctl(&name, ipv6)?;
     nl.set_link(&config.uplink, None, Some(config.uplink_mtu), true)
         .with_context(|| format!("bringing {} up", config.uplink))?;
     let index = nl

@@ -117,7 +117,7 @@ static DP_NETNS_LOCK: Mutex<()> = Mutex::new(());
 
 /// Writes a sysctl of the calling thread's netns; a file the kernel lacks (IPv6 disabled at
 /// boot) is no error.
-fn write_sysctl(name: &str, value: &str) -> Result<(), VethError> {
+pub(super) fn write_sysctl(name: &str, value: &str) -> Result<(), VethError> {
     match std::fs::write(format!("/proc/sys/{name}"), value) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

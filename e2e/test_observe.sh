@@ -27,7 +27,10 @@ A=obs-a-$RUN_ID
 B=obs-b-$RUN_ID
 IP_A=$(quiet_pod "$A")
 IP_B=$(quiet_pod "$B")
-in_pod "$A" ping -c 1 -W 2 "$IP_B" >/dev/null # ARP both ways, before counting
+# No ARP of their own either (lib.sh), so that every counter row below counts only the test's
+# frames, however long the rows between two readings take.
+quiet_pods "$A" "$IP_A" "$B" "$IP_B"
+in_pod "$A" ping -c 1 -W 2 "$IP_B" >/dev/null
 sleep 0.2
 
 log "counters for a known exchange"

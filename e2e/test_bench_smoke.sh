@@ -41,8 +41,8 @@ check "the table is printed" grep -q '^pod->pod TCP, 1 stream' "$TMP/run.log"
 
 WIRE_FIGURES=(tcp1_p2p_gbps tcp4_p2p_gbps udp64_tx_kpps udp64_rx_kpps udp64_loss_pct
   udp64_half_loss_pct rtt_min_us rtt_p50_us rtt_p99_us rtt_busy_p99_us crr_per_s sys_cpu_p2p_s_per_gbit)
-BRIDGE_FIGURES=("${WIRE_FIGURES[@]}" tcp1_p2n_gbps tcp4_p2n_gbps cni_add_p50_ms cni_add_p99_ms
-  sys_cpu_p2n_s_per_gbit)
+BRIDGE_FIGURES=("${WIRE_FIGURES[@]}" tcp1_p2n_gbps tcp4_p2n_gbps tcp1_n2p_gbps cni_add_p50_ms
+  cni_add_p99_ms sys_cpu_p2n_s_per_gbit)
 VETH_FIGURES=("${BRIDGE_FIGURES[@]}" ns_cpu_s_per_gbit ns_cpu_p2p_s_per_gbit)
 TAP_FIGURES=("${VETH_FIGURES[@]}" pairs_total_gbps pairs_jain rss_per_pod_kib rss_avg_per_pod_kib
   rss_total_mib idle_cpu_pct)
@@ -75,6 +75,10 @@ check "the table shows the netfilter state" grep -q '^netfilter: br_netfilter' "
 for peer in pasta pasta_1500 slirp4netns slirp4netns_1500; do
   if jq -e --arg p "$peer" '.paths[$p].supported' "$OUT" >/dev/null 2>&1; then
     check "$peer: pod-to-node figures are numbers" jq -e --arg p "$peer" '[.paths[$p].tcp1_p2n_gbps, .paths[$p].tcp4_p2n_gbps] | all(type == "number")' "$OUT"
+    case $peer in
+      pasta*) check "$peer: node-to-pod through its forwarded (spliced) port is a number" \
+        jq -e --arg p "$peer" '.paths[$p].tcp1_n2p_gbps | type == "number"' "$OUT" ;;
+    esac
   else
     check "$peer: n/a with a reason" jq -e --arg p "$peer" '.paths[$p].reason | type == "string"' "$OUT"
   fi

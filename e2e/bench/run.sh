@@ -69,6 +69,7 @@ FLOOR_IP_A=10.249.$X.1 # the floor's two pods: one /24, in their own namespaces 
 FLOOR_IP_B=10.249.$X.2
 FLOOR_PID=
 PORT=$((10000 + (RUN_ID % 200) * 100))
+SPLICE_PORT=$((40000 + (RUN_ID % 200) * 2)) # pasta's forwarded port on the node; +1 for pasta_1500
 NET=nsbench
 
 SOCK=$WORK/netstackd.sock
@@ -369,14 +370,17 @@ ready_addr() { # NS ADDR: wait (5 s) until the pod has the address
   done
   return 1
 }
-# podman's default MTU for both is 65520; pasta's own options otherwise (no port forwarding).
+# podman's default MTU for both is 65520; pasta's own options otherwise, with one TCP port
+# forwarded from the node into the pod as `podman run -p` asks for (the node->pod row: pasta
+# splices a connection to it from the node's loopback into the pod's loopback).
+declare -A SPLICE=([pasta]=$SPLICE_PORT [pasta_1500]=$((SPLICE_PORT + 1)))
 for path in pasta pasta_1500; do
   command -v pasta >/dev/null || { na "$path" "not installed"; continue; }
   ns=$PFX-$path mtu=65520
   [ "$path" = pasta_1500 ] && mtu=1500
   ip netns add "$ns" && echo "pasta $ns" >>"$WORK/pods" && ledger netns "$ns" && ip -n "$ns" link set lo up
   bg "$path" host pasta --config-net --netns "/run/netns/$ns" --runas 0 -f -q -a "$PASTA_ADDR" -n 24 \
-    -g "$PASTA_GW" -m "$mtu" -t none -u none -T none -U none
+    -g "$PASTA_GW" -m "$mtu" -t "${SPLICE[$path]}" -u none -T none -U none
   if ready_addr "$ns" "$PASTA_ADDR"; then NODE_PATHS+=("$path") NODE_NS[$path]=$ns; echo "  $path: pod $PASTA_ADDR, MTU $mtu"
   else na "$path" "pasta did not configure the pod: $(grep -v syslog "$WORK/$path.err" | tail -c 300 | tr -s '\n' ' ')"; fi
 done
@@ -586,6 +590,19 @@ done
 
 log "bench: TCP connect/request/close rate, $NS_DUR s each"
 for path in "${P2P_PATHS[@]}"; do crr "$path"; done
+
+log "bench: node->pod TCP, 1 stream, $DUR s each (pasta: through its forwarded port)"
+# netstack and the bridge: the node connects to pod A's address, which it routes; pasta: the
+# node connects to the port pasta forwards on its loopback, which pasta splices into the pod's.
+for path in "${NODE_PATHS[@]}"; do
+  case $path in
+    pasta | pasta_1500)
+      port_was=$PORT PORT=$((SPLICE[$path] - 1)) # tcp() takes the next port: pasta's
+      tcp "$path" tcp1_n2p 1 "${NODE_NS[$path]}" 127.0.0.1 host 127.0.0.1
+      PORT=$port_was ;;
+    tap | veth | bridge) tcp "$path" tcp1_n2p 1 "${NODE_NS[$path]}" "${IP[$path-a]}" host "${IP[$path-a]}" ;;
+  esac
+done
 
 if [ -n "$FLOOR_PID" ]; then # the floor's rows are done: its TAPs go with it
   kill -TERM "$FLOOR_PID" 2>/dev/null

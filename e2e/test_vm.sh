@@ -29,7 +29,7 @@ else
   exit 1
 fi
 vm_accel
-ok "the VM runs on $VM_ACCEL ($VM_ACCEL_WHY)"
+log "the VM runs on $VM_ACCEL ($VM_ACCEL_WHY)"
 
 write_conflist
 start_netstackd || exit 1

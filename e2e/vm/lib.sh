@@ -144,13 +144,19 @@ vm_accel() {
   if [ ! -r /dev/kvm ] || [ ! -w /dev/kvm ]; then
     VM_ACCEL=tcg VM_ACCEL_WHY="no usable /dev/kvm"
   else
-    vm_qemu kvm kvm-probe ""
-    if vm_wait_ready kvm-probe 20; then
+    # In a subshell with its stderr dropped (bash reports QEMU's abort on KVM there, as a job
+    # killed by a signal) and under timeout (bounded even if this shell dies first).
+    if (
+      VM_LAUNCH="timeout 60" vm_qemu kvm kvm-probe ""
+      vm_wait_ready kvm-probe 20
+      rc=$?
+      vm_stop kvm-probe
+      exit "$rc"
+    ) 2>/dev/null; then
       VM_ACCEL=kvm VM_ACCEL_WHY="a KVM probe boot reached the shell"
     else
-      VM_ACCEL=tcg VM_ACCEL_WHY="a KVM probe boot did not reach the shell in 20 s: $(cat "$VM_WORK/kvm-probe/qemu.log" 2>/dev/null | grep -m1 . | cut -c1-120)"
+      VM_ACCEL=tcg VM_ACCEL_WHY="a KVM probe boot failed: $(grep -m1 . "$VM_WORK/kvm-probe/qemu.log" 2>/dev/null | cut -c1-120 || echo "no shell within 20 s")"
     fi
-    vm_stop kvm-probe
   fi
   vm_log "accelerator: $VM_ACCEL ($VM_ACCEL_WHY)"
 }

@@ -10,6 +10,7 @@ PACKAGES+=(passt slirp4netns)  # e2e/bench: the pasta and slirp4netns baselines
 PACKAGES+=(g++)  # scripts/fuzz.sh: libfuzzer-sys compiles libFuzzer (C++)
 PACKAGES+=(systemd man-db libcap2-bin util-linux)  # test_operator: systemd-analyze, systemd-tmpfiles, man, capsh, setpriv
 PACKAGES+=(bind9-dnsutils)  # e2e/test_services.sh: dig (DNS through a ClusterIP)
+PACKAGES+=(qemu-system-x86)  # e2e/test_vm.sh: the test VM (with busybox-static for its initramfs)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -14,6 +14,7 @@ pub mod qdisc;
 pub mod seccomp;
 pub mod selftest;
 mod throttle;
+pub mod virtq;
 mod worker;
 
 use std::collections::HashMap;

@@ -2,12 +2,20 @@
 //! the dataplane, and every message checked before it is recorded (a vring index beyond the
 //! queues, a ring size that is not a power of two, a memory table whose regions overlap or
 //! run past their file, ring addresses outside it). A refused message gets a NACK (with
-//! REPLY_ACK) and a WARN line and changes nothing; the connection stays.
+//! REPLY_ACK) and a WARN line and changes nothing; the connection stays, except for a
+//! refused GET_VRING_BASE, which has no NACK: the connection ends rather than leave the
+//! frontend waiting for a reply.
+//!
+//! The supervisor never maps guest memory: it checks the table from each fd's size, and reads
+//! the one value it needs from guest memory (a used index) with `pread`, so a frontend that
+//! shrinks its memory file can make a read fail here but never raise SIGBUS in the process
+//! that keeps every pod's fds.
 //!
 //! The `vhost` crate's `BackendReqHandler` parses the messages and calls this through its
 //! `VhostUserBackendReqHandlerMut` trait.
 
 use std::fs::File;
+use std::os::unix::fs::FileExt;
 
 use vhost::vhost_user::message::{
     VhostTransferStateDirection, VhostTransferStatePhase, VhostUserConfigFlags, VhostUserInflight,
@@ -17,9 +25,11 @@ use vhost::vhost_user::message::{
 };
 use vhost::vhost_user::{Error, GpuBackend, Result, VhostUserBackendReqHandlerMut};
 use vhost::VhostUserMemoryRegionBase;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::{map_regions, offered_protocol_features, MemRegion, MAX_RING_SIZE, OFFERED_FEATURES};
+use crate::dataplane::virtq::RingConfig;
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+
+use super::{check_regions, offered_protocol_features, MemRegion, MAX_RING_SIZE, OFFERED_FEATURES};
 
 /// A vring's addresses as the frontend gave them: in the frontend's own address space (the
 /// `user_addr` side of the memory table), translated to guest addresses by
@@ -74,9 +84,10 @@ pub struct NetBackend {
     features: u64,
     protocol_features: u64,
     regions: Vec<MemRegion>,
-    mem: Option<GuestMemoryMmap>,
     vrings: Vec<VringState>,
     refused: u64,
+    /// Refusals that end the connection (the request has no NACK).
+    fatal: u64,
 }
 
 impl NetBackend {
@@ -89,11 +100,11 @@ impl NetBackend {
             features: 0,
             protocol_features: 0,
             regions: Vec::new(),
-            mem: None,
             vrings: (0..2 * queue_pairs.max(1))
                 .map(|_| VringState::default())
                 .collect(),
             refused: 0,
+            fatal: 0,
         }
     }
 
@@ -127,6 +138,11 @@ impl NetBackend {
         self.refused
     }
 
+    /// How many refusals ended the connection.
+    pub fn fatal(&self) -> u64 {
+        self.fatal
+    }
+
     /// The guest addresses of vring `index`'s three parts, when its size and addresses are set
     /// and each part lies whole inside one region of the memory table.
     pub fn ring_guest_addrs(&self, index: usize) -> Option<VringGuestAddrs> {
@@ -143,8 +159,35 @@ impl NetBackend {
         })
     }
 
+    /// Vring `index` as the dataplane builds its queue (`crate::dataplane::virtq::Virtq`):
+    /// size, guest addresses, event index as acked, and the base the frontend set.
+    pub fn ring_config(&self, index: usize) -> Option<RingConfig> {
+        let g = self.ring_guest_addrs(index)?;
+        let v = &self.vrings[index];
+        Some(RingConfig {
+            size: v.num,
+            desc: g.desc,
+            avail: g.avail,
+            used: g.used,
+            event_idx: self.features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0,
+            base: Some(v.base),
+        })
+    }
+
     fn translate(&self, user: u64, len: u64) -> Option<u64> {
         self.regions.iter().find_map(|r| r.translate(user, len))
+    }
+
+    /// Reads the little-endian u16 at guest address `gpa` from its region's file.
+    fn read_guest_u16(&self, gpa: u64) -> Option<u16> {
+        let r = self
+            .regions
+            .iter()
+            .find(|r| gpa >= r.guest_addr && gpa - r.guest_addr + 2 <= r.size)?;
+        let mut b = [0u8; 2];
+        let at = r.mmap_offset.checked_add(gpa - r.guest_addr)?;
+        r.file.read_exact_at(&mut b, at).ok()?;
+        Some(u16::from_le_bytes(b))
     }
 
     /// Logs and counts a refused message; the error the `vhost` crate NACKs it with.
@@ -247,27 +290,10 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
                 file,
             })
             .collect();
-        for (i, a) in regions.iter().enumerate() {
-            for b in &regions[i + 1..] {
-                let overlap = |x: u64, xl: u64, y: u64, yl: u64| {
-                    x < y.saturating_add(yl) && y < x.saturating_add(xl)
-                };
-                if overlap(a.user_addr, a.size, b.user_addr, b.size) {
-                    return Err(self.refuse(format_args!(
-                        "memory regions overlap in the frontend's addresses ({:#x} and {:#x})",
-                        a.user_addr, b.user_addr
-                    )));
-                }
-            }
+        if let Err(e) = check_regions(&regions) {
+            return Err(self.refuse(format_args!("memory table: {e}")));
         }
-        // Mapping it here proves every fd maps and no region overlaps another in guest
-        // addresses before a dataplane ever sees the table.
-        let mem = match map_regions(&regions) {
-            Ok(mem) => mem,
-            Err(e) => return Err(self.refuse(format_args!("memory table: {e}"))),
-        };
         self.regions = regions;
-        self.mem = Some(mem);
         Ok(None)
     }
 
@@ -320,13 +346,17 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
     /// next available entry to read when every buffer taken was used (virtio-net uses them
     /// in order, and the dataplane finishes a buffer before it takes the next).
     fn get_vring_base(&mut self, index: u32) -> Result<VhostUserVringState> {
-        let used_idx = self.ring_guest_addrs(index as usize).and_then(|g| {
-            let mut b = [0u8; 2];
-            let mem = self.mem.as_ref()?;
-            mem.read_slice(&mut b, GuestAddress(g.used + 2)).ok()?;
-            Some(u16::from_le_bytes(b))
-        });
-        let v = self.vring_mut(index, "GET_VRING_BASE")?;
+        let used_idx = self
+            .ring_guest_addrs(index as usize)
+            .and_then(|g| self.read_guest_u16(g.used + 2));
+        let v = match self.vring_mut(index, "GET_VRING_BASE") {
+            Ok(v) => v,
+            Err(e) => {
+                // No NACK exists for a request with a reply: end the connection.
+                self.fatal += 1;
+                return Err(e);
+            }
+        };
         v.started = false;
         v.kick = None;
         let next = used_idx.unwrap_or(v.base);

@@ -53,6 +53,16 @@ pub fn offered_protocol_features() -> VhostUserProtocolFeatures {
     VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK
 }
 
+/// The virtio-net header length with the acked `features`: 12 bytes (with `num_buffers`)
+/// under `VIRTIO_F_VERSION_1` or mergeable receive buffers, else the legacy 10.
+pub fn net_hdr_len(features: u64) -> usize {
+    if features & (1 << VIRTIO_F_VERSION_1 | 1 << VIRTIO_NET_F_MRG_RXBUF) != 0 {
+        12
+    } else {
+        10
+    }
+}
+
 /// Largest ring a frontend may set (the split ring's limit).
 pub const MAX_RING_SIZE: u16 = 32768;
 
@@ -110,26 +120,59 @@ impl MemRegion {
     }
 }
 
-/// Maps `regions` (shared, read-write) as the guest memory `vm-memory` bounds every access
-/// to. Refuses a region past the end of its file (an access there would be SIGBUS), regions
-/// that overlap in guest addresses, and an empty table.
-pub fn map_regions(regions: &[MemRegion]) -> Result<GuestMemoryMmap, VhostError> {
-    let mut ranges = Vec::with_capacity(regions.len());
+/// Checks a memory table without mapping it: every region non-empty and inside its file (an
+/// access past the end would be SIGBUS), no two overlapping in guest addresses or in the
+/// frontend's addresses, not empty.
+pub fn check_regions(regions: &[MemRegion]) -> Result<(), VhostError> {
+    if regions.is_empty() {
+        return Err(VhostError::Memory("an empty memory table".into()));
+    }
     for r in regions {
         let file_len = r
             .file
             .metadata()
             .map_err(|e| VhostError::Memory(format!("fstat of a region's fd: {e}")))?
             .len();
-        if r.mmap_offset
-            .checked_add(r.size)
-            .is_none_or(|end| end > file_len)
-        {
+        let fits = r.size > 0
+            && r.guest_addr.checked_add(r.size).is_some()
+            && r.user_addr.checked_add(r.size).is_some()
+            && r.mmap_offset
+                .checked_add(r.size)
+                .is_some_and(|end| end <= file_len);
+        if !fits {
             return Err(VhostError::Memory(format!(
-                "region at guest {:#x} ({} bytes at offset {}) is past the end of its file ({} bytes)",
+                "region at guest {:#x} ({} bytes at offset {}) does not fit its file ({} bytes)",
                 r.guest_addr, r.size, r.mmap_offset, file_len
             )));
         }
+    }
+    for (i, a) in regions.iter().enumerate() {
+        for b in &regions[i + 1..] {
+            let overlap = |x: u64, y: u64| x < y + b.size && y < x + a.size;
+            if overlap(a.guest_addr, b.guest_addr) {
+                return Err(VhostError::Memory(format!(
+                    "regions at guest {:#x} and {:#x} overlap",
+                    a.guest_addr, b.guest_addr
+                )));
+            }
+            if overlap(a.user_addr, b.user_addr) {
+                return Err(VhostError::Memory(format!(
+                    "regions at frontend address {:#x} and {:#x} overlap",
+                    a.user_addr, b.user_addr
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Maps `regions` (shared, read-write) as the guest memory `vm-memory` bounds every access
+/// to, once [`check_regions`] accepts them. The dataplane does this; the supervisor never
+/// maps guest memory.
+pub fn map_regions(regions: &[MemRegion]) -> Result<GuestMemoryMmap, VhostError> {
+    check_regions(regions)?;
+    let mut ranges = Vec::with_capacity(regions.len());
+    for r in regions {
         let size = usize::try_from(r.size)
             .map_err(|_| VhostError::Memory(format!("region of {} bytes", r.size)))?;
         let file = r

@@ -99,10 +99,15 @@ impl Connection {
     /// Reads and handles one request (blocking until it has arrived whole). An error means the
     /// connection is over: the frontend left or sent something the protocol cannot parse.
     pub fn handle_request(&mut self) -> Result<Handled, VhostError> {
-        let before = self.device().refused();
+        let (refused, fatal) = {
+            let d = self.device();
+            (d.refused(), d.fatal())
+        };
         match self.handler.handle_request() {
             Ok(()) => Ok(Handled::Done),
-            Err(_) if self.device().refused() > before => Ok(Handled::Refused),
+            Err(_) if self.device().refused() > refused && self.device().fatal() == fatal => {
+                Ok(Handled::Refused)
+            }
             Err(source) => Err(VhostError::Connection {
                 pod: self.pod.clone(),
                 source,

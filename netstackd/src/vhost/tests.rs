@@ -233,6 +233,14 @@ fn a_real_frontend_negotiates_and_the_device_records_it() {
                 used: GUEST_B + 0x3000
             })
         );
+        // What a dataplane gets for ring 1.
+        let cfg = d.ring_config(1).expect("ring 1 config");
+        assert_eq!(
+            (cfg.size, cfg.desc, cfg.used, cfg.event_idx, cfg.base),
+            (256, GUEST_B + 0x1000, GUEST_B + 0x3000, true, Some(8))
+        );
+        assert_eq!(super::net_hdr_len(d.features()), 12);
+        assert!(d.ring_config(2).is_none());
         // Ring 2 kept its size but got no addresses; ring 3 nothing.
         assert_eq!((v[2].num, v[2].addrs), (256, None));
         assert!(!v[2].enabled && v[2].kick.is_none() && v[3].num == 0);
@@ -276,6 +284,24 @@ fn a_real_frontend_negotiates_and_the_device_records_it() {
         matches!(end, VhostError::Connection { ref pod, .. } if pod == "c1"),
         "{end}"
     );
+}
+
+/// A refused GET_VRING_BASE has no NACK to send: the connection ends instead of leaving the
+/// frontend waiting for a reply that never comes.
+#[test]
+fn a_refused_get_vring_base_ends_the_connection() {
+    let dir = TempDir::new();
+    let sock = VhostSocket::bind(&dir.0, "c1.sock").expect("bind");
+    let path = sock.path().to_path_buf();
+    let (device, server) = serve(sock, 1);
+    let fe = Frontend::connect(&path, 8).expect("connect");
+    fe.set_owner().expect("owner");
+    assert!(fe.get_vring_base(5).is_err());
+    let end = server.join().expect("server thread");
+    assert!(matches!(end, VhostError::Connection { .. }), "{end}");
+    let device = device.recv().expect("device");
+    let d = device.lock().expect("device lock");
+    assert_eq!((d.refused(), d.fatal()), (1, 1));
 }
 
 /// A socket a previous netstackd left behind is replaced; a file of another kind at the path

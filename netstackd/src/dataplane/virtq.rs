@@ -22,13 +22,18 @@
 //! Resume: a [`Virtq`] starts at the used index it reads from guest memory, so the queue a new
 //! dataplane builds after a restart takes again any buffer the old one took but never used.
 
+use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{fence, Ordering};
+
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use crate::sys::tap::{RxFrame, VNET_HDR_LEN};
+
+use super::link::{Link, VhostLink};
 
 /// The virtio-net header with `num_buffers` (VERSION_1 or mergeable receive buffers).
 pub const VIRTIO_NET_HDR_LEN: usize = 12;
@@ -417,6 +422,51 @@ impl Virtq {
             Ok(more) => Ok(more),
             Err(_) => Err(self.fail(VirtqError::RingMemory)),
         }
+    }
+}
+
+/// One queue pair of a VM pod's device, for one worker.
+pub struct VhostPair {
+    /// The guest's receive queue (virtqueue 2w).
+    pub to_guest: RingConfig,
+    /// Its call eventfd.
+    pub to_guest_call: Option<OwnedFd>,
+    /// The guest's transmit queue (virtqueue 2w + 1).
+    pub from_guest: RingConfig,
+    /// Its call eventfd.
+    pub from_guest_call: Option<OwnedFd>,
+    /// Its kick eventfd, which the worker waits on.
+    pub kick: OwnedFd,
+}
+
+/// A VM pod's device as the dataplane serves it: its memory (`crate::vhost::map_regions`),
+/// the virtio features the guest acked, one queue pair per worker.
+pub struct VhostDevice {
+    /// Guest memory.
+    pub mem: GuestMemoryMmap,
+    /// Acked virtio features.
+    pub features: u64,
+    /// Queue pair w for worker w.
+    pub pairs: Vec<VhostPair>,
+}
+
+impl VhostPair {
+    /// The worker's link over this pair. The kick eventfd is made non-blocking (the worker
+    /// reads it to clear a kick).
+    pub(super) fn into_link(self, mem: &GuestMemoryMmap, features: u64) -> io::Result<Link> {
+        let to_guest = Virtq::new(mem, &self.to_guest, self.to_guest_call)
+            .map_err(|e| io::Error::other(format!("the guest's receive queue: {e}")))?;
+        let from_guest = Virtq::new(mem, &self.from_guest, self.from_guest_call)
+            .map_err(|e| io::Error::other(format!("the guest's transmit queue: {e}")))?;
+        let flags = OFlag::from_bits_retain(fcntl(&self.kick, FcntlArg::F_GETFL)?);
+        fcntl(&self.kick, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+        Ok(Link::Vhost(Box::new(VhostLink::new(
+            mem.clone(),
+            features,
+            to_guest,
+            from_guest,
+            self.kick,
+        ))))
     }
 }
 

@@ -29,7 +29,10 @@ use vhost::VhostUserMemoryRegionBase;
 use crate::dataplane::virtq::RingConfig;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 
-use super::{check_regions, offered_protocol_features, MemRegion, MAX_RING_SIZE, OFFERED_FEATURES};
+use super::{
+    check_region_files, check_regions, offered_protocol_features, MemRegion, MAX_RING_SIZE,
+    OFFERED_FEATURES,
+};
 
 /// A vring's addresses as the frontend gave them: in the frontend's own address space (the
 /// `user_addr` side of the memory table), translated to guest addresses by
@@ -290,7 +293,7 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
                 file,
             })
             .collect();
-        if let Err(e) = check_regions(&regions) {
+        if let Err(e) = check_regions(&regions).and_then(|()| check_region_files(&regions)) {
             return Err(self.refuse(format_args!("memory table: {e}")));
         }
         self.regions = regions;

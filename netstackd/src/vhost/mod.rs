@@ -120,29 +120,44 @@ impl MemRegion {
     }
 }
 
-/// Checks a memory table without mapping it: every region non-empty and inside its file (an
-/// access past the end would be SIGBUS), no two overlapping in guest addresses or in the
-/// frontend's addresses, not empty.
-pub fn check_regions(regions: &[MemRegion]) -> Result<(), VhostError> {
-    if regions.is_empty() {
-        return Err(VhostError::Memory("an empty memory table".into()));
-    }
+/// Checks that every region of a memory table lies inside its file (`fstat`): an access past
+/// the end of the file would be SIGBUS. The supervisor checks this when the table arrives;
+/// the dataplane, whose seccomp filter has no `fstat`, relies on that.
+pub fn check_region_files(regions: &[MemRegion]) -> Result<(), VhostError> {
     for r in regions {
         let file_len = r
             .file
             .metadata()
             .map_err(|e| VhostError::Memory(format!("fstat of a region's fd: {e}")))?
             .len();
+        if r.mmap_offset
+            .checked_add(r.size)
+            .is_none_or(|end| end > file_len)
+        {
+            return Err(VhostError::Memory(format!(
+                "region at guest {:#x} ({} bytes at offset {}) is past the end of its file ({} bytes)",
+                r.guest_addr, r.size, r.mmap_offset, file_len
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Checks the shape of a memory table: not empty, every region non-empty with no address
+/// overflowing, no two overlapping in guest addresses or in the frontend's addresses.
+pub fn check_regions(regions: &[MemRegion]) -> Result<(), VhostError> {
+    if regions.is_empty() {
+        return Err(VhostError::Memory("an empty memory table".into()));
+    }
+    for r in regions {
         let fits = r.size > 0
             && r.guest_addr.checked_add(r.size).is_some()
             && r.user_addr.checked_add(r.size).is_some()
-            && r.mmap_offset
-                .checked_add(r.size)
-                .is_some_and(|end| end <= file_len);
+            && r.mmap_offset.checked_add(r.size).is_some();
         if !fits {
             return Err(VhostError::Memory(format!(
-                "region at guest {:#x} ({} bytes at offset {}) does not fit its file ({} bytes)",
-                r.guest_addr, r.size, r.mmap_offset, file_len
+                "region at guest {:#x} of {} bytes overflows",
+                r.guest_addr, r.size
             )));
         }
     }
@@ -167,8 +182,10 @@ pub fn check_regions(regions: &[MemRegion]) -> Result<(), VhostError> {
 }
 
 /// Maps `regions` (shared, read-write) as the guest memory `vm-memory` bounds every access
-/// to, once [`check_regions`] accepts them. The dataplane does this; the supervisor never
-/// maps guest memory.
+/// to, once [`check_regions`] accepts them (the supervisor has run [`check_region_files`]).
+/// The dataplane does this; the supervisor never maps guest memory. Its only syscalls are
+/// `fcntl` (a dup of each fd) and `mmap` (shared, never executable): both pass the
+/// dataplane's seccomp filter.
 pub fn map_regions(regions: &[MemRegion]) -> Result<GuestMemoryMmap, VhostError> {
     check_regions(regions)?;
     let mut ranges = Vec::with_capacity(regions.len());

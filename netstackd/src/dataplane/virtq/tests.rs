@@ -550,3 +550,75 @@ fn short_and_oversize_frames_are_dropped_not_fatal() {
     tx.flush(&mem).expect("flush");
     assert_eq!(used_idx(&mem, &txq), 3);
 }
+
+/// A header split across descriptors (the driver may place it so): a transmitted one is put
+/// together before the frame, and a received one gets both bytes of num_buffers where they
+/// landed — here 1 in one descriptor and 0 in the next, for a frame over two buffers.
+#[test]
+fn a_header_split_across_descriptors_is_read_and_written_whole() {
+    let mem = guest_memory();
+    let txq = ring(&mem, TXQ);
+    let hdr = gso_header();
+    let frame = pattern(300, 1);
+    mem.write_slice(&hdr[..7], GuestAddress(BUFS)).expect("hdr");
+    mem.write_slice(&hdr[7..], GuestAddress(BUFS + 0x100))
+        .expect("hdr");
+    mem.write_slice(&frame, GuestAddress(BUFS + 0x200 + 5))
+        .expect("frame");
+    // 7 header bytes, the 5 others, then the frame.
+    txq.add_desc_chains(
+        &[
+            desc(BUFS, 7, NEXT, 1),
+            desc(BUFS + 0x100, 5, NEXT, 2),
+            desc(BUFS + 0x200 + 5, 300, 0, 0),
+        ],
+        0,
+    )
+    .expect("chain");
+    let mut tx = Virtq::new(&mem, &config(&txq, false), None).expect("tx queue");
+    let mut vnet = [0u8; VNET_HDR_LEN];
+    let mut buf = vec![0u8; 2048];
+    assert_eq!(
+        tx.take_frame(&mem, VIRTIO_NET_HDR_LEN, &mut vnet, &mut buf),
+        Ok(Some(RxFrame::Whole(300)))
+    );
+    assert_eq!(&vnet[..], &hdr[..VNET_HDR_LEN]);
+    assert_eq!(&buf[..300], &frame[..]);
+
+    // Receive: the first buffer is a chain of 11 + 989 bytes (num_buffers straddles the two
+    // descriptors), the second one buffer of 1000: a 1500-byte frame needs both.
+    let rxq = ring(&mem, RXQ);
+    rxq.add_desc_chains(
+        &[
+            desc(0x8_0000, 11, WRITE | NEXT, 1),
+            desc(0x8_1000, 989, WRITE, 0),
+            desc(0x8_2000, 1000, WRITE, 0),
+        ],
+        0,
+    )
+    .expect("buffers");
+    // Filled with 0xa5, so a byte left unwritten shows.
+    for at in [0x8_0000, 0x8_1000, 0x8_2000] {
+        mem.write_slice(&[0xa5; 1000], GuestAddress(at))
+            .expect("fill");
+    }
+    let mut rx = Virtq::new(&mem, &config(&rxq, false), None).expect("rx queue");
+    let big = pattern(1500, 2);
+    assert_eq!(
+        rx.put_frame(&mem, VIRTIO_NET_HDR_LEN, true, &vnet, &big),
+        Ok(Put::Delivered(2))
+    );
+    rx.flush(&mem).expect("flush");
+    assert_eq!(used_elem(&mem, &rxq, 0), (0, 1000));
+    assert_eq!(used_elem(&mem, &rxq, 1), (2, 512));
+    let mut landed = bytes(&mem, 0x8_0000, 11);
+    landed.extend(bytes(&mem, 0x8_1000, 989));
+    landed.extend(bytes(&mem, 0x8_2000, 512));
+    assert_eq!(&landed[..VNET_HDR_LEN], &hdr[..VNET_HDR_LEN]);
+    assert_eq!(
+        u16::from_le_bytes([landed[10], landed[11]]),
+        2,
+        "num_buffers"
+    );
+    assert_eq!(&landed[12..], &big[..]);
+}

@@ -177,6 +177,23 @@ impl NetBackend {
         })
     }
 
+    /// Duplicates of the memory table's regions and fds, for a dataplane to map
+    /// (`super::map_regions`): the supervisor keeps its own for the next one.
+    pub fn dup_regions(&self) -> std::io::Result<Vec<MemRegion>> {
+        self.regions
+            .iter()
+            .map(|r| {
+                Ok(MemRegion {
+                    guest_addr: r.guest_addr,
+                    size: r.size,
+                    user_addr: r.user_addr,
+                    mmap_offset: r.mmap_offset,
+                    file: r.file.try_clone()?,
+                })
+            })
+            .collect()
+    }
+
     fn translate(&self, user: u64, len: u64) -> Option<u64> {
         self.regions.iter().find_map(|r| r.translate(user, len))
     }

@@ -278,6 +278,49 @@ fn a_real_frontend_negotiates_and_the_device_records_it() {
         assert_eq!(v.base, 42);
     }
 
+    // What was recorded drives a dataplane queue: guest memory mapped from duplicates of the
+    // region fds, ring 0 (region A) from its config. The guest (writing its memfd) offers
+    // one 64-byte frame behind a 12-byte header; the queue takes it and publishes it used.
+    let (regions, cfg) = {
+        let d = device.lock().expect("device lock");
+        (
+            d.dup_regions().expect("dup"),
+            d.ring_config(0).expect("ring 0"),
+        )
+    };
+    let mem = super::map_regions(&regions).expect("map");
+    let mut desc = Vec::new();
+    desc.extend_from_slice(&0x8000u64.to_le_bytes());
+    desc.extend_from_slice(&76u32.to_le_bytes());
+    desc.extend_from_slice(&[0u8; 4]);
+    let (desc_at, avail_at) = (cfg.desc - GUEST_A, cfg.avail - GUEST_A);
+    ram_a.write_all_at(&desc, desc_at).expect("descriptor");
+    ram_a.write_all_at(&[0xab; 64], 0x8000 + 12).expect("frame");
+    // Base 7 was set: the guest's available index is 8 after one more entry.
+    ram_a
+        .write_all_at(&0u16.to_le_bytes(), avail_at + 4 + 2 * 7)
+        .expect("avail entry");
+    ram_a
+        .write_all_at(&8u16.to_le_bytes(), avail_at + 2)
+        .expect("avail idx");
+    ram_a
+        .write_all_at(&7u16.to_le_bytes(), cfg.used - GUEST_A + 2)
+        .expect("used idx");
+    let mut q = crate::dataplane::virtq::Virtq::new(&mem, &cfg, None).expect("queue");
+    let mut vnet = [0u8; crate::sys::tap::VNET_HDR_LEN];
+    let mut buf = [0u8; 2048];
+    assert_eq!(
+        q.take_frame(&mem, 12, &mut vnet, &mut buf),
+        Ok(Some(crate::sys::tap::RxFrame::Whole(64)))
+    );
+    assert_eq!(&buf[..64], &[0xab; 64]);
+    q.flush(&mem).expect("flush");
+    let mut used = [0u8; 2];
+    ram_a
+        .read_exact_at(&mut used, cfg.used - GUEST_A + 2)
+        .expect("used idx");
+    assert_eq!(u16::from_le_bytes(used), 8);
+
     drop(fe);
     let end = server.join().expect("server thread");
     assert!(

@@ -17,7 +17,7 @@ log "netstackd dataplane-selftest"
 rc=$?
 sed 's/^/    /' "$WORK/selftest.out"
 for probe in uid-gid capabilities setuid-root kill-root clone3 thread clone-process \
-  prctl-set-name prctl-other mmap-rw mmap-exec mprotect-exec tgkill-own tgkill-other kill \
+  prctl-set-name prctl-other mmap-rw guest-memory mmap-exec mprotect-exec tgkill-own tgkill-other kill \
   execve open socket forbidden-syscall; do
   row=$(grep -E "^(PASS|FAIL) $probe: " "$WORK/selftest.out" | head -1)
   check "selftest $probe: ${row#* $probe: }" grep -q "^PASS $probe: " "$WORK/selftest.out"

@@ -2,7 +2,7 @@
 //!
 //! Layers, from the bytes up: `stack` (per-pod forwarding decisions), `dataplane` (the workers
 //! that move frames, run in an unprivileged child), `supervisor` (which keeps the pods' fds and
-//! restarts the dataplane), `daemon` (the control socket, the registry of attachments, metrics),
+//! restarts the dataplane), `vhost` (the vhost-user-net protocol for VM pods), `daemon` (the control socket, the registry of attachments, metrics),
 //! `node` (node mode: routes, masquerade, firewall, the Kubernetes watch) and `ctl` (the
 //! operator's CLI). Packet formats, syscalls, netlink, namespaces and the control protocol live
 //! in `netstack-core` and are re-exported here under their usual names; this crate has no
@@ -17,3 +17,4 @@ pub mod dataplane;
 pub mod node;
 pub mod stack;
 pub mod supervisor;
+pub mod vhost;

@@ -9,6 +9,8 @@
 //!   `recvmmsg`/`sendmmsg`, or received through a TPACKET_V2 ring (`--veth-rx ring`).
 //! - [`TunLink`]: the uplink TUN queue, whose frames start at layer 3: it reads behind room
 //!   for an Ethernet header so the router can put one there.
+//! - [`VhostLink`]: a VM pod's virtqueue pair in its guest memory (vhost-user), woken by the
+//!   guest's kick eventfd (`vhost`).
 //!
 //! `Link` is an enum over the kinds rather than a trait object: the set of kinds is closed,
 //! the worker holds links by value in its pod table (no box, no vtable call per batch), and
@@ -27,6 +29,9 @@ use crate::sys::tap::{read_frame, write_frame, RxFrame, VNET_HDR_LEN};
 use crate::wire::{ethernet, VnetHdr};
 
 use super::qdisc::{Slot, SlotPool};
+
+mod vhost;
+pub(super) use vhost::VhostLink;
 
 /// How a pod's fds reach the dataplane, as the supervisor tells it in a [`super::PodSpec`].
 ///
@@ -156,6 +161,8 @@ pub(super) enum Link {
     Packet(PacketLink),
     /// The uplink TUN.
     Tun(TunLink),
+    /// A VM pod's virtqueue pair (boxed: its two rings would make every link as large).
+    Vhost(Box<VhostLink>),
     /// Frames in memory, for tests.
     #[cfg(test)]
     Mem(mem::MemLink),
@@ -195,6 +202,8 @@ impl Link {
             // TAP, TUN and packet sockets take GSO frames; a kernel without one GSO type
             // refuses that frame with EINVAL, and the send falls back to segments.
             Link::Tap(_) | Link::Packet(_) | Link::Tun(_) => Offloads { gso: true },
+            // Per frame: only the GSO types the guest negotiated go whole.
+            Link::Vhost(v) => Offloads { gso: v.takes_gso() },
             #[cfg(test)]
             Link::Mem(m) => m.offloads(),
         }
@@ -212,7 +221,7 @@ impl Link {
     /// The most frames one receive call brings.
     pub fn rx_batch_max(&self) -> usize {
         match self {
-            Link::Packet(_) => MMSG_BATCH,
+            Link::Packet(_) | Link::Vhost(_) => MMSG_BATCH,
             Link::Tap(_) | Link::Tun(_) => 1,
             #[cfg(test)]
             Link::Mem(_) => MMSG_BATCH,
@@ -225,6 +234,7 @@ impl Link {
             Link::Tap(t) => &t.queues,
             Link::Packet(p) => &p.sockets,
             Link::Tun(t) => std::slice::from_ref(&t.fd),
+            Link::Vhost(v) => v.fds(),
             #[cfg(test)]
             Link::Mem(m) => m.fds(),
         };
@@ -246,6 +256,7 @@ impl Link {
                 ..
             }) => queues.first().or(tx_extra.as_ref()).map(|fd| fd.as_fd()),
             Link::Tun(t) => Some(t.fd.as_fd()),
+            Link::Vhost(_) => None,
             #[cfg(test)]
             Link::Mem(_) => None,
         }
@@ -284,6 +295,8 @@ impl Link {
                 }))
             }
             Link::Packet(p) => p.recv(q, pool, batch, lens),
+            Link::Vhost(v) if q == 0 => v.recv(pool, batch, lens),
+            Link::Vhost(_) => RxOutcome::NoQueue,
             #[cfg(test)]
             Link::Mem(m) => m.recv(pool, batch, lens),
         }
@@ -304,6 +317,7 @@ impl Link {
         match self {
             #[cfg(test)]
             Link::Mem(m) => return m.send(pool, batch, segment, tx),
+            Link::Vhost(v) => return v.send(pool, batch, tx.segment_gso, tx),
             Link::Tap(_) | Link::Packet(_) | Link::Tun(_) => {}
         }
         let batched = matches!(self, Link::Packet(_)) && !segment;

@@ -14,6 +14,7 @@ pub mod qdisc;
 pub mod seccomp;
 pub mod selftest;
 mod throttle;
+pub mod virtq;
 mod worker;
 
 use std::collections::HashMap;
@@ -255,17 +256,50 @@ impl Dataplane {
         for (i, fd) in queues.into_iter().enumerate() {
             per_worker[i % n].push(fd);
         }
+        // Every worker's link first (mapping a ring can fail): nothing is sent to any worker
+        // unless all of them can take the pod.
+        let links = per_worker
+            .into_iter()
+            .zip(extra)
+            .map(|(rx, tx_extra)| Link::pod(spec.link, rx, tx_extra))
+            .collect::<io::Result<Vec<_>>>()?;
+        self.attach_links(spec, links)
+    }
+
+    /// Serves a VM pod whose vhost-user device the supervisor negotiated: worker w serves
+    /// queue pair w, so the device must have one pair per worker.
+    pub fn attach_vhost(&mut self, spec: &PodSpec, device: virtq::VhostDevice) -> io::Result<()> {
+        let n = self.workers.len();
+        if device.pairs.len() != n {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "a VM pod needs one queue pair per worker: {} pairs, {n} workers",
+                    device.pairs.len()
+                ),
+            ));
+        }
+        let links = device
+            .pairs
+            .into_iter()
+            .map(|pair| pair.into_link(&device.mem, device.features))
+            .collect::<io::Result<Vec<_>>>()?;
+        self.attach_links(spec, links)
+    }
+
+    /// Hands `links` (one per worker, in worker order) of pod `spec` to the workers, with the
+    /// pod's counters and shaping.
+    fn attach_links(&mut self, spec: &PodSpec, links: Vec<Link>) -> io::Result<()> {
+        let n = self.workers.len();
         let (ack_tx, ack_rx) = mpsc::channel();
         let counters = Arc::new(LinkCounters::new(n));
         let bw = spec.bandwidth.unwrap_or_default();
         let ingress = qdisc::TokenBucket::new(bw.ingress_rate, bw.ingress_burst).map(Arc::new);
         let egress = qdisc::TokenBucket::new(bw.egress_rate, bw.egress_burst).map(Arc::new);
         let container_id: Arc<str> = Arc::from(spec.container_id.as_str());
-        // Every worker's handles first (mapping a ring can fail): nothing is sent to any
-        // worker unless all of them can take the pod.
         let mut ios = Vec::with_capacity(n);
-        for (rx, tx_extra) in per_worker.into_iter().zip(extra) {
-            let mut io = PodIo::new(Link::pod(spec.link, rx, tx_extra)?);
+        for link in links {
+            let mut io = PodIo::new(link);
             if let Some(bucket) = &ingress {
                 // The shaped queue is bounded in time as well as in frames.
                 io.queue.set_byte_limit(bucket.queue_bytes());

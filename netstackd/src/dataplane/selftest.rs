@@ -24,6 +24,9 @@ pub struct Before {
     pub parent: i32,
     /// The user it switches to.
     pub user: DataplaneUser,
+    /// A memfd standing for a VM's guest memory (only the `guest-memory` probe makes one:
+    /// the locked-down process cannot).
+    pub guest_memory: Option<std::fs::File>,
 }
 
 impl Before {
@@ -32,6 +35,7 @@ impl Before {
         Before {
             parent: std::os::unix::process::parent_id() as i32,
             user,
+            guest_memory: None,
         }
     }
 }
@@ -180,6 +184,42 @@ fn mmap_rw(_: &Before) -> Outcome {
     io_outcome(process::try_map(libc::PROT_READ | libc::PROT_WRITE, None))
 }
 
+/// Maps a VM's guest memory as the dataplane does for a vhost-user pod (a shared mapping of
+/// the memfd the supervisor passes) and writes and reads it back through `vm-memory`.
+fn guest_memory(before: &Before) -> Outcome {
+    use vm_memory::{Bytes, GuestAddress};
+    let Some(file) = &before.guest_memory else {
+        return Outcome::Wrong("no memfd".into());
+    };
+    let file = match file.try_clone() {
+        Ok(f) => f,
+        Err(e) => return io_outcome::<()>(Err(e)),
+    };
+    let region = crate::vhost::MemRegion {
+        guest_addr: 0,
+        size: GUEST_MEMORY_BYTES,
+        user_addr: 0x7f00_0000_0000,
+        mmap_offset: 0,
+        file,
+    };
+    let mem = match crate::vhost::map_regions(&[region]) {
+        Ok(m) => m,
+        Err(e) => return Outcome::Wrong(e.to_string()),
+    };
+    let mut back = [0u8; 4];
+    let rw = mem
+        .write_slice(b"vhst", GuestAddress(0x1000))
+        .and_then(|()| mem.read_slice(&mut back, GuestAddress(0x1000)));
+    match rw {
+        Ok(()) if &back == b"vhst" => Outcome::Allowed,
+        Ok(()) => Outcome::Wrong(format!("read back {back:?}")),
+        Err(e) => Outcome::Wrong(e.to_string()),
+    }
+}
+
+/// The size of the `guest-memory` probe's memfd.
+const GUEST_MEMORY_BYTES: u64 = 1 << 16;
+
 fn mmap_exec(_: &Before) -> Outcome {
     io_outcome(process::try_map(libc::PROT_READ | libc::PROT_EXEC, None))
 }
@@ -296,6 +336,13 @@ pub static PROBES: &[Probe] = &[
         run: mmap_rw,
     },
     Probe {
+        name: "guest-memory",
+        what: "map a VM's guest memory (a shared memfd mapping, vhost-user) and use it",
+        stage: Stage::Full,
+        expect: Expect::Allowed,
+        run: guest_memory,
+    },
+    Probe {
         name: "mmap-exec",
         what: "mmap(PROT_READ|PROT_EXEC)",
         stage: Stage::Full,
@@ -369,7 +416,15 @@ pub fn probe(name: &str) -> Option<&'static Probe> {
 /// (if it survives).
 pub fn run_probe(name: &str, user: DataplaneUser) -> anyhow::Result<()> {
     let probe = probe(name).with_context(|| format!("no probe {name:?}"))?;
-    let before = Before::now(user);
+    let mut before = Before::now(user);
+    if probe.name == "guest-memory" {
+        let fd = nix::sys::memfd::memfd_create("guest-ram", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+            .context("memfd for the guest-memory probe")?;
+        let file = std::fs::File::from(fd);
+        file.set_len(GUEST_MEMORY_BYTES)
+            .context("sizing the guest-memory probe's memfd")?;
+        before.guest_memory = Some(file);
+    }
     match probe.stage {
         Stage::Privileges => process::become_user(user.uid, user.gid)
             .with_context(|| format!("switching to uid:gid {user}"))?,

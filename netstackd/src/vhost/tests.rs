@@ -1,0 +1,381 @@
+//! The protocol side against a real frontend: the `vhost` crate's `Frontend` (what a VMM
+//! links) over a real unix socket, memfd-backed guest memory, real eventfds.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+
+use nix::sys::memfd::{memfd_create, MFdFlags};
+use vhost::vhost_user::message::{VhostUserHeaderFlag, VhostUserProtocolFeatures};
+use vhost::vhost_user::{Frontend, VhostUserFrontend};
+use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::backend::{NetBackend, VringAddrs, VringGuestAddrs};
+use super::socket::VhostSocket;
+use super::{VhostError, OFFERED_FEATURES};
+
+/// A directory of the test's own, removed with everything in it when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "netstack-vhost-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&p).expect("temp dir");
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn memfd(len: u64) -> File {
+    let f = File::from(memfd_create("guest-ram", MFdFlags::MFD_CLOEXEC).expect("memfd"));
+    f.set_len(len).expect("memfd size");
+    f
+}
+
+/// Accepts one frontend on `sock` for pod "c1" with `pairs` queue pairs, on a thread that
+/// serves it until it leaves; returns the device state and the thread (which returns why the
+/// connection ended).
+fn serve(
+    sock: VhostSocket,
+    pairs: usize,
+) -> (
+    mpsc::Receiver<Arc<Mutex<NetBackend>>>,
+    std::thread::JoinHandle<VhostError>,
+) {
+    let (tx, rx) = mpsc::channel();
+    let t = std::thread::spawn(move || {
+        let mut conn = sock.accept("c1", pairs).expect("accept");
+        tx.send(conn.device_arc()).expect("send device");
+        conn.serve()
+    });
+    (rx, t)
+}
+
+const MIB: u64 = 1 << 20;
+/// Where the frontend has each region mapped (what ring addresses are given in).
+const USER_A: u64 = 0x7f00_0000_0000;
+const USER_B: u64 = 0x7f10_0000_0000;
+/// Guest addresses of the two regions; B starts 4 KiB into its file.
+const GUEST_A: u64 = 0;
+const GUEST_B: u64 = MIB;
+const B_OFFSET: u64 = 4096;
+
+fn region(guest: u64, size: u64, user: u64, offset: u64, f: &File) -> VhostUserMemoryRegionInfo {
+    VhostUserMemoryRegionInfo {
+        guest_phys_addr: guest,
+        memory_size: size,
+        userspace_addr: user,
+        mmap_offset: offset,
+        mmap_handle: f.as_raw_fd(),
+    }
+}
+
+fn ring_config(desc: u64, avail: u64, used: u64) -> VringConfigData {
+    VringConfigData {
+        queue_max_size: 256,
+        queue_size: 256,
+        flags: 0,
+        desc_table_addr: desc,
+        used_ring_addr: used,
+        avail_ring_addr: avail,
+        log_addr: None,
+    }
+}
+
+/// A frontend negotiates features, protocol features, a two-region memory table and two
+/// vrings with their eventfds: the device records each value and each fd (the same memfds
+/// and eventfds the frontend holds), refuses bad messages with a NACK while the connection
+/// goes on, and GET_VRING_BASE stops a ring at the used index in guest memory.
+#[test]
+fn a_real_frontend_negotiates_and_the_device_records_it() {
+    let dir = TempDir::new();
+    let sock = VhostSocket::bind(&dir.0, "c1.sock").expect("bind");
+    let path = sock.path().to_path_buf();
+    let mode = std::fs::metadata(&path)
+        .expect("socket")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "socket mode");
+    let (device, server) = serve(sock, 2);
+
+    // A frontend that believes in 8 queues, so that it sends indexes the device lacks.
+    let mut fe = Frontend::connect(&path, 8).expect("connect");
+    fe.set_owner().expect("owner");
+    assert_eq!(fe.get_features().expect("features"), OFFERED_FEATURES);
+    fe.set_features(OFFERED_FEATURES).expect("set features");
+    let pf = fe.get_protocol_features().expect("protocol features");
+    let wanted = VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK;
+    assert!(pf.contains(wanted), "offered {pf:?}");
+    assert!(!pf.contains(VhostUserProtocolFeatures::CONFIG));
+    fe.set_protocol_features(wanted)
+        .expect("set protocol features");
+    // Every request now waits for the device's ACK or NACK.
+    fe.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+    let ram_a = memfd(MIB);
+    let ram_b = memfd(MIB + B_OFFSET);
+    fe.set_mem_table(&[
+        region(GUEST_A, MIB, USER_A, 0, &ram_a),
+        region(GUEST_B, MIB, USER_B, B_OFFSET, &ram_b),
+    ])
+    .expect("mem table");
+
+    let kicks: Vec<EventFd> = (0..2).map(|_| EventFd::new(0).expect("eventfd")).collect();
+    let calls: Vec<EventFd> = (0..2).map(|_| EventFd::new(0).expect("eventfd")).collect();
+    // Ring 0 lies in region A, ring 1 in region B.
+    let rings = [
+        (USER_A + 0x1000, USER_A + 0x2000, USER_A + 0x3000),
+        (USER_B + 0x1000, USER_B + 0x2000, USER_B + 0x3000),
+    ];
+    for (q, &(desc, avail, used)) in rings.iter().enumerate() {
+        fe.set_vring_num(q, 256).expect("num");
+        fe.set_vring_base(q, 7 + q as u16).expect("base");
+        fe.set_vring_addr(q, &ring_config(desc, avail, used))
+            .expect("addr");
+        fe.set_vring_kick(q, &kicks[q]).expect("kick");
+        fe.set_vring_call(q, &calls[q]).expect("call");
+        fe.set_vring_enable(q, true).expect("enable");
+    }
+
+    // Refused, each with a NACK; the connection goes on.
+    let other = memfd(MIB);
+    let refusals: Vec<(&str, vhost::Result<()>)> = vec![
+        ("vring index beyond the queues", fe.set_vring_num(5, 256)),
+        (
+            "kick of a vring beyond the queues",
+            fe.set_vring_kick(6, &kicks[0]),
+        ),
+        ("ring size not a power of two", fe.set_vring_num(2, 100)),
+        (
+            "regions overlapping in guest addresses",
+            fe.set_mem_table(&[
+                region(0, MIB, USER_A, 0, &ram_a),
+                region(MIB / 2, MIB, USER_B, 0, &other),
+            ])
+            .map(|_| ()),
+        ),
+        (
+            "a region past the end of its file",
+            fe.set_mem_table(&[region(0, 2 * MIB, USER_A, 0, &ram_a)])
+                .map(|_| ()),
+        ),
+        ("ring 2 given a size first", fe.set_vring_num(2, 256)),
+        (
+            "ring addresses outside the memory table",
+            fe.set_vring_addr(2, &ring_config(0x1000, 0x2000, 0x3000)),
+        ),
+    ];
+    for (what, r) in &refusals {
+        if *what == "ring 2 given a size first" {
+            assert!(r.is_ok(), "{what}: {r:?}");
+        } else {
+            assert!(r.is_err(), "{what} was accepted");
+        }
+    }
+    // Asked last: the frontend then believes the device and stops sending indexes beyond.
+    assert_eq!(fe.get_queue_num().expect("queue num"), 4);
+    assert_eq!(
+        fe.get_features().expect("still connected"),
+        OFFERED_FEATURES
+    );
+
+    let device = device.recv().expect("device");
+    {
+        let d = device.lock().expect("device lock");
+        assert!(d.owned());
+        assert_eq!(d.features(), OFFERED_FEATURES);
+        assert_eq!(d.protocol_features(), wanted.bits());
+        assert_eq!(d.refused(), 6);
+        // The table is the first one: the refused ones changed nothing.
+        let regions = d.regions();
+        assert_eq!(regions.len(), 2);
+        let same_file = |a: &File, b: &File| {
+            let (a, b) = (a.metadata().expect("fstat"), b.metadata().expect("fstat"));
+            (a.dev(), a.ino()) == (b.dev(), b.ino())
+        };
+        for (r, (guest, user, offset, file)) in regions.iter().zip([
+            (GUEST_A, USER_A, 0, &ram_a),
+            (GUEST_B, USER_B, B_OFFSET, &ram_b),
+        ]) {
+            assert_eq!((r.guest_addr, r.size), (guest, MIB));
+            assert_eq!((r.user_addr, r.mmap_offset), (user, offset));
+            assert!(
+                same_file(&r.file, file),
+                "region at {guest:#x}: another file"
+            );
+        }
+        let v = d.vrings();
+        assert_eq!(v.len(), 4);
+        for (q, &(desc, avail, used)) in rings.iter().enumerate() {
+            assert_eq!((v[q].num, v[q].base), (256, 7 + q as u16));
+            assert_eq!(v[q].addrs, Some(VringAddrs { desc, avail, used }));
+            assert!(v[q].enabled && v[q].started, "ring {q}");
+        }
+        assert_eq!(
+            d.ring_guest_addrs(1),
+            Some(VringGuestAddrs {
+                desc: GUEST_B + 0x1000,
+                avail: GUEST_B + 0x2000,
+                used: GUEST_B + 0x3000
+            })
+        );
+        // What a dataplane gets for ring 1.
+        let cfg = d.ring_config(1).expect("ring 1 config");
+        assert_eq!(
+            (cfg.size, cfg.desc, cfg.used, cfg.event_idx, cfg.base),
+            (256, GUEST_B + 0x1000, GUEST_B + 0x3000, true, Some(8))
+        );
+        assert_eq!(super::net_hdr_len(d.features()), 12);
+        assert!(d.ring_config(2).is_none());
+        // Ring 2 kept its size but got no addresses; ring 3 nothing.
+        assert_eq!((v[2].num, v[2].addrs), (256, None));
+        assert!(!v[2].enabled && v[2].kick.is_none() && v[3].num == 0);
+        // The recorded fds are the frontend's eventfds.
+        kicks[1].write(5).expect("kick");
+        let mut b = [0u8; 8];
+        let mut kick = v[1]
+            .kick
+            .as_ref()
+            .expect("kick fd")
+            .try_clone()
+            .expect("dup");
+        kick.read_exact(&mut b).expect("read kick");
+        assert_eq!(u64::from_ne_bytes(b), 5);
+        let mut call = v[0]
+            .call
+            .as_ref()
+            .expect("call fd")
+            .try_clone()
+            .expect("dup");
+        call.write_all(&3u64.to_ne_bytes()).expect("call");
+        assert_eq!(calls[0].read().expect("interrupt"), 3);
+    }
+
+    // The guest's used index of ring 1 (guest B + 0x3000 + 2, 4 KiB into B's file) is 42:
+    // GET_VRING_BASE stops the ring there.
+    ram_b
+        .write_all_at(&42u16.to_le_bytes(), B_OFFSET + 0x3000 + 2)
+        .expect("used idx");
+    assert_eq!(fe.get_vring_base(1).expect("vring base"), 42);
+    {
+        let d = device.lock().expect("device lock");
+        let v = &d.vrings()[1];
+        assert!(!v.started && v.kick.is_none());
+        assert_eq!(v.base, 42);
+    }
+
+    // What was recorded drives a dataplane queue: guest memory mapped from duplicates of the
+    // region fds, ring 0 (region A) from its config. The guest (writing its memfd) offers
+    // one 64-byte frame behind a 12-byte header; the queue takes it and publishes it used.
+    let (regions, cfg) = {
+        let d = device.lock().expect("device lock");
+        (
+            d.dup_regions().expect("dup"),
+            d.ring_config(0).expect("ring 0"),
+        )
+    };
+    let mem = super::map_regions(&regions).expect("map");
+    let mut desc = Vec::new();
+    desc.extend_from_slice(&0x8000u64.to_le_bytes());
+    desc.extend_from_slice(&76u32.to_le_bytes());
+    desc.extend_from_slice(&[0u8; 4]);
+    let (desc_at, avail_at) = (cfg.desc - GUEST_A, cfg.avail - GUEST_A);
+    ram_a.write_all_at(&desc, desc_at).expect("descriptor");
+    ram_a.write_all_at(&[0xab; 64], 0x8000 + 12).expect("frame");
+    // Base 7 was set: the guest's available index is 8 after one more entry.
+    ram_a
+        .write_all_at(&0u16.to_le_bytes(), avail_at + 4 + 2 * 7)
+        .expect("avail entry");
+    ram_a
+        .write_all_at(&8u16.to_le_bytes(), avail_at + 2)
+        .expect("avail idx");
+    ram_a
+        .write_all_at(&7u16.to_le_bytes(), cfg.used - GUEST_A + 2)
+        .expect("used idx");
+    let mut q = crate::dataplane::virtq::Virtq::new(&mem, &cfg, None).expect("queue");
+    let mut vnet = [0u8; crate::sys::tap::VNET_HDR_LEN];
+    let mut buf = [0u8; 2048];
+    assert_eq!(
+        q.take_frame(&mem, 12, &mut vnet, &mut buf),
+        Ok(Some(crate::sys::tap::RxFrame::Whole(64)))
+    );
+    assert_eq!(&buf[..64], &[0xab; 64]);
+    q.flush(&mem).expect("flush");
+    let mut used = [0u8; 2];
+    ram_a
+        .read_exact_at(&mut used, cfg.used - GUEST_A + 2)
+        .expect("used idx");
+    assert_eq!(u16::from_le_bytes(used), 8);
+
+    drop(fe);
+    let end = server.join().expect("server thread");
+    assert!(
+        matches!(end, VhostError::Connection { ref pod, .. } if pod == "c1"),
+        "{end}"
+    );
+}
+
+/// A refused GET_VRING_BASE has no NACK to send: the connection ends instead of leaving the
+/// frontend waiting for a reply that never comes.
+#[test]
+fn a_refused_get_vring_base_ends_the_connection() {
+    let dir = TempDir::new();
+    let sock = VhostSocket::bind(&dir.0, "c1.sock").expect("bind");
+    let path = sock.path().to_path_buf();
+    let (device, server) = serve(sock, 1);
+    let fe = Frontend::connect(&path, 8).expect("connect");
+    fe.set_owner().expect("owner");
+    assert!(fe.get_vring_base(5).is_err());
+    let end = server.join().expect("server thread");
+    assert!(matches!(end, VhostError::Connection { .. }), "{end}");
+    let device = device.recv().expect("device");
+    let d = device.lock().expect("device lock");
+    assert_eq!((d.refused(), d.fatal()), (1, 1));
+}
+
+/// A socket a previous netstackd left behind is replaced; a file of another kind at the path
+/// is left alone and the bind refused.
+#[test]
+fn a_stale_socket_is_replaced_and_another_file_is_not() {
+    let dir = TempDir::new();
+    let stale = dir.0.join("c1.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).expect("stale socket"));
+    assert!(stale.exists());
+    let sock = VhostSocket::bind(&dir.0, "c1.sock").expect("bind over a stale socket");
+    let (_device, server) = serve(sock, 1);
+    let fe = Frontend::connect(&stale, 2).expect("connect to the new socket");
+    assert_eq!(fe.get_features().expect("features"), OFFERED_FEATURES);
+    drop(fe);
+    server.join().expect("server thread");
+
+    let file = dir.0.join("c2.sock");
+    std::fs::write(&file, b"keep me").expect("file");
+    let r = VhostSocket::bind(&dir.0, "c2.sock");
+    assert!(matches!(r, Err(VhostError::NotASocket { .. })), "{r:?}");
+    assert_eq!(std::fs::read(&file).expect("file"), b"keep me");
+    assert_no_temp_left(&dir.0);
+}
+
+fn assert_no_temp_left(dir: &Path) {
+    for e in std::fs::read_dir(dir).expect("dir") {
+        let name = e.expect("entry").file_name();
+        assert!(
+            !name.to_string_lossy().contains(".tmp."),
+            "{name:?} left behind"
+        );
+    }
+}

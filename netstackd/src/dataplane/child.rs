@@ -182,6 +182,18 @@ pub fn run(user: DataplaneUser) -> anyhow::Result<()> {
                     message: format!("attachment {} ({}): {e}", spec.id, spec.container_id),
                 },
             },
+            DpRequest::AttachVhost { spec, device } => {
+                let served = device
+                    .into_device(fds)
+                    .map_err(|e| e.to_string())
+                    .and_then(|d| dataplane.attach_vhost(&spec, d).map_err(|e| e.to_string()));
+                match served {
+                    Ok(()) => DpReply::Done,
+                    Err(e) => DpReply::Error {
+                        message: format!("VM pod {} ({}): {e}", spec.id, spec.container_id),
+                    },
+                }
+            }
             DpRequest::Detach { id } => {
                 dataplane.detach(id);
                 DpReply::Done

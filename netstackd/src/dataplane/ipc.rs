@@ -38,6 +38,14 @@ pub enum DpRequest {
     },
     /// Serve a pod; its TAP queue fds are attached.
     Attach(PodSpec),
+    /// Serve a VM pod over its vhost-user device; the fds are the device's, in the order
+    /// `crate::vhost::attach` describes.
+    AttachVhost {
+        /// The pod.
+        spec: PodSpec,
+        /// What its frontend negotiated.
+        device: crate::vhost::attach::VhostAttach,
+    },
     /// Stop serving a pod.
     Detach {
         /// Attachment id.

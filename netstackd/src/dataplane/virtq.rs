@@ -73,7 +73,7 @@ pub enum VirtqError {
 }
 
 /// Where a ring lies and how it was negotiated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RingConfig {
     /// Its size in descriptors (a power of two).
     pub size: u16,

@@ -31,6 +31,7 @@ use crate::dataplane::ipc::{self, DpReply, DpRequest, IpcError, CHILD_FD};
 use crate::dataplane::PodSpec;
 use crate::sys::process::spawn_with_fd;
 use crate::sys::shm::SharedU64s;
+use crate::vhost::attach::VhostAttach;
 
 /// How long the dataplane may take to start its workers and answer `init`...
 const INIT_DEADLINE: Duration = Duration::from_secs(5);
@@ -64,6 +65,8 @@ struct Inner {
     user: DataplaneUser,
     uplink: Vec<OwnedFd>,
     pods: BTreeMap<u64, (PodSpec, Vec<OwnedFd>)>,
+    /// The VM pods among `pods`: their devices (whose fds are the pod's in `pods`).
+    vhost: BTreeMap<u64, VhostAttach>,
     restarts: u64,
     shutting_down: bool,
     /// Frames the kernel dropped on each veth pod's packet sockets so far (its own count
@@ -120,7 +123,9 @@ pub enum DataplaneError {
     Local(String),
 }
 
-/// The dataplane child and everything needed to start it again.
+/// The dataplane child and everything needed to start it again (a clone is a handle to the
+/// same child).
+#[derive(Clone)]
 pub struct DataplaneProcess {
     inner: Arc<Mutex<Inner>>,
     workers: usize,
@@ -232,6 +237,18 @@ impl Inner {
         }
     }
 
+    /// The request that hands pod `spec` to a dataplane: `Attach`, or for a VM pod
+    /// `AttachVhost` with its rings resumed at the used index when `resume`.
+    fn attach_request(&self, spec: &PodSpec, resume: bool) -> DpRequest {
+        match self.vhost.get(&spec.id) {
+            Some(d) => DpRequest::AttachVhost {
+                spec: spec.clone(),
+                device: if resume { d.resumed() } else { d.clone() },
+            },
+            None => DpRequest::Attach(spec.clone()),
+        }
+    }
+
     fn kill_child(&mut self) {
         self.conn = None;
         if let Some(pid) = self.pid {
@@ -275,7 +292,7 @@ impl Inner {
                     continue;
                 }
                 let fds: Vec<_> = fds.iter().map(|fd| fd.as_fd()).collect();
-                let req = DpRequest::Attach(spec.clone());
+                let req = self.attach_request(spec, true);
                 if let (DpReply::Error { message }, _) =
                     ipc::exchange::<_, DpReply>(&ours, &req, &fds, APPLY_DEADLINE)?
                 {
@@ -329,6 +346,7 @@ impl DataplaneProcess {
             user,
             uplink,
             pods: BTreeMap::new(),
+            vhost: BTreeMap::new(),
             restarts: 0,
             shutting_down: false,
             kernel_drops: HashMap::new(),
@@ -387,9 +405,44 @@ impl DataplaneProcess {
         }
     }
 
+    /// Serves a VM pod over its vhost-user device (`fds` as `crate::vhost::attach` orders
+    /// them). The description and the fds are kept: a restarted dataplane gets them again,
+    /// each ring resuming at the used index in guest memory.
+    pub fn attach_vhost(
+        &self,
+        spec: PodSpec,
+        device: VhostAttach,
+        fds: Vec<OwnedFd>,
+    ) -> Result<(), DataplaneError> {
+        let mut inner = lock(&self.inner);
+        let borrowed: Vec<_> = fds.iter().map(|fd| fd.as_fd()).collect();
+        let req = DpRequest::AttachVhost {
+            spec: spec.clone(),
+            device: device.clone(),
+        };
+        let reply = inner.call(&req, &borrowed, APPLY_DEADLINE);
+        drop(borrowed);
+        match reply {
+            Ok(DpReply::Done) | Err(CallError::Down | CallError::Broken) => {
+                inner.vhost.insert(spec.id, device);
+                inner.pods.insert(spec.id, (spec, fds));
+                Ok(())
+            }
+            Err(CallError::Hung(d)) => Err(DataplaneError::Restarting(format!(
+                "the dataplane did not answer within {} s and is being restarted; try again",
+                d.as_secs()
+            ))),
+            Ok(DpReply::Error { message }) => Err(DataplaneError::Refused(message)),
+            Ok(other) => Err(DataplaneError::Refused(format!(
+                "unexpected dataplane reply {other:?}"
+            ))),
+        }
+    }
+
     /// Stops serving a pod (quarantined or not) and closes the fds kept for it. Idempotent.
     pub fn detach(&self, id: u64) {
         let mut inner = lock(&self.inner);
+        inner.vhost.remove(&id);
         inner.kernel_drops.remove(&id);
         inner.strikes.forget(id);
         let was_quarantined = inner.quarantined.remove(&id).is_some();
@@ -416,7 +469,12 @@ impl DataplaneProcess {
             return Ok(false);
         };
         let spec = spec.clone();
-        let discarded: usize = fds.iter().map(|fd| purge(fd.as_fd())).sum();
+        // A VM pod's fds are guest memory and eventfds: its rings hold what the guest sent.
+        let discarded: usize = if inner.vhost.contains_key(&id) {
+            0
+        } else {
+            fds.iter().map(|fd| purge(fd.as_fd())).sum()
+        };
         // Duplicates to send (the originals stay in `pods`, borrowed from `inner`).
         let dups = fds
             .iter()
@@ -426,7 +484,8 @@ impl DataplaneProcess {
         // Out of quarantine first: if the child dies now, its replay includes the pod.
         let reason = inner.quarantined.remove(&id);
         let borrowed: Vec<_> = dups.iter().map(|fd| fd.as_fd()).collect();
-        let reply = inner.call(&DpRequest::Attach(spec.clone()), &borrowed, APPLY_DEADLINE);
+        let req = inner.attach_request(&spec, true);
+        let reply = inner.call(&req, &borrowed, APPLY_DEADLINE);
         match reply {
             Ok(DpReply::Done) | Err(CallError::Down | CallError::Broken) => {
                 tracing::info!(
@@ -593,5 +652,17 @@ fn monitor(inner: Arc<Mutex<Inner>>, first: Option<Child>) {
                 Err(e) => tracing::error!("restarting the dataplane: {e:#}"),
             }
         }
+    }
+}
+
+/// The supervisor's VM pod threads hand devices to the dataplane through this.
+impl crate::vhost::server::DeviceSink for DataplaneProcess {
+    fn attach(&self, spec: &PodSpec, device: VhostAttach, fds: Vec<OwnedFd>) -> Result<(), String> {
+        self.attach_vhost(spec.clone(), device, fds)
+            .map_err(|e| e.to_string())
+    }
+
+    fn detach(&self, id: u64) {
+        DataplaneProcess::detach(self, id);
     }
 }

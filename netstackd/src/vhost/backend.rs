@@ -77,6 +77,9 @@ pub struct VringState {
     pub enabled: bool,
     /// Started by its kick fd and not stopped since by `GET_VRING_BASE`.
     pub started: bool,
+    /// `base` was set and no dataplane has been given the ring since: the next one starts
+    /// there; otherwise it resumes at the used index in guest memory.
+    pub base_pending: bool,
 }
 
 /// The backend state of one pod's vhost-user-net device.
@@ -91,6 +94,19 @@ pub struct NetBackend {
     refused: u64,
     /// Refusals that end the connection (the request has no NACK).
     fatal: u64,
+    /// Called before a request that stops or changes what a running dataplane serves.
+    on_stop: Option<StopHook>,
+}
+
+/// What the supervisor runs before a request stops or changes a ring the dataplane may be
+/// serving (`GET_VRING_BASE`, a new memory table, a reset, a ring's new size, base,
+/// addresses or eventfds, a disable): take the pod away from the dataplane first.
+pub struct StopHook(pub Box<dyn FnMut() + Send>);
+
+impl std::fmt::Debug for StopHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StopHook")
+    }
 }
 
 impl NetBackend {
@@ -108,7 +124,92 @@ impl NetBackend {
                 .collect(),
             refused: 0,
             fatal: 0,
+            on_stop: None,
         }
+    }
+
+    /// Runs `hook` before every request that stops or changes a ring ([`StopHook`]).
+    pub fn set_stop_hook(&mut self, hook: Box<dyn FnMut() + Send>) {
+        self.on_stop = Some(StopHook(hook));
+    }
+
+    fn stop(&mut self) {
+        if let Some(StopHook(hook)) = &mut self.on_stop {
+            hook();
+        }
+    }
+
+    /// A dataplane was given the rings: a later one resumes them at the used index.
+    pub fn mark_attached(&mut self) {
+        for v in &mut self.vrings {
+            v.base_pending = false;
+        }
+    }
+
+    /// The device as the dataplane serves it, once its first `pairs` queue pairs are complete
+    /// (size, addresses inside the memory table, kick eventfd, enabled): the description and
+    /// duplicates of the fds it names (`super::attach`). `None` while something is missing.
+    pub fn attach_state(
+        &self,
+        pairs: usize,
+    ) -> Option<std::io::Result<(super::attach::VhostAttach, Vec<std::os::fd::OwnedFd>)>> {
+        use super::attach::{PairDesc, RegionDesc, VhostAttach};
+        if self.regions.is_empty() || pairs == 0 || 2 * pairs > self.vrings.len() {
+            return None;
+        }
+        let ready = |i: usize| {
+            let v = &self.vrings[i];
+            v.enabled && v.started && v.kick.is_some()
+        };
+        let mut descs = Vec::with_capacity(pairs);
+        for p in 0..pairs {
+            let (rx, tx) = (2 * p, 2 * p + 1);
+            if !ready(rx) || !ready(tx) {
+                return None;
+            }
+            let config = |i: usize| {
+                let mut c = self.ring_config(i)?;
+                if !self.vrings[i].base_pending {
+                    c.base = None;
+                }
+                Some(c)
+            };
+            descs.push(PairDesc {
+                to_guest: config(rx)?,
+                to_guest_call: self.vrings[rx].call.is_some(),
+                from_guest: config(tx)?,
+                from_guest_call: self.vrings[tx].call.is_some(),
+            });
+        }
+        let fds = (|| {
+            let mut fds = Vec::new();
+            for r in &self.regions {
+                fds.push(std::os::fd::OwnedFd::from(r.file.try_clone()?));
+            }
+            for p in 0..pairs {
+                let (rx, tx) = (&self.vrings[2 * p], &self.vrings[2 * p + 1]);
+                let files = [tx.kick.as_ref(), rx.call.as_ref(), tx.call.as_ref()];
+                for f in files.into_iter().flatten() {
+                    fds.push(std::os::fd::OwnedFd::from(f.try_clone()?));
+                }
+            }
+            Ok(fds)
+        })();
+        let device = VhostAttach {
+            features: self.features,
+            regions: self
+                .regions
+                .iter()
+                .map(|r| RegionDesc {
+                    guest_addr: r.guest_addr,
+                    size: r.size,
+                    user_addr: r.user_addr,
+                    mmap_offset: r.mmap_offset,
+                })
+                .collect(),
+            pairs: descs,
+        };
+        Some(fds.map(|fds| (device, fds)))
     }
 
     /// The virtio features the frontend acked.
@@ -249,15 +350,19 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
     }
 
     fn reset_owner(&mut self) -> Result<()> {
+        self.stop();
         let queues = self.vrings.len() / 2;
+        let on_stop = self.on_stop.take();
         *self = NetBackend {
             refused: self.refused,
+            on_stop,
             ..NetBackend::new(&self.pod, queues)
         };
         Ok(())
     }
 
     fn reset_device(&mut self) -> Result<()> {
+        self.stop();
         self.features = 0;
         for v in &mut self.vrings {
             *v = VringState::default();
@@ -270,6 +375,7 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
     }
 
     fn set_features(&mut self, features: u64) -> Result<()> {
+        self.stop();
         if features & !OFFERED_FEATURES != 0 {
             return Err(self.refuse(format_args!(
                 "features {features:#x} include some never offered ({:#x})",
@@ -292,6 +398,7 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
         files: Vec<File>,
         _postcopy_listening: Option<bool>,
     ) -> Result<Option<Vec<VhostUserMemoryRegionBase>>> {
+        self.stop();
         if ctx.len() != files.len() {
             return Err(self.refuse(format_args!(
                 "memory table of {} regions with {} fds",
@@ -318,6 +425,7 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
     }
 
     fn set_vring_num(&mut self, index: u32, num: u32) -> Result<()> {
+        self.stop();
         let ok = u16::try_from(num)
             .ok()
             .filter(|n| n.is_power_of_two() && *n <= MAX_RING_SIZE);
@@ -337,6 +445,7 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
         available: u64,
         _log: u64,
     ) -> Result<()> {
+        self.stop();
         let v = self.vring_mut(index, "SET_VRING_ADDR")?;
         let previous = v.addrs.replace(VringAddrs {
             desc: descriptor,
@@ -355,10 +464,13 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
     }
 
     fn set_vring_base(&mut self, index: u32, base: u32) -> Result<()> {
+        self.stop();
         let Ok(base) = u16::try_from(base) else {
             return Err(self.refuse(format_args!("vring {index}: base {base}")));
         };
-        self.vring_mut(index, "SET_VRING_BASE")?.base = base;
+        let v = self.vring_mut(index, "SET_VRING_BASE")?;
+        v.base = base;
+        v.base_pending = true;
         Ok(())
     }
 
@@ -366,6 +478,8 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
     /// next available entry to read when every buffer taken was used (virtio-net uses them
     /// in order, and the dataplane finishes a buffer before it takes the next).
     fn get_vring_base(&mut self, index: u32) -> Result<VhostUserVringState> {
+        // The dataplane lets go of the rings before the used index is read.
+        self.stop();
         let used_idx = self
             .ring_guest_addrs(index as usize)
             .and_then(|g| self.read_guest_u16(g.used + 2));
@@ -385,6 +499,7 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
     }
 
     fn set_vring_kick(&mut self, index: u8, fd: Option<File>) -> Result<()> {
+        self.stop();
         let v = self.vring_mut(u32::from(index), "SET_VRING_KICK")?;
         v.started = fd.is_some();
         v.kick = fd;
@@ -392,6 +507,7 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
     }
 
     fn set_vring_call(&mut self, index: u8, fd: Option<File>) -> Result<()> {
+        self.stop();
         self.vring_mut(u32::from(index), "SET_VRING_CALL")?.call = fd;
         Ok(())
     }
@@ -423,6 +539,9 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
     }
 
     fn set_vring_enable(&mut self, index: u32, enable: bool) -> Result<()> {
+        if !enable {
+            self.stop();
+        }
         self.vring_mut(index, "SET_VRING_ENABLE")?.enabled = enable;
         Ok(())
     }

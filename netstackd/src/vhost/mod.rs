@@ -13,7 +13,11 @@
 //! protocol, while here the protocol lives in the supervisor and the rings in the seccomp'd
 //! child, whose existing workers poll them.
 
+pub mod attach;
 pub mod backend;
+pub mod server;
+#[cfg(test)]
+mod server_tests;
 pub mod socket;
 #[cfg(test)]
 mod tests;

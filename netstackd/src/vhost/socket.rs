@@ -66,8 +66,13 @@ impl VhostSocket {
                 source,
             })?;
         let device = Arc::new(Mutex::new(NetBackend::new(pod, queue_pairs)));
+        let peer = stream.try_clone().map_err(|source| VhostError::Socket {
+            path: self.path.clone(),
+            source,
+        })?;
         Ok(Connection {
             pod: pod.to_string(),
+            peer,
             handler: BackendReqHandler::from_stream(stream, Arc::clone(&device)),
             device,
         })
@@ -82,6 +87,8 @@ impl VhostSocket {
 /// One frontend's connection and the device state it negotiates.
 pub struct Connection {
     pod: String,
+    /// A duplicate of the stream, to end the connection from another thread.
+    peer: std::os::unix::net::UnixStream,
     handler: BackendReqHandler<Mutex<NetBackend>>,
     device: Arc<Mutex<NetBackend>>,
 }
@@ -128,6 +135,12 @@ impl Connection {
     pub fn device(&self) -> MutexGuard<'_, NetBackend> {
         // A panic while the lock was held left the state as it was between two messages.
         self.device.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A duplicate of the connection's stream: shutting it down ends the connection (a
+    /// blocked [`handle_request`](Self::handle_request) returns an error).
+    pub fn peer(&self) -> io::Result<std::os::unix::net::UnixStream> {
+        self.peer.try_clone()
     }
 
     /// The device state, shared (it outlives the connection).

@@ -1,0 +1,169 @@
+//! The supervisor's thread for one VM pod: it accepts a frontend on the pod's socket, serves
+//! its requests, and keeps the dataplane in step with what the frontend negotiated.
+//!
+//! Once the first `pairs` queue pairs are complete and enabled, the device is handed to the
+//! dataplane ([`DeviceSink::attach`]); before any request that stops or changes a ring
+//! (`GET_VRING_BASE`, a new memory table, a reset, new ring parameters or eventfds, a disable)
+//! and when the frontend leaves, the pod is taken away from it first ([`DeviceSink::detach`]),
+//! so the dataplane never touches memory or rings the frontend has taken back. After a change
+//! the device is handed over again as soon as it is complete, each ring resuming at the used
+//! index in guest memory. A frontend that leaves may connect again; the socket stays until
+//! [`VhostServer::stop`].
+
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::dataplane::PodSpec;
+
+use super::attach::VhostAttach;
+use super::socket::VhostSocket;
+
+/// Where the device goes: the dataplane (through the supervisor), or a test's recorder.
+pub trait DeviceSink: Send + Sync + 'static {
+    /// Serve pod `spec` over `device`, whose fds are `fds`.
+    fn attach(&self, spec: &PodSpec, device: VhostAttach, fds: Vec<OwnedFd>) -> Result<(), String>;
+    /// Stop serving pod `id`; returns once the dataplane no longer touches its rings.
+    fn detach(&self, id: u64);
+}
+
+/// A pod's socket and the thread that serves it.
+pub struct VhostServer {
+    path: PathBuf,
+    stop: Arc<AtomicBool>,
+    peer: Arc<Mutex<Option<UnixStream>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl VhostServer {
+    /// Serves `sock` for pod `spec` with a device of `pairs` queue pairs, handing it to `sink`.
+    pub fn start(
+        sock: VhostSocket,
+        spec: PodSpec,
+        pairs: usize,
+        sink: Arc<dyn DeviceSink>,
+    ) -> std::io::Result<Self> {
+        let path = sock.path().to_path_buf();
+        let stop = Arc::new(AtomicBool::new(false));
+        let peer = Arc::new(Mutex::new(None));
+        let thread = {
+            let (stop, peer) = (Arc::clone(&stop), Arc::clone(&peer));
+            std::thread::Builder::new()
+                .name(format!("vhost-{}", spec.id))
+                .spawn(move || run(sock, spec, pairs, sink, stop, peer))?
+        };
+        Ok(VhostServer {
+            path,
+            stop,
+            peer,
+            thread: Some(thread),
+        })
+    }
+
+    /// The socket's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Ends the connection (the pod is taken away from the dataplane), closes and removes the
+    /// socket. Idempotent.
+    pub fn stop(&mut self) {
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(p) = lock(&self.peer).as_ref() {
+            let _ = p.shutdown(std::net::Shutdown::Both);
+        }
+        // Wakes an accept that is waiting (the thread sees `stop` and leaves).
+        let _ = UnixStream::connect(&self.path);
+        let _ = thread.join();
+    }
+}
+
+impl Drop for VhostServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn run(
+    sock: VhostSocket,
+    spec: PodSpec,
+    pairs: usize,
+    sink: Arc<dyn DeviceSink>,
+    stop: Arc<AtomicBool>,
+    peer: Arc<Mutex<Option<UnixStream>>>,
+) {
+    let pod = spec.container_id.clone();
+    while !stop.load(Ordering::SeqCst) {
+        let mut conn = match sock.accept(&pod, pairs) {
+            Ok(c) => c,
+            Err(e) => {
+                if !stop.load(Ordering::SeqCst) {
+                    tracing::warn!(container_id = %pod, "{e}");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                continue;
+            }
+        };
+        match conn.peer() {
+            Ok(p) => *lock(&peer) = Some(p),
+            Err(e) => tracing::warn!(container_id = %pod, "vhost-user connection: {e}"),
+        }
+        // Checked after the peer is published: a stop from now on shuts it down.
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        tracing::info!(container_id = %pod, "vhost-user frontend connected");
+        let attached = Arc::new(AtomicBool::new(false));
+        {
+            let (attached, sink, id) = (Arc::clone(&attached), Arc::clone(&sink), spec.id);
+            conn.device().set_stop_hook(Box::new(move || {
+                if attached.swap(false, Ordering::SeqCst) {
+                    sink.detach(id);
+                }
+            }));
+        }
+        let end = loop {
+            if let Err(e) = conn.handle_request() {
+                break e;
+            }
+            if attached.load(Ordering::SeqCst) {
+                continue;
+            }
+            let state = conn.device().attach_state(pairs);
+            match state {
+                None => {}
+                Some(Err(e)) => {
+                    tracing::warn!(container_id = %pod, "duplicating the device's fds: {e}")
+                }
+                Some(Ok((device, fds))) => match sink.attach(&spec, device, fds) {
+                    Ok(()) => {
+                        attached.store(true, Ordering::SeqCst);
+                        conn.device().mark_attached();
+                        tracing::info!(container_id = %pod, pairs, "vhost-user device served");
+                    }
+                    Err(e) => tracing::warn!(
+                        container_id = %pod,
+                        "the dataplane refused the vhost-user device: {e}"
+                    ),
+                },
+            }
+        };
+        if attached.swap(false, Ordering::SeqCst) {
+            sink.detach(spec.id);
+        }
+        *lock(&peer) = None;
+        tracing::info!(container_id = %pod, "vhost-user frontend gone: {end}");
+    }
+    let _ = sock.remove();
+}

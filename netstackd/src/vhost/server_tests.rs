@@ -6,7 +6,7 @@
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -308,4 +308,300 @@ fn an_attach_crosses_the_ipc_and_builds_the_device() {
     // One fd short.
     let short = vec![OwnedFd::from(ram.try_clone().expect("dup"))];
     assert!(device.into_device(short).is_err());
+}
+
+/// The real dataplane (worker threads) behind the server: each attach builds the device
+/// from the fds and serves it; `restart` does what the supervisor does when the child dies:
+/// a new dataplane gets the TAP pod and the device again, from the kept fds, resumed.
+struct DataplaneSink {
+    dp: Mutex<Option<crate::dataplane::Dataplane>>,
+    /// The last device and duplicates of its fds, as the supervisor keeps them.
+    kept: Mutex<Option<(PodSpec, VhostAttach, Vec<OwnedFd>)>>,
+    tap_pod: Mutex<Option<OwnedFd>>,
+    attaches: Mutex<usize>,
+}
+
+fn pod_spec(n: u8) -> PodSpec {
+    PodSpec {
+        id: u64::from(n),
+        mac: MacAddr([0x0a, 0x58, 10, 77, 0, n]),
+        ipv4: vec![std::net::Ipv4Addr::new(10, 77, 0, n)],
+        container_id: format!("pod{n}"),
+        ..spec()
+    }
+}
+
+impl DataplaneSink {
+    /// A dataplane with one worker (its uplink a datagram socket nobody reads) and TAP pod 2
+    /// on `tap_pod` (a datagram socket standing in for a TAP queue).
+    fn start(&self) {
+        let (uplink, _peer) = UnixDatagram::pair().expect("uplink");
+        let mut dp = crate::dataplane::Dataplane::start(
+            vec![OwnedFd::from(uplink)],
+            std::net::Ipv4Addr::new(10, 77, 0, 1),
+            1500,
+            false,
+        )
+        .expect("dataplane");
+        let tap = self.tap_pod.lock().expect("tap");
+        let tap = tap.as_ref().expect("tap").try_clone().expect("dup");
+        dp.attach(&pod_spec(2), vec![tap]).expect("TAP pod");
+        *self.dp.lock().expect("dp") = Some(dp);
+    }
+
+    fn restart(&self) {
+        drop(self.dp.lock().expect("dp").take());
+        self.start();
+        let kept = self.kept.lock().expect("kept");
+        let (spec, device, fds) = kept.as_ref().expect("a device was attached");
+        let fds = fds.iter().map(|f| f.try_clone().expect("dup")).collect();
+        let device = device.resumed().into_device(fds).expect("device");
+        self.dp
+            .lock()
+            .expect("dp")
+            .as_mut()
+            .expect("dp")
+            .attach_vhost(spec, device)
+            .expect("the VM again");
+    }
+}
+
+impl DeviceSink for DataplaneSink {
+    fn attach(&self, spec: &PodSpec, device: VhostAttach, fds: Vec<OwnedFd>) -> Result<(), String> {
+        let kept = fds
+            .iter()
+            .map(|f| f.try_clone())
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(|e| e.to_string())?;
+        let built = device.clone().into_device(fds).map_err(|e| e.to_string())?;
+        let mut dp = self.dp.lock().expect("dp");
+        dp.as_mut()
+            .ok_or("no dataplane")?
+            .attach_vhost(spec, built)
+            .map_err(|e| e.to_string())?;
+        *self.kept.lock().expect("kept") = Some((spec.clone(), device, kept));
+        *self.attaches.lock().expect("attaches") += 1;
+        Ok(())
+    }
+
+    fn detach(&self, id: u64) {
+        if let Some(dp) = self.dp.lock().expect("dp").as_mut() {
+            dp.detach(id);
+        }
+    }
+}
+
+/// The guest's side of the rings `ring()` placed: descriptor i of a ring is entry i.
+struct Guest {
+    ram: File,
+    kick: EventFd,
+}
+
+impl Guest {
+    fn offer(&self, q: u64, i: u16, addr: u64, len: u32, flags: u16) {
+        let r = ring(q);
+        let base = r.desc_table_addr - USER;
+        let avail = r.avail_ring_addr - USER;
+        let mut d = Vec::with_capacity(16);
+        d.extend_from_slice(&addr.to_le_bytes());
+        d.extend_from_slice(&len.to_le_bytes());
+        d.extend_from_slice(&flags.to_le_bytes());
+        d.extend_from_slice(&0u16.to_le_bytes());
+        self.ram
+            .write_all_at(&d, base + 16 * u64::from(i))
+            .expect("desc");
+        self.ram
+            .write_all_at(&i.to_le_bytes(), avail + 4 + 2 * u64::from(i))
+            .expect("avail entry");
+        self.ram
+            .write_all_at(&(i + 1).to_le_bytes(), avail + 2)
+            .expect("avail idx");
+    }
+
+    fn used_idx(&self, q: u64) -> u16 {
+        let mut b = [0u8; 2];
+        self.ram
+            .read_exact_at(&mut b, ring(q).used_ring_addr - USER + 2)
+            .expect("used idx");
+        u16::from_le_bytes(b)
+    }
+
+    /// Sends a UDP datagram of `payload` bytes of `fill` to pod 2 as transmit entry `i`.
+    fn send(&self, i: u16, fill: u8) {
+        use crate::wire::{ethernet, ipv4};
+        let payload = 64;
+        let mut f = vec![0u8; 12 + 14 + 28 + payload];
+        let frame = &mut f[12..];
+        ethernet::write_header(
+            frame,
+            crate::stack::GATEWAY_MAC,
+            pod_spec(7).mac,
+            ethernet::ETHERTYPE_IPV4,
+        );
+        ipv4::emit_header(
+            &mut frame[14..],
+            pod_spec(7).ipv4[0],
+            pod_spec(2).ipv4[0],
+            ipv4::PROTO_UDP,
+            64,
+            8 + payload,
+            1,
+        );
+        let udp = &mut frame[34..];
+        udp[0..2].copy_from_slice(&4000u16.to_be_bytes());
+        udp[2..4].copy_from_slice(&9u16.to_be_bytes());
+        udp[4..6].copy_from_slice(&((8 + payload) as u16).to_be_bytes());
+        udp[8..].fill(fill);
+        let at = 0x40000 + 0x1000 * u64::from(i);
+        self.ram.write_all_at(&f, at).expect("frame");
+        self.offer(1, i, at, f.len() as u32, 0);
+        self.kick.write(1).expect("kick");
+    }
+}
+
+/// Waits (bounded: 3000 rounds of 10 ms) until `cond` holds; false if it never did.
+fn eventually(mut cond: impl FnMut() -> bool) -> bool {
+    for _ in 0..3000 {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+/// A frontend negotiates with the server, the device goes to a real dataplane: the guest's
+/// datagram reaches the TAP pod and the TAP pod's reaches the guest's buffer. After a restart
+/// (a new dataplane given the kept fds) the rings resume at the used index: the guest's next
+/// datagram arrives, not its first one again, and the guest still receives.
+#[test]
+fn frames_cross_between_a_vm_and_a_tap_pod_and_again_after_a_restart() {
+    use crate::sys::tap::VNET_HDR_LEN;
+    use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
+
+    let (tap_ours, tap) = UnixDatagram::pair().expect("tap");
+    tap_ours.set_nonblocking(true).expect("nonblocking");
+    tap.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let sink = Arc::new(DataplaneSink {
+        dp: Mutex::new(None),
+        kept: Mutex::new(None),
+        tap_pod: Mutex::new(Some(OwnedFd::from(tap_ours))),
+        attaches: Mutex::new(0),
+    });
+    sink.start();
+    let dir = std::env::temp_dir().join(format!("netstack-vhost-dp-{}", std::process::id()));
+    let sock = VhostSocket::bind(&dir, "vm.sock").expect("bind");
+    let path = sock.path().to_path_buf();
+    let mut server = VhostServer::start(
+        sock,
+        pod_spec(7),
+        1,
+        Arc::clone(&sink) as Arc<dyn DeviceSink>,
+    )
+    .expect("server");
+
+    let ram = File::from(memfd_create("guest-ram", MFdFlags::MFD_CLOEXEC).expect("memfd"));
+    ram.set_len(MIB).expect("size");
+    let kicks: Vec<EventFd> = (0..2).map(|_| EventFd::new(0).expect("eventfd")).collect();
+    let calls: Vec<EventFd> = (0..2).map(|_| EventFd::new(0).expect("eventfd")).collect();
+    let mut fe = Frontend::connect(&path, 2).expect("connect");
+    fe.set_owner().expect("owner");
+    fe.get_features().expect("features");
+    fe.set_features(OFFERED_FEATURES).expect("features");
+    fe.get_protocol_features().expect("protocol features");
+    fe.set_protocol_features(VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK)
+        .expect("protocol features");
+    fe.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+    fe.set_mem_table(&[VhostUserMemoryRegionInfo {
+        guest_phys_addr: 0,
+        memory_size: MIB,
+        userspace_addr: USER,
+        mmap_offset: 0,
+        mmap_handle: ram.as_raw_fd(),
+    }])
+    .expect("mem table");
+    for q in 0..2usize {
+        fe.set_vring_num(q, 256).expect("num");
+        fe.set_vring_base(q, 0).expect("base");
+        fe.set_vring_addr(q, &ring(q as u64)).expect("addr");
+        fe.set_vring_kick(q, &kicks[q]).expect("kick");
+        fe.set_vring_call(q, &calls[q]).expect("call");
+        fe.set_vring_enable(q, true).expect("enable");
+    }
+    assert!(
+        eventually(|| *sink.attaches.lock().expect("attaches") == 1),
+        "the device was handed over"
+    );
+    let guest = Guest {
+        ram: ram.try_clone().expect("dup"),
+        kick: kicks[1].try_clone().expect("dup"),
+    };
+
+    let mut got = [0u8; 2048];
+    guest.send(0, 0xaa);
+    let n = tap
+        .recv(&mut got)
+        .expect("the TAP pod got the guest's datagram");
+    assert_eq!(n, VNET_HDR_LEN + 14 + 28 + 64);
+    assert_eq!(&got[VNET_HDR_LEN + 42..n], &[0xaa; 64]);
+    assert!(
+        eventually(|| guest.used_idx(1) == 1),
+        "the guest's buffer came back"
+    );
+
+    // To the guest: a buffer posted, the TAP pod's datagram lands in it.
+    let first = got[..n].to_vec();
+    let to_vm = |fill: u8| {
+        let mut f = first.clone();
+        f[..VNET_HDR_LEN].fill(0);
+        f[VNET_HDR_LEN..VNET_HDR_LEN + 6].copy_from_slice(&crate::stack::GATEWAY_MAC.0);
+        f[VNET_HDR_LEN + 6..VNET_HDR_LEN + 12].copy_from_slice(&pod_spec(2).mac.0);
+        // Source and destination swapped (the IPv4 header checksum is order-independent).
+        let (src, dst) = (VNET_HDR_LEN + 26, VNET_HDR_LEN + 30);
+        let a: Vec<u8> = f[src..src + 4].to_vec();
+        let b: Vec<u8> = f[dst..dst + 4].to_vec();
+        f[src..src + 4].copy_from_slice(&b);
+        f[dst..dst + 4].copy_from_slice(&a);
+        // TTL back to 64 with the checksum recomputed by the pod: take the guest's header.
+        f[VNET_HDR_LEN + 22] = 64;
+        f[VNET_HDR_LEN + 24..VNET_HDR_LEN + 26].fill(0);
+        let sum = crate::wire::checksum::checksum(&f[VNET_HDR_LEN + 14..VNET_HDR_LEN + 34]);
+        f[VNET_HDR_LEN + 24..VNET_HDR_LEN + 26].copy_from_slice(&sum.to_be_bytes());
+        f[VNET_HDR_LEN + 42..].fill(fill);
+        f
+    };
+    let rx_at = |i: u16| 0x80000 + 0x1000 * u64::from(i);
+    guest.offer(0, 0, rx_at(0), 2048, VRING_DESC_F_WRITE as u16);
+    tap.send(&to_vm(0xcc)).expect("TAP pod sends");
+    assert!(eventually(|| guest.used_idx(0) == 1), "the guest received");
+    let mut landed = [0u8; 12 + 14 + 28 + 64];
+    ram.read_exact_at(&mut landed, rx_at(0)).expect("read");
+    assert_eq!(&landed[12..18], &pod_spec(7).mac.0);
+    assert_eq!(&landed[12 + 42..], &[0xcc; 64]);
+
+    // The dataplane restarts.
+    sink.restart();
+    guest.send(1, 0xbb);
+    let n = tap
+        .recv(&mut got)
+        .expect("the TAP pod got the next datagram");
+    assert_eq!(
+        &got[VNET_HDR_LEN + 42..n],
+        &[0xbb; 64],
+        "not the first again"
+    );
+    assert!(eventually(|| guest.used_idx(1) == 2));
+    guest.offer(0, 1, rx_at(1), 2048, VRING_DESC_F_WRITE as u16);
+    tap.send(&to_vm(0xdd)).expect("TAP pod sends");
+    assert!(
+        eventually(|| guest.used_idx(0) == 2),
+        "the guest still receives"
+    );
+    ram.read_exact_at(&mut landed, rx_at(1)).expect("read");
+    assert_eq!(&landed[12 + 42..], &[0xdd; 64]);
+
+    drop(fe);
+    server.stop();
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -32,11 +32,12 @@ while (($#)); do
     --variants) VARIANTS=$2; shift ;;
     --perf) PERF=1 ;;
     --no-build) BUILD=0 ;;
-    -h | --help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) PART=help ;;
     *) echo "evals.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
 done
+case $PART in -h | --help | help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
 case $PART in floor | netstackd | big-tcp | tpacket-v3) ;; *) echo "evals.sh: floor, netstackd, big-tcp or tpacket-v3 (see --help)" >&2; exit 2 ;; esac
 positive_ints evals.sh "$RUNS" "$DUR"
 need_root evals.sh

@@ -134,13 +134,13 @@ fn forward_uring(
         bufs[..w].iter_mut().map(|(v, b)| (v, &mut b[..])).collect();
     ring.read_batch(from, &mut slots, &mut res[..w])
         .context("io_uring reads from the TAP")?;
-    let mut lens = [0usize; BATCH];
+    let mut lens = [None::<usize>; BATCH];
     let mut n = 0;
     for (i, &r) in res[..w].iter().enumerate() {
         match usize::try_from(r) {
             Ok(read) => match tap_rx_len(read, FRAME_BUF) {
                 RxFrame::Whole(len) => {
-                    lens[i] = len;
+                    lens[i] = Some(len);
                     n += 1;
                 }
                 RxFrame::Malformed | RxFrame::Oversize => t.dropped_rx += 1,
@@ -155,8 +155,7 @@ fn forward_uring(
         let mut out: Vec<(&mut [u8; VNET_HDR_LEN], &mut [u8])> = bufs[..w]
             .iter_mut()
             .zip(&lens[..w])
-            .filter(|(_, &len)| len > 0)
-            .map(|((v, b), &len)| (v, &mut b[..len]))
+            .filter_map(|((v, b), len)| len.map(|len| (v, &mut b[..len])))
             .collect();
         ring.write_batch(to, &mut out, &mut res[..n])
             .context("io_uring writes to the TAP")?;
@@ -168,7 +167,6 @@ fn forward_uring(
                 t.dropped_tx += 1;
             }
         }
-        lens[..w].fill(0);
     }
     t.reads_per_wakeup_max = t.reads_per_wakeup_max.max(n);
     Ok(n)

@@ -4,7 +4,8 @@
 # fails this test), of the bridge plugin and of the floor forwarder as a number, the node's
 # netfilter state is recorded, the table is printed, and nothing the run created is left: no
 # netns, link, process or work directory. Then `e2e/bench/packet_io.sh`
-# (recvmmsg against a TPACKET_V2 ring) with 1-second runs: every figure a number, nothing left.
+# (recvmmsg against a TPACKET_V2 receive ring and a TPACKET_V2 transmit ring) with 1-second
+# runs: every figure a number, 128 MiB crossed each path intact, nothing left.
 # Then `e2e/bench/add_parallel.sh` (ADD latency under concurrency) with 16 pods per kind in
 # rounds of 8: p50/p99 numbers for TAP, veth and bridge, no ADD failed, nothing left.
 # Needs root; run by scripts/test.sh.
@@ -115,11 +116,15 @@ if [ "$rc" = 0 ]; then ok "packet_io.sh exits 0"; else
   sed 's/^/    /' "$TMP/pio.log"
 fi
 check "the comparison table is printed" grep -q '^TCP 1 stream' "$TMP/pio.log"
-for k in mmsg-tcp ring-tcp mmsg-udp ring-udp mmsg-mcpu ring-mcpu; do
+for k in mmsg-tcp ring-tcp txring-tcp mmsg-udp ring-udp txring-udp mmsg-mcpu ring-mcpu txring-mcpu; do
   check "packet_io $k is a number ($(jq -r --arg k "$k" '.results[$k]' "$PIO" 2>/dev/null))" \
     jq -e --arg k "$k" '.results[$k] | tonumber > 0' "$PIO"
 done
 check "the ring's kernel memory is reported (2 MiB)" jq -e '.results["ring-ring"] | tonumber == 2097152' "$PIO"
+check "the TX ring's kernel memory is reported (8 MiB)" jq -e '.results["txring-ring"] | tonumber == 8388608' "$PIO"
+for k in mmsg ring txring; do
+  check "128 MiB of random bytes crossed the $k path intact" jq -e --arg k "$k-intact" '.results[$k] == "yes"' "$PIO"
+done
 check "packet_io.sh left no namespace" sh -c "! ip netns list | grep -q '^npio'"
 
 echo "==> e2e/bench/add_parallel.sh --pods 16 --concurrency 8"

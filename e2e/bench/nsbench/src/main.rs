@@ -10,10 +10,11 @@
 //!   `e2e/bench/service_flows.sh` (see `flowcost`).
 //!
 //! - `pkt-fwd`: a minimal AF_PACKET wire between two devices, receiving with `recvmmsg` or a
-//!   `TPACKET_V2` ring, for `e2e/bench/packet_io.sh` (see `pktfwd`).
+//!   `TPACKET_V2` ring and sending with `sendmmsg` or a transmit ring, for
+//!   `e2e/bench/packet_io.sh` (see `pktfwd`).
 //!
 //! - `floor`: the simplest TAP↔TAP forwarder between two pods, the floor netstackd's CPU per
-//!   Gbit is read against (see `floor`).
+//!   Gbit is read against (see `floor`); `--io uring` and `--spin-us` are evaluations.
 //! - `crr-server` / `crr-client`: TCP connect/request/close per second, as netperf's
 //!   `TCP_CRR` (see `crr`).
 //!
@@ -117,6 +118,9 @@ enum Cmd {
         b: String,
         #[arg(long, value_enum)]
         rx: pktfwd::RxMode,
+        /// How frames are sent: sendmmsg, or a TPACKET_V2 transmit ring (an evaluation).
+        #[arg(long, value_enum, default_value = "mmsg")]
+        tx: pktfwd::TxMode,
         #[arg(long, default_value = "30", value_parser = secs)]
         duration: Duration,
         /// Stop this long after the last frame, once frames have come.
@@ -136,6 +140,15 @@ enum Cmd {
         /// Seconds the forwarder (and so the TAPs) lives, at most.
         #[arg(long, default_value = "60", value_parser = secs)]
         duration: Duration,
+        /// How a batch's frames are read and written (an evaluation: see `floor`).
+        #[arg(long, value_enum, default_value = "readv")]
+        io: floor::Io,
+        /// Microseconds to poll without sleeping after a wakeup that moved frames (0..=1000).
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1000))]
+        spin_us: u64,
+        /// Also write the tally to this file twice a second (the harness ends it with SIGTERM).
+        #[arg(long)]
+        report: Option<PathBuf>,
     },
     /// Answer 1-byte requests, one connection each, until DURATION has passed.
     CrrServer {
@@ -190,15 +203,25 @@ fn main() -> Result<()> {
             a,
             b,
             rx,
+            tx,
             duration,
             idle,
-        } => pktfwd::run(&a, &b, rx, duration, idle)?,
+        } => pktfwd::run(&a, &b, rx, tx, duration, idle)?,
         Cmd::Floor {
             a,
             b,
             ifname,
             duration,
-        } => floor::run(&a, &b, &ifname, duration)?,
+            io,
+            spin_us,
+            report,
+        } => {
+            let opts = floor::Options {
+                io,
+                spin: Duration::from_micros(spin_us),
+            };
+            floor::run(&a, &b, &ifname, duration, opts, report.as_deref())?
+        }
         Cmd::CrrServer { bind, duration } => crr::server(bind, duration)?,
         Cmd::CrrClient { connect, duration } => crr::client(connect, duration)?,
     };

@@ -12,6 +12,12 @@
 //!
 //! The sockets, batches and ring are netstackd's own (`netstack_core::sys::packet`).
 //!
+//! The send side is `sendmmsg` (netstackd's) or, with `--tx ring` (an evaluation, receiving
+//! with `recvmmsg`), a `TPACKET_V2` transmit ring (`PACKET_TX_RING`, `crate::sys::TxRing`):
+//! each frame copied into the ring once, the batch sent with one `send`, the kernel mapping the
+//! ring's pages into the skbs instead of copying the frames out of user buffers. When the next
+//! ring frame is still the kernel's, the rest of the batch goes out with `sendmmsg` (counted).
+//!
 //! Every frame from one device goes out of the other, unchanged (a wire, no routing).
 
 use std::io;
@@ -24,6 +30,8 @@ use netstack_core::sys::packet::{
     RING_FRAME,
 };
 use netstack_core::sys::tap::{RxFrame, VNET_HDR_LEN};
+
+use crate::sys::{TxRing, TX_RING_BLOCKS, TX_RING_FRAMES};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use serde_json::json;
 
@@ -39,8 +47,19 @@ pub enum RxMode {
     Ring,
 }
 
+/// How frames are sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TxMode {
+    /// `sendmmsg` from user buffers.
+    Mmsg,
+    /// A `TPACKET_V2` transmit ring, one `send` per batch.
+    Ring,
+}
+
 #[derive(Default)]
 struct Tally {
+    /// Frames that found the next transmit-ring frame still the kernel's (sent by sendmmsg).
+    tx_ring_busy: u64,
     frames: u64,
     bytes: u64,
     rx_calls: u64,
@@ -118,8 +137,14 @@ impl Side {
         }
     }
 
-    /// Moves what is waiting on this side out of `out`, a batch at a time; frames moved.
-    fn forward(&mut self, out: BorrowedFd<'_>, t: &mut Tally) -> io::Result<u64> {
+    /// Moves what is waiting on this side out of `out` (through its transmit ring `tx`, if
+    /// given), a batch at a time; frames moved.
+    fn forward(
+        &mut self,
+        out: BorrowedFd<'_>,
+        mut tx: Option<&mut TxRing>,
+        t: &mut Tally,
+    ) -> io::Result<u64> {
         let mut moved = 0;
         loop {
             let n = self.receive(t)?;
@@ -136,7 +161,10 @@ impl Side {
             t.bytes += frames.iter().map(|f| f.1.len() as u64).sum::<u64>();
             t.frames += frames.len() as u64;
             moved += frames.len() as u64;
-            send_all(out, &frames, t);
+            match tx.as_deref_mut() {
+                Some(ring) => send_ring(out, ring, &frames, t),
+                None => send_all(out, &frames, t),
+            }
         }
     }
 }
@@ -158,17 +186,49 @@ fn send_all(out: BorrowedFd<'_>, frames: &[(&[u8; VNET_HDR_LEN], &[u8])], t: &mu
     }
 }
 
+/// Sends `frames` through the transmit ring `ring` of `out` with one `send`; from the first
+/// frame the ring has no room for on, with `sendmmsg`.
+fn send_ring(
+    out: BorrowedFd<'_>,
+    ring: &mut TxRing,
+    frames: &[(&[u8; VNET_HDR_LEN], &[u8])],
+    t: &mut Tally,
+) {
+    let put = frames.iter().take_while(|(v, f)| ring.put(v, f)).count();
+    if put > 0 {
+        t.tx_calls += 1;
+        if ring.flush(out).is_err() {
+            t.tx_errors += 1;
+        }
+    }
+    if put < frames.len() {
+        t.tx_ring_busy += (frames.len() - put) as u64;
+        send_all(out, &frames[put..], t);
+    }
+}
+
 /// Forwards frames between devices `a` and `b` of the current network namespace for
 /// `duration` (or until `idle` passes with no frame after the first), then reports.
 pub fn run(
     a: &str,
     b: &str,
     mode: RxMode,
+    tx: TxMode,
     duration: Duration,
     idle: Duration,
 ) -> Result<serde_json::Value> {
+    if tx == TxMode::Ring && mode == RxMode::Ring {
+        anyhow::bail!("--tx ring goes with --rx mmsg (one ring per socket here)");
+    }
     let mut sa = Side::open(a, mode)?;
     let mut sb = Side::open(b, mode)?;
+    let (mut ta, mut tb) = match tx {
+        TxMode::Ring => (
+            Some(TxRing::new(sa.fd.as_fd()).with_context(|| format!("TX ring on {a}"))?),
+            Some(TxRing::new(sb.fd.as_fd()).with_context(|| format!("TX ring on {b}"))?),
+        ),
+        TxMode::Mmsg => (None, None),
+    };
     let ring = mode == RxMode::Ring;
     let start = Instant::now();
     let deadline = start + duration;
@@ -187,8 +247,8 @@ pub fn run(
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return Err(e).context("poll"),
         }
-        let mut moved = sa.forward(sb.fd.as_fd(), &mut t)?;
-        moved += sb.forward(sa.fd.as_fd(), &mut t)?;
+        let mut moved = sa.forward(sb.fd.as_fd(), tb.as_mut(), &mut t)?;
+        moved += sb.forward(sa.fd.as_fd(), ta.as_mut(), &mut t)?;
         if moved > 0 {
             last = Some(Instant::now());
         }
@@ -196,6 +256,10 @@ pub fn run(
     let cpu = crate::sys::cpu_seconds() - cpu0;
     Ok(json!({
         "mode": format!("{mode:?}").to_lowercase(),
+        "tx": format!("{tx:?}").to_lowercase(),
+        "tx_ring_busy": t.tx_ring_busy,
+        "tx_ring_kernel_bytes_per_socket": if tx == TxMode::Ring { TX_RING_BLOCKS * (2 << 20) } else { 0 },
+        "tx_ring_frames_per_socket": if tx == TxMode::Ring { TX_RING_FRAMES } else { 0 },
         "frames": t.frames,
         "bytes": t.bytes,
         "rx_calls": t.rx_calls,

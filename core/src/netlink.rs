@@ -11,13 +11,15 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use futures::TryStreamExt;
 use ipnet::IpNet;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
-use netlink_packet_route::link::{self as nl_link, LinkAttribute, LinkFlags, LinkMessage};
+use netlink_packet_route::link::{
+    self as nl_link, InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkMessage,
+};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteScope, RouteType, RouteVia,
 };
 use netlink_packet_route::AddressFamily;
 use nix::errno::Errno;
-use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use tokio::runtime::Runtime;
 
 use crate::sys::ifname_problem;
@@ -272,9 +274,31 @@ impl Netlink {
     /// Creates a veth pair `name` + `peer`, both ends down, in this namespace. An existing
     /// name is an error with errno `EEXIST`.
     pub fn add_veth(&self, name: &str, peer: &str) -> Result<(), NetlinkError> {
+        self.add_veth_with_peer_in(name, peer, None)
+    }
+
+    /// Creates a veth pair `name` + `peer`, both ends down: `name` in this namespace, `peer`
+    /// directly in the namespace open at `peer_netns` (`IFLA_NET_NS_FD` inside
+    /// `VETH_INFO_PEER`), or here too when `None`. One request and no move: the peer is never
+    /// seen in this namespace, and no namespace change (with its RCU grace periods) follows.
+    /// An existing name, in either namespace, is an error with errno `EEXIST`.
+    pub fn add_veth_with_peer_in(
+        &self,
+        name: &str,
+        peer: &str,
+        peer_netns: Option<std::os::fd::BorrowedFd<'_>>,
+    ) -> Result<(), NetlinkError> {
+        use std::os::fd::AsRawFd;
         check_name(name)?;
         check_name(peer)?;
-        let msg = rtnetlink::LinkVeth::new(name, peer).build();
+        let mut peer_msg = LinkMessageBuilder::<LinkUnspec>::new().name(peer.to_owned());
+        if let Some(fd) = peer_netns {
+            peer_msg = peer_msg.setns_by_fd(fd.as_raw_fd());
+        }
+        let msg = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+            .name(name.to_owned())
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg.build())))
+            .build();
         self.runtime
             .block_on(self.handle.link().add(msg).execute())
             .map_err(request_err("creating veth pair", format!("{name}/{peer}")))
@@ -614,6 +638,32 @@ mod tests {
         .unwrap();
         assert_eq!(nl.link_info("v0").unwrap().unwrap().link, Some(moved.index));
         assert!(nl.del_link("v0").unwrap());
+
+        // Created with its peer directly in the other namespace: the peer never appears
+        // here, is down there, and the two name each other.
+        nl.add_veth_with_peer_in("w0", "w1", Some(std::os::fd::AsFd::as_fd(&fd)))
+            .unwrap();
+        assert_eq!(nl.link_index("w1").unwrap(), None);
+        let w0 = nl.link_info("w0").unwrap().unwrap();
+        let w1 = run_in_netns(&other.path, || {
+            Netlink::new().unwrap().link_info("w1").unwrap().unwrap()
+        })
+        .unwrap();
+        assert_eq!(
+            (w0.link, w1.kind.as_deref(), w1.up),
+            (Some(w1.index), Some("veth"), false)
+        );
+        // A peer name taken over there is refused, and nothing is left here.
+        let err = nl
+            .add_veth_with_peer_in("w2", "w1", Some(std::os::fd::AsFd::as_fd(&fd)))
+            .unwrap_err();
+        assert_eq!(err.errno(), Some(Errno::EEXIST), "{err}");
+        assert_eq!(nl.link_index("w2").unwrap(), None);
+        assert!(nl.del_link("w0").unwrap());
+        let gone = run_in_netns(&other.path, || {
+            Netlink::new().unwrap().link_index("w1").unwrap()
+        });
+        assert_eq!(gone.unwrap(), None, "the peer goes with its pod end");
 
         assert!(nl.del_link("d0").unwrap());
         assert!(!nl.del_link("d0").unwrap());

@@ -12,7 +12,7 @@ use ipnet::IpNet;
 use netstack_core::control::{
     veth_peer_name, Attachment, AttachmentKey, Client, LinkMode, Reply, Request, VETH_ALIAS,
 };
-use netstack_core::netlink::Netlink;
+use netstack_core::netlink::{LinkSettings, Netlink};
 use netstack_core::netns::run_in_netns;
 use netstack_core::sys::tap::{open_queues, TunKind};
 use netstack_core::wire::MacAddr;
@@ -178,20 +178,42 @@ fn create_pod_link(
                 "interface {ifname} already exists in the container"
             )));
         }
-        let tap = match &kind {
+        let (tap, index) = match &kind {
             LinkKind::Tap { queues } => {
-                open_queues(&ifname, TunKind::Tap, *queues, true)
-                    .map_err(|e| CniError::Setup(format!("creating TAP {ifname}: {e}")))?
-                    .fds
+                let q = open_queues(&ifname, TunKind::Tap, *queues, true)
+                    .map_err(|e| CniError::Setup(format!("creating TAP {ifname}: {e}")))?;
+                (q.fds, q.ifindex)
             }
             LinkKind::Veth { peer, dp } => {
                 create_veth(&nl, &ifname, peer, *dp)?;
-                if let Err(e) = nl.set_alias(&ifname, VETH_ALIAS) {
-                    let _ = nl.del_link(&ifname);
-                    return Err(CniError::Setup(format!("marking veth {ifname}: {e}")));
+                match nl.link_index(&ifname) {
+                    Ok(Some(index)) => (Vec::new(), index),
+                    Ok(None) => {
+                        return Err(CniError::Setup(format!("veth {ifname} vanished")));
+                    }
+                    Err(e) => {
+                        let _ = nl.del_link(&ifname);
+                        return Err(CniError::Setup(format!("veth {ifname}: {e}")));
+                    }
                 }
-                Vec::new()
             }
+        };
+        let settings = match kind {
+            // The pod's kernel queues a burst on a TAP while a worker serves another fd.
+            LinkKind::Tap { .. } => LinkSettings {
+                txqueuelen: Some(netstack_core::sys::tap::TXQUEUELEN),
+                ..LinkSettings::default()
+            },
+            // The mark that DEL, CHECK and netstackd look for.
+            LinkKind::Veth { .. } => LinkSettings {
+                alias: Some(VETH_ALIAS.to_owned()),
+                ..LinkSettings::default()
+            },
+        };
+        let settings = LinkSettings {
+            mac: Some(mac.0),
+            mtu: Some(mtu),
+            ..settings
         };
         let configured = (|| -> Result<(), String> {
             if addrs.iter().any(|a| a.addr().is_ipv6()) {
@@ -199,19 +221,11 @@ fn create_pod_link(
                 // are usable (not "tentative") when ADD returns, as ptp and bridge do.
                 disable_dad(&ifname)?;
             }
-            if matches!(kind, LinkKind::Tap { .. }) {
-                // The pod's kernel queues a burst here while a worker serves another fd. Set
-                // while the link is down: on a link that is up the kernel swaps its qdisc out
-                // and waits for an RCU grace period (up to tens of ms under load).
-                nl.set_txqueuelen(&ifname, netstack_core::sys::tap::TXQUEUELEN)
-                    .map_err(|e| e.to_string())?;
-            }
-            nl.set_link(&ifname, Some(mac.0), Some(mtu), true)
+            // One request while the link is down (the transmit queue length set on a link
+            // that is up makes the kernel swap its qdisc and wait for an RCU grace period),
+            // one to bring it up.
+            nl.configure_new_link(index, &ifname, &settings, true)
                 .map_err(|e| e.to_string())?;
-            let index = nl
-                .link_index(&ifname)
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("{ifname} vanished"))?;
             for addr in &addrs {
                 nl.add_address(index, *addr).map_err(|e| e.to_string())?;
             }

@@ -613,6 +613,34 @@ mod tests {
         assert!(e.to_string().contains("args.cni.mac"), "{e}");
     }
 
+    /// The peer is made directly in netstackd's namespace and never appears in the pod's; a
+    /// namespace fd the kernel refuses (here not a namespace at all) falls back to the pair
+    /// beside the pod's end, for netstackd to move.
+    #[test]
+    #[ignore = "needs root"]
+    fn the_peer_is_made_in_netstackds_netns_or_else_beside_the_pods_end() {
+        use netstack_core::netns::testing::NamedNetns;
+        let (pod, dp) = (NamedNetns::new(), NamedNetns::new());
+        let dp_file = File::open(&dp.path).unwrap();
+        let not_a_netns = File::open("/dev/null").unwrap();
+        let in_pod = run_in_netns(&pod.path, || {
+            let nl = Netlink::new().unwrap();
+            create_veth(&nl, "e0", "nsvtest0", Some(&dp_file)).unwrap();
+            create_veth(&nl, "e1", "nsvtest1", Some(&not_a_netns)).unwrap();
+            create_veth(&nl, "e2", "nsvtest2", None).unwrap();
+            ["e0", "nsvtest0", "e1", "nsvtest1", "nsvtest2"]
+                .map(|n| nl.link_index(n).unwrap().is_some())
+        })
+        .unwrap();
+        assert_eq!(in_pod, [true, false, true, true, true]);
+        let in_dp = run_in_netns(&dp.path, || {
+            let nl = Netlink::new().unwrap();
+            ["nsvtest0", "nsvtest1"].map(|n| nl.link_index(n).unwrap().is_some())
+        })
+        .unwrap();
+        assert_eq!(in_dp, [true, false]);
+    }
+
     #[test]
     fn runtime_mac_must_be_unicast() {
         let conf = NetConf::parse(

@@ -198,10 +198,15 @@ timeout 60 ip -n "$G" monitor link >"$WORK/monitor-pod" 2>&1 &
 MON_POD=$!
 timeout 60 nsenter --net="$DP_NETNS" ip monitor link >"$WORK/monitor-dp" 2>&1 &
 MON_DP=$!
-marker() { # NAME: a veth NAME/NAME-p made and deleted in the pod's and netstackd's netns, seen by both monitors
-  ip -n "$G" link add "$1" type veth peer name "$1-p" && ip -n "$G" link del "$1"
-  in_dp ip link add "$1" type veth peer name "$1-p" && in_dp ip link del "$1"
-  eventually 10 grep -q "Deleted.*$1" "$WORK/monitor-pod" && eventually 10 grep -q "Deleted.*$1" "$WORK/monitor-dp"
+marker() { # NAME: a veth NAME/NAME-p made and deleted in the pod's and netstackd's netns until both monitors saw it (20 tries)
+  local _
+  for _ in $(seq 1 20); do
+    ip -n "$G" link add "$1" type veth peer name "$1-p" && ip -n "$G" link del "$1"
+    in_dp ip link add "$1" type veth peer name "$1-p" && in_dp ip link del "$1"
+    sleep 0.2
+    grep -q "Deleted.*$1" "$WORK/monitor-pod" && grep -q "Deleted.*$1" "$WORK/monitor-dp" && return 0
+  done
+  return 1
 }
 check "ip monitor listens in both namespaces" marker mkb0
 result=$(cni ADD "$G" "/run/netns/$G")

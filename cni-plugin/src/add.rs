@@ -146,8 +146,6 @@ fn create_veth(nl: &Netlink, ifname: &str, peer: &str, dp: Option<&File>) -> Res
                  {e}; creating both here, netstackd moves the peer"
             ),
         }
-        // A failed request leaves nothing behind, but be sure the name is free.
-        let _ = nl.del_link(ifname);
     }
     nl.add_veth(ifname, peer).map_err(setup)
 }

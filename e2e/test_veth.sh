@@ -188,6 +188,60 @@ check "the right peer name, but eth0 is someone else's veth (no netstack alias):
 check "  ... and its peer was not taken" ip -n "$C" link show "$peer_c"
 ip -n "$C" link del eth0
 check "nothing was attached" test "$(ctl status | jq .attachments)" = 2
+# moved_logged PEER: netstackd's log says it moved PEER from a pod's netns into its own.
+moved_logged() { grep "veth peer is in the pod's namespace: moving it" "$WORK/netstackd.log" | grep -q "$1"; }
+not() { ! "$@"; }
+# What a plugin that made the pair in the pod's netns (older ones, or the fallback when it
+# cannot create the peer in place) hands over: netstackd moves the peer, and says so.
+ip -n "$C" link add eth0 type veth peer name "$peer_c"
+ip -n "$C" link set eth0 alias netstack
+out=$(attach_raw "$(req "$peer_c")" 0)
+check "a netstack veth whose peer is in the pod's netns is attached (${out:0:60})" grep -q '"done"' <<<"$out"
+check "  ... its peer was moved into netstackd's netns" test "$(veth_peer "$C")" = "$peer_c"
+check "  ... and netstackd logs the move" moved_logged "$peer_c"
+check "  ... DEL removes it" cni DEL "$C" "/run/netns/$C"
+check "  ... and its peer" peer_absent "$peer_c"
+
+log "the plugin creates the peer in netstackd's netns: no namespace move"
+# `ip monitor link` in the new pod's netns and in netstackd's, each bounded by timeout, from
+# before the ADD to after it. A marker veth made and deleted in each namespace shows that
+# the monitor listens (before) and has written everything up to then (after). A peer made in
+# the pod's netns and moved shows there as a new link and then as "Deleted".
+G=veth-g-$RUN_ID
+ip netns add "$G"; ip -n "$G" link set lo up; echo "$G" >>"$WORK/pods"
+timeout 60 ip -n "$G" monitor link >"$WORK/monitor-pod" 2>&1 &
+MON_POD=$!
+timeout 60 nsenter --net="$DP_NETNS" ip monitor link >"$WORK/monitor-dp" 2>&1 &
+MON_DP=$!
+marker() { # NAME: a veth NAME/NAME-p made and deleted in the pod's and netstackd's netns until both monitors saw it (20 tries)
+  local _
+  for _ in $(seq 1 20); do
+    ip -n "$G" link add "$1" type veth peer name "$1-p" && ip -n "$G" link del "$1"
+    in_dp ip link add "$1" type veth peer name "$1-p" && in_dp ip link del "$1"
+    sleep 0.2
+    grep -q "Deleted.*$1" "$WORK/monitor-pod" && grep -q "Deleted.*$1" "$WORK/monitor-dp" && return 0
+  done
+  return 1
+}
+check "ip monitor listens in both namespaces" marker mkb0
+result=$(cni ADD "$G" "/run/netns/$G")
+check "ADD pod G" test -n "$(jq -r '.ips[0].address // empty' <<<"$result" 2>/dev/null)"
+PEER_G=$(veth_peer "$G")
+check "  ... its peer ${PEER_G:-none} is in netstackd's netns" grep -Eq '^nsv[0-9a-f]{12}$' <<<"$PEER_G"
+check "  ... both monitors have caught up" marker mka0
+kill "$MON_POD" "$MON_DP" 2>/dev/null; wait "$MON_POD" "$MON_DP" 2>/dev/null
+check "the pod's netns saw its eth0 appear" grep -q ': eth0@' "$WORK/monitor-pod"
+check "  ... and never the peer: no new link, no deletion ($(grep -c "${PEER_G:-nsv}" "$WORK/monitor-pod") lines)" \
+  test "$(grep -c "${PEER_G:-nsv}" "$WORK/monitor-pod")" = 0
+check "netstackd's netns saw the peer appear, and never leave" \
+  sh -c "grep -q '${PEER_G:-nsv}@' '$WORK/monitor-dp' && ! grep -q 'Deleted.*${PEER_G:-nsv}' '$WORK/monitor-dp'"
+check "netstackd did not move it (no move logged for it)" not moved_logged "${PEER_G:-nsv}"
+check "  ... and it is set up as a moved one was: up, without ARP" peer_up_noarp "$PEER_G"
+check "  ... without IPv6" test "$(in_dp cat "/proc/sys/net/ipv6/conf/$PEER_G/disable_ipv6")" = 1
+check "  ... with one packet socket per worker ($(sockets_on "$PEER_G"))" test "$(sockets_on "$PEER_G")" = "$WORKERS"
+check "DEL pod G" cni DEL "$G" "/run/netns/$G"
+check "  ... its peer is gone" peer_absent "$PEER_G"
+ip netns del "$G"
 
 log "DEL removes both ends"
 check "DEL pod A" cni DEL "$A" "/run/netns/$A"

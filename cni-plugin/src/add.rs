@@ -3,6 +3,7 @@
 //! behind.
 
 use std::collections::BTreeMap;
+use std::fs::File;
 use std::net::IpAddr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
@@ -11,7 +12,7 @@ use ipnet::IpNet;
 use netstack_core::control::{
     veth_peer_name, Attachment, AttachmentKey, Client, LinkMode, Reply, Request, VETH_ALIAS,
 };
-use netstack_core::netlink::Netlink;
+use netstack_core::netlink::{LinkSettings, Netlink};
 use netstack_core::netns::run_in_netns;
 use netstack_core::sys::tap::{open_queues, TunKind};
 use netstack_core::wire::MacAddr;
@@ -114,12 +115,39 @@ struct PodLink {
 }
 
 /// How the pod's interface is made.
-#[derive(Debug, Clone)]
-enum LinkKind {
+#[derive(Debug, Clone, Copy)]
+enum LinkKind<'a> {
     /// A persistent multi-queue TAP with this many queues.
     Tap { queues: usize },
-    /// A veth pair whose peer (this name) netstackd takes into its own netns.
-    Veth { peer: String },
+    /// A veth pair whose peer (this name) netstackd takes into its own netns: created
+    /// directly there when `dp` (netstackd's namespace, open) is given, else beside the pod's
+    /// end for netstackd to move.
+    Veth {
+        /// The peer's name.
+        peer: &'a str,
+        /// netstackd's namespace for veth peers, when the plugin could open it.
+        dp: Option<&'a File>,
+    },
+}
+
+/// Creates the veth pair `ifname` + `peer` in the calling thread's netns, the peer directly
+/// in `dp` when given. When that fails (an older kernel, a peer name already taken there),
+/// the reason is printed on stderr and the pair is made here instead: netstackd then moves
+/// the peer, as it did before netstack created it in place.
+fn create_veth(nl: &Netlink, ifname: &str, peer: &str, dp: Option<&File>) -> Result<(), CniError> {
+    let setup = |e: netstack_core::netlink::NetlinkError| {
+        CniError::Setup(format!("creating veth {ifname}: {e}"))
+    };
+    if let Some(dp) = dp {
+        match nl.add_veth_with_peer_in(ifname, peer, Some(dp.as_fd())) {
+            Ok(()) => return Ok(()),
+            Err(e) => eprintln!(
+                "netstack: creating veth {ifname} with its peer {peer} in netstackd's namespace: \
+                 {e}; creating both here, netstackd moves the peer"
+            ),
+        }
+    }
+    nl.add_veth(ifname, peer).map_err(setup)
 }
 
 /// Creates the pod's interface (a multi-queue TAP, or a veth pair whose peer stays down for
@@ -128,7 +156,7 @@ enum LinkKind {
 fn create_pod_link(
     netns: &Path,
     ifname: &str,
-    kind: LinkKind,
+    kind: LinkKind<'_>,
     mac: MacAddr,
     mtu: u32,
     addrs: &[IpNet],
@@ -148,21 +176,42 @@ fn create_pod_link(
                 "interface {ifname} already exists in the container"
             )));
         }
-        let tap = match &kind {
+        let (tap, index) = match &kind {
             LinkKind::Tap { queues } => {
-                open_queues(&ifname, TunKind::Tap, *queues, true)
-                    .map_err(|e| CniError::Setup(format!("creating TAP {ifname}: {e}")))?
-                    .fds
+                let q = open_queues(&ifname, TunKind::Tap, *queues, true)
+                    .map_err(|e| CniError::Setup(format!("creating TAP {ifname}: {e}")))?;
+                (q.fds, q.ifindex)
             }
-            LinkKind::Veth { peer } => {
-                nl.add_veth(&ifname, peer)
-                    .map_err(|e| CniError::Setup(format!("creating veth {ifname}: {e}")))?;
-                if let Err(e) = nl.set_alias(&ifname, VETH_ALIAS) {
-                    let _ = nl.del_link(&ifname);
-                    return Err(CniError::Setup(format!("marking veth {ifname}: {e}")));
+            LinkKind::Veth { peer, dp } => {
+                create_veth(&nl, &ifname, peer, *dp)?;
+                match nl.link_index(&ifname) {
+                    Ok(Some(index)) => (Vec::new(), index),
+                    Ok(None) => {
+                        return Err(CniError::Setup(format!("veth {ifname} vanished")));
+                    }
+                    Err(e) => {
+                        let _ = nl.del_link(&ifname);
+                        return Err(CniError::Setup(format!("veth {ifname}: {e}")));
+                    }
                 }
-                Vec::new()
             }
+        };
+        let settings = match kind {
+            // The pod's kernel queues a burst on a TAP while a worker serves another fd.
+            LinkKind::Tap { .. } => LinkSettings {
+                txqueuelen: Some(netstack_core::sys::tap::TXQUEUELEN),
+                ..LinkSettings::default()
+            },
+            // The mark that DEL, CHECK and netstackd look for.
+            LinkKind::Veth { .. } => LinkSettings {
+                alias: Some(VETH_ALIAS.to_owned()),
+                ..LinkSettings::default()
+            },
+        };
+        let settings = LinkSettings {
+            mac: Some(mac.0),
+            mtu: Some(mtu),
+            ..settings
         };
         let configured = (|| -> Result<(), String> {
             if addrs.iter().any(|a| a.addr().is_ipv6()) {
@@ -170,19 +219,11 @@ fn create_pod_link(
                 // are usable (not "tentative") when ADD returns, as ptp and bridge do.
                 disable_dad(&ifname)?;
             }
-            if matches!(kind, LinkKind::Tap { .. }) {
-                // The pod's kernel queues a burst here while a worker serves another fd. Set
-                // while the link is down: on a link that is up the kernel swaps its qdisc out
-                // and waits for an RCU grace period (up to tens of ms under load).
-                nl.set_txqueuelen(&ifname, netstack_core::sys::tap::TXQUEUELEN)
-                    .map_err(|e| e.to_string())?;
-            }
-            nl.set_link(&ifname, Some(mac.0), Some(mtu), true)
+            // One request while the link is down (the transmit queue length set on a link
+            // that is up makes the kernel swap its qdisc and wait for an RCU grace period),
+            // one to bring it up.
+            nl.configure_new_link(index, &ifname, &settings, true)
                 .map_err(|e| e.to_string())?;
-            let index = nl
-                .link_index(&ifname)
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("{ifname} vanished"))?;
             for addr in &addrs {
                 nl.add_address(index, *addr).map_err(|e| e.to_string())?;
             }
@@ -253,14 +294,14 @@ pub fn cmd_add(env: &CniEnv, conf: &NetConf, stdin: &[u8]) -> Result<serde_json:
     ipam::find_plugin(env, &ipam_type)?;
 
     // Ask the daemon first: if it is down, nothing has been done yet.
-    let workers = connect_ready(conf)?;
+    let ready = connect_ready(conf)?;
     // The node's mount namespace is the runtime's, and so this plugin's, not necessarily
     // netstackd's (a DaemonSet pod): namespaces an older netstack hid in the runtime's
     // directory are released from here (cheap when there are none: one read of mountinfo).
     release_hidden_netns(netns);
 
     let allocated = ipam::add(env, &ipam_type, stdin)?;
-    let outcome = attach_allocated(env, conf, netns, workers, &allocated);
+    let outcome = attach_allocated(env, conf, netns, &ready, &allocated);
     match outcome {
         Ok(value) => Ok(value),
         Err(e) => {
@@ -296,9 +337,18 @@ fn release_hidden_netns(netns: &Path) {
     }
 }
 
+/// What ADD learns from netstackd's status before it creates anything.
+struct Ready {
+    /// netstackd's workers: one TAP queue each.
+    workers: usize,
+    /// In veth mode, netstackd's namespace for the peers, open (`None` when it could not be
+    /// opened: the peer is then made beside the pod's end and moved by netstackd).
+    dp: Option<File>,
+}
+
 /// Connects to netstackd and asks its status: the number of workers (one TAP queue each),
 /// and, in veth mode, the namespace of the peers, which is made here if it is not there yet.
-fn connect_ready(conf: &NetConf) -> Result<usize, CniError> {
+fn connect_ready(conf: &NetConf) -> Result<Ready, CniError> {
     let mut client = connect(&conf.socket())?;
     let status = match client.call(&Request::Status, &[]).map_err(control_error)? {
         Reply::Status(s) => s,
@@ -334,9 +384,20 @@ fn connect_ready(conf: &NetConf) -> Result<usize, CniError> {
         })?;
         netstack_core::netns::ensure_named_netns(&dp)
             .map_err(|e| CniError::Setup(format!("veth mode: {e}")))?;
+        let dp = match File::open(&dp) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                eprintln!(
+                    "netstack: opening netstackd's namespace {}: {e}; the veth peer is made \
+                     in the pod's namespace and moved by netstackd",
+                    dp.display()
+                );
+                None
+            }
+        };
+        return Ok(Ready { workers, dp });
     }
-
-    Ok(workers)
+    Ok(Ready { workers, dp: None })
 }
 
 /// ADD with addresses chosen by the caller instead of an IPAM plugin (the netavark plugin,
@@ -347,8 +408,8 @@ pub fn add_with_addresses(
     netns: &Path,
     addresses: &IpamResult,
 ) -> Result<serde_json::Value, CniError> {
-    let workers = connect_ready(conf)?;
-    attach_allocated(env, conf, netns, workers, addresses)
+    let ready = connect_ready(conf)?;
+    attach_allocated(env, conf, netns, &ready, addresses)
 }
 
 /// The part of ADD after IPAM: create, configure, attach. Undoes its own steps on error.
@@ -356,7 +417,7 @@ fn attach_allocated(
     env: &CniEnv,
     conf: &NetConf,
     netns: &Path,
-    workers: usize,
+    ready: &Ready,
     allocated: &IpamResult,
 ) -> Result<serde_json::Value, CniError> {
     let mac = pod_mac(conf, &env.args, allocated)?;
@@ -368,12 +429,15 @@ fn attach_allocated(
         ifname: env.ifname.clone(),
     };
     let mode = conf.link_mode();
-    let (kind, peer) = match mode {
-        LinkMode::Tap => (LinkKind::Tap { queues: workers }, None),
-        LinkMode::Veth => {
-            let peer = veth_peer_name(&key);
-            (LinkKind::Veth { peer: peer.clone() }, Some(peer))
-        }
+    let peer = (mode == LinkMode::Veth).then(|| veth_peer_name(&key));
+    let kind = match &peer {
+        None => LinkKind::Tap {
+            queues: ready.workers,
+        },
+        Some(peer) => LinkKind::Veth {
+            peer,
+            dp: ready.dp.as_ref(),
+        },
     };
     let link = create_pod_link(netns, &env.ifname, kind, mac, mtu, &addrs, &routes)?;
 
@@ -545,6 +609,34 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("args.cni.mac"), "{e}");
+    }
+
+    /// The peer is made directly in netstackd's namespace and never appears in the pod's; a
+    /// namespace fd the kernel refuses (here not a namespace at all) falls back to the pair
+    /// beside the pod's end, for netstackd to move.
+    #[test]
+    #[ignore = "needs root"]
+    fn the_peer_is_made_in_netstackds_netns_or_else_beside_the_pods_end() {
+        use netstack_core::netns::testing::NamedNetns;
+        let (pod, dp) = (NamedNetns::new(), NamedNetns::new());
+        let dp_file = File::open(&dp.path).unwrap();
+        let not_a_netns = File::open("/dev/null").unwrap();
+        let in_pod = run_in_netns(&pod.path, || {
+            let nl = Netlink::new().unwrap();
+            create_veth(&nl, "e0", "nsvtest0", Some(&dp_file)).unwrap();
+            create_veth(&nl, "e1", "nsvtest1", Some(&not_a_netns)).unwrap();
+            create_veth(&nl, "e2", "nsvtest2", None).unwrap();
+            ["e0", "nsvtest0", "e1", "nsvtest1", "nsvtest2"]
+                .map(|n| nl.link_index(n).unwrap().is_some())
+        })
+        .unwrap();
+        assert_eq!(in_pod, [true, false, true, true, true]);
+        let in_dp = run_in_netns(&dp.path, || {
+            let nl = Netlink::new().unwrap();
+            ["nsvtest0", "nsvtest1"].map(|n| nl.link_index(n).unwrap().is_some())
+        })
+        .unwrap();
+        assert_eq!(in_dp, [true, false]);
     }
 
     #[test]

@@ -11,13 +11,15 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use futures::TryStreamExt;
 use ipnet::IpNet;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
-use netlink_packet_route::link::{self as nl_link, LinkAttribute, LinkFlags, LinkMessage};
+use netlink_packet_route::link::{
+    self as nl_link, InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkMessage,
+};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteScope, RouteType, RouteVia,
 };
 use netlink_packet_route::AddressFamily;
 use nix::errno::Errno;
-use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use tokio::runtime::Runtime;
 
 use crate::sys::ifname_problem;
@@ -96,6 +98,19 @@ pub struct LinkInfo {
     /// `IFF_NOARP` is set.
     pub noarp: bool,
     /// The interface alias (`IFLA_IFALIAS`), if one is set.
+    pub alias: Option<String>,
+}
+
+/// What [`Netlink::configure_new_link`] sets; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LinkSettings {
+    /// The hardware address.
+    pub mac: Option<[u8; 6]>,
+    /// The MTU in bytes.
+    pub mtu: Option<u32>,
+    /// The transmit queue length in frames.
+    pub txqueuelen: Option<u32>,
+    /// The interface alias (`IFLA_IFALIAS`).
     pub alias: Option<String>,
 }
 
@@ -259,6 +274,42 @@ impl Netlink {
         )
     }
 
+    /// Configures a link just created (down) by its index, `name` naming it in errors: one
+    /// request sets whatever of `settings` is given, a second brings it up when `up`. Fewer
+    /// round trips than [`Self::set_link`] and friends, which look the link up by name each
+    /// time. Two requests, not one: within one request the kernel applies the transmit queue
+    /// length after the flags, and on a link that is up that swaps its qdisc and waits for an
+    /// RCU grace period.
+    pub fn configure_new_link(
+        &self,
+        index: u32,
+        name: &str,
+        settings: &LinkSettings,
+        up: bool,
+    ) -> Result<(), NetlinkError> {
+        let mut msg = LinkUnspec::new_with_index(index);
+        if let Some(mac) = settings.mac {
+            msg = msg.address(mac.to_vec());
+        }
+        if let Some(mtu) = settings.mtu {
+            msg = msg.mtu(mtu);
+        }
+        if let Some(len) = settings.txqueuelen {
+            msg = msg.txqueuelen(len);
+        }
+        if let Some(alias) = &settings.alias {
+            msg = msg.alias(alias);
+        }
+        if *settings != LinkSettings::default() {
+            self.set(msg.build(), "configuring link", name)?;
+        }
+        if up {
+            let msg = LinkUnspec::new_with_index(index).up().build();
+            self.set(msg, "bringing up link", name)?;
+        }
+        Ok(())
+    }
+
     /// Sets the transmit queue length of `name` (for a TAP: the ring of frames the kernel
     /// holds for netstackd to read, per queue).
     pub fn set_txqueuelen(&self, name: &str, len: u32) -> Result<(), NetlinkError> {
@@ -272,9 +323,31 @@ impl Netlink {
     /// Creates a veth pair `name` + `peer`, both ends down, in this namespace. An existing
     /// name is an error with errno `EEXIST`.
     pub fn add_veth(&self, name: &str, peer: &str) -> Result<(), NetlinkError> {
+        self.add_veth_with_peer_in(name, peer, None)
+    }
+
+    /// Creates a veth pair `name` + `peer`, both ends down: `name` in this namespace, `peer`
+    /// directly in the namespace open at `peer_netns` (`IFLA_NET_NS_FD` inside
+    /// `VETH_INFO_PEER`), or here too when `None`. One request and no move: the peer is never
+    /// seen in this namespace, and no namespace change (with its RCU grace periods) follows.
+    /// An existing name, in either namespace, is an error with errno `EEXIST`.
+    pub fn add_veth_with_peer_in(
+        &self,
+        name: &str,
+        peer: &str,
+        peer_netns: Option<std::os::fd::BorrowedFd<'_>>,
+    ) -> Result<(), NetlinkError> {
+        use std::os::fd::AsRawFd;
         check_name(name)?;
         check_name(peer)?;
-        let msg = rtnetlink::LinkVeth::new(name, peer).build();
+        let mut peer_msg = LinkMessageBuilder::<LinkUnspec>::new().name(peer.to_owned());
+        if let Some(fd) = peer_netns {
+            peer_msg = peer_msg.setns_by_fd(fd.as_raw_fd());
+        }
+        let msg = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+            .name(name.to_owned())
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg.build())))
+            .build();
         self.runtime
             .block_on(self.handle.link().add(msg).execute())
             .map_err(request_err("creating veth pair", format!("{name}/{peer}")))
@@ -582,6 +655,35 @@ mod tests {
         nl.set_link("d0", None, None, false).unwrap();
         assert!(!nl.link_info("d0").unwrap().unwrap().up);
 
+        // All of a new link's settings in one request, then up.
+        nl.add_veth("c0", "c1").unwrap();
+        let c0 = nl.link_index("c0").unwrap().unwrap();
+        let mac3 = [0x02, 0x4e, 0x53, 0x00, 0x00, 0x03];
+        let settings = LinkSettings {
+            mac: Some(mac3),
+            mtu: Some(1300),
+            txqueuelen: Some(4321),
+            alias: Some("netstack".into()),
+        };
+        nl.configure_new_link(c0, "c0", &settings, true).unwrap();
+        let c = nl.link_info("c0").unwrap().unwrap();
+        assert_eq!(
+            (c.mac, c.mtu, c.up, c.alias.as_deref()),
+            (Some(mac3), 1300, true, Some("netstack"))
+        );
+        let shown = std::process::Command::new("ip")
+            .args(["-n", &ns.name, "link", "show", "c0"])
+            .output()
+            .unwrap();
+        let shown = String::from_utf8_lossy(&shown.stdout);
+        assert!(shown.contains("qlen 4321"), "{shown}");
+        let err = nl
+            .configure_new_link(987_654, "nst-gone", &settings, true)
+            .unwrap_err();
+        assert_eq!(err.errno(), Some(Errno::ENODEV), "{err}");
+        assert!(err.to_string().contains("nst-gone"), "{err}");
+        assert!(nl.del_link("c0").unwrap());
+
         // A veth reports its peer's index; ARP can be turned off.
         assert_eq!(nl.link_info("d1").unwrap().unwrap().link, Some(info.index));
         assert!(!info.noarp);
@@ -614,6 +716,32 @@ mod tests {
         .unwrap();
         assert_eq!(nl.link_info("v0").unwrap().unwrap().link, Some(moved.index));
         assert!(nl.del_link("v0").unwrap());
+
+        // Created with its peer directly in the other namespace: the peer never appears
+        // here, is down there, and the two name each other.
+        nl.add_veth_with_peer_in("w0", "w1", Some(std::os::fd::AsFd::as_fd(&fd)))
+            .unwrap();
+        assert_eq!(nl.link_index("w1").unwrap(), None);
+        let w0 = nl.link_info("w0").unwrap().unwrap();
+        let w1 = run_in_netns(&other.path, || {
+            Netlink::new().unwrap().link_info("w1").unwrap().unwrap()
+        })
+        .unwrap();
+        assert_eq!(
+            (w0.link, w1.kind.as_deref(), w1.up),
+            (Some(w1.index), Some("veth"), false)
+        );
+        // A peer name taken over there is refused, and nothing is left here.
+        let err = nl
+            .add_veth_with_peer_in("w2", "w1", Some(std::os::fd::AsFd::as_fd(&fd)))
+            .unwrap_err();
+        assert_eq!(err.errno(), Some(Errno::EEXIST), "{err}");
+        assert_eq!(nl.link_index("w2").unwrap(), None);
+        assert!(nl.del_link("w0").unwrap());
+        let gone = run_in_netns(&other.path, || {
+            Netlink::new().unwrap().link_index("w1").unwrap()
+        });
+        assert_eq!(gone.unwrap(), None, "the peer goes with its pod end");
 
         assert!(nl.del_link("d0").unwrap());
         assert!(!nl.del_link("d0").unwrap());

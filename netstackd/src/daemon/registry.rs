@@ -399,9 +399,14 @@ fn read_state_dir(dir: &Path) -> std::io::Result<Vec<(PathBuf, StateRecord)>> {
     Ok(found)
 }
 
-/// Writes `record` to `path`: a temporary file, fsync, rename over the final name, fsync of
-/// the directory.
-fn write_state_file(dir: &Path, path: &Path, record: &StateRecord) -> std::io::Result<()> {
+/// Writes `record` to `path`: a temporary file, fsync, rename over the final name. A reader
+/// (a restarted netstackd) sees the old file or the whole new one, never part of one.
+///
+/// The directory is not fsynced: that would only make the rename survive a power loss, and
+/// a state file is of no use after one, since the pod's netns and devices are kernel objects
+/// that do not survive it either (the restore then removes the files of pods that are gone).
+/// It cost an ADD about 7 ms on an idle ext4 disk, more with other writers.
+fn write_state_file(path: &Path, record: &StateRecord) -> std::io::Result<()> {
     let record = &StateRecord {
         state_version: STATE_VERSION,
         ..record.clone()
@@ -410,8 +415,7 @@ fn write_state_file(dir: &Path, path: &Path, record: &StateRecord) -> std::io::R
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(&serde_json::to_vec_pretty(record)?)?;
     f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
+    std::fs::rename(&tmp, path)
 }
 
 /// Moves a state file found at `path` to its canonical name in `dir` (the upgrade from
@@ -424,7 +428,7 @@ fn upgrade_state_file(dir: &Path, path: &Path, record: &StateRecord) -> std::io:
     }
     let canonical = dir.join(state_file_name(&record.attachment.key));
     if canonical != path {
-        write_state_file(dir, &canonical, record)?;
+        write_state_file(&canonical, record)?;
         std::fs::remove_file(path)?;
     }
     Ok(canonical)
@@ -1030,7 +1034,7 @@ impl Registry {
         match NetnsId::of(&record.attachment.netns) {
             Ok(id) => {
                 record.netns_id = Some(id);
-                if let Err(e) = write_state_file(&self.config.state_dir, path, &record) {
+                if let Err(e) = write_state_file(path, &record) {
                     tracing::warn!(file = %path.display(), "recording the netns identity: {e}");
                 }
             }
@@ -1262,7 +1266,7 @@ impl Registry {
     /// Records an attachment: write a temporary file, fsync, rename over the final name.
     fn write_state(&self, record: &StateRecord) -> std::io::Result<()> {
         let path = self.state_path(&record.attachment.key);
-        write_state_file(&self.config.state_dir, &path, record)
+        write_state_file(&path, record)
     }
 }
 
@@ -1327,7 +1331,7 @@ mod tests {
         for (id, ifname) in [("a_b", "c"), ("a", "b_c")] {
             let r = record(id, ifname);
             let path = dir.join(state_file_name(&r.attachment.key));
-            write_state_file(&dir, &path, &r).unwrap();
+            write_state_file(&path, &r).unwrap();
         }
         let read = read_state_dir(&dir).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
@@ -1384,7 +1388,7 @@ mod tests {
             ino: Some(4026531840),
             pid_start: None,
         });
-        write_state_file(&dir, &dir.join("c1:eth0.json"), &newer).unwrap();
+        write_state_file(&dir.join("c1:eth0.json"), &newer).unwrap();
         let read = read_state_dir(&dir).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(read.len(), 2);
@@ -1476,7 +1480,7 @@ mod tests {
             Some(8_000_000)
         );
         // Written again by this build: format 2 and otherwise the same JSON.
-        write_state_file(&dir, path, tap).unwrap();
+        write_state_file(path, tap).unwrap();
         let again: serde_json::Value =
             serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
         let mut again = again.as_object().unwrap().clone();
@@ -1493,7 +1497,7 @@ mod tests {
         for text in [V1_TAP_STATE, V1_VETH_STATE] {
             let record = parse_state_file(text.as_bytes()).unwrap();
             let path = dir.join(state_file_name(&record.attachment.key));
-            write_state_file(&dir, &path, &record).unwrap();
+            write_state_file(&path, &record).unwrap();
             let written = std::fs::read(&path).unwrap();
             assert!(
                 String::from_utf8_lossy(&written).contains("\"state_version\": 2"),

@@ -3,8 +3,9 @@
 //! sockets the dataplane reads them through.
 //!
 //! The plugin makes sure the namespace exists (it runs in the node's mount namespace, so the
-//! namespace's mount outlives netstackd's own), creates the pair in the pod netns and names
-//! the peer in `attach`; the supervisor moves the peer into its namespace, switches off everything
+//! namespace's mount outlives netstackd's own), creates the pair with the peer directly in
+//! that namespace and names the peer in `attach` (where it could not, the peer is beside the
+//! pod's end and the supervisor moves it over); the supervisor switches off everything
 //! the kernel could do with it (no address, no ARP, no IPv6, no forwarding), turns off on the
 //! pod's end the GSO types a packet socket cannot carry (`sys::ethtool`), and opens one
 //! fanout packet socket per worker on it. Those sockets go to the dataplane exactly as TAP
@@ -238,9 +239,9 @@ fn in_netns<T: Send>(
     })?
 }
 
-/// Takes over the peer of a veth attachment: moves it from the pod netns into `dp` (unless
-/// it is there already, as after a restart), checks it is the peer of the pod's interface,
-/// configures it and opens `workers` packet sockets on it.
+/// Takes over the peer of a veth attachment: moves it from the pod netns into `dp` unless it
+/// is there already (the plugin creates it there; a restart finds it there), checks it is the
+/// peer of the pod's interface, configures it and opens `workers` packet sockets on it.
 pub fn open_peer(
     config: &DaemonConfig,
     a: &Attachment,
@@ -264,12 +265,14 @@ fn open_peer_of(
         what: format!("opening {}", dp.display()),
         source,
     })?;
-    let moved = {
+    // There already when the plugin created it in place, or after a restart.
+    let in_place = {
         let peer = peer.clone();
         in_netns(dp, move |nl| Ok(nl.link_info(&peer)?.is_some()))?
     };
     let pod_side = {
         let (peer, ifname) = (peer.clone(), key.ifname.clone());
+        let key_name = key.to_string();
         in_netns(&a.netns, move |nl| {
             let pod_side = || -> Result<_, VethError> {
                 match nl.link_info(&ifname)? {
@@ -283,20 +286,28 @@ fn open_peer_of(
                     None => Err(VethError::Link(format!("{ifname} no longer exists"))),
                 }
             };
-            pod_side()?;
+            let info = pod_side()?;
             // GSO types a packet socket cannot describe are segmented by the pod's kernel.
             disable_features(&ifname, GSO_WITHOUT_VNET_TYPE)?;
-            if !moved {
-                match nl.link_info(&peer)? {
-                    Some(i) if i.kind.as_deref() == Some("veth") => {
-                        nl.move_to_netns(&peer, dp_file.as_fd())?
-                    }
-                    Some(_) => return Err(VethError::Link(format!("{peer} is not a veth"))),
-                    None => {
-                        return Err(VethError::Link(format!(
-                            "veth peer {peer} no longer exists"
-                        )))
-                    }
+            if in_place {
+                return Ok(info);
+            }
+            match nl.link_info(&peer)? {
+                Some(i) if i.kind.as_deref() == Some("veth") => {
+                    // Each namespace change waits for RCU grace periods: the plugin creates
+                    // the peer in place, and this path is its fallback (or an older plugin's).
+                    tracing::info!(
+                        pod = %key_name,
+                        peer = %peer,
+                        "veth peer is in the pod's namespace: moving it into the namespace of the peers"
+                    );
+                    nl.move_to_netns(&peer, dp_file.as_fd())?
+                }
+                Some(_) => return Err(VethError::Link(format!("{peer} is not a veth"))),
+                None => {
+                    return Err(VethError::Link(format!(
+                        "veth peer {peer} no longer exists"
+                    )))
                 }
             }
             // Read again: the move may have given the peer another index.

@@ -384,25 +384,7 @@ impl DataplaneProcess {
 
     /// Serves a pod. The fds are kept here (a restarted dataplane gets them again).
     pub fn attach(&self, spec: PodSpec, fds: Vec<OwnedFd>) -> Result<(), DataplaneError> {
-        let mut inner = lock(&self.inner);
-        let borrowed: Vec<_> = fds.iter().map(|fd| fd.as_fd()).collect();
-        let reply = inner.call(&DpRequest::Attach(spec.clone()), &borrowed, APPLY_DEADLINE);
-        drop(borrowed);
-        match reply {
-            // Done, or no child runs / it died mid-call: a new one gets this pod in its replay.
-            Ok(DpReply::Done) | Err(CallError::Down | CallError::Broken) => {
-                inner.pods.insert(spec.id, (spec, fds));
-                Ok(())
-            }
-            Err(CallError::Hung(d)) => Err(DataplaneError::Restarting(format!(
-                "the dataplane did not answer within {} s and is being restarted; try again",
-                d.as_secs()
-            ))),
-            Ok(DpReply::Error { message }) => Err(DataplaneError::Refused(message)),
-            Ok(other) => Err(DataplaneError::Refused(format!(
-                "unexpected dataplane reply {other:?}"
-            ))),
-        }
+        self.attach_pod(spec, None, fds)
     }
 
     /// Serves a VM pod over its vhost-user device (`fds` as `crate::vhost::attach` orders
@@ -414,17 +396,32 @@ impl DataplaneProcess {
         device: VhostAttach,
         fds: Vec<OwnedFd>,
     ) -> Result<(), DataplaneError> {
+        self.attach_pod(spec, Some(device), fds)
+    }
+
+    fn attach_pod(
+        &self,
+        spec: PodSpec,
+        device: Option<VhostAttach>,
+        fds: Vec<OwnedFd>,
+    ) -> Result<(), DataplaneError> {
         let mut inner = lock(&self.inner);
-        let borrowed: Vec<_> = fds.iter().map(|fd| fd.as_fd()).collect();
-        let req = DpRequest::AttachVhost {
-            spec: spec.clone(),
-            device: device.clone(),
+        let req = match &device {
+            Some(device) => DpRequest::AttachVhost {
+                spec: spec.clone(),
+                device: device.clone(),
+            },
+            None => DpRequest::Attach(spec.clone()),
         };
+        let borrowed: Vec<_> = fds.iter().map(|fd| fd.as_fd()).collect();
         let reply = inner.call(&req, &borrowed, APPLY_DEADLINE);
         drop(borrowed);
         match reply {
+            // Done, or no child runs / it died mid-call: a new one gets this pod in its replay.
             Ok(DpReply::Done) | Err(CallError::Down | CallError::Broken) => {
-                inner.vhost.insert(spec.id, device);
+                if let Some(device) = device {
+                    inner.vhost.insert(spec.id, device);
+                }
                 inner.pods.insert(spec.id, (spec, fds));
                 Ok(())
             }

@@ -588,12 +588,10 @@ for path in "${P2P_PATHS[@]}"; do
   reap "$SPIN_PID"
 done
 
-log "bench: TCP connect/request/close rate, $NS_DUR s each"
-for path in "${P2P_PATHS[@]}"; do crr "$path"; done
-
 log "bench: node->pod TCP, 1 stream, $DUR s each (pasta: through its forwarded port)"
 # netstack and the bridge: the node connects to pod A's address, which it routes; pasta: the
 # node connects to the port pasta forwards on its loopback, which pasta splices into the pod's.
+# Before the connection-rate rows: their TIME_WAITs in pod A would hold the server's port.
 for path in "${NODE_PATHS[@]}"; do
   case $path in
     pasta | pasta_1500)
@@ -603,6 +601,9 @@ for path in "${NODE_PATHS[@]}"; do
     tap | veth | bridge) tcp "$path" tcp1_n2p 1 "${NODE_NS[$path]}" "${IP[$path-a]}" host "${IP[$path-a]}" ;;
   esac
 done
+
+log "bench: TCP connect/request/close rate, $NS_DUR s each"
+for path in "${P2P_PATHS[@]}"; do crr "$path"; done
 
 if [ -n "$FLOOR_PID" ]; then # the floor's rows are done: its TAPs go with it
   kill -TERM "$FLOOR_PID" 2>/dev/null

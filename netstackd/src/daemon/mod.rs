@@ -59,6 +59,35 @@ pub struct DaemonConfig {
     pub veth_rx_ring: bool,
     /// The uid and gid the dataplane child runs as (`--dataplane-user`).
     pub dataplane_user: crate::dataplane::child::DataplaneUser,
+    /// Where VM pods' vhost-user sockets are bound (`--vhost-dir`).
+    pub vhost_dir: PathBuf,
+}
+
+/// Where VM pods' vhost-user sockets are bound unless `--vhost-dir` says otherwise.
+pub const DEFAULT_VHOST_DIR: &str = "/run/netstack/vhost";
+
+/// Checks that a socket of any VM pod fits a unix socket path in `vhost_dir` (an absolute
+/// directory).
+pub fn check_vhost_dir(vhost_dir: &Path) -> anyhow::Result<()> {
+    use crate::control::{vhost_socket_name, AttachmentKey, MAX_SOCKET_PATH};
+    if !vhost_dir.is_absolute() {
+        bail!(
+            "--vhost-dir {} is not an absolute path",
+            vhost_dir.display()
+        );
+    }
+    let any = vhost_socket_name(&AttachmentKey {
+        container_id: String::new(),
+        ifname: String::new(),
+    });
+    let longest = vhost_dir.join(any).as_os_str().len();
+    if longest > MAX_SOCKET_PATH {
+        bail!(
+            "--vhost-dir {} is too long: its sockets' paths would be {longest} bytes, a unix socket's at most {MAX_SOCKET_PATH}",
+            vhost_dir.display()
+        );
+    }
+    Ok(())
 }
 
 impl DaemonConfig {
@@ -126,13 +155,15 @@ pub fn default_workers() -> usize {
 
 /// The capabilities the supervisor keeps: netlink and TUNSETIFF (NET_ADMIN), setns into pod
 /// namespaces (SYS_ADMIN), packet sockets for veth mode (NET_RAW).
-pub const SUPERVISOR_CAPS: [caps::Capability; 4] = [
+pub const SUPERVISOR_CAPS: [caps::Capability; 5] = [
     caps::Capability::CAP_NET_ADMIN,
     caps::Capability::CAP_SYS_ADMIN,
     caps::Capability::CAP_NET_RAW,
     // The dataplane runs as another user: signalling it (killing a hung or stopped child)
     // needs CAP_KILL.
     caps::Capability::CAP_KILL,
+    // A VM pod's socket given to a group (`vhostSocketGroup`) netstackd is not a member of.
+    caps::Capability::CAP_CHOWN,
 ];
 
 /// Runs netstackd until a termination signal arrives.
@@ -142,6 +173,7 @@ pub const SUPERVISOR_CAPS: [caps::Capability; 4] = [
 /// attachments recorded in the state dir; and only then put the control socket in place.
 pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
     let gateway = config.gateway()?;
+    check_vhost_dir(&config.vhost_dir)?;
     if let Some(addr) = config.metrics_addr.filter(|a| !a.ip().is_loopback()) {
         tracing::warn!(
             %addr,
@@ -261,11 +293,13 @@ pub fn cleanup(
                     .and_then(|b| Ok(serde_json::from_slice::<crate::control::Attachment>(&b)?))
                 {
                     let ifname = a.key.ifname.clone();
-                    let kind = a.mode.device_kind();
+                    let mode = a.mode;
                     let gone = crate::netns::run_in_netns(&a.netns, move || {
                         let nl = crate::netlink::Netlink::new()?;
                         match nl.link_info(&ifname)? {
-                            Some(i) if i.kind.as_deref() == Some(kind) => nl.del_link(&ifname),
+                            Some(i) if mode.is_device_kind(i.kind.as_deref()) => {
+                                nl.del_link(&ifname)
+                            }
                             _ => Ok(false),
                         }
                     });

@@ -155,16 +155,20 @@ pub fn default_workers() -> usize {
 
 /// The capabilities the supervisor keeps: netlink and TUNSETIFF (NET_ADMIN), setns into pod
 /// namespaces (SYS_ADMIN), packet sockets for veth mode (NET_RAW).
-pub const SUPERVISOR_CAPS: [caps::Capability; 5] = [
+pub const SUPERVISOR_CAPS: [caps::Capability; 4] = [
     caps::Capability::CAP_NET_ADMIN,
     caps::Capability::CAP_SYS_ADMIN,
     caps::Capability::CAP_NET_RAW,
     // The dataplane runs as another user: signalling it (killing a hung or stopped child)
     // needs CAP_KILL.
     caps::Capability::CAP_KILL,
-    // A VM pod's socket given to a group (`vhostSocketGroup`) netstackd is not a member of.
-    caps::Capability::CAP_CHOWN,
 ];
+
+/// Kept besides [`SUPERVISOR_CAPS`] when netstackd starts with it: `CAP_CHOWN` gives a VM
+/// pod's socket to the group `vhostSocketGroup` names (netstackd is no member of it). Without
+/// it (a bounding set that lacks it) netstackd runs, and such an attach fails naming the
+/// socket (EPERM).
+pub const OPTIONAL_SUPERVISOR_CAPS: [caps::Capability; 1] = [caps::Capability::CAP_CHOWN];
 
 /// Runs netstackd until a termination signal arrives.
 ///
@@ -188,11 +192,14 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
         );
     }
     // Before anything else, so every dataplane child inherits the reduced bounding set too.
-    crate::sys::process::restrict_capabilities(
-        &SUPERVISOR_CAPS,
-        &crate::sys::process::BECOME_USER_CAPS,
-    )
-    .context("dropping capabilities")?;
+    let mut keep = SUPERVISOR_CAPS.to_vec();
+    for cap in OPTIONAL_SUPERVISOR_CAPS {
+        if caps::has_cap(None, caps::CapSet::Permitted, cap).unwrap_or(false) {
+            keep.push(cap);
+        }
+    }
+    crate::sys::process::restrict_capabilities(&keep, &crate::sys::process::BECOME_USER_CAPS)
+        .context("dropping capabilities")?;
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("creating state dir {}", config.state_dir.display()))?;
     // Before the dataplane child starts, so it inherits the raised limit.

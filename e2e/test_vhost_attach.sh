@@ -6,7 +6,7 @@
 # placeholder dummy (an ifb where the kernel has no dummy) with the pod's MAC, address and default route; `ctl list` shows the mode
 # and the path; a client speaking vhost-user (GET_FEATURES) gets VIRTIO_F_VERSION_1; CHECK
 # passes, and fails once the socket is removed by hand; a netstackd killed and started again
-# binds the socket again and answers again; the pod's mode can be picked per pod (CNI_ARGS
+# binds the socket again and answers again, and cleans up a VM pod whose netns went meanwhile; the pod's mode can be picked per pod (CNI_ARGS
 # NETSTACK_MODE); Kata's /tmp/vhostuser_<IP>/vhu.sock link comes and goes with kataVhostUser;
 # GC and DEL remove socket, dummy, state file and IPAM reservation. Needs root; run by
 # scripts/test.sh. About 10 s.
@@ -128,11 +128,17 @@ out=$(cni_check vm-a)
 check "CHECK fails once the socket is removed by hand, naming it" \
   json_ok "$out" ".code == 101 and ((.msg + \" \" + (.details // \"\")) | contains(\"$SOCK_A\"))"
 
-log "a netstackd restart binds the socket again"
+log "a netstackd restart binds the socket again, and cleans up a VM pod whose netns went"
+add_pod vm-g >/dev/null || exit 1
+SOCK_G=$(sock_of vm-g)
 kill -9 "$NETSTACKD_PID"
 wait "$NETSTACKD_PID" 2>/dev/null
 NETSTACKD_PID=
+ip netns del vm-g
 start_netstackd --vhost-dir "$VHOST_DIR" || exit 1
+check "the pod whose netns is gone: its stale socket is removed" test ! -e "$SOCK_G"
+check "  ... and its state file" test ! -e "$STATE/vm-g:eth0.json"
+check "  ... and it is not listed" test -z "$(listed vm-g)"
 check "the socket is back, mode 600" test "$(stat -c '%F %U %a' "$SOCK_A")" = "socket root 600"
 check "GET_FEATURES is answered again" has_version_1 "$SOCK_A"
 check "CHECK passes again" cni_check vm-a

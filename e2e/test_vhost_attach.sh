@@ -8,7 +8,8 @@
 # passes, and fails once the socket is removed by hand; a netstackd killed and started again
 # binds the socket again and answers again, and cleans up a VM pod whose netns went meanwhile; the pod's mode can be picked per pod (CNI_ARGS
 # NETSTACK_MODE); Kata's /tmp/vhostuser_<IP>/vhu.sock link comes and goes with kataVhostUser;
-# GC and DEL remove socket, dummy, state file and IPAM reservation. Needs root; run by
+# GC and DEL remove socket, dummy, state file and IPAM reservation, and `netstackd cleanup`
+# what a stopped netstackd left. Needs root; run by
 # scripts/test.sh. About 3 s (plus the build every script starts with).
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -208,5 +209,14 @@ check "ctl list no longer has it" test -z "$(listed vm-a)"
 check "DEL again succeeds" cni DEL vm-a /run/netns/vm-a
 ip netns del vm-a
 check "DEL of a pod whose netns is gone succeeds" cni DEL vm-a /run/netns/vm-a
+
+log "netstackd cleanup (uninstall) removes what is left of a VM pod"
+stop_netstackd
+check "a VM pod's socket outlives a stopped netstackd (for the next start)" test -S "$SOCK_D"
+"$BIN/netstackd" cleanup --socket "$SOCK" --state-dir "$STATE" --uplink "$UPLINK" \
+  --dp-netns "$DP_NETNS" --vhost-dir "$VHOST_DIR" >"$WORK/cleanup.out" 2>&1
+check "cleanup removes the socket" test ! -e "$SOCK_D"
+check "  ... and the vhost dir, empty now" test ! -e "$VHOST_DIR"
+check "  ... and the placeholder" fails ip -n vm-d link show eth0
 
 [ "$FAILS" = 0 ]

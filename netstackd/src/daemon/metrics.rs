@@ -151,7 +151,7 @@ pub fn render(s: &Snapshot<'_>) -> String {
         &mut out,
         "netstack_pod_drops_total",
         "counter",
-        "Frames dropped, by reason, each once: at the pod that sent them when netstack could not read them whole (oversize, malformed; kernel_queue_full: the kernel dropped them before netstack read them) or would not route them (those also count in netstack_pod_transmit_packets_total); at the pod they were going to when its full queue (qdisc_full), its link (tx_error) or software segmentation (malformed) refused them.",
+        "Frames dropped, by reason, each once: at the pod that sent them when netstack could not read them whole (oversize, malformed; kernel_queue_full: the kernel dropped them before netstack read them) or would not route them (those also count in netstack_pod_transmit_packets_total); at the pod they were going to when its full queue (qdisc_full), its link (tx_error), a VM's full receive ring and backlog (guest_rx_full) or software segmentation (malformed) refused them.",
     );
     for (p, c) in &s.pods {
         for (reason, n) in &c.drops {

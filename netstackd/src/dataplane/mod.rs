@@ -266,24 +266,12 @@ impl Dataplane {
         self.attach_links(spec, links)
     }
 
-    /// Serves a VM pod whose vhost-user device the supervisor negotiated: worker w serves
-    /// queue pair w, so the device must have one pair per worker.
+    /// Serves a VM pod whose vhost-user device the supervisor negotiated: pair i is read by
+    /// worker i % N (so any number of pairs works on any number of workers), and worker w
+    /// writes frames to the guest into the receive queue of the device's pair w % pairs
+    /// (shared by the workers that write to it when the pairs are fewer than the workers).
     pub fn attach_vhost(&mut self, spec: &PodSpec, device: virtq::VhostDevice) -> io::Result<()> {
-        let n = self.workers.len();
-        if device.pairs.len() != n {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "a VM pod needs one queue pair per worker: {} pairs, {n} workers",
-                    device.pairs.len()
-                ),
-            ));
-        }
-        let links = device
-            .pairs
-            .into_iter()
-            .map(|pair| pair.into_link(&device.mem, device.features))
-            .collect::<io::Result<Vec<_>>>()?;
+        let links = link::vhost_links(&spec.container_id, device, self.workers.len())?;
         self.attach_links(spec, links)
     }
 

@@ -370,6 +370,28 @@ impl Worker {
         }
     }
 
+    /// A VM pod's virtqueue behind queue `q` stopped on garbage in the guest's ring: its kick
+    /// leaves epoll (the queue is served again once the frontend sets it up anew and the
+    /// device is handed over again); logged once, where it happened (`VirtqError::Stopped`:
+    /// an earlier call met it).
+    fn stop_virtqueue(&mut self, id: u64, q: usize, e: crate::dataplane::virtq::VirtqError) {
+        if let Some((fd, _)) = queue_fd(&self.router, &self.uplink, id, q) {
+            let _ = self.epoll.delete(fd);
+        }
+        self.throttle.forget_queue(id, q);
+        if e == crate::dataplane::virtq::VirtqError::Stopped {
+            return;
+        }
+        if let Some(pod) = self.router.pod(id) {
+            tracing::warn!(
+                worker = self.index,
+                container_id = %pod.io.container_id,
+                queue = q,
+                "the VM put garbage in a ring: its virtqueue is stopped ({e})"
+            );
+        }
+    }
+
     /// Stops reading pod queue `q` (or the uplink) for `wait`: its egress bucket is empty, or
     /// every buffer waits in a shaped queue. Epoll is level-triggered, so without this the
     /// worker would spin on a readable fd it cannot serve.
@@ -862,6 +884,8 @@ mod tests {
     struct Vm {
         mem: vm_memory::GuestMemoryMmap,
         kick: EventFd,
+        /// The receive queue's kick: the guest added buffers.
+        rx_kick: EventFd,
         rx_call: EventFd,
         tx_call: EventFd,
     }
@@ -872,7 +896,7 @@ mod tests {
     impl Vm {
         /// The guest and the worker's link to it, with `features` acked.
         fn new(features: u64) -> (Vm, Link) {
-            use crate::dataplane::virtq::{RingConfig, VhostPair};
+            use crate::dataplane::virtq::{RingConfig, VhostDevice, VhostPair};
             use crate::vhost::{map_regions, MemRegion};
             use nix::sys::eventfd::EfdFlags;
 
@@ -901,18 +925,29 @@ mod tests {
             let vm = Vm {
                 mem,
                 kick: eventfd(),
+                rx_kick: eventfd(),
                 rx_call: eventfd(),
                 tx_call: eventfd(),
             };
             let dup = |e: &EventFd| e.as_fd().try_clone_to_owned().unwrap();
             let pair = VhostPair {
+                index: 0,
                 to_guest: cfg(VM_RX),
                 to_guest_call: Some(dup(&vm.rx_call)),
+                to_guest_kick: dup(&vm.rx_kick),
                 from_guest: cfg(VM_TX),
                 from_guest_call: Some(dup(&vm.tx_call)),
                 kick: dup(&vm.kick),
             };
-            let link = pair.into_link(&vm.mem, features).unwrap();
+            let device = VhostDevice {
+                mem: vm.mem.clone(),
+                features,
+                pairs: vec![pair],
+            };
+            let link = crate::dataplane::link::vhost_links("vm", device, 1)
+                .unwrap()
+                .pop()
+                .unwrap();
             (vm, link)
         }
 
@@ -970,11 +1005,18 @@ mod tests {
 
     /// A worker with VM pod 1 (`link`) and TAP pod 2; returns the TAP pod's end.
     fn worker_with_a_vm(link: Link) -> (Worker, UnixDatagram) {
+        let (w, tap, _) = worker_with_a_vm_counted(link);
+        (w, tap)
+    }
+
+    /// [`worker_with_a_vm`], with the VM pod's counters.
+    fn worker_with_a_vm_counted(link: Link) -> (Worker, UnixDatagram, Arc<LinkCounters>) {
         let mut w = empty_worker();
         let (tap_ours, tap) = UnixDatagram::pair().unwrap();
         tap_ours.set_nonblocking(true).unwrap();
         tap.set_nonblocking(true).unwrap();
         let tap_link = Link::pod(LinkKind::Tap, vec![OwnedFd::from(tap_ours)], None).unwrap();
+        let mut vm_counters = None;
         for (id, link) in [(1u8, link), (2, tap_link)] {
             let spec = PodSpec {
                 id: u64::from(id),
@@ -988,9 +1030,12 @@ mod tests {
                 link: LinkKind::Tap,
             };
             let c = Arc::new(LinkCounters::new(1));
+            if id == 1 {
+                vm_counters = Some(Arc::clone(&c));
+            }
             w.attach(spec, c, PodIo::new(link)).unwrap();
         }
-        (w, tap)
+        (w, tap, vm_counters.expect("the VM's counters"))
     }
 
     /// A VM pod (vhost-user queue pair over memfd guest memory) and a TAP pod forward to each
@@ -1084,5 +1129,107 @@ mod tests {
         let landed = vm.read(at, 12 + frame_len);
         assert_eq!(&landed[..10], &[0u8; 10], "no offload flags");
         assert_eq!(&landed[12 + 34..], &want[34..], "the checksum completed");
+    }
+
+    /// `udp_frame(2, 1, 64)` with its last payload byte `n`: the frames of one flow, numbered.
+    fn numbered_to_vm(n: u8) -> Vec<u8> {
+        let mut f = udp_frame(2, 1, 64);
+        let last = f.len() - 1;
+        f[last] = n;
+        f
+    }
+
+    /// The available ring's `avail_event` of a 16-entry ring: what the guest kicks at.
+    fn avail_event(vm: &Vm, ring: u64) -> u16 {
+        let b = vm.read(ring + 0x800 + 4 + 8 * 16, 2);
+        u16::from_le_bytes([b[0], b[1]])
+    }
+
+    /// A burst to a VM whose receive ring is full waits in the pair's backlog, with the guest
+    /// asked to kick at its next buffer; when it posts buffers and kicks, the worker (woken by
+    /// that kick through epoll) writes the waiting frames into them in order, and interrupts
+    /// the guest. Nothing is dropped.
+    #[test]
+    fn frames_to_a_vm_with_a_full_ring_wait_and_arrive_in_order() {
+        let (vm, link) = Vm::new(crate::vhost::OFFERED_FEATURES);
+        let (mut w, tap, counters) = worker_with_a_vm_counted(link);
+        let first = vm.post(0);
+        for n in 0..5u8 {
+            tap.send(&numbered_to_vm(n)).unwrap();
+        }
+        w.drain_pod(2, 0);
+        w.flush();
+        let frame_len = numbered_to_vm(0).len() - VNET_HDR_LEN;
+        assert_eq!(vm.used(VM_RX, 0).0, 1, "one buffer: one frame in");
+        assert_eq!(vm.read(first, 12 + frame_len)[12 + frame_len - 1], 0);
+        assert_eq!(
+            avail_event(&vm, VM_RX),
+            1,
+            "asked to kick at its next buffer"
+        );
+        assert_eq!(vm.rx_call.read().unwrap(), 1);
+        assert!(
+            ready_tokens(&w).is_empty(),
+            "nothing to do until the guest kicks"
+        );
+
+        let at: Vec<u64> = (1..5).map(|i| vm.post(i)).collect();
+        // The guest asks to be interrupted past the buffer it consumed (`used_event` 1).
+        vm.write(VM_RX + 0x100 + 4 + 2 * 16, &1u16.to_le_bytes());
+        vm.rx_kick.write(1).unwrap();
+        assert!(
+            ready_tokens(&w).contains(&token(1, 1)),
+            "the worker waits on the receive queue's kick"
+        );
+        w.drain_pod(1, 1);
+        w.flush();
+        assert_eq!(
+            vm.used(VM_RX, 4).0,
+            5,
+            "the backlog went into the new buffers"
+        );
+        for (i, a) in at.iter().enumerate() {
+            let landed = vm.read(*a, 12 + frame_len);
+            assert_eq!(landed[12 + frame_len - 1], i as u8 + 1, "in order");
+        }
+        assert_eq!(vm.rx_call.read().unwrap(), 1, "interrupted once more");
+        assert!(vm.rx_kick.read().is_err(), "the kick was cleared");
+        let c = counters.snapshot();
+        assert_eq!(c.tx_packets, 5);
+        assert_eq!(c.drops.values().sum::<u64>(), 0, "{:?}", c.drops);
+
+        // Later frames go straight to the ring again.
+        let next = vm.post(5);
+        tap.send(&numbered_to_vm(9)).unwrap();
+        w.drain_pod(2, 0);
+        w.flush();
+        assert_eq!(vm.used(VM_RX, 5).0, 6);
+        assert_eq!(vm.read(next, 12 + frame_len)[12 + frame_len - 1], 9);
+    }
+
+    /// The backlog is bounded (here by the 16-entry ring): a longer burst to a guest with no
+    /// buffer drops the rest as `guest_rx_full`, and what was kept arrives in order.
+    #[test]
+    fn a_full_backlog_drops_as_guest_rx_full() {
+        let (vm, link) = Vm::new(crate::vhost::OFFERED_FEATURES);
+        let (mut w, tap, counters) = worker_with_a_vm_counted(link);
+        for n in 0..20u8 {
+            tap.send(&numbered_to_vm(n)).unwrap();
+        }
+        w.drain_pod(2, 0);
+        w.flush();
+        assert_eq!(vm.used(VM_RX, 0).0, 0);
+        let c = counters.snapshot();
+        assert_eq!(c.drops["guest_rx_full"], 4);
+        assert_eq!(c.drops["tx_error"], 0);
+        let at: Vec<u64> = (0..16).map(|i| vm.post(i)).collect();
+        vm.rx_kick.write(1).unwrap();
+        w.drain_pod(1, 1);
+        w.flush();
+        assert_eq!(vm.used(VM_RX, 15).0, 16);
+        let frame_len = numbered_to_vm(0).len() - VNET_HDR_LEN;
+        for (i, a) in at.iter().enumerate() {
+            assert_eq!(vm.read(*a, 12 + frame_len)[12 + frame_len - 1], i as u8);
+        }
     }
 }

@@ -32,11 +32,14 @@ pub enum DropReason {
     /// To an address no router forwards: IPv4 0/8, 127/8 (the node's loopback), 240/4 but
     /// the broadcast address, IPv6 `::1`.
     Martian,
+    /// To a VM whose receive ring had no buffer while the frames already waiting for one
+    /// filled its backlog.
+    GuestRxFull,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 11] = [
+    pub const ALL: [DropReason; 12] = [
         DropReason::Malformed,
         DropReason::Spoofed,
         DropReason::NoRoute,
@@ -48,6 +51,7 @@ impl DropReason {
         DropReason::QdiscFull,
         DropReason::Oversize,
         DropReason::Martian,
+        DropReason::GuestRxFull,
     ];
 
     /// The reason's name in stats and metrics.
@@ -64,6 +68,7 @@ impl DropReason {
             DropReason::QdiscFull => "qdisc_full",
             DropReason::Oversize => "oversize",
             DropReason::Martian => "martian",
+            DropReason::GuestRxFull => "guest_rx_full",
         }
     }
 }

@@ -1,7 +1,8 @@
 //! A VM pod's device as the supervisor hands it to the dataplane child: what the frontend
 //! negotiated ([`VhostAttach`], sent as JSON in `DpRequest::AttachVhost`) and the fds that go
 //! with it as SCM_RIGHTS, in a fixed order: every region's fd, then for each queue pair the
-//! kick eventfd of the guest's transmit queue and the call eventfds the message says are there.
+//! kick eventfds of the guest's transmit queue and of its receive queue, and the call
+//! eventfds the message says are there.
 //!
 //! The supervisor keeps its own fds and the description, and sends them again to a new child
 //! after a dataplane restart ([`VhostAttach::resumed`]: each ring starts at the used index in
@@ -32,11 +33,15 @@ pub struct RegionDesc {
 /// One queue pair: the guest's receive queue (vring 2p) and transmit queue (vring 2p + 1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PairDesc {
+    /// Its number p in the device (worker p % workers reads it).
+    #[serde(default)]
+    pub index: usize,
     /// The guest's receive queue.
     pub to_guest: RingConfig,
     /// Whether its call eventfd is among the fds.
     pub to_guest_call: bool,
-    /// The guest's transmit queue (its kick eventfd is always among the fds).
+    /// The guest's transmit queue (its kick eventfd, and the receive queue's, are always
+    /// among the fds).
     pub from_guest: RingConfig,
     /// Whether its call eventfd is among the fds.
     pub from_guest_call: bool,
@@ -49,7 +54,7 @@ pub struct VhostAttach {
     pub features: u64,
     /// The memory table, in the order of the fds.
     pub regions: Vec<RegionDesc>,
-    /// Queue pair p is served by worker p.
+    /// The queue pairs the guest enabled, by ascending index (pair 0 always among them).
     pub pairs: Vec<PairDesc>,
 }
 
@@ -60,7 +65,7 @@ impl VhostAttach {
             + self
                 .pairs
                 .iter()
-                .map(|p| 1 + usize::from(p.to_guest_call) + usize::from(p.from_guest_call))
+                .map(|p| 2 + usize::from(p.to_guest_call) + usize::from(p.from_guest_call))
                 .sum::<usize>()
     }
 
@@ -106,6 +111,7 @@ impl VhostAttach {
         let mut pairs = Vec::with_capacity(self.pairs.len());
         for p in &self.pairs {
             let kick = next()?;
+            let to_guest_kick = next()?;
             let to_guest_call = if p.to_guest_call { Some(next()?) } else { None };
             let from_guest_call = if p.from_guest_call {
                 Some(next()?)
@@ -113,8 +119,10 @@ impl VhostAttach {
                 None
             };
             pairs.push(VhostPair {
+                index: p.index,
                 to_guest: p.to_guest,
                 to_guest_call,
+                to_guest_kick,
                 from_guest: p.from_guest,
                 from_guest_call,
                 kick,

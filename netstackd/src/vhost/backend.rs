@@ -96,6 +96,8 @@ pub struct NetBackend {
     fatal: u64,
     /// Called before a request that stops or changes what a running dataplane serves.
     on_stop: Option<StopHook>,
+    /// The queue pairs a dataplane was given (since the last stop).
+    served: Vec<usize>,
 }
 
 /// What the supervisor runs before a request stops or changes a ring the dataplane may be
@@ -125,6 +127,7 @@ impl NetBackend {
             refused: 0,
             fatal: 0,
             on_stop: None,
+            served: Vec::new(),
         }
     }
 
@@ -134,39 +137,82 @@ impl NetBackend {
     }
 
     fn stop(&mut self) {
+        self.served.clear();
         if let Some(StopHook(hook)) = &mut self.on_stop {
             hook();
         }
     }
 
-    /// A dataplane was given the rings: a later one resumes them at the used index.
-    pub fn mark_attached(&mut self) {
-        for v in &mut self.vrings {
-            v.base_pending = false;
+    /// [`NetBackend::stop`] before a request on vring `index`, when a dataplane serves it: a
+    /// ring of a pair not handed over (set up, but not yet enabled) is the frontend's alone.
+    fn stop_ring(&mut self, index: u32) {
+        if usize::try_from(index).is_ok_and(|i| self.served.contains(&(i / 2))) {
+            self.stop();
         }
     }
 
-    /// The device as the dataplane serves it, once its first `pairs` queue pairs are complete
-    /// (size, addresses inside the memory table, kick eventfd, enabled): the description and
-    /// duplicates of the fds it names (`super::attach`). `None` while something is missing.
+    /// A dataplane was given the rings of `pairs`: a later one resumes them at the used
+    /// index (the others still start at the base the frontend set).
+    pub fn mark_attached(&mut self, pairs: &[usize]) {
+        self.served = pairs.to_vec();
+        for &p in pairs {
+            for v in self.vrings.iter_mut().skip(2 * p).take(2) {
+                v.base_pending = false;
+            }
+        }
+    }
+
+    /// The queue pairs among the first `pairs` that the dataplane may serve: both rings
+    /// complete (size, addresses inside the memory table, kick eventfd) and enabled. Empty
+    /// unless pair 0 is among them, or while there is no memory table.
+    ///
+    /// This is what the handover waits for, from how QEMU drives a vhost-user-net device
+    /// (`hw/net/vhost_net.c`, `hw/net/virtio-net.c`, `hw/virtio/vhost-user.c`): when the
+    /// guest sets DRIVER_OK it starts every queue pair the device has if the guest acked
+    /// `VIRTIO_NET_F_MQ`, else only pair 0 (`virtio_net_vhost_status`: `queue_pairs =
+    /// multiqueue ? max_queue_pairs : 1`); each pair's two rings get SET_VRING_NUM, _BASE,
+    /// _ADDR, _KICK and _CALL, and only then SET_VRING_ENABLE — 1 for the pairs the guest
+    /// uses (`curr_queue_pairs`: 1 until the guest's `VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET`), 0
+    /// for the others. A later `VQ_PAIRS_SET` (Linux at probe, with as many pairs as it has
+    /// CPUs, or `ethtool -L`) enables or disables pairs with SET_VRING_ENABLE alone
+    /// (`peer_attach`/`peer_detach`). So a started ring is not yet one to serve: the set
+    /// served is the complete pairs that are enabled, re-evaluated after every request, and
+    /// handed over again whenever it changes; a device of `pairs` pairs offered to QEMU's
+    /// default `queues=1` is served with pair 0 alone.
+    pub fn ready_pairs(&self, pairs: usize) -> Vec<usize> {
+        if self.regions.is_empty() {
+            return Vec::new();
+        }
+        let ready = |i: usize| {
+            self.vrings.get(i).is_some_and(|v| {
+                v.enabled && v.started && v.kick.is_some() && self.ring_config(i).is_some()
+            })
+        };
+        let set: Vec<usize> = (0..pairs)
+            .filter(|&p| ready(2 * p) && ready(2 * p + 1))
+            .collect();
+        if set.first() == Some(&0) {
+            set
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// The device as the dataplane serves it, once pair 0 at least is ready
+    /// ([`NetBackend::ready_pairs`]): the description of the ready pairs and duplicates of
+    /// the fds it names (`super::attach`). `None` while no pair is ready.
     pub fn attach_state(
         &self,
         pairs: usize,
     ) -> Option<std::io::Result<(super::attach::VhostAttach, Vec<std::os::fd::OwnedFd>)>> {
         use super::attach::{PairDesc, RegionDesc, VhostAttach};
-        if self.regions.is_empty() || pairs == 0 || 2 * pairs > self.vrings.len() {
+        let set = self.ready_pairs(pairs);
+        if set.is_empty() {
             return None;
         }
-        let ready = |i: usize| {
-            let v = &self.vrings[i];
-            v.enabled && v.started && v.kick.is_some()
-        };
-        let mut descs = Vec::with_capacity(pairs);
-        for p in 0..pairs {
+        let mut descs = Vec::with_capacity(set.len());
+        for &p in &set {
             let (rx, tx) = (2 * p, 2 * p + 1);
-            if !ready(rx) || !ready(tx) {
-                return None;
-            }
             let config = |i: usize| {
                 let mut c = self.ring_config(i)?;
                 if !self.vrings[i].base_pending {
@@ -175,6 +221,7 @@ impl NetBackend {
                 Some(c)
             };
             descs.push(PairDesc {
+                index: p,
                 to_guest: config(rx)?,
                 to_guest_call: self.vrings[rx].call.is_some(),
                 from_guest: config(tx)?,
@@ -186,9 +233,14 @@ impl NetBackend {
             for r in &self.regions {
                 fds.push(std::os::fd::OwnedFd::from(r.file.try_clone()?));
             }
-            for p in 0..pairs {
+            for &p in &set {
                 let (rx, tx) = (&self.vrings[2 * p], &self.vrings[2 * p + 1]);
-                let files = [tx.kick.as_ref(), rx.call.as_ref(), tx.call.as_ref()];
+                let files = [
+                    tx.kick.as_ref(),
+                    rx.kick.as_ref(),
+                    rx.call.as_ref(),
+                    tx.call.as_ref(),
+                ];
                 for f in files.into_iter().flatten() {
                     fds.push(std::os::fd::OwnedFd::from(f.try_clone()?));
                 }
@@ -425,7 +477,7 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
     }
 
     fn set_vring_num(&mut self, index: u32, num: u32) -> Result<()> {
-        self.stop();
+        self.stop_ring(index);
         let ok = u16::try_from(num)
             .ok()
             .filter(|n| n.is_power_of_two() && *n <= MAX_RING_SIZE);
@@ -445,7 +497,7 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
         available: u64,
         _log: u64,
     ) -> Result<()> {
-        self.stop();
+        self.stop_ring(index);
         let v = self.vring_mut(index, "SET_VRING_ADDR")?;
         let previous = v.addrs.replace(VringAddrs {
             desc: descriptor,
@@ -464,7 +516,7 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
     }
 
     fn set_vring_base(&mut self, index: u32, base: u32) -> Result<()> {
-        self.stop();
+        self.stop_ring(index);
         let Ok(base) = u16::try_from(base) else {
             return Err(self.refuse(format_args!("vring {index}: base {base}")));
         };
@@ -479,7 +531,7 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
     /// in order, and the dataplane finishes a buffer before it takes the next).
     fn get_vring_base(&mut self, index: u32) -> Result<VhostUserVringState> {
         // The dataplane lets go of the rings before the used index is read.
-        self.stop();
+        self.stop_ring(index);
         let used_idx = self
             .ring_guest_addrs(index as usize)
             .and_then(|g| self.read_guest_u16(g.used + 2));
@@ -499,7 +551,7 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
     }
 
     fn set_vring_kick(&mut self, index: u8, fd: Option<File>) -> Result<()> {
-        self.stop();
+        self.stop_ring(u32::from(index));
         let v = self.vring_mut(u32::from(index), "SET_VRING_KICK")?;
         v.started = fd.is_some();
         v.kick = fd;
@@ -507,7 +559,7 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
     }
 
     fn set_vring_call(&mut self, index: u8, fd: Option<File>) -> Result<()> {
-        self.stop();
+        self.stop_ring(u32::from(index));
         self.vring_mut(u32::from(index), "SET_VRING_CALL")?.call = fd;
         Ok(())
     }
@@ -540,7 +592,7 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
 
     fn set_vring_enable(&mut self, index: u32, enable: bool) -> Result<()> {
         if !enable {
-            self.stop();
+            self.stop_ring(index);
         }
         self.vring_mut(index, "SET_VRING_ENABLE")?.enabled = enable;
         Ok(())

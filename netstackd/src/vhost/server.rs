@@ -1,8 +1,10 @@
 //! The supervisor's thread for one VM pod: it accepts a frontend on the pod's socket, serves
 //! its requests, and keeps the dataplane in step with what the frontend negotiated.
 //!
-//! Once the first `pairs` queue pairs are complete and enabled, the device is handed to the
-//! dataplane ([`DeviceSink::attach`]); before any request that stops or changes a ring
+//! Once queue pair 0 is complete and enabled, the device is handed to the dataplane
+//! ([`DeviceSink::attach`]) with every pair that is (see `NetBackend::ready_pairs` for why
+//! this is what QEMU's sequence calls for), and handed over again whenever that set changes
+//! (a pair enabled or disabled later); before any request that stops or changes a ring
 //! (`GET_VRING_BASE`, a new memory table, a reset, new ring parameters or eventfds, a disable)
 //! and when the frontend leaves, the pod is taken away from it first ([`DeviceSink::detach`]),
 //! so the dataplane never touches memory or rings the frontend has taken back. After a change
@@ -133,12 +135,21 @@ fn run(
                 }
             }));
         }
+        // The pairs the dataplane serves while `attached`.
+        let mut served: Vec<usize> = Vec::new();
         let end = loop {
             if let Err(e) = conn.handle_request() {
                 break e;
             }
             if attached.load(Ordering::SeqCst) {
-                continue;
+                // A pair enabled later (the guest's VQ_PAIRS_SET) changes what is served:
+                // the device is taken away and handed over again with it.
+                if conn.device().ready_pairs(pairs) == served {
+                    continue;
+                }
+                if attached.swap(false, Ordering::SeqCst) {
+                    sink.detach(spec.id);
+                }
             }
             let state = conn.device().attach_state(pairs);
             match state {
@@ -146,17 +157,25 @@ fn run(
                 Some(Err(e)) => {
                     tracing::warn!(container_id = %pod, "duplicating the device's fds: {e}")
                 }
-                Some(Ok((device, fds))) => match sink.attach(&spec, device, fds) {
-                    Ok(()) => {
-                        attached.store(true, Ordering::SeqCst);
-                        conn.device().mark_attached();
-                        tracing::info!(container_id = %pod, pairs, "vhost-user device served");
+                Some(Ok((device, fds))) => {
+                    let set: Vec<usize> = device.pairs.iter().map(|p| p.index).collect();
+                    match sink.attach(&spec, device, fds) {
+                        Ok(()) => {
+                            attached.store(true, Ordering::SeqCst);
+                            conn.device().mark_attached(&set);
+                            tracing::info!(
+                                container_id = %pod,
+                                pairs = set.len(),
+                                "vhost-user device served"
+                            );
+                            served = set;
+                        }
+                        Err(e) => tracing::warn!(
+                            container_id = %pod,
+                            "the dataplane refused the vhost-user device: {e}"
+                        ),
                     }
-                    Err(e) => tracing::warn!(
-                        container_id = %pod,
-                        "the dataplane refused the vhost-user device: {e}"
-                    ),
-                },
+                }
             }
         };
         if attached.swap(false, Ordering::SeqCst) {

@@ -173,8 +173,8 @@ fn the_device_follows_what_the_frontend_negotiates() {
         let Event::Attach(d, fds, word) = &ev[0] else {
             panic!("{ev:?}");
         };
-        // One region fd, the kick, two calls; the memory mapped from the fd is the guest's.
-        assert_eq!((*fds, d.fd_count()), (4, 4));
+        // One region fd, two kicks, two calls; the memory mapped from the fd is the guest's.
+        assert_eq!((*fds, d.fd_count()), (5, 5));
         assert_eq!(*word, 0x1122_3344_5566_7788);
         assert_eq!(d.features, OFFERED_FEATURES);
         assert_eq!(d.pairs.len(), 1);
@@ -281,6 +281,7 @@ fn an_attach_crosses_the_ipc_and_builds_the_device() {
             mmap_offset: 0,
         }],
         pairs: vec![super::attach::PairDesc {
+            index: 0,
             to_guest: cfg(0),
             to_guest_call: false,
             from_guest: cfg(1),
@@ -292,7 +293,7 @@ fn an_attach_crosses_the_ipc_and_builds_the_device() {
         spec: spec(),
         device: device.clone(),
     };
-    ipc::send(&a, &req, &[ram.as_fd(), kick.as_fd()]).expect("send");
+    ipc::send(&a, &req, &[ram.as_fd(), kick.as_fd(), kick.as_fd()]).expect("send");
     let (got, fds): (DpRequest, _) = ipc::recv(&b).expect("recv");
     assert_eq!(got, req);
     let DpRequest::AttachVhost { device: d, .. } = got else {
@@ -600,6 +601,392 @@ fn frames_cross_between_a_vm_and_a_tap_pod_and_again_after_a_restart() {
     );
     ram.read_exact_at(&mut landed, rx_at(1)).expect("read");
     assert_eq!(&landed[12 + 42..], &[0xdd; 64]);
+
+    drop(fe);
+    server.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A UDP datagram of 64 bytes of `fill` from pod `src` to pod `dst` behind `hdr` zero bytes
+/// (12: the guest's virtio-net header; `VNET_HDR_LEN`: a TAP's).
+fn udp(src: u8, dst: u8, fill: u8, hdr: usize) -> Vec<u8> {
+    use crate::wire::{ethernet, ipv4};
+    let payload = 64;
+    let mut f = vec![0u8; hdr + 14 + 28 + payload];
+    let frame = &mut f[hdr..];
+    ethernet::write_header(
+        frame,
+        crate::stack::GATEWAY_MAC,
+        pod_spec(src).mac,
+        ethernet::ETHERTYPE_IPV4,
+    );
+    ipv4::emit_header(
+        &mut frame[14..],
+        pod_spec(src).ipv4[0],
+        pod_spec(dst).ipv4[0],
+        ipv4::PROTO_UDP,
+        64,
+        8 + payload,
+        1,
+    );
+    let udp = &mut frame[34..];
+    udp[0..2].copy_from_slice(&4000u16.to_be_bytes());
+    udp[2..4].copy_from_slice(&9u16.to_be_bytes());
+    udp[4..6].copy_from_slice(&((8 + payload) as u16).to_be_bytes());
+    udp[8..].fill(fill);
+    f
+}
+
+/// A dataplane of two workers behind the server, with TAP pod 2 on two queues (datagram
+/// sockets: queue q read by worker q); records the pairs of each device it was given.
+struct TwoWorkers {
+    dp: Mutex<crate::dataplane::Dataplane>,
+    served: Mutex<Vec<Vec<usize>>>,
+    changed: Condvar,
+    _uplinks: Vec<UnixDatagram>,
+}
+
+impl TwoWorkers {
+    /// The dataplane and the TAP pod's two queues (the pod's ends).
+    fn start() -> (Arc<Self>, Vec<UnixDatagram>) {
+        let mut uplinks = Vec::new();
+        let mut ours = Vec::new();
+        for _ in 0..2 {
+            let (a, b) = UnixDatagram::pair().expect("uplink");
+            ours.push(OwnedFd::from(a));
+            uplinks.push(b);
+        }
+        let mut dp = crate::dataplane::Dataplane::start(
+            ours,
+            std::net::Ipv4Addr::new(10, 77, 0, 1),
+            1500,
+            false,
+        )
+        .expect("dataplane");
+        let mut queues = Vec::new();
+        let mut pod_ends = Vec::new();
+        for _ in 0..2 {
+            let (a, b) = UnixDatagram::pair().expect("tap queue");
+            a.set_nonblocking(true).expect("nonblocking");
+            b.set_nonblocking(true).expect("nonblocking");
+            queues.push(OwnedFd::from(a));
+            pod_ends.push(b);
+        }
+        dp.attach(&pod_spec(2), queues).expect("TAP pod");
+        let sink = Arc::new(TwoWorkers {
+            dp: Mutex::new(dp),
+            served: Mutex::new(Vec::new()),
+            changed: Condvar::new(),
+            _uplinks: uplinks,
+        });
+        (sink, pod_ends)
+    }
+
+    /// Waits (bounded: a minute) until `n` devices were served; the pairs of the last one.
+    fn wait_for(&self, n: usize) -> Vec<usize> {
+        let g = self.served.lock().expect("served");
+        let (g, _) = self
+            .changed
+            .wait_timeout_while(g, Duration::from_secs(60), |s| s.len() < n)
+            .expect("served");
+        assert_eq!(g.len(), n, "devices served: {g:?}");
+        g[n - 1].clone()
+    }
+}
+
+impl DeviceSink for TwoWorkers {
+    fn attach(&self, spec: &PodSpec, device: VhostAttach, fds: Vec<OwnedFd>) -> Result<(), String> {
+        let pairs = device.pairs.iter().map(|p| p.index).collect();
+        let built = device.into_device(fds).map_err(|e| e.to_string())?;
+        self.dp
+            .lock()
+            .expect("dp")
+            .attach_vhost(spec, built)
+            .map_err(|e| e.to_string())?;
+        self.served.lock().expect("served").push(pairs);
+        self.changed.notify_all();
+        Ok(())
+    }
+
+    fn detach(&self, id: u64) {
+        self.dp.lock().expect("dp").detach(id);
+    }
+}
+
+/// The guest side of a multiqueue device: vring q at `ring(q)`, its kick `kicks[q]`.
+struct MqGuest {
+    ram: File,
+    kicks: Vec<EventFd>,
+    calls: Vec<EventFd>,
+}
+
+impl MqGuest {
+    /// 2 MiB of guest memory and the eventfds of `pairs` queue pairs.
+    fn new(pairs: usize) -> Self {
+        let ram = File::from(memfd_create("guest-ram", MFdFlags::MFD_CLOEXEC).expect("memfd"));
+        ram.set_len(2 * MIB).expect("size");
+        let fds = || -> Vec<EventFd> {
+            (0..2 * pairs)
+                .map(|_| EventFd::new(0).expect("eventfd"))
+                .collect()
+        };
+        MqGuest {
+            ram,
+            kicks: fds(),
+            calls: fds(),
+        }
+    }
+
+    /// Connects to `path` and negotiates what QEMU does, up to the memory table.
+    fn connect(&self, path: &std::path::Path, pairs: usize) -> Frontend {
+        let mut fe = Frontend::connect(path, 2 * pairs as u64).expect("connect");
+        fe.set_owner().expect("owner");
+        fe.get_features().expect("features");
+        fe.set_features(OFFERED_FEATURES).expect("features");
+        fe.get_protocol_features().expect("protocol features");
+        fe.set_protocol_features(
+            VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK,
+        )
+        .expect("protocol features");
+        fe.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+        fe.set_mem_table(&[VhostUserMemoryRegionInfo {
+            guest_phys_addr: 0,
+            memory_size: 2 * MIB,
+            userspace_addr: USER,
+            mmap_offset: 0,
+            mmap_handle: self.ram.as_raw_fd(),
+        }])
+        .expect("mem table");
+        fe
+    }
+
+    /// Starts both rings of each pair in `pairs` (num, base 0, addr, kick, call), enabling
+    /// them when `enable`, as QEMU's vhost_net_start does.
+    fn start(&self, fe: &mut Frontend, pairs: &[usize], enable: bool) {
+        for &p in pairs {
+            for q in [2 * p, 2 * p + 1] {
+                fe.set_vring_num(q, 256).expect("num");
+                fe.set_vring_base(q, 0).expect("base");
+                fe.set_vring_addr(q, &ring(q as u64)).expect("addr");
+                fe.set_vring_kick(q, &self.kicks[q]).expect("kick");
+                fe.set_vring_call(q, &self.calls[q]).expect("call");
+                fe.set_vring_enable(q, enable).expect("enable");
+            }
+        }
+    }
+
+    fn offer(&self, q: u64, i: u16, addr: u64, len: u32, flags: u16) {
+        Guest {
+            ram: self.ram.try_clone().expect("dup"),
+            kick: self.kicks[q as usize].try_clone().expect("dup"),
+        }
+        .offer(q, i, addr, len, flags);
+    }
+
+    fn used_idx(&self, q: u64) -> u16 {
+        let mut b = [0u8; 2];
+        self.ram
+            .read_exact_at(&mut b, ring(q).used_ring_addr - USER + 2)
+            .expect("used idx");
+        u16::from_le_bytes(b)
+    }
+
+    /// The guest sends a datagram of `fill` to pod 2 on pair `p` as its transmit entry `i`.
+    fn send(&self, p: usize, i: u16, fill: u8) {
+        let q = 2 * p as u64 + 1;
+        let f = udp(7, 2, fill, 12);
+        let at = 0x10_0000 + 0x1000 * (16 * q + u64::from(i));
+        self.ram.write_all_at(&f, at).expect("frame");
+        self.offer(q, i, at, f.len() as u32, 0);
+        self.kicks[q as usize].write(1).expect("kick");
+    }
+
+    /// Posts a 2 KiB receive buffer on pair `p` as entry `i`; returns its address.
+    fn post(&self, p: usize, i: u16) -> u64 {
+        use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
+        let q = 2 * p as u64;
+        let at = 0x10_0000 + 0x1000 * (16 * q + u64::from(i));
+        self.offer(q, i, at, 2048, VRING_DESC_F_WRITE as u16);
+        at
+    }
+
+    /// The last payload byte of the frame that landed at `at`.
+    fn fill_at(&self, at: u64) -> u8 {
+        let mut b = [0u8; 1];
+        self.ram
+            .read_exact_at(&mut b, at + 12 + 14 + 28 + 63)
+            .expect("read");
+        b[0]
+    }
+}
+
+/// The payload fills of every datagram waiting on the TAP pod's queues.
+fn tap_fills(pod_ends: &[UnixDatagram], into: &mut Vec<u8>) {
+    use crate::sys::tap::VNET_HDR_LEN;
+    let mut got = [0u8; 2048];
+    for end in pod_ends {
+        while let Ok(n) = end.recv(&mut got) {
+            if n == VNET_HDR_LEN + 14 + 28 + 64 {
+                into.push(got[n - 1]);
+            }
+        }
+    }
+}
+
+/// QEMU's default `queues=1` on a netstackd of two workers: the device offers two pairs,
+/// the frontend sets up pair 0 only, and it is served at once: the guest's datagram reaches
+/// the TAP pod, and the TAP pod's datagrams read by either worker (one on each of its two
+/// queues) land in the guest's one receive queue.
+#[test]
+fn one_pair_on_two_workers_is_served_both_ways() {
+    use crate::sys::tap::VNET_HDR_LEN;
+    let (sink, pod_ends) = TwoWorkers::start();
+    let dir = std::env::temp_dir().join(format!("netstack-vhost-mq1-{}", std::process::id()));
+    let sock = VhostSocket::bind(&dir, "vm.sock").expect("bind");
+    let path = sock.path().to_path_buf();
+    let mut server = VhostServer::start(
+        sock,
+        pod_spec(7),
+        2,
+        Arc::clone(&sink) as Arc<dyn DeviceSink>,
+    )
+    .expect("server");
+    let guest = MqGuest::new(2);
+    let mut fe = guest.connect(&path, 2);
+    guest.start(&mut fe, &[0], true);
+    assert_eq!(sink.wait_for(1), vec![0], "served with pair 0 alone");
+
+    guest.send(0, 0, 0xa0);
+    let mut fills = Vec::new();
+    assert!(eventually(|| {
+        tap_fills(&pod_ends, &mut fills);
+        !fills.is_empty()
+    }));
+    assert_eq!(fills, vec![0xa0]);
+
+    let at = [guest.post(0, 0), guest.post(0, 1)];
+    for (q, end) in pod_ends.iter().enumerate() {
+        end.send(&udp(2, 7, 0xc0 + q as u8, VNET_HDR_LEN))
+            .expect("TAP pod sends");
+    }
+    assert!(
+        eventually(|| guest.used_idx(0) == 2),
+        "both workers wrote to the guest's one receive queue"
+    );
+    let mut landed = [guest.fill_at(at[0]), guest.fill_at(at[1])];
+    landed.sort_unstable();
+    assert_eq!(landed, [0xc0, 0xc1]);
+
+    drop(fe);
+    server.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Three pairs on two workers (pairs 0 and 2 on worker 0, pair 1 on worker 1): a datagram the
+/// guest sends on each pair reaches the TAP pod, and each worker writes to the guest on its
+/// own pair's receive queue.
+#[test]
+fn three_pairs_on_two_workers_each_carry_frames() {
+    use crate::sys::tap::VNET_HDR_LEN;
+    let (sink, pod_ends) = TwoWorkers::start();
+    let dir = std::env::temp_dir().join(format!("netstack-vhost-mq3-{}", std::process::id()));
+    let sock = VhostSocket::bind(&dir, "vm.sock").expect("bind");
+    let path = sock.path().to_path_buf();
+    let mut server = VhostServer::start(
+        sock,
+        pod_spec(7),
+        3,
+        Arc::clone(&sink) as Arc<dyn DeviceSink>,
+    )
+    .expect("server");
+    let guest = MqGuest::new(3);
+    let mut fe = guest.connect(&path, 3);
+    guest.start(&mut fe, &[0, 1, 2], true);
+    // Each pair that completes changes the set: the last device has all three.
+    assert!(eventually(|| sink
+        .served
+        .lock()
+        .expect("served")
+        .last()
+        .is_some_and(|s| s.len() == 3)));
+
+    for p in 0..3 {
+        guest.send(p, 0, 0xa0 + p as u8);
+    }
+    let mut fills = Vec::new();
+    assert!(eventually(|| {
+        tap_fills(&pod_ends, &mut fills);
+        fills.len() == 3
+    }));
+    fills.sort_unstable();
+    assert_eq!(fills, vec![0xa0, 0xa1, 0xa2]);
+    for p in 0..3 {
+        assert!(eventually(|| guest.used_idx(2 * p + 1) == 1), "pair {p}");
+    }
+
+    let at = [guest.post(0, 0), guest.post(1, 0)];
+    for (q, end) in pod_ends.iter().enumerate() {
+        end.send(&udp(2, 7, 0xc0 + q as u8, VNET_HDR_LEN))
+            .expect("TAP pod sends");
+    }
+    assert!(eventually(
+        || guest.used_idx(0) == 1 && guest.used_idx(2) == 1
+    ));
+    // Worker q read the TAP pod's queue q and wrote to pair q.
+    assert_eq!([guest.fill_at(at[0]), guest.fill_at(at[1])], [0xc0, 0xc1]);
+
+    drop(fe);
+    server.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// As QEMU does it: every pair started, pair 0 alone enabled (the guest has not sent
+/// VQ_PAIRS_SET yet), then pair 1 enabled, then disabled again. The device follows: pair 0,
+/// then pairs 0 and 1 (pair 0 resumed at its used index, pair 1 from the base set), then
+/// pair 0 again.
+#[test]
+fn a_pair_enabled_later_is_handed_over_with_the_others() {
+    let rec = Arc::new(Recorder::default());
+    let dir = std::env::temp_dir().join(format!("netstack-vhost-mqe-{}", std::process::id()));
+    let sock = VhostSocket::bind(&dir, "vm.sock").expect("bind");
+    let path = sock.path().to_path_buf();
+    let mut server = VhostServer::start(sock, spec(), 2, Arc::clone(&rec) as Arc<dyn DeviceSink>)
+        .expect("server");
+    let guest = MqGuest::new(2);
+    let mut fe = guest.connect(&path, 2);
+    guest.start(&mut fe, &[0], true);
+    assert_eq!(rec.wait_for(1), 1);
+    guest.start(&mut fe, &[1], false);
+    let pairs = |i: usize| -> Vec<(usize, Option<u16>)> {
+        let ev = rec.events.lock().expect("events");
+        match &ev[i] {
+            Event::Attach(d, ..) => d.pairs.iter().map(|p| (p.index, p.to_guest.base)).collect(),
+            other => panic!("event {i}: {other:?}"),
+        }
+    };
+    // Pair 1's rings, set up while pair 0 is served, are not the dataplane's: serving pair
+    // 0 goes on undisturbed.
+    let n = rec.events.lock().expect("events").len();
+    assert_eq!(n, 1, "{:?}", rec.events.lock().expect("events"));
+    assert_eq!(pairs(0), vec![(0, Some(0))]);
+
+    fe.set_vring_enable(2, true).expect("enable");
+    assert_eq!(
+        rec.events.lock().expect("events").len(),
+        n,
+        "half a pair changes nothing"
+    );
+    fe.set_vring_enable(3, true).expect("enable");
+    assert_eq!(rec.wait_for(n + 2), n + 2);
+    assert!(matches!(
+        rec.events.lock().expect("events")[n],
+        Event::Detach(7)
+    ));
+    assert_eq!(pairs(n + 1), vec![(0, None), (1, Some(0))]);
+
+    fe.set_vring_enable(2, false).expect("disable");
+    assert_eq!(rec.wait_for(n + 4), n + 4);
+    assert_eq!(pairs(n + 3), vec![(0, None)]);
 
     drop(fe);
     server.stop();

@@ -104,7 +104,7 @@ pub struct Snapshot<'a> {
 pub fn render(s: &Snapshot<'_>) -> String {
     let mut out = String::new();
     type Field = fn(&Counters) -> u64;
-    let per_pod: [(&str, &str, Field); 7] = [
+    let per_pod: [(&str, &str, Field); 8] = [
         (
             "netstack_pod_receive_packets_total",
             "Frames netstack delivered to the pod (its interface received them), as cAdvisor's container_network_receive_packets_total. A GSO super-frame counts once, or as its segments when it was segmented in software on the way.",
@@ -139,6 +139,11 @@ pub fn render(s: &Snapshot<'_>) -> String {
             "netstack_pod_write_calls_total",
             "netstack's write system calls that delivered frames to the pod (one per frame on a TAP, one per sendmmsg batch in veth mode).",
             |c| c.tx_calls,
+        ),
+        (
+            "netstack_pod_vhost_queue_stops_total",
+            "A VM pod's virtqueues netstack stopped because the guest put garbage in a ring (a descriptor outside its memory, a loop, an available index jump); each stop counts once, and the queue runs again once the VMM sets it up anew. 0 for other pods.",
+            |c| c.vhost_queue_stops,
         ),
     ];
     for (name, help, field) in per_pod {
@@ -679,6 +684,7 @@ mod tests {
             rx_gso_packets: 1,
             rx_calls: 2,
             tx_calls: 4,
+            vhost_queue_stops: 2,
             ..Counters::default()
         };
         let uplink = Counters {
@@ -699,6 +705,7 @@ mod tests {
             ("netstack_pod_transmit_gso_packets_total", 1.0),
             ("netstack_pod_read_calls_total", 2.0),
             ("netstack_pod_write_calls_total", 4.0),
+            ("netstack_pod_vhost_queue_stops_total", 2.0),
         ] {
             assert_eq!(value_of(&all, name, id), want, "{name}");
         }

@@ -372,8 +372,8 @@ impl Worker {
 
     /// A VM pod's virtqueue behind queue `q` stopped on garbage in the guest's ring: its kick
     /// leaves epoll (the queue is served again once the frontend sets it up anew and the
-    /// device is handed over again); logged once, where it happened (`VirtqError::Stopped`:
-    /// an earlier call met it).
+    /// device is handed over again); the stop is counted on the pod and logged once, where
+    /// it happened (`VirtqError::Stopped`: an earlier call met it and counted it).
     fn stop_virtqueue(&mut self, id: u64, q: usize, e: crate::dataplane::virtq::VirtqError) {
         if let Some((fd, _)) = queue_fd(&self.router, &self.uplink, id, q) {
             let _ = self.epoll.delete(fd);
@@ -383,6 +383,7 @@ impl Worker {
             return;
         }
         if let Some(pod) = self.router.pod(id) {
+            pod.counters.queue_stopped(self.index);
             tracing::warn!(
                 worker = self.index,
                 container_id = %pod.io.container_id,
@@ -1231,5 +1232,118 @@ mod tests {
         for (i, a) in at.iter().enumerate() {
             assert_eq!(vm.read(*a, 12 + frame_len)[12 + frame_len - 1], i as u8);
         }
+    }
+
+    /// Each kind of garbage in the VM's transmit ring stops that queue without a panic: the
+    /// stop is counted once on the VM pod (`vhost_queue_stops`), its kick leaves epoll, and a
+    /// second VM pod and the TAP pod on the same worker keep forwarding. Garbage in the
+    /// receive ring stops that queue, counted once as well.
+    #[test]
+    fn a_vm_that_puts_garbage_in_its_rings_stops_its_queue_counted() {
+        // (what it covers, the bytes written at an offset of the transmit ring)
+        let descriptor = |addr: u64, len: u32, flags: u16, next: u16| {
+            let mut d = Vec::with_capacity(16);
+            d.extend_from_slice(&addr.to_le_bytes());
+            d.extend_from_slice(&len.to_le_bytes());
+            d.extend_from_slice(&flags.to_le_bytes());
+            d.extend_from_slice(&next.to_le_bytes());
+            d
+        };
+        const NEXT: u16 = 1;
+        /// Bytes written at an offset of the transmit ring.
+        type Pokes = Vec<(u64, Vec<u8>)>;
+        let cases: Vec<(&str, Pokes)> = vec![
+            (
+                "a descriptor outside guest memory",
+                vec![(0, descriptor(1 << 21, 100, 0, 0))],
+            ),
+            (
+                "a length beyond guest memory",
+                vec![(0, descriptor(0xf_0000, 0x10_0000, 0, 0))],
+            ),
+            (
+                "a descriptor loop",
+                vec![
+                    (0, descriptor(0x1_0000, 64, NEXT, 1)),
+                    (16, descriptor(0x1_0100, 64, NEXT, 0)),
+                ],
+            ),
+            (
+                "a next index past the table",
+                vec![(0, descriptor(0x1_0000, 64, NEXT, 200))],
+            ),
+            (
+                "an available index jump beyond the ring",
+                vec![
+                    (0, descriptor(0x1_0000, 64, 0, 0)),
+                    (0x102, 100u16.to_le_bytes().to_vec()),
+                ],
+            ),
+        ];
+        for (what, pokes) in cases {
+            let (vm, link) = Vm::new(crate::vhost::OFFERED_FEATURES);
+            let (mut w, tap, counters) = worker_with_a_vm_counted(link);
+            // A second VM pod on the same worker.
+            let (vm3, link3) = Vm::new(crate::vhost::OFFERED_FEATURES);
+            let spec3 = PodSpec {
+                id: 3,
+                mac: mac(3),
+                ipv4: vec![ip(3)],
+                ipv6: Vec::new(),
+                gateway_v6: None,
+                mtu: 1500,
+                bandwidth: None,
+                container_id: "pod3".into(),
+                link: LinkKind::Tap,
+            };
+            w.attach(spec3, Arc::new(LinkCounters::new(1)), PodIo::new(link3))
+                .unwrap();
+
+            // The entry the guest makes available (head 0), with the garbage.
+            vm.write(VM_TX + 0x100 + 4, &0u16.to_le_bytes());
+            vm.write(VM_TX + 0x100 + 2, &1u16.to_le_bytes());
+            for (off, bytes) in &pokes {
+                vm.write(VM_TX + off, bytes);
+            }
+            vm.kick.write(1).unwrap();
+            w.drain_pod(1, 0);
+            w.flush();
+            assert_eq!(counters.snapshot().vhost_queue_stops, 1, "{what}");
+            assert!(
+                !ready_tokens(&w).contains(&token(1, 0)),
+                "{what}: the stopped queue is no longer waited on"
+            );
+            w.drain_pod(1, 0);
+            assert_eq!(
+                counters.snapshot().vhost_queue_stops,
+                1,
+                "{what}: counted once"
+            );
+
+            // The other VM still sends to the TAP pod, and the TAP pod to it.
+            let to_tap = udp_frame(3, 2, 100);
+            vm3.send(0, &to_tap[VNET_HDR_LEN..]);
+            w.drain_pod(3, 0);
+            w.flush();
+            let mut got = [0u8; 2048];
+            assert_eq!(tap.recv(&mut got).unwrap(), to_tap.len(), "{what}");
+            vm3.post(0);
+            tap.send(&udp_frame(2, 3, 100)).unwrap();
+            w.drain_pod(2, 0);
+            w.flush();
+            assert_eq!(vm3.used(VM_RX, 0).0, 1, "{what}: the other VM receives");
+        }
+
+        // The receive ring: a buffer outside guest memory stops it at the next frame to it.
+        let (vm, link) = Vm::new(crate::vhost::OFFERED_FEATURES);
+        let (mut w, tap, counters) = worker_with_a_vm_counted(link);
+        vm.offer(VM_RX, 0, 1 << 21, 2048, VRING_WRITE as u16);
+        tap.send(&udp_frame(2, 1, 100)).unwrap();
+        tap.send(&udp_frame(2, 1, 100)).unwrap();
+        w.drain_pod(2, 0);
+        w.flush();
+        let c = counters.snapshot();
+        assert_eq!(c.vhost_queue_stops, 1);
+        assert_eq!(c.drops["tx_error"], 2, "both frames dropped");
     }
 }

@@ -85,6 +85,7 @@ struct Slot {
     queued: AtomicU64,
     rx_calls: AtomicU64,
     tx_calls: AtomicU64,
+    queue_stops: AtomicU64,
     drops: [AtomicU64; DropReason::ALL.len()],
 }
 
@@ -146,6 +147,11 @@ impl LinkCounters {
         bump(&s.tx_bytes, bytes as u64);
     }
 
+    /// A VM's virtqueue stopped on garbage in its ring; called only by worker `worker`.
+    pub fn queue_stopped(&self, worker: usize) {
+        bump(&self.slots[worker].queue_stops, 1);
+    }
+
     /// A frame was dropped; called only by worker `worker`.
     pub fn dropped(&self, worker: usize, reason: DropReason) {
         bump(&self.slots[worker].drops[reason as usize], 1);
@@ -164,6 +170,7 @@ impl LinkCounters {
             c.qdisc_depth += s.queued.load(Relaxed);
             c.rx_calls += s.rx_calls.load(Relaxed);
             c.tx_calls += s.tx_calls.load(Relaxed);
+            c.vhost_queue_stops += s.queue_stops.load(Relaxed);
         }
         for reason in DropReason::ALL {
             let n: u64 = self

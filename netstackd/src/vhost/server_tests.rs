@@ -992,3 +992,87 @@ fn a_pair_enabled_later_is_handed_over_with_the_others() {
     server.stop();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Pod 7's counters in the dataplane of `sink`.
+fn vm_counters(sink: &TwoWorkers) -> Option<crate::control::Counters> {
+    let (pods, _) = sink.dp.lock().expect("dp").stats();
+    pods.into_iter().find(|(id, _)| *id == 7).map(|(_, c)| c)
+}
+
+/// A guest that puts garbage in its transmit ring (an available index that jumps past the
+/// ring) gets that queue stopped and counted on the pod, while frames to it still arrive;
+/// once the frontend sets the ring up again as QEMU does on a reset (GET_VRING_BASE, then
+/// SET_VRING_BASE and SET_VRING_KICK) the device is handed over again, the queue runs, and
+/// the count stays.
+#[test]
+fn a_stopped_queue_is_counted_and_runs_again_after_the_frontend_resets_it() {
+    use crate::sys::tap::VNET_HDR_LEN;
+    let (sink, pod_ends) = TwoWorkers::start();
+    let dir = std::env::temp_dir().join(format!("netstack-vhost-stop-{}", std::process::id()));
+    let sock = VhostSocket::bind(&dir, "vm.sock").expect("bind");
+    let path = sock.path().to_path_buf();
+    let mut server = VhostServer::start(
+        sock,
+        pod_spec(7),
+        2,
+        Arc::clone(&sink) as Arc<dyn DeviceSink>,
+    )
+    .expect("server");
+    let guest = MqGuest::new(2);
+    let mut fe = guest.connect(&path, 2);
+    guest.start(&mut fe, &[0], true);
+    sink.wait_for(1);
+    guest.send(0, 0, 0xa0);
+    let mut fills = Vec::new();
+    assert!(eventually(|| {
+        tap_fills(&pod_ends, &mut fills);
+        fills == [0xa0]
+    }));
+    assert!(eventually(|| guest.used_idx(1) == 1));
+    assert_eq!(vm_counters(&sink).expect("pod 7").vhost_queue_stops, 0);
+
+    // Garbage: the available index jumps 300 entries ahead on a ring of 256.
+    let avail_idx = ring(1).avail_ring_addr - USER + 2;
+    guest
+        .ram
+        .write_all_at(&301u16.to_le_bytes(), avail_idx)
+        .expect("poke");
+    guest.kicks[1].write(1).expect("kick");
+    assert!(
+        eventually(|| vm_counters(&sink).is_some_and(|c| c.vhost_queue_stops == 1)),
+        "the stop is counted"
+    );
+    // The other direction goes on.
+    guest.post(0, 0);
+    pod_ends[0]
+        .send(&udp(2, 7, 0xc0, VNET_HDR_LEN))
+        .expect("TAP pod sends");
+    assert!(
+        eventually(|| guest.used_idx(0) == 1),
+        "frames to the VM go on"
+    );
+
+    // The frontend resets the ring; the guest's ring is sane again.
+    assert_eq!(fe.get_vring_base(1).expect("base"), 1);
+    guest
+        .ram
+        .write_all_at(&1u16.to_le_bytes(), avail_idx)
+        .expect("avail idx");
+    fe.set_vring_base(1, 1).expect("base");
+    fe.set_vring_kick(1, &guest.kicks[1]).expect("kick");
+    sink.wait_for(2);
+    guest.send(0, 1, 0xa1);
+    assert!(eventually(|| {
+        tap_fills(&pod_ends, &mut fills);
+        fills == [0xa0, 0xa1]
+    }));
+    assert_eq!(
+        vm_counters(&sink).expect("pod 7").vhost_queue_stops,
+        1,
+        "the count goes on across the handover"
+    );
+
+    drop(fe);
+    server.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}

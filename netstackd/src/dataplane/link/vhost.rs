@@ -20,8 +20,9 @@
 //! What the guest negotiated decides what it is given: a GSO frame goes whole only when the
 //! guest takes that GSO type (`GUEST_TSO4`/`GUEST_TSO6`; never ECN or UDP), else as segments;
 //! without `GUEST_CSUM` a partial checksum is completed first and no offload flag reaches it.
-//! A ring fault stops the queue (`Virtq`): it is logged once and the worker stops reading
-//! it, until the frontend sets the ring up again and the device is handed over anew.
+//! A ring fault stops the queue (`Virtq`): it is counted on the pod (`vhost_queue_stops`),
+//! logged once, and the worker stops reading it, until the frontend sets the ring up again
+//! and the device is handed over anew.
 
 use std::collections::VecDeque;
 use std::io;
@@ -374,8 +375,8 @@ impl VhostLink {
     /// Writes the frames of the slots in `batch` into the guest's receive queue (as segments
     /// where the guest does not take the frame's GSO type, or `segment` is on), or into its
     /// backlog while the guest has no buffer; counts them on `tx.counters`, gives every slot
-    /// back to `pool`, and interrupts the guest once. A ring fault met here is logged once
-    /// (the queue stays stopped; later frames are dropped as `tx_error`).
+    /// back to `pool`, and interrupts the guest once. A ring fault met here is counted and
+    /// logged once (the queue stays stopped; later frames are dropped as `tx_error`).
     pub fn send(
         &mut self,
         pool: &mut SlotPool,
@@ -426,6 +427,7 @@ impl VhostLink {
         }
         drop(rx);
         if let Some(e) = fault {
+            tx.counters.queue_stopped(tx.worker);
             tracing::warn!(
                 worker = tx.worker,
                 container_id = %self.container_id,

@@ -244,6 +244,16 @@ impl Link {
         fds.iter().map(|fd| fd.as_fd())
     }
 
+    /// Gives a VM pod's queue pair `pair` a new call eventfd for its receive queue
+    /// (`to_guest`) or its transmit queue. False for other links, or a pair this worker does
+    /// not read.
+    pub fn set_call(&mut self, pair: usize, to_guest: bool, call: Option<OwnedFd>) -> bool {
+        match self {
+            Link::Vhost(v) => v.set_call(pair, to_guest, call),
+            _ => false,
+        }
+    }
+
     /// The fd of receive queue `q`.
     pub fn rx_fd(&self, q: usize) -> Option<BorrowedFd<'_>> {
         self.rx_fds().nth(q)

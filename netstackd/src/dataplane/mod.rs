@@ -290,6 +290,30 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Gives vring `vring` of VM pod `id` (receive queues even, transmit odd) the call eventfd
+    /// `call`, on the worker that reads its pair, without taking the pod away: frames keep
+    /// flowing. An error when no worker serves that vring.
+    pub fn set_vring_call(&self, id: u64, vring: usize, call: Option<OwnedFd>) -> io::Result<()> {
+        let pair = vring / 2;
+        let handle = &self.workers[pair % self.workers.len()];
+        let (ack_tx, ack_rx) = mpsc::channel();
+        handle.send(WorkerCmd::SetCall(
+            id,
+            pair,
+            vring.is_multiple_of(2),
+            call,
+            ack_tx,
+        ))?;
+        match ack_rx.recv_timeout(APPLY_TIMEOUT) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no VM pod {id} with vring {vring}"),
+            )),
+            Err(_) => Err(io::Error::other("dataplane worker did not answer")),
+        }
+    }
+
     /// Hands `links` (one per worker, in worker order) of pod `spec` to the workers, with the
     /// pod's counters (`counters`, or new ones) and shaping.
     fn attach_links(

@@ -163,6 +163,18 @@ impl Virtq {
         self.queue.next_used()
     }
 
+    /// Interrupts the guest through `call` from now on (the frontend's SET_VRING_CALL: the
+    /// guest changed its interrupt vectors), and once right away, as libvhost-user does: an
+    /// interrupt the old eventfd took while it was being replaced is not lost (a spurious one
+    /// costs the driver one look at the used ring).
+    pub fn set_call(&mut self, call: Option<OwnedFd>) {
+        self.call = call;
+        if let Some(call) = &self.call {
+            // A full counter (EAGAIN) already interrupts the guest.
+            let _ = nix::unistd::write(call.as_fd(), &1u64.to_ne_bytes());
+        }
+    }
+
     /// Why the queue stopped, if it did.
     pub fn stopped(&self) -> Option<VirtqError> {
         self.stopped

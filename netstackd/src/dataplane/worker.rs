@@ -7,7 +7,7 @@
 //! link the batch queued for it.
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -93,6 +93,9 @@ pub(super) enum WorkerCmd {
     ),
     Detach(u64, mpsc::Sender<()>),
     Capture(u64, Arc<CaptureSink>, mpsc::Sender<bool>),
+    /// A VM pod's new call eventfd: (pod, pair, for its receive queue, the fd); acked with
+    /// whether this worker reads that pair.
+    SetCall(u64, usize, bool, Option<OwnedFd>, mpsc::Sender<bool>),
     Shutdown,
 }
 
@@ -267,6 +270,13 @@ impl Worker {
                         None => false,
                     };
                     let _ = ack.send(found);
+                }
+                Ok(WorkerCmd::SetCall(id, pair, to_guest, call, ack)) => {
+                    let done = self
+                        .router
+                        .pod_mut(id)
+                        .is_some_and(|pod| pod.io.link.set_call(pair, to_guest, call));
+                    let _ = ack.send(done);
                 }
                 Ok(WorkerCmd::Shutdown) | Err(mpsc::TryRecvError::Disconnected) => return false,
                 Err(mpsc::TryRecvError::Empty) => return true,

@@ -80,6 +80,51 @@ impl VhostAttach {
         d
     }
 
+    /// Vring `vring` has the call eventfd `call` now (the frontend's SET_VRING_CALL): the
+    /// description and `fds`, the fds that go with it, are changed alike. An error, changing
+    /// nothing, when the device does not serve that vring or `fds` do not match it.
+    pub fn set_call(
+        &mut self,
+        fds: &mut Vec<OwnedFd>,
+        vring: usize,
+        call: Option<OwnedFd>,
+    ) -> Result<(), VhostError> {
+        if fds.len() != self.fd_count() {
+            return Err(VhostError::Memory(format!(
+                "{} fds for a device that needs {}",
+                fds.len(),
+                self.fd_count()
+            )));
+        }
+        let mut at = self.regions.len();
+        for p in &mut self.pairs {
+            if p.index != vring / 2 {
+                at += 2 + usize::from(p.to_guest_call) + usize::from(p.from_guest_call);
+                continue;
+            }
+            // After both kicks: the receive queue's call, then the transmit queue's.
+            at += 2;
+            let has = if vring.is_multiple_of(2) {
+                &mut p.to_guest_call
+            } else {
+                at += usize::from(p.to_guest_call);
+                &mut p.from_guest_call
+            };
+            let now = call.is_some();
+            match (*has, call) {
+                (true, Some(fd)) => fds[at] = fd,
+                (true, None) => {
+                    fds.remove(at);
+                }
+                (false, Some(fd)) => fds.insert(at, fd),
+                (false, None) => {}
+            }
+            *has = now;
+            return Ok(());
+        }
+        Err(VhostError::Memory(format!("vring {vring} is not served")))
+    }
+
     /// Maps the memory and builds the queue pairs from `fds` (in the order this module
     /// describes). The dataplane child does this.
     pub fn into_device(self, fds: Vec<OwnedFd>) -> Result<VhostDevice, VhostError> {

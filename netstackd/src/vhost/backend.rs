@@ -98,11 +98,14 @@ pub struct NetBackend {
     on_stop: Option<StopHook>,
     /// The queue pairs a dataplane was given (since the last stop).
     served: Vec<usize>,
+    /// Served vrings whose call eventfd changed since [`NetBackend::take_call_changes`].
+    calls_changed: Vec<usize>,
 }
 
 /// What the supervisor runs before a request stops or changes a ring the dataplane may be
 /// serving (`GET_VRING_BASE`, a new memory table, a reset, a ring's new size, base,
-/// addresses or eventfds, a disable): take the pod away from the dataplane first.
+/// addresses or kick eventfd, a disable): take the pod away from the dataplane first. A new
+/// call eventfd is not one of them ([`NetBackend::take_call_changes`]).
 pub struct StopHook(pub Box<dyn FnMut() + Send>);
 
 impl std::fmt::Debug for StopHook {
@@ -128,6 +131,7 @@ impl NetBackend {
             fatal: 0,
             on_stop: None,
             served: Vec::new(),
+            calls_changed: Vec::new(),
         }
     }
 
@@ -138,6 +142,7 @@ impl NetBackend {
 
     fn stop(&mut self) {
         self.served.clear();
+        self.calls_changed.clear();
         if let Some(StopHook(hook)) = &mut self.on_stop {
             hook();
         }
@@ -160,6 +165,25 @@ impl NetBackend {
                 v.base_pending = false;
             }
         }
+    }
+
+    /// The served vrings whose call eventfd the frontend changed since the last call, each
+    /// with a duplicate of its new eventfd (`None`: it has none now), for the dataplane to
+    /// take without letting go of the rings.
+    pub fn take_call_changes(
+        &mut self,
+    ) -> std::io::Result<Vec<(usize, Option<std::os::fd::OwnedFd>)>> {
+        let changed = std::mem::take(&mut self.calls_changed);
+        changed
+            .into_iter()
+            .map(|v| {
+                let fd = match &self.vrings[v].call {
+                    Some(f) => Some(std::os::fd::OwnedFd::from(f.try_clone()?)),
+                    None => None,
+                };
+                Ok((v, fd))
+            })
+            .collect()
     }
 
     /// The queue pairs among the first `pairs` that the dataplane may serve: both rings
@@ -558,9 +582,15 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
         Ok(())
     }
 
+    /// A new call eventfd (QEMU sends one when the guest changes its interrupt vectors): on a
+    /// served ring the dataplane is handed it ([`NetBackend::take_call_changes`]) and keeps
+    /// the rings.
     fn set_vring_call(&mut self, index: u8, fd: Option<File>) -> Result<()> {
-        self.stop_ring(u32::from(index));
         self.vring_mut(u32::from(index), "SET_VRING_CALL")?.call = fd;
+        let v = usize::from(index);
+        if self.served.contains(&(v / 2)) && !self.calls_changed.contains(&v) {
+            self.calls_changed.push(v);
+        }
         Ok(())
     }
 

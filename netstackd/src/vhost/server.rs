@@ -4,12 +4,14 @@
 //! Once queue pair 0 is complete and enabled, the device is handed to the dataplane
 //! ([`DeviceSink::attach`]) with every pair that is (see `NetBackend::ready_pairs` for why
 //! this is what QEMU's sequence calls for), and handed over again whenever that set changes
-//! (a pair enabled or disabled later); before any request that stops or changes a ring
-//! (`GET_VRING_BASE`, a new memory table, a reset, new ring parameters or eventfds, a disable)
-//! and when the frontend leaves, the pod is taken away from it first ([`DeviceSink::detach`]),
-//! so the dataplane never touches memory or rings the frontend has taken back. After a change
-//! the device is handed over again as soon as it is complete, each ring resuming at the used
-//! index in guest memory. A frontend that leaves may connect again; the socket stays until
+//! (a pair enabled or disabled later); before any request that stops or changes a served ring
+//! (`GET_VRING_BASE`, a new memory table, a reset, new ring parameters or kick eventfd, a
+//! disable) and when the frontend leaves, the pod is taken away from it first
+//! ([`DeviceSink::detach`]), so the dataplane never touches memory or rings the frontend has
+//! taken back. After a change the device is handed over again as soon as it is complete,
+//! each ring resuming at the used index in guest memory. A new call eventfd on a served ring
+//! (QEMU sends one whenever the guest changes its interrupt vectors) takes nothing away: it
+//! is handed over alone ([`DeviceSink::set_call`]), and frames keep flowing. A frontend that leaves may connect again; the socket stays until
 //! [`VhostServer::stop`].
 
 use std::os::fd::OwnedFd;
@@ -31,6 +33,14 @@ pub trait DeviceSink: Send + Sync + 'static {
     fn attach(&self, spec: &PodSpec, device: VhostAttach, fds: Vec<OwnedFd>) -> Result<(), String>;
     /// Stop serving pod `id`; returns once the dataplane no longer touches its rings.
     fn detach(&self, id: u64);
+
+    /// Vring `vring` of pod `id`, being served, has the call eventfd `call` now: hand it over
+    /// without taking the rings away. An error (the default) makes the server take the device
+    /// away and hand it over again instead.
+    fn set_call(&self, id: u64, vring: usize, call: Option<OwnedFd>) -> Result<(), String> {
+        let _ = (id, vring, call);
+        Err("new call eventfds are not handed over".into())
+    }
 }
 
 /// A pod's socket and the thread that serves it.
@@ -97,6 +107,33 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Hands the dataplane the call eventfds the frontend changed on served rings; false when
+/// one could not be (the device must then be handed over anew).
+fn hand_over_calls(
+    conn: &super::socket::Connection,
+    sink: &dyn DeviceSink,
+    spec: &PodSpec,
+) -> bool {
+    let changes = match conn.device().take_call_changes() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(container_id = %spec.container_id, "duplicating a call eventfd: {e}");
+            return false;
+        }
+    };
+    for (vring, call) in changes {
+        if let Err(e) = sink.set_call(spec.id, vring, call) {
+            tracing::info!(
+                container_id = %spec.container_id,
+                vring,
+                "a new call eventfd goes with a new handover: {e}"
+            );
+            return false;
+        }
+    }
+    true
+}
+
 fn run(
     sock: VhostSocket,
     spec: PodSpec,
@@ -143,8 +180,11 @@ fn run(
             }
             if attached.load(Ordering::SeqCst) {
                 // A pair enabled later (the guest's VQ_PAIRS_SET) changes what is served:
-                // the device is taken away and handed over again with it.
-                if conn.device().ready_pairs(pairs) == served {
+                // the device is taken away and handed over again with it. A new call
+                // eventfd alone is handed over with the rings kept.
+                if conn.device().ready_pairs(pairs) == served
+                    && hand_over_calls(&conn, &*sink, &spec)
+                {
                     continue;
                 }
                 if attached.swap(false, Ordering::SeqCst) {

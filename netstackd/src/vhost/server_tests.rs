@@ -31,6 +31,8 @@ enum Event {
     /// the sink mapped it from those fds.
     Attach(VhostAttach, usize, u64),
     Detach(u64),
+    /// A new call eventfd handed over without a detach: the vring, whether it has one.
+    SetCall(usize, bool),
 }
 
 #[derive(Default)]
@@ -81,6 +83,15 @@ impl DeviceSink for Recorder {
         self.events.lock().expect("events").push(Event::Detach(id));
         self.changed.notify_all();
     }
+
+    fn set_call(&self, _id: u64, vring: usize, call: Option<OwnedFd>) -> Result<(), String> {
+        self.events
+            .lock()
+            .expect("events")
+            .push(Event::SetCall(vring, call.is_some()));
+        self.changed.notify_all();
+        Ok(())
+    }
 }
 
 fn spec() -> PodSpec {
@@ -126,9 +137,9 @@ fn start_rings(fe: &mut Frontend, qs: &[usize], kicks: &[EventFd], calls: &[Even
 }
 
 /// The device goes to the dataplane once both rings of the pair are started and enabled, with the
-/// region fd, the transmit queue's kick and both calls; GET_VRING_BASE takes it away before
-/// its reply; a ring's new call eventfd takes it away and hands it over again, resuming at
-/// the used index; the frontend leaving takes it away; a frontend may connect again; stop
+/// region fd, both kicks and both calls; a ring's new call eventfd is handed over alone, the
+/// rings kept; GET_VRING_BASE takes it away before its reply, and the next handover resumes
+/// at the used index; the frontend leaving takes it away; a frontend may connect again; stop
 /// removes the socket.
 #[test]
 fn the_device_follows_what_the_frontend_negotiates() {
@@ -193,19 +204,13 @@ fn the_device_follows_what_the_frontend_negotiates() {
         assert_eq!(u64::from_ne_bytes(b), 1);
     }
 
-    // A new call eventfd for ring 0: away and back, the rings resuming at the used index.
+    // A new call eventfd for ring 0 (the guest changed its interrupt vectors): handed over
+    // alone, the rings kept.
     fe.set_vring_call(0, &calls[2]).expect("call");
-    assert_eq!(rec.wait_for(3), 3);
+    assert_eq!(rec.wait_for(2), 2);
     {
         let ev = rec.events.lock().expect("events");
-        assert!(matches!(ev[1], Event::Detach(7)), "{ev:?}");
-        let Event::Attach(d, ..) = &ev[2] else {
-            panic!("{ev:?}");
-        };
-        assert_eq!(
-            (d.pairs[0].to_guest.base, d.pairs[0].from_guest.base),
-            (None, None)
-        );
+        assert!(matches!(ev[1], Event::SetCall(0, true)), "{ev:?}");
     }
 
     // GET_VRING_BASE: the dataplane lets go before the answer (the used index, 9).
@@ -214,34 +219,31 @@ fn the_device_follows_what_the_frontend_negotiates() {
     assert_eq!(fe.get_vring_base(1).expect("base"), 9);
     {
         let ev = rec.events.lock().expect("events");
-        assert_eq!(ev.len(), 4, "{ev:?}");
-        assert!(matches!(ev[3], Event::Detach(7)), "{ev:?}");
+        assert_eq!(ev.len(), 3, "{ev:?}");
+        assert!(matches!(ev[2], Event::Detach(7)), "{ev:?}");
     }
     // Not complete again until ring 1 is started again.
     fe.set_vring_enable(0, true).expect("enable");
-    assert_eq!(rec.events.lock().expect("events").len(), 4);
-    // Ring 1 stayed enabled: complete again at its kick (from the base set), then away and
-    // back for its call eventfd.
+    assert_eq!(rec.events.lock().expect("events").len(), 3);
+    // Ring 1 stayed enabled: complete again at its kick (from the base set; ring 0 resumes
+    // at the used index, with its new call eventfd), then its own new call eventfd.
     start_rings(&mut fe, &[1], &kicks, &calls);
-    assert_eq!(rec.wait_for(7), 7);
+    assert_eq!(rec.wait_for(5), 5);
     {
         let ev = rec.events.lock().expect("events");
         assert!(
-            matches!(&ev[4], Event::Attach(d, ..) if d.pairs[0].from_guest.base == Some(3)),
+            matches!(&ev[3], Event::Attach(d, ..) if d.pairs[0].from_guest.base == Some(3)
+                && d.pairs[0].to_guest.base.is_none() && d.pairs[0].to_guest_call),
             "{ev:?}"
         );
-        assert!(matches!(ev[5], Event::Detach(7)), "{ev:?}");
-        assert!(
-            matches!(&ev[6], Event::Attach(d, ..) if d.pairs[0].from_guest.base.is_none()),
-            "{ev:?}"
-        );
+        assert!(matches!(ev[4], Event::SetCall(1, true)), "{ev:?}");
     }
 
     // The frontend leaves: the pod is taken away. Another one connects and is served.
     drop(fe);
-    assert_eq!(rec.wait_for(8), 8);
+    assert_eq!(rec.wait_for(6), 6);
     assert!(matches!(
-        rec.events.lock().expect("events")[7],
+        rec.events.lock().expect("events")[5],
         Event::Detach(7)
     ));
     let fe = Frontend::connect(&path, 2).expect("reconnect");
@@ -711,6 +713,14 @@ impl DeviceSink for TwoWorkers {
     fn detach(&self, id: u64) {
         self.dp.lock().expect("dp").detach(id);
     }
+
+    fn set_call(&self, id: u64, vring: usize, call: Option<OwnedFd>) -> Result<(), String> {
+        self.dp
+            .lock()
+            .expect("dp")
+            .set_vring_call(id, vring, call)
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// The guest side of a multiqueue device: vring q at `ring(q)`, its kick `kicks[q]`.
@@ -1071,6 +1081,158 @@ fn a_stopped_queue_is_counted_and_runs_again_after_the_frontend_resets_it() {
         1,
         "the count goes on across the handover"
     );
+
+    drop(fe);
+    server.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The kept description and fds follow each new call eventfd (added, replaced, removed, on
+/// either queue of either pair): a device built from them has each call where it belongs.
+#[test]
+fn a_new_call_eventfd_keeps_the_fds_in_step_with_the_description() {
+    use nix::sys::eventfd::{EfdFlags, EventFd as NixEventFd};
+    let ram = File::from(memfd_create("guest-ram", MFdFlags::MFD_CLOEXEC).expect("memfd"));
+    ram.set_len(MIB).expect("size");
+    // An eventfd whose counter says who it is.
+    let tagged = |n: u64| -> OwnedFd {
+        OwnedFd::from(
+            NixEventFd::from_value_and_flags(n as u32, EfdFlags::EFD_NONBLOCK).expect("eventfd"),
+        )
+    };
+    // Reads the tag and puts it back (a read resets the counter).
+    let tag = |fd: &Option<OwnedFd>| -> Option<u64> {
+        fd.as_ref().map(|fd| {
+            let mut b = [0u8; 8];
+            nix::unistd::read(fd.as_fd(), &mut b).expect("read");
+            nix::unistd::write(fd, &b).expect("write back");
+            u64::from_ne_bytes(b)
+        })
+    };
+    let cfg = |q: u64| crate::dataplane::virtq::RingConfig {
+        size: 256,
+        desc: 0x10000 * (q + 1),
+        avail: 0x10000 * (q + 1) + 0x1000,
+        used: 0x10000 * (q + 1) + 0x2000,
+        event_idx: true,
+        base: None,
+    };
+    let pair = |index: usize, calls: bool| super::attach::PairDesc {
+        index,
+        to_guest: cfg(2 * index as u64),
+        to_guest_call: calls,
+        from_guest: cfg(2 * index as u64 + 1),
+        from_guest_call: calls,
+    };
+    let mut device = VhostAttach {
+        features: OFFERED_FEATURES,
+        regions: vec![super::attach::RegionDesc {
+            guest_addr: 0,
+            size: MIB,
+            user_addr: USER,
+            mmap_offset: 0,
+        }],
+        pairs: vec![pair(0, true), pair(1, false)],
+    };
+    // Region, pair 0: kicks 1 and 2, calls 3 (rx) and 4 (tx); pair 1: kicks 5 and 6.
+    let mut fds = vec![OwnedFd::from(ram.try_clone().expect("dup"))];
+    fds.extend([1, 2, 3, 4, 5, 6].map(tagged));
+    // (vring, new call tag or none, the calls expected after: pair 0 rx, tx, pair 1 rx, tx)
+    let steps: [(usize, Option<u64>, [Option<u64>; 4]); 5] = [
+        // Pair 1's transmit queue gets a call.
+        (3, Some(10), [Some(3), Some(4), None, Some(10)]),
+        // Then its receive queue.
+        (2, Some(11), [Some(3), Some(4), Some(11), Some(10)]),
+        // Pair 0's receive call replaced.
+        (0, Some(12), [Some(12), Some(4), Some(11), Some(10)]),
+        // Pair 0's transmit call removed.
+        (1, None, [Some(12), None, Some(11), Some(10)]),
+        // And given back.
+        (1, Some(13), [Some(12), Some(13), Some(11), Some(10)]),
+    ];
+    for (vring, call, want) in steps {
+        device
+            .set_call(&mut fds, vring, call.map(tagged))
+            .expect("set call");
+        assert_eq!(fds.len(), device.fd_count(), "vring {vring}");
+        let dups: Vec<OwnedFd> = fds.iter().map(|f| f.try_clone().expect("dup")).collect();
+        let built = device.clone().into_device(dups).expect("device");
+        let got: Vec<Option<u64>> = built
+            .pairs
+            .iter()
+            .flat_map(|p| [tag(&p.to_guest_call), tag(&p.from_guest_call)])
+            .collect();
+        assert_eq!(got, want, "after vring {vring}");
+        let kicks: Vec<Option<u64>> = built
+            .pairs
+            .into_iter()
+            .flat_map(|p| [tag(&Some(p.kick)), tag(&Some(p.to_guest_kick))])
+            .collect();
+        assert_eq!(kicks, [1, 2, 5, 6].map(Some), "the kicks stay");
+    }
+    assert!(
+        device.set_call(&mut fds, 4, None).is_err(),
+        "a vring not served"
+    );
+}
+
+/// SET_VRING_CALL on a served ring (QEMU sends it when the guest changes its interrupt
+/// vectors) reaches the real dataplane without a handover: the device is not given again, the
+/// new eventfd is signalled once on arrival and interrupts the guest for the next frame, the
+/// old one no longer does, and frames keep flowing.
+#[test]
+fn a_new_call_eventfd_reaches_the_dataplane_without_a_handover() {
+    use crate::sys::tap::VNET_HDR_LEN;
+    let (sink, pod_ends) = TwoWorkers::start();
+    let dir = std::env::temp_dir().join(format!("netstack-vhost-call-{}", std::process::id()));
+    let sock = VhostSocket::bind(&dir, "vm.sock").expect("bind");
+    let path = sock.path().to_path_buf();
+    let mut server = VhostServer::start(
+        sock,
+        pod_spec(7),
+        2,
+        Arc::clone(&sink) as Arc<dyn DeviceSink>,
+    )
+    .expect("server");
+    let mut guest = MqGuest::new(2);
+    guest.calls[0] = EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).expect("eventfd");
+    let mut fe = guest.connect(&path, 2);
+    guest.start(&mut fe, &[0], true);
+    sink.wait_for(1);
+    let used_event = ring(0).avail_ring_addr - USER + 4 + 2 * 256;
+
+    guest.post(0, 0);
+    pod_ends[0]
+        .send(&udp(2, 7, 0xc0, VNET_HDR_LEN))
+        .expect("TAP pod sends");
+    assert!(eventually(|| guest.used_idx(0) == 1));
+    assert!(
+        eventually(|| guest.calls[0].read().is_ok()),
+        "the first call eventfd fired"
+    );
+
+    let new_call = EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).expect("eventfd");
+    fe.set_vring_call(0, &new_call).expect("call");
+    assert!(
+        eventually(|| new_call.read().is_ok()),
+        "the new eventfd was handed over (signalled once on arrival)"
+    );
+    // The guest asks for an interrupt past its next buffer.
+    guest
+        .ram
+        .write_all_at(&1u16.to_le_bytes(), used_event)
+        .expect("used_event");
+    guest.post(0, 1);
+    pod_ends[1]
+        .send(&udp(2, 7, 0xc1, VNET_HDR_LEN))
+        .expect("TAP pod sends");
+    assert!(eventually(|| guest.used_idx(0) == 2), "frames keep flowing");
+    assert!(
+        eventually(|| new_call.read().is_ok()),
+        "the new eventfd interrupts"
+    );
+    assert!(guest.calls[0].read().is_err(), "the old one no longer does");
+    assert_eq!(sink.served.lock().expect("served").len(), 1, "no handover");
 
     drop(fe);
     server.stop();

@@ -200,6 +200,8 @@ fn lock(rx: &Mutex<GuestRx>) -> MutexGuard<'_, GuestRx> {
 /// One queue pair a worker reads: the guest's transmit queue, and its receive queue whose
 /// kick this worker waits on.
 pub(in crate::dataplane) struct ReadPair {
+    /// Its number in the device.
+    pub index: usize,
     /// The guest's transmit queue: frames from it.
     pub from_guest: Virtq,
     /// The guest's receive queue of the same pair.
@@ -250,6 +252,20 @@ impl VhostLink {
             to_guest,
             kicks,
         }
+    }
+
+    /// Gives queue pair `pair`'s receive queue (`to_guest`) or transmit queue a new call
+    /// eventfd. False when this worker does not read that pair.
+    pub fn set_call(&mut self, pair: usize, to_guest: bool, call: Option<OwnedFd>) -> bool {
+        let Some(p) = self.pairs.iter_mut().find(|p| p.index == pair) else {
+            return false;
+        };
+        if to_guest {
+            lock(&p.to_guest).queue.set_call(call);
+        } else {
+            p.from_guest.set_call(call);
+        }
+        true
     }
 
     /// The fds the worker waits on.
@@ -471,6 +487,7 @@ pub(in crate::dataplane) fn vhost_links(
         set_nonblocking(&pair.to_guest_kick)?;
         let (pairs, tx_kicks, rx_kicks) = &mut read[pair.index % n];
         pairs.push(ReadPair {
+            index: pair.index,
             from_guest,
             to_guest: Arc::clone(&rx),
         });

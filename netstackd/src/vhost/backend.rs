@@ -459,11 +459,12 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
             )));
         }
         self.features = features;
-        // Without protocol features a ring is enabled from the start; with them it waits
-        // for SET_VRING_ENABLE.
-        let enabled = features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() == 0;
-        for v in &mut self.vrings {
-            v.enabled = enabled;
+        // Without protocol features every ring is enabled at once; with them SET_FEATURES
+        // changes no ring's enable (SET_VRING_ENABLE does; QEMU may send it before).
+        if features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() == 0 {
+            for v in &mut self.vrings {
+                v.enabled = true;
+            }
         }
         Ok(())
     }

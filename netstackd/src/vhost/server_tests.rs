@@ -1238,3 +1238,218 @@ fn a_new_call_eventfd_reaches_the_dataplane_without_a_handover() {
     server.stop();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Kills the QEMU it holds when dropped (a failing test leaves no VM behind).
+struct Qemu(std::process::Child);
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Reads the serial console until it has printed `want` (bounded: `secs` seconds);
+/// everything read so far is in `seen`.
+fn console_until(console: &mut UnixStream, seen: &mut String, want: &str, secs: u64) -> bool {
+    use std::io::Read;
+    let mut buf = [0u8; 4096];
+    let end = std::time::Instant::now() + Duration::from_secs(secs);
+    while std::time::Instant::now() < end {
+        if seen.contains(want) {
+            return true;
+        }
+        match console.read(&mut buf) {
+            Ok(0) => {
+                seen.push_str("\n[console closed]");
+                return false;
+            }
+            Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                seen.push_str(&format!("\n[console: {e}]"));
+                return false;
+            }
+        }
+    }
+    seen.contains(want)
+}
+
+/// A real QEMU (TCG, two vCPUs, `queues=2,mq=on`) boots the e2e VM (`e2e/vm/`: set
+/// NETSTACK_VM_KERNEL and NETSTACK_VM_INITRD to `vm_assets`' VM_KERNEL and VM_INITRD) on the
+/// server of a dataplane with two workers: the device is served with pair 0 as soon as QEMU
+/// enables it, then with both pairs once the guest's driver asks for two (VQ_PAIRS_SET); the
+/// guest's pings reach a TAP pod, and 80 datagrams from the TAP pod (40 through each worker)
+/// reach the guest. Run by hand:
+/// `cargo test -p netstackd real_qemu -- --ignored --nocapture`.
+#[test]
+#[ignore = "boots a VM: needs qemu-system-x86_64 and the e2e VM's kernel and initramfs"]
+fn real_qemu_enables_its_pairs_and_pings_through_them() {
+    let (Ok(kernel), Ok(initrd)) = (
+        std::env::var("NETSTACK_VM_KERNEL"),
+        std::env::var("NETSTACK_VM_INITRD"),
+    ) else {
+        panic!("set NETSTACK_VM_KERNEL and NETSTACK_VM_INITRD (e2e/vm/lib.sh: vm_assets)");
+    };
+    // The server's and the dataplane's log lines, with the test's output.
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    let (sink, pod_ends) = TwoWorkers::start();
+    let dir = std::env::temp_dir().join(format!("netstack-vhost-qemu-{}", std::process::id()));
+    let sock = VhostSocket::bind(&dir, "vm.sock").expect("bind");
+    let path = sock.path().to_path_buf();
+    let mut server = VhostServer::start(
+        sock,
+        pod_spec(7),
+        2,
+        Arc::clone(&sink) as Arc<dyn DeviceSink>,
+    )
+    .expect("server");
+    let console_path = dir.join("console.sock");
+    let mac = pod_spec(7).mac.0;
+    let mac = format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]
+    );
+    // Bounded by the guard: killed when the test ends, passed or not.
+    let qemu = std::process::Command::new("qemu-system-x86_64")
+        .args(["-accel", "tcg", "-cpu", "qemu64", "-smp", "2"])
+        .args([
+            "-m",
+            "256M",
+            "-object",
+            "memory-backend-memfd,id=mem,size=256M,share=on",
+        ])
+        .args([
+            "-numa",
+            "node,memdev=mem",
+            "-nographic",
+            "-nodefaults",
+            "-no-reboot",
+        ])
+        .args(["-no-user-config", "-monitor", "none"])
+        .arg("-chardev")
+        .arg(format!(
+            "socket,id=ser0,path={},server=on,wait=off",
+            console_path.display()
+        ))
+        .args([
+            "-serial",
+            "chardev:ser0",
+            "-kernel",
+            &kernel,
+            "-initrd",
+            &initrd,
+        ])
+        .arg("-append")
+        .arg("console=ttyS0 quiet loglevel=1 panic=-1 ns.ip=10.77.0.7/24 ns.gw=10.77.0.1")
+        .arg("-chardev")
+        .arg(format!("socket,id=c0,path={}", path.display()))
+        .args(["-netdev", "vhost-user,id=n0,chardev=c0,queues=2"])
+        .arg("-device")
+        .arg(format!(
+            "virtio-net-pci,netdev=n0,mac={mac},vectors=0,mq=on"
+        ))
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("qemu");
+    let _qemu = Qemu(qemu);
+    assert!(eventually(|| console_path.exists()), "QEMU's console");
+    let mut console = UnixStream::connect(&console_path).expect("console");
+    console
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .expect("timeout");
+    let mut seen = String::new();
+    assert!(
+        console_until(&mut console, &mut seen, "NETSTACK-VM-READY", 180),
+        "the VM booted: {seen}"
+    );
+    // The rest of the marker line: the guest's address and MTU.
+    assert!(
+        console_until(&mut console, &mut seen, " mtu ", 30),
+        "{seen}"
+    );
+    assert!(seen.contains("NETSTACK-VM-READY net=eth0"), "{seen}");
+    let mut run = |n: u32, cmd: &str, seen: &mut String| -> String {
+        use std::io::Write;
+        console
+            .write_all(format!("{n} {cmd}\n").as_bytes())
+            .expect("command");
+        let end = format!("@@E{n}=");
+        assert!(console_until(&mut console, seen, &end, 60), "{cmd}: {seen}");
+        // Up to the end of the status line.
+        assert!(console_until(&mut console, seen, "\n", 5) || seen.ends_with('\n'));
+        let from = seen.find(&format!("@@B{n}")).map_or(0, |i| i);
+        seen[from..].to_string()
+    };
+    // The guest's echo requests reach the TAP pod (which does not answer).
+    run(1, "ping -c 3 -W 1 10.77.0.2", &mut seen);
+    let mut requests = 0;
+    assert!(
+        eventually(|| {
+            let mut got = [0u8; 2048];
+            for end in &pod_ends {
+                while let Ok(n) = end.recv(&mut got) {
+                    // An ICMP echo request from the VM: IPv4 protocol 1, type 8.
+                    let ip = crate::sys::tap::VNET_HDR_LEN + 14;
+                    if n > ip + 20 && got[ip + 9] == 1 && got[ip + 20] == 8 {
+                        requests += 1;
+                    }
+                }
+            }
+            requests >= 3
+        }),
+        "the TAP pod got the guest's pings: {requests}"
+    );
+    // 40 datagrams to the guest from each of the TAP pod's queues (one per worker).
+    let rx = |out: &str| -> u64 {
+        out.lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .next()
+            .unwrap_or(0)
+    };
+    let before = rx(&run(
+        2,
+        "cat /sys/class/net/eth0/statistics/rx_packets",
+        &mut seen,
+    ));
+    for i in 0..40u8 {
+        for end in &pod_ends {
+            end.send(&udp(2, 7, i, crate::sys::tap::VNET_HDR_LEN))
+                .expect("TAP pod sends");
+        }
+    }
+    let mut after = before;
+    for k in 0..30 {
+        after = rx(&run(
+            3 + k,
+            "cat /sys/class/net/eth0/statistics/rx_packets",
+            &mut seen,
+        ));
+        if after >= before + 80 {
+            break;
+        }
+    }
+    let served = sink.served.lock().expect("served").clone();
+    eprintln!(
+        "devices served: {served:?}\nthe VM's counters: {:?}\nguest rx_packets {before} -> {after}",
+        vm_counters(&sink)
+    );
+    assert!(after >= before + 80, "the guest received the 80 datagrams");
+    assert_eq!(
+        served.first(),
+        Some(&vec![0]),
+        "pair 0 first, as QEMU enables it"
+    );
+    assert_eq!(
+        served.last(),
+        Some(&vec![0, 1]),
+        "both pairs once the guest asked"
+    );
+
+    server.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}

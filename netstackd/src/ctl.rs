@@ -175,6 +175,7 @@ fn counters_row(name: String, c: &Counters) -> Vec<String> {
         c.tx_packets.to_string(),
         c.tx_bytes.to_string(),
         c.rx_gso_packets.to_string(),
+        c.vhost_queue_stops.to_string(),
         drops.to_string(),
         reasons.join(","),
     ]
@@ -439,6 +440,7 @@ pub fn run(socket: &Path, command: CtlCommand, json: bool) -> anyhow::Result<()>
                     "TX_PKTS",
                     "TX_BYTES",
                     "RX_GSO",
+                    "VQ_STOPS",
                     "DROPS",
                     "DROP_REASONS",
                 ]

@@ -517,6 +517,10 @@ pub struct Counters {
     /// mode).
     #[serde(default)]
     pub tx_calls: u64,
+    /// A VM pod's virtqueues stopped because the guest put garbage in a ring (each counted
+    /// once; the queue runs again once the frontend sets it up anew).
+    #[serde(default)]
+    pub vhost_queue_stops: u64,
 }
 
 /// Per-pod rate limits, as the CNI `bandwidth` capability gives them: rates in bit/s, bursts

@@ -104,7 +104,7 @@ pub struct Snapshot<'a> {
 pub fn render(s: &Snapshot<'_>) -> String {
     let mut out = String::new();
     type Field = fn(&Counters) -> u64;
-    let per_pod: [(&str, &str, Field); 7] = [
+    let per_pod: [(&str, &str, Field); 8] = [
         (
             "netstack_pod_receive_packets_total",
             "Frames netstack delivered to the pod (its interface received them), as cAdvisor's container_network_receive_packets_total. A GSO super-frame counts once, or as its segments when it was segmented in software on the way.",
@@ -140,6 +140,11 @@ pub fn render(s: &Snapshot<'_>) -> String {
             "netstack's write system calls that delivered frames to the pod (one per frame on a TAP, one per sendmmsg batch in veth mode).",
             |c| c.tx_calls,
         ),
+        (
+            "netstack_pod_vhost_queue_stops_total",
+            "A VM pod's virtqueues netstack stopped because the guest put garbage in a ring (a descriptor outside its memory, a loop, an available index jump); each stop counts once, and the queue runs again once the VMM sets it up anew. 0 for other pods.",
+            |c| c.vhost_queue_stops,
+        ),
     ];
     for (name, help, field) in per_pod {
         family(&mut out, name, "counter", help);
@@ -151,7 +156,7 @@ pub fn render(s: &Snapshot<'_>) -> String {
         &mut out,
         "netstack_pod_drops_total",
         "counter",
-        "Frames dropped, by reason, each once: at the pod that sent them when netstack could not read them whole (oversize, malformed; kernel_queue_full: the kernel dropped them before netstack read them) or would not route them (those also count in netstack_pod_transmit_packets_total); at the pod they were going to when its full queue (qdisc_full), its link (tx_error) or software segmentation (malformed) refused them.",
+        "Frames dropped, by reason, each once: at the pod that sent them when netstack could not read them whole (oversize, malformed; kernel_queue_full: the kernel dropped them before netstack read them) or would not route them (those also count in netstack_pod_transmit_packets_total); at the pod they were going to when its full queue (qdisc_full), its link (tx_error), a VM's full receive ring and backlog (guest_rx_full) or software segmentation (malformed) refused them.",
     );
     for (p, c) in &s.pods {
         for (reason, n) in &c.drops {
@@ -680,6 +685,7 @@ mod tests {
             rx_gso_packets: 1,
             rx_calls: 2,
             tx_calls: 4,
+            vhost_queue_stops: 2,
             ..Counters::default()
         };
         let uplink = Counters {
@@ -700,6 +706,7 @@ mod tests {
             ("netstack_pod_transmit_gso_packets_total", 1.0),
             ("netstack_pod_read_calls_total", 2.0),
             ("netstack_pod_write_calls_total", 4.0),
+            ("netstack_pod_vhost_queue_stops_total", 2.0),
         ] {
             assert_eq!(value_of(&all, name, id), want, "{name}");
         }

@@ -198,6 +198,21 @@ pub fn run(user: DataplaneUser) -> anyhow::Result<()> {
                 dataplane.detach(id);
                 DpReply::Done
             }
+            DpRequest::SetVringCall { id, vring, call } => {
+                let fd = fds.into_iter().next();
+                if call != fd.is_some() {
+                    DpReply::Error {
+                        message: format!("a new call eventfd for VM pod {id} without its fd"),
+                    }
+                } else {
+                    match dataplane.set_vring_call(id, vring, fd) {
+                        Ok(()) => DpReply::Done,
+                        Err(e) => DpReply::Error {
+                            message: e.to_string(),
+                        },
+                    }
+                }
+            }
             DpRequest::Stats => {
                 let (pods, uplink) = dataplane.stats();
                 DpReply::Stats {

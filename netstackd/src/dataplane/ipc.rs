@@ -46,6 +46,15 @@ pub enum DpRequest {
         /// What its frontend negotiated.
         device: crate::vhost::attach::VhostAttach,
     },
+    /// A VM pod's vring has a new call eventfd (attached when `call`), or none.
+    SetVringCall {
+        /// Attachment id.
+        id: u64,
+        /// The vring (receive queues even, transmit odd).
+        vring: usize,
+        /// An eventfd is attached.
+        call: bool,
+    },
     /// Stop serving a pod.
     Detach {
         /// Attachment id.

@@ -9,8 +9,8 @@
 //!   `recvmmsg`/`sendmmsg`, or received through a TPACKET_V2 ring (`--veth-rx ring`).
 //! - [`TunLink`]: the uplink TUN queue, whose frames start at layer 3: it reads behind room
 //!   for an Ethernet header so the router can put one there.
-//! - [`VhostLink`]: a VM pod's virtqueue pair in its guest memory (vhost-user), woken by the
-//!   guest's kick eventfd (`vhost`).
+//! - [`VhostLink`]: a VM pod's virtqueue pairs in its guest memory (vhost-user), woken by the
+//!   guest's kick eventfds (`vhost`).
 //!
 //! `Link` is an enum over the kinds rather than a trait object: the set of kinds is closed,
 //! the worker holds links by value in its pod table (no box, no vtable call per batch), and
@@ -31,7 +31,7 @@ use crate::wire::{ethernet, VnetHdr};
 use super::qdisc::{Slot, SlotPool};
 
 mod vhost;
-pub(super) use vhost::VhostLink;
+pub(super) use vhost::{vhost_links, VhostLink};
 
 /// How a pod's fds reach the dataplane, as the supervisor tells it in a [`super::PodSpec`].
 ///
@@ -109,6 +109,9 @@ pub(super) enum RxOutcome {
     Dead(io::Error),
     /// No such queue on this link.
     NoQueue,
+    /// A VM's virtqueue stopped on a fault of the guest's ring (`VirtqError::Stopped` when an
+    /// earlier call met the fault): stop reading it.
+    Stopped(crate::dataplane::virtq::VirtqError),
 }
 
 impl RxOutcome {
@@ -241,6 +244,16 @@ impl Link {
         fds.iter().map(|fd| fd.as_fd())
     }
 
+    /// Gives a VM pod's queue pair `pair` a new call eventfd for its receive queue
+    /// (`to_guest`) or its transmit queue. False for other links, or a pair this worker does
+    /// not read.
+    pub fn set_call(&mut self, pair: usize, to_guest: bool, call: Option<OwnedFd>) -> bool {
+        match self {
+            Link::Vhost(v) => v.set_call(pair, to_guest, call),
+            _ => false,
+        }
+    }
+
     /// The fd of receive queue `q`.
     pub fn rx_fd(&self, q: usize) -> Option<BorrowedFd<'_>> {
         self.rx_fds().nth(q)
@@ -295,8 +308,7 @@ impl Link {
                 }))
             }
             Link::Packet(p) => p.recv(q, pool, batch, lens),
-            Link::Vhost(v) if q == 0 => v.recv(pool, batch, lens),
-            Link::Vhost(_) => RxOutcome::NoQueue,
+            Link::Vhost(v) => v.recv(q, pool, batch, lens),
             #[cfg(test)]
             Link::Mem(m) => m.recv(pool, batch, lens),
         }
@@ -381,6 +393,33 @@ impl PacketLink {
     }
 }
 
+/// A guest receive queue's backlog was full (`vhost::GuestRx`): the frame is dropped as
+/// `guest_rx_full`.
+#[derive(Debug)]
+struct BacklogFull;
+
+impl std::fmt::Display for BacklogFull {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the guest has no receive buffer and its backlog is full")
+    }
+}
+
+impl std::error::Error for BacklogFull {}
+
+/// The error a write to a VM returns when its backlog is full.
+fn backlog_full() -> io::Error {
+    io::Error::other(BacklogFull)
+}
+
+/// Why a write that failed dropped its frame.
+fn write_drop_reason(e: &io::Error) -> DropReason {
+    if e.get_ref().is_some_and(|inner| inner.is::<BacklogFull>()) {
+        DropReason::GuestRxFull
+    } else {
+        DropReason::TxError
+    }
+}
+
 /// A super-frame the segmenter refuses is a malformed frame.
 impl From<crate::gso::GsoError> for DropReason {
     fn from(_: crate::gso::GsoError) -> Self {
@@ -409,14 +448,14 @@ fn send_frame(
                 return Ok(());
             }
             Err(e) if vnet.is_gso() && e.raw_os_error() == Some(libc::EINVAL) => {}
-            Err(_) => return Err(DropReason::TxError),
+            Err(e) => return Err(write_drop_reason(&e)),
         }
     }
     let gso = GsoFrame::parse(&vnet, frame, l3_offset)?;
     counters.segmented(w);
     let plain = [0u8; VNET_HDR_LEN];
     gso.segment_each(tx.scratch, |seg| {
-        write(&plain, seg).map_err(|_| DropReason::TxError)?;
+        write(&plain, seg).map_err(|e| write_drop_reason(&e))?;
         counters.tx_call(w);
         counters.tx(w, seg.len());
         Ok(())

@@ -122,7 +122,17 @@ pub struct Dataplane {
     pod_counters: HashMap<u64, Arc<LinkCounters>>,
     /// Container ids by attachment id, for log lines.
     names: HashMap<u64, String>,
+    /// The VM pods among the attached ones.
+    vm_pods: std::collections::HashSet<u64>,
+    /// The counters of VM pods taken away, by attachment id: a VM pod's device is taken away
+    /// and handed over again whenever its frontend changes a ring, and its counters (its
+    /// queue stops above all) go on rather than start again. At most `PARKED_MAX`, the
+    /// oldest (lowest id) forgotten first.
+    parked: std::collections::BTreeMap<u64, Arc<LinkCounters>>,
 }
+
+/// Counters of VM pods taken away that the dataplane keeps for their next handover.
+const PARKED_MAX: usize = 1024;
 
 impl Dataplane {
     /// Starts one worker per uplink queue fd. ICMP errors are sourced from `gateway`.
@@ -191,6 +201,8 @@ impl Dataplane {
             flows,
             pod_counters: HashMap::new(),
             names: HashMap::new(),
+            vm_pods: std::collections::HashSet::new(),
+            parked: std::collections::BTreeMap::new(),
         })
     }
 
@@ -263,36 +275,56 @@ impl Dataplane {
             .zip(extra)
             .map(|(rx, tx_extra)| Link::pod(spec.link, rx, tx_extra))
             .collect::<io::Result<Vec<_>>>()?;
-        self.attach_links(spec, links)
+        self.attach_links(spec, links, None)
     }
 
-    /// Serves a VM pod whose vhost-user device the supervisor negotiated: worker w serves
-    /// queue pair w, so the device must have one pair per worker.
+    /// Serves a VM pod whose vhost-user device the supervisor negotiated: pair i is read by
+    /// worker i % N (so any number of pairs works on any number of workers), and worker w
+    /// writes frames to the guest into the receive queue of the device's pair w % pairs
+    /// (shared by the workers that write to it when the pairs are fewer than the workers).
     pub fn attach_vhost(&mut self, spec: &PodSpec, device: virtq::VhostDevice) -> io::Result<()> {
-        let n = self.workers.len();
-        if device.pairs.len() != n {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "a VM pod needs one queue pair per worker: {} pairs, {n} workers",
-                    device.pairs.len()
-                ),
-            ));
+        let links = link::vhost_links(&spec.container_id, device, self.workers.len())?;
+        let counters = self.parked.remove(&spec.id);
+        self.attach_links(spec, links, counters)?;
+        self.vm_pods.insert(spec.id);
+        Ok(())
+    }
+
+    /// Gives vring `vring` of VM pod `id` (receive queues even, transmit odd) the call eventfd
+    /// `call`, on the worker that reads its pair, without taking the pod away: frames keep
+    /// flowing. An error when no worker serves that vring.
+    pub fn set_vring_call(&self, id: u64, vring: usize, call: Option<OwnedFd>) -> io::Result<()> {
+        let pair = vring / 2;
+        let handle = &self.workers[pair % self.workers.len()];
+        let (ack_tx, ack_rx) = mpsc::channel();
+        handle.send(WorkerCmd::SetCall(
+            id,
+            pair,
+            vring.is_multiple_of(2),
+            call,
+            ack_tx,
+        ))?;
+        match ack_rx.recv_timeout(APPLY_TIMEOUT) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no VM pod {id} with vring {vring}"),
+            )),
+            Err(_) => Err(io::Error::other("dataplane worker did not answer")),
         }
-        let links = device
-            .pairs
-            .into_iter()
-            .map(|pair| pair.into_link(&device.mem, device.features))
-            .collect::<io::Result<Vec<_>>>()?;
-        self.attach_links(spec, links)
     }
 
     /// Hands `links` (one per worker, in worker order) of pod `spec` to the workers, with the
-    /// pod's counters and shaping.
-    fn attach_links(&mut self, spec: &PodSpec, links: Vec<Link>) -> io::Result<()> {
+    /// pod's counters (`counters`, or new ones) and shaping.
+    fn attach_links(
+        &mut self,
+        spec: &PodSpec,
+        links: Vec<Link>,
+        counters: Option<Arc<LinkCounters>>,
+    ) -> io::Result<()> {
         let n = self.workers.len();
         let (ack_tx, ack_rx) = mpsc::channel();
-        let counters = Arc::new(LinkCounters::new(n));
+        let counters = counters.unwrap_or_else(|| Arc::new(LinkCounters::new(n)));
         let bw = spec.bandwidth.unwrap_or_default();
         let ingress = qdisc::TokenBucket::new(bw.ingress_rate, bw.ingress_burst).map(Arc::new);
         let egress = qdisc::TokenBucket::new(bw.egress_rate, bw.egress_burst).map(Arc::new);
@@ -344,7 +376,13 @@ impl Dataplane {
 
     /// Takes a pod away from every worker and closes its queue fds. Idempotent.
     pub fn detach(&mut self, id: u64) {
-        self.pod_counters.remove(&id);
+        let counters = self.pod_counters.remove(&id);
+        if let (true, Some(c)) = (self.vm_pods.remove(&id), counters) {
+            self.parked.insert(id, c);
+            while self.parked.len() > PARKED_MAX {
+                self.parked.pop_first();
+            }
+        }
         let name = self.names.remove(&id).unwrap_or_default();
         let (ack_tx, ack_rx) = mpsc::channel();
         let mut sent = 0;

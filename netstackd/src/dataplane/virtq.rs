@@ -33,8 +33,6 @@ use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMma
 
 use crate::sys::tap::{RxFrame, VNET_HDR_LEN};
 
-use super::link::{Link, VhostLink};
-
 /// The virtio-net header with `num_buffers` (VERSION_1 or mergeable receive buffers).
 pub const VIRTIO_NET_HDR_LEN: usize = 12;
 
@@ -163,6 +161,18 @@ impl Virtq {
     /// The used index published so far.
     pub fn next_used(&self) -> u16 {
         self.queue.next_used()
+    }
+
+    /// Interrupts the guest through `call` from now on (the frontend's SET_VRING_CALL: the
+    /// guest changed its interrupt vectors), and once right away, as libvhost-user does: an
+    /// interrupt the old eventfd took while it was being replaced is not lost (a spurious one
+    /// costs the driver one look at the used ring).
+    pub fn set_call(&mut self, call: Option<OwnedFd>) {
+        self.call = call;
+        if let Some(call) = &self.call {
+            // A full counter (EAGAIN) already interrupts the guest.
+            let _ = nix::unistd::write(call.as_fd(), &1u64.to_ne_bytes());
+        }
     }
 
     /// Why the queue stopped, if it did.
@@ -413,6 +423,43 @@ impl Virtq {
         Ok(notify)
     }
 
+    /// Asks the guest not to kick when it adds buffers (without event index: the used ring's
+    /// `NO_NOTIFY` flag; with it the event index is simply left behind).
+    pub fn disable_notification(&mut self, mem: &GuestMemoryMmap) -> Result<(), VirtqError> {
+        self.running()?;
+        self.queue
+            .disable_notification(mem)
+            .map_err(|_| self.fail(VirtqError::RingMemory))
+    }
+
+    /// Asks the guest to kick when it adds a buffer after those available now (with event
+    /// index: `avail_event` set to the available index it reads now, so a guest whose buffers
+    /// were too few for a frame kicks at its next one). Returns true when the guest added
+    /// buffers meanwhile: look again before sleeping.
+    pub fn notify_on_new_buffers(&mut self, mem: &GuestMemoryMmap) -> Result<bool, VirtqError> {
+        self.running()?;
+        let avail_idx = GuestAddress(self.avail + 2);
+        let seen = match mem.load::<u16>(avail_idx, Ordering::Acquire) {
+            Ok(v) => u16::from_le(v),
+            Err(_) => return Err(self.fail(VirtqError::RingMemory)),
+        };
+        if self.event_idx {
+            // avail_event sits after the used ring's entries.
+            let at = GuestAddress(self.used + 4 + 8 * u64::from(self.queue.size()));
+            if mem.store(seen.to_le(), at, Ordering::Relaxed).is_err() {
+                return Err(self.fail(VirtqError::RingMemory));
+            }
+        } else if self.queue.enable_notification(mem).is_err() {
+            return Err(self.fail(VirtqError::RingMemory));
+        }
+        // The request is visible before the index is read again.
+        fence(Ordering::SeqCst);
+        match mem.load::<u16>(avail_idx, Ordering::Acquire) {
+            Ok(now) => Ok(u16::from_le(now) != seen),
+            Err(_) => Err(self.fail(VirtqError::RingMemory)),
+        }
+    }
+
     /// Asks the guest to kick when it adds buffers (with event index: once it passes the next
     /// entry this queue reads). Returns true when buffers arrived meanwhile: read again
     /// before sleeping.
@@ -425,13 +472,19 @@ impl Virtq {
     }
 }
 
-/// One queue pair of a VM pod's device, for one worker.
+/// One queue pair of a VM pod's device, as the supervisor handed it over.
 pub struct VhostPair {
-    /// The guest's receive queue (virtqueue 2w).
+    /// Its number in the device: vrings 2 × `index` (receive) and 2 × `index` + 1
+    /// (transmit). Worker `index % workers` reads it.
+    pub index: usize,
+    /// The guest's receive queue.
     pub to_guest: RingConfig,
     /// Its call eventfd.
     pub to_guest_call: Option<OwnedFd>,
-    /// The guest's transmit queue (virtqueue 2w + 1).
+    /// Its kick eventfd: the guest added receive buffers (waited on while frames to it wait
+    /// for room).
+    pub to_guest_kick: OwnedFd,
+    /// The guest's transmit queue.
     pub from_guest: RingConfig,
     /// Its call eventfd.
     pub from_guest_call: Option<OwnedFd>,
@@ -440,34 +493,21 @@ pub struct VhostPair {
 }
 
 /// A VM pod's device as the dataplane serves it: its memory (`crate::vhost::map_regions`),
-/// the virtio features the guest acked, one queue pair per worker.
+/// the virtio features the guest acked, the queue pairs the guest enabled (pair 0 at least).
 pub struct VhostDevice {
     /// Guest memory.
     pub mem: GuestMemoryMmap,
     /// Acked virtio features.
     pub features: u64,
-    /// Queue pair w for worker w.
+    /// The queue pairs served, by ascending index.
     pub pairs: Vec<VhostPair>,
 }
 
-impl VhostPair {
-    /// The worker's link over this pair. The kick eventfd is made non-blocking (the worker
-    /// reads it to clear a kick).
-    pub(super) fn into_link(self, mem: &GuestMemoryMmap, features: u64) -> io::Result<Link> {
-        let to_guest = Virtq::new(mem, &self.to_guest, self.to_guest_call)
-            .map_err(|e| io::Error::other(format!("the guest's receive queue: {e}")))?;
-        let from_guest = Virtq::new(mem, &self.from_guest, self.from_guest_call)
-            .map_err(|e| io::Error::other(format!("the guest's transmit queue: {e}")))?;
-        let flags = OFlag::from_bits_retain(fcntl(&self.kick, FcntlArg::F_GETFL)?);
-        fcntl(&self.kick, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
-        Ok(Link::Vhost(Box::new(VhostLink::new(
-            mem.clone(),
-            features,
-            to_guest,
-            from_guest,
-            self.kick,
-        ))))
-    }
+/// Makes an eventfd the worker reads to clear non-blocking.
+pub(super) fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
+    let flags = OFlag::from_bits_retain(fcntl(fd, FcntlArg::F_GETFL)?);
+    fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+    Ok(())
 }
 
 #[cfg(test)]

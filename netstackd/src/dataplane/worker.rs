@@ -7,7 +7,7 @@
 //! link the batch queued for it.
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -93,6 +93,9 @@ pub(super) enum WorkerCmd {
     ),
     Detach(u64, mpsc::Sender<()>),
     Capture(u64, Arc<CaptureSink>, mpsc::Sender<bool>),
+    /// A VM pod's new call eventfd: (pod, pair, for its receive queue, the fd); acked with
+    /// whether this worker reads that pair.
+    SetCall(u64, usize, bool, Option<OwnedFd>, mpsc::Sender<bool>),
     Shutdown,
 }
 
@@ -268,6 +271,13 @@ impl Worker {
                     };
                     let _ = ack.send(found);
                 }
+                Ok(WorkerCmd::SetCall(id, pair, to_guest, call, ack)) => {
+                    let done = self
+                        .router
+                        .pod_mut(id)
+                        .is_some_and(|pod| pod.io.link.set_call(pair, to_guest, call));
+                    let _ = ack.send(done);
+                }
                 Ok(WorkerCmd::Shutdown) | Err(mpsc::TryRecvError::Disconnected) => return false,
                 Err(mpsc::TryRecvError::Empty) => return true,
             }
@@ -366,6 +376,29 @@ impl Worker {
                 %container_id,
                 queue = q,
                 "the pod's device is gone ({e}): its queue is no longer read"
+            );
+        }
+    }
+
+    /// A VM pod's virtqueue behind queue `q` stopped on garbage in the guest's ring: its kick
+    /// leaves epoll (the queue is served again once the frontend sets it up anew and the
+    /// device is handed over again); the stop is counted on the pod and logged once, where
+    /// it happened (`VirtqError::Stopped`: an earlier call met it and counted it).
+    fn stop_virtqueue(&mut self, id: u64, q: usize, e: crate::dataplane::virtq::VirtqError) {
+        if let Some((fd, _)) = queue_fd(&self.router, &self.uplink, id, q) {
+            let _ = self.epoll.delete(fd);
+        }
+        self.throttle.forget_queue(id, q);
+        if e == crate::dataplane::virtq::VirtqError::Stopped {
+            return;
+        }
+        if let Some(pod) = self.router.pod(id) {
+            pod.counters.queue_stopped(self.index);
+            tracing::warn!(
+                worker = self.index,
+                container_id = %pod.io.container_id,
+                queue = q,
+                "the VM put garbage in a ring: its virtqueue is stopped ({e})"
             );
         }
     }
@@ -862,6 +895,8 @@ mod tests {
     struct Vm {
         mem: vm_memory::GuestMemoryMmap,
         kick: EventFd,
+        /// The receive queue's kick: the guest added buffers.
+        rx_kick: EventFd,
         rx_call: EventFd,
         tx_call: EventFd,
     }
@@ -872,7 +907,7 @@ mod tests {
     impl Vm {
         /// The guest and the worker's link to it, with `features` acked.
         fn new(features: u64) -> (Vm, Link) {
-            use crate::dataplane::virtq::{RingConfig, VhostPair};
+            use crate::dataplane::virtq::{RingConfig, VhostDevice, VhostPair};
             use crate::vhost::{map_regions, MemRegion};
             use nix::sys::eventfd::EfdFlags;
 
@@ -901,18 +936,29 @@ mod tests {
             let vm = Vm {
                 mem,
                 kick: eventfd(),
+                rx_kick: eventfd(),
                 rx_call: eventfd(),
                 tx_call: eventfd(),
             };
             let dup = |e: &EventFd| e.as_fd().try_clone_to_owned().unwrap();
             let pair = VhostPair {
+                index: 0,
                 to_guest: cfg(VM_RX),
                 to_guest_call: Some(dup(&vm.rx_call)),
+                to_guest_kick: dup(&vm.rx_kick),
                 from_guest: cfg(VM_TX),
                 from_guest_call: Some(dup(&vm.tx_call)),
                 kick: dup(&vm.kick),
             };
-            let link = pair.into_link(&vm.mem, features).unwrap();
+            let device = VhostDevice {
+                mem: vm.mem.clone(),
+                features,
+                pairs: vec![pair],
+            };
+            let link = crate::dataplane::link::vhost_links("vm", device, 1)
+                .unwrap()
+                .pop()
+                .unwrap();
             (vm, link)
         }
 
@@ -970,11 +1016,18 @@ mod tests {
 
     /// A worker with VM pod 1 (`link`) and TAP pod 2; returns the TAP pod's end.
     fn worker_with_a_vm(link: Link) -> (Worker, UnixDatagram) {
+        let (w, tap, _) = worker_with_a_vm_counted(link);
+        (w, tap)
+    }
+
+    /// [`worker_with_a_vm`], with the VM pod's counters.
+    fn worker_with_a_vm_counted(link: Link) -> (Worker, UnixDatagram, Arc<LinkCounters>) {
         let mut w = empty_worker();
         let (tap_ours, tap) = UnixDatagram::pair().unwrap();
         tap_ours.set_nonblocking(true).unwrap();
         tap.set_nonblocking(true).unwrap();
         let tap_link = Link::pod(LinkKind::Tap, vec![OwnedFd::from(tap_ours)], None).unwrap();
+        let mut vm_counters = None;
         for (id, link) in [(1u8, link), (2, tap_link)] {
             let spec = PodSpec {
                 id: u64::from(id),
@@ -988,9 +1041,12 @@ mod tests {
                 link: LinkKind::Tap,
             };
             let c = Arc::new(LinkCounters::new(1));
+            if id == 1 {
+                vm_counters = Some(Arc::clone(&c));
+            }
             w.attach(spec, c, PodIo::new(link)).unwrap();
         }
-        (w, tap)
+        (w, tap, vm_counters.expect("the VM's counters"))
     }
 
     /// A VM pod (vhost-user queue pair over memfd guest memory) and a TAP pod forward to each
@@ -1084,5 +1140,220 @@ mod tests {
         let landed = vm.read(at, 12 + frame_len);
         assert_eq!(&landed[..10], &[0u8; 10], "no offload flags");
         assert_eq!(&landed[12 + 34..], &want[34..], "the checksum completed");
+    }
+
+    /// `udp_frame(2, 1, 64)` with its last payload byte `n`: the frames of one flow, numbered.
+    fn numbered_to_vm(n: u8) -> Vec<u8> {
+        let mut f = udp_frame(2, 1, 64);
+        let last = f.len() - 1;
+        f[last] = n;
+        f
+    }
+
+    /// The available ring's `avail_event` of a 16-entry ring: what the guest kicks at.
+    fn avail_event(vm: &Vm, ring: u64) -> u16 {
+        let b = vm.read(ring + 0x800 + 4 + 8 * 16, 2);
+        u16::from_le_bytes([b[0], b[1]])
+    }
+
+    /// A burst to a VM whose receive ring is full waits in the pair's backlog, with the guest
+    /// asked to kick at its next buffer; when it posts buffers and kicks, the worker (woken by
+    /// that kick through epoll) writes the waiting frames into them in order, and interrupts
+    /// the guest. Nothing is dropped.
+    #[test]
+    fn frames_to_a_vm_with_a_full_ring_wait_and_arrive_in_order() {
+        let (vm, link) = Vm::new(crate::vhost::OFFERED_FEATURES);
+        let (mut w, tap, counters) = worker_with_a_vm_counted(link);
+        let first = vm.post(0);
+        for n in 0..5u8 {
+            tap.send(&numbered_to_vm(n)).unwrap();
+        }
+        w.drain_pod(2, 0);
+        w.flush();
+        let frame_len = numbered_to_vm(0).len() - VNET_HDR_LEN;
+        assert_eq!(vm.used(VM_RX, 0).0, 1, "one buffer: one frame in");
+        assert_eq!(vm.read(first, 12 + frame_len)[12 + frame_len - 1], 0);
+        assert_eq!(
+            avail_event(&vm, VM_RX),
+            1,
+            "asked to kick at its next buffer"
+        );
+        assert_eq!(vm.rx_call.read().unwrap(), 1);
+        assert!(
+            ready_tokens(&w).is_empty(),
+            "nothing to do until the guest kicks"
+        );
+
+        let at: Vec<u64> = (1..5).map(|i| vm.post(i)).collect();
+        // The guest asks to be interrupted past the buffer it consumed (`used_event` 1).
+        vm.write(VM_RX + 0x100 + 4 + 2 * 16, &1u16.to_le_bytes());
+        vm.rx_kick.write(1).unwrap();
+        assert!(
+            ready_tokens(&w).contains(&token(1, 1)),
+            "the worker waits on the receive queue's kick"
+        );
+        w.drain_pod(1, 1);
+        w.flush();
+        assert_eq!(
+            vm.used(VM_RX, 4).0,
+            5,
+            "the backlog went into the new buffers"
+        );
+        for (i, a) in at.iter().enumerate() {
+            let landed = vm.read(*a, 12 + frame_len);
+            assert_eq!(landed[12 + frame_len - 1], i as u8 + 1, "in order");
+        }
+        assert_eq!(vm.rx_call.read().unwrap(), 1, "interrupted once more");
+        assert!(vm.rx_kick.read().is_err(), "the kick was cleared");
+        let c = counters.snapshot();
+        assert_eq!(c.tx_packets, 5);
+        assert_eq!(c.drops.values().sum::<u64>(), 0, "{:?}", c.drops);
+
+        // Later frames go straight to the ring again.
+        let next = vm.post(5);
+        tap.send(&numbered_to_vm(9)).unwrap();
+        w.drain_pod(2, 0);
+        w.flush();
+        assert_eq!(vm.used(VM_RX, 5).0, 6);
+        assert_eq!(vm.read(next, 12 + frame_len)[12 + frame_len - 1], 9);
+    }
+
+    /// The backlog is bounded (here by the 16-entry ring): a longer burst to a guest with no
+    /// buffer drops the rest as `guest_rx_full`, and what was kept arrives in order.
+    #[test]
+    fn a_full_backlog_drops_as_guest_rx_full() {
+        let (vm, link) = Vm::new(crate::vhost::OFFERED_FEATURES);
+        let (mut w, tap, counters) = worker_with_a_vm_counted(link);
+        for n in 0..20u8 {
+            tap.send(&numbered_to_vm(n)).unwrap();
+        }
+        w.drain_pod(2, 0);
+        w.flush();
+        assert_eq!(vm.used(VM_RX, 0).0, 0);
+        let c = counters.snapshot();
+        assert_eq!(c.drops["guest_rx_full"], 4);
+        assert_eq!(c.drops["tx_error"], 0);
+        let at: Vec<u64> = (0..16).map(|i| vm.post(i)).collect();
+        vm.rx_kick.write(1).unwrap();
+        w.drain_pod(1, 1);
+        w.flush();
+        assert_eq!(vm.used(VM_RX, 15).0, 16);
+        let frame_len = numbered_to_vm(0).len() - VNET_HDR_LEN;
+        for (i, a) in at.iter().enumerate() {
+            assert_eq!(vm.read(*a, 12 + frame_len)[12 + frame_len - 1], i as u8);
+        }
+    }
+
+    /// Each kind of garbage in the VM's transmit ring stops that queue without a panic: the
+    /// stop is counted once on the VM pod (`vhost_queue_stops`), its kick leaves epoll, and a
+    /// second VM pod and the TAP pod on the same worker keep forwarding. Garbage in the
+    /// receive ring stops that queue, counted once as well.
+    #[test]
+    fn a_vm_that_puts_garbage_in_its_rings_stops_its_queue_counted() {
+        // (what it covers, the bytes written at an offset of the transmit ring)
+        let descriptor = |addr: u64, len: u32, flags: u16, next: u16| {
+            let mut d = Vec::with_capacity(16);
+            d.extend_from_slice(&addr.to_le_bytes());
+            d.extend_from_slice(&len.to_le_bytes());
+            d.extend_from_slice(&flags.to_le_bytes());
+            d.extend_from_slice(&next.to_le_bytes());
+            d
+        };
+        const NEXT: u16 = 1;
+        /// Bytes written at an offset of the transmit ring.
+        type Pokes = Vec<(u64, Vec<u8>)>;
+        let cases: Vec<(&str, Pokes)> = vec![
+            (
+                "a descriptor outside guest memory",
+                vec![(0, descriptor(1 << 21, 100, 0, 0))],
+            ),
+            (
+                "a length beyond guest memory",
+                vec![(0, descriptor(0xf_0000, 0x10_0000, 0, 0))],
+            ),
+            (
+                "a descriptor loop",
+                vec![
+                    (0, descriptor(0x1_0000, 64, NEXT, 1)),
+                    (16, descriptor(0x1_0100, 64, NEXT, 0)),
+                ],
+            ),
+            (
+                "a next index past the table",
+                vec![(0, descriptor(0x1_0000, 64, NEXT, 200))],
+            ),
+            (
+                "an available index jump beyond the ring",
+                vec![
+                    (0, descriptor(0x1_0000, 64, 0, 0)),
+                    (0x102, 100u16.to_le_bytes().to_vec()),
+                ],
+            ),
+        ];
+        for (what, pokes) in cases {
+            let (vm, link) = Vm::new(crate::vhost::OFFERED_FEATURES);
+            let (mut w, tap, counters) = worker_with_a_vm_counted(link);
+            // A second VM pod on the same worker.
+            let (vm3, link3) = Vm::new(crate::vhost::OFFERED_FEATURES);
+            let spec3 = PodSpec {
+                id: 3,
+                mac: mac(3),
+                ipv4: vec![ip(3)],
+                ipv6: Vec::new(),
+                gateway_v6: None,
+                mtu: 1500,
+                bandwidth: None,
+                container_id: "pod3".into(),
+                link: LinkKind::Tap,
+            };
+            w.attach(spec3, Arc::new(LinkCounters::new(1)), PodIo::new(link3))
+                .unwrap();
+
+            // The entry the guest makes available (head 0), with the garbage.
+            vm.write(VM_TX + 0x100 + 4, &0u16.to_le_bytes());
+            vm.write(VM_TX + 0x100 + 2, &1u16.to_le_bytes());
+            for (off, bytes) in &pokes {
+                vm.write(VM_TX + off, bytes);
+            }
+            vm.kick.write(1).unwrap();
+            w.drain_pod(1, 0);
+            w.flush();
+            assert_eq!(counters.snapshot().vhost_queue_stops, 1, "{what}");
+            assert!(
+                !ready_tokens(&w).contains(&token(1, 0)),
+                "{what}: the stopped queue is no longer waited on"
+            );
+            w.drain_pod(1, 0);
+            assert_eq!(
+                counters.snapshot().vhost_queue_stops,
+                1,
+                "{what}: counted once"
+            );
+
+            // The other VM still sends to the TAP pod, and the TAP pod to it.
+            let to_tap = udp_frame(3, 2, 100);
+            vm3.send(0, &to_tap[VNET_HDR_LEN..]);
+            w.drain_pod(3, 0);
+            w.flush();
+            let mut got = [0u8; 2048];
+            assert_eq!(tap.recv(&mut got).unwrap(), to_tap.len(), "{what}");
+            vm3.post(0);
+            tap.send(&udp_frame(2, 3, 100)).unwrap();
+            w.drain_pod(2, 0);
+            w.flush();
+            assert_eq!(vm3.used(VM_RX, 0).0, 1, "{what}: the other VM receives");
+        }
+
+        // The receive ring: a buffer outside guest memory stops it at the next frame to it.
+        let (vm, link) = Vm::new(crate::vhost::OFFERED_FEATURES);
+        let (mut w, tap, counters) = worker_with_a_vm_counted(link);
+        vm.offer(VM_RX, 0, 1 << 21, 2048, VRING_WRITE as u16);
+        tap.send(&udp_frame(2, 1, 100)).unwrap();
+        tap.send(&udp_frame(2, 1, 100)).unwrap();
+        w.drain_pod(2, 0);
+        w.flush();
+        let c = counters.snapshot();
+        assert_eq!(c.vhost_queue_stops, 1);
+        assert_eq!(c.drops["tx_error"], 2, "both frames dropped");
     }
 }

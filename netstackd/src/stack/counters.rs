@@ -32,11 +32,14 @@ pub enum DropReason {
     /// To an address no router forwards: IPv4 0/8, 127/8 (the node's loopback), 240/4 but
     /// the broadcast address, IPv6 `::1`.
     Martian,
+    /// To a VM whose receive ring had no buffer while the frames already waiting for one
+    /// filled its backlog.
+    GuestRxFull,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 11] = [
+    pub const ALL: [DropReason; 12] = [
         DropReason::Malformed,
         DropReason::Spoofed,
         DropReason::NoRoute,
@@ -48,6 +51,7 @@ impl DropReason {
         DropReason::QdiscFull,
         DropReason::Oversize,
         DropReason::Martian,
+        DropReason::GuestRxFull,
     ];
 
     /// The reason's name in stats and metrics.
@@ -64,6 +68,7 @@ impl DropReason {
             DropReason::QdiscFull => "qdisc_full",
             DropReason::Oversize => "oversize",
             DropReason::Martian => "martian",
+            DropReason::GuestRxFull => "guest_rx_full",
         }
     }
 }
@@ -80,6 +85,7 @@ struct Slot {
     queued: AtomicU64,
     rx_calls: AtomicU64,
     tx_calls: AtomicU64,
+    queue_stops: AtomicU64,
     drops: [AtomicU64; DropReason::ALL.len()],
 }
 
@@ -141,6 +147,11 @@ impl LinkCounters {
         bump(&s.tx_bytes, bytes as u64);
     }
 
+    /// A VM's virtqueue stopped on garbage in its ring; called only by worker `worker`.
+    pub fn queue_stopped(&self, worker: usize) {
+        bump(&self.slots[worker].queue_stops, 1);
+    }
+
     /// A frame was dropped; called only by worker `worker`.
     pub fn dropped(&self, worker: usize, reason: DropReason) {
         bump(&self.slots[worker].drops[reason as usize], 1);
@@ -159,6 +170,7 @@ impl LinkCounters {
             c.qdisc_depth += s.queued.load(Relaxed);
             c.rx_calls += s.rx_calls.load(Relaxed);
             c.tx_calls += s.tx_calls.load(Relaxed);
+            c.vhost_queue_stops += s.queue_stops.load(Relaxed);
         }
         for reason in DropReason::ALL {
             let n: u64 = self

@@ -436,6 +436,51 @@ impl DataplaneProcess {
         }
     }
 
+    /// VM pod `id`'s vring `vring` has the call eventfd `call` now (the guest changed its
+    /// interrupt vectors): kept with the pod's device (a restarted dataplane gets it) and
+    /// handed to the running dataplane, which goes on serving the rings.
+    pub fn set_vring_call(
+        &self,
+        id: u64,
+        vring: usize,
+        call: Option<OwnedFd>,
+    ) -> Result<(), DataplaneError> {
+        let mut inner = lock(&self.inner);
+        let dup = call
+            .as_ref()
+            .map(|fd| fd.try_clone())
+            .transpose()
+            .map_err(|e| DataplaneError::Local(format!("duplicating a call eventfd: {e}")))?;
+        let Inner { vhost, pods, .. } = &mut *inner;
+        let (Some(device), Some((_, fds))) = (vhost.get_mut(&id), pods.get_mut(&id)) else {
+            return Err(DataplaneError::Refused(format!("no VM pod {id}")));
+        };
+        device
+            .set_call(fds, vring, call)
+            .map_err(|e| DataplaneError::Refused(e.to_string()))?;
+        if inner.quarantined.contains_key(&id) {
+            return Ok(());
+        }
+        let req = DpRequest::SetVringCall {
+            id,
+            vring,
+            call: dup.is_some(),
+        };
+        let borrowed: Vec<_> = dup.iter().map(|fd| fd.as_fd()).collect();
+        match inner.call(&req, &borrowed, APPLY_DEADLINE) {
+            // No child runs, or it died mid-call: a new one gets the kept device.
+            Ok(DpReply::Done) | Err(CallError::Down | CallError::Broken) => Ok(()),
+            Err(CallError::Hung(d)) => Err(DataplaneError::Restarting(format!(
+                "the dataplane did not answer within {} s and is being restarted",
+                d.as_secs()
+            ))),
+            Ok(DpReply::Error { message }) => Err(DataplaneError::Refused(message)),
+            Ok(other) => Err(DataplaneError::Refused(format!(
+                "unexpected dataplane reply {other:?}"
+            ))),
+        }
+    }
+
     /// Stops serving a pod (quarantined or not) and closes the fds kept for it. Idempotent.
     pub fn detach(&self, id: u64) {
         let mut inner = lock(&self.inner);
@@ -661,5 +706,10 @@ impl crate::vhost::server::DeviceSink for DataplaneProcess {
 
     fn detach(&self, id: u64) {
         DataplaneProcess::detach(self, id);
+    }
+
+    fn set_call(&self, id: u64, vring: usize, call: Option<OwnedFd>) -> Result<(), String> {
+        self.set_vring_call(id, vring, call)
+            .map_err(|e| e.to_string())
     }
 }

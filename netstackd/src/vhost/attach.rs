@@ -1,7 +1,8 @@
 //! A VM pod's device as the supervisor hands it to the dataplane child: what the frontend
 //! negotiated ([`VhostAttach`], sent as JSON in `DpRequest::AttachVhost`) and the fds that go
 //! with it as SCM_RIGHTS, in a fixed order: every region's fd, then for each queue pair the
-//! kick eventfd of the guest's transmit queue and the call eventfds the message says are there.
+//! kick eventfds of the guest's transmit queue and of its receive queue, and the call
+//! eventfds the message says are there.
 //!
 //! The supervisor keeps its own fds and the description, and sends them again to a new child
 //! after a dataplane restart ([`VhostAttach::resumed`]: each ring starts at the used index in
@@ -32,11 +33,15 @@ pub struct RegionDesc {
 /// One queue pair: the guest's receive queue (vring 2p) and transmit queue (vring 2p + 1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PairDesc {
+    /// Its number p in the device (worker p % workers reads it).
+    #[serde(default)]
+    pub index: usize,
     /// The guest's receive queue.
     pub to_guest: RingConfig,
     /// Whether its call eventfd is among the fds.
     pub to_guest_call: bool,
-    /// The guest's transmit queue (its kick eventfd is always among the fds).
+    /// The guest's transmit queue (its kick eventfd, and the receive queue's, are always
+    /// among the fds).
     pub from_guest: RingConfig,
     /// Whether its call eventfd is among the fds.
     pub from_guest_call: bool,
@@ -49,7 +54,7 @@ pub struct VhostAttach {
     pub features: u64,
     /// The memory table, in the order of the fds.
     pub regions: Vec<RegionDesc>,
-    /// Queue pair p is served by worker p.
+    /// The queue pairs the guest enabled, by ascending index (pair 0 always among them).
     pub pairs: Vec<PairDesc>,
 }
 
@@ -60,7 +65,7 @@ impl VhostAttach {
             + self
                 .pairs
                 .iter()
-                .map(|p| 1 + usize::from(p.to_guest_call) + usize::from(p.from_guest_call))
+                .map(|p| 2 + usize::from(p.to_guest_call) + usize::from(p.from_guest_call))
                 .sum::<usize>()
     }
 
@@ -73,6 +78,51 @@ impl VhostAttach {
             p.from_guest.base = None;
         }
         d
+    }
+
+    /// Vring `vring` has the call eventfd `call` now (the frontend's SET_VRING_CALL): the
+    /// description and `fds`, the fds that go with it, are changed alike. An error, changing
+    /// nothing, when the device does not serve that vring or `fds` do not match it.
+    pub fn set_call(
+        &mut self,
+        fds: &mut Vec<OwnedFd>,
+        vring: usize,
+        call: Option<OwnedFd>,
+    ) -> Result<(), VhostError> {
+        if fds.len() != self.fd_count() {
+            return Err(VhostError::Memory(format!(
+                "{} fds for a device that needs {}",
+                fds.len(),
+                self.fd_count()
+            )));
+        }
+        let mut at = self.regions.len();
+        for p in &mut self.pairs {
+            if p.index != vring / 2 {
+                at += 2 + usize::from(p.to_guest_call) + usize::from(p.from_guest_call);
+                continue;
+            }
+            // After both kicks: the receive queue's call, then the transmit queue's.
+            at += 2;
+            let has = if vring.is_multiple_of(2) {
+                &mut p.to_guest_call
+            } else {
+                at += usize::from(p.to_guest_call);
+                &mut p.from_guest_call
+            };
+            let now = call.is_some();
+            match (*has, call) {
+                (true, Some(fd)) => fds[at] = fd,
+                (true, None) => {
+                    fds.remove(at);
+                }
+                (false, Some(fd)) => fds.insert(at, fd),
+                (false, None) => {}
+            }
+            *has = now;
+            return Ok(());
+        }
+        Err(VhostError::Memory(format!("vring {vring} is not served")))
     }
 
     /// Maps the memory and builds the queue pairs from `fds` (in the order this module
@@ -106,6 +156,7 @@ impl VhostAttach {
         let mut pairs = Vec::with_capacity(self.pairs.len());
         for p in &self.pairs {
             let kick = next()?;
+            let to_guest_kick = next()?;
             let to_guest_call = if p.to_guest_call { Some(next()?) } else { None };
             let from_guest_call = if p.from_guest_call {
                 Some(next()?)
@@ -113,8 +164,10 @@ impl VhostAttach {
                 None
             };
             pairs.push(VhostPair {
+                index: p.index,
                 to_guest: p.to_guest,
                 to_guest_call,
+                to_guest_kick,
                 from_guest: p.from_guest,
                 from_guest_call,
                 kick,

@@ -96,11 +96,16 @@ pub struct NetBackend {
     fatal: u64,
     /// Called before a request that stops or changes what a running dataplane serves.
     on_stop: Option<StopHook>,
+    /// The queue pairs a dataplane was given (since the last stop).
+    served: Vec<usize>,
+    /// Served vrings whose call eventfd changed since [`NetBackend::take_call_changes`].
+    calls_changed: Vec<usize>,
 }
 
 /// What the supervisor runs before a request stops or changes a ring the dataplane may be
 /// serving (`GET_VRING_BASE`, a new memory table, a reset, a ring's new size, base,
-/// addresses or eventfds, a disable): take the pod away from the dataplane first.
+/// addresses or kick eventfd, a disable): take the pod away from the dataplane first. A new
+/// call eventfd is not one of them ([`NetBackend::take_call_changes`]).
 pub struct StopHook(pub Box<dyn FnMut() + Send>);
 
 impl std::fmt::Debug for StopHook {
@@ -125,6 +130,8 @@ impl NetBackend {
             refused: 0,
             fatal: 0,
             on_stop: None,
+            served: Vec::new(),
+            calls_changed: Vec::new(),
         }
     }
 
@@ -134,39 +141,102 @@ impl NetBackend {
     }
 
     fn stop(&mut self) {
+        self.served.clear();
+        self.calls_changed.clear();
         if let Some(StopHook(hook)) = &mut self.on_stop {
             hook();
         }
     }
 
-    /// A dataplane was given the rings: a later one resumes them at the used index.
-    pub fn mark_attached(&mut self) {
-        for v in &mut self.vrings {
-            v.base_pending = false;
+    /// [`NetBackend::stop`] before a request on vring `index`, when a dataplane serves it: a
+    /// ring of a pair not handed over (set up, but not yet enabled) is the frontend's alone.
+    fn stop_ring(&mut self, index: u32) {
+        if usize::try_from(index).is_ok_and(|i| self.served.contains(&(i / 2))) {
+            self.stop();
         }
     }
 
-    /// The device as the dataplane serves it, once its first `pairs` queue pairs are complete
-    /// (size, addresses inside the memory table, kick eventfd, enabled): the description and
-    /// duplicates of the fds it names (`super::attach`). `None` while something is missing.
+    /// A dataplane was given the rings of `pairs`: a later one resumes them at the used
+    /// index (the others still start at the base the frontend set).
+    pub fn mark_attached(&mut self, pairs: &[usize]) {
+        self.served = pairs.to_vec();
+        for &p in pairs {
+            for v in self.vrings.iter_mut().skip(2 * p).take(2) {
+                v.base_pending = false;
+            }
+        }
+    }
+
+    /// The served vrings whose call eventfd the frontend changed since the last call, each
+    /// with a duplicate of its new eventfd (`None`: it has none now), for the dataplane to
+    /// take without letting go of the rings.
+    pub fn take_call_changes(
+        &mut self,
+    ) -> std::io::Result<Vec<(usize, Option<std::os::fd::OwnedFd>)>> {
+        let changed = std::mem::take(&mut self.calls_changed);
+        changed
+            .into_iter()
+            .map(|v| {
+                let fd = match &self.vrings[v].call {
+                    Some(f) => Some(std::os::fd::OwnedFd::from(f.try_clone()?)),
+                    None => None,
+                };
+                Ok((v, fd))
+            })
+            .collect()
+    }
+
+    /// The queue pairs among the first `pairs` that the dataplane may serve: both rings
+    /// complete (size, addresses inside the memory table, kick eventfd) and enabled. Empty
+    /// unless pair 0 is among them, or while there is no memory table.
+    ///
+    /// This is what the handover waits for, from how QEMU drives a vhost-user-net device
+    /// (`hw/net/vhost_net.c`, `hw/net/virtio-net.c`, `hw/virtio/vhost-user.c`): when the
+    /// guest sets DRIVER_OK it starts every queue pair the device has if the guest acked
+    /// `VIRTIO_NET_F_MQ`, else only pair 0 (`virtio_net_vhost_status`: `queue_pairs =
+    /// multiqueue ? max_queue_pairs : 1`); each pair's two rings get SET_VRING_NUM, _BASE,
+    /// _ADDR, _KICK and _CALL, and only then SET_VRING_ENABLE — 1 for the pairs the guest
+    /// uses (`curr_queue_pairs`: 1 until the guest's `VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET`), 0
+    /// for the others. A later `VQ_PAIRS_SET` (Linux at probe, with as many pairs as it has
+    /// CPUs, or `ethtool -L`) enables or disables pairs with SET_VRING_ENABLE alone
+    /// (`peer_attach`/`peer_detach`). So a started ring is not yet one to serve: the set
+    /// served is the complete pairs that are enabled, re-evaluated after every request, and
+    /// handed over again whenever it changes; a device of `pairs` pairs offered to QEMU's
+    /// default `queues=1` is served with pair 0 alone.
+    pub fn ready_pairs(&self, pairs: usize) -> Vec<usize> {
+        if self.regions.is_empty() {
+            return Vec::new();
+        }
+        let ready = |i: usize| {
+            self.vrings.get(i).is_some_and(|v| {
+                v.enabled && v.started && v.kick.is_some() && self.ring_config(i).is_some()
+            })
+        };
+        let set: Vec<usize> = (0..pairs)
+            .filter(|&p| ready(2 * p) && ready(2 * p + 1))
+            .collect();
+        if set.first() == Some(&0) {
+            set
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// The device as the dataplane serves it, once pair 0 at least is ready
+    /// ([`NetBackend::ready_pairs`]): the description of the ready pairs and duplicates of
+    /// the fds it names (`super::attach`). `None` while no pair is ready.
     pub fn attach_state(
         &self,
         pairs: usize,
     ) -> Option<std::io::Result<(super::attach::VhostAttach, Vec<std::os::fd::OwnedFd>)>> {
         use super::attach::{PairDesc, RegionDesc, VhostAttach};
-        if self.regions.is_empty() || pairs == 0 || 2 * pairs > self.vrings.len() {
+        let set = self.ready_pairs(pairs);
+        if set.is_empty() {
             return None;
         }
-        let ready = |i: usize| {
-            let v = &self.vrings[i];
-            v.enabled && v.started && v.kick.is_some()
-        };
-        let mut descs = Vec::with_capacity(pairs);
-        for p in 0..pairs {
+        let mut descs = Vec::with_capacity(set.len());
+        for &p in &set {
             let (rx, tx) = (2 * p, 2 * p + 1);
-            if !ready(rx) || !ready(tx) {
-                return None;
-            }
             let config = |i: usize| {
                 let mut c = self.ring_config(i)?;
                 if !self.vrings[i].base_pending {
@@ -175,6 +245,7 @@ impl NetBackend {
                 Some(c)
             };
             descs.push(PairDesc {
+                index: p,
                 to_guest: config(rx)?,
                 to_guest_call: self.vrings[rx].call.is_some(),
                 from_guest: config(tx)?,
@@ -186,9 +257,14 @@ impl NetBackend {
             for r in &self.regions {
                 fds.push(std::os::fd::OwnedFd::from(r.file.try_clone()?));
             }
-            for p in 0..pairs {
+            for &p in &set {
                 let (rx, tx) = (&self.vrings[2 * p], &self.vrings[2 * p + 1]);
-                let files = [tx.kick.as_ref(), rx.call.as_ref(), tx.call.as_ref()];
+                let files = [
+                    tx.kick.as_ref(),
+                    rx.kick.as_ref(),
+                    rx.call.as_ref(),
+                    tx.call.as_ref(),
+                ];
                 for f in files.into_iter().flatten() {
                     fds.push(std::os::fd::OwnedFd::from(f.try_clone()?));
                 }
@@ -383,11 +459,12 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
             )));
         }
         self.features = features;
-        // Without protocol features a ring is enabled from the start; with them it waits
-        // for SET_VRING_ENABLE.
-        let enabled = features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() == 0;
-        for v in &mut self.vrings {
-            v.enabled = enabled;
+        // Without protocol features every ring is enabled at once; with them SET_FEATURES
+        // changes no ring's enable (SET_VRING_ENABLE does; QEMU may send it before).
+        if features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() == 0 {
+            for v in &mut self.vrings {
+                v.enabled = true;
+            }
         }
         Ok(())
     }
@@ -425,7 +502,7 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
     }
 
     fn set_vring_num(&mut self, index: u32, num: u32) -> Result<()> {
-        self.stop();
+        self.stop_ring(index);
         let ok = u16::try_from(num)
             .ok()
             .filter(|n| n.is_power_of_two() && *n <= MAX_RING_SIZE);
@@ -445,7 +522,7 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
         available: u64,
         _log: u64,
     ) -> Result<()> {
-        self.stop();
+        self.stop_ring(index);
         let v = self.vring_mut(index, "SET_VRING_ADDR")?;
         let previous = v.addrs.replace(VringAddrs {
             desc: descriptor,
@@ -464,7 +541,7 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
     }
 
     fn set_vring_base(&mut self, index: u32, base: u32) -> Result<()> {
-        self.stop();
+        self.stop_ring(index);
         let Ok(base) = u16::try_from(base) else {
             return Err(self.refuse(format_args!("vring {index}: base {base}")));
         };
@@ -479,7 +556,7 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
     /// in order, and the dataplane finishes a buffer before it takes the next).
     fn get_vring_base(&mut self, index: u32) -> Result<VhostUserVringState> {
         // The dataplane lets go of the rings before the used index is read.
-        self.stop();
+        self.stop_ring(index);
         let used_idx = self
             .ring_guest_addrs(index as usize)
             .and_then(|g| self.read_guest_u16(g.used + 2));
@@ -499,16 +576,22 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
     }
 
     fn set_vring_kick(&mut self, index: u8, fd: Option<File>) -> Result<()> {
-        self.stop();
+        self.stop_ring(u32::from(index));
         let v = self.vring_mut(u32::from(index), "SET_VRING_KICK")?;
         v.started = fd.is_some();
         v.kick = fd;
         Ok(())
     }
 
+    /// A new call eventfd (QEMU sends one when the guest changes its interrupt vectors): on a
+    /// served ring the dataplane is handed it ([`NetBackend::take_call_changes`]) and keeps
+    /// the rings.
     fn set_vring_call(&mut self, index: u8, fd: Option<File>) -> Result<()> {
-        self.stop();
         self.vring_mut(u32::from(index), "SET_VRING_CALL")?.call = fd;
+        let v = usize::from(index);
+        if self.served.contains(&(v / 2)) && !self.calls_changed.contains(&v) {
+            self.calls_changed.push(v);
+        }
         Ok(())
     }
 
@@ -540,7 +623,7 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
 
     fn set_vring_enable(&mut self, index: u32, enable: bool) -> Result<()> {
         if !enable {
-            self.stop();
+            self.stop_ring(index);
         }
         self.vring_mut(index, "SET_VRING_ENABLE")?.enabled = enable;
         Ok(())

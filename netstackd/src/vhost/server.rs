@@ -1,13 +1,17 @@
 //! The supervisor's thread for one VM pod: it accepts a frontend on the pod's socket, serves
 //! its requests, and keeps the dataplane in step with what the frontend negotiated.
 //!
-//! Once the first `pairs` queue pairs are complete and enabled, the device is handed to the
-//! dataplane ([`DeviceSink::attach`]); before any request that stops or changes a ring
-//! (`GET_VRING_BASE`, a new memory table, a reset, new ring parameters or eventfds, a disable)
-//! and when the frontend leaves, the pod is taken away from it first ([`DeviceSink::detach`]),
-//! so the dataplane never touches memory or rings the frontend has taken back. After a change
-//! the device is handed over again as soon as it is complete, each ring resuming at the used
-//! index in guest memory. A frontend that leaves may connect again; the socket stays until
+//! Once queue pair 0 is complete and enabled, the device is handed to the dataplane
+//! ([`DeviceSink::attach`]) with every pair that is (see `NetBackend::ready_pairs` for why
+//! this is what QEMU's sequence calls for), and handed over again whenever that set changes
+//! (a pair enabled or disabled later); before any request that stops or changes a served ring
+//! (`GET_VRING_BASE`, a new memory table, a reset, new ring parameters or kick eventfd, a
+//! disable) and when the frontend leaves, the pod is taken away from it first
+//! ([`DeviceSink::detach`]), so the dataplane never touches memory or rings the frontend has
+//! taken back. After a change the device is handed over again as soon as it is complete,
+//! each ring resuming at the used index in guest memory. A new call eventfd on a served ring
+//! (QEMU sends one whenever the guest changes its interrupt vectors) takes nothing away: it
+//! is handed over alone ([`DeviceSink::set_call`]), and frames keep flowing. A frontend that leaves may connect again; the socket stays until
 //! [`VhostServer::stop`].
 
 use std::os::fd::OwnedFd;
@@ -29,6 +33,14 @@ pub trait DeviceSink: Send + Sync + 'static {
     fn attach(&self, spec: &PodSpec, device: VhostAttach, fds: Vec<OwnedFd>) -> Result<(), String>;
     /// Stop serving pod `id`; returns once the dataplane no longer touches its rings.
     fn detach(&self, id: u64);
+
+    /// Vring `vring` of pod `id`, being served, has the call eventfd `call` now: hand it over
+    /// without taking the rings away. An error (the default) makes the server take the device
+    /// away and hand it over again instead.
+    fn set_call(&self, id: u64, vring: usize, call: Option<OwnedFd>) -> Result<(), String> {
+        let _ = (id, vring, call);
+        Err("new call eventfds are not handed over".into())
+    }
 }
 
 /// A pod's socket and the thread that serves it.
@@ -95,6 +107,33 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Hands the dataplane the call eventfds the frontend changed on served rings; false when
+/// one could not be (the device must then be handed over anew).
+fn hand_over_calls(
+    conn: &super::socket::Connection,
+    sink: &dyn DeviceSink,
+    spec: &PodSpec,
+) -> bool {
+    let changes = match conn.device().take_call_changes() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(container_id = %spec.container_id, "duplicating a call eventfd: {e}");
+            return false;
+        }
+    };
+    for (vring, call) in changes {
+        if let Err(e) = sink.set_call(spec.id, vring, call) {
+            tracing::info!(
+                container_id = %spec.container_id,
+                vring,
+                "a new call eventfd goes with a new handover: {e}"
+            );
+            return false;
+        }
+    }
+    true
+}
+
 fn run(
     sock: VhostSocket,
     spec: PodSpec,
@@ -133,12 +172,24 @@ fn run(
                 }
             }));
         }
+        // The pairs the dataplane serves while `attached`.
+        let mut served: Vec<usize> = Vec::new();
         let end = loop {
             if let Err(e) = conn.handle_request() {
                 break e;
             }
             if attached.load(Ordering::SeqCst) {
-                continue;
+                // A pair enabled later (the guest's VQ_PAIRS_SET) changes what is served:
+                // the device is taken away and handed over again with it. A new call
+                // eventfd alone is handed over with the rings kept.
+                if conn.device().ready_pairs(pairs) == served
+                    && hand_over_calls(&conn, &*sink, &spec)
+                {
+                    continue;
+                }
+                if attached.swap(false, Ordering::SeqCst) {
+                    sink.detach(spec.id);
+                }
             }
             let state = conn.device().attach_state(pairs);
             match state {
@@ -146,17 +197,25 @@ fn run(
                 Some(Err(e)) => {
                     tracing::warn!(container_id = %pod, "duplicating the device's fds: {e}")
                 }
-                Some(Ok((device, fds))) => match sink.attach(&spec, device, fds) {
-                    Ok(()) => {
-                        attached.store(true, Ordering::SeqCst);
-                        conn.device().mark_attached();
-                        tracing::info!(container_id = %pod, pairs, "vhost-user device served");
+                Some(Ok((device, fds))) => {
+                    let set: Vec<usize> = device.pairs.iter().map(|p| p.index).collect();
+                    match sink.attach(&spec, device, fds) {
+                        Ok(()) => {
+                            attached.store(true, Ordering::SeqCst);
+                            conn.device().mark_attached(&set);
+                            tracing::info!(
+                                container_id = %pod,
+                                pairs = set.len(),
+                                "vhost-user device served"
+                            );
+                            served = set;
+                        }
+                        Err(e) => tracing::warn!(
+                            container_id = %pod,
+                            "the dataplane refused the vhost-user device: {e}"
+                        ),
                     }
-                    Err(e) => tracing::warn!(
-                        container_id = %pod,
-                        "the dataplane refused the vhost-user device: {e}"
-                    ),
-                },
+                }
             }
         };
         if attached.swap(false, Ordering::SeqCst) {

@@ -119,10 +119,78 @@ pub enum Handled {
     Refused,
 }
 
+/// `VHOST_USER_SET_VRING_ENABLE`'s request code.
+const SET_VRING_ENABLE: u32 = 18;
+/// The header flags: the protocol version (1), a reply, the frontend wants a reply.
+const FLAG_VERSION: u32 = 0x1;
+const FLAG_REPLY: u32 = 0x4;
+const FLAG_NEED_REPLY: u32 = 0x8;
+
 impl Connection {
+    /// Takes a SET_VRING_ENABLE that arrives before SET_FEATURES acked `PROTOCOL_FEATURES`,
+    /// which the `vhost` crate's handler refuses by ending the connection. QEMU sends exactly
+    /// that with `queues` > 1: virtio-net enables the pairs the guest uses and disables the
+    /// others (`peer_attach`/`peer_detach`) when the guest writes its features, before
+    /// DRIVER_OK makes vhost_net_start send SET_FEATURES. The request is recorded like any
+    /// enable (QEMU sends the enables again once the rings are started) and acked when asked.
+    /// True when it was one.
+    fn early_vring_enable(&mut self) -> io::Result<bool> {
+        use std::io::{Read, Write};
+        use std::os::fd::AsRawFd;
+        use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+        let (features, protocol) = {
+            let d = self.device();
+            (d.features(), d.protocol_features())
+        };
+        if features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0 {
+            return Ok(false);
+        }
+        // The header (request, flags, size) and the vring state (index, num).
+        let mut msg = [0u8; 20];
+        let n = nix::sys::socket::recv(
+            self.peer.as_raw_fd(),
+            &mut msg,
+            nix::sys::socket::MsgFlags::MSG_PEEK,
+        )?;
+        let word = |i: usize| u32::from_le_bytes([msg[i], msg[i + 1], msg[i + 2], msg[i + 3]]);
+        if n < msg.len() || word(0) != SET_VRING_ENABLE || word(8) != 8 {
+            return Ok(false);
+        }
+        let (flags, index, num) = (word(4), word(12), word(16));
+        // The bytes peeked, taken.
+        (&self.peer).read_exact(&mut msg)?;
+        let done = match num {
+            0 | 1 => {
+                use vhost::vhost_user::VhostUserBackendReqHandlerMut;
+                self.device().set_vring_enable(index, num == 1).is_ok()
+            }
+            _ => false,
+        };
+        let reply_ack = protocol & VhostUserProtocolFeatures::REPLY_ACK.bits() != 0;
+        if reply_ack && flags & FLAG_NEED_REPLY != 0 {
+            let mut reply = [0u8; 20];
+            reply[..4].copy_from_slice(&SET_VRING_ENABLE.to_le_bytes());
+            reply[4..8].copy_from_slice(&(FLAG_VERSION | FLAG_REPLY).to_le_bytes());
+            reply[8..12].copy_from_slice(&8u32.to_le_bytes());
+            reply[12..].copy_from_slice(&u64::from(!done).to_le_bytes());
+            (&self.peer).write_all(&reply)?;
+        }
+        Ok(true)
+    }
+
     /// Reads and handles one request (blocking until it has arrived whole). An error means the
     /// connection is over: the frontend left or sent something the protocol cannot parse.
     pub fn handle_request(&mut self) -> Result<Handled, VhostError> {
+        match self.early_vring_enable() {
+            Ok(true) => return Ok(Handled::Done),
+            Ok(false) => {}
+            Err(e) => {
+                return Err(VhostError::Connection {
+                    pod: self.pod.clone(),
+                    source: vhost::vhost_user::Error::SocketBroken(e),
+                })
+            }
+        }
         let (refused, fatal) = {
             let d = self.device();
             (d.refused(), d.fatal())

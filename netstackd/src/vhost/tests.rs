@@ -410,3 +410,57 @@ fn a_socket_gets_the_mode_and_group_asked() {
     }
     assert_no_temp_left(&dir.0);
 }
+
+/// QEMU with `queues` > 1 sends SET_VRING_ENABLE before SET_FEATURES (virtio-net enables the
+/// pairs the guest uses and disables the others when the guest writes its features, before
+/// DRIVER_OK starts vhost-net), which the `vhost` crate's handler alone answers by ending the
+/// connection. It is taken: recorded (a SET_FEATURES with protocol features leaves it as it
+/// is), acked when the frontend asks, and the connection goes on.
+#[test]
+fn a_vring_enable_before_set_features_is_taken() {
+    use std::os::unix::net::UnixStream;
+    let dir = TempDir::new();
+    let sock = VhostSocket::bind(&dir.0, "e.sock").expect("bind");
+    let path = sock.path().to_path_buf();
+    let (device, t) = serve(sock, 2);
+    let s = UnixStream::connect(&path).expect("connect");
+    let mut r = s.try_clone().expect("dup");
+    let device = device.recv().expect("device");
+    // (request, flags, body): version 1, NEED_REPLY 0x8.
+    let send = |req: u32, flags: u32, body: &[u8]| {
+        let mut m = Vec::new();
+        m.extend_from_slice(&req.to_le_bytes());
+        m.extend_from_slice(&flags.to_le_bytes());
+        m.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        m.extend_from_slice(body);
+        (&s).write_all(&m).expect("send");
+    };
+    let state = |index: u32, num: u32| [index.to_le_bytes(), num.to_le_bytes()].concat();
+    const GET_FEATURES: u32 = 1;
+    const SET_FEATURES: u32 = 2;
+    const SET_PROTOCOL_FEATURES: u32 = 16;
+    const SET_VRING_ENABLE: u32 = 18;
+    send(SET_VRING_ENABLE, 1, &state(2, 1));
+    send(SET_VRING_ENABLE, 1, &state(3, 1));
+    // With REPLY_ACK negotiated, an ack is asked for and given (0: done).
+    let pf = (VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK).bits();
+    send(SET_PROTOCOL_FEATURES, 1, &pf.to_le_bytes());
+    send(SET_VRING_ENABLE, 1 | 0x8, &state(0, 1));
+    let mut reply = [0u8; 20];
+    r.read_exact(&mut reply).expect("the ack");
+    assert_eq!(&reply[..4], &SET_VRING_ENABLE.to_le_bytes());
+    assert_eq!(&reply[12..], &0u64.to_le_bytes());
+    send(SET_FEATURES, 1, &OFFERED_FEATURES.to_le_bytes());
+    // A reply proves the connection is still served and every request before it handled.
+    send(GET_FEATURES, 1, &[]);
+    r.read_exact(&mut reply).expect("the features");
+    assert_eq!(&reply[12..], &OFFERED_FEATURES.to_le_bytes());
+    {
+        let d = device.lock().expect("device");
+        let enabled: Vec<bool> = d.vrings().iter().map(|v| v.enabled).collect();
+        assert_eq!(enabled, [true, false, true, true]);
+        assert_eq!(d.features(), OFFERED_FEATURES);
+    }
+    drop((s, r));
+    let _ = t.join();
+}

@@ -71,6 +71,11 @@ impl Worker {
                     self.forget_fd(id, queue, &e);
                     return;
                 }
+                RxOutcome::Stopped(e) => {
+                    self.return_rx_slots(0);
+                    self.stop_virtqueue(id, queue, e);
+                    return;
+                }
                 RxOutcome::Empty | RxOutcome::NoQueue => {
                     self.return_rx_slots(0);
                     break;
@@ -209,7 +214,8 @@ impl Worker {
                 (RxOutcome::Frames(_), RxFrame::Malformed) | (RxOutcome::Refused, _) => {
                     DropReason::Malformed
                 }
-                (RxOutcome::Empty | RxOutcome::NoQueue, _) => {
+                // The uplink is a TUN queue: no virtqueue to stop.
+                (RxOutcome::Empty | RxOutcome::NoQueue | RxOutcome::Stopped(_), _) => {
                     self.pool.put(slot);
                     return;
                 }

@@ -24,6 +24,11 @@ echo "==> cargo deny check licenses bans sources (deny.toml)"
 DENY_DIR=$(./scripts/cargo-deny.sh)
 PATH="$DENY_DIR:$PATH" cargo deny --offline --log-level error check licenses bans sources
 echo "==> cargo test"
+# One ignored test boots the e2e VM (QEMU, TCG) on a vhost-user server with two workers: it
+# gets the VM's kernel and initramfs from e2e/vm/lib.sh (cached in /var/cache/netstack/vm).
+vm_env=$(bash -c '. e2e/vm/lib.sh && vm_assets >&2 && echo "$VM_KERNEL $VM_INITRD"')
+read -r NETSTACK_VM_KERNEL NETSTACK_VM_INITRD <<<"$vm_env"
+export NETSTACK_VM_KERNEL NETSTACK_VM_INITRD
 cargo test --quiet -- --test-threads=1 --include-ignored  # the #[ignore = "needs root"] tests too
 echo "==> cargo build --release (with the e2e tests' fault injection)"
 cargo build --release --quiet --bins --features netstackd/fault-injection

@@ -9,6 +9,8 @@
 #   vm_assets                         kernel + initramfs ready: $VM_KERNEL, $VM_INITRD
 #   vm_accel                          $VM_ACCEL = kvm or tcg (probe boot), and why in $VM_ACCEL_WHY
 #   vm_nic_vhost SOCK MAC [QUEUES]    $VM_NIC: QEMU args for a virtio-net on a vhost-user socket
+#   vm_kata_tap NETNS / vm_nic_tap    Kata's tcfilter TAP tap0_kata in NETNS; $VM_NIC on it
+#   vm_kata_tap_del NETNS             remove tap0_kata and the filters
 #   vm_boot NAME APPEND -- QEMU_ARGS  start a VM (QEMU_ARGS: its NIC), wait for the marker
 #   vm_run NAME [-t SECS] CMD         run CMD in the guest; its output on stdout, its status back
 #   vm_stop NAME / vm_cleanup         kill one VM / all of them
@@ -207,6 +209,36 @@ vm_nic_vhost() {
   VM_NIC=(-chardev "socket,id=c0,path=$sock,reconnect=1"
     -netdev "vhost-user,id=n0,chardev=c0,queues=$queues"
     -device "virtio-net-pci,netdev=n0,mac=$mac,vectors=0$mq")
+}
+
+# vm_kata_tap NETNS: Kata's tcfilter internetworking in the pod netns NETNS, as its runtime
+# does it (src/runtime/virtcontainers/network_linux.go, setupTCFiltering): a TAP tap0_kata with
+# the vnet header at eth0's MTU, eth0's addresses cleared (the guest gets them), and a
+# catch-all u32 filter with a mirred egress redirect on each side's ingress qdisc.
+vm_kata_tap() {
+  local ns=$1 mtu pair
+  mtu=$(ip -n "$ns" -j link show eth0 | jq -r '.[0].mtu')
+  ip -n "$ns" tuntap add dev tap0_kata mode tap vnet_hdr &&
+    ip -n "$ns" link set tap0_kata mtu "$mtu" up &&
+    ip -n "$ns" addr flush dev eth0 || return 1
+  for pair in eth0:tap0_kata tap0_kata:eth0; do
+    tc -n "$ns" qdisc add dev "${pair%%:*}" ingress &&
+      tc -n "$ns" filter add dev "${pair%%:*}" parent ffff: protocol all u32 match u32 0 0 \
+        action mirred egress redirect dev "${pair##*:}" || return 1
+  done
+}
+
+# vm_kata_tap_del NETNS: removes what vm_kata_tap made (eth0's ingress qdisc, tap0_kata).
+vm_kata_tap_del() {
+  tc -n "$1" qdisc del dev eth0 ingress 2>/dev/null
+  ip -n "$1" link del tap0_kata 2>/dev/null
+}
+
+# vm_nic_tap MAC: sets VM_NIC to QEMU's own -netdev tap on tap0_kata (QEMU runs in the pod's
+# netns) with the pod's MAC, as Kata's QEMU gets it (vhost-net off: the fds are QEMU's own).
+vm_nic_tap() {
+  VM_NIC=(-netdev tap,id=n0,ifname=tap0_kata,script=no,downscript=no,vhost=off
+    -device "virtio-net-pci,netdev=n0,mac=$1")
 }
 
 # vm_boot NAME APPEND -- QEMU_ARGS...: a VM with the kernel command line APPEND (ns.ip=...,

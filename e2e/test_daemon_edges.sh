@@ -72,9 +72,9 @@ def ask(body):
     s.close()
     return r
 print(json.dumps([
+    ask({"op": "attach_many", "protocol": 4}),
     ask({"op": "attach_many", "protocol": 3}),
-    ask({"op": "attach_many", "protocol": 2}),
-    ask({"op": "release", "container_id": "nope", "ifname": "eth0", "protocol": 2}),
+    ask({"op": "release", "container_id": "nope", "ifname": "eth0", "protocol": 3}),
 ]))
 PYEOF
 )

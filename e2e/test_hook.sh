@@ -5,7 +5,9 @@
 # an address and reaches a CNI pod through netstackd; after runc delete / podman rm nothing
 # is left (no TAP, attachment or IPAM reservation). Then the hook's failure modes: bad input,
 # bad annotations, netstackd frozen (SIGSTOP, and e2e/hook/fake_netstackd.py freezing in the
-# middle of an attach, which the hook must roll back) or down. Needs root; run by scripts/test.sh.
+# middle of an attach, which the hook must roll back) or down. A container annotated
+# netstack.io/mode=vhost-user becomes a VM pod (socket and placeholder), released at poststop.
+# Needs root; run by scripts/test.sh.
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
 . "$(dirname "$0")/podman_lib.sh"
@@ -101,7 +103,7 @@ expect_failure() {
 
 log "netstackd, a CNI pod and a busybox rootfs"
 write_conflist
-start_netstackd || exit 1
+start_netstackd --vhost-dir "$WORK/vhost" || exit 1
 P=e2e-hp-$RUN_ID
 IP_P=$(add_pod "$P") && ok "CNI pod $P ($IP_P)" || fail "CNI pod $P"
 PODS+=("$P") # add_pod ran in a subshell
@@ -164,6 +166,25 @@ check "runc delete of the sandbox" rc delete -f "$S"
 check "poststop detached the CNI attachment" test -z "$(attached_ifname "$S")"
 check "  ... deleted the TAP in the pinned netns" sh -c "! ip -n $S link show eth0"
 check "  ... released the reservation" test "$(ipam_reservations)" = "$reserved0"
+
+log "runc: a VM pod through the hook (netstack.io/mode=vhost-user), and poststop releases it"
+R9=hook-r9-$RUN_ID
+runc_bundle "$R9" '.annotations += {"netstack.io/mode": "vhost-user"}'
+if runc_create "$R9"; then ok "runc create of $R9"; else fail "runc create $R9: $(cat "$WORK/$R9.runc.log")"; fi
+r9_listed() { ctl list | jq -r --arg id "$R9" '.[] | select(.container_id == $id) | "\(.mode) \(.socket_path)"'; }
+R9_SOCK=$(r9_listed | cut -d' ' -f2)
+check "netstackd serves $R9 in mode vhost-user on $R9_SOCK" test "$(r9_listed)" = "vhost-user $WORK/vhost/${R9_SOCK##*/}"
+check "  ... its socket is a unix socket of mode 600" test "$(stat -c '%F %a' "$R9_SOCK")" = "socket 600"
+r9_placeholder() {
+  nsenter -t "$(rc state "$R9" | jq -r .pid)" -n ip -d -j link show eth0 |
+    jq -e '.[0] | .ifalias == "netstack" and (.linkinfo.info_kind == "dummy" or .linkinfo.info_kind == "ifb")'
+}
+check "  ... the container's eth0 is the placeholder" r9_placeholder
+check "  ... one more reservation" test "$(ipam_reservations)" = $((reserved0 + 1))
+check "runc delete -f $R9" rc delete -f "$R9"
+check "  ... poststop detached it" test -z "$(r9_listed)"
+check "  ... and closed its socket" test ! -e "$R9_SOCK"
+check "  ... and released the reservation" test "$(ipam_reservations)" = "$reserved0"
 
 log "runc: the container's role comes from the runtime that runs it"
 # Under CRI-O an application container carrying containerd's sandbox annotation is still an

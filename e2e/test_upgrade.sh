@@ -167,7 +167,7 @@ LOST=$(grep -oE '[0-9]+ received' "$WORK/ping.txt" | awk '{ print 50 - $1 }')
 log "figures: swap $SWAP_MS ms; retransmitted segments: TAP stream $RTX_A, veth stream $RTX_C; pings lost across the swap (A -> D, every 100 ms): ${LOST:-?} of 50"
 
 log "this build serves v0.1.0's pods"
-check "this build's netstackd speaks control protocol 2" test "$(ctl status | jq .protocol)" = 2
+check "this build's netstackd speaks control protocol 3" test "$(ctl status | jq .protocol)" = 3
 for p in "$A" "$B" "$C" "$D"; do
   check "ctl list of the new netstackd shows $p attached" listed "$p"
 done
@@ -190,12 +190,12 @@ n = struct.unpack(">I", s.recv(4, socket.MSG_WAITALL))[0]
 print(s.recv(n, socket.MSG_WAITALL).decode())
 PY
 }
-out=$(raw_request '{"op":"attach_many","pods":[],"protocol":3}')
+out=$(raw_request '{"op":"attach_many","pods":[],"protocol":4}')
 check "a request of a newer protocol it cannot read is refused retryable, naming both protocols" \
-  eval 'jq -r .message <<<"$out" | grep -E "client speaks control protocol 3 .*netstackd speaks 2 .*\(retryable\)$"'
+  eval 'jq -r .message <<<"$out" | grep -E "client speaks control protocol 4 .*netstackd speaks 3 .*\(retryable\)$"'
 out=$(raw_request '{"op":"status"}')
 check "a request without a version (v0.1.0's bytes) is answered, with the daemon's protocol" \
-  test "$(jq -r '.reply + " " + (.protocol | tostring)' <<<"$out")" = "status 2"
+  test "$(jq -r '.reply + " " + (.protocol | tostring)' <<<"$out")" = "status 3"
 
 log "skew: the v0.1.0 plugin on this netstackd"
 F=upg-f-$RUN_ID W=upg-w-$RUN_ID

@@ -1,4 +1,5 @@
-//! CNI ADD: IPAM, then the pod's TAP (or veth) in its netns, then the hand-off to netstackd.
+//! CNI ADD: IPAM, then the pod's TAP (or veth, or a VM pod's placeholder dummy) in its netns,
+//! then the hand-off to netstackd (which binds a VM pod's vhost-user socket).
 //! Every step that succeeded is undone when a later one fails, so a failed ADD leaves nothing
 //! behind.
 
@@ -9,6 +10,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
 use ipnet::IpNet;
+use netstack_core::control::version::PROTOCOL_VHOST_USER;
 use netstack_core::control::{
     veth_peer_name, Attachment, AttachmentKey, Client, LinkMode, Reply, Request, VETH_ALIAS,
 };
@@ -19,8 +21,9 @@ use netstack_core::wire::MacAddr;
 
 use crate::config::NetConf;
 use crate::daemon::{
-    connect, control_error, daemon_refusal, delete_pod_link, netns_error, require_daemon_protocol,
-    CONTROL_TIMEOUT, NETWORK_LABEL, OLDEST_DAEMON_PROTOCOL,
+    connect, control_error, create_kata_link, daemon_refusal, delete_pod_link, netns_error,
+    remove_kata_links, require_daemon_protocol, CONTROL_TIMEOUT, NETWORK_LABEL,
+    OLDEST_DAEMON_PROTOCOL,
 };
 use crate::result::{extend_prev_result, AddResult, Interface, IpamResult, ResultIp, Route};
 use crate::skel::CniEnv;
@@ -30,11 +33,15 @@ use crate::{ipam, CniError};
 /// the pod's first IPv4 address (the last four bytes of its first IPv6 address for an
 /// IPv6-only pod), unique on the node and stable. The runtime's choice is read where the
 /// reference bridge plugin reads it, the later overriding the earlier: `CNI_ARGS` `MAC=`
-/// (podman's CNI backend), `args.cni.mac`, `runtimeConfig.mac` (the `mac` capability).
+/// (podman's CNI backend), `args.cni.mac`, `runtimeConfig.mac` (the `mac` capability). A VM
+/// pod (`random`) without the runtime's choice gets a random locally administered unicast
+/// MAC instead: its guest's NIC has it, and guests of one node would otherwise share the
+/// `0a:58` prefix with containers whose addresses they may take over.
 fn pod_mac(
     conf: &NetConf,
     cni_args: &BTreeMap<String, String>,
     ipam: &IpamResult,
+    random: bool,
 ) -> Result<MacAddr, CniError> {
     let runtime = conf.runtime_config.as_ref().and_then(|r| r.mac.as_deref());
     let args = conf
@@ -62,6 +69,9 @@ fn pod_mac(
         }
         return Ok(parsed);
     }
+    if random {
+        return random_mac();
+    }
     let v4 = ipam.ips.iter().find_map(|ip| match ip.address.addr() {
         IpAddr::V4(a) => Some(a.octets()),
         IpAddr::V6(_) => None,
@@ -75,6 +85,17 @@ fn pod_mac(
     });
     let o = v4.or(v6).unwrap_or([0x0a, 0x58, 0x00, 0x01]);
     Ok(MacAddr([0x0a, 0x58, o[0], o[1], o[2], o[3]]))
+}
+
+/// A random locally administered unicast MAC (from the kernel's random pool).
+fn random_mac() -> Result<MacAddr, CniError> {
+    use std::io::Read;
+    let mut b = [0u8; 6];
+    File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .map_err(|e| CniError::Setup(format!("a random MAC from /dev/urandom: {e}")))?;
+    b[0] = (b[0] & 0xfc) | 0x02;
+    Ok(MacAddr(b))
 }
 
 /// The routes to install: IPAM's, each via its subnet's gateway when it names none, and a
@@ -110,7 +131,8 @@ fn routes_to_install(ipam: &IpamResult) -> Vec<Route> {
 
 /// What the netns part of ADD produced.
 struct PodLink {
-    /// The TAP's queue fds (none for a veth: netstackd opens its own sockets).
+    /// The TAP's queue fds (none for a veth: netstackd opens its own sockets; none for a
+    /// dummy).
     queues: Vec<OwnedFd>,
 }
 
@@ -128,6 +150,10 @@ enum LinkKind<'a> {
         /// netstackd's namespace for veth peers, when the plugin could open it.
         dp: Option<&'a File>,
     },
+    /// A VM pod's placeholder: a dummy (an ifb on a kernel without dummies) with the pod's
+    /// MAC, addresses and routes, from which Kata's runtime reads what to give the guest. No
+    /// frame passes through it.
+    Dummy,
 }
 
 /// Creates the veth pair `ifname` + `peer` in the calling thread's netns, the peer directly
@@ -182,6 +208,20 @@ fn create_pod_link(
                     .map_err(|e| CniError::Setup(format!("creating TAP {ifname}: {e}")))?;
                 (q.fds, q.ifindex)
             }
+            LinkKind::Dummy => {
+                nl.add_placeholder(&ifname, mac.0)
+                    .map_err(|e| CniError::Setup(format!("creating {ifname}: {e}")))?;
+                match nl.link_index(&ifname) {
+                    Ok(Some(index)) => (Vec::new(), index),
+                    Ok(None) => {
+                        return Err(CniError::Setup(format!("dummy {ifname} vanished")));
+                    }
+                    Err(e) => {
+                        let _ = nl.del_link(&ifname);
+                        return Err(CniError::Setup(format!("dummy {ifname}: {e}")));
+                    }
+                }
+            }
             LinkKind::Veth { peer, dp } => {
                 create_veth(&nl, &ifname, peer, *dp)?;
                 match nl.link_index(&ifname) {
@@ -203,13 +243,14 @@ fn create_pod_link(
                 ..LinkSettings::default()
             },
             // The mark that DEL, CHECK and netstackd look for.
-            LinkKind::Veth { .. } => LinkSettings {
+            LinkKind::Veth { .. } | LinkKind::Dummy => LinkSettings {
                 alias: Some(VETH_ALIAS.to_owned()),
                 ..LinkSettings::default()
             },
         };
         let settings = LinkSettings {
-            mac: Some(mac.0),
+            // A placeholder got its MAC when it was made (an ifb refuses a change).
+            mac: (!matches!(kind, LinkKind::Dummy)).then_some(mac.0),
             mtu: Some(mtu),
             ..settings
         };
@@ -265,6 +306,29 @@ fn labels(env: &CniEnv, conf: &NetConf) -> BTreeMap<String, String> {
     labels
 }
 
+/// The pod interface of the result. `mtu` and a VM pod's `socketPath` only in results of
+/// 1.1.0 and later: CNI 1.1.0 added both (`socketPath` for exactly this), and an older
+/// result has no place for them.
+fn result_interface(
+    conf: &NetConf,
+    ifname: &str,
+    mac: MacAddr,
+    mtu: u32,
+    netns: &Path,
+    socket_path: Option<&Path>,
+) -> Interface {
+    let v110 = conf.version_at_least((1, 1, 0));
+    Interface {
+        name: ifname.to_owned(),
+        mac: mac.to_string(),
+        mtu: v110.then_some(mtu),
+        sandbox: netns.display().to_string(),
+        socket_path: socket_path
+            .filter(|_| v110)
+            .map(|p| p.display().to_string()),
+    }
+}
+
 /// ADD.
 pub fn cmd_add(env: &CniEnv, conf: &NetConf, stdin: &[u8]) -> Result<serde_json::Value, CniError> {
     let netns = env.netns.as_deref().ok_or(CniError::InvalidEnv {
@@ -293,8 +357,9 @@ pub fn cmd_add(env: &CniEnv, conf: &NetConf, stdin: &[u8]) -> Result<serde_json:
         .ok_or_else(|| CniError::InvalidConfig("an ipam section is required".into()))?;
     ipam::find_plugin(env, &ipam_type)?;
 
+    let mode = conf.pod_mode(&env.args)?;
     // Ask the daemon first: if it is down, nothing has been done yet.
-    let ready = connect_ready(conf)?;
+    let ready = connect_ready(conf, mode)?;
     // The node's mount namespace is the runtime's, and so this plugin's, not necessarily
     // netstackd's (a DaemonSet pod): namespaces an older netstack hid in the runtime's
     // directory are released from here (cheap when there are none: one read of mountinfo).
@@ -348,7 +413,9 @@ struct Ready {
 
 /// Connects to netstackd and asks its status: the number of workers (one TAP queue each),
 /// and, in veth mode, the namespace of the peers, which is made here if it is not there yet.
-fn connect_ready(conf: &NetConf) -> Result<Ready, CniError> {
+/// vhost-user mode needs a daemon of control protocol 3: an older one is "try again later"
+/// (the upgrade under way brings it up to date).
+fn connect_ready(conf: &NetConf, mode: LinkMode) -> Result<Ready, CniError> {
     let mut client = connect(&conf.socket())?;
     let status = match client.call(&Request::Status, &[]).map_err(control_error)? {
         Reply::Status(s) => s,
@@ -366,15 +433,15 @@ fn connect_ready(conf: &NetConf) -> Result<Ready, CniError> {
             )))
         }
     };
-    require_daemon_protocol(
-        client
-            .peer_protocol()
-            .unwrap_or(netstack_core::control::PROTOCOL_V1),
-        OLDEST_DAEMON_PROTOCOL,
-        "ADD",
-    )?;
+    let theirs = client
+        .peer_protocol()
+        .unwrap_or(netstack_core::control::PROTOCOL_V1);
+    require_daemon_protocol(theirs, OLDEST_DAEMON_PROTOCOL, "ADD")?;
+    if mode == LinkMode::VhostUser {
+        require_daemon_protocol(theirs, PROTOCOL_VHOST_USER, "vhost-user mode")?;
+    }
     let workers = status.workers;
-    if conf.link_mode() == LinkMode::Veth {
+    if mode == LinkMode::Veth {
         // The namespace of the veth peers is made here, in the runtime's mount namespace (the
         // node's), so its mount outlives a netstackd that runs in a mount namespace of its own
         // (a container that sees /run/netns by propagation): a restart of netstackd then does
@@ -408,7 +475,7 @@ pub fn add_with_addresses(
     netns: &Path,
     addresses: &IpamResult,
 ) -> Result<serde_json::Value, CniError> {
-    let ready = connect_ready(conf)?;
+    let ready = connect_ready(conf, conf.pod_mode(&env.args)?)?;
     attach_allocated(env, conf, netns, &ready, addresses)
 }
 
@@ -420,7 +487,8 @@ fn attach_allocated(
     ready: &Ready,
     allocated: &IpamResult,
 ) -> Result<serde_json::Value, CniError> {
-    let mac = pod_mac(conf, &env.args, allocated)?;
+    let mode = conf.pod_mode(&env.args)?;
+    let mac = pod_mac(conf, &env.args, allocated, mode == LinkMode::VhostUser)?;
     let mtu = conf.mtu();
     let addrs: Vec<IpNet> = allocated.ips.iter().map(|ip| ip.address).collect();
     let routes = routes_to_install(allocated);
@@ -428,9 +496,10 @@ fn attach_allocated(
         container_id: env.container_id.clone(),
         ifname: env.ifname.clone(),
     };
-    let mode = conf.link_mode();
     let peer = (mode == LinkMode::Veth).then(|| veth_peer_name(&key));
+    let vhost = mode == LinkMode::VhostUser;
     let kind = match &peer {
+        None if vhost => LinkKind::Dummy,
         None => LinkKind::Tap {
             queues: ready.workers,
         },
@@ -453,6 +522,12 @@ fn attach_allocated(
         bandwidth: conf.runtime_config.as_ref().and_then(|r| r.bandwidth),
         mode,
         peer,
+        vhost_socket_mode: if vhost {
+            Some(conf.socket_mode()?)
+        } else {
+            None
+        },
+        vhost_socket_group: conf.vhost_socket_group.filter(|_| vhost),
     };
     let fds: Vec<_> = link.queues.iter().map(|fd| fd.as_fd()).collect();
     // A connection of its own, opened now: one held through IPAM and the link's set-up would
@@ -464,8 +539,13 @@ fn attach_allocated(
     });
     drop(fds);
     drop(link);
+    let mut socket_path = None;
     let failure = match reply {
-        Ok((Reply::Done, _)) => None,
+        Ok((Reply::Done, _)) if !vhost => None,
+        Ok((Reply::Attached { socket_path: path }, _)) if vhost => {
+            socket_path = Some(path);
+            None
+        }
         Ok((Reply::Error { message, kind }, protocol)) => {
             Some(daemon_refusal(protocol, "attachment", kind, &message))
         }
@@ -480,7 +560,24 @@ fn attach_allocated(
             Some(control_error(e))
         }
     };
+    // Kata's runtime finds a VM pod's socket by the first address of its interface.
+    let failure = failure.or_else(|| {
+        let socket = socket_path.as_deref().filter(|_| conf.kata_vhost_user)?;
+        let ip = addrs
+            .iter()
+            .map(|a| a.addr())
+            .find(IpAddr::is_ipv4)
+            .or_else(|| addrs.first().map(|a| a.addr()))?;
+        let e = create_kata_link(ip, socket).err()?;
+        if let Ok(mut c) = connect(&conf.socket()) {
+            let _ = c.call(&Request::Detach(attachment.key.clone()), &[]);
+        }
+        Some(e)
+    });
     if let Some(e) = failure {
+        if vhost {
+            remove_kata_links(&netstack_core::control::vhost_socket_name(&attachment.key));
+        }
         if let Err(undo) = delete_pod_link(netns, &env.ifname, mode) {
             eprintln!(
                 "netstack: removing {} after a failed ADD: {undo}",
@@ -493,12 +590,14 @@ fn attach_allocated(
     let v040 = conf.cni_version == "0.4.0";
     let result = AddResult {
         cni_version: conf.cni_version.clone(),
-        interfaces: vec![Interface {
-            name: env.ifname.clone(),
-            mac: mac.to_string(),
-            mtu: conf.version_at_least((1, 1, 0)).then_some(mtu),
-            sandbox: netns.display().to_string(),
-        }],
+        interfaces: vec![result_interface(
+            conf,
+            &env.ifname,
+            mac,
+            mtu,
+            netns,
+            socket_path.as_deref(),
+        )],
         ips: allocated
             .ips
             .iter()
@@ -560,6 +659,7 @@ mod tests {
             &conf,
             &none,
             &ipam(r#"{"ips":[{"address":"10.244.1.5/24"}]}"#),
+            false,
         )
         .unwrap();
         assert_eq!(mac.to_string(), "0a:58:0a:f4:01:05");
@@ -593,22 +693,34 @@ mod tests {
         ];
         for (extra, env, want) in cases {
             assert_eq!(
-                pod_mac(&conf(extra), env, &ip).unwrap().to_string(),
+                pod_mac(&conf(extra), env, &ip, false).unwrap().to_string(),
                 want,
                 "{extra}"
             );
         }
         let bad: BTreeMap<String, String> = [("MAC".to_owned(), "zz".to_owned())].into();
-        let e = pod_mac(&conf(""), &bad, &ip).unwrap_err();
+        let e = pod_mac(&conf(""), &bad, &ip, false).unwrap_err();
         assert_eq!(e.code(), 7);
         assert!(e.to_string().contains("CNI_ARGS MAC"), "{e}");
         let e = pod_mac(
             &conf(r#","args":{"cni":{"mac":"01:00:5e:00:00:01"}}"#),
             &env_mac,
             &ip,
+            false,
         )
         .unwrap_err();
         assert!(e.to_string().contains("args.cni.mac"), "{e}");
+        // A VM pod takes the runtime's choice too, and only without one a random MAC.
+        assert_eq!(
+            pod_mac(&conf(rc), &BTreeMap::new(), &ip, true)
+                .unwrap()
+                .to_string(),
+            "0a:00:00:00:00:03"
+        );
+        assert_eq!(
+            pod_mac(&conf(""), &env_mac, &ip, true).unwrap().to_string(),
+            "0a:00:00:00:00:01"
+        );
     }
 
     /// The peer is made directly in netstackd's namespace and never appears in the pod's; a
@@ -650,8 +762,63 @@ mod tests {
             &conf,
             &none,
             &ipam(r#"{"ips":[{"address":"10.244.1.5/24"}]}"#),
+            false,
         )
         .unwrap_err();
         assert_eq!(e.code(), 7);
+    }
+
+    #[test]
+    fn socket_path_is_in_results_of_1_1_0_only() {
+        let mac: MacAddr = "02:5a:00:00:00:01".parse().unwrap();
+        let sock = Path::new("/run/netstack/vhost/vuf53f02b3bfe94942.sock");
+        let netns = Path::new("/run/netns/vm1");
+        // (cniVersion, socket path, the interface's JSON)
+        let table = [
+            (
+                "1.1.0",
+                Some(sock),
+                r#"{"name":"eth0","mac":"02:5a:00:00:00:01","mtu":1500,"sandbox":"/run/netns/vm1","socketPath":"/run/netstack/vhost/vuf53f02b3bfe94942.sock"}"#,
+            ),
+            (
+                "1.0.0",
+                Some(sock),
+                r#"{"name":"eth0","mac":"02:5a:00:00:00:01","sandbox":"/run/netns/vm1"}"#,
+            ),
+            (
+                "0.4.0",
+                Some(sock),
+                r#"{"name":"eth0","mac":"02:5a:00:00:00:01","sandbox":"/run/netns/vm1"}"#,
+            ),
+            (
+                "1.1.0",
+                None,
+                r#"{"name":"eth0","mac":"02:5a:00:00:00:01","mtu":1500,"sandbox":"/run/netns/vm1"}"#,
+            ),
+        ];
+        for (version, socket, want) in table {
+            let conf = NetConf::parse(
+                format!(r#"{{"cniVersion":"{version}","name":"n","type":"netstack"}}"#).as_bytes(),
+            )
+            .unwrap();
+            let i = result_interface(&conf, "eth0", mac, 1500, netns, socket);
+            assert_eq!(serde_json::to_string(&i).unwrap(), want, "{version}");
+        }
+    }
+
+    #[test]
+    fn a_vm_pod_without_a_chosen_mac_gets_a_random_local_unicast_one() {
+        let conf =
+            NetConf::parse(br#"{"cniVersion":"1.1.0","name":"n","type":"netstack"}"#).unwrap();
+        let ip = ipam(r#"{"ips":[{"address":"10.244.1.5/24"}]}"#);
+        let macs: Vec<MacAddr> = (0..8)
+            .map(|_| pod_mac(&conf, &BTreeMap::new(), &ip, true).unwrap())
+            .collect();
+        for m in &macs {
+            assert_eq!(m.0[0] & 0x03, 0x02, "local, unicast: {m}");
+            assert!(m.is_unicast() && !m.is_zero(), "{m}");
+        }
+        let distinct: std::collections::BTreeSet<_> = macs.iter().map(|m| m.0).collect();
+        assert!(distinct.len() > 1, "random: {macs:?}");
     }
 }

@@ -1,6 +1,8 @@
 //! CNI CHECK: is the attachment still what ADD made of it? Compares the device in the pod's
-//! netns (a netstack TAP or veth, its MAC, addresses and routes) and netstackd's record of the
-//! attachment with `prevResult`, after asking the IPAM plugin to check its own allocation.
+//! netns (a netstack TAP or veth or a VM pod's placeholder dummy, its MAC, addresses and
+//! routes) and netstackd's record of the attachment with `prevResult` (for a VM pod also its
+//! socket: there, a socket, of the configured mode), after asking the IPAM plugin to check
+//! its own allocation.
 //! Every difference is reported (code 101), each naming what differs; things added later by
 //! chained plugins (more addresses, more routes) are not differences.
 
@@ -25,6 +27,8 @@ struct Expected {
     mac: Option<MacAddr>,
     addrs: Vec<IpNet>,
     routes: Vec<Route>,
+    /// A VM pod's socket, when the result (1.1.0) says it.
+    socket_path: Option<std::path::PathBuf>,
 }
 
 /// Picks our interface out of `prev`: the one named `CNI_IFNAME` in `netns`.
@@ -55,6 +59,7 @@ fn expected(prev: &PrevResult, ifname: &str, netns: &Path) -> Result<Expected, C
         mac,
         addrs,
         routes: prev.routes.clone(),
+        socket_path: prev.interfaces[index].socket_path.clone(),
     })
 }
 
@@ -101,10 +106,11 @@ fn compare_netns(
         return vec![format!("interface {ifname} does not exist in the netns")];
     };
     let mut diffs = Vec::new();
-    if kind.as_deref() != Some(mode.device_kind()) {
+    if !mode.is_device_kind(kind.as_deref()) {
         let what = match mode {
             LinkMode::Tap => "TAP",
             LinkMode::Veth => "veth",
+            LinkMode::VhostUser => "placeholder dummy",
         };
         diffs.push(format!("interface {ifname} is not a netstack {what}"));
     }
@@ -137,6 +143,7 @@ fn compare_netns(
 /// The differences between `prevResult` and netstackd's record of the attachment.
 fn compare_daemon(
     conf: &NetConf,
+    mode: LinkMode,
     key: &AttachmentKey,
     netns: &Path,
     want: &Expected,
@@ -166,12 +173,32 @@ fn compare_daemon(
             pod.error.as_deref().unwrap_or("unknown error")
         ));
     }
-    if pod.mode != conf.link_mode() {
+    if pod.mode != mode {
         diffs.push(format!(
-            "netstackd serves {key} in {} mode, the config says {}",
+            "netstackd serves {key} in {} mode, the config says {mode}",
             pod.mode,
-            conf.link_mode()
         ));
+    }
+    if mode == LinkMode::VhostUser {
+        match &pod.socket_path {
+            None => diffs.push(format!("netstackd names no vhost-user socket for {key}")),
+            Some(path) => {
+                if let Some(prev) = want.socket_path.as_deref() {
+                    if prev != path.as_path() {
+                        diffs.push(format!(
+                            "netstackd serves {key} on socket {}, prevResult says {}",
+                            path.display(),
+                            prev.display()
+                        ));
+                    }
+                }
+                diffs.extend(compare_socket(
+                    path,
+                    conf.socket_mode()?,
+                    conf.vhost_socket_group,
+                ));
+            }
+        }
     }
     if pod.netns != netns {
         diffs.push(format!(
@@ -194,6 +221,35 @@ fn compare_daemon(
         }
     }
     Ok(diffs)
+}
+
+/// The differences between a VM pod's socket at `path` and what the config asks: it exists,
+/// is a socket, has permission bits `mode` and, when given, group `gid`.
+fn compare_socket(path: &Path, mode: u32, gid: Option<u32>) -> Vec<String> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let m = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) => return vec![format!("vhost-user socket {}: {e}", path.display())],
+    };
+    if !m.file_type().is_socket() {
+        return vec![format!("{} is not a socket", path.display())];
+    }
+    let mut diffs = Vec::new();
+    if m.mode() & 0o777 != mode {
+        diffs.push(format!(
+            "vhost-user socket {} has mode {:04o}, the config says {mode:04o}",
+            path.display(),
+            m.mode() & 0o777
+        ));
+    }
+    if let Some(gid) = gid.filter(|g| *g != m.gid()) {
+        diffs.push(format!(
+            "vhost-user socket {} belongs to group {}, the config says {gid}",
+            path.display(),
+            m.gid()
+        ));
+    }
+    diffs
 }
 
 /// CHECK.
@@ -222,17 +278,13 @@ pub fn cmd_check(env: &CniEnv, conf: &NetConf, stdin: &[u8]) -> Result<(), CniEr
             netns.display()
         )));
     }
-    let mut diffs = compare_netns(
-        &want,
-        &env.ifname,
-        conf.link_mode(),
-        observe(netns, &env.ifname)?,
-    );
+    let mode = conf.pod_mode(&env.args)?;
+    let mut diffs = compare_netns(&want, &env.ifname, mode, observe(netns, &env.ifname)?);
     let key = AttachmentKey {
         container_id: env.container_id.clone(),
         ifname: env.ifname.clone(),
     };
-    diffs.extend(compare_daemon(conf, &key, netns, &want)?);
+    diffs.extend(compare_daemon(conf, mode, &key, netns, &want)?);
     if diffs.is_empty() {
         Ok(())
     } else {
@@ -313,6 +365,47 @@ mod tests {
         assert_eq!(
             compare_netns(&want, "eth0", LinkMode::Tap, None),
             vec!["interface eth0 does not exist in the netns".to_owned()]
+        );
+    }
+
+    #[test]
+    fn a_vm_pods_socket_must_be_a_socket_of_the_configured_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("netstack-check-sock-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("vu.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(compare_socket(&path, 0o600, None).is_empty());
+        let d = compare_socket(&path, 0o660, None);
+        assert!(
+            d.len() == 1 && d[0].contains("has mode 0600, the config says 0660"),
+            "{d:?}"
+        );
+        let d = compare_socket(&path, 0o600, Some(4_000_000));
+        assert!(
+            d.len() == 1 && d[0].contains("the config says 4000000"),
+            "{d:?}"
+        );
+        let file = dir.join("plain");
+        std::fs::write(&file, b"").unwrap();
+        assert_eq!(
+            compare_socket(&file, 0o600, None),
+            [format!("{} is not a socket", file.display())]
+        );
+        std::fs::remove_file(&path).unwrap();
+        let d = compare_socket(&path, 0o600, None);
+        assert!(d.len() == 1 && d[0].contains("No such file"), "{d:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+        // The placeholder is a dummy: a TAP in its place is a difference.
+        let want = expected(&prev(), "eth0", Path::new("/run/netns/p")).unwrap();
+        let mut dummy = observed();
+        dummy.0 = Some("dummy".to_owned());
+        assert!(compare_netns(&want, "eth0", LinkMode::VhostUser, Some(dummy)).is_empty());
+        assert_eq!(
+            compare_netns(&want, "eth0", LinkMode::VhostUser, Some(observed())),
+            ["interface eth0 is not a netstack placeholder dummy"]
         );
     }
 

@@ -1,13 +1,14 @@
 //! The network configuration the runtime passes on stdin (one plugin object of a conflist,
 //! with `cniVersion`, `name`, and `runtimeConfig`/`prevResult` inserted by the runtime).
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use netstack_core::control::LinkMode;
+use netstack_core::control::{vhost_socket_mode_problem, LinkMode, DEFAULT_VHOST_SOCKET_MODE};
 use netstack_core::sys::packet::VETH_MAX_MTU;
 use netstack_core::sys::tap::TAP_MAX_MTU;
 
@@ -18,6 +19,10 @@ pub const DEFAULT_MTU: u32 = 1500;
 
 /// The smallest pod interface MTU the plugin accepts (the IPv4 minimum datagram size).
 pub const MIN_MTU: u32 = 576;
+
+/// The `CNI_ARGS` key that picks a pod's link mode (`tap`, `veth`, `vhost-user`), overriding
+/// the conflist's `mode`; `runtimeConfig.netstack.mode` overrides both.
+pub const MODE_ARG: &str = "NETSTACK_MODE";
 
 /// How long STATUS waits for netstackd's socket by default: longer than a netstackd restart
 /// takes, so a restart never turns the node NotReady.
@@ -41,9 +46,21 @@ pub struct NetConf {
     /// The pod interface MTU.
     #[serde(default)]
     pub mtu: Option<u32>,
-    /// The link mode: "tap" (default) or "veth".
+    /// The link mode: "tap" (default), "veth" or "vhost-user" (a pod may override it: see
+    /// [`NetConf::pod_mode`]).
     #[serde(default)]
     pub mode: Option<String>,
+    /// vhost-user mode: the permission bits of a VM pod's socket, an octal string ("0660");
+    /// default "0600".
+    #[serde(default, rename = "vhostSocketMode")]
+    pub vhost_socket_mode: Option<String>,
+    /// vhost-user mode: the gid a VM pod's socket belongs to (default: root's).
+    #[serde(default, rename = "vhostSocketGroup")]
+    pub vhost_socket_group: Option<u32>,
+    /// vhost-user mode: also link the socket at `/tmp/vhostuser_<IP>/vhu.sock`, where Kata's
+    /// runtime looks for a vhost-user network endpoint.
+    #[serde(default, rename = "kataVhostUser")]
+    pub kata_vhost_user: bool,
     /// The IPAM plugin's section; `type` names the plugin.
     #[serde(default)]
     pub ipam: Option<Ipam>,
@@ -126,6 +143,44 @@ pub struct RuntimeConfig {
     /// JSON shape as netstackd's, which records it with the attachment.
     #[serde(default)]
     pub bandwidth: Option<netstack_core::control::Bandwidth>,
+    /// `netstack`: this plugin's own per-pod settings.
+    #[serde(default)]
+    pub netstack: Option<RuntimeNetstack>,
+}
+
+/// `runtimeConfig.netstack`: per-pod settings of this plugin.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RuntimeNetstack {
+    /// The pod's link mode, overriding the conflist's and `CNI_ARGS` `NETSTACK_MODE`.
+    #[serde(default)]
+    pub mode: Option<String>,
+}
+
+/// Parses a link mode named by `source`; an unknown one is "unsupported field" (code 2)
+/// naming where it came from.
+fn parse_mode(source: &str, mode: &str) -> Result<LinkMode, CniError> {
+    mode.parse::<LinkMode>()
+        .map_err(|_| CniError::UnsupportedField {
+            field: source.into(),
+            value: mode.into(),
+        })
+}
+
+/// Checks `mtu` against the largest MTU the interface of `mode` takes: the kernel would
+/// refuse a larger one with a bare EINVAL halfway through ADD.
+fn check_mtu(mtu: u32, mode: LinkMode) -> Result<(), CniError> {
+    let (kind, max) = match mode {
+        LinkMode::Veth => ("veth", VETH_MAX_MTU),
+        LinkMode::Tap => ("TAP", TAP_MAX_MTU),
+        // The placeholder dummy takes any MTU; netstackd's limit is 65535.
+        LinkMode::VhostUser => ("vhost-user pod", 65535),
+    };
+    if !(MIN_MTU..=max).contains(&mtu) {
+        return Err(CniError::InvalidConfig(format!(
+            "mtu {mtu} out of range {MIN_MTU}-{max}: the largest MTU a {kind} takes is {max}"
+        )));
+    }
+    Ok(())
 }
 
 impl NetConf {
@@ -150,25 +205,14 @@ impl NetConf {
             return Err(CniError::InvalidConfig("name is empty".into()));
         }
         if let Some(mode) = conf.mode.as_deref() {
-            if mode.parse::<LinkMode>().is_err() {
-                return Err(CniError::UnsupportedField {
-                    field: "mode".into(),
-                    value: mode.into(),
-                });
-            }
+            parse_mode("mode", mode)?;
         }
+        if let Some(mode) = conf.runtime_mode() {
+            parse_mode("runtimeConfig.netstack.mode", mode)?;
+        }
+        conf.socket_mode()?;
         if let Some(mtu) = conf.mtu {
-            // The link kind's own limit: the kernel would refuse a larger MTU with a bare
-            // EINVAL halfway through ADD.
-            let (kind, max) = match conf.link_mode() {
-                LinkMode::Veth => ("veth", VETH_MAX_MTU),
-                LinkMode::Tap => ("TAP", TAP_MAX_MTU),
-            };
-            if !(MIN_MTU..=max).contains(&mtu) {
-                return Err(CniError::InvalidConfig(format!(
-                    "mtu {mtu} out of range {MIN_MTU}-{max}: the largest MTU a {kind} takes is {max}"
-                )));
-            }
+            check_mtu(mtu, conf.link_mode())?;
         }
         if let Some(file) = conf.log_file.as_ref().filter(|f| !f.as_os_str().is_empty()) {
             if !file.is_absolute() {
@@ -225,12 +269,61 @@ impl NetConf {
         Ok(conf)
     }
 
-    /// The link mode (validated by [`NetConf::parse`]; TAP when the config names none).
+    /// The link mode of the config, `runtimeConfig.netstack.mode` over the conflist's
+    /// `mode` (both validated by [`NetConf::parse`]; TAP when neither names one). A pod's
+    /// `CNI_ARGS` may override the conflist's too: see [`NetConf::pod_mode`].
     pub fn link_mode(&self) -> LinkMode {
-        self.mode
-            .as_deref()
+        self.runtime_mode()
+            .or(self.mode.as_deref())
             .and_then(|m| m.parse().ok())
             .unwrap_or_default()
+    }
+
+    /// `runtimeConfig.netstack.mode`, if set and not empty.
+    fn runtime_mode(&self) -> Option<&str> {
+        self.runtime_config
+            .as_ref()
+            .and_then(|r| r.netstack.as_ref())
+            .and_then(|n| n.mode.as_deref())
+            .filter(|m| !m.is_empty())
+    }
+
+    /// The link mode of one pod: `runtimeConfig.netstack.mode`, else `CNI_ARGS`
+    /// `NETSTACK_MODE` ([`MODE_ARG`]), else the conflist's `mode`, else TAP. A bad
+    /// `NETSTACK_MODE`, or an MTU the pod's kind of interface cannot take, is refused.
+    pub fn pod_mode(&self, cni_args: &BTreeMap<String, String>) -> Result<LinkMode, CniError> {
+        let mode = match (
+            self.runtime_mode(),
+            cni_args.get(MODE_ARG).filter(|m| !m.is_empty()),
+        ) {
+            (Some(m), _) => parse_mode("runtimeConfig.netstack.mode", m)?,
+            (None, Some(m)) => parse_mode("CNI_ARGS NETSTACK_MODE", m)?,
+            (None, None) => self.link_mode(),
+        };
+        if let Some(mtu) = self.mtu {
+            check_mtu(mtu, mode)?;
+        }
+        Ok(mode)
+    }
+
+    /// The permission bits of a VM pod's socket: `vhostSocketMode` read as octal, 0600 by
+    /// default.
+    pub fn socket_mode(&self) -> Result<u32, CniError> {
+        let Some(text) = self.vhost_socket_mode.as_deref() else {
+            return Ok(DEFAULT_VHOST_SOCKET_MODE);
+        };
+        let mode =
+            u32::from_str_radix(text.strip_prefix("0o").unwrap_or(text), 8).map_err(|_| {
+                CniError::InvalidConfig(format!(
+                    "vhostSocketMode {text:?} is not an octal mode such as \"0660\""
+                ))
+            })?;
+        match vhost_socket_mode_problem(mode) {
+            Some(problem) => Err(CniError::InvalidConfig(format!(
+                "vhostSocketMode {text:?}: {problem}"
+            ))),
+            None => Ok(mode),
+        }
     }
 
     /// Is the config's version at least `major.minor.patch`?
@@ -456,6 +549,109 @@ mod tests {
         for (json, mode) in table {
             assert_eq!(conf(json).unwrap().link_mode(), mode, "{json}");
         }
+    }
+
+    #[test]
+    fn vhost_user_keys_parse_with_their_defaults() {
+        let c = conf(r#"{"cniVersion":"1.1.0","name":"n","type":"netstack","mode":"vhost-user"}"#)
+            .unwrap();
+        assert_eq!(c.link_mode(), LinkMode::VhostUser);
+        assert_eq!(c.socket_mode().unwrap(), 0o600);
+        assert_eq!(c.vhost_socket_group, None);
+        assert!(!c.kata_vhost_user);
+        let c = conf(
+            r#"{"cniVersion":"1.1.0","name":"n","type":"netstack","mode":"vhost-user",
+                "vhostSocketMode":"0660","vhostSocketGroup":107,"kataVhostUser":true}"#,
+        )
+        .unwrap();
+        assert_eq!(c.socket_mode().unwrap(), 0o660);
+        assert_eq!(c.vhost_socket_group, Some(107));
+        assert!(c.kata_vhost_user);
+        // (vhostSocketMode, what the row covers): each is refused with code 7.
+        let table = [
+            ("660x", "not octal"),
+            ("0680", "8 is not an octal digit"),
+            ("", "empty"),
+            ("0400", "owner cannot write"),
+            ("04600", "setuid"),
+            ("-0600", "negative"),
+        ];
+        for (mode, what) in table {
+            let json = format!(
+                r#"{{"cniVersion":"1.1.0","name":"n","type":"netstack","mode":"vhost-user","vhostSocketMode":"{mode}"}}"#
+            );
+            let e = conf(&json).unwrap_err();
+            assert_eq!(e.code(), 7, "{what}: {e}");
+            assert!(e.to_string().contains("vhostSocketMode"), "{what}: {e}");
+        }
+        let e =
+            conf(r#"{"cniVersion":"1.1.0","name":"n","type":"netstack","vhostSocketMode":600}"#)
+                .unwrap_err();
+        assert_eq!(e.code(), 6, "a number, not a string: {e}");
+    }
+
+    /// A pod's mode: runtimeConfig over CNI_ARGS over the conflist; a bad one names its
+    /// source.
+    #[test]
+    fn a_pod_picks_its_mode_by_runtime_config_or_cni_args() {
+        let args =
+            |m: &str| -> BTreeMap<String, String> { [(MODE_ARG.to_owned(), m.to_owned())].into() };
+        let none = BTreeMap::new();
+        let base = r#""cniVersion":"1.1.0","name":"n","type":"netstack""#;
+        let rc = |m: &str| format!(r#","runtimeConfig":{{"netstack":{{"mode":"{m}"}}}}"#);
+        // (conflist extra, CNI_ARGS, mode chosen, what the row covers)
+        let table: [(String, &BTreeMap<String, String>, LinkMode, &str); 6] = [
+            (String::new(), &none, LinkMode::Tap, "nothing: TAP"),
+            (
+                r#","mode":"veth""#.into(),
+                &none,
+                LinkMode::Veth,
+                "the conflist",
+            ),
+            (
+                String::new(),
+                &args("vhost-user"),
+                LinkMode::VhostUser,
+                "CNI_ARGS",
+            ),
+            (
+                r#","mode":"veth""#.into(),
+                &args("tap"),
+                LinkMode::Tap,
+                "CNI_ARGS over the conflist",
+            ),
+            (
+                rc("vhost-user"),
+                &args("veth"),
+                LinkMode::VhostUser,
+                "runtimeConfig over CNI_ARGS",
+            ),
+            (
+                format!(r#","mode":"veth"{}"#, rc("tap")),
+                &none,
+                LinkMode::Tap,
+                "runtimeConfig over the conflist",
+            ),
+        ];
+        for (extra, a, want, what) in table {
+            let c = conf(&format!("{{{base}{extra}}}")).unwrap();
+            assert_eq!(c.pod_mode(a).unwrap(), want, "{what}");
+        }
+        let c = conf(&format!("{{{base}}}")).unwrap();
+        let e = c.pod_mode(&args("macvlan")).unwrap_err();
+        assert_eq!(e.code(), 2);
+        assert!(e.to_string().contains("NETSTACK_MODE"), "{e}");
+        let e = conf(&format!("{{{base}{}}}", rc("vhost_user"))).unwrap_err();
+        assert_eq!(e.code(), 2);
+        assert!(e.to_string().contains("runtimeConfig.netstack.mode"), "{e}");
+        // The MTU is checked against the pod's own kind: 65535 is too much for a TAP.
+        let c = conf(&format!(r#"{{{base},"mode":"veth","mtu":65535}}"#)).unwrap();
+        assert_eq!(c.pod_mode(&none).unwrap(), LinkMode::Veth);
+        assert_eq!(
+            c.pod_mode(&args("vhost-user")).unwrap(),
+            LinkMode::VhostUser
+        );
+        assert_eq!(c.pod_mode(&args("tap")).unwrap_err().code(), 7);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! (by the refusal's [`ErrorKind`]), and the removal of the pod's link. ADD, DEL, CHECK, GC
 //! and the netavark plugin use these; none of them imports another command.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use netstack_core::control::{Client, ClientError, ErrorKind, LinkMode, VETH_ALIAS};
@@ -121,16 +121,16 @@ pub fn netns_error(e: NetnsError) -> CniError {
 }
 
 /// Deletes the pod's TAP (or, in veth mode, its veth with the netstack alias: the peer goes
-/// with it) if it is there; a missing netns or device, or another device (not ours), is left
-/// as it is.
+/// with it; in vhost-user mode, its placeholder dummy with the netstack alias) if it is
+/// there; a missing netns or device, or another device (not ours), is left as it is.
 pub fn delete_pod_link(netns: &Path, ifname: &str, mode: LinkMode) -> Result<(), CniError> {
     let name = ifname.to_owned();
     match run_in_netns(netns, move || -> Result<(), String> {
         let nl = Netlink::new().map_err(|e| e.to_string())?;
         match nl.link_info(&name).map_err(|e| e.to_string())? {
             Some(info)
-                if info.kind.as_deref() == Some(mode.device_kind())
-                    && (mode == LinkMode::Tap || info.alias.as_deref() == Some(VETH_ALIAS)) =>
+                if mode.is_device_kind(info.kind.as_deref())
+                    && (!mode.has_alias() || info.alias.as_deref() == Some(VETH_ALIAS)) =>
             {
                 nl.del_link(&name).map(drop).map_err(|e| e.to_string())
             }
@@ -152,6 +152,82 @@ pub fn delete_pod_link(netns: &Path, ifname: &str, mode: LinkMode) -> Result<(),
     }
 }
 
+/// Where Kata's runtime looks for a vhost-user network endpoint of an interface with address
+/// `ip` (`hostSocketSearchPath` in its `vhostuser_endpoint.go`): `/tmp/vhostuser_<IP>/vhu.sock`.
+pub fn kata_socket_link(ip: std::net::IpAddr) -> PathBuf {
+    PathBuf::from(format!("/tmp/vhostuser_{ip}/vhu.sock"))
+}
+
+/// Links `socket` (a VM pod's vhost-user socket) at [`kata_socket_link`] of `ip`, the
+/// directory made mode 0700. A directory there that is not a plain directory of root's, or a
+/// link in it to another socket, is refused (it is someone else's: /tmp is everyone's); a
+/// link to this socket is made again.
+pub fn create_kata_link(ip: std::net::IpAddr, socket: &Path) -> Result<PathBuf, CniError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let link = kata_socket_link(ip);
+    let dir = link.parent().unwrap_or(Path::new("/tmp")).to_owned();
+    let setup =
+        |what: String| CniError::Setup(format!("Kata's socket link {}: {what}", link.display()));
+    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let m = std::fs::symlink_metadata(&dir).map_err(|e| setup(e.to_string()))?;
+            if !m.file_type().is_dir() || m.uid() != nix::unistd::geteuid().as_raw() {
+                return Err(setup(format!(
+                    "{} is not a directory of this user's: left alone",
+                    dir.display()
+                )));
+            }
+        }
+        Err(e) => return Err(setup(format!("creating {}: {e}", dir.display()))),
+    }
+    match std::fs::read_link(&link) {
+        Ok(target) if target == socket => return Ok(link),
+        Ok(target) => {
+            return Err(setup(format!(
+                "it links to {}, another socket: left alone",
+                target.display()
+            )))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(setup(format!(
+                "something that is not a link is there ({e})"
+            )))
+        }
+    }
+    std::os::unix::fs::symlink(socket, &link).map_err(|e| setup(e.to_string()))?;
+    Ok(link)
+}
+
+/// Removes every Kata socket link (`/tmp/vhostuser_*/vhu.sock`) that points at a socket
+/// named `socket_name` (a VM pod's [`netstack_core::control::vhost_socket_name`]), and its
+/// directory when that is left empty; links to other sockets stay. Returns the links removed.
+pub fn remove_kata_links(socket_name: &str) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/tmp") else {
+        return removed;
+    };
+    for entry in entries.flatten() {
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with("vhostuser_")
+        {
+            continue;
+        }
+        let link = entry.path().join("vhu.sock");
+        let ours = std::fs::read_link(&link)
+            .is_ok_and(|t| t.file_name().is_some_and(|n| n == socket_name));
+        if ours && std::fs::remove_file(&link).is_ok() {
+            // Only when empty: anything else in it is not ours.
+            let _ = std::fs::remove_dir(entry.path());
+            removed.push(link);
+        }
+    }
+    removed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,7 +241,7 @@ mod tests {
         assert_eq!(e.code(), 11, "{e}");
         let msg = e.to_string();
         assert!(
-            msg.contains("this plugin speaks control protocol 2 (netstack after v0.1.0)")
+            msg.contains("this plugin speaks control protocol 3 (netstack with vhost-user pods)")
                 && msg.contains("netstackd speaks 1 (netstack v0.1.0)")
                 && msg.contains(old),
             "{msg}"
@@ -173,7 +249,7 @@ mod tests {
         // A daemon that said nothing is v0.1.0.
         assert_eq!(daemon_refusal(None, "attachment", None, old).code(), 11);
         // A daemon of this protocol that finds a request malformed: a bug, not skew.
-        assert_eq!(daemon_refusal(Some(2), "attachment", None, old).code(), 100);
+        assert_eq!(daemon_refusal(Some(3), "attachment", None, old).code(), 100);
         // An ordinary refusal stays one; a retryable one is code 11 whatever the version.
         let e = daemon_refusal(Some(1), "attachment", None, "c1/eth0: already attached");
         assert_eq!(e.code(), 100);
@@ -201,6 +277,67 @@ mod tests {
                     .contains("a TAP of 80 queues needs netstackd of control protocol 2"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn vhost_user_needs_a_daemon_of_protocol_3() {
+        use netstack_core::control::version::PROTOCOL_VHOST_USER;
+        assert!(require_daemon_protocol(3, PROTOCOL_VHOST_USER, "vhost-user mode").is_ok());
+        for theirs in [1, 2] {
+            let e = require_daemon_protocol(theirs, PROTOCOL_VHOST_USER, "vhost-user mode")
+                .unwrap_err();
+            assert_eq!(e.code(), 11, "{e}");
+            let msg = e.to_string();
+            assert!(
+                msg.contains(
+                    "this plugin speaks control protocol 3 (netstack with vhost-user pods)"
+                ) && msg.contains(&format!("netstackd speaks {theirs} ("))
+                    && msg.contains("vhost-user mode needs netstackd of control protocol 3"),
+                "{msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn kata_links_are_made_and_removed_only_when_they_point_at_our_socket() {
+        // Addresses of the documentation ranges no pod here has.
+        let ours: std::net::IpAddr = "192.0.2.77".parse().unwrap();
+        let theirs: std::net::IpAddr = "2001:db8::77".parse().unwrap();
+        let name = "vu00000000000000aa.sock";
+        let socket = Path::new("/run/netstack/vhost").join(name);
+        let other = Path::new("/run/other/vu00000000000000bb.sock");
+        for ip in [ours, theirs] {
+            let _ = std::fs::remove_dir_all(kata_socket_link(ip).parent().unwrap());
+        }
+        assert_eq!(
+            kata_socket_link(theirs),
+            Path::new("/tmp/vhostuser_2001:db8::77/vhu.sock")
+        );
+        let link = create_kata_link(ours, &socket).unwrap();
+        assert_eq!(std::fs::read_link(&link).unwrap(), socket);
+        use std::os::unix::fs::PermissionsExt;
+        let dir_mode = std::fs::metadata(link.parent().unwrap())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(dir_mode & 0o777, 0o700);
+        // Again: the same link is fine; another socket's link is refused and kept.
+        assert!(create_kata_link(ours, &socket).is_ok());
+        std::fs::create_dir(kata_socket_link(theirs).parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(other, kata_socket_link(theirs)).unwrap();
+        let e = create_kata_link(theirs, &socket).unwrap_err();
+        assert!(e.to_string().contains("another socket"), "{e}");
+        assert_eq!(remove_kata_links(name), vec![link.clone()]);
+        assert!(
+            !link.parent().unwrap().exists(),
+            "our directory went with it"
+        );
+        assert!(
+            kata_socket_link(theirs).symlink_metadata().is_ok(),
+            "theirs stays"
+        );
+        assert!(remove_kata_links(name).is_empty());
+        std::fs::remove_dir_all(kata_socket_link(theirs).parent().unwrap()).unwrap();
     }
 
     /// Each kind of refusal of a daemon of this protocol gets the CNI code that fits; the

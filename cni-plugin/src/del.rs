@@ -1,11 +1,12 @@
-//! CNI DEL: best effort, idempotent. Detach from netstackd, delete the TAP (or veth) if the
-//! netns is still there, release the IPAM allocation — every step runs even when an earlier one
+//! CNI DEL: best effort, idempotent. Detach from netstackd (which closes a VM pod's socket),
+//! delete the TAP (or veth, or placeholder dummy) if the netns is still there and a VM pod's
+//! Kata socket link, release the IPAM allocation — every step runs even when an earlier one
 //! failed, and anything already gone counts as done.
 
-use netstack_core::control::{AttachmentKey, Reply, Request};
+use netstack_core::control::{vhost_socket_name, AttachmentKey, LinkMode, Reply, Request};
 
 use crate::config::NetConf;
-use crate::daemon::{connect, control_error, daemon_refusal, delete_pod_link};
+use crate::daemon::{connect, control_error, daemon_refusal, delete_pod_link, remove_kata_links};
 use crate::skel::CniEnv;
 use crate::{ipam, CniError};
 
@@ -36,10 +37,17 @@ pub fn cmd_del(env: &CniEnv, conf: &NetConf, stdin: &[u8]) -> Result<(), CniErro
         Err(e) => errors.push(e),
     }
 
+    // A bad NETSTACK_MODE failed the ADD: what DEL removes is then the conflist's kind.
+    let mode = conf
+        .pod_mode(&env.args)
+        .unwrap_or_else(|_| conf.link_mode());
     if let Some(netns) = env.netns.as_deref() {
-        if let Err(e) = delete_pod_link(netns, &env.ifname, conf.link_mode()) {
+        if let Err(e) = delete_pod_link(netns, &env.ifname, mode) {
             errors.push(e);
         }
+    }
+    if mode == LinkMode::VhostUser {
+        remove_kata_links(&vhost_socket_name(&key));
     }
 
     if let Some(ipam_conf) = &conf.ipam {

@@ -3,7 +3,8 @@
 //! `cni.dev/attachments`). Like DEL it goes on past errors and reports the first.
 //!
 //! - netstackd's attachments of this network (the `cni.network` label every ADD records) that
-//!   are not valid are detached, their TAP deleted if the netns is still there, and their
+//!   are not valid are detached (netstackd closes a VM pod's socket), their TAP (veth,
+//!   placeholder dummy and Kata socket link) deleted if the netns is still there, and their
 //!   IPAM allocation released by an IPAM DEL for that (container id, ifname);
 //! - then GC is delegated to the IPAM plugin if it implements it (speaks 1.1.0). host-local
 //!   does not: its reservations (one file per address under `dataDir/<network>/`, holding
@@ -19,10 +20,10 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use netstack_core::control::{AttachmentKey, PodInfo, Reply, Request};
+use netstack_core::control::{vhost_socket_name, AttachmentKey, LinkMode, PodInfo, Reply, Request};
 
 use crate::config::{GcAttachment, NetConf};
-use crate::daemon::{connect, control_error, delete_pod_link, NETWORK_LABEL};
+use crate::daemon::{connect, control_error, delete_pod_link, remove_kata_links, NETWORK_LABEL};
 use crate::skel::CniEnv;
 use crate::{ipam, CniError};
 
@@ -147,6 +148,9 @@ pub fn cmd_gc(env: &CniEnv, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError
                 let mode = pod.mode;
                 if let Err(e) = delete_pod_link(&pod.netns, &key.ifname, mode) {
                     errors.push(e);
+                }
+                if mode == LinkMode::VhostUser {
+                    remove_kata_links(&vhost_socket_name(&key));
                 }
                 if let Some(t) = &ipam_type {
                     match ipam::del_attachment(env, t, stdin, &key.container_id, &key.ifname) {

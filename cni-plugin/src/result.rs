@@ -51,6 +51,9 @@ pub struct Interface {
     pub mtu: Option<u32>,
     /// The netns path for interfaces inside the container.
     pub sandbox: String,
+    /// A VM pod's vhost-user socket: only in 1.1.0 results (the version that added it).
+    #[serde(rename = "socketPath", skip_serializing_if = "Option::is_none")]
+    pub socket_path: Option<String>,
 }
 
 /// An address of the result.
@@ -111,6 +114,9 @@ pub struct PrevInterface {
     /// Netns path; empty for host interfaces.
     #[serde(default)]
     pub sandbox: Option<String>,
+    /// A VM pod's vhost-user socket (1.1.0).
+    #[serde(default, rename = "socketPath")]
+    pub socket_path: Option<std::path::PathBuf>,
 }
 
 /// An address of a `prevResult`.

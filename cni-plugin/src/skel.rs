@@ -60,6 +60,8 @@ const KNOWN_ARGS: &[&str] = &[
     // same environment.
     "IP",
     "GATEWAY",
+    // The pod's link mode (`crate::config::MODE_ARG`).
+    "NETSTACK_MODE",
 ];
 
 /// Parses `CNI_ARGS` (`K=V;K2=V2`).

@@ -320,6 +320,38 @@ impl Netlink {
         self.set(msg, "setting the transmit queue length of link", name)
     }
 
+    /// Creates a VM pod's placeholder `name`, down, in this namespace: a `dummy`, or where the
+    /// kernel has no dummy driver (`CONFIG_DUMMY` off: the kernel answers `EOPNOTSUPP`) an
+    /// `ifb`, which likewise holds a MAC, addresses and routes and drops what is sent to it.
+    /// The MAC is set at creation (an ifb refuses a later change). Returns the kind made.
+    /// An existing name is an error with errno `EEXIST`.
+    pub fn add_placeholder(&self, name: &str, mac: [u8; 6]) -> Result<&'static str, NetlinkError> {
+        check_name(name)?;
+        let msg = rtnetlink::LinkDummy::new(name)
+            .address(mac.to_vec())
+            .build();
+        match self
+            .runtime
+            .block_on(self.handle.link().add(msg).execute())
+            .map_err(request_err("creating dummy", name.to_owned()))
+        {
+            Ok(()) => return Ok("dummy"),
+            Err(e) if e.errno() == Some(Errno::EOPNOTSUPP) => {}
+            Err(e) => return Err(e),
+        }
+        let msg = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Ifb)
+            .name(name.to_owned())
+            .address(mac.to_vec())
+            .build();
+        self.runtime
+            .block_on(self.handle.link().add(msg).execute())
+            .map_err(request_err(
+                "creating ifb (the kernel has no dummy)",
+                name.to_owned(),
+            ))?;
+        Ok("ifb")
+    }
+
     /// Creates a veth pair `name` + `peer`, both ends down, in this namespace. An existing
     /// name is an error with errno `EEXIST`.
     pub fn add_veth(&self, name: &str, peer: &str) -> Result<(), NetlinkError> {

@@ -145,8 +145,12 @@ prop_compose! {
         mtu in any::<u32>(),
         queues in any::<usize>(),
         labels in prop::collection::btree_map("[A-Z_]{1,12}", ".{0,12}", 0..3),
-        veth in any::<bool>(),
+        mode in 0u8..3,
+        socket_mode in prop::option::of(0u32..0o1000),
+        socket_group in prop::option::of(any::<u32>()),
     ) -> Attachment {
+        let veth = mode == 1;
+        let vhost = mode == 2;
         Attachment {
             key: AttachmentKey { container_id, ifname },
             netns: netns.into(),
@@ -160,8 +164,14 @@ prop_compose! {
             queues,
             labels: labels.into_iter().collect::<BTreeMap<_, _>>(),
             bandwidth: None,
-            mode: if veth { LinkMode::Veth } else { LinkMode::Tap },
+            mode: match mode {
+                1 => LinkMode::Veth,
+                2 => LinkMode::VhostUser,
+                _ => LinkMode::Tap,
+            },
             peer: veth.then(|| "nsv0123456789ab".to_owned()),
+            vhost_socket_mode: socket_mode.filter(|_| vhost),
+            vhost_socket_group: socket_group.filter(|_| vhost),
         }
     }
 }

@@ -2,7 +2,7 @@
 """A netstackd that hangs in the middle of an attach, for test_hook.sh.
 
 It speaks netstackd's control protocol (4-byte big-endian length, then JSON) well enough for
-the CNI ADD path to get going: `status` and `stats` are answered at once, then `attach` (and
+the CNI ADD path to get going: `status`, `stats` and `list` are answered at once, then `attach` (and
 `detach`) are read and never answered, as if the daemon froze with the TAP queues in hand.
 Usage: fake_netstackd.py SOCKET POD_CIDR. Exits on SIGTERM.
 """
@@ -22,6 +22,7 @@ REPLIES = {
     "status": {"reply": "status", "version": "fake", "workers": 1, "uplink": "fake0",
                "pod_cidr": POD_CIDR, "gateway": str(NET.network_address + 1), "attachments": 0},
     "stats": {"reply": "stats", "pods": [], "uplink": COUNTERS},
+    "list": {"reply": "list", "pods": []},
 }
 
 

@@ -6,6 +6,8 @@
 //! ([`Runtime`], `NETSTACK_HOOK_RUNTIME`): a container cannot carry another runtime's
 //! annotations to pass for a sandbox, because those are never looked at.
 
+use netstack_core::control::LinkMode;
+
 use crate::error::HookError;
 use crate::state::OciState;
 
@@ -17,6 +19,9 @@ pub const IFNAME: &str = "netstack.io/ifname";
 pub const MTU: &str = "netstack.io/mtu";
 /// The pod's egress rate in bits/s, with an optional k/M/G suffix (powers of 1000).
 pub const EGRESS_RATE: &str = "netstack.io/egress-rate";
+/// The link mode (`tap`, `veth`, `vhost-user`), overriding the hook config's `mode`; passed
+/// to the plugin as `CNI_ARGS` `NETSTACK_MODE`.
+pub const MODE: &str = "netstack.io/mode";
 
 /// containerd's CRI plugin: `sandbox` or `container`.
 pub const CONTAINERD_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
@@ -96,6 +101,8 @@ pub struct NetRequest {
     pub mtu_bytes: Option<u32>,
     /// The egress rate in bits/s.
     pub egress_rate_bps: Option<u64>,
+    /// The link mode, overriding the hook config's.
+    pub mode: Option<LinkMode>,
 }
 
 /// Where the container stands in Kubernetes' model.
@@ -164,11 +171,19 @@ impl NetRequest {
             None => None,
             Some(v) => Some(parse_rate_bps(v).map_err(|reason| bad(EGRESS_RATE, v, reason))?),
         };
+        let mode = match state.annotation(MODE) {
+            None => None,
+            Some(v) => Some(
+                v.parse::<LinkMode>()
+                    .map_err(|_| bad(MODE, v, "must be tap, veth or vhost-user"))?,
+            ),
+        };
         Ok(NetRequest {
             attach,
             ifname,
             mtu_bytes,
             egress_rate_bps,
+            mode,
         })
     }
 }
@@ -283,7 +298,8 @@ mod tests {
                 attach: false,
                 ifname: "eth0".into(),
                 mtu_bytes: None,
-                egress_rate_bps: None
+                egress_rate_bps: None,
+                mode: None,
             }
         );
     }
@@ -295,12 +311,14 @@ mod tests {
             (IFNAME, "net0"),
             (MTU, "1400"),
             (EGRESS_RATE, "10M"),
+            (MODE, "vhost-user"),
         ]))
         .unwrap();
         assert!(r.attach);
         assert_eq!(r.ifname, "net0");
         assert_eq!(r.mtu_bytes, Some(1400));
         assert_eq!(r.egress_rate_bps, Some(10_000_000));
+        assert_eq!(r.mode, Some(LinkMode::VhostUser));
     }
 
     #[test]
@@ -319,6 +337,8 @@ mod tests {
             (EGRESS_RATE, "fast", "rate not a number"),
             (EGRESS_RATE, "0", "zero rate"),
             (EGRESS_RATE, "-5M", "negative rate"),
+            (MODE, "macvlan", "unknown mode"),
+            (MODE, "vhost_user", "mode with an underscore"),
         ];
         for (key, value, what) in table {
             match NetRequest::from_state(&state(&[(key, value)])) {

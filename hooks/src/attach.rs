@@ -58,7 +58,10 @@ pub fn create_runtime(
         ));
     }
     // Checked before anything is done: the labels netstackd would keep.
-    let pod = pod_args(state, settings.runtime)?;
+    let mut pod = pod_args(state, settings.runtime)?;
+    if let Some(mode) = request.mode {
+        pod.push((netstack_cni::config::MODE_ARG, mode.to_string()));
+    }
     let network = HookNetwork::load(&settings.config_path)?;
     let conf = network
         .net_conf(request.mtu_bytes, request.egress_rate_bps)
@@ -89,6 +92,7 @@ pub fn create_runtime(
             &config,
             &stale.key.ifname,
             surviving_netns(&stale.netns),
+            Some(stale.mode),
         )
         .map_err(|e| {
             HookError::Daemon(format!("releasing the stale attachment {}: {e}", stale.key))
@@ -143,7 +147,7 @@ pub fn roll_back(add: &PendingAdd, limit: Duration) -> Vec<String> {
     }
     if let Some(netns) = &add.env.netns {
         let mode = netstack_cni::config::NetConf::parse(&add.config)
-            .map(|c| c.link_mode())
+            .and_then(|c| c.pod_mode(&add.env.args))
             .unwrap_or_default();
         if let Err(e) = delete_pod_link(netns, &add.env.ifname, mode) {
             failed.push(format!("removing {}: {e}", add.env.ifname));

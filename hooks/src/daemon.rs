@@ -1,12 +1,12 @@
 //! The two questions the hook asks netstackd directly, each within the hook's time budget:
-//! what is attached (`stats`), and `detach` for a rollback. Attach and release themselves go
+//! what is attached (`list`), and `detach` for a rollback. Attach and release themselves go
 //! through the CNI plugin's `cmd_add`/`cmd_del`.
 
 use std::path::Path;
 use std::time::Duration;
 
 use netstack_core::control::{
-    AttachmentKey, Client, ClientError, FramingError, PodStats, Reply, Request,
+    AttachmentKey, Client, ClientError, FramingError, PodInfo, Reply, Request,
 };
 
 use crate::error::HookError;
@@ -34,15 +34,16 @@ fn call(socket: &Path, request: &Request, timeout: Duration) -> Result<Reply, Ho
         })
 }
 
-/// Every attachment netstackd serves.
-pub fn attachments(socket: &Path, timeout: Duration) -> Result<Vec<PodStats>, HookError> {
-    match call(socket, &Request::Stats, timeout)? {
-        Reply::Stats { pods, .. } => Ok(pods),
+/// Every attachment netstackd holds, with its netns and mode (`list`: it needs no answer
+/// from the dataplane, and has the pods whose restore failed too, which DEL releases).
+pub fn attachments(socket: &Path, timeout: Duration) -> Result<Vec<PodInfo>, HookError> {
+    match call(socket, &Request::List, timeout)? {
+        Reply::List { pods } => Ok(pods),
         Reply::Error { message, .. } => Err(HookError::Daemon(format!(
-            "netstackd refused stats: {message}"
+            "netstackd refused list: {message}"
         ))),
         other => Err(HookError::Daemon(format!(
-            "unexpected stats reply from netstackd: {other:?}"
+            "unexpected list reply from netstackd: {other:?}"
         ))),
     }
 }

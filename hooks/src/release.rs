@@ -11,7 +11,9 @@ use netstack_cni::del::cmd_del;
 use netstack_cni::skel::Command;
 use netstack_cni::CniError;
 
-use crate::annotations::{pod_args, role, Role, ATTACH, DEFAULT_IFNAME, IFNAME};
+use netstack_core::control::LinkMode;
+
+use crate::annotations::{pod_args, role, Role, ATTACH, DEFAULT_IFNAME, IFNAME, MODE};
 use crate::cni::{cni_env, export_for_delegates};
 use crate::config::{HookNetwork, Settings};
 use crate::daemon;
@@ -42,7 +44,8 @@ pub(crate) fn surviving_netns(path: &Path) -> Option<PathBuf> {
 }
 
 /// CNI DEL of one interface of the container: netstackd detach, the TAP if `netns` is given,
-/// the IPAM allocation.
+/// the IPAM allocation; with `mode` (netstackd's, or the container's annotation) what the
+/// plugin removes is that mode's (a VM pod's Kata socket link too).
 pub(crate) fn release_one(
     state: &OciState,
     settings: &Settings,
@@ -50,10 +53,14 @@ pub(crate) fn release_one(
     config: &[u8],
     ifname: &str,
     netns: Option<PathBuf>,
+    mode: Option<LinkMode>,
 ) -> Result<(), CniError> {
     // DEL needs no labels: a bad one (refused at createRuntime) must not keep the release
     // from happening.
-    let pod = pod_args(state, settings.runtime).unwrap_or_default();
+    let mut pod = pod_args(state, settings.runtime).unwrap_or_default();
+    if let Some(mode) = mode {
+        pod.push((netstack_cni::config::MODE_ARG, mode.to_string()));
+    }
     let env = cni_env(Command::Del, state, ifname, None, netns, settings, pod);
     export_for_delegates(&env);
     cmd_del(&env, conf, config)
@@ -76,22 +83,26 @@ pub fn poststop(
         .map_err(|e| HookError::Config(format!("{}: {e}", settings.config_path.display())))?;
     let config = network.plugin_config(None, None);
 
-    // ifname -> the netns to clean it from.
-    let mut targets: BTreeMap<String, Option<PathBuf>> = BTreeMap::new();
+    // ifname -> the netns to clean it from and its mode.
+    let mut targets: BTreeMap<String, (Option<PathBuf>, Option<LinkMode>)> = BTreeMap::new();
     let listed = daemon::attachments(&conf.socket(), deadline.remaining());
     if let Ok(pods) = &listed {
         for pod in pods.iter().filter(|p| p.key.container_id == state.id) {
-            targets.insert(pod.key.ifname.clone(), surviving_netns(&pod.netns));
+            targets.insert(
+                pod.key.ifname.clone(),
+                (surviving_netns(&pod.netns), Some(pod.mode)),
+            );
         }
     }
     if let Some(ifname) = requested_ifname(state) {
-        targets.entry(ifname).or_insert(None);
+        let mode = state.annotation(MODE).and_then(|m| m.parse().ok());
+        targets.entry(ifname).or_insert((None, mode));
     }
 
     let mut errors: Vec<HookError> = Vec::new();
     let mut released = Vec::new();
-    for (ifname, netns) in targets {
-        match release_one(state, settings, &conf, &config, &ifname, netns) {
+    for (ifname, (netns, mode)) in targets {
+        match release_one(state, settings, &conf, &config, &ifname, netns, mode) {
             Ok(()) => released.push(ifname),
             Err(e) => errors.push(HookError::Cni(e)),
         }

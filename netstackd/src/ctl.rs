@@ -230,6 +230,9 @@ pub fn run(socket: &Path, command: CtlCommand, json: bool) -> anyhow::Result<()>
                 if let Some(dp) = &s.dp_netns {
                     rows.push(vec!["veth namespace".into(), dp.display().to_string()]);
                 }
+                if let Some(dir) = &s.vhost_dir {
+                    rows.push(vec!["vhost-user dir".into(), dir.display().to_string()]);
+                }
                 write!(out, "{}", table(rows))?;
             }
         }
@@ -271,6 +274,18 @@ pub fn run(socket: &Path, command: CtlCommand, json: bool) -> anyhow::Result<()>
                     ]);
                 }
                 write!(out, "{}", table(rows))?;
+                for p in &pods {
+                    if let Some(socket) = &p.socket_path {
+                        writeln!(
+                            out,
+                            "{}/{} {}: socket {}",
+                            short(&p.key.container_id),
+                            p.key.ifname,
+                            p.mode,
+                            socket.display()
+                        )?;
+                    }
+                }
                 for p in pods.iter().filter(|p| p.quarantine_reason.is_some()) {
                     let reason = p.quarantine_reason.as_deref().unwrap_or("");
                     writeln!(
@@ -490,9 +505,10 @@ pub fn run(socket: &Path, command: CtlCommand, json: bool) -> anyhow::Result<()>
 }
 
 /// Removes the pod's interface `ifname` in `netns` when it is netstack's kind for `mode`
-/// (`tun` for a TAP, `veth`); returns whether one was removed. A netns that is gone has none.
+/// (`tun` for a TAP, `veth`, a `dummy` with netstack's alias for a VM pod); returns whether
+/// one was removed. A netns that is gone has none.
 fn remove_pod_link(netns: &Path, ifname: &str, mode: LinkMode) -> anyhow::Result<bool> {
-    let kind = mode.device_kind();
+    let need_alias = mode == LinkMode::VhostUser;
     if !netns.exists() {
         return Ok(false);
     }
@@ -500,7 +516,12 @@ fn remove_pod_link(netns: &Path, ifname: &str, mode: LinkMode) -> anyhow::Result
     let removed = crate::netns::run_in_netns(netns, move || {
         let nl = crate::netlink::Netlink::new()?;
         match nl.link_info(&ifname)? {
-            Some(i) if i.kind.as_deref() == Some(kind) => nl.del_link(&ifname),
+            Some(i)
+                if mode.is_device_kind(i.kind.as_deref())
+                    && (!need_alias || i.alias.as_deref() == Some(crate::control::VETH_ALIAS)) =>
+            {
+                nl.del_link(&ifname)
+            }
             _ => Ok(false),
         }
     })??;

@@ -167,6 +167,11 @@ struct Args {
     /// group); never root. Processes of the same uid can signal it: a dedicated uid is best.
     #[arg(long, default_value_t)]
     dataplane_user: DataplaneUser,
+    /// Where VM pods' vhost-user sockets are bound (`<dir>/vu<16 hex digits>.sock`, the hash
+    /// of the pod's container id and interface name; the path of a unix socket is at most
+    /// 107 bytes, so at most 83 here).
+    #[arg(long, default_value = daemon::DEFAULT_VHOST_DIR)]
+    vhost_dir: PathBuf,
     /// Log filter (tracing env-filter syntax); NETSTACK_LOG overrides it.
     #[arg(long, default_value = "info")]
     log: String,
@@ -290,6 +295,7 @@ fn main() {
         dp_netns: args.dp_netns,
         veth_rx_ring: args.veth_rx == VethRx::Ring,
         dataplane_user: args.dataplane_user,
+        vhost_dir: args.vhost_dir,
     };
     if let Err(e) = daemon::run(config) {
         tracing::error!("{e:#}");

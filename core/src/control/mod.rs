@@ -78,23 +78,44 @@ pub enum LinkMode {
     /// A veth pair: the pod's end in the pod netns, the peer in netstackd's own netns, read
     /// and written through AF_PACKET sockets netstackd opens itself.
     Veth,
+    /// A VM pod: netstackd serves a vhost-user socket its VMM (QEMU, Cloud Hypervisor)
+    /// connects to; the pod netns holds only a placeholder dummy interface with the pod's
+    /// MAC and addresses (Kata reads them from it). Control protocol 3 on.
+    #[serde(rename = "vhost-user")]
+    VhostUser,
 }
 
 impl LinkMode {
-    /// The name in configs and replies: `tap` or `veth`.
+    /// The name in configs and replies: `tap`, `veth` or `vhost-user`.
     pub fn as_str(self) -> &'static str {
         match self {
             LinkMode::Tap => "tap",
             LinkMode::Veth => "veth",
+            LinkMode::VhostUser => "vhost-user",
         }
     }
 
-    /// The rtnetlink kind of the pod's interface in this mode (`tun` for a TAP).
+    /// The rtnetlink kind of the pod's interface in this mode (`tun` for a TAP, `dummy` for
+    /// a VM pod's placeholder).
     pub fn device_kind(self) -> &'static str {
         match self {
             LinkMode::Tap => "tun",
             LinkMode::Veth => "veth",
+            LinkMode::VhostUser => "dummy",
         }
+    }
+
+    /// Is `kind` (an interface's rtnetlink kind) what this mode makes? [`device_kind`]
+    /// (Self::device_kind), or for a VM pod's placeholder also `ifb`, which the plugin makes
+    /// on a kernel without the dummy driver.
+    pub fn is_device_kind(self, kind: Option<&str>) -> bool {
+        kind == Some(self.device_kind()) || (self == LinkMode::VhostUser && kind == Some("ifb"))
+    }
+
+    /// Does the pod's interface carry the alias [`VETH_ALIAS`] (how DEL tells ours from
+    /// someone else's)? A veth's and a placeholder dummy's do; a TAP is told by its kind.
+    pub fn has_alias(self) -> bool {
+        self != LinkMode::Tap
     }
 
     /// Is this the default mode (left out of the JSON, which keeps TAP requests as before)?
@@ -115,7 +136,10 @@ impl std::str::FromStr for LinkMode {
         match s {
             "tap" => Ok(LinkMode::Tap),
             "veth" => Ok(LinkMode::Veth),
-            other => Err(format!("unknown link mode {other:?} (tap or veth)")),
+            "vhost-user" => Ok(LinkMode::VhostUser),
+            other => Err(format!(
+                "unknown link mode {other:?} (tap, veth or vhost-user)"
+            )),
         }
     }
 }
@@ -137,15 +161,20 @@ pub fn valid_ifname(name: &str) -> bool {
 
 pub use crate::sys::ifname_problem;
 
-/// The alias the plugin gives a pod's veth: how DEL and netstackd tell a netstack veth from
-/// someone else's.
+/// The alias the plugin gives a pod's veth and a VM pod's placeholder dummy: how DEL and
+/// netstackd tell a netstack device from someone else's.
 pub const VETH_ALIAS: &str = "netstack";
 
 /// The name of the veth peer of pod interface `key`: `nsv` and 12 hex digits of a hash of the
 /// container id and interface name (15 bytes, a valid interface name), so the plugin and
 /// netstackd derive the same unique name and a name says which attachment it belongs to.
 pub fn veth_peer_name(key: &AttachmentKey) -> String {
-    // FNV-1a, 64 bits: stable across builds and platforms, unlike std's hasher.
+    format!("nsv{:012x}", key_hash(key) >> 16)
+}
+
+/// FNV-1a (64 bits) of a key's container id and interface name: stable across builds and
+/// platforms, unlike std's hasher.
+fn key_hash(key: &AttachmentKey) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in key
         .container_id
@@ -156,7 +185,37 @@ pub fn veth_peer_name(key: &AttachmentKey) -> String {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    format!("nsv{:012x}", h >> 16)
+    h
+}
+
+/// The file name of the vhost-user socket of VM pod interface `key` in netstackd's vhost dir:
+/// `vu` and the 16 hex digits of a hash of the container id and interface name, then `.sock`
+/// (23 bytes). A container id can be 64 bytes and more, and a unix socket path at most 107:
+/// the name keeps it out of the path, so any vhost dir of up to 83 bytes fits.
+pub fn vhost_socket_name(key: &AttachmentKey) -> String {
+    format!("vu{:016x}.sock", key_hash(key))
+}
+
+/// Longest path a unix socket can be bound at (`sun_path` less its NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
+
+/// The mode of a VM pod's socket unless the attachment names one (only root connects).
+pub const DEFAULT_VHOST_SOCKET_MODE: u32 = 0o600;
+
+/// Is `mode` a socket mode netstackd applies: permission bits only, and read-write for its
+/// owner (root), who must be able to connect? A problem says what is wrong.
+pub fn vhost_socket_mode_problem(mode: u32) -> Option<String> {
+    if mode & !0o777 != 0 {
+        return Some(format!(
+            "socket mode {mode:#o} has bits other than permissions"
+        ));
+    }
+    if mode & 0o600 != 0o600 {
+        return Some(format!(
+            "socket mode {mode:#o} does not let its owner read and write"
+        ));
+    }
+    None
 }
 
 /// Everything netstackd needs to serve one pod interface; the queue fds travel beside it.
@@ -176,8 +235,8 @@ pub struct Attachment {
     pub gateways: Vec<IpAddr>,
     /// The pod interface MTU in bytes.
     pub mtu: u32,
-    /// How many TAP queue fds accompany the request (0 in veth mode: netstackd opens its own
-    /// packet sockets).
+    /// How many TAP queue fds accompany the request (0 in veth and vhost-user mode:
+    /// netstackd opens its own packet sockets, or its VM pod's socket).
     pub queues: usize,
     /// Orchestrator metadata (K8S_POD_NAMESPACE, K8S_POD_NAME, K8S_POD_UID, ...).
     #[serde(default)]
@@ -192,6 +251,13 @@ pub struct Attachment {
     /// in the pod netns; netstackd moves it into its own netns.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer: Option<String>,
+    /// vhost-user mode: the permission bits of the pod's socket (absent:
+    /// [`DEFAULT_VHOST_SOCKET_MODE`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vhost_socket_mode: Option<u32>,
+    /// vhost-user mode: the group the pod's socket belongs to (absent: root's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vhost_socket_group: Option<u32>,
 }
 
 /// A request on the control socket.
@@ -264,7 +330,7 @@ pub struct PodInfo {
     pub mac: MacAddr,
     /// Its addresses.
     pub ips: Vec<IpNet>,
-    /// Link mode (`tap` or `veth` on the wire).
+    /// Link mode (`tap`, `veth` or `vhost-user` on the wire).
     pub mode: LinkMode,
     /// Whether the dataplane serves it (see [`PodState`]).
     pub state: PodState,
@@ -276,6 +342,9 @@ pub struct PodInfo {
     /// Why the pod is not served (with [`RESTORE_FAILED`]: the last restore attempt's error).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// vhost-user mode: the path of the pod's socket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket_path: Option<PathBuf>,
 }
 
 /// Where an attachment stands, as `ctl list` and the plugin's CHECK see it. On the wire the
@@ -397,6 +466,9 @@ pub struct DaemonStatus {
     /// How veth-mode packet sockets receive: `mmsg` or `ring` (`--veth-rx`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub veth_rx: Option<String>,
+    /// Where VM pods' vhost-user sockets are bound (`--vhost-dir`; protocol 3 on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vhost_dir: Option<PathBuf>,
     /// Attachments currently served.
     pub attachments: usize,
     /// Where Prometheus metrics are served, if anywhere.
@@ -488,6 +560,12 @@ pub struct PodStats {
 pub enum Reply {
     /// The request was carried out.
     Done,
+    /// The answer to a vhost-user `attach` (protocol 3 on; only such an attach gets it): the
+    /// pod is attached and its VMM connects to `socket_path`.
+    Attached {
+        /// The pod's vhost-user socket.
+        socket_path: PathBuf,
+    },
     /// The answer to `status`.
     Status(DaemonStatus),
     /// The answer to `list`.
@@ -619,6 +697,8 @@ mod tests {
             bandwidth: None,
             mode: LinkMode::Tap,
             peer: None,
+            vhost_socket_mode: None,
+            vhost_socket_group: None,
         });
         let json = serde_json::to_string(&req).unwrap();
         assert_eq!(
@@ -674,7 +754,77 @@ mod tests {
     }
 
     #[test]
+    fn vhost_socket_names_are_short_stable_and_distinct() {
+        let key = |c: &str, i: &str| AttachmentKey {
+            container_id: c.into(),
+            ifname: i.into(),
+        };
+        let long = "f".repeat(64);
+        let a = vhost_socket_name(&key(&long, "eth0"));
+        // Stable across builds: the plugin, netstackd and a restarted netstackd agree (and
+        // it is the hash the veth peer's name shows the first 48 bits of).
+        assert_eq!(
+            vhost_socket_name(&key("c1", "eth0")),
+            "vuf53f02b3bfe94942.sock"
+        );
+        let veth = veth_peer_name(&key("c1", "eth0"));
+        assert_eq!(
+            &vhost_socket_name(&key("c1", "eth0"))[2..14],
+            &veth[3..],
+            "one hash for both names"
+        );
+        assert_eq!(a.len(), 23, "{a}");
+        assert_eq!(a, vhost_socket_name(&key(&long, "eth0")));
+        assert!(!a.contains(&long[..8]), "no container id in the path");
+        // Two interfaces of one container, another container, a shifted boundary.
+        let names: std::collections::BTreeSet<String> = [
+            key(&long, "eth0"),
+            key(&long, "net1"),
+            key(&long, "eth1"),
+            key("c1", "eth0"),
+            key("c1e", "th0"),
+        ]
+        .iter()
+        .map(vhost_socket_name)
+        .collect();
+        assert_eq!(names.len(), 5, "{names:?}");
+        // The default vhost dir leaves room to spare in a socket path.
+        let path = format!("/run/netstack/vhost/{a}");
+        assert!(path.len() <= MAX_SOCKET_PATH, "{path}");
+    }
+
+    #[test]
+    fn vhost_socket_modes_are_permissions_the_owner_can_use() {
+        // (mode, accepted, what the row covers)
+        let table = [
+            (0o600, true, "the default"),
+            (0o660, true, "a group of VMMs"),
+            (0o666, true, "anyone (the admin's choice)"),
+            (0o400, false, "owner cannot write"),
+            (0o060, false, "owner cannot read or write"),
+            (0o4600, false, "setuid bit"),
+            (0o1777, false, "sticky bit"),
+        ];
+        for (mode, ok, what) in table {
+            assert_eq!(vhost_socket_mode_problem(mode).is_none(), ok, "{what}");
+        }
+    }
+
+    #[test]
     fn link_modes_parse_and_print() {
+        assert_eq!("vhost-user".parse::<LinkMode>(), Ok(LinkMode::VhostUser));
+        assert_eq!(LinkMode::VhostUser.to_string(), "vhost-user");
+        assert_eq!(LinkMode::VhostUser.device_kind(), "dummy");
+        assert!(LinkMode::VhostUser.is_device_kind(Some("ifb")));
+        assert!(LinkMode::VhostUser.is_device_kind(Some("dummy")));
+        assert!(!LinkMode::VhostUser.is_device_kind(Some("tun")));
+        assert!(!LinkMode::Tap.is_device_kind(Some("ifb")));
+        assert!(LinkMode::Tap.is_device_kind(Some("tun")));
+        assert_eq!(
+            serde_json::to_string(&LinkMode::VhostUser).unwrap(),
+            r#""vhost-user""#
+        );
+        assert!("vhost_user".parse::<LinkMode>().is_err());
         assert_eq!("veth".parse::<LinkMode>(), Ok(LinkMode::Veth));
         assert_eq!("tap".parse::<LinkMode>(), Ok(LinkMode::Tap));
         assert!("macvlan".parse::<LinkMode>().is_err());

@@ -5,7 +5,7 @@
 //! before the DaemonSet replaces netstackd, so for a while a new plugin (and hook) talks to the
 //! old daemon; a rollback, or a daemon upgraded first, gives the opposite. Each message
 //! therefore says which protocol its sender speaks, in a `"protocol"` field beside the
-//! message's own fields (`{"op":"detach",…,"protocol":2}`, `{"reply":"done","protocol":2}`).
+//! message's own fields (`{"op":"detach",…,"protocol":3}`, `{"reply":"done","protocol":3}`).
 //!
 //! Version 1 is netstack v0.1.0, whose messages carry no such field: a message without one is
 //! version 1. v0.1.0 decodes requests and replies with serde's default of ignoring fields it
@@ -34,7 +34,15 @@ use super::{ErrorKind, Reply, Request, RETRYABLE};
 ///
 /// - 1: netstack v0.1.0 (no `protocol` field in any message).
 /// - 2: every message says its protocol; `status` replies say the daemon's.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// - 3: VM pods: link mode `vhost-user` in `attach` (with `vhost_socket_mode` and
+///   `vhost_socket_group`), answered by the new reply `attached` with the pod's
+///   `socket_path`; `list` shows `socket_path`, `status` the `vhost_dir`. The daemon leaves
+///   vhost-user pods out of the `list` it sends a client of protocol 1 or 2 (whose types do
+///   not know the mode), and a plugin asks for vhost-user only of a daemon of protocol 3.
+pub const PROTOCOL_VERSION: u32 = 3;
+
+/// The first protocol with VM pods (link mode `vhost-user`, the reply `attached`).
+pub const PROTOCOL_VHOST_USER: u32 = 3;
 
 /// The protocol of a message without a `protocol` field: netstack v0.1.0's.
 pub const PROTOCOL_V1: u32 = 1;
@@ -47,14 +55,15 @@ pub const OLDEST_PROTOCOL: u32 = PROTOCOL_V1;
 pub fn protocol_release(protocol: u32) -> &'static str {
     match protocol {
         PROTOCOL_V1 => "netstack v0.1.0",
-        2 => "netstack after v0.1.0",
+        2 => "netstack after v0.1.0, before vhost-user",
+        PROTOCOL_VHOST_USER => "netstack with vhost-user pods",
         other if other > PROTOCOL_VERSION => "a newer netstack",
         _ => "an unknown netstack",
     }
 }
 
 /// Names two sides and their protocols, as skew errors show them:
-/// `this plugin speaks control protocol 2 (netstack after v0.1.0), netstackd speaks 1 (netstack v0.1.0)`.
+/// `this plugin speaks control protocol 3 (netstack with vhost-user pods), netstackd speaks 1 (netstack v0.1.0)`.
 pub fn describe_skew(us: &str, ours: u32, them: &str, theirs: u32) -> String {
     format!(
         "{us} speaks control protocol {ours} ({}), {them} speaks {theirs} ({})",
@@ -231,14 +240,14 @@ mod tests {
         // The exact bytes of the two requests a plugin sends on ADD.
         assert_eq!(
             encode_request(&Request::Status).unwrap(),
-            br#"{"op":"status","protocol":2}"#
+            br#"{"op":"status","protocol":3}"#
         );
         let (_, attach) = decode_request(V1_REQUESTS[1].as_bytes()).unwrap();
         let sent = String::from_utf8(encode_request(&attach).unwrap()).unwrap();
         assert_eq!(
             sent,
             format!(
-                "{},\"protocol\":2}}",
+                "{},\"protocol\":3}}",
                 V1_REQUESTS[1].strip_suffix('}').unwrap()
             )
         );
@@ -300,7 +309,7 @@ mod tests {
         }
         assert_eq!(
             encode_reply(&Reply::Done).unwrap(),
-            br#"{"reply":"done","protocol":2}"#
+            br#"{"reply":"done","protocol":3}"#
         );
     }
 
@@ -342,7 +351,7 @@ mod tests {
         let sent = encode_reply(&reply).unwrap();
         assert_eq!(
             String::from_utf8(sent.clone()).unwrap(),
-            r#"{"reply":"error","message":"c1/eth0: MTU 9 out of range 68-65535","kind":"invalid_network_config","protocol":2}"#
+            r#"{"reply":"error","message":"c1/eth0: MTU 9 out of range 68-65535","kind":"invalid_network_config","protocol":3}"#
         );
         // v0.1.0's plugin ignores the kind and sees the message it always saw.
         let old: v0_1_0::Reply = serde_json::from_slice(&sent).unwrap();
@@ -378,9 +387,9 @@ mod tests {
 
     #[test]
     fn an_error_kind_of_a_newer_daemon_decodes_and_falls_back_to_the_message() {
-        let wire = r#"{"reply":"error","message":"c1/eth0: vhost busy (retryable)","kind":"vhost_user","protocol":3}"#;
+        let wire = r#"{"reply":"error","message":"c1/eth0: vhost busy (retryable)","kind":"vhost_user","protocol":4}"#;
         let (protocol, reply) = decode_reply(wire.as_bytes()).unwrap();
-        assert_eq!(protocol, 3);
+        assert_eq!(protocol, 4);
         assert!(
             matches!(
                 reply,
@@ -396,23 +405,23 @@ mod tests {
 
     #[test]
     fn an_undecodable_request_from_a_newer_client_is_retryable_and_names_both_versions() {
-        let future = br#"{"op":"attach_many","pods":[],"protocol":3}"#;
+        let future = br#"{"op":"attach_many","pods":[],"protocol":4}"#;
         let e = decode_request(future).unwrap_err();
         assert_eq!(e.kind, ErrorKind::ProtocolVersion);
         let e = e.message;
         assert!(e.ends_with(RETRYABLE), "{e}");
         assert!(
             e.contains(
-                "the client speaks control protocol 3 (a newer netstack), netstackd speaks 2"
+                "the client speaks control protocol 4 (a newer netstack), netstackd speaks 3"
             ),
             "{e}"
         );
         // A newer client's request that does decode is served.
-        let (p, r) = decode_request(br#"{"op":"status","protocol":3,"flavour":"x"}"#).unwrap();
-        assert_eq!((p, r), (3, Request::Status));
+        let (p, r) = decode_request(br#"{"op":"status","protocol":4,"flavour":"x"}"#).unwrap();
+        assert_eq!((p, r), (4, Request::Status));
         // From an older or the same protocol, or with a bad version, it is malformed.
         for bad in [
-            &br#"{"op":"attach_many","protocol":2}"#[..],
+            &br#"{"op":"attach_many","protocol":3}"#[..],
             br#"{"op":"attach_many"}"#,
             br#"{"op":"status","protocol":0}"#,
             br#"{"op":"status","protocol":"2"}"#,
@@ -433,26 +442,79 @@ mod tests {
 
     #[test]
     fn an_undecodable_reply_from_a_newer_daemon_names_both_versions() {
-        let e = decode_reply(br#"{"reply":"attached_many","protocol":3}"#).unwrap_err();
-        assert!(matches!(e, ReplyError::Newer { protocol: 3, .. }), "{e:?}");
+        let e = decode_reply(br#"{"reply":"attached_many","protocol":4}"#).unwrap_err();
+        assert!(matches!(e, ReplyError::Newer { protocol: 4, .. }), "{e:?}");
         assert!(
-            e.to_string()
-                .starts_with("this client speaks control protocol 2 (netstack after v0.1.0), "),
+            e.to_string().starts_with(
+                "this client speaks control protocol 3 (netstack with vhost-user pods), "
+            ),
             "{e}"
         );
         assert!(
             e.to_string()
-                .contains("netstackd speaks 3 (a newer netstack)"),
+                .contains("netstackd speaks 4 (a newer netstack)"),
             "{e}"
         );
         let e = decode_reply(br#"{"reply":"attached_many"}"#).unwrap_err();
         assert!(matches!(e, ReplyError::Invalid(_)), "{e:?}");
     }
 
+    /// Protocol 3: a vhost-user attach and its reply, byte for byte as they travel, and what
+    /// a v0.1.0 peer makes of them.
+    #[test]
+    fn a_vhost_user_attach_and_its_reply_are_protocol_3() {
+        use crate::control::{Attachment, LinkMode};
+        let wire = r#"{"op":"attach","container_id":"vm1","ifname":"eth0","netns":"/run/netns/vm1","mac":"02:5a:00:00:00:01","ips":["10.244.1.7/24"],"gateways":["10.244.1.1"],"mtu":1500,"queues":0,"labels":{},"mode":"vhost-user","vhost_socket_mode":432,"vhost_socket_group":107,"protocol":3}"#;
+        let (protocol, request) = decode_request(wire.as_bytes()).unwrap();
+        assert_eq!(protocol, 3);
+        let Request::Attach(a) = &request else {
+            panic!("not an attach: {request:?}")
+        };
+        assert_eq!(a.mode, LinkMode::VhostUser);
+        assert_eq!(
+            (a.vhost_socket_mode, a.vhost_socket_group),
+            (Some(0o660), Some(107))
+        );
+        assert_eq!(
+            String::from_utf8(encode_request(&request).unwrap()).unwrap(),
+            wire
+        );
+        // A TAP attach of this build has none of the new fields: the bytes of protocol 2.
+        let (_, tap) = decode_request(V1_REQUESTS[1].as_bytes()).unwrap();
+        let Request::Attach(tap) = tap else { panic!() };
+        let tap: Attachment = tap;
+        let sent = String::from_utf8(serde_json::to_vec(&tap).unwrap()).unwrap();
+        assert!(!sent.contains("vhost") && !sent.contains("mode"), "{sent}");
+        // v0.1.0 (and so any daemon before protocol 3) cannot read the mode: the plugin never
+        // sends it one (see the plugin's skew check).
+        assert!(serde_json::from_str::<v0_1_0::Request>(wire).is_err());
+        let reply = Reply::Attached {
+            socket_path: "/run/netstack/vhost/vu0123456789abcdef.sock".into(),
+        };
+        let sent = encode_reply(&reply).unwrap();
+        assert_eq!(
+            String::from_utf8(sent.clone()).unwrap(),
+            r#"{"reply":"attached","socket_path":"/run/netstack/vhost/vu0123456789abcdef.sock","protocol":3}"#
+        );
+        assert_eq!(decode_reply(&sent).unwrap(), (3, reply));
+        assert_eq!(
+            protocol_release(PROTOCOL_VHOST_USER),
+            "netstack with vhost-user pods"
+        );
+        assert_eq!(
+            describe_skew("this plugin", PROTOCOL_VERSION, "netstackd", 2),
+            "this plugin speaks control protocol 3 (netstack with vhost-user pods), netstackd speaks 2 (netstack after v0.1.0, before vhost-user)"
+        );
+    }
+
     #[test]
     fn only_an_older_daemons_malformed_request_is_skew() {
         assert!(refused_as_older(1, "malformed request: unknown field"));
-        assert!(!refused_as_older(2, "malformed request: unknown field"));
+        assert!(refused_as_older(
+            2,
+            "malformed request: unknown variant `vhost-user`"
+        ));
+        assert!(!refused_as_older(3, "malformed request: unknown field"));
         assert!(!refused_as_older(1, "c1/eth0: already attached"));
     }
 
@@ -480,6 +542,7 @@ mod tests {
                     quarantine_reason: None,
                     labels: Default::default(),
                     error: None,
+                    socket_path: None,
                 };
                 let bytes = serde_json::to_vec(&info).unwrap();
                 let old: v0_1_0::PodInfo = serde_json::from_slice(&bytes).unwrap();

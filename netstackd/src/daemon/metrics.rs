@@ -637,6 +637,7 @@ mod tests {
             ]
             .into(),
             error: None,
+            socket_path: None,
         }
     }
 

@@ -59,6 +59,35 @@ pub struct DaemonConfig {
     pub veth_rx_ring: bool,
     /// The uid and gid the dataplane child runs as (`--dataplane-user`).
     pub dataplane_user: crate::dataplane::child::DataplaneUser,
+    /// Where VM pods' vhost-user sockets are bound (`--vhost-dir`).
+    pub vhost_dir: PathBuf,
+}
+
+/// Where VM pods' vhost-user sockets are bound unless `--vhost-dir` says otherwise.
+pub const DEFAULT_VHOST_DIR: &str = "/run/netstack/vhost";
+
+/// Checks that a socket of any VM pod fits a unix socket path in `vhost_dir` (an absolute
+/// directory).
+pub fn check_vhost_dir(vhost_dir: &Path) -> anyhow::Result<()> {
+    use crate::control::{vhost_socket_name, AttachmentKey, MAX_SOCKET_PATH};
+    if !vhost_dir.is_absolute() {
+        bail!(
+            "--vhost-dir {} is not an absolute path",
+            vhost_dir.display()
+        );
+    }
+    let any = vhost_socket_name(&AttachmentKey {
+        container_id: String::new(),
+        ifname: String::new(),
+    });
+    let longest = vhost_dir.join(any).as_os_str().len();
+    if longest > MAX_SOCKET_PATH {
+        bail!(
+            "--vhost-dir {} is too long: its sockets' paths would be {longest} bytes, a unix socket's at most {MAX_SOCKET_PATH}",
+            vhost_dir.display()
+        );
+    }
+    Ok(())
 }
 
 impl DaemonConfig {
@@ -135,6 +164,12 @@ pub const SUPERVISOR_CAPS: [caps::Capability; 4] = [
     caps::Capability::CAP_KILL,
 ];
 
+/// Kept besides [`SUPERVISOR_CAPS`] when netstackd starts with it: `CAP_CHOWN` gives a VM
+/// pod's socket to the group `vhostSocketGroup` names (netstackd is no member of it). Without
+/// it (a bounding set that lacks it) netstackd runs, and such an attach fails naming the
+/// socket (EPERM).
+pub const OPTIONAL_SUPERVISOR_CAPS: [caps::Capability; 1] = [caps::Capability::CAP_CHOWN];
+
 /// Runs netstackd until a termination signal arrives.
 ///
 /// Start-up order: drop every capability but [`SUPERVISOR_CAPS`]; the uplink (persistent, so
@@ -142,6 +177,7 @@ pub const SUPERVISOR_CAPS: [caps::Capability; 4] = [
 /// attachments recorded in the state dir; and only then put the control socket in place.
 pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
     let gateway = config.gateway()?;
+    check_vhost_dir(&config.vhost_dir)?;
     if let Some(addr) = config.metrics_addr.filter(|a| !a.ip().is_loopback()) {
         tracing::warn!(
             %addr,
@@ -156,11 +192,14 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
         );
     }
     // Before anything else, so every dataplane child inherits the reduced bounding set too.
-    crate::sys::process::restrict_capabilities(
-        &SUPERVISOR_CAPS,
-        &crate::sys::process::BECOME_USER_CAPS,
-    )
-    .context("dropping capabilities")?;
+    let mut keep = SUPERVISOR_CAPS.to_vec();
+    for cap in OPTIONAL_SUPERVISOR_CAPS {
+        if caps::has_cap(None, caps::CapSet::Permitted, cap).unwrap_or(false) {
+            keep.push(cap);
+        }
+    }
+    crate::sys::process::restrict_capabilities(&keep, &crate::sys::process::BECOME_USER_CAPS)
+        .context("dropping capabilities")?;
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("creating state dir {}", config.state_dir.display()))?;
     // Before the dataplane child starts, so it inherits the raised limit.
@@ -261,11 +300,13 @@ pub fn cleanup(
                     .and_then(|b| Ok(serde_json::from_slice::<crate::control::Attachment>(&b)?))
                 {
                     let ifname = a.key.ifname.clone();
-                    let kind = a.mode.device_kind();
+                    let mode = a.mode;
                     let gone = crate::netns::run_in_netns(&a.netns, move || {
                         let nl = crate::netlink::Netlink::new()?;
                         match nl.link_info(&ifname)? {
-                            Some(i) if i.kind.as_deref() == Some(kind) => nl.del_link(&ifname),
+                            Some(i) if mode.is_device_kind(i.kind.as_deref()) => {
+                                nl.del_link(&ifname)
+                            }
                             _ => Ok(false),
                         }
                     });

@@ -5,20 +5,24 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::control::{
-    valid_container_id, valid_ifname, veth_peer_name, Attachment, AttachmentKey, CaptureRequest,
-    DaemonStatus, ErrorKind, LinkMode, PodInfo, PodState, PodStats, Reply, Request,
-    MAX_CAPTURE_PACKETS, MAX_CAPTURE_SECONDS, MAX_CAPTURE_SNAPLEN, RESTORE_FAILED,
+    valid_container_id, valid_ifname, veth_peer_name, vhost_socket_mode_problem, vhost_socket_name,
+    Attachment, AttachmentKey, CaptureRequest, DaemonStatus, ErrorKind, LinkMode, PodInfo,
+    PodState, PodStats, Reply, Request, DEFAULT_VHOST_SOCKET_MODE, MAX_CAPTURE_PACKETS,
+    MAX_CAPTURE_SECONDS, MAX_CAPTURE_SNAPLEN, RESTORE_FAILED,
 };
 use crate::dataplane::{LinkKind, PodSpec};
 use crate::netns::{NetnsError, NetnsId};
 use crate::supervisor::{DataplaneError, DataplaneProcess};
 use crate::sys::tap::{queue_info, set_nonblocking};
+use crate::vhost::server::VhostServer;
+use crate::vhost::socket::VhostSocket;
 
 /// The TUNSETIFF flags a pod queue must carry.
 const POD_QUEUE_FLAGS: i16 =
@@ -445,6 +449,8 @@ pub struct Registry {
     next_id: AtomicU64,
     control_metrics: super::metrics::ControlMetrics,
     metrics_addr: Mutex<Option<std::net::SocketAddr>>,
+    /// The vhost-user servers of VM pods, by attachment id.
+    servers: Mutex<BTreeMap<u64, VhostServer>>,
 }
 
 impl Registry {
@@ -459,7 +465,22 @@ impl Registry {
             next_id: AtomicU64::new(1),
             control_metrics: Default::default(),
             metrics_addr: Mutex::new(None),
+            servers: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Where the socket of VM pod interface `key` is bound: `<vhost dir>/<`[`vhost_socket_name`]`>`.
+    pub fn vhost_socket_path(&self, key: &AttachmentKey) -> PathBuf {
+        self.config.vhost_dir.join(vhost_socket_name(key))
+    }
+
+    fn lock_servers(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, VhostServer>> {
+        self.servers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The socket path `list` shows for an attachment (VM pods only).
+    fn socket_path_of(&self, a: &Attachment) -> Option<PathBuf> {
+        (a.mode == LinkMode::VhostUser).then(|| self.vhost_socket_path(&a.key))
     }
 
     /// Carries out one request; `fds` are the descriptors that came with it. Returns the
@@ -470,7 +491,11 @@ impl Registry {
             Request::Attach(a) => {
                 let started = std::time::Instant::now();
                 let container_id = a.key.container_id.clone();
-                let result = self.attach(a, fds).map(|()| Reply::Done);
+                let socket_path = self.socket_path_of(&a);
+                let result = self.attach(a, fds).map(|()| match socket_path {
+                    Some(socket_path) => Reply::Attached { socket_path },
+                    None => Reply::Done,
+                });
                 if let Err(e) = &result {
                     tracing::warn!(%container_id, kind = ?e.kind, "attach refused: {e}");
                 }
@@ -518,6 +543,7 @@ impl Registry {
             quarantine_reason,
             labels: a.attachment.labels.clone(),
             error: None,
+            socket_path: self.socket_path_of(&a.attachment),
         }
     }
 
@@ -537,6 +563,7 @@ impl Registry {
                     quarantine_reason: None,
                     labels: a.labels.clone(),
                     error: Some(f.error.clone()),
+                    socket_path: self.socket_path_of(a),
                 }
             })
             .collect()
@@ -651,6 +678,7 @@ impl Registry {
                 }
                 .to_owned(),
             ),
+            vhost_dir: Some(self.config.vhost_dir.clone()),
             attachments: self
                 .lock()
                 .values()
@@ -740,6 +768,24 @@ impl Registry {
                 ));
             }
             LinkMode::Tap => {}
+            LinkMode::VhostUser => {
+                if a.queues != 0 || !fds.is_empty() {
+                    return Err(RegistryError::new(InvalidRequest, format!(
+                        "{key}: a vhost-user attachment announces no queues and carries no fds (netstackd binds its socket), not {} and {}",
+                        a.queues,
+                        fds.len()
+                    )));
+                }
+                if let Some(problem) = a.vhost_socket_mode.and_then(vhost_socket_mode_problem) {
+                    return Err(config(format!("{key}: {problem}")));
+                }
+                if a.peer.is_some() {
+                    return Err(RegistryError::new(
+                        InvalidRequest,
+                        format!("{key}: a vhost-user attachment has no veth peer"),
+                    ));
+                }
+            }
             LinkMode::Veth => {
                 if a.queues != 0 {
                     return Err(RegistryError::new(InvalidRequest, format!(
@@ -939,14 +985,21 @@ impl Registry {
                     RegistryError::new(Internal, format!("{key}: recording the attachment: {e}"))
                 })?;
             }
-            if let Err(e) = self.dataplane.attach(spec, fds) {
+            let served = if a.mode == LinkMode::VhostUser {
+                self.start_vhost_server(&a, spec)
+            } else {
+                self.dataplane.attach(spec, fds).map_err(|e| {
+                    RegistryError::dataplane(
+                        format_args!("{key}: handing the queues to the dataplane"),
+                        e,
+                    )
+                })
+            };
+            if let Err(e) = served {
                 if record {
                     let _ = std::fs::remove_file(self.state_path(&key));
                 }
-                return Err(RegistryError::dataplane(
-                    format_args!("{key}: handing the queues to the dataplane"),
-                    e,
-                ));
+                return Err(e);
             }
             Ok(())
         })?;
@@ -961,6 +1014,33 @@ impl Registry {
             restored = !record,
             "attached"
         );
+        Ok(())
+    }
+
+    /// Binds VM pod `a`'s socket (its mode and group from the attachment) and starts the
+    /// server that hands the device to the dataplane once a VMM has connected and set it up.
+    fn start_vhost_server(&self, a: &Attachment, spec: PodSpec) -> Result<(), RegistryError> {
+        let key = &a.key;
+        let id = spec.id;
+        let mode = a.vhost_socket_mode.unwrap_or(DEFAULT_VHOST_SOCKET_MODE);
+        let sock = VhostSocket::bind_with(
+            &self.config.vhost_dir,
+            &vhost_socket_name(key),
+            mode,
+            a.vhost_socket_group,
+        )
+        .map_err(|e| RegistryError::new(ErrorKind::Interface, format!("{key}: {e}")))?;
+        let sink: Arc<dyn crate::vhost::server::DeviceSink> = Arc::new(self.dataplane.clone());
+        let server =
+            VhostServer::start(sock, spec, self.dataplane.workers(), sink).map_err(|e| {
+                let _ = std::fs::remove_file(self.vhost_socket_path(key));
+                RegistryError::new(
+                    Internal,
+                    format!("{key}: starting its vhost-user server: {e}"),
+                )
+            })?;
+        tracing::info!(container_id = %key.container_id, ifname = %key.ifname, socket = %server.path().display(), mode = format_args!("{mode:#o}"), group = ?a.vhost_socket_group, "vhost-user socket bound");
+        self.lock_servers().insert(id, server);
         Ok(())
     }
 
@@ -1007,6 +1087,7 @@ impl Registry {
                 Restore::Gone(e) => {
                     tracing::warn!(container_id = %key.container_id, ifname = %key.ifname, "pod is gone, cleaning up: {e}");
                     let _ = std::fs::remove_file(&path);
+                    self.remove_stale_socket(&record.attachment);
                     cleaned += 1;
                 }
                 Restore::Failed(e) => {
@@ -1095,6 +1176,7 @@ impl Registry {
                     tracing::warn!(container_id = %key.container_id, ifname = %key.ifname, "pod is gone, cleaning up: {e}");
                     failed.remove(&key);
                     self.remove_state(&key);
+                    self.remove_stale_socket(&record.attachment);
                 }
                 Restore::Failed(e) => {
                     entry.attempts += 1;
@@ -1160,7 +1242,8 @@ impl Registry {
     fn reopen(&self, record: &StateRecord) -> Result<Vec<OwnedFd>, Restore> {
         let a = &record.attachment;
         let ifname = a.key.ifname.clone();
-        let kind = a.mode.device_kind();
+        let mode = a.mode;
+        let kind = mode.device_kind();
         let queues = self.dataplane.workers();
         let tap = a.mode == LinkMode::Tap;
         let fds = Self::in_recorded_netns(record, move || -> Result<_, Restore> {
@@ -1169,18 +1252,19 @@ impl Registry {
                 .link_info(&ifname)
                 .map_err(|e| Restore::Failed(e.to_string()))?
             {
-                Some(info) if info.kind.as_deref() == Some(kind) => {}
+                Some(info) if mode.is_device_kind(info.kind.as_deref()) => {}
                 Some(_) => return Err(Restore::Gone(format!("{ifname} is no longer a {kind}"))),
                 None => return Err(Restore::Gone(format!("{ifname} no longer exists"))),
             }
             if !tap {
+                // A veth's peer is opened below; a VM pod's socket is bound again by admit.
                 return Ok(Vec::new());
             }
             crate::sys::tap::open_queues(&ifname, crate::sys::tap::TunKind::Tap, queues, true)
                 .map(|q| q.fds)
                 .map_err(|e| Restore::Failed(e.to_string()))
         })?;
-        if tap {
+        if tap || a.mode == LinkMode::VhostUser {
             return Ok(fds);
         }
         super::veth::open_peer(&self.config, a, queues).map_err(|e| Restore::Failed(e.to_string()))
@@ -1198,6 +1282,12 @@ impl Registry {
         }
         // The dataplane and netlink without the registry lock (see `Table`).
         let detached = self.attached.detach_with(key, |a| {
+            // A VM pod's server first: the VMM sees the connection close, the socket goes,
+            // and the server takes the device from the dataplane.
+            let server = self.lock_servers().remove(&a.id);
+            if let Some(mut server) = server {
+                server.stop();
+            }
             self.dataplane.detach(a.id);
             self.control_metrics.detached();
             if let Some(peer) = a.attachment.peer.as_deref() {
@@ -1212,8 +1302,25 @@ impl Registry {
         if detached {
             Ok(())
         } else {
-            // Nothing attached: a state file left from an earlier run still goes.
+            // Nothing attached: a state file (and a VM pod's socket) left from an earlier run
+            // still goes.
+            let path = self.vhost_socket_path(key);
+            if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_socket()) {
+                let _ = std::fs::remove_file(&path);
+            }
             self.remove_state_file(key)
+        }
+    }
+
+    /// Removes the socket a netstackd that died left for VM pod `a` (nothing for other
+    /// modes, or when something other than a socket is at the path).
+    fn remove_stale_socket(&self, a: &Attachment) {
+        if let Some(path) = self.socket_path_of(a) {
+            if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_socket()) {
+                if let Err(e) = std::fs::remove_file(&path) {
+                    tracing::warn!(container_id = %a.key.container_id, socket = %path.display(), "removing a stale vhost-user socket: {e}");
+                }
+            }
         }
     }
 
@@ -1570,6 +1677,8 @@ mod tests {
                 bandwidth: None,
                 mode: LinkMode::Tap,
                 peer: None,
+                vhost_socket_mode: None,
+                vhost_socket_group: None,
             },
             phase: Phase::Attaching,
         }

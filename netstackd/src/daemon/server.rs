@@ -289,7 +289,8 @@ fn serve_connection(stream: UnixStream, registry: &Registry, conns: &Connections
         let (answer, out_fds) = match decode_request(&body) {
             Ok((protocol, request)) => {
                 tracing::debug!(?request, protocol, fds = fds.len(), "control request");
-                registry.handle(request, fds)
+                let (answer, out_fds) = registry.handle(request, fds);
+                (for_protocol(answer, protocol), out_fds)
             }
             // The descriptors of a request we cannot read are closed here.
             Err(e) => {
@@ -303,10 +304,59 @@ fn serve_connection(stream: UnixStream, registry: &Registry, conns: &Connections
     }
 }
 
+/// `reply` as a client of `protocol` can read it: a client before protocol 3 does not know
+/// the link mode `vhost-user`, so its `list` leaves VM pods out (it could read none of the
+/// list otherwise).
+fn for_protocol(reply: Reply, protocol: u32) -> Reply {
+    match reply {
+        Reply::List { mut pods } if protocol < crate::control::version::PROTOCOL_VHOST_USER => {
+            pods.retain(|p| p.mode != crate::control::LinkMode::VhostUser);
+            Reply::List { pods }
+        }
+        other => other,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Read;
+
+    #[test]
+    fn a_client_before_protocol_3_gets_a_list_without_vm_pods_it_can_read() {
+        let pod = |id: &str, mode: &str| -> crate::control::PodInfo {
+            serde_json::from_value(serde_json::json!({
+                "container_id": id, "ifname": "eth0", "netns": "/run/netns/x",
+                "mac": "02:00:00:00:00:01", "ips": ["10.244.1.2/24"], "mode": mode,
+                "state": "attached", "labels": {},
+            }))
+            .unwrap()
+        };
+        let list = Reply::List {
+            pods: vec![pod("a", "tap"), pod("vm", "vhost-user"), pod("b", "veth")],
+        };
+        let Reply::List { pods } = for_protocol(list.clone(), 2) else {
+            panic!()
+        };
+        let ids: Vec<_> = pods.iter().map(|p| p.key.container_id.as_str()).collect();
+        assert_eq!(ids, ["a", "b"]);
+        // A client of protocol 2 reads `mode` as an enum of tap and veth (v0.1.0's LinkMode,
+        // which protocol 2 kept): every mode it gets is one it knows; it would not know them all.
+        let modes = |reply: &Reply| -> Vec<serde_json::Value> {
+            let Reply::List { pods } = reply else {
+                panic!()
+            };
+            pods.iter()
+                .map(|p| serde_json::to_value(p.mode).unwrap())
+                .collect()
+        };
+        let reads = |m: &serde_json::Value| {
+            serde_json::from_value::<crate::control::v0_1_0::LinkMode>(m.clone()).is_ok()
+        };
+        assert!(modes(&for_protocol(list.clone(), 2)).iter().all(reads));
+        assert!(!modes(&list).iter().all(reads));
+        assert_eq!(for_protocol(list.clone(), 3), list);
+    }
 
     #[test]
     fn the_busy_refusal_says_its_kind_and_keeps_the_v0_1_0_message() {

@@ -1,8 +1,9 @@
 //! A pod's vhost-user server socket and the connection a frontend makes to it.
 //!
-//! The socket is bound under a temporary name, made 0600 and renamed into place, so it never
-//! exists with looser permissions, and a stale socket a previous netstackd left at the path is
-//! replaced; a file of another type at the path is left alone and the bind refused.
+//! The socket is bound under a temporary name, given its mode (0600 unless the pod's
+//! attachment names another) and group, and renamed into place, so it never exists with
+//! other permissions, and a stale socket a previous netstackd left at the path is replaced;
+//! a file of another type at the path is left alone and the bind refused.
 
 use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -26,6 +27,18 @@ impl VhostSocket {
     /// Creates the socket `name` in `dir` (created if missing), mode 0600, replacing a stale
     /// socket of that name.
     pub fn bind(dir: &Path, name: &str) -> Result<Self, VhostError> {
+        Self::bind_with(dir, name, 0o600, None)
+    }
+
+    /// Creates the socket `name` in `dir` (created if missing) with permission bits `mode`
+    /// and, when given, group `gid` (the owner stays netstackd's uid), replacing a stale
+    /// socket of that name.
+    pub fn bind_with(
+        dir: &Path,
+        name: &str,
+        mode: u32,
+        gid: Option<u32>,
+    ) -> Result<Self, VhostError> {
         let path = dir.join(name);
         let err = |source: io::Error| VhostError::Socket {
             path: path.clone(),
@@ -41,7 +54,11 @@ impl VhostSocket {
         let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
         let _ = std::fs::remove_file(&tmp);
         let listener = UnixListener::bind(&tmp).map_err(err)?;
-        let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+        let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode & 0o777))
+            .and_then(|()| match gid {
+                Some(gid) => std::os::unix::fs::lchown(&tmp, None, Some(gid)),
+                None => Ok(()),
+            })
             .and_then(|()| std::fs::rename(&tmp, &path));
         if let Err(e) = placed {
             let _ = std::fs::remove_file(&tmp);

@@ -383,11 +383,14 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
             )));
         }
         self.features = features;
-        // Without protocol features a ring is enabled from the start; with them it waits
-        // for SET_VRING_ENABLE.
-        let enabled = features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() == 0;
-        for v in &mut self.vrings {
-            v.enabled = enabled;
+        // Without protocol features every ring is enabled from now on; with them a ring keeps
+        // what SET_VRING_ENABLE said (disabled until then). A SET_FEATURES never disables one
+        // (the vhost-user spec): QEMU's vhost-user-net enables its rings when the guest driver
+        // sets its features, which comes before it starts the device with SET_FEATURES.
+        if features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() == 0 {
+            for v in &mut self.vrings {
+                v.enabled = true;
+            }
         }
         Ok(())
     }

@@ -5,13 +5,16 @@
 //! other permissions, and a stale socket a previous netstackd left at the path is replaced;
 //! a file of another type at the path is left alone and the bind refused.
 
-use std::io;
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use vhost::vhost_user::BackendReqHandler;
+use nix::sys::socket::{recv, MsgFlags};
+use vhost::vhost_user::message::{VhostUserHeaderFlag, VhostUserVirtioFeatures};
+use vhost::vhost_user::{BackendReqHandler, VhostUserBackendReqHandlerMut};
 
 use super::backend::NetBackend;
 use super::VhostError;
@@ -119,10 +122,65 @@ pub enum Handled {
     Refused,
 }
 
+/// `VHOST_USER_SET_VRING_ENABLE`'s request code.
+const SET_VRING_ENABLE: u32 = 18;
+/// A vhost-user message header: request, flags, payload size (each a little-endian u32).
+const HDR_LEN: usize = 12;
+/// `SET_VRING_ENABLE`'s payload: the ring index and 0 or 1 (each a little-endian u32).
+const VRING_STATE_LEN: usize = 8;
+
 impl Connection {
+    /// Consumes a `SET_VRING_ENABLE` that comes before `SET_FEATURES` has acked
+    /// `VHOST_USER_F_PROTOCOL_FEATURES`, and returns whether it did. QEMU's vhost-user-net
+    /// (7.2) sends one when the guest driver sets its features, before it starts the device
+    /// and sends `SET_FEATURES`; the `vhost` crate would end the connection on it
+    /// (`InactiveFeature`). The device records it as it would later (a `SET_FEATURES` with the
+    /// protocol features keeps each ring's enable) and the result is acked (0 done, 1 refused)
+    /// when the frontend asked for a reply. Once the features are acked it reads nothing.
+    fn early_vring_enable(&mut self) -> Result<bool, VhostError> {
+        let acked = self.device().features() & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+        if acked != 0 {
+            return Ok(false);
+        }
+        let err = |e: io::Error| VhostError::Connection {
+            pod: self.pod.clone(),
+            source: vhost::vhost_user::Error::SocketError(e),
+        };
+        let mut hdr = [0u8; HDR_LEN];
+        let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_WAITALL;
+        let n = recv(self.peer.as_raw_fd(), &mut hdr, flags).map_err(|e| err(e.into()))?;
+        let word = |i: usize| u32::from_le_bytes([hdr[i], hdr[i + 1], hdr[i + 2], hdr[i + 3]]);
+        // A short header (the frontend left) is the crate's to report.
+        if n < HDR_LEN
+            || word(0) != SET_VRING_ENABLE
+            || u32::try_from(VRING_STATE_LEN) != Ok(word(8))
+        {
+            return Ok(false);
+        }
+        let mut msg = [0u8; HDR_LEN + VRING_STATE_LEN];
+        (&self.peer).read_exact(&mut msg).map_err(err)?;
+        let index = u32::from_le_bytes([msg[12], msg[13], msg[14], msg[15]]);
+        let num = u32::from_le_bytes([msg[16], msg[17], msg[18], msg[19]]);
+        // Neither 0 nor 1 is refused, as the crate refuses it.
+        let done = num <= 1 && self.device().set_vring_enable(index, num == 1).is_ok();
+        if word(4) & VhostUserHeaderFlag::NEED_REPLY.bits() != 0 {
+            let mut reply = [0u8; HDR_LEN + 8];
+            reply[HDR_LEN] = u8::from(!done);
+            let reply_flags = VhostUserHeaderFlag::REPLY.bits() | 0x1; // version 1
+            reply[0..4].copy_from_slice(&SET_VRING_ENABLE.to_le_bytes());
+            reply[4..8].copy_from_slice(&reply_flags.to_le_bytes());
+            reply[8..12].copy_from_slice(&8u32.to_le_bytes());
+            (&self.peer).write_all(&reply).map_err(err)?;
+        }
+        Ok(true)
+    }
+
     /// Reads and handles one request (blocking until it has arrived whole). An error means the
     /// connection is over: the frontend left or sent something the protocol cannot parse.
     pub fn handle_request(&mut self) -> Result<Handled, VhostError> {
+        if self.early_vring_enable()? {
+            return Ok(Handled::Done);
+        }
         let (refused, fatal) = {
             let d = self.device();
             (d.refused(), d.fatal())

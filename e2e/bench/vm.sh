@@ -78,7 +78,8 @@ GIT=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null)$(git -C "$REPO" diff --
 log "VMs on $VM_ACCEL ($VM_ACCEL_WHY); load average $LOAD_START"
 
 write_conflist
-jq '.plugins[0].mode = "vhost-user"' "$CONFLIST" >"$VU_CONFLIST"
+# 1.1.0: the result's socketPath is a CNI 1.1 field (a 1.0.0 result has none).
+jq '.cniVersion = "1.1.0" | .plugins[0].mode = "vhost-user"' "$CONFLIST" >"$VU_CONFLIST"
 # One worker: QEMU's vhost-user netdev has one queue pair here (queues=1); more workers than
 # queue pairs need multiqueue independent of the worker count (helper branch vumq).
 start_netstackd --workers 1 || exit 1

@@ -6,10 +6,11 @@
 # placeholder dummy (an ifb where the kernel has no dummy) with the pod's MAC, address and default route; `ctl list` shows the mode
 # and the path; a client speaking vhost-user (GET_FEATURES) gets VIRTIO_F_VERSION_1; CHECK
 # passes, and fails once the socket is removed by hand; a netstackd killed and started again
-# binds the socket again and answers again; the pod's mode can be picked per pod (CNI_ARGS
+# binds the socket again and answers again, and cleans up a VM pod whose netns went meanwhile; the pod's mode can be picked per pod (CNI_ARGS
 # NETSTACK_MODE); Kata's /tmp/vhostuser_<IP>/vhu.sock link comes and goes with kataVhostUser;
-# GC and DEL remove socket, dummy, state file and IPAM reservation. Needs root; run by
-# scripts/test.sh. About 10 s.
+# GC and DEL remove socket, dummy, state file and IPAM reservation, and `netstackd cleanup`
+# what a stopped netstackd left. Needs root; run by
+# scripts/test.sh. About 3 s (plus the build every script starts with).
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
 
@@ -128,11 +129,17 @@ out=$(cni_check vm-a)
 check "CHECK fails once the socket is removed by hand, naming it" \
   json_ok "$out" ".code == 101 and ((.msg + \" \" + (.details // \"\")) | contains(\"$SOCK_A\"))"
 
-log "a netstackd restart binds the socket again"
+log "a netstackd restart binds the socket again, and cleans up a VM pod whose netns went"
+add_pod vm-g >/dev/null || exit 1
+SOCK_G=$(sock_of vm-g)
 kill -9 "$NETSTACKD_PID"
 wait "$NETSTACKD_PID" 2>/dev/null
 NETSTACKD_PID=
+ip netns del vm-g
 start_netstackd --vhost-dir "$VHOST_DIR" || exit 1
+check "the pod whose netns is gone: its stale socket is removed" test ! -e "$SOCK_G"
+check "  ... and its state file" test ! -e "$STATE/vm-g:eth0.json"
+check "  ... and it is not listed" test -z "$(listed vm-g)"
 check "the socket is back, mode 600" test "$(stat -c '%F %U %a' "$SOCK_A")" = "socket root 600"
 check "GET_FEATURES is answered again" has_version_1 "$SOCK_A"
 check "CHECK passes again" cni_check vm-a
@@ -202,5 +209,14 @@ check "ctl list no longer has it" test -z "$(listed vm-a)"
 check "DEL again succeeds" cni DEL vm-a /run/netns/vm-a
 ip netns del vm-a
 check "DEL of a pod whose netns is gone succeeds" cni DEL vm-a /run/netns/vm-a
+
+log "netstackd cleanup (uninstall) removes what is left of a VM pod"
+stop_netstackd
+check "a VM pod's socket outlives a stopped netstackd (for the next start)" test -S "$SOCK_D"
+"$BIN/netstackd" cleanup --socket "$SOCK" --state-dir "$STATE" --uplink "$UPLINK" \
+  --dp-netns "$DP_NETNS" --vhost-dir "$VHOST_DIR" >"$WORK/cleanup.out" 2>&1
+check "cleanup removes the socket" test ! -e "$SOCK_D"
+check "  ... and the vhost dir, empty now" test ! -e "$VHOST_DIR"
+check "  ... and the placeholder" fails ip -n vm-d link show eth0
 
 [ "$FAILS" = 0 ]

@@ -39,6 +39,9 @@ enum Command {
         /// The namespace of the veth peers netstackd used.
         #[arg(long, default_value = daemon::DEFAULT_DP_NETNS)]
         dp_netns: PathBuf,
+        /// Where netstackd bound VM pods' vhost-user sockets.
+        #[arg(long, default_value = daemon::DEFAULT_VHOST_DIR)]
+        vhost_dir: PathBuf,
     },
     /// Print a completion script for SHELL (bash, zsh, fish, elvish, powershell) to stdout.
     Completions {
@@ -204,8 +207,9 @@ fn main() {
             state_dir,
             uplink,
             dp_netns,
+            vhost_dir,
         }) => {
-            if let Err(e) = daemon::cleanup(&socket, &state_dir, &uplink, &dp_netns) {
+            if let Err(e) = daemon::cleanup(&socket, &state_dir, &uplink, &dp_netns, &vhost_dir) {
                 eprintln!("netstackd cleanup: {e:#}");
                 std::process::exit(1);
             }

@@ -105,9 +105,9 @@ impl LinkMode {
         }
     }
 
-    /// Is `kind` (an interface's rtnetlink kind) what this mode makes? [`device_kind`]
-    /// (Self::device_kind), or for a VM pod's placeholder also `ifb`, which the plugin makes
-    /// on a kernel without the dummy driver.
+    /// Is `kind` (an interface's rtnetlink kind) what this mode makes? Its
+    /// [`device_kind`](Self::device_kind), or for a VM pod's placeholder also `ifb`, which the
+    /// plugin makes on a kernel without the dummy driver.
     pub fn is_device_kind(self, kind: Option<&str>) -> bool {
         kind == Some(self.device_kind()) || (self == LinkMode::VhostUser && kind == Some("ifb"))
     }

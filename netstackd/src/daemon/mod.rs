@@ -275,13 +275,15 @@ fn serve_metrics(addr: std::net::SocketAddr, _: &Arc<Registry>) -> anyhow::Resul
 }
 
 /// `netstackd cleanup`: removes everything netstack created on this node (for uninstall):
-/// every recorded pod TAP or veth (in its netns), the state files, the namespace of the veth
-/// peers, the uplink and the socket. Refuses while a netstackd answers on the socket.
+/// every recorded pod TAP, veth or VM pod placeholder (in its netns) and VM pod socket (in
+/// `vhost_dir`), the state files, the namespace of the veth peers, the uplink and the socket.
+/// Refuses while a netstackd answers on the socket.
 pub fn cleanup(
     socket: &Path,
     state_dir: &Path,
     uplink: &str,
     dp_netns: &Path,
+    vhost_dir: &Path,
 ) -> anyhow::Result<()> {
     if std::os::unix::net::UnixStream::connect(socket).is_ok() {
         bail!(
@@ -310,6 +312,15 @@ pub fn cleanup(
                             _ => Ok(false),
                         }
                     });
+                    if a.mode == crate::control::LinkMode::VhostUser {
+                        let sock = vhost_dir.join(crate::control::vhost_socket_name(&a.key));
+                        let is_socket = std::fs::symlink_metadata(&sock).is_ok_and(|m| {
+                            std::os::unix::fs::FileTypeExt::is_socket(&m.file_type())
+                        });
+                        if is_socket {
+                            let _ = std::fs::remove_file(&sock);
+                        }
+                    }
                     let peer_gone = match a.peer.as_deref() {
                         Some(peer) => veth::delete_peer(dp_netns, peer).unwrap_or(false),
                         None => false,
@@ -336,6 +347,8 @@ pub fn cleanup(
             .with_context(|| format!("removing {}", legacy.display()))?;
     }
     veth::remove_default_dir(dp_netns);
+    // Only when empty: anything else in it is not netstack's.
+    let _ = std::fs::remove_dir(vhost_dir);
     let nl = Netlink::new().context("opening rtnetlink")?;
     let uplink_removed = nl
         .del_link(uplink)

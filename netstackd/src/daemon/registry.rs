@@ -1648,6 +1648,36 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// A VM pod's state file records its mode, socket mode and group, and reads back the
+    /// same; v0.1.0 (which has no such mode) cannot read it and, after a rollback, leaves it
+    /// in place for the next upgrade rather than serve the pod as something else.
+    #[test]
+    fn a_vm_pods_state_file_keeps_its_mode_and_socket_settings() {
+        let dir = temp_dir("vhost-state");
+        let mut r = record("vm1", "eth0");
+        r.attachment.mode = LinkMode::VhostUser;
+        r.attachment.queues = 0;
+        r.attachment.vhost_socket_mode = Some(0o660);
+        r.attachment.vhost_socket_group = Some(107);
+        let path = dir.join(state_file_name(&r.attachment.key));
+        write_state_file(&path, &r).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains(r#""mode": "vhost-user""#)
+                && text.contains(r#""vhost_socket_mode": 432"#)
+                && text.contains(r#""vhost_socket_group": 107"#),
+            "{text}"
+        );
+        let read = read_state_dir(&dir).unwrap();
+        assert_eq!(read.len(), 1);
+        assert_eq!(read[0].1.attachment, r.attachment);
+        assert!(
+            serde_json::from_str::<crate::control::v0_1_0::StateRecord>(&text).is_err(),
+            "v0.1.0 must not take a VM pod for a TAP pod"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn retries_back_off_from_5_to_30_seconds() {
         let delays: Vec<u64> = (1..=6).map(|n| retry_delay(n).as_secs()).collect();

@@ -442,3 +442,34 @@ fn assert_no_temp_left(dir: &Path) {
         );
     }
 }
+
+/// A socket is bound with the mode and group asked (the group only when one is asked), and a
+/// group the process may not give (no CAP_CHOWN, not a member) fails the bind and leaves no
+/// file.
+#[test]
+fn a_socket_gets_the_mode_and_group_asked() {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let dir = TempDir::new();
+    let meta = |name: &str| std::fs::symlink_metadata(dir.0.join(name)).expect("socket");
+    let _a = VhostSocket::bind(&dir.0, "a.sock").expect("bind 0600");
+    assert!(meta("a.sock").file_type().is_socket());
+    assert_eq!(meta("a.sock").mode() & 0o7777, 0o600);
+    let own_gid = nix::unistd::getegid().as_raw();
+    assert_eq!(meta("a.sock").gid(), own_gid);
+    // A group of its own: no capability needed.
+    let _b = VhostSocket::bind_with(&dir.0, "b.sock", 0o660, Some(own_gid)).expect("bind 0660");
+    assert_eq!(
+        (meta("b.sock").mode() & 0o7777, meta("b.sock").gid()),
+        (0o660, own_gid)
+    );
+    // Another group: only with CAP_CHOWN (the tests run as root or not).
+    let other = own_gid.wrapping_add(4321);
+    match VhostSocket::bind_with(&dir.0, "c.sock", 0o660, Some(other)) {
+        Ok(_c) => assert_eq!(meta("c.sock").gid(), other),
+        Err(e) => {
+            assert!(matches!(e, VhostError::Socket { .. }), "{e}");
+            assert!(!dir.0.join("c.sock").exists());
+        }
+    }
+    assert_no_temp_left(&dir.0);
+}

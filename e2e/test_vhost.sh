@@ -22,7 +22,7 @@
 #   - at the end no QEMU, netns or attachment is left.
 # netstackd runs one worker: QEMU's netdev has one queue pair (queues=1); two workers need
 # multiqueue independent of the worker count (helper branch vumq). Every wait is bounded.
-# Needs root, qemu-system-x86, busybox-static, iperf3 (scripts/deps.sh). About 2 minutes on 2
+# Needs root, qemu-system-x86, busybox-static, iperf3 (scripts/deps.sh). About a minute on 2
 # cores under TCG.
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"

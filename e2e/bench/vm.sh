@@ -14,8 +14,8 @@
 #
 #   e2e/bench/vm.sh [--quick] [--duration S] [--no-build] [--out FILE]
 #
-# As root, from the repository root. Default: 5-second runs (about 2 minutes under TCG);
-# --quick: 1-second runs. run.sh --vm runs it after its own rows.
+# As root, from the repository root. Default: 5-second runs (about 70 s under TCG);
+# --quick: 1-second runs (about 25 s). run.sh --vm runs it after its own rows.
 set -uo pipefail
 
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"

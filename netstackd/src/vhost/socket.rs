@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use nix::sys::socket::{recv, MsgFlags};
-use vhost::vhost_user::message::{VhostUserHeaderFlag, VhostUserVirtioFeatures};
+use vhost::vhost_user::message::{
+    VhostUserHeaderFlag, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
+};
 use vhost::vhost_user::{BackendReqHandler, VhostUserBackendReqHandlerMut};
 
 use super::backend::NetBackend;
@@ -136,7 +138,8 @@ impl Connection {
     /// and sends `SET_FEATURES`; the `vhost` crate would end the connection on it
     /// (`InactiveFeature`). The device records it as it would later (a `SET_FEATURES` with the
     /// protocol features keeps each ring's enable) and the result is acked (0 done, 1 refused)
-    /// when the frontend asked for a reply. Once the features are acked it reads nothing.
+    /// when the frontend asked for a reply and REPLY_ACK is negotiated. Once the features are
+    /// acked it reads nothing.
     fn early_vring_enable(&mut self) -> Result<bool, VhostError> {
         let acked = self.device().features() & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
         if acked != 0 {
@@ -163,7 +166,9 @@ impl Connection {
         let num = u32::from_le_bytes([msg[16], msg[17], msg[18], msg[19]]);
         // Neither 0 nor 1 is refused, as the crate refuses it.
         let done = num <= 1 && self.device().set_vring_enable(index, num == 1).is_ok();
-        if word(4) & VhostUserHeaderFlag::NEED_REPLY.bits() != 0 {
+        let reply_ack =
+            self.device().protocol_features() & VhostUserProtocolFeatures::REPLY_ACK.bits();
+        if reply_ack != 0 && word(4) & VhostUserHeaderFlag::NEED_REPLY.bits() != 0 {
             let mut reply = [0u8; HDR_LEN + 8];
             reply[HDR_LEN] = u8::from(!done);
             let reply_flags = VhostUserHeaderFlag::REPLY.bits() | 0x1; // version 1

@@ -357,8 +357,11 @@ fn a_vring_enable_before_set_features_keeps_the_connection() {
         .concat()
     };
     let ring0_on = [0, 0, 0, 0, 1, 0, 0, 0];
-    // SET_VRING_ENABLE (18), version 1; then the same with NEED_REPLY (0x8).
+    // SET_VRING_ENABLE (18), version 1, as QEMU sends it; SET_PROTOCOL_FEATURES (16) with
+    // REPLY_ACK (0x8); then SET_VRING_ENABLE with NEED_REPLY (0x8): acked.
     c.write_all(&msg(18, 0x1, &ring0_on)).expect("send");
+    c.write_all(&msg(16, 0x1, &8u64.to_le_bytes()))
+        .expect("send");
     c.write_all(&msg(18, 0x1 | 0x8, &ring0_on)).expect("send");
     let mut reply = [0u8; 20];
     c.read_exact(&mut reply)

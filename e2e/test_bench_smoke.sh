@@ -8,6 +8,8 @@
 # runs: every figure a number, 128 MiB crossed each path intact, nothing left.
 # Then `e2e/bench/add_parallel.sh` (ADD latency under concurrency) with 16 pods per kind in
 # rounds of 8: p50/p99 numbers for TAP, veth and bridge, no ADD failed, nothing left.
+# Then `e2e/bench/vm.sh --quick` (the VM rows, vhost-user against Kata's TAP): the accelerator
+# stated, every figure of both paths a number, nothing left (no QEMU, netns, link, netstackd).
 # Needs root; run by scripts/test.sh.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -151,6 +153,36 @@ while read -r kind name; do
 done <"$TMP/ledger-add"
 check "add_parallel.sh recorded what it created and left none of it${left:+ (left: ${left[*]})}" \
   sh -c "[ -s '$TMP/ledger-add' ] && [ ${#left[@]} = 0 ]"
+
+echo "==> e2e/bench/vm.sh --quick"
+VMJ=$TMP/vm.json
+timeout -k 10 300 env BENCH_LEDGER="$TMP/ledger-vm" e2e/bench/vm.sh --quick --no-build --out "$VMJ" \
+  >"$TMP/vm.log" 2>&1
+rc=$?
+if [ "$rc" = 0 ]; then ok "vm.sh --quick exits 0"; else
+  fail "vm.sh --quick exits 0 (exit $rc); its output:"
+  sed 's/^/    /' "$TMP/vm.log"
+fi
+check "the VM table is printed, KVM or TCG stated" grep -Eq '^VM rows .*VMs on (kvm|tcg)' "$TMP/vm.log"
+check "the JSON states the accelerator ($(jq -r .accel "$VMJ" 2>/dev/null))" jq -e '.accel == "kvm" or .accel == "tcg"' "$VMJ"
+VM_FIGURES=(tcp1_vm2pod_gbps tcp4_vm2pod_gbps tcp1_pod2vm_gbps tcp4_pod2vm_gbps udp64_vm2pod_kpps
+  udp64_vm2pod_loss_pct udp64_pod2vm_kpps udp64_pod2vm_loss_pct)
+for path in vhost_user kata_tap; do
+  missing=$(jq -r --arg p "$path" '.paths[$p] as $e | $ARGS.positional[] | select(($e[.] | type) != "number")' \
+    "$VMJ" --args "${VM_FIGURES[@]}" 2>/dev/null || echo "(unreadable JSON)")
+  check "VM $path: all ${#VM_FIGURES[@]} figures are numbers${missing:+ (not: $(echo $missing))}" test -z "$missing"
+done
+left=()
+while read -r kind name; do
+  case $kind in
+    netns) [ -e "/run/netns/$name" ] && left+=("netns $name") ;;
+    link) ip link show dev "$name" >/dev/null 2>&1 && left+=("link $name") ;;
+    dir) [ -e "$name" ] && left+=("dir $name") ;;
+    pid) [ -r "/proc/$name/cmdline" ] && tr '\0' ' ' <"/proc/$name/cmdline" | grep -q -e netstackd -e qemu && left+=("process $name") ;;
+  esac
+done <"$TMP/ledger-vm"
+check "vm.sh recorded what it created and left none of it${left:+ (left: ${left[*]})}" \
+  sh -c "[ -s '$TMP/ledger-vm' ] && [ ${#left[@]} = 0 ]"
 
 echo
 echo "test_bench_smoke: $PASSES passed, $FAILS failed"

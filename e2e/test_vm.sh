@@ -43,17 +43,7 @@ MAC_K=$(ip -n "$K" -j link show eth0 | jq -r '.[0].address')
 MTU_K=$(ip -n "$K" -j link show eth0 | jq -r '.[0].mtu')
 
 log "Kata's tcfilter internetworking in pod K's netns"
-# What Kata's runtime does (src/runtime/virtcontainers/network_linux.go, setupTCFiltering):
-# a TAP with the vnet header at the pod interface's MTU, the interface's addresses cleared,
-# and a catch-all u32 filter with a mirred egress redirect on each side's ingress qdisc.
-ip -n "$K" tuntap add dev tap0_kata mode tap vnet_hdr
-ip -n "$K" link set tap0_kata mtu "$MTU_K" up
-ip -n "$K" addr flush dev eth0
-for pair in eth0:tap0_kata tap0_kata:eth0; do
-  tc -n "$K" qdisc add dev "${pair%%:*}" ingress
-  tc -n "$K" filter add dev "${pair%%:*}" parent ffff: protocol all u32 match u32 0 0 \
-    action mirred egress redirect dev "${pair##*:}"
-done
+vm_kata_tap "$K" || fail "tap0_kata and the tc filters in pod K's netns"
 check "pod K's eth0 keeps no address (moved into the guest)" \
   test "$(ip -n "$K" -j addr show dev eth0 | jq '[.[0].addr_info[] | select(.family == "inet")] | length')" = 0
 check "eth0 -> tap0_kata and tap0_kata -> eth0 redirects in place" sh -c \
@@ -62,9 +52,8 @@ check "eth0 -> tap0_kata and tap0_kata -> eth0 redirects in place" sh -c \
 
 log "boot the VM in pod K's netns (QEMU -netdev tap on tap0_kata, the pod's MAC and IP)"
 t0=$SECONDS
-if VM_LAUNCH="ip netns exec $K" vm_boot kata "ns.ip=$CIDR_K ns.gw=$GW ns.mtu=$MTU_K" -- \
-  -netdev tap,id=n0,ifname=tap0_kata,script=no,downscript=no,vhost=off \
-  -device "virtio-net-pci,netdev=n0,mac=$MAC_K"; then
+vm_nic_tap "$MAC_K"
+if VM_LAUNCH="ip netns exec $K" vm_boot kata "ns.ip=$CIDR_K ns.gw=$GW ns.mtu=$MTU_K" -- "${VM_NIC[@]}"; then
   ok "the VM booted to its shell on $VM_ACCEL in $((SECONDS - t0)) s"
 else
   fail "the VM booted"
@@ -127,8 +116,7 @@ log "teardown: VM stopped, Kata's TAP and filters removed, CNI DEL of both pods"
 qpid=${VM_PID[kata]}
 vm_stop kata
 check "QEMU (pid $qpid) is gone" sh -c "! kill -0 $qpid 2>/dev/null"
-tc -n "$K" qdisc del dev eth0 ingress
-ip -n "$K" link del tap0_kata
+vm_kata_tap_del "$K"
 check "no tap0_kata in pod K's netns" sh -c "! ip -n $K link show tap0_kata"
 check "CNI DEL pod K" cni DEL "$K" "/run/netns/$K"
 check "CNI DEL pod P" cni DEL "$P" "/run/netns/$P"

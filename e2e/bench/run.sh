@@ -11,19 +11,21 @@
 # to target/bench/latest.json. Everything it creates is removed on exit, Ctrl-C or failure.
 #
 #   e2e/bench/run.sh [--quick] [--duration S] [--runs N] [--pairs N] [--add-pods N] [--idle-pods N]
-#                    [--idle-seconds S] [--no-build] [--out FILE] [--netstackd-args "ARGS"]
+#                    [--idle-seconds S] [--no-build] [--out FILE] [--netstackd-args "ARGS"] [--vm]
 #
 # As root, from the repository root. Default: 5-second runs, the headline rows (TCP, UDP, RTT)
 # 3 times (median and spread), 10 pod pairs at once, CNI ADD latency over 50 pods, RSS and
 # idle CPU with 200 idle pods (6-8 minutes). --quick: 1-second runs (the nsbench rows half a
 # second) once, 4 pairs, 10 pods.
 # --netstackd-args: extra netstackd options for the run, e.g. "--veth-rx ring".
+# --vm: then the VM rows too (e2e/bench/vm.sh: vhost-user against Kata's TAP, vm.json beside
+# the JSON), with the same duration.
 set -uo pipefail
 
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 HERE=$BENCH_DIR
 
-DUR=5 NADD=50 NIDLE=200 IDLE_S=10 BUILD=1 BENCH_MODE=full EXTRA_ARGS= RUNS=3 PAIRS=10 NS_DUR=
+DUR=5 NADD=50 NIDLE=200 IDLE_S=10 BUILD=1 BENCH_MODE=full EXTRA_ARGS= RUNS=3 PAIRS=10 NS_DUR= VM_ROWS=0
 OUT=$REPO/target/bench/latest.json
 while (($#)); do
   case $1 in
@@ -37,7 +39,8 @@ while (($#)); do
     --no-build) BUILD=0 ;;
     --out) OUT=$2; shift ;;
     --netstackd-args) EXTRA_ARGS=$2; shift ;;
-    -h | --help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --vm) VM_ROWS=1 ;;
+    -h | --help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -695,3 +698,7 @@ if [ "$OUT" = "$REPO/target/bench/latest.json" ]; then
   cp "$OUT" "$REPO/target/bench/$(date -u +%Y%m%dT%H%M%SZ)-$BENCH_MODE.json"
 fi
 echo "JSON: $OUT"
+if ((VM_ROWS)); then
+  log "the VM rows (e2e/bench/vm.sh)"
+  "$HERE/vm.sh" --no-build --duration "$DUR" --out "$(dirname "$OUT")/vm.json" || exit 1
+fi

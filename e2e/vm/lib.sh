@@ -3,10 +3,14 @@
 # and a busybox initramfs whose /init is e2e/vm/init, both cached under $VM_CACHE and keyed by
 # the package versions and the init script; QEMU booted with a bounded wait, KVM when a probe
 # boot succeeds and TCG otherwise; a serial-console protocol to run commands in the guest.
+# The guest has busybox and iperf3 (copied from the host with the libraries ldd lists).
 # Source after e2e/lib.sh (or e2e/checks.sh). Every VM this starts is killed by vm_cleanup.
 #
 #   vm_assets                         kernel + initramfs ready: $VM_KERNEL, $VM_INITRD
 #   vm_accel                          $VM_ACCEL = kvm or tcg (probe boot), and why in $VM_ACCEL_WHY
+#   vm_nic_vhost SOCK MAC [QUEUES]    $VM_NIC: QEMU args for a virtio-net on a vhost-user socket
+#   vm_kata_tap NETNS / vm_nic_tap    Kata's tcfilter TAP tap0_kata in NETNS; $VM_NIC on it
+#   vm_kata_tap_del NETNS             remove tap0_kata and the filters
 #   vm_boot NAME APPEND -- QEMU_ARGS  start a VM (QEMU_ARGS: its NIC), wait for the marker
 #   vm_run NAME [-t SECS] CMD         run CMD in the guest; its output on stdout, its status back
 #   vm_stop NAME / vm_cleanup         kill one VM / all of them
@@ -16,6 +20,8 @@ VM_SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 VM_WORK=${VM_WORK:-${WORK:-/tmp/netstack-vm.$$}/vm}
 # virtio_net and what it needs, in dependency order (modinfo -F depends of each, Debian 6.1).
 VM_MODULES=(virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci failover net_failover virtio_net)
+# Host programs copied into the guest's /bin, with their libraries (ldd) at the same paths.
+VM_GUEST_BINS=(/usr/bin/iperf3)
 VM_MEM=256M
 VM_BOOT_TIMEOUT=${VM_BOOT_TIMEOUT:-60}
 VM_NAMES=()
@@ -33,10 +39,21 @@ vm_kernel_pkg() {
   echo "${pkg}_$ver"
 }
 
+# vm_guest_files: the files VM_GUEST_BINS bring into the guest, one a line: each program and
+# every library ldd lists for it (the dynamic loader included), as paths on the host.
+vm_guest_files() {
+  local b
+  for b in "${VM_GUEST_BINS[@]}"; do
+    echo "$b"
+    ldd "$b" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}'
+  done | sort -u
+}
+
 # vm_assets: downloads and unpacks the kernel once per version, builds the initramfs once per
-# (kernel, busybox, init script); sets VM_KERNEL and VM_INITRD.
+# (kernel, busybox, init script, the guest programs' and libraries' contents); sets VM_KERNEL
+# and VM_INITRD.
 vm_assets() {
-  local key kdir tmp deb kver m bb ikey initrd root
+  local key kdir tmp deb kver m bb ikey initrd root f files
   key=$(vm_kernel_pkg) || {
     apt-get update -qq >/dev/null 2>&1
     key=$(vm_kernel_pkg)
@@ -70,7 +87,19 @@ vm_assets() {
   VM_KERNEL=$kdir/vmlinuz
   bb=$(dpkg-query -W -f='${Version}' busybox-static 2>/dev/null)
   [ -x /bin/busybox ] && [ -n "$bb" ] || { vm_log "busybox-static is not installed"; return 1; }
-  ikey=$(printf '%s\n' "$key" "$bb" "${VM_MODULES[*]}" | cat - "$VM_SRC/init" | sha256sum | cut -c1-16)
+  # iperf3 comes with the other test packages (scripts/deps.sh installs it).
+  for f in "${VM_GUEST_BINS[@]}"; do
+    [ -x "$f" ] || "$VM_SRC/../../scripts/deps.sh" >/dev/null || true
+    [ -x "$f" ] || { vm_log "$f is not installed (scripts/deps.sh)"; return 1; }
+  done
+  mapfile -t files < <(vm_guest_files)
+  # The key covers what the guest gets: the kernel, busybox, the module list, /init and the
+  # contents of every copied program and library (a package upgrade changes it).
+  ikey=$({
+    printf '%s\n' "$key" "$bb" "${VM_MODULES[*]}" "${files[@]}"
+    cat "$VM_SRC/init"
+    sha256sum "${files[@]}" | cut -d' ' -f1
+  } | sha256sum | cut -c1-16)
   initrd=$VM_CACHE/initramfs-$ikey.cpio.gz
   if [ ! -f "$initrd" ]; then
     tmp=$(mktemp -d "$VM_CACHE/.initramfs.XXXXXX")
@@ -80,6 +109,14 @@ vm_assets() {
     for m in $(/bin/busybox --list); do [ "$m" = busybox ] || ln -s busybox "$root/bin/$m"; done
     cp "$kdir"/modules/*.ko "$root/lib/modules/"
     printf '%s\n' "${VM_MODULES[@]}" >"$root/lib/modules/order"
+    for f in "${files[@]}"; do
+      if [[ " ${VM_GUEST_BINS[*]} " == *" $f "* ]]; then
+        cp -L "$f" "$root/bin/"
+      else
+        mkdir -p "$root$(dirname "$f")"
+        cp -L "$f" "$root$f"
+      fi
+    done
     cp "$VM_SRC/init" "$root/init"
     chmod 755 "$root/init"
     # busybox's cpio: the host may have no cpio of its own.
@@ -159,6 +196,49 @@ vm_accel() {
     fi
   fi
   vm_log "accelerator: $VM_ACCEL ($VM_ACCEL_WHY)"
+}
+
+# vm_nic_vhost SOCK MAC [QUEUES]: sets VM_NIC to the QEMU arguments of a virtio-net device on
+# the vhost-user socket SOCK (QEMU the client, reconnecting within a second when the backend
+# goes away) with MAC and QUEUES queue pairs (default 1; more: mq=on). The guest's memory is
+# the memfd vm_qemu always gives it (shared: the backend maps it). vectors=0: QEMU 7.2 under
+# TCG crashes when the guest starts a vhost-user virtio-net that has MSI-X vectors.
+vm_nic_vhost() {
+  local sock=$1 mac=$2 queues=${3:-1} mq=
+  ((queues > 1)) && mq=,mq=on
+  VM_NIC=(-chardev "socket,id=c0,path=$sock,reconnect=1"
+    -netdev "vhost-user,id=n0,chardev=c0,queues=$queues"
+    -device "virtio-net-pci,netdev=n0,mac=$mac,vectors=0$mq")
+}
+
+# vm_kata_tap NETNS: Kata's tcfilter internetworking in the pod netns NETNS, as its runtime
+# does it (src/runtime/virtcontainers/network_linux.go, setupTCFiltering): a TAP tap0_kata with
+# the vnet header at eth0's MTU, eth0's addresses cleared (the guest gets them), and a
+# catch-all u32 filter with a mirred egress redirect on each side's ingress qdisc.
+vm_kata_tap() {
+  local ns=$1 mtu pair
+  mtu=$(ip -n "$ns" -j link show eth0 | jq -r '.[0].mtu')
+  ip -n "$ns" tuntap add dev tap0_kata mode tap vnet_hdr &&
+    ip -n "$ns" link set tap0_kata mtu "$mtu" up &&
+    ip -n "$ns" addr flush dev eth0 || return 1
+  for pair in eth0:tap0_kata tap0_kata:eth0; do
+    tc -n "$ns" qdisc add dev "${pair%%:*}" ingress &&
+      tc -n "$ns" filter add dev "${pair%%:*}" parent ffff: protocol all u32 match u32 0 0 \
+        action mirred egress redirect dev "${pair##*:}" || return 1
+  done
+}
+
+# vm_kata_tap_del NETNS: removes what vm_kata_tap made (eth0's ingress qdisc, tap0_kata).
+vm_kata_tap_del() {
+  tc -n "$1" qdisc del dev eth0 ingress 2>/dev/null
+  ip -n "$1" link del tap0_kata 2>/dev/null
+}
+
+# vm_nic_tap MAC: sets VM_NIC to QEMU's own -netdev tap on tap0_kata (QEMU runs in the pod's
+# netns) with the pod's MAC, as Kata's QEMU gets it (vhost-net off: the fds are QEMU's own).
+vm_nic_tap() {
+  VM_NIC=(-netdev tap,id=n0,ifname=tap0_kata,script=no,downscript=no,vhost=off
+    -device "virtio-net-pci,netdev=n0,mac=$1")
 }
 
 # vm_boot NAME APPEND -- QEMU_ARGS...: a VM with the kernel command line APPEND (ns.ip=...,

@@ -331,6 +331,72 @@ fn a_real_frontend_negotiates_and_the_device_records_it() {
 
 /// A refused GET_VRING_BASE has no NACK to send: the connection ends instead of leaving the
 /// frontend waiting for a reply that never comes.
+/// QEMU's vhost-user-net (7.2) sends SET_VRING_ENABLE when the guest driver sets its
+/// features, before SET_FEATURES acks the protocol features: the connection survives it (with
+/// and without a reply asked for) and answers the next request. Raw messages: the crate's
+/// own frontend refuses to send it so early.
+#[test]
+fn a_vring_enable_before_set_features_keeps_the_connection() {
+    use std::io::{Read, Write};
+    let dir = TempDir::new();
+    let sock = VhostSocket::bind(&dir.0, "c1.sock").expect("bind");
+    let path = sock.path().to_path_buf();
+    let (device, server) = serve(sock, 1);
+    let mut c = std::os::unix::net::UnixStream::connect(&path).expect("connect");
+    c.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("timeout");
+    // request, flags, payload
+    let msg = |req: u32, flags: u32, body: &[u8]| -> Vec<u8> {
+        let size = u32::try_from(body.len()).expect("size");
+        [
+            &req.to_le_bytes()[..],
+            &flags.to_le_bytes(),
+            &size.to_le_bytes(),
+            body,
+        ]
+        .concat()
+    };
+    let ring0_on = [0, 0, 0, 0, 1, 0, 0, 0];
+    // SET_VRING_ENABLE (18), version 1, as QEMU sends it; SET_PROTOCOL_FEATURES (16) with
+    // REPLY_ACK (0x8); then SET_VRING_ENABLE with NEED_REPLY (0x8): acked.
+    c.write_all(&msg(18, 0x1, &ring0_on)).expect("send");
+    c.write_all(&msg(16, 0x1, &8u64.to_le_bytes()))
+        .expect("send");
+    c.write_all(&msg(18, 0x1 | 0x8, &ring0_on)).expect("send");
+    let mut reply = [0u8; 20];
+    c.read_exact(&mut reply)
+        .expect("the ack of the second SET_VRING_ENABLE");
+    assert_eq!(reply[..4], 18u32.to_le_bytes(), "request");
+    assert_ne!(reply[4] & 0x4, 0, "a reply");
+    assert_eq!(
+        reply[8..],
+        [8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        "size 8, success"
+    );
+    // GET_FEATURES (1): still answered.
+    c.write_all(&msg(1, 0x1, &[])).expect("send");
+    c.read_exact(&mut reply).expect("the GET_FEATURES reply");
+    assert_eq!(reply[..4], 1u32.to_le_bytes(), "request");
+    assert_eq!(reply[12..], OFFERED_FEATURES.to_le_bytes(), "features");
+    // SET_FEATURES (2) with the protocol features keeps ring 0 enabled, ring 1 disabled.
+    let acked = OFFERED_FEATURES.to_le_bytes();
+    // (No ack without REPLY_ACK negotiated: a GET_FEATURES after it shows it was handled.)
+    c.write_all(&msg(2, 0x1, &acked)).expect("send");
+    c.write_all(&msg(1, 0x1, &[])).expect("send");
+    c.read_exact(&mut reply)
+        .expect("the GET_FEATURES reply after SET_FEATURES");
+    let dev = device.recv().expect("device");
+    let d = dev.lock().expect("device");
+    assert!(
+        d.vrings()[0].enabled,
+        "ring 0 enabled before SET_FEATURES stays so"
+    );
+    assert!(!d.vrings()[1].enabled, "ring 1 was never enabled");
+    drop(d);
+    drop(c);
+    let _ = server.join().expect("server thread");
+}
+
 #[test]
 fn a_refused_get_vring_base_ends_the_connection() {
     let dir = TempDir::new();

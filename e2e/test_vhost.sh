@@ -20,8 +20,9 @@
 #   - Kata's discovery path: a pod K with `"kataVhostUser": true`, QEMU on
 #     /tmp/vhostuser_<IP>/vhu.sock, the guest pings the gateway; DEL removes that link;
 #   - at the end no QEMU, netns or attachment is left.
-# netstackd runs one worker: QEMU's netdev has one queue pair (queues=1); two workers need
-# multiqueue independent of the worker count (helper branch vumq). Every wait is bounded.
+# netstackd runs two workers and QEMU offers two queue pairs (queues=2); the one-vCPU guest
+# enables one, so pair 0 is read by worker 0 and both workers write to the guest through it.
+# Every wait is bounded.
 # Needs root, qemu-system-x86, busybox-static, iperf3 (scripts/deps.sh). About a minute on 2
 # cores under TCG.
 set -uo pipefail
@@ -56,8 +57,8 @@ write_conflist
 # 1.1.0: the result's socketPath is a CNI 1.1 field (a 1.0.0 result has none).
 jq '.cniVersion = "1.1.0" | .plugins[0].mode = "vhost-user"' "$CONFLIST" >"$VU_CONFLIST"
 jq '.cniVersion = "1.1.0" | .plugins[0].mode = "vhost-user" | .plugins[0].kataVhostUser = true' "$CONFLIST" >"$KATA_CONFLIST"
-# One worker: see the header (vumq).
-NS_ARGS=(--workers 1 --vhost-dir "$VHOST_DIR")
+# Two workers on one enabled queue pair: see the header.
+NS_ARGS=(--workers 2 --vhost-dir "$VHOST_DIR")
 start_netstackd "${NS_ARGS[@]}" || exit 1
 child_pid() { pgrep -P "$NETSTACKD_PID" -f 'netstackd dataplane' | head -1; }
 # attached ID: how many attachments netstackd lists for the container ID.
@@ -85,7 +86,7 @@ check "  ... pod V's eth0 is a placeholder (dummy, or ifb without dummy) with th
    ip -n $V -j addr show eth0 | jq -e '[.[0].addr_info[] | \"\(.local)/\(.prefixlen)\"] | index(\"$CIDR_V\")'"
 
 log "boot the VM in pod V's netns on its vhost-user socket (V's MAC and address)"
-vm_nic_vhost "$SOCK_V" "$MAC_V"
+vm_nic_vhost "$SOCK_V" "$MAC_V" 2
 t0=$SECONDS
 if VM_LAUNCH="ip netns exec $V" vm_boot vu "ns.ip=$CIDR_V ns.gw=$GW ns.mtu=1500" -- "${VM_NIC[@]}"; then
   ok "the VM booted to its shell on $VM_ACCEL in $((SECONDS - t0)) s"

@@ -80,8 +80,8 @@ log "VMs on $VM_ACCEL ($VM_ACCEL_WHY); load average $LOAD_START"
 write_conflist
 # 1.1.0: the result's socketPath is a CNI 1.1 field (a 1.0.0 result has none).
 jq '.cniVersion = "1.1.0" | .plugins[0].mode = "vhost-user"' "$CONFLIST" >"$VU_CONFLIST"
-# One worker: QEMU's vhost-user netdev has one queue pair here (queues=1); more workers than
-# queue pairs need multiqueue independent of the worker count (helper branch vumq).
+# One worker: the one-vCPU guest uses one queue pair, which one worker reads (e2e/test_vhost.sh
+# runs two workers on it); the Kata column's TAP pod gets the same one worker.
 start_netstackd --workers 1 || exit 1
 ledger pid "$NETSTACKD_PID"
 for n in "$P" "$V" "$K"; do ledger netns "$n"; done

@@ -168,6 +168,27 @@ check "GET_FEATURES through the link" has_version_1 "$KATA_C"
 cni DEL vm-c /run/netns/vm-c >/dev/null
 check "DEL removes the link and its directory" test ! -e "/tmp/vhostuser_$IP_C"
 check "DEL removes the socket" test ! -e "$(sock_of vm-c)"
+# A failed ADD leaves nothing: the directory of Kata's link for the next addresses host-local
+# hands out is another user's (anyone can make one in /tmp), so the link is refused after
+# netstackd bound the socket; the plugin takes the attachment back.
+last=$(cat "$IPAM_DIR/$NETWORK/last_reserved_ip.0")
+for n in 1 2; do
+  d=/tmp/vhostuser_$(python3 -c "import ipaddress,sys; print(ipaddress.ip_address(sys.argv[1]) + $n)" "$last")
+  KATA_DIRS+=("$d")
+  mkdir -m 700 "$d" && chown nobody "$d"
+done
+socks_before=$(find "$VHOST_DIR" -name '*.sock' | sort)
+ip netns add vm-k
+echo vm-k >>"$WORK/pods"
+out=$(cni ADD vm-k /run/netns/vm-k)
+check "ADD fails when Kata's directory is another user's, naming it" \
+  json_ok "$out" '.code == 100 and (.msg | contains("not a directory of this user"))'
+check "  ... and netstackd holds no attachment for it" test -z "$(listed vm-k)"
+check "  ... and no socket of it is left" test "$(find "$VHOST_DIR" -name '*.sock' | sort)" = "$socks_before"
+check "  ... and no placeholder" fails ip -n vm-k link show eth0
+check "  ... and no address reserved" fails reserved vm-k
+check "  ... and the other user's directory is left alone" \
+  test "$(stat -c %U "${KATA_DIRS[-2]}")" = nobody
 conf_with 'del(.plugins[0].kataVhostUser)'
 
 log "a 1.0.0 conf, and the mode picked per pod"

@@ -549,16 +549,13 @@ fn attach_allocated(
         Ok((Reply::Error { message, kind }, protocol)) => {
             Some(daemon_refusal(protocol, "attachment", kind, &message))
         }
-        Ok((other, _)) => Some(CniError::Setup(format!(
-            "unexpected attach reply {other:?}"
-        ))),
-        Err(e) => {
-            // The daemon may have taken it before the connection broke: detach to be sure.
-            if let Ok(mut c) = connect(&conf.socket()) {
-                let _ = c.call(&Request::Detach(attachment.key.clone()), &[]);
-            }
-            Some(control_error(e))
-        }
+        Ok((other, _)) => Some(undone(
+            CniError::Setup(format!("unexpected attach reply {other:?}")),
+            conf,
+            &attachment.key,
+        )),
+        // The daemon may have taken it before the connection broke: detach to be sure.
+        Err(e) => Some(undone(control_error(e), conf, &attachment.key)),
     };
     // Kata's runtime finds a VM pod's socket by the first address of its interface.
     let failure = failure.or_else(|| {
@@ -569,10 +566,7 @@ fn attach_allocated(
             .find(IpAddr::is_ipv4)
             .or_else(|| addrs.first().map(|a| a.addr()))?;
         let e = create_kata_link(ip, socket).err()?;
-        if let Ok(mut c) = connect(&conf.socket()) {
-            let _ = c.call(&Request::Detach(attachment.key.clone()), &[]);
-        }
-        Some(e)
+        Some(undone(e, conf, &attachment.key))
     });
     if let Some(e) = failure {
         if vhost {
@@ -621,6 +615,26 @@ fn attach_allocated(
         Some(prev) => extend_prev_result(prev, ours, &conf.cni_version),
         None => ours,
     })
+}
+
+/// `failure`, after taking back the attachment of `key` that netstackd may hold (a detach,
+/// tried twice). When netstackd cannot be made to let it go, the error says so: its socket and
+/// state stay until a DEL, while the IPAM reservation is released with this ADD.
+fn undone(failure: CniError, conf: &NetConf, key: &AttachmentKey) -> CniError {
+    let mut why = String::new();
+    for _ in 0..2 {
+        match connect(&conf.socket()).and_then(|mut c| {
+            c.call(&Request::Detach(key.clone()), &[])
+                .map_err(control_error)
+        }) {
+            Ok(Reply::Done) => return failure,
+            Ok(other) => why = format!("{other:?}"),
+            Err(e) => why = e.to_string(),
+        }
+    }
+    CniError::Setup(format!(
+        "{failure}; and netstackd may still hold {key} (detach failed: {why}): run DEL for it"
+    ))
 }
 
 #[cfg(test)]

@@ -575,6 +575,7 @@ mod tests {
             ("0400", "owner cannot write"),
             ("04600", "setuid"),
             ("-0600", "negative"),
+            ("0666", "any user could act as the pod's VM"),
         ];
         for (mode, what) in table {
             let json = format!(

@@ -168,8 +168,9 @@ pub fn create_kata_link(ip: std::net::IpAddr, socket: &Path) -> Result<PathBuf, 
     let dir = link.parent().unwrap_or(Path::new("/tmp")).to_owned();
     let setup =
         |what: String| CniError::Setup(format!("Kata's socket link {}: {what}", link.display()));
+    let mut made_dir = false;
     match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
-        Ok(()) => {}
+        Ok(()) => made_dir = true,
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             let m = std::fs::symlink_metadata(&dir).map_err(|e| setup(e.to_string()))?;
             if !m.file_type().is_dir() || m.uid() != nix::unistd::geteuid().as_raw() {
@@ -196,13 +197,22 @@ pub fn create_kata_link(ip: std::net::IpAddr, socket: &Path) -> Result<PathBuf, 
             )))
         }
     }
-    std::os::unix::fs::symlink(socket, &link).map_err(|e| setup(e.to_string()))?;
+    if let Err(e) = std::os::unix::fs::symlink(socket, &link) {
+        if made_dir {
+            let _ = std::fs::remove_dir(&dir);
+        }
+        return Err(setup(e.to_string()));
+    }
     Ok(link)
 }
 
 /// Removes every Kata socket link (`/tmp/vhostuser_*/vhu.sock`) that points at a socket
 /// named `socket_name` (a VM pod's [`netstack_core::control::vhost_socket_name`]), and its
 /// directory when that is left empty; links to other sockets stay. Returns the links removed.
+///
+/// /tmp is everyone's: each directory is opened without following a symlink and must be this
+/// user's, and the link is read and removed relative to that open directory, so a directory
+/// renamed or replaced by a symlink meanwhile cannot turn the removal onto another file.
 pub fn remove_kata_links(socket_name: &str) -> Vec<PathBuf> {
     let mut removed = Vec::new();
     let Ok(entries) = std::fs::read_dir("/tmp") else {
@@ -216,16 +226,33 @@ pub fn remove_kata_links(socket_name: &str) -> Vec<PathBuf> {
         {
             continue;
         }
-        let link = entry.path().join("vhu.sock");
-        let ours = std::fs::read_link(&link)
-            .is_ok_and(|t| t.file_name().is_some_and(|n| n == socket_name));
-        if ours && std::fs::remove_file(&link).is_ok() {
-            // Only when empty: anything else in it is not ours.
-            let _ = std::fs::remove_dir(entry.path());
-            removed.push(link);
+        let dir = entry.path();
+        if remove_kata_link_in(&dir, socket_name) {
+            // Only when empty: anything else in it is not ours. A symlink put in the
+            // directory's place meanwhile is not removed (rmdir refuses it).
+            let _ = std::fs::remove_dir(&dir);
+            removed.push(dir.join("vhu.sock"));
         }
     }
     removed
+}
+
+/// Removes `dir/vhu.sock` when `dir` is a directory of this user's (opened without following
+/// a symlink) and the link in it points at a socket named `socket_name`.
+fn remove_kata_link_in(dir: &Path, socket_name: &str) -> bool {
+    use nix::fcntl::{open, readlinkat, OFlag};
+    use nix::sys::stat::{fstat, Mode};
+    use nix::unistd::{unlinkat, UnlinkatFlags};
+    let flags = OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_RDONLY | OFlag::O_CLOEXEC;
+    let Ok(fd) = open(dir, flags, Mode::empty()) else {
+        return false;
+    };
+    if !fstat(&fd).is_ok_and(|st| st.st_uid == nix::unistd::geteuid().as_raw()) {
+        return false;
+    }
+    let ours = readlinkat(&fd, "vhu.sock")
+        .is_ok_and(|t| Path::new(&t).file_name().is_some_and(|n| n == socket_name));
+    ours && unlinkat(&fd, "vhu.sock", UnlinkatFlags::NoRemoveDir).is_ok()
 }
 
 #[cfg(test)]

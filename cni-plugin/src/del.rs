@@ -3,7 +3,7 @@
 //! Kata socket link, release the IPAM allocation — every step runs even when an earlier one
 //! failed, and anything already gone counts as done.
 
-use netstack_core::control::{vhost_socket_name, AttachmentKey, LinkMode, Reply, Request};
+use netstack_core::control::{vhost_socket_name, AttachmentKey, Reply, Request};
 
 use crate::config::NetConf;
 use crate::daemon::{connect, control_error, daemon_refusal, delete_pod_link, remove_kata_links};
@@ -46,9 +46,9 @@ pub fn cmd_del(env: &CniEnv, conf: &NetConf, stdin: &[u8]) -> Result<(), CniErro
             errors.push(e);
         }
     }
-    if mode == LinkMode::VhostUser {
-        remove_kata_links(&vhost_socket_name(&key));
-    }
+    // Whatever mode this DEL's arguments say: an ADD of another mode may have made the link,
+    // and only links to this pod's socket are touched.
+    remove_kata_links(&vhost_socket_name(&key));
 
     if let Some(ipam_conf) = &conf.ipam {
         if let Err(e) = ipam::del(env, &ipam_conf.plugin_type, stdin) {

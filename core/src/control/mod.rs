@@ -202,8 +202,9 @@ pub const MAX_SOCKET_PATH: usize = 107;
 /// The mode of a VM pod's socket unless the attachment names one (only root connects).
 pub const DEFAULT_VHOST_SOCKET_MODE: u32 = 0o600;
 
-/// Is `mode` a socket mode netstackd applies: permission bits only, and read-write for its
-/// owner (root), who must be able to connect? A problem says what is wrong.
+/// Is `mode` a socket mode netstackd applies: permission bits only, read-write for its owner
+/// (root), who must be able to connect, and nothing for other users (a frontend that connects
+/// is the pod's VM, with its MAC and addresses)? A problem says what is wrong.
 pub fn vhost_socket_mode_problem(mode: u32) -> Option<String> {
     if mode & !0o777 != 0 {
         return Some(format!(
@@ -213,6 +214,12 @@ pub fn vhost_socket_mode_problem(mode: u32) -> Option<String> {
     if mode & 0o600 != 0o600 {
         return Some(format!(
             "socket mode {mode:#o} does not let its owner read and write"
+        ));
+    }
+    if mode & 0o007 != 0 {
+        // Whoever connects first is the pod's VMM: it sends and receives as the pod.
+        return Some(format!(
+            "socket mode {mode:#o} lets any user connect and act as the pod's VM (give a group access instead)"
         ));
     }
     None
@@ -803,7 +810,13 @@ mod tests {
         let table = [
             (0o600, true, "the default"),
             (0o660, true, "a group of VMMs"),
-            (0o666, true, "anyone (the admin's choice)"),
+            (
+                0o640,
+                true,
+                "a group that may only read (connect needs write)",
+            ),
+            (0o666, false, "anyone could act as the pod's VM"),
+            (0o602, false, "others may write"),
             (0o400, false, "owner cannot write"),
             (0o060, false, "owner cannot read or write"),
             (0o4600, false, "setuid bit"),

@@ -48,6 +48,8 @@ pub struct VhostServer {
     path: PathBuf,
     stop: Arc<AtomicBool>,
     peer: Arc<Mutex<Option<UnixStream>>>,
+    /// A duplicate of the listening socket: shut down to end a waiting `accept`.
+    listener: OwnedFd,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -60,6 +62,7 @@ impl VhostServer {
         sink: Arc<dyn DeviceSink>,
     ) -> std::io::Result<Self> {
         let path = sock.path().to_path_buf();
+        let listener = sock.listener_handle()?;
         let stop = Arc::new(AtomicBool::new(false));
         let peer = Arc::new(Mutex::new(None));
         let thread = {
@@ -72,6 +75,7 @@ impl VhostServer {
             path,
             stop,
             peer,
+            listener,
             thread: Some(thread),
         })
     }
@@ -91,8 +95,11 @@ impl VhostServer {
         if let Some(p) = lock(&self.peer).as_ref() {
             let _ = p.shutdown(std::net::Shutdown::Both);
         }
-        // Wakes an accept that is waiting (the thread sees `stop` and leaves).
-        let _ = UnixStream::connect(&self.path);
+        // Ends an accept that is waiting, or the next one (the thread sees `stop` and leaves),
+        // even when the socket's path was removed or replaced meanwhile.
+        if let Err(e) = super::socket::shutdown_listener(&self.listener) {
+            tracing::warn!(path = %self.path.display(), "shutting the vhost-user socket down: {e}");
+        }
         let _ = thread.join();
     }
 }

@@ -1453,3 +1453,23 @@ fn real_qemu_enables_its_pairs_and_pings_through_them() {
     server.stop();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// DEL stops a pod's server whose socket file was removed (or replaced) while no frontend was
+/// connected: the waiting accept ends through the listening socket itself, not through a
+/// connection to a path that is no longer there (which would leave `stop` waiting for ever).
+#[test]
+fn a_server_whose_socket_file_is_gone_still_stops() {
+    let dir = std::env::temp_dir().join(format!("netstack-vhost-gone-{}", std::process::id()));
+    let sock = VhostSocket::bind(&dir, "gone.sock").expect("bind");
+    let path = sock.path().to_path_buf();
+    let rec = Arc::new(Recorder::default());
+    let mut server = VhostServer::start(sock, spec(), 1, Arc::clone(&rec) as Arc<dyn DeviceSink>)
+        .expect("server");
+    // The thread is waiting in accept once a connection is taken: one is made and closed.
+    drop(UnixStream::connect(&path).expect("connect"));
+    std::fs::remove_file(&path).expect("remove the socket by hand");
+    server.stop();
+    assert!(!path.exists());
+    assert_eq!(rec.wait_for(0), 0, "nothing was handed to the dataplane");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -95,10 +95,24 @@ impl VhostSocket {
         })
     }
 
+    /// A duplicate of the listening socket, for [`shutdown_listener`] from another thread.
+    pub fn listener_handle(&self) -> io::Result<std::os::fd::OwnedFd> {
+        self.listener.try_clone().map(std::os::fd::OwnedFd::from)
+    }
+
     /// Removes the socket's path (the listener closes when dropped).
     pub fn remove(self) -> io::Result<()> {
         std::fs::remove_file(&self.path)
     }
+}
+
+/// Shuts the listening socket `listener` (a [`VhostSocket::listener_handle`]) down: an
+/// `accept` waiting on it, or made on it later, fails at once (EINVAL). Unlike a connection
+/// to the socket's path, this works when the path is gone or is another socket now.
+pub fn shutdown_listener(listener: &std::os::fd::OwnedFd) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    nix::sys::socket::shutdown(listener.as_raw_fd(), nix::sys::socket::Shutdown::Both)
+        .map_err(io::Error::from)
 }
 
 /// One frontend's connection and the device state it negotiates.

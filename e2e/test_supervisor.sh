@@ -66,10 +66,12 @@ log "least privilege"
 SUP=$NETSTACKD_PID
 DP=$(child_pid)
 check "the dataplane is a separate child process" test -n "$DP"
-check "supervisor CapEff is NET_ADMIN|NET_RAW|SYS_ADMIN|KILL only" test "$(status_field "$SUP" CapEff)" = 0000000000203020
-check "supervisor CapPrm is NET_ADMIN|NET_RAW|SYS_ADMIN|KILL only" test "$(status_field "$SUP" CapPrm)" = 0000000000203020
+# CHOWN is kept because netstackd starts with it (as root): a VM pod's socket may be given to a
+# group (vhostSocketGroup); without it at start netstackd runs without it.
+check "supervisor CapEff is NET_ADMIN|NET_RAW|SYS_ADMIN|KILL|CHOWN only" test "$(status_field "$SUP" CapEff)" = 0000000000203021
+check "supervisor CapPrm is NET_ADMIN|NET_RAW|SYS_ADMIN|KILL|CHOWN only" test "$(status_field "$SUP" CapPrm)" = 0000000000203021
 # The bounding set also keeps SETGID|SETUID|SETPCAP, for the dataplane's switch to its own uid.
-check "supervisor CapBnd is NET_ADMIN|NET_RAW|SYS_ADMIN|KILL + SETGID|SETUID|SETPCAP only" test "$(status_field "$SUP" CapBnd)" = 00000000002031e0
+check "supervisor CapBnd is NET_ADMIN|NET_RAW|SYS_ADMIN|KILL|CHOWN + SETGID|SETUID|SETPCAP only" test "$(status_field "$SUP" CapBnd)" = 00000000002031e1
 check "supervisor CapInh and CapAmb are empty" test "$(status_field "$SUP" CapInh)$(status_field "$SUP" CapAmb)" = 00000000000000000000000000000000
 for set in CapEff CapPrm CapInh CapAmb CapBnd; do
   check "dataplane $set is empty" test "$(status_field "$DP" "$set")" = 0000000000000000

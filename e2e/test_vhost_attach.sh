@@ -240,4 +240,5 @@ check "cleanup removes the socket" test ! -e "$SOCK_D"
 check "  ... and the vhost dir, empty now" test ! -e "$VHOST_DIR"
 check "  ... and the placeholder" fails ip -n vm-d link show eth0
 
+echo "test_vhost_attach: $PASSES passed, $FAILS failed"
 [ "$FAILS" = 0 ]

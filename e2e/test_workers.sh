@@ -8,7 +8,9 @@
 # packet socket per worker; pods ping each other and move 4 MiB over TCP on 32 connections
 # (which the kernel spreads over the queues: the upper half of the workers must wake up);
 # DEL leaves no TAP, veth peer, state file or descriptor behind. --workers 257 and 0 are
-# refused with a clear error. Needs root; about 1 minute (2 on a loaded machine).
+# refused with a clear error. --worker-slice-us 100 gives every dataplane thread a 100 µs
+# scheduler slice, also after the child is killed; 50 is refused; without it they keep the
+# slice they inherit. Needs root; about 1 minute (2 on a loaded machine).
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
 trap e2e_cleanup EXIT
@@ -66,6 +68,47 @@ for bad in 257 0; do
     sh -c "[ $rc != 0 ] && printf '%s' \"\$1\" | grep -q 'between 1 and 256.*MAX_TAP_QUEUES'" _ "$out"
   check "--workers $bad: no uplink left behind" sh -c "! ip link show nsw$((RUN_ID % 100000))"
 done
+
+# thread_slices PID: the scheduler slice (sched_getattr's runtime, ns) of every thread of PID,
+# one per line.
+thread_slices() {
+  python3 - "$1" <<'PY'
+import ctypes, os, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+for tid in sorted(os.listdir(f"/proc/{sys.argv[1]}/task")):
+    buf = ctypes.create_string_buffer(56)
+    if libc.syscall(315, int(tid), buf, 56, 0) != 0:  # sched_getattr
+        print("error", os.strerror(ctypes.get_errno()))
+    else:
+        print(struct.unpack("IIQiIQQQII", buf.raw)[5])
+PY
+}
+# all_slices_are PID NS: every thread of PID runs with slice NS (and it has threads).
+all_slices_are() { local s; s=$(thread_slices "$1"); [ -n "$s" ] && [ -z "$(grep -vx "$2" <<<"$s")" ]; }
+
+log "--worker-slice-us: the dataplane's threads ask for a short scheduler slice"
+out=$(timeout 20 "$BIN/netstackd" --pod-cidr "$POD_CIDR" --socket "$WORK/bad.sock" --state-dir "$WORK/bad" \
+  --uplink "nsw$((RUN_ID % 100000))" --metrics-addr off --worker-slice-us 50 2>&1); rc=$?
+check "--worker-slice-us 50: refused before anything starts, naming the bounds ($(tail -1 <<<"$out"))" \
+  sh -c "[ $rc = 2 ] && printf '%s' \"\$1\" | grep -q 'outside 100..=100000'" _ "$out"
+start_netstackd --workers 2 --worker-slice-us 100 || fail "netstackd --worker-slice-us 100 starts"
+DP=$(pgrep -P "$NETSTACKD_PID" -f 'netstackd dataplane')
+check "every thread of the dataplane child runs with a 100 µs slice ($(thread_slices "$DP" | sort | uniq -c | xargs))" \
+  all_slices_are "$DP" 100000
+check "the supervisor says so in its log" grep -q 'ask for a short time slice slice_us=100' "$WORK/netstackd.log"
+kill -KILL "$DP"
+check "a new dataplane child runs after a kill" eventually 10 sh -c "[ -n \"\$(pgrep -P $NETSTACKD_PID -f 'netstackd dataplane')\" ] && [ \"\$(pgrep -P $NETSTACKD_PID -f 'netstackd dataplane')\" != $DP ]"
+DP=$(pgrep -P "$NETSTACKD_PID" -f 'netstackd dataplane')
+check "the restarted child's threads have the 100 µs slice too" eventually 5 all_slices_are "$DP" 100000
+stop_netstackd
+ip link del "$UPLINK" 2>/dev/null
+start_netstackd --workers 2 || fail "netstackd starts without --worker-slice-us"
+DP=$(pgrep -P "$NETSTACKD_PID" -f 'netstackd dataplane')
+# What they inherit: this shell's slice (the kernel's default unless a parent asked for one).
+check "without the option the threads keep the slice they inherit ($(thread_slices "$DP" | sort -u | xargs) ns, this shell's $(thread_slices $$ | head -1))" \
+  all_slices_are "$DP" "$(thread_slices $$ | head -1)"
+stop_netstackd
+ip link del "$UPLINK" 2>/dev/null
 
 for W in $ROWS; do
   log "--workers $W"

@@ -175,9 +175,28 @@ struct Args {
     /// 107 bytes, so at most 83 here).
     #[arg(long, default_value = daemon::DEFAULT_VHOST_DIR)]
     vhost_dir: PathBuf,
+    /// The scheduler time slice the dataplane's threads ask for, in µs (100-100000; 0: the
+    /// kernel's default). A short slice lets a worker woken by a frame preempt the task on its
+    /// CPU sooner (EEVDF, Linux 6.12+): lower latency under load, no larger share of the CPU.
+    #[arg(long, default_value_t = 0, value_parser = parse_slice_us)]
+    worker_slice_us: u64,
     /// Log filter (tracing env-filter syntax); NETSTACK_LOG overrides it.
     #[arg(long, default_value = "info")]
     log: String,
+}
+
+/// `--worker-slice-us`: 0, or within the kernel's bounds on a requested slice.
+fn parse_slice_us(s: &str) -> Result<u64, String> {
+    use netstackd::sys::sched::{SLICE_MAX, SLICE_MIN};
+    let us: u64 = s.parse().map_err(|e| format!("{e}"))?;
+    let (lo, hi) = (SLICE_MIN.as_micros() as u64, SLICE_MAX.as_micros() as u64);
+    if us == 0 || (lo..=hi).contains(&us) {
+        Ok(us)
+    } else {
+        Err(format!(
+            "{us} is outside {lo}..={hi} (or 0: the kernel's default)"
+        ))
+    }
 }
 
 fn init_logging(level: &str) {
@@ -300,6 +319,8 @@ fn main() {
         veth_rx_ring: args.veth_rx == VethRx::Ring,
         dataplane_user: args.dataplane_user,
         vhost_dir: args.vhost_dir,
+        worker_slice: (args.worker_slice_us > 0)
+            .then(|| std::time::Duration::from_micros(args.worker_slice_us)),
     };
     if let Err(e) = daemon::run(config) {
         tracing::error!("{e:#}");

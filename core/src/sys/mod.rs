@@ -11,6 +11,7 @@ pub mod ns;
 pub mod packet;
 pub mod process;
 pub mod rlimit;
+pub mod sched;
 pub mod shm;
 pub mod tap;
 

@@ -61,6 +61,28 @@ pub struct DaemonConfig {
     pub dataplane_user: crate::dataplane::child::DataplaneUser,
     /// Where VM pods' vhost-user sockets are bound (`--vhost-dir`).
     pub vhost_dir: PathBuf,
+    /// The time slice the dataplane's threads ask the scheduler for (`--worker-slice-us`);
+    /// `None`: the kernel's default.
+    pub worker_slice: Option<std::time::Duration>,
+}
+
+/// Gives this thread the dataplane's time slice before the dataplane child is started: a thread
+/// inherits its creator's slice across fork and exec, so the child and all its workers have
+/// it, and so does the supervisor's monitor thread (started after this), which restarts the
+/// child. The supervisor's own threads keep the default unless started later; they are idle
+/// but for control requests.
+fn set_worker_slice(slice: Option<std::time::Duration>) {
+    let Some(slice) = slice else {
+        return;
+    };
+    match crate::sys::sched::set_slice(Some(slice)) {
+        Ok(()) => tracing::info!(
+            slice_us = slice.as_micros() as u64,
+            "the dataplane's threads ask for a short time slice"
+        ),
+        // A kernel before 6.12 accepts and ignores it; only a refusal is worth a line.
+        Err(e) => tracing::warn!("--worker-slice-us: sched_setattr refused ({e}): default slice"),
+    }
 }
 
 /// Where VM pods' vhost-user sockets are bound unless `--vhost-dir` says otherwise.
@@ -212,6 +234,7 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
     if config.pod_cidr_v6.is_some() {
         enable_ipv6_forwarding()?;
     }
+    set_worker_slice(config.worker_slice);
     let dataplane = DataplaneProcess::start(
         queues,
         gateway,

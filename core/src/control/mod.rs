@@ -476,6 +476,10 @@ pub struct DaemonStatus {
     /// Where VM pods' vhost-user sockets are bound (`--vhost-dir`; protocol 3 on).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vhost_dir: Option<PathBuf>,
+    /// How the dataplane reads and writes TAP queues: `uring` (a restricted io_uring per
+    /// worker) or `readv` (`--tap-io`); absent from earlier daemons.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tap_io: Option<String>,
     /// Attachments currently served.
     pub attachments: usize,
     /// Where Prometheus metrics are served, if anywhere.

@@ -35,6 +35,10 @@ pub enum DpRequest {
         /// if the child dies.
         #[serde(default)]
         in_flight: bool,
+        /// Read and write TAP queues through a restricted io_uring per worker (`--tap-io`,
+        /// as the supervisor resolved it); absent (earlier builds): `readv`/`writev`.
+        #[serde(default)]
+        tap_uring: bool,
     },
     /// Serve a pod; its TAP queue fds are attached.
     Attach(PodSpec),

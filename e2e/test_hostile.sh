@@ -22,6 +22,11 @@ IP_A=$(add_pod "$A") || exit 1
 IP_B=$(add_pod "$B") || exit 1
 SUP=$NETSTACKD_PID
 DP=$(child_pid)
+# The default --tap-io auto: the flood below meets the io_uring read path (TAP mode).
+if [ "${MODE:-tap}" = tap ]; then
+  check "the dataplane reads TAP queues through io_uring" \
+    sh -c "$BIN/netstackd ctl --socket $SOCK --json status | jq -e '.tap_io == \"uring\"'"
+fi
 hostile() { in_pod "$A" python3 "$ROOT/e2e/hostile_frames.py" --peer-ip "$IP_B" --gateway "$GATEWAY" --port "${LO_PORT:-9}" "$@"; }
 
 # Keep both pods quiet, so every counter change is ours (lib.sh).

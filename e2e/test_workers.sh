@@ -8,7 +8,8 @@
 # packet socket per worker; pods ping each other and move 4 MiB over TCP on 32 connections
 # (which the kernel spreads over the queues: the upper half of the workers must wake up);
 # DEL leaves no TAP, veth peer, state file or descriptor behind. --workers 257 and 0 are
-# refused with a clear error. Needs root; about 1 minute (2 on a loaded machine).
+# refused with a clear error. TAP queues go through io_uring (the default `--tap-io auto`
+# here: one restricted ring per worker), so these pings and transfers run on that path. Needs root; about 1 minute (2 on a loaded machine).
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
 trap e2e_cleanup EXIT
@@ -76,6 +77,8 @@ for W in $ROWS; do
   check "ctl status reports $W workers" sh -c "$BIN/netstackd ctl --socket $SOCK --json status | jq -e '.workers == $W'"
   check "ctl status (the table) shows them" sh -c "$BIN/netstackd ctl --socket $SOCK status | grep -Eq '^workers +$W *\$'"
   check "the uplink $UPLINK has $W queues" test "$(host_tx_queues "$UPLINK")" = "$W"
+  check "ctl status: the dataplane reads TAP queues through io_uring ($W rings)" \
+    sh -c "$BIN/netstackd ctl --socket $SOCK --json status | jq -e '.tap_io == \"uring\"'"
   rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$DP/status")
   # A worker's frame buffers are allocated as they are needed, not all 16 MiB of them at start.
   check "the idle dataplane's RSS is $((rss / 1024)) MiB, under 2 MiB per worker + 64 MiB" \

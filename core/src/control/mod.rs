@@ -519,13 +519,14 @@ pub struct Counters {
     /// Frames waiting in the link's fifo queues right now.
     #[serde(default)]
     pub qdisc_depth: u64,
-    /// Read system calls that brought frames in from the link: one per frame on a TAP, one
-    /// per `recvmmsg` batch on a veth's packet sockets, one per batch taken from a receive
-    /// ring (`--veth-rx ring`) (rx_packets / rx_calls = frames per call).
+    /// Read system calls that brought frames in from the link: one per frame on a TAP (one
+    /// per `io_uring_enter` batch with `--tap-io uring`), one per `recvmmsg` batch on a veth's
+    /// packet sockets, one per batch taken from a receive ring (`--veth-rx ring`)
+    /// (rx_packets / rx_calls = frames per call).
     #[serde(default)]
     pub rx_calls: u64,
     /// Write system calls that sent frames to the link (one per `sendmmsg` batch in veth
-    /// mode).
+    /// mode, one per `io_uring_enter` batch on a TAP with `--tap-io uring`).
     #[serde(default)]
     pub tx_calls: u64,
     /// A VM pod's virtqueues stopped because the guest put garbage in a ring (each counted

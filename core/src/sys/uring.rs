@@ -118,6 +118,41 @@ impl TapRing {
         self.batch(fd, true, iovs, results)
     }
 
+    /// Submits a NOP and returns its completion's result: `-EACCES`, as the restriction
+    /// refuses every opcode but READV and WRITEV (for the dataplane's self-test).
+    pub fn submit_nop(&mut self) -> i32 {
+        self.submit_one(opcode::Nop::new().build())
+    }
+
+    /// Tries a register operation (`IORING_REGISTER_PROBE`), which the restriction refuses
+    /// with `EACCES` (for the dataplane's self-test: under its seccomp filter the
+    /// `io_uring_register` call itself kills the process).
+    pub fn try_register(&self) -> io::Result<()> {
+        self.ring
+            .submitter()
+            .register_probe(&mut io_uring::Probe::new())
+    }
+
+    /// Submits `entry`, which must point at nothing (a NOP) or at memory that lives until
+    /// this returns, and returns its completion's result.
+    fn submit_one(&mut self, entry: io_uring::squeue::Entry) -> i32 {
+        // SAFETY: the queue is empty between batches; the callers' entries point at nothing
+        // or at data that outlives this call, which waits for the completion (or aborts).
+        if unsafe { self.ring.submission().push(&entry) }.is_err() {
+            abort("io_uring submission queue full");
+        }
+        loop {
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => self.enters += 1,
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(_) => abort("io_uring_enter failed with an operation in flight"),
+            }
+            if let Some(cqe) = self.ring.completion().next() {
+                return cqe.result();
+            }
+        }
+    }
+
     /// Submits one READV (`write` false) or WRITEV per pair of iovecs, waits for every
     /// completion and puts each result in `results`, in order; how many were submitted. The
     /// iovecs must point into memory borrowed for at least the call (the public callers take
@@ -209,17 +244,10 @@ mod tests {
     use crate::netns::testing::in_fresh_netns;
     use crate::sys::tap::{open_queues, tap_rx_len, RxFrame, TunKind};
 
-    /// Submits one entry and returns its completion's result.
+    /// Submits one entry (pointing at nothing that dies before the test does) and returns
+    /// its completion's result.
     fn submit_one(ring: &mut TapRing, entry: io_uring::squeue::Entry) -> i32 {
-        // SAFETY: the entries submitted here (NOP, OPENAT of a static C string) point at
-        // nothing that dies before the wait below returns.
-        unsafe { ring.ring.submission().push(&entry) }.expect("room in the ring");
-        ring.ring.submit_and_wait(1).expect("io_uring_enter");
-        ring.ring
-            .completion()
-            .next()
-            .expect("a completion")
-            .result()
+        ring.submit_one(entry)
     }
 
     /// The restriction is what makes the ring safe under seccomp: any opcode other than
@@ -234,8 +262,7 @@ mod tests {
             }
             Err(e) => panic!("TapRing::new: {e}"),
         };
-        let nop = opcode::Nop::new().build();
-        assert_eq!(submit_one(&mut ring, nop), -libc::EACCES, "NOP");
+        assert_eq!(ring.submit_nop(), -libc::EACCES, "NOP");
         let path = c"/etc/hostname";
         let open = opcode::OpenAt::new(Fd(libc::AT_FDCWD), path.as_ptr()).build();
         assert_eq!(submit_one(&mut ring, open), -libc::EACCES, "OPENAT");
@@ -249,12 +276,8 @@ mod tests {
         // A plain READV gets as far as the fd (-1: EBADF).
         let plain = opcode::Readv::new(Fd(-1), iov.as_ptr(), 1).build();
         assert_eq!(submit_one(&mut ring, plain), -libc::EBADF, "READV");
-        let err = ring
-            .ring
-            .submitter()
-            .register_probe(&mut io_uring::Probe::new());
         assert_eq!(
-            err.map_err(|e| e.raw_os_error()),
+            ring.try_register().map_err(|e| e.raw_os_error()),
             Err(Some(libc::EACCES)),
             "register after enable"
         );

@@ -464,10 +464,32 @@ fn recv_uring(
         .flatten()
         .map(|s| (&mut s.vnet, &mut s.buf[..]));
     let submitted = lock(&u.ring).read_batch(fd, bufs, &mut res[..want]);
+    let (n, failed) = gather_reads(&res[..submitted], &mut slots, lens);
+    // Every read found a frame: more may be waiting. Else one more than came, next time.
+    u.window = if n == submitted && n > 0 {
+        (n * 2).min(RING_ENTRIES)
+    } else {
+        (n + 1).min(RING_ENTRIES)
+    };
+    match (n, failed) {
+        (0, Some(e)) => RxOutcome::Dead(e),
+        (0, None) => RxOutcome::Empty,
+        (n, _) => RxOutcome::Frames(n),
+    }
+}
+
+/// Judges the results `res` of reads into `slots` (in order), as `read_frame` judges a
+/// `readv`, and moves the frames to the front: a read that found nothing (`-EAGAIN`) leaves a
+/// gap, which the next frame's slot fills by swapping buffers with it (no copy). Fills `lens`
+/// with the frames' lengths; returns how many came and the first error other than `EAGAIN`.
+fn gather_reads(
+    res: &[i32],
+    slots: &mut [Option<&mut Slot>],
+    lens: &mut [RxFrame; MMSG_BATCH],
+) -> (usize, Option<io::Error>) {
     let mut n = 0;
     let mut failed = None;
-    for i in 0..submitted {
-        let r = res[i];
+    for (i, &r) in res.iter().enumerate().take(slots.len().min(MMSG_BATCH)) {
         let buf_len = slots[i].as_ref().map_or(0, |s| s.buf.len());
         let frame = match usize::try_from(r) {
             Ok(read) => tap_rx_len(read, buf_len),
@@ -487,17 +509,7 @@ fn recv_uring(
         lens[n] = frame;
         n += 1;
     }
-    // Every read found a frame: more may be waiting. Else one more than came, next time.
-    u.window = if n == submitted && n > 0 {
-        (n * 2).min(RING_ENTRIES)
-    } else {
-        (n + 1).min(RING_ENTRIES)
-    };
-    match (n, failed) {
-        (0, Some(e)) => RxOutcome::Dead(e),
-        (0, None) => RxOutcome::Empty,
-        (n, _) => RxOutcome::Frames(n),
-    }
+    (n, failed)
 }
 
 /// Writes the frames of `batch` to TAP queue `fd` through `ring`, [`RING_ENTRIES`] per
@@ -762,6 +774,64 @@ pub(super) mod mem {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The reads of one io_uring batch, judged and gathered: frames move to the front past the
+    /// reads that found nothing, each with its own buffer and header; a cut or short frame is
+    /// still a frame (dropped and counted by the worker); an error other than EAGAIN is kept.
+    #[test]
+    fn gather_reads_moves_frames_past_empty_reads() {
+        let eagain = -libc::EAGAIN;
+        let hdr = VNET_HDR_LEN as i32;
+        // (read results, frames expected (the index of the slot each came from, its length),
+        // error expected)
+        /// Read results, the frames expected and the error expected.
+        type Row<'a> = (&'a [i32], &'a [(u8, RxFrame)], Option<i32>);
+        let rows: [Row<'_>; 5] = [
+            (&[eagain, eagain], &[], None),
+            (
+                &[hdr + 60, hdr + 70],
+                &[(0, RxFrame::Whole(60)), (1, RxFrame::Whole(70))],
+                None,
+            ),
+            (
+                &[eagain, hdr + 60, eagain, hdr + 70],
+                &[(1, RxFrame::Whole(60)), (3, RxFrame::Whole(70))],
+                None,
+            ),
+            // Short (no whole header) and cut (fills the 100-byte buffer): frames to drop.
+            (
+                &[eagain, 3, hdr + 100],
+                &[(1, RxFrame::Malformed), (2, RxFrame::Oversize)],
+                None,
+            ),
+            (
+                &[hdr + 60, -libc::EBADFD, eagain],
+                &[(0, RxFrame::Whole(60))],
+                Some(libc::EBADFD),
+            ),
+        ];
+        for (res, want, err) in rows {
+            let mut pool = SlotPool::new(4);
+            let idx: Vec<u32> = (0..res.len()).map(|_| pool.take().unwrap()).collect();
+            let mut slots: Vec<Option<&mut Slot>> = Vec::new();
+            for (k, s) in pool.many_mut(&idx).enumerate() {
+                // Each slot's header and buffer say which slot they were read into.
+                s.vnet = [k as u8; VNET_HDR_LEN];
+                s.buf = vec![k as u8; 100].into_boxed_slice();
+                slots.push(Some(s));
+            }
+            let mut lens = [RxFrame::Malformed; MMSG_BATCH];
+            let (n, failed) = gather_reads(res, &mut slots, &mut lens);
+            assert_eq!(n, want.len(), "{res:?}");
+            assert_eq!(failed.and_then(|e| e.raw_os_error()), err, "{res:?}");
+            for (k, &(from, len)) in want.iter().enumerate() {
+                assert_eq!(lens[k], len, "{res:?}: frame {k}");
+                let s = slots[k].as_ref().unwrap();
+                assert_eq!(s.vnet, [from; VNET_HDR_LEN], "{res:?}: frame {k}'s header");
+                assert_eq!(s.buf[0], from, "{res:?}: frame {k}'s buffer");
+            }
+        }
+    }
 
     /// The kinds travel as the two booleans earlier builds sent, both ways.
     #[test]

@@ -6,10 +6,11 @@
 # netstackd in TAP mode, veth mode with another --dataplane-user, and veth mode with
 # --veth-rx ring: every thread of its dataplane child shows the non-root uid/gid, no
 # capability in any set, no_new_privs and both seccomp filters in /proc, pods still forward
-# and a capture still arrives; the dataplane dies with its supervisor. The TAP rounds read
-# TAP queues through io_uring by default (`--tap-io auto`; the probes io-uring-* show that
-# its ring, made before the lock-down, only reads and writes, and that io_uring_setup and
-# io_uring_register kill the dataplane), and one round runs --tap-io readv. Needs root.
+# and a capture still arrives; the dataplane dies with its supervisor. Two TAP rounds read TAP
+# queues through io_uring (`--tap-io auto`, which takes it here, and `--tap-io uring`; the
+# probes io-uring-* show that a ring made before the lock-down only reads and writes, and that
+# io_uring_setup and io_uring_register kill the dataplane), one with the default (readv), and
+# `ctl status` says which. Needs root.
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
 trap e2e_cleanup EXIT
@@ -96,16 +97,16 @@ round() {
   del_pod "$b"
 }
 
-TAP_IO=uring round "TAP mode, default user (nobody)" tap 65534 65534
+TAP_IO=uring round "TAP mode, default user (nobody), --tap-io auto" tap 65534 65534 --tap-io auto
 stop_netstackd
-TAP_IO=readv round "TAP mode, --tap-io readv" tap 65534 65534 --tap-io readv
+TAP_IO=readv round "TAP mode, default --tap-io (readv)" tap 65534 65534
 stop_netstackd
 round "veth mode, --dataplane-user 4242:4343" veth 4242 4343 --dataplane-user 4242:4343
 stop_netstackd
 # More worker threads than glibc's 8 malloc arenas: the ninth used to make glibc count the CPUs
 # (an openat the filter forbids) and the dataplane died of SIGSYS at start.
 WORKERS=16
-TAP_IO=uring round "TAP mode, 16 workers" tap 65534 65534
+TAP_IO=uring round "TAP mode, 16 workers, --tap-io uring" tap 65534 65534 --tap-io uring
 stop_netstackd
 WORKERS=2
 round "veth mode, --veth-rx ring" veth 65534 65534 --veth-rx ring

@@ -8,7 +8,7 @@
 # packet socket per worker; pods ping each other and move 4 MiB over TCP on 32 connections
 # (which the kernel spreads over the queues: the upper half of the workers must wake up);
 # DEL leaves no TAP, veth peer, state file or descriptor behind. --workers 257 and 0 are
-# refused with a clear error. TAP queues go through io_uring (the default `--tap-io auto`
+# refused with a clear error. TAP queues go through io_uring (`--tap-io auto`, which takes it
 # here: one restricted ring per worker), so these pings and transfers run on that path. Needs root; about 1 minute (2 on a loaded machine).
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -70,7 +70,7 @@ done
 
 for W in $ROWS; do
   log "--workers $W"
-  start_netstackd --workers "$W" || { fail "netstackd --workers $W starts"; continue; }
+  start_netstackd --workers "$W" --tap-io auto || { fail "netstackd --workers $W starts"; continue; }
   SUP_FDS0=$(fd_count "$NETSTACKD_PID")
   DP=$(child_pid)
   DP_FDS0=$(fd_count "$DP")
@@ -113,7 +113,7 @@ for W in $ROWS; do
 
   log "--workers $W: netstackd restarts and restores the pods from its state dir"
   stop_netstackd
-  start_netstackd --workers "$W" || { fail "netstackd --workers $W starts again"; continue; }
+  start_netstackd --workers "$W" --tap-io auto || { fail "netstackd --workers $W starts again"; continue; }
   check "all three pods restored" sh -c "$BIN/netstackd ctl --socket $SOCK --json list | jq -e '[.[] | select(.state == \"attached\")] | length == 3'"
   check "A pings B after the restore" eventually 10 in_pod "$A" ping -c 1 -W 1 "$IP_B"
   check "the veth pod pings A after it" eventually 10 in_pod "$V" ping -c 1 -W 1 "$IP_A"

@@ -173,12 +173,13 @@ struct Args {
     /// a slower ADD; see the README and e2e/bench/packet_io.sh).
     #[arg(long, value_enum, default_value_t = VethRx::Mmsg)]
     veth_rx: VethRx,
-    /// How the dataplane reads and writes TAP queues: `uring` (a batch of reads or writes in
-    /// one io_uring_enter, on one io_uring per worker restricted to READV and WRITEV before
-    /// the seccomp lock-down; refuses to start without one), `readv` (one readv/writev per
-    /// frame) or `auto` (uring where the kernel allows it, else readv; a log line says which
-    /// and why). `ctl status` shows which one runs.
-    #[arg(long, value_enum, default_value_t = TapIoArg::Auto)]
+    /// How the dataplane reads and writes TAP queues: `readv` (one readv/writev per frame, the
+    /// default), `uring` (a batch of reads or writes in one io_uring_enter, on one io_uring
+    /// per worker restricted to READV and WRITEV before the seccomp lock-down; refuses to
+    /// start without one) or `auto` (uring where the kernel allows it, else readv; a log line
+    /// says which and why). `ctl status` shows which one runs. uring's dataplane CPU per Gbit
+    /// was not lower run by run here (e2e/bench/README.md), hence readv by default.
+    #[arg(long, value_enum, default_value_t = TapIoArg::Readv)]
     tap_io: TapIoArg,
     /// Prometheus metrics listener (port 0 picks one, `off` disables it); an address other than
     /// loopback is served unauthenticated (a warning says so).

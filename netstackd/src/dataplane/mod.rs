@@ -139,11 +139,12 @@ pub struct Dataplane {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum TapIo {
     /// io_uring where a restricted ring can be set up here, else `readv`/`writev`.
-    #[default]
     Auto,
     /// A restricted io_uring per worker; refuse to start without one.
     Uring,
-    /// One `readv`/`writev` per frame.
+    /// One `readv`/`writev` per frame (the default: see `e2e/bench/README.md`, "Design
+    /// evaluations", 1).
+    #[default]
     Readv,
 }
 

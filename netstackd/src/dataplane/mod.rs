@@ -163,16 +163,25 @@ pub fn resolve_tap_io(choice: TapIo) -> Result<bool, String> {
             _ => format!("no restricted io_uring here: {e}"),
         }),
     };
+    let uring = decide_tap_io(choice, why_not.as_deref())?;
+    match (uring, why_not) {
+        (true, _) => {
+            tracing::info!("TAP queues: io_uring restricted to READV/WRITEV, one ring per worker")
+        }
+        (false, Some(why)) => tracing::info!("TAP queues: readv/writev ({why})"),
+        (false, None) => tracing::info!("TAP queues: readv/writev"),
+    }
+    Ok(uring)
+}
+
+/// The choice `choice` makes when a restricted ring could not be set up for the reason
+/// `why_not` (`None`: it could): io_uring or not, or the refusal of `--tap-io uring`.
+fn decide_tap_io(choice: TapIo, why_not: Option<&str>) -> Result<bool, String> {
     match (choice, why_not) {
-        (_, None) => {
-            tracing::info!("TAP queues: io_uring restricted to READV/WRITEV, one ring per worker");
-            Ok(true)
-        }
+        (TapIo::Readv, _) => Ok(false),
+        (_, None) => Ok(true),
         (TapIo::Uring, Some(why)) => Err(format!("--tap-io uring: {why}")),
-        (_, Some(why)) => {
-            tracing::info!("TAP queues: readv/writev ({why})");
-            Ok(false)
-        }
+        (TapIo::Auto, Some(_)) => Ok(false),
     }
 }
 
@@ -488,5 +497,38 @@ impl Drop for Dataplane {
                 let _ = t.join();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--tap-io`: readv whatever the kernel offers; auto takes io_uring where a restricted
+    /// ring can be had, else readv; uring refuses to start without one, saying why.
+    #[test]
+    fn tap_io_choice_falls_back_or_refuses() {
+        let why = "kernel.io_uring_disabled is 2 (Operation not permitted)";
+        // (choice, why no ring (None: a ring could be set up), decision)
+        let rows: [(TapIo, Option<&str>, Result<bool, String>); 6] = [
+            (TapIo::Readv, None, Ok(false)),
+            (TapIo::Readv, Some(why), Ok(false)),
+            (TapIo::Auto, None, Ok(true)),
+            (TapIo::Auto, Some(why), Ok(false)),
+            (TapIo::Uring, None, Ok(true)),
+            (
+                TapIo::Uring,
+                Some(why),
+                Err(format!("--tap-io uring: {why}")),
+            ),
+        ];
+        for (choice, why_not, want) in rows {
+            assert_eq!(
+                decide_tap_io(choice, why_not),
+                want,
+                "{choice:?} {why_not:?}"
+            );
+        }
+        assert_eq!(TapIo::default(), TapIo::Readv);
     }
 }

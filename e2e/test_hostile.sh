@@ -15,13 +15,18 @@ trap e2e_cleanup EXIT
 child_pid() { pgrep -P "$NETSTACKD_PID" -f 'netstackd dataplane' | head -1; }
 
 write_conflist
-start_netstackd --workers 2 || exit 1
+# --tap-io auto: io_uring here, so the flood below meets the io_uring read path (TAP mode).
+start_netstackd --workers 2 --tap-io auto || exit 1
 A=hostile-a-$RUN_ID
 B=victim-b-$RUN_ID
 IP_A=$(add_pod "$A") || exit 1
 IP_B=$(add_pod "$B") || exit 1
 SUP=$NETSTACKD_PID
 DP=$(child_pid)
+if [ "${MODE:-tap}" = tap ]; then
+  check "the dataplane reads TAP queues through io_uring" \
+    sh -c "$BIN/netstackd ctl --socket $SOCK --json status | jq -e '.tap_io == \"uring\"'"
+fi
 hostile() { in_pod "$A" python3 "$ROOT/e2e/hostile_frames.py" --peer-ip "$IP_B" --gateway "$GATEWAY" --port "${LO_PORT:-9}" "$@"; }
 
 # Keep both pods quiet, so every counter change is ours (lib.sh).

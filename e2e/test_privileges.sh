@@ -6,7 +6,11 @@
 # netstackd in TAP mode, veth mode with another --dataplane-user, and veth mode with
 # --veth-rx ring: every thread of its dataplane child shows the non-root uid/gid, no
 # capability in any set, no_new_privs and both seccomp filters in /proc, pods still forward
-# and a capture still arrives; the dataplane dies with its supervisor. Needs root.
+# and a capture still arrives; the dataplane dies with its supervisor. Two TAP rounds read TAP
+# queues through io_uring (`--tap-io auto`, which takes it here, and `--tap-io uring`; the
+# probes io-uring-* show that a ring made before the lock-down only reads and writes, and that
+# io_uring_setup and io_uring_register kill the dataplane), one with the default (readv), and
+# `ctl status` says which. Needs root.
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
 trap e2e_cleanup EXIT
@@ -18,7 +22,7 @@ rc=$?
 sed 's/^/    /' "$WORK/selftest.out"
 for probe in uid-gid capabilities setuid-root kill-root clone3 thread clone-process \
   prctl-set-name prctl-other mmap-rw guest-memory mmap-exec mprotect-exec tgkill-own tgkill-other kill \
-  execve open socket forbidden-syscall; do
+  execve open socket io-uring-setup io-uring-enter io-uring-nop io-uring-register forbidden-syscall; do
   row=$(grep -E "^(PASS|FAIL) $probe: " "$WORK/selftest.out" | head -1)
   check "selftest $probe: ${row#* $probe: }" grep -q "^PASS $probe: " "$WORK/selftest.out"
 done
@@ -69,6 +73,12 @@ round() {
   check "$label: NoNewPrivs 1 on every thread" every_thread "$dp" NoNewPrivs 1
   check "$label: Seccomp 2 (filter) on every thread" every_thread "$dp" Seccomp 2
   check "$label: both seccomp filters on every thread" every_thread "$dp" Seccomp_filters 2
+  if [ -n "${TAP_IO:-}" ]; then
+    check "$label: ctl status: the dataplane reads TAP queues with $TAP_IO" \
+      sh -c "$BIN/netstackd ctl --socket $SOCK --json status | jq -e '.tap_io == \"$TAP_IO\"'"
+    check "$label: ctl status (the table) shows it" \
+      sh -c "$BIN/netstackd ctl --socket $SOCK status | grep -Eq '^TAP I/O +$TAP_IO *\$'"
+  fi
   check "$label: ping A -> B" in_pod "$a" ping -c 3 -i 0.2 -W 2 "$ip_b"
   check "$label: ping B -> A" in_pod "$b" ping -c 3 -i 0.2 -W 2 "$ip_a"
   check "$label: ping A -> gateway" in_pod "$a" ping -c 2 -i 0.2 -W 2 "$GATEWAY"
@@ -87,14 +97,16 @@ round() {
   del_pod "$b"
 }
 
-round "TAP mode, default user (nobody)" tap 65534 65534
+TAP_IO=uring round "TAP mode, default user (nobody), --tap-io auto" tap 65534 65534 --tap-io auto
+stop_netstackd
+TAP_IO=readv round "TAP mode, default --tap-io (readv)" tap 65534 65534
 stop_netstackd
 round "veth mode, --dataplane-user 4242:4343" veth 4242 4343 --dataplane-user 4242:4343
 stop_netstackd
 # More worker threads than glibc's 8 malloc arenas: the ninth used to make glibc count the CPUs
 # (an openat the filter forbids) and the dataplane died of SIGSYS at start.
 WORKERS=16
-round "TAP mode, 16 workers" tap 65534 65534
+TAP_IO=uring round "TAP mode, 16 workers, --tap-io uring" tap 65534 65534 --tap-io uring
 stop_netstackd
 WORKERS=2
 round "veth mode, --veth-rx ring" veth 65534 65534 --veth-rx ring

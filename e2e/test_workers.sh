@@ -8,9 +8,11 @@
 # packet socket per worker; pods ping each other and move 4 MiB over TCP on 32 connections
 # (which the kernel spreads over the queues: the upper half of the workers must wake up);
 # DEL leaves no TAP, veth peer, state file or descriptor behind. --workers 257 and 0 are
-# refused with a clear error. --worker-slice-us 100 gives every dataplane thread a 100 µs
-# scheduler slice, also after the child is killed; 50 is refused; without it they keep the
-# slice they inherit. Needs root; about 1 minute (2 on a loaded machine).
+# refused with a clear error. TAP queues go through io_uring (`--tap-io auto`, which takes it
+# here: one restricted ring per worker), so these pings and transfers run on that path.
+# --worker-slice-us 100 gives every dataplane thread a 100 µs scheduler slice, also after the
+# child is killed; 50 is refused; without it they keep the slice they inherit. Needs root;
+# about 1 minute (2 on a loaded machine).
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
 trap e2e_cleanup EXIT
@@ -112,13 +114,15 @@ ip link del "$UPLINK" 2>/dev/null
 
 for W in $ROWS; do
   log "--workers $W"
-  start_netstackd --workers "$W" || { fail "netstackd --workers $W starts"; continue; }
+  start_netstackd --workers "$W" --tap-io auto || { fail "netstackd --workers $W starts"; continue; }
   SUP_FDS0=$(fd_count "$NETSTACKD_PID")
   DP=$(child_pid)
   DP_FDS0=$(fd_count "$DP")
   check "ctl status reports $W workers" sh -c "$BIN/netstackd ctl --socket $SOCK --json status | jq -e '.workers == $W'"
   check "ctl status (the table) shows them" sh -c "$BIN/netstackd ctl --socket $SOCK status | grep -Eq '^workers +$W *\$'"
   check "the uplink $UPLINK has $W queues" test "$(host_tx_queues "$UPLINK")" = "$W"
+  check "ctl status: the dataplane reads TAP queues through io_uring ($W rings)" \
+    sh -c "$BIN/netstackd ctl --socket $SOCK --json status | jq -e '.tap_io == \"uring\"'"
   rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$DP/status")
   # A worker's frame buffers are allocated as they are needed, not all 16 MiB of them at start.
   check "the idle dataplane's RSS is $((rss / 1024)) MiB, under 2 MiB per worker + 64 MiB" \
@@ -153,7 +157,7 @@ for W in $ROWS; do
 
   log "--workers $W: netstackd restarts and restores the pods from its state dir"
   stop_netstackd
-  start_netstackd --workers "$W" || { fail "netstackd --workers $W starts again"; continue; }
+  start_netstackd --workers "$W" --tap-io auto || { fail "netstackd --workers $W starts again"; continue; }
   check "all three pods restored" sh -c "$BIN/netstackd ctl --socket $SOCK --json list | jq -e '[.[] | select(.state == \"attached\")] | length == 3'"
   check "A pings B after the restore" eventually 10 in_pod "$A" ping -c 1 -W 1 "$IP_B"
   check "the veth pod pings A after it" eventually 10 in_pod "$V" ping -c 1 -W 1 "$IP_A"

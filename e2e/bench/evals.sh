@@ -6,7 +6,9 @@
 #              per system call
 #   netstackd  netstackd between two TAP pods: the same TCP runs, its own counters (ctl stats:
 #              rx_calls, tx_calls, worker wakeups) as frames per wakeup and per call; with
-#              --perf, a `perf record -e cpu-clock -g` of the dataplane during a 1-stream run
+#              --variants, one netstackd per variant and run, taking turns (a variant is
+#              `default`, or a --tap-io value: readv, uring, auto); with --perf, a
+#              `perf record -e cpu-clock -g` of the (last) dataplane during a 1-stream run
 #   big-tcp    a veth pair between two pods, 1 IPv6 stream at gso/gro_max_size 65536 and
 #              185000 (and whether a TAP takes 185000)
 #   tpacket-v3 a TPACKET_V3 receive ring with PACKET_VNET_HDR on a veth end (tpacket_v3.py):
@@ -24,7 +26,7 @@ set -uo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 PART=${1:-}
 shift || true
-RUNS=3 DUR=5 BUILD=1 PERF=0 VARIANTS="readv uring readv-spin50"
+RUNS=3 DUR=5 BUILD=1 PERF=0 VARIANTS=
 while (($#)); do
   case $1 in
     --runs) RUNS=$2; shift ;;
@@ -39,6 +41,10 @@ while (($#)); do
 done
 case $PART in -h | --help | help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
 case $PART in floor | netstackd | big-tcp | tpacket-v3) ;; *) echo "evals.sh: floor, netstackd, big-tcp or tpacket-v3 (see --help)" >&2; exit 2 ;; esac
+case $PART in
+  floor) VARIANTS=${VARIANTS:-readv uring readv-spin50} ;;
+  *) VARIANTS=${VARIANTS:-default} ;;
+esac
 positive_ints evals.sh "$RUNS" "$DUR"
 need_root evals.sh
 for t in iperf3 jq; do command -v "$t" >/dev/null || { echo "evals.sh: $t missing (scripts/deps.sh)" >&2; exit 1; }; done
@@ -175,39 +181,56 @@ floor_part() {
 
 # --- netstackd: its own counters, and perf ----------------------------------------------------
 netstackd_part() {
-  local run streams ip_a ip_b dp g s0 s1 n0 n1 st0 st1 tsv=$EV_WORK/netstackd.tsv
+  local run streams ip_a ip_b dp g s0 s1 n0 n1 st0 st1 v tsv=$EV_WORK/netstackd.tsv
   RUN_ID=$ID WORK=$EV_WORK/lib
   . "$REPO/e2e/lib.sh"
   LIB_LOADED=1
   write_conflist
-  start_netstackd || exit 1
-  ip_a=$(add_pod "$P-a") && ip_b=$(add_pod "$P-b") || exit 1
-  dp=$(ctl status | jq -r .dataplane_pid)
-  ip netns exec "$P-a" ping -c 3 -i 0.2 -W 2 -q "$ip_b" >/dev/null || { echo "netstackd: no connectivity" >&2; exit 1; }
-  printf 'streams\tgbps\tdp_cpu_s_per_gbit\tmachine_cpu_s_per_gbit\tframes_per_wakeup\tframes_per_syscall\tframes_per_rx_call\tframes_per_tx_call\n' >"$tsv"
+  # up VARIANT: a netstackd with the variant's options and the two pods, which reach each other.
+  up() {
+    local opts=()
+    case $1 in
+      default) ;;
+      readv | uring | auto) opts=(--tap-io "$1") ;;
+      *) echo "evals.sh netstackd: variant $1 is default, readv, uring or auto" >&2; exit 2 ;;
+    esac
+    start_netstackd "${opts[@]}" || exit 1
+    ip_a=$(add_pod "$P-a") && ip_b=$(add_pod "$P-b") || exit 1
+    dp=$(ctl status | jq -r .dataplane_pid)
+    ip netns exec "$P-a" ping -c 3 -i 0.2 -W 2 -q "$ip_b" >/dev/null || { echo "netstackd $1: no connectivity" >&2; exit 1; }
+    echo "==> $1: tap_io $(ctl status | jq -r '.tap_io // "-"'), dataplane pid $dp"
+  }
+  down() { del_pod "$P-a"; del_pod "$P-b"; stop_netstackd; }
+  printf 'variant\tstreams\tgbps\tdp_cpu_s_per_gbit\tmachine_cpu_s_per_gbit\tframes_per_wakeup\tframes_per_syscall\tframes_per_rx_call\tframes_per_tx_call\n' >"$tsv"
   # All frames the pods sent (rx) and got (tx), the read and write calls, the wakeups.
   totals() {
     printf '%s\t%s\n' "$(ctl stats | jq -r '[([.pods[].counters.rx_packets] | add), ([.pods[].counters.tx_packets] | add),
       ([.pods[].counters.rx_calls] | add), ([.pods[].counters.tx_calls] | add)] | @tsv')" \
       "$("$BIN/netstackd" ctl --socket "$SOCK" metrics | awk '$1 ~ /^netstack_worker_wakeups_total/ {n += $2} END {print n + 0}')"
   }
+  local last=
   for run in $(seq 1 "$RUNS"); do
+   for v in $VARIANTS; do
+    [ -n "$last" ] && down
+    up "$v"
+    last=$v
     for streams in 1 4; do
       st0=$(totals) n0=$(ticks "$dp") s0=$(busy)
       g=$(iperf "$P-b" "$P-a" "$ip_b" "$streams")
       n1=$(ticks "$dp") s1=$(busy) st1=$(totals)
-      [ -n "$g" ] || { echo "  netstackd $streams: iperf3 failed" >&2; continue; }
+      [ -n "$g" ] || { echo "  netstackd $v $streams: iperf3 failed" >&2; continue; }
       read -r rx0 tx0 rc0 tc0 wk0 <<<"$st0"
       read -r rx1 tx1 rc1 tc1 wk1 <<<"$st1"
-      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$streams" "$g" \
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$v" "$streams" "$g" \
         "$(calc "($n1 - $n0) / $HZ / ($g * $DUR)")" "$(calc "($s1 - $s0) / $HZ / ($g * $DUR)")" \
         "$(calc "($rx1 - $rx0) / ($wk1 - $wk0 + 0.001)")" \
         "$(calc "($rx1 - $rx0) / ($rc1 - $rc0 + $tc1 - $tc0 + $wk1 - $wk0 + 0.001)")" \
         "$(calc "($rx1 - $rx0) / ($rc1 - $rc0 + 0.001)")" "$(calc "($tx1 - $tx0) / ($tc1 - $tc0 + 0.001)")" | tee -a "$tsv"
     done
+   done
   done
-  { echo "netstackd (TAP mode, dataplane pid $dp), $RUNS runs of ${DUR}s; frames per syscall counts reads, writes and epoll_waits; load before/after: $LOAD0 / $(cut -d' ' -f1-3 /proc/loadavg)"
-    cat "$tsv"; echo; summary "$tsv" 1; } >"$OUT"
+  { echo "netstackd (TAP mode; variants, taking turns: $VARIANTS), $RUNS runs of ${DUR}s; frames per syscall counts reads (io_uring_enter batches with uring), writes and epoll_waits; load before/after: $LOAD0 / $(cut -d' ' -f1-3 /proc/loadavg)"
+    cat "$tsv"; echo; summary "$tsv" 2; } >"$OUT"
   if ((PERF)); then
     command -v perf >/dev/null || { echo "perf: not installed (apt install linux-perf)" >>"$OUT"; return; }
     echo "==> perf record -e cpu-clock -g -p $dp, 1 stream, ${DUR}s"

@@ -234,6 +234,9 @@ pub fn run(socket: &Path, command: CtlCommand, json: bool) -> anyhow::Result<()>
                 if let Some(dir) = &s.vhost_dir {
                     rows.push(vec!["vhost-user dir".into(), dir.display().to_string()]);
                 }
+                if let Some(io) = &s.tap_io {
+                    rows.push(vec!["TAP I/O".into(), io.clone()]);
+                }
                 write!(out, "{}", table(rows))?;
             }
         }

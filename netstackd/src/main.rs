@@ -113,6 +113,17 @@ enum VethRx {
     Ring,
 }
 
+/// `--tap-io`: how the dataplane reads and writes TAP queues.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum TapIoArg {
+    /// io_uring where a restricted ring can be set up, else readv.
+    Auto,
+    /// A restricted io_uring per worker, or refuse to start.
+    Uring,
+    /// One readv/writev per frame.
+    Readv,
+}
+
 /// Daemon options.
 #[derive(clap::Args, Debug)]
 struct Args {
@@ -162,6 +173,14 @@ struct Args {
     /// a slower ADD; see the README and e2e/bench/packet_io.sh).
     #[arg(long, value_enum, default_value_t = VethRx::Mmsg)]
     veth_rx: VethRx,
+    /// How the dataplane reads and writes TAP queues: `readv` (one readv/writev per frame, the
+    /// default), `uring` (a batch of reads or writes in one io_uring_enter, on one io_uring
+    /// per worker restricted to READV and WRITEV before the seccomp lock-down; refuses to
+    /// start without one) or `auto` (uring where the kernel allows it, else readv; a log line
+    /// says which and why). `ctl status` shows which one runs. uring's dataplane CPU per Gbit
+    /// was not lower run by run here (e2e/bench/README.md), hence readv by default.
+    #[arg(long, value_enum, default_value_t = TapIoArg::Readv)]
+    tap_io: TapIoArg,
     /// Prometheus metrics listener (port 0 picks one, `off` disables it); an address other than
     /// loopback is served unauthenticated (a warning says so).
     #[arg(long, default_value = "127.0.0.1:9473")]
@@ -317,6 +336,11 @@ fn main() {
         node,
         dp_netns: args.dp_netns,
         veth_rx_ring: args.veth_rx == VethRx::Ring,
+        tap_io: match args.tap_io {
+            TapIoArg::Auto => netstackd::dataplane::TapIo::Auto,
+            TapIoArg::Uring => netstackd::dataplane::TapIo::Uring,
+            TapIoArg::Readv => netstackd::dataplane::TapIo::Readv,
+        },
         dataplane_user: args.dataplane_user,
         vhost_dir: args.vhost_dir,
         worker_slice: (args.worker_slice_us > 0)

@@ -476,6 +476,10 @@ pub struct DaemonStatus {
     /// Where VM pods' vhost-user sockets are bound (`--vhost-dir`; protocol 3 on).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vhost_dir: Option<PathBuf>,
+    /// How the dataplane reads and writes TAP queues: `uring` (a restricted io_uring per
+    /// worker) or `readv` (`--tap-io`); absent from earlier daemons.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tap_io: Option<String>,
     /// Attachments currently served.
     pub attachments: usize,
     /// Where Prometheus metrics are served, if anywhere.
@@ -515,13 +519,14 @@ pub struct Counters {
     /// Frames waiting in the link's fifo queues right now.
     #[serde(default)]
     pub qdisc_depth: u64,
-    /// Read system calls that brought frames in from the link: one per frame on a TAP, one
-    /// per `recvmmsg` batch on a veth's packet sockets, one per batch taken from a receive
-    /// ring (`--veth-rx ring`) (rx_packets / rx_calls = frames per call).
+    /// Read system calls that brought frames in from the link: one per frame on a TAP (one
+    /// per `io_uring_enter` batch with `--tap-io uring`), one per `recvmmsg` batch on a veth's
+    /// packet sockets, one per batch taken from a receive ring (`--veth-rx ring`)
+    /// (rx_packets / rx_calls = frames per call).
     #[serde(default)]
     pub rx_calls: u64,
     /// Write system calls that sent frames to the link (one per `sendmmsg` batch in veth
-    /// mode).
+    /// mode, one per `io_uring_enter` batch on a TAP with `--tap-io uring`).
     #[serde(default)]
     pub tx_calls: u64,
     /// A VM pod's virtqueues stopped because the guest put garbage in a ring (each counted

@@ -284,7 +284,7 @@ mod tests {
     #[test]
     fn replies_of_this_build_decode_in_v0_1_0() {
         let status: crate::control::DaemonStatus = serde_json::from_str(
-            r#"{"version":"0.2.0","workers":2,"uplink":"netstack0","pod_cidr":"10.244.1.0/24","pod_cidr_v6":"fd00:10:244:1::/64","gateway":"10.244.1.1","attachments":0}"#,
+            r#"{"version":"0.2.0","workers":2,"uplink":"netstack0","pod_cidr":"10.244.1.0/24","pod_cidr_v6":"fd00:10:244:1::/64","gateway":"10.244.1.1","tap_io":"uring","attachments":0}"#,
         )
         .unwrap();
         let replies = [

@@ -1,5 +1,5 @@
 //! The only place with `unsafe`: TAP/TUN ioctls, readv/writev, packet sockets, ethtool features, fd passing,
-//! namespace ioctls, shared memory with the dataplane child.
+//! namespace ioctls, shared memory with the dataplane child, the dataplane's restricted io_uring.
 //!
 //! Every system call that nix does not wrap safely sits here in a small safe function with a
 //! `// SAFETY:` comment; the rest of netstackd only sees `OwnedFd`/`BorrowedFd` and typed
@@ -14,6 +14,7 @@ pub mod rlimit;
 pub mod sched;
 pub mod shm;
 pub mod tap;
+pub mod uring;
 
 pub use tap::{
     open_queues, queue_info, read_frame, set_nonblocking, set_persist, set_vnet_hdr_len,

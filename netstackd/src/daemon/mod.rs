@@ -57,6 +57,8 @@ pub struct DaemonConfig {
     pub dp_netns: PathBuf,
     /// veth-mode sockets receive through a TPACKET_V2 ring (`--veth-rx ring`), not recvmmsg.
     pub veth_rx_ring: bool,
+    /// How TAP queues are read and written (`--tap-io`).
+    pub tap_io: crate::dataplane::TapIo,
     /// The uid and gid the dataplane child runs as (`--dataplane-user`).
     pub dataplane_user: crate::dataplane::child::DataplaneUser,
     /// Where VM pods' vhost-user sockets are bound (`--vhost-dir`).
@@ -234,6 +236,8 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
     if config.pod_cidr_v6.is_some() {
         enable_ipv6_forwarding()?;
     }
+    let tap_uring =
+        crate::dataplane::resolve_tap_io(config.tap_io).map_err(|e| anyhow::anyhow!(e))?;
     set_worker_slice(config.worker_slice);
     let dataplane = DataplaneProcess::start(
         queues,
@@ -241,6 +245,7 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
         config.uplink_mtu,
         config.segment_gso,
         config.service_flows,
+        tap_uring,
         config.dataplane_user,
     )
     .context("starting the dataplane")?;

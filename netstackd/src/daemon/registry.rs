@@ -679,6 +679,7 @@ impl Registry {
                 .to_owned(),
             ),
             vhost_dir: Some(self.config.vhost_dir.clone()),
+            tap_io: Some(self.dataplane.tap_io().to_owned()),
             attachments: self
                 .lock()
                 .values()

@@ -118,6 +118,7 @@ pub fn run(user: DataplaneUser) -> anyhow::Result<()> {
         segment_gso,
         service_flows_off,
         in_flight,
+        tap_uring,
     } = init
     else {
         bail!("first message from the supervisor is not init");
@@ -140,6 +141,17 @@ pub fn run(user: DataplaneUser) -> anyhow::Result<()> {
     if cfg!(feature = "fault-injection") {
         tracing::info!("fault-injection build: NETSTACK_DATAPLANE_SELFTEST is honoured");
     }
+    // The rings too: the filter forbids io_uring_setup and io_uring_register.
+    let rings = if tap_uring {
+        let rings = super::tap_rings(uplink.len()).context("setting up the io_uring rings")?;
+        tracing::info!(
+            rings = rings.len(),
+            "TAP queues through io_uring (READV/WRITEV only)"
+        );
+        rings
+    } else {
+        Vec::new()
+    };
     let before = super::selftest::Before::now(user);
     lock_down(user)?;
     if let Some(probe) = super::selftest::probe(&selftest) {
@@ -157,6 +169,7 @@ pub fn run(user: DataplaneUser) -> anyhow::Result<()> {
         segment_gso,
         !service_flows_off,
         in_flight,
+        rings,
     )?;
     if selftest == "thread-panic" {
         tracing::warn!("selftest: a dataplane thread panics");
@@ -272,6 +285,7 @@ fn start(
     segment_gso: bool,
     service_flows: bool,
     in_flight: Option<std::sync::Arc<crate::sys::shm::SharedU64s>>,
+    rings: Vec<crate::sys::uring::TapRing>,
 ) -> anyhow::Result<Dataplane> {
     if uplink.is_empty() {
         bail!("no uplink queue fds in the init message");
@@ -283,6 +297,7 @@ fn start(
         segment_gso,
         service_flows,
         in_flight,
+        rings,
     )
     .context("starting the workers")
 }

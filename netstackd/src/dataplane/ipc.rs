@@ -35,6 +35,10 @@ pub enum DpRequest {
         /// if the child dies.
         #[serde(default)]
         in_flight: bool,
+        /// Read and write TAP queues through a restricted io_uring per worker (`--tap-io`,
+        /// as the supervisor resolved it); absent (earlier builds): `readv`/`writev`.
+        #[serde(default)]
+        tap_uring: bool,
     },
     /// Serve a pod; its TAP queue fds are attached.
     Attach(PodSpec),
@@ -176,6 +180,27 @@ pub fn recv<T: for<'de> Deserialize<'de>>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An init from an earlier supervisor (no `tap_uring`) means readv; this build's says it.
+    #[test]
+    fn init_without_tap_uring_means_readv() {
+        let old = r#"{"op":"init","gateway":"10.0.0.1","uplink_mtu":1500}"#;
+        let DpRequest::Init { tap_uring, .. } = serde_json::from_str(old).unwrap() else {
+            panic!("not an init");
+        };
+        assert!(!tap_uring);
+        let new = DpRequest::Init {
+            gateway: Ipv4Addr::new(10, 0, 0, 1),
+            uplink_mtu: 1500,
+            segment_gso: false,
+            service_flows_off: false,
+            in_flight: false,
+            tap_uring: true,
+        };
+        let wire = serde_json::to_string(&new).unwrap();
+        assert!(wire.contains(r#""tap_uring":true"#), "{wire}");
+        assert_eq!(serde_json::from_str::<DpRequest>(&wire).unwrap(), new);
+    }
 
     #[test]
     fn a_peer_that_does_not_answer_times_out() {

@@ -4,7 +4,8 @@
 //! talks to.
 //!
 //! - [`TapLink`]: a pod's TAP queues, one frame per `readv`/`writev`, virtio-net header beside
-//!   the frame.
+//!   the frame; or, with the worker's restricted io_uring (`--tap-io uring`), a batch of
+//!   reads or writes per `io_uring_enter`.
 //! - [`PacketLink`]: a veth-mode pod's `AF_PACKET` sockets, up to `MMSG_BATCH` frames per
 //!   `recvmmsg`/`sendmmsg`, or received through a TPACKET_V2 ring (`--veth-rx ring`).
 //! - [`TunLink`]: the uplink TUN queue, whose frames start at layer 3: it reads behind room
@@ -19,13 +20,15 @@
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
 use crate::gso::GsoFrame;
 use crate::stack::{DropReason, LinkCounters};
 use crate::sys::packet::{recv_frames, send_frames, RxRing, MMSG_BATCH};
-use crate::sys::tap::{read_frame, write_frame, RxFrame, VNET_HDR_LEN};
+use crate::sys::tap::{read_frame, tap_rx_len, write_frame, RxFrame, VNET_HDR_LEN};
+use crate::sys::uring::{TapRing, RING_ENTRIES};
 use crate::wire::{ethernet, VnetHdr};
 
 use super::qdisc::{Slot, SlotPool};
@@ -141,6 +144,24 @@ pub(super) struct TxCtx<'a> {
 pub(super) struct TapLink {
     queues: Vec<OwnedFd>,
     tx_extra: Option<OwnedFd>,
+    /// The worker's io_uring, when TAP queues are read and written through it.
+    uring: Option<UringIo>,
+}
+
+/// A TAP link's share of its worker's io_uring: the ring (one per worker, shared by its TAP
+/// links; only that worker's thread ever locks it, so the lock is never contended) and how
+/// many reads the next receive submits.
+struct UringIo {
+    ring: Arc<Mutex<TapRing>>,
+    /// Reads per receive: doubled while every read finds a frame, else one more than came
+    /// (the adaptive window of `nsbench floor --io uring`), within `1..=RING_ENTRIES`.
+    window: usize,
+}
+
+/// The worker's ring, locked (a poisoned lock is still the same ring: a panic aborts the
+/// dataplane anyway).
+fn lock(ring: &Mutex<TapRing>) -> std::sync::MutexGuard<'_, TapRing> {
+    ring.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A veth-mode pod's packet sockets on one worker.
@@ -179,6 +200,7 @@ impl Link {
             LinkKind::Tap => Link::Tap(TapLink {
                 queues: rx,
                 tx_extra,
+                uring: None,
             }),
             LinkKind::Packet | LinkKind::PacketRing => Link::Packet(PacketLink {
                 rings: if kind == LinkKind::PacketRing {
@@ -192,6 +214,14 @@ impl Link {
                 tx_extra,
             }),
         })
+    }
+
+    /// Reads and writes a TAP link's queues through `ring`, the worker's io_uring (other
+    /// kinds keep their calls).
+    pub fn use_ring(&mut self, ring: Arc<Mutex<TapRing>>) {
+        if let Link::Tap(t) = self {
+            t.uring = Some(UringIo { ring, window: 1 });
+        }
     }
 
     /// The uplink TUN queue `fd`.
@@ -221,9 +251,10 @@ impl Link {
         }
     }
 
-    /// The most frames one receive call brings.
+    /// The most frames one receive call brings (for a TAP on io_uring: its current window).
     pub fn rx_batch_max(&self) -> usize {
         match self {
+            Link::Tap(TapLink { uring: Some(u), .. }) => u.window,
             Link::Packet(_) | Link::Vhost(_) => MMSG_BATCH,
             Link::Tap(_) | Link::Tun(_) => 1,
             #[cfg(test)]
@@ -262,7 +293,9 @@ impl Link {
     /// The fd frames to the link leave by.
     fn tx_fd(&self) -> Option<BorrowedFd<'_>> {
         match self {
-            Link::Tap(TapLink { queues, tx_extra })
+            Link::Tap(TapLink {
+                queues, tx_extra, ..
+            })
             | Link::Packet(PacketLink {
                 sockets: queues,
                 tx_extra,
@@ -276,7 +309,8 @@ impl Link {
     }
 
     /// Receives from queue `q` into the slots `batch` names (ascending), filling `lens` with
-    /// what each got. A TAP or TUN gives one frame per `readv`; a packet socket as many as one
+    /// what each got. A TAP or TUN gives one frame per `readv` (a TAP on io_uring: as many as
+    /// one `io_uring_enter` of `batch.len()` reads brings); a packet socket as many as one
     /// `recvmmsg` brings (which tells a cut frame), or as many as wait in its ring.
     pub fn recv(
         &mut self,
@@ -290,6 +324,9 @@ impl Link {
                 let (Some(fd), Some(&first)) = (t.queues.get(q), batch.first()) else {
                     return RxOutcome::NoQueue;
                 };
+                if let Some(u) = &mut t.uring {
+                    return recv_uring(u, fd.as_fd(), pool, batch, lens);
+                }
                 let s = pool.get_mut(first);
                 RxOutcome::from_io(read_frame(fd.as_fd(), &mut s.vnet, &mut s.buf).map(|f| {
                     lens[0] = f;
@@ -333,6 +370,10 @@ impl Link {
             Link::Tap(_) | Link::Packet(_) | Link::Tun(_) => {}
         }
         let batched = matches!(self, Link::Packet(_)) && !segment;
+        let ring = match self {
+            Link::Tap(TapLink { uring: Some(u), .. }) if !segment => Some(Arc::clone(&u.ring)),
+            _ => None,
+        };
         match self.tx_fd() {
             None => {
                 for &i in batch.iter() {
@@ -342,6 +383,11 @@ impl Link {
                 batch.clear();
             }
             Some(fd) if batched => send_mmsg(fd, pool, batch, tx),
+            Some(fd) if ring.is_some() => {
+                if let Some(ring) = ring {
+                    send_uring(&mut lock(&ring), fd, pool, batch, tx);
+                }
+            }
             Some(fd) => {
                 for &i in batch.iter() {
                     let sent =
@@ -391,6 +437,123 @@ impl PacketLink {
             r => RxOutcome::from_io(r),
         }
     }
+}
+
+/// Reads up to `batch.len()` frames (at most [`RING_ENTRIES`]) from TAP queue `fd` into the
+/// slots of `batch` with one `io_uring_enter`, and moves the frames that came to the front of
+/// the batch: a read that found nothing (`-EAGAIN`) leaves a gap a later read may have filled
+/// (its slot's buffer is swapped forward, not copied). Each read is judged as `read_frame`
+/// judges a `readv` (cut or short frames are `Oversize`/`Malformed`, dropped and counted by
+/// the caller); a read that failed otherwise makes the link `Dead` once no frame came before
+/// it. Adjusts the window of the next receive.
+fn recv_uring(
+    u: &mut UringIo,
+    fd: BorrowedFd<'_>,
+    pool: &mut SlotPool,
+    batch: &[u32],
+    lens: &mut [RxFrame; MMSG_BATCH],
+) -> RxOutcome {
+    let want = batch.len().min(RING_ENTRIES).min(MMSG_BATCH);
+    let mut slots: [Option<&mut Slot>; RING_ENTRIES] = std::array::from_fn(|_| None);
+    for (dst, s) in slots.iter_mut().zip(pool.many_mut(&batch[..want])) {
+        *dst = Some(s);
+    }
+    let mut res = [0i32; RING_ENTRIES];
+    let bufs = slots
+        .iter_mut()
+        .flatten()
+        .map(|s| (&mut s.vnet, &mut s.buf[..]));
+    let submitted = lock(&u.ring).read_batch(fd, bufs, &mut res[..want]);
+    let (n, failed) = gather_reads(&res[..submitted], &mut slots, lens);
+    // Every read found a frame: more may be waiting. Else one more than came, next time.
+    u.window = if n == submitted && n > 0 {
+        (n * 2).min(RING_ENTRIES)
+    } else {
+        (n + 1).min(RING_ENTRIES)
+    };
+    match (n, failed) {
+        (0, Some(e)) => RxOutcome::Dead(e),
+        (0, None) => RxOutcome::Empty,
+        (n, _) => RxOutcome::Frames(n),
+    }
+}
+
+/// Judges the results `res` of reads into `slots` (in order), as `read_frame` judges a
+/// `readv`, and moves the frames to the front: a read that found nothing (`-EAGAIN`) leaves a
+/// gap, which the next frame's slot fills by swapping buffers with it (no copy). Fills `lens`
+/// with the frames' lengths; returns how many came and the first error other than `EAGAIN`.
+fn gather_reads(
+    res: &[i32],
+    slots: &mut [Option<&mut Slot>],
+    lens: &mut [RxFrame; MMSG_BATCH],
+) -> (usize, Option<io::Error>) {
+    let mut n = 0;
+    let mut failed = None;
+    for (i, &r) in res.iter().enumerate().take(slots.len().min(MMSG_BATCH)) {
+        let buf_len = slots[i].as_ref().map_or(0, |s| s.buf.len());
+        let frame = match usize::try_from(r) {
+            Ok(read) => tap_rx_len(read, buf_len),
+            Err(_) if r == -libc::EAGAIN => continue,
+            Err(_) => {
+                failed.get_or_insert_with(|| io::Error::from_raw_os_error(r.saturating_neg()));
+                continue;
+            }
+        };
+        if i != n {
+            let (front, back) = slots.split_at_mut(i);
+            if let (Some(to), Some(from)) = (front[n].as_deref_mut(), back[0].as_deref_mut()) {
+                std::mem::swap(&mut to.vnet, &mut from.vnet);
+                std::mem::swap(&mut to.buf, &mut from.buf);
+            }
+        }
+        lens[n] = frame;
+        n += 1;
+    }
+    (n, failed)
+}
+
+/// Writes the frames of `batch` to TAP queue `fd` through `ring`, [`RING_ENTRIES`] per
+/// `io_uring_enter` (each enter counted as one send call), and counts each frame as a
+/// `writev` of it would be: sent, or dropped as `tx_error` (a full queue, a device gone, a
+/// short write). A GSO frame the device refuses (EINVAL) goes again through `send_frame`,
+/// which segments it. Returns every slot to `pool`.
+fn send_uring(
+    ring: &mut TapRing,
+    fd: BorrowedFd<'_>,
+    pool: &mut SlotPool,
+    batch: &mut Vec<u32>,
+    tx: &mut TxCtx<'_>,
+) {
+    let (counters, w) = (tx.counters, tx.worker);
+    let mut res = [0i32; RING_ENTRIES];
+    for chunk in batch.chunks(RING_ENTRIES) {
+        let frames = chunk.iter().map(|&i| {
+            let s = pool.get(i);
+            (&s.vnet, &s.buf[s.start..s.end])
+        });
+        let submitted = ring.write_batch(fd, frames, &mut res);
+        if submitted > 0 {
+            counters.tx_call(w);
+        }
+        for (&i, &r) in chunk.iter().zip(&res[..submitted]) {
+            let s = pool.get(i);
+            let len = s.end - s.start;
+            if usize::try_from(r).ok() == Some(VNET_HDR_LEN + len) {
+                counters.tx(w, len);
+            } else if r == -libc::EINVAL && VnetHdr::parse(&s.vnet).is_gso() {
+                let write = |v: &[u8; VNET_HDR_LEN], f: &[u8]| write_frame(fd, v, f);
+                if let Err(reason) = send_frame(write, s, ethernet::HEADER_LEN, false, tx) {
+                    counters.dropped(w, reason);
+                }
+            } else {
+                counters.dropped(w, DropReason::TxError);
+            }
+        }
+    }
+    for &i in batch.iter() {
+        pool.put(i);
+    }
+    batch.clear();
 }
 
 /// A guest receive queue's backlog was full (`vhost::GuestRx`): the frame is dropped as
@@ -611,6 +774,64 @@ pub(super) mod mem {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The reads of one io_uring batch, judged and gathered: frames move to the front past the
+    /// reads that found nothing, each with its own buffer and header; a cut or short frame is
+    /// still a frame (dropped and counted by the worker); an error other than EAGAIN is kept.
+    #[test]
+    fn gather_reads_moves_frames_past_empty_reads() {
+        let eagain = -libc::EAGAIN;
+        let hdr = VNET_HDR_LEN as i32;
+        // (read results, frames expected (the index of the slot each came from, its length),
+        // error expected)
+        /// Read results, the frames expected and the error expected.
+        type Row<'a> = (&'a [i32], &'a [(u8, RxFrame)], Option<i32>);
+        let rows: [Row<'_>; 5] = [
+            (&[eagain, eagain], &[], None),
+            (
+                &[hdr + 60, hdr + 70],
+                &[(0, RxFrame::Whole(60)), (1, RxFrame::Whole(70))],
+                None,
+            ),
+            (
+                &[eagain, hdr + 60, eagain, hdr + 70],
+                &[(1, RxFrame::Whole(60)), (3, RxFrame::Whole(70))],
+                None,
+            ),
+            // Short (no whole header) and cut (fills the 100-byte buffer): frames to drop.
+            (
+                &[eagain, 3, hdr + 100],
+                &[(1, RxFrame::Malformed), (2, RxFrame::Oversize)],
+                None,
+            ),
+            (
+                &[hdr + 60, -libc::EBADFD, eagain],
+                &[(0, RxFrame::Whole(60))],
+                Some(libc::EBADFD),
+            ),
+        ];
+        for (res, want, err) in rows {
+            let mut pool = SlotPool::new(4);
+            let idx: Vec<u32> = (0..res.len()).map(|_| pool.take().unwrap()).collect();
+            let mut slots: Vec<Option<&mut Slot>> = Vec::new();
+            for (k, s) in pool.many_mut(&idx).enumerate() {
+                // Each slot's header and buffer say which slot they were read into.
+                s.vnet = [k as u8; VNET_HDR_LEN];
+                s.buf = vec![k as u8; 100].into_boxed_slice();
+                slots.push(Some(s));
+            }
+            let mut lens = [RxFrame::Malformed; MMSG_BATCH];
+            let (n, failed) = gather_reads(res, &mut slots, &mut lens);
+            assert_eq!(n, want.len(), "{res:?}");
+            assert_eq!(failed.and_then(|e| e.raw_os_error()), err, "{res:?}");
+            for (k, &(from, len)) in want.iter().enumerate() {
+                assert_eq!(lens[k], len, "{res:?}: frame {k}");
+                let s = slots[k].as_ref().unwrap();
+                assert_eq!(s.vnet, [from; VNET_HDR_LEN], "{res:?}: frame {k}'s header");
+                assert_eq!(s.buf[0], from, "{res:?}: frame {k}'s buffer");
+            }
+        }
+    }
 
     /// The kinds travel as the two booleans earlier builds sent, both ways.
     #[test]

@@ -35,6 +35,7 @@ use crate::control::Counters;
 use crate::stack::flow::{self, FlowStats, FlowTable};
 use crate::stack::{LinkCounters, Router};
 use crate::sys::shm::SharedU64s;
+use crate::sys::uring::TapRing;
 use crate::wire::MacAddr;
 
 use link::Link;
@@ -129,6 +130,65 @@ pub struct Dataplane {
     /// queue stops above all) go on rather than start again. At most `PARKED_MAX`, the
     /// oldest (lowest id) forgotten first.
     parked: std::collections::BTreeMap<u64, Arc<LinkCounters>>,
+    /// Each worker's io_uring, when TAP queues are read and written through one (`--tap-io
+    /// uring`); empty otherwise.
+    rings: Vec<Arc<std::sync::Mutex<TapRing>>>,
+}
+
+/// How the dataplane reads and writes TAP queues (`--tap-io`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TapIo {
+    /// io_uring where a restricted ring can be set up here, else `readv`/`writev`.
+    Auto,
+    /// A restricted io_uring per worker; refuse to start without one.
+    Uring,
+    /// One `readv`/`writev` per frame (the default: see `e2e/bench/README.md`, "Design
+    /// evaluations", 1).
+    #[default]
+    Readv,
+}
+
+/// Decides whether the dataplane uses io_uring for TAP queues (`true`) under `choice`, by
+/// setting up a restricted ring as the dataplane would: `Auto` falls back to `readv` (with
+/// one log line saying why), `Uring` fails when no ring can be had.
+pub fn resolve_tap_io(choice: TapIo) -> Result<bool, String> {
+    if choice == TapIo::Readv {
+        tracing::info!("TAP queues: readv/writev (--tap-io readv)");
+        return Ok(false);
+    }
+    let why_not = match TapRing::new() {
+        Ok(_) => None,
+        Err(e) => Some(match crate::sys::uring::disabled_sysctl() {
+            Some(v) if v != 0 => format!("kernel.io_uring_disabled is {v} ({e})"),
+            _ => format!("no restricted io_uring here: {e}"),
+        }),
+    };
+    let uring = decide_tap_io(choice, why_not.as_deref())?;
+    match (uring, why_not) {
+        (true, _) => {
+            tracing::info!("TAP queues: io_uring restricted to READV/WRITEV, one ring per worker")
+        }
+        (false, Some(why)) => tracing::info!("TAP queues: readv/writev ({why})"),
+        (false, None) => tracing::info!("TAP queues: readv/writev"),
+    }
+    Ok(uring)
+}
+
+/// The choice `choice` makes when a restricted ring could not be set up for the reason
+/// `why_not` (`None`: it could): io_uring or not, or the refusal of `--tap-io uring`.
+fn decide_tap_io(choice: TapIo, why_not: Option<&str>) -> Result<bool, String> {
+    match (choice, why_not) {
+        (TapIo::Readv, _) => Ok(false),
+        (_, None) => Ok(true),
+        (TapIo::Uring, Some(why)) => Err(format!("--tap-io uring: {why}")),
+        (TapIo::Auto, Some(_)) => Ok(false),
+    }
+}
+
+/// One restricted io_uring per worker, for [`Dataplane::start_with`]: made before the
+/// dataplane locks itself down (its seccomp filter forbids `io_uring_setup`).
+pub fn tap_rings(workers: usize) -> io::Result<Vec<TapRing>> {
+    (0..workers).map(|_| TapRing::new()).collect()
 }
 
 /// Counters of VM pods taken away that the dataplane keeps for their next handover.
@@ -142,12 +202,21 @@ impl Dataplane {
         uplink_mtu: u32,
         segment_gso: bool,
     ) -> io::Result<Self> {
-        Self::start_with(uplink_queues, gateway, uplink_mtu, segment_gso, true, None)
+        Self::start_with(
+            uplink_queues,
+            gateway,
+            uplink_mtu,
+            segment_gso,
+            true,
+            None,
+            Vec::new(),
+        )
     }
 
     /// [`start`](Self::start), with worker i publishing the pod it handles in slot i of
-    /// `in_flight`, and one service flow table shared by every worker unless `service_flows`
-    /// is false.
+    /// `in_flight`, one service flow table shared by every worker unless `service_flows` is
+    /// false, and TAP queues read and written through worker i's ring `rings[i]` (one per
+    /// worker, from [`tap_rings`]) unless `rings` is empty.
     pub fn start_with(
         uplink_queues: Vec<OwnedFd>,
         gateway: Ipv4Addr,
@@ -155,8 +224,19 @@ impl Dataplane {
         segment_gso: bool,
         service_flows: bool,
         in_flight: Option<Arc<SharedU64s>>,
+        rings: Vec<TapRing>,
     ) -> io::Result<Self> {
         let n = uplink_queues.len();
+        if !rings.is_empty() && rings.len() != n {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} io_uring rings for {n} workers", rings.len()),
+            ));
+        }
+        let rings = rings
+            .into_iter()
+            .map(|r| Arc::new(std::sync::Mutex::new(r)))
+            .collect();
         let uplink_counters = Arc::new(LinkCounters::new(n));
         let flows = service_flows.then(|| Arc::new(FlowTable::new(flow::DEFAULT_CAPACITY)));
         let mut workers = Vec::with_capacity(n);
@@ -203,6 +283,7 @@ impl Dataplane {
             names: HashMap::new(),
             vm_pods: std::collections::HashSet::new(),
             parked: std::collections::BTreeMap::new(),
+            rings,
         })
     }
 
@@ -270,11 +351,14 @@ impl Dataplane {
         }
         // Every worker's link first (mapping a ring can fail): nothing is sent to any worker
         // unless all of them can take the pod.
-        let links = per_worker
+        let mut links = per_worker
             .into_iter()
             .zip(extra)
             .map(|(rx, tx_extra)| Link::pod(spec.link, rx, tx_extra))
             .collect::<io::Result<Vec<_>>>()?;
+        for (link, ring) in links.iter_mut().zip(&self.rings) {
+            link.use_ring(Arc::clone(ring));
+        }
         self.attach_links(spec, links, None)
     }
 
@@ -413,5 +497,38 @@ impl Drop for Dataplane {
                 let _ = t.join();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--tap-io`: readv whatever the kernel offers; auto takes io_uring where a restricted
+    /// ring can be had, else readv; uring refuses to start without one, saying why.
+    #[test]
+    fn tap_io_choice_falls_back_or_refuses() {
+        let why = "kernel.io_uring_disabled is 2 (Operation not permitted)";
+        // (choice, why no ring (None: a ring could be set up), decision)
+        let rows: [(TapIo, Option<&str>, Result<bool, String>); 6] = [
+            (TapIo::Readv, None, Ok(false)),
+            (TapIo::Readv, Some(why), Ok(false)),
+            (TapIo::Auto, None, Ok(true)),
+            (TapIo::Auto, Some(why), Ok(false)),
+            (TapIo::Uring, None, Ok(true)),
+            (
+                TapIo::Uring,
+                Some(why),
+                Err(format!("--tap-io uring: {why}")),
+            ),
+        ];
+        for (choice, why_not, want) in rows {
+            assert_eq!(
+                decide_tap_io(choice, why_not),
+                want,
+                "{choice:?} {why_not:?}"
+            );
+        }
+        assert_eq!(TapIo::default(), TapIo::Readv);
     }
 }

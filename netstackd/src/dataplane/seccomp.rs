@@ -37,6 +37,9 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_sendto,
     libc::SYS_recvmmsg,
     libc::SYS_sendmmsg,
+    // TAP batches on the workers' rings (`--tap-io uring`), made and restricted to READV and
+    // WRITEV before the lock-down: never io_uring_setup or io_uring_register.
+    libc::SYS_io_uring_enter,
     libc::SYS_close,
     libc::SYS_fcntl,
     // waiting

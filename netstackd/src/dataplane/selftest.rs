@@ -15,8 +15,12 @@ use anyhow::Context;
 use nix::errno::Errno;
 use nix::unistd::Pid;
 
+use std::os::fd::{AsFd, OwnedFd};
+
 use super::child::{lock_down, DataplaneUser};
 use crate::sys::process;
+use crate::sys::uring::TapRing;
+use crate::sys::VNET_HDR_LEN;
 
 /// What the probe process knew before it locked down.
 pub struct Before {
@@ -27,6 +31,9 @@ pub struct Before {
     /// A memfd standing for a VM's guest memory (only the `guest-memory` probe makes one:
     /// the locked-down process cannot).
     pub guest_memory: Option<std::fs::File>,
+    /// A restricted io_uring and a pipe (read end, write end), made as the dataplane makes its
+    /// rings before the lock-down (only the `io-uring-*` probes that use a ring make one).
+    pub uring: Option<std::sync::Mutex<(TapRing, OwnedFd, OwnedFd)>>,
 }
 
 impl Before {
@@ -36,6 +43,7 @@ impl Before {
             parent: std::os::unix::process::parent_id() as i32,
             user,
             guest_memory: None,
+            uring: None,
         }
     }
 }
@@ -258,6 +266,52 @@ fn socket(_: &Before) -> Outcome {
     ))
 }
 
+fn uring_setup(_: &Before) -> Outcome {
+    io_outcome(TapRing::new())
+}
+
+/// The ring made before the lock-down, or why there is none.
+fn with_ring(
+    before: &Before,
+    f: impl FnOnce(&mut (TapRing, OwnedFd, OwnedFd)) -> Outcome,
+) -> Outcome {
+    match &before.uring {
+        Some(m) => f(&mut m.lock().unwrap_or_else(|p| p.into_inner())),
+        None => Outcome::Wrong("no ring".into()),
+    }
+}
+
+/// A frame written through the ring into the pipe and read back through it, as a worker's
+/// TAP batches go.
+fn uring_enter(before: &Before) -> Outcome {
+    with_ring(before, |(ring, rd, wr)| {
+        let (hdr, frame) = ([7u8; VNET_HDR_LEN], *b"frame");
+        let whole = i32::try_from(VNET_HDR_LEN + frame.len()).unwrap_or(i32::MAX);
+        let mut res = [0i32; 1];
+        ring.write_batch(wr.as_fd(), std::iter::once((&hdr, &frame[..])), &mut res);
+        if res[0] != whole {
+            return Outcome::Wrong(format!("write: {}", res[0]));
+        }
+        let (mut h, mut f) = ([0u8; VNET_HDR_LEN], [0u8; 16]);
+        ring.read_batch(rd.as_fd(), std::iter::once((&mut h, &mut f[..])), &mut res);
+        match res[0] {
+            r if r == whole && h == hdr && f[..frame.len()] == frame => Outcome::Allowed,
+            r => Outcome::Wrong(format!("read: {r}")),
+        }
+    })
+}
+
+fn uring_nop(before: &Before) -> Outcome {
+    with_ring(before, |(ring, _, _)| match ring.submit_nop() {
+        r if r < 0 => Outcome::Failed(Errno::from_raw(-r)),
+        r => Outcome::Wrong(format!("NOP completed with {r}")),
+    })
+}
+
+fn uring_register(before: &Before) -> Outcome {
+    with_ring(before, |(ring, _, _)| io_outcome(ring.try_register()))
+}
+
 fn getpgrp(_: &Before) -> Outcome {
     nix::unistd::getpgrp();
     Outcome::Allowed
@@ -399,6 +453,34 @@ pub static PROBES: &[Probe] = &[
         run: socket,
     },
     Probe {
+        name: "io-uring-setup",
+        what: "io_uring_setup (the rings are made before the lock-down)",
+        stage: Stage::Full,
+        expect: Expect::Killed,
+        run: uring_setup,
+    },
+    Probe {
+        name: "io-uring-enter",
+        what: "a WRITEV and a READV through a restricted ring made before the lock-down",
+        stage: Stage::Full,
+        expect: Expect::Allowed,
+        run: uring_enter,
+    },
+    Probe {
+        name: "io-uring-nop",
+        what: "a NOP through that ring (only READV and WRITEV are allowed on it)",
+        stage: Stage::Full,
+        expect: Expect::Errno(Errno::EACCES),
+        run: uring_nop,
+    },
+    Probe {
+        name: "io-uring-register",
+        what: "io_uring_register on that ring",
+        stage: Stage::Full,
+        expect: Expect::Killed,
+        run: uring_register,
+    },
+    Probe {
         name: "forbidden-syscall",
         what: "getpgrp, a call outside the allow-list",
         stage: Stage::Full,
@@ -424,6 +506,13 @@ pub fn run_probe(name: &str, user: DataplaneUser) -> anyhow::Result<()> {
         file.set_len(GUEST_MEMORY_BYTES)
             .context("sizing the guest-memory probe's memfd")?;
         before.guest_memory = Some(file);
+    }
+    if probe.name.starts_with("io-uring-") && probe.name != "io-uring-setup" {
+        let ring = TapRing::new().context("a restricted io_uring for the probe")?;
+        let (rd, wr) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+                .context("a pipe for the probe")?;
+        before.uring = Some(std::sync::Mutex::new((ring, rd, wr)));
     }
     match probe.stage {
         Stage::Privileges => process::become_user(user.uid, user.gid)

@@ -62,6 +62,8 @@ struct Inner {
     uplink_mtu: u32,
     segment_gso: bool,
     service_flows: bool,
+    /// TAP queues through io_uring (`--tap-io`, resolved).
+    tap_uring: bool,
     user: DataplaneUser,
     uplink: Vec<OwnedFd>,
     pods: BTreeMap<u64, (PodSpec, Vec<OwnedFd>)>,
@@ -281,6 +283,7 @@ impl Inner {
                 segment_gso: self.segment_gso,
                 service_flows_off: !self.service_flows,
                 in_flight: true,
+                tap_uring: self.tap_uring,
             };
             let deadline = INIT_DEADLINE + INIT_PER_WORKER * self.uplink.len() as u32;
             match ipc::exchange::<_, DpReply>(&ours, &init, &fds, deadline)?.0 {
@@ -333,6 +336,7 @@ impl DataplaneProcess {
         uplink_mtu: u32,
         segment_gso: bool,
         service_flows: bool,
+        tap_uring: bool,
         user: DataplaneUser,
     ) -> anyhow::Result<Self> {
         let workers = uplink.len();
@@ -343,6 +347,7 @@ impl DataplaneProcess {
             uplink_mtu,
             segment_gso,
             service_flows,
+            tap_uring,
             user,
             uplink,
             pods: BTreeMap::new(),
@@ -374,6 +379,15 @@ impl DataplaneProcess {
     /// Dataplane workers.
     pub fn workers(&self) -> usize {
         self.workers
+    }
+
+    /// How the dataplane reads and writes TAP queues: `uring` or `readv`.
+    pub fn tap_io(&self) -> &'static str {
+        if lock(&self.inner).tap_uring {
+            "uring"
+        } else {
+            "readv"
+        }
     }
 
     /// The dataplane child's pid, and how many times it was restarted.

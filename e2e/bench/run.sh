@@ -5,18 +5,19 @@
 # slirp4netns for pod-to-node (each as podman runs it, MTU 65520, and at MTU 1500), all in the
 # same run on this machine (what each row measures: e2e/bench/README.md). Every pod is a
 # network namespace made through the CNI call path (the plugin run with CNI_* variables, as
-# e2e/lib.sh does); traffic only flows between these
-# namespaces and the node (pod-to-node servers bind the pods' gateway, or loopback for pasta
-# and slirp4netns). Every run is bounded in time. Prints one table and writes the same as JSON
-# to target/bench/latest.json. Everything it creates is removed on exit, Ctrl-C or failure.
+# e2e/lib.sh does); traffic only flows between these namespaces and the node (pod-to-node
+# servers bind the pods' gateway; for pasta and slirp4netns netstackd's uplink address). Every
+# run is bounded in time. Prints one table and writes the same as JSON to
+# target/bench/latest.json. Everything it creates is removed on exit, Ctrl-C or failure.
 #
 #   e2e/bench/run.sh [--quick] [--duration S] [--runs N] [--pairs N] [--add-pods N] [--idle-pods N]
 #                    [--idle-seconds S] [--no-build] [--out FILE] [--netstackd-args "ARGS"] [--vm]
 #
 # As root, from the repository root. Default: 5-second runs, the headline rows (TCP, UDP, RTT)
+# and the goal rows (RTT with the other CPU busy, connection rate, pod pairs, CNI ADD latency)
 # 3 times (median and spread), 10 pod pairs at once, CNI ADD latency over 50 pods, RSS and
-# idle CPU with 200 idle pods (6-8 minutes). --quick: 1-second runs (the nsbench rows half a
-# second) once, 4 pairs, 10 pods.
+# idle CPU with 200 idle pods (13 minutes on a loaded 2-vCPU VM, 2.3 of them the goal rows'
+# repeats). --quick: 1-second runs (the nsbench rows half a second) once, 4 pairs, 10 pods.
 # --netstackd-args: extra netstackd options for the run, e.g. "--veth-rx ring".
 # --vm: then the VM rows too (e2e/bench/vm.sh: vhost-user against Kata's TAP, vm.json beside
 # the JSON), with the same duration.
@@ -40,7 +41,7 @@ while (($#)); do
     --out) OUT=$2; shift ;;
     --netstackd-args) EXTRA_ARGS=$2; shift ;;
     --vm) VM_ROWS=1 ;;
-    -h | --help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -67,7 +68,6 @@ BR_SUBNET=10.251.$X.0/24
 BR_GW=10.251.$X.1
 PASTA_ADDR=10.252.$X.2
 PASTA_GW=10.252.$X.1
-SLIRP_GW=10.0.2.2 # slirp4netns' default gateway, which it maps to the node's loopback
 FLOOR_IP_A=10.249.$X.1 # the floor's two pods: one /24, in their own namespaces only
 FLOOR_IP_B=10.249.$X.2
 FLOOR_PID=
@@ -358,13 +358,15 @@ else
   na floor "the floor forwarder did not connect its pods: $(tail -c 600 "$WORK/floor.err" | tr -s '\n ' ' ')"
 fi
 
-# pasta and slirp4netns: one pod each per variant, pod-to-node only (their gateway is the
-# node's loopback). Each as podman runs it by default (MTU 65520) and at MTU 1500.
+# pasta and slirp4netns: one pod each per variant, pod-to-node only. Each as podman runs it by
+# default (MTU 65520) and at MTU 1500. podman keeps the node's loopback out of their reach
+# (pasta --no-map-gw, slirp4netns --disable-host-loopback): the pods reach the node at one of
+# its addresses, here netstackd's uplink address, which they connect to from the node.
 NODE_PATHS=("${PATHS[@]}")
-declare -A NODE_DST=([tap]=$GATEWAY [veth]=$GATEWAY [bridge]=$BR_GW [pasta]=$PASTA_GW [pasta_1500]=$PASTA_GW
-  [slirp4netns]=$SLIRP_GW [slirp4netns_1500]=$SLIRP_GW)
-declare -A NODE_BIND=([tap]=$GATEWAY [veth]=$GATEWAY [bridge]=$BR_GW [pasta]=127.0.0.1 [pasta_1500]=127.0.0.1
-  [slirp4netns]=127.0.0.1 [slirp4netns_1500]=127.0.0.1)
+declare -A NODE_DST=([tap]=$GATEWAY [veth]=$GATEWAY [bridge]=$BR_GW [pasta]=$GATEWAY [pasta_1500]=$GATEWAY
+  [slirp4netns]=$GATEWAY [slirp4netns_1500]=$GATEWAY)
+declare -A NODE_BIND=([tap]=$GATEWAY [veth]=$GATEWAY [bridge]=$BR_GW [pasta]=$GATEWAY [pasta_1500]=$GATEWAY
+  [slirp4netns]=$GATEWAY [slirp4netns_1500]=$GATEWAY)
 declare -A NODE_NS=([tap]=$PFX-tap-a [veth]=$PFX-veth-a [bridge]=$PFX-bridge-a)
 ready_addr() { # NS ADDR: wait (5 s) until the pod has the address
   for _ in $(seq 1 100); do
@@ -373,9 +375,11 @@ ready_addr() { # NS ADDR: wait (5 s) until the pod has the address
   done
   return 1
 }
-# podman's default MTU for both is 65520; pasta's own options otherwise, with one TCP port
-# forwarded from the node into the pod as `podman run -p` asks for (the node->pod row: pasta
-# splices a connection to it from the node's loopback into the pod's loopback).
+# pasta: the options podman (4.4 and later) passes, `--config-net -t/-u/-T/-U ... --no-map-gw
+# --netns`, with one TCP port forwarded from the node into the pod as `podman run -p` asks for
+# (the node->pod row: pasta splices a connection to it from the node's loopback into the pod's
+# loopback), MTU 65520 (its default, podman's), and an address and gateway of the run's own
+# (podman lets pasta copy the node's: the same data path). Debian 12's podman 4.3 has no pasta.
 declare -A SPLICE=([pasta]=$SPLICE_PORT [pasta_1500]=$((SPLICE_PORT + 1)))
 for path in pasta pasta_1500; do
   command -v pasta >/dev/null || { na "$path" "not installed"; continue; }
@@ -383,7 +387,7 @@ for path in pasta pasta_1500; do
   [ "$path" = pasta_1500 ] && mtu=1500
   ip netns add "$ns" && echo "pasta $ns" >>"$WORK/pods" && ledger netns "$ns" && ip -n "$ns" link set lo up
   bg "$path" host pasta --config-net --netns "/run/netns/$ns" --runas 0 -f -q -a "$PASTA_ADDR" -n 24 \
-    -g "$PASTA_GW" -m "$mtu" -t "${SPLICE[$path]}" -u none -T none -U none
+    -g "$PASTA_GW" -m "$mtu" -t "${SPLICE[$path]}" -u none -T none -U none --no-map-gw
   if ready_addr "$ns" "$PASTA_ADDR"; then NODE_PATHS+=("$path") NODE_NS[$path]=$ns; echo "  $path: pod $PASTA_ADDR, MTU $mtu"
   else na "$path" "pasta did not configure the pod: $(grep -v syslog "$WORK/$path.err" | tail -c 300 | tr -s '\n' ' ')"; fi
 done
@@ -392,7 +396,11 @@ for path in slirp4netns slirp4netns_1500; do
   ns=$PFX-$path mtu=65520
   [ "$path" = slirp4netns_1500 ] && mtu=1500
   ip netns add "$ns" && echo "slirp4netns $ns" >>"$WORK/pods" && ledger netns "$ns" && ip -n "$ns" link set lo up
-  bg "$path" host slirp4netns --configure --mtu="$mtu" --netns-type=path "/run/netns/$ns" tap0
+  # podman 4.3's options (`ps` during `podman run --network slirp4netns`: --disable-host-loopback
+  # --mtu=65520 --enable-sandbox --enable-seccomp --enable-ipv6 -c -e 3 -r 4) but the sandbox:
+  # in a test here the pod's /run/netns mount (a shared mount) was gone once it started.
+  bg "$path" host slirp4netns --configure --mtu="$mtu" --disable-host-loopback --enable-seccomp --enable-ipv6 \
+    --netns-type=path "/run/netns/$ns" tap0
   if ready_addr "$ns" 10.0.2.100; then NODE_PATHS+=("$path") NODE_NS[$path]=$ns; echo "  $path: pod 10.0.2.100, MTU $mtu"
   else na "$path" "slirp4netns did not configure the pod: $(tail -c 300 "$WORK/$path.err" | tr -s '\n' ' ')"; fi
 done
@@ -528,30 +536,38 @@ crr() {
     "$(jq -r .p50_us <<<"$out")" "$(jq -r .p99_us <<<"$out")" "$(jq -r .errors <<<"$out")"
 }
 
-# pairs KIND: PAIRS more pod pairs of KIND, one iperf3 stream in each at once for DUR seconds:
-# the total and Jain's fairness index over the pairs' throughputs; then the pods are gone.
-pairs() {
-  local kind=$1 i spids=() cpids=() g gs=() ok=1
+# pairs_up KIND: PAIRS more pod pairs of KIND (pods KIND-mNa and KIND-mNb); fails, with a
+# note, when an ADD fails.
+pairs_up() {
+  local kind=$1 i
   for i in $(seq 1 "$PAIRS"); do
     pod_add "$kind" "$PFX-$kind-m${i}a" && IP[$kind-m${i}a]=$POD_IP &&
       pod_add "$kind" "$PFX-$kind-m${i}b" && IP[$kind-m${i}b]=$POD_IP ||
-      { note "$kind" "pairs: ADD of pair $i failed: $(head -c 200 <<<"$ADD_OUT")"; ok=0; break; }
+      { note "$kind" "pairs: ADD of pair $i failed: $(head -c 200 <<<"$ADD_OUT")"; return 1; }
   done
+}
+
+# pairs_run KIND: one iperf3 stream in each of KIND's pairs, all at once for DUR seconds: the
+# total and Jain's fairness index over the pairs' throughputs.
+pairs_run() {
+  local kind=$1 i spids=() cpids=() g gs=() ok=1
+  for i in $(seq 1 "$PAIRS"); do
+    bg "pair-s-$kind-$i" "$PFX-$kind-m${i}b" timeout -k 2 $((DUR + 20)) iperf3 -s -1 -B "${IP[$kind-m${i}b]}" -p "$((PORT + i))"
+    spids+=("$BG_PID")
+  done
+  for i in $(seq 1 "$PAIRS"); do wait_listen "$PFX-$kind-m${i}b" tcp "$((PORT + i))" || ok=0; done
   if ((ok)); then
     for i in $(seq 1 "$PAIRS"); do
-      bg "pair-s-$kind-$i" "$PFX-$kind-m${i}b" timeout -k 2 $((DUR + 20)) iperf3 -s -1 -B "${IP[$kind-m${i}b]}" -p "$((PORT + i))"
-      spids+=("$BG_PID")
+      bg "pair-c-$kind-$i" "$PFX-$kind-m${i}a" timeout -k 2 $((DUR + 15)) iperf3 -c "${IP[$kind-m${i}b]}" \
+        -p "$((PORT + i))" -t "$DUR" -J
+      cpids+=("$BG_PID")
     done
-    for i in $(seq 1 "$PAIRS"); do wait_listen "$PFX-$kind-m${i}b" tcp "$((PORT + i))" || ok=0; done
-    if ((ok)); then
-      for i in $(seq 1 "$PAIRS"); do
-        bg "pair-c-$kind-$i" "$PFX-$kind-m${i}a" timeout -k 2 $((DUR + 15)) iperf3 -c "${IP[$kind-m${i}b]}" \
-          -p "$((PORT + i))" -t "$DUR" -J
-        cpids+=("$BG_PID")
-      done
-      for i in "${cpids[@]}"; do reap "$i"; done
-    fi
-    for i in "${spids[@]}"; do reap "$i"; done
+    for i in "${cpids[@]}"; do reap "$i"; done
+  else
+    note "$kind" "pairs: an iperf3 server did not start"
+  fi
+  for i in "${spids[@]}"; do reap "$i"; done
+  if ((ok)); then
     for i in $(seq 1 "$PAIRS"); do
       g=$(jq -r '.end.sum_received.bits_per_second // empty' "$WORK/pair-c-$kind-$i.out" 2>/dev/null)
       [ -n "$g" ] || { note "$kind" "pairs: pair $i measured nothing"; ok=0; break; }
@@ -559,15 +575,19 @@ pairs() {
     done
   fi
   PORT=$((PORT + PAIRS))
-  if ((ok)); then
-    res "$kind" pairs_total_gbps "$(printf '%s\n' "${gs[@]}" | awk '{ s += $1 } END { printf "%.6g", s }')"
-    res "$kind" pairs_jain "$(printf '%s\n' "${gs[@]}" | awk '{ s += $1; q += $1 * $1 } END { printf "%.6g", q ? s * s / (NR * q) : 0 }')"
-    res "$kind" _pairs_min_gbps "$(printf '%s\n' "${gs[@]}" | sort -g | head -1)"
-    res "$kind" _pairs_max_gbps "$(printf '%s\n' "${gs[@]}" | sort -g | tail -1)"
-    printf '  %-12s %d pairs: %s Gbit/s in all, Jain %s (each: %s)\n' "$kind" "$PAIRS" \
-      "$(printf '%s\n' "${gs[@]}" | awk '{ s += $1 } END { printf "%.2f", s }')" \
-      "$(printf '%s\n' "${gs[@]}" | awk '{ s += $1; q += $1 * $1 } END { printf "%.3f", s * s / (NR * q) }')" "$(echo "${gs[@]}" | xargs printf '%.2f ')"
-  fi
+  ((ok)) || return 1
+  res "$kind" pairs_total_gbps "$(printf '%s\n' "${gs[@]}" | awk '{ s += $1 } END { printf "%.6g", s }')"
+  res "$kind" pairs_jain "$(printf '%s\n' "${gs[@]}" | awk '{ s += $1; q += $1 * $1 } END { printf "%.6g", q ? s * s / (NR * q) : 0 }')"
+  res "$kind" _pairs_min_gbps "$(printf '%s\n' "${gs[@]}" | sort -g | head -1)"
+  res "$kind" _pairs_max_gbps "$(printf '%s\n' "${gs[@]}" | sort -g | tail -1)"
+  printf '  %-12s %d pairs: %s Gbit/s in all, Jain %s (each: %s)\n' "$kind" "$PAIRS" \
+    "$(printf '%s\n' "${gs[@]}" | awk '{ s += $1 } END { printf "%.2f", s }')" \
+    "$(printf '%s\n' "${gs[@]}" | awk '{ s += $1; q += $1 * $1 } END { printf "%.3f", s * s / (NR * q) }')" "$(echo "${gs[@]}" | xargs printf '%.2f ')"
+}
+
+# pairs_down KIND: KIND's pairs are deleted.
+pairs_down() {
+  local kind=$1 i
   for i in $(seq 1 "$PAIRS"); do pod_del "$kind" "$PFX-$kind-m${i}a"; pod_del "$kind" "$PFX-$kind-m${i}b"; done
 }
 
@@ -583,12 +603,16 @@ else
   note all "udp64_half: no bridge UDP figure to take half of"
 fi
 
-log "bench: TCP 1-byte ping-pong RTT with the other CPU busy, $NS_DUR s each"
-for path in "${P2P_PATHS[@]}"; do
-  spin_start
-  rtt "$path" rtt_busy
-  kill -TERM "$SPIN_PID" 2>/dev/null # now, not when its timeout ends
-  reap "$SPIN_PID"
+# The goal rows below (RTT with the other CPU busy, connection rate, pod pairs, CNI ADD) run
+# RUNS times too, the paths taking turns within each run: report.py shows their median and spread.
+for run in $(seq 1 "$RUNS"); do
+  log "bench: run $run/$RUNS: TCP 1-byte ping-pong RTT with the other CPU busy, $NS_DUR s each"
+  for path in "${P2P_PATHS[@]}"; do
+    spin_start
+    rtt "$path" rtt_busy
+    kill -TERM "$SPIN_PID" 2>/dev/null # now, not when its timeout ends
+    reap "$SPIN_PID"
+  done
 done
 
 log "bench: node->pod TCP, 1 stream, $DUR s each (pasta: through its forwarded port)"
@@ -605,8 +629,10 @@ for path in "${NODE_PATHS[@]}"; do
   esac
 done
 
-log "bench: TCP connect/request/close rate, $NS_DUR s each"
-for path in "${P2P_PATHS[@]}"; do crr "$path"; done
+for run in $(seq 1 "$RUNS"); do
+  log "bench: run $run/$RUNS: TCP connect/request/close rate, $NS_DUR s each"
+  for path in "${P2P_PATHS[@]}"; do crr "$path"; done
+done
 
 if [ -n "$FLOOR_PID" ]; then # the floor's rows are done: its TAPs go with it
   kill -TERM "$FLOOR_PID" 2>/dev/null
@@ -614,8 +640,19 @@ if [ -n "$FLOOR_PID" ]; then # the floor's rows are done: its TAPs go with it
   FLOOR_PID=
 fi
 
-log "bench: $PAIRS pod pairs at once, one TCP stream each, $DUR s"
-for kind in tap bridge; do printf '%s\n' "${PATHS[@]}" | grep -qx "$kind" && pairs "$kind"; done
+# The pairs are made once and measured RUNS times, the kinds taking turns.
+PAIR_KINDS=()
+for kind in tap bridge; do
+  printf '%s\n' "${PATHS[@]}" | grep -qx "$kind" || continue
+  log "bench: $PAIRS pod pairs of $kind"
+  pairs_up "$kind" && PAIR_KINDS+=("$kind")
+done
+for run in $(seq 1 "$RUNS"); do
+  ((${#PAIR_KINDS[@]})) || break
+  log "bench: run $run/$RUNS: $PAIRS pod pairs at once, one TCP stream each, $DUR s"
+  for kind in "${PAIR_KINDS[@]}"; do pairs_run "$kind"; done
+done
+for kind in tap bridge; do pairs_down "$kind"; done
 
 # --- 4. CNI ADD latency, RSS and idle CPU with many pods --------------------------------------
 # add_more KIND FROM TO: pods FROM..TO of KIND, untimed.
@@ -633,39 +670,48 @@ del_many() {
   local kind=$1 n=$2 i
   for i in $(seq 1 "$n"); do pod_del "$kind" "$PFX-$kind-p$i"; done
 }
-add_latency() { # KIND: p50/p99 of the recorded ADD wall times
-  [ -s "$WORK/add-$1" ] || return 1
-  res "$1" cni_add_p50_ms "$(sort -n "$WORK/add-$1" | awk '{a[NR]=$1} END {r=int(NR*0.5+0.999999); print a[r<1?1:r]}')"
-  res "$1" cni_add_p99_ms "$(sort -n "$WORK/add-$1" | awk '{a[NR]=$1} END {r=int(NR*0.99+0.999999); print a[r<1?1:r]}')"
-  printf '  %-12s CNI ADD p50 %6.1f ms, p99 %6.1f ms over %d pods\n' "$1" \
-    "$(awk -F'\t' -v p="$1" '$1 == p && $2 == "cni_add_p50_ms" {print $3}' "$RESULTS")" \
-    "$(awk -F'\t' -v p="$1" '$1 == p && $2 == "cni_add_p99_ms" {print $3}' "$RESULTS")" "$(wc -l <"$WORK/add-$1")"
+add_latency() { # KIND RUN: p50/p99 of run RUN's ADD wall times (with 50 pods the p99 is the slowest)
+  local f=$WORK/add-$1-$2 p50 p99
+  [ -s "$f" ] || return 1
+  p50=$(sort -n "$f" | awk '{a[NR]=$1} END {r=int(NR*0.5+0.999999); print a[r<1?1:r]}')
+  p99=$(sort -n "$f" | awk '{a[NR]=$1} END {r=int(NR*0.99+0.999999); print a[r<1?1:r]}')
+  res "$1" cni_add_p50_ms "$p50"
+  res "$1" cni_add_p99_ms "$p99"
+  printf '  %-12s CNI ADD p50 %6.1f ms, p99 %6.1f ms over %d pods\n' "$1" "$p50" "$p99" "$(wc -l <"$f")"
 }
 
-log "bench: CNI ADD latency over $NADD pods; netstackd RSS and idle CPU with $NIDLE idle pods"
-# The kinds take turns, one pod each, so all see the same machine: the kernel's asynchronous
-# cleanup after earlier deletions (netns teardown, RCU) slows whichever ADDs come next.
+# CNI ADD latency, RUNS times: NADD pods of each kind, the kinds taking turns one pod each, so
+# all see the same machine (the kernel's asynchronous cleanup after earlier deletions, netns
+# teardown and RCU, slows whichever ADDs come next); then they are deleted, but for the last
+# run's TAP pods: the first of the idle pods.
 ADD_KINDS=()
 for kind in bridge veth tap; do printf '%s\n' "${PATHS[@]}" | grep -qx "$kind" && ADD_KINDS+=("$kind"); done
-sleep 1
-rss0=$(ns_rss_kib)
-att0=$(ctl status | jq -r .attachments)
 declare -A ADDED=()
-for i in $(seq 1 "$NADD"); do
+for run in $(seq 1 "$RUNS"); do
+  log "bench: run $run/$RUNS: CNI ADD latency over $NADD pods of each kind"
+  sleep 1
+  if ((run == RUNS)); then # the idle pods' RSS is counted from here
+    rss0=$(ns_rss_kib)
+    att0=$(ctl status | jq -r .attachments)
+  fi
+  ADDED=()
+  for i in $(seq 1 "$NADD"); do
+    for kind in "${ADD_KINDS[@]}"; do
+      [ "${ADDED[$kind]:-0}" = $((i - 1)) ] || continue # a kind whose ADD failed stops there
+      if pod_add "$kind" "$PFX-$kind-p$i"; then
+        echo "$ADD_MS" >>"$WORK/add-$kind-$run"
+        ADDED[$kind]=$i
+      else
+        note "$kind" "ADD of pod $i failed: $(head -c 200 <<<"$ADD_OUT")"
+      fi
+    done
+  done
   for kind in "${ADD_KINDS[@]}"; do
-    [ "${ADDED[$kind]:-0}" = $((i - 1)) ] || continue # a kind whose ADD failed stops there
-    if pod_add "$kind" "$PFX-$kind-p$i"; then
-      echo "$ADD_MS" >>"$WORK/add-$kind"
-      ADDED[$kind]=$i
-    else
-      note "$kind" "ADD of pod $i failed: $(head -c 200 <<<"$ADD_OUT")"
-    fi
+    [ "${ADDED[$kind]:-0}" = "$NADD" ] && add_latency "$kind" "$run"
+    [ "$kind" = tap ] && ((run == RUNS)) || del_many "$kind" "${ADDED[$kind]:-0}"
   done
 done
-for kind in "${ADD_KINDS[@]}"; do
-  [ "${ADDED[$kind]:-0}" = "$NADD" ] && add_latency "$kind"
-  [ "$kind" = tap ] || del_many "$kind" "${ADDED[$kind]:-0}"
-done
+log "bench: netstackd RSS and idle CPU with $NIDLE idle pods"
 # The rest of the idle TAP pods, untimed.
 if [ "${ADDED[tap]:-0}" = "$NADD" ] && add_more tap $((NADD + 1)) "$NIDLE"; then
   sleep 1

@@ -266,8 +266,8 @@ impl<'a> GsoFrame<'a> {
     /// sequence number of its first byte, FIN and PSH only on the last chunk and CWR only on
     /// the first, and in the TCP checksum field the pseudo-header sum over its own length
     /// (`NEEDS_CSUM`), so that the device segments it exactly as it would have segmented the
-    /// whole. A chunk of one segment or less is sent as a plain frame with that checksum left
-    /// partial.
+    /// whole. A chunk of one segment or less is a complete segment (full checksum, an all-zero
+    /// header), as [`Self::write_segment`] writes it.
     pub fn write_chunk<'o>(
         &self,
         index: usize,
@@ -291,26 +291,17 @@ impl<'a> GsoFrame<'a> {
         csum::fix_ip_header(seg, self.l3, self.v6, index * (per / self.mss));
         let last = index + 1 == count;
         tcp::fix_header(seg, l4, index * per, index == 0, last);
+        if end - start <= self.mss {
+            csum::fill_l4_checksum(seg, self.l3, self.v6, l4, Transport::Tcp);
+            return Ok((VnetHdr::default(), seg));
+        }
         csum::fill_pseudo_header_sum(seg, self.l3, self.v6, l4);
-        let gso_type = if end - start > self.mss {
-            if self.v6 {
-                GSO_TCPV6
-            } else {
-                GSO_TCPV4
-            }
-        } else {
-            GSO_NONE
-        };
         let vnet = VnetHdr {
             flags: crate::wire::vnet::FLAG_NEEDS_CSUM,
-            gso_type,
+            gso_type: if self.v6 { GSO_TCPV6 } else { GSO_TCPV4 },
             // Every length here is below 65536: a chunk is at most 65535 IP bytes.
             hdr_len: u16::try_from(self.header_len()).unwrap_or(u16::MAX),
-            gso_size: if gso_type == GSO_NONE {
-                0
-            } else {
-                u16::try_from(self.mss).unwrap_or(u16::MAX)
-            },
+            gso_size: u16::try_from(self.mss).unwrap_or(u16::MAX),
             csum_start: u16::try_from(l4).unwrap_or(u16::MAX),
             csum_offset: TCP_CSUM_OFFSET,
             num_buffers: 0,

@@ -57,6 +57,9 @@ pub struct DaemonConfig {
     pub dp_netns: PathBuf,
     /// veth-mode sockets receive through a TPACKET_V2 ring (`--veth-rx ring`), not recvmmsg.
     pub veth_rx_ring: bool,
+    /// BIG TCP for veth-mode pods: their GSO/GRO size in bytes (`--big-tcp-size` with
+    /// `--big-tcp`), 0 when off.
+    pub big_tcp_bytes: u32,
     /// The uid and gid the dataplane child runs as (`--dataplane-user`).
     pub dataplane_user: crate::dataplane::child::DataplaneUser,
     /// Where VM pods' vhost-user sockets are bound (`--vhost-dir`).
@@ -217,6 +220,7 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
         gateway,
         config.uplink_mtu,
         config.segment_gso,
+        config.big_tcp_bytes,
         config.service_flows,
         config.dataplane_user,
     )

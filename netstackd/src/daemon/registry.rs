@@ -679,6 +679,7 @@ impl Registry {
                 .to_owned(),
             ),
             vhost_dir: Some(self.config.vhost_dir.clone()),
+            big_tcp: (self.config.big_tcp_bytes != 0).then_some(self.config.big_tcp_bytes),
             attachments: self
                 .lock()
                 .values()

@@ -116,6 +116,7 @@ pub fn run(user: DataplaneUser) -> anyhow::Result<()> {
         gateway,
         uplink_mtu,
         segment_gso,
+        big_tcp_bytes,
         service_flows_off,
         in_flight,
     } = init
@@ -155,6 +156,7 @@ pub fn run(user: DataplaneUser) -> anyhow::Result<()> {
         gateway,
         uplink_mtu,
         segment_gso,
+        big_tcp_bytes,
         !service_flows_off,
         in_flight,
     )?;
@@ -270,6 +272,7 @@ fn start(
     gateway: Ipv4Addr,
     uplink_mtu: u32,
     segment_gso: bool,
+    big_tcp_bytes: u32,
     service_flows: bool,
     in_flight: Option<std::sync::Arc<crate::sys::shm::SharedU64s>>,
 ) -> anyhow::Result<Dataplane> {
@@ -281,6 +284,7 @@ fn start(
         gateway,
         uplink_mtu,
         segment_gso,
+        big_tcp_bytes,
         service_flows,
         in_flight,
     )

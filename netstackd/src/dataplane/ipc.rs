@@ -27,6 +27,9 @@ pub enum DpRequest {
         /// Segment every GSO super-frame in software before it leaves (`--gso segment`).
         #[serde(default)]
         segment_gso: bool,
+        /// Take BIG TCP frames of up to this many bytes from pods (`--big-tcp`); 0: off.
+        #[serde(default)]
+        big_tcp_bytes: u32,
         /// No service flow table (`--service-flows off`): every pod-to-pod packet is switched.
         #[serde(default)]
         service_flows_off: bool,

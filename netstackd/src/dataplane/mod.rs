@@ -142,17 +142,26 @@ impl Dataplane {
         uplink_mtu: u32,
         segment_gso: bool,
     ) -> io::Result<Self> {
-        Self::start_with(uplink_queues, gateway, uplink_mtu, segment_gso, true, None)
+        Self::start_with(
+            uplink_queues,
+            gateway,
+            uplink_mtu,
+            segment_gso,
+            0,
+            true,
+            None,
+        )
     }
 
     /// [`start`](Self::start), with worker i publishing the pod it handles in slot i of
     /// `in_flight`, and one service flow table shared by every worker unless `service_flows`
-    /// is false.
+    /// is false, and BIG TCP frames of up to `big_tcp_bytes` taken from pods unless it is 0.
     pub fn start_with(
         uplink_queues: Vec<OwnedFd>,
         gateway: Ipv4Addr,
         uplink_mtu: u32,
         segment_gso: bool,
+        big_tcp_bytes: u32,
         service_flows: bool,
         in_flight: Option<Arc<SharedU64s>>,
     ) -> io::Result<Self> {
@@ -181,6 +190,7 @@ impl Dataplane {
                 Arc::clone(&wakeups),
             )?
             .segment_gso(segment_gso)
+            .big_tcp(big_tcp_bytes as usize)
             .in_flight(InFlight {
                 slots: in_flight.clone(),
                 index,

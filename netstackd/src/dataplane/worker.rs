@@ -200,6 +200,22 @@ impl Worker {
         })
     }
 
+    /// Takes BIG TCP frames of up to `gso_max_bytes` (`--big-tcp`; 0: off): slots that
+    /// hold them (allocated as the pool grows, as ever), and a router that accepts them.
+    pub(super) fn big_tcp(mut self, gso_max_bytes: usize) -> Self {
+        if gso_max_bytes == 0 {
+            return self;
+        }
+        let mut pool = SlotPool::with_slot_len(
+            POOL_SLOTS_AT_START,
+            super::qdisc::big_tcp_slot_len(gso_max_bytes),
+        );
+        pool.set_limit(POOL_SLOTS);
+        self.pool = pool;
+        self.router = self.router.with_big_tcp(true);
+        self
+    }
+
     /// Segments every GSO super-frame in software before it leaves.
     pub(super) fn segment_gso(mut self, on: bool) -> Self {
         self.segment_gso = on;

@@ -61,6 +61,7 @@ struct Inner {
     gateway: Ipv4Addr,
     uplink_mtu: u32,
     segment_gso: bool,
+    big_tcp_bytes: u32,
     service_flows: bool,
     user: DataplaneUser,
     uplink: Vec<OwnedFd>,
@@ -279,6 +280,7 @@ impl Inner {
                 gateway: self.gateway,
                 uplink_mtu: self.uplink_mtu,
                 segment_gso: self.segment_gso,
+                big_tcp_bytes: self.big_tcp_bytes,
                 service_flows_off: !self.service_flows,
                 in_flight: true,
             };
@@ -326,12 +328,14 @@ impl Inner {
 
 impl DataplaneProcess {
     /// Starts the dataplane child, running as `user`, with one worker per uplink queue, and a
-    /// thread that restarts it whenever it dies (or when it could not start).
+    /// thread that restarts it whenever it dies (or when it could not start). BIG TCP frames
+    /// of up to `big_tcp_bytes` are taken from pods when it is not 0.
     pub fn start(
         uplink: Vec<OwnedFd>,
         gateway: Ipv4Addr,
         uplink_mtu: u32,
         segment_gso: bool,
+        big_tcp_bytes: u32,
         service_flows: bool,
         user: DataplaneUser,
     ) -> anyhow::Result<Self> {
@@ -342,6 +346,7 @@ impl DataplaneProcess {
             gateway,
             uplink_mtu,
             segment_gso,
+            big_tcp_bytes,
             service_flows,
             user,
             uplink,

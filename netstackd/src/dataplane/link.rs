@@ -512,18 +512,39 @@ fn send_chunks(
     Ok(())
 }
 
+/// Can a veth take this frame whole from a packet socket? Every frame but an IPv6 BIG TCP
+/// one: Linux 6.18 sends a frame from a packet socket (`SKB_GSO_DODGY`) through the GSO
+/// check, which strips the jumbo header of an IPv6 BIG TCP frame and leaves its payload
+/// length 0, and the receiving kernel then drops it as a header error (`Ip6InHdrErrors`;
+/// kernels that take payload length 0 without the jumbo header came after). IPv4 ones
+/// (total length 0) arrive whole.
+fn veth_takes_whole(s: &Slot) -> bool {
+    let frame = &s.buf[s.start..s.end];
+    frame.len() <= ethernet::HEADER_LEN + crate::wire::ipv4::MAX_LEN
+        || frame.get(12..14) != Some(&ethernet::ETHERTYPE_IPV6.to_be_bytes()[..])
+}
+
 /// Writes the frames of `batch` to packet socket `fd` with as few `sendmmsg` calls as it
 /// takes; a frame the kernel refuses goes again alone through `send_frame`, which counts why
-/// (or segments a GSO frame the socket cannot take). Returns every slot to `pool`.
+/// (or segments a GSO frame the socket cannot take), and so does an IPv6 BIG TCP frame
+/// (cut into 64 KiB GSO frames there: [`veth_takes_whole`]). Returns every slot to `pool`.
 fn send_mmsg(fd: BorrowedFd<'_>, pool: &mut SlotPool, batch: &mut Vec<u32>, tx: &mut TxCtx<'_>) {
     let (counters, w) = (tx.counters, tx.worker);
     let mut done = 0;
     while done < batch.len() {
-        let frames = batch[done..].iter().map(|&i| {
+        let whole = batch[done..]
+            .iter()
+            .take_while(|&&i| veth_takes_whole(pool.get(i)))
+            .count();
+        let frames = batch[done..done + whole].iter().map(|&i| {
             let s = pool.get(i);
             (&s.vnet, &s.buf[s.start..s.end])
         });
-        let sent = send_frames(fd, frames).unwrap_or(0);
+        let sent = if whole > 0 {
+            send_frames(fd, frames).unwrap_or(0)
+        } else {
+            0
+        };
         if sent > 0 {
             counters.tx_call(w);
         }
@@ -809,5 +830,17 @@ mod tests {
         }
         let c = counters.snapshot();
         assert_eq!((c.tx_big_tcp_chunked, c.tx_gso_segmented), (2, 4), "{c:?}");
+    }
+
+    /// A veth takes every frame whole from a packet socket but an IPv6 BIG TCP one.
+    #[test]
+    fn veth_takes_all_but_ipv6_big_tcp_frames_whole() {
+        let v4 = big_tcp_slot(150_000);
+        assert!(veth_takes_whole(&v4), "IPv4 BIG TCP");
+        let mut v6 = big_tcp_slot(150_000);
+        v6.buf[12..14].copy_from_slice(&ethernet::ETHERTYPE_IPV6.to_be_bytes());
+        assert!(!veth_takes_whole(&v6), "IPv6 BIG TCP");
+        v6.end = 14 + 65_535;
+        assert!(veth_takes_whole(&v6), "IPv6 of 64 KiB");
     }
 }

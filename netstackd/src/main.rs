@@ -166,7 +166,7 @@ struct Args {
     /// each new veth pod's eth0 and peer to --big-tcp-size, so TCP between veth pods moves
     /// super-frames larger than 64 KiB, forwarded whole; towards a TAP pod, a VM or the node
     /// they are cut into 64 KiB GSO frames. Each worker's frame buffers grow to that size
-    /// (allocated as used: up to 256 × 197 KiB = 49 MiB per worker at the default size,
+    /// (allocated as used: up to 256 × 192 KiB = 48 MiB per worker at the default size,
     /// against 16 MiB without). Not with --veth-rx ring.
     #[arg(long)]
     big_tcp: bool,

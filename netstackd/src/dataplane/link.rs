@@ -641,8 +641,14 @@ pub(super) mod mem {
                     break;
                 };
                 s.vnet = vnet;
-                s.buf[..frame.len()].copy_from_slice(&frame);
-                lens[n] = RxFrame::Whole(frame.len());
+                // As a packet socket: a frame longer than the slot is cut, and said so.
+                let fits = frame.len().min(s.buf.len());
+                s.buf[..fits].copy_from_slice(&frame[..fits]);
+                lens[n] = if fits < frame.len() {
+                    RxFrame::Oversize
+                } else {
+                    RxFrame::Whole(frame.len())
+                };
                 n += 1;
             }
             if n == 0 {

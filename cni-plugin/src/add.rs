@@ -149,6 +149,8 @@ enum LinkKind<'a> {
         peer: &'a str,
         /// netstackd's namespace for veth peers, when the plugin could open it.
         dp: Option<&'a File>,
+        /// BIG TCP: the GSO/GRO size both ends get, when netstackd runs with `--big-tcp`.
+        big_tcp: Option<u32>,
     },
     /// A VM pod's placeholder: a dummy (an ifb on a kernel without dummies) with the pod's
     /// MAC, addresses and routes, from which Kata's runtime reads what to give the guest. No
@@ -157,15 +159,44 @@ enum LinkKind<'a> {
 }
 
 /// Creates the veth pair `ifname` + `peer` in the calling thread's netns, the peer directly
-/// in `dp` when given. When that fails (an older kernel, a peer name already taken there),
-/// the reason is printed on stderr and the pair is made here instead: netstackd then moves
-/// the peer, as it did before netstack created it in place.
-fn create_veth(nl: &Netlink, ifname: &str, peer: &str, dp: Option<&File>) -> Result<(), CniError> {
+/// in `dp` when given, both ends with the GSO/GRO size `big_tcp` when given (BIG TCP).
+/// When the kernel refuses that size (before 5.19, which allows no more than 64 KiB), the
+/// reason is printed on stderr and the pair is made with the kernel's 64 KiB.
+fn create_veth(
+    nl: &Netlink,
+    ifname: &str,
+    peer: &str,
+    dp: Option<&File>,
+    big_tcp: Option<u32>,
+) -> Result<(), CniError> {
+    if let Some(size) = big_tcp {
+        match create_veth_placed(nl, ifname, peer, dp, Some(size)) {
+            Ok(()) => return Ok(()),
+            Err(e) => eprintln!(
+                "netstack: veth {ifname} with BIG TCP ({size}-byte GSO/GRO size): {e}; made \
+                 with 64 KiB instead"
+            ),
+        }
+    }
+    create_veth_placed(nl, ifname, peer, dp, None)
+}
+
+/// [`create_veth`] at one GSO/GRO size. When the peer cannot be made in `dp` (an older
+/// kernel, a peer name already taken there), the reason is printed on stderr and the pair
+/// is made here instead: netstackd then moves the peer, as it did before netstack created it
+/// in place.
+fn create_veth_placed(
+    nl: &Netlink,
+    ifname: &str,
+    peer: &str,
+    dp: Option<&File>,
+    gso: Option<u32>,
+) -> Result<(), CniError> {
     let setup = |e: netstack_core::netlink::NetlinkError| {
         CniError::Setup(format!("creating veth {ifname}: {e}"))
     };
     if let Some(dp) = dp {
-        match nl.add_veth_with_peer_in(ifname, peer, Some(dp.as_fd())) {
+        match nl.add_veth_sized(ifname, peer, Some(dp.as_fd()), gso) {
             Ok(()) => return Ok(()),
             Err(e) => eprintln!(
                 "netstack: creating veth {ifname} with its peer {peer} in netstackd's namespace: \
@@ -173,7 +204,7 @@ fn create_veth(nl: &Netlink, ifname: &str, peer: &str, dp: Option<&File>) -> Res
             ),
         }
     }
-    nl.add_veth(ifname, peer).map_err(setup)
+    nl.add_veth_sized(ifname, peer, None, gso).map_err(setup)
 }
 
 /// Creates the pod's interface (a multi-queue TAP, or a veth pair whose peer stays down for
@@ -222,8 +253,8 @@ fn create_pod_link(
                     }
                 }
             }
-            LinkKind::Veth { peer, dp } => {
-                create_veth(&nl, &ifname, peer, *dp)?;
+            LinkKind::Veth { peer, dp, big_tcp } => {
+                create_veth(&nl, &ifname, peer, *dp, *big_tcp)?;
                 match nl.link_index(&ifname) {
                     Ok(Some(index)) => (Vec::new(), index),
                     Ok(None) => {
@@ -409,6 +440,8 @@ struct Ready {
     /// In veth mode, netstackd's namespace for the peers, open (`None` when it could not be
     /// opened: the peer is then made beside the pod's end and moved by netstackd).
     dp: Option<File>,
+    /// In veth mode, the GSO/GRO size netstackd asks of veth pods (`--big-tcp`), if any.
+    big_tcp: Option<u32>,
 }
 
 /// Connects to netstackd and asks its status: the number of workers (one TAP queue each),
@@ -462,9 +495,17 @@ fn connect_ready(conf: &NetConf, mode: LinkMode) -> Result<Ready, CniError> {
                 None
             }
         };
-        return Ok(Ready { workers, dp });
+        return Ok(Ready {
+            workers,
+            dp,
+            big_tcp: status.big_tcp,
+        });
     }
-    Ok(Ready { workers, dp: None })
+    Ok(Ready {
+        workers,
+        dp: None,
+        big_tcp: None,
+    })
 }
 
 /// ADD with addresses chosen by the caller instead of an IPAM plugin (the netavark plugin,
@@ -506,6 +547,7 @@ fn attach_allocated(
         Some(peer) => LinkKind::Veth {
             peer,
             dp: ready.dp.as_ref(),
+            big_tcp: ready.big_tcp,
         },
     };
     let link = create_pod_link(netns, &env.ifname, kind, mac, mtu, &addrs, &routes)?;
@@ -749,9 +791,9 @@ mod tests {
         let not_a_netns = File::open("/dev/null").unwrap();
         let in_pod = run_in_netns(&pod.path, || {
             let nl = Netlink::new().unwrap();
-            create_veth(&nl, "e0", "nsvtest0", Some(&dp_file)).unwrap();
-            create_veth(&nl, "e1", "nsvtest1", Some(&not_a_netns)).unwrap();
-            create_veth(&nl, "e2", "nsvtest2", None).unwrap();
+            create_veth(&nl, "e0", "nsvtest0", Some(&dp_file), None).unwrap();
+            create_veth(&nl, "e1", "nsvtest1", Some(&not_a_netns), None).unwrap();
+            create_veth(&nl, "e2", "nsvtest2", None, None).unwrap();
             ["e0", "nsvtest0", "e1", "nsvtest1", "nsvtest2"]
                 .map(|n| nl.link_index(n).unwrap().is_some())
         })
@@ -763,6 +805,31 @@ mod tests {
         })
         .unwrap();
         assert_eq!(in_dp, [true, false]);
+    }
+
+    /// BIG TCP (netstackd `--big-tcp`): both ends get the size, IPv6 and IPv4; a size the
+    /// kernel refuses (as one before 5.19 refuses anything over 64 KiB) still makes the pair,
+    /// at 64 KiB.
+    #[test]
+    #[ignore = "needs root"]
+    fn big_tcp_sizes_both_ends_or_falls_back_to_64_kib() {
+        use netstack_core::netns::testing::NamedNetns;
+        let (pod, dp) = (NamedNetns::new(), NamedNetns::new());
+        let dp_file = File::open(&dp.path).unwrap();
+        let in_pod = run_in_netns(&pod.path, || {
+            let nl = Netlink::new().unwrap();
+            create_veth(&nl, "e0", "nsvtest0", Some(&dp_file), Some(196_608)).unwrap();
+            create_veth(&nl, "e1", "nsvtest1", Some(&dp_file), Some(1 << 20)).unwrap();
+            ["e0", "e1"].map(|n| nl.link_info(n).unwrap().unwrap().gso_sizes)
+        })
+        .unwrap();
+        assert_eq!(in_pod, [[196_608; 4], [65_536; 4]]);
+        let in_dp = run_in_netns(&dp.path, || {
+            let nl = Netlink::new().unwrap();
+            ["nsvtest0", "nsvtest1"].map(|n| nl.link_info(n).unwrap().unwrap().gso_sizes)
+        })
+        .unwrap();
+        assert_eq!(in_dp, [[196_608; 4], [65_536; 4]]);
     }
 
     #[test]

@@ -99,6 +99,9 @@ pub struct LinkInfo {
     pub noarp: bool,
     /// The interface alias (`IFLA_IFALIAS`), if one is set.
     pub alias: Option<String>,
+    /// The GSO and GRO sizes: `IFLA_GSO_MAX_SIZE`, `IFLA_GRO_MAX_SIZE`,
+    /// `IFLA_GSO_IPV4_MAX_SIZE`, `IFLA_GRO_IPV4_MAX_SIZE` (0 where the kernel reports none).
+    pub gso_sizes: [u32; 4],
 }
 
 /// What [`Netlink::configure_new_link`] sets; `None` leaves a field as it is.
@@ -116,6 +119,21 @@ pub struct LinkSettings {
 
 /// One route as [`Netlink::routes_v4`] reports it: (destination, gateway, output ifindex).
 pub type RouteEntry = (IpNet, Option<IpAddr>, Option<u32>);
+
+/// `msg` with the GSO and GRO sizes (both IPv6 and IPv4 ones) set to `n` bytes, when given.
+fn with_gso_sizes<T>(mut msg: LinkMessageBuilder<T>, n: Option<u32>) -> LinkMessageBuilder<T> {
+    if let Some(n) = n {
+        for attr in [
+            LinkAttribute::GsoMaxSize(n),
+            LinkAttribute::GroMaxSize(n),
+            LinkAttribute::GsoIpv4MaxSize(n),
+            LinkAttribute::GroIpv4MaxSize(n),
+        ] {
+            msg = msg.append_extra_attribute(attr);
+        }
+    }
+    msg
+}
 
 /// A synchronous rtnetlink client bound to the network namespace it was created in.
 ///
@@ -212,6 +230,7 @@ impl Netlink {
             link: None,
             noarp: msg.header.flags.contains(LinkFlags::Noarp),
             alias: None,
+            gso_sizes: [0; 4],
         };
         for attr in msg.attributes {
             match attr {
@@ -219,6 +238,10 @@ impl Netlink {
                 LinkAttribute::Mtu(mtu) => info.mtu = mtu,
                 LinkAttribute::Link(index) => info.link = Some(index),
                 LinkAttribute::IfAlias(alias) if !alias.is_empty() => info.alias = Some(alias),
+                LinkAttribute::GsoMaxSize(n) => info.gso_sizes[0] = n,
+                LinkAttribute::GroMaxSize(n) => info.gso_sizes[1] = n,
+                LinkAttribute::GsoIpv4MaxSize(n) => info.gso_sizes[2] = n,
+                LinkAttribute::GroIpv4MaxSize(n) => info.gso_sizes[3] = n,
                 LinkAttribute::LinkInfo(infos) => {
                     for i in infos {
                         if let nl_link::LinkInfo::Kind(kind) = i {
@@ -310,6 +333,17 @@ impl Netlink {
         Ok(())
     }
 
+    /// Sets the GSO size of link `index` (`name` naming it in errors), for IPv6 and IPv4
+    /// (`IFLA_GSO_MAX_SIZE`, `IFLA_GSO_IPV4_MAX_SIZE`; a kernel before 6.3 ignores the
+    /// second): the largest frame its TCP builds from then on.
+    pub fn set_gso_max_size(&self, index: u32, name: &str, bytes: u32) -> Result<(), NetlinkError> {
+        let msg = LinkUnspec::new_with_index(index)
+            .append_extra_attribute(LinkAttribute::GsoMaxSize(bytes))
+            .append_extra_attribute(LinkAttribute::GsoIpv4MaxSize(bytes))
+            .build();
+        self.set(msg, "setting the GSO size of link", name)
+    }
+
     /// Sets the transmit queue length of `name` (for a TAP: the ring of frames the kernel
     /// holds for netstackd to read, per queue).
     pub fn set_txqueuelen(&self, name: &str, len: u32) -> Result<(), NetlinkError> {
@@ -369,6 +403,21 @@ impl Netlink {
         peer: &str,
         peer_netns: Option<std::os::fd::BorrowedFd<'_>>,
     ) -> Result<(), NetlinkError> {
+        self.add_veth_sized(name, peer, peer_netns, None)
+    }
+
+    /// [`Self::add_veth_with_peer_in`], with both ends' GSO and GRO size set to `gso_max_bytes`
+    /// in the same request when given (BIG TCP): `IFLA_GSO_MAX_SIZE`, `IFLA_GRO_MAX_SIZE` and,
+    /// for IPv4, `IFLA_GSO_IPV4_MAX_SIZE` / `IFLA_GRO_IPV4_MAX_SIZE` (Linux 6.3 on; an older
+    /// kernel ignores the two it does not know, and one before 5.19 refuses a size over
+    /// 65536 with `EINVAL`).
+    pub fn add_veth_sized(
+        &self,
+        name: &str,
+        peer: &str,
+        peer_netns: Option<std::os::fd::BorrowedFd<'_>>,
+        gso_max_bytes: Option<u32>,
+    ) -> Result<(), NetlinkError> {
         use std::os::fd::AsRawFd;
         check_name(name)?;
         check_name(peer)?;
@@ -376,10 +425,11 @@ impl Netlink {
         if let Some(fd) = peer_netns {
             peer_msg = peer_msg.setns_by_fd(fd.as_raw_fd());
         }
+        let peer_msg = with_gso_sizes(peer_msg, gso_max_bytes);
         let msg = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
             .name(name.to_owned())
-            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg.build())))
-            .build();
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg.build())));
+        let msg = with_gso_sizes(msg, gso_max_bytes).build();
         self.runtime
             .block_on(self.handle.link().add(msg).execute())
             .map_err(request_err("creating veth pair", format!("{name}/{peer}")))
@@ -774,6 +824,36 @@ mod tests {
             Netlink::new().unwrap().link_index("w1").unwrap()
         });
         assert_eq!(gone.unwrap(), None, "the peer goes with its pod end");
+
+        // BIG TCP: both ends get the four sizes in the creating request; without, 64 KiB.
+        assert_eq!(w0.gso_sizes, [65536; 4]);
+        nl.add_veth_sized(
+            "b0",
+            "b1",
+            Some(std::os::fd::AsFd::as_fd(&fd)),
+            Some(196_608),
+        )
+        .unwrap();
+        let b1 = run_in_netns(&other.path, || {
+            Netlink::new().unwrap().link_info("b1").unwrap().unwrap()
+        })
+        .unwrap();
+        assert_eq!(nl.link_info("b0").unwrap().unwrap().gso_sizes, [196_608; 4]);
+        assert_eq!(b1.gso_sizes, [196_608; 4]);
+        // Lowered again (netstackd without --big-tcp, for a pod made with it): GSO only.
+        let b0 = nl.link_info("b0").unwrap().unwrap().index;
+        nl.set_gso_max_size(b0, "b0", 65536).unwrap();
+        assert_eq!(
+            nl.link_info("b0").unwrap().unwrap().gso_sizes,
+            [65536, 196_608, 65536, 196_608]
+        );
+        // Beyond the kernel's GSO_MAX_SIZE (512 KiB): refused, nothing made.
+        let err = nl
+            .add_veth_sized("b2", "b3", None, Some(1 << 20))
+            .unwrap_err();
+        assert_eq!(err.errno(), Some(Errno::EINVAL), "{err}");
+        assert_eq!(nl.link_index("b2").unwrap(), None);
+        assert!(nl.del_link("b0").unwrap());
 
         assert!(nl.del_link("d0").unwrap());
         assert!(!nl.del_link("d0").unwrap());

@@ -11,16 +11,20 @@
 #              `perf record -e cpu-clock -g` of the (last) dataplane during a 1-stream run
 #   big-tcp    a veth pair between two pods, 1 IPv6 stream at gso/gro_max_size 65536 and
 #              185000 (and whether a TAP takes 185000)
+#   big-tcp-veth  netstackd between two veth pods, without and with --big-tcp, taking turns
+#              (netstackd and the pods made anew for each): 1 IPv4 and 1 IPv6 stream pod->pod
+#              and 1 IPv4 stream pod->node (with --big-tcp: the frames cut into 64 KiB ones),
+#              Gbit/s, the dataplane's and the machine's CPU per Gbit, frames over 64 KiB
 #   tpacket-v3 a TPACKET_V3 receive ring with PACKET_VNET_HDR on a veth end (tpacket_v3.py):
 #              under a TCP stream (8 ms block timeout) and under pings (1 ms)
 # Every run is bounded in time; traffic only between the namespaces made here; everything made
 # is removed on exit. Results (TSV and a summary) go to target/bench/evals-PART.txt.
 #
-#   e2e/bench/evals.sh floor|netstackd|big-tcp|tpacket-v3 [--runs N] [--duration S] [--variants "V..."]
+#   e2e/bench/evals.sh floor|netstackd|big-tcp|big-tcp-veth|tpacket-v3 [--runs N] [--duration S] [--variants "V..."]
 #                      [--perf] [--no-build]
 #
 # As root, from the repository root; run it isolated (/tmp/iso.sh) when others test.
-# A variant is readv, uring, or either followed by -spinN (N µs, e.g. readv-spin50).
+# A floor variant is readv, uring, or either followed by -spinN (N µs, e.g. readv-spin50).
 set -uo pipefail
 
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -39,8 +43,8 @@ while (($#)); do
   esac
   shift
 done
-case $PART in -h | --help | help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
-case $PART in floor | netstackd | big-tcp | tpacket-v3) ;; *) echo "evals.sh: floor, netstackd, big-tcp or tpacket-v3 (see --help)" >&2; exit 2 ;; esac
+case $PART in -h | --help | help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
+case $PART in floor | netstackd | big-tcp | big-tcp-veth | tpacket-v3) ;; *) echo "evals.sh: floor, netstackd, big-tcp, big-tcp-veth or tpacket-v3 (see --help)" >&2; exit 2 ;; esac
 case $PART in
   floor) VARIANTS=${VARIANTS:-readv uring readv-spin50} ;;
   *) VARIANTS=${VARIANTS:-default} ;;
@@ -288,6 +292,57 @@ big_tcp_part() {
     cat "$tsv"; echo; summary "$tsv" 1; echo; echo "a TAP at gso_max_size 185000: $err"; } >"$OUT"
 }
 
+# --- big-tcp-veth: netstackd's veth mode without and with --big-tcp ----------------------------
+big_tcp_veth_part() {
+  local run v ip_a ip_b ip6_b dp g n0 n1 s0 s1 b0 b1 what dst tsv=$EV_WORK/big-veth.tsv
+  RUN_ID=$ID WORK=$EV_WORK/lib MODE=veth
+  . "$REPO/e2e/lib.sh"
+  LIB_LOADED=1
+  local cidr6=fd00:10:248:$X::/64
+  write_conflist
+  jq --arg v6 "$cidr6" '.plugins[0].ipam.ranges += [[{subnet: $v6}]]
+      | .plugins[0].ipam.routes += [{dst: "::/0"}]' "$CONFLIST" >"$WORK/dual.conflist"
+  CONFLIST=$WORK/dual.conflist
+  printf 'variant\tpath\tgbps\tdp_cpu_s_per_gbit\tmachine_cpu_s_per_gbit\tframes_over_64k_per_s\n' >"$tsv"
+  big() { ctl stats | jq '[.pods[].counters.rx_big_tcp_packets // 0] | add // 0'; }
+  for run in $(seq 1 "$RUNS"); do
+    for v in 64k big; do
+      start_netstackd --workers 2 --pod-cidr-v6 "$cidr6" $([ "$v" = big ] && echo --big-tcp) || exit 1
+      ip_a=$(add_pod "$P-a") && ip_b=$(add_pod "$P-b") || exit 1
+      ip6_b=$(jq -r '.ips[] | .address | select(contains(":"))' "$WORK/$P-b.result.json" | cut -d/ -f1)
+      dp=$(ctl status | jq -r .dataplane_pid)
+      ip netns exec "$P-a" ping -c 2 -i 0.2 -W 2 -q "$ip_b" >/dev/null || { echo "big-tcp-veth: no connectivity" >&2; exit 1; }
+      ip netns exec "$P-a" ping -c 1 -W 2 -q "$GATEWAY" >/dev/null
+      for what in v4 v6 node; do
+        case $what in v4) dst=$ip_b ;; v6) dst=$ip6_b ;; node) dst=$GATEWAY ;; esac
+        n0=$(ticks "$dp") s0=$(busy) b0=$(big)
+        if [ "$what" = node ]; then
+          # The node is the server: iperf3 in the host namespace (isolated: run under iso.sh).
+          PORT=$((PORT + 1))
+          timeout -k 2 $((DUR + 20)) iperf3 -s -1 -B "$dst" -p "$PORT" >/dev/null 2>&1 &
+          local spid=$!
+          PIDS+=("$spid")
+          for _ in $(seq 1 100); do ss -Hlnt "sport = :$PORT" | grep -q . && break; sleep 0.05; done
+          g=$(ip netns exec "$P-a" timeout -k 2 $((DUR + 15)) iperf3 -c "$dst" -p "$PORT" -t "$DUR" -J 2>&1 |
+            jq -r '.end.sum_received.bits_per_second / 1e9 // empty' 2>/dev/null)
+          wait "$spid" 2>/dev/null
+        else
+          g=$(iperf "$P-b" "$P-a" "$dst" 1)
+        fi
+        n1=$(ticks "$dp") s1=$(busy) b1=$(big)
+        [ -n "$g" ] || { echo "  $v $what: iperf3 failed" >&2; continue; }
+        printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$v" "$what" "$g" \
+          "$(calc "($n1 - $n0) / $HZ / ($g * $DUR)")" "$(calc "($s1 - $s0) / $HZ / ($g * $DUR)")" \
+          "$(calc "($b1 - $b0) / $DUR")" | tee -a "$tsv"
+      done
+      del_pod "$P-a"; del_pod "$P-b"
+      stop_netstackd
+    done
+  done
+  { echo "netstackd veth mode (2 workers), without and with --big-tcp (196608), taking turns, $RUNS runs of ${DUR}s, 1 stream each; load before/after: $LOAD0 / $(cut -d' ' -f1-3 /proc/loadavg)"
+    cat "$tsv"; echo; summary "$tsv" 2; } >"$OUT"
+}
+
 # --- tpacket-v3: what a V3 ring with the virtio-net header delivers --------------------------
 tpacket_v3_part() {
   local probe=$BENCH_DIR/tpacket_v3.py
@@ -319,6 +374,7 @@ case $PART in
   floor) floor_part ;;
   netstackd) netstackd_part ;;
   big-tcp) big_tcp_part ;;
+  big-tcp-veth) big_tcp_veth_part ;;
   tpacket-v3) tpacket_v3_part ;;
 esac
 echo

@@ -473,6 +473,10 @@ pub struct DaemonStatus {
     /// How veth-mode packet sockets receive: `mmsg` or `ring` (`--veth-rx`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub veth_rx: Option<String>,
+    /// BIG TCP for veth-mode pods (`--big-tcp`): the GSO/GRO size in bytes the plugin gives a
+    /// new veth pod's eth0 and its peer. Absent when off (and from daemons before it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub big_tcp: Option<u32>,
     /// Where VM pods' vhost-user sockets are bound (`--vhost-dir`; protocol 3 on).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vhost_dir: Option<PathBuf>,
@@ -516,6 +520,14 @@ pub struct Counters {
     /// whole (0 while GSO passes through end to end).
     #[serde(default)]
     pub tx_gso_segmented: u64,
+    /// BIG TCP frames received (GSO frames longer than 64 KiB, `--big-tcp`; a subset of
+    /// rx_gso_packets).
+    #[serde(default)]
+    pub rx_big_tcp_packets: u64,
+    /// BIG TCP frames for this link cut into GSO frames of at most 64 KiB, because the link
+    /// (a TAP, the uplink TUN, a VM) takes no larger.
+    #[serde(default)]
+    pub tx_big_tcp_chunked: u64,
     /// Frames waiting in the link's fifo queues right now.
     #[serde(default)]
     pub qdisc_depth: u64,

@@ -39,6 +39,17 @@ fn pseudo_header_sum(seg: &[u8], l3: usize, v6: bool, protocol: u8, l4_len: usiz
     checksum::sum(addrs, u32::from(protocol) + l4_len as u32)
 }
 
+/// Stores in the TCP checksum field of `seg` (TCP header at `l4`) the pseudo-header sum over
+/// its L4 length, folded and not complemented, as Linux leaves a `CHECKSUM_PARTIAL` field
+/// (`~tcp_v4_check(len, saddr, daddr, 0)`): what a device completing the checksum, or
+/// segmenting the frame, starts from.
+pub(super) fn fill_pseudo_header_sum(seg: &mut [u8], l3: usize, v6: bool, l4: usize) {
+    let field = l4 + usize::from(super::frame::TCP_CSUM_OFFSET);
+    let pseudo = pseudo_header_sum(seg, l3, v6, ipv4::PROTO_TCP, seg.len() - l4);
+    let c = !checksum::fold(pseudo);
+    seg[field..field + 2].copy_from_slice(&c.to_be_bytes());
+}
+
 /// Computes the TCP or UDP checksum of the segment in full (pseudo-header, header, payload)
 /// and stores it; a UDP checksum of 0 is stored as 0xffff (0 means "none" in UDP).
 pub(super) fn fill_l4_checksum(seg: &mut [u8], l3: usize, v6: bool, l4: usize, t: Transport) {
@@ -86,7 +97,7 @@ pub fn complete_checksum(
     if !vnet.needs_csum() {
         return Ok(());
     }
-    let ip = IpHeader::parse(frame, l3_offset)?;
+    let ip = IpHeader::parse(frame, l3_offset, false)?;
     let start = usize::from(vnet.csum_start);
     let field = start + usize::from(vnet.csum_offset);
     let l4_min = l3_offset + ip.header_len;

@@ -12,7 +12,7 @@ pub(super) const FLAG_CWR: u8 = 0x80;
 /// checksum is filled in afterwards.
 pub(super) fn fix_header(seg: &mut [u8], l4: usize, offset: usize, first: bool, last: bool) {
     let seq = u32::from_be_bytes([seg[l4 + 4], seg[l4 + 5], seg[l4 + 6], seg[l4 + 7]]);
-    // offset < 2^16 (a super-frame's payload), so the cast is exact.
+    // offset < 2^32 (a super-frame's payload, BIG TCP ones included), so the cast is exact.
     let seq = seq.wrapping_add(offset as u32);
     seg[l4 + 4..l4 + 8].copy_from_slice(&seq.to_be_bytes());
     let mut clear = 0;

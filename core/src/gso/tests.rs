@@ -31,6 +31,9 @@ struct Spec {
     mss: u16,
     seq: u32,
     id: u16,
+    /// A BIG TCP IPv6 frame gets the hop-by-hop jumbo header Linux inserts (else its TCP
+    /// header follows the IPv6 header directly).
+    jumbo_hbh: bool,
 }
 
 impl Default for Spec {
@@ -46,6 +49,7 @@ impl Default for Spec {
             mss: 1448,
             seq: 0x1000_0000,
             id: 0x1234,
+            jumbo_hbh: false,
         }
     }
 }
@@ -55,7 +59,9 @@ fn payload_byte(i: usize) -> u8 {
 }
 
 /// Builds the super-frame and its virtio-net header as a pod's kernel hands it to a TAP:
-/// `NEEDS_CSUM` with the pseudo-header sum in the checksum field, `hdr_len` set.
+/// `NEEDS_CSUM` with the pseudo-header sum in the checksum field, `hdr_len` set. An IP
+/// packet longer than 65535 bytes is a BIG TCP frame: IP length 0 (and, for IPv6 with
+/// `jumbo_hbh`, the jumbo header in front of TCP).
 fn build(s: &Spec) -> (VnetHdr, Vec<u8>) {
     let mut f = Vec::new();
     if s.l2 {
@@ -67,16 +73,27 @@ fn build(s: &Spec) -> (VnetHdr, Vec<u8>) {
     let l4_len = l4_hlen + s.payload_len;
     let proto = if s.udp { 17 } else { 6 };
     if s.v6 {
+        let hbh = s.jumbo_hbh && l4_len > 65535;
+        let stated = if l4_len > 65535 { 0 } else { l4_len as u16 };
         f.extend_from_slice(&[0x60, 0, 0, 0]);
-        f.extend_from_slice(&(l4_len as u16).to_be_bytes());
-        f.extend_from_slice(&[proto, 64]);
+        f.extend_from_slice(&stated.to_be_bytes());
+        f.extend_from_slice(&[if hbh { 0 } else { proto }, 64]);
         f.extend_from_slice(&[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
         f.extend_from_slice(&[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+        if hbh {
+            f.extend_from_slice(&[proto, 0, 0xc2, 4]);
+            f.extend_from_slice(&((l4_len + 8) as u32).to_be_bytes());
+        }
     } else {
         let ihl = 20 + s.ip_opts.len();
+        let stated = if ihl + l4_len > 65535 {
+            0
+        } else {
+            (ihl + l4_len) as u16
+        };
         f.push(0x40 | (ihl / 4) as u8);
         f.push(0);
-        f.extend_from_slice(&((ihl + l4_len) as u16).to_be_bytes());
+        f.extend_from_slice(&stated.to_be_bytes());
         f.extend_from_slice(&s.id.to_be_bytes());
         f.extend_from_slice(&[0x40, 0, 64, proto, 0, 0, 10, 244, 1, 5, 10, 244, 1, 6]);
         f.extend_from_slice(s.ip_opts);
@@ -941,4 +958,162 @@ fn wire_len_counts_the_headers_of_every_segment() {
         ..vnet
     };
     assert_eq!(wire_len(&lie, &frame, ETH_LEN), frame.len());
+}
+
+/// BIG TCP (`--big-tcp`): a TCP super-frame longer than 64 KiB, IP length 0, IPv4, IPv6, and
+/// IPv6 behind the jumbo header Linux 6.18 still inserts: segmented like any other (every
+/// segment a complete packet with its own length, no jumbo header, full checksums).
+#[test]
+fn big_tcp_frames_segment_like_any_other() {
+    for (v6, jumbo_hbh, what) in [
+        (false, false, "IPv4, total length 0"),
+        (true, false, "IPv6, payload length 0"),
+        (true, true, "IPv6 with the jumbo header"),
+    ] {
+        let s = Spec {
+            v6,
+            jumbo_hbh,
+            payload_len: 150_000,
+            ..Spec::default()
+        };
+        let segs = run(&s);
+        assert_eq!(segs.len(), 150_000usize.div_ceil(1448), "{what}");
+        let last = segs.last().unwrap();
+        assert_eq!(
+            last.seq,
+            0x1000_0000 + (segs.len() as u32 - 1) * 1448,
+            "{what}"
+        );
+        if !v6 {
+            assert_eq!(last.ip_id, Some(0x1234 + segs.len() as u16 - 1), "{what}");
+        } else {
+            assert!(segs.iter().all(|g| g.bytes[ETH_LEN + 6] == 6), "{what}");
+        }
+    }
+}
+
+/// The segments a BIG TCP frame stands for, and those of its chunks: identical, byte for
+/// byte (sequence numbers, IPv4 IDs, flags, checksums). Each chunk is a GSO frame of at most
+/// 65535 IP bytes with the pseudo-header sum over its own length in the checksum field.
+#[test]
+fn big_tcp_chunks_segment_into_the_same_segments() {
+    for (v6, jumbo_hbh, payload_len) in [
+        (false, false, 150_000),
+        (true, false, 150_000),
+        (true, true, 196_000),
+        (false, false, 3 * 65_000),
+        // Two full chunks of 45 segments and a last one of 1 byte: a complete segment.
+        (false, false, 2 * 45 * 1448 + 1),
+    ] {
+        let s = Spec {
+            v6,
+            jumbo_hbh,
+            payload_len,
+            flags: ACK | PSH | FIN | CWR,
+            tcp_opts: &TS_OPTS,
+            ..Spec::default()
+        };
+        let (vnet, frame) = build(&s);
+        let g = GsoFrame::parse(&vnet, &frame, ETH_LEN).unwrap();
+        assert!(g.is_big());
+        let mut whole = Vec::new();
+        let mut scratch = vec![0xa5; 1 << 17];
+        g.segment_each::<GsoError>(&mut scratch, |seg| {
+            whole.push(seg.to_vec());
+            Ok(())
+        })
+        .unwrap();
+        let mut pieces = Vec::new();
+        let mut chunk_buf = vec![0xa5; 1 << 17];
+        for i in 0..g.chunk_count() {
+            let (cv, chunk) = g.write_chunk(i, &mut chunk_buf).unwrap();
+            let ip_len = chunk.len() - ETH_LEN;
+            assert!(ip_len <= 65535, "chunk {i}: {ip_len} IP bytes");
+            if !cv.is_gso() {
+                // A chunk of at most one segment is one, complete: nothing left to do.
+                assert_eq!(cv, VnetHdr::default());
+                pieces.push(check(chunk, &s).bytes);
+                continue;
+            }
+            let l4 = usize::from(cv.csum_start);
+            assert_eq!(cv.csum_offset, 16);
+            assert!(cv.needs_csum());
+            // The field holds the pseudo-header sum: completing it gives the full checksum.
+            let completed = checksum::fold(checksum::sum(&chunk[l4..], 0));
+            let addrs = if v6 {
+                &chunk[ETH_LEN + 8..ETH_LEN + 40]
+            } else {
+                &chunk[ETH_LEN + 12..ETH_LEN + 20]
+            };
+            let mut zeroed = chunk[l4..].to_vec();
+            zeroed[16..18].fill(0);
+            let pseudo = checksum::sum(addrs, 6 + zeroed.len() as u32);
+            assert_eq!(completed, checksum::fold(checksum::sum(&zeroed, pseudo)));
+            let n = segment::<GsoError>(&cv, chunk, ETH_LEN, &mut scratch, |seg| {
+                pieces.push(seg.to_vec());
+                Ok(())
+            })
+            .unwrap();
+            assert!(n > 1);
+        }
+        assert_eq!(pieces.len(), whole.len(), "v6 {v6} hbh {jumbo_hbh}");
+        for (i, (a, b)) in pieces.iter().zip(&whole).enumerate() {
+            assert!(a == b, "segment {i} differs (v6 {v6} hbh {jumbo_hbh})");
+        }
+        assert!(g.write_chunk(g.chunk_count(), &mut chunk_buf).is_err());
+    }
+}
+
+/// A length of 0 means "the frame's length" only on a TCP GSO frame longer than 64 KiB:
+/// on a shorter one, on USO, on a jumbo header that lies, or for `complete_checksum`, it is
+/// an error (a counted drop), never a panic.
+#[test]
+fn fake_big_tcp_frames_are_errors() {
+    // IPv4 total length 0 on a 60 000-byte TCP frame.
+    let (vnet, mut frame) = build(&Spec {
+        payload_len: 60_000,
+        ..Spec::default()
+    });
+    frame[ETH_LEN + 2..ETH_LEN + 4].fill(0);
+    assert!(matches!(
+        GsoFrame::parse(&vnet, &frame, ETH_LEN),
+        Err(GsoError::BadIpLength { ip_len: 0, .. })
+    ));
+    // IPv6 payload length 0 on a 60 000-byte frame.
+    let (vnet, mut frame) = build(&Spec {
+        v6: true,
+        payload_len: 60_000,
+        ..Spec::default()
+    });
+    frame[ETH_LEN + 4..ETH_LEN + 6].fill(0);
+    assert!(GsoFrame::parse(&vnet, &frame, ETH_LEN).is_err());
+    // USO with total length 0 beyond 64 KiB.
+    let (vnet, frame) = build(&Spec {
+        udp: true,
+        mss: 1000,
+        payload_len: 100_000,
+        ..Spec::default()
+    });
+    assert!(matches!(
+        GsoFrame::parse(&vnet, &frame, ETH_LEN),
+        Err(GsoError::BadIpLength { ip_len: 0, .. })
+    ));
+    // A jumbo header whose length is not the frame's, or with another option.
+    for (at, value) in [(ETH_LEN + 47, 0x01u8), (ETH_LEN + 42, 0xc3)] {
+        let (vnet, mut frame) = build(&Spec {
+            v6: true,
+            jumbo_hbh: true,
+            payload_len: 100_000,
+            ..Spec::default()
+        });
+        frame[at] ^= value;
+        assert!(GsoFrame::parse(&vnet, &frame, ETH_LEN).is_err(), "{at}");
+    }
+    // A plain frame with a partial checksum and total length 0 beyond 64 KiB.
+    let (mut vnet, mut frame) = build(&Spec {
+        payload_len: 100_000,
+        ..Spec::default()
+    });
+    vnet.gso_type = GSO_NONE;
+    assert!(complete_checksum(&vnet, &mut frame, ETH_LEN).is_err());
 }

@@ -15,6 +15,9 @@ pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
 /// UDP.
 pub const PROTO_UDP: u8 = 17;
+/// The largest packet a total length can state; a longer one is a BIG TCP frame, whose
+/// total length is 0.
+pub const MAX_LEN: usize = 65535;
 
 /// A view of an IPv4 packet (its buffer may run past `total_len`: Ethernet padding).
 #[derive(Debug, Clone)]
@@ -29,8 +32,17 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     ///
     /// Bytes past `total_len` (Ethernet padding) are allowed; use [`Ipv4Packet::total_len`] to
     /// trim them. A BIG TCP super-frame (`tot_len` 0 beyond 64 KiB) is rejected as
-    /// `BadTotalLen`.
+    /// `BadTotalLen`: see [`Ipv4Packet::new_checked_big`].
     pub fn new_checked(buffer: T) -> Result<Self> {
+        Self::new_checked_big(buffer, false)
+    }
+
+    /// [`Ipv4Packet::new_checked`], but when `big_tcp` is true (the caller knows the frame
+    /// is a TCP GSO super-frame and the node allows BIG TCP) a total length of 0 on a
+    /// buffer of more than 65535 bytes means "the buffer's length", as Linux `iph_totlen`
+    /// reads it: a BIG TCP frame, which must also carry TCP and be no fragment. A length of
+    /// 0 anywhere else stays `BadTotalLen`.
+    pub fn new_checked_big(buffer: T, big_tcp: bool) -> Result<Self> {
         let b = buffer.as_ref();
         if b.len() < MIN_HEADER_LEN {
             return Err(WireError::Truncated);
@@ -49,10 +61,31 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
             return Err(WireError::BadChecksum);
         }
         let total = usize::from(u16::from_be_bytes([b[2], b[3]]));
+        if total == 0 && big_tcp && b.len() > MAX_LEN {
+            let fragment = u16::from_be_bytes([b[6], b[7]]) & 0x3fff != 0;
+            if b[9] != PROTO_TCP || fragment {
+                return Err(WireError::BadTotalLen);
+            }
+            return Ok(Ipv4Packet { buffer });
+        }
         if total > b.len() || total < hlen {
             return Err(WireError::BadTotalLen);
         }
         Ok(Ipv4Packet { buffer })
+    }
+
+    /// The packet's length in bytes: [`Ipv4Packet::total_len`], or for a BIG TCP frame
+    /// (total length 0 on a buffer of more than 65535 bytes) the buffer's length.
+    pub fn packet_len(&self) -> usize {
+        match self.total_len() {
+            0 if self.b().len() > MAX_LEN => self.b().len(),
+            n => usize::from(n),
+        }
+    }
+
+    /// Is this a BIG TCP frame (total length 0, longer than 65535 bytes)?
+    pub fn is_big(&self) -> bool {
+        self.total_len() == 0 && self.b().len() > MAX_LEN
     }
 
     /// Wraps `buffer` without checks: for buffers this process wrote or already checked.
@@ -132,9 +165,9 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
         &self.b()[..self.header_len()]
     }
 
-    /// The payload: from the end of the header to `total_len`.
+    /// The payload: from the end of the header to the packet's end ([`Self::packet_len`]).
     pub fn payload(&self) -> &[u8] {
-        &self.b()[self.header_len()..usize::from(self.total_len())]
+        &self.b()[self.header_len()..self.packet_len()]
     }
 
     /// Does the header checksum verify? (Always true after `new_checked`.)
@@ -182,9 +215,9 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
         b[10..12].copy_from_slice(&c.to_be_bytes());
     }
 
-    /// The payload (header end to `total_len`), writable.
+    /// The payload (header end to the packet's end), writable.
     pub fn payload_mut(&mut self) -> &mut [u8] {
-        let (start, end) = (self.header_len(), usize::from(self.total_len()));
+        let (start, end) = (self.header_len(), self.packet_len());
         &mut self.b_mut()[start..end]
     }
 
@@ -524,6 +557,46 @@ mod tests {
         assert_eq!(
             (ip.src_addr(), ip.dst_addr()),
             (Ipv4Addr::new(1, 2, 3, 4), Ipv4Addr::new(5, 6, 7, 8))
+        );
+    }
+
+    /// BIG TCP: total length 0 means "the buffer's length" only when the caller says the
+    /// frame is a TCP GSO frame with BIG TCP on, on a TCP packet longer than 65535 bytes that
+    /// is no fragment; every other length 0 is `BadTotalLen`.
+    #[test]
+    fn big_tcp_total_length_zero() {
+        let big = |len: usize, mutate: fn(&mut [u8])| {
+            let mut p = ECHO_REQUEST.to_vec();
+            p.resize(len, 0x5a);
+            p[2..4].fill(0);
+            p[9] = PROTO_TCP;
+            mutate(&mut p);
+            Ipv4Packet::new_unchecked(&mut p[..]).fill_checksum();
+            p
+        };
+        let p = big(70_000, |_| {});
+        let ip = Ipv4Packet::new_checked_big(&p[..], true).unwrap();
+        assert!(ip.is_big());
+        assert_eq!((ip.packet_len(), ip.payload().len()), (70_000, 69_980));
+        // (buffer length, mutation, big_tcp, what)
+        type Case = (usize, fn(&mut [u8]), bool, &'static str);
+        let refused: [Case; 6] = [
+            (70_000, |_| {}, false, "BIG TCP off"),
+            (65_535, |_| {}, true, "not longer than 64 KiB"),
+            (1_000, |_| {}, true, "a small packet"),
+            (70_000, |p| p[9] = PROTO_UDP, true, "UDP"),
+            (70_000, |p| p[6] |= 0x20, true, "more fragments"),
+            (70_000, |p| p[7] = 1, true, "a fragment offset"),
+        ];
+        for (len, mutate, on, what) in refused {
+            let p = big(len, mutate);
+            let got = Ipv4Packet::new_checked_big(&p[..], on).map(|_| ());
+            assert_eq!(got, Err(WireError::BadTotalLen), "{what}");
+        }
+        assert_eq!(
+            Ipv4Packet::new_checked(&p[..]).map(|_| ()),
+            Err(WireError::BadTotalLen),
+            "new_checked never takes one"
         );
     }
 }

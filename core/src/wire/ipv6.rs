@@ -21,6 +21,14 @@ pub const NEXT_UDP: u8 = 17;
 pub const NEXT_FRAGMENT: u8 = 44;
 /// Next header: ICMPv6.
 pub const NEXT_ICMPV6: u8 = 58;
+/// The largest payload the payload length can state; a BIG TCP frame's is longer (and its
+/// payload length 0).
+pub const MAX_PAYLOAD_LEN: usize = 65535;
+/// The hop-by-hop header Linux puts in front of a BIG TCP frame's TCP header: next header,
+/// length 0 (8 bytes), the jumbo payload option (type 0xc2, 4 bytes of length).
+pub const JUMBO_HBH_LEN: usize = 8;
+/// The jumbo payload option's type (RFC 2675).
+const OPT_JUMBO: u8 = 0xc2;
 /// The IPv6 minimum link MTU (RFC 8200 §5), also the largest ICMPv6 error (RFC 4443 §2.4).
 pub const MIN_MTU: usize = 1280;
 
@@ -33,9 +41,19 @@ pub struct Ipv6Packet<T: AsRef<[u8]>> {
 impl<T: AsRef<[u8]>> Ipv6Packet<T> {
     /// Wraps `buffer` after the checks of Linux `ipv6_rcv`: version 6, a whole fixed header,
     /// and a payload length that fits the buffer (bytes after it are padding, see
-    /// [`Ipv6Packet::total_len`]). A zero payload length (a jumbogram) is refused: nothing on
-    /// a pod link may carry one.
+    /// [`Ipv6Packet::total_len`]). A zero payload length on a packet longer than 64 KiB (a
+    /// jumbogram, or a BIG TCP frame) is refused: see [`Ipv6Packet::new_checked_big`].
     pub fn new_checked(buffer: T) -> Result<Self> {
+        Self::new_checked_big(buffer, false)
+    }
+
+    /// [`Ipv6Packet::new_checked`], but when `big_tcp` is true (the caller knows the frame is
+    /// a TCP GSO super-frame and the node allows BIG TCP) a payload length of 0 on a payload
+    /// of more than 65535 bytes means "the rest of the buffer": a BIG TCP frame, carrying TCP
+    /// either directly or behind the hop-by-hop jumbo option Linux inserts (RFC 2675: an
+    /// 8-byte header whose only option is the jumbo payload length, which must equal the
+    /// buffer's payload). A zero payload length anywhere else is refused, as it was.
+    pub fn new_checked_big(buffer: T, big_tcp: bool) -> Result<Self> {
         let b = buffer.as_ref();
         if b.len() < HEADER_LEN {
             return Err(WireError::Truncated);
@@ -44,6 +62,19 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
             return Err(WireError::BadVersion);
         }
         let payload = usize::from(u16::from_be_bytes([b[4], b[5]]));
+        if payload == 0 && b.len() - HEADER_LEN > MAX_PAYLOAD_LEN {
+            let big = big_tcp
+                && match b[6] {
+                    NEXT_TCP => true,
+                    NEXT_HOP_BY_HOP => jumbo_hbh_len(b) == Some(b.len() - HEADER_LEN),
+                    _ => false,
+                };
+            return if big {
+                Ok(Ipv6Packet { buffer })
+            } else {
+                Err(WireError::BadTotalLen)
+            };
+        }
         if HEADER_LEN + payload > b.len() {
             return Err(WireError::BadTotalLen);
         }
@@ -64,9 +95,29 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
         u16::from_be_bytes([b[4], b[5]])
     }
 
-    /// Header plus payload: where the packet ends in the buffer.
+    /// Header plus payload: where the packet ends in the buffer (for a BIG TCP frame, its
+    /// payload length 0 on more than 65535 bytes, the buffer's end).
     pub fn total_len(&self) -> usize {
+        if self.is_big() {
+            return self.buffer.as_ref().len();
+        }
         HEADER_LEN + usize::from(self.payload_len())
+    }
+
+    /// Is this a BIG TCP frame (payload length 0, payload longer than 65535 bytes)?
+    pub fn is_big(&self) -> bool {
+        self.payload_len() == 0 && self.buffer.as_ref().len() > HEADER_LEN + MAX_PAYLOAD_LEN
+    }
+
+    /// The transport protocol and where its header starts in the payload: the next header,
+    /// at 0, or behind a BIG TCP frame's hop-by-hop jumbo header (TCP at 8).
+    pub fn transport(&self) -> (u8, usize) {
+        let b = self.buffer.as_ref();
+        if self.is_big() && b[6] == NEXT_HOP_BY_HOP {
+            (b[HEADER_LEN], JUMBO_HBH_LEN)
+        } else {
+            (b[6], 0)
+        }
     }
 
     /// Next header (the first extension header or the transport protocol).
@@ -118,6 +169,16 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv6Packet<T> {
         let end = self.total_len();
         &mut self.buffer.as_mut()[HEADER_LEN..end]
     }
+}
+
+/// The jumbo payload length of the hop-by-hop header at 40 in `b`, when it is exactly the one
+/// Linux inserts for BIG TCP (TCP next, 8 bytes, only the jumbo option); else `None`.
+pub fn jumbo_hbh_len(b: &[u8]) -> Option<usize> {
+    let h = b.get(HEADER_LEN..HEADER_LEN + JUMBO_HBH_LEN)?;
+    if h[0] != NEXT_TCP || h[1] != 0 || h[2] != OPT_JUMBO || h[3] != 4 {
+        return None;
+    }
+    usize::try_from(u32::from_be_bytes([h[4], h[5], h[6], h[7]])).ok()
 }
 
 fn addr_at(b: &[u8], at: usize) -> Ipv6Addr {
@@ -278,5 +339,52 @@ mod tests {
         );
         assert!(is_link_local(&"fe80::1".parse().unwrap()));
         assert!(!is_link_local(&"fd00::1".parse().unwrap()));
+    }
+
+    /// BIG TCP: payload length 0 on a payload longer than 65535 bytes is taken only with
+    /// `big_tcp` and TCP, directly or behind an exact jumbo header; the length is then the
+    /// buffer's. Every other payload length 0 on such a buffer is `BadTotalLen`.
+    #[test]
+    fn big_tcp_payload_length_zero() {
+        let big = |hbh: Option<u32>, next: u8| {
+            let mut p = PACKET_BYTES[..40].to_vec();
+            p[4..6].fill(0);
+            p[6] = next;
+            if let Some(len) = hbh {
+                p.extend_from_slice(&[NEXT_TCP, 0, 0xc2, 4]);
+                p.extend_from_slice(&len.to_be_bytes());
+            }
+            p.resize(40 + 70_000, 0x5a);
+            p
+        };
+        let direct = big(None, NEXT_TCP);
+        let ip = Ipv6Packet::new_checked_big(&direct[..], true).unwrap();
+        assert_eq!((ip.total_len(), ip.transport()), (70_040, (NEXT_TCP, 0)));
+        let jumbo = big(Some(70_000), NEXT_HOP_BY_HOP);
+        let ip = Ipv6Packet::new_checked_big(&jumbo[..], true).unwrap();
+        assert_eq!((ip.total_len(), ip.transport()), (70_040, (NEXT_TCP, 8)));
+        let refused = [
+            (big(None, NEXT_TCP), false, "BIG TCP off"),
+            (big(None, NEXT_UDP), true, "UDP"),
+            (
+                big(Some(69_999), NEXT_HOP_BY_HOP),
+                true,
+                "a jumbo length that lies",
+            ),
+            (
+                big(None, NEXT_HOP_BY_HOP),
+                true,
+                "a hop-by-hop header that is no jumbo",
+            ),
+        ];
+        for (p, on, what) in refused {
+            let got = Ipv6Packet::new_checked_big(&p[..], on).map(|_| ());
+            assert_eq!(got, Err(WireError::BadTotalLen), "{what}");
+        }
+        // Not longer than 64 KiB: the old rules (an empty payload, padding after it).
+        let mut small = direct.clone();
+        small.truncate(40 + 65_535);
+        let ip = Ipv6Packet::new_checked_big(&small[..], true).unwrap();
+        assert_eq!(ip.total_len(), 40);
     }
 }

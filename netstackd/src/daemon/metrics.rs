@@ -201,6 +201,26 @@ pub fn render(s: &Snapshot<'_>) -> String {
     let segmented: u64 =
         s.uplink.tx_gso_segmented + s.pods.iter().map(|(_, c)| c.tx_gso_segmented).sum::<u64>();
     let _ = writeln!(out, "netstack_gso_segmented_frames_total {segmented}");
+    family(
+        &mut out,
+        "netstack_big_tcp_frames_total",
+        "counter",
+        "BIG TCP frames (GSO frames over 64 KiB, --big-tcp) received from pods.",
+    );
+    let big: u64 = s.pods.iter().map(|(_, c)| c.rx_big_tcp_packets).sum();
+    let _ = writeln!(out, "netstack_big_tcp_frames_total {big}");
+    family(
+        &mut out,
+        "netstack_big_tcp_chunked_frames_total",
+        "counter",
+        "BIG TCP frames cut into GSO frames of at most 64 KiB for an egress that takes no larger (a TAP, the uplink, a VM; IPv6 ones for a veth pod too).",
+    );
+    let chunked: u64 = s.uplink.tx_big_tcp_chunked
+        + s.pods
+            .iter()
+            .map(|(_, c)| c.tx_big_tcp_chunked)
+            .sum::<u64>();
+    let _ = writeln!(out, "netstack_big_tcp_chunked_frames_total {chunked}");
     let uplink: [(&str, &str, u64); 5] = [
         (
             "netstack_uplink_transmit_packets_total",
@@ -686,6 +706,8 @@ mod tests {
             rx_calls: 2,
             tx_calls: 4,
             vhost_queue_stops: 2,
+            rx_big_tcp_packets: 4,
+            tx_big_tcp_chunked: 1,
             ..Counters::default()
         };
         let uplink = Counters {
@@ -694,6 +716,7 @@ mod tests {
             tx_packets: 11,
             tx_bytes: 1100,
             rx_gso_packets: 6,
+            tx_big_tcp_chunked: 2,
             ..Counters::default()
         };
         let all = samples(&render_links(vec![(pod("a"), a)], uplink));
@@ -716,6 +739,8 @@ mod tests {
             ("netstack_uplink_receive_packets_total", 11.0),
             ("netstack_uplink_receive_bytes_total", 1100.0),
             ("netstack_uplink_transmit_gso_packets_total", 6.0),
+            ("netstack_big_tcp_frames_total", 4.0),
+            ("netstack_big_tcp_chunked_frames_total", 3.0),
         ] {
             assert_eq!(value_of(&all, name, None), want, "{name}");
         }

@@ -59,6 +59,9 @@ pub struct DaemonConfig {
     pub veth_rx_ring: bool,
     /// How TAP queues are read and written (`--tap-io`).
     pub tap_io: crate::dataplane::TapIo,
+    /// BIG TCP for veth-mode pods: their GSO/GRO size in bytes (`--big-tcp-size` with
+    /// `--big-tcp`), 0 when off.
+    pub big_tcp_bytes: u32,
     /// The uid and gid the dataplane child runs as (`--dataplane-user`).
     pub dataplane_user: crate::dataplane::child::DataplaneUser,
     /// Where VM pods' vhost-user sockets are bound (`--vhost-dir`).
@@ -239,12 +242,16 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
     let tap_uring =
         crate::dataplane::resolve_tap_io(config.tap_io).map_err(|e| anyhow::anyhow!(e))?;
     set_worker_slice(config.worker_slice);
+    let options = crate::dataplane::WorkerOptions {
+        segment_gso: config.segment_gso,
+        big_tcp_bytes: config.big_tcp_bytes,
+        service_flows: config.service_flows,
+    };
     let dataplane = DataplaneProcess::start(
         queues,
         gateway,
         config.uplink_mtu,
-        config.segment_gso,
-        config.service_flows,
+        options,
         tap_uring,
         config.dataplane_user,
     )

@@ -680,6 +680,7 @@ impl Registry {
             ),
             vhost_dir: Some(self.config.vhost_dir.clone()),
             tap_io: Some(self.dataplane.tap_io().to_owned()),
+            big_tcp: (self.config.big_tcp_bytes != 0).then_some(self.config.big_tcp_bytes),
             attachments: self
                 .lock()
                 .values()

@@ -239,6 +239,9 @@ fn in_netns<T: Send>(
     })?
 }
 
+/// The GSO size of a link without BIG TCP (the kernel's `GSO_LEGACY_MAX_SIZE`).
+pub const LEGACY_GSO_MAX_SIZE: u32 = 65536;
+
 /// Takes over the peer of a veth attachment: moves it from the pod netns into `dp` unless it
 /// is there already (the plugin creates it there; a restart finds it there), checks it is the
 /// peer of the pod's interface, configures it and opens `workers` packet sockets on it.
@@ -270,6 +273,12 @@ fn open_peer_of(
         let peer = peer.clone();
         in_netns(dp, move |nl| Ok(nl.link_info(&peer)?.is_some()))?
     };
+    // The largest frame the dataplane takes from a pod: a pod made under another setting
+    // (BIG TCP since turned off, or a larger --big-tcp-size) is brought down to it.
+    let gso_cap = match config.big_tcp_bytes {
+        0 => LEGACY_GSO_MAX_SIZE,
+        n => n,
+    };
     let pod_side = {
         let (peer, ifname) = (peer.clone(), key.ifname.clone());
         let key_name = key.to_string();
@@ -289,6 +298,15 @@ fn open_peer_of(
             let info = pod_side()?;
             // GSO types a packet socket cannot describe are segmented by the pod's kernel.
             disable_features(&ifname, GSO_WITHOUT_VNET_TYPE)?;
+            if info.gso_sizes[0] > gso_cap || info.gso_sizes[2] > gso_cap {
+                tracing::info!(
+                    pod = %key_name,
+                    from = info.gso_sizes[0].max(info.gso_sizes[2]),
+                    to = gso_cap,
+                    "lowering the pod's GSO size to what the dataplane takes (--big-tcp)"
+                );
+                nl.set_gso_max_size(info.index, &ifname, gso_cap)?;
+            }
             if in_place {
                 return Ok(info);
             }

@@ -116,6 +116,7 @@ pub fn run(user: DataplaneUser) -> anyhow::Result<()> {
         gateway,
         uplink_mtu,
         segment_gso,
+        big_tcp_bytes,
         service_flows_off,
         in_flight,
         tap_uring,
@@ -162,15 +163,12 @@ pub fn run(user: DataplaneUser) -> anyhow::Result<()> {
             "selftest: the dataplane survived: {outcome}"
         );
     }
-    let mut dataplane = start(
-        uplink,
-        gateway,
-        uplink_mtu,
+    let options = super::WorkerOptions {
         segment_gso,
-        !service_flows_off,
-        in_flight,
-        rings,
-    )?;
+        big_tcp_bytes,
+        service_flows: !service_flows_off,
+    };
+    let mut dataplane = start(uplink, gateway, uplink_mtu, options, in_flight, rings)?;
     if selftest == "thread-panic" {
         tracing::warn!("selftest: a dataplane thread panics");
         let _ = std::thread::Builder::new()
@@ -282,24 +280,15 @@ fn start(
     uplink: Vec<std::os::fd::OwnedFd>,
     gateway: Ipv4Addr,
     uplink_mtu: u32,
-    segment_gso: bool,
-    service_flows: bool,
+    options: super::WorkerOptions,
     in_flight: Option<std::sync::Arc<crate::sys::shm::SharedU64s>>,
     rings: Vec<crate::sys::uring::TapRing>,
 ) -> anyhow::Result<Dataplane> {
     if uplink.is_empty() {
         bail!("no uplink queue fds in the init message");
     }
-    Dataplane::start_with(
-        uplink,
-        gateway,
-        uplink_mtu,
-        segment_gso,
-        service_flows,
-        in_flight,
-        rings,
-    )
-    .context("starting the workers")
+    Dataplane::start_with(uplink, gateway, uplink_mtu, options, in_flight, rings)
+        .context("starting the workers")
 }
 
 /// Becomes `user` with no capability in any set, then no new privileges and the seccomp

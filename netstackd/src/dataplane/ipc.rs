@@ -27,6 +27,9 @@ pub enum DpRequest {
         /// Segment every GSO super-frame in software before it leaves (`--gso segment`).
         #[serde(default)]
         segment_gso: bool,
+        /// Take BIG TCP frames of up to this many bytes from pods (`--big-tcp`); 0: off.
+        #[serde(default)]
+        big_tcp_bytes: u32,
         /// No service flow table (`--service-flows off`): every pod-to-pod packet is switched.
         #[serde(default)]
         service_flows_off: bool,
@@ -193,6 +196,7 @@ mod tests {
             gateway: Ipv4Addr::new(10, 0, 0, 1),
             uplink_mtu: 1500,
             segment_gso: false,
+            big_tcp_bytes: 0,
             service_flows_off: false,
             in_flight: false,
             tap_uring: true,

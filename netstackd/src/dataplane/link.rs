@@ -593,6 +593,11 @@ impl From<crate::gso::GsoError> for DropReason {
 /// Writes one slot's frame, whose L3 header starts at `l3_offset` in it, with `write`: whole,
 /// or — when `segment` is on, or `write` refuses the GSO frame with EINVAL — as segments with
 /// full checksums and no virtio-net offload flags. Counts what went out on `tx.counters`.
+///
+/// A BIG TCP frame (an IP packet over 64 KiB, `--big-tcp`) is never written whole here: the
+/// links this serves (a TAP, the TUN, a guest, a packet socket that refused it) take no
+/// more than 64 KiB, so it is cut into GSO frames of at most 64 KiB ([`send_chunks`]), or
+/// segmented when `segment` is on.
 fn send_frame(
     mut write: impl FnMut(&[u8; VNET_HDR_LEN], &[u8]) -> io::Result<()>,
     slot: &Slot,
@@ -603,7 +608,12 @@ fn send_frame(
     let (counters, w) = (tx.counters, tx.worker);
     let frame = &slot.buf[slot.start..slot.end];
     let vnet = VnetHdr::parse(&slot.vnet);
-    if !(segment && vnet.is_gso()) {
+    let big = frame.len().saturating_sub(l3_offset) > crate::wire::ipv4::MAX_LEN;
+    if big && !segment {
+        let gso = GsoFrame::parse(&vnet, frame, l3_offset)?;
+        return send_chunks(write, &gso, l3_offset, tx);
+    }
+    if !(big || segment && vnet.is_gso()) {
         match write(&slot.vnet, frame) {
             Ok(()) => {
                 counters.tx_call(w);
@@ -626,18 +636,78 @@ fn send_frame(
     .map(|_| ())
 }
 
+/// Writes BIG TCP frame `gso` as GSO frames of at most 64 KiB with `write`
+/// ([`GsoFrame::write_chunk`], built in the first half of `tx.scratch`); a chunk that `write`
+/// refuses with EINVAL (a device without that GSO type, a guest buffer too small) goes as
+/// segments, built in the second half. Counts what went out on `tx.counters`.
+fn send_chunks(
+    mut write: impl FnMut(&[u8; VNET_HDR_LEN], &[u8]) -> io::Result<()>,
+    gso: &GsoFrame<'_>,
+    l3_offset: usize,
+    tx: &mut TxCtx<'_>,
+) -> Result<(), DropReason> {
+    let (counters, w) = (tx.counters, tx.worker);
+    counters.chunked(w);
+    let half = tx.scratch.len() / 2;
+    let (chunk_buf, seg_buf) = tx.scratch.split_at_mut(half);
+    for i in 0..gso.chunk_count() {
+        let (cv, chunk) = gso.write_chunk(i, chunk_buf)?;
+        let mut raw = [0u8; VNET_HDR_LEN];
+        cv.emit(&mut raw);
+        match write(&raw, chunk) {
+            Ok(()) => {
+                counters.tx_call(w);
+                counters.tx(w, chunk.len());
+            }
+            Err(e) if cv.is_gso() && e.raw_os_error() == Some(libc::EINVAL) => {
+                counters.segmented(w);
+                let plain = [0u8; VNET_HDR_LEN];
+                GsoFrame::parse(&cv, chunk, l3_offset)?.segment_each(seg_buf, |seg| {
+                    write(&plain, seg).map_err(|e| write_drop_reason(&e))?;
+                    counters.tx_call(w);
+                    counters.tx(w, seg.len());
+                    Ok::<(), DropReason>(())
+                })?;
+            }
+            Err(e) => return Err(write_drop_reason(&e)),
+        }
+    }
+    Ok(())
+}
+
+/// Can a veth take this frame whole from a packet socket? Every frame but an IPv6 BIG TCP
+/// one: Linux 6.18 sends a frame from a packet socket (`SKB_GSO_DODGY`) through the GSO
+/// check, which strips the jumbo header of an IPv6 BIG TCP frame and leaves its payload
+/// length 0, and the receiving kernel then drops it as a header error (`Ip6InHdrErrors`;
+/// kernels that take payload length 0 without the jumbo header came after). IPv4 ones
+/// (total length 0) arrive whole.
+fn veth_takes_whole(s: &Slot) -> bool {
+    let frame = &s.buf[s.start..s.end];
+    frame.len() <= ethernet::HEADER_LEN + crate::wire::ipv4::MAX_LEN
+        || frame.get(12..14) != Some(&ethernet::ETHERTYPE_IPV6.to_be_bytes()[..])
+}
+
 /// Writes the frames of `batch` to packet socket `fd` with as few `sendmmsg` calls as it
 /// takes; a frame the kernel refuses goes again alone through `send_frame`, which counts why
-/// (or segments a GSO frame the socket cannot take). Returns every slot to `pool`.
+/// (or segments a GSO frame the socket cannot take), and so does an IPv6 BIG TCP frame
+/// (cut into 64 KiB GSO frames there: [`veth_takes_whole`]). Returns every slot to `pool`.
 fn send_mmsg(fd: BorrowedFd<'_>, pool: &mut SlotPool, batch: &mut Vec<u32>, tx: &mut TxCtx<'_>) {
     let (counters, w) = (tx.counters, tx.worker);
     let mut done = 0;
     while done < batch.len() {
-        let frames = batch[done..].iter().map(|&i| {
+        let whole = batch[done..]
+            .iter()
+            .take_while(|&&i| veth_takes_whole(pool.get(i)))
+            .count();
+        let frames = batch[done..done + whole].iter().map(|&i| {
             let s = pool.get(i);
             (&s.vnet, &s.buf[s.start..s.end])
         });
-        let sent = send_frames(fd, frames).unwrap_or(0);
+        let sent = if whole > 0 {
+            send_frames(fd, frames).unwrap_or(0)
+        } else {
+            0
+        };
         if sent > 0 {
             counters.tx_call(w);
         }
@@ -734,8 +804,14 @@ pub(super) mod mem {
                     break;
                 };
                 s.vnet = vnet;
-                s.buf[..frame.len()].copy_from_slice(&frame);
-                lens[n] = RxFrame::Whole(frame.len());
+                // As a packet socket: a frame longer than the slot is cut, and said so.
+                let fits = frame.len().min(s.buf.len());
+                s.buf[..fits].copy_from_slice(&frame[..fits]);
+                lens[n] = if fits < frame.len() {
+                    RxFrame::Oversize
+                } else {
+                    RxFrame::Whole(frame.len())
+                };
                 n += 1;
             }
             if n == 0 {
@@ -887,5 +963,111 @@ mod tests {
         obj.remove("rx_ring");
         let oldest: crate::dataplane::PodSpec = serde_json::from_value(v).unwrap();
         assert_eq!(oldest.link, LinkKind::Tap);
+    }
+
+    /// A slot holding an IPv4 BIG TCP frame (total length 0) of `ip_len` IP bytes, as a veth
+    /// pod's kernel hands it over with `--big-tcp`.
+    fn big_tcp_slot(ip_len: usize) -> Slot {
+        let mut buf = vec![0u8; 14 + ip_len].into_boxed_slice();
+        buf[12..14].copy_from_slice(&[0x08, 0x00]);
+        crate::wire::ipv4::emit_header(
+            &mut buf[14..],
+            std::net::Ipv4Addr::new(10, 0, 0, 1),
+            std::net::Ipv4Addr::new(10, 0, 0, 2),
+            crate::wire::ipv4::PROTO_TCP,
+            64,
+            20,
+            9,
+        );
+        buf[16..18].fill(0);
+        crate::wire::Ipv4Packet::new_unchecked(&mut buf[14..34]).fill_checksum();
+        buf[34 + 12] = 5 << 4;
+        buf[34 + 13] = 0x18;
+        for (i, b) in buf[54..].iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        let mut vnet = [0u8; VNET_HDR_LEN];
+        VnetHdr {
+            flags: crate::wire::vnet::FLAG_NEEDS_CSUM,
+            gso_type: crate::wire::vnet::GSO_TCPV4,
+            hdr_len: 54,
+            gso_size: 1448,
+            csum_start: 34,
+            csum_offset: 16,
+            num_buffers: 0,
+        }
+        .emit(&mut vnet);
+        let end = buf.len();
+        Slot {
+            vnet,
+            buf,
+            start: 0,
+            end,
+        }
+    }
+
+    /// A BIG TCP frame to a link that takes 64 KiB at most goes as GSO frames of at most
+    /// 65535 IP bytes carrying the whole payload in order (counted as cut, not segmented); a
+    /// chunk the link refuses (EINVAL) goes as MTU-sized segments instead; with `segment` on,
+    /// the whole frame goes as segments.
+    #[test]
+    fn big_tcp_frames_leave_in_64_kib_chunks_or_segments() {
+        let slot = big_tcp_slot(150_000);
+        let counters = LinkCounters::new(1);
+        let mut scratch = vec![0u8; 2 * super::super::qdisc::SLOT_LEN];
+        // (refuse GSO writes, segment, what)
+        for (refuse, segment, what) in [
+            (false, false, "chunks"),
+            (true, false, "refused chunks as segments"),
+            (false, true, "--gso segment"),
+        ] {
+            let mut out: Vec<(VnetHdr, Vec<u8>)> = Vec::new();
+            let write = |v: &[u8; VNET_HDR_LEN], f: &[u8]| {
+                let v = VnetHdr::parse(v);
+                if refuse && v.is_gso() {
+                    return Err(io::Error::from_raw_os_error(libc::EINVAL));
+                }
+                out.push((v, f.to_vec()));
+                Ok(())
+            };
+            let mut tx = TxCtx {
+                segment_gso: segment,
+                scratch: &mut scratch,
+                counters: &counters,
+                worker: 0,
+            };
+            send_frame(write, &slot, 14, segment, &mut tx).expect(what);
+            let payload: Vec<u8> = out.iter().flat_map(|(_, f)| f[54..].to_vec()).collect();
+            assert_eq!(
+                payload,
+                slot.buf[54..].to_vec(),
+                "{what}: the payload, in order"
+            );
+            for (v, f) in &out {
+                let ip = crate::wire::Ipv4Packet::new_checked(&f[14..]).expect(what);
+                assert_eq!(ip.packet_len(), f.len() - 14, "{what}");
+                assert_eq!(v.is_gso(), !refuse && !segment, "{what}");
+            }
+            let want = if refuse || segment {
+                150_000usize.div_ceil(1448 + 40).max(1)
+            } else {
+                3
+            };
+            assert!(out.len() >= want, "{what}: {} frames", out.len());
+        }
+        let c = counters.snapshot();
+        assert_eq!((c.tx_big_tcp_chunked, c.tx_gso_segmented), (2, 4), "{c:?}");
+    }
+
+    /// A veth takes every frame whole from a packet socket but an IPv6 BIG TCP one.
+    #[test]
+    fn veth_takes_all_but_ipv6_big_tcp_frames_whole() {
+        let v4 = big_tcp_slot(150_000);
+        assert!(veth_takes_whole(&v4), "IPv4 BIG TCP");
+        let mut v6 = big_tcp_slot(150_000);
+        v6.buf[12..14].copy_from_slice(&ethernet::ETHERTYPE_IPV6.to_be_bytes());
+        assert!(!veth_takes_whole(&v6), "IPv6 BIG TCP");
+        v6.end = 14 + 65_535;
+        assert!(veth_takes_whole(&v6), "IPv6 of 64 KiB");
     }
 }

@@ -194,6 +194,27 @@ pub fn tap_rings(workers: usize) -> io::Result<Vec<TapRing>> {
 /// Counters of VM pods taken away that the dataplane keeps for their next handover.
 const PARKED_MAX: usize = 1024;
 
+/// How the workers treat frames: the daemon's options that reach them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerOptions {
+    /// Segment every GSO super-frame in software before it leaves (`--gso segment`).
+    pub segment_gso: bool,
+    /// BIG TCP frames of up to this many bytes are taken from pods; 0: none (`--big-tcp`).
+    pub big_tcp_bytes: u32,
+    /// One service flow table shared by every worker (`--service-flows on`).
+    pub service_flows: bool,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        WorkerOptions {
+            segment_gso: false,
+            big_tcp_bytes: 0,
+            service_flows: true,
+        }
+    }
+}
+
 impl Dataplane {
     /// Starts one worker per uplink queue fd. ICMP errors are sourced from `gateway`.
     pub fn start(
@@ -202,27 +223,29 @@ impl Dataplane {
         uplink_mtu: u32,
         segment_gso: bool,
     ) -> io::Result<Self> {
+        let options = WorkerOptions {
+            segment_gso,
+            ..WorkerOptions::default()
+        };
         Self::start_with(
             uplink_queues,
             gateway,
             uplink_mtu,
-            segment_gso,
-            true,
+            options,
             None,
             Vec::new(),
         )
     }
 
     /// [`start`](Self::start), with worker i publishing the pod it handles in slot i of
-    /// `in_flight`, one service flow table shared by every worker unless `service_flows` is
-    /// false, and TAP queues read and written through worker i's ring `rings[i]` (one per
-    /// worker, from [`tap_rings`]) unless `rings` is empty.
+    /// `in_flight`, the workers set up as `options` say, and TAP queues read and written
+    /// through worker i's ring `rings[i]` (one per worker, from [`tap_rings`]) unless `rings`
+    /// is empty.
     pub fn start_with(
         uplink_queues: Vec<OwnedFd>,
         gateway: Ipv4Addr,
         uplink_mtu: u32,
-        segment_gso: bool,
-        service_flows: bool,
+        options: WorkerOptions,
         in_flight: Option<Arc<SharedU64s>>,
         rings: Vec<TapRing>,
     ) -> io::Result<Self> {
@@ -238,6 +261,11 @@ impl Dataplane {
             .map(|r| Arc::new(std::sync::Mutex::new(r)))
             .collect();
         let uplink_counters = Arc::new(LinkCounters::new(n));
+        let WorkerOptions {
+            segment_gso,
+            big_tcp_bytes,
+            service_flows,
+        } = options;
         let flows = service_flows.then(|| Arc::new(FlowTable::new(flow::DEFAULT_CAPACITY)));
         let mut workers = Vec::with_capacity(n);
         for (index, uplink) in uplink_queues.into_iter().enumerate() {
@@ -261,6 +289,7 @@ impl Dataplane {
                 Arc::clone(&wakeups),
             )?
             .segment_gso(segment_gso)
+            .big_tcp(big_tcp_bytes as usize)
             .in_flight(InFlight {
                 slots: in_flight.clone(),
                 index,

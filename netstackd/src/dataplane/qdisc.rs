@@ -18,8 +18,16 @@ use std::time::{Duration, Instant};
 
 use crate::wire::vnet::VNET_HDR_LEN;
 
-/// Room for the largest frame a TAP or TUN hands over (64 KiB IP packet + Ethernet header).
+/// Room for the largest frame a TAP or TUN hands over (64 KiB IP packet + Ethernet header):
+/// every slot's size unless BIG TCP is on ([`big_tcp_slot_len`]).
 pub const SLOT_LEN: usize = 14 + 65535 + 3;
+
+/// The slot size with BIG TCP frames of up to `gso_max_bytes` (`--big-tcp-size`): the
+/// frame, its Ethernet header and the IPv6 jumbo header, with room to spare (a frame that
+/// does not fit is cut and dropped as `oversize`). Never below [`SLOT_LEN`].
+pub fn big_tcp_slot_len(gso_max_bytes: usize) -> usize {
+    (gso_max_bytes + 14 + 8 + 256).max(SLOT_LEN)
+}
 
 /// One frame buffer with its virtio-net header beside it.
 pub struct Slot {
@@ -42,13 +50,15 @@ pub struct SlotPool {
     slots: Vec<Slot>,
     free: Vec<u32>,
     limit: usize,
+    /// Bytes per slot.
+    slot_len: usize,
 }
 
 impl Slot {
-    fn new() -> Self {
+    fn new(len: usize) -> Self {
         Slot {
             vnet: [0; VNET_HDR_LEN],
-            buf: vec![0u8; SLOT_LEN].into_boxed_slice(),
+            buf: vec![0u8; len].into_boxed_slice(),
             start: 0,
             end: 0,
         }
@@ -59,11 +69,23 @@ impl SlotPool {
     /// `n` slots, allocated up front (pages are only touched as frames use them); the limit is
     /// `n` too.
     pub fn new(n: usize) -> Self {
+        Self::with_slot_len(n, SLOT_LEN)
+    }
+
+    /// [`SlotPool::new`] with slots of `slot_len` bytes (BIG TCP frames need more than
+    /// [`SLOT_LEN`]).
+    pub fn with_slot_len(n: usize, slot_len: usize) -> Self {
         SlotPool {
-            slots: (0..n).map(|_| Slot::new()).collect(),
+            slots: (0..n).map(|_| Slot::new(slot_len)).collect(),
             free: (0..n as u32).rev().collect(),
             limit: n,
+            slot_len,
         }
+    }
+
+    /// Bytes per slot.
+    pub fn slot_len(&self) -> usize {
+        self.slot_len
     }
 
     /// Lets the pool hold up to `n` slots. Lowering it frees the free slots past `n` now and
@@ -89,7 +111,7 @@ impl SlotPool {
             return Some(i);
         }
         if self.slots.len() < self.limit {
-            self.slots.push(Slot::new());
+            self.slots.push(Slot::new(self.slot_len));
             return Some(self.slots.len() as u32 - 1);
         }
         None

@@ -81,7 +81,9 @@ struct Slot {
     tx_packets: AtomicU64,
     tx_bytes: AtomicU64,
     rx_gso: AtomicU64,
+    rx_big: AtomicU64,
     segmented: AtomicU64,
+    chunked: AtomicU64,
     queued: AtomicU64,
     rx_calls: AtomicU64,
     tx_calls: AtomicU64,
@@ -134,6 +136,18 @@ impl LinkCounters {
         bump(&self.slots[worker].rx_gso, 1);
     }
 
+    /// The frame just received was a BIG TCP frame (a GSO frame over 64 KiB); called only by
+    /// worker `worker`.
+    pub fn rx_big(&self, worker: usize) {
+        bump(&self.slots[worker].rx_big, 1);
+    }
+
+    /// A BIG TCP frame for this link was cut into GSO frames of at most 64 KiB (a TAP, the
+    /// TUN or a guest takes no larger); called only by worker `worker`.
+    pub fn chunked(&self, worker: usize) {
+        bump(&self.slots[worker].chunked, 1);
+    }
+
     /// A GSO super-frame for this link was segmented in software (the link refused it
     /// whole); called only by worker `worker`.
     pub fn segmented(&self, worker: usize) {
@@ -167,6 +181,8 @@ impl LinkCounters {
             c.tx_bytes += s.tx_bytes.load(Relaxed);
             c.rx_gso_packets += s.rx_gso.load(Relaxed);
             c.tx_gso_segmented += s.segmented.load(Relaxed);
+            c.rx_big_tcp_packets += s.rx_big.load(Relaxed);
+            c.tx_big_tcp_chunked += s.chunked.load(Relaxed);
             c.qdisc_depth += s.queued.load(Relaxed);
             c.rx_calls += s.rx_calls.load(Relaxed);
             c.tx_calls += s.tx_calls.load(Relaxed);

@@ -175,16 +175,17 @@ impl FlowPacket {
     /// The tuple of an IPv6 packet: the transport header directly after the fixed header,
     /// or after a fragment header (then an address-pair key). Other extension headers are
     /// not walked: such packets are keyed by their first next header, the same way on both
-    /// sides.
+    /// sides (but a BIG TCP frame's jumbo header is skipped: its TCP is keyed as TCP).
     pub fn ipv6<T: AsRef<[u8]>>(ip: &Ipv6Packet<T>) -> FlowPacket {
+        let (proto, l4) = ip.transport();
         let key = FlowKey {
-            proto: ip.next_header(),
+            proto,
             src: ip.src_addr().octets(),
             dst: ip.dst_addr().octets(),
             sport: 0,
             dport: 0,
         };
-        let payload = ip.payload();
+        let payload = ip.payload().get(l4..).unwrap_or_default();
         if key.proto == ipv6::NEXT_ICMPV6 && payload.first().is_some_and(|t| icmpv6::is_error(*t)) {
             if let Some(quoted) = payload.get(icmpv6::HEADER_LEN..).and_then(quoted_v6) {
                 return quoted;

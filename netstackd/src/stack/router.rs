@@ -99,6 +99,9 @@ pub struct Router<P> {
     uplink_mtu: u32,
     /// The service flow table shared by every worker; `None` when turned off.
     flows: Option<Arc<FlowTable>>,
+    /// BIG TCP frames from pods are taken (`--big-tcp`): a TCP GSO frame longer than 64 KiB
+    /// whose IP length field is 0.
+    big_tcp: bool,
 }
 
 impl<P> Router<P> {
@@ -111,7 +114,21 @@ impl<P> Router<P> {
             gateway_v4,
             uplink_mtu,
             flows: None,
+            big_tcp: false,
         }
+    }
+
+    /// Takes BIG TCP frames from pods (`--big-tcp`): an IPv4 total length or IPv6 payload
+    /// length of 0 on a TCP GSO frame longer than 64 KiB means the frame's length. Off, such
+    /// a frame is malformed.
+    pub fn with_big_tcp(mut self, on: bool) -> Self {
+        self.big_tcp = on;
+        self
+    }
+
+    /// Is the GSO type of `vnet` `tcp_type` (ECN or not), with BIG TCP on?
+    fn big_tcp_for(&self, vnet: &VnetHdr, tcp_type: u8) -> bool {
+        self.big_tcp && vnet.gso_type & !crate::wire::vnet::GSO_ECN == tcp_type
     }
 
     /// Sends replies of flows that came from the uplink back to it, as recorded in `flows`
@@ -257,13 +274,14 @@ impl<P> Router<P> {
         buf: &mut [u8],
         len: usize,
     ) -> Verdict {
-        let ip = match Ipv4Packet::new_checked(&buf[ethernet::HEADER_LEN..len]) {
+        let big = self.big_tcp_for(vnet, crate::wire::vnet::GSO_TCPV4);
+        let ip = match Ipv4Packet::new_checked_big(&buf[ethernet::HEADER_LEN..len], big) {
             Ok(ip) => ip,
             Err(_) => return Verdict::Drop(DropReason::Malformed),
         };
         let (src, dst) = (ip.src_addr(), ip.dst_addr());
         // Trim Ethernet padding: the frame ends where the IP packet does.
-        let len = ethernet::HEADER_LEN + ip.total_len() as usize;
+        let len = ethernet::HEADER_LEN + ip.packet_len();
         if !pod.ipv4.contains(&src) {
             return Verdict::Drop(DropReason::Spoofed);
         }
@@ -272,7 +290,10 @@ impl<P> Router<P> {
         }
         // A fragment that ends past 65535 bytes can never be reassembled ("ping of death"):
         // Linux drops it when it defragments (conntrack on every node); no pod gets it.
-        if ip.header_len() + usize::from(ip.frag_offset()) + ip.payload().len() > 65535 {
+        // (A BIG TCP frame is longer, but no fragment: `new_checked_big` made sure.)
+        if !ip.is_big()
+            && ip.header_len() + usize::from(ip.frag_offset()) + ip.payload().len() > 65535
+        {
             return Verdict::Drop(DropReason::Malformed);
         }
         if dst.is_broadcast() || dst.is_multicast() {
@@ -420,7 +441,8 @@ impl<P> Router<P> {
         buf: &mut [u8],
         len: usize,
     ) -> Verdict {
-        let ip = match Ipv6Packet::new_checked(&buf[ethernet::HEADER_LEN..len]) {
+        let big = self.big_tcp_for(vnet, crate::wire::vnet::GSO_TCPV6);
+        let ip = match Ipv6Packet::new_checked_big(&buf[ethernet::HEADER_LEN..len], big) {
             Ok(ip) => ip,
             Err(_) => return Verdict::Drop(DropReason::Malformed),
         };
@@ -660,9 +682,10 @@ fn offload_fits_v6<T: AsRef<[u8]>>(
         }
     }
     if vnet.is_gso() {
+        let proto = ip.transport().0;
         let proto_matches = match vnet.gso_type & !crate::wire::vnet::GSO_ECN {
-            crate::wire::vnet::GSO_TCPV6 => ip.next_header() == ipv6::NEXT_TCP,
-            crate::wire::vnet::GSO_UDP_L4 => ip.next_header() == ipv6::NEXT_UDP,
+            crate::wire::vnet::GSO_TCPV6 => proto == ipv6::NEXT_TCP,
+            crate::wire::vnet::GSO_UDP_L4 => proto == ipv6::NEXT_UDP,
             _ => false,
         };
         if !proto_matches || vnet.gso_size < crate::gso::min_gso_size(vnet.gso_type) {
@@ -681,14 +704,16 @@ fn ip_len_view(buf: &[u8], len: usize) -> Ipv6Packet<&[u8]> {
 /// segment it stands for (IPv6 header, TCP or UDP header, `gso_size`), as for IPv4. Call after
 /// `offload_fits_v6`.
 fn ipv6_segment_len<T: AsRef<[u8]>>(vnet: &VnetHdr, ip: &Ipv6Packet<T>) -> usize {
-    let total = ipv6::HEADER_LEN + usize::from(ip.payload_len());
+    let total = ip.total_len();
     if !vnet.is_gso() {
         return total;
     }
+    // A BIG TCP frame's jumbo header is not in the segments (it is dropped with the length).
+    let l4 = ip.transport().1;
     let transport = match vnet.gso_type & !crate::wire::vnet::GSO_ECN {
         crate::wire::vnet::GSO_TCPV6 => ip
             .payload()
-            .get(12)
+            .get(l4 + 12)
             .map_or(20, |off| usize::from(off >> 4).max(5) * 4),
         crate::wire::vnet::GSO_UDP_L4 => 8,
         _ => 0,
@@ -701,7 +726,7 @@ fn ipv6_segment_len<T: AsRef<[u8]>>(vnet: &VnetHdr, ip: &Ipv6Packet<T>) -> usize
 /// header, `gso_size`; UFO's `gso_size` already counts the UDP header). A segment size larger
 /// than the payload means one segment: the packet. Call after `offload_fits`.
 fn ipv4_segment_len<T: AsRef<[u8]>>(vnet: &VnetHdr, ip: &Ipv4Packet<T>) -> usize {
-    let total = usize::from(ip.total_len());
+    let total = ip.packet_len();
     if !vnet.is_gso() {
         return total;
     }

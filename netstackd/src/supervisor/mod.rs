@@ -61,6 +61,7 @@ struct Inner {
     gateway: Ipv4Addr,
     uplink_mtu: u32,
     segment_gso: bool,
+    big_tcp_bytes: u32,
     service_flows: bool,
     /// TAP queues through io_uring (`--tap-io`, resolved).
     tap_uring: bool,
@@ -281,6 +282,7 @@ impl Inner {
                 gateway: self.gateway,
                 uplink_mtu: self.uplink_mtu,
                 segment_gso: self.segment_gso,
+                big_tcp_bytes: self.big_tcp_bytes,
                 service_flows_off: !self.service_flows,
                 in_flight: true,
                 tap_uring: self.tap_uring,
@@ -328,17 +330,22 @@ impl Inner {
 }
 
 impl DataplaneProcess {
-    /// Starts the dataplane child, running as `user`, with one worker per uplink queue, and a
-    /// thread that restarts it whenever it dies (or when it could not start).
+    /// Starts the dataplane child, running as `user`, with one worker per uplink queue set up
+    /// as `options` say (TAP queues on io_uring if `tap_uring`), and a thread that restarts it
+    /// whenever it dies (or when it could not start).
     pub fn start(
         uplink: Vec<OwnedFd>,
         gateway: Ipv4Addr,
         uplink_mtu: u32,
-        segment_gso: bool,
-        service_flows: bool,
+        options: crate::dataplane::WorkerOptions,
         tap_uring: bool,
         user: DataplaneUser,
     ) -> anyhow::Result<Self> {
+        let crate::dataplane::WorkerOptions {
+            segment_gso,
+            big_tcp_bytes,
+            service_flows,
+        } = options;
         let workers = uplink.len();
         let inner = Arc::new(Mutex::new(Inner {
             conn: None,
@@ -346,6 +353,7 @@ impl DataplaneProcess {
             gateway,
             uplink_mtu,
             segment_gso,
+            big_tcp_bytes,
             service_flows,
             tap_uring,
             user,

@@ -139,6 +139,9 @@ impl Worker {
             }
             if vnet.is_gso() {
                 src.counters.rx_gso(w);
+                if n > ethernet::HEADER_LEN + crate::wire::ipv4::MAX_LEN {
+                    src.counters.rx_big(w);
+                }
             }
             let verdict = router.from_pod(id, &mut vnet, &mut s.buf, n);
             vnet.emit(&mut s.vnet);

@@ -1342,3 +1342,153 @@ fn icmp_errors_quoting_any_cut_of_a_packet_follow_their_flow_or_are_switched() {
         }
     }
 }
+
+/// The kinds of BIG TCP frame a pod's kernel sends.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Big {
+    /// IPv4, total length 0.
+    V4,
+    /// IPv6, payload length 0, TCP right after the header.
+    V6,
+    /// IPv6 behind the hop-by-hop jumbo header (Linux 6.18 still inserts it).
+    V6Jumbo,
+}
+
+/// Writes a TCP frame from pod A of `ip_len` IP bytes to `dst` (IPv4 or IPv6 by `kind`),
+/// with its IP length field 0 as BIG TCP frames have it, and the virtio-net header a TSO
+/// frame gets; returns the frame length and the header.
+fn big_tcp_frame(
+    buf: &mut [u8],
+    kind: Big,
+    dst_v4: Ipv4Addr,
+    dst_v6: Ipv6Addr,
+    ip_len: usize,
+) -> (usize, VnetHdr) {
+    let (ethertype, l4) = match kind {
+        Big::V4 => (ethernet::ETHERTYPE_IPV4, 14 + 20),
+        Big::V6 => (ethernet::ETHERTYPE_IPV6, 14 + 40),
+        Big::V6Jumbo => (ethernet::ETHERTYPE_IPV6, 14 + 48),
+    };
+    ethernet::write_header(buf, GATEWAY_MAC, MAC_A, ethertype);
+    match kind {
+        Big::V4 => {
+            ipv4::emit_header(&mut buf[14..], IP_A, dst_v4, ipv4::PROTO_TCP, 64, 20, 7);
+            buf[14 + 2..14 + 4].fill(0);
+            buf[14 + 6] |= 0x40; // DF
+            Ipv4Packet::new_unchecked(&mut buf[14..34]).fill_checksum();
+        }
+        Big::V6 => ipv6::emit_header(&mut buf[14..], IP6_A, dst_v6, ipv6::NEXT_TCP, 64, 0),
+        Big::V6Jumbo => {
+            ipv6::emit_header(&mut buf[14..], IP6_A, dst_v6, ipv6::NEXT_HOP_BY_HOP, 64, 0);
+            buf[54..58].copy_from_slice(&[ipv6::NEXT_TCP, 0, 0xc2, 4]);
+            buf[58..62].copy_from_slice(&((ip_len - 40) as u32).to_be_bytes());
+        }
+    }
+    buf[l4..l4 + 20].fill(0);
+    buf[l4 + 12] = 5 << 4;
+    buf[l4 + 13] = 0x10;
+    let v = VnetHdr {
+        flags: vnet::FLAG_NEEDS_CSUM,
+        gso_type: if kind == Big::V4 {
+            vnet::GSO_TCPV4
+        } else {
+            vnet::GSO_TCPV6
+        },
+        hdr_len: (l4 + 20) as u16,
+        gso_size: 1400,
+        csum_start: l4 as u16,
+        csum_offset: 16,
+        num_buffers: 0,
+    };
+    (14 + ip_len, v)
+}
+
+/// `--big-tcp`: a TCP GSO frame over 64 KiB with IP length 0 is forwarded whole (to a pod,
+/// or to the uplink, whose link cuts it), TTL decremented; without the option it is
+/// malformed.
+#[test]
+fn big_tcp_frames_pass_only_with_the_option() {
+    for kind in [Big::V4, Big::V6, Big::V6Jumbo] {
+        for (dst4, dst6, want_pod) in [(IP_B, IP6_B, true), (OUTSIDE, OUTSIDE6, false)] {
+            let mut buf = vec![0xa5; 1 << 18];
+            let (len, v) = big_tcp_frame(&mut buf, kind, dst4, dst6, 150_000);
+            let mut v_on = v;
+            let got = router()
+                .with_big_tcp(true)
+                .from_pod(1, &mut v_on, &mut buf, len);
+            let want = if want_pod {
+                Verdict::ToPod { id: 2, len }
+            } else {
+                Verdict::ToUplink { len }
+            };
+            assert_eq!(got, want, "{kind:?} on");
+            let hops = if kind == Big::V4 {
+                buf[14 + 8]
+            } else {
+                buf[14 + 7]
+            };
+            assert_eq!(hops, 63, "{kind:?}: TTL / hop limit decremented");
+            let (len, v) = big_tcp_frame(&mut buf, kind, dst4, dst6, 150_000);
+            let mut v_off = v;
+            assert_eq!(
+                router().from_pod(1, &mut v_off, &mut buf, len),
+                Verdict::Drop(DropReason::Malformed),
+                "{kind:?} off"
+            );
+        }
+    }
+}
+
+/// A hostile pod's fake BIG TCP frames, with the option on: length 0 on a frame that is no
+/// TCP GSO frame, on UDP GSO, on a frame of at most 64 KiB, or with a GSO type of the other
+/// IP version: all counted as malformed.
+#[test]
+fn fake_big_tcp_frames_are_malformed() {
+    let r = router().with_big_tcp(true);
+    // (kind, IP length, change to the header or frame, what it covers)
+    type Change = fn(&mut VnetHdr, &mut [u8]);
+    let table: [(Big, usize, Change, &str); 7] = [
+        (
+            Big::V4,
+            150_000,
+            |v, _| *v = VnetHdr::default(),
+            "IPv4, no GSO",
+        ),
+        (
+            Big::V6,
+            150_000,
+            |v, _| *v = VnetHdr::default(),
+            "IPv6, no GSO",
+        ),
+        (
+            Big::V4,
+            150_000,
+            |v, _| v.gso_type = vnet::GSO_UDP_L4,
+            "IPv4, USO",
+        ),
+        (
+            Big::V4,
+            150_000,
+            |v, _| v.gso_type = vnet::GSO_TCPV6,
+            "IPv4 frame, TCPv6 GSO type",
+        ),
+        (Big::V4, 60_000, |_, _| {}, "IPv4, 60 000 bytes"),
+        (Big::V6, 60_000, |_, _| {}, "IPv6, 60 000 bytes"),
+        (
+            Big::V6Jumbo,
+            150_000,
+            |_, b| b[61] ^= 1,
+            "IPv6 jumbo length that lies",
+        ),
+    ];
+    for (kind, ip_len, change, what) in table {
+        let mut buf = vec![0xa5; 1 << 18];
+        let (len, mut v) = big_tcp_frame(&mut buf, kind, IP_B, IP6_B, ip_len);
+        change(&mut v, &mut buf);
+        assert_eq!(
+            r.from_pod(1, &mut v, &mut buf, len),
+            Verdict::Drop(DropReason::Malformed),
+            "{what}"
+        );
+    }
+}

@@ -128,15 +128,15 @@ def load(path):
     and Gbit add up over runs)."""
     paths = {p: {"supported": True, "reason": None, "notes": [], "figures": {}, "detail": {},
                  "spread": {}} for p in PATHS}
-    extra = {"notes": [], "detail": {}, "netfilter": {}}
+    extra = {"notes": [], "detail": {}, "netfilter": {}, "node": {}}
     with open(path) as f:
         for line in f:
             parts = line.rstrip("\n").split("\t", 2)
             if len(parts) != 3:
                 continue
             p, key, value = parts
-            if p == "netfilter":
-                extra["netfilter"][key] = value
+            if p in ("netfilter", "node"):
+                extra[p][key] = value
                 continue
             entry = paths.get(p, extra)
             if key == "_na":
@@ -263,6 +263,7 @@ def main():
         "runs": args.runs,
         "pairs": args.pairs,
         "netfilter": extra["netfilter"],
+        "node": extra["node"],
         "udp64_half_pps": extra["detail"].get("udp64_half_pps"),
         "notes": extra["notes"],
         "paths": out_paths,
@@ -328,6 +329,8 @@ def main():
     nf = extra["netfilter"]
     if nf:
         print("netfilter: " + ", ".join(f"{k} {v}" for k, v in nf.items()))
+    if extra["node"]:
+        print("node: " + ", ".join(f"{k} {v}" for k, v in extra["node"].items()))
     for p in PATHS:
         e = paths[p]
         if not e["supported"]:

@@ -280,6 +280,14 @@ nf conntrack_count "$(cat /proc/sys/net/netfilter/nf_conntrack_count 2>/dev/null
 nf nft_ruleset_lines "$(nft list ruleset 2>/dev/null | wc -l)"
 nf iptables_rules "$(iptables-save 2>/dev/null | grep -c '^-A')"
 nf ip6tables_rules "$(ip6tables-save 2>/dev/null | grep -c '^-A')"
+# What sets the cost of waking an idle CPU, which every hop's RTT pays: in a VM whose guest
+# halt polling is off (guest_halt_poll_ns 0), an idle vCPU halts and its wakeup goes through
+# the hypervisor (e2e/bench/README.md, "Scheduling and wakeups").
+nd() { printf 'node\t%s\t%s\n' "$1" "$2" >>"$RESULTS"; }
+nd cpuidle_driver "$(cat /sys/devices/system/cpu/cpuidle/current_driver 2>/dev/null || echo none)"
+nd guest_halt_poll_ns "$(cat /sys/module/haltpoll/parameters/guest_halt_poll_ns 2>/dev/null || echo n/a)"
+nd clocksource "$(cat /sys/devices/system/clocksource/clocksource0/current_clocksource 2>/dev/null || echo n/a)"
+nd tcp_congestion_control "$(cat /proc/sys/net/ipv4/tcp_congestion_control 2>/dev/null || echo n/a)"
 
 # --- 2. the paths ----------------------------------------------------------------------------
 log "bench: netstackd ($POD_CIDR, uplink $UPLINK), bridge $BRIDGE ($BR_SUBNET)"

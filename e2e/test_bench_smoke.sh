@@ -2,7 +2,7 @@
 # e2e: the benchmark harness works (not a timing test): `e2e/bench/run.sh --quick` runs to the
 # end, its JSON has every figure of the netstack TAP path, of veth mode (a veth ADD that fails
 # fails this test), of the bridge plugin and of the floor forwarder as a number, the node's
-# netfilter state is recorded, the table is printed, and nothing the run created is left: no
+# netfilter state and its wakeup settings (cpuidle, halt polling) are recorded, the table is printed, and nothing the run created is left: no
 # netns, link, process or work directory. Then `e2e/bench/packet_io.sh`
 # (recvmmsg against a TPACKET_V2 receive ring and a TPACKET_V2 transmit ring) with 1-second
 # runs: every figure a number, 128 MiB crossed each path intact, nothing left.
@@ -10,6 +10,8 @@
 # rounds of 8: p50/p99 numbers for TAP, veth and bridge, no ADD failed, nothing left.
 # Then `e2e/bench/vm.sh --quick` (the VM rows, vhost-user against Kata's TAP): the accelerator
 # stated, every figure of both paths a number, nothing left (no QEMU, netns, link, netstackd).
+# Then `e2e/bench/sched.sh` (the dataplane's scheduling variants) for one 1-second round: every
+# figure a number, nothing left.
 # Needs root; run by scripts/test.sh.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -75,6 +77,8 @@ check "the pairs' fairness index is in (0, 1]" jq -e '[.paths.tap.pairs_jain, .p
 check "every target has a verdict for the TAP path" jq -e '[.targets | to_entries[] | select(.key | startswith("vs_") | not) | .value.tap] | all(type == "boolean")' "$OUT"
 check "the node's netfilter state is recorded" jq -e '.netfilter | has("br_netfilter") and has("conntrack_count") and has("nft_ruleset_lines") and has("iptables_rules")' "$OUT"
 check "the table shows the netfilter state" grep -q '^netfilter: br_netfilter' "$TMP/run.log"
+check "the node's wakeup settings are recorded ($(jq -c .node "$OUT" 2>/dev/null))" \
+  jq -e '.node | has("cpuidle_driver") and has("guest_halt_poll_ns") and has("clocksource")' "$OUT"
 for peer in pasta pasta_1500 slirp4netns slirp4netns_1500; do
   if jq -e --arg p "$peer" '.paths[$p].supported' "$OUT" >/dev/null 2>&1; then
     check "$peer: pod-to-node figures are numbers" jq -e --arg p "$peer" '[.paths[$p].tcp1_p2n_gbps, .paths[$p].tcp4_p2n_gbps] | all(type == "number")' "$OUT"
@@ -183,6 +187,21 @@ while read -r kind name; do
 done <"$TMP/ledger-vm"
 check "vm.sh recorded what it created and left none of it${left:+ (left: ${left[*]})}" \
   sh -c "[ -s '$TMP/ledger-vm' ] && [ ${#left[@]} = 0 ]"
+
+echo "==> e2e/bench/sched.sh --runs 1 --duration 1"
+timeout -k 10 300 e2e/bench/sched.sh --runs 1 --duration 1 --no-build --variants "default slice100 pin" \
+  >"$TMP/sched.log" 2>&1
+rc=$?
+if [ "$rc" = 0 ]; then ok "sched.sh exits 0"; else
+  fail "sched.sh exits 0 (exit $rc); its output:"
+  sed 's/^/    /' "$TMP/sched.log"
+fi
+for v in default slice100 pin; do
+  # variant (n=1): eight figures, each "median [min, max]": RTT idle and busy, Gbit/s, CPU/Gbit.
+  check "sched.sh $v: all eight figures are numbers" \
+    grep -Eq "^$v \(n=1\): ([0-9.e+]+ \[[0-9.e+]+, [0-9.e+]+\](, |$)){8}" "$TMP/sched.log"
+done
+check "sched.sh left no namespace or netstackd" sh -c "! ip netns list | grep -q '^nssc' && ! pgrep -f 'netstack-sched\.'"
 
 echo
 echo "test_bench_smoke: $PASSES passed, $FAILS failed"

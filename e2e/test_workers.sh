@@ -11,7 +11,9 @@
 # refused with a clear error. TAP queues go through io_uring (`--tap-io auto`, which takes it
 # here: one restricted ring per worker), so these pings and transfers run on that path.
 # --worker-slice-us 100 gives every dataplane thread a 100 µs scheduler slice, also after the
-# child is killed; 50 is refused; without it they keep the slice they inherit. Needs root;
+# child is killed; 50 is refused; without it they keep the slice they inherit. Flow balancing:
+# 6 TCP streams between two TAP pods on 2 workers end split 3 to 3, as the metrics count each
+# worker's active flows; `--flow-balance off` and one worker have no such series. Needs root;
 # about 1 minute (2 on a loaded machine).
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -109,6 +111,58 @@ DP=$(pgrep -P "$NETSTACKD_PID" -f 'netstackd dataplane')
 # What they inherit: this shell's slice (the kernel's default unless a parent asked for one).
 check "without the option the threads keep the slice they inherit ($(thread_slices "$DP" | sort -u | xargs) ns, this shell's $(thread_slices $$ | head -1))" \
   all_slices_are "$DP" "$(thread_slices $$ | head -1)"
+stop_netstackd
+ip link del "$UPLINK" 2>/dev/null
+
+# Flow balancing (dataplane/balance.rs): 6 TCP streams between two TAP pods on 2 workers. The
+# kernel's hash may put 4, 5 or 6 of them on one worker's queue; netstackd moves one busy flow
+# per 50 ms window from a worker with two or more active flows than the other, so the split
+# ends 3 to 3 (give or take one flow that idles in a window).
+# active_flows: the workers' active flow counts from the metrics, "a b".
+active_flows() {
+  curl -sf "http://$(ctl status | jq -r .metrics)/metrics" |
+    awk -F'[{}"= ]+' '/^netstack_worker_active_flows\{/ { printf "%s ", $NF }'
+}
+flow_moves() {
+  curl -sf "http://$(ctl status | jq -r .metrics)/metrics" |
+    awk -F'[{}"= ]+' '/^netstack_worker_flow_moves_total\{/ { s += $NF } END { print s + 0 }'
+}
+# balanced_3_times: three samples 0.2 s apart, each with at least 5 active flows, split
+# within one.
+balanced_3_times() {
+  local i a b
+  for i in 1 2 3; do
+    read -r a b <<<"$(active_flows)"
+    [ -n "$b" ] && [ $((a + b)) -ge 5 ] && [ $((a > b ? a - b : b - a)) -le 1 ] || return 1
+    sleep 0.2
+  done
+}
+start_netstackd --workers 2 || fail "netstackd --workers 2 starts"
+BA=$(add_pod "balance-a-$RUN_ID") BB=$(add_pod "balance-b-$RUN_ID")
+ip netns exec "balance-b-$RUN_ID" iperf3 -s -1 -D --bind "$BB" -p 5302
+sleep 0.3
+in_pod "balance-a-$RUN_ID" timeout 30 iperf3 -c "$BB" -p 5302 -P 6 -t 6 >"$WORK/balance.iperf" 2>&1 &
+IPERF=$!
+check "6 streams over 2 workers end split 3 to 3 (within one), as the metrics count active flows" \
+  eventually 5 balanced_3_times
+log "active flows per worker: $(active_flows); flows moved: $(flow_moves)"
+check "the 6 streams complete" wait "$IPERF"
+check "no frame written to pod b (moved flows' included) failed: tx_error 0" \
+  sh -c "[ \"\$(pod_counter balance-b-$RUN_ID '.drops.tx_error // 0')\" = 0 ]"
+del_pod "balance-a-$RUN_ID"
+del_pod "balance-b-$RUN_ID"
+stop_netstackd
+ip link del "$UPLINK" 2>/dev/null
+start_netstackd --workers 2 --flow-balance off || fail "netstackd --flow-balance off starts"
+check "with --flow-balance off the metrics have no flow balancing series" \
+  sh -c "! curl -sf http://\$(ctl status | jq -r .metrics)/metrics | grep -q '^netstack_worker_active_flows'"
+check "and the workers' wakeups are still there" \
+  sh -c "curl -sf http://\$(ctl status | jq -r .metrics)/metrics | grep -q '^netstack_worker_wakeups_total'"
+stop_netstackd
+ip link del "$UPLINK" 2>/dev/null
+start_netstackd --workers 1 || fail "netstackd --workers 1 starts"
+check "with one worker there is nobody to balance with: no such series" \
+  sh -c "! curl -sf http://\$(ctl status | jq -r .metrics)/metrics | grep -q '^netstack_worker_active_flows'"
 stop_netstackd
 ip link del "$UPLINK" 2>/dev/null
 

@@ -162,6 +162,11 @@ struct Args {
     /// pod-to-pod packet directly (breaks such Services: for measuring and tests).
     #[arg(long, value_enum, default_value_t = OnOff::On)]
     service_flows: OnOff,
+    /// Flow balancing between workers: `on` moves a busy flow from a worker with two or more
+    /// active flows than another to that one (README, "Workers"); `off` leaves every flow on
+    /// the queue the kernel's hash picks (for measuring).
+    #[arg(long, value_enum, default_value_t = OnOff::On)]
+    flow_balance: OnOff,
     /// Named network namespace for the peers of veth-mode pods (made by the CNI plugin at the
     /// first veth ADD, or by netstackd if missing; no addresses, no forwarding, no IPv6).
     #[arg(long, default_value = daemon::DEFAULT_DP_NETNS)]
@@ -339,6 +344,7 @@ fn main() {
         uplink_mtu: netstackd::node::uplink_mtu(args.uplink_mtu),
         segment_gso: args.gso == GsoMode::Segment,
         service_flows: args.service_flows == OnOff::On,
+        flow_balance: args.flow_balance == OnOff::On,
         metrics_addr: match args.metrics_addr.as_str() {
             "off" => None,
             addr => match addr.parse() {

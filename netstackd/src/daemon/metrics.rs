@@ -84,6 +84,8 @@ pub struct Snapshot<'a> {
     pub uplink: Counters,
     /// Epoll wakeups per worker.
     pub wakeups: Vec<u64>,
+    /// Flow balancing, per worker (empty: off, or one worker).
+    pub balance: crate::dataplane::BalanceStats,
     /// The service flow table.
     pub flows: crate::stack::FlowStats,
     /// Control-plane tallies.
@@ -273,6 +275,29 @@ pub fn render(s: &Snapshot<'_>) -> String {
     );
     for (w, n) in s.wakeups.iter().enumerate() {
         let _ = writeln!(out, "netstack_worker_wakeups_total{{worker=\"{w}\"}} {n}");
+    }
+    if !s.balance.active.is_empty() {
+        family(
+            &mut out,
+            "netstack_worker_active_flows",
+            "gauge",
+            "Flows each dataplane worker forwarded at least 32 frames of in its last 50 ms window (flow balancing).",
+        );
+        for (w, n) in s.balance.active.iter().enumerate() {
+            let _ = writeln!(out, "netstack_worker_active_flows{{worker=\"{w}\"}} {n}");
+        }
+        family(
+            &mut out,
+            "netstack_worker_flow_moves_total",
+            "counter",
+            "Flows each dataplane worker moved to a less busy one.",
+        );
+        for (w, n) in s.balance.moves.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "netstack_worker_flow_moves_total{{worker=\"{w}\"}} {n}"
+            );
+        }
     }
     let flows: [(&str, &str, &str, u64); 4] = [
         (
@@ -560,6 +585,7 @@ mod tests {
             pods: vec![(pod, counters)],
             uplink,
             wakeups: vec![1],
+            balance: Default::default(),
             flows: crate::stack::FlowStats::default(),
             control: &control,
             dataplane_restarts: 0,
@@ -672,6 +698,7 @@ mod tests {
             pods,
             uplink,
             wakeups: vec![0],
+            balance: Default::default(),
             flows: crate::stack::FlowStats::default(),
             control: &control,
             dataplane_restarts: 0,
@@ -802,6 +829,10 @@ mod tests {
             pods: vec![(pod("a"), c.clone())],
             uplink: c,
             wakeups: vec![1, 2],
+            balance: crate::dataplane::BalanceStats {
+                active: vec![3, 4],
+                moves: vec![5, 0],
+            },
             flows: crate::stack::FlowStats::default(),
             control: &control,
             dataplane_restarts: 0,
@@ -819,6 +850,20 @@ mod tests {
         }
         let a = value_of(&all, "netstack_pod_transmit_packets_total", None);
         assert_eq!(a, 0.0);
+        let per_worker = |name: &str| -> Vec<(String, f64)> {
+            all.iter()
+                .filter(|s| s.name == name)
+                .map(|s| (s.labels[0].1.clone(), s.value))
+                .collect()
+        };
+        assert_eq!(
+            per_worker("netstack_worker_active_flows"),
+            [("0".to_string(), 3.0), ("1".to_string(), 4.0)]
+        );
+        assert_eq!(
+            per_worker("netstack_worker_flow_moves_total"),
+            [("0".to_string(), 5.0), ("1".to_string(), 0.0)]
+        );
         let labels: Vec<&str> = all
             .iter()
             .find(|s| s.name == "netstack_pod_transmit_packets_total")
@@ -849,6 +894,7 @@ mod tests {
             pods: Vec::new(),
             uplink: Counters::default(),
             wakeups: Vec::new(),
+            balance: Default::default(),
             flows: crate::stack::FlowStats::default(),
             control: &control,
             dataplane_restarts: 0,

@@ -48,6 +48,8 @@ pub struct DaemonConfig {
     /// Keep the service flow table (`--service-flows on`): replies of flows the uplink
     /// delivered go back to it.
     pub service_flows: bool,
+    /// Move busy flows between workers (`--flow-balance on`).
+    pub flow_balance: bool,
     /// Where to serve Prometheus metrics (any address; a non-loopback one is unauthenticated and
     /// logged as such); `None` disables the listener.
     pub metrics_addr: Option<std::net::SocketAddr>,
@@ -246,6 +248,7 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
         segment_gso: config.segment_gso,
         big_tcp_bytes: config.big_tcp_bytes,
         service_flows: config.service_flows,
+        flow_balance: config.flow_balance,
     };
     let dataplane = DataplaneProcess::start(
         queues,

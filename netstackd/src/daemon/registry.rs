@@ -604,6 +604,7 @@ impl Registry {
             pods,
             uplink: stats.uplink,
             wakeups: stats.wakeups,
+            balance: stats.balance,
             flows: stats.flows,
             control: &self.control_metrics,
             dataplane_restarts,

@@ -118,6 +118,7 @@ pub fn run(user: DataplaneUser) -> anyhow::Result<()> {
         segment_gso,
         big_tcp_bytes,
         service_flows_off,
+        flow_balance_off,
         in_flight,
         tap_uring,
     } = init
@@ -167,6 +168,7 @@ pub fn run(user: DataplaneUser) -> anyhow::Result<()> {
         segment_gso,
         big_tcp_bytes,
         service_flows: !service_flows_off,
+        flow_balance: !flow_balance_off,
     };
     let mut dataplane = start(uplink, gateway, uplink_mtu, options, in_flight, rings)?;
     if selftest == "thread-panic" {
@@ -230,6 +232,7 @@ pub fn run(user: DataplaneUser) -> anyhow::Result<()> {
                     pods,
                     uplink,
                     wakeups: dataplane.wakeups(),
+                    balance: dataplane.balance(),
                     flows: dataplane.flow_stats(),
                 }
             }

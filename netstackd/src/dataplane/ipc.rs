@@ -33,6 +33,9 @@ pub enum DpRequest {
         /// No service flow table (`--service-flows off`): every pod-to-pod packet is switched.
         #[serde(default)]
         service_flows_off: bool,
+        /// Every flow stays on the worker the kernel's hash picks (`--flow-balance off`).
+        #[serde(default)]
+        flow_balance_off: bool,
         /// The last attached fd is a memfd of one u64 per worker, where each worker publishes
         /// the attachment id whose frames it is handling (0: none), for the supervisor to read
         /// if the child dies.
@@ -102,6 +105,9 @@ pub enum DpReply {
         /// Epoll wakeups per worker.
         #[serde(default)]
         wakeups: Vec<u64>,
+        /// Flow balancing between the workers.
+        #[serde(default)]
+        balance: super::BalanceStats,
         /// The service flow table (all zero when it is off).
         #[serde(default)]
         flows: crate::stack::FlowStats,
@@ -198,6 +204,7 @@ mod tests {
             segment_gso: false,
             big_tcp_bytes: 0,
             service_flows_off: false,
+            flow_balance_off: false,
             in_flight: false,
             tap_uring: true,
         };

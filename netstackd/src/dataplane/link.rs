@@ -142,8 +142,14 @@ pub(super) struct TxCtx<'a> {
 
 /// A pod's TAP queues on one worker.
 pub(super) struct TapLink {
-    queues: Vec<OwnedFd>,
-    tx_extra: Option<OwnedFd>,
+    /// Every queue of the pod's TAP, shared by the pod's links on all workers (the fds close
+    /// when the last of them goes): queue i is read by worker i mod N, and any worker may
+    /// write a frame to another's queue to move a flow there (`balance`).
+    all: Arc<[OwnedFd]>,
+    /// The queues this worker reads, as indexes into `all`.
+    mine: Vec<usize>,
+    /// The queue it writes to: its first, or (a worker with none of its own) one of another.
+    tx: usize,
     /// The worker's io_uring, when TAP queues are read and written through it.
     uring: Option<UringIo>,
 }
@@ -174,7 +180,16 @@ pub(super) struct PacketLink {
 
 /// One queue of the uplink TUN: frames start at the IP header.
 pub(super) struct TunLink {
-    fd: OwnedFd,
+    /// Every queue of the uplink, one per worker, shared as a TAP's are.
+    all: Arc<[OwnedFd]>,
+    /// This worker's.
+    index: usize,
+}
+
+impl TunLink {
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.all[self.index].as_fd()
+    }
 }
 
 /// One link of a worker: a pod's queues of one kind, or the uplink.
@@ -197,11 +212,16 @@ impl Link {
     /// a queue to write to. A ring kind maps each socket's ring (which can fail).
     pub fn pod(kind: LinkKind, rx: Vec<OwnedFd>, tx_extra: Option<OwnedFd>) -> io::Result<Self> {
         Ok(match kind {
-            LinkKind::Tap => Link::Tap(TapLink {
-                queues: rx,
-                tx_extra,
-                uring: None,
-            }),
+            LinkKind::Tap => {
+                let mine = (0..rx.len()).collect();
+                let all: Arc<[OwnedFd]> = rx.into_iter().chain(tx_extra).collect();
+                Link::Tap(TapLink {
+                    all,
+                    mine,
+                    tx: 0,
+                    uring: None,
+                })
+            }
             LinkKind::Packet | LinkKind::PacketRing => Link::Packet(PacketLink {
                 rings: if kind == LinkKind::PacketRing {
                     rx.iter()
@@ -216,6 +236,23 @@ impl Link {
         })
     }
 
+    /// Worker `worker`'s link (of `workers`) on a pod's TAP queues `all`: it reads queue i
+    /// when i mod `workers` is `worker`, and writes to its first one, or, with fewer queues
+    /// than workers, to queue `worker` mod their number.
+    pub fn tap(all: Arc<[OwnedFd]>, worker: usize, workers: usize) -> io::Result<Self> {
+        if all.is_empty() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "no TAP queues"));
+        }
+        let mine: Vec<usize> = (0..all.len()).filter(|i| i % workers == worker).collect();
+        let tx = mine.first().copied().unwrap_or(worker % all.len());
+        Ok(Link::Tap(TapLink {
+            all,
+            mine,
+            tx,
+            uring: None,
+        }))
+    }
+
     /// Reads and writes a TAP link's queues through `ring`, the worker's io_uring (other
     /// kinds keep their calls).
     pub fn use_ring(&mut self, ring: Arc<Mutex<TapRing>>) {
@@ -225,8 +262,24 @@ impl Link {
     }
 
     /// The uplink TUN queue `fd`.
+    #[cfg(test)]
     pub fn tun(fd: OwnedFd) -> Self {
-        Link::Tun(TunLink { fd })
+        Link::Tun(TunLink {
+            all: Arc::from([fd]),
+            index: 0,
+        })
+    }
+
+    /// Worker `index`'s queue of the uplink TUN whose queues are `all`.
+    pub fn tun_queue(all: Arc<[OwnedFd]>, index: usize) -> Self {
+        Link::Tun(TunLink { all, index })
+    }
+
+    /// Whether a flow through this link can be moved to another worker by writing its
+    /// frames to that worker's queue (TAP and TUN queues: tun's flow table follows the
+    /// writes; a packet socket's fanout and a VM's queues do not).
+    pub fn steerable(&self) -> bool {
+        matches!(self, Link::Tap(_) | Link::Tun(_))
     }
 
     /// The offloads the link takes.
@@ -264,15 +317,18 @@ impl Link {
 
     /// The fds the worker waits on, by queue index.
     pub fn rx_fds(&self) -> impl Iterator<Item = BorrowedFd<'_>> {
-        let fds: &[OwnedFd] = match self {
-            Link::Tap(t) => &t.queues,
-            Link::Packet(p) => &p.sockets,
-            Link::Tun(t) => std::slice::from_ref(&t.fd),
-            Link::Vhost(v) => v.fds(),
+        let (fds, mine): (&[OwnedFd], Option<&[usize]>) = match self {
+            Link::Tap(t) => (&t.all, Some(&t.mine)),
+            Link::Packet(p) => (&p.sockets, None),
+            Link::Tun(t) => (std::slice::from_ref(&t.all[t.index]), None),
+            Link::Vhost(v) => (v.fds(), None),
             #[cfg(test)]
-            Link::Mem(m) => m.fds(),
+            Link::Mem(m) => (m.fds(), None),
         };
-        fds.iter().map(|fd| fd.as_fd())
+        // A TAP's own queues out of all of them; every fd of the other kinds.
+        let picked = mine.into_iter().flatten().filter_map(|&i| fds.get(i));
+        let every = if mine.is_none() { fds } else { &[] };
+        picked.chain(every).map(|fd| fd.as_fd())
     }
 
     /// Gives a VM pod's queue pair `pair` a new call eventfd for its receive queue
@@ -293,15 +349,13 @@ impl Link {
     /// The fd frames to the link leave by.
     fn tx_fd(&self) -> Option<BorrowedFd<'_>> {
         match self {
-            Link::Tap(TapLink {
-                queues, tx_extra, ..
-            })
-            | Link::Packet(PacketLink {
+            Link::Tap(t) => t.all.get(t.tx).map(|fd| fd.as_fd()),
+            Link::Packet(PacketLink {
                 sockets: queues,
                 tx_extra,
                 ..
             }) => queues.first().or(tx_extra.as_ref()).map(|fd| fd.as_fd()),
-            Link::Tun(t) => Some(t.fd.as_fd()),
+            Link::Tun(t) => Some(t.fd()),
             Link::Vhost(_) => None,
             #[cfg(test)]
             Link::Mem(_) => None,
@@ -321,7 +375,8 @@ impl Link {
     ) -> RxOutcome {
         match self {
             Link::Tap(t) => {
-                let (Some(fd), Some(&first)) = (t.queues.get(q), batch.first()) else {
+                let fd = t.mine.get(q).and_then(|&i| t.all.get(i));
+                let (Some(fd), Some(&first)) = (fd, batch.first()) else {
                     return RxOutcome::NoQueue;
                 };
                 if let Some(u) = &mut t.uring {
@@ -339,7 +394,7 @@ impl Link {
                 };
                 let s = pool.get_mut(first);
                 let room = &mut s.buf[ethernet::HEADER_LEN..];
-                RxOutcome::from_io(read_frame(t.fd.as_fd(), &mut s.vnet, room).map(|f| {
+                RxOutcome::from_io(read_frame(t.fd(), &mut s.vnet, room).map(|f| {
                     lens[0] = f;
                     1
                 }))
@@ -400,6 +455,52 @@ impl Link {
                 batch.clear();
             }
         }
+    }
+}
+
+impl Link {
+    /// Whether worker `worker` reads a queue of this TAP or TUN link (queue `worker`).
+    pub fn has_worker_queue(&self, worker: usize) -> bool {
+        match self {
+            Link::Tap(t) => worker < t.all.len(),
+            Link::Tun(t) => worker < t.all.len(),
+            _ => false,
+        }
+    }
+
+    /// Writes the frame of `slot` to the queue that worker `worker` reads — a TAP's or the
+    /// uplink's, to move the frame's flow to that worker (`balance`) — counted as `send`
+    /// counts it, and gives the slot back to `pool`. `Err(slot)` when the link has no such
+    /// queue (another kind, or a TAP with fewer queues): the caller queues it as usual.
+    pub fn send_to_worker(
+        &mut self,
+        worker: usize,
+        pool: &mut SlotPool,
+        slot: u32,
+        tx: &mut TxCtx<'_>,
+    ) -> Result<(), u32> {
+        let l3 = self.l3_offset();
+        let all = match self {
+            Link::Tap(t) => &t.all,
+            Link::Tun(t) => &t.all,
+            _ => return Err(slot),
+        };
+        let Some(fd) = all.get(worker).map(|fd| fd.as_fd()) else {
+            return Err(slot);
+        };
+        let segment = tx.segment_gso;
+        let sent = send_frame(
+            |v, f| write_frame(fd, v, f),
+            pool.get(slot),
+            l3,
+            segment,
+            tx,
+        );
+        if let Err(reason) = sent {
+            tx.counters.dropped(tx.worker, reason);
+        }
+        pool.put(slot);
+        Ok(())
     }
 }
 

@@ -5,6 +5,7 @@
 //! In netstackd the dataplane runs in a child process with no capabilities under seccomp
 //! (`child`, `seccomp`); the supervisor talks to it with the messages of `ipc`.
 
+mod balance;
 pub mod capture;
 pub mod capture_filter;
 pub mod child;
@@ -38,6 +39,7 @@ use crate::sys::shm::SharedU64s;
 use crate::sys::uring::TapRing;
 use crate::wire::MacAddr;
 
+pub use balance::BalanceStats;
 use link::Link;
 pub use link::LinkKind;
 use worker::{PodIo, Worker, WorkerCmd};
@@ -120,6 +122,8 @@ pub struct Dataplane {
     uplink_counters: Arc<LinkCounters>,
     /// The service flow table every worker's router shares (`None`: turned off).
     flows: Option<Arc<FlowTable>>,
+    /// The workers' flow counts (`None`: no balancing).
+    loads: Option<Arc<balance::Loads>>,
     pod_counters: HashMap<u64, Arc<LinkCounters>>,
     /// Container ids by attachment id, for log lines.
     names: HashMap<u64, String>,
@@ -203,6 +207,8 @@ pub struct WorkerOptions {
     pub big_tcp_bytes: u32,
     /// One service flow table shared by every worker (`--service-flows on`).
     pub service_flows: bool,
+    /// Busy flows move between workers (`--flow-balance on`, see `balance`).
+    pub flow_balance: bool,
 }
 
 impl Default for WorkerOptions {
@@ -211,6 +217,7 @@ impl Default for WorkerOptions {
             segment_gso: false,
             big_tcp_bytes: 0,
             service_flows: true,
+            flow_balance: true,
         }
     }
 }
@@ -265,12 +272,18 @@ impl Dataplane {
             segment_gso,
             big_tcp_bytes,
             service_flows,
+            flow_balance,
         } = options;
         let flows = service_flows.then(|| Arc::new(FlowTable::new(flow::DEFAULT_CAPACITY)));
-        let mut workers = Vec::with_capacity(n);
-        for (index, uplink) in uplink_queues.into_iter().enumerate() {
-            crate::sys::tap::set_nonblocking(std::os::fd::AsFd::as_fd(&uplink))
+        // One worker has nobody to balance with.
+        let loads = (flow_balance && n > 1).then(|| balance::Loads::new(n));
+        for uplink in &uplink_queues {
+            crate::sys::tap::set_nonblocking(std::os::fd::AsFd::as_fd(uplink))
                 .map_err(io::Error::other)?;
+        }
+        let uplink_queues: Arc<[OwnedFd]> = uplink_queues.into();
+        let mut workers = Vec::with_capacity(n);
+        for index in 0..n {
             let (tx, rx) = mpsc::channel();
             let wake = Arc::new(EventFd::from_flags(
                 EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK,
@@ -280,7 +293,7 @@ impl Dataplane {
                 index,
                 rx,
                 Arc::clone(&wake),
-                Link::tun(uplink),
+                Link::tun_queue(Arc::clone(&uplink_queues), index),
                 Arc::clone(&uplink_counters),
                 match &flows {
                     Some(f) => Router::new(gateway, uplink_mtu).with_flows(Arc::clone(f)),
@@ -290,6 +303,11 @@ impl Dataplane {
             )?
             .segment_gso(segment_gso)
             .big_tcp(big_tcp_bytes as usize)
+            .balance(
+                loads
+                    .as_ref()
+                    .map(|l| balance::Balancer::new(index, Arc::clone(l))),
+            )
             .in_flight(InFlight {
                 slots: in_flight.clone(),
                 index,
@@ -308,6 +326,7 @@ impl Dataplane {
             workers,
             uplink_counters,
             flows,
+            loads,
             pod_counters: HashMap::new(),
             names: HashMap::new(),
             vm_pods: std::collections::HashSet::new(),
@@ -336,6 +355,18 @@ impl Dataplane {
         self.flows.as_ref().map(|f| f.stats()).unwrap_or_default()
     }
 
+    /// Per worker: flows active in its last window of flow balancing, and flows it moved
+    /// to another worker (empty with one worker or `--flow-balance off`).
+    pub fn balance(&self) -> BalanceStats {
+        match &self.loads {
+            Some(l) => BalanceStats {
+                active: l.active(),
+                moves: l.moves(),
+            },
+            None => BalanceStats::default(),
+        }
+    }
+
     /// How many times each worker woke up from epoll.
     pub fn wakeups(&self) -> Vec<u64> {
         self.workers
@@ -358,33 +389,42 @@ impl Dataplane {
         Ok(found)
     }
 
-    /// Hands a pod's TAP queues to the workers: queue q is read by worker q mod N; a worker
-    /// without a queue of its own writes to the pod through a duplicate of one.
+    /// Hands a pod's TAP queues (or packet sockets) to the workers: queue q is read by
+    /// worker q mod N; a worker without a queue of its own writes to the pod through one of
+    /// another's (a TAP's: shared, as every TAP queue is, see `Link::tap`; a packet socket's:
+    /// a duplicate).
     pub fn attach(&mut self, spec: &PodSpec, queues: Vec<OwnedFd>) -> io::Result<()> {
         if queues.is_empty() {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "no TAP queues"));
         }
         let n = self.workers.len();
-        let mut per_worker: Vec<Vec<OwnedFd>> = (0..n).map(|_| Vec::new()).collect();
-        let q = queues.len();
-        let mut extra: Vec<Option<OwnedFd>> = Vec::with_capacity(n);
-        for w in 0..n {
-            extra.push(if w < q {
-                None
-            } else {
-                Some(queues[w % q].try_clone()?)
-            });
-        }
-        for (i, fd) in queues.into_iter().enumerate() {
-            per_worker[i % n].push(fd);
-        }
         // Every worker's link first (mapping a ring can fail): nothing is sent to any worker
         // unless all of them can take the pod.
-        let mut links = per_worker
-            .into_iter()
-            .zip(extra)
-            .map(|(rx, tx_extra)| Link::pod(spec.link, rx, tx_extra))
-            .collect::<io::Result<Vec<_>>>()?;
+        let mut links = if spec.link == LinkKind::Tap {
+            let all: Arc<[OwnedFd]> = queues.into();
+            (0..n)
+                .map(|w| Link::tap(Arc::clone(&all), w, n))
+                .collect::<io::Result<Vec<_>>>()?
+        } else {
+            let q = queues.len();
+            let mut extra: Vec<Option<OwnedFd>> = Vec::with_capacity(n);
+            for w in 0..n {
+                extra.push(if w < q {
+                    None
+                } else {
+                    Some(queues[w % q].try_clone()?)
+                });
+            }
+            let mut per_worker: Vec<Vec<OwnedFd>> = (0..n).map(|_| Vec::new()).collect();
+            for (i, fd) in queues.into_iter().enumerate() {
+                per_worker[i % n].push(fd);
+            }
+            per_worker
+                .into_iter()
+                .zip(extra)
+                .map(|(rx, tx_extra)| Link::pod(spec.link, rx, tx_extra))
+                .collect::<io::Result<Vec<_>>>()?
+        };
         for (link, ring) in links.iter_mut().zip(&self.rings) {
             link.use_ring(Arc::clone(ring));
         }

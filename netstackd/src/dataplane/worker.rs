@@ -20,6 +20,7 @@ use crate::stack::{LinkCounters, PodPort, Router};
 use crate::sys::packet::MMSG_BATCH;
 use crate::sys::tap::RxFrame;
 
+use super::balance::Balancer;
 use super::capture::CaptureSink;
 use super::link::Link;
 use super::qdisc::{FifoQueue, SlotPool, TokenBucket, SLOT_LEN};
@@ -125,6 +126,8 @@ pub(super) struct Worker {
     rx_lens: [RxFrame; MMSG_BATCH],
     /// Where each frame of the batch being routed goes: (slot, egress id).
     routed: Vec<(u32, u64)>,
+    /// Counts flows and moves busy ones to other workers (`None`: one worker, or off).
+    balance: Option<Balancer>,
     /// Slots gathered for one send.
     tx_batch: Vec<u32>,
     /// Where the id of the pod whose batch this worker handles is published.
@@ -195,6 +198,7 @@ impl Worker {
             rx_batch: Vec::with_capacity(MMSG_BATCH),
             rx_lens: [RxFrame::Malformed; MMSG_BATCH],
             routed: Vec::with_capacity(MMSG_BATCH),
+            balance: None,
             tx_batch: Vec::with_capacity(MMSG_BATCH),
             in_flight: InFlight::default(),
         })
@@ -213,6 +217,12 @@ impl Worker {
         pool.set_limit(POOL_SLOTS);
         self.pool = pool;
         self.router = self.router.with_big_tcp(true);
+        self
+    }
+
+    /// Balances flows with the other workers through `balance`.
+    pub(super) fn balance(mut self, balance: Option<Balancer>) -> Self {
+        self.balance = balance;
         self
     }
 
@@ -242,6 +252,9 @@ impl Worker {
             // Only this worker writes its counter: a plain load and store.
             self.wakeups
                 .store(self.wakeups.load(Relaxed).wrapping_add(1), Relaxed);
+            if let Some(b) = &mut self.balance {
+                b.tick(std::time::Instant::now());
+            }
             for ev in &events[..n] {
                 match ev.data() {
                     TOKEN_WAKE => {
@@ -610,6 +623,109 @@ mod tests {
         assert_eq!(counters[0].snapshot().drops.values().sum::<u64>(), 0);
 
         assert!(w.throttle.is_empty(), "no fd is left unread");
+    }
+
+    /// Worker 0 of 2 with TAP pods 1 and 2 of two queues each (the test's ends: `[pod][queue]`)
+    /// and a balancer; worker 1 is idle.
+    fn balancing_worker() -> (
+        Worker,
+        Vec<Vec<UnixDatagram>>,
+        Arc<super::super::balance::Loads>,
+    ) {
+        let loads = super::super::balance::Loads::new(2);
+        let mut w = empty_worker().balance(Some(super::super::balance::Balancer::new(
+            0,
+            Arc::clone(&loads),
+        )));
+        let mut peers = Vec::new();
+        for id in 1..=2u8 {
+            let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+            for _ in 0..2 {
+                let (o, t) = UnixDatagram::pair().unwrap();
+                o.set_nonblocking(true).unwrap();
+                t.set_nonblocking(true).unwrap();
+                ours.push(OwnedFd::from(o));
+                theirs.push(t);
+            }
+            let link = Link::tap(ours.into(), 0, 2).unwrap();
+            let spec = PodSpec {
+                id: u64::from(id),
+                mac: mac(id),
+                ipv4: vec![ip(id)],
+                ipv6: Vec::new(),
+                gateway_v6: None,
+                mtu: 1500,
+                bandwidth: None,
+                container_id: format!("pod{id}"),
+                link: LinkKind::Tap,
+            };
+            let c = Arc::new(LinkCounters::new(2));
+            w.attach(spec, c, PodIo::new(link)).unwrap();
+            peers.push(theirs);
+        }
+        (w, peers, loads)
+    }
+
+    /// A UDP frame from pod 1 to pod 2 from source port `port` (one flow per port).
+    fn flow_frame(port: u16) -> Vec<u8> {
+        let mut f = udp_frame(1, 2, 64);
+        f[VNET_HDR_LEN + 34..VNET_HDR_LEN + 36].copy_from_slice(&port.to_be_bytes());
+        f
+    }
+
+    /// What reached the test's end `end`, as source ports.
+    fn ports_at(end: &UnixDatagram) -> Vec<u16> {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 2048];
+        while let Ok(n) = end.recv(&mut buf) {
+            assert!(n > VNET_HDR_LEN + 36);
+            got.push(u16::from_be_bytes([
+                buf[VNET_HDR_LEN + 34],
+                buf[VNET_HDR_LEN + 35],
+            ]));
+        }
+        got
+    }
+
+    #[test]
+    fn a_busy_worker_writes_a_moved_flow_to_the_other_workers_queue() {
+        let (mut w, peers, loads) = balancing_worker();
+        let send = |w: &mut Worker, frames: u32| {
+            for _ in 0..frames {
+                for port in [1000, 2000, 3000] {
+                    peers[0][0].send(&flow_frame(port)).unwrap();
+                }
+                w.drain_pod(1, 0);
+                w.flush();
+            }
+        };
+        // Three busy flows, all on this worker's queue of pod 2.
+        send(&mut w, 40);
+        assert_eq!(ports_at(&peers[1][0]).len(), 120);
+        assert!(ports_at(&peers[1][1]).is_empty());
+        // The window ends: 3 active flows here, none on worker 1: one moves.
+        let now = std::time::Instant::now() + super::super::balance::WINDOW;
+        assert!(w.balance.as_mut().unwrap().tick(now));
+        assert_eq!(loads.moves(), vec![1, 0]);
+        send(&mut w, 2);
+        let (here, there) = (ports_at(&peers[1][0]), ports_at(&peers[1][1]));
+        // The moved flow's frames go to worker 1's queue of pod 2, the others stay.
+        assert_eq!(there.len(), 2, "{there:?}");
+        assert_eq!(there[0], there[1]);
+        assert_eq!(here.len(), 4);
+        assert!(!here.contains(&there[0]));
+        // Counted as sent to pod 2, nothing dropped.
+        let c = &w.router.pod(2).unwrap().counters.snapshot();
+        assert_eq!(c.tx_packets, 126);
+        assert!(c.drops.values().all(|&n| n == 0), "{:?}", c.drops);
+        // The window after: the move is over, every frame stays here again.
+        w.balance
+            .as_mut()
+            .unwrap()
+            .tick(now + super::super::balance::WINDOW);
+        send(&mut w, 1);
+        assert_eq!(ports_at(&peers[1][0]).len(), 3);
+        assert!(ports_at(&peers[1][1]).is_empty());
     }
 
     #[test]

@@ -63,6 +63,7 @@ struct Inner {
     segment_gso: bool,
     big_tcp_bytes: u32,
     service_flows: bool,
+    flow_balance: bool,
     /// TAP queues through io_uring (`--tap-io`, resolved).
     tap_uring: bool,
     user: DataplaneUser,
@@ -107,6 +108,8 @@ pub struct DataplaneStats {
     pub uplink: Counters,
     /// Per worker.
     pub wakeups: Vec<u64>,
+    /// Flow balancing, per worker.
+    pub balance: crate::dataplane::BalanceStats,
     /// The service flow table.
     pub flows: crate::stack::FlowStats,
 }
@@ -284,6 +287,7 @@ impl Inner {
                 segment_gso: self.segment_gso,
                 big_tcp_bytes: self.big_tcp_bytes,
                 service_flows_off: !self.service_flows,
+                flow_balance_off: !self.flow_balance,
                 in_flight: true,
                 tap_uring: self.tap_uring,
             };
@@ -345,6 +349,7 @@ impl DataplaneProcess {
             segment_gso,
             big_tcp_bytes,
             service_flows,
+            flow_balance,
         } = options;
         let workers = uplink.len();
         let inner = Arc::new(Mutex::new(Inner {
@@ -355,6 +360,7 @@ impl DataplaneProcess {
             segment_gso,
             big_tcp_bytes,
             service_flows,
+            flow_balance,
             tap_uring,
             user,
             uplink,
@@ -588,6 +594,7 @@ impl DataplaneProcess {
                 pods,
                 uplink,
                 wakeups,
+                balance,
                 flows,
             }) => {
                 let mut pods: HashMap<u64, Counters> = pods.into_iter().collect();
@@ -596,6 +603,7 @@ impl DataplaneProcess {
                     pods,
                     uplink,
                     wakeups,
+                    balance,
                     flows,
                 }
             }

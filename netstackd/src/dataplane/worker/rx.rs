@@ -9,6 +9,7 @@ use crate::stack::{DropReason, Verdict};
 use crate::sys::tap::RxFrame;
 use crate::wire::{ethernet, VnetHdr};
 
+use super::super::balance;
 use super::super::link::RxOutcome;
 use super::{Worker, BATCH, POOL_WAIT, UPLINK};
 
@@ -170,11 +171,39 @@ impl Worker {
         }
         self.return_rx_slots(got);
         let mut routed = std::mem::take(&mut self.routed);
+        let steerable =
+            self.balance.is_some() && self.router.pod(id).is_some_and(|p| p.io.link.steerable());
         for &(slot, dst) in &routed {
-            self.enqueue(dst, slot);
+            match self.balance_frame(slot, dst, steerable) {
+                Some(t) => self.steer(dst, slot, t),
+                None => self.enqueue(dst, slot),
+            }
         }
         routed.clear();
         self.routed = routed;
+    }
+
+    /// Counts the flow of the frame in `slot`, routed to egress `dst`, for flow balancing
+    /// (`balance`; `src_steerable`: it came from a TAP or the uplink); `Some(worker)` when
+    /// that flow is being moved to another worker that has a queue of `dst`, where the frame
+    /// is then written.
+    fn balance_frame(&mut self, slot: u32, dst: u64, src_steerable: bool) -> Option<usize> {
+        let b = self.balance.as_mut()?;
+        let s = self.pool.get(slot);
+        let key = balance::flow_key(s.buf.get(ethernet::HEADER_LEN..s.end)?)?;
+        let dst_link = if dst == UPLINK {
+            Some(&self.uplink)
+        } else {
+            // A shaped pod's frames wait for tokens in its queue here: not moved.
+            self.router
+                .pod(dst)
+                .filter(|p| p.io.ingress.is_none())
+                .map(|p| &p.io.link)
+        };
+        let dst_link = dst_link.filter(|l| l.steerable());
+        b.note(key, src_steerable && dst_link.is_some());
+        let t = b.target(key).filter(|&t| t != self.index)?;
+        dst_link?.has_worker_queue(t).then_some(t)
     }
 
     /// A free slot; drains the queues first when none is free. `None` means every slot waits
@@ -249,7 +278,10 @@ impl Worker {
         match verdict {
             Verdict::ToPod { id, len } => {
                 (s.start, s.end) = (0, len);
-                self.enqueue(id, slot);
+                match self.balance_frame(slot, id, true) {
+                    Some(t) => self.steer(id, slot, t),
+                    None => self.enqueue(id, slot),
+                }
             }
             Verdict::Drop(reason) => {
                 self.uplink_counters.dropped(w, reason);

@@ -42,6 +42,45 @@ impl Worker {
         }
     }
 
+    /// Writes the frame in `slot` to worker `t`'s queue of egress `dst` at once, after
+    /// everything queued here (the flow's earlier frames leave first), to move its flow to
+    /// that worker (`balance`); queues it here as usual if `dst` has no such queue.
+    pub(super) fn steer(&mut self, dst: u64, slot: u32, t: usize) {
+        self.flush();
+        let w = self.index;
+        let Worker {
+            router,
+            pool,
+            uplink,
+            uplink_counters,
+            segment_gso,
+            scratch,
+            ..
+        } = self;
+        let mut tx = TxCtx {
+            segment_gso: *segment_gso,
+            scratch,
+            counters: uplink_counters,
+            worker: w,
+        };
+        let sent = if dst == UPLINK {
+            uplink.send_to_worker(t, pool, slot, &mut tx)
+        } else if let Some(PodPort { io, counters, .. }) = router.pod_mut(dst) {
+            tx.counters = counters;
+            if let (Some(sink), true) = (&io.capture, io.link.has_worker_queue(t)) {
+                let s = pool.get(slot);
+                sink.record(&s.buf[s.start..s.end]);
+            }
+            io.link.send_to_worker(t, pool, slot, &mut tx)
+        } else {
+            pool.put(slot);
+            Ok(())
+        };
+        if let Err(slot) = sent {
+            self.enqueue(dst, slot);
+        }
+    }
+
     /// Writes out every queue with frames, as far as shaping allows.
     pub(super) fn flush(&mut self) {
         if self.dirty.is_empty() {

@@ -123,6 +123,11 @@ active_flows() {
   curl -sf "http://$(ctl status | jq -r .metrics)/metrics" |
     awk -F'[{}"= ]+' '/^netstack_worker_active_flows\{/ { printf "%s ", $NF }'
 }
+# has_series NAME / no_series NAME: the metrics (fetched: a failed fetch fails both) have a
+# sample of NAME, or none.
+metrics_text() { curl -sf "http://$(ctl status | jq -r .metrics)/metrics"; }
+has_series() { metrics_text | grep -q "^$1"; }
+no_series() { local t; t=$(metrics_text) || return 1; ! grep -q "^$1" <<<"$t"; }
 flow_moves() {
   curl -sf "http://$(ctl status | jq -r .metrics)/metrics" |
     awk -F'[{}"= ]+' '/^netstack_worker_flow_moves_total\{/ { s += $NF } END { print s + 0 }'
@@ -147,22 +152,21 @@ check "6 streams over 2 workers end split 3 to 3 (within one), as the metrics co
   eventually 5 balanced_3_times
 log "active flows per worker: $(active_flows); flows moved: $(flow_moves)"
 check "the 6 streams complete" wait "$IPERF"
-check "no frame written to pod b (moved flows' included) failed: tx_error 0" \
-  sh -c "[ \"\$(pod_counter balance-b-$RUN_ID '.drops.tx_error // 0')\" = 0 ]"
+check "no frame written to pod b (moved flows' included) failed: tx_error $(pod_counter "balance-b-$RUN_ID" '.drops.tx_error // 0')" \
+  test "$(pod_counter "balance-b-$RUN_ID" '.drops.tx_error // 0')" = 0
 del_pod "balance-a-$RUN_ID"
 del_pod "balance-b-$RUN_ID"
 stop_netstackd
 ip link del "$UPLINK" 2>/dev/null
 start_netstackd --workers 2 --flow-balance off || fail "netstackd --flow-balance off starts"
 check "with --flow-balance off the metrics have no flow balancing series" \
-  sh -c "! curl -sf http://\$(ctl status | jq -r .metrics)/metrics | grep -q '^netstack_worker_active_flows'"
-check "and the workers' wakeups are still there" \
-  sh -c "curl -sf http://\$(ctl status | jq -r .metrics)/metrics | grep -q '^netstack_worker_wakeups_total'"
+  no_series netstack_worker_active_flows
+check "and the workers' wakeups are still there" has_series netstack_worker_wakeups_total
 stop_netstackd
 ip link del "$UPLINK" 2>/dev/null
 start_netstackd --workers 1 || fail "netstackd --workers 1 starts"
 check "with one worker there is nobody to balance with: no such series" \
-  sh -c "! curl -sf http://\$(ctl status | jq -r .metrics)/metrics | grep -q '^netstack_worker_active_flows'"
+  no_series netstack_worker_flow_moves_total
 stop_netstackd
 ip link del "$UPLINK" 2>/dev/null
 

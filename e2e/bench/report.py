@@ -71,6 +71,18 @@ VS_FLOOR = ["ns_cpu_p2p_s_per_gbit", "sys_cpu_p2p_s_per_gbit", "tcp1_p2p_gbps", 
             "udp64_rx_kpps", "rtt_min_us", "rtt_p50_us", "rtt_p99_us", "crr_per_s"]
 
 
+
+def cpu_model():
+    """The CPU's model name from /proc/cpuinfo (None where it has none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
 def ratio_goal(minimum):
     return lambda v, b: None if v is None or not b else v / b >= minimum
 
@@ -256,6 +268,8 @@ def main():
         "machine": {
             "kernel": platform.release(),
             "cpus": os.cpu_count(),
+            # Sessions land on different hosts: the CPU model says which one a run had.
+            "cpu_model": cpu_model(),
             "loadavg_before": args.load_before,
             "loadavg_after": args.load_after,
             "git": args.git,

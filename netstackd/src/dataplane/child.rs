@@ -232,7 +232,7 @@ pub fn run(user: DataplaneUser) -> anyhow::Result<()> {
                     pods,
                     uplink,
                     wakeups: dataplane.wakeups(),
-                    balance: dataplane.balance(),
+                    balance: Box::new(dataplane.balance()),
                     flows: dataplane.flow_stats(),
                 }
             }

@@ -107,7 +107,7 @@ pub enum DpReply {
         wakeups: Vec<u64>,
         /// Flow balancing between the workers.
         #[serde(default)]
-        balance: super::BalanceStats,
+        balance: Box<super::BalanceStats>,
         /// The service flow table (all zero when it is off).
         #[serde(default)]
         flows: crate::stack::FlowStats,

@@ -603,7 +603,7 @@ impl DataplaneProcess {
                     pods,
                     uplink,
                     wakeups,
-                    balance,
+                    balance: *balance,
                     flows,
                 }
             }

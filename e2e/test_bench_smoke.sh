@@ -52,7 +52,9 @@ VETH_FIGURES=("${BRIDGE_FIGURES[@]}" ns_cpu_s_per_gbit ns_cpu_p2p_s_per_gbit)
 TAP_FIGURES=("${VETH_FIGURES[@]}" pairs_total_gbps pairs_jain rss_per_pod_kib rss_avg_per_pod_kib
   rss_total_mib idle_cpu_pct)
 BRIDGE_FIGURES+=(pairs_total_gbps pairs_jain)
-FLOOR_FIGURES=("${WIRE_FIGURES[@]}" ns_cpu_p2p_s_per_gbit)
+# The floor: pod to pod between two TAPs, pod to node and back through a TUN (--node-tun).
+FLOOR_FIGURES=("${WIRE_FIGURES[@]}" ns_cpu_p2p_s_per_gbit tcp1_p2n_gbps tcp4_p2n_gbps tcp1_n2p_gbps
+  sys_cpu_p2n_s_per_gbit)
 # numbers PATH FIGURE...: the figures of PATH that are not numbers.
 not_numbers() {
   local path=$1

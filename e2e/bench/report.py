@@ -59,7 +59,8 @@ EXPECTED = {
                                 "rss_avg_per_pod_kib", "rss_total_mib", "idle_cpu_pct"],
     "veth": P2P + P2N + N2P + ["ns_cpu_s_per_gbit", "ns_cpu_p2p_s_per_gbit"],
     "bridge": P2P + P2N + N2P + PAIRS,
-    "floor": WIRE + ["ns_cpu_p2p_s_per_gbit"],
+    # Pod to pod between two TAPs; pod to node through a TUN (nsbench floor --node-tun).
+    "floor": WIRE + P2N + N2P + ["ns_cpu_p2p_s_per_gbit"],
     **{peer: P2N + (N2P if peer.startswith("pasta") else []) for peer in PEERS},
 }
 # Multiples of netstack's pod-to-node throughput over the userspace peers.
@@ -68,9 +69,8 @@ MULTIPLES = [(f"vs_{peer}_{k}", f"pod->node TCP, {n} / {peer}", peer, f"{k}_gbps
              for peer in PEERS]
 # Figures read against the floor's (netstack / floor).
 VS_FLOOR = ["ns_cpu_p2p_s_per_gbit", "sys_cpu_p2p_s_per_gbit", "tcp1_p2p_gbps", "tcp4_p2p_gbps",
+            "tcp1_p2n_gbps", "tcp4_p2n_gbps", "tcp1_n2p_gbps", "sys_cpu_p2n_s_per_gbit",
             "udp64_rx_kpps", "rtt_min_us", "rtt_p50_us", "rtt_p99_us", "crr_per_s"]
-
-
 
 def cpu_model():
     """The CPU's model name from /proc/cpuinfo (None where it has none)."""
@@ -82,6 +82,7 @@ def cpu_model():
     except OSError:
         pass
     return None
+
 
 def ratio_goal(minimum):
     return lambda v, b: None if v is None or not b else v / b >= minimum

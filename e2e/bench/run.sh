@@ -71,6 +71,12 @@ PASTA_GW=10.252.$X.1
 FLOOR_IP_A=10.249.$X.1 # the floor's two pods: one /24, in their own namespaces only
 FLOOR_IP_B=10.249.$X.2
 FLOOR_PID=
+# The floor of the pod-to-node hop: a third pod wired to a TUN in the node's namespace (two
+# more addresses of the floor's /24, /32 each: the pod, the node's end).
+FLOOR_N_POD=10.249.$X.65
+FLOOR_N_GW=10.249.$X.66
+FLOOR_N_TUN=nsbf$ID
+FLOOR_N_PID=
 PORT=$((10000 + (RUN_ID % 200) * 100))
 SPLICE_PORT=$((40000 + (RUN_ID % 200) * 2)) # pasta's forwarded port on the node; +1 for pasta_1500
 NET=nsbench
@@ -210,7 +216,14 @@ ns_ticks() {
 # pid_ticks PID: user + system ticks of process PID (all its threads), 0 when it is gone.
 pid_ticks() { if [ -n "$1" ] && [ -r "/proc/$1/stat" ]; then awk '{print $14 + $15}' "/proc/$1/stat"; else echo 0; fi; }
 # fwd_ticks PATH: CPU ticks of what forwards PATH's frames in user space (netstackd, the floor).
-fwd_ticks() { case $1 in tap | veth) ns_ticks ;; floor) pid_ticks "$FLOOR_PID" ;; *) echo 0 ;; esac; }
+# The floor's two forwarders (pod to pod, pod to node) never carry traffic at the same time.
+fwd_ticks() {
+  case $1 in
+    tap | veth) ns_ticks ;;
+    floor) echo $(($(pid_ticks "$FLOOR_PID") + $(pid_ticks "$FLOOR_N_PID"))) ;;
+    *) echo 0 ;;
+  esac
+}
 # Busy ticks of the whole machine (all CPUs, everything but idle and iowait).
 sys_ticks() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
 # VmRSS (KiB) of supervisor + dataplane.
@@ -376,6 +389,42 @@ declare -A NODE_DST=([tap]=$GATEWAY [veth]=$GATEWAY [bridge]=$BR_GW [pasta]=$GAT
 declare -A NODE_BIND=([tap]=$GATEWAY [veth]=$GATEWAY [bridge]=$BR_GW [pasta]=$GATEWAY [pasta_1500]=$GATEWAY
   [slirp4netns]=$GATEWAY [slirp4netns_1500]=$GATEWAY)
 declare -A NODE_NS=([tap]=$PFX-tap-a [veth]=$PFX-veth-a [bridge]=$PFX-bridge-a)
+# The floor's pod-to-node rows: `nsbench floor --node-tun` between a pod's TAP and a TUN in the
+# node's namespace made as netstackd makes its uplink; the pod has a permanent neighbour entry
+# for the node's end at the floor's MAC (no ARP crosses), the node a /32 route to the pod.
+floor_node_up() {
+  local ns=$PFX-floor-n life=$(((RUNS * 8 + 12) * (DUR + 12) + 120))
+  ip netns add "$ns" || return 1
+  echo "floor $ns" >>"$WORK/pods"
+  ledger netns "$ns"
+  ip -n "$ns" link set lo up
+  bg floor-n host "$NSBENCH" floor --a "/run/netns/$ns" --node-tun "$FLOOR_N_TUN" --duration "$life"
+  FLOOR_N_PID=$BG_PID
+  for _ in $(seq 1 200); do
+    ip -n "$ns" link show eth0 >/dev/null 2>&1 && ip link show "$FLOOR_N_TUN" >/dev/null 2>&1 && break
+    kill -0 "$FLOOR_N_PID" 2>/dev/null || break
+    sleep 0.05
+  done
+  sysctl -qw "net.ipv6.conf.$FLOOR_N_TUN.disable_ipv6=1" 2>/dev/null
+  ip link set "$FLOOR_N_TUN" mtu 1500 up && ip addr add "$FLOOR_N_GW/32" dev "$FLOOR_N_TUN" &&
+    ip route add "$FLOOR_N_POD/32" dev "$FLOOR_N_TUN" &&
+    ip -n "$ns" link set eth0 mtu 1500 up && ip -n "$ns" addr add "$FLOOR_N_POD/32" dev eth0 &&
+    ip -n "$ns" route add "$FLOOR_N_GW/32" dev eth0 && ip -n "$ns" route add default via "$FLOOR_N_GW" &&
+    ip -n "$ns" neigh replace "$FLOOR_N_GW" lladdr 02:00:00:00:00:01 dev eth0 nud permanent || return 1
+  for _ in 1 2 3 4 5; do
+    nsx "$ns" ping -c 1 -W 1 -q "$FLOOR_N_GW" >/dev/null && return 0
+  done
+  { echo "the pod cannot reach the node:"; ip -n "$ns" -s link show eth0; ip -s link show "$FLOOR_N_TUN"
+    kill -0 "$FLOOR_N_PID" || echo "(the forwarder has exited)"; } >>"$WORK/floor-n.err" 2>&1
+  return 1
+}
+if [ -n "$FLOOR_PID" ] && floor_node_up; then
+  NODE_PATHS+=(floor) NODE_NS[floor]=$PFX-floor-n NODE_BIND[floor]=$FLOOR_N_GW NODE_DST[floor]=$FLOOR_N_GW
+  echo "  floor: pod $FLOOR_N_POD and the node's $FLOOR_N_GW, nsbench floor --node-tun (pid $FLOOR_N_PID)"
+elif [ -n "$FLOOR_PID" ]; then
+  sed 's/^/    floor (pod to node): /' "$WORK/floor-n.err"
+  note floor "the pod-to-node floor did not connect its pod: $(tail -c 400 "$WORK/floor-n.err" | tr -s '\n ' ' ')"
+fi
 ready_addr() { # NS ADDR: wait (5 s) until the pod has the address
   for _ in $(seq 1 100); do
     ip -n "$1" -4 -o addr show 2>/dev/null | grep -q " $2/" && return 0
@@ -634,6 +683,7 @@ for path in "${NODE_PATHS[@]}"; do
       tcp "$path" tcp1_n2p 1 "${NODE_NS[$path]}" 127.0.0.1 host 127.0.0.1
       PORT=$port_was ;;
     tap | veth | bridge) tcp "$path" tcp1_n2p 1 "${NODE_NS[$path]}" "${IP[$path-a]}" host "${IP[$path-a]}" ;;
+    floor) tcp floor tcp1_n2p 1 "$PFX-floor-n" "$FLOOR_N_POD" host "$FLOOR_N_POD" ;;
   esac
 done
 
@@ -642,10 +692,11 @@ for run in $(seq 1 "$RUNS"); do
   for path in "${P2P_PATHS[@]}"; do crr "$path"; done
 done
 
-if [ -n "$FLOOR_PID" ]; then # the floor's rows are done: its TAPs go with it
-  kill -TERM "$FLOOR_PID" 2>/dev/null
+if [ -n "$FLOOR_PID" ]; then # the floor's rows are done: its TAPs (and TUN) go with it
+  kill -TERM "$FLOOR_PID" ${FLOOR_N_PID:+"$FLOOR_N_PID"} 2>/dev/null
   reap "$FLOOR_PID"
-  FLOOR_PID=
+  [ -n "$FLOOR_N_PID" ] && reap "$FLOOR_N_PID"
+  FLOOR_PID= FLOOR_N_PID=
 fi
 
 # The pairs are made once and measured RUNS times, the kinds taking turns.

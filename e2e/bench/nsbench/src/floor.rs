@@ -9,6 +9,14 @@
 //! the same pod-to-pod figures, so that netstackd's CPU per Gbit can be read against what
 //! moving the same frames through user space costs at the least.
 //!
+//! With `--node-tun NAME` in place of the second pod, the other end is a TUN named NAME in
+//! the node's namespace, made as netstackd makes its uplink (one queue): the floor of the
+//! pod-to-node hop. A frame from the pod goes to the TUN without its Ethernet header (IPv4
+//! and IPv6 only; the harness gives the pod a permanent neighbour entry for its gateway, at
+//! [`GW_MAC`], so no ARP crosses), the checksum start of its virtio-net header moved with it,
+//! and a packet from the node goes to the pod behind an Ethernet header to the pod's MAC
+//! (learnt from its frames). That is all netstackd's uplink path must do besides routing.
+//!
 //! The TAPs disappear with the process (they are not persistent). It stops when `duration`
 //! has passed and prints what it moved; the harness usually ends it earlier (SIGTERM), so it
 //! also writes its tally to `--report FILE` twice a second.
@@ -31,6 +39,7 @@ use netstack_core::netns::run_in_netns;
 use netstack_core::sys::tap::{
     open_queues, read_frame, tap_rx_len, write_frame, RxFrame, TunKind, VNET_HDR_LEN,
 };
+use netstack_core::wire::VnetHdr;
 
 use crate::sys::TapUring;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -65,6 +74,149 @@ struct Tally {
     empty_reads: u64,
     dropped_rx: u64,
     dropped_tx: u64,
+}
+
+/// The far end of the floor's wire.
+#[derive(Clone, Copy, Debug)]
+pub enum Peer<'a> {
+    /// A second pod's TAP (in the namespace at this path).
+    Pod(&'a Path),
+    /// A TUN of this name in the node's namespace (the pod-to-node floor).
+    NodeTun(&'a str),
+}
+
+/// The MAC of the node-side floor's end of the pod's wire.
+pub const GW_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x01];
+const ETH_LEN: usize = 14;
+
+/// Opens the TUN `name` in this namespace, as netstackd opens its uplink (one queue).
+fn open_node_tun(name: &str) -> Result<OwnedFd> {
+    let tun = open_queues(name, TunKind::Tun, 1, false).with_context(|| format!("TUN {name}"))?;
+    tun.fds
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow!("TUN {name}: no queue"))
+}
+
+/// Moves the checksum start of a virtio-net header by `delta` bytes.
+fn shift(vnet: &[u8; VNET_HDR_LEN], delta: i16) -> [u8; VNET_HDR_LEN] {
+    let mut h = VnetHdr::parse(vnet);
+    h.shift_csum_start(delta);
+    let mut out = [0u8; VNET_HDR_LEN];
+    h.emit(&mut out);
+    out
+}
+
+/// Pod TAP `tap` to node TUN `tun`: reads up to [`BATCH`] frames, then writes each IP one
+/// without its Ethernet header; learns the pod's MAC. Frames moved.
+fn forward_to_node(
+    tap: BorrowedFd<'_>,
+    tun: BorrowedFd<'_>,
+    bufs: &mut [([u8; VNET_HDR_LEN], Vec<u8>)],
+    pod_mac: &mut Option<[u8; 6]>,
+    t: &mut Tally,
+) -> Result<usize> {
+    let batch = read_batch(tap, bufs, 0, t)?;
+    for (i, len) in batch.iter() {
+        let (vnet, buf) = &bufs[i];
+        let ip = len > ETH_LEN && matches!(buf[12..14], [0x08, 0x00] | [0x86, 0xdd]);
+        if !ip {
+            t.dropped_rx += 1;
+            continue;
+        }
+        *pod_mac = Some(buf[6..12].try_into().unwrap_or_default());
+        t.rw_calls += 1;
+        match write_frame(tun, &shift(vnet, -(ETH_LEN as i16)), &buf[ETH_LEN..len]) {
+            Ok(()) => {
+                t.frames += 1;
+                t.bytes += (len - ETH_LEN) as u64;
+            }
+            Err(_) => t.dropped_tx += 1,
+        }
+    }
+    Ok(batch.n)
+}
+
+/// Node TUN `tun` to pod TAP `tap`: reads up to [`BATCH`] packets behind room for an Ethernet
+/// header, then writes each to the pod (dropped until its MAC is known). Frames moved.
+fn forward_to_pod(
+    tun: BorrowedFd<'_>,
+    tap: BorrowedFd<'_>,
+    bufs: &mut [([u8; VNET_HDR_LEN], Vec<u8>)],
+    pod_mac: Option<[u8; 6]>,
+    t: &mut Tally,
+) -> Result<usize> {
+    let batch = read_batch(tun, bufs, ETH_LEN, t)?;
+    for (i, len) in batch.iter() {
+        let (vnet, buf) = &mut bufs[i];
+        let len = ETH_LEN + len;
+        let ethertype = match buf[ETH_LEN] >> 4 {
+            4 => [0x08, 0x00],
+            6 => [0x86, 0xdd],
+            _ => {
+                t.dropped_rx += 1;
+                continue;
+            }
+        };
+        let Some(mac) = pod_mac else {
+            t.dropped_tx += 1;
+            continue;
+        };
+        buf[0..6].copy_from_slice(&mac);
+        buf[6..12].copy_from_slice(&GW_MAC);
+        buf[12..14].copy_from_slice(&ethertype);
+        t.rw_calls += 1;
+        match write_frame(tap, &shift(vnet, ETH_LEN as i16), &buf[..len]) {
+            Ok(()) => {
+                t.frames += 1;
+                t.bytes += len as u64;
+            }
+            Err(_) => t.dropped_tx += 1,
+        }
+    }
+    Ok(batch.n)
+}
+
+/// What one [`read_batch`] brought: (buffer index, frame length) of each frame, in order.
+struct Batch {
+    frames: [(usize, usize); BATCH],
+    n: usize,
+}
+
+impl Batch {
+    fn iter(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        self.frames[..self.n].iter().copied()
+    }
+}
+
+/// Reads up to [`BATCH`] frames from `from` into `bufs` at offset `at`, one `readv` each.
+fn read_batch(
+    from: BorrowedFd<'_>,
+    bufs: &mut [([u8; VNET_HDR_LEN], Vec<u8>)],
+    at: usize,
+    t: &mut Tally,
+) -> Result<Batch> {
+    let mut b = Batch {
+        frames: [(0, 0); BATCH],
+        n: 0,
+    };
+    for (i, (vnet, buf)) in bufs.iter_mut().enumerate() {
+        t.rw_calls += 1;
+        match read_frame(from, vnet, &mut buf[at..]) {
+            Ok(RxFrame::Whole(len)) => {
+                b.frames[b.n] = (i, len);
+                b.n += 1;
+            }
+            Ok(RxFrame::Malformed | RxFrame::Oversize) => t.dropped_rx += 1,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                t.empty_reads += 1;
+                break;
+            }
+            Err(e) => return Err(e).context("read a frame"),
+        }
+    }
+    t.reads_per_wakeup_max = t.reads_per_wakeup_max.max(b.n);
+    Ok(b)
 }
 
 /// Opens the TAP `ifname` (one queue, netstackd's options) in the namespace at `netns`.
@@ -211,14 +363,24 @@ pub struct Options {
 /// then reports; with `report_to`, also writes the report there twice a second.
 pub fn run(
     a: &Path,
-    b: &Path,
+    b: Peer<'_>,
     ifname: &str,
     duration: Duration,
     opts: Options,
     report_to: Option<&Path>,
 ) -> Result<serde_json::Value> {
     let fa = open_tap(a, ifname)?;
-    let fb = open_tap(b, ifname)?;
+    let fb = match b {
+        Peer::Pod(b) => open_tap(b, ifname)?,
+        Peer::NodeTun(name) => {
+            if opts.io != Io::Readv {
+                return Err(anyhow!("--node-tun forwards with readv/writev only"));
+            }
+            open_node_tun(name)?
+        }
+    };
+    let to_node = matches!(b, Peer::NodeTun(_));
+    let mut pod_mac = None;
     let mut bufs: Vec<([u8; VNET_HDR_LEN], Vec<u8>)> = (0..BATCH)
         .map(|_| ([0u8; VNET_HDR_LEN], vec![0u8; FRAME_BUF]))
         .collect();
@@ -232,7 +394,7 @@ pub fn run(
     let mut t = Tally::default();
     let mut spin_until = start;
     let mut reported = start;
-    eprintln!("floor: forwarding {ifname} <-> {ifname} ({:?})", opts);
+    eprintln!("floor: forwarding {ifname} <-> {b:?} ({opts:?})");
     while Instant::now() < deadline {
         if let Some(p) = report_to.filter(|_| reported.elapsed() > Duration::from_millis(500)) {
             reported = Instant::now();
@@ -265,6 +427,10 @@ pub fn run(
                 let [wa, wb] = &mut windows;
                 forward_uring(r, wa, fa.as_fd(), fb.as_fd(), &mut bufs, &mut t)?
                     + forward_uring(r, wb, fb.as_fd(), fa.as_fd(), &mut bufs, &mut t)?
+            }
+            None if to_node => {
+                forward_to_node(fa.as_fd(), fb.as_fd(), &mut bufs, &mut pod_mac, &mut t)?
+                    + forward_to_pod(fb.as_fd(), fa.as_fd(), &mut bufs, pod_mac, &mut t)?
             }
             None => {
                 forward(fa.as_fd(), fb.as_fd(), &mut bufs, &mut t)?

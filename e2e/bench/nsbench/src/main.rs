@@ -127,14 +127,23 @@ enum Cmd {
         #[arg(long, default_value = "3", value_parser = secs)]
         idle: Duration,
     },
-    /// Create TAP IFNAME in the pods A and B (netns paths) and forward between them, a wire.
+    /// Create TAP IFNAME in the pods A and B (netns paths) and forward between them, a wire
+    /// (or between pod A and a TUN in the node's namespace: --node-tun).
     Floor {
         /// The first pod's network namespace (a path such as /run/netns/NAME).
         #[arg(long)]
         a: PathBuf,
         /// The second pod's network namespace.
+        #[arg(
+            long,
+            required_unless_present = "node_tun",
+            conflicts_with = "node_tun"
+        )]
+        b: Option<PathBuf>,
+        /// Instead of a second pod: a TUN of this name in the node's namespace (the floor of
+        /// the pod-to-node hop; see `floor`).
         #[arg(long)]
-        b: PathBuf,
+        node_tun: Option<String>,
         #[arg(long, default_value = "eth0")]
         ifname: String,
         /// Seconds the forwarder (and so the TAPs) lives, at most.
@@ -210,6 +219,7 @@ fn main() -> Result<()> {
         Cmd::Floor {
             a,
             b,
+            node_tun,
             ifname,
             duration,
             io,
@@ -220,7 +230,12 @@ fn main() -> Result<()> {
                 io,
                 spin: Duration::from_micros(spin_us),
             };
-            floor::run(&a, &b, &ifname, duration, opts, report.as_deref())?
+            let peer = match (&b, &node_tun) {
+                (_, Some(tun)) => floor::Peer::NodeTun(tun),
+                (Some(b), None) => floor::Peer::Pod(b),
+                (None, None) => bail!("--b or --node-tun"),
+            };
+            floor::run(&a, peer, &ifname, duration, opts, report.as_deref())?
         }
         Cmd::CrrServer { bind, duration } => crr::server(bind, duration)?,
         Cmd::CrrClient { connect, duration } => crr::client(connect, duration)?,

@@ -7,10 +7,10 @@
 # --veth-rx ring: every thread of its dataplane child shows the non-root uid/gid, no
 # capability in any set, no_new_privs and both seccomp filters in /proc, pods still forward
 # and a capture still arrives; the dataplane dies with its supervisor. Two TAP rounds read TAP
-# queues through io_uring (`--tap-io auto`, which takes it here, and `--tap-io uring`; the
-# probes io-uring-* show that a ring made before the lock-down only reads and writes, and that
-# io_uring_setup and io_uring_register kill the dataplane), one with the default (readv), and
-# `ctl status` says which. Needs root.
+# queues through io_uring (the default `--tap-io auto`, which takes it here, and `--tap-io
+# uring`; the probes io-uring-* show that a ring made before the lock-down only reads and
+# writes, and that io_uring_setup and io_uring_register kill the dataplane), one with
+# `--tap-io readv`, and `ctl status` says which. Needs root.
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
 trap e2e_cleanup EXIT
@@ -97,9 +97,9 @@ round() {
   del_pod "$b"
 }
 
-TAP_IO=uring round "TAP mode, default user (nobody), --tap-io auto" tap 65534 65534 --tap-io auto
+TAP_IO=uring round "TAP mode, default user (nobody), default --tap-io (auto: io_uring here)" tap 65534 65534
 stop_netstackd
-TAP_IO=readv round "TAP mode, default --tap-io (readv)" tap 65534 65534
+TAP_IO=readv round "TAP mode, --tap-io readv" tap 65534 65534 --tap-io readv
 stop_netstackd
 round "veth mode, --dataplane-user 4242:4343" veth 4242 4343 --dataplane-user 4242:4343
 stop_netstackd

@@ -741,8 +741,9 @@ add_latency() { # KIND RUN: p50/p99 of run RUN's ADD wall times (with 50 pods th
 
 # CNI ADD latency, RUNS times: NADD pods of each kind, the kinds taking turns one pod each, so
 # all see the same machine (the kernel's asynchronous cleanup after earlier deletions, netns
-# teardown and RCU, slows whichever ADDs come next); then they are deleted, but for the last
-# run's TAP pods: the first of the idle pods.
+# teardown and RCU, slows whichever ADDs come next), the order rotating from one pod to the next
+# (no kind always right after another); then they are deleted, but for the last run's TAP pods:
+# the first of the idle pods.
 ADD_KINDS=()
 for kind in bridge veth tap; do printf '%s\n' "${PATHS[@]}" | grep -qx "$kind" && ADD_KINDS+=("$kind"); done
 declare -A ADDED=()
@@ -755,7 +756,8 @@ for run in $(seq 1 "$RUNS"); do
   fi
   ADDED=()
   for i in $(seq 1 "$NADD"); do
-    for kind in "${ADD_KINDS[@]}"; do
+    for j in "${!ADD_KINDS[@]}"; do
+      kind=${ADD_KINDS[$(((i + j) % ${#ADD_KINDS[@]}))]}
       [ "${ADDED[$kind]:-0}" = $((i - 1)) ] || continue # a kind whose ADD failed stops there
       if pod_add "$kind" "$PFX-$kind-p$i"; then
         echo "$ADD_MS" >>"$WORK/add-$kind-$run"

@@ -178,13 +178,13 @@ struct Args {
     /// a slower ADD; see the README and e2e/bench/packet_io.sh).
     #[arg(long, value_enum, default_value_t = VethRx::Mmsg)]
     veth_rx: VethRx,
-    /// How the dataplane reads and writes TAP queues: `readv` (one readv/writev per frame, the
-    /// default), `uring` (a batch of reads or writes in one io_uring_enter, on one io_uring
-    /// per worker restricted to READV and WRITEV before the seccomp lock-down; refuses to
-    /// start without one) or `auto` (uring where the kernel allows it, else readv; a log line
-    /// says which and why). `ctl status` shows which one runs. uring's dataplane CPU per Gbit
-    /// was not lower run by run here (e2e/bench/README.md), hence readv by default.
-    #[arg(long, value_enum, default_value_t = TapIoArg::Readv)]
+    /// How the dataplane reads and writes TAP queues: `auto` (the default: uring where the
+    /// kernel allows it, else readv; a log line says which and why), `uring` (a batch of
+    /// reads or writes in one io_uring_enter, on one io_uring per worker restricted to READV
+    /// and WRITEV before the seccomp lock-down; a queue of a frame or two still goes by
+    /// readv/writev; refuses to start without a ring) or `readv` (one readv/writev per
+    /// frame). `ctl status` shows which one runs. Measured in e2e/bench/README.md.
+    #[arg(long, value_enum, default_value_t = TapIoArg::Auto)]
     tap_io: TapIoArg,
     /// BIG TCP for veth-mode pods (off by default): the plugin sets the GSO and GRO size of
     /// each new veth pod's eth0 and peer to --big-tcp-size, so TCP between veth pods moves

@@ -164,6 +164,14 @@ struct UringIo {
     window: usize,
 }
 
+/// A TAP on io_uring reads with `readv` until a receive has found this many frames in a row,
+/// and writes a batch of one frame with `writev`: a queue that holds a frame or two (a request,
+/// a reply, a connection's handshake) costs one call per frame either way, and a plain call is
+/// cheaper than a ring round trip (its RTT was 3 µs higher on the ring alone: the benchmark's
+/// README, "Design evaluations", 7). Deeper queues (a flood of small frames) go through the
+/// ring's growing window.
+const URING_FROM: usize = 3;
+
 /// The worker's ring, locked (a poisoned lock is still the same ring: a panic aborts the
 /// dataplane anyway).
 fn lock(ring: &Mutex<TapRing>) -> std::sync::MutexGuard<'_, TapRing> {
@@ -307,7 +315,7 @@ impl Link {
     /// The most frames one receive call brings (for a TAP on io_uring: its current window).
     pub fn rx_batch_max(&self) -> usize {
         match self {
-            Link::Tap(TapLink { uring: Some(u), .. }) => u.window,
+            Link::Tap(TapLink { uring: Some(u), .. }) if u.window >= URING_FROM => u.window,
             Link::Packet(_) | Link::Vhost(_) => MMSG_BATCH,
             Link::Tap(_) | Link::Tun(_) => 1,
             #[cfg(test)]
@@ -379,11 +387,16 @@ impl Link {
                 let (Some(fd), Some(&first)) = (fd, batch.first()) else {
                     return RxOutcome::NoQueue;
                 };
-                if let Some(u) = &mut t.uring {
+                if let Some(u) = t.uring.as_mut().filter(|u| u.window >= URING_FROM) {
                     return recv_uring(u, fd.as_fd(), pool, batch, lens);
                 }
                 let s = pool.get_mut(first);
-                RxOutcome::from_io(read_frame(fd.as_fd(), &mut s.vnet, &mut s.buf).map(|f| {
+                let read = read_frame(fd.as_fd(), &mut s.vnet, &mut s.buf);
+                if let Some(u) = &mut t.uring {
+                    // A shallow queue so far: the window grows by each frame found.
+                    u.window = if read.is_ok() { u.window + 1 } else { 1 };
+                }
+                RxOutcome::from_io(read.map(|f| {
                     lens[0] = f;
                     1
                 }))
@@ -426,7 +439,9 @@ impl Link {
         }
         let batched = matches!(self, Link::Packet(_)) && !segment;
         let ring = match self {
-            Link::Tap(TapLink { uring: Some(u), .. }) if !segment => Some(Arc::clone(&u.ring)),
+            Link::Tap(TapLink { uring: Some(u), .. }) if !segment && batch.len() > 1 => {
+                Some(Arc::clone(&u.ring))
+            }
             _ => None,
         };
         match self.tx_fd() {

@@ -140,6 +140,24 @@ pub(super) struct TxCtx<'a> {
     pub worker: usize,
 }
 
+impl<'a> TxCtx<'a> {
+    /// A send counted on `counters` (the uplink's, until a pod's replace them) by worker
+    /// `worker`, segmenting GSO frames if `segment_gso`, in `scratch`.
+    pub fn uplink(
+        segment_gso: bool,
+        scratch: &'a mut [u8],
+        counters: &'a LinkCounters,
+        worker: usize,
+    ) -> Self {
+        TxCtx {
+            segment_gso,
+            scratch,
+            counters,
+            worker,
+        }
+    }
+}
+
 /// A pod's TAP queues on one worker.
 pub(super) struct TapLink {
     /// Every queue of the pod's TAP, shared by the pod's links on all workers (the fds close

@@ -496,6 +496,21 @@ mod tests {
         f
     }
 
+    /// Pod `id` (10.77.0.id, its MAC from the id) as a TAP pod with MTU 1500.
+    fn tap_spec(id: u8) -> PodSpec {
+        PodSpec {
+            id: u64::from(id),
+            mac: mac(id),
+            ipv4: vec![ip(id)],
+            ipv6: Vec::new(),
+            gateway_v6: None,
+            mtu: 1500,
+            bandwidth: None,
+            container_id: format!("pod{id}"),
+            link: LinkKind::Tap,
+        }
+    }
+
     /// A worker with no pods, whose uplink's other end is closed.
     fn empty_worker() -> Worker {
         let (_cmd_tx, cmds) = mpsc::channel();
@@ -542,17 +557,7 @@ mod tests {
                 bucket.charge(bucket.burst_bytes() + 1_000_000);
                 io.ingress = Some(Arc::new(bucket));
             }
-            let spec = PodSpec {
-                id: u64::from(id),
-                mac: mac(id),
-                ipv4: vec![ip(id)],
-                ipv6: Vec::new(),
-                gateway_v6: None,
-                mtu: 1500,
-                bandwidth: None,
-                container_id: format!("pod{id}"),
-                link: LinkKind::Tap,
-            };
+            let spec = tap_spec(id);
             let c = Arc::new(LinkCounters::new(1));
             w.attach(spec, Arc::clone(&c), io).unwrap();
             peers.push(theirs);
@@ -648,17 +653,7 @@ mod tests {
                 theirs.push(t);
             }
             let link = Link::tap(ours.into(), 0, 2).unwrap();
-            let spec = PodSpec {
-                id: u64::from(id),
-                mac: mac(id),
-                ipv4: vec![ip(id)],
-                ipv6: Vec::new(),
-                gateway_v6: None,
-                mtu: 1500,
-                bandwidth: None,
-                container_id: format!("pod{id}"),
-                link: LinkKind::Tap,
-            };
+            let spec = tap_spec(id);
             let c = Arc::new(LinkCounters::new(2));
             w.attach(spec, c, PodIo::new(link)).unwrap();
             peers.push(theirs);
@@ -843,17 +838,7 @@ mod tests {
             let (link, state) = MemLink::new(p.gso);
             let mut io = PodIo::new(Link::Mem(link));
             (p.shape)(&mut io);
-            let spec = PodSpec {
-                id: u64::from(p.id),
-                mac: mac(p.id),
-                ipv4: vec![ip(p.id)],
-                ipv6: Vec::new(),
-                gateway_v6: None,
-                mtu: 1500,
-                bandwidth: None,
-                container_id: format!("pod{}", p.id),
-                link: LinkKind::Tap,
-            };
+            let spec = tap_spec(p.id);
             let c = Arc::new(LinkCounters::new(1));
             w.attach(spec, Arc::clone(&c), io).unwrap();
             states.push(state);
@@ -1277,17 +1262,7 @@ mod tests {
         let tap_link = Link::pod(LinkKind::Tap, vec![OwnedFd::from(tap_ours)], None).unwrap();
         let mut vm_counters = None;
         for (id, link) in [(1u8, link), (2, tap_link)] {
-            let spec = PodSpec {
-                id: u64::from(id),
-                mac: mac(id),
-                ipv4: vec![ip(id)],
-                ipv6: Vec::new(),
-                gateway_v6: None,
-                mtu: 1500,
-                bandwidth: None,
-                container_id: format!("pod{id}"),
-                link: LinkKind::Tap,
-            };
+            let spec = tap_spec(id);
             let c = Arc::new(LinkCounters::new(1));
             if id == 1 {
                 vm_counters = Some(Arc::clone(&c));

@@ -57,12 +57,7 @@ impl Worker {
             scratch,
             ..
         } = self;
-        let mut tx = TxCtx {
-            segment_gso: *segment_gso,
-            scratch,
-            counters: uplink_counters,
-            worker: w,
-        };
+        let mut tx = TxCtx::uplink(*segment_gso, scratch, uplink_counters, w);
         let sent = if dst == UPLINK {
             uplink.send_to_worker(t, pool, slot, &mut tx)
         } else if let Some(PodPort { io, counters, .. }) = router.pod_mut(dst) {
@@ -123,12 +118,7 @@ impl Worker {
             tx_batch,
             ..
         } = self;
-        let mut tx = TxCtx {
-            segment_gso: *segment_gso,
-            scratch,
-            counters: uplink_counters,
-            worker: w,
-        };
+        let mut tx = TxCtx::uplink(*segment_gso, scratch, uplink_counters, w);
         if dst == UPLINK {
             while let Some(slot) = uplink_queue.pop() {
                 tx_batch.push(slot);

@@ -22,6 +22,10 @@ done
 echo "==> cargo deny check licenses bans sources (deny.toml)"
 # cargo-deny is built once per machine into /var/cache/netstack (scripts/cargo-deny.sh).
 DENY_DIR=$(./scripts/cargo-deny.sh)
+# It reads the metadata of every crate in Cargo.lock, for every platform (winapi and the like
+# included), which a Linux build never downloads: fetch them first, or a fresh machine's
+# registry lacks them and the offline check fails.
+cargo fetch --locked --quiet
 PATH="$DENY_DIR:$PATH" cargo deny --offline --log-level error check licenses bans sources
 echo "==> cargo test"
 # One ignored test boots the e2e VM (QEMU, TCG) on a vhost-user server with two workers: it

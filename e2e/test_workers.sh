@@ -126,7 +126,9 @@ active_flows() {
 # has_series NAME / no_series NAME: the metrics (fetched: a failed fetch fails both) have a
 # sample of NAME, or none.
 metrics_text() { curl -sf "http://$(ctl status | jq -r .metrics)/metrics"; }
-has_series() { metrics_text | grep -q "^$1"; }
+# The text is read whole before grep looks: `curl | grep -q` fails under pipefail when grep
+# stops reading first.
+has_series() { local t; t=$(metrics_text) || return 1; grep -q "^$1" <<<"$t"; }
 no_series() { local t; t=$(metrics_text) || return 1; ! grep -q "^$1" <<<"$t"; }
 flow_moves() {
   curl -sf "http://$(ctl status | jq -r .metrics)/metrics" |
@@ -159,14 +161,17 @@ del_pod "balance-b-$RUN_ID"
 stop_netstackd
 ip link del "$UPLINK" 2>/dev/null
 start_netstackd --workers 2 --flow-balance off || fail "netstackd --flow-balance off starts"
-check "with --flow-balance off the metrics have no flow balancing series" \
-  no_series netstack_worker_active_flows
-check "and the workers' wakeups are still there" has_series netstack_worker_wakeups_total
+# The workers' series come with the dataplane's first report: wait for it, so that the
+# absence below is the option's doing and not an early scrape.
+check "with --flow-balance off the workers' wakeups are in the metrics" \
+  eventually 5 has_series netstack_worker_wakeups_total
+check "and they have no flow balancing series" no_series netstack_worker_active_flows
 stop_netstackd
 ip link del "$UPLINK" 2>/dev/null
 start_netstackd --workers 1 || fail "netstackd --workers 1 starts"
-check "with one worker there is nobody to balance with: no such series" \
-  no_series netstack_worker_flow_moves_total
+check "with one worker the worker's wakeups are in the metrics" \
+  eventually 5 has_series netstack_worker_wakeups_total
+check "and there is nobody to balance with: no flow balancing series" no_series netstack_worker_flow_moves_total
 stop_netstackd
 ip link del "$UPLINK" 2>/dev/null
 

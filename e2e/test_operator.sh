@@ -132,10 +132,10 @@ cni DEL "$C" "/run/netns/$C" >/dev/null 2>&1
 cni ADD op-missing-$RUN_ID /run/netns/op-missing-$RUN_ID >/dev/null 2>&1
 check "the log directory is created (mode 640 file)" test "$(stat -c %a "$PLOG" 2>/dev/null)" = 640
 add_line=$(grep " ADD container=$C " "$PLOG")
-check "ADD: one line with time, container, ifname, pod, result, address and duration ($add_line)" \
-  grep -qE "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]+Z ADD container=$C ifname=eth0 pod=e2e/$C result=ok ips=$IP_C/24 took_ms=[0-9]+\$" <<<"$add_line"
+check "ADD: one line with time, container, ifname, pod, result, address, duration and the steps' ($add_line)" \
+  grep -qE "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]+Z ADD container=$C ifname=eth0 pod=e2e/$C result=ok ips=$IP_C/24 took_ms=[0-9]+ steps=daemon:[0-9.]+,mounts:[0-9.]+,ipam:[0-9.]+,link:[0-9.]+,attach:[0-9.]+\$" <<<"$add_line"
 check "CHECK logged with the pod from CNI_ARGS" grep -q " CHECK container=$C ifname=eth0 pod=shop/cart-7 result=" "$PLOG"
-check "DEL logged" grep -q " DEL container=$C ifname=eth0 pod=e2e/$C result=ok" "$PLOG"
+check "DEL logged, with its steps" grep -qE " DEL container=$C ifname=eth0 pod=e2e/$C result=ok took_ms=[0-9]+ steps=detach:[0-9.]+,link:[0-9.]+,ipam:[0-9.]+\$" "$PLOG"
 check "a failed ADD is logged with its CNI code and message" grep -qE " ADD container=op-missing-$RUN_ID .*result=error code=[0-9]+ msg=\"[^\"]*op-missing" "$PLOG"
 check "VERSION is not logged" sh -c "! grep -q ' VERSION ' '$PLOG'"
 # Sixteen plugin processes at once: sixteen whole lines, none torn or interleaved.

@@ -175,6 +175,13 @@ check "and there is nobody to balance with: no flow balancing series" no_series 
 stop_netstackd
 ip link del "$UPLINK" 2>/dev/null
 
+# root_noqueue NS DEV: DEV (in pod NS, or the node's for "") has the noqueue root qdisc.
+root_noqueue() {
+  local at=()
+  [ -n "$1" ] && at=(-n "$1")
+  tc "${at[@]}" qdisc show dev "$2" root | grep -q '^qdisc noqueue '
+}
+slab_kib() { awk '/^Slab:/ { print $2 }' /proc/meminfo; }
 for W in $ROWS; do
   log "--workers $W"
   start_netstackd --workers "$W" --tap-io auto || { fail "netstackd --workers $W starts"; continue; }
@@ -190,11 +197,22 @@ for W in $ROWS; do
   # A worker's frame buffers are allocated as they are needed, not all 16 MiB of them at start.
   check "the idle dataplane's RSS is $((rss / 1024)) MiB, under 2 MiB per worker + 64 MiB" \
     test "$rss" -lt $(((2 * W + 64) * 1024))
+  check "the uplink has no qdisc (noqueue)" root_noqueue "" "$UPLINK"
   A=wa$W-$RUN_ID B=wb$W-$RUN_ID V=wv$W-$RUN_ID
+  slab0=$(slab_kib)
   IP_A=$(add_pod "$A") && IP_B=$(add_pod "$B") || { fail "CNI ADD of two TAP pods with $W queues"; stop_netstackd; continue; }
+  slab1=$(slab_kib)
   ok "CNI ADD of two TAP pods with $W queues ($IP_A, $IP_B)"
   check "pod TAP $A/eth0 has $W queues" test "$(tx_queues "$A" eth0)" = "$W"
   check "pod TAP $B/eth0 has $W queues" test "$(tx_queues "$B" eth0)" = "$W"
+  check "pod TAP $A/eth0 has no qdisc (noqueue)" root_noqueue "$A" eth0
+  # Each queue in use has its ring of 2048 pointers (16 KiB) and socket: 20 KiB are allowed
+  # for it, and 6 MiB for the rest. A multi-queue TAP has 256 transmit queues whatever the
+  # worker count: with the default mq root, each would add a pfifo_fast of three such rings,
+  # 12 MiB a TAP.
+  slab_max=$((2 * W * 20 + 6 * 1024))
+  check "the two pods' TAPs cost the kernel $(((slab1 - slab0) / 1024)) MiB of slab, under $((slab_max / 1024)) MiB ($(((slab_max + 24 * 1024) / 1024)) with a qdisc per queue)" \
+    test $((slab1 - slab0)) -lt "$slab_max"
   sup=$(fd_count "$NETSTACKD_PID")
   check "the supervisor holds $W more descriptors per pod ($SUP_FDS0 -> $sup)" test "$sup" = $((SUP_FDS0 + 2 * W))
   dp=$(fd_count "$DP")

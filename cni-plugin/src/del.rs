@@ -8,7 +8,7 @@ use netstack_core::control::{vhost_socket_name, AttachmentKey, Reply, Request};
 use crate::config::NetConf;
 use crate::daemon::{connect, control_error, daemon_refusal, delete_pod_link, remove_kata_links};
 use crate::skel::CniEnv;
-use crate::{ipam, CniError};
+use crate::{ipam, steps, CniError};
 
 /// DEL.
 pub fn cmd_del(env: &CniEnv, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
@@ -18,12 +18,15 @@ pub fn cmd_del(env: &CniEnv, conf: &NetConf, stdin: &[u8]) -> Result<(), CniErro
         container_id: env.container_id.clone(),
         ifname: env.ifname.clone(),
     };
-    match connect(&conf.socket()).and_then(|mut c| {
-        let reply = c
-            .call(&Request::Detach(key.clone()), &[])
-            .map_err(control_error)?;
-        Ok((reply, c.peer_protocol()))
-    }) {
+    let detached = steps::timed("detach", || {
+        connect(&conf.socket()).and_then(|mut c| {
+            let reply = c
+                .call(&Request::Detach(key.clone()), &[])
+                .map_err(control_error)?;
+            Ok((reply, c.peer_protocol()))
+        })
+    });
+    match detached {
         Ok((Reply::Done, _)) => {}
         Ok((Reply::Error { message, kind }, protocol)) => errors.push(daemon_refusal(
             protocol,
@@ -42,7 +45,7 @@ pub fn cmd_del(env: &CniEnv, conf: &NetConf, stdin: &[u8]) -> Result<(), CniErro
         .pod_mode(&env.args)
         .unwrap_or_else(|_| conf.link_mode());
     if let Some(netns) = env.netns.as_deref() {
-        if let Err(e) = delete_pod_link(netns, &env.ifname, mode) {
+        if let Err(e) = steps::timed("link", || delete_pod_link(netns, &env.ifname, mode)) {
             errors.push(e);
         }
     }
@@ -51,7 +54,7 @@ pub fn cmd_del(env: &CniEnv, conf: &NetConf, stdin: &[u8]) -> Result<(), CniErro
     remove_kata_links(&vhost_socket_name(&key));
 
     if let Some(ipam_conf) = &conf.ipam {
-        if let Err(e) = ipam::del(env, &ipam_conf.plugin_type, stdin) {
+        if let Err(e) = steps::timed("ipam", || ipam::del(env, &ipam_conf.plugin_type, stdin)) {
             errors.push(e);
         }
     }

@@ -5,9 +5,9 @@
 //! the IPAM plugin; `result` the result types; `daemon` what the commands share (the
 //! control connection, netstackd's refusals as CNI errors, the removal of the pod's link); one
 //! module per command: `add`, `del`, `check`, `status` and `gc`, dispatched by the binary
-//! (`main.rs`); `netavark` and `portmap`, the same plugin for netavark (podman 5). Netns,
-//! netlink and TAP work go through `netstack-core`, shared with the daemon and the
-//! hook.
+//! (`main.rs`), `steps` timing their parts for `log`; `netavark` and `portmap`, the same
+//! plugin for netavark (podman 5). Netns, netlink and TAP work go through `netstack-core`,
+//! shared with the daemon and the hook.
 #![forbid(unsafe_code)]
 
 pub mod add;
@@ -24,6 +24,7 @@ pub mod portmap;
 pub mod result;
 pub mod skel;
 pub mod status;
+pub mod steps;
 
 pub use error::CniError;
 

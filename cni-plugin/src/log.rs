@@ -1,6 +1,6 @@
 //! The plugin's own log file (conflist keys `logFile` and `logLevel`, as Multus has): one line
 //! per ADD, DEL, CHECK, STATUS and GC with the time, the container, the pod, the outcome and
-//! how long it took, so that an operator looking at a pod stuck in ContainerCreating finds what
+//! how long it took (and each of its steps), so that an operator looking at a pod stuck in ContainerCreating finds what
 //! the plugin did without the runtime's logs.
 //!
 //! Many plugin processes append at once (the runtime runs sandboxes in parallel): each line is
@@ -98,6 +98,8 @@ pub struct Record<'a> {
     pub output: Option<String>,
     /// How long the command took.
     pub took: Duration,
+    /// How long its steps took, in order (see [`crate::steps`]).
+    pub steps: Vec<(&'static str, Duration)>,
 }
 
 /// `value` quoted when it holds a space, a quote or a control character, so that a line
@@ -178,6 +180,9 @@ pub fn line(record: &Record, level: Level, at: SystemTime) -> Option<String> {
         out += &format!(" ips={}", record.ips.join(","));
     }
     out += &format!(" took_ms={}", record.took.as_millis());
+    if !record.steps.is_empty() {
+        out += &format!(" steps={}", crate::steps::format(&record.steps));
+    }
     if level >= Level::Debug {
         out += &format!(
             " netns={} args={}",
@@ -290,6 +295,16 @@ mod tests {
             "1970-01-01T00:00:00.000Z ADD container=abc ifname=eth0 pod=default/web-0 result=ok ips=10.244.1.2/24 took_ms=35\n"
         );
         assert!(line(&rec, Level::Error, at(0, 0)).is_none());
+        let stepped = Record {
+            steps: vec![
+                ("ipam", Duration::from_micros(3_210)),
+                ("link", Duration::from_micros(25_080)),
+            ],
+            ..rec.clone()
+        };
+        assert!(line(&stepped, Level::Info, at(0, 0))
+            .unwrap()
+            .ends_with(" took_ms=35 steps=ipam:3.2,link:25.1\n"));
         let failed = Record {
             error: Some((11, "try again later: \"x\"\nnext".into())),
             ips: vec![],

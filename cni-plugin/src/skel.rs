@@ -304,6 +304,7 @@ fn log_outcome(
         ips,
         output: printed.map(|v| v.to_string()),
         took,
+        steps: crate::steps::recorded(),
     };
     crate::log::write(&settings, &record);
 }

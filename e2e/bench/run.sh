@@ -307,8 +307,10 @@ log "bench: netstackd ($POD_CIDR, uplink $UPLINK), bridge $BRIDGE ($BR_SUBNET)"
 ledger link "$BRIDGE"
 start_netstackd || exit 1
 IPAM_NS='"ipam": { "type": "host-local", "ranges": [[{ "subnet": "'$POD_CIDR'" }]], "routes": [{ "dst": "0.0.0.0/0" }], "dataDir": "'$IPAM_DIR'" }'
-CONF[tap]='{ "cniVersion": "1.0.0", "name": "'$NET'", "type": "netstack", "mode": "tap", "socket": "'$SOCK'", "mtu": 1500, '$IPAM_NS' }'
-CONF[veth]='{ "cniVersion": "1.0.0", "name": "'$NET'", "type": "netstack", "mode": "veth", "socket": "'$SOCK'", "mtu": 1500, '$IPAM_NS' }'
+# The plugin's log (logFile) has each ADD's steps: where a slow ADD spent its time.
+CNI_LOG=$WORK/cni.log
+CONF[tap]='{ "cniVersion": "1.0.0", "name": "'$NET'", "type": "netstack", "mode": "tap", "socket": "'$SOCK'", "mtu": 1500, "logFile": "'$CNI_LOG'", '$IPAM_NS' }'
+CONF[veth]='{ "cniVersion": "1.0.0", "name": "'$NET'", "type": "netstack", "mode": "veth", "socket": "'$SOCK'", "mtu": 1500, "logFile": "'$CNI_LOG'", '$IPAM_NS' }'
 CONF[bridge]='{ "cniVersion": "1.0.0", "name": "'$NET-bridge'", "type": "bridge", "bridge": "'$BRIDGE'", "isGateway": true, "ipMasq": false, "hairpinMode": false, "mtu": 1500, "ipam": { "type": "host-local", "ranges": [[{ "subnet": "'$BR_SUBNET'" }]], "routes": [{ "dst": "0.0.0.0/0" }], "dataDir": "'$IPAM_DIR'" } }'
 PLUGIN[tap]=$BIN/netstack PLUGIN[veth]=$BIN/netstack PLUGIN[bridge]=$REF_CNI/bridge
 declare -A SERVER_NODE_IP=([tap]=$GATEWAY [veth]=$GATEWAY [bridge]=$BR_GW)
@@ -345,6 +347,13 @@ done
 # The floor: two pods of its own, each with a TAP eth0 that `nsbench floor` creates there as
 # netstackd creates a pod's TAP, on one /24 (a wire: ARP and all go through the forwarder).
 P2P_PATHS=("${PATHS[@]}")
+# like_netstack [-n NS] DEV: the floor's TAP or TUN DEV, still down, gets what netstack gives
+# its own: no qdisc (noqueue) and a queue length of 2048 frames.
+like_netstack() {
+  local at=()
+  [ "$1" = -n ] && at=(-n "$2") && shift 2
+  tc "${at[@]}" qdisc replace dev "$1" root noqueue && ip "${at[@]}" link set "$1" txqueuelen 2048
+}
 floor_up() {
   local ns life=$(((RUNS * 8 + 12) * (DUR + 12) + 120)) # outlives every floor row, bounded
   for ns in "$PFX-floor-a" "$PFX-floor-b"; do
@@ -360,7 +369,8 @@ floor_up() {
     kill -0 "$FLOOR_PID" 2>/dev/null || break
     sleep 0.05
   done
-  ip -n "$PFX-floor-a" link set eth0 mtu 1500 up && ip -n "$PFX-floor-b" link set eth0 mtu 1500 up &&
+  like_netstack -n "$PFX-floor-a" eth0 && like_netstack -n "$PFX-floor-b" eth0 &&
+    ip -n "$PFX-floor-a" link set eth0 mtu 1500 up && ip -n "$PFX-floor-b" link set eth0 mtu 1500 up &&
     ip -n "$PFX-floor-a" addr add "$FLOOR_IP_A/24" dev eth0 && ip -n "$PFX-floor-b" addr add "$FLOOR_IP_B/24" dev eth0 ||
     return 1
   IP[floor-a]=$FLOOR_IP_A IP[floor-b]=$FLOOR_IP_B
@@ -406,7 +416,8 @@ floor_node_up() {
     sleep 0.05
   done
   sysctl -qw "net.ipv6.conf.$FLOOR_N_TUN.disable_ipv6=1" 2>/dev/null
-  ip link set "$FLOOR_N_TUN" mtu 1500 up && ip addr add "$FLOOR_N_GW/32" dev "$FLOOR_N_TUN" &&
+  like_netstack "$FLOOR_N_TUN" && like_netstack -n "$ns" eth0 &&
+    ip link set "$FLOOR_N_TUN" mtu 1500 up && ip addr add "$FLOOR_N_GW/32" dev "$FLOOR_N_TUN" &&
     ip route add "$FLOOR_N_POD/32" dev "$FLOOR_N_TUN" &&
     ip -n "$ns" link set eth0 mtu 1500 up && ip -n "$ns" addr add "$FLOOR_N_POD/32" dev eth0 &&
     ip -n "$ns" route add "$FLOOR_N_GW/32" dev eth0 && ip -n "$ns" route add default via "$FLOOR_N_GW" &&
@@ -737,6 +748,39 @@ add_latency() { # KIND RUN: p50/p99 of run RUN's ADD wall times (with 50 pods th
   res "$1" cni_add_p50_ms "$p50"
   res "$1" cni_add_p99_ms "$p99"
   printf '  %-12s CNI ADD p50 %6.1f ms, p99 %6.1f ms over %d pods\n' "$1" "$p50" "$p99" "$(wc -l <"$f")"
+  add_steps "$1" "$f"
+}
+# add_steps KIND FILE: for a netstack kind, the p50 of each step of the ADDs in FILE ("ms pod"
+# lines) and the steps of the slowest, from the plugin's log; the p50s are kept as details.
+add_steps() {
+  local kind=$1 f=$2 slow
+  [ -s "$CNI_LOG" ] && [ "$kind" != bridge ] || return 0
+  slow=$(sort -n "$f" | tail -1)
+  awk -v pods="$(cut -d' ' -f2 "$f" | tr '\n' ' ')" -v kind="$kind" -v slow="$slow" '
+    BEGIN { n = split(pods, p, " "); for (i = 1; i <= n; i++) want[p[i]] = 1; split(slow, s, " ") }
+    $2 == "ADD" && $6 == "result=ok" {
+      c = $3; sub(/^container=/, "", c)
+      if (!(c in want)) next
+      for (i = 7; i <= NF; i++) if ($i ~ /^steps=/) {
+        st = substr($i, 7)
+        if (c == s[2]) slowest = st
+        m = split(st, kv, ",")
+        for (j = 1; j <= m; j++) { split(kv[j], x, ":"); v[x[1], ++cnt[x[1]]] = x[2]; if (!(x[1] in seen)) { seen[x[1]] = 1; order[++names] = x[1] } }
+      }
+    }
+    END {
+      line = ""
+      for (k = 1; k <= names; k++) {
+        name = order[k]; c = cnt[name]
+        for (i = 1; i <= c; i++) a[i] = v[name, i]
+        # insertion sort: tens of values
+        for (i = 2; i <= c; i++) { t = a[i]; j = i - 1; while (j > 0 && a[j] + 0 > t + 0) { a[j + 1] = a[j]; j-- } a[j + 1] = t }
+        med = a[int((c + 1) / 2)]
+        line = line sprintf(" %s %s", name, med)
+        printf "%s\t_add_step_%s_p50_ms\t%s\n", kind, name, med > "/dev/stderr"
+      }
+      printf "  %-12s ADD steps, p50 ms:%s; the slowest (%s ms): %s\n", kind, line, s[1], slowest
+    }' "$CNI_LOG" 2>>"$RESULTS"
 }
 
 # CNI ADD latency, RUNS times: NADD pods of each kind, the kinds taking turns one pod each, so
@@ -760,7 +804,7 @@ for run in $(seq 1 "$RUNS"); do
       kind=${ADD_KINDS[$(((i + j) % ${#ADD_KINDS[@]}))]}
       [ "${ADDED[$kind]:-0}" = $((i - 1)) ] || continue # a kind whose ADD failed stops there
       if pod_add "$kind" "$PFX-$kind-p$i"; then
-        echo "$ADD_MS" >>"$WORK/add-$kind-$run"
+        echo "$ADD_MS $PFX-$kind-p$i" >>"$WORK/add-$kind-$run"
         ADDED[$kind]=$i
       else
         note "$kind" "ADD of pod $i failed: $(head -c 200 <<<"$ADD_OUT")"

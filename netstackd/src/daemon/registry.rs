@@ -981,13 +981,19 @@ impl Registry {
             attachment: a.clone(),
             phase: Phase::Attaching,
         };
+        // How long the state file and the dataplane took, for the log line (an operator with
+        // a slow ADD sees which: the plugin's log has the rest).
+        let (mut state_took, mut served_took) = (Duration::ZERO, Duration::ZERO);
         // The disk and the dataplane without the registry lock (see `Table`).
         self.attached.attach_with(entry, || {
+            let started = Instant::now();
             if record {
                 self.write_state(&state).map_err(|e| {
                     RegistryError::new(Internal, format!("{key}: recording the attachment: {e}"))
                 })?;
             }
+            state_took = started.elapsed();
+            let started = Instant::now();
             let served = if a.mode == LinkMode::VhostUser {
                 self.start_vhost_server(&a, spec)
             } else {
@@ -998,6 +1004,7 @@ impl Registry {
                     )
                 })
             };
+            served_took = started.elapsed();
             if let Err(e) = served {
                 if record {
                     let _ = std::fs::remove_file(self.state_path(&key));
@@ -1015,6 +1022,8 @@ impl Registry {
             ips = ?a.ips,
             queues = a.queues,
             restored = !record,
+            state_ms = format_args!("{:.1}", state_took.as_secs_f64() * 1e3),
+            dataplane_ms = format_args!("{:.1}", served_took.as_secs_f64() * 1e3),
             "attached"
         );
         Ok(())

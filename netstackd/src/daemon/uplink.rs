@@ -32,11 +32,16 @@ pub fn create(config: &DaemonConfig, gateway: std::net::Ipv4Addr) -> anyhow::Res
     };
     let name = format!("net/ipv6/conf/{}/disable_ipv6", config.uplink);
     super::veth::write_sysctl(&name, ipv6)?;
-    nl.set_link(&config.uplink, None, Some(config.uplink_mtu), true)
-        .with_context(|| format!("bringing {} up", config.uplink))?;
     let index = nl
         .link_index(&config.uplink)?
         .with_context(|| format!("{} vanished after creation", config.uplink))?;
+    // No qdisc between the node's kernel and the TUN (see `Netlink::set_noqueue_root`), set
+    // before it first goes up; after a restart it replaces the same.
+    if let Err(e) = nl.set_noqueue_root(index, &config.uplink) {
+        tracing::warn!(uplink = %config.uplink, "{e}; the uplink keeps the kernel's default qdisc");
+    }
+    nl.set_link(&config.uplink, None, Some(config.uplink_mtu), true)
+        .with_context(|| format!("bringing {} up", config.uplink))?;
     let addr = IpNet::V4(Ipv4Net::new(gateway, config.pod_cidr.prefix_len())?);
     let present = nl.addresses(index)?;
     if !present.contains(&addr) {

@@ -77,7 +77,14 @@ stop_netstackd
 if [ -f "$STATE/$B:eth0.json" ]; then
   jq 'del(.netns_id)' "$STATE/$B:eth0.json" >"$STATE/${B}_eth0.json" && rm "$STATE/$B:eth0.json"
 fi
+# B's TAP and the uplink with the kernel's default qdiscs, as an older netstack left them.
+tc -n "$B" qdisc replace dev eth0 root mq && tc qdisc replace dev "$UPLINK" root mq ||
+  fail "the kernel's default qdisc (mq) put back on B's TAP and the uplink"
 start_netstackd --workers "$WORKERS" || exit 1
+check "B's TAP, with the mq root of an older netstack, has noqueue after the restore" \
+  sh -c "tc -n '$B' qdisc show dev eth0 root | grep -q '^qdisc noqueue '"
+check "  ... and so has the uplink" sh -c "tc qdisc show dev '$UPLINK' root | grep -q '^qdisc noqueue '"
+check "  ... which netstackd logs" grep -q "qdisc replaced by noqueue.*was=\"\?mq" "$WORK/netstackd.log"
 check "both attachments of the colliding old names are restored" \
   test "$(pod_state "$X1" b)/$(pod_state "$X2" a_b)" = attached/attached
 check "an old-named state file is restored" test "$(pod_state "$B")" = attached

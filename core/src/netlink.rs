@@ -333,6 +333,28 @@ impl Netlink {
         Ok(())
     }
 
+    /// The kind of link `index`'s root qdisc (`noqueue`, `mq`, `noop` on a link that never went
+    /// up, ...), `None` when the kernel lists none.
+    pub fn root_qdisc(&self, index: u32) -> Result<Option<String>, NetlinkError> {
+        use netlink_packet_route::tc::{TcAttribute, TcHandle};
+        let object = format!("link #{index}");
+        let signed = i32::try_from(index).map_err(|_| NetlinkError::NoSuchLink(object.clone()))?;
+        let handle = self.handle.clone();
+        let qdiscs: Vec<_> = self
+            .runtime
+            .block_on(handle.qdisc().get().index(signed).execute().try_collect())
+            .map_err(request_err("listing the qdiscs of", object))?;
+        Ok(qdiscs
+            .into_iter()
+            .filter(|q| q.header.index == signed && q.header.parent == TcHandle::ROOT)
+            .find_map(|q| {
+                q.attributes.into_iter().find_map(|a| match a {
+                    TcAttribute::Kind(kind) => Some(kind),
+                    _ => None,
+                })
+            }))
+    }
+
     /// Gives link `index` (`name` naming it in errors) the `noqueue` root qdisc: frames go
     /// straight to the driver, as on a veth. Meant for a TAP or TUN before it first goes up:
     /// tun never holds a frame back in a qdisc (a full ring drops it), yet a multi-queue

@@ -1260,18 +1260,20 @@ impl Registry {
         let tap = a.mode == LinkMode::Tap;
         let fds = Self::in_recorded_netns(record, move || -> Result<_, Restore> {
             let nl = crate::netlink::Netlink::new().map_err(|e| Restore::Failed(e.to_string()))?;
-            match nl
+            let index = match nl
                 .link_info(&ifname)
                 .map_err(|e| Restore::Failed(e.to_string()))?
             {
-                Some(info) if mode.is_device_kind(info.kind.as_deref()) => {}
+                Some(info) if mode.is_device_kind(info.kind.as_deref()) => info.index,
                 Some(_) => return Err(Restore::Gone(format!("{ifname} is no longer a {kind}"))),
                 None => return Err(Restore::Gone(format!("{ifname} no longer exists"))),
-            }
+            };
             if !tap {
                 // A veth's peer is opened below; a VM pod's socket is bound again by admit.
                 return Ok(Vec::new());
             }
+            // A TAP an older netstack made has the kernel's default qdiscs: 12 MiB each.
+            super::uplink::no_qdisc(&nl, index, &ifname);
             crate::sys::tap::open_queues(&ifname, crate::sys::tap::TunKind::Tap, queues, true)
                 .map(|q| q.fds)
                 .map_err(|e| Restore::Failed(e.to_string()))

@@ -74,6 +74,24 @@ pub fn cap_malloc_arenas(max: i32) {
     }
 }
 
+/// Keeps glibc's malloc from shrinking the heaps of its thread arenas. When a free leaves
+/// more than the trim threshold at the top of a thread's heap, glibc gives the excess back,
+/// and the first time it does so it reads `/proc/sys/vm/overcommit_memory` to decide how: an
+/// `openat` the dataplane's seccomp filter forbids (a worker freeing a VM pod's receive
+/// buffers was killed by SIGSYS, and every dataplane started after it, as soon as the VM
+/// sent again). The freed memory stays in the arena for the next allocation; a heap that
+/// empties entirely still goes back (munmap), and blocks of 128 KiB and more are mapped on
+/// their own. Call before the lock-down.
+pub fn keep_malloc_heaps() {
+    /// glibc's `M_TRIM_THRESHOLD` (malloc.h).
+    const M_TRIM_THRESHOLD: libc::c_int = -1;
+    // SAFETY: mallopt only sets a malloc tunable; it takes plain integers and touches no
+    // memory of ours.
+    unsafe {
+        libc::mallopt(M_TRIM_THRESHOLD, libc::c_int::MAX);
+    }
+}
+
 /// Takes ownership of the socket a parent left on fd `fd` (see [`spawn_with_fd`]).
 pub fn adopt_inherited_fd(fd: RawFd) -> io::Result<UnixStream> {
     // Check it is an open socket before claiming it.

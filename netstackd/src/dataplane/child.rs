@@ -138,7 +138,6 @@ pub fn run(user: DataplaneUser) -> anyhow::Result<()> {
         None
     };
     abort_on_panic();
-    crate::sys::process::cap_malloc_arenas(MALLOC_ARENAS);
     let selftest = injected_fault();
     if cfg!(feature = "fault-injection") {
         tracing::info!("fault-injection build: NETSTACK_DATAPLANE_SELFTEST is honoured");
@@ -297,6 +296,9 @@ fn start(
 /// Becomes `user` with no capability in any set, then no new privileges and the seccomp
 /// filters on every thread (before any worker exists).
 pub fn lock_down(user: DataplaneUser) -> anyhow::Result<()> {
+    // What glibc's malloc would otherwise open a file for, later, on some thread.
+    crate::sys::process::cap_malloc_arenas(MALLOC_ARENAS);
+    crate::sys::process::keep_malloc_heaps();
     become_user(user.uid, user.gid).with_context(|| format!("switching to uid:gid {user}"))?;
     super::seccomp::install().context("installing the seccomp filter")?;
     Ok(())

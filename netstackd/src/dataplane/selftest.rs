@@ -176,6 +176,25 @@ fn thread(_: &Before) -> Outcome {
     }
 }
 
+/// A thread fills its malloc arena's heap with blocks under the mmap threshold and frees
+/// them, newest first, each merging into the heap's top: unless told otherwise (see
+/// `keep_malloc_heaps`), glibc shrinks the heap and reads a /proc file to decide how.
+fn heap_trim(_: &Before) -> Outcome {
+    let spawned = std::thread::Builder::new()
+        .name("dp-probe".into())
+        .spawn(|| {
+            let mut blocks: Vec<Vec<u8>> = (0..32).map(|_| vec![1u8; 100 * 1024]).collect();
+            let sum: usize = blocks.iter().map(|b| usize::from(b[b.len() - 1])).sum();
+            while blocks.pop().is_some() {}
+            sum
+        });
+    match spawned.map(|t| t.join()) {
+        Ok(Ok(32)) => Outcome::Allowed,
+        Ok(_) => Outcome::Wrong("the thread did not finish".into()),
+        Err(e) => io_outcome::<()>(Err(e)),
+    }
+}
+
 fn clone_process(_: &Before) -> Outcome {
     outcome(process::try_clone_process())
 }
@@ -360,6 +379,13 @@ pub static PROBES: &[Probe] = &[
         stage: Stage::Full,
         expect: Expect::Allowed,
         run: thread,
+    },
+    Probe {
+        name: "heap-trim",
+        what: "a thread frees 3.2 MiB of 100 KiB blocks at the top of its malloc heap",
+        stage: Stage::Full,
+        expect: Expect::Allowed,
+        run: heap_trim,
     },
     Probe {
         name: "clone-process",

@@ -485,6 +485,27 @@ fn enable_ipv4_forwarding() -> anyhow::Result<()> {
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling net.ipv4.ip_forward")
 }
 
+/// Gives `name` (link `index`) the `noqueue` root qdisc unless it has it: a TUN or TAP that
+/// an older netstack brought up keeps the kernel's default, a `pfifo_fast` for each of its 256
+/// transmit queues (12 MiB), until then. Problems are logged: the qdisc only costs memory.
+pub(crate) fn no_qdisc(nl: &Netlink, index: u32, name: &str) {
+    match nl.root_qdisc(index) {
+        Ok(Some(kind)) if kind == "noqueue" => {}
+        Ok(kind) => match nl.set_noqueue_root(index, name) {
+            Ok(()) if kind.as_deref().is_some_and(|k| k != "noop") => {
+                tracing::info!(
+                    link = name,
+                    was = kind.as_deref(),
+                    "qdisc replaced by noqueue"
+                )
+            }
+            Ok(()) => {}
+            Err(e) => tracing::warn!(link = name, "{e}; it keeps the kernel's default qdisc"),
+        },
+        Err(e) => tracing::warn!(link = name, "{e}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

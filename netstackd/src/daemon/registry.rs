@@ -1273,7 +1273,7 @@ impl Registry {
                 return Ok(Vec::new());
             }
             // A TAP an older netstack made has the kernel's default qdiscs: 12 MiB each.
-            super::uplink::no_qdisc(&nl, index, &ifname);
+            super::no_qdisc(&nl, index, &ifname);
             crate::sys::tap::open_queues(&ifname, crate::sys::tap::TunKind::Tap, queues, true)
                 .map(|q| q.fds)
                 .map_err(|e| Restore::Failed(e.to_string()))

@@ -37,7 +37,7 @@ pub fn create(config: &DaemonConfig, gateway: std::net::Ipv4Addr) -> anyhow::Res
         .with_context(|| format!("{} vanished after creation", config.uplink))?;
     // No qdisc between the node's kernel and the TUN (see `Netlink::set_noqueue_root`), set
     // before it first goes up (or on an uplink an older netstack made).
-    no_qdisc(&nl, index, &config.uplink);
+    super::no_qdisc(&nl, index, &config.uplink);
     nl.set_link(&config.uplink, None, Some(config.uplink_mtu), true)
         .with_context(|| format!("bringing {} up", config.uplink))?;
     let addr = IpNet::V4(Ipv4Net::new(gateway, config.pod_cidr.prefix_len())?);
@@ -74,25 +74,4 @@ pub fn create(config: &DaemonConfig, gateway: std::net::Ipv4Addr) -> anyhow::Res
         }
     }
     Ok(tun.fds)
-}
-
-/// Gives `name` (link `index`) the `noqueue` root qdisc unless it has it: a TUN or TAP that
-/// an older netstack brought up keeps the kernel's default, a `pfifo_fast` for each of its 256
-/// transmit queues (12 MiB), until then. Problems are logged: the qdisc only costs memory.
-pub fn no_qdisc(nl: &Netlink, index: u32, name: &str) {
-    match nl.root_qdisc(index) {
-        Ok(Some(kind)) if kind == "noqueue" => {}
-        Ok(kind) => match nl.set_noqueue_root(index, name) {
-            Ok(()) if kind.as_deref().is_some_and(|k| k != "noop") => {
-                tracing::info!(
-                    link = name,
-                    was = kind.as_deref(),
-                    "qdisc replaced by noqueue"
-                )
-            }
-            Ok(()) => {}
-            Err(e) => tracing::warn!(link = name, "{e}; it keeps the kernel's default qdisc"),
-        },
-        Err(e) => tracing::warn!(link = name, "{e}"),
-    }
 }
